@@ -1,0 +1,29 @@
+"""Packaging for the one-card switch. The authorization core is compiled with Cython."""
+
+from Cython.Build import cythonize
+from setuptools import Extension, find_packages, setup
+
+extensions = [
+    Extension("switch.core._authorize", ["switch/core/_authorize.pyx"],
+              extra_compile_args=["-O2"]),
+]
+
+setup(
+    name="campus-card-switch",
+    version="0.1.0",
+    description="Transaction switch for a university one-card system",
+    python_requires=">=3.11",
+    packages=find_packages(include=["switch", "switch.*"]),
+    ext_modules=cythonize(extensions, language_level=3,
+                          compiler_directives={"boundscheck": False, "wraparound": False}),
+    install_requires=[
+        "trio>=0.25",
+        "msgpack>=1.0",
+        "lmdb>=1.4",
+        "prometheus-client>=0.20",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-trio>=0.8", "hypothesis>=6.100"],
+    },
+    entry_points={"console_scripts": ["switch=switch.__main__:run"]},
+)

@@ -1,0 +1,111 @@
+"""A trio client for the switch: what the demo, the tests and the operator CLI speak with.
+
+It is a thin shell over `codec.ClientSession`: pipelined requests, replies matched
+by `re`, pushes collected.
+"""
+
+import time
+
+import trio
+
+from switch import limits
+from switch.codec import ClientSession, FrameDecoder, ProtocolError
+
+
+class SwitchError(Exception):
+    """The switch closed the session with a connection-level error."""
+
+    def __init__(self, message: dict):
+        super().__init__(message.get("code"))
+        self.message = message
+        self.code = message.get("code")
+
+
+class Client:
+    def __init__(self, stream, session: ClientSession):
+        self.stream = stream
+        self.session = session
+        self.decoder = FrameDecoder()
+        self.hello_reply: dict = {}
+        self.pushes: list = []
+        self.errors: list = []
+        self._pending: dict[int, dict] = {}
+        self._buffered: list = []
+
+    @classmethod
+    async def connect(cls, host: str, port: int, who: str, key: bytes) -> "Client":
+        stream = await trio.open_tcp_stream(host, port)
+        client = cls(stream, ClientSession(who, key))
+        try:
+            await stream.send_all(client.session.hello_frame(time.time_ns() // 1_000_000))
+            payload = await client._next_payload()
+            client.hello_reply = client.session.receive_hello_reply(payload)
+        except BaseException:
+            await stream.aclose()
+            raise
+        return client
+
+    async def _next_payload(self) -> bytes:
+        while True:
+            if self._buffered:
+                return self._buffered.pop(0)
+            data = await self.stream.receive_some(limits.receive_size_bytes)
+            if not data:
+                raise trio.EndOfChannel("switch closed the connection")
+            self._buffered.extend(self.decoder.feed(data))
+
+    async def send(self, message: dict) -> int:
+        seq, frame = self.session.request_frame(message)
+        await self.stream.send_all(frame)
+        return seq
+
+    async def receive(self) -> dict:
+        """The next reply (pushes are kept in `self.pushes`); raises SwitchError on error frames."""
+        while True:
+            message = self.session.receive(await self._next_payload())
+            if "push" in message:
+                self.pushes.append(message)
+                continue
+            if message.get("t") == "error" and message.get("code") in _CONNECTION_CODES:
+                self.errors.append(message)
+                raise SwitchError(message)
+            return message
+
+    async def request(self, message: dict) -> dict:
+        seq = await self.send(message)
+        return await self.reply_to(seq)
+
+    async def reply_to(self, seq: int) -> dict:
+        if seq in self._pending:
+            return self._pending.pop(seq)
+        while True:
+            message = await self.receive()
+            if message.get("re") == seq:
+                return message
+            self._pending[message.get("re")] = message
+
+    async def pipeline(self, messages: list[dict]) -> list[dict]:
+        """Send all, then collect every reply; returned in request order."""
+        frames = []
+        seqs = []
+        for message in messages:
+            seq, frame = self.session.request_frame(message)
+            seqs.append(seq)
+            frames.append(frame)
+        await self.stream.send_all(b"".join(frames))
+        return [await self.reply_to(seq) for seq in seqs]
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.aclose()
+
+
+_CONNECTION_CODES = frozenset({"unauthenticated", "version_unsupported", "mac_invalid",
+                               "seq_invalid", "frame_invalid", "frame_too_large"})
+
+__all__ = ["Client", "SwitchError", "ProtocolError"]

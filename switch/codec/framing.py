@@ -1,0 +1,84 @@
+"""Length-prefixed frames: `LEN` (4 bytes, big-endian) then `BODY` + 16-byte `TAG`."""
+
+import msgpack
+
+from switch import limits
+from switch.codec import mac
+from switch.codec.errors import ProtocolError
+
+_LEN = limits.frame_length_prefix_bytes
+_TAG = limits.tag_size_bytes
+
+
+class FrameDecoder:
+    """Accumulates received bytes and yields complete frame payloads.
+
+    A length outside the contract's range is refused from the four length
+    bytes alone, before any of the payload arrives (§1).
+    """
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer
+        buffer += data
+        payloads = []
+        offset = 0
+        end = len(buffer)
+        while end - offset >= _LEN:
+            length = int.from_bytes(buffer[offset:offset + _LEN], "big")
+            if length > limits.frame_size_bytes_max:
+                raise ProtocolError("frame_too_large", f"LEN {length}")
+            if length < limits.frame_size_bytes_min:
+                raise ProtocolError("frame_invalid", f"LEN {length}")
+            if end - offset - _LEN < length:
+                break
+            start = offset + _LEN
+            payloads.append(bytes(buffer[start:start + length]))
+            offset = start + length
+        if offset:
+            del buffer[:offset]
+        return payloads
+
+
+def split_payload(payload: bytes) -> tuple[bytes, bytes]:
+    return payload[:-_TAG], payload[-_TAG:]
+
+
+def decode_body(body: bytes) -> dict:
+    """Exactly one msgpack map with str keys, else `frame_invalid`."""
+    try:
+        message = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as error:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError("frame_invalid", f"body: {type(error).__name__}") from None
+    if type(message) is not dict:
+        raise ProtocolError("frame_invalid", "body is not a map")
+    for key in message:
+        if type(key) is not str:
+            raise ProtocolError("frame_invalid", "map key is not a str")
+    return message
+
+
+def encode_body(message: dict) -> bytes:
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def encode_frame(key: bytes, message: dict) -> bytes:
+    body = encode_body(message)
+    length = len(body) + _TAG
+    # A reply that would break the frame limit is a bug of ours, not the peer's.
+    assert length <= limits.frame_size_bytes_max, length
+    return length.to_bytes(_LEN, "big") + body + mac.tag(key, body)
+
+
+def encode_unauthenticated_error(code: str, **fields) -> bytes:
+    """An error frame sent before a session exists: its tag is 16 zero bytes."""
+    body = encode_body({"t": "error", "code": code, **fields})
+    return (len(body) + _TAG).to_bytes(_LEN, "big") + body + mac.ZERO_TAG

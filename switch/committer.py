@@ -1,0 +1,115 @@
+"""Group commit: gather the writes of every request executed since the last commit into
+one LMDB transaction and one fsync, off the event loop, then release their replies."""
+
+import logging
+import time
+
+import lmdb
+import trio
+
+from switch import limits
+
+log = logging.getLogger("switch.commit")
+
+# Pre-grow the map when a commit leaves it this full, so a batch rarely meets MapFull.
+map_grow_threshold_ratio = 0.75
+
+
+class Committer:
+    def __init__(self, store, ledger, metrics, batch_requests_max: int, batch_wait_s: float):
+        self.store = store
+        self.ledger = ledger
+        self.metrics = metrics
+        self.batch_requests_max = batch_requests_max
+        self.batch_wait_s = batch_wait_s
+        self._open: list = []           # (connection, reply, started_s) awaiting the next commit
+        self._wake = trio.Event()
+        self._room = trio.lowlevel.ParkingLot()
+        self._idle = trio.lowlevel.ParkingLot()
+        self.committing = False
+        self.commits = 0
+
+    # ------------------------------------------------------------- event loop side
+    def add(self, connection, reply: dict, started_s: float) -> None:
+        self._open.append((connection, reply, started_s))
+        self._wake.set()
+
+    @property
+    def full(self) -> bool:
+        return len(self._open) >= self.batch_requests_max
+
+    async def wait_for_room(self) -> None:
+        while self.full:
+            await self._room.park()
+
+    async def wait_idle(self) -> None:
+        """Until nothing is waiting for a commit (used by shutdown)."""
+        while self._open or self.committing or self.store.open_writes:
+            await self._idle.park()
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        busy = False
+        while True:
+            if not self._open and not self.store.open_writes:
+                self._idle.unpark_all()
+                await self._wake.wait()
+            self._wake = trio.Event()
+            if not busy and self.batch_wait_s and len(self._open) < self.batch_requests_max:
+                # At light load a short wait lets a few more requests share the fsync.
+                await trio.sleep(self.batch_wait_s)
+            await self._commit_open_batch()
+            busy = bool(self._open)
+
+    async def _commit_open_batch(self) -> None:
+        replies, self._open = self._open, []
+        self._room.unpark_all()
+        batch = self.store.seal()
+        if batch.writes:
+            self.committing = True
+            started = time.perf_counter()
+            try:
+                await self._write(batch)
+            except Exception:
+                log.exception("commit of batch %d failed; answering internal", batch.number)
+                self.metrics.commit_failures.inc()
+                self._fail(replies + self._open)
+                self._open = []
+                self.store.discard_uncommitted()
+                self.ledger.forget_cached()
+                return
+            finally:
+                self.committing = False
+            self.store.committed(batch)
+            self.metrics.commit_duration.observe(time.perf_counter() - started)
+            self.metrics.journal_txn.set(batch.last_txn)
+            self.commits += 1
+            self._check_map()
+        self.metrics.commit_batch_size.observe(len(replies))
+        now = time.perf_counter()
+        for connection, reply, started_s in replies:
+            connection.send_reply(reply, now - started_s)
+
+    async def _write(self, batch) -> None:
+        for _ in range(limits.commit_retries_map_full_max):
+            try:
+                await trio.to_thread.run_sync(self.store.write_batch, batch)
+                return
+            except lmdb.MapFullError:
+                # The aborted transaction left nothing behind; grow and write it again.
+                new_size = self.store.grow_map()
+                log.warning("LMDB map full; grown to %d bytes", new_size)
+        raise RuntimeError("LMDB map still full after growing")
+
+    def _fail(self, replies) -> None:
+        now = time.perf_counter()
+        for connection, reply, started_s in replies:
+            connection.send_reply({"t": reply.get("t"), "re": reply.get("re"), "code": "internal"},
+                                  now - started_s)
+
+    def _check_map(self) -> None:
+        used, size = self.store.map_usage()
+        self.metrics.map_used.set(used)
+        self.metrics.map_size.set(size)
+        if used > size * map_grow_threshold_ratio:
+            self.metrics.map_size.set(self.store.grow_map())

@@ -1,0 +1,115 @@
+"""Configuration: schools and their limits, timeouts and group-commit bounds.
+
+Defaults are built in (two schools, WH and CUIK); a TOML file (`--config`)
+overrides them. Unknown keys are refused with a message naming them.
+"""
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+
+from switch import limits
+from switch.clock import LocalDays
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class School:
+    code: str
+    name: str
+    time_zone: str = "Asia/Shanghai"
+    no_pin_fen: int = limits.default_no_pin_fen
+    per_tx_fen: int = limits.default_per_tx_fen
+    daily_fen: int = limits.default_daily_fen
+    no_pin_max_fen: int = limits.default_no_pin_max_fen
+    per_tx_max_fen: int = limits.default_per_tx_max_fen
+    daily_max_fen: int = limits.default_daily_max_fen
+    split_buildings: list = field(default_factory=list)  # buildings with separate electric/water
+    days: LocalDays = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.days = LocalDays(self.time_zone)
+
+
+@dataclass
+class Config:
+    schools: dict = field(default_factory=dict)
+    idle_timeout_s: float = limits.idle_timeout_s
+    hold_timeout_s: int = limits.hold_timeout_s
+    reversal_window_s: int = limits.reversal_window_s
+    offline_window_s: int = limits.offline_window_s
+    idempotency_retention_s: int = limits.idempotency_retention_s
+    max_amount_fen: int = limits.max_amount_fen
+    batch_requests_max: int = limits.batch_requests_max
+    batch_wait_s: float = limits.batch_wait_s
+    connections_max: int = limits.connections_max
+    destinations: list = field(default_factory=list)
+
+
+DEFAULT_SCHOOLS = {
+    "WH": School("WH", "云南艺术学院文华学院"),
+    "CUIK": School("CUIK", "昆明传媒学院", split_buildings=["9"]),
+}
+
+_SETTINGS = {f.name for f in fields(Config)} - {"schools", "destinations"}
+_SCHOOL_KEYS = {f.name for f in fields(School)} - {"code", "days"}
+
+
+def default_config() -> Config:
+    return Config(schools={code: replace(s) for code, s in DEFAULT_SCHOOLS.items()})
+
+
+def load_config(path: str | None) -> Config:
+    config = default_config()
+    if path is None:
+        return config
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+    for key, value in data.items():
+        if key == "schools":
+            if not isinstance(value, dict):
+                raise ConfigError("schools: must be a table of school tables")
+            config.schools = {}
+            for code, table in value.items():
+                unknown = set(table) - _SCHOOL_KEYS
+                if unknown:
+                    raise ConfigError(f"schools.{code}: unknown key(s) {sorted(unknown)}")
+                try:
+                    config.schools[code] = School(code, **table)
+                except Exception as error:
+                    raise ConfigError(f"schools.{code}: {error}") from None
+        elif key == "destinations":
+            config.destinations = list(value)
+        elif key in _SETTINGS:
+            expected = type(getattr(config, key))
+            if expected is float and isinstance(value, int):
+                value = float(value)
+            if type(value) is not expected:
+                raise ConfigError(f"{key}: expected {expected.__name__}, got {value!r}")
+            setattr(config, key, value)
+        else:
+            raise ConfigError(f"unknown key {key!r}")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    if not config.schools:
+        raise ConfigError("schools: at least one school is needed")
+    for code, school in config.schools.items():
+        if not code.isascii() or not code.isalnum() or not code.isupper() or len(code) > 8:
+            raise ConfigError(f"schools.{code}: a school code is 1..8 upper-case letters/digits")
+        if not 0 <= school.no_pin_fen <= school.per_tx_fen <= school.daily_fen:
+            raise ConfigError(f"schools.{code}: need no_pin_fen <= per_tx_fen <= daily_fen")
+        if (school.no_pin_fen > school.no_pin_max_fen or school.per_tx_fen > school.per_tx_max_fen
+                or school.daily_fen > school.daily_max_fen):
+            raise ConfigError(f"schools.{code}: a default is above its maximum")
+    if not 1 <= config.batch_requests_max <= 65536:
+        raise ConfigError("batch_requests_max: 1..65536")
+    if not 0 <= config.batch_wait_s <= 0.1:
+        raise ConfigError("batch_wait_s: 0..0.1")

@@ -1,0 +1,49 @@
+"""The authorization core: pure decisions on a fixed-layout account record.
+
+Two implementations with one interface: the compiled `_authorize` (Cython, the
+one the switch runs) and `reference` (plain Python, the model it is checked
+against). Neither does I/O; both mutate the account `bytearray` in place.
+
+Interface (see `reference.py` for the normative docstrings):
+
+    check_amount(amount, max_amount) -> code
+    authorize(account, card_state, same_school, amount, pin, pin_checked, day,
+              school_per_tx, school_daily, school_no_pin, max_amount, hold) -> code
+    verify_pin(account, pin) -> code
+    pin_digest(salt, pin) -> bytes
+    id_digest(salt, id_last6) -> bytes
+    set_pin(account, pin) -> None
+    reset_pin(account, id_last6) -> code
+    credit(account, amount) -> code
+    unspend(account, amount, day) -> None
+    complete_hold(account, hold_amount, amount, day) -> None
+    release_hold(account, hold_amount) -> None
+    apply_offline(account, amount, day) -> None
+    apply_meter(account, amount) -> bool   (True when this deduction cut the power)
+    apply_restore(account) -> bool         (True when a credit turned the power back on)
+"""
+
+try:
+    from switch.core import _authorize as implementation
+    COMPILED = True
+except ImportError:  # pragma: no cover - only when the extension was not built
+    import os
+    if os.environ.get("SWITCH_REQUIRE_COMPILED_CORE", "1") == "1":
+        raise
+    from switch.core import reference as implementation
+    COMPILED = False
+
+check_amount = implementation.check_amount
+authorize = implementation.authorize
+verify_pin = implementation.verify_pin
+pin_digest = implementation.pin_digest
+id_digest = implementation.id_digest
+set_pin = implementation.set_pin
+reset_pin = implementation.reset_pin
+credit = implementation.credit
+unspend = implementation.unspend
+complete_hold = implementation.complete_hold
+release_hold = implementation.release_hold
+apply_offline = implementation.apply_offline
+apply_meter = implementation.apply_meter
+apply_restore = implementation.apply_restore

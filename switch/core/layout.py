@@ -1,0 +1,78 @@
+"""The fixed-layout account record the core reads and writes in place.
+
+One record is `ACCOUNT_RECORD_SIZE` bytes, little-endian, stored as the LMDB
+value of the account. The compiled core (`_authorize.pyx`) overlays a packed C
+struct on the same bytes; the reference model uses `struct` with these offsets.
+Any change here is a schema change (bump `persistence.store.SCHEMA_VERSION`).
+"""
+
+import struct
+
+# offset, struct format
+BALANCE = (0, "<q")          # fen; may go below zero only through offline records and meters
+HELD = (8, "<q")             # fen reserved by open holds; available = balance - held
+SPENT_TODAY = (16, "<q")     # fen debited on SPENT_DAY, less reversals of that day
+SPENT_DAY = (24, "<i")       # school-local day number (days since 1970-01-01 local)
+STATUS = (28, "<B")          # STATUS_*
+KIND = (29, "<B")            # KIND_*
+UTILITY = (30, "<B")         # UTILITY_*
+POWER_ON = (31, "<B")        # utility accounts: 1 while power is on
+PIN_FAILURES = (32, "<B")    # wrong PINs in a row
+PIN_LOCKED = (33, "<B")      # 1 once PIN_FAILURES reached the maximum
+FREEZE_REASON = (34, "<B")   # FREEZE_*
+QR_ENABLED = (35, "<B")      # 1 once `virtual_card` opened the QR secret
+LIMIT_PER_TX = (40, "<q")    # fen, or -1: the school's default
+LIMIT_DAILY = (48, "<q")     # fen, or -1
+LIMIT_NO_PIN = (56, "<q")    # fen, or -1
+SCHOOL = (64, "8s")          # ASCII school code, NUL padded
+PIN_SALT = (72, "16s")
+PIN_HASH = (88, "32s")       # HMAC-SHA256(PIN_SALT, b"pin:" + pin)
+ID_HASH = (120, "32s")       # HMAC-SHA256(PIN_SALT, b"id:" + id_last6)
+
+ACCOUNT_RECORD_SIZE = 152
+
+STATUS_ACTIVE, STATUS_FROZEN, STATUS_CLOSED = 0, 1, 2
+STATUS_NAMES = ("active", "frozen", "closed")
+KIND_PERSON, KIND_UTILITY = 0, 1
+KIND_NAMES = ("person", "utility")
+UTILITY_NONE, UTILITY_BOTH, UTILITY_ELECTRIC, UTILITY_WATER = 0, 1, 2, 3
+UTILITY_NAMES = ("", "both", "electric", "water")
+FREEZE_NONE, FREEZE_OPERATOR, FREEZE_OVERDRAWN = 0, 1, 2
+
+# Card standing as the core sees it (the card record keeps the same numbers).
+CARD_ACTIVE, CARD_LOST, CARD_BLOCKED, CARD_NONE = 0, 1, 2, 3
+CARD_STATE_NAMES = ("active", "lost", "blocked")
+
+_fields = [BALANCE, HELD, SPENT_TODAY, SPENT_DAY, STATUS, KIND, UTILITY, POWER_ON,
+           PIN_FAILURES, PIN_LOCKED, FREEZE_REASON, QR_ENABLED, LIMIT_PER_TX,
+           LIMIT_DAILY, LIMIT_NO_PIN, SCHOOL, PIN_SALT, PIN_HASH, ID_HASH]
+assert all(o + struct.calcsize(f) <= ACCOUNT_RECORD_SIZE for o, f in _fields)
+
+
+def get(record, field):
+    offset, fmt = field
+    return struct.unpack_from(fmt, record, offset)[0]
+
+
+def put(record, field, value):
+    offset, fmt = field
+    struct.pack_into(fmt, record, offset, value)
+
+
+def new_account_record(school: str, kind: int, utility: int, salt: bytes,
+                       pin_hash: bytes, id_hash: bytes) -> bytearray:
+    record = bytearray(ACCOUNT_RECORD_SIZE)
+    put(record, SCHOOL, school.encode("ascii"))
+    put(record, KIND, kind)
+    put(record, UTILITY, utility)
+    put(record, LIMIT_PER_TX, -1)
+    put(record, LIMIT_DAILY, -1)
+    put(record, LIMIT_NO_PIN, -1)
+    put(record, PIN_SALT, salt)
+    put(record, PIN_HASH, pin_hash)
+    put(record, ID_HASH, id_hash)
+    return record
+
+
+def school_of(record) -> str:
+    return get(record, SCHOOL).rstrip(b"\0").decode("ascii")

@@ -1,0 +1,281 @@
+"""One function per request type: decide with the core, write state and journal, reply.
+
+Each handler gets validated `values` (requests.py) and returns the reply map
+without `re`. Declines are returned codes; nothing here raises for bad input.
+"""
+
+import os
+
+from switch import core, limits
+from switch.core import codes, layout
+from switch.ledger import Credential
+
+NAMES = codes.CODE_NAMES
+
+
+def _decline(request_type: str, code) -> dict:
+    return {"t": request_type, "code": NAMES[code] if type(code) is int else code}
+
+
+def _money(record) -> tuple[int, int]:
+    balance = layout.get(record, layout.BALANCE)
+    return balance, balance - layout.get(record, layout.HELD)
+
+
+def _crosses_school(credential: Credential, record) -> bool:
+    return credential.school is not None and credential.school != layout.school_of(record)
+
+
+def _effective_limits(record, school) -> dict:
+    def pick(field, default):
+        value = layout.get(record, field)
+        return default if value < 0 else value
+    return {"per_tx": pick(layout.LIMIT_PER_TX, school.per_tx_fen),
+            "daily": pick(layout.LIMIT_DAILY, school.daily_fen),
+            "no_pin": pick(layout.LIMIT_NO_PIN, school.no_pin_fen)}
+
+
+# ------------------------------------------------------------------ everyone
+def ping(ledger, credential, values):
+    return {"t": "ping", "code": "ok"}
+
+
+# ------------------------------------------------------------------ terminals
+def debit(ledger, credential, values):
+    amount = values["amount"]
+    config = ledger.config
+    code = core.check_amount(amount, config.max_amount_fen)
+    if code:
+        return _decline("debit", code)
+    card_id = values["card"]
+    card = ledger.card(card_id)
+    if card is None:
+        return _decline("debit", codes.CARD_UNKNOWN)
+    account_id, card_state, _ = card
+    record = ledger.account(account_id)
+    school = ledger.school(record)
+    before = bytes(record)
+    pin = values.get("pin")
+    now_ms = ledger.clock.now_ms()
+    day = school.days.day_of(now_ms)
+    code = core.authorize(record, card_state, credential.school == school.code, amount,
+                          None if pin is None else pin.encode(), True, day,
+                          school.per_tx_fen, school.daily_fen, school.no_pin_fen,
+                          config.max_amount_fen, False)
+    if code:
+        if record != before:  # a PIN check counted or reset the run of wrong PINs
+            ledger.save_account(account_id, record)
+        return _decline("debit", code)
+    ledger.save_account(account_id, record)
+    balance, available = _money(record)
+    txn = ledger.append_journal("debit", account_id, school.code, -amount, balance, credential,
+                                values["id"], card=card_id)
+    return {"t": "debit", "code": "ok", "txn": txn, "balance": balance, "available": available,
+            "account": account_id}
+
+
+def balance(ledger, credential, values):
+    card = ledger.card(values["card"])
+    if card is None:
+        return _decline("balance", codes.CARD_UNKNOWN)
+    account_id, card_state, _ = card
+    record = ledger.account(account_id)
+    if _crosses_school(credential, record):
+        return _decline("balance", codes.WRONG_SCHOOL)
+    # A lost or replaced card shows no balance: whoever holds it is not the owner.
+    if card_state == layout.CARD_LOST:
+        return _decline("balance", codes.CARD_LOST)
+    if card_state == layout.CARD_BLOCKED:
+        return _decline("balance", codes.CARD_BLOCKED)
+    balance, available = _money(record)
+    return {"t": "balance", "code": "ok", "balance": balance, "available": available,
+            "account": account_id}
+
+
+# ------------------------------------------------------------------ service
+def credit(ledger, credential, values):
+    amount = values["amount"]
+    code = core.check_amount(amount, ledger.config.max_amount_fen)
+    if code:
+        return _decline("credit", code)
+    account_id = values["account"]
+    record = ledger.account(account_id)
+    if record is None:
+        return _decline("credit", codes.UNKNOWN_ACCOUNT)
+    if _crosses_school(credential, record):
+        return _decline("credit", codes.WRONG_SCHOOL)
+    if layout.get(record, layout.STATUS) == layout.STATUS_CLOSED:
+        return _decline("credit", codes.ACCOUNT_CLOSED)
+    code = core.credit(record, amount)
+    if code:
+        return _decline("credit", code)
+    school = layout.school_of(record)
+    ledger.save_account(account_id, record)
+    balance, available = _money(record)
+    txn = ledger.append_journal("credit", account_id, school, amount, balance, credential,
+                                values["id"], source=values["source"])
+    if layout.get(record, layout.KIND) == layout.KIND_UTILITY and core.apply_restore(record):
+        ledger.save_account(account_id, record)
+        ledger.append_journal("restore", account_id, school, 0, balance, credential, values["id"])
+    return {"t": "credit", "code": "ok", "txn": txn, "balance": balance, "available": available}
+
+
+def account(ledger, credential, values):
+    account_id = values["account"]
+    record = ledger.account(account_id)
+    if record is None:
+        return _decline("account", codes.UNKNOWN_ACCOUNT)
+    if _crosses_school(credential, record):
+        return _decline("account", codes.WRONG_SCHOOL)
+    school = ledger.school(record)
+    info = ledger.account_info(account_id)
+    balance, available = _money(record)
+    cards = []
+    for card_id in ledger.cards_of(account_id):
+        card = ledger.card(card_id)
+        cards.append({"card": card_id, "state": layout.CARD_STATE_NAMES[card[1]]})
+    reply = {"t": "account", "code": "ok", "account": account_id, "school": school.code,
+             "kind": layout.KIND_NAMES[layout.get(record, layout.KIND)],
+             "status": layout.STATUS_NAMES[layout.get(record, layout.STATUS)],
+             "pin_locked": bool(layout.get(record, layout.PIN_LOCKED)),
+             "balance": balance, "available": available, "cards": cards,
+             "limits": _effective_limits(record, school), "holder": info.get("holder")}
+    if layout.get(record, layout.KIND) == layout.KIND_UTILITY:
+        reply["utility"] = layout.UTILITY_NAMES[layout.get(record, layout.UTILITY)]
+        reply["power"] = bool(layout.get(record, layout.POWER_ON))
+    return reply
+
+
+def history(ledger, credential, values):
+    account_id = values["account"]
+    record = ledger.account(account_id)
+    if record is None:
+        return _decline("history", codes.UNKNOWN_ACCOUNT)
+    if _crosses_school(credential, record):
+        return _decline("history", codes.WRONG_SCHOOL)
+    limit = values.get("limit", limits.history_limit_default)
+    if limit > limits.history_limit_max:
+        return _decline("history", codes.BAD_REQUEST)
+    prefix = account_id.encode() + b"\0"
+    before = values.get("before")
+    start = None if before is None else prefix + before.to_bytes(8, "big")
+    items = []
+    more = False
+    for key, _ in ledger.store.committed_items("account_journal", prefix, reverse=True,
+                                               start=start):
+        if len(items) == limit:
+            more = True
+            break
+        entry = ledger.journal_record(int.from_bytes(key[len(prefix):], "big"))
+        items.append({"txn": entry["txn"], "at": entry["at"], "kind": entry["kind"],
+                      "amount": entry["amount"], "balance": entry["balance"],
+                      "who": entry["who"], "merchant": entry["merchant"]})
+    return {"t": "history", "code": "ok", "items": items,
+            "next": items[-1]["txn"] if more else None}
+
+
+# ------------------------------------------------------------------ admin
+def open_account(ledger, credential, values):
+    account_id = values["account"]
+    school = ledger.config.schools.get(values["school"])
+    if school is None:
+        return _decline("open_account", codes.BAD_REQUEST)
+    if credential.school is not None and credential.school != school.code:
+        return _decline("open_account", codes.WRONG_SCHOOL)
+    kind = values["kind"]
+    if kind == "person":
+        if "id_last6" not in values or "utility" in values:
+            return _decline("open_account", codes.BAD_REQUEST)
+        id_last6 = values["id_last6"].encode()
+        # The initial PIN is the ID's last six, a final X read as 0 (§4).
+        initial_pin = id_last6.replace(b"X", b"0")
+        utility = layout.UTILITY_NONE
+    else:
+        if "id_last6" in values:
+            return _decline("open_account", codes.BAD_REQUEST)
+        id_last6 = initial_pin = None
+        utility = layout.UTILITY_NAMES.index(values.get("utility", "both"))
+    if ledger.account(account_id) is not None:
+        return _decline("open_account", codes.EXISTS)
+    salt = os.urandom(16)
+    pin_hash = core.pin_digest(salt, initial_pin) if initial_pin else os.urandom(32)
+    id_hash = core.id_digest(salt, id_last6) if id_last6 else os.urandom(32)
+    record = layout.new_account_record(
+        school.code, layout.KIND_NAMES.index(kind), utility, salt, pin_hash, id_hash)
+    ledger.save_account(account_id, record)
+    ledger.save_account_info(account_id, {"holder": values.get("holder"),
+                                          "opened_at": ledger.clock.now_ms()})
+    txn = ledger.append_journal("open_account", account_id, school.code, 0, 0, credential,
+                                values["id"], account_kind=kind)
+    return {"t": "open_account", "code": "ok", "txn": txn}
+
+
+def issue_card(ledger, credential, values):
+    account_id, card_id = values["account"], values["card"]
+    record = ledger.account(account_id)
+    if record is None:
+        return _decline("issue_card", codes.UNKNOWN_ACCOUNT)
+    if _crosses_school(credential, record):
+        return _decline("issue_card", codes.WRONG_SCHOOL)
+    if layout.get(record, layout.KIND) != layout.KIND_PERSON:
+        return _decline("issue_card", codes.BAD_REQUEST)
+    if layout.get(record, layout.STATUS) == layout.STATUS_CLOSED:
+        return _decline("issue_card", codes.ACCOUNT_CLOSED)
+    if ledger.card(card_id) is not None:
+        return _decline("issue_card", codes.EXISTS)
+    now_ms = ledger.clock.now_ms()
+    ledger.save_card(card_id, account_id, layout.CARD_ACTIVE, now_ms)
+    balance, _ = _money(record)
+    txn = ledger.append_journal("issue_card", account_id, layout.school_of(record), 0, balance,
+                                credential, values["id"], card=card_id)
+    return {"t": "issue_card", "code": "ok", "txn": txn}
+
+
+def add_credential(ledger, credential, values):
+    who, role = values["who"], values["role"]
+    school = values.get("school")
+    kind = values.get("kind")
+    if school is not None and school not in ledger.config.schools:
+        return _decline("add_credential", codes.BAD_REQUEST)
+    if role == "terminal":
+        if school is None or kind is None:
+            return _decline("add_credential", codes.BAD_REQUEST)
+    elif kind is not None or (role == "admin" and school is not None):
+        return _decline("add_credential", codes.BAD_REQUEST)
+    if credential.school is not None and school != credential.school:
+        return _decline("add_credential", codes.WRONG_SCHOOL)
+    if ledger.credential(who) is not None:
+        return _decline("add_credential", codes.EXISTS)
+    key = os.urandom(limits.credential_key_size_bytes)
+    ledger.save_credential(Credential(who=who, key=key, role=role, school=school, kind=kind,
+                                      merchant=values.get("merchant", who if role == "terminal"
+                                                          else None)))
+    return {"t": "add_credential", "code": "ok", "key": key}
+
+
+def revoke_credential(ledger, credential, values):
+    who = values["who"]
+    target = ledger.credential(who)
+    if target is None or who == credential.who:
+        return _decline("revoke_credential", codes.BAD_REQUEST)
+    if credential.school is not None and target.school != credential.school:
+        return _decline("revoke_credential", codes.WRONG_SCHOOL)
+    if not target.revoked:
+        target = Credential(**{**target.__dict__, "revoked": True})
+        ledger.save_credential(target)
+        ledger.on_revoke(who)
+    return {"t": "revoke_credential", "code": "ok"}
+
+
+HANDLERS = {
+    "ping": ping,
+    "debit": debit,
+    "balance": balance,
+    "credit": credit,
+    "account": account,
+    "history": history,
+    "open_account": open_account,
+    "issue_card": issue_card,
+    "add_credential": add_credential,
+    "revoke_credential": revoke_credential,
+}

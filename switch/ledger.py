@@ -1,0 +1,148 @@
+"""Typed access to the switch's state on top of the store: accounts, cards, credentials,
+the journal and idempotency. Synchronous; runs on the event loop."""
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import msgpack
+
+from switch.core import layout
+from switch.persistence.store import Store, txn_key
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def unpack(data: bytes):
+    return msgpack.unpackb(data, raw=False)
+
+
+@dataclass
+class Credential:
+    who: str
+    key: bytes
+    role: str
+    school: str | None = None
+    kind: str | None = None
+    merchant: str | None = None
+    revoked: bool = False
+
+    def to_bytes(self) -> bytes:
+        return _pack({"key": self.key, "role": self.role, "school": self.school,
+                      "kind": self.kind, "merchant": self.merchant, "revoked": self.revoked})
+
+    @classmethod
+    def from_bytes(cls, who: str, data: bytes) -> "Credential":
+        return cls(who=who, **unpack(data))
+
+
+class Ledger:
+    def __init__(self, store: Store, config, clock):
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self._credentials: dict[str, Credential | None] = {}
+        secret = store.get("meta", b"fingerprint_key")
+        if secret is None:
+            secret = os.urandom(32)
+            store.write_now("meta", b"fingerprint_key", secret)
+        self._fingerprint_key = secret
+        # Hooks the shell sets: called with a credential id when it is revoked.
+        self.on_revoke = lambda who: None
+
+    # ----------------------------------------------------------- credentials
+    def credential(self, who: str) -> Credential | None:
+        if who in self._credentials:
+            return self._credentials[who]
+        data = self.store.get("credentials", who.encode())
+        credential = None if data is None else Credential.from_bytes(who, data)
+        if len(self._credentials) > 100_000:
+            self._credentials.clear()
+        self._credentials[who] = credential
+        return credential
+
+    def live_key(self, who: str) -> bytes | None:
+        credential = self.credential(who)
+        return None if credential is None or credential.revoked else credential.key
+
+    def save_credential(self, credential: Credential) -> None:
+        self._credentials[credential.who] = credential
+        self.store.put("credentials", credential.who.encode(), credential.to_bytes())
+
+    def forget_cached(self) -> None:
+        self._credentials.clear()
+
+    # ----------------------------------------------------------- accounts
+    def account(self, account_id: str) -> bytearray | None:
+        data = self.store.get("accounts", account_id.encode())
+        if data is None:
+            return None
+        return data if type(data) is bytearray else bytearray(data)
+
+    def save_account(self, account_id: str, record: bytearray) -> None:
+        assert len(record) == layout.ACCOUNT_RECORD_SIZE
+        self.store.put("accounts", account_id.encode(), record)
+
+    def account_info(self, account_id: str) -> dict:
+        data = self.store.get("account_info", account_id.encode())
+        return {} if data is None else unpack(data)
+
+    def save_account_info(self, account_id: str, info: dict) -> None:
+        self.store.put("account_info", account_id.encode(), _pack(info))
+
+    def school(self, record):
+        return self.config.schools.get(layout.school_of(record))
+
+    # ----------------------------------------------------------- cards
+    def card(self, card_id: str):
+        """[account id, state, changed_at_ms] or None."""
+        data = self.store.get("cards", card_id.encode())
+        return None if data is None else unpack(data)
+
+    def save_card(self, card_id: str, account_id: str, state: int, changed_at_ms: int) -> None:
+        self.store.put("cards", card_id.encode(), _pack([account_id, state, changed_at_ms]))
+        self.store.put("account_cards", account_id.encode() + b"\0" + card_id.encode(), b"")
+
+    def cards_of(self, account_id: str) -> list[str]:
+        prefix = account_id.encode() + b"\0"
+        return [key[len(prefix):].decode()
+                for key in self.store.keys_with_prefix("account_cards", prefix)]
+
+    # ----------------------------------------------------------- journal
+    def append_journal(self, kind: str, account_id: str, school: str, amount: int, balance: int,
+                       credential: Credential | None, ref, **extra) -> int:
+        txn = self.store.next_txn()
+        record = {"txn": txn, "at": self.clock.now_ms(), "kind": kind, "account": account_id,
+                  "school": school, "amount": amount, "balance": balance,
+                  "who": credential.who if credential else None,
+                  "merchant": credential.merchant if credential else None, "ref": ref}
+        record.update(extra)
+        self.store.put("journal", txn_key(txn), _pack(record))
+        self.store.put("account_journal", account_id.encode() + b"\0" + txn_key(txn), b"")
+        return txn
+
+    def journal_record(self, txn: int) -> dict | None:
+        data = self.store.get("journal", txn_key(txn))
+        return None if data is None else unpack(data)
+
+    # ----------------------------------------------------------- idempotency
+    def _idempotency_key(self, who: str, request_id) -> bytes:
+        return who.encode() + b"\0" + _pack(request_id)
+
+    def fingerprint(self, request_type: str, values: list) -> bytes:
+        # Keyed, so a stored fingerprint reveals nothing of a PIN it covered.
+        return hashlib.blake2b(_pack([request_type, values]), key=self._fingerprint_key,
+                               digest_size=16).digest()
+
+    def recall(self, who: str, request_id):
+        """(type, fingerprint, reply) remembered for this id, or None."""
+        data = self.store.get("idempotency", self._idempotency_key(who, request_id))
+        if data is None:
+            return None
+        request_type, fingerprint, reply, _ = unpack(data)
+        return request_type, fingerprint, reply
+
+    def remember(self, who: str, request_id, request_type: str, fingerprint: bytes,
+                 reply: dict) -> None:
+        self.store.put("idempotency", self._idempotency_key(who, request_id),
+                       _pack([request_type, fingerprint, reply, self.clock.now_ms()]))

@@ -1,0 +1,225 @@
+"""One LMDB environment with named databases, plus the write overlay of group commit.
+
+The event loop executes requests against `get`/`put`, which see the overlay of
+writes not yet committed on top of the last committed state. `seal()` freezes
+the writes of the open batch; `write_batch(batch)` runs the whole LMDB write
+transaction (and its fsync) on one thread, off the event loop; `committed()`
+then drops what is now on disk from the overlay.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import lmdb
+
+from switch import limits
+
+SCHEMA_VERSION = 1
+
+# name -> what it holds (key -> value)
+DATABASES = {
+    "meta": "settings of the data dir (schema_version, secrets, positions)",
+    "accounts": "account id -> fixed-layout account record (core/layout.py)",
+    "account_info": "account id -> msgpack {holder, opened_at, freeze_reason}",
+    "cards": "card id -> msgpack [account, state, changed_at_ms]",
+    "account_cards": "account id + NUL + card id -> empty",
+    "credentials": "credential id -> msgpack {key, role, school, kind, merchant, revoked}",
+    "journal": "txn (8 bytes big-endian) -> msgpack record",
+    "account_journal": "account id + NUL + txn (8 bytes BE) -> empty",
+    "idempotency": "credential id + NUL + msgpack(id) -> msgpack [t, fingerprint, reply, at_ms]",
+}
+
+DELETED = None  # overlay value meaning "deleted in a batch not yet committed"
+
+
+class SchemaMismatch(Exception):
+    pass
+
+
+def txn_key(txn: int) -> bytes:
+    return txn.to_bytes(8, "big")
+
+
+@dataclass
+class Batch:
+    number: int
+    writes: list = field(default_factory=list)  # (db name, key, bytes or None)
+    last_txn: int = 0
+
+
+class Store:
+    def __init__(self, path: str, map_size_bytes: int = limits.lmdb_map_size_bytes_initial):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        self.path = path
+        self.env = lmdb.open(path, map_size=map_size_bytes, max_dbs=limits.lmdb_max_dbs,
+                             max_readers=limits.lmdb_max_readers, subdir=True,
+                             sync=True, metasync=True, lock=True, readahead=False, mode=0o600)
+        self.dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
+        self._overlay: dict = {}          # (db, key) -> (value or DELETED, batch number)
+        self._dirty: dict = {}            # (db, key) -> value, the open batch's writes
+        self._batch_number = 1
+        self._read = None
+        self._check_schema()
+        self.last_txn = self._read_last_txn()
+        self._begin_read()
+
+    # ------------------------------------------------------------------ schema
+    def _check_schema(self) -> None:
+        with self.env.begin(write=True, db=self.dbs["meta"]) as txn:
+            stored = txn.get(b"schema_version")
+            if stored is None:
+                if txn.stat(self.dbs["journal"])["entries"]:
+                    raise SchemaMismatch("journal present but no schema version")
+                txn.put(b"schema_version", str(SCHEMA_VERSION).encode())
+            elif int(stored) != SCHEMA_VERSION:
+                raise SchemaMismatch(f"data dir has schema {int(stored)}, this switch reads "
+                                     f"{SCHEMA_VERSION}")
+
+    def _read_last_txn(self) -> int:
+        with self.env.begin(db=self.dbs["journal"]) as txn:
+            cursor = txn.cursor()
+            return int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+
+    # ------------------------------------------------------------------ reads
+    def _begin_read(self) -> None:
+        self._read = self.env.begin(buffers=False)
+
+    def _end_read(self) -> None:
+        if self._read is not None:
+            self._read.abort()
+            self._read = None
+
+    def get(self, db: str, key: bytes):
+        entry = self._overlay.get((db, key))
+        if entry is not None:
+            return entry[0]
+        return self._read.get(key, db=self.dbs[db])
+
+    def committed_items(self, db: str, prefix: bytes = b"", reverse: bool = False,
+                        start: bytes | None = None):
+        """Iterate committed (key, value) pairs with `prefix`; overlay not included.
+
+        With `reverse`, iteration starts below `start` (exclusive) when given.
+        """
+        cursor = self._read.cursor(db=self.dbs[db])
+        if not reverse:
+            if not cursor.set_range(start or prefix):
+                return
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    return
+                yield key, value
+            return
+        upper = start if start is not None else prefix + b"\xff" * 9
+        if cursor.set_range(upper):
+            if not cursor.prev():
+                return
+        elif not cursor.last():
+            return
+        while True:
+            key = cursor.key()
+            if not key.startswith(prefix):
+                return
+            yield key, cursor.value()
+            if not cursor.prev():
+                return
+
+    def keys_with_prefix(self, db: str, prefix: bytes) -> list[bytes]:
+        """Committed keys with `prefix`, merged with the overlay's (small, admin paths only)."""
+        keys = {key for key, _ in self.committed_items(db, prefix)}
+        for (name, key), (value, _) in self._overlay.items():
+            if name == db and key.startswith(prefix):
+                if value is DELETED:
+                    keys.discard(key)
+                else:
+                    keys.add(key)
+        return sorted(keys)
+
+    # ------------------------------------------------------------------ writes
+    def put(self, db: str, key: bytes, value) -> None:
+        self._overlay[(db, key)] = (value, self._batch_number)
+        self._dirty[(db, key)] = value
+
+    def delete(self, db: str, key: bytes) -> None:
+        self._overlay[(db, key)] = (DELETED, self._batch_number)
+        self._dirty[(db, key)] = DELETED
+
+    def next_txn(self) -> int:
+        self.last_txn += 1
+        return self.last_txn
+
+    @property
+    def open_writes(self) -> int:
+        return len(self._dirty)
+
+    def seal(self) -> Batch:
+        """Freeze the open batch's writes (copies, so later mutation cannot leak in)."""
+        writes = [(db, key, None if value is DELETED else bytes(value))
+                  for (db, key), value in self._dirty.items()]
+        batch = Batch(self._batch_number, writes, self.last_txn)
+        self._dirty = {}
+        self._batch_number += 1
+        return batch
+
+    def write_batch(self, batch: Batch) -> None:
+        """One write transaction and one fsync. Runs on a worker thread.
+
+        Raises lmdb.MapFullError untouched so the event loop can grow the map
+        (which must not happen while a read transaction is open) and retry.
+        """
+        dbs = self.dbs
+        with self.env.begin(write=True) as txn:
+            for db, key, value in batch.writes:
+                if value is None:
+                    txn.delete(key, db=dbs[db])
+                else:
+                    txn.put(key, value, db=dbs[db])
+
+    def committed(self, batch: Batch) -> None:
+        """The batch is durable: read it from LMDB from now on."""
+        self._end_read()
+        self._begin_read()
+        overlay = self._overlay
+        number = batch.number
+        for db, key, _ in batch.writes:
+            entry = overlay.get((db, key))
+            if entry is not None and entry[1] == number:
+                del overlay[(db, key)]
+
+    def discard_uncommitted(self) -> None:
+        """A commit failed: forget every write not on disk, committed or open."""
+        self._overlay.clear()
+        self._dirty = {}
+        self._batch_number += 1
+        self._end_read()
+        self.last_txn = self._read_last_txn()
+        self._begin_read()
+
+    # ------------------------------------------------------------------ map size
+    def map_usage(self) -> tuple[int, int]:
+        info = self.env.info()
+        used = (info["last_pgno"] + 1) * self.env.stat()["psize"]
+        return used, info["map_size"]
+
+    def grow_map(self) -> int:
+        """Double the map. Call on the event loop, with no commit running."""
+        _, size = self.map_usage()
+        new_size = size * limits.lmdb_map_growth_factor
+        self._end_read()
+        try:
+            self.env.set_mapsize(new_size)
+        finally:
+            self._begin_read()
+        return new_size
+
+    def close(self) -> None:
+        self._end_read()
+        self.env.close()
+
+    # ------------------------------------------------------------------ direct
+    def write_now(self, db: str, key: bytes, value: bytes) -> None:
+        """A single durable write outside group commit (initialisation only)."""
+        with self.env.begin(write=True) as txn:
+            txn.put(key, value, db=self.dbs[db])
+        self._end_read()
+        self._begin_read()

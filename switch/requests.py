@@ -1,0 +1,171 @@
+"""Request field schemas (PROTOCOL.md §4): which fields each `t` carries and their types.
+
+`validate(t, message)` returns (code, values): code is None when the fields are
+well-formed, else `bad_request` or `bad_amount`. The listed fields, in schema
+order, are also what idempotency compares (`fingerprint_values`).
+"""
+
+import re
+
+from switch import limits
+
+BAD_REQUEST = "bad_request"
+BAD_AMOUNT = "bad_amount"
+INVALID = object()
+
+_ACCOUNT = re.compile(r"[A-Z0-9-]{1,32}\Z")
+_CARD = re.compile(r"[0-9A-F]{4,32}\Z")
+_PIN = re.compile(r"[0-9]{6}\Z")
+_ID_LAST6 = re.compile(r"[0-9]{5}[0-9X]\Z")
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+
+
+def account_id(value):
+    return value if type(value) is str and _ACCOUNT.match(value) else INVALID
+
+
+def card_id(value):
+    return value if type(value) is str and _CARD.match(value) else INVALID
+
+
+def pin(value):
+    return value if type(value) is str and _PIN.match(value) else INVALID
+
+
+def id_last6(value):
+    return value if type(value) is str and _ID_LAST6.match(value) else INVALID
+
+
+def request_id(value):
+    if type(value) is str:
+        return value if 1 <= len(value) <= limits.id_str_chars_max else INVALID
+    if type(value) is int:
+        return value if 0 <= value <= limits.id_int_max else INVALID
+    return INVALID
+
+
+def short_text(value):
+    return value if type(value) is str and 1 <= len(value) <= limits.source_chars_max else INVALID
+
+
+def any_text(value):
+    return value if type(value) is str and len(value) <= limits.holder_chars_max else INVALID
+
+
+def non_negative_int(value):
+    return value if type(value) is int and value >= 0 else INVALID
+
+
+def positive_int(value):
+    return value if type(value) is int and value >= 1 else INVALID
+
+
+def any_int(value):
+    return value if type(value) is int else INVALID
+
+
+def day(value):
+    return value if type(value) is str and _DAY.match(value) else INVALID
+
+
+def one_of(*choices):
+    def check(value):
+        return value if type(value) is str and value in choices else INVALID
+    return check
+
+
+def str_value(value):
+    return value if type(value) is str and len(value) <= 256 else INVALID
+
+
+def amount(value):
+    # Range against max_amount is the core's check_amount; here only the type.
+    return value if type(value) is int else INVALID
+
+
+def any_value(value):
+    return value
+
+
+# t -> ((name, validator, required), ...). `amount` fields give bad_amount.
+_R, _O = True, False
+SCHEMAS = {
+    "ping": (),
+    "debit": (("card", card_id, _R), ("amount", amount, _R), ("id", request_id, _R),
+              ("pin", pin, _O)),
+    "qr_debit": (("qr", str_value, _R), ("amount", amount, _R), ("id", request_id, _R)),
+    "hold": (("card", card_id, _O), ("qr", str_value, _O), ("amount", amount, _R),
+             ("id", request_id, _R), ("pin", pin, _O)),
+    "complete": (("hold", str_value, _R), ("amount", any_value, _R), ("id", request_id, _R)),
+    "void": (("hold", str_value, _R), ("id", request_id, _R)),
+    "reverse": (("target", request_id, _R), ("id", request_id, _R)),
+    "offline": (("records", any_value, _R),),
+    "balance": (("card", card_id, _R),),
+    "blacklist": (("since", any_int, _R),),
+    "settle": (("day", day, _R), ("count", non_negative_int, _R), ("total", non_negative_int, _R)),
+    "meter": (("account", account_id, _R), ("amount", amount, _R),
+              ("what", one_of("electric", "water"), _R), ("id", request_id, _R)),
+    "credit": (("account", account_id, _R), ("amount", amount, _R), ("id", request_id, _R),
+               ("source", short_text, _R)),
+    "account": (("account", account_id, _R),),
+    "history": (("account", account_id, _R), ("before", positive_int, _O),
+                ("limit", positive_int, _O)),
+    "lost": (("card", card_id, _R), ("id", request_id, _R)),
+    "found": (("card", card_id, _R), ("id", request_id, _R)),
+    "set_limits": (("account", account_id, _R), ("per_tx", non_negative_int, _O),
+                   ("daily", non_negative_int, _O), ("no_pin", non_negative_int, _O),
+                   ("id", request_id, _R)),
+    "set_pin": (("account", account_id, _R), ("old", pin, _R), ("new", pin, _R),
+                ("id", request_id, _R)),
+    "reset_pin": (("account", account_id, _R), ("id_last6", id_last6, _R), ("id", request_id, _R)),
+    "verify_pin": (("account", account_id, _R), ("pin", pin, _R)),
+    "virtual_card": (("account", account_id, _R), ("id", request_id, _R)),
+    "open_account": (("account", account_id, _R), ("school", str_value, _R),
+                     ("kind", one_of("person", "utility"), _R), ("holder", any_text, _O),
+                     ("id_last6", id_last6, _O), ("utility", one_of("both", "electric", "water"), _O),
+                     ("id", request_id, _R)),
+    "close_account": (("account", account_id, _R), ("id", request_id, _R)),
+    "issue_card": (("account", account_id, _R), ("card", card_id, _R), ("id", request_id, _R)),
+    "replace_card": (("account", account_id, _R), ("old", card_id, _R), ("new", card_id, _R),
+                     ("id", request_id, _R)),
+    "freeze": (("account", account_id, _R), ("reason", any_text, _O), ("id", request_id, _R)),
+    "unfreeze": (("account", account_id, _R), ("reason", any_text, _O), ("id", request_id, _R)),
+    "unlock": (("account", account_id, _R), ("id", request_id, _R)),
+    "add_credential": (("who", short_text, _R), ("role", one_of("terminal", "service", "admin"), _R),
+                       ("school", str_value, _O), ("kind", one_of("pos", "water", "meter"), _O),
+                       ("merchant", short_text, _O), ("id", request_id, _R)),
+    "revoke_credential": (("who", short_text, _R), ("id", request_id, _R)),
+}
+
+# Requests without an `id` of their own (§4): never remembered for idempotency.
+WITHOUT_ID = frozenset(t for t, schema in SCHEMAS.items() if not any(n == "id" for n, _, _ in schema))
+
+
+def validate(request_type: str, message: dict):
+    """(None, values) when well-formed, else (code, None). `amount` is checked first."""
+    schema = SCHEMAS[request_type]
+    values = {}
+    bad = None
+    for name, check, required in schema:
+        raw = message.get(name, INVALID)
+        if raw is INVALID or raw is None:
+            if required:
+                if name == "amount":
+                    return BAD_AMOUNT, None
+                bad = BAD_REQUEST
+            continue
+        value = check(raw)
+        if value is INVALID:
+            if name == "amount":
+                return BAD_AMOUNT, None
+            bad = BAD_REQUEST
+            continue
+        values[name] = value
+    if bad is not None:
+        return bad, None
+    return None, values
+
+
+def fingerprint_values(request_type: str, message: dict) -> list:
+    """The values idempotency compares: every listed field, present or not."""
+    return [message.get(name) for name, _, _ in SCHEMAS[request_type]]

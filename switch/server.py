@@ -1,0 +1,285 @@
+"""The trio shell: accepts connections, moves bytes through the codec, executes requests
+and hands their replies to group commit. It decides nothing itself."""
+
+import logging
+import signal
+import time
+from collections import deque
+
+import trio
+
+from switch import dispatch, limits
+from switch.codec import FrameDecoder, ProtocolError, ServerSession
+from switch.committer import Committer
+from switch.metrics import Metrics
+
+log = logging.getLogger("switch.server")
+
+error_flush_timeout_s = 5.0
+drain_timeout_s = 10.0
+
+
+class Connection:
+    """One inbound connection: a reader that executes, a writer that coalesces replies."""
+
+    def __init__(self, server: "Server", stream: trio.SocketStream):
+        self.server = server
+        self.stream = stream
+        self.session = ServerSession()
+        self.decoder = FrameDecoder()
+        self.credential = None
+        self.role = "pending"
+        self.in_flight = 0
+        self._backlog: deque = deque()   # frames read but not yet executed (in-flight cap)
+        self._out: list = []
+        self._out_bytes = 0
+        self._output = trio.Event()
+        self._capacity = trio.lowlevel.ParkingLot()
+        self._closing_error: ProtocolError | None = None
+        self._error_queued = False
+        self.reader_scope = trio.CancelScope()
+        self.closed = False
+
+    # ------------------------------------------------------------ called by others
+    def send_reply(self, reply: dict, seconds: float) -> None:
+        self.in_flight -= 1
+        self.server.metrics.observe_reply(reply["t"], reply["code"], seconds)
+        if not self.closed:
+            self._queue(self.session.encode_reply(reply))
+        self._capacity.unpark_all()
+
+    def send_push(self, message: dict) -> None:
+        if not self.closed and self.session.state == "open":
+            self._queue(self.session.encode_push(message))
+
+    def abort(self, code: str) -> None:
+        """Close at once with a connection-level error (revocation)."""
+        if self.session.state == "open" and not self._error_queued:
+            self.session.close()
+            self._closing_error = ProtocolError(code)
+            self._queue(self.session.encode_error(self._closing_error))
+            self._error_queued = True
+        self.reader_scope.cancel()
+
+    def _queue(self, frame: bytes) -> None:
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        self._output.set()
+        if self._out_bytes > limits.send_buffer_bytes_max:
+            # A peer that does not read its replies does not get to hold our memory.
+            self.reader_scope.cancel()
+            self.closed = True
+
+    # ------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        server = self.server
+        server.live.add(self)
+        server.metrics.connections.labels("pending").inc()
+        try:
+            async with trio.open_nursery() as nursery:
+                with self.reader_scope:
+                    payloads = await self._receive_hello()
+                    if payloads is None:
+                        return
+                    nursery.start_soon(self._writer)
+                    self._backlog.extend(payloads)
+                    try:
+                        await self._read_and_execute()
+                    except ProtocolError as error:
+                        self._closing_error = error
+                if self.role == "pending":
+                    return  # drained before a session existed
+                # Answer what is in flight before closing (bounded).
+                with trio.move_on_after(drain_timeout_s):
+                    while self.in_flight and not self.closed:
+                        await self._capacity.park()
+                if self._closing_error is not None and not self._error_queued:
+                    self._queue(self.session.encode_error(self._closing_error))
+                    self._error_queued = True
+                self.closed = True
+                self._output.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.closed = True
+            server.live.discard(self)
+            if self.role == "pending":
+                server.metrics.connections.labels("pending").dec()
+            else:
+                server.metrics.connections.labels(self.role).dec()
+                server.unregister(self)
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await self.stream.aclose()
+
+    async def _receive_hello(self):
+        server = self.server
+        payloads = []
+        with trio.move_on_after(limits.hello_timeout_s):
+            while not payloads:
+                data = await self.stream.receive_some(limits.receive_size_bytes)
+                if not data:
+                    return None
+                try:
+                    payloads = self.decoder.feed(data)
+                except ProtocolError as error:
+                    await self._send_error_and_close(error)
+                    return None
+        if not payloads:
+            return None  # no hello in time: closed without a frame (§2)
+        try:
+            hello = self.session.receive_hello(payloads[0], server.ledger.live_key)
+        except ProtocolError as error:
+            log.info("refused hello: %s", error.code)
+            await self._send_error_and_close(error)
+            return None
+        credential = server.ledger.credential(hello.who)
+        reply = {"role": credential.role, "time": server.clock.now_ms()}
+        if credential.role == "terminal":
+            reply["blacklist"] = server.blacklist_version(credential.school)
+        await self.stream.send_all(self.session.accept_hello(hello, reply))
+        self.credential = credential
+        server.metrics.connections.labels("pending").dec()
+        self.role = credential.role
+        server.metrics.connections.labels(self.role).inc()
+        server.register(self)
+        log.info("sign-on who=%s role=%s", credential.who, credential.role)
+        return payloads[1:]
+
+    async def _send_error_and_close(self, error: ProtocolError) -> None:
+        with trio.move_on_after(error_flush_timeout_s):
+            await self.stream.send_all(self.session.encode_error(error))
+
+    async def _read_and_execute(self) -> None:
+        stream = self.stream
+        decoder = self.decoder
+        committer = self.server.committer
+        idle_timeout_s = self.server.config.idle_timeout_s
+        while True:
+            self._execute_backlog()
+            if self.in_flight >= limits.requests_in_flight_max:
+                await self._capacity.park()   # stop reading: TCP backpressure (§2)
+                continue
+            if committer.full:
+                await committer.wait_for_room()
+                continue
+            with trio.move_on_after(idle_timeout_s) as idle:
+                data = await stream.receive_some(limits.receive_size_bytes)
+            if idle.cancelled_caught:
+                log.info("idle timeout who=%s", self.credential.who)
+                return
+            if not data:
+                return
+            self._backlog.extend(decoder.feed(data))
+
+    def _execute_backlog(self) -> None:
+        backlog = self._backlog
+        server = self.server
+        committer = server.committer
+        while backlog and self.in_flight < limits.requests_in_flight_max and not committer.full:
+            started = time.perf_counter()
+            request = self.session.receive_request(backlog.popleft())
+            reply = dispatch.execute(server.ledger, self.credential, request.message)
+            reply["re"] = request.seq
+            self.in_flight += 1
+            committer.add(self, reply, started)
+
+    async def _writer(self) -> None:
+        stream = self.stream
+        while True:
+            await self._output.wait()
+            self._output = trio.Event()
+            if self._out:
+                data = b"".join(self._out)
+                self._out.clear()
+                self._out_bytes = 0
+                await stream.send_all(data)
+            if self.closed and not self._out:
+                return
+
+
+class Server:
+    def __init__(self, store, ledger, config, clock, metrics: Metrics | None = None):
+        self.store = store
+        self.ledger = ledger
+        self.config = config
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.committer = Committer(store, ledger, self.metrics, config.batch_requests_max,
+                                   config.batch_wait_s)
+        self.sessions: dict[str, set] = {}
+        self.live: set = set()
+        self.connection_count = 0
+        self._connections_scope = None
+        self._accepting_scope = None
+        ledger.on_revoke = self._revoke_sessions
+        self.metrics.journal_txn.set(store.last_txn)
+
+    # ------------------------------------------------------------ registry
+    def register(self, connection: Connection) -> None:
+        self.sessions.setdefault(connection.credential.who, set()).add(connection)
+
+    def unregister(self, connection: Connection) -> None:
+        live = self.sessions.get(connection.credential.who)
+        if live is not None:
+            live.discard(connection)
+            if not live:
+                del self.sessions[connection.credential.who]
+
+    def _revoke_sessions(self, who: str) -> None:
+        for connection in list(self.sessions.get(who, ())):
+            log.info("revoked who=%s: closing session", who)
+            connection.abort("unauthenticated")
+
+    def blacklist_version(self, school: str | None) -> int:
+        return 0
+
+    # ------------------------------------------------------------ serving
+    async def serve(self, listeners, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled or `drain()`; returns once everything in flight is answered."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.committer.run)
+            async with trio.open_nursery() as connections:
+                self._connections_scope = connections.cancel_scope
+                self._accepting_scope = trio.CancelScope()
+                task_status.started()
+                with self._accepting_scope:
+                    async with trio.open_nursery() as accepting:
+                        for listener in listeners:
+                            accepting.start_soon(self._accept, listener, connections)
+                for listener in listeners:
+                    await listener.aclose()
+                # Stop reading; each connection answers what it has in flight, then closes.
+                for connection in list(self.live):
+                    connection.reader_scope.cancel()
+            with trio.move_on_after(drain_timeout_s):
+                await self.committer.wait_idle()
+            nursery.cancel_scope.cancel()
+
+    def drain(self) -> None:
+        if self._accepting_scope is not None:
+            self._accepting_scope.cancel()
+
+    async def _accept(self, listener, connections) -> None:
+        while True:
+            stream = await listener.accept()
+            if self.connection_count >= self.config.connections_max:
+                self.metrics.refused_connections.inc()
+                log.warning("refused connection: %d open", self.connection_count)
+                await stream.aclose()
+                continue
+            connections.start_soon(self._run_connection, stream)
+
+    async def _run_connection(self, stream) -> None:
+        self.connection_count += 1
+        try:
+            await Connection(self, stream).run()
+        finally:
+            self.connection_count -= 1
+
+    async def drain_on_signal(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal %d: draining", signum)
+                self.drain()
+                return
