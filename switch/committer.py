@@ -64,6 +64,7 @@ class Committer:
     async def _commit_open_batch(self) -> None:
         replies, self._open = self._open, []
         self._room.unpark_all()
+        effects = self.ledger.take_effects()
         batch = self.store.seal()
         if batch.writes:
             self.committing = True
@@ -75,6 +76,7 @@ class Committer:
                 self.metrics.commit_failures.inc()
                 self._fail(replies + self._open)
                 self._open = []
+                self.ledger.take_effects()  # the open batch's effects die with it
                 self.store.discard_uncommitted()
                 self.ledger.forget_cached()
                 return
@@ -85,6 +87,8 @@ class Committer:
             self.metrics.journal_txn.set(batch.last_txn)
             self.commits += 1
             self._check_map()
+        for effect in effects:
+            effect()
         self.metrics.commit_batch_size.observe(len(replies))
         now = time.perf_counter()
         for connection, reply, started_s in replies:

@@ -4,7 +4,9 @@ Synchronous and free of I/O; the shell calls `execute` for every request frame
 and sends the reply once the batch it landed in is committed.
 """
 
-from switch import handlers, requests, roles
+from switch import card_office, handlers, requests, roles
+
+HANDLERS = {**handlers.HANDLERS, **card_office.HANDLERS}
 
 
 def _reply(request_type: str, code: str) -> dict:
@@ -20,7 +22,7 @@ def execute(ledger, credential, message: dict) -> dict:
     request_type = message.get("t")
     if type(request_type) is not str:
         return _reply("error", "bad_request")
-    handler = handlers.HANDLERS.get(request_type)
+    handler = HANDLERS.get(request_type)
     if handler is None:
         return _reply(request_type, "bad_request")
     if not roles.permitted(credential.role, credential.kind, request_type):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import msgpack
 
+from switch.blacklist import Blacklist
 from switch.core import layout
 from switch.persistence.store import Store, txn_key
 
@@ -49,6 +50,26 @@ class Ledger:
         self._fingerprint_key = secret
         # Hooks the shell sets: called with a credential id when it is revoked.
         self.on_revoke = lambda who: None
+        # Called with (school, push message) once the change it announces is durable.
+        self.on_blacklist_push = lambda school, message: None
+        self._effects: list = []
+        self.blacklist = Blacklist(store)
+
+    # ----------------------------------------------------------- after commit
+    def after_commit(self, effect) -> None:
+        """Run `effect()` once the open batch is durable (dropped if the commit fails)."""
+        self._effects.append(effect)
+
+    def take_effects(self) -> list:
+        effects, self._effects = self._effects, []
+        return effects
+
+    def change_blacklist(self, school: str, add=(), remove=()) -> int:
+        """Change the school's list; the push goes out after commit. Returns the version."""
+        message = self.blacklist.change(school, add, remove)
+        if message is not None:
+            self.after_commit(lambda: self.on_blacklist_push(school, message))
+        return self.blacklist.version(school)
 
     # ----------------------------------------------------------- credentials
     def credential(self, who: str) -> Credential | None:

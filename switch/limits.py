@@ -46,6 +46,10 @@ offline_window_s = 7 * 24 * 3600
 history_limit_default = 50
 history_limit_max = 200
 
+# --- Blacklist (§4) ---
+blacklist_changes_kept = 10_000    # per school; an older `since` gets the full list
+blacklist_delta_cards_max = 20_000 # a delta longer than this is sent as the full list
+
 # --- Server (implementation choices) ---
 connections_max = 12_000           # accepted sockets beyond this are closed at once
 listen_backlog = 4096

@@ -10,6 +10,7 @@ import trio
 
 from switch import dispatch, limits
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
+from switch.codec.framing import FrameTooLarge
 from switch.committer import Committer
 from switch.metrics import Metrics
 
@@ -45,7 +46,14 @@ class Connection:
         self.in_flight -= 1
         self.server.metrics.observe_reply(reply["t"], reply["code"], seconds)
         if not self.closed:
-            self._queue(self.session.encode_reply(reply))
+            try:
+                frame = self.session.encode_reply(reply)
+            except FrameTooLarge:
+                # e.g. a `full` blacklist beyond one frame: say so rather than send garbage.
+                log.error("reply too large for one frame: t=%s re=%s", reply["t"], reply["re"])
+                frame = self.session.encode_reply({"t": reply["t"], "re": reply["re"],
+                                                   "code": "internal"})
+            self._queue(frame)
         self._capacity.unpark_all()
 
     def send_push(self, message: dict) -> None:
@@ -213,6 +221,7 @@ class Server:
         self._connections_scope = None
         self._accepting_scope = None
         ledger.on_revoke = self._revoke_sessions
+        ledger.on_blacklist_push = self._push_blacklist
         self.metrics.journal_txn.set(store.last_txn)
 
     # ------------------------------------------------------------ registry
@@ -232,7 +241,15 @@ class Server:
             connection.abort("unauthenticated")
 
     def blacklist_version(self, school: str | None) -> int:
-        return 0
+        return self.ledger.blacklist.version(school)
+
+    def _push_blacklist(self, school: str, message: dict) -> None:
+        # Sessions of one credential are registered by who; terminals carry their school.
+        for live in self.sessions.values():
+            for connection in live:
+                credential = connection.credential
+                if credential.role == "terminal" and credential.school == school:
+                    connection.send_push(message)
 
     # ------------------------------------------------------------ serving
     async def serve(self, listeners, task_status=trio.TASK_STATUS_IGNORED) -> None:

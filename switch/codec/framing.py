@@ -70,11 +70,15 @@ def encode_body(message: dict) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
 
 
+class FrameTooLarge(ValueError):
+    """A message of ours would not fit in one frame (the caller sends a smaller one)."""
+
+
 def encode_frame(key: bytes, message: dict) -> bytes:
     body = encode_body(message)
     length = len(body) + _TAG
-    # A reply that would break the frame limit is a bug of ours, not the peer's.
-    assert length <= limits.frame_size_bytes_max, length
+    if length > limits.frame_size_bytes_max:
+        raise FrameTooLarge(f"{message.get('t')!r} reply of {length} bytes")
     return length.to_bytes(_LEN, "big") + body + mac.tag(key, body)
 
 

@@ -27,6 +27,8 @@ DATABASES = {
     "journal": "txn (8 bytes big-endian) -> msgpack record",
     "account_journal": "account id + NUL + txn (8 bytes BE) -> empty",
     "idempotency": "credential id + NUL + msgpack(id) -> msgpack [t, fingerprint, reply, at_ms]",
+    "blacklist_cards": "school + NUL + card id -> empty (the current list)",
+    "blacklist_changes": "school + NUL + version (8 bytes BE) -> msgpack [added, removed]",
 }
 
 DELETED = None  # overlay value meaning "deleted in a batch not yet committed"

@@ -1,0 +1,208 @@
+"""Card-office requests (挂失/解挂, 补卡, freeze, unlock, close) and the blacklist request.
+
+Each keeps the blacklist in step with card and account standing: a card is on
+its school's list while it is lost or blocked, or while its account is frozen
+as overdrawn.
+"""
+
+from switch.core import codes, layout
+from switch.handlers import _crosses_school, _decline, _money
+
+
+def should_be_listed(card_state: int, record) -> bool:
+    return (card_state in (layout.CARD_LOST, layout.CARD_BLOCKED)
+            or layout.get(record, layout.FREEZE_REASON) == layout.FREEZE_OVERDRAWN)
+
+
+def _card_and_account(ledger, credential, request_type, card_id):
+    card = ledger.card(card_id)
+    if card is None:
+        return _decline(request_type, codes.CARD_UNKNOWN), None, None
+    record = ledger.account(card[0])
+    if _crosses_school(credential, record):
+        return _decline(request_type, codes.WRONG_SCHOOL), None, None
+    return None, card, record
+
+
+def _account(ledger, credential, request_type, account_id):
+    record = ledger.account(account_id)
+    if record is None:
+        return _decline(request_type, codes.UNKNOWN_ACCOUNT), None
+    if _crosses_school(credential, record):
+        return _decline(request_type, codes.WRONG_SCHOOL), None
+    return None, record
+
+
+def _standing_record(ledger, credential, kind, account_id, record, ref, **extra) -> int:
+    balance, _ = _money(record)
+    return ledger.append_journal(kind, account_id, layout.school_of(record), 0, balance,
+                                 credential, ref, **extra)
+
+
+def lost(ledger, credential, values):
+    card_id = values["card"]
+    refusal, card, record = _card_and_account(ledger, credential, "lost", card_id)
+    if refusal:
+        return refusal
+    account_id, state, _ = card
+    school = layout.school_of(record)
+    if state == layout.CARD_BLOCKED:
+        return _decline("lost", codes.CARD_BLOCKED)
+    if state == layout.CARD_LOST:  # already lost: ok, nothing changes (§4)
+        return {"t": "lost", "code": "ok", "blacklist": ledger.blacklist.version(school)}
+    ledger.save_card(card_id, account_id, layout.CARD_LOST, ledger.clock.now_ms())
+    txn = _standing_record(ledger, credential, "lost", account_id, record, values["id"],
+                           card=card_id)
+    version = ledger.change_blacklist(school, add=[card_id])
+    return {"t": "lost", "code": "ok", "txn": txn, "blacklist": version}
+
+
+def found(ledger, credential, values):
+    card_id = values["card"]
+    refusal, card, record = _card_and_account(ledger, credential, "found", card_id)
+    if refusal:
+        return refusal
+    account_id, state, _ = card
+    school = layout.school_of(record)
+    if state != layout.CARD_LOST:  # not lost: ok, nothing changes (§4)
+        return {"t": "found", "code": "ok", "blacklist": ledger.blacklist.version(school)}
+    ledger.save_card(card_id, account_id, layout.CARD_ACTIVE, ledger.clock.now_ms())
+    txn = _standing_record(ledger, credential, "found", account_id, record, values["id"],
+                           card=card_id)
+    remove = [] if should_be_listed(layout.CARD_ACTIVE, record) else [card_id]
+    version = ledger.change_blacklist(school, remove=remove)
+    return {"t": "found", "code": "ok", "txn": txn, "blacklist": version}
+
+
+def replace_card(ledger, credential, values):
+    account_id, old_id, new_id = values["account"], values["old"], values["new"]
+    refusal, record = _account(ledger, credential, "replace_card", account_id)
+    if refusal:
+        return refusal
+    if layout.get(record, layout.STATUS) == layout.STATUS_CLOSED:
+        return _decline("replace_card", codes.ACCOUNT_CLOSED)
+    old = ledger.card(old_id)
+    if old is None:
+        return _decline("replace_card", codes.CARD_UNKNOWN)
+    if old[0] != account_id:
+        return _decline("replace_card", codes.BAD_REQUEST)
+    if old[1] == layout.CARD_BLOCKED:
+        return _decline("replace_card", codes.CARD_BLOCKED)
+    if ledger.card(new_id) is not None:
+        return _decline("replace_card", codes.EXISTS)
+    now_ms = ledger.clock.now_ms()
+    ledger.save_card(old_id, account_id, layout.CARD_BLOCKED, now_ms)
+    ledger.save_card(new_id, account_id, layout.CARD_ACTIVE, now_ms)
+    txn = _standing_record(ledger, credential, "replace_card", account_id, record, values["id"],
+                           card=new_id, old=old_id)
+    school = layout.school_of(record)
+    add = [old_id] + ([new_id] if should_be_listed(layout.CARD_ACTIVE, record) else [])
+    ledger.change_blacklist(school, add=add)
+    return {"t": "replace_card", "code": "ok", "txn": txn}
+
+
+def _set_listing_for_account(ledger, account_id, record) -> None:
+    """After a change of the account's freeze reason, list or unlist its cards."""
+    school = layout.school_of(record)
+    add, remove = [], []
+    for card_id in ledger.cards_of(account_id):
+        listed = ledger.blacklist.contains(school, card_id)
+        wanted = should_be_listed(ledger.card(card_id)[1], record)
+        if wanted and not listed:
+            add.append(card_id)
+        elif listed and not wanted:
+            remove.append(card_id)
+    ledger.change_blacklist(school, add=add, remove=remove)
+
+
+def freeze_account(ledger, credential, account_id, record, reason_code, reason_text, ref):
+    """Freeze (operator or overdrawn) and write the record; shared with offline uploads."""
+    layout.put(record, layout.STATUS, layout.STATUS_FROZEN)
+    layout.put(record, layout.FREEZE_REASON, reason_code)
+    ledger.save_account(account_id, record)
+    txn = _standing_record(ledger, credential, "freeze", account_id, record, ref,
+                           reason=reason_text)
+    if reason_code == layout.FREEZE_OVERDRAWN:
+        _set_listing_for_account(ledger, account_id, record)
+    return txn
+
+
+def freeze(ledger, credential, values):
+    account_id = values["account"]
+    refusal, record = _account(ledger, credential, "freeze", account_id)
+    if refusal:
+        return refusal
+    status = layout.get(record, layout.STATUS)
+    if status == layout.STATUS_CLOSED:
+        return _decline("freeze", codes.ACCOUNT_CLOSED)
+    if status == layout.STATUS_FROZEN:
+        return {"t": "freeze", "code": "ok"}
+    txn = freeze_account(ledger, credential, account_id, record, layout.FREEZE_OPERATOR,
+                         values.get("reason", "operator"), values["id"])
+    return {"t": "freeze", "code": "ok", "txn": txn}
+
+
+def unfreeze(ledger, credential, values):
+    account_id = values["account"]
+    refusal, record = _account(ledger, credential, "unfreeze", account_id)
+    if refusal:
+        return refusal
+    if layout.get(record, layout.STATUS) != layout.STATUS_FROZEN:
+        return {"t": "unfreeze", "code": "ok"}
+    was_overdrawn = layout.get(record, layout.FREEZE_REASON) == layout.FREEZE_OVERDRAWN
+    layout.put(record, layout.STATUS, layout.STATUS_ACTIVE)
+    layout.put(record, layout.FREEZE_REASON, layout.FREEZE_NONE)
+    ledger.save_account(account_id, record)
+    txn = _standing_record(ledger, credential, "unfreeze", account_id, record, values["id"],
+                           reason=values.get("reason"))
+    if was_overdrawn:
+        _set_listing_for_account(ledger, account_id, record)
+    return {"t": "unfreeze", "code": "ok", "txn": txn}
+
+
+def unlock(ledger, credential, values):
+    account_id = values["account"]
+    refusal, record = _account(ledger, credential, "unlock", account_id)
+    if refusal:
+        return refusal
+    if not layout.get(record, layout.PIN_LOCKED) and not layout.get(record, layout.PIN_FAILURES):
+        return {"t": "unlock", "code": "ok"}
+    layout.put(record, layout.PIN_LOCKED, 0)
+    layout.put(record, layout.PIN_FAILURES, 0)
+    ledger.save_account(account_id, record)
+    txn = _standing_record(ledger, credential, "unlock", account_id, record, values["id"])
+    return {"t": "unlock", "code": "ok", "txn": txn}
+
+
+def close_account(ledger, credential, values):
+    account_id = values["account"]
+    refusal, record = _account(ledger, credential, "close_account", account_id)
+    if refusal:
+        return refusal
+    if layout.get(record, layout.STATUS) == layout.STATUS_CLOSED:
+        return {"t": "close_account", "code": "ok"}
+    if layout.get(record, layout.BALANCE) != 0 or layout.get(record, layout.HELD) != 0:
+        return _decline("close_account", codes.NOT_EMPTY)
+    layout.put(record, layout.STATUS, layout.STATUS_CLOSED)
+    ledger.save_account(account_id, record)
+    txn = _standing_record(ledger, credential, "close_account", account_id, record, values["id"])
+    return {"t": "close_account", "code": "ok", "txn": txn}
+
+
+def blacklist(ledger, credential, values):
+    reply = ledger.blacklist.since(credential.school, values["since"])
+    if reply is None:
+        return _decline("blacklist", codes.BAD_REQUEST)
+    return {"t": "blacklist", "code": "ok", **reply}
+
+
+HANDLERS = {
+    "lost": lost,
+    "found": found,
+    "replace_card": replace_card,
+    "freeze": freeze,
+    "unfreeze": unfreeze,
+    "unlock": unlock,
+    "close_account": close_account,
+    "blacklist": blacklist,
+}

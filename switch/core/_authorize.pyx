@@ -1,0 +1,471 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Compiled authorization core: `reference.py`'s rules on a C struct laid over the record.
+
+A packed struct mirroring `layout.py` is cast onto the bytearray's own buffer,
+so a decision reads and writes fields without building Python objects; only
+the PIN paths create objects (the HMAC needs them). Behaviour, exceptions
+included, is that of `reference.py`; the property tests hold it to that.
+"""
+
+import sys
+
+if sys.byteorder != "little":
+    raise ImportError("switch.core._authorize overlays a little-endian record; "
+                      "this host is big-endian")
+
+import hmac
+import struct
+
+from cpython.bytearray cimport (PyByteArray_AS_STRING, PyByteArray_CheckExact,
+                                PyByteArray_GET_SIZE)
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.string cimport memcpy
+
+from switch import limits as _limits
+from switch.core import codes as _codes
+from switch.core import layout as _layout
+
+__all__ = [
+    "check_amount", "authorize", "verify_pin", "pin_digest", "id_digest",
+    "set_pin", "reset_pin", "credit", "unspend", "complete_hold",
+    "release_hold", "apply_offline", "apply_meter", "apply_restore",
+]
+
+# Exact integer semantics: an int64 sum or difference that would wrap is
+# reported, so the compiled code decides as Python's unbounded ints do.
+cdef extern from *:
+    """
+    static inline int switch_core_add_overflow(long long a, long long b, long long *r) {
+        return __builtin_add_overflow(a, b, r);
+    }
+    static inline int switch_core_sub_overflow(long long a, long long b, long long *r) {
+        return __builtin_sub_overflow(a, b, r);
+    }
+    """
+    bint add_overflow "switch_core_add_overflow"(long long a, long long b, long long *r) nogil
+    bint sub_overflow "switch_core_sub_overflow"(long long a, long long b, long long *r) nogil
+
+
+cdef packed struct AccountRecord:
+    int64_t balance
+    int64_t held
+    int64_t spent_today
+    int32_t spent_day
+    uint8_t status
+    uint8_t kind
+    uint8_t utility
+    uint8_t power_on
+    uint8_t pin_failures
+    uint8_t pin_locked
+    uint8_t freeze_reason
+    uint8_t qr_enabled
+    uint8_t reserved[4]
+    int64_t limit_per_tx
+    int64_t limit_daily
+    int64_t limit_no_pin
+    char school[8]
+    unsigned char pin_salt[16]
+    unsigned char pin_hash[32]
+    unsigned char id_hash[32]
+
+
+# Mirrors of codes.py, layout.py and limits.py, checked against them below.
+cdef enum:
+    OK = 0
+    INSUFFICIENT_FUNDS = 1
+    CARD_UNKNOWN = 2
+    CARD_LOST = 3
+    CARD_BLOCKED = 4
+    ACCOUNT_FROZEN = 5
+    ACCOUNT_CLOSED = 6
+    PIN_LOCKED = 7
+    PIN_REQUIRED = 8
+    PIN_INVALID = 9
+    LIMIT_PER_TX = 10
+    LIMIT_DAILY = 11
+    WRONG_SCHOOL = 16
+    BAD_AMOUNT = 17
+    IDENTITY_MISMATCH = 31
+
+    STATUS_FROZEN = 1
+    STATUS_CLOSED = 2
+    CARD_ACTIVE = 0
+    CARD_STATE_LOST = 1
+    CARD_STATE_BLOCKED = 2
+    CARD_NONE = 3
+
+    ACCOUNT_RECORD_SIZE = 152
+    SALT_SIZE_BYTES = 16
+    DIGEST_SIZE_BYTES = 32
+    PIN_FAILURES_COUNTER_MAX = 255
+
+# Bounds come from limits.py itself, read once into C variables.
+cdef long long BALANCE_FEN_MAX = _limits.balance_fen_max
+cdef int PIN_FAILURES_MAX = _limits.pin_failures_max
+
+
+cdef inline Py_ssize_t _offset(AccountRecord* record, void* field):
+    return <char*>field - <char*>record
+
+
+cdef _check_mirrors():
+    """Refuse to load when the struct or a constant disagrees with the Python modules."""
+    cdef AccountRecord probe
+    cdef AccountRecord* r = &probe
+    offsets = {
+        "BALANCE": _offset(r, &r.balance), "HELD": _offset(r, &r.held),
+        "SPENT_TODAY": _offset(r, &r.spent_today), "SPENT_DAY": _offset(r, &r.spent_day),
+        "STATUS": _offset(r, &r.status), "KIND": _offset(r, &r.kind),
+        "UTILITY": _offset(r, &r.utility), "POWER_ON": _offset(r, &r.power_on),
+        "PIN_FAILURES": _offset(r, &r.pin_failures), "PIN_LOCKED": _offset(r, &r.pin_locked),
+        "FREEZE_REASON": _offset(r, &r.freeze_reason), "QR_ENABLED": _offset(r, &r.qr_enabled),
+        "LIMIT_PER_TX": _offset(r, &r.limit_per_tx), "LIMIT_DAILY": _offset(r, &r.limit_daily),
+        "LIMIT_NO_PIN": _offset(r, &r.limit_no_pin), "SCHOOL": _offset(r, &r.school[0]),
+        "PIN_SALT": _offset(r, &r.pin_salt[0]), "PIN_HASH": _offset(r, &r.pin_hash[0]),
+        "ID_HASH": _offset(r, &r.id_hash[0]),
+    }
+    for name, offset in offsets.items():
+        if getattr(_layout, name)[0] != offset:
+            raise ImportError(f"AccountRecord.{name} at {offset}, layout.py says "
+                              f"{getattr(_layout, name)[0]}")
+    if sizeof(AccountRecord) != _layout.ACCOUNT_RECORD_SIZE or \
+            ACCOUNT_RECORD_SIZE != _layout.ACCOUNT_RECORD_SIZE:
+        raise ImportError("AccountRecord size differs from layout.ACCOUNT_RECORD_SIZE")
+    mirrored = {
+        (_codes, "OK"): OK, (_codes, "INSUFFICIENT_FUNDS"): INSUFFICIENT_FUNDS,
+        (_codes, "CARD_UNKNOWN"): CARD_UNKNOWN, (_codes, "CARD_LOST"): CARD_LOST,
+        (_codes, "CARD_BLOCKED"): CARD_BLOCKED, (_codes, "ACCOUNT_FROZEN"): ACCOUNT_FROZEN,
+        (_codes, "ACCOUNT_CLOSED"): ACCOUNT_CLOSED, (_codes, "PIN_LOCKED"): PIN_LOCKED,
+        (_codes, "PIN_REQUIRED"): PIN_REQUIRED, (_codes, "PIN_INVALID"): PIN_INVALID,
+        (_codes, "LIMIT_PER_TX"): LIMIT_PER_TX, (_codes, "LIMIT_DAILY"): LIMIT_DAILY,
+        (_codes, "WRONG_SCHOOL"): WRONG_SCHOOL, (_codes, "BAD_AMOUNT"): BAD_AMOUNT,
+        (_codes, "IDENTITY_MISMATCH"): IDENTITY_MISMATCH,
+        (_layout, "STATUS_FROZEN"): STATUS_FROZEN, (_layout, "STATUS_CLOSED"): STATUS_CLOSED,
+        (_layout, "CARD_ACTIVE"): CARD_ACTIVE, (_layout, "CARD_LOST"): CARD_STATE_LOST,
+        (_layout, "CARD_BLOCKED"): CARD_STATE_BLOCKED, (_layout, "CARD_NONE"): CARD_NONE,
+    }
+    for (module, name), value in mirrored.items():
+        if getattr(module, name) != value:
+            raise ImportError(f"{module.__name__}.{name} is {getattr(module, name)}, "
+                              f"_authorize.pyx has {value}")
+    sizes = {
+        "BALANCE": sizeof(r.balance), "HELD": sizeof(r.held),
+        "SPENT_TODAY": sizeof(r.spent_today), "SPENT_DAY": sizeof(r.spent_day),
+        "STATUS": sizeof(r.status), "KIND": sizeof(r.kind), "UTILITY": sizeof(r.utility),
+        "POWER_ON": sizeof(r.power_on), "PIN_FAILURES": sizeof(r.pin_failures),
+        "PIN_LOCKED": sizeof(r.pin_locked), "FREEZE_REASON": sizeof(r.freeze_reason),
+        "QR_ENABLED": sizeof(r.qr_enabled), "LIMIT_PER_TX": sizeof(r.limit_per_tx),
+        "LIMIT_DAILY": sizeof(r.limit_daily), "LIMIT_NO_PIN": sizeof(r.limit_no_pin),
+        "SCHOOL": sizeof(r.school), "PIN_SALT": SALT_SIZE_BYTES, "PIN_HASH": DIGEST_SIZE_BYTES,
+        "ID_HASH": DIGEST_SIZE_BYTES,
+    }
+    for name, size in sizes.items():
+        if struct.calcsize(getattr(_layout, name)[1]) != size:
+            raise ImportError(f"AccountRecord.{name} is {size} bytes, layout.py disagrees")
+    if sizeof(r.pin_salt) != SALT_SIZE_BYTES or sizeof(r.pin_hash) != DIGEST_SIZE_BYTES \
+            or sizeof(r.id_hash) != DIGEST_SIZE_BYTES:
+        raise ImportError("AccountRecord hash fields have the wrong size")
+
+
+_check_mirrors()
+
+_hmac_digest = hmac.digest
+_compare_digest = hmac.compare_digest
+
+
+cdef inline AccountRecord* _record(object account) except NULL:
+    """The struct over `account`'s buffer. Fetch again after any call into Python code."""
+    assert PyByteArray_CheckExact(account), type(account)
+    assert PyByteArray_GET_SIZE(account) == ACCOUNT_RECORD_SIZE, len(account)
+    return <AccountRecord*>PyByteArray_AS_STRING(account)
+
+
+cdef inline int _put_balance(AccountRecord* record, long long balance) except -1:
+    assert -BALANCE_FEN_MAX <= balance <= BALANCE_FEN_MAX, balance
+    record.balance = balance
+    return 0
+
+
+cdef inline int _put_held(AccountRecord* record, long long held) except -1:
+    assert 0 <= held <= BALANCE_FEN_MAX, held
+    record.held = held
+    return 0
+
+
+cdef inline int _count_spending(AccountRecord* record, long long amount, int day) except -1:
+    """Add `amount` to the spending of `day`, starting the day afresh if it is a new one."""
+    cdef long long spent
+    cdef bint wrapped
+    if record.spent_day != day:
+        record.spent_day = day
+        record.spent_today = 0
+    wrapped = add_overflow(record.spent_today, amount, &spent)
+    assert not wrapped, (record.spent_today, amount)
+    assert 0 <= spent <= BALANCE_FEN_MAX, spent
+    record.spent_today = spent
+    return 0
+
+
+cdef inline long long _effective(long long account_limit, long long school_default) noexcept:
+    """An account limit of -1 means "the school's default"."""
+    return account_limit if account_limit >= 0 else school_default
+
+
+cdef inline bytes _field_bytes(unsigned char* field, Py_ssize_t size):
+    return PyBytes_FromStringAndSize(<char*>field, size)
+
+
+def pin_digest(salt, pin):
+    """HMAC-SHA256(salt, b"pin:" + pin): what PIN_HASH holds."""
+    return _hmac_digest(salt, b"pin:" + pin, "sha256")
+
+
+def id_digest(salt, id_last6):
+    """HMAC-SHA256(salt, b"id:" + id_last6): what ID_HASH holds."""
+    return _hmac_digest(salt, b"id:" + id_last6, "sha256")
+
+
+cdef int _check_pin(object account, object pin) except -1:
+    """Compare `pin` to the record and count a wrong one; the PIN must not be locked.
+
+    Returns OK (count reset), PIN_INVALID, or PIN_LOCKED when this wrong PIN was
+    the last one allowed.
+    """
+    cdef AccountRecord* record = _record(account)
+    salt = _field_bytes(record.pin_salt, SALT_SIZE_BYTES)
+    stored = _field_bytes(record.pin_hash, DIGEST_SIZE_BYTES)
+    matches = _compare_digest(pin_digest(salt, pin), stored)
+    record = _record(account)
+    if matches:
+        record.pin_failures = 0
+        return OK
+    # Saturate rather than wrap the one-byte counter; the lock triggers long before.
+    cdef int failures = record.pin_failures + 1
+    if failures > PIN_FAILURES_COUNTER_MAX:
+        failures = PIN_FAILURES_COUNTER_MAX
+    record.pin_failures = <uint8_t>failures
+    if failures >= PIN_FAILURES_MAX:
+        record.pin_locked = 1
+        return PIN_LOCKED
+    return PIN_INVALID
+
+
+cdef inline int _check_amount(object amount, long long max_amount, long long* value) except -1:
+    """OK or BAD_AMOUNT; on OK `value` holds the amount as a C integer."""
+    cdef int overflow = 0
+    cdef long long converted = PyLong_AsLongLongAndOverflow(amount, &overflow)
+    # An int beyond int64 is far outside 1..max_amount (max_amount is an int64).
+    if overflow != 0 or converted < 1 or converted > max_amount:
+        return BAD_AMOUNT
+    value[0] = converted
+    return OK
+
+
+def check_amount(amount, long long max_amount):
+    """OK when 1 <= amount <= max_amount, else BAD_AMOUNT (amount is an int, not a bool)."""
+    cdef long long value
+    return _check_amount(amount, max_amount, &value)
+
+
+def authorize(account, int card_state, same_school, amount, pin, bint pin_checked, int day,
+              long long school_per_tx, long long school_daily, long long school_no_pin,
+              long long max_amount, bint hold):
+    """Decide a debit, qr_debit or hold (PROTOCOL.md §4 rules 1-7) and apply it on OK.
+
+    `account` may be None when `card_state` is CARD_NONE. `pin_checked` is False
+    for QR debits (no PIN step). On OK a hold reserves `amount` (HELD); a debit
+    takes it from BALANCE and counts it to the spending of `day`. A decline at
+    the PIN step may still have counted a wrong PIN.
+    """
+    cdef long long value
+    cdef long long spent
+    cdef long long total
+    cdef long long available
+    cdef long long held
+    cdef int code
+    cdef bint wrapped
+    cdef AccountRecord* record
+    # 1. amount
+    if _check_amount(amount, max_amount, &value) != OK:
+        return BAD_AMOUNT
+    # 2. card
+    if card_state == CARD_NONE:
+        return CARD_UNKNOWN
+    if card_state == CARD_STATE_LOST:
+        return CARD_LOST
+    if card_state == CARD_STATE_BLOCKED:
+        return CARD_BLOCKED
+    assert card_state == CARD_ACTIVE, card_state
+    # 3. school
+    if not same_school:
+        return WRONG_SCHOOL
+    record = _record(account)
+    # 4. account standing
+    if record.status == STATUS_CLOSED:
+        return ACCOUNT_CLOSED
+    if record.status == STATUS_FROZEN:
+        return ACCOUNT_FROZEN
+    if record.pin_locked == 1:
+        return PIN_LOCKED
+    # 5. limits
+    if value > _effective(record.limit_per_tx, school_per_tx):
+        return LIMIT_PER_TX
+    spent = record.spent_today if record.spent_day == day else 0
+    if add_overflow(spent, value, &total) or total > _effective(record.limit_daily, school_daily):
+        return LIMIT_DAILY
+    # 6. PIN (card path only)
+    if pin_checked:
+        if pin is None:
+            if value > _effective(record.limit_no_pin, school_no_pin):
+                return PIN_REQUIRED
+        else:
+            code = _check_pin(account, pin)
+            if code != OK:
+                return code
+            record = _record(account)
+    # 7. funds
+    held = record.held
+    assert held >= 0, held
+    if sub_overflow(record.balance, held, &available) or available < value:
+        return INSUFFICIENT_FUNDS
+    if hold:
+        wrapped = add_overflow(held, value, &total)
+        assert not wrapped, (held, value)
+        _put_held(record, total)
+    else:
+        _put_balance(record, record.balance - value)  # cannot wrap: balance >= held + value
+        _count_spending(record, value, day)
+    return OK
+
+
+def verify_pin(account, pin):
+    """PIN_LOCKED while locked; a wrong PIN counts (the 5th locks: PIN_LOCKED) else PIN_INVALID."""
+    cdef AccountRecord* record = _record(account)
+    if record.pin_locked == 1:
+        return PIN_LOCKED
+    return _check_pin(account, pin)
+
+
+def set_pin(account, pin):
+    """Store a new PIN and clear the run of wrong ones; the lock is left as it is."""
+    cdef AccountRecord* record = _record(account)
+    digest = pin_digest(_field_bytes(record.pin_salt, SALT_SIZE_BYTES), pin)
+    assert PyBytes_CheckExact(digest) and PyBytes_GET_SIZE(digest) == DIGEST_SIZE_BYTES
+    record = _record(account)
+    memcpy(record.pin_hash, PyBytes_AS_STRING(digest), DIGEST_SIZE_BYTES)
+    record.pin_failures = 0
+
+
+def reset_pin(account, id_last6):
+    """With the right `id_last6` the PIN becomes `id_last6` and the lock is cleared."""
+    cdef AccountRecord* record = _record(account)
+    salt = _field_bytes(record.pin_salt, SALT_SIZE_BYTES)
+    if not _compare_digest(id_digest(salt, id_last6),
+                           _field_bytes(record.id_hash, DIGEST_SIZE_BYTES)):
+        return IDENTITY_MISMATCH
+    digest = pin_digest(salt, id_last6)
+    assert PyBytes_CheckExact(digest) and PyBytes_GET_SIZE(digest) == DIGEST_SIZE_BYTES
+    record = _record(account)
+    memcpy(record.pin_hash, PyBytes_AS_STRING(digest), DIGEST_SIZE_BYTES)
+    record.pin_failures = 0
+    record.pin_locked = 0
+    return OK
+
+
+def credit(account, amount):
+    """Add `amount` to BALANCE; BAD_AMOUNT when amount < 1 or the balance would pass its maximum."""
+    cdef AccountRecord* record = _record(account)
+    cdef int overflow = 0
+    cdef long long value = PyLong_AsLongLongAndOverflow(amount, &overflow)
+    cdef long long balance
+    if overflow < 0 or (overflow == 0 and value < 1):
+        return BAD_AMOUNT
+    # A positive overflow, or a wrapping sum, is above BALANCE_FEN_MAX (< 2**63).
+    if overflow > 0 or add_overflow(record.balance, value, &balance) or balance > BALANCE_FEN_MAX:
+        return BAD_AMOUNT
+    _put_balance(record, balance)
+    return OK
+
+
+def unspend(account, long long amount, int day):
+    """Reverse a debit made on local day `day`: money back, and off that day's spending if current."""
+    cdef AccountRecord* record = _record(account)
+    cdef long long balance
+    cdef long long spent
+    cdef bint wrapped
+    assert amount >= 0, amount
+    wrapped = add_overflow(record.balance, amount, &balance)
+    assert not wrapped, (record.balance, amount)
+    _put_balance(record, balance)
+    if record.spent_day == day:
+        # A wrap can only come from below: the true difference is negative.
+        if sub_overflow(record.spent_today, amount, &spent) or spent < 0:
+            spent = 0
+        record.spent_today = spent
+
+
+def complete_hold(account, long long hold_amount, long long amount, int day):
+    """Release a hold of `hold_amount` and take `amount` (<= hold_amount), counted to `day`."""
+    cdef AccountRecord* record = _record(account)
+    cdef long long held
+    cdef long long balance
+    cdef bint wrapped
+    assert 0 <= amount <= hold_amount, (amount, hold_amount)
+    wrapped = sub_overflow(record.held, hold_amount, &held)
+    assert not wrapped, (record.held, hold_amount)
+    _put_held(record, held)
+    wrapped = sub_overflow(record.balance, amount, &balance)
+    assert not wrapped, (record.balance, amount)
+    _put_balance(record, balance)
+    _count_spending(record, amount, day)
+
+
+def release_hold(account, long long hold_amount):
+    """Release a hold of `hold_amount` without taking anything."""
+    cdef AccountRecord* record = _record(account)
+    cdef long long held
+    cdef bint wrapped
+    assert hold_amount >= 0, hold_amount
+    wrapped = sub_overflow(record.held, hold_amount, &held)
+    assert not wrapped, (record.held, hold_amount)
+    _put_held(record, held)
+
+
+def apply_offline(account, long long amount, int day):
+    """Apply an offline tap of local day `day`: always taken, counted unless the day is past."""
+    cdef AccountRecord* record = _record(account)
+    cdef long long balance
+    cdef bint wrapped
+    assert amount >= 0, amount
+    wrapped = sub_overflow(record.balance, amount, &balance)
+    assert not wrapped, (record.balance, amount)
+    _put_balance(record, balance)
+    if day >= record.spent_day:
+        _count_spending(record, amount, day)
+
+
+def apply_meter(account, long long amount):
+    """Take a meter deduction; True when it cut the power (balance at or below 0 while on)."""
+    cdef AccountRecord* record = _record(account)
+    cdef long long balance
+    cdef bint wrapped
+    assert amount >= 0, amount
+    wrapped = sub_overflow(record.balance, amount, &balance)
+    assert not wrapped, (record.balance, amount)
+    _put_balance(record, balance)
+    if record.power_on == 1 and balance <= 0:
+        record.power_on = 0
+        return True
+    return False
+
+
+def apply_restore(account):
+    """After a credit: True when it turned the power back on (balance above 0 while off)."""
+    cdef AccountRecord* record = _record(account)
+    if record.power_on == 0 and record.balance > 0:
+        record.power_on = 1
+        return True
+    return False

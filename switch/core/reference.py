@@ -1,0 +1,246 @@
+"""Plain-Python reference model of the authorization core (PROTOCOL.md §4).
+
+The compiled `_authorize` must behave exactly like this module; the property
+tests run both over the same random operation sequences and compare codes and
+record bytes. Clarity over speed: every field goes through `layout.get/put`.
+"""
+
+import hmac
+
+from switch import limits
+from switch.core import codes, layout
+
+__all__ = [
+    "check_amount", "authorize", "verify_pin", "pin_digest", "id_digest",
+    "set_pin", "reset_pin", "credit", "unspend", "complete_hold",
+    "release_hold", "apply_offline", "apply_meter", "apply_restore",
+]
+
+_pin_digest_size_bytes = 32
+
+
+def _check_record(account):
+    assert type(account) is bytearray, type(account)
+    assert len(account) == layout.ACCOUNT_RECORD_SIZE, len(account)
+
+
+def _put_balance(account, balance):
+    # Outside this range the int64 field could overflow; no real money gets there.
+    assert -limits.balance_fen_max <= balance <= limits.balance_fen_max, balance
+    layout.put(account, layout.BALANCE, balance)
+
+
+def _put_held(account, held):
+    assert 0 <= held <= limits.balance_fen_max, held
+    layout.put(account, layout.HELD, held)
+
+
+def _count_spending(account, amount, day):
+    """Add `amount` to the spending of `day`, starting the day afresh if it is a new one."""
+    if layout.get(account, layout.SPENT_DAY) != day:
+        layout.put(account, layout.SPENT_DAY, day)
+        layout.put(account, layout.SPENT_TODAY, 0)
+    spent = layout.get(account, layout.SPENT_TODAY) + amount
+    assert 0 <= spent <= limits.balance_fen_max, spent
+    layout.put(account, layout.SPENT_TODAY, spent)
+
+
+def _effective_limit(account, field, school_default):
+    """An account limit of -1 means "the school's default"."""
+    value = layout.get(account, field)
+    return value if value >= 0 else school_default
+
+
+def pin_digest(salt, pin):
+    """HMAC-SHA256(salt, b"pin:" + pin): what PIN_HASH holds."""
+    return hmac.digest(salt, b"pin:" + pin, "sha256")
+
+
+def id_digest(salt, id_last6):
+    """HMAC-SHA256(salt, b"id:" + id_last6): what ID_HASH holds."""
+    return hmac.digest(salt, b"id:" + id_last6, "sha256")
+
+
+def _check_pin(account, pin):
+    """Compare `pin` to the record and count a wrong one; the PIN must not be locked.
+
+    Returns OK (count reset), PIN_INVALID, or PIN_LOCKED when this wrong PIN was
+    the last one allowed.
+    """
+    salt = layout.get(account, layout.PIN_SALT)
+    if hmac.compare_digest(pin_digest(salt, pin), layout.get(account, layout.PIN_HASH)):
+        layout.put(account, layout.PIN_FAILURES, 0)
+        return codes.OK
+    # Saturate rather than overflow the one-byte counter; the lock triggers long before.
+    failures = min(layout.get(account, layout.PIN_FAILURES) + 1, 255)
+    layout.put(account, layout.PIN_FAILURES, failures)
+    if failures >= limits.pin_failures_max:
+        layout.put(account, layout.PIN_LOCKED, 1)
+        return codes.PIN_LOCKED
+    return codes.PIN_INVALID
+
+
+def check_amount(amount, max_amount):
+    """OK when 1 <= amount <= max_amount, else BAD_AMOUNT (amount is an int, not a bool)."""
+    if 1 <= amount <= max_amount:
+        return codes.OK
+    return codes.BAD_AMOUNT
+
+
+def authorize(account, card_state, same_school, amount, pin, pin_checked, day,
+              school_per_tx, school_daily, school_no_pin, max_amount, hold):
+    """Decide a debit, qr_debit or hold (PROTOCOL.md §4 rules 1-7) and apply it on OK.
+
+    `account` may be None when `card_state` is CARD_NONE. `pin_checked` is False
+    for QR debits (no PIN step). On OK a hold reserves `amount` (HELD); a debit
+    takes it from BALANCE and counts it to the spending of `day`. A decline at
+    the PIN step may still have counted a wrong PIN.
+    """
+    # 1. amount
+    if check_amount(amount, max_amount) != codes.OK:
+        return codes.BAD_AMOUNT
+    # 2. card
+    if card_state == layout.CARD_NONE:
+        return codes.CARD_UNKNOWN
+    if card_state == layout.CARD_LOST:
+        return codes.CARD_LOST
+    if card_state == layout.CARD_BLOCKED:
+        return codes.CARD_BLOCKED
+    assert card_state == layout.CARD_ACTIVE, card_state
+    # 3. school
+    if not same_school:
+        return codes.WRONG_SCHOOL
+    _check_record(account)
+    # 4. account standing
+    status = layout.get(account, layout.STATUS)
+    if status == layout.STATUS_CLOSED:
+        return codes.ACCOUNT_CLOSED
+    if status == layout.STATUS_FROZEN:
+        return codes.ACCOUNT_FROZEN
+    if layout.get(account, layout.PIN_LOCKED) == 1:
+        return codes.PIN_LOCKED
+    # 5. limits
+    if amount > _effective_limit(account, layout.LIMIT_PER_TX, school_per_tx):
+        return codes.LIMIT_PER_TX
+    spent = 0
+    if layout.get(account, layout.SPENT_DAY) == day:
+        spent = layout.get(account, layout.SPENT_TODAY)
+    if spent + amount > _effective_limit(account, layout.LIMIT_DAILY, school_daily):
+        return codes.LIMIT_DAILY
+    # 6. PIN (card path only)
+    if pin_checked:
+        if pin is None:
+            if amount > _effective_limit(account, layout.LIMIT_NO_PIN, school_no_pin):
+                return codes.PIN_REQUIRED
+        else:
+            code = _check_pin(account, pin)
+            if code != codes.OK:
+                return code
+    # 7. funds
+    balance = layout.get(account, layout.BALANCE)
+    held = layout.get(account, layout.HELD)
+    assert held >= 0, held
+    if balance - held < amount:
+        return codes.INSUFFICIENT_FUNDS
+    if hold:
+        _put_held(account, held + amount)
+    else:
+        _put_balance(account, balance - amount)
+        _count_spending(account, amount, day)
+    return codes.OK
+
+
+def verify_pin(account, pin):
+    """PIN_LOCKED while locked; a wrong PIN counts (the 5th locks: PIN_LOCKED) else PIN_INVALID."""
+    _check_record(account)
+    if layout.get(account, layout.PIN_LOCKED) == 1:
+        return codes.PIN_LOCKED
+    return _check_pin(account, pin)
+
+
+def set_pin(account, pin):
+    """Store a new PIN and clear the run of wrong ones; the lock is left as it is."""
+    _check_record(account)
+    digest = pin_digest(layout.get(account, layout.PIN_SALT), pin)
+    assert len(digest) == _pin_digest_size_bytes
+    layout.put(account, layout.PIN_HASH, digest)
+    layout.put(account, layout.PIN_FAILURES, 0)
+
+
+def reset_pin(account, id_last6):
+    """With the right `id_last6` the PIN becomes `id_last6` and the lock is cleared."""
+    _check_record(account)
+    salt = layout.get(account, layout.PIN_SALT)
+    if not hmac.compare_digest(id_digest(salt, id_last6), layout.get(account, layout.ID_HASH)):
+        return codes.IDENTITY_MISMATCH
+    layout.put(account, layout.PIN_HASH, pin_digest(salt, id_last6))
+    layout.put(account, layout.PIN_FAILURES, 0)
+    layout.put(account, layout.PIN_LOCKED, 0)
+    return codes.OK
+
+
+def credit(account, amount):
+    """Add `amount` to BALANCE; BAD_AMOUNT when amount < 1 or the balance would pass its maximum."""
+    _check_record(account)
+    balance = layout.get(account, layout.BALANCE)
+    if amount < 1 or balance + amount > limits.balance_fen_max:
+        return codes.BAD_AMOUNT
+    _put_balance(account, balance + amount)
+    return codes.OK
+
+
+def unspend(account, amount, day):
+    """Reverse a debit made on local day `day`: money back, and off that day's spending if current."""
+    _check_record(account)
+    assert amount >= 0, amount
+    _put_balance(account, layout.get(account, layout.BALANCE) + amount)
+    if layout.get(account, layout.SPENT_DAY) == day:
+        spent = layout.get(account, layout.SPENT_TODAY)
+        layout.put(account, layout.SPENT_TODAY, max(0, spent - amount))
+
+
+def complete_hold(account, hold_amount, amount, day):
+    """Release a hold of `hold_amount` and take `amount` (<= hold_amount), counted to `day`."""
+    _check_record(account)
+    assert 0 <= amount <= hold_amount, (amount, hold_amount)
+    _put_held(account, layout.get(account, layout.HELD) - hold_amount)
+    _put_balance(account, layout.get(account, layout.BALANCE) - amount)
+    _count_spending(account, amount, day)
+
+
+def release_hold(account, hold_amount):
+    """Release a hold of `hold_amount` without taking anything."""
+    _check_record(account)
+    assert hold_amount >= 0, hold_amount
+    _put_held(account, layout.get(account, layout.HELD) - hold_amount)
+
+
+def apply_offline(account, amount, day):
+    """Apply an offline tap of local day `day`: always taken, counted unless the day is past."""
+    _check_record(account)
+    assert amount >= 0, amount
+    _put_balance(account, layout.get(account, layout.BALANCE) - amount)
+    spent_day = layout.get(account, layout.SPENT_DAY)
+    if day >= spent_day:
+        _count_spending(account, amount, day)
+
+
+def apply_meter(account, amount):
+    """Take a meter deduction; True when it cut the power (balance at or below 0 while on)."""
+    _check_record(account)
+    assert amount >= 0, amount
+    balance = layout.get(account, layout.BALANCE) - amount
+    _put_balance(account, balance)
+    if layout.get(account, layout.POWER_ON) == 1 and balance <= 0:
+        layout.put(account, layout.POWER_ON, 0)
+        return True
+    return False
+
+
+def apply_restore(account):
+    """After a credit: True when it turned the power back on (balance above 0 while off)."""
+    _check_record(account)
+    if layout.get(account, layout.POWER_ON) == 0 and layout.get(account, layout.BALANCE) > 0:
+        layout.put(account, layout.POWER_ON, 1)
+        return True
+    return False

@@ -1,0 +1,77 @@
+"""An in-process switch on 127.0.0.1:0 with a fake clock, and helpers to provision it."""
+
+import trio
+
+from switch.client import Client
+from switch.clock import FakeClock
+from switch.config import default_config
+from switch.datadir import open_data_dir, read_admin_key
+from switch.ledger import Ledger
+from switch.server import Server
+
+
+class Switch:
+    def __init__(self, path, config=None, clock=None):
+        self.path = str(path)
+        self.config = config or default_config()
+        self.clock = clock or FakeClock()
+        self.store = open_data_dir(self.path)
+        self.ledger = Ledger(self.store, self.config, self.clock)
+        self.server = Server(self.store, self.ledger, self.config, self.clock)
+        self.port = None
+        self._scope = None
+        self.clients: list[Client] = []
+
+    async def start(self, nursery):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED):
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                await self.server.serve(listeners, task_status=task_status)
+
+        await nursery.start(run)
+        self.admin = await self.connect("admin", read_admin_key(self.path))
+        return self
+
+    async def connect(self, who, key) -> Client:
+        client = await Client.connect("127.0.0.1", self.port, who, key)
+        self.clients.append(client)
+        return client
+
+    async def stop(self):
+        for client in self.clients:
+            await client.aclose()
+        if self._scope is not None:
+            self._scope.cancel()
+        self.store.close()
+
+    # ------------------------------------------------------------- provisioning
+    async def ok(self, client, message):
+        reply = await client.request(message)
+        assert reply["code"] == "ok", (message, reply)
+        return reply
+
+    async def terminal(self, who, school="WH", kind="pos") -> Client:
+        reply = await self.ok(self.admin, {"t": "add_credential", "who": who, "role": "terminal",
+                                           "school": school, "kind": kind, "id": f"add-{who}"})
+        return await self.connect(who, reply["key"])
+
+    async def service(self, who, school=None) -> Client:
+        message = {"t": "add_credential", "who": who, "role": "service", "id": f"add-{who}"}
+        if school:
+            message["school"] = school
+        reply = await self.ok(self.admin, message)
+        return await self.connect(who, reply["key"])
+
+    async def person(self, account, card=None, school="WH", balance=0, id_last6="123456"):
+        await self.ok(self.admin, {"t": "open_account", "account": account, "school": school,
+                                   "kind": "person", "holder": "测试", "id_last6": id_last6,
+                                   "id": f"open-{account}"})
+        if card:
+            await self.ok(self.admin, {"t": "issue_card", "account": account, "card": card,
+                                       "id": f"card-{card}"})
+        if balance:
+            await self.ok(self.admin, {"t": "credit", "account": account, "amount": balance,
+                                       "source": "test", "id": f"seed-{account}"})

@@ -1,0 +1,218 @@
+"""The foundation over real sockets: sign-on, debit, balance, credit, account, history."""
+
+import trio
+
+from switch.codec.framing import encode_frame
+from tests.server.harness import Switch
+
+
+async def test_debit_then_balance(switch):
+    await switch.person("WH20230001", "04A1B2C3D4", balance=10_000)
+    pos = await switch.terminal("WH-POS-0001")
+    reply = await pos.request({"t": "debit", "card": "04A1B2C3D4", "amount": 1250, "id": "T1"})
+    assert reply["code"] == "ok" and reply["balance"] == 8750 and reply["available"] == 8750
+    assert reply["account"] == "WH20230001" and reply["re"] == 1 and type(reply["txn"]) is int
+    balance = await pos.request({"t": "balance", "card": "04A1B2C3D4"})
+    assert balance == {"t": "balance", "re": 2, "code": "ok", "balance": 8750, "available": 8750,
+                       "account": "WH20230001"}
+
+
+async def test_replay_returns_original_and_moves_nothing(switch):
+    await switch.person("WH1", "AAAA", balance=5000)
+    pos = await switch.terminal("WH-POS-1")
+    first = await pos.request({"t": "debit", "card": "AAAA", "amount": 100, "id": 7})
+    again = await pos.request({"t": "debit", "card": "AAAA", "amount": 100, "id": 7})
+    assert again["replay"] is True and again["txn"] == first["txn"]
+    assert again["balance"] == 4900
+    other = await pos.request({"t": "debit", "card": "AAAA", "amount": 100, "id": "7"})
+    assert other["code"] == "ok" and other["balance"] == 4800  # 7 and "7" differ
+    reuse = await pos.request({"t": "debit", "card": "AAAA", "amount": 101, "id": 7})
+    assert reuse["code"] == "id_reuse"
+    reuse_t = await pos.request({"t": "balance", "card": "AAAA"})
+    assert reuse_t["balance"] == 4800
+
+
+async def test_declines_are_remembered(switch):
+    await switch.person("WH1", "AAAA", balance=100)
+    pos = await switch.terminal("WH-POS-1")
+    declined = await pos.request({"t": "debit", "card": "AAAA", "amount": 500, "id": "x"})
+    assert declined["code"] == "insufficient_funds"
+    await switch.ok(switch.admin, {"t": "credit", "account": "WH1", "amount": 1000,
+                                   "source": "wx", "id": "pay"})
+    again = await pos.request({"t": "debit", "card": "AAAA", "amount": 500, "id": "x"})
+    assert again["code"] == "insufficient_funds" and again["replay"] is True
+
+
+async def test_sixty_four_pipelined_requests_all_answered(switch):
+    await switch.person("WH1", "AAAA", balance=100_000)
+    pos = await switch.terminal("WH-POS-1")
+    replies = await pos.pipeline([{"t": "debit", "card": "AAAA", "amount": 10, "id": n}
+                                  for n in range(64)])
+    assert [r["re"] for r in replies] == list(range(1, 65))
+    assert all(r["code"] == "ok" for r in replies)
+    assert sorted(r["balance"] for r in replies)[0] == 100_000 - 640
+    assert len({r["txn"] for r in replies}) == 64
+
+
+async def test_more_than_the_in_flight_cap_is_backpressure_not_error(switch):
+    await switch.person("WH1", "AAAA", balance=100_000)
+    pos = await switch.terminal("WH-POS-1")
+    replies = await pos.pipeline([{"t": "debit", "card": "AAAA", "amount": 1, "id": n}
+                                  for n in range(200)])
+    assert all(r["code"] == "ok" for r in replies) and len(replies) == 200
+
+
+async def test_history_pages_newest_first(switch):
+    await switch.person("WH1", "AAAA", balance=10_000)
+    pos = await switch.terminal("WH-POS-1")
+    for n in range(5):
+        await pos.request({"t": "debit", "card": "AAAA", "amount": 100 + n, "id": n})
+    page = await switch.admin.request({"t": "history", "account": "WH1", "limit": 3})
+    assert [i["amount"] for i in page["items"]] == [-104, -103, -102]
+    assert page["items"][0]["merchant"] == "WH-POS-1"
+    rest = await switch.admin.request({"t": "history", "account": "WH1", "before": page["next"],
+                                       "limit": 50})
+    assert [i["kind"] for i in rest["items"]] == ["debit", "debit", "credit", "issue_card",
+                                                  "open_account"]
+    assert rest["next"] is None
+    too_many = await switch.admin.request({"t": "history", "account": "WH1", "limit": 201})
+    assert too_many["code"] == "bad_request"
+
+
+async def test_roles_and_kinds(switch):
+    await switch.person("WH1", "AAAA", balance=1000)
+    pos = await switch.terminal("WH-POS-1")
+    meter = await switch.terminal("WH-MTR-1", kind="meter")
+    service = await switch.service("wx")
+    assert (await pos.request({"t": "credit", "account": "WH1", "amount": 1, "source": "x",
+                               "id": 1}))["code"] == "not_permitted"
+    assert (await meter.request({"t": "debit", "card": "AAAA", "amount": 1, "id": 1}))["code"] \
+        == "not_permitted"
+    assert (await service.request({"t": "open_account", "account": "WH9", "school": "WH",
+                                   "kind": "person", "id_last6": "123456", "id": 1}))["code"] \
+        == "not_permitted"
+    assert (await service.request({"t": "credit", "account": "WH1", "amount": 1, "source": "wx",
+                                   "id": 1}))["code"] == "ok"
+
+
+async def test_service_with_a_school_cannot_touch_another(switch):
+    await switch.person("CUIK1", "BBBB", school="CUIK", balance=1000)
+    wh_service = await switch.service("wh-recharge", school="WH")
+    reply = await wh_service.request({"t": "credit", "account": "CUIK1", "amount": 100,
+                                      "source": "wx", "id": 1})
+    assert reply["code"] == "wrong_school"
+    assert (await wh_service.request({"t": "account", "account": "CUIK1"}))["code"] == \
+        "wrong_school"
+    account = await switch.admin.request({"t": "account", "account": "CUIK1"})
+    assert account["balance"] == 1000
+
+
+async def test_unknown_type_and_missing_type_keep_the_session(switch):
+    pos = await switch.terminal("WH-POS-1")
+    assert (await pos.request({"t": "teleport"})) == {"t": "teleport", "re": 1,
+                                                      "code": "bad_request"}
+    assert (await pos.request({"x": 1})) == {"t": "error", "re": 2, "code": "bad_request"}
+    assert (await pos.request({"t": "ping"}))["code"] == "ok"
+
+
+async def test_revoke_closes_live_sessions_at_once(switch):
+    pos = await switch.terminal("WH-POS-1")
+    await switch.ok(switch.admin, {"t": "revoke_credential", "who": "WH-POS-1", "id": "r"})
+    with trio.fail_after(5):
+        message = pos.session.receive(await pos._next_payload())
+    assert message == {"t": "error", "code": "unauthenticated"}
+    key = None
+    try:
+        await switch.connect("WH-POS-1", b"\0" * 32)
+    except Exception as error:  # noqa: BLE001 - the refusal is what we check
+        key = str(error)
+    assert key is not None and "unauthenticated" in key
+
+
+async def test_open_account_rules(switch):
+    admin = switch.admin
+    base = {"t": "open_account", "account": "WH5", "school": "WH", "kind": "person",
+            "id_last6": "12345X"}
+    assert (await admin.request({**base, "id": 1}))["code"] == "ok"
+    assert (await admin.request({**base, "id": 2}))["code"] == "exists"
+    assert (await admin.request({**base, "account": "wh5", "id": 3}))["code"] == "bad_request"
+    assert (await admin.request({**base, "account": "WH6", "school": "PKU", "id": 4}))["code"] \
+        == "bad_request"
+    assert (await admin.request({**base, "account": "WH7", "id_last6": "1234", "id": 5}))["code"] \
+        == "bad_request"
+    utility = await admin.request({"t": "open_account", "account": "WH-8D-1006", "school": "WH",
+                                   "kind": "utility", "utility": "both", "id": 6})
+    assert utility["code"] == "ok"
+    account = await admin.request({"t": "account", "account": "WH-8D-1006"})
+    assert account["kind"] == "utility" and account["power"] is False
+
+
+async def test_initial_pin_reads_final_x_as_zero(switch):
+    await switch.person("WH1", "AAAA", balance=20_000, id_last6="53012X")
+    pos = await switch.terminal("WH-POS-1")
+    wrong = await pos.request({"t": "debit", "card": "AAAA", "amount": 6000, "id": 1,
+                               "pin": "530121"})
+    assert wrong["code"] == "pin_invalid"
+    right = await pos.request({"t": "debit", "card": "AAAA", "amount": 6000, "id": 2,
+                               "pin": "530120"})
+    assert right["code"] == "ok"
+
+
+async def test_state_survives_restart(tmp_path, nursery):
+    first = await Switch(tmp_path / "d").start(nursery)
+    await first.person("WH1", "AAAA", balance=1000)
+    pos = await first.terminal("WH-POS-1")
+    ok = await pos.request({"t": "debit", "card": "AAAA", "amount": 100, "id": "a"})
+    for n in range(3):
+        await pos.request({"t": "debit", "card": "AAAA", "amount": 6000, "id": f"p{n}",
+                           "pin": "000000"})
+    key = (await first.admin.request({"t": "account", "account": "WH1"}))
+    await first.stop()
+    second = await Switch(tmp_path / "d").start(nursery)
+    account = await second.admin.request({"t": "account", "account": "WH1"})
+    assert account["balance"] == key["balance"] == 900
+    replay = await second.admin.request({"t": "history", "account": "WH1"})
+    assert replay["items"][0]["txn"] == ok["txn"]
+    # The PIN failure count survived: two more wrong PINs lock it.
+    pos2 = await second.connect("WH-POS-1", pos.session.key)
+    for n in range(2):
+        last = await pos2.request({"t": "debit", "card": "AAAA", "amount": 6000, "id": f"q{n}",
+                                   "pin": "000000"})
+    assert last["code"] == "pin_locked"
+    again = await pos2.request({"t": "debit", "card": "AAAA", "amount": 100, "id": "a"})
+    assert again["replay"] is True and again["txn"] == ok["txn"]
+    await second.stop()
+
+
+async def test_raw_terminal_hello_then_request(switch):
+    await switch.person("WH1", "AAAA", balance=1000)
+    reply = await switch.ok(switch.admin, {"t": "add_credential", "who": "WH-POS-9",
+                                           "role": "terminal", "school": "WH", "kind": "pos",
+                                           "id": "k"})
+    from switch.codec import ClientSession, FrameDecoder
+    session = ClientSession("WH-POS-9", reply["key"])
+    stream = await trio.open_tcp_stream("127.0.0.1", switch.port)
+    # A terminal's request can only be signed once the hello reply brings the server nonce.
+    await stream.send_all(session.hello_frame(0))
+    decoder = FrameDecoder()
+    payloads = []
+    while not payloads:
+        payloads = decoder.feed(await stream.receive_some(65536))
+    assert session.receive_hello_reply(payloads[0])["blacklist"] == 0
+    _, frame = session.request_frame({"t": "ping"})
+    await stream.send_all(frame)
+    payloads = []
+    while not payloads:
+        payloads = decoder.feed(await stream.receive_some(65536))
+    assert session.receive(payloads[0]) == {"t": "ping", "re": 1, "code": "ok"}
+    await stream.aclose()
+
+
+async def test_frame_signed_with_long_term_key_closes_with_mac_invalid(switch):
+    pos = await switch.terminal("WH-POS-1")
+    await pos.stream.send_all(encode_frame(pos.session.key, {"t": "ping", "seq": 1}))
+    with trio.fail_after(5):
+        message = pos.session.receive(await pos._next_payload())
+    assert message == {"t": "error", "code": "mac_invalid"}
+    with trio.fail_after(5):
+        assert await pos.stream.receive_some(100) == b""
