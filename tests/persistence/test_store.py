@@ -1,0 +1,137 @@
+"""The LMDB store: schema check, overlay semantics, batch commit, map growth, discard."""
+
+import threading
+
+import lmdb
+import pytest
+
+from switch.persistence import SCHEMA_VERSION, SchemaMismatch, Store
+
+
+def test_schema_version_written_and_checked(tmp_path):
+    store = Store(str(tmp_path))
+    assert store.get("meta", b"schema_version") == str(SCHEMA_VERSION).encode()
+    store.close()
+    env = lmdb.open(str(tmp_path), max_dbs=32)
+    with env.begin(write=True, db=env.open_db(b"meta")) as txn:
+        txn.put(b"schema_version", b"999")
+    env.close()
+    with pytest.raises(SchemaMismatch):
+        Store(str(tmp_path))
+
+
+def test_overlay_is_seen_before_commit_and_disk_after(tmp_path):
+    store = Store(str(tmp_path))
+    store.put("accounts", b"A", bytearray(b"one"))
+    assert store.get("accounts", b"A") == b"one"
+    batch = store.seal()
+    # A write in the next batch to the same key must survive the first commit.
+    store.put("accounts", b"A", bytearray(b"two"))
+    store.write_batch(batch)
+    store.committed(batch)
+    assert store.get("accounts", b"A") == b"two"
+    second = store.seal()
+    store.write_batch(second)
+    store.committed(second)
+    assert store._overlay == {}
+    assert store.get("accounts", b"A") == b"two"
+    store.close()
+    reopened = Store(str(tmp_path))
+    assert reopened.get("accounts", b"A") == b"two"
+    reopened.close()
+
+
+def test_sealed_batch_is_a_copy(tmp_path):
+    store = Store(str(tmp_path))
+    record = bytearray(b"abc")
+    store.put("accounts", b"A", record)
+    batch = store.seal()
+    record[0] = ord("X")  # mutated for the next batch, after sealing
+    store.write_batch(batch)
+    store.committed(batch)
+    store.close()
+    assert Store(str(tmp_path)).get("accounts", b"A") == b"abc"
+
+
+def test_delete_through_overlay(tmp_path):
+    store = Store(str(tmp_path))
+    store.put("cards", b"C", b"x")
+    batch = store.seal()
+    store.write_batch(batch)
+    store.committed(batch)
+    store.delete("cards", b"C")
+    assert store.get("cards", b"C") is None
+    assert store.keys_with_prefix("cards", b"") == []
+    batch = store.seal()
+    store.write_batch(batch)
+    store.committed(batch)
+    assert store.get("cards", b"C") is None
+
+
+def test_map_full_grows_instead_of_failing(tmp_path):
+    store = Store(str(tmp_path), map_size_bytes=64 * 1024)
+    for n in range(200):
+        store.put("journal", n.to_bytes(8, "big"), b"x" * 400)
+    batch = store.seal()
+    with pytest.raises(lmdb.MapFullError):
+        store.write_batch(batch)
+    # Nothing of the aborted transaction is on disk.
+    assert store.committed_items("journal") is not None
+    assert list(store.committed_items("journal")) == []
+    for _ in range(6):
+        store.grow_map()
+        try:
+            store.write_batch(batch)
+            break
+        except lmdb.MapFullError:
+            continue
+    store.committed(batch)
+    assert len(list(store.committed_items("journal"))) == 200
+    assert store.map_usage()[1] > 64 * 1024
+
+
+def test_discard_forgets_uncommitted_and_txn_counter(tmp_path):
+    store = Store(str(tmp_path))
+    store.put("journal", (store.next_txn()).to_bytes(8, "big"), b"r1")
+    batch = store.seal()
+    store.write_batch(batch)
+    store.committed(batch)
+    store.put("journal", (store.next_txn()).to_bytes(8, "big"), b"r2")
+    assert store.last_txn == 2
+    store.discard_uncommitted()
+    assert store.last_txn == 1
+    assert store.get("journal", (2).to_bytes(8, "big")) is None
+
+
+def test_reads_on_one_thread_while_another_commits(tmp_path):
+    store = Store(str(tmp_path))
+    store.put("accounts", b"A", b"v0")
+    first = store.seal()
+    store.write_batch(first)
+    store.committed(first)
+    store.put("accounts", b"A", b"v1")
+    batch = store.seal()
+    worker = threading.Thread(target=store.write_batch, args=(batch,))
+    worker.start()
+    for _ in range(1000):
+        assert store.get("accounts", b"A") in (b"v0", b"v1")
+    worker.join()
+    store.committed(batch)
+    assert store.get("accounts", b"A") == b"v1"
+
+
+def test_reverse_prefix_iteration(tmp_path):
+    store = Store(str(tmp_path))
+    for account in (b"A", b"AB", b"B"):
+        for n in (1, 2, 3):
+            store.put("account_journal", account + b"\0" + n.to_bytes(8, "big"), b"")
+    batch = store.seal()
+    store.write_batch(batch)
+    store.committed(batch)
+    keys = [k for k, _ in store.committed_items("account_journal", b"A\0", reverse=True)]
+    assert [int.from_bytes(k[-8:], "big") for k in keys] == [3, 2, 1]
+    below = [k for k, _ in store.committed_items("account_journal", b"A\0", reverse=True,
+                                                 start=b"A\0" + (3).to_bytes(8, "big"))]
+    assert [int.from_bytes(k[-8:], "big") for k in below] == [2, 1]
+    last = [k for k, _ in store.committed_items("account_journal", b"B\0", reverse=True)]
+    assert len(last) == 3

@@ -1,0 +1,65 @@
+"""Group commit: one fsync for many requests, map growth under load, failed commits."""
+
+import trio
+
+from switch import limits
+from switch.audit import audit
+from tests.server.harness import Switch
+
+
+async def test_many_connections_share_commits(switch):
+    await switch.person("WH1", "AAAA", balance=1_000_000)
+    tills = [await switch.terminal(f"WH-POS-{n}") for n in range(8)]
+    commits_before = switch.server.committer.commits
+
+    async def burst(till):
+        replies = await till.pipeline([{"t": "debit", "card": "AAAA", "amount": 1, "id": n}
+                                       for n in range(32)])
+        assert all(r["code"] == "ok" for r in replies)
+
+    async with trio.open_nursery() as nursery:
+        for till in tills:
+            nursery.start_soon(burst, till)
+    commits = switch.server.committer.commits - commits_before
+    assert commits < 8 * 32  # batched: far fewer fsyncs than requests
+    account = await switch.admin.request({"t": "account", "account": "WH1"})
+    assert account["balance"] == 1_000_000 - 256
+
+
+async def test_map_full_grows_under_load(tmp_path, nursery, monkeypatch):
+    monkeypatch.setattr(limits, "lmdb_map_size_bytes_initial", 256 * 1024)
+    switch = await Switch(tmp_path / "d").start(nursery)
+    await switch.person("WH1", "AAAA", balance=10_000_000)
+    till = await switch.terminal("WH-POS-1")
+    for start in range(0, 1200, 200):
+        replies = await till.pipeline([{"t": "debit", "card": "AAAA", "amount": 1,
+                                        "id": f"{n:060d}"} for n in range(start, start + 200)])
+        assert all(r["code"] == "ok" for r in replies), {r["code"] for r in replies}
+    assert switch.store.map_usage()[1] > 256 * 1024
+    await switch.stop()
+    assert audit(str(tmp_path / "d")).sound
+
+
+async def test_failed_commit_answers_internal_and_changes_nothing(switch, monkeypatch):
+    await switch.person("WH1", "AAAA", balance=1000)
+    till = await switch.terminal("WH-POS-1")
+    real_write = switch.store.write_batch
+    calls = []
+
+    def failing_write(batch):
+        calls.append(batch)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real_write(batch)
+
+    monkeypatch.setattr(switch.store, "write_batch", failing_write)
+    reply = await till.request({"t": "debit", "card": "AAAA", "amount": 100, "id": "a"})
+    assert reply["code"] == "internal"
+    monkeypatch.setattr(switch.store, "write_batch", real_write)
+    # Nothing of the failed batch remains: same id is processed afresh, balance intact.
+    again = await till.request({"t": "debit", "card": "AAAA", "amount": 100, "id": "a"})
+    assert again["code"] == "ok" and "replay" not in again and again["balance"] == 900
+    history = await switch.admin.request({"t": "history", "account": "WH1"})
+    txns = [item["txn"] for item in history["items"]]
+    assert txns == sorted(txns, reverse=True) and len(set(txns)) == len(txns)
+    assert max(txns) == switch.store.last_txn  # no gap left by the failed batch
