@@ -34,6 +34,11 @@ class Committer:
         self._open.append((connection, reply, started_s))
         self._wake.set()
 
+    def kick(self) -> None:
+        """Commit writes made outside any request (housekeeping) with the next batch."""
+        if self.store.open_writes:
+            self._wake.set()
+
     @property
     def full(self) -> bool:
         return len(self._open) >= self.batch_requests_max

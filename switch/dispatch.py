@@ -4,9 +4,10 @@ Synchronous and free of I/O; the shell calls `execute` for every request frame
 and sends the reply once the batch it landed in is committed.
 """
 
-from switch import card_office, handlers, requests, roles
+from switch import account_settings, card_office, handlers, payments, requests, roles
 
-HANDLERS = {**handlers.HANDLERS, **card_office.HANDLERS}
+HANDLERS = {**handlers.HANDLERS, **card_office.HANDLERS, **account_settings.HANDLERS,
+            **payments.HANDLERS}
 
 
 def _reply(request_type: str, code: str) -> dict:
@@ -44,6 +45,12 @@ def execute(ledger, credential, message: dict) -> dict:
         seen_type, seen_fingerprint, seen_reply = seen
         if seen_type == request_type and seen_fingerprint == fingerprint:
             return {**seen_reply, "replay": True}
+        if seen_type == payments.TOMBSTONE:
+            # Reversed before it arrived: decline and remember, so its retries replay this.
+            reply = payments.reversed_original(request_type)
+            if reply is not None:
+                ledger.remember(credential.who, request_id, request_type, fingerprint, reply)
+                return reply
         return _reply(request_type, "id_reuse")
     code, values = requests.validate(request_type, message)
     if code is not None:

@@ -8,7 +8,7 @@ from collections import deque
 
 import trio
 
-from switch import dispatch, limits
+from switch import dispatch, limits, payments
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
 from switch.codec.framing import FrameTooLarge
 from switch.committer import Committer
@@ -17,6 +17,7 @@ from switch.metrics import Metrics
 log = logging.getLogger("switch.server")
 
 error_flush_timeout_s = 5.0
+housekeeping_interval_s = 1.0
 drain_timeout_s = 10.0
 
 
@@ -256,6 +257,7 @@ class Server:
         """Serve until cancelled or `drain()`; returns once everything in flight is answered."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.committer.run)
+            nursery.start_soon(self._housekeeping)
             async with trio.open_nursery() as connections:
                 self._connections_scope = connections.cancel_scope
                 self._accepting_scope = trio.CancelScope()
@@ -272,6 +274,16 @@ class Server:
             with trio.move_on_after(drain_timeout_s):
                 await self.committer.wait_idle()
             nursery.cancel_scope.cancel()
+
+    async def _housekeeping(self) -> None:
+        """Switch-initiated work on a timer: forget old QR codes (and, later, expire holds)."""
+        while True:
+            await trio.sleep(housekeeping_interval_s)
+            self.housekeep()
+
+    def housekeep(self) -> None:
+        payments.prune_used_qr(self.ledger)
+        self.committer.kick()
 
     def drain(self) -> None:
         if self._accepting_scope is not None:

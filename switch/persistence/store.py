@@ -29,6 +29,9 @@ DATABASES = {
     "idempotency": "credential id + NUL + msgpack(id) -> msgpack [t, fingerprint, reply, at_ms]",
     "blacklist_cards": "school + NUL + card id -> empty (the current list)",
     "blacklist_changes": "school + NUL + version (8 bytes BE) -> msgpack [added, removed]",
+    "qr_secrets": "account id -> 32-byte QR secret (virtual card)",
+    "qr_used": "step (8 bytes BE) + account id + . + nonce -> empty",
+    "reversals": "credential id + NUL + msgpack(target id) -> msgpack first reverse reply",
 }
 
 DELETED = None  # overlay value meaning "deleted in a batch not yet committed"

@@ -1,0 +1,105 @@
+"""Account settings a student changes through the mini-program: limits, PIN, virtual card.
+
+These are state, not journal (§6): no `txn` in their replies.
+"""
+
+import os
+
+from switch import core
+from switch.card_office import _account
+from switch.core import codes, layout
+from switch.handlers import _decline, _effective_limits
+
+qr_secret_size_bytes = 32
+
+
+def set_limits(ledger, credential, values):
+    account_id = values["account"]
+    refusal, record = _account(ledger, credential, "set_limits", account_id)
+    if refusal:
+        return refusal
+    school = ledger.school(record)
+    wanted = _effective_limits(record, school)
+    maxima = {"per_tx": school.per_tx_max_fen, "daily": school.daily_max_fen,
+              "no_pin": school.no_pin_max_fen}
+    for name in ("per_tx", "daily", "no_pin"):
+        if name in values:
+            if values[name] > maxima[name]:
+                return _decline("set_limits", codes.BAD_REQUEST)
+            wanted[name] = values[name]
+    if not wanted["no_pin"] <= wanted["per_tx"] <= wanted["daily"]:
+        return _decline("set_limits", codes.BAD_REQUEST)
+    for name, field in (("per_tx", layout.LIMIT_PER_TX), ("daily", layout.LIMIT_DAILY),
+                        ("no_pin", layout.LIMIT_NO_PIN)):
+        if name in values:
+            layout.put(record, field, wanted[name])
+    ledger.save_account(account_id, record)
+    return {"t": "set_limits", "code": "ok", "limits": wanted}
+
+
+def _person(ledger, credential, request_type, account_id):
+    refusal, record = _account(ledger, credential, request_type, account_id)
+    if refusal:
+        return refusal, None
+    if layout.get(record, layout.KIND) != layout.KIND_PERSON:
+        return _decline(request_type, codes.BAD_REQUEST), None
+    return None, record
+
+
+def set_pin(ledger, credential, values):
+    account_id = values["account"]
+    refusal, record = _person(ledger, credential, "set_pin", account_id)
+    if refusal:
+        return refusal
+    code = core.verify_pin(record, values["old"].encode())
+    if code == codes.OK:
+        core.set_pin(record, values["new"].encode())
+    ledger.save_account(account_id, record)
+    return {"t": "set_pin", "code": codes.CODE_NAMES[code]}
+
+
+def reset_pin(ledger, credential, values):
+    account_id = values["account"]
+    refusal, record = _person(ledger, credential, "reset_pin", account_id)
+    if refusal:
+        return refusal
+    id_last6 = values["id_last6"].encode()
+    code = core.reset_pin(record, id_last6)  # checks the ID against the one given at opening
+    if code == codes.OK:
+        if b"X" in id_last6:  # the PIN takes a final X as 0 (§4), as at opening
+            core.set_pin(record, id_last6.replace(b"X", b"0"))
+        ledger.save_account(account_id, record)
+    return {"t": "reset_pin", "code": codes.CODE_NAMES[code]}
+
+
+def verify_pin(ledger, credential, values):
+    account_id = values["account"]
+    refusal, record = _person(ledger, credential, "verify_pin", account_id)
+    if refusal:
+        return refusal
+    code = core.verify_pin(record, values["pin"].encode())
+    ledger.save_account(account_id, record)
+    return {"t": "verify_pin", "code": codes.CODE_NAMES[code]}
+
+
+def virtual_card(ledger, credential, values):
+    account_id = values["account"]
+    refusal, record = _person(ledger, credential, "virtual_card", account_id)
+    if refusal:
+        return refusal
+    if layout.get(record, layout.STATUS) == layout.STATUS_CLOSED:
+        return _decline("virtual_card", codes.ACCOUNT_CLOSED)
+    secret = os.urandom(qr_secret_size_bytes)  # a new secret voids every code of the old one
+    ledger.store.put("qr_secrets", account_id.encode(), secret)
+    layout.put(record, layout.QR_ENABLED, 1)
+    ledger.save_account(account_id, record)
+    return {"t": "virtual_card", "code": "ok", "qr_secret": secret}
+
+
+HANDLERS = {
+    "set_limits": set_limits,
+    "set_pin": set_pin,
+    "reset_pin": reset_pin,
+    "verify_pin": verify_pin,
+    "virtual_card": virtual_card,
+}

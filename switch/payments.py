@@ -1,0 +1,151 @@
+"""QR payment codes at a till (付款码) and reversals (冲正).
+
+QR codes are accepted within one 30-second step of the switch's clock and each
+(account, step, nonce) once. Used codes are kept until their step can no
+longer be accepted; the lowest step still remembered is a floor below which
+every code is expired, so a clock stepping backwards cannot reopen a code
+whose memory was pruned.
+"""
+
+import hmac
+
+import msgpack
+
+from switch import core
+from switch.core import codes, layout
+from switch.handlers import _decline, _money
+from switch.qr import QR_STEP_S, parse_qr, qr_tag
+
+REVERSIBLE = frozenset({"debit", "qr_debit", "complete"})
+TOMBSTONE = "reverse_tombstone"   # idempotency type of an id reversed before it was seen
+qr_prune_keys_max = 10_000        # used-code records deleted per housekeeping pass
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def _used_key(step: int, account_id: str, nonce: str) -> bytes:
+    return step.to_bytes(8, "big") + account_id.encode() + b"." + nonce.encode()
+
+
+def qr_floor_step(ledger) -> int:
+    data = ledger.store.get("meta", b"qr_floor_step")
+    return 0 if data is None else int(data)
+
+
+def check_qr(ledger, code_text):
+    """(code, account id, record, used key): code is OK or a QR decline."""
+    parsed = parse_qr(code_text)
+    if parsed is None:
+        return codes.QR_INVALID, None, None, None
+    account_id, step, nonce, tag = parsed
+    record = ledger.account(account_id)
+    if record is None:
+        return codes.QR_INVALID, None, None, None
+    if not layout.get(record, layout.QR_ENABLED):
+        return codes.VIRTUAL_CARD_OFF, None, None, None
+    secret = ledger.store.get("qr_secrets", account_id.encode())
+    if not hmac.compare_digest(qr_tag(secret, account_id, step, nonce), tag):
+        return codes.QR_INVALID, None, None, None
+    now_step = ledger.clock.now_ms() // 1000 // QR_STEP_S
+    if abs(step - now_step) > 1 or step < qr_floor_step(ledger):
+        return codes.QR_EXPIRED, None, None, None
+    used_key = _used_key(step, account_id, nonce)
+    if ledger.store.get("qr_used", used_key) is not None:
+        return codes.QR_USED, None, None, None
+    return codes.OK, account_id, record, used_key
+
+
+def qr_debit(ledger, credential, values):
+    amount = values["amount"]
+    config = ledger.config
+    code = core.check_amount(amount, config.max_amount_fen)
+    if code:
+        return _decline("qr_debit", code)
+    code, account_id, record, used_key = check_qr(ledger, values["qr"])
+    if code:
+        return _decline("qr_debit", code)
+    school = ledger.school(record)
+    day = school.days.day_of(ledger.clock.now_ms())
+    # No PIN for QR: the phone is the second factor (§4 rule 6).
+    code = core.authorize(record, layout.CARD_ACTIVE, credential.school == school.code, amount,
+                          None, False, day, school.per_tx_fen, school.daily_fen,
+                          school.no_pin_fen, config.max_amount_fen, False)
+    if code:
+        return _decline("qr_debit", code)
+    ledger.store.put("qr_used", used_key, b"")
+    ledger.save_account(account_id, record)
+    balance, available = _money(record)
+    txn = ledger.append_journal("qr_debit", account_id, school.code, -amount, balance, credential,
+                                values["id"])
+    return {"t": "qr_debit", "code": "ok", "txn": txn, "balance": balance, "available": available,
+            "account": account_id}
+
+
+def prune_used_qr(ledger) -> int:
+    """Forget used codes whose step can no longer be accepted; raise the floor to match."""
+    now_step = ledger.clock.now_ms() // 1000 // QR_STEP_S
+    floor = qr_floor_step(ledger)
+    new_floor = now_step - 1
+    if new_floor <= floor:
+        return 0
+    limit = new_floor.to_bytes(8, "big")
+    pruned = 0
+    for key, _ in ledger.store.committed_items("qr_used"):
+        if key[:8] >= limit or pruned >= qr_prune_keys_max:
+            break
+        ledger.store.delete("qr_used", key)
+        pruned += 1
+    if pruned < qr_prune_keys_max:
+        ledger.store.put("meta", b"qr_floor_step", str(new_floor).encode())
+    return pruned
+
+
+# ---------------------------------------------------------------- reversals
+def _reversal_key(who: str, target) -> bytes:
+    return who.encode() + b"\0" + _pack(target)
+
+
+def reverse(ledger, credential, values):
+    target = values["target"]
+    key = _reversal_key(credential.who, target)
+    first = ledger.store.get("reversals", key)
+    if first is not None:  # a second reverse of the same target, under a new id
+        return {**msgpack.unpackb(first, raw=False), "replay": True}
+    seen = ledger.recall(credential.who, target)
+    if seen is None:
+        # Never seen: leave a tombstone so the original, if it comes, moves no money.
+        ledger.remember(credential.who, target, TOMBSTONE, b"", {})
+        reply = {"t": "reverse", "code": "ok", "txn": None}
+    else:
+        seen_type, _, original = seen
+        if seen_type not in REVERSIBLE:
+            return _decline("reverse", codes.BAD_REQUEST)
+        if original["code"] != "ok":
+            reply = {"t": "reverse", "code": "ok", "txn": None}  # a decline moved no money
+        else:
+            record = ledger.journal_record(original["txn"])
+            now_ms = ledger.clock.now_ms()
+            if now_ms - record["at"] > ledger.config.reversal_window_s * 1000:
+                return _decline("reverse", codes.REVERSE_WINDOW)
+            account_id = record["account"]
+            account = ledger.account(account_id)
+            school = ledger.school(account)
+            amount = -record["amount"]
+            core.unspend(account, amount, school.days.day_of(record["at"]))
+            ledger.save_account(account_id, account)
+            balance, _ = _money(account)
+            txn = ledger.append_journal("reverse", account_id, school.code, amount, balance,
+                                        credential, values["id"], target=record["txn"])
+            reply = {"t": "reverse", "code": "ok", "txn": txn, "balance": balance}
+    ledger.store.put("reversals", key, _pack(reply))
+    return reply
+
+
+def reversed_original(request_type: str) -> dict | None:
+    """The reply to an original that arrives after its reverse, or None if not reversible."""
+    if request_type in REVERSIBLE:
+        return {"t": request_type, "code": "reversed"}
+    return None
+
+
+HANDLERS = {"qr_debit": qr_debit, "reverse": reverse}
