@@ -90,6 +90,7 @@ class Committer:
             self.store.committed(batch)
             self.metrics.commit_duration.observe(time.perf_counter() - started)
             self.metrics.journal_txn.set(batch.last_txn)
+            self.metrics.holds_open.set(self.ledger.holds.open_count)
             self.commits += 1
             self._check_map()
         for effect in effects:

@@ -4,6 +4,7 @@ Defaults are built in (two schools, WH and CUIK); a TOML file (`--config`)
 overrides them. Unknown keys are refused with a message naming them.
 """
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 
@@ -31,6 +32,22 @@ class School:
 
     def __post_init__(self):
         self.days = LocalDays(self.time_zone)
+
+    def utility_kind_allowed(self, account_id: str, utility: str) -> bool:
+        """Split buildings have one account per utility (electric, water); others one for both."""
+        building = building_of(account_id)
+        if building is not None and building in self.split_buildings:
+            return utility in ("electric", "water")
+        return utility == "both"
+
+
+_BUILDING = re.compile(r"[A-Z0-9]+-([0-9]+)[A-Z]?-")
+
+
+def building_of(account_id: str) -> str | None:
+    """`WH-8D-1006` is building 8 (the seeds' naming); None for names without a building."""
+    match = _BUILDING.match(account_id)
+    return match.group(1) if match else None
 
 
 @dataclass

@@ -4,10 +4,11 @@ Synchronous and free of I/O; the shell calls `execute` for every request frame
 and sends the reply once the batch it landed in is committed.
 """
 
-from switch import account_settings, card_office, handlers, payments, requests, roles
+from switch import (account_settings, card_office, dorm, handlers, offline, payments, requests,
+                    roles)
 
 HANDLERS = {**handlers.HANDLERS, **card_office.HANDLERS, **account_settings.HANDLERS,
-            **payments.HANDLERS}
+            **payments.HANDLERS, **dorm.HANDLERS, **offline.HANDLERS}
 
 
 def _reply(request_type: str, code: str) -> dict:

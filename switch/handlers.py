@@ -70,6 +70,7 @@ def debit(ledger, credential, values):
     balance, available = _money(record)
     txn = ledger.append_journal("debit", account_id, school.code, -amount, balance, credential,
                                 values["id"], card=card_id)
+    ledger.count_for_settlement(credential.who, school, now_ms, amount)
     return {"t": "debit", "code": "ok", "txn": txn, "balance": balance, "available": available,
             "account": account_id}
 
@@ -194,7 +195,10 @@ def open_account(ledger, credential, values):
         if "id_last6" in values:
             return _decline("open_account", codes.BAD_REQUEST)
         id_last6 = initial_pin = None
-        utility = layout.UTILITY_NAMES.index(values.get("utility", "both"))
+        utility_name = values.get("utility", "both")
+        if not school.utility_kind_allowed(account_id, utility_name):
+            return _decline("open_account", codes.BAD_REQUEST)
+        utility = layout.UTILITY_NAMES.index(utility_name)
     if ledger.account(account_id) is not None:
         return _decline("open_account", codes.EXISTS)
     salt = os.urandom(16)

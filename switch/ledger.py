@@ -9,6 +9,7 @@ import msgpack
 
 from switch.blacklist import Blacklist
 from switch.core import layout
+from switch.holds import Holds
 from switch.persistence.store import Store, txn_key
 
 _pack = msgpack.Packer(use_bin_type=True).pack
@@ -54,6 +55,7 @@ class Ledger:
         self.on_blacklist_push = lambda school, message: None
         self._effects: list = []
         self.blacklist = Blacklist(store)
+        self.holds = Holds(self)
 
     # ----------------------------------------------------------- after commit
     def after_commit(self, effect) -> None:
@@ -91,7 +93,9 @@ class Ledger:
         self.store.put("credentials", credential.who.encode(), credential.to_bytes())
 
     def forget_cached(self) -> None:
+        """After a failed commit: drop what was derived from writes that never landed."""
         self._credentials.clear()
+        self.holds.recount()
 
     # ----------------------------------------------------------- accounts
     def account(self, account_id: str) -> bytearray | None:
@@ -145,6 +149,19 @@ class Ledger:
     def journal_record(self, txn: int) -> dict | None:
         data = self.store.get("journal", txn_key(txn))
         return None if data is None else unpack(data)
+
+    # ----------------------------------------------------------- settlement
+    def count_for_settlement(self, who: str, school, at_ms: int, amount: int,
+                             count: int = 1) -> None:
+        """Add a till's successful debit (or, negative, its reversal) to its day's totals."""
+        key = who.encode() + b"\0" + school.days.day_name(school.days.day_of(at_ms)).encode()
+        data = self.store.get("settlement", key)
+        day_count, day_total = (0, 0) if data is None else unpack(data)
+        self.store.put("settlement", key, _pack([day_count + count, day_total + amount]))
+
+    def settlement(self, who: str, day_name: str) -> tuple[int, int]:
+        data = self.store.get("settlement", who.encode() + b"\0" + day_name.encode())
+        return (0, 0) if data is None else tuple(unpack(data))
 
     # ----------------------------------------------------------- idempotency
     def _idempotency_key(self, who: str, request_id) -> bytes:

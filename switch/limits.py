@@ -43,6 +43,8 @@ idempotency_retention_s = 7 * 24 * 3600
 reversal_window_s = 24 * 3600
 hold_timeout_s = 30 * 60
 offline_window_s = 7 * 24 * 3600
+offline_records_max = 500
+offline_future_s = 5 * 60          # an offline tap this far ahead of our clock is refused
 history_limit_default = 50
 history_limit_max = 200
 

@@ -38,6 +38,8 @@ class Metrics:
         self.journal_txn = Gauge("switch_journal_txn", "The last txn written", registry=registry)
         self.holds_open = Gauge("switch_holds_open", "Holds neither completed, voided nor expired",
                                 registry=registry)
+        self.holds_expired = Counter("switch_holds_expired", "Holds released by the switch at "
+                                     "their timeout", registry=registry)
         self.forward_lag = Gauge("switch_forward_lag_records",
                                  "Last txn written less the destination's acknowledged position",
                                  ["destination"], registry=registry)

@@ -77,6 +77,7 @@ def qr_debit(ledger, credential, values):
     balance, available = _money(record)
     txn = ledger.append_journal("qr_debit", account_id, school.code, -amount, balance, credential,
                                 values["id"])
+    ledger.count_for_settlement(credential.who, school, ledger.clock.now_ms(), amount)
     return {"t": "qr_debit", "code": "ok", "txn": txn, "balance": balance, "available": available,
             "account": account_id}
 
@@ -136,6 +137,7 @@ def reverse(ledger, credential, values):
             balance, _ = _money(account)
             txn = ledger.append_journal("reverse", account_id, school.code, amount, balance,
                                         credential, values["id"], target=record["txn"])
+            ledger.count_for_settlement(credential.who, school, record["at"], -amount, count=-1)
             reply = {"t": "reverse", "code": "ok", "txn": txn, "balance": balance}
     ledger.store.put("reversals", key, _pack(reply))
     return reply

@@ -8,7 +8,7 @@ from collections import deque
 
 import trio
 
-from switch import dispatch, limits, payments
+from switch import dispatch, dorm, limits, payments
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
 from switch.codec.framing import FrameTooLarge
 from switch.committer import Committer
@@ -224,6 +224,7 @@ class Server:
         ledger.on_revoke = self._revoke_sessions
         ledger.on_blacklist_push = self._push_blacklist
         self.metrics.journal_txn.set(store.last_txn)
+        self.metrics.holds_open.set(ledger.holds.open_count)
 
     # ------------------------------------------------------------ registry
     def register(self, connection: Connection) -> None:
@@ -276,13 +277,17 @@ class Server:
             nursery.cancel_scope.cancel()
 
     async def _housekeeping(self) -> None:
-        """Switch-initiated work on a timer: forget old QR codes (and, later, expire holds)."""
+        """Switch-initiated work on a timer: expire holds, forget old QR codes."""
         while True:
             await trio.sleep(housekeeping_interval_s)
             self.housekeep()
 
     def housekeep(self) -> None:
         payments.prune_used_qr(self.ledger)
+        expired = dorm.expire_due_holds(self.ledger)
+        if expired:
+            self.metrics.holds_expired.inc(expired)
+        self.metrics.holds_open.set(self.ledger.holds.open_count)
         self.committer.kick()
 
     def drain(self) -> None:

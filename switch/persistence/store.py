@@ -32,6 +32,9 @@ DATABASES = {
     "qr_secrets": "account id -> 32-byte QR secret (virtual card)",
     "qr_used": "step (8 bytes BE) + account id + . + nonce -> empty",
     "reversals": "credential id + NUL + msgpack(target id) -> msgpack first reverse reply",
+    "holds": "hold id -> msgpack {account, amount, state, expires, who, txn}",
+    "hold_expiry": "expires ms (8 bytes BE) + hold id -> empty, open holds only",
+    "settlement": "credential id + NUL + YYYY-MM-DD -> msgpack [count, total]",
 }
 
 DELETED = None  # overlay value meaning "deleted in a batch not yet committed"

@@ -1,0 +1,185 @@
+"""Hot water holds (水控) and dorm utility meters (电控/水控).
+
+A hold reserves money on a card or QR code for one shower; `complete` takes
+what the controller metered and releases the rest; the switch expires holds
+nobody completes. Meters deduct from a room's utility account unconditionally
+and cut the power when it runs dry; a recharge that brings it back above zero
+restores it (see handlers.credit).
+"""
+
+import msgpack
+
+from switch import core
+from switch.core import codes, layout
+from switch.handlers import _crosses_school, _decline, _money
+from switch.payments import check_qr
+
+holds_expired_per_pass_max = 5_000
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def unpack(data):
+    return msgpack.unpackb(data, raw=False)
+
+
+def hold(ledger, credential, values):
+    amount = values["amount"]
+    config = ledger.config
+    code = core.check_amount(amount, config.max_amount_fen)
+    if code:
+        return _decline("hold", code)
+    if ("card" in values) == ("qr" in values):
+        return _decline("hold", codes.BAD_REQUEST)
+    if "card" in values:
+        card = ledger.card(values["card"])
+        if card is None:
+            return _decline("hold", codes.CARD_UNKNOWN)
+        account_id, card_state, _ = card
+        record = ledger.account(account_id)
+        pin = values.get("pin")
+        pin_checked = True
+        used_key = None
+    else:
+        if "pin" in values:
+            return _decline("hold", codes.BAD_REQUEST)
+        code, account_id, record, used_key = check_qr(ledger, values["qr"])
+        if code:
+            return _decline("hold", code)
+        card_state, pin, pin_checked = layout.CARD_ACTIVE, None, False
+    school = ledger.school(record)
+    now_ms = ledger.clock.now_ms()
+    before = bytes(record)
+    code = core.authorize(record, card_state, credential.school == school.code, amount,
+                          None if pin is None else pin.encode(), pin_checked,
+                          school.days.day_of(now_ms), school.per_tx_fen, school.daily_fen,
+                          school.no_pin_fen, config.max_amount_fen, True)
+    if code:
+        if record != before:
+            ledger.save_account(account_id, record)
+        return _decline("hold", code)
+    if used_key is not None:
+        ledger.store.put("qr_used", used_key, b"")
+    ledger.save_account(account_id, record)
+    balance, available = _money(record)
+    txn = ledger.append_journal("hold", account_id, school.code, 0, balance, credential,
+                                values["id"], held=amount)
+    hold_id = f"H{txn}"
+    expires = now_ms + config.hold_timeout_s * 1000
+    ledger.holds.open(hold_id, {"account": account_id, "amount": amount, "state": "open",
+                                "expires": expires, "who": credential.who, "txn": txn})
+    return {"t": "hold", "code": "ok", "txn": txn, "hold": hold_id, "expires": expires,
+            "balance": balance, "available": available}
+
+
+def _open_hold_of(ledger, credential, request_type, hold_id):
+    """(refusal, hold): a hold of this terminal that is still open."""
+    hold = ledger.holds.get(hold_id)
+    # Another terminal's hold is as unknown to this one as a hold that never was.
+    if hold is None or hold["who"] != credential.who:
+        return _decline(request_type, codes.HOLD_UNKNOWN), None
+    if hold["state"] == "expired" or (hold["state"] == "open"
+                                      and ledger.clock.now_ms() >= hold["expires"]):
+        if hold["state"] == "open":
+            expire_hold(ledger, hold_id, hold)
+        return _decline(request_type, codes.HOLD_EXPIRED), None
+    if hold["state"] != "open":
+        return _decline(request_type, codes.HOLD_CLOSED), None
+    return None, hold
+
+
+def complete(ledger, credential, values):
+    amount = values["amount"]
+    if type(amount) is not int or amount < 0 or amount > ledger.config.max_amount_fen:
+        return _decline("complete", codes.BAD_AMOUNT)
+    refusal, held = _open_hold_of(ledger, credential, "complete", values["hold"])
+    if refusal:
+        return refusal
+    if amount > held["amount"]:
+        return _decline("complete", codes.OVER_HOLD)
+    account_id = held["account"]
+    record = ledger.account(account_id)
+    school = ledger.school(record)
+    core.complete_hold(record, held["amount"], amount, school.days.day_of(ledger.clock.now_ms()))
+    ledger.save_account(account_id, record)
+    ledger.holds.close(values["hold"], held, "completed")
+    balance, available = _money(record)
+    txn = ledger.append_journal("complete", account_id, school.code, -amount, balance, credential,
+                                values["id"], hold=values["hold"])
+    ledger.count_for_settlement(credential.who, school, ledger.clock.now_ms(), amount)
+    return {"t": "complete", "code": "ok", "txn": txn, "balance": balance, "available": available}
+
+
+def void(ledger, credential, values):
+    refusal, held = _open_hold_of(ledger, credential, "void", values["hold"])
+    if refusal:
+        return refusal
+    account_id = held["account"]
+    record = ledger.account(account_id)
+    core.release_hold(record, held["amount"])
+    ledger.save_account(account_id, record)
+    ledger.holds.close(values["hold"], held, "voided")
+    balance, available = _money(record)
+    txn = ledger.append_journal("void", account_id, layout.school_of(record), 0, balance,
+                                credential, values["id"], hold=values["hold"])
+    return {"t": "void", "code": "ok", "txn": txn, "balance": balance, "available": available}
+
+
+def expire_hold(ledger, hold_id: str, held: dict) -> int:
+    account_id = held["account"]
+    record = ledger.account(account_id)
+    core.release_hold(record, held["amount"])
+    ledger.save_account(account_id, record)
+    ledger.holds.close(hold_id, held, "expired")
+    balance, _ = _money(record)
+    return ledger.append_journal("expire", account_id, layout.school_of(record), 0, balance,
+                                 None, None, hold=hold_id)
+
+
+def expire_due_holds(ledger) -> int:
+    """Release every open hold past its timeout (housekeeping)."""
+    now = ledger.clock.now_ms().to_bytes(8, "big")
+    due = []
+    for key, _ in ledger.store.committed_items("hold_expiry"):
+        if key[:8] > now or len(due) >= holds_expired_per_pass_max:
+            break
+        due.append(key[8:].decode())
+    expired = 0
+    for hold_id in due:
+        held = ledger.holds.get(hold_id)
+        if held is not None and held["state"] == "open":  # may have closed in the overlay
+            expire_hold(ledger, hold_id, held)
+            expired += 1
+    return expired
+
+
+# ---------------------------------------------------------------- meters
+def meter(ledger, credential, values):
+    amount = values["amount"]
+    code = core.check_amount(amount, ledger.config.max_amount_fen)
+    if code:
+        return _decline("meter", code)
+    account_id = values["account"]
+    record = ledger.account(account_id)
+    if record is None:
+        return _decline("meter", codes.UNKNOWN_ACCOUNT)
+    if _crosses_school(credential, record):
+        return _decline("meter", codes.WRONG_SCHOOL)
+    if layout.get(record, layout.KIND) != layout.KIND_UTILITY:
+        return _decline("meter", codes.BAD_REQUEST)
+    utility = layout.UTILITY_NAMES[layout.get(record, layout.UTILITY)]
+    if utility != "both" and utility != values["what"]:
+        return _decline("meter", codes.BAD_REQUEST)
+    # The energy was used: the deduction applies whatever the account's standing.
+    cutoff = core.apply_meter(record, amount)
+    ledger.save_account(account_id, record)
+    balance, _ = _money(record)
+    school = layout.school_of(record)
+    txn = ledger.append_journal("meter", account_id, school, -amount, balance, credential,
+                                values["id"], what=values["what"])
+    if cutoff:
+        ledger.append_journal("cutoff", account_id, school, 0, balance, credential, values["id"])
+    return {"t": "meter", "code": "ok", "txn": txn, "balance": balance, "cutoff": cutoff}
+
+
+HANDLERS = {"hold": hold, "complete": complete, "void": void, "meter": meter}

@@ -1,0 +1,106 @@
+"""Offline uploads (脱机) and day totals (对账).
+
+Offline records are taps that already happened while a terminal could not reach
+the switch: they are applied past the available balance and regardless of
+limits, PIN or standing. An account driven below zero is frozen as overdrawn
+and its cards go on the blacklist.
+"""
+
+from datetime import date
+
+from switch import core, limits, requests
+from switch.card_office import freeze_account
+from switch.core import codes, layout
+from switch.handlers import _decline, _money
+
+_FIELDS = ("id", "card", "amount", "at")
+_NOT_REMEMBERED = frozenset({"bad_request", "bad_amount"})
+
+
+def _result(record_id, code, **fields) -> dict:
+    return {"id": record_id, "code": codes.CODE_NAMES[code], **fields}
+
+
+def offline(ledger, credential, values):
+    records = values["records"]
+    if type(records) is not list or not 1 <= len(records) <= limits.offline_records_max:
+        return _decline("offline", codes.BAD_REQUEST)
+    return {"t": "offline", "code": "ok",
+            "results": [_apply_record(ledger, credential, item) for item in records]}
+
+
+def _apply_record(ledger, credential, item) -> dict:
+    if type(item) is not dict or any(name not in item for name in _FIELDS):
+        record_id = item.get("id") if type(item) is dict else None
+        return _result(record_id if requests.request_id(record_id) is not requests.INVALID
+                       else None, codes.BAD_REQUEST)
+    record_id = requests.request_id(item["id"])
+    if record_id is requests.INVALID:
+        return _result(None, codes.BAD_REQUEST)
+    fingerprint = ledger.fingerprint("offline", [item["card"], item["amount"], item["at"]])
+    seen = ledger.recall(credential.who, record_id)
+    if seen is not None:
+        seen_type, seen_fingerprint, seen_reply = seen
+        if seen_type == "offline" and seen_fingerprint == fingerprint:
+            return {**seen_reply, "replay": True}
+        return _result(record_id, codes.ID_REUSE)
+    result = _decide(ledger, credential, record_id, item)
+    if result["code"] not in _NOT_REMEMBERED:
+        ledger.remember(credential.who, record_id, "offline", fingerprint, result)
+    return result
+
+
+def _decide(ledger, credential, record_id, item) -> dict:
+    card_id, amount, at_ms = item["card"], item["amount"], item["at"]
+    if requests.card_id(card_id) is requests.INVALID or type(at_ms) is not int:
+        return _result(record_id, codes.BAD_REQUEST)
+    if type(amount) is not int or core.check_amount(amount, ledger.config.max_amount_fen):
+        return _result(record_id, codes.BAD_AMOUNT)
+    card = ledger.card(card_id)
+    if card is None:
+        return _result(record_id, codes.CARD_UNKNOWN)
+    account_id, card_state, card_changed_ms = card
+    record = ledger.account(account_id)
+    school = ledger.school(record)
+    if credential.school != school.code:
+        return _result(record_id, codes.WRONG_SCHOOL)
+    now_ms = ledger.clock.now_ms()
+    if at_ms < now_ms - ledger.config.offline_window_s * 1000:
+        return _result(record_id, codes.TOO_OLD)
+    if at_ms > now_ms + limits.offline_future_s * 1000:
+        return _result(record_id, codes.BAD_REQUEST)
+
+    # It already happened: no limits, PIN, standing or balance check.
+    core.apply_offline(record, amount, school.days.day_of(at_ms))
+    ledger.save_account(account_id, record)
+    balance, _ = _money(record)
+    flag = None
+    if card_state in (layout.CARD_LOST, layout.CARD_BLOCKED) and at_ms > card_changed_ms:
+        flag = "after_lost"
+    extra = {"card": card_id, "tapped_at": at_ms}
+    if flag:
+        extra["flag"] = flag
+    txn = ledger.append_journal("offline", account_id, school.code, -amount, balance, credential,
+                                record_id, **extra)
+    ledger.count_for_settlement(credential.who, school, at_ms, amount)
+    if balance < 0 and layout.get(record, layout.FREEZE_REASON) != layout.FREEZE_OVERDRAWN:
+        freeze_account(ledger, credential, account_id, record, layout.FREEZE_OVERDRAWN,
+                       "overdrawn", record_id)
+    result = _result(record_id, codes.OK, txn=txn, balance=balance)
+    if flag:
+        result["flag"] = flag
+    return result
+
+
+def settle(ledger, credential, values):
+    day_name = values["day"]
+    try:
+        date.fromisoformat(day_name)
+    except ValueError:
+        return _decline("settle", codes.BAD_REQUEST)
+    count, total = ledger.settlement(credential.who, day_name)
+    return {"t": "settle", "code": "ok", "count": count, "total": total,
+            "match": count == values["count"] and total == values["total"]}
+
+
+HANDLERS = {"offline": offline, "settle": settle}
