@@ -148,7 +148,7 @@ def validate(request_type: str, message: dict):
     bad = None
     for name, check, required in schema:
         raw = message.get(name, INVALID)
-        if raw is INVALID or raw is None:
+        if raw is INVALID:
             if required:
                 if name == "amount":
                     return BAD_AMOUNT, None

@@ -1,6 +1,7 @@
 """The trio shell: accepts connections, moves bytes through the codec, executes requests
 and hands their replies to group commit. It decides nothing itself."""
 
+import errno
 import logging
 import signal
 import time
@@ -18,6 +19,8 @@ log = logging.getLogger("switch.server")
 
 error_flush_timeout_s = 5.0
 housekeeping_interval_s = 1.0
+accept_pause_s = 0.1
+_ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 drain_timeout_s = 10.0
 
 
@@ -107,8 +110,8 @@ class Connection:
                     self._error_queued = True
                 self.closed = True
                 self._output.set()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer reset or closed: nothing to answer
         finally:
             self.closed = True
             server.live.discard(self)
@@ -126,7 +129,7 @@ class Connection:
         payloads = []
         with trio.move_on_after(limits.hello_timeout_s):
             while not payloads:
-                data = await self.stream.receive_some(limits.receive_size_bytes)
+                data = await self._receive()
                 if not data:
                     return None
                 try:
@@ -146,7 +149,10 @@ class Connection:
         reply = {"role": credential.role, "time": server.clock.now_ms()}
         if credential.role == "terminal":
             reply["blacklist"] = server.blacklist_version(credential.school)
-        await self.stream.send_all(self.session.accept_hello(hello, reply))
+        try:
+            await self.stream.send_all(self.session.accept_hello(hello, reply))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
         self.credential = credential
         server.metrics.connections.labels("pending").dec()
         self.role = credential.role
@@ -157,10 +163,19 @@ class Connection:
 
     async def _send_error_and_close(self, error: ProtocolError) -> None:
         with trio.move_on_after(error_flush_timeout_s):
-            await self.stream.send_all(self.session.encode_error(error))
+            try:
+                await self.stream.send_all(self.session.encode_error(error))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _receive(self) -> bytes:
+        """Bytes from the peer; b"" when it closed or reset (a reset is not our error)."""
+        try:
+            return await self.stream.receive_some(limits.receive_size_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
 
     async def _read_and_execute(self) -> None:
-        stream = self.stream
         decoder = self.decoder
         committer = self.server.committer
         idle_timeout_s = self.server.config.idle_timeout_s
@@ -173,7 +188,7 @@ class Connection:
                 await committer.wait_for_room()
                 continue
             with trio.move_on_after(idle_timeout_s) as idle:
-                data = await stream.receive_some(limits.receive_size_bytes)
+                data = await self._receive()
             if idle.cancelled_caught:
                 log.info("idle timeout who=%s", self.credential.who)
                 return
@@ -202,7 +217,14 @@ class Connection:
                 data = b"".join(self._out)
                 self._out.clear()
                 self._out_bytes = 0
-                await stream.send_all(data)
+                try:
+                    await stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The peer is gone: stop reading too; in-flight replies are dropped.
+                    self.closed = True
+                    self.reader_scope.cancel()
+                    self._capacity.unpark_all()
+                    return
             if self.closed and not self._out:
                 return
 
@@ -296,7 +318,16 @@ class Server:
 
     async def _accept(self, listener, connections) -> None:
         while True:
-            stream = await listener.accept()
+            try:
+                stream = await listener.accept()
+            except OSError as error:
+                if error.errno not in _ACCEPT_RESOURCE_ERRORS:
+                    raise
+                # Out of file descriptors or memory: existing sessions keep working;
+                # new ones wait, as trio.serve_listeners does.
+                log.error("accept failed (%s); pausing %.0f ms", error, accept_pause_s * 1000)
+                await trio.sleep(accept_pause_s)
+                continue
             if self.connection_count >= self.config.connections_max:
                 self.metrics.refused_connections.inc()
                 log.warning("refused connection: %d open", self.connection_count)

@@ -108,3 +108,9 @@ def test_largest_frame_limit_holds_for_encode():
     frame = encode_frame(KEY, big)
     assert len(frame) - 4 <= limits.frame_size_bytes_max
     assert FrameDecoder().feed(frame)
+
+
+def test_a_message_too_large_for_one_frame_is_refused_before_sending():
+    from switch.codec.framing import FrameTooLarge
+    with pytest.raises(FrameTooLarge):
+        encode_frame(KEY, {"t": "x", "pad": b"\0" * limits.frame_size_bytes_max})

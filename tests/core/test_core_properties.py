@@ -1,0 +1,394 @@
+"""The compiled core and the reference model agree on random operation sequences.
+
+Two copies of one starting record, one per implementation, go through the same
+operations; every step must give the same result (or the same exception) and
+leave byte-identical records. The state machine also keeps its own money
+ledger, so the balance must equal what the returned codes say moved.
+"""
+
+import hmac
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+import switch.core._authorize
+import switch.core.reference
+from switch import limits
+from switch.core import codes, layout
+
+IMPLEMENTATIONS = (switch.core._authorize, switch.core.reference)
+START_DAY = 20_000
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
+
+pins = st.integers(0, 999_999).map(lambda n: b"%06d" % n)
+card_states = st.one_of(st.just(layout.CARD_ACTIVE),
+                        st.sampled_from([layout.CARD_ACTIVE, layout.CARD_LOST,
+                                         layout.CARD_BLOCKED, layout.CARD_NONE]))
+account_limits = st.one_of(st.just(-1), st.just(-1), st.integers(0, 120_000))
+school_limits = st.one_of(
+    st.just((limits.default_no_pin_fen, limits.default_per_tx_fen, limits.default_daily_fen)),
+    st.tuples(st.integers(0, 10_000), st.integers(0, 100_000), st.integers(0, 200_000)))
+# Mostly plausible amounts (small ones twice as likely), sometimes the edges of
+# rule 1 and of int64.
+amounts = st.one_of(st.integers(1, 6_000), st.integers(1, 6_000), st.integers(-10, 60_000),
+                    st.sampled_from([0, 1, limits.max_amount_fen, limits.max_amount_fen + 1,
+                                     INT64_MAX, 2**63, 2**64 - 1, INT64_MIN, -2**64]))
+
+
+def outcome(call):
+    """What a call did: its result with its type, or the type of exception it raised."""
+    try:
+        result = call()
+    except Exception as error:  # the outcome itself is compared
+        return ("raised", type(error))
+    return ("returned", type(result), result)
+
+
+def run_both(accounts, name, *args):
+    """Run `name` on each implementation's own copy; require the same outcome and bytes."""
+    outcomes = [outcome(lambda: getattr(implementation, name)(account, *args))
+                for implementation, account in zip(IMPLEMENTATIONS, accounts)]
+    assert outcomes[0] == outcomes[1], (name, args, outcomes)
+    assert accounts[0] == accounts[1], (name, args)
+    return outcomes[0]
+
+
+class CoreMachine(RuleBasedStateMachine):
+    """Random debit/hold/credit/PIN/offline/meter sequences on one account, both cores."""
+
+    @initialize(balance=st.one_of(st.integers(0, 300_000), st.integers(-50_000, 300_000)), salt=st.binary(min_size=16, max_size=16),
+                pin=pins, id_last6=pins, per_tx=account_limits, daily=account_limits,
+                no_pin=account_limits, power_on=st.integers(0, 1),
+                spent_today=st.integers(0, 100_000), spent_day_offset=st.integers(-2, 0),
+                school_limits=school_limits)
+    def start(self, balance, salt, pin, id_last6, per_tx, daily, no_pin, power_on,
+              spent_today, spent_day_offset, school_limits):
+        record = layout.new_account_record(
+            "WH", layout.KIND_PERSON, layout.UTILITY_NONE, salt,
+            hmac.digest(salt, b"pin:" + pin, "sha256"),
+            hmac.digest(salt, b"id:" + id_last6, "sha256"))
+        layout.put(record, layout.BALANCE, balance)
+        layout.put(record, layout.LIMIT_PER_TX, per_tx)
+        layout.put(record, layout.LIMIT_DAILY, daily)
+        layout.put(record, layout.LIMIT_NO_PIN, no_pin)
+        layout.put(record, layout.POWER_ON, power_on)
+        layout.put(record, layout.SPENT_TODAY, spent_today)
+        layout.put(record, layout.SPENT_DAY, START_DAY + spent_day_offset)
+        self.accounts = [record, bytearray(record)]
+        self.pin = pin
+        self.id_last6 = id_last6
+        self.day = START_DAY
+        self.school_no_pin, self.school_per_tx, self.school_daily = school_limits
+        # The money ledger: each total moves only on a result that says money moved.
+        self.start_balance = balance
+        self.credited = self.debited = self.completed = 0
+        self.offline = self.metered = self.unspent = 0
+        self.open_holds = []
+        self.reversible_debits = []  # (amount, day)
+
+    def field(self, name):
+        return layout.get(self.accounts[0], getattr(layout, name))
+
+    def put_both(self, name, value):
+        for account in self.accounts:
+            layout.put(account, getattr(layout, name), value)
+
+    @rule(operation=st.deferred(lambda: OPERATIONS))
+    def step(self, operation):
+        name, *args = operation
+        getattr(self, name)(*args)
+
+    def pick(self, items, choice):
+        """Remove and return the item `choice` selects, or None when there is none."""
+        return items.pop(choice % len(items)) if items else None
+
+    # --- Terminal requests ---
+
+    def authorize(self, amount, pin_kind, other_pin, card_state, same_school, pin_checked,
+                  hold):
+        pin = {"none": None, "right": self.pin, "wrong": other_pin}[pin_kind]
+        args = (card_state, same_school, amount, pin, pin_checked, self.day,
+                self.school_per_tx, self.school_daily, self.school_no_pin,
+                limits.max_amount_fen, hold)
+        if card_state == layout.CARD_NONE:
+            # No account behind an unknown card.
+            results = [outcome(lambda: implementation.authorize(None, *args))
+                       for implementation in IMPLEMENTATIONS]
+            assert results[0] == results[1], results
+            assert results[0] in [("returned", int, codes.BAD_AMOUNT),
+                                  ("returned", int, codes.CARD_UNKNOWN)], results
+            return
+        result = run_both(self.accounts, "authorize", *args)
+        assert result[:2] == ("returned", int), result
+        event(f"authorize: {codes.CODE_NAMES[result[2]]}")
+        if result[2] != codes.OK:
+            return
+        if hold:
+            self.open_holds.append(amount)
+        else:
+            self.debited += amount
+            self.reversible_debits.append((amount, self.day))
+
+    def edge_authorize(self, target, delta, pin_kind, pin_checked, hold):
+        """A debit or hold of exactly a boundary of rules 5-7, give or take one fen."""
+        def effective(field, school_default):
+            value = self.field(field)
+            return value if value >= 0 else school_default
+        spent = self.field("SPENT_TODAY") if self.field("SPENT_DAY") == self.day else 0
+        boundary = {
+            "per_tx": effective("LIMIT_PER_TX", self.school_per_tx),
+            "daily": effective("LIMIT_DAILY", self.school_daily) - spent,
+            "no_pin": effective("LIMIT_NO_PIN", self.school_no_pin),
+            "available": self.field("BALANCE") - self.field("HELD"),
+        }[target]
+        self.authorize(boundary + delta, pin_kind, b"", layout.CARD_ACTIVE, True, pin_checked,
+                       hold)
+
+    def edge_meter(self, delta):
+        """A meter deduction that leaves the balance at exactly `-delta`."""
+        amount = self.field("BALANCE") + delta
+        if amount >= 1:
+            self.apply_meter(amount)
+
+    def wrong_pin_run(self, count, other_pin):
+        """Several wrong PINs in a row at a till, so that the lock is reached."""
+        if other_pin == self.pin:
+            return
+        for _ in range(count):
+            self.authorize(100, "wrong", other_pin, layout.CARD_ACTIVE, True, True, False)
+
+    def unspend(self, choice):
+        debit = self.pick(self.reversible_debits, choice)
+        if debit is None:
+            return
+        amount, day = debit
+        assert run_both(self.accounts, "unspend", amount, day) == ("returned", type(None), None)
+        self.unspent += amount
+
+    def complete_hold(self, choice, fraction):
+        hold_amount = self.pick(self.open_holds, choice)
+        if hold_amount is None:
+            return
+        amount = hold_amount * fraction // 100
+        result = run_both(self.accounts, "complete_hold", hold_amount, amount, self.day)
+        assert result == ("returned", type(None), None)
+        self.completed += amount
+
+    def release_hold(self, choice):
+        hold_amount = self.pick(self.open_holds, choice)
+        if hold_amount is None:
+            return
+        assert run_both(self.accounts, "release_hold", hold_amount) == \
+            ("returned", type(None), None)
+
+    def release_more_than_held(self, extra):
+        before = bytes(self.accounts[0])
+        held = self.field("HELD")
+        assert run_both(self.accounts, "release_hold", held + extra) == \
+            ("raised", AssertionError)
+        assert self.accounts[0] == before
+
+    def apply_offline(self, amount, day_offset):
+        assert run_both(self.accounts, "apply_offline", amount, self.day + day_offset) == \
+            ("returned", type(None), None)
+        self.offline += amount
+
+    def apply_meter(self, amount):
+        power_was_on = self.field("POWER_ON") == 1
+        result = run_both(self.accounts, "apply_meter", amount)
+        assert result[:2] == ("returned", bool)
+        assert result[2] == (power_was_on and self.field("BALANCE") <= 0)
+        self.metered += amount
+
+    def apply_restore(self):
+        power_was_off = self.field("POWER_ON") == 0
+        result = run_both(self.accounts, "apply_restore")
+        assert result[:2] == ("returned", bool)
+        assert result[2] == (power_was_off and self.field("BALANCE") > 0)
+
+    # --- Service and admin requests ---
+
+    def credit(self, amount):
+        balance = self.field("BALANCE")
+        result = run_both(self.accounts, "credit", amount)
+        ok = amount >= 1 and balance + amount <= limits.balance_fen_max
+        assert result == ("returned", int, codes.OK if ok else codes.BAD_AMOUNT)
+        if ok:
+            self.credited += amount
+
+    def verify_pin(self, right, other_pin):
+        locked = self.field("PIN_LOCKED") == 1
+        pin = self.pin if right else other_pin
+        result = run_both(self.accounts, "verify_pin", pin)
+        if locked:
+            assert result == ("returned", int, codes.PIN_LOCKED)
+        elif pin == self.pin:
+            assert result == ("returned", int, codes.OK)
+        else:
+            assert result[2] in (codes.PIN_INVALID, codes.PIN_LOCKED)
+
+    def set_pin(self, new_pin):
+        assert run_both(self.accounts, "set_pin", new_pin) == ("returned", type(None), None)
+        self.pin = new_pin
+
+    def reset_pin(self, right, other):
+        id_last6 = self.id_last6 if right else other
+        result = run_both(self.accounts, "reset_pin", id_last6)
+        expected = codes.OK if id_last6 == self.id_last6 else codes.IDENTITY_MISMATCH
+        assert result == ("returned", int, expected)
+        if expected == codes.OK:
+            self.pin = id_last6
+
+    def set_status(self, status):
+        self.put_both("STATUS", status)
+
+    def set_limits(self, per_tx, daily, no_pin):
+        self.put_both("LIMIT_PER_TX", per_tx)
+        self.put_both("LIMIT_DAILY", daily)
+        self.put_both("LIMIT_NO_PIN", no_pin)
+
+    def unlock(self):
+        self.put_both("PIN_LOCKED", 0)
+        self.put_both("PIN_FAILURES", 0)
+
+    def next_day(self, days):
+        self.day += days
+
+    # --- What must hold after every step ---
+
+    @invariant()
+    def records_identical(self):
+        assert self.accounts[0] == self.accounts[1]
+
+    @invariant()
+    def money_is_conserved(self):
+        expected = (self.start_balance + self.credited - self.debited - self.completed
+                    - self.offline - self.metered + self.unspent)
+        assert self.field("BALANCE") == expected
+        assert self.field("HELD") == sum(self.open_holds)
+
+    @invariant()
+    def counters_in_range(self):
+        assert 0 <= self.field("PIN_FAILURES") <= limits.pin_failures_max
+        assert self.field("PIN_LOCKED") in (0, 1)
+        assert self.field("SPENT_TODAY") >= 0
+        assert self.field("POWER_ON") in (0, 1)
+
+
+def op(name, *strategies):
+    return st.tuples(st.just(name), *strategies)
+
+
+# One rule draws one of these, so the mix is set here by weight: typical debits
+# (which mostly succeed) often, everything else including odd arguments less often.
+typical_authorize = op("authorize", st.integers(1, 3_000), st.sampled_from(["none", "right"]),
+                       pins, st.just(layout.CARD_ACTIVE), st.just(True), st.booleans(),
+                       st.booleans())
+any_authorize = op("authorize", amounts, st.sampled_from(["none", "right", "wrong"]), pins,
+                   card_states, st.one_of(st.just(True), st.booleans()), st.booleans(),
+                   st.booleans())
+wrong_pin_authorize = op("authorize", st.integers(1, 3_000), st.just("wrong"), pins,
+                         st.just(layout.CARD_ACTIVE), st.just(True), st.just(True),
+                         st.booleans())
+choices = st.integers(0, 1000)
+WEIGHTED_OPERATIONS = [
+    (8, typical_authorize),
+    (4, any_authorize),
+    (2, wrong_pin_authorize),
+    (3, op("edge_authorize", st.sampled_from(["per_tx", "daily", "no_pin", "available"]),
+           st.integers(-1, 1), st.sampled_from(["none", "right"]), st.booleans(),
+           st.booleans())),
+    (1, op("edge_meter", st.integers(-1, 1))),
+    (1, op("wrong_pin_run", st.integers(1, limits.pin_failures_max + 1), pins)),
+    (3, op("credit", st.one_of(st.integers(1, 20_000), st.integers(-10, 200_000),
+                               st.sampled_from([0, INT64_MAX, 2**63, 2**64 - 1, 2**100])))),
+    (2, op("unspend", choices)),
+    (2, op("complete_hold", choices, st.integers(0, 100))),
+    (2, op("release_hold", choices)),
+    (1, op("release_more_than_held", st.integers(1, 1000))),
+    (1, op("apply_offline", st.integers(1, 20_000), st.integers(-3, 1))),
+    (1, op("apply_meter", st.integers(1, 10_000))),
+    (1, op("apply_restore")),
+    (2, op("verify_pin", st.booleans(), pins)),
+    (1, op("set_pin", pins)),
+    (1, op("reset_pin", st.booleans(), pins)),
+    (1, op("set_status", st.sampled_from([layout.STATUS_ACTIVE] * 4
+                                         + [layout.STATUS_FROZEN, layout.STATUS_CLOSED]))),
+    (1, op("set_limits", account_limits, account_limits, account_limits)),
+    (1, op("unlock")),
+    (1, op("next_day", st.integers(1, 2))),
+]
+OPERATIONS = st.sampled_from(
+    [strategy for weight, strategy in WEIGHTED_OPERATIONS for _ in range(weight)]
+).flatmap(lambda strategy: strategy)
+
+CoreMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40,
+                                         deadline=None,
+                                         suppress_health_check=[HealthCheck.too_slow])
+TestCoreMachine = CoreMachine.TestCase
+
+
+# --- Arbitrary records: the same outcome, exceptions included, on any 152 bytes ---
+
+int64s = st.integers(INT64_MIN, INT64_MAX)
+int32s = st.integers(INT32_MIN, INT32_MAX)
+near_days = st.integers(START_DAY - 2, START_DAY + 2)
+any_days = st.one_of(near_days, near_days, int32s)
+small_amounts = st.integers(-10, 60_000)
+any_amounts = st.one_of(small_amounts, small_amounts, int64s, st.integers(-2**70, 2**70))
+fen_amounts = st.one_of(small_amounts, small_amounts, int64s)
+operations = st.one_of(
+    st.tuples(st.just("authorize"), st.integers(0, 3), st.booleans(), any_amounts,
+              st.one_of(st.none(), pins), st.booleans(), any_days, fen_amounts, fen_amounts,
+              fen_amounts, st.one_of(st.just(limits.max_amount_fen), int64s), st.booleans()),
+    st.tuples(st.just("check_amount"), any_amounts, fen_amounts),
+    st.tuples(st.just("verify_pin"), pins),
+    st.tuples(st.just("set_pin"), pins),
+    st.tuples(st.just("reset_pin"), pins),
+    st.tuples(st.just("credit"), any_amounts),
+    st.tuples(st.just("unspend"), fen_amounts, any_days),
+    st.tuples(st.just("complete_hold"), fen_amounts, fen_amounts, any_days),
+    st.tuples(st.just("release_hold"), fen_amounts),
+    st.tuples(st.just("apply_offline"), fen_amounts, any_days),
+    st.tuples(st.just("apply_meter"), fen_amounts),
+    st.tuples(st.just("apply_restore")),
+)
+
+
+def record_fields():
+    """Records with every field drawn from its whole range, edges likely."""
+    return st.fixed_dictionaries({
+        "BALANCE": st.one_of(st.integers(-10**6, 10**6), int64s,
+                             st.integers(limits.balance_fen_max - 100, limits.balance_fen_max),
+                             st.integers(-limits.balance_fen_max, -limits.balance_fen_max + 100)),
+        "HELD": st.one_of(st.integers(0, 10**6), int64s),
+        "SPENT_TODAY": st.one_of(st.integers(0, 10**6), int64s),
+        "SPENT_DAY": any_days,
+        "STATUS": st.integers(0, 255), "POWER_ON": st.integers(0, 255),
+        "PIN_FAILURES": st.integers(0, 255), "PIN_LOCKED": st.integers(0, 255),
+        "LIMIT_PER_TX": st.one_of(st.just(-1), st.integers(0, 10**6), int64s),
+        "LIMIT_DAILY": st.one_of(st.just(-1), st.integers(0, 10**6), int64s),
+        "LIMIT_NO_PIN": st.one_of(st.just(-1), st.integers(0, 10**6), int64s),
+        "PIN_SALT": st.binary(min_size=16, max_size=16),
+        "PIN_HASH": st.binary(min_size=32, max_size=32),
+        "ID_HASH": st.binary(min_size=32, max_size=32),
+    })
+
+
+@settings(max_examples=200, deadline=None)
+@given(fields=record_fields(), steps=st.lists(operations, min_size=1, max_size=20))
+def test_any_record_same_outcome(fields, steps):
+    record = bytearray(layout.ACCOUNT_RECORD_SIZE)
+    for name, value in fields.items():
+        layout.put(record, getattr(layout, name), value)
+    accounts = [record, bytearray(record)]
+    for name, *args in steps:
+        if name == "check_amount":
+            results = [outcome(lambda: implementation.check_amount(*args))
+                       for implementation in IMPLEMENTATIONS]
+            assert results[0] == results[1], (args, results)
+        else:
+            result = run_both(accounts, name, *args)
+            event(f"{name}: {result[1].__name__ if result[0] == 'raised' else 'returned'}")
