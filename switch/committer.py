@@ -26,6 +26,8 @@ class Committer:
         self._wake = trio.Event()
         self._room = trio.lowlevel.ParkingLot()
         self._idle = trio.lowlevel.ParkingLot()
+        # Forwarders park here and wake when a commit makes new journal records readable.
+        self.journal_advanced = trio.lowlevel.ParkingLot()
         self.committing = False
         self.commits = 0
 
@@ -92,6 +94,7 @@ class Committer:
             self.metrics.journal_txn.set(batch.last_txn)
             self.metrics.holds_open.set(self.ledger.holds.open_count)
             self.commits += 1
+            self.journal_advanced.unpark_all()
             self._check_map()
         for effect in effects:
             effect()

@@ -70,6 +70,7 @@ class Store:
         self._read = None
         self._check_schema()
         self.last_txn = self._read_last_txn()
+        self.last_committed_txn = self.last_txn   # what readers outside the overlay may see
         self._begin_read()
 
     # ------------------------------------------------------------------ schema
@@ -188,6 +189,7 @@ class Store:
         """The batch is durable: read it from LMDB from now on."""
         self._end_read()
         self._begin_read()
+        self.last_committed_txn = max(self.last_committed_txn, batch.last_txn)
         overlay = self._overlay
         number = batch.number
         for db, key, _ in batch.writes:
@@ -202,6 +204,7 @@ class Store:
         self._batch_number += 1
         self._end_read()
         self.last_txn = self._read_last_txn()
+        self.last_committed_txn = self.last_txn   # what readers outside the overlay may see
         self._begin_read()
 
     # ------------------------------------------------------------------ map size
@@ -220,6 +223,17 @@ class Store:
         finally:
             self._begin_read()
         return new_size
+
+    def committed_journal(self, first_txn: int, last_txn: int):
+        """(txn, raw msgpack record) for committed records first..last, in order."""
+        last_txn = min(last_txn, self.last_committed_txn)
+        if first_txn > last_txn:
+            return
+        for key, value in self.committed_items("journal", start=txn_key(first_txn)):
+            txn = int.from_bytes(key, "big")
+            if txn > last_txn:
+                return
+            yield txn, value
 
     def close(self) -> None:
         self._end_read()
