@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO")
     audit = commands.add_parser("audit", help="check the books of a data dir")
     audit.add_argument("--data", required=True)
+    from switch import admin_cli
+    admin_cli.add_parser(commands)
     demo = commands.add_parser("demo", help="start a switch and run a scripted lunch queue")
     demo.add_argument("--data", help="data dir to use (default: a fresh temporary one)")
     return parser
@@ -98,6 +100,9 @@ def main(argv=None) -> int:
         report = audit(args.data)
         print(report.summary())
         return 0 if report.sound else 1
+    if args.command == "admin":
+        from switch import admin_cli
+        return admin_cli.main(args)
     if args.command == "demo":
         from switch.demo import run_demo
         return run_demo(args.data)
