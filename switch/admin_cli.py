@@ -205,8 +205,12 @@ async def run_import(client: Client, path: str, out=sys.stdout) -> dict:
                 counts["already"] += 1
             elif code == "ok":
                 counts["created"] += 1
+            elif code == "exists" and message["t"] == "open_account":
+                counts["already"] += 1  # opened earlier by other means: nothing to do
             elif code == "exists":
-                counts["already"] += 1  # made earlier by other means: nothing to do
+                # A card issued under another request may belong to another student.
+                rejects.append((line, f"issue card {message['card']}: exists (already issued; "
+                                      f"`account` shows whose it is)"))
             else:
                 what = message["t"].replace("_", " ")
                 rejects.append((line, f"{what} {message.get('card') or message['account']}: "

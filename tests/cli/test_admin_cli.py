@@ -66,7 +66,7 @@ def test_semester_import_is_idempotent_and_reports_rejects(running_switch, tmp_p
     assert first.returncode == 3, first.stderr
     assert "1504 rows, 3002 created, 0 already present, 3 rejected" in first.stdout, first.stdout
     assert "CUIK-9D-0101: bad_request" in first.stdout
-    assert "issue card A0000: exists" in first.stdout
+    assert "issue card A0000: exists (already issued" in first.stdout
     second = admin(connect, data, "import", str(path))
     assert "0 created, 3002 already present, 3 rejected" in second.stdout, second.stdout
     shown = admin(connect, data, "account", "WH20260007")
