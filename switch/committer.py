@@ -42,6 +42,10 @@ class Committer:
             self._wake.set()
 
     @property
+    def queued(self) -> int:
+        return len(self._open)
+
+    @property
     def full(self) -> bool:
         return len(self._open) >= self.batch_requests_max
 
@@ -69,6 +73,7 @@ class Committer:
             busy = bool(self._open)
 
     async def _commit_open_batch(self) -> None:
+        self.metrics.commit_queue.set(len(self._open))
         replies, self._open = self._open, []
         self._room.unpark_all()
         effects = self.ledger.take_effects()

@@ -179,6 +179,7 @@ def meter(ledger, credential, values):
                                 values["id"], what=values["what"])
     if cutoff:
         ledger.append_journal("cutoff", account_id, school, 0, balance, credential, values["id"])
+        ledger.after_commit(lambda: ledger.on_cutoff(school, account_id, balance))
     return {"t": "meter", "code": "ok", "txn": txn, "balance": balance, "cutoff": cutoff}
 
 

@@ -53,6 +53,8 @@ class Ledger:
         self.on_revoke = lambda who: None
         # Called with (school, push message) once the change it announces is durable.
         self.on_blacklist_push = lambda school, message: None
+        # Called with (school, account id, balance) once a cut-off is durable.
+        self.on_cutoff = lambda school, account_id, balance: None
         self._effects: list = []
         self.blacklist = Blacklist(store)
         self.holds = Holds(self)

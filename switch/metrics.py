@@ -2,7 +2,8 @@
 
 import prometheus_client
 import trio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
+                               ProcessCollector, generate_latest)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Authorizations take well under a millisecond: the default buckets (from 5 ms) see nothing.
@@ -48,6 +49,20 @@ class Metrics:
         self.refused_connections = Counter("switch_refused_connections",
                                            "Connections closed at accept (limit reached)",
                                            registry=registry)
+        self.terminal_connections = Gauge("switch_terminal_connections",
+                                          "Signed-on terminal sessions by school and kind",
+                                          ["school", "kind"], registry=registry)
+        self.commit_queue = Gauge("switch_commit_queue_requests",
+                                  "Requests executed and waiting for the next commit",
+                                  registry=registry)
+        self.blacklist_version = Gauge("switch_blacklist_version", "Current blacklist version",
+                                       ["school"], registry=registry)
+        self.cutoffs = Counter("switch_power_cutoffs", "Dorm rooms whose power was cut off",
+                               ["school"], registry=registry)
+        self.info = Gauge("switch_build_info", "Version of the running switch", ["version"],
+                          registry=registry)
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
         for role in ("pending", "terminal", "service", "admin"):
             self.connections.labels(role)
         # labels() costs ~3 µs; the hot path looks children up in these dicts instead.

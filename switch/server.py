@@ -119,6 +119,9 @@ class Connection:
                 server.metrics.connections.labels("pending").dec()
             else:
                 server.metrics.connections.labels(self.role).dec()
+                if self.role == "terminal":
+                    server.metrics.terminal_connections.labels(
+                        self.credential.school, self.credential.kind).dec()
                 server.unregister(self)
             with trio.move_on_after(1) as scope:
                 scope.shield = True
@@ -157,6 +160,8 @@ class Connection:
         server.metrics.connections.labels("pending").dec()
         self.role = credential.role
         server.metrics.connections.labels(self.role).inc()
+        if self.role == "terminal":
+            server.metrics.terminal_connections.labels(credential.school, credential.kind).inc()
         server.register(self)
         log.info("sign-on who=%s role=%s", credential.who, credential.role)
         return payloads[1:]
@@ -245,8 +250,15 @@ class Server:
         self._accepting_scope = None
         ledger.on_revoke = self._revoke_sessions
         ledger.on_blacklist_push = self._push_blacklist
+        ledger.on_cutoff = self._cutoff
         self.metrics.journal_txn.set(store.last_txn)
         self.metrics.holds_open.set(ledger.holds.open_count)
+        from switch import __version__
+        self.metrics.info.labels(__version__).set(1)
+        for school in config.schools:
+            self.metrics.blacklist_version.labels(school).set(ledger.blacklist.version(school))
+            for kind in ("pos", "water", "meter"):
+                self.metrics.terminal_connections.labels(school, kind)
 
     # ------------------------------------------------------------ registry
     def register(self, connection: Connection) -> None:
@@ -267,7 +279,12 @@ class Server:
     def blacklist_version(self, school: str | None) -> int:
         return self.ledger.blacklist.version(school)
 
+    def _cutoff(self, school: str, account_id: str, balance: int) -> None:
+        self.metrics.cutoffs.labels(school).inc()
+        log.info("cutoff account=%s school=%s balance=%d", account_id, school, balance)
+
     def _push_blacklist(self, school: str, message: dict) -> None:
+        self.metrics.blacklist_version.labels(school).set(message["version"])
         # Sessions of one credential are registered by who; terminals carry their school.
         for live in self.sessions.values():
             for connection in live:
@@ -310,6 +327,7 @@ class Server:
         if expired:
             self.metrics.holds_expired.inc(expired)
         self.metrics.holds_open.set(self.ledger.holds.open_count)
+        self.metrics.commit_queue.set(self.committer.queued)
         self.committer.kick()
 
     def drain(self) -> None:
