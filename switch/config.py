@@ -72,6 +72,8 @@ DEFAULT_SCHOOLS = {
 
 _SETTINGS = {f.name for f in fields(Config)} - {"schools", "destinations"}
 _SCHOOL_KEYS = {f.name for f in fields(School)} - {"code", "days"}
+_SCHOOL_TYPES = {"name": str, "time_zone": str, "split_buildings": list,
+                 **{key: int for key in _SCHOOL_KEYS if key.endswith("_fen")}}
 
 
 def default_config() -> Config:
@@ -93,12 +95,22 @@ def load_config(path: str | None) -> Config:
                 raise ConfigError("schools: must be a table of school tables")
             config.schools = {}
             for code, table in value.items():
+                if not isinstance(table, dict):
+                    raise ConfigError(f"schools.{code}: must be a table")
                 unknown = set(table) - _SCHOOL_KEYS
                 if unknown:
                     raise ConfigError(f"schools.{code}: unknown key(s) {sorted(unknown)}")
+                for key, value in table.items():
+                    expected = _SCHOOL_TYPES[key]
+                    if type(value) is not expected:
+                        raise ConfigError(f"schools.{code}.{key}: expected {expected.__name__}, "
+                                          f"got {value!r}")
+                if not all(type(b) is str for b in table.get("split_buildings", [])):
+                    raise ConfigError(f"schools.{code}.split_buildings: a list of building "
+                                      f"numbers as strings, e.g. [\"9\"]")
                 try:
                     config.schools[code] = School(code, **table)
-                except Exception as error:
+                except Exception as error:  # an unknown time zone, mostly
                     raise ConfigError(f"schools.{code}: {error}") from None
         elif key == "destinations":
             config.destinations = list(value)

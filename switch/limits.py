@@ -68,3 +68,18 @@ lmdb_map_size_bytes_initial = 256 * 1024 * 1024
 lmdb_map_growth_factor = 2
 lmdb_max_dbs = 32
 lmdb_max_readers = 126
+
+# --- Downstream forwarding (PROTOCOL.md §6) ---
+forward_records_per_frame_max = 256     # records in one `records` frame
+forward_records_bytes_max = 60_000      # their msgpack size; the rest of 65,536 is header and tag
+forward_scan_txns_max = 1024            # txns read for one frame (a filter may skip them all)
+forward_connect_timeout_s = 5.0
+forward_reply_timeout_s = 10.0          # hello reply and each `records` reply
+forward_backoff_initial_s = 0.05        # reconnect delay, doubled per failure, with jitter
+forward_backoff_max_s = 5.0
+forward_position_kick_interval_s = 1.0  # at most this long before an idle switch commits a position
+
+# --- Reference receivers (switch/receivers/) ---
+receiver_connections_max = 16           # sockets; a new sign-on of a credential replaces its old one
+receiver_idle_timeout_s = 3600.0
+receiver_day_segments_max = 4096        # billing: txn -> local day map kept for reversals

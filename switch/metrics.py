@@ -44,6 +44,10 @@ class Metrics:
         self.forward_lag = Gauge("switch_forward_lag_records",
                                  "Last txn written less the destination's acknowledged position",
                                  ["destination"], registry=registry)
+        self.forward_errors = Counter("switch_forward_errors",
+                                      "Forwarding failures by destination and reason (connect, "
+                                      "hello, closed, timeout, protocol, declined, rewind)",
+                                      ["destination", "reason"], registry=registry)
         self.map_used = Gauge("switch_lmdb_map_used_bytes", "LMDB pages in use", registry=registry)
         self.map_size = Gauge("switch_lmdb_map_size_bytes", "LMDB map size", registry=registry)
         self.refused_connections = Counter("switch_refused_connections",
