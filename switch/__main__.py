@@ -69,7 +69,7 @@ async def _serve(args) -> int:
                 print(f"metrics on {metrics_bound[0]}:{metrics_bound[1]}", flush=True)
     finally:
         store.close()
-    logging.getLogger("switch").info("stopped; last txn %d", store.last_txn)
+    logging.getLogger("switch").info("event=stopped last_txn=%d", store.last_txn)
     return 0
 
 
@@ -78,7 +78,7 @@ async def _drain_on_signal(server, task_status=trio.TASK_STATUS_IGNORED):
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
         async for signum in signals:
-            logging.getLogger("switch").info("signal %d: stop accepting, drain, commit", signum)
+            logging.getLogger("switch").info("event=draining signal=%d", signum)
             server.drain()
             return
 
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
-                            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                            format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
                             stream=sys.stderr)
         from switch.config import ConfigError
         try:

@@ -84,7 +84,8 @@ class Committer:
             try:
                 await self._write(batch)
             except Exception:
-                log.exception("commit of batch %d failed; answering internal", batch.number)
+                log.exception("event=commit_failed batch=%d requests=%d answered=internal", batch.number,
+                              len(replies) + len(self._open))
                 self.metrics.commit_failures.inc()
                 self._fail(replies + self._open)
                 self._open = []
@@ -116,7 +117,7 @@ class Committer:
             except lmdb.MapFullError:
                 # The aborted transaction left nothing behind; grow and write it again.
                 new_size = self.store.grow_map()
-                log.warning("LMDB map full; grown to %d bytes", new_size)
+                log.warning("event=map_grown size_bytes=%d", new_size)
         raise RuntimeError("LMDB map still full after growing")
 
     def _fail(self, replies) -> None:

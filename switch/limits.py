@@ -83,3 +83,4 @@ forward_position_kick_interval_s = 1.0  # at most this long before an idle switc
 receiver_connections_max = 16           # sockets; a new sign-on of a credential replaces its old one
 receiver_idle_timeout_s = 3600.0
 receiver_day_segments_max = 4096        # billing: txn -> local day map kept for reversals
+receiver_pending_credits_max = 1024     # utility: credits to accounts not yet known as rooms

@@ -44,6 +44,12 @@ class Connection:
         self._error_queued = False
         self.reader_scope = trio.CancelScope()
         self.closed = False
+        try:
+            host, port = stream.socket.getpeername()[:2]
+            self.peer = f"{host}:{port}"
+        except OSError:
+            self.peer = "?"
+
 
     # ------------------------------------------------------------ called by others
     def send_reply(self, reply: dict, seconds: float) -> None:
@@ -54,7 +60,7 @@ class Connection:
                 frame = self.session.encode_reply(reply)
             except FrameTooLarge:
                 # e.g. a `full` blacklist beyond one frame: say so rather than send garbage.
-                log.error("reply too large for one frame: t=%s re=%s", reply["t"], reply["re"])
+                log.error("event=reply_too_large t=%s re=%s", reply["t"], reply["re"])
                 frame = self.session.encode_reply({"t": reply["t"], "re": reply["re"],
                                                    "code": "internal"})
             self._queue(frame)
@@ -145,7 +151,7 @@ class Connection:
         try:
             hello = self.session.receive_hello(payloads[0], server.ledger.live_key)
         except ProtocolError as error:
-            log.info("refused hello: %s", error.code)
+            log.info("event=hello_refused code=%s peer=%s", error.code, self.peer)
             await self._send_error_and_close(error)
             return None
         credential = server.ledger.credential(hello.who)
@@ -163,7 +169,7 @@ class Connection:
         if self.role == "terminal":
             server.metrics.terminal_connections.labels(credential.school, credential.kind).inc()
         server.register(self)
-        log.info("sign-on who=%s role=%s", credential.who, credential.role)
+        log.info("event=sign_on who=%s role=%s peer=%s", credential.who, credential.role, self.peer)
         return payloads[1:]
 
     async def _send_error_and_close(self, error: ProtocolError) -> None:
@@ -195,7 +201,7 @@ class Connection:
             with trio.move_on_after(idle_timeout_s) as idle:
                 data = await self._receive()
             if idle.cancelled_caught:
-                log.info("idle timeout who=%s", self.credential.who)
+                log.info("event=idle_timeout who=%s", self.credential.who)
                 return
             if not data:
                 return
@@ -273,7 +279,7 @@ class Server:
 
     def _revoke_sessions(self, who: str) -> None:
         for connection in list(self.sessions.get(who, ())):
-            log.info("revoked who=%s: closing session", who)
+            log.info("event=revoked who=%s session=closed", who)
             connection.abort("unauthenticated")
 
     def blacklist_version(self, school: str | None) -> int:
@@ -281,7 +287,7 @@ class Server:
 
     def _cutoff(self, school: str, account_id: str, balance: int) -> None:
         self.metrics.cutoffs.labels(school).inc()
-        log.info("cutoff account=%s school=%s balance=%d", account_id, school, balance)
+        log.info("event=cutoff account=%s school=%s balance=%d", account_id, school, balance)
 
     def _push_blacklist(self, school: str, message: dict) -> None:
         self.metrics.blacklist_version.labels(school).set(message["version"])
@@ -343,12 +349,12 @@ class Server:
                     raise
                 # Out of file descriptors or memory: existing sessions keep working;
                 # new ones wait, as trio.serve_listeners does.
-                log.error("accept failed (%s); pausing %.0f ms", error, accept_pause_s * 1000)
+                log.error("event=accept_failed error=%r pause_ms=%.0f", str(error), accept_pause_s * 1000)
                 await trio.sleep(accept_pause_s)
                 continue
             if self.connection_count >= self.config.connections_max:
                 self.metrics.refused_connections.inc()
-                log.warning("refused connection: %d open", self.connection_count)
+                log.warning("event=connection_refused open=%d", self.connection_count)
                 await stream.aclose()
                 continue
             connections.start_soon(self._run_connection, stream)
@@ -363,6 +369,6 @@ class Server:
     async def drain_on_signal(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                log.info("signal %d: draining", signum)
+                log.info("event=draining signal=%d", signum)
                 self.drain()
                 return

@@ -1,0 +1,260 @@
+"""Downstream forwarding (PROTOCOL.md §6): one task per destination sends the committed
+journal in order as bounded `records` frames, one in flight, and keeps each `upto` in LMDB.
+
+It only reads committed records and writes one `meta` key per acknowledgement, which rides
+along with the next group commit, so a dead or slow receiver never holds up a till.
+"""
+
+import logging
+import random
+import time
+
+import msgpack
+import trio
+
+from switch import limits
+from switch.codec import ClientSession, FrameDecoder, ProtocolError
+
+log = logging.getLogger("switch.forward")
+
+POSITION_PREFIX = b"forward:"
+_CONNECTION_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def position_key(name: str) -> bytes:
+    return POSITION_PREFIX + name.encode()
+
+
+def decode_position(value: bytes | None) -> int:
+    """The stored acknowledged position: 8 bytes big-endian (decimal text also read)."""
+    if value is None:
+        return 0
+    if len(value) == 8:
+        return int.from_bytes(value, "big")
+    return int(value.decode("ascii"))
+
+
+def encode_position(txn: int) -> bytes:
+    return txn.to_bytes(8, "big")
+
+
+class ForwardError(Exception):
+    """This session with the destination is over; `reason` is the metric label."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def next_frame(store, first_txn: int, kinds) -> tuple[int, list]:
+    """(to, records) for a frame starting at `first_txn`; `to` < `first_txn` when nothing
+    committed is left. Reads at most one frame's worth of txns, synchronously."""
+    last_txn = min(store.last_committed_txn, first_txn + limits.forward_scan_txns_max - 1)
+    records = []
+    records_bytes = 0
+    to_txn = first_txn - 1
+    for txn, raw in store.committed_journal(first_txn, last_txn):
+        assert txn == to_txn + 1, f"journal gap: {to_txn} then {txn}"
+        record = msgpack.unpackb(raw, raw=False)
+        assert record["txn"] == txn, (txn, record.get("txn"))
+        if kinds is None or record["kind"] in kinds:
+            assert len(raw) <= limits.forward_records_bytes_max, (txn, len(raw))
+            if (len(records) == limits.forward_records_per_frame_max
+                    or records_bytes + len(raw) > limits.forward_records_bytes_max):
+                break  # this record starts the next frame
+            records.append(record)
+            records_bytes += len(raw)
+        to_txn = txn
+    return to_txn, records
+
+
+class Forwarder:
+    def __init__(self, destination, store, committer, metrics):
+        self.destination = destination
+        self.store = store
+        self.committer = committer
+        self.metrics = metrics
+        self.name = destination.name
+        self.acked = decode_position(store.get("meta", position_key(self.name)))
+        self.backoff_initial_s = limits.forward_backoff_initial_s
+        self.backoff_max_s = limits.forward_backoff_max_s
+        self.frames_acknowledged = 0
+        self.sessions = 0
+        self._position_unkicked = False
+        self._last_kick_s = 0.0
+        self._lag = metrics.forward_lag.labels(self.name)
+        self._errors = {}
+        if self.acked > store.last_txn:
+            log.error("destination %s: acknowledged position %d is past the journal's last "
+                      "txn %d (data dir restored from an older copy?)", self.name, self.acked,
+                      store.last_txn)
+        self._update_lag()
+
+    # ------------------------------------------------------------------ state
+    def _update_lag(self) -> None:
+        self._lag.set(self.store.last_txn - self.acked)
+
+    def _count_error(self, reason: str) -> None:
+        counter = self._errors.get(reason)
+        if counter is None:
+            counter = self._errors[reason] = self.metrics.forward_errors.labels(self.name, reason)
+        counter.inc()
+
+    def _acknowledge(self, upto: int, first_txn: int) -> None:
+        if upto < first_txn - 1:
+            # The receiver is missing records it once acknowledged (its state was lost or
+            # restored): §6 says resend from upto + 1, so the position moves back.
+            log.warning("destination %s: receiver asks to resend from %d (we had %d)",
+                        self.name, upto + 1, first_txn)
+            self._count_error("rewind")
+        if upto != self.acked:
+            self.acked = upto
+            self.store.put("meta", position_key(self.name), encode_position(upto))
+            self._position_unkicked = True
+            self._kick_if_due()
+        self._update_lag()
+
+    def _kick_if_due(self) -> None:
+        # Busy switch: the position rides along with the tills' commits. Idle switch: at
+        # most one extra commit per interval, so catching up never costs an fsync per frame.
+        now_s = time.monotonic()
+        if self._position_unkicked and now_s - self._last_kick_s >= \
+                limits.forward_position_kick_interval_s:
+            self._position_unkicked = False
+            self._last_kick_s = now_s
+            self.committer.kick()
+
+    # ------------------------------------------------------------------ tasks
+    async def run(self) -> None:
+        """Forward forever (cancel to stop)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch)
+            await self._connect_forever()
+
+    async def _watch(self) -> None:
+        """Keeps the lag current while the destination is down, and commits a position
+        that no till's commit has carried."""
+        while True:
+            with trio.move_on_after(limits.forward_position_kick_interval_s):
+                await self.committer.journal_advanced.park()
+            self._update_lag()
+            self._kick_if_due()
+
+    async def _connect_forever(self) -> None:
+        destination = self.destination
+        backoff_s = self.backoff_initial_s
+        failures = 0
+        while True:
+            acknowledged_before = self.frames_acknowledged
+            try:
+                await self._session()
+            except ForwardError as error:
+                reason, detail = error.reason, error.detail
+            except ProtocolError as error:
+                reason, detail = "protocol", str(error)
+            except trio.TooSlowError:
+                reason, detail = "timeout", f"no reply within {limits.forward_reply_timeout_s} s"
+            except _CONNECTION_ERRORS as error:
+                reason, detail = "closed", str(error) or type(error).__name__
+            if self.frames_acknowledged > acknowledged_before:
+                backoff_s = self.backoff_initial_s
+                failures = 0
+            failures += 1
+            self._count_error(reason)
+            delay_s = backoff_s / 2 + random.uniform(0, backoff_s / 2)
+            # Log the first failure of a run and then ever more rarely, not every retry.
+            level = logging.WARNING if failures & (failures - 1) == 0 else logging.DEBUG
+            log.log(level, "destination %s (%s:%d): %s (%s); failure %d in a row, reconnect "
+                    "in %.2f s", self.name, destination.host, destination.port, reason, detail,
+                    failures, delay_s)
+            await trio.sleep(delay_s)
+            backoff_s = min(backoff_s * 2, self.backoff_max_s)
+
+    async def _session(self) -> None:
+        destination = self.destination
+        try:
+            with trio.fail_after(limits.forward_connect_timeout_s):
+                stream = await trio.open_tcp_stream(destination.host, destination.port)
+        except (OSError, trio.TooSlowError) as error:
+            raise ForwardError("connect", str(error) or "timeout") from None
+        try:
+            connection = _Connection(stream)
+            session = ClientSession(destination.who, destination.key)
+            with trio.fail_after(limits.forward_reply_timeout_s):
+                await stream.send_all(session.hello_frame(time.time_ns() // 1_000_000))
+                payload = await connection.next_payload()
+            try:
+                reply = session.receive_hello_reply(payload)
+            except ProtocolError as error:
+                raise ForwardError("hello", str(error)) from None
+            if reply.get("role") != "downstream":
+                raise ForwardError("hello", f"role {reply.get('role')!r}, not 'downstream'")
+            self.sessions += 1
+            log.info("destination %s (%s:%d): signed on as %s; sending from txn %d",
+                     self.name, destination.host, destination.port, destination.who,
+                     self.acked + 1)
+            stalls = 0
+            while True:
+                while self.store.last_committed_txn <= self.acked:
+                    await self.committer.journal_advanced.park()
+                self._update_lag()
+                first_txn = self.acked + 1
+                to_txn, records = next_frame(self.store, first_txn, destination.kinds)
+                seq, frame = session.request_frame(
+                    {"t": "records", "from": first_txn, "to": to_txn, "records": records})
+                with trio.fail_after(limits.forward_reply_timeout_s):
+                    await stream.send_all(frame)
+                    reply = await self._reply(connection, session, seq)
+                upto = _check_reply(reply, seq, first_txn, to_txn)
+                self._acknowledge(upto, first_txn)
+                self.frames_acknowledged += 1
+                if upto < first_txn:
+                    # No progress: do not spin on a receiver that takes nothing.
+                    stalls += 1
+                    await trio.sleep(min(self.backoff_initial_s * 2 ** min(stalls, 16),
+                                         self.backoff_max_s))
+                else:
+                    stalls = 0
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _reply(self, connection, session, seq: int) -> dict:
+        while True:
+            message = session.receive(await connection.next_payload())
+            if "push" in message:
+                continue  # nothing a receiver pushes means anything to us
+            if message.get("t") == "error":
+                raise ForwardError("declined", f"error frame {message.get('code')!r}")
+            return message
+
+
+def _check_reply(reply: dict, seq: int, first_txn: int, to_txn: int) -> int:
+    if reply.get("re") != seq or reply.get("t") != "records":
+        raise ForwardError("protocol", f"reply re={reply.get('re')!r} t={reply.get('t')!r} "
+                           f"to records seq {seq}")
+    if reply.get("code") != "ok":
+        raise ForwardError("declined", f"code {reply.get('code')!r} for {first_txn}..{to_txn}")
+    upto = reply.get("upto")
+    # upto below from - 1 is a receiver asking to go back (see _acknowledge); above `to`
+    # would acknowledge records never sent.
+    if type(upto) is not int or not 0 <= upto <= to_txn:
+        raise ForwardError("protocol", f"upto {upto!r} for {first_txn}..{to_txn}")
+    return upto
+
+
+class _Connection:
+    """Bytes in, whole frame payloads out."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.decoder = FrameDecoder()
+        self.payloads: list = []
+
+    async def next_payload(self) -> bytes:
+        while not self.payloads:
+            data = await self.stream.receive_some(limits.receive_size_bytes)
+            if not data:
+                raise ForwardError("closed", "receiver closed the connection")
+            self.payloads.extend(self.decoder.feed(data))
+        return self.payloads.pop(0)

@@ -1,0 +1,344 @@
+"""What every reference receiver shares (PROTOCOL.md §6): the server side of `hello` with
+role "downstream", the contiguity and duplicate rules for `records` frames, and state kept
+on disk atomically before each reply.
+
+A subclass says what it keeps (`reset`, `apply`, `snapshot`, `restore`) and which files it
+derives from that (`outputs`); this module does the rest.
+"""
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import NamedTuple
+
+import trio
+
+from switch import limits
+from switch.codec import FrameDecoder, ProtocolError, ServerSession
+
+log = logging.getLogger("switch.receiver")
+
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+
+APPLY = "apply"
+GAP = "gap"
+BAD = "bad"
+
+
+class Verdict(NamedTuple):
+    action: str          # APPLY, GAP or BAD
+    upto: int            # what to acknowledge (APPLY, GAP)
+    records: list        # the records not seen before, in txn order (APPLY)
+    detail: str = ""     # why (BAD, GAP)
+
+
+def check_records(position: int, message: dict) -> Verdict:
+    """The §6 rules for one `records` frame against our acknowledged `position`.
+
+    - `from` > position + 1 is a gap: acknowledge `position` so the switch resends from
+      position + 1;
+    - records with txn <= position are duplicates (delivery is at least once): dropped;
+    - otherwise everything up to `to` is ours, the records and the txns that matched no
+      filter alike, and `upto` = `to`.
+    """
+    from_txn, to_txn, records = message.get("from"), message.get("to"), message.get("records")
+    if type(from_txn) is not int or type(to_txn) is not int or type(records) is not list:
+        return Verdict(BAD, position, [], "from, to and records are needed")
+    if from_txn < 1 or to_txn < from_txn - 1:
+        return Verdict(BAD, position, [], f"range {from_txn}..{to_txn}")
+    if from_txn > position + 1:
+        return Verdict(GAP, position, [], f"frame starts at {from_txn}, we have up to {position}")
+    fresh = []
+    previous = from_txn - 1
+    for record in records:
+        txn = record.get("txn") if type(record) is dict else None
+        if type(txn) is not int or not previous < txn <= to_txn:
+            return Verdict(BAD, position, [], f"record txn {txn!r} out of order or outside "
+                                              f"{from_txn}..{to_txn}")
+        if type(record.get("kind")) is not str:
+            return Verdict(BAD, position, [], f"record {txn}: no kind")
+        previous = txn
+        if txn > position:
+            fresh.append(record)
+    return Verdict(APPLY, to_txn, fresh)
+
+
+def write_atomically(directory: str, files: list[tuple[str, bytes]]) -> None:
+    """Each file whole or not at all: temp file, fsync, rename; then fsync the directory."""
+    for name, data in files:
+        path = os.path.join(directory, name)
+        temporary = path + ".tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Receiver:
+    """A downstream receiver: one position, one state, shared by all its connections."""
+
+    name = "receiver"
+    wanted_kinds: frozenset | None = None   # documentation: what the switch's filter should be
+
+    def __init__(self, state_dir: str, credentials: dict[str, bytes]):
+        self.state_dir = state_dir
+        self.credentials = dict(credentials)
+        self.position = 0
+        self.frames = 0
+        self.gaps = 0
+        self.duplicates = 0
+        self._dirty = False
+        self._lock = trio.Lock()
+        self._sessions: dict[str, trio.CancelScope] = {}
+        self._connections = 0
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        self.load()
+
+    # ------------------------------------------------------------ for subclasses
+    def reset(self) -> None:
+        """Empty state (a receiver that has seen nothing)."""
+
+    def validate(self, record: dict) -> str | None:
+        """Why this record cannot be applied, or None."""
+        return None
+
+    def apply(self, record: dict) -> None:
+        """Take one new record (txn above our position, in txn order) into the state."""
+
+    def snapshot(self) -> dict:
+        return {}
+
+    def restore(self, data: dict) -> None:
+        pass
+
+    def outputs(self) -> list[tuple[str, bytes]]:
+        """Files derived from the state, rewritten after it."""
+        return []
+
+    # ------------------------------------------------------------ persistence
+    def load(self) -> None:
+        path = os.path.join(self.state_dir, STATE_FILE)
+        self.reset()
+        self.position = 0
+        try:
+            with open(path, "rb") as handle:
+                data = json.loads(handle.read())
+        except FileNotFoundError:
+            self._write_outputs_now()
+            return
+        if data.get("version") != STATE_VERSION or data.get("receiver") != self.name:
+            raise SystemExit(f"{path}: not a {self.name} state file of version {STATE_VERSION}")
+        self.position = data["position"]
+        self.restore(data["state"])
+        self._dirty = False
+        # A crash between the state and its outputs leaves the outputs behind: redo them.
+        self._write_outputs_now()
+        log.info("%s: state loaded, position %d", self.name, self.position)
+
+    def _write_outputs_now(self) -> None:
+        write_atomically(self.state_dir, self.outputs())
+
+    def state_bytes(self) -> bytes:
+        return json.dumps({"version": STATE_VERSION, "receiver": self.name,
+                           "position": self.position, "state": self.snapshot()},
+                          separators=(",", ":"), sort_keys=True).encode()
+
+    async def _persist(self) -> None:
+        files = [(STATE_FILE, self.state_bytes())] + self.outputs()
+        await trio.to_thread.run_sync(write_atomically, self.state_dir, files)
+        self._dirty = False
+
+    # ------------------------------------------------------------ records
+    async def handle_records(self, message: dict) -> dict:
+        """The reply to one `records` request; state is on disk before it is returned."""
+        async with self._lock:
+            verdict = check_records(self.position, message)
+            if verdict.action == BAD:
+                log.error("%s: bad records frame: %s", self.name, verdict.detail)
+                return {"t": "records", "code": "bad_request"}
+            if verdict.action == GAP:
+                self.gaps += 1
+                log.warning("%s: gap: %s; asking for %d on", self.name, verdict.detail,
+                            self.position + 1)
+                return {"t": "records", "code": "ok", "upto": verdict.upto}
+            for record in verdict.records:
+                problem = self.validate(record)
+                if problem:
+                    log.error("%s: record %d refused: %s", self.name, record["txn"], problem)
+                    return {"t": "records", "code": "bad_request"}
+            self.duplicates += len(message["records"]) - len(verdict.records)
+            for record in verdict.records:
+                self.apply(record)
+            if verdict.upto > self.position:
+                self.position = verdict.upto
+                self._dirty = True
+            if verdict.records:
+                self._dirty = True
+            if self._dirty:
+                # Shielded: once the state has moved, the disk follows before anything else.
+                # A failed write (disk full) ends the process: it restarts from the last
+                # state on disk, and the switch resends whatever that lacks.
+                with trio.CancelScope(shield=True):
+                    await self._persist()
+            self.frames += 1
+            return {"t": "records", "code": "ok", "upto": verdict.upto}
+
+    # ------------------------------------------------------------ serving
+    async def serve(self, listeners, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept, listener, nursery)
+            task_status.started()
+
+    async def _accept(self, listener, nursery) -> None:
+        async with listener:
+            while True:
+                stream = await listener.accept()
+                if self._connections >= limits.receiver_connections_max:
+                    log.warning("%s: refused a connection: %d open", self.name, self._connections)
+                    await trio.aclose_forcefully(stream)
+                    continue
+                nursery.start_soon(self._connection, stream)
+
+    async def _connection(self, stream) -> None:
+        self._connections += 1
+        scope = trio.CancelScope()
+        who = None
+        try:
+            with scope:
+                who = await self._converse(stream, scope)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._connections -= 1
+            if who is not None and self._sessions.get(who) is scope:
+                del self._sessions[who]
+            await trio.aclose_forcefully(stream)
+
+    async def _converse(self, stream, scope) -> str | None:
+        session = ServerSession()
+        decoder = FrameDecoder()
+        payloads: list = []
+        try:
+            with trio.move_on_after(limits.hello_timeout_s):
+                while not payloads:
+                    data = await stream.receive_some(limits.receive_size_bytes)
+                    if not data:
+                        return None
+                    payloads = decoder.feed(data)
+            if not payloads:
+                return None  # no hello in time: closed without a frame (§2)
+            hello = session.receive_hello(payloads.pop(0), self.credentials.get)
+        except ProtocolError as error:
+            log.info("%s: refused hello: %s", self.name, error.code)
+            await stream.send_all(session.encode_error(error))
+            return None
+        await stream.send_all(session.accept_hello(
+            hello, {"role": "downstream", "time": time.time_ns() // 1_000_000}))
+        # One live session per credential: a new sign-on means the old socket is dead.
+        older = self._sessions.get(hello.who)
+        if older is not None:
+            older.cancel()
+        self._sessions[hello.who] = scope
+        log.info("%s: %s signed on; we have up to txn %d", self.name, hello.who, self.position)
+        try:
+            while True:
+                while payloads:
+                    request = session.receive_request(payloads.pop(0))
+                    reply = await self._answer(request.message)
+                    reply["re"] = request.seq
+                    await stream.send_all(session.encode_reply(reply))
+                with trio.move_on_after(limits.receiver_idle_timeout_s) as idle:
+                    data = await stream.receive_some(limits.receive_size_bytes)
+                if idle.cancelled_caught or not data:
+                    return hello.who
+                payloads.extend(decoder.feed(data))
+        except ProtocolError as error:
+            log.warning("%s: %s broke the protocol: %s", self.name, hello.who, error)
+            await stream.send_all(session.encode_error(error))
+            return hello.who
+
+    async def _answer(self, message: dict) -> dict:
+        request_type = message.get("t")
+        if request_type == "records":
+            return await self.handle_records(message)
+        if request_type == "ping":
+            return {"t": "ping", "code": "ok"}
+        return {"t": request_type if type(request_type) is str else "error",
+                "code": "bad_request"}
+
+
+# ---------------------------------------------------------------- command line
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def read_key_file(path: str) -> bytes:
+    with open(path) as handle:
+        text = handle.read(1024).strip()
+    if len(text) != 2 * limits.credential_key_size_bytes:
+        raise ValueError(f"{path}: expected {2 * limits.credential_key_size_bytes} hex characters")
+    return bytes.fromhex(text)
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    arguments = argparse.ArgumentParser(prog=prog, description=description)
+    arguments.add_argument("--listen", required=True, type=_host_port,
+                           help="HOST:PORT to listen on (port 0: any free port)")
+    arguments.add_argument("--state", required=True, help="directory for state and outputs")
+    arguments.add_argument("--credential", required=True,
+                           help="the credential id the switch signs on with")
+    arguments.add_argument("--key-file", required=True,
+                           help="file holding that credential's key as 64 hex characters")
+    arguments.add_argument("--log-level", default="INFO")
+    return arguments
+
+
+def run_main(make_receiver, args) -> int:
+    """Serve until SIGTERM or SIGINT; exit 0."""
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        key = read_key_file(args.key_file)
+    except (OSError, ValueError) as error:
+        print(f"key file: {error}", file=sys.stderr)
+        return 2
+    receiver = make_receiver(args.state, {args.credential: key})
+    trio.run(_serve_until_signal, receiver, args.listen)
+    log.info("%s: stopped at txn %d", receiver.name, receiver.position)
+    return 0
+
+
+async def _serve_until_signal(receiver: Receiver, listen: tuple[str, int]) -> None:
+    host, port = listen
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(receiver.serve, listeners)
+            bound_host, bound_port = listeners[0].socket.getsockname()[:2]
+            print(f"listening on {bound_host}:{bound_port}", flush=True)
+            async for signum in signals:
+                log.info("%s: signal %d: stopping", receiver.name, signum)
+                # A frame being written finishes first: its persist is shielded.
+                async with receiver._lock:
+                    nursery.cancel_scope.cancel()
+                break

@@ -1,0 +1,127 @@
+"""Reference billing receiver: per-merchant, per-local-day totals of the money the tills
+took, written as a settlement CSV (`merchant,day,count,total_fen`) after every frame.
+
+The figures are those of the switch's own `settle` (PROTOCOL.md §4 "Day totals"), summed
+per merchant: debit, qr_debit, complete and offline amounts as positive fen, on the local
+day of the record (an offline record on the day it was tapped), and a reverse takes its
+original back out of the original's day.
+
+    python -m switch.receivers.billing --listen 127.0.0.1:7101 --state billing-state \\
+        --credential switch-billing --key-file billing.key
+"""
+
+import bisect
+import sys
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from switch import limits
+from switch.receivers.base import Receiver, parser, run_main
+
+MONEY_KINDS = frozenset({"debit", "qr_debit", "complete", "offline"})
+WANTED_KINDS = MONEY_KINDS | {"reverse"}
+SETTLEMENT_FILE = "settlement.csv"
+DEFAULT_TIME_ZONE = "Asia/Shanghai"
+
+
+class BillingReceiver(Receiver):
+    name = "billing"
+    wanted_kinds = WANTED_KINDS
+
+    def __init__(self, state_dir: str, credentials: dict[str, bytes],
+                 time_zone: str = DEFAULT_TIME_ZONE):
+        self.zone = ZoneInfo(time_zone)
+        super().__init__(state_dir, credentials)
+
+    def reset(self) -> None:
+        self.totals: dict[tuple[str, str], list[int]] = {}   # (merchant, day) -> [count, fen]
+        # A reverse names its original by txn only. The switch's clock only moves forward,
+        # so "txn -> local day" is a short list of (first txn, day) runs, not a map of txns.
+        self.segment_txns: list[int] = []
+        self.segment_days: list[str] = []
+
+    def day_of(self, unix_ms: int) -> str:
+        return datetime.fromtimestamp(unix_ms / 1000, tz=self.zone).date().isoformat()
+
+    def _note_day(self, txn: int, day: str) -> None:
+        if not self.segment_days or self.segment_days[-1] != day:
+            self.segment_txns.append(txn)
+            self.segment_days.append(day)
+            if len(self.segment_txns) > limits.receiver_day_segments_max:
+                del self.segment_txns[0], self.segment_days[0]
+
+    def _day_of_txn(self, txn: int) -> str | None:
+        index = bisect.bisect_right(self.segment_txns, txn) - 1
+        return self.segment_days[index] if index >= 0 else None
+
+    def validate(self, record: dict) -> str | None:
+        if record["kind"] not in WANTED_KINDS:
+            return None  # ignored (the switch's filter is wider than ours)
+        if type(record.get("at")) is not int or type(record.get("amount")) is not int:
+            return "at and amount must be ints"
+        if type(record.get("merchant")) is not str:
+            return "a till's money record has a merchant"
+        if record["kind"] == "offline" and type(record.get("tapped_at", 0)) is not int:
+            return "tapped_at must be an int"
+        return None
+
+    def apply(self, record: dict) -> None:
+        kind = record["kind"]
+        if kind not in WANTED_KINDS:
+            return
+        switch_day = self.day_of(record["at"])
+        self._note_day(record["txn"], switch_day)
+        if kind == "reverse":
+            target = record.get("target")
+            day = self._day_of_txn(target) if type(target) is int else None
+            # The reverse record's amount is the credit back: positive, so it subtracts.
+            self._add(record["merchant"], day or switch_day, -1, -record["amount"])
+            return
+        day = self.day_of(record["tapped_at"]) if kind == "offline" and "tapped_at" in record \
+            else switch_day
+        self._add(record["merchant"], day, 1, -record["amount"])
+
+    def _add(self, merchant: str, day: str, count: int, fen: int) -> None:
+        totals = self.totals.setdefault((merchant, day), [0, 0])
+        totals[0] += count
+        totals[1] += fen
+
+    def snapshot(self) -> dict:
+        return {"totals": [[merchant, day, count, fen]
+                           for (merchant, day), (count, fen) in sorted(self.totals.items())],
+                "segments": [self.segment_txns, self.segment_days]}
+
+    def restore(self, data: dict) -> None:
+        self.totals = {(merchant, day): [count, fen]
+                       for merchant, day, count, fen in data["totals"]}
+        self.segment_txns, self.segment_days = data["segments"]
+
+    def settlement_rows(self) -> list[tuple[str, str, int, int]]:
+        return [(merchant, day, count, fen)
+                for (merchant, day), (count, fen) in sorted(self.totals.items())]
+
+    def outputs(self) -> list[tuple[str, bytes]]:
+        lines = ["merchant,day,count,total_fen"]
+        lines += [f"{_csv_field(merchant)},{day},{count},{fen}"
+                  for merchant, day, count, fen in self.settlement_rows()]
+        return [(SETTLEMENT_FILE, ("\n".join(lines) + "\n").encode())]
+
+
+def _csv_field(text: str) -> str:
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def main(argv=None) -> int:
+    arguments = parser("python -m switch.receivers.billing",
+                       "Reference billing receiver: per-merchant daily settlement CSV")
+    arguments.add_argument("--time-zone", default=DEFAULT_TIME_ZONE,
+                           help="the schools' local time zone for days (default Asia/Shanghai)")
+    args = arguments.parse_args(argv)
+    return run_main(lambda state, credentials: BillingReceiver(state, credentials,
+                                                               args.time_zone), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Reference utility-control receiver: each dorm room's power state from `cutoff`/`restore`,
+its recharges (`credit`) and its meter deductions, written as `rooms.csv` after every frame.
+
+A real power controller would switch the room's relay where `apply` sets `power`.
+
+    python -m switch.receivers.utility --listen 127.0.0.1:7102 --state utility-state \\
+        --credential switch-utility --key-file utility.key
+"""
+
+import sys
+from collections import OrderedDict
+
+from switch import limits
+from switch.receivers.base import Receiver, parser, run_main
+
+WANTED_KINDS = frozenset({"credit", "meter", "cutoff", "restore"})
+ROOMS_FILE = "rooms.csv"
+
+
+def _new_room(school) -> dict:
+    # A new room has no money and so no power (§4 "Meters").
+    return {"school": school, "power": "off", "power_txn": 0, "balance_fen": 0,
+            "recharged_fen": 0, "recharges": 0, "metered_fen": 0, "meters": 0}
+
+
+class UtilityReceiver(Receiver):
+    name = "utility"
+    wanted_kinds = WANTED_KINDS
+
+    def reset(self) -> None:
+        self.rooms: dict[str, dict] = {}
+        # Credits reach every account, people's too, and a record does not say which kind
+        # of account it is. A room is an account that has had a meter, cutoff or restore
+        # record; its first recharge is the credit just before its first `restore` (same
+        # account and request id), so unknown accounts' credits wait here, a bounded few.
+        self.pending_credits: OrderedDict[str, dict] = OrderedDict()
+
+    def validate(self, record: dict) -> str | None:
+        if record["kind"] not in WANTED_KINDS:
+            return None
+        if type(record.get("account")) is not str:
+            return "account must be a str"
+        if type(record.get("amount")) is not int or type(record.get("balance")) is not int:
+            return "amount and balance must be ints"
+        return None
+
+    def apply(self, record: dict) -> None:
+        kind = record["kind"]
+        if kind not in WANTED_KINDS:
+            return
+        account = record["account"]
+        room = self.rooms.get(account)
+        if room is None:
+            if kind == "credit":
+                self._remember_credit(account, record)
+                return
+            room = self.rooms[account] = _new_room(record.get("school"))
+            pending = self.pending_credits.pop(account, None)
+            if kind == "restore" and pending is not None and pending["ref"] == record.get("ref"):
+                room["recharged_fen"] += pending["amount"]
+                room["recharges"] += 1
+        room["balance_fen"] = record["balance"]
+        if kind == "credit":
+            room["recharged_fen"] += record["amount"]
+            room["recharges"] += 1
+        elif kind == "meter":
+            room["metered_fen"] -= record["amount"]   # the deduction is negative on the journal
+            room["meters"] += 1
+        elif kind == "cutoff":
+            room["power"], room["power_txn"] = "off", record["txn"]
+        elif kind == "restore":
+            room["power"], room["power_txn"] = "on", record["txn"]
+
+    def _remember_credit(self, account: str, record: dict) -> None:
+        self.pending_credits.pop(account, None)
+        self.pending_credits[account] = {"amount": record["amount"], "ref": record.get("ref")}
+        while len(self.pending_credits) > limits.receiver_pending_credits_max:
+            self.pending_credits.popitem(last=False)
+
+    def snapshot(self) -> dict:
+        return {"rooms": self.rooms, "pending_credits": list(self.pending_credits.items())}
+
+    def restore(self, data: dict) -> None:
+        self.rooms = data["rooms"]
+        self.pending_credits = OrderedDict((account, credit)
+                                           for account, credit in data["pending_credits"])
+
+    def outputs(self) -> list[tuple[str, bytes]]:
+        lines = ["account,school,power,balance_fen,recharged_fen,recharges,metered_fen,meters,"
+                 "power_changed_txn"]
+        for account in sorted(self.rooms):
+            room = self.rooms[account]
+            lines.append(f"{account},{room['school']},{room['power']},{room['balance_fen']},"
+                         f"{room['recharged_fen']},{room['recharges']},{room['metered_fen']},"
+                         f"{room['meters']},{room['power_txn']}")
+        return [(ROOMS_FILE, ("\n".join(lines) + "\n").encode())]
+
+
+def main(argv=None) -> int:
+    arguments = parser("python -m switch.receivers.utility",
+                       "Reference utility-control receiver: dorm rooms' power and recharges")
+    args = arguments.parse_args(argv)
+    return run_main(UtilityReceiver, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
