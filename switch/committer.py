@@ -24,7 +24,6 @@ class Committer:
         self.batch_wait_s = batch_wait_s
         self._open: list = []           # (connection, reply, started_s) awaiting the next commit
         self._wake = trio.Event()
-        self._room = trio.lowlevel.ParkingLot()
         self._idle = trio.lowlevel.ParkingLot()
         # Forwarders park here and wake when a commit makes new journal records readable.
         self.journal_advanced = trio.lowlevel.ParkingLot()
@@ -49,10 +48,6 @@ class Committer:
     def full(self) -> bool:
         return len(self._open) >= self.batch_requests_max
 
-    async def wait_for_room(self) -> None:
-        while self.full:
-            await self._room.park()
-
     async def wait_idle(self) -> None:
         """Until nothing is waiting for a commit (used by shutdown)."""
         while self._open or self.committing or self.store.open_writes:
@@ -75,7 +70,6 @@ class Committer:
     async def _commit_open_batch(self) -> None:
         self.metrics.commit_queue.set(len(self._open))
         replies, self._open = self._open, []
-        self._room.unpark_all()
         effects = self.ledger.take_effects()
         batch = self.store.seal()
         if batch.writes:

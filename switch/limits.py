@@ -13,6 +13,7 @@ nonce_size_bytes = 16
 credential_key_size_bytes = 32
 protocol_version = 1
 hello_timeout_s = 10.0
+frame_complete_timeout_s = 10.0    # a frame begun must be finished within this
 idle_timeout_s = 120.0             # default, configurable
 requests_in_flight_max = 64        # per connection; past it we stop reading
 

@@ -195,13 +195,15 @@ class Connection:
             if self.in_flight >= limits.requests_in_flight_max:
                 await self._capacity.park()   # stop reading: TCP backpressure (§2)
                 continue
-            if committer.full:
-                await committer.wait_for_room()
-                continue
-            with trio.move_on_after(idle_timeout_s) as idle:
+            # Half a frame, then silence, holds a connection only this long.
+            partial = decoder.buffered_bytes > 0
+            timeout_s = min(idle_timeout_s, limits.frame_complete_timeout_s) if partial \
+                else idle_timeout_s
+            with trio.move_on_after(timeout_s) as idle:
                 data = await self._receive()
             if idle.cancelled_caught:
-                log.info("event=idle_timeout who=%s", self.credential.who)
+                log.info("event=%s who=%s", "read_timeout" if partial else "idle_timeout",
+                         self.credential.who)
                 return
             if not data:
                 return
@@ -211,13 +213,24 @@ class Connection:
         backlog = self._backlog
         server = self.server
         committer = server.committer
-        while backlog and self.in_flight < limits.requests_in_flight_max and not committer.full:
+        while backlog and self.in_flight < limits.requests_in_flight_max:
             started = time.perf_counter()
             request = self.session.receive_request(backlog.popleft())
+            if committer.full:
+                # Overloaded: say so at once rather than queue without bound (nothing ran).
+                self._shed(request, started)
+                continue
             reply = dispatch.execute(server.ledger, self.credential, request.message)
             reply["re"] = request.seq
             self.in_flight += 1
             committer.add(self, reply, started)
+
+    def _shed(self, request, started: float) -> None:
+        request_type = request.message.get("t")
+        reply = {"t": request_type if type(request_type) is str else "error", "re": request.seq,
+                 "code": "busy"}
+        self.server.metrics.observe_reply(reply["t"], "busy", time.perf_counter() - started)
+        self._queue(self.session.encode_reply(reply))
 
     async def _writer(self) -> None:
         stream = self.stream
