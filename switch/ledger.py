@@ -184,5 +184,24 @@ class Ledger:
 
     def remember(self, who: str, request_id, request_type: str, fingerprint: bytes,
                  reply: dict) -> None:
-        self.store.put("idempotency", self._idempotency_key(who, request_id),
-                       _pack([request_type, fingerprint, reply, self.clock.now_ms()]))
+        key = self._idempotency_key(who, request_id)
+        now_ms = self.clock.now_ms()
+        self.store.put("idempotency", key, _pack([request_type, fingerprint, reply, now_ms]))
+        self.store.put("idempotency_expiry", now_ms.to_bytes(8, "big") + key, b"")
+
+    def forget_old_ids(self, limit: int) -> int:
+        """Drop remembered ids older than the retention period (at most `limit` a pass)."""
+        cutoff_ms = self.clock.now_ms() - self.config.idempotency_retention_s * 1000
+        cutoff = max(cutoff_ms, 0).to_bytes(8, "big")
+        forgotten = 0
+        for index_key, _ in self.store.committed_items("idempotency_expiry"):
+            if index_key[:8] >= cutoff or forgotten >= limit:
+                break
+            key = index_key[8:]
+            data = self.store.get("idempotency", key)
+            # The id may have been remembered again later (a tombstone, then its original).
+            if data is not None and unpack(data)[3] < cutoff_ms:
+                self.store.delete("idempotency", key)
+                forgotten += 1
+            self.store.delete("idempotency_expiry", index_key)
+        return forgotten

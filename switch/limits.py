@@ -41,6 +41,7 @@ balance_fen_max = 2**62            # far above any real balance; guards int64 ov
 
 # --- Retention and windows (§4) ---
 idempotency_retention_s = 7 * 24 * 3600
+idempotency_forget_per_pass_max = 10_000   # housekeeping deletes at most this many a second
 reversal_window_s = 24 * 3600
 hold_timeout_s = 30 * 60
 offline_window_s = 7 * 24 * 3600

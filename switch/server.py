@@ -342,6 +342,7 @@ class Server:
 
     def housekeep(self) -> None:
         payments.prune_used_qr(self.ledger)
+        self.ledger.forget_old_ids(limits.idempotency_forget_per_pass_max)
         expired = dorm.expire_due_holds(self.ledger)
         if expired:
             self.metrics.holds_expired.inc(expired)

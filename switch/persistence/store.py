@@ -27,6 +27,7 @@ DATABASES = {
     "journal": "txn (8 bytes big-endian) -> msgpack record",
     "account_journal": "account id + NUL + txn (8 bytes BE) -> empty",
     "idempotency": "credential id + NUL + msgpack(id) -> msgpack [t, fingerprint, reply, at_ms]",
+    "idempotency_expiry": "at ms (8 bytes BE) + idempotency key -> empty (for retention)",
     "blacklist_cards": "school + NUL + card id -> empty (the current list)",
     "blacklist_changes": "school + NUL + version (8 bytes BE) -> msgpack [added, removed]",
     "qr_secrets": "account id -> 32-byte QR secret (virtual card)",

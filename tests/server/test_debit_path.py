@@ -216,3 +216,18 @@ async def test_frame_signed_with_long_term_key_closes_with_mac_invalid(switch):
     assert message == {"t": "error", "code": "mac_invalid"}
     with trio.fail_after(5):
         assert await pos.stream.receive_some(100) == b""
+
+
+async def test_ids_are_remembered_for_the_retention_period_then_forgotten(switch):
+    await switch.person("WH1", "AAAA", balance=1000)
+    pos = await switch.terminal("WH-POS-1")
+    first = await pos.request({"t": "debit", "card": "AAAA", "amount": 100, "id": "old"})
+    switch.clock.advance(7 * 24 * 3600 - 10)
+    switch.server.housekeep()
+    assert (await pos.request({"t": "debit", "card": "AAAA", "amount": 100, "id": "old"}))[
+        "replay"] is True
+    switch.clock.advance(20)
+    switch.server.housekeep()
+    await pos.request({"t": "ping"})  # the pruning is committed
+    again = await pos.request({"t": "debit", "card": "AAAA", "amount": 100, "id": "old"})
+    assert again["code"] == "ok" and "replay" not in again and again["txn"] > first["txn"]
