@@ -199,7 +199,7 @@ cdef inline int _count_spending(AccountRecord* record, long long amount, int day
     """Add `amount` to the spending of `day`, starting the day afresh if it is a new one."""
     cdef long long spent
     cdef bint wrapped
-    if record.spent_day != day:
+    if day > record.spent_day:  # never back: see reference._count_spending
         record.spent_day = day
         record.spent_today = 0
     wrapped = add_overflow(record.spent_today, amount, &spent)
@@ -313,7 +313,7 @@ def authorize(account, int card_state, same_school, amount, pin, bint pin_checke
     # 5. limits
     if value > _effective(record.limit_per_tx, school_per_tx):
         return LIMIT_PER_TX
-    spent = record.spent_today if record.spent_day == day else 0
+    spent = record.spent_today if record.spent_day >= day else 0
     if add_overflow(spent, value, &total) or total > _effective(record.limit_daily, school_daily):
         return LIMIT_DAILY
     # 6. PIN (card path only)

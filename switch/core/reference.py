@@ -36,8 +36,12 @@ def _put_held(account, held):
 
 
 def _count_spending(account, amount, day):
-    """Add `amount` to the spending of `day`, starting the day afresh if it is a new one."""
-    if layout.get(account, layout.SPENT_DAY) != day:
+    """Add `amount` to the spending of `day`, starting the day afresh if it is a new one.
+
+    The day never goes back: after a clock step backwards across midnight, spending
+    counts against the later day rather than opening a second allowance.
+    """
+    if day > layout.get(account, layout.SPENT_DAY):
         layout.put(account, layout.SPENT_DAY, day)
         layout.put(account, layout.SPENT_TODAY, 0)
     spent = layout.get(account, layout.SPENT_TODAY) + amount
@@ -123,7 +127,7 @@ def authorize(account, card_state, same_school, amount, pin, pin_checked, day,
     if amount > _effective_limit(account, layout.LIMIT_PER_TX, school_per_tx):
         return codes.LIMIT_PER_TX
     spent = 0
-    if layout.get(account, layout.SPENT_DAY) == day:
+    if layout.get(account, layout.SPENT_DAY) >= day:  # >=: a clock stepped back stays sane
         spent = layout.get(account, layout.SPENT_TODAY)
     if spent + amount > _effective_limit(account, layout.LIMIT_DAILY, school_daily):
         return codes.LIMIT_DAILY
