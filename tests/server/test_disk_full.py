@@ -1,0 +1,83 @@
+"""Disk full, on a real small filesystem: clear refusals, no partial state, nothing acknowledged
+lost, and service again once space is freed. Needs root to mount a tmpfs (CI runs as root)."""
+
+import os
+import subprocess
+
+import pytest
+import trio
+
+from switch.audit import audit
+from tests.server.harness import Switch
+
+filesystem_size = "3m"
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={filesystem_size}", "tmpfs",
+                              str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_disk_full_refuses_cleanly_and_recovers(small_filesystem, nursery):
+    data = small_filesystem / "data"
+    switch = await Switch(data).start(nursery)
+    await switch.person("WH1", "AAAA", balance=10_000_000)
+    till = await switch.terminal("WH-POS-1")
+    # Fill what is left of the disk, leaving a little for the first requests.
+    filler = small_filesystem / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    # Give back half a megabyte, so the disk fills in the middle of the load.
+    os.truncate(filler, max(0, os.path.getsize(filler) - 512 * 1024))
+    acknowledged, refused = [], []
+    for start in range(0, 4000, 100):
+        replies = await till.pipeline([{"t": "debit", "card": "AAAA", "amount": 1,
+                                        "id": f"{n:050d}"} for n in range(start, start + 100)])
+        for reply in replies:
+            (acknowledged if reply["code"] == "ok" else refused).append(reply)
+        if refused:
+            break
+    assert acknowledged, "nothing succeeded before the disk filled"
+    assert refused, "the disk never filled"
+    assert {r["code"] for r in refused} == {"internal"}
+    # Nothing half-done: the account shows exactly the acknowledged debits.
+    os.unlink(filler)
+    with trio.fail_after(10):
+        while True:
+            again = await till.request({"t": "debit", "card": "AAAA", "amount": 1,
+                                        "id": "after-space-freed"})
+            if again["code"] == "ok":
+                break
+            await trio.sleep(0.1)
+    account = await switch.admin.request({"t": "account", "account": "WH1"})
+    assert account["balance"] == 10_000_000 - len(acknowledged) - 1
+    await switch.stop()
+    report = audit(str(data))
+    assert report.sound, report.problems
+    # Every acknowledged txn is on disk after a restart.
+    second = await Switch(data).start(nursery)
+    history_txns = set()
+    before = None
+    while True:
+        page = await second.admin.request({"t": "history", "account": "WH1", "limit": 200,
+                                           **({"before": before} if before else {})})
+        history_txns |= {item["txn"] for item in page["items"]}
+        before = page["next"]
+        if before is None:
+            break
+    assert {r["txn"] for r in acknowledged} <= history_txns
+    await second.stop()
