@@ -42,6 +42,7 @@ async def _serve(args) -> int:
     from switch.ledger import Ledger
     from switch.metrics import serve_metrics
     from switch.server import Server
+    from switch.transport import open_listeners
 
     config = load_config(args.config)
     store = open_data_dir(args.data)
@@ -49,7 +50,7 @@ async def _serve(args) -> int:
         ledger = Ledger(store, config, SystemClock())
         server = Server(store, ledger, config, SystemClock())
         host, port = args.listen
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=limits.listen_backlog)
+        listeners = open_listeners(host, port, limits.listen_backlog)
         async with trio.open_nursery() as nursery:
             await nursery.start(_drain_on_signal, server)
             if args.metrics:
@@ -62,7 +63,7 @@ async def _serve(args) -> int:
                 nursery.cancel_scope.cancel()
 
             await nursery.start(run_until_drained)
-            bound_host, bound_port = listeners[0].socket.getsockname()[:2]
+            bound_host, bound_port = listeners[0].getsockname()[:2]
             print(f"listening on {bound_host}:{bound_port}", flush=True)
             if args.metrics:
                 metrics_bound = metrics_listeners[0].socket.getsockname()[:2]

@@ -100,8 +100,13 @@ class Committer:
             effect()
         self.metrics.commit_batch_size.observe(len(replies))
         now = time.perf_counter()
+        touched = set()
         for connection, reply, started_s in replies:
             connection.send_reply(reply, now - started_s)
+            touched.add(connection)
+        # One write per connection per commit, straight to the socket.
+        for connection in touched:
+            connection.flush()
 
     async def _write(self, batch) -> None:
         for _ in range(limits.commit_retries_map_full_max):
@@ -116,9 +121,13 @@ class Committer:
 
     def _fail(self, replies) -> None:
         now = time.perf_counter()
+        touched = set()
         for connection, reply, started_s in replies:
             connection.send_reply({"t": reply.get("t"), "re": reply.get("re"), "code": "internal"},
                                   now - started_s)
+            touched.add(connection)
+        for connection in touched:
+            connection.flush()
 
     def _check_map(self) -> None:
         used, size = self.store.map_usage()

@@ -14,6 +14,7 @@ from switch.codec import FrameDecoder, ProtocolError, ServerSession
 from switch.codec.framing import FrameTooLarge
 from switch.committer import Committer
 from switch.metrics import Metrics
+from switch.transport import PeerGone, Transport, accept
 
 log = logging.getLogger("switch.server")
 
@@ -25,34 +26,30 @@ drain_timeout_s = 10.0
 
 
 class Connection:
-    """One inbound connection: a reader that executes, a writer that coalesces replies."""
+    """One inbound connection: a reader that executes; replies go straight to the socket."""
 
-    def __init__(self, server: "Server", stream: trio.SocketStream):
+    def __init__(self, server: "Server", transport: Transport):
         self.server = server
-        self.stream = stream
+        self.transport = transport
         self.session = ServerSession()
         self.decoder = FrameDecoder()
         self.credential = None
         self.role = "pending"
         self.in_flight = 0
+        self.peer = transport.peer()
         self._backlog: deque = deque()   # frames read but not yet executed (in-flight cap)
-        self._out: list = []
-        self._out_bytes = 0
-        self._output = trio.Event()
+        self._out: list = []             # frames encoded but not yet written
+        self._unsent = b""               # what the kernel would not take yet
+        self._writable = trio.Event()    # wakes the writer when there is something to wait for
         self._capacity = trio.lowlevel.ParkingLot()
         self._closing_error: ProtocolError | None = None
         self._error_queued = False
         self.reader_scope = trio.CancelScope()
         self.closed = False
-        try:
-            host, port = stream.socket.getpeername()[:2]
-            self.peer = f"{host}:{port}"
-        except OSError:
-            self.peer = "?"
-
 
     # ------------------------------------------------------------ called by others
     def send_reply(self, reply: dict, seconds: float) -> None:
+        """Queue a reply (the committer calls `flush` once per batch and connection)."""
         self.in_flight -= 1
         self.server.metrics.observe_reply(reply["t"], reply["code"], seconds)
         if not self.closed:
@@ -69,6 +66,7 @@ class Connection:
     def send_push(self, message: dict) -> None:
         if not self.closed and self.session.state == "open":
             self._queue(self.session.encode_push(message))
+            self.flush()
 
     def abort(self, code: str) -> None:
         """Close at once with a connection-level error (revocation)."""
@@ -77,16 +75,41 @@ class Connection:
             self._closing_error = ProtocolError(code)
             self._queue(self.session.encode_error(self._closing_error))
             self._error_queued = True
+            self.flush()
         self.reader_scope.cancel()
 
     def _queue(self, frame: bytes) -> None:
         self._out.append(frame)
-        self._out_bytes += len(frame)
-        self._output.set()
-        if self._out_bytes > limits.send_buffer_bytes_max:
-            # A peer that does not read its replies does not get to hold our memory.
-            self.reader_scope.cancel()
-            self.closed = True
+
+    def flush(self) -> None:
+        """Write queued frames now, without a task switch; the writer waits out the rest."""
+        if self.closed or not self._out:
+            return
+        if self._unsent:
+            self._unsent += b"".join(self._out)
+            self._out.clear()
+        else:
+            data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+            self._out.clear()
+            try:
+                self._unsent = self.transport.send_now(data)
+            except PeerGone:
+                self._peer_gone()
+                return
+        if self._unsent:
+            if len(self._unsent) > limits.send_buffer_bytes_max:
+                # A peer that does not read its replies does not get to hold our memory.
+                self._peer_gone()
+                return
+            self._writable.set()
+
+    def _peer_gone(self) -> None:
+        self.closed = True
+        self._unsent = b""
+        self._out.clear()
+        self.reader_scope.cancel()
+        self._capacity.unpark_all()
+        self._writable.set()
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -114,10 +137,12 @@ class Connection:
                 if self._closing_error is not None and not self._error_queued:
                     self._queue(self.session.encode_error(self._closing_error))
                     self._error_queued = True
+                self.flush()
+                with trio.move_on_after(error_flush_timeout_s):
+                    while self._unsent and not self.closed:
+                        await self._flush_rest()
                 self.closed = True
-                self._output.set()
-        except* (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the peer reset or closed: nothing to answer
+                self._writable.set()
         finally:
             self.closed = True
             server.live.discard(self)
@@ -129,16 +154,14 @@ class Connection:
                     server.metrics.terminal_connections.labels(
                         self.credential.school, self.credential.kind).dec()
                 server.unregister(self)
-            with trio.move_on_after(1) as scope:
-                scope.shield = True
-                await self.stream.aclose()
+            self.transport.close()
 
     async def _receive_hello(self):
         server = self.server
         payloads = []
         with trio.move_on_after(limits.hello_timeout_s):
             while not payloads:
-                data = await self._receive()
+                data = await self.transport.receive(limits.receive_size_bytes)
                 if not data:
                     return None
                 try:
@@ -159,8 +182,8 @@ class Connection:
         if credential.role == "terminal":
             reply["blacklist"] = server.blacklist_version(credential.school)
         try:
-            await self.stream.send_all(self.session.accept_hello(hello, reply))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.transport.send_all(self.session.accept_hello(hello, reply))
+        except PeerGone:
             return None
         self.credential = credential
         server.metrics.connections.labels("pending").dec()
@@ -175,32 +198,27 @@ class Connection:
     async def _send_error_and_close(self, error: ProtocolError) -> None:
         with trio.move_on_after(error_flush_timeout_s):
             try:
-                await self.stream.send_all(self.session.encode_error(error))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.transport.send_all(self.session.encode_error(error))
+            except PeerGone:
                 pass
-
-    async def _receive(self) -> bytes:
-        """Bytes from the peer; b"" when it closed or reset (a reset is not our error)."""
-        try:
-            return await self.stream.receive_some(limits.receive_size_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return b""
 
     async def _read_and_execute(self) -> None:
         decoder = self.decoder
-        committer = self.server.committer
+        transport = self.transport
         idle_timeout_s = self.server.config.idle_timeout_s
         while True:
             self._execute_backlog()
             if self.in_flight >= limits.requests_in_flight_max:
                 await self._capacity.park()   # stop reading: TCP backpressure (§2)
                 continue
+            if self.closed:
+                return
             # Half a frame, then silence, holds a connection only this long.
             partial = decoder.buffered_bytes > 0
             timeout_s = min(idle_timeout_s, limits.frame_complete_timeout_s) if partial \
                 else idle_timeout_s
             with trio.move_on_after(timeout_s) as idle:
-                data = await self._receive()
+                data = await transport.receive(limits.receive_size_bytes)
             if idle.cancelled_caught:
                 log.info("event=%s who=%s", "read_timeout" if partial else "idle_timeout",
                          self.credential.who)
@@ -213,17 +231,21 @@ class Connection:
         backlog = self._backlog
         server = self.server
         committer = server.committer
+        shed = False
         while backlog and self.in_flight < limits.requests_in_flight_max:
             started = time.perf_counter()
             request = self.session.receive_request(backlog.popleft())
             if committer.full:
                 # Overloaded: say so at once rather than queue without bound (nothing ran).
                 self._shed(request, started)
+                shed = True
                 continue
             reply = dispatch.execute(server.ledger, self.credential, request.message)
             reply["re"] = request.seq
             self.in_flight += 1
             committer.add(self, reply, started)
+        if shed:
+            self.flush()
 
     def _shed(self, request, started: float) -> None:
         request_type = request.message.get("t")
@@ -232,25 +254,20 @@ class Connection:
         self.server.metrics.observe_reply(reply["t"], "busy", time.perf_counter() - started)
         self._queue(self.session.encode_reply(reply))
 
+    async def _flush_rest(self) -> None:
+        await self.transport.wait_writable()
+        try:
+            self._unsent = self.transport.send_now(self._unsent)
+        except PeerGone:
+            self._peer_gone()
+
     async def _writer(self) -> None:
-        stream = self.stream
-        while True:
-            await self._output.wait()
-            self._output = trio.Event()
-            if self._out:
-                data = b"".join(self._out)
-                self._out.clear()
-                self._out_bytes = 0
-                try:
-                    await stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    # The peer is gone: stop reading too; in-flight replies are dropped.
-                    self.closed = True
-                    self.reader_scope.cancel()
-                    self._capacity.unpark_all()
-                    return
-            if self.closed and not self._out:
-                return
+        """Waits for the socket to drain when the kernel's buffer was full."""
+        while not self.closed:
+            await self._writable.wait()
+            self._writable = trio.Event()
+            while self._unsent and not self.closed:
+                await self._flush_rest()
 
 
 class Server:
@@ -313,7 +330,8 @@ class Server:
 
     # ------------------------------------------------------------ serving
     async def serve(self, listeners, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled or `drain()`; returns once everything in flight is answered."""
+        """Serve on listening sockets (transport.open_listeners) until cancelled or `drain()`;
+        returns once everything in flight is answered."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.committer.run)
             nursery.start_soon(self._housekeeping)
@@ -326,7 +344,8 @@ class Server:
                         for listener in listeners:
                             accepting.start_soon(self._accept, listener, connections)
                 for listener in listeners:
-                    await listener.aclose()
+                    trio.lowlevel.notify_closing(listener)
+                    listener.close()
                 # Stop reading; each connection answers what it has in flight, then closes.
                 for connection in list(self.live):
                     connection.reader_scope.cancel()
@@ -357,7 +376,7 @@ class Server:
     async def _accept(self, listener, connections) -> None:
         while True:
             try:
-                stream = await listener.accept()
+                sock = await accept(listener)
             except OSError as error:
                 if error.errno not in _ACCEPT_RESOURCE_ERRORS:
                     raise
@@ -369,14 +388,14 @@ class Server:
             if self.connection_count >= self.config.connections_max:
                 self.metrics.refused_connections.inc()
                 log.warning("event=connection_refused open=%d", self.connection_count)
-                await stream.aclose()
+                sock.close()
                 continue
-            connections.start_soon(self._run_connection, stream)
+            connections.start_soon(self._run_connection, sock)
 
-    async def _run_connection(self, stream) -> None:
+    async def _run_connection(self, sock) -> None:
         self.connection_count += 1
         try:
-            await Connection(self, stream).run()
+            await Connection(self, Transport(sock)).run()
         finally:
             self.connection_count -= 1
 

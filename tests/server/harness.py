@@ -8,6 +8,7 @@ from switch.config import default_config
 from switch.datadir import open_data_dir, read_admin_key
 from switch.ledger import Ledger
 from switch.server import Server
+from switch.transport import open_listeners
 
 
 class Switch:
@@ -23,8 +24,8 @@ class Switch:
         self.clients: list[Client] = []
 
     async def start(self, nursery):
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
+        listeners = open_listeners("127.0.0.1", 0, 128)
+        self.port = listeners[0].getsockname()[1]
 
         async def run(task_status=trio.TASK_STATUS_IGNORED):
             with trio.CancelScope() as scope:
