@@ -21,6 +21,9 @@ class FakeClock:
         self.ms += int(seconds * 1000)
 
 
+_EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
+
+
 class LocalDays:
     """Maps unix ms to a school-local day number, caching the current day's bounds."""
 
@@ -29,6 +32,7 @@ class LocalDays:
         self._start_ms = 0
         self._end_ms = -1
         self._day = 0
+        self._names: dict[int, str] = {}
 
     def day_of(self, unix_ms: int) -> int:
         if self._start_ms <= unix_ms < self._end_ms:
@@ -44,7 +48,13 @@ class LocalDays:
         return day
 
     def day_name(self, day: int) -> str:
-        return datetime.fromordinal(datetime(1970, 1, 1).toordinal() + day).strftime("%Y-%m-%d")
+        name = self._names.get(day)
+        if name is None:
+            if len(self._names) > 1000:
+                self._names.clear()
+            name = datetime.fromordinal(_EPOCH_ORDINAL + day).strftime("%Y-%m-%d")
+            self._names[day] = name
+        return name
 
 
 def utc_iso(unix_ms: int) -> str:
