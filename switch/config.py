@@ -4,6 +4,7 @@ Defaults are built in (two schools, WH and CUIK); a TOML file (`--config`)
 overrides them. Unknown keys are refused with a message naming them.
 """
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -113,7 +114,11 @@ def load_config(path: str | None) -> Config:
                 except Exception as error:  # an unknown time zone, mostly
                     raise ConfigError(f"schools.{code}: {error}") from None
         elif key == "destinations":
-            config.destinations = list(value)
+            from switch.destinations import parse_destinations  # it raises our ConfigError
+            if not isinstance(value, list):
+                raise ConfigError("destinations: use [[destinations]] tables")
+            config.destinations = parse_destinations(value, base_dir=os.path.dirname(
+                os.path.abspath(path)))
         elif key in _SETTINGS:
             expected = type(getattr(config, key))
             if expected is float and isinstance(value, int):

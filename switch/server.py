@@ -13,6 +13,7 @@ from switch import dispatch, dorm, limits, payments
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
 from switch.codec.framing import FrameTooLarge
 from switch.committer import Committer
+from switch.forwarder import Forwarder
 from switch.metrics import Metrics
 from switch.transport import PeerGone, Transport, accept
 
@@ -335,6 +336,10 @@ class Server:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.committer.run)
             nursery.start_soon(self._housekeeping)
+            # A forwarder per destination: reads committed journal only, never blocks tills.
+            for destination in self.config.destinations:
+                nursery.start_soon(Forwarder(destination, self.store, self.committer,
+                                             self.metrics).run)
             async with trio.open_nursery() as connections:
                 self._connections_scope = connections.cancel_scope
                 self._accepting_scope = trio.CancelScope()

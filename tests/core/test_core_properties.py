@@ -297,9 +297,9 @@ WEIGHTED_OPERATIONS = [
     (8, typical_authorize),
     (4, any_authorize),
     (2, wrong_pin_authorize),
-    (3, op("edge_authorize", st.sampled_from(["per_tx", "daily", "no_pin", "available"]),
-           st.integers(-1, 1), st.sampled_from(["none", "right"]), st.booleans(),
-           st.booleans())),
+    (6, op("edge_authorize", st.sampled_from(["per_tx", "daily", "no_pin", "available"]),
+           st.sampled_from([-1, 0, 1]), st.sampled_from(["none", "none", "right"]),
+           st.sampled_from([True, True, False]), st.booleans())),
     (1, op("edge_meter", st.integers(-1, 1))),
     (1, op("wrong_pin_run", st.integers(1, limits.pin_failures_max + 1), pins)),
     (3, op("credit", st.one_of(st.integers(1, 20_000), st.integers(-10, 200_000),
@@ -358,19 +358,25 @@ operations = st.one_of(
 
 
 def record_fields():
-    """Records with every field drawn from its whole range, edges likely."""
+    """Records with every field from its whole range; plausible values and edges likely."""
+    def mostly(plausible, whole):
+        return st.one_of(plausible, plausible, plausible, whole)
+    small_fen = st.integers(-100_000, 100_000)
     return st.fixed_dictionaries({
-        "BALANCE": st.one_of(st.integers(-10**6, 10**6), int64s,
-                             st.integers(limits.balance_fen_max - 100, limits.balance_fen_max),
-                             st.integers(-limits.balance_fen_max, -limits.balance_fen_max + 100)),
-        "HELD": st.one_of(st.integers(0, 10**6), int64s),
-        "SPENT_TODAY": st.one_of(st.integers(0, 10**6), int64s),
+        "BALANCE": st.one_of(
+            small_fen, small_fen, small_fen, int64s,
+            st.integers(limits.balance_fen_max - 100, limits.balance_fen_max),
+            st.integers(-limits.balance_fen_max, -limits.balance_fen_max + 100)),
+        "HELD": mostly(st.integers(0, 100_000), int64s),
+        "SPENT_TODAY": mostly(st.integers(0, 100_000), int64s),
         "SPENT_DAY": any_days,
-        "STATUS": st.integers(0, 255), "POWER_ON": st.integers(0, 255),
-        "PIN_FAILURES": st.integers(0, 255), "PIN_LOCKED": st.integers(0, 255),
-        "LIMIT_PER_TX": st.one_of(st.just(-1), st.integers(0, 10**6), int64s),
-        "LIMIT_DAILY": st.one_of(st.just(-1), st.integers(0, 10**6), int64s),
-        "LIMIT_NO_PIN": st.one_of(st.just(-1), st.integers(0, 10**6), int64s),
+        "STATUS": mostly(st.integers(0, 2), st.integers(0, 255)),
+        "POWER_ON": mostly(st.integers(0, 1), st.integers(0, 255)),
+        "PIN_FAILURES": mostly(st.integers(0, limits.pin_failures_max), st.integers(0, 255)),
+        "PIN_LOCKED": mostly(st.integers(0, 1), st.integers(0, 255)),
+        "LIMIT_PER_TX": mostly(st.one_of(st.just(-1), st.integers(0, 100_000)), int64s),
+        "LIMIT_DAILY": mostly(st.one_of(st.just(-1), st.integers(0, 100_000)), int64s),
+        "LIMIT_NO_PIN": mostly(st.one_of(st.just(-1), st.integers(0, 100_000)), int64s),
         "PIN_SALT": st.binary(min_size=16, max_size=16),
         "PIN_HASH": st.binary(min_size=32, max_size=32),
         "ID_HASH": st.binary(min_size=32, max_size=32),
