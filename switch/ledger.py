@@ -13,6 +13,7 @@ from switch.holds import Holds
 from switch.persistence.store import Store, txn_key
 
 _pack = msgpack.Packer(use_bin_type=True).pack
+_SCHOOL_SLICE = slice(layout.SCHOOL[0], layout.SCHOOL[0] + 8)
 
 
 def unpack(data: bytes):
@@ -44,6 +45,7 @@ class Ledger:
         self.config = config
         self.clock = clock
         self._credentials: dict[str, Credential | None] = {}
+        self._schools_by_raw: dict[bytes, object] = {}
         secret = store.get("meta", b"fingerprint_key")
         if secret is None:
             secret = os.urandom(32)
@@ -118,7 +120,12 @@ class Ledger:
         self.store.put("account_info", account_id.encode(), _pack(info))
 
     def school(self, record):
-        return self.config.schools.get(layout.school_of(record))
+        # The 8 raw bytes are the cache key: decoding them showed in the debit profile.
+        raw = bytes(record[_SCHOOL_SLICE])
+        school = self._schools_by_raw.get(raw)
+        if school is None:
+            school = self._schools_by_raw[raw] = self.config.schools.get(layout.school_of(record))
+        return school
 
     # ----------------------------------------------------------- cards
     def card(self, card_id: str):
