@@ -354,6 +354,7 @@ class Server:
                 # Stop reading; each connection answers what it has in flight, then closes.
                 for connection in list(self.live):
                     connection.reader_scope.cancel()
+            self.committer.kick()  # e.g. a forwarder's position waiting for the next commit
             with trio.move_on_after(drain_timeout_s):
                 await self.committer.wait_idle()
             nursery.cancel_scope.cancel()

@@ -159,7 +159,9 @@ class Receiver:
                           separators=(",", ":"), sort_keys=True).encode()
 
     async def _persist(self) -> None:
-        files = [(STATE_FILE, self.state_bytes())] + self.outputs()
+        # The state file goes last: whoever sees a position in it finds the outputs at least
+        # that far. A crash in between leaves outputs ahead; `load` redoes them from state.
+        files = self.outputs() + [(STATE_FILE, self.state_bytes())]
         await trio.to_thread.run_sync(write_atomically, self.state_dir, files)
         self._dirty = False
 

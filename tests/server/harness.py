@@ -27,10 +27,15 @@ class Switch:
         listeners = open_listeners("127.0.0.1", 0, 128)
         self.port = listeners[0].getsockname()[1]
 
+        self._finished = trio.Event()
+
         async def run(task_status=trio.TASK_STATUS_IGNORED):
-            with trio.CancelScope() as scope:
-                self._scope = scope
-                await self.server.serve(listeners, task_status=task_status)
+            try:
+                with trio.CancelScope() as scope:
+                    self._scope = scope
+                    await self.server.serve(listeners, task_status=task_status)
+            finally:
+                self._finished.set()
 
         await nursery.start(run)
         self.admin = await self.connect("admin", read_admin_key(self.path))
@@ -42,10 +47,15 @@ class Switch:
         return client
 
     async def stop(self):
+        """Drain like SIGTERM does, so no commit is running when the store closes."""
         for client in self.clients:
             await client.aclose()
-        if self._scope is not None:
+        self.server.drain()
+        with trio.move_on_after(15):
+            await self._finished.wait()
+        if not self._finished.is_set():
             self._scope.cancel()
+            await self._finished.wait()
         self.store.close()
 
     # ------------------------------------------------------------- provisioning

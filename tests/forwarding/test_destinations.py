@@ -1,0 +1,99 @@
+"""`[[destinations]]` in the configuration: what is accepted, and errors that name the key."""
+
+import os
+import tomllib
+
+import pytest
+
+from switch.config import ConfigError
+from switch.destinations import JOURNAL_KINDS, parse_destinations
+
+KEY_HEX = "ab" * 32
+
+
+def table(**overrides):
+    base = {"name": "billing", "address": "127.0.0.1:7101", "credential": "switch-billing",
+            "key_hex": KEY_HEX, "kinds": ["debit", "reverse"]}
+    base.update(overrides)
+    return {key: value for key, value in base.items() if value is not None}
+
+
+def test_a_destination_is_parsed():
+    [destination] = parse_destinations([table()])
+    assert (destination.name, destination.host, destination.port, destination.who) == \
+        ("billing", "127.0.0.1", 7101, "switch-billing")
+    assert destination.key == bytes.fromhex(KEY_HEX)
+    assert destination.kinds == frozenset({"debit", "reverse"})
+    assert destination.wants("debit") and not destination.wants("credit")
+    assert KEY_HEX not in repr(destination)   # the key stays out of logs and tracebacks
+
+
+def test_kinds_left_out_means_every_kind():
+    [destination] = parse_destinations([table(kinds=None)])
+    assert destination.kinds is None
+    assert all(destination.wants(kind) for kind in JOURNAL_KINDS)
+
+
+def test_key_file_is_read_relative_to_the_configuration(tmp_path):
+    (tmp_path / "billing.key").write_text(KEY_HEX.upper() + "\n")
+    [destination] = parse_destinations([table(key_hex=None, key_file="billing.key")],
+                                       base_dir=str(tmp_path))
+    assert destination.key == bytes.fromhex(KEY_HEX)
+
+
+def test_no_destinations_at_all():
+    assert parse_destinations([]) == []
+
+
+@pytest.mark.parametrize("tables, message", [
+    ([table(), table(name="utility", kinds=["debitt"])],
+     "destinations[1].kinds: unknown kind 'debitt'"),
+    ([table(kinds=[])], "destinations[0].kinds: must be a non-empty list"),
+    ([table(kinds="debit")], "destinations[0].kinds: must be a non-empty list"),
+    ([table(kinds=[3])], "destinations[0].kinds: 3 is not a string"),
+    ([table(name=None)], "destinations[0].name: missing"),
+    ([table(name="bad name")], "destinations[0].name: 'bad name' is not"),
+    ([table(name="x" * 65)], "destinations[0].name:"),
+    ([table(), table()], "destinations[1].name: duplicate name 'billing'"),
+    ([table(address=None)], "destinations[0].address: missing"),
+    ([table(address="127.0.0.1")], "destinations[0].address: expected \"HOST:PORT\""),
+    ([table(address="127.0.0.1:0")], "destinations[0].address:"),
+    ([table(address="127.0.0.1:70000")], "destinations[0].address:"),
+    ([table(address=7101)], "destinations[0].address: must be a non-empty string"),
+    ([table(credential=None)], "destinations[0].credential: missing"),
+    ([table(credential="w" * 65)], "destinations[0].credential: longer than 64"),
+    ([table(key_hex=None)], "destinations[0].key_hex: give exactly one of key_hex and key_file"),
+    ([table(key_file="k")], "destinations[0].key_hex: give exactly one of key_hex and key_file"),
+    ([table(key_hex="ab" * 31)], "destinations[0].key_hex: must be 64 hex characters"),
+    ([table(key_hex="zz" * 32)], "destinations[0].key_hex: must be 64 hex characters"),
+    ([table(key_hex=None, key_file="/nonexistent/billing.key")],
+     "destinations[0].key_file: cannot read '/nonexistent/billing.key'"),
+    ([table(port=7101)], "destinations[0]: unknown key(s) ['port']"),
+    ([table(), "billing"], "destinations[1]: must be a table"),
+    ({"name": "billing"}, "destinations: must be an array of tables"),
+])
+def test_errors_name_the_key(tables, message):
+    with pytest.raises(ConfigError) as error:
+        parse_destinations(tables)
+    assert message in str(error.value)
+    assert KEY_HEX not in str(error.value)
+
+
+def test_a_bad_key_file_is_named_without_showing_it(tmp_path):
+    (tmp_path / "billing.key").write_text("not a key at all\n")
+    with pytest.raises(ConfigError) as error:
+        parse_destinations([table(key_hex=None, key_file="billing.key")], base_dir=str(tmp_path))
+    assert str(error.value) == "destinations[0].key_file: must be 64 hex characters"
+
+
+def test_the_example_file_parses(tmp_path):
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "examples",
+                        "switch-with-receivers.toml")
+    with open(path, "rb") as handle:
+        data = tomllib.load(handle)
+    for name in ("billing.key", "utility.key"):
+        (tmp_path / name).write_text(os.urandom(32).hex())
+    billing, utility = parse_destinations(data["destinations"], base_dir=str(tmp_path))
+    assert (billing.name, billing.port, utility.name, utility.port) == \
+        ("billing", 7101, "utility", 7102)
+    assert utility.kinds == frozenset({"credit", "meter", "cutoff", "restore"})
