@@ -18,6 +18,8 @@ _CARD = re.compile(r"[0-9A-F]{4,32}\Z")
 _PIN = re.compile(r"[0-9]{6}\Z")
 _ID_LAST6 = re.compile(r"[0-9]{5}[0-9X]\Z")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+# Credential ids end up in LMDB keys next to a NUL separator: no NUL, no surprises.
+_CREDENTIAL = re.compile(r"[A-Za-z0-9._:@-]{1,64}\Z")
 
 
 def account_id(value):
@@ -42,6 +44,10 @@ def request_id(value):
     if type(value) is int:
         return value if 0 <= value <= limits.id_int_max else INVALID
     return INVALID
+
+
+def credential_id(value):
+    return value if type(value) is str and _CREDENTIAL.match(value) else INVALID
 
 
 def short_text(value):
@@ -131,10 +137,10 @@ SCHEMAS = {
     "freeze": (("account", account_id, _R), ("reason", any_text, _O), ("id", request_id, _R)),
     "unfreeze": (("account", account_id, _R), ("reason", any_text, _O), ("id", request_id, _R)),
     "unlock": (("account", account_id, _R), ("id", request_id, _R)),
-    "add_credential": (("who", short_text, _R), ("role", one_of("terminal", "service", "admin"), _R),
+    "add_credential": (("who", credential_id, _R), ("role", one_of("terminal", "service", "admin"), _R),
                        ("school", str_value, _O), ("kind", one_of("pos", "water", "meter"), _O),
                        ("merchant", short_text, _O), ("id", request_id, _R)),
-    "revoke_credential": (("who", short_text, _R), ("id", request_id, _R)),
+    "revoke_credential": (("who", credential_id, _R), ("id", request_id, _R)),
 }
 
 # Requests without an `id` of their own (§4): never remembered for idempotency.

@@ -21,7 +21,7 @@ import msgpack
 import pytest
 import trio
 
-from switch.client import Client, SwitchError
+from switch.client import Client
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -91,7 +91,9 @@ class SwitchProcesses:
     def stderr_tail(self, number: int | None = None, lines: int = 30) -> str:
         number = number or len(self.processes)
         path = self.base / f"switch-{number}.err"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def admin_key(self) -> bytes:
         text = (self.data_dir / "admin.key").read_text().strip()

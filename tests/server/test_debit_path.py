@@ -231,3 +231,14 @@ async def test_ids_are_remembered_for_the_retention_period_then_forgotten(switch
     await pos.request({"t": "ping"})  # the pruning is committed
     again = await pos.request({"t": "debit", "card": "AAAA", "amount": 100, "id": "old"})
     assert again["code"] == "ok" and "replay" not in again and again["txn"] > first["txn"]
+
+
+async def test_credential_ids_cannot_smuggle_a_separator(switch):
+    """Ids share LMDB keys with a NUL separator: "x" and "x\\0…" must never collide."""
+    for who in ("x\x00\u03aa", "a b", "", "é", "x" * 65):
+        reply = await switch.admin.request({"t": "add_credential", "who": who, "role": "terminal",
+                                            "school": "WH", "kind": "pos", "id": f"bad-{who!r}"})
+        assert reply["code"] == "bad_request", who
+    ok = await switch.admin.request({"t": "add_credential", "who": "WH-POS_01.a:b@c",
+                                     "role": "terminal", "school": "WH", "kind": "pos", "id": "g"})
+    assert ok["code"] == "ok"
