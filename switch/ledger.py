@@ -3,6 +3,7 @@ the journal and idempotency. Synchronous; runs on the event loop."""
 
 import hashlib
 import os
+import struct
 from dataclasses import dataclass
 
 import msgpack
@@ -13,6 +14,7 @@ from switch.holds import Holds
 from switch.persistence.store import Store, txn_key
 
 _pack = msgpack.Packer(use_bin_type=True).pack
+_SETTLEMENT = struct.Struct("<qq")  # count, total fen
 _SCHOOL_SLICE = slice(layout.SCHOOL[0], layout.SCHOOL[0] + 8)
 
 
@@ -165,12 +167,12 @@ class Ledger:
         """Add a till's successful debit (or, negative, its reversal) to its day's totals."""
         key = who.encode() + b"\0" + school.days.day_name(school.days.day_of(at_ms)).encode()
         data = self.store.get("settlement", key)
-        day_count, day_total = (0, 0) if data is None else unpack(data)
-        self.store.put("settlement", key, _pack([day_count + count, day_total + amount]))
+        day_count, day_total = (0, 0) if data is None else _SETTLEMENT.unpack(data)
+        self.store.put("settlement", key, _SETTLEMENT.pack(day_count + count, day_total + amount))
 
     def settlement(self, who: str, day_name: str) -> tuple[int, int]:
         data = self.store.get("settlement", who.encode() + b"\0" + day_name.encode())
-        return (0, 0) if data is None else tuple(unpack(data))
+        return (0, 0) if data is None else _SETTLEMENT.unpack(data)
 
     # ----------------------------------------------------------- idempotency
     def _idempotency_key(self, who: str, request_id) -> bytes:

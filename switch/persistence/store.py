@@ -35,10 +35,11 @@ DATABASES = {
     "reversals": "credential id + NUL + msgpack(target id) -> msgpack first reverse reply",
     "holds": "hold id -> msgpack {account, amount, state, expires, who, txn}",
     "hold_expiry": "expires ms (8 bytes BE) + hold id -> empty, open holds only",
-    "settlement": "credential id + NUL + YYYY-MM-DD -> msgpack [count, total]",
+    "settlement": "credential id + NUL + YYYY-MM-DD -> struct <qq (count, total fen)",
 }
 
 DELETED = None  # overlay value meaning "deleted in a batch not yet committed"
+_MISSING = object()
 
 
 class SchemaMismatch(Exception):
@@ -67,8 +68,11 @@ class Store:
                              max_readers=limits.lmdb_max_readers, subdir=True,
                              sync=True, metasync=True, lock=True, readahead=False, mode=0o600)
         self.dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
-        self._overlay: dict = {}          # (db, key) -> (value or DELETED, batch number)
-        self._dirty: dict = {}            # (db, key) -> value, the open batch's writes
+        # Two generations of writes not yet on disk: the open batch's, and the sealed batch
+        # being committed. Reads look in that order, then at LMDB. A commit drops a whole
+        # generation at once instead of walking its keys.
+        self._dirty: dict = {}            # (db, key) -> value or DELETED: the open batch
+        self._sealed: dict = {}           # the same for the batch being committed
         self._batch_number = 1
         self._read = None
         self._check_schema()
@@ -103,10 +107,12 @@ class Store:
             self._read = None
 
     def get(self, db: str, key: bytes):
-        entry = self._overlay.get((db, key))
-        if entry is not None:
-            return entry[0]
-        return self._read.get(key, db=self.dbs[db])
+        value = self._dirty.get((db, key), _MISSING)
+        if value is _MISSING:
+            value = self._sealed.get((db, key), _MISSING)
+            if value is _MISSING:
+                return self._read.get(key, db=self.dbs[db])
+        return value  # DELETED is None: reads as absent
 
     def committed_items(self, db: str, prefix: bytes = b"", reverse: bool = False,
                         start: bytes | None = None):
@@ -140,21 +146,20 @@ class Store:
     def keys_with_prefix(self, db: str, prefix: bytes) -> list[bytes]:
         """Committed keys with `prefix`, merged with the overlay's (small, admin paths only)."""
         keys = {key for key, _ in self.committed_items(db, prefix)}
-        for (name, key), (value, _) in self._overlay.items():
-            if name == db and key.startswith(prefix):
-                if value is DELETED:
-                    keys.discard(key)
-                else:
-                    keys.add(key)
+        for generation in (self._sealed, self._dirty):  # older first: newer wins
+            for (name, key), value in generation.items():
+                if name == db and key.startswith(prefix):
+                    if value is DELETED:
+                        keys.discard(key)
+                    else:
+                        keys.add(key)
         return sorted(keys)
 
     # ------------------------------------------------------------------ writes
     def put(self, db: str, key: bytes, value) -> None:
-        self._overlay[(db, key)] = (value, self._batch_number)
         self._dirty[(db, key)] = value
 
     def delete(self, db: str, key: bytes) -> None:
-        self._overlay[(db, key)] = (DELETED, self._batch_number)
         self._dirty[(db, key)] = DELETED
 
     def next_txn(self) -> int:
@@ -179,6 +184,9 @@ class Store:
         for items in puts.values():
             items.sort()  # LMDB inserts sorted keys with fewer page splits
         batch = Batch(self._batch_number, writes, self.last_txn, puts, deletes)
+        # One batch commits at a time (the committer is sequential).
+        assert not self._sealed, "sealed a batch while another was committing"
+        self._sealed = self._dirty
         self._dirty = {}
         self._batch_number += 1
         return batch
@@ -205,16 +213,11 @@ class Store:
         self._end_read()
         self._begin_read()
         self.last_committed_txn = max(self.last_committed_txn, batch.last_txn)
-        overlay = self._overlay
-        number = batch.number
-        for db, key, _ in batch.writes:
-            entry = overlay.get((db, key))
-            if entry is not None and entry[1] == number:
-                del overlay[(db, key)]
+        self._sealed = {}
 
     def discard_uncommitted(self) -> None:
         """A commit failed: forget every write not on disk, committed or open."""
-        self._overlay.clear()
+        self._sealed = {}
         self._dirty = {}
         self._batch_number += 1
         self._end_read()

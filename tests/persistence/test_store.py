@@ -33,7 +33,7 @@ def test_overlay_is_seen_before_commit_and_disk_after(tmp_path):
     second = store.seal()
     store.write_batch(second)
     store.committed(second)
-    assert store._overlay == {}
+    assert store._sealed == {} and store._dirty == {}
     assert store.get("accounts", b"A") == b"two"
     store.close()
     reopened = Store(str(tmp_path))
