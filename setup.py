@@ -23,7 +23,10 @@ setup(
         "prometheus-client>=0.20",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-trio>=0.8", "hypothesis>=6.100"],
+        # hdrhistogram: the simulator's latency percentiles (HdrHistogram, as the issue asks);
+        # pytest-benchmark: bench/test_micro.py.
+        "test": ["pytest>=8", "pytest-trio>=0.8", "hypothesis>=6.100", "hdrhistogram>=0.10",
+                 "pytest-benchmark>=4"],
     },
     entry_points={"console_scripts": ["switch=switch.__main__:run"]},
 )
