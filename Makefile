@@ -12,7 +12,7 @@ $(STAMP): setup.py pyproject.toml switch/core/_authorize.pyx
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel Cython
 	# Editable install compiles the Cython core in place (build_ext --inplace).
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) -c "import switch.core as c; assert c.COMPILED, 'compiled core not loaded'"
 	touch $(STAMP)
 

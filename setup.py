@@ -27,6 +27,8 @@ setup(
         # pytest-benchmark: bench/test_micro.py.
         "test": ["pytest>=8", "pytest-trio>=0.8", "hypothesis>=6.100", "hdrhistogram>=0.10",
                  "pytest-benchmark>=4"],
+        # matplotlib: the PNG plots that `make demo` and bench/run_e2e.py draw.
+        "bench": ["matplotlib>=3.7", "hdrhistogram>=0.10"],
     },
     entry_points={"console_scripts": ["switch=switch.__main__:run"]},
 )

@@ -6,8 +6,11 @@ service tops up; tills tap cards; at the end the switch is stopped with SIGTERM
 and the books are audited.
 """
 
+import json
 import os
+import pathlib
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +24,6 @@ from switch.audit import audit
 from switch.client import Client
 from switch.datadir import read_admin_key
 
-rush_taps_per_till = 40
 ready_timeout_s = 15
 
 
@@ -122,65 +124,158 @@ class Demo:
         await wechat.aclose()
         await admin.aclose()
 
-    async def rush(self, students) -> None:
-        print(f"\n== Rush: 4 tills, {rush_taps_per_till} taps each, concurrently")
-        counts: dict[str, int] = {}
-        latencies: list[float] = []
-        rng = random.Random(7)
-        payers = [s for s in students[3:]]
 
-        async def till(who, school):
-            client = await self.connect(who)
-            local = [s for s in payers if s[3] == school]
-            for _ in range(rush_taps_per_till):
-                _, card, _, _ = rng.choice(local)
-                started = time.perf_counter()
-                reply = await client.request({"t": "debit", "card": card,
-                                              "amount": rng.randrange(300, 2500),
-                                              "id": self.next_id(who)})
-                latencies.append(time.perf_counter() - started)
-                counts[reply["code"]] = counts.get(reply["code"], 0) + 1
-            await client.aclose()
-
-        started = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for who in ("WH-CANTEEN-1", "WH-CANTEEN-2", "WH-CANTEEN-3"):
-                nursery.start_soon(till, who, "WH")
-            nursery.start_soon(till, "CUIK-CANTEEN-1", "CUIK")
-        elapsed = time.perf_counter() - started
-        latencies.sort()
-        print(f"   {len(latencies)} taps in {elapsed:.2f} s; results {counts}; latency p50 "
-              f"{latencies[len(latencies) // 2] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms"
-              f" (one tap at a time per till, each waiting for its fsync)")
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SIMULATOR = REPO / "terminals-sim" / "simulate.py"
+rush_seconds = 60
+rush_terminals = 2000
+rush_students = 3000
+rush_rate_per_s = 800           # the average; the lunch curve peaks near twice this
+forward_drain_timeout_s = 60
 
 
-def _start_switch(data: str):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "switch", "serve", "--data", data, "--listen", "127.0.0.1:0",
-         "--metrics", "127.0.0.1:0", "--log-level", "WARNING"],
-        stdout=subprocess.PIPE, text=True)
-    ports = {}
+def _start(command: list, lines: int, log_path) -> tuple[subprocess.Popen, list[int]]:
+    """Start a process that prints `… on HOST:PORT` lines when ready; return it and the ports."""
+    log = open(log_path, "wb")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+    ports = []
     deadline = time.monotonic() + ready_timeout_s
-    while len(ports) < 2 and time.monotonic() < deadline:
+    while len(ports) < lines and time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line:
             break
-        word, _, address = line.strip().partition(" on ")
-        ports[word] = int(address.rpartition(":")[2])
-    if len(ports) < 2:
+        ports.append(int(line.strip().rpartition(":")[2]))
+    if len(ports) < lines:
         process.kill()
-        raise RuntimeError("the switch did not become ready")
-    return process, ports["listening"], ports["metrics"]
+        raise RuntimeError(f"{command[2:4]} did not become ready; see {log_path}")
+    return process, ports
+
+
+def _stop(process: subprocess.Popen) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+def _metric(text: str, name: str) -> list[float]:
+    return [float(line.rpartition(" ")[2]) for line in text.splitlines()
+            if line.startswith(name) and not line.startswith("#")]
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def _write_config(path: pathlib.Path, billing_port: int, utility_port: int, keys: dict) -> None:
+    path.write_text(f"""# written by `make demo`
+[[destinations]]
+name = "billing"
+address = "127.0.0.1:{billing_port}"
+credential = "switch-billing"
+key_hex = "{keys['billing'].hex()}"
+kinds = ["debit", "qr_debit", "complete", "offline", "reverse"]
+
+[[destinations]]
+name = "utility"
+address = "127.0.0.1:{utility_port}"
+credential = "switch-utility"
+key_hex = "{keys['utility'].hex()}"
+kinds = ["credit", "meter", "cutoff", "restore"]
+""")
+
+
+def _plots(report: dict, out: pathlib.Path) -> list[pathlib.Path]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    series = report.get("per_second") or []
+    if not series:
+        return []
+    seconds = [point["t"] for point in series]
+    made = []
+    figure, axis = plt.subplots(figsize=(9, 4))
+    axis.plot(seconds, [p["replies"] for p in series], label="replies/s")
+    if any(p.get("offered") for p in series):
+        axis.plot(seconds, [p["offered"] for p in series], "--", label="offered/s")
+    axis.set_xlabel("second of the rush")
+    axis.set_ylabel("requests per second")
+    axis.set_title("Lunch rush: throughput")
+    axis.legend()
+    figure.tight_layout()
+    made.append(out / "rush-throughput.png")
+    figure.savefig(made[-1], dpi=100)
+    figure, axis = plt.subplots(figsize=(9, 4))
+    axis.plot(seconds, [p["p50_ms"] for p in series], label="p50")
+    axis.plot(seconds, [p["p99_ms"] for p in series], label="p99")
+    axis.plot(seconds, [p["max_ms"] for p in series], label="max", alpha=0.5)
+    axis.set_yscale("log")
+    axis.set_xlabel("second of the rush")
+    axis.set_ylabel("latency, ms (from the intended send)")
+    axis.set_title("Lunch rush: latency per second")
+    axis.legend()
+    figure.tight_layout()
+    made.append(out / "rush-latency.png")
+    figure.savefig(made[-1], dpi=100)
+    plt.close("all")
+    return made
+
+
+def _journal_sales_fen(data: str) -> int:
+    """What the billing receiver must total: sales less their reversals, from the journal."""
+    import lmdb
+    import msgpack
+    env = lmdb.open(os.path.join(data, "lmdb"), readonly=True, lock=True, max_dbs=32)
+    total = 0
+    journal = env.open_db(b"journal", create=False)
+    with env.begin() as txn:
+        for _, value in txn.cursor(db=journal):
+            record = msgpack.unpackb(value, raw=False)
+            if record["kind"] in ("debit", "qr_debit", "complete", "offline", "reverse"):
+                total -= record["amount"]
+    env.close()
+    return total
 
 
 def run_demo(data: str | None = None) -> int:
-    temporary = None
-    if data is None:
-        temporary = tempfile.TemporaryDirectory(prefix="switch-demo-")
-        data = os.path.join(temporary.name, "data")
-    print(f"Starting the switch on data dir {data}")
-    process, port, metrics_port = _start_switch(data)
+    out = REPO / "demo-output"
+    out.mkdir(exist_ok=True)
+    temporary = tempfile.TemporaryDirectory(prefix="switch-demo-")
+    work = pathlib.Path(temporary.name)
+    data = data or str(work / "data")
+    keys = {"billing": os.urandom(32), "utility": os.urandom(32)}
+    processes = []
     try:
+        for name, credential in (("billing", "switch-billing"), ("utility", "switch-utility")):
+            (work / f"{name}.key").write_text(keys[name].hex())
+        billing, (billing_port,) = _start(
+            [sys.executable, "-m", "switch.receivers.billing", "--listen", "127.0.0.1:0",
+             "--state", str(work / "billing"), "--credential", "switch-billing",
+             "--key-file", str(work / "billing.key")], 1, out / "billing.log")
+        processes.append(billing)
+        utility, (utility_port,) = _start(
+            [sys.executable, "-m", "switch.receivers.utility", "--listen", "127.0.0.1:0",
+             "--state", str(work / "utility"), "--credential", "switch-utility",
+             "--key-file", str(work / "utility.key")], 1, out / "utility.log")
+        processes.append(utility)
+        _write_config(work / "switch.toml", billing_port, utility_port, keys)
+        print(f"Reference receivers: billing on 127.0.0.1:{billing_port}, utility control on "
+              f"127.0.0.1:{utility_port}")
+        switch, (port, metrics_port) = _start(
+            [sys.executable, "-m", "switch", "serve", "--data", data, "--listen", "127.0.0.1:0",
+             "--metrics", "127.0.0.1:0", "--config", str(work / "switch.toml"),
+             "--log-level", "WARNING"], 2, out / "switch.log")
+        processes.insert(0, switch)
+        print(f"Switch on 127.0.0.1:{port} (data {data}), metrics on "
+              f"http://127.0.0.1:{metrics_port}/metrics\n")
+
         demo = Demo(port, data)
 
         async def script():
@@ -188,23 +283,54 @@ def run_demo(data: str | None = None) -> int:
             students = await demo.provision(admin)
             await admin.aclose()
             await demo.scripted_queue(students)
-            await demo.rush(students)
 
         trio.run(script)
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        print(f"\n== Metrics (http://127.0.0.1:{metrics_port}/metrics), a few lines:")
-        for line in text.splitlines():
-            if (line.startswith("switch_requests_total{") and 'type="debit"' in line) or \
-                    line.startswith(("switch_journal_txn", "switch_commit_batch_size_count",
-                                     "switch_commit_batch_size_sum")):
-                print("  ", line)
+
+        print(f"\n== The lunch rush, compressed: {rush_terminals} terminals (tills, showers, meters),"
+              f" {rush_students} students, {rush_seconds} s, about {rush_rate_per_s} requests/s "
+              f"on average with the 12:00 peak near twice that")
+        report_path = out / "rush-report.json"
+        simulated = subprocess.run(
+            [sys.executable, str(SIMULATOR), "--connect", f"127.0.0.1:{port}", "--data", data,
+             "--terminals", str(rush_terminals), "--students", str(rush_students),
+             "--seconds", str(rush_seconds), "--mode", "open", "--rate", str(rush_rate_per_s),
+             "--progress", "--report-json", str(report_path)], timeout=rush_seconds + 600)
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+
+        deadline = time.monotonic() + forward_drain_timeout_s
+        while time.monotonic() < deadline:
+            text = _scrape(metrics_port)
+            if all(value == 0 for value in _metric(text, "switch_forward_lag_records")):
+                break
+            time.sleep(0.5)
+        (out / "metrics.txt").write_text(text)
+        lag = _metric(text, "switch_forward_lag_records")
+        print(f"\n== Forwarding: billing and utility control are {int(max(lag or [0]))} records "
+              f"behind the journal")
+        plots = _plots(report, out)
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
-    print(f"\n== Switch stopped with SIGTERM (exit {code}); audit of {data}:")
-    report = audit(data)
-    print("   " + report.summary().replace("\n", "\n   "))
-    if temporary is not None:
-        temporary.cleanup()
-    return 0 if report.sound and code == 0 else 1
+        codes = [_stop(process) for process in processes]
+    print(f"== Stopped the switch and the receivers (exit codes {codes})")
+    report_audit = audit(data)
+    print("== Audit after SIGTERM:\n   " + report_audit.summary().replace("\n", "\n   "))
+    sales = _journal_sales_fen(data)
+    csv_path = work / "billing" / "settlement.csv"
+    billed = 0
+    if csv_path.exists():
+        import csv
+        with open(csv_path) as handle:
+            billed = sum(int(row["total_fen"]) for row in csv.DictReader(handle))
+        shutil.copy(csv_path, out / "settlement.csv")
+    rooms_path = work / "utility" / "rooms.csv"
+    if rooms_path.exists():
+        shutil.copy(rooms_path, out / "rooms.csv")
+    print(f"== Billing receiver's settlement totals {yuan(billed)} yuan; the journal's sales less "
+          f"reversals {yuan(sales)} yuan: {'equal' if billed == sales else 'DIFFERENT'}")
+    print(f"\nKept in {out}: rush-report.json, metrics.txt (the last scrape), settlement.csv, "
+          f"rooms.csv, logs" + (", " + ", ".join(p.name for p in plots) if plots else
+                                " (no plots: matplotlib is not installed)"))
+    temporary.cleanup()
+    passed = (simulated.returncode == 0 and report_audit.sound and billed == sales
+              and all(code == 0 for code in codes))
+    print("Demo " + ("passed." if passed else "FAILED."))
+    return 0 if passed else 1
