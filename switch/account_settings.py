@@ -6,16 +6,15 @@ These are state, not journal (§6): no `txn` in their replies.
 import os
 
 from switch import core
-from switch.card_office import _account
 from switch.core import codes, layout
-from switch.handlers import _decline, _effective_limits
+from switch.handlers import _decline, _effective_limits, account_of
 
 qr_secret_size_bytes = 32
 
 
 def set_limits(ledger, credential, values):
     account_id = values["account"]
-    refusal, record = _account(ledger, credential, "set_limits", account_id)
+    refusal, record = account_of(ledger, credential, "set_limits", account_id)
     if refusal:
         return refusal
     school = ledger.school(record)
@@ -38,7 +37,7 @@ def set_limits(ledger, credential, values):
 
 
 def _person(ledger, credential, request_type, account_id):
-    refusal, record = _account(ledger, credential, request_type, account_id)
+    refusal, record = account_of(ledger, credential, request_type, account_id)
     if refusal:
         return refusal, None
     if layout.get(record, layout.KIND) != layout.KIND_PERSON:

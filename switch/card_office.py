@@ -6,7 +6,7 @@ as overdrawn.
 """
 
 from switch.core import codes, layout
-from switch.handlers import _crosses_school, _decline, _money
+from switch.handlers import _crosses_school, _decline, _money, account_of
 
 
 def should_be_listed(card_state: int, record) -> bool:
@@ -22,15 +22,6 @@ def _card_and_account(ledger, credential, request_type, card_id):
     if _crosses_school(credential, record):
         return _decline(request_type, codes.WRONG_SCHOOL), None, None
     return None, card, record
-
-
-def _account(ledger, credential, request_type, account_id):
-    record = ledger.account(account_id)
-    if record is None:
-        return _decline(request_type, codes.UNKNOWN_ACCOUNT), None
-    if _crosses_school(credential, record):
-        return _decline(request_type, codes.WRONG_SCHOOL), None
-    return None, record
 
 
 def _standing_record(ledger, credential, kind, account_id, record, ref, **extra) -> int:
@@ -76,7 +67,7 @@ def found(ledger, credential, values):
 
 def replace_card(ledger, credential, values):
     account_id, old_id, new_id = values["account"], values["old"], values["new"]
-    refusal, record = _account(ledger, credential, "replace_card", account_id)
+    refusal, record = account_of(ledger, credential, "replace_card", account_id)
     if refusal:
         return refusal
     if layout.get(record, layout.STATUS) == layout.STATUS_CLOSED:
@@ -129,7 +120,7 @@ def freeze_account(ledger, credential, account_id, record, reason_code, reason_t
 
 def freeze(ledger, credential, values):
     account_id = values["account"]
-    refusal, record = _account(ledger, credential, "freeze", account_id)
+    refusal, record = account_of(ledger, credential, "freeze", account_id)
     if refusal:
         return refusal
     status = layout.get(record, layout.STATUS)
@@ -144,7 +135,7 @@ def freeze(ledger, credential, values):
 
 def unfreeze(ledger, credential, values):
     account_id = values["account"]
-    refusal, record = _account(ledger, credential, "unfreeze", account_id)
+    refusal, record = account_of(ledger, credential, "unfreeze", account_id)
     if refusal:
         return refusal
     if layout.get(record, layout.STATUS) != layout.STATUS_FROZEN:
@@ -162,7 +153,7 @@ def unfreeze(ledger, credential, values):
 
 def unlock(ledger, credential, values):
     account_id = values["account"]
-    refusal, record = _account(ledger, credential, "unlock", account_id)
+    refusal, record = account_of(ledger, credential, "unlock", account_id)
     if refusal:
         return refusal
     if not layout.get(record, layout.PIN_LOCKED) and not layout.get(record, layout.PIN_FAILURES):
@@ -176,7 +167,7 @@ def unlock(ledger, credential, values):
 
 def close_account(ledger, credential, values):
     account_id = values["account"]
-    refusal, record = _account(ledger, credential, "close_account", account_id)
+    refusal, record = account_of(ledger, credential, "close_account", account_id)
     if refusal:
         return refusal
     if layout.get(record, layout.STATUS) == layout.STATUS_CLOSED:

@@ -11,7 +11,7 @@ import msgpack
 
 from switch import core
 from switch.core import codes, layout
-from switch.handlers import _crosses_school, _decline, _money
+from switch.handlers import _decline, _money, account_of
 from switch.payments import check_qr
 
 holds_expired_per_pass_max = 5_000
@@ -160,11 +160,9 @@ def meter(ledger, credential, values):
     if code:
         return _decline("meter", code)
     account_id = values["account"]
-    record = ledger.account(account_id)
-    if record is None:
-        return _decline("meter", codes.UNKNOWN_ACCOUNT)
-    if _crosses_school(credential, record):
-        return _decline("meter", codes.WRONG_SCHOOL)
+    refusal, record = account_of(ledger, credential, "meter", account_id)
+    if refusal:
+        return refusal
     if layout.get(record, layout.KIND) != layout.KIND_UTILITY:
         return _decline("meter", codes.BAD_REQUEST)
     utility = layout.UTILITY_NAMES[layout.get(record, layout.UTILITY)]

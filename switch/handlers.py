@@ -26,6 +26,16 @@ def _crosses_school(credential: Credential, record) -> bool:
     return credential.school is not None and credential.school != layout.school_of(record)
 
 
+def account_of(ledger, credential, request_type: str, account_id: str):
+    """(refusal, record): the account, or the reply refusing it (unknown or other school)."""
+    record = ledger.account(account_id)
+    if record is None:
+        return _decline(request_type, codes.UNKNOWN_ACCOUNT), None
+    if _crosses_school(credential, record):
+        return _decline(request_type, codes.WRONG_SCHOOL), None
+    return None, record
+
+
 def _effective_limits(record, school) -> dict:
     def pick(field, default):
         value = layout.get(record, field)
@@ -100,11 +110,9 @@ def credit(ledger, credential, values):
     if code:
         return _decline("credit", code)
     account_id = values["account"]
-    record = ledger.account(account_id)
-    if record is None:
-        return _decline("credit", codes.UNKNOWN_ACCOUNT)
-    if _crosses_school(credential, record):
-        return _decline("credit", codes.WRONG_SCHOOL)
+    refusal, record = account_of(ledger, credential, "credit", account_id)
+    if refusal:
+        return refusal
     if layout.get(record, layout.STATUS) == layout.STATUS_CLOSED:
         return _decline("credit", codes.ACCOUNT_CLOSED)
     code = core.credit(record, amount)
@@ -123,11 +131,9 @@ def credit(ledger, credential, values):
 
 def account(ledger, credential, values):
     account_id = values["account"]
-    record = ledger.account(account_id)
-    if record is None:
-        return _decline("account", codes.UNKNOWN_ACCOUNT)
-    if _crosses_school(credential, record):
-        return _decline("account", codes.WRONG_SCHOOL)
+    refusal, record = account_of(ledger, credential, "account", account_id)
+    if refusal:
+        return refusal
     school = ledger.school(record)
     info = ledger.account_info(account_id)
     balance, available = _money(record)
@@ -149,11 +155,9 @@ def account(ledger, credential, values):
 
 def history(ledger, credential, values):
     account_id = values["account"]
-    record = ledger.account(account_id)
-    if record is None:
-        return _decline("history", codes.UNKNOWN_ACCOUNT)
-    if _crosses_school(credential, record):
-        return _decline("history", codes.WRONG_SCHOOL)
+    refusal, record = account_of(ledger, credential, "history", account_id)
+    if refusal:
+        return refusal
     limit = values.get("limit", limits.history_limit_default)
     if limit > limits.history_limit_max:
         return _decline("history", codes.BAD_REQUEST)
