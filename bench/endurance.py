@@ -52,10 +52,11 @@ def main(argv=None) -> int:
             result = subprocess.run(command, capture_output=True, text=True,
                                     timeout=args.seconds + 600)
             report = json.loads(report_path.read_text()) if report_path.exists() else {}
-            outage = report.get("outage", {})
+            outage = {key: value for key, value in report.get("outage", {}).items()
+                      if value is not None}
             totals["cycles"] += 1
             totals["passed"] += int(result.returncode == 0 and bool(report.get("ok")))
-            totals["replies"] += report.get("replies_total", 0)
+            totals["replies"] += report.get("replies_total") or 0
             totals["offline_records"] += outage.get("offline_records_uploaded", 0)
             totals["in_flight_at_kill"] += outage.get("uncertain", 0)
             totals["money_mismatches"] += report.get("money_check", {}).get("mismatches", 1)
