@@ -1,5 +1,11 @@
 """Fuzzing a live switch over real sockets: signed requests with hostile fields, garbage and
-bit-flipped frames. The switch must keep serving, answer or close, and keep its books sound."""
+bit-flipped frames. The switch must keep serving, answer or close, and keep its books sound.
+
+The suite runs a bounded number of examples; the release run sets SWITCH_FUZZ_EXAMPLES
+(see docs/RELIABILITY.md): SWITCH_FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest tests/server/test_fuzz.py
+"""
+
+import os
 
 import trio
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -104,7 +110,7 @@ async def test_fuzz_signed_requests_live(tmp_path):
         await fuzzer.prepare()
         examples = []
 
-        @settings(max_examples=150, deadline=None,
+        @settings(max_examples=int(os.environ.get("SWITCH_FUZZ_EXAMPLES", 150)), deadline=None,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
         @given(st.sampled_from(["F-POS", "F-HW", "F-MTR", "admin"]),
                st.lists(requests, min_size=1, max_size=5), offline_records)
@@ -133,7 +139,8 @@ async def test_fuzz_garbage_and_mutated_frames_live(tmp_path, monkeypatch):
         await fuzzer.prepare()
         examples = []
 
-        @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=int(os.environ.get("SWITCH_FUZZ_EXAMPLES", 120)), deadline=None,
+                  suppress_health_check=list(HealthCheck))
         @given(st.binary(max_size=200), st.integers(0, 10**6), st.integers(0, 7))
         def collect(garbage, position, bit):
             examples.append((garbage, position, bit))
