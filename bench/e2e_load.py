@@ -1,45 +1,76 @@
-"""End-to-end throughput of a real switch process: closed-loop pipelined debits from many
-connections, with latency percentiles, the switch's commit batch sizes and a final audit.
+"""End-to-end load on a real server process: pipelined debits from many connections in closed
+loop (or at a fixed offered rate in open loop), latency percentiles, server CPU per
+authorization, the switch's commit batch sizes and a final audit.
 
     .venv/bin/python bench/e2e_load.py --connections 200 --seconds 10
+    .venv/bin/python bench/e2e_load.py --connections 2000 --rate 10000 --seconds 30   # open loop
+    .venv/bin/python bench/e2e_load.py --server bare --connections 2000 --seconds 30  # the ceiling
+    .venv/bin/python bench/e2e_load.py --idle --connections 10000                     # RSS held
+    .venv/bin/python bench/e2e_load.py --prebuild --accounts 1000000 --no-audit       # big books
 
-By default it starts `python -m switch serve` on a fresh data dir, pinned to CPU 0 with the
-load on CPU 1; with --host/--port/--data it loads a switch that is already running.
+By default it starts `python -m switch serve` on a fresh data dir (with --server bare,
+bench/bare_server.py), pinned to CPU 0 with the load on CPU 1, and provisions accounts, cards
+and terminals over the wire (--prebuild: writes them into the data dir with the switch's own
+code before the switch starts). With --host/--port/--data it loads a switch already running.
+
+The load client is one process and one epoll loop, not trio: on a 2-core machine the client
+must cost less per request than the server, or it is the client that gets measured.
+Closed loop: `--depth` debits in flight per connection, a new one for each reply. Open loop
+(--rate): a Poisson stream of debits over all connections at the offered rate, each latency
+measured from the time the request was *meant* to be sent, so a stalled server cannot hide
+its stall by slowing the client (coordinated omission). --json-out writes everything.
 """
 
 import argparse
+import json
+import math
 import os
 import pathlib
 import random
 import resource
+import select
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from array import array
+from bisect import bisect_left
 from collections import Counter
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import trio  # noqa: E402
-
 from switch import limits  # noqa: E402
-from switch.client import Client  # noqa: E402
-from switch.codec import ClientSession, FrameDecoder  # noqa: E402
+from switch.codec import ClientSession, FrameDecoder, ProtocolError  # noqa: E402
 
 SCHOOL = "WH"
 START_BALANCE_FEN = 5_000_000            # far above what a run spends per account
 PROVISION_PIPELINE_DEPTH = 64            # the switch's in-flight cap per connection
-CONNECT_CONCURRENCY_MAX = 100            # hellos under way at once while connecting
-SERVER_START_TIMEOUT_S = 30.0
-CONNECT_TIMEOUT_S = 60.0
-DRAIN_TIMEOUT_S = 10.0                   # after the run, for replies still in flight
+PREBUILD_BATCH_ACCOUNTS = 10_000         # accounts per LMDB write transaction when prebuilding
+CONNECT_BATCH = 100                      # hellos under way at once while connecting
+SERVER_START_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 180.0                # all connections signed on within this
+SOCKET_TIMEOUT_S = 10.0                  # one connect or hello reply
+DRAIN_TIMEOUT_S = 10.0                   # after the window, for replies still in flight
 SERVER_STOP_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 5.0
+AUDIT_TIMEOUT_S = 600.0
+POLL_INTERVAL_MAX_S = 0.05
+IDLE_SAMPLE_INTERVAL_S = 0.5
+CLIENT_UNSENT_BYTES_MAX = 4 * 1024 * 1024  # open loop: a connection this far behind is dropped
 ID_STRIDE = 10**12                       # request ids: connection index * stride + counter
+RECEIVE_SIZE_BYTES = 256 * 1024
+CLIENT_BOUND_PERCENT = 90.0              # a load client this busy may be what limits a run
+LATENCY_PERCENTILES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97, 99, 99.5, 99.7, 99.9,
+                       99.95, 99.97, 99.99, 99.995, 99.999, 100)
+HISTOGRAM_BINS_PER_DECADE = 20
+HISTOGRAM_FLOOR_MS = 0.01
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -53,19 +84,38 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--connections", type=int, default=200, help="load connections")
-    parser.add_argument("--depth", type=int, default=4, help="debits in flight per connection")
+    parser.add_argument("--depth", type=int, default=4,
+                        help="closed loop: debits in flight per connection")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="open loop: offered debits per second over all connections "
+                             "(0: closed loop)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured duration")
+    parser.add_argument("--warmup", type=float, default=1.0,
+                        help="seconds of load before the measured window")
     parser.add_argument("--accounts", type=int, default=1000, help="accounts (one card each)")
     parser.add_argument("--terminals", type=int, default=20, help="terminal credentials")
     parser.add_argument("--amount-max", type=int, default=10, help="debits are 1..this fen")
     parser.add_argument("--seed", type=int, default=None, help="seed for cards and amounts")
+    parser.add_argument("--idle", action="store_true",
+                        help="sign on --connections and hold them idle; report the server's RSS")
+    parser.add_argument("--hold", type=float, default=5.0, help="--idle: seconds to hold")
+    parser.add_argument("--json-out", help="write the results here (JSON)")
+    parser.add_argument("--label", help="name of this run in the JSON")
+    parser.add_argument("--no-audit", action="store_true", help="skip the final audit")
     existing = parser.add_argument_group("an already running switch")
-    existing.add_argument("--host", help="connect here instead of starting a switch")
+    existing.add_argument("--host", help="connect here instead of starting a server")
     existing.add_argument("--port", type=int)
     existing.add_argument("--data", help="its data dir (admin.key, and audit at the end)")
     existing.add_argument("--metrics", type=_host_port, help="its metrics HOST:PORT")
-    own = parser.add_argument_group("a switch started by this tool")
-    own.add_argument("--server-cpu", type=int, default=0, help="CPU for the switch")
+    existing.add_argument("--server-pid", type=int, help="its pid, for CPU and RSS figures")
+    own = parser.add_argument_group("a server started by this tool")
+    own.add_argument("--server", choices=("switch", "bare"), default="switch",
+                     help="the switch, or bench/bare_server.py (the network path's ceiling)")
+    own.add_argument("--prebuild", action="store_true",
+                     help="write accounts, cards and terminals into the data dir with the "
+                          "switch's own code before starting it, instead of over the wire")
+    own.add_argument("--workdir", help="parent of the temporary data dir (default: $TMPDIR)")
+    own.add_argument("--server-cpu", type=int, default=0, help="CPU for the server")
     own.add_argument("--load-cpu", type=int, default=1, help="CPU for this load client")
     own.add_argument("--no-pin", action="store_true", help="do not pin either process")
     own.add_argument("--config", help="switch configuration file")
@@ -76,7 +126,9 @@ def _parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------ processes and pinning
 def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # The machine's CPUs, not this process's affinity: a parent pinned to the load CPU
+    # (bench/run_e2e.py) must not make its children think there is only one.
+    return os.cpu_count() or 1
 
 
 def _pin_self(cpu: int) -> str:
@@ -87,31 +139,55 @@ def _pin_self(cpu: int) -> str:
         return f"unpinned ({error})"
 
 
-def _raise_file_limit() -> None:
+def _raise_file_limit() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-class SwitchProcess:
-    def __init__(self, data_dir: pathlib.Path, args):
-        self.data_dir = data_dir
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process, in KiB, from /proc/PID/status."""
+    values = {}
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                values[name] = int(rest.split()[0])
+    return values
+
+
+class ServerProcess:
+    """A server started by this tool: pinned, its `listening on` line awaited, stopped for sure."""
+
+    def __init__(self, command: list[str], work_dir: pathlib.Path, name: str, args,
+                 wants_metrics: bool):
+        self.command = command
+        self.name = name
         self.args = args
+        self.wants_metrics = wants_metrics
         self.process = None
         self.pinning = "unpinned"
-        self.stdout_path = data_dir.parent / "switch.out"
-        self.stderr_path = data_dir.parent / "switch.err"
+        self.stdout_path = work_dir / f"{name}.out"
+        self.stderr_path = work_dir / f"{name}.err"
 
-    def start(self) -> tuple[tuple[str, int], tuple[str, int]]:
-        command = [sys.executable, "-m", "switch", "serve", "--data", str(self.data_dir),
-                   "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
-                   "--log-level", self.args.log_level]
-        if self.args.config:
-            command += ["--config", self.args.config]
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def start(self) -> tuple[tuple[str, int], tuple[str, int] | None]:
+        command = self.command
         taskset = shutil.which("taskset")
         pin = not self.args.no_pin and _cpu_count() >= 2
         if pin and taskset:
-            command = [taskset, "-c", str(self.args.server_cpu)] + command
+            command = [taskset, "-c", str(self.args.server_cpu)] + command  # taskset execs
             self.pinning = f"CPU {self.args.server_cpu} (taskset)"
         with open(self.stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(command, stdout=stdout, stderr=stderr,
@@ -130,26 +206,22 @@ class SwitchProcess:
                     listening = _host_port(line[len("listening on "):])
                 elif line.startswith("metrics on "):
                     metrics = _host_port(line[len("metrics on "):])
-            if listening and metrics:
+            if listening and (metrics or not self.wants_metrics):
                 return listening, metrics
             if self.process.poll() is not None:
                 break
             time.sleep(0.02)
         self.kill()
-        raise RuntimeError(f"switch did not start:\n{self.stderr_tail()}")
+        raise RuntimeError(f"{self.name} did not start:\n{self.stderr_tail()}")
 
     def stderr_tail(self, lines: int = 20) -> str:
         text = self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.process.pid}/stat") as handle:
-            fields = handle.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     def stop(self) -> int:
         """SIGTERM: the switch answers what is in flight, commits and exits 0 (§7)."""
-        self.process.send_signal(signal.SIGTERM)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout=SERVER_STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -173,17 +245,35 @@ def _machine_busy_seconds() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+class CpuSample:
+    """Wall clock, server CPU, this process's CPU and the machine's busy CPU at one instant."""
+
+    def __init__(self, server_pid: int | None):
+        self.wall = time.perf_counter()
+        try:
+            self.server = process_cpu_seconds(server_pid) if server_pid else None
+        except OSError:
+            self.server = None
+        self.own = time.process_time()
+        self.machine = _machine_busy_seconds()
+
+
+def cpu_between(start: CpuSample, stop: CpuSample) -> dict:
+    def delta(name):
+        a, b = getattr(start, name), getattr(stop, name)
+        return None if a is None or b is None else b - a
+    return {"elapsed_s": delta("wall"), "server_cpu_s": delta("server"),
+            "load_cpu_s": delta("own"), "machine_cpu_s": delta("machine")}
+
+
 # ------------------------------------------------------------------ metrics
-async def scrape(address: tuple[str, int]) -> dict[str, float]:
+def scrape(address: tuple[str, int] | None) -> dict[str, float]:
     """Unlabelled and labelled samples of the switch's Prometheus text, by full name."""
-    with trio.fail_after(HTTP_TIMEOUT_S):
-        stream = await trio.open_tcp_stream(*address)
-        async with stream:
-            await stream.send_all(b"GET /metrics HTTP/1.0\r\nHost: switch\r\n\r\n")
-            chunks = []
-            while data := await stream.receive_some(65536):
-                chunks.append(data)
-    body = b"".join(chunks).partition(b"\r\n\r\n")[2].decode()
+    if address is None:
+        return {}
+    url = f"http://{address[0]}:{address[1]}/metrics"
+    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
+        body = response.read().decode()
     samples = {}
     for line in body.splitlines():
         if line and not line.startswith("#"):
@@ -211,15 +301,49 @@ def _histogram_quantile(after: dict, before: dict, name: str, quantile: float) -
     return "-"
 
 
-# ------------------------------------------------------------------ provisioning
+def commit_figures(before: dict, after: dict) -> dict:
+    if not after:
+        return {}
+    commits = _delta(after, before, "switch_commit_batch_size_count")
+    batched = _delta(after, before, "switch_commit_batch_size_sum")
+    commit_s = _delta(after, before, "switch_commit_duration_seconds_sum")
+    commit_n = _delta(after, before, "switch_commit_duration_seconds_count")
+    served = _delta(after, before, 'switch_request_duration_seconds_count{type="debit"}')
+    served_s = _delta(after, before, 'switch_request_duration_seconds_sum{type="debit"}')
+    return {
+        "batches": commits, "requests": batched,
+        "mean_batch": batched / commits if commits else None,
+        "median_batch_le": _histogram_quantile(after, before, "switch_commit_batch_size", 0.5),
+        "p99_batch_le": _histogram_quantile(after, before, "switch_commit_batch_size", 0.99),
+        "commit_ms_mean": commit_s / commit_n * 1000 if commit_n else None,
+        "commits_with_writes": commit_n,
+        "switch_debit_ms_mean": served_s / served * 1000 if served else None,
+    }
+
+
+# ------------------------------------------------------------------ accounts and credentials
 def _names(tag: str, accounts: int, terminals: int):
-    account_ids = [f"BENCH-{tag}-{i:06d}" for i in range(accounts)]
+    account_ids = [f"BENCH-{tag}-{i:07d}" for i in range(accounts)]
     card_ids = [f"{tag}{i:08X}" for i in range(accounts)]
     terminal_ids = [f"bench-{tag}-pos-{t}" for t in range(terminals)]
     return account_ids, card_ids, terminal_ids
 
 
-async def _pipelined(client: Client, messages: list[dict]) -> list[dict]:
+def _account_messages(tag: str, index: int, account: str, card: str) -> tuple[dict, dict, dict]:
+    """open_account, issue_card and credit (the starting balance) for one account."""
+    return ({"t": "open_account", "account": account, "school": SCHOOL, "kind": "person",
+             "id_last6": "123456", "holder": "bench", "id": f"{tag}-open-{index}"},
+            {"t": "issue_card", "account": account, "card": card, "id": f"{tag}-card-{index}"},
+            {"t": "credit", "account": account, "amount": START_BALANCE_FEN, "source": "bench",
+             "id": f"{tag}-fund-{index}"})
+
+
+def _credential_messages(tag: str, terminal_ids: list) -> list[dict]:
+    return [{"t": "add_credential", "who": who, "role": "terminal", "school": SCHOOL,
+             "kind": "pos", "id": f"{tag}-cred-{who}"} for who in terminal_ids]
+
+
+async def _pipelined(client, messages: list[dict]) -> list[dict]:
     replies = []
     for start in range(0, len(messages), PROVISION_PIPELINE_DEPTH):
         replies += await client.pipeline(messages[start:start + PROVISION_PIPELINE_DEPTH])
@@ -229,304 +353,692 @@ async def _pipelined(client: Client, messages: list[dict]) -> list[dict]:
     return replies
 
 
-async def provision(address, admin_key: bytes, tag: str, args) -> tuple[list, list]:
+async def _provision_over_the_wire(address, admin_key: bytes, tag: str, args):
+    from switch.client import Client
     account_ids, card_ids, terminal_ids = _names(tag, args.accounts, args.terminals)
+    messages = [_account_messages(tag, index, account, card)
+                for index, (account, card) in enumerate(zip(account_ids, card_ids))]
     async with await Client.connect(*address, "admin", admin_key) as admin:
-        await _pipelined(admin, [
-            {"t": "open_account", "account": account, "school": SCHOOL, "kind": "person",
-             "id_last6": "123456", "holder": "bench", "id": f"{tag}-open-{i}"}
-            for i, account in enumerate(account_ids)])
-        await _pipelined(admin, [
-            {"t": "issue_card", "account": account, "card": card, "id": f"{tag}-card-{i}"}
-            for i, (account, card) in enumerate(zip(account_ids, card_ids))])
-        await _pipelined(admin, [
-            {"t": "credit", "account": account, "amount": START_BALANCE_FEN, "source": "bench",
-             "id": f"{tag}-fund-{i}"} for i, account in enumerate(account_ids)])
-        replies = await _pipelined(admin, [
-            {"t": "add_credential", "who": who, "role": "terminal", "school": SCHOOL,
-             "kind": "pos", "id": f"{tag}-cred-{who}"} for who in terminal_ids])
+        for step in range(3):   # every open, then every card, then every credit
+            await _pipelined(admin, [triple[step] for triple in messages])
+        replies = await _pipelined(admin, _credential_messages(tag, terminal_ids))
     return card_ids, list(zip(terminal_ids, [reply["key"] for reply in replies]))
 
 
-# ------------------------------------------------------------------ load
-class Stats:
-    def __init__(self):
-        self.latencies_s: list[float] = []
-        self.codes: Counter = Counter()
-        self.ok_in_window = 0
-        self.replies_after_window = 0
-        self.broken: Counter = Counter()
+def provision(address, admin_key: bytes, tag: str, args):
+    import trio
+    return trio.run(_provision_over_the_wire, address, admin_key, tag, args)
 
 
-async def _connect(address, who: str, key: bytes, limiter):
-    async with limiter:
-        stream = await trio.open_tcp_stream(*address)
-        session = ClientSession(who, key)
-        decoder = FrameDecoder()
-        await stream.send_all(session.hello_frame(time.time_ns() // 1_000_000))
-        payloads = []
-        while not payloads:
-            data = await stream.receive_some(limits.receive_size_bytes)
-            if not data:
-                raise trio.EndOfChannel("closed during hello")
-            payloads = decoder.feed(data)
-        session.receive_hello_reply(payloads[0])
-        return stream, session, decoder
+def prebuild(data_dir: pathlib.Path, tag: str, args):
+    """Write the accounts, cards, funding and terminals with the switch's own request code
+    (dispatch.execute as the admin), committing in big batches, before the switch starts."""
+    import lmdb
 
+    from switch import dispatch
+    from switch.clock import SystemClock
+    from switch.config import load_config
+    from switch.datadir import open_data_dir
+    from switch.ledger import Ledger
 
-async def load_connection(index: int, address, who: str, key: bytes, cards: list[str], args,
-                          stats: Stats, limiter, ready, start: trio.Event, window: list) -> None:
-    """One closed-loop connection: `depth` debits in flight, a new one for each reply.
-
-    One task per connection and none per request: every reply found in one receive is
-    answered with one coalesced send of as many new debits.
-    """
+    store = open_data_dir(str(data_dir))
     try:
-        stream, session, decoder = await _connect(address, who, key, limiter)
-    except (OSError, trio.BrokenResourceError, trio.EndOfChannel) as error:
-        stats.broken[f"connect: {type(error).__name__}"] += 1
-        ready()
-        return
-    ready()
-    sent_at: dict[int, float] = {}
-    rng = random.Random(f"{args.seed}-{index}")
-    random_value = rng.random
-    card_count = len(cards)
-    amount_max = args.amount_max
-    next_id = index * ID_STRIDE
-    request_frame = session.request_frame
-    latencies = stats.latencies_s
-    codes = stats.codes
+        ledger = Ledger(store, load_config(args.config), SystemClock())
+        admin = ledger.credential("admin")
 
-    def debits(count: int) -> bytes:
-        nonlocal next_id
-        frames = []
-        seqs = []
-        for _ in range(count):
-            next_id += 1
-            card = cards[int(random_value() * card_count)]
-            seq, frame = request_frame({"t": "debit", "card": card,
-                                        "amount": 1 + int(random_value() * amount_max),
-                                        "id": next_id})
-            frames.append(frame)
-            seqs.append(seq)
-        now = time.perf_counter()
-        for seq in seqs:
-            sent_at[seq] = now
-        return b"".join(frames)
+        def commit():
+            ledger.take_effects()
+            batch = store.seal()
+            while True:
+                try:
+                    store.write_batch(batch)
+                    break
+                except lmdb.MapFullError:
+                    store.grow_map()
+            store.committed(batch)
 
-    async with stream:
-        try:
-            await start.wait()
-            await stream.send_all(debits(args.depth))
-            while sent_at:
-                data = await stream.receive_some(limits.receive_size_bytes)
-                now = time.perf_counter()
-                if not data:
-                    stats.broken["closed by the switch"] += 1
-                    return
-                answered = ok = 0
-                for payload in decoder.feed(data):
-                    message = session.receive(payload)
-                    started = sent_at.pop(message.get("re"), None)
-                    if started is None:
-                        codes[f"unexpected {message.get('t')}/{message.get('code')}"] += 1
-                        continue
-                    answered += 1
-                    latencies.append(now - started)
-                    code = message.get("code")
-                    codes[code] += 1
-                    ok += code == "ok"
-                if now < window[1]:
-                    stats.ok_in_window += ok
-                    await stream.send_all(debits(answered))
-                else:
-                    stats.replies_after_window += answered
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
-            stats.broken[type(error).__name__] += 1
+        def execute(message):
+            reply = dispatch.execute(ledger, admin, message)
+            if reply.get("code") != "ok":
+                raise RuntimeError(f"prebuilding {message} answered {reply}")
+            return reply
+
+        account_ids, card_ids, terminal_ids = _names(tag, args.accounts, args.terminals)
+        began = time.perf_counter()
+        for index, (account, card) in enumerate(zip(account_ids, card_ids)):
+            for message in _account_messages(tag, index, account, card):
+                execute(message)
+            if (index + 1) % PREBUILD_BATCH_ACCOUNTS == 0:
+                commit()
+                if (index + 1) % (10 * PREBUILD_BATCH_ACCOUNTS) == 0:
+                    rate = (index + 1) / (time.perf_counter() - began)
+                    print(f"  prebuilt {index + 1} accounts ({rate:.0f}/s)", flush=True)
+        keys = [execute(message)["key"] for message in _credential_messages(tag, terminal_ids)]
+        commit()
+    finally:
+        store.close()
+    return card_ids, list(zip(terminal_ids, keys))
 
 
-class CpuMeter:
-    """CPU seconds of the switch, of this process and of the whole machine over the run."""
-
-    def __init__(self, server):
-        self.server = server
-        self.started_at = None
-
-    def _now(self):
-        return (time.perf_counter(), self.server.cpu_seconds() if self.server else None,
-                time.process_time(), _machine_busy_seconds())
-
-    def start(self) -> None:
-        self.started_at = self._now()
-
-    def stop(self) -> dict:
-        stopped_at = self._now()
-        elapsed, server, own, machine = (
-            None if a is None or b is None else b - a for a, b in zip(self.started_at, stopped_at))
-        return {"elapsed_s": elapsed, "server_cpu_s": server, "load_cpu_s": own,
-                "machine_cpu_s": machine}
+def bare_credentials(path: pathlib.Path, tag: str, args):
+    """Terminal ids and fresh keys for the bare server, in the file it reads (mode 0600)."""
+    _, card_ids, terminal_ids = _names(tag, args.accounts, args.terminals)
+    terminals = [(who, os.urandom(limits.credential_key_size_bytes)) for who in terminal_ids]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"terminals": [[who, key.hex()] for who, key in terminals]}, handle)
+    return card_ids, terminals
 
 
-async def run_load(address, terminals, cards, args, stats: Stats, meter: CpuMeter) -> None:
-    limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY_MAX)
-    start = trio.Event()
-    connected = [0]
-    all_connected = trio.Event()
-    window = [0.0, float("inf")]
+# ------------------------------------------------------------------ connections
+class Connection:
+    """One signed-on terminal connection, driven by the load loop."""
 
-    def ready():
-        connected[0] += 1
-        if connected[0] == args.connections:
-            all_connected.set()
+    __slots__ = ("index", "sock", "fd", "session", "decoder", "sent_at", "unsent", "next_id",
+                 "request_frame", "receive", "writing")
 
-    async with trio.open_nursery() as nursery:
-        for index in range(args.connections):
+    def __init__(self, index: int, sock: socket.socket, session: ClientSession,
+                 decoder: FrameDecoder):
+        self.index = index
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.session = session
+        self.decoder = decoder
+        self.sent_at: dict[int, float] = {}
+        self.unsent = b""
+        self.next_id = index * ID_STRIDE
+        self.request_frame = session.request_frame
+        self.receive = session.receive
+        self.writing = False
+
+
+def connect_all(address, terminals, count: int, broken: Counter) -> list[Connection]:
+    """Sign on `count` connections, CONNECT_BATCH hellos at a time; failures are counted."""
+    connections = []
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    for first in range(0, count, CONNECT_BATCH):
+        if time.monotonic() > deadline:
+            broken["connect: phase timed out"] += count - first
+            break
+        pending = []
+        for index in range(first, min(count, first + CONNECT_BATCH)):
             who, key = terminals[index % len(terminals)]
-            nursery.start_soon(load_connection, index, address, who, key, cards, args, stats,
-                               limiter, ready, start, window)
-        with trio.fail_after(CONNECT_TIMEOUT_S):
-            await all_connected.wait()
-        # Connecting is not measured: the window and the CPU figures start here.
-        meter.start()
-        window[0] = time.perf_counter()
-        window[1] = window[0] + args.seconds
-        start.set()
-        await trio.sleep(args.seconds)
-        # Connections stop sending at the window's end; give their last replies a bound.
-        nursery.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT_S
+            session = ClientSession(who, key)
+            try:
+                sock = socket.create_connection(address, timeout=SOCKET_TIMEOUT_S)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.sendall(session.hello_frame(time.time_ns() // 1_000_000))
+            except OSError as error:
+                broken[f"connect: {type(error).__name__}"] += 1
+                continue
+            pending.append((index, sock, session))
+        for index, sock, session in pending:
+            decoder = FrameDecoder()
+            try:
+                payloads = []
+                while not payloads:
+                    data = sock.recv(limits.receive_size_bytes)
+                    if not data:
+                        raise ConnectionResetError("closed during hello")
+                    payloads = decoder.feed(data)
+                session.receive_hello_reply(payloads[0])
+            except (OSError, ProtocolError) as error:
+                broken[f"hello: {type(error).__name__} {error}"[:80]] += 1
+                sock.close()
+                continue
+            sock.setblocking(False)
+            connections.append(Connection(index, sock, session, decoder))
+    return connections
 
 
-def _percentile(ordered: list[float], fraction: float) -> float:
+# ------------------------------------------------------------------ the load loop
+class Results:
+    def __init__(self, seconds_total: float):
+        self.codes: Counter = Counter()
+        self.broken: Counter = Counter()
+        self.latencies_s = array("d")        # of requests sent (or meant to be) in the window
+        self.timeline = [0] * (int(math.ceil(seconds_total + DRAIN_TIMEOUT_S)) + 2)
+        self.ok_in_window = 0
+        self.sent_in_window = 0
+        self.replies_after_window = 0
+        self.unanswered = 0
+        self.unanswered_latencies_s = array("d")
+        self.cpu = {}
+
+
+class LoadLoop:
+    """Closed or open loop over non-blocking sockets and one epoll."""
+
+    def __init__(self, connections: list[Connection], cards: list[str], args, server_pid):
+        self.connections = {connection.fd: connection for connection in connections}
+        self.live = list(connections)
+        self.cards = cards
+        self.args = args
+        self.server_pid = server_pid
+        self.rng = random.Random(args.seed)
+        self.epoll = select.epoll()
+        for connection in connections:
+            self.epoll.register(connection.fd, select.EPOLLIN)
+        self.results = Results(args.warmup + args.seconds)
+        self.outstanding = 0
+
+    # -------------------------------------------------------------- sending
+    def _frames(self, connection: Connection, count: int, sent_at: float) -> bytes:
+        cards = self.cards
+        card_count = len(cards)
+        amount_max = self.args.amount_max
+        random_value = self.rng.random
+        request_frame = connection.request_frame
+        stamps = connection.sent_at
+        frames = []
+        for _ in range(count):
+            connection.next_id += 1
+            seq, frame = request_frame({"t": "debit", "card": cards[int(random_value() * card_count)],
+                                        "amount": 1 + int(random_value() * amount_max),
+                                        "id": connection.next_id})
+            stamps[seq] = sent_at
+            frames.append(frame)
+        self.outstanding += count
+        return frames[0] if count == 1 else b"".join(frames)
+
+    def _send(self, connection: Connection, data: bytes) -> None:
+        if connection.unsent:
+            connection.unsent += data
+            if len(connection.unsent) > CLIENT_UNSENT_BYTES_MAX:
+                self._drop(connection, "client send backlog")
+            return
+        try:
+            sent = connection.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            self._drop(connection, type(error).__name__)
+            return
+        if sent < len(data):
+            connection.unsent = data[sent:]
+            if not connection.writing:
+                connection.writing = True
+                self.epoll.modify(connection.fd, select.EPOLLIN | select.EPOLLOUT)
+
+    def _flush(self, connection: Connection) -> None:
+        try:
+            sent = connection.sock.send(connection.unsent)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            self._drop(connection, type(error).__name__)
+            return
+        connection.unsent = connection.unsent[sent:]
+        if not connection.unsent:
+            connection.writing = False
+            self.epoll.modify(connection.fd, select.EPOLLIN)
+
+    def _drop(self, connection: Connection, reason: str) -> None:
+        if self.connections.pop(connection.fd, None) is None:
+            return
+        self.results.broken[reason] += 1
+        self._count_unanswered(connection)
+        self.live.remove(connection)
+        try:
+            self.epoll.unregister(connection.fd)
+        except OSError:
+            pass
+        connection.sock.close()
+
+    def _count_unanswered(self, connection: Connection, now: float | None = None) -> None:
+        results = self.results
+        now = time.perf_counter() if now is None else now
+        for sent_at in connection.sent_at.values():
+            if sent_at >= self.window_start:
+                results.unanswered += 1
+                results.unanswered_latencies_s.append(now - sent_at)
+        self.outstanding -= len(connection.sent_at)
+        connection.sent_at.clear()
+
+    # -------------------------------------------------------------- receiving
+    def _receive(self, connection: Connection, now: float) -> int:
+        """Replies found in one receive; returns how many answered our requests."""
+        try:
+            data = connection.sock.recv(RECEIVE_SIZE_BYTES)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(connection, "closed by the server")
+            return 0
+        results = self.results
+        codes = results.codes
+        stamps = connection.sent_at
+        receive = connection.receive
+        window_start = self.window_start
+        latencies = results.latencies_s
+        answered = ok = 0
+        try:
+            for payload in connection.decoder.feed(data):
+                message = receive(payload)
+                sent_at = stamps.pop(message.get("re"), None)
+                if sent_at is None:
+                    codes[f"unexpected {message.get('t')}/{message.get('code')}"] += 1
+                    continue
+                answered += 1
+                code = message.get("code")
+                codes[code] += 1
+                if code == "ok":
+                    ok += 1
+                if sent_at >= window_start:
+                    latencies.append(now - sent_at)
+        except ProtocolError as error:
+            self.outstanding -= answered
+            self._drop(connection, f"protocol: {error.code}")
+            return 0
+        self.outstanding -= answered
+        if ok:
+            second = int(now - self.load_start)
+            if second < len(results.timeline):
+                results.timeline[second] += ok
+            if window_start <= now < self.window_end:
+                results.ok_in_window += ok
+            elif now >= self.window_end:
+                results.replies_after_window += ok
+        return answered
+
+    # -------------------------------------------------------------- the loop
+    def run(self) -> Results:
+        args = self.args
+        results = self.results
+        open_loop = args.rate > 0
+        perf = time.perf_counter
+        poll = self.epoll.poll
+        connections = self.connections
+        self.load_start = now = perf()
+        self.window_start = self.load_start + args.warmup
+        self.window_end = self.window_start + args.seconds
+        drain_deadline = None
+        phase = "warmup"
+        start_sample = None
+        sending = True
+        mean_gap_s = 1.0 / args.rate if open_loop else 0.0
+        next_send = self.load_start
+        expovariate = self.rng.expovariate
+        choose = self.rng.random
+        if not open_loop:
+            for connection in list(self.live):
+                self._send(connection, self._frames(connection, args.depth, now))
+        while True:
+            now = perf()
+            if phase == "warmup" and now >= self.window_start:
+                start_sample = CpuSample(self.server_pid)
+                phase = "window"
+            if phase == "window" and now >= self.window_end:
+                results.cpu = cpu_between(start_sample, CpuSample(self.server_pid))
+                phase = "drain"
+                sending = False
+                drain_deadline = now + DRAIN_TIMEOUT_S
+            if phase == "drain" and (self.outstanding <= 0 or now >= drain_deadline):
+                break
+            if not self.live:
+                if phase != "drain":
+                    results.cpu = cpu_between(start_sample or CpuSample(self.server_pid),
+                                              CpuSample(self.server_pid))
+                break
+            if open_loop and sending:
+                touched = {}
+                live = self.live
+                while next_send <= now:
+                    connection = live[int(choose() * len(live))]
+                    frame = self._frames(connection, 1, next_send)
+                    if next_send >= self.window_start:
+                        results.sent_in_window += 1
+                    touched.setdefault(connection, []).append(frame)
+                    next_send += expovariate(1.0) * mean_gap_s
+                for connection, frames in touched.items():
+                    self._send(connection, b"".join(frames))
+                # epoll waits whole milliseconds: closer than that to the next send, spin.
+                wait_s = next_send - perf()
+                timeout = math.floor(wait_s * 1000) / 1000 if wait_s >= 0.001 else 0
+            else:
+                boundary = self.window_start if phase == "warmup" else (
+                    self.window_end if phase == "window" else drain_deadline)
+                timeout = min(POLL_INTERVAL_MAX_S, max(0.0, boundary - now))
+            if open_loop and phase != "drain":
+                boundary = self.window_start if phase == "warmup" else self.window_end
+                timeout = min(timeout, max(0.0, boundary - now))
+            events = poll(timeout)
+            if not events:
+                continue
+            now = perf()
+            for fd, mask in events:
+                connection = connections.get(fd)
+                if connection is None:
+                    continue
+                if mask & select.EPOLLOUT:
+                    self._flush(connection)
+                    if fd not in connections:
+                        continue
+                if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                    answered = self._receive(connection, now)
+                    if answered and sending and not open_loop:
+                        self._send(connection, self._frames(connection, answered, now))
+        end = perf()
+        for connection in list(self.live):
+            self._count_unanswered(connection, end)
+        return results
+
+    def close(self) -> None:
+        for connection in self.live:
+            connection.sock.close()
+        self.live = []
+        self.epoll.close()
+
+
+# ------------------------------------------------------------------ summaries
+def _percentile(ordered, fraction: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-# ------------------------------------------------------------------ main
-async def _bench(args, address, metrics_address, admin_key: bytes, server) -> dict:
-    tag = f"{random.Random(args.seed).getrandbits(32):08X}"
-    began = time.perf_counter()
-    cards, terminals = await provision(address, admin_key, tag, args)
-    provision_s = time.perf_counter() - began
-    print(f"provisioned {args.accounts} accounts and cards, {args.terminals} terminals "
-          f"in {provision_s:.1f} s", flush=True)
+def latency_summary(latencies_s, unanswered_s=()) -> dict:
+    """Percentiles (ms), a percentile curve and a log-binned histogram for plots.
 
-    before = await scrape(metrics_address) if metrics_address else {}
-    stats = Stats()
-    meter = CpuMeter(server)
-    await run_load(address, terminals, cards, args, stats, meter)
-    result = meter.stop()
-    after = await scrape(metrics_address) if metrics_address else {}
-    return {"stats": stats, "before": before, "after": after, **result}
-
-
-def _report(args, result: dict, pinning: str) -> None:
-    stats: Stats = result["stats"]
-    ordered = sorted(stats.latencies_s)
-    ok_total = stats.codes.get("ok", 0)
-    declines = {code: n for code, n in stats.codes.items() if code != "ok"}
-    ok_in_window = stats.ok_in_window
+    Requests never answered are counted at the time waited when the run ended (a lower
+    bound), so they pull the high percentiles up rather than vanish.
+    """
+    ordered = sorted(list(latencies_s) + list(unanswered_s))
+    count = len(ordered)
     ms = 1000.0
-    print(f"connections      {args.connections}")
-    print(f"depth            {args.depth}")
-    print(f"duration         {args.seconds:.1f} s (replies drained {result['elapsed_s']:.1f} s "
-          f"after the start)")
-    print(f"pinning          {pinning}")
-    print(f"ok tx            {ok_total} ({ok_in_window} within the window)")
-    print(f"tx/s             {ok_in_window / args.seconds:.0f}")
+    if not count:
+        return {"count": 0}
+    summary = {"count": count, "mean": sum(ordered) / count * ms}
+    for name, fraction in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p999", 0.999)):
+        summary[name] = _percentile(ordered, fraction) * ms
+    summary["max"] = ordered[-1] * ms
+    summary["curve"] = [[p, _percentile(ordered, p / 100) * ms] for p in LATENCY_PERCENTILES]
+    low = math.floor(math.log10(max(HISTOGRAM_FLOOR_MS, ordered[0] * ms)))
+    high = math.ceil(math.log10(max(ordered[-1] * ms, HISTOGRAM_FLOOR_MS * 10)))
+    edges_ms = [10 ** (low + i / HISTOGRAM_BINS_PER_DECADE)
+                for i in range((high - low) * HISTOGRAM_BINS_PER_DECADE + 1)]
+    positions = [bisect_left(ordered, edge / ms) for edge in edges_ms]
+    summary["histogram"] = {"edges_ms": edges_ms,
+                            "counts": [b - a for a, b in zip(positions, positions[1:])]}
+    return summary
+
+
+def _command_line(argv, script: str = __file__) -> str:
+    """The command that reproduces this run, from the repository's root."""
+    python = pathlib.Path(sys.executable)
+    try:
+        python_text = str(python.relative_to(REPO))
+    except ValueError:
+        python_text = str(python)
+    script = pathlib.Path(script).resolve().relative_to(REPO)
+    return shlex.join([python_text, str(script), *argv])
+
+
+def _report(args, result: dict) -> None:
+    latency = result["latency_ms"]
+    cpu = result["cpu"]
+    print(f"server           {result['system']} ({result['pinning']})")
+    print(f"connections      {result['connected']} of {args.connections} signed on")
+    if args.rate > 0:
+        print(f"offered          {args.rate:.0f} tx/s open loop (Poisson), "
+              f"{result['sent_in_window']} requests meant for the window")
+    else:
+        print(f"depth            {args.depth} in flight per connection (closed loop)")
+    print(f"duration         {args.seconds:.1f} s after {args.warmup:.1f} s warm-up")
+    print(f"ok tx            {result['codes'].get('ok', 0)} ({result['ok_in_window']} within "
+          f"the window)")
+    print(f"tx/s             {result['tx_per_s']:.0f}")
+    declines = {code: n for code, n in result["codes"].items() if code != "ok"}
     if declines:
         print(f"declined         {declines}")
-    if stats.broken:
-        print(f"broken           {dict(stats.broken)}")
-    print(f"latency ms       p50 {_percentile(ordered, 0.50) * ms:.2f}  "
-          f"p90 {_percentile(ordered, 0.90) * ms:.2f}  p99 {_percentile(ordered, 0.99) * ms:.2f}  "
-          f"max {(ordered[-1] if ordered else float('nan')) * ms:.2f}  "
-          f"(send to reply, {len(ordered)} requests)")
-    before, after = result["before"], result["after"]
-    if after:
-        commits = _delta(after, before, "switch_commit_batch_size_count")
-        batched = _delta(after, before, "switch_commit_batch_size_sum")
-        commit_s = _delta(after, before, "switch_commit_duration_seconds_sum")
-        commit_n = _delta(after, before, "switch_commit_duration_seconds_count")
-        if commits:
-            print(f"commit batches   {commits:.0f} batches, {batched:.0f} requests, mean "
-                  f"{batched / commits:.1f} per batch, median <= "
-                  f"{_histogram_quantile(after, before, 'switch_commit_batch_size', 0.5)}, "
-                  f"p99 <= {_histogram_quantile(after, before, 'switch_commit_batch_size', 0.99)}"
-                  f" (switch_commit_batch_size sum/count)")
-        if commit_n:
-            print(f"commit time      mean {commit_s / commit_n * ms:.2f} ms per write "
-                  f"transaction + fsync ({commit_n:.0f} with writes)")
-        served = _delta(after, before, 'switch_request_duration_seconds_count{type="debit"}')
-        served_s = _delta(after, before, 'switch_request_duration_seconds_sum{type="debit"}')
-        if served:
-            print(f"switch latency   mean {served_s / served * ms:.2f} ms frame in to reply out "
-                  f"(switch_request_duration_seconds, debit)")
-    else:
-        print("commit batches   (no --metrics address: not scraped)")
-    cpu = []
-    if result["server_cpu_s"] is not None:
-        cpu.append(f"switch {result['server_cpu_s'] / result['elapsed_s'] * 100:.0f}%")
-    cpu.append(f"load client {result['load_cpu_s'] / result['elapsed_s'] * 100:.0f}%")
-    if result["machine_cpu_s"] is not None and result["server_cpu_s"] is not None:
-        others = result["machine_cpu_s"] - result["server_cpu_s"] - result["load_cpu_s"]
-        others_percent = max(0.0, others) / result["elapsed_s"] * 100
-        cpu.append(f"everything else on the machine {others_percent:.0f}%")
-    print(f"cpu              {', '.join(cpu)} of one core over the run")
+    if result["broken"]:
+        print(f"broken           {result['broken']}")
+    if result["unanswered"]:
+        print(f"unanswered       {result['unanswered']} (counted in the percentiles at the time "
+              f"waited)")
+    if latency.get("count"):
+        origin = "intended send" if args.rate > 0 else "send"
+        print(f"latency ms       p50 {latency['p50']:.2f}  p90 {latency['p90']:.2f}  "
+              f"p99 {latency['p99']:.2f}  p99.9 {latency['p999']:.2f}  max {latency['max']:.2f}"
+              f"  ({origin} to reply, {latency['count']} requests)")
+    commit = result.get("commit") or {}
+    if commit.get("batches"):
+        print(f"commit batches   {commit['batches']:.0f} batches, {commit['requests']:.0f} "
+              f"requests, mean {commit['mean_batch']:.1f} per batch, median <= "
+              f"{commit['median_batch_le']}, p99 <= {commit['p99_batch_le']} "
+              f"(switch_commit_batch_size, whole run)")
+    if commit.get("commit_ms_mean") is not None:
+        print(f"commit time      mean {commit['commit_ms_mean']:.2f} ms per write transaction "
+              f"+ fsync ({commit['commits_with_writes']:.0f} with writes)")
+    if commit.get("switch_debit_ms_mean") is not None:
+        print(f"switch latency   mean {commit['switch_debit_ms_mean']:.2f} ms frame in to reply "
+              f"out (switch_request_duration_seconds, debit)")
+    if cpu.get("elapsed_s"):
+        parts = []
+        if cpu.get("server_cpu_s") is not None:
+            parts.append(f"server {cpu['server_cpu_s'] / cpu['elapsed_s'] * 100:.0f}%")
+        parts.append(f"load client {cpu['load_cpu_s'] / cpu['elapsed_s'] * 100:.0f}%"
+                     + (" (spins between sends)" if args.rate > 0 else ""))
+        if cpu.get("machine_cpu_s") is not None and cpu.get("server_cpu_s") is not None:
+            others = cpu["machine_cpu_s"] - cpu["server_cpu_s"] - cpu["load_cpu_s"]
+            parts.append(f"everything else {max(0.0, others) / cpu['elapsed_s'] * 100:.0f}%")
+        print(f"cpu              {', '.join(parts)} of one core over the window")
+    if result.get("server_cpu_us_per_tx") is not None:
+        print(f"server cpu/tx    {result['server_cpu_us_per_tx']:.1f} µs per authorization "
+              f"(utime+stime of the server process over the window / ok replies in it)")
+    if args.rate <= 0 and (result.get("load_cpu_percent") or 0) > CLIENT_BOUND_PERCENT:
+        print(f"note             the load client used {result['load_cpu_percent']:.0f}% of its "
+              f"core: it may be what limits this run, not the server")
 
 
-def _audit(data_dir) -> int:
-    completed = subprocess.run([sys.executable, "-m", "switch", "audit", "--data", str(data_dir)],
-                               capture_output=True, text=True, cwd=REPO)
-    text = (completed.stdout + completed.stderr).strip().replace("\n", "\n                 ")
-    print(f"audit            exit {completed.returncode}: {text}")
-    return completed.returncode
+def _audit(data_dir) -> dict:
+    try:
+        completed = subprocess.run([sys.executable, "-m", "switch", "audit", "--data",
+                                    str(data_dir)], capture_output=True, text=True, cwd=REPO,
+                                   timeout=AUDIT_TIMEOUT_S)
+        text, code = (completed.stdout + completed.stderr).strip(), completed.returncode
+    except subprocess.TimeoutExpired:
+        text, code = f"timed out after {AUDIT_TIMEOUT_S:.0f} s", -1
+    print(f"audit            exit {code}: " + text.replace("\n", "\n                 "))
+    return {"exit": code, "text": text}
+
+
+# ------------------------------------------------------------------ runs
+def run_load(args, address, cards, terminals, server_pid) -> dict:
+    broken: Counter = Counter()
+    began = time.perf_counter()
+    connections = connect_all(address, terminals, args.connections, broken)
+    print(f"signed on {len(connections)} connections in {time.perf_counter() - began:.1f} s",
+          flush=True)
+    if not connections:
+        raise RuntimeError(f"no connection signed on: {dict(broken)}")
+    loop = LoadLoop(connections, cards, args, server_pid)
+    try:
+        results = loop.run()
+    finally:
+        loop.close()
+    results.broken.update(broken)
+    cpu = results.cpu
+    ok_in_window = results.ok_in_window
+    result = {
+        "connected": len(connections), "ok_in_window": ok_in_window,
+        "tx_per_s": ok_in_window / args.seconds, "sent_in_window": results.sent_in_window,
+        "offered_per_s": args.rate if args.rate > 0 else None,
+        "codes": dict(results.codes), "broken": dict(results.broken),
+        "unanswered": results.unanswered,
+        "latency_ms": latency_summary(results.latencies_s, results.unanswered_latencies_s),
+        "timeline_ok_per_s": results.timeline[:int(math.ceil(args.warmup + args.seconds))],
+        "cpu": cpu,
+        "server_cpu_us_per_tx": (cpu["server_cpu_s"] / ok_in_window * 1e6
+                                 if cpu.get("server_cpu_s") is not None and ok_in_window
+                                 else None),
+        "load_cpu_percent": (cpu["load_cpu_s"] / cpu["elapsed_s"] * 100
+                             if cpu.get("elapsed_s") else None),
+    }
+    return result
+
+
+def run_idle(args, address, terminals, server_pid) -> dict:
+    memory_before = process_memory_kib(server_pid) if server_pid else {}
+    broken: Counter = Counter()
+    began = time.perf_counter()
+    connections = connect_all(address, terminals, args.connections, broken)
+    connect_s = time.perf_counter() - began
+    print(f"signed on {len(connections)} connections in {connect_s:.1f} s; holding them idle "
+          f"for {args.hold:.0f} s", flush=True)
+    samples = []
+    try:
+        deadline = time.monotonic() + args.hold
+        while time.monotonic() < deadline:
+            time.sleep(IDLE_SAMPLE_INTERVAL_S)
+            if server_pid:
+                samples.append(process_memory_kib(server_pid).get("VmRSS", 0))
+        # Still signed on at the end? A closed socket reads b"" at once.
+        closed = 0
+        for connection in connections:
+            try:
+                if connection.sock.recv(1, socket.MSG_PEEK) == b"":
+                    closed += 1
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed += 1
+        memory_after = process_memory_kib(server_pid) if server_pid else {}
+    finally:
+        for connection in connections:
+            connection.sock.close()
+    rss_mib = max(samples) / 1024 if samples else None
+    base_mib = memory_before.get("VmRSS", 0) / 1024 if memory_before else None
+    result = {"connected": len(connections), "closed_by_server": closed, "connect_s": connect_s,
+              "broken": dict(broken), "rss_before_mib": base_mib, "rss_held_mib": rss_mib,
+              "hwm_mib": memory_after.get("VmHWM", 0) / 1024 if memory_after else None,
+              "rss_per_connection_kib": ((rss_mib - base_mib) * 1024 / len(connections)
+                                         if rss_mib is not None and connections else None)}
+    print(f"connections      {len(connections)} signed on, {closed} closed by the server "
+          f"while idle")
+    if broken:
+        print(f"broken           {dict(broken)}")
+    if rss_mib is not None:
+        print(f"server rss       {base_mib:.1f} MiB before, {rss_mib:.1f} MiB with them held "
+              f"(VmRSS, max over the hold; {result['rss_per_connection_kib']:.1f} KiB each), "
+              f"peak VmHWM {result['hwm_mib']:.1f} MiB")
+    return result
+
+
+def _check(args) -> str | None:
+    if args.connections < 1 or args.seconds <= 0 or args.accounts < 1 or args.warmup < 0:
+        return "connections, seconds and accounts must be positive, warmup not negative"
+    if args.depth < 1 or args.rate < 0:
+        return "depth must be positive, rate not negative"
+    if not 1 <= args.terminals <= PROVISION_PIPELINE_DEPTH:
+        return f"--terminals: 1..{PROVISION_PIPELINE_DEPTH}"
+    if args.host is not None and (args.port is None or args.data is None):
+        return "--host needs --port and --data (for admin.key)"
+    if args.host is not None and (args.prebuild or args.server != "switch"):
+        return "--prebuild and --server start a server: not with --host"
+    return None
+
+
+def _stop_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)   # so `finally` stops what we started
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
-    if args.connections < 1 or args.depth < 1 or args.seconds <= 0 or args.accounts < 1:
-        print("connections, depth, seconds and accounts must be positive", file=sys.stderr)
-        return 2
-    if not 1 <= args.terminals <= PROVISION_PIPELINE_DEPTH:
-        print(f"--terminals: 1..{PROVISION_PIPELINE_DEPTH}", file=sys.stderr)
+    problem = _check(args)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     if args.depth > limits.requests_in_flight_max:
         print(f"--depth above the switch's in-flight cap ({limits.requests_in_flight_max}) "
               f"only measures its backpressure", file=sys.stderr)
     if args.seed is None:
         args.seed = random.randrange(2**32)
-    _raise_file_limit()
-    existing = args.host is not None
-    if existing and (args.port is None or args.data is None):
-        print("--host needs --port and --data (for admin.key)", file=sys.stderr)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    file_limit = _raise_file_limit()
+    if args.connections + 64 > file_limit:
+        print(f"--connections {args.connections} needs more descriptors than RLIMIT_NOFILE "
+              f"({file_limit})", file=sys.stderr)
         return 2
+    tag = f"{random.Random(args.seed).getrandbits(32):08X}"
+    existing = args.host is not None
     temporary = None
     server = None
+    result = {"label": args.label or ("bare" if args.server == "bare" else "switch"),
+              "system": "switch" if existing else args.server,
+              "mode": "idle" if args.idle else ("open" if args.rate > 0 else "closed"),
+              "command": _command_line(argv), "connections": args.connections,
+              "depth": args.depth, "rate": args.rate, "seconds": args.seconds,
+              "warmup_s": args.warmup, "accounts": args.accounts, "terminals": args.terminals,
+              "seed": args.seed, "prebuilt": args.prebuild, "started_at": time.time()}
     try:
+        server_pid = args.server_pid
         if existing:
             data_dir = pathlib.Path(args.data)
             address, metrics_address = (args.host, args.port), args.metrics
-            pinning = "switch as it runs"
+            pinning = "server as it runs"
         else:
-            temporary = pathlib.Path(tempfile.mkdtemp(prefix="switch-bench-"))
+            temporary = pathlib.Path(tempfile.mkdtemp(prefix="switch-bench-", dir=args.workdir))
             data_dir = temporary / "data"
-            server = SwitchProcess(data_dir, args)
+            if args.server == "bare":
+                credentials_path = temporary / "credentials.json"
+                cards, terminals = bare_credentials(credentials_path, tag, args)
+                command = [sys.executable, str(REPO / "bench" / "bare_server.py"),
+                           "--credentials", str(credentials_path), "--listen", "127.0.0.1:0",
+                           "--lifetime", str(args.warmup + args.seconds + args.hold + 600)]
+                server = ServerProcess(command, temporary, "bare", args, wants_metrics=False)
+            else:
+                if args.prebuild:
+                    began = time.perf_counter()
+                    cards, terminals = prebuild(data_dir, tag, args)
+                    result["provision_s"] = time.perf_counter() - began
+                    print(f"prebuilt {args.accounts} accounts and cards, {args.terminals} "
+                          f"terminals in {result['provision_s']:.1f} s (offline, switch code)",
+                          flush=True)
+                command = [sys.executable, "-m", "switch", "serve", "--data", str(data_dir),
+                           "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
+                           "--log-level", args.log_level]
+                if args.config:
+                    command += ["--config", args.config]
+                server = ServerProcess(command, temporary, "switch", args, wants_metrics=True)
             address, metrics_address = server.start()
-            pinning = f"switch on {server.pinning}"
+            server_pid = server.pid
+            pinning = f"server on {server.pinning}"
         if not args.no_pin and _cpu_count() >= 2:
             pinning += f", load on {_pin_self(args.load_cpu)}"
-        admin_key = bytes.fromhex((data_dir / "admin.key").read_text().strip())
-        print(f"switch at {address[0]}:{address[1]}, data {data_dir}, seed {args.seed}",
-              flush=True)
-        result = trio.run(_bench, args, address, metrics_address, admin_key, server)
-        _report(args, result, pinning)
+        result["pinning"] = pinning
+        print(f"{result['system']} at {address[0]}:{address[1]}, seed {args.seed}", flush=True)
+        if result["system"] == "switch" and not args.prebuild:
+            admin_key = bytes.fromhex((data_dir / "admin.key").read_text().strip())
+            began = time.perf_counter()
+            cards, terminals = provision(address, admin_key, tag, args)
+            result["provision_s"] = time.perf_counter() - began
+            print(f"provisioned {args.accounts} accounts and cards, {args.terminals} terminals "
+                  f"over the wire in {result['provision_s']:.1f} s", flush=True)
+
+        if args.idle:
+            result.update(run_idle(args, address, terminals, server_pid))
+        else:
+            before = scrape(metrics_address)
+            result.update(run_load(args, address, cards, terminals, server_pid))
+            result["commit"] = commit_figures(before, scrape(metrics_address))
+            _report(args, result)
         if server:
             code = server.stop()
-            print(f"switch stopped   exit {code} on SIGTERM")
-        audit_code = _audit(data_dir)
-        return 0 if audit_code == 0 else 1
+            result["server_exit"] = code
+            print(f"{server.name} stopped   exit {code} on SIGTERM")
+            if code != 0:
+                print(server.stderr_tail(), file=sys.stderr)
+        if result["system"] == "switch" and not args.no_audit:
+            result["audit"] = _audit(data_dir)
+        if args.json_out:
+            pathlib.Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+            pathlib.Path(args.json_out).write_text(json.dumps(result, indent=1))
+        audit_ok = result.get("audit", {}).get("exit", 0) == 0
+        return 0 if audit_ok and result.get("server_exit", 0) == 0 else 1
     finally:
         if server:
             server.kill()

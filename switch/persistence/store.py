@@ -67,6 +67,11 @@ class Store:
         self.env = lmdb.open(path, map_size=map_size_bytes, max_dbs=limits.lmdb_max_dbs,
                              max_readers=limits.lmdb_max_readers, subdir=True,
                              sync=True, metasync=True, lock=True, readahead=False, mode=0o600)
+        # LMDB reopens a grown data file with the map at exactly its used size, so the first
+        # commit after a restart would meet MapFull: leave room from the start.
+        used, size = self.map_usage()
+        if used > size * 0.75:
+            self.env.set_mapsize(max(map_size_bytes, used * limits.lmdb_map_growth_factor))
         self.dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
         # Two generations of writes not yet on disk: the open batch's, and the sealed batch
         # being committed. Reads look in that order, then at LMDB. A commit drops a whole

@@ -135,3 +135,26 @@ def test_reverse_prefix_iteration(tmp_path):
     assert [int.from_bytes(k[-8:], "big") for k in below] == [2, 1]
     last = [k for k, _ in store.committed_items("account_journal", b"B\0", reverse=True)]
     assert len(last) == 3
+
+
+def test_reopening_a_grown_store_leaves_room_to_write(tmp_path):
+    store = Store(str(tmp_path), map_size_bytes=64 * 1024)
+    for attempt in range(8):
+        for n in range(200):
+            store.put("journal", (attempt * 200 + n).to_bytes(8, "big"), b"x" * 400)
+        batch = store.seal()
+        while True:
+            try:
+                store.write_batch(batch)
+                break
+            except lmdb.MapFullError:
+                store.grow_map()
+        store.committed(batch)
+    used, _ = store.map_usage()
+    store.close()
+    reopened = Store(str(tmp_path), map_size_bytes=64 * 1024)
+    assert reopened.map_usage()[1] >= used * 2
+    reopened.put("journal", (10**6).to_bytes(8, "big"), b"y" * 400)
+    batch = reopened.seal()
+    reopened.write_batch(batch)  # no MapFull on the first commit after reopening
+    reopened.committed(batch)
