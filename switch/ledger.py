@@ -105,10 +105,8 @@ class Ledger:
 
     # ----------------------------------------------------------- accounts
     def account(self, account_id: str) -> bytearray | None:
-        data = self.store.get("accounts", account_id.encode())
-        if data is None:
-            return None
-        return data if type(data) is bytearray else bytearray(data)
+        """The account record, safe to change in place (then `save_account`)."""
+        return self.store.get_mutable("accounts", account_id.encode())
 
     def save_account(self, account_id: str, record: bytearray) -> None:
         assert len(record) == layout.ACCOUNT_RECORD_SIZE

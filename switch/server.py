@@ -221,9 +221,12 @@ class Connection:
                     return
                 # Half a frame, then silence, holds a connection only this long.
                 partial = decoder.buffered_bytes > 0
-                idle.deadline = current_time() + (
+                deadline = current_time() + (
                     min(idle_timeout_s, limits.frame_complete_timeout_s) if partial
                     else idle_timeout_s)
+                # Moving a deadline costs; a second's slack on a 10 or 120 s timer is fine.
+                if deadline < idle.deadline or deadline > idle.deadline + 1.0:
+                    idle.deadline = deadline
                 data = await transport.receive(limits.receive_size_bytes)
                 if not data:
                     return

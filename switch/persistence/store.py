@@ -53,10 +53,8 @@ def txn_key(txn: int) -> bytes:
 @dataclass
 class Batch:
     number: int
-    writes: list = field(default_factory=list)  # (db name, key, bytes or None)
+    writes: dict = field(default_factory=dict)  # (db name, key) -> bytes-like or DELETED
     last_txn: int = 0
-    puts: dict = field(default_factory=dict)     # db name -> sorted [(key, value)]
-    deletes: dict = field(default_factory=dict)  # db name -> [key]
 
 
 class Store:
@@ -175,22 +173,27 @@ class Store:
     def open_writes(self) -> int:
         return len(self._dirty)
 
+    def get_mutable(self, db: str, key: bytes) -> bytearray | None:
+        """A value the caller may change in place and then `put`.
+
+        The open batch's own bytearray is returned as is; anything older (the committing
+        batch's, or LMDB's) is copied, so a sealed batch never changes under the writer.
+        """
+        value = self._dirty.get((db, key), _MISSING)
+        if value is not _MISSING:
+            return value if value is None or type(value) is bytearray else bytearray(value)
+        value = self.get(db, key)
+        return None if value is None else bytearray(value)
+
     def seal(self) -> Batch:
-        """Freeze the open batch's writes (copies, so later mutation cannot leak in)."""
-        writes = [(db, key, None if value is DELETED else bytes(value))
-                  for (db, key), value in self._dirty.items()]
-        puts: dict[str, list] = {}
-        deletes: dict[str, list] = {}
-        for db, key, value in writes:
-            if value is None:
-                deletes.setdefault(db, []).append(key)
-            else:
-                puts.setdefault(db, []).append((key, value))
-        for items in puts.values():
-            items.sort()  # LMDB inserts sorted keys with fewer page splits
-        batch = Batch(self._batch_number, writes, self.last_txn, puts, deletes)
+        """Freeze the open batch's writes: O(1), the writer thread takes the dict as is.
+
+        Nothing mutates a sealed value afterwards: mutable values are only ever changed
+        through `get_mutable`, which copies anything not owned by the open batch.
+        """
         # One batch commits at a time (the committer is sequential).
         assert not self._sealed, "sealed a batch while another was committing"
+        batch = Batch(self._batch_number, self._dirty, self.last_txn)
         self._sealed = self._dirty
         self._dirty = {}
         self._batch_number += 1
@@ -204,14 +207,13 @@ class Store:
         """
         dbs = self.dbs
         with self.env.begin(write=True) as txn:
-            for db, keys in batch.deletes.items():
-                handle = dbs[db]
-                for key in keys:
-                    txn.delete(key, db=handle)
-            for db, items in batch.puts.items():
-                # putmulti runs the loop in C: the per-key Python loop showed in profiles.
-                added, _ = txn.cursor(db=dbs[db]).putmulti(items)
-                assert added == len(items), (db, added, len(items))
+            put = txn.put
+            delete = txn.delete
+            for (db, key), value in batch.writes.items():
+                if value is DELETED:
+                    delete(key, db=dbs[db])
+                else:
+                    put(key, value, db=dbs[db])
 
     def committed(self, batch: Batch) -> None:
         """The batch is durable: read it from LMDB from now on."""

@@ -41,16 +41,24 @@ def test_overlay_is_seen_before_commit_and_disk_after(tmp_path):
     reopened.close()
 
 
-def test_sealed_batch_is_a_copy(tmp_path):
+def test_a_sealed_batch_never_changes_under_the_writer(tmp_path):
     store = Store(str(tmp_path))
-    record = bytearray(b"abc")
-    store.put("accounts", b"A", record)
+    store.put("accounts", b"A", bytearray(b"abc"))
     batch = store.seal()
-    record[0] = ord("X")  # mutated for the next batch, after sealing
+    # The next batch changes the same record: it gets its own copy.
+    record = store.get_mutable("accounts", b"A")
+    record[0] = ord("X")
+    store.put("accounts", b"A", record)
+    assert store.get_mutable("accounts", b"A") is record  # the open batch's own, as is
+    assert batch.writes[("accounts", b"A")] == b"abc"
     store.write_batch(batch)
     store.committed(batch)
+    assert store.get("accounts", b"A") == b"Xbc"
+    second = store.seal()
+    store.write_batch(second)
+    store.committed(second)
     store.close()
-    assert Store(str(tmp_path)).get("accounts", b"A") == b"abc"
+    assert Store(str(tmp_path)).get("accounts", b"A") == b"Xbc"
 
 
 def test_delete_through_overlay(tmp_path):
