@@ -21,6 +21,8 @@ setup(
         "msgpack>=1.0",
         "lmdb>=1.4",
         "prometheus-client>=0.20",
+        # Schools' local days need their time zone; a minimal machine may have no zoneinfo.
+        "tzdata",
     ],
     extras_require={
         # hdrhistogram: the simulator's latency percentiles (HdrHistogram, as the issue asks);
