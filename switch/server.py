@@ -3,7 +3,6 @@ and hands their replies to group commit. It decides nothing itself."""
 
 import errno
 import logging
-import signal
 import time
 from collections import deque
 
@@ -410,10 +409,3 @@ class Server:
             await Connection(self, Transport(sock)).run()
         finally:
             self.connection_count -= 1
-
-    async def drain_on_signal(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("event=draining signal=%d", signum)
-                self.drain()
-                return
