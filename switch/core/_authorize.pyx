@@ -407,42 +407,46 @@ def unspend(account, long long amount, int day):
         record.spent_today = spent
 
 
-def complete_hold(account, long long hold_amount, long long amount, int day):
-    """Release a hold of `hold_amount` and take `amount` (<= hold_amount), counted to `day`."""
-    cdef AccountRecord* record = _record(account)
-    cdef long long held
+cdef inline int _take(AccountRecord* record, long long amount) except -1:
+    """Take `amount` (>= 0) off the balance unconditionally; wrapping int64 is a bug."""
     cdef long long balance
     cdef bint wrapped
-    assert 0 <= amount <= hold_amount, (amount, hold_amount)
-    wrapped = sub_overflow(record.held, hold_amount, &held)
-    assert not wrapped, (record.held, hold_amount)
-    _put_held(record, held)
-    wrapped = sub_overflow(record.balance, amount, &balance)
+    assert amount >= 0, amount
+    wrapped = sub_overflow(record.balance, amount, &balance)  # not inside assert: -O drops it
     assert not wrapped, (record.balance, amount)
     _put_balance(record, balance)
-    _count_spending(record, amount, day)
+    return 0
 
 
-def release_hold(account, long long hold_amount):
-    """Release a hold of `hold_amount` without taking anything."""
-    cdef AccountRecord* record = _record(account)
+cdef inline int _release(AccountRecord* record, long long hold_amount) except -1:
+    """Release `hold_amount` (>= 0) of the held total."""
     cdef long long held
     cdef bint wrapped
     assert hold_amount >= 0, hold_amount
     wrapped = sub_overflow(record.held, hold_amount, &held)
     assert not wrapped, (record.held, hold_amount)
     _put_held(record, held)
+    return 0
+
+
+def complete_hold(account, long long hold_amount, long long amount, int day):
+    """Release a hold of `hold_amount` and take `amount` (<= hold_amount), counted to `day`."""
+    cdef AccountRecord* record = _record(account)
+    assert 0 <= amount <= hold_amount, (amount, hold_amount)
+    _release(record, hold_amount)
+    _take(record, amount)
+    _count_spending(record, amount, day)
+
+
+def release_hold(account, long long hold_amount):
+    """Release a hold of `hold_amount` without taking anything."""
+    _release(_record(account), hold_amount)
 
 
 def apply_offline(account, long long amount, int day):
     """Apply an offline tap of local day `day`: always taken, counted unless the day is past."""
     cdef AccountRecord* record = _record(account)
-    cdef long long balance
-    cdef bint wrapped
-    assert amount >= 0, amount
-    wrapped = sub_overflow(record.balance, amount, &balance)
-    assert not wrapped, (record.balance, amount)
-    _put_balance(record, balance)
+    _take(record, amount)
     if day >= record.spent_day:
         _count_spending(record, amount, day)
 
@@ -450,13 +454,8 @@ def apply_offline(account, long long amount, int day):
 def apply_meter(account, long long amount):
     """Take a meter deduction; True when it cut the power (balance at or below 0 while on)."""
     cdef AccountRecord* record = _record(account)
-    cdef long long balance
-    cdef bint wrapped
-    assert amount >= 0, amount
-    wrapped = sub_overflow(record.balance, amount, &balance)
-    assert not wrapped, (record.balance, amount)
-    _put_balance(record, balance)
-    if record.power_on == 1 and balance <= 0:
+    _take(record, amount)
+    if record.power_on == 1 and record.balance <= 0:
         record.power_on = 0
         return True
     return False
