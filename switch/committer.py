@@ -8,6 +8,7 @@ import lmdb
 import trio
 
 from switch import limits
+from switch.dispatch import failures
 
 log = logging.getLogger("switch.commit")
 
@@ -64,7 +65,14 @@ class Committer:
             if not busy and self.batch_wait_s and len(self._open) < self.batch_requests_max:
                 # At light load a short wait lets a few more requests share the fsync.
                 await trio.sleep(self.batch_wait_s)
-            await self._commit_open_batch()
+            try:
+                await self._commit_open_batch()
+            except Exception:
+                # A fault of ours around a commit: it is logged and counted, and the
+                # committer goes on, since every till waits on it.
+                failures.failed("committer_failed")
+                self.metrics.failures.labels("commit").inc()
+                await trio.sleep(limits.task_restart_delay_s)
             busy = bool(self._open)
 
     async def _commit_open_batch(self) -> None:
@@ -95,18 +103,42 @@ class Committer:
             self.metrics.holds_open.set(self.ledger.holds.open_count)
             self.commits += 1
             self.journal_advanced.unpark_all()
-            self._check_map()
+            try:
+                self._check_map()
+            except Exception:  # the batch is durable: its replies must still go out
+                failures.failed("map_check_failed", batch=batch.number)
+                self.metrics.failures.labels("commit").inc()
         for effect in effects:
-            effect()
+            try:
+                effect()
+            except Exception:
+                # A push or a revocation that failed is logged; the batch is durable anyway.
+                failures.failed("effect_failed", batch=batch.number)
+                self.metrics.failures.labels("effect").inc()
         self.metrics.commit_batch_size.observe(len(replies))
+        self._deliver(replies)
+
+    def _deliver(self, replies) -> None:
+        """Hand each reply to its connection; one broken connection ends alone."""
         now = time.perf_counter()
         touched = set()
         for connection, reply, started_s in replies:
-            connection.send_reply(reply, now - started_s)
+            try:
+                connection.send_reply(reply, now - started_s)
+            except Exception:
+                self._connection_failed(connection)
             touched.add(connection)
         # One write per connection per commit, straight to the socket.
         for connection in touched:
-            connection.flush()
+            try:
+                connection.flush()
+            except Exception:
+                self._connection_failed(connection)
+
+    def _connection_failed(self, connection) -> None:
+        failures.failed("delivery_failed", peer=connection.peer)
+        self.metrics.failures.labels("delivery").inc()
+        connection.fail()
 
     async def _write(self, batch) -> None:
         for _ in range(limits.commit_retries_map_full_max):
@@ -120,14 +152,8 @@ class Committer:
         raise RuntimeError("LMDB map still full after growing")
 
     def _fail(self, replies) -> None:
-        now = time.perf_counter()
-        touched = set()
-        for connection, reply, started_s in replies:
-            connection.send_reply({"t": reply.get("t"), "re": reply.get("re"), "code": "internal"},
-                                  now - started_s)
-            touched.add(connection)
-        for connection in touched:
-            connection.flush()
+        self._deliver([(connection, {"t": reply.get("t"), "re": reply.get("re"), "code": "internal"},
+                        started_s) for connection, reply, started_s in replies])
 
     def _check_map(self) -> None:
         used, size = self.store.map_usage()

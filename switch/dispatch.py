@@ -4,8 +4,13 @@ Synchronous and free of I/O; the shell calls `execute` for every request frame
 and sends the reply once the batch it landed in is committed.
 """
 
-from switch import (account_settings, card_office, dorm, handlers, offline, payments, requests,
-                    roles)
+import logging
+import time
+
+from switch import (account_settings, card_office, dorm, handlers, limits, offline, payments,
+                    requests, roles)
+
+log = logging.getLogger("switch.dispatch")
 
 HANDLERS = {**handlers.HANDLERS, **card_office.HANDLERS, **account_settings.HANDLERS,
             **payments.HANDLERS, **dorm.HANDLERS, **offline.HANDLERS}
@@ -20,7 +25,52 @@ def _reply(request_type: str, code: str) -> dict:
 _NOT_REMEMBERED = frozenset({"bad_request", "bad_amount", "not_permitted", "busy", "internal"})
 
 
+class FailureLog:
+    """Logs a failure with its traceback, at most `failure_tracebacks_per_minute_max` a minute:
+    a peer that can make one request raise must not be able to flood the log with it."""
+
+    def __init__(self, logger: logging.Logger):
+        self.logger = logger
+        self._window_start_s = -60.0
+        self._logged = 0
+        self.suppressed = 0
+
+    def failed(self, event: str, **fields) -> None:
+        now_s = time.monotonic()
+        if now_s - self._window_start_s >= 60.0:
+            if self.suppressed:
+                self.logger.error("event=%s_suppressed count=%d", event, self.suppressed)
+            self._window_start_s, self._logged, self.suppressed = now_s, 0, 0
+        if self._logged >= limits.failure_tracebacks_per_minute_max:
+            self.suppressed += 1
+            return
+        self._logged += 1
+        details = " ".join(f"{key}={value}" for key, value in fields.items())
+        self.logger.exception("event=%s %s", event, details)
+
+
+failures = FailureLog(log)
+
+
 def execute(ledger, credential, message: dict) -> dict:
+    """The reply to one request. A request that raises is undone alone and answered
+    `internal`: the other requests of its batch, and the process, carry on."""
+    ledger.begin_request()
+    try:
+        return _execute(ledger, credential, message)
+    except Exception:
+        ledger.rollback_request()
+        ledger.failures += 1
+        request_type = message.get("t")
+        request_type = request_type if type(request_type) is str and request_type in HANDLERS else "error"
+        # Only the type and the credential: the message may hold a PIN or a QR code.
+        failures.failed("request_failed", t=request_type, who=credential.who)
+        return _reply(request_type, "internal")
+    finally:
+        ledger.end_request()
+
+
+def _execute(ledger, credential, message: dict) -> dict:
     request_type = message.get("t")
     if type(request_type) is not str:
         return _reply("error", "bad_request")

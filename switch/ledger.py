@@ -62,6 +62,27 @@ class Ledger:
         self._effects: list = []
         self.blacklist = Blacklist(store)
         self.holds = Holds(self)
+        # Requests (and housekeeping passes) that raised and were undone; exported as a metric.
+        self.failures = 0
+        self._request_effects = 0
+        self._request_holds_open = 0
+
+    # ----------------------------------------------------------- one request, all or nothing
+    def begin_request(self) -> None:
+        """Everything until `end_request` can be undone by `rollback_request`."""
+        self.store.begin_request()
+        self._request_effects = len(self._effects)
+        self._request_holds_open = self.holds.open_count
+
+    def end_request(self) -> None:
+        self.store.end_request()
+
+    def rollback_request(self) -> None:
+        """Undo a request that raised: its writes, its effects and what it cached."""
+        self.store.rollback()
+        del self._effects[self._request_effects:]
+        self.holds.open_count = self._request_holds_open
+        self._credentials.clear()  # read through the overlay again on next use
 
     # ----------------------------------------------------------- after commit
     def after_commit(self, effect) -> None:

@@ -60,6 +60,10 @@ listen_backlog = 4096
 receive_size_bytes = 65536 + 4     # one receive can hold a whole max frame
 send_buffer_bytes_max = 4 * 1024 * 1024  # a client that never reads is dropped past this
 
+# --- Containment ---
+failure_tracebacks_per_minute_max = 20  # more failures than this a minute are counted, not logged
+task_restart_delay_s = 0.1              # a supervised task that raised starts again after this
+
 # --- Group commit ---
 batch_requests_max = 4096          # requests gathered into one LMDB transaction
 batch_wait_s = 0.0005              # how long the committer lets a batch fill at light load

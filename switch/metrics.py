@@ -13,6 +13,9 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # `*_created` series double the exposition and no dashboard of ours reads them.
 prometheus_client.disable_created_metrics()
 
+# Where a contained fault can happen: the `where` label of switch_failures_total.
+FAILURE_PLACES = ("request", "connection", "delivery", "effect", "commit", "task")
+
 http_request_bytes_max = 8192
 http_timeout_s = 5.0
 
@@ -63,12 +66,18 @@ class Metrics:
                                        ["school"], registry=registry)
         self.cutoffs = Counter("switch_power_cutoffs", "Dorm rooms whose power was cut off",
                                ["school"], registry=registry)
+        self.failures = Counter("switch_failures",
+                                "Faults of the switch contained to where they happened (request, "
+                                "connection, delivery, effect, commit, task), each logged",
+                                ["where"], registry=registry)
         self.info = Gauge("switch_build_info", "Version of the running switch", ["version"],
                           registry=registry)
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         for role in ("pending", "terminal", "service", "admin"):
             self.connections.labels(role)
+        for where in FAILURE_PLACES:
+            self.failures.labels(where)
         # labels() costs ~3 µs; the hot path looks children up in these dicts instead.
         self._request_children = {}
         self._duration_children = {}

@@ -10,8 +10,10 @@ import trio
 
 from switch import dispatch, dorm, limits, payments
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
+from switch.codec.session import OPEN
 from switch.codec.framing import FrameTooLarge
 from switch.committer import Committer
+from switch.dispatch import failures
 from switch.forwarder import Forwarder
 from switch.metrics import Metrics
 from switch.transport import PeerGone, Transport, accept
@@ -52,11 +54,12 @@ class Connection:
         """Queue a reply (the committer calls `flush` once per batch and connection)."""
         self.in_flight -= 1
         self.server.metrics.observe_reply(reply["t"], reply["code"], seconds)
-        if not self.closed:
+        # Replies go out before the error frame that ends a session, never after it.
+        if not self.closed and not self._error_queued:
             try:
                 frame = self.session.encode_reply(reply)
             except FrameTooLarge:
-                # e.g. a `full` blacklist beyond one frame: say so rather than send garbage.
+                # Money may have moved under this reply: say `internal` rather than nothing.
                 log.error("event=reply_too_large t=%s re=%s", reply["t"], reply["re"])
                 frame = self.session.encode_reply({"t": reply["t"], "re": reply["re"],
                                                    "code": "internal"})
@@ -64,9 +67,13 @@ class Connection:
         self._capacity.unpark_all()
 
     def send_push(self, message: dict) -> None:
-        if not self.closed and self.session.state == "open":
+        if not self.closed and self.session.state == OPEN:
             self._queue(self.session.encode_push(message))
             self.flush()
+
+    def fail(self) -> None:
+        """Something of ours broke while serving this connection: end it alone."""
+        self._peer_gone()
 
     def abort(self, code: str) -> None:
         """Close at once with a connection-level error (revocation)."""
@@ -238,6 +245,9 @@ class Connection:
         server = self.server
         committer = server.committer
         shed = False
+        if self.session.state != OPEN:
+            backlog.clear()  # ended (revoked, or a protocol error): nothing more runs for it
+            return
         while backlog and self.in_flight < limits.requests_in_flight_max:
             started = time.perf_counter()
             request = self.session.receive_request(backlog.popleft())
@@ -288,6 +298,7 @@ class Server:
         self.sessions: dict[str, set] = {}
         self.live: set = set()
         self.connection_count = 0
+        self._failures_counted = ledger.failures
         self._connections_scope = None
         self._accepting_scope = None
         ledger.on_revoke = self._revoke_sessions
@@ -340,11 +351,12 @@ class Server:
         returns once everything in flight is answered."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.committer.run)
-            nursery.start_soon(self._housekeeping)
+            nursery.start_soon(self._supervised, "housekeeping", self._housekeeping)
             # A forwarder per destination: reads committed journal only, never blocks tills.
             for destination in self.config.destinations:
-                nursery.start_soon(Forwarder(destination, self.store, self.committer,
-                                             self.metrics).run)
+                forwarder = Forwarder(destination, self.store, self.committer, self.metrics)
+                nursery.start_soon(self._supervised, f"forwarder:{destination.name}",
+                                   forwarder.run)
             async with trio.open_nursery() as connections:
                 self._connections_scope = connections.cancel_scope
                 self._accepting_scope = trio.CancelScope()
@@ -370,14 +382,40 @@ class Server:
             await trio.sleep(housekeeping_interval_s)
             self.housekeep()
 
+    async def _supervised(self, name: str, run) -> None:
+        """Run a task that must keep running; if it raises, log, count and start it again."""
+        while True:
+            try:
+                await run()
+                return
+            except Exception:
+                failures.failed("task_failed", task=name)
+                self.metrics.failures.labels("task").inc()
+            await trio.sleep(limits.task_restart_delay_s)
+
     def housekeep(self) -> None:
-        payments.prune_used_qr(self.ledger)
-        self.ledger.forget_old_ids(limits.idempotency_forget_per_pass_max)
-        expired = dorm.expire_due_holds(self.ledger)
+        ledger = self.ledger
+        expired = 0
+        # All or nothing, like a request: a pass that raises leaves no half-done writes.
+        ledger.begin_request()
+        try:
+            payments.prune_used_qr(ledger)
+            ledger.forget_old_ids(limits.idempotency_forget_per_pass_max)
+            expired = dorm.expire_due_holds(ledger)
+        except Exception:
+            ledger.rollback_request()
+            expired = 0
+            failures.failed("housekeeping_failed")
+            self.metrics.failures.labels("task").inc()
+        finally:
+            ledger.end_request()
         if expired:
             self.metrics.holds_expired.inc(expired)
-        self.metrics.holds_open.set(self.ledger.holds.open_count)
+        self.metrics.holds_open.set(ledger.holds.open_count)
         self.metrics.commit_queue.set(self.committer.queued)
+        if ledger.failures > self._failures_counted:
+            self.metrics.failures.labels("request").inc(ledger.failures - self._failures_counted)
+            self._failures_counted = ledger.failures
         self.committer.kick()
 
     def drain(self) -> None:
@@ -405,7 +443,18 @@ class Server:
 
     async def _run_connection(self, sock) -> None:
         self.connection_count += 1
+        connection = None
         try:
-            await Connection(self, Transport(sock)).run()
+            connection = Connection(self, Transport(sock))
+            await connection.run()
+        except Exception:
+            # A fault while serving one connection ends that connection, never the switch.
+            failures.failed("connection_failed",
+                            peer=connection.peer if connection is not None else "?")
+            self.metrics.failures.labels("connection").inc()
         finally:
             self.connection_count -= 1
+            if connection is not None:
+                connection.transport.close()
+            else:
+                sock.close()

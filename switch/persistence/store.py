@@ -77,6 +77,10 @@ class Store:
         self._dirty: dict = {}            # (db, key) -> value or DELETED: the open batch
         self._sealed: dict = {}           # the same for the batch being committed
         self._batch_number = 1
+        # While a request executes: what each key it touched held before, so a request that
+        # raises can be undone alone (`rollback`) without losing the rest of the open batch.
+        self._undo: dict | None = None
+        self._undo_last_txn = 0
         self._read = None
         self._check_schema()
         self.last_txn = self._read_last_txn()
@@ -160,10 +164,41 @@ class Store:
 
     # ------------------------------------------------------------------ writes
     def put(self, db: str, key: bytes, value) -> None:
+        if self._undo is not None:
+            self._remember_for_undo((db, key))
         self._dirty[(db, key)] = value
 
     def delete(self, db: str, key: bytes) -> None:
+        if self._undo is not None:
+            self._remember_for_undo((db, key))
         self._dirty[(db, key)] = DELETED
+
+    # ------------------------------------------------------------------ one request
+    def begin_request(self) -> None:
+        """Start recording what the next writes replace, until `end_request` or `rollback`."""
+        self._undo = {}
+        self._undo_last_txn = self.last_txn
+
+    def end_request(self) -> None:
+        self._undo = None
+
+    def rollback(self) -> None:
+        """Undo every write since `begin_request`: the open batch is as it was before it."""
+        undo, self._undo = self._undo, None
+        assert undo is not None, "rollback without begin_request"
+        dirty = self._dirty
+        for slot, previous in undo.items():
+            if previous is _MISSING:
+                dirty.pop(slot, None)
+            else:
+                dirty[slot] = previous
+        self.last_txn = self._undo_last_txn
+
+    def _remember_for_undo(self, slot) -> None:
+        if slot not in self._undo:
+            previous = self._dirty.get(slot, _MISSING)
+            # A bytearray of the open batch may be changed in place after this: keep a copy.
+            self._undo[slot] = bytearray(previous) if type(previous) is bytearray else previous
 
     def next_txn(self) -> int:
         self.last_txn += 1
@@ -181,6 +216,8 @@ class Store:
         """
         value = self._dirty.get((db, key), _MISSING)
         if value is not _MISSING:
+            if self._undo is not None:
+                self._remember_for_undo((db, key))  # the caller may change it in place
             return value if value is None or type(value) is bytearray else bytearray(value)
         value = self.get(db, key)
         return None if value is None else bytearray(value)
