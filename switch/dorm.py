@@ -9,7 +9,7 @@ restores it (see handlers.credit).
 
 import msgpack
 
-from switch import core
+from switch import core, identifiers
 from switch.core import codes, layout
 from switch.handlers import _decline, _money, account_of
 from switch.payments import check_qr
@@ -74,7 +74,9 @@ def hold(ledger, credential, values):
 
 def _open_hold_of(ledger, credential, request_type, hold_id):
     """(refusal, hold): a hold of this terminal that is still open."""
-    hold = ledger.holds.get(hold_id)
+    # Not of the syntax the switch gives its holds: unknown without a lookup (an empty or
+    # overlong key would not even be a valid store key).
+    hold = ledger.holds.get(hold_id) if identifiers.HOLD.match(hold_id) else None
     # Another terminal's hold is as unknown to this one as a hold that never was.
     if hold is None or hold["who"] != credential.who:
         return _decline(request_type, codes.HOLD_UNKNOWN), None

@@ -20,6 +20,9 @@ requests_in_flight_max = 64        # per connection; past it we stop reading
 # --- Identifiers (§4) ---
 id_str_chars_max = 64
 id_int_max = 2**64 - 1             # msgpack's largest unsigned int
+int64_max = 2**63 - 1              # every other int a peer sends is an int64
+hold_id_digits_max = 20            # `H` + txn: an int64 has at most 19 digits
+message_nesting_depth_max = 6      # maps and lists inside a frame's map; offline is 3 deep
 account_id_chars_max = 32
 card_id_chars_min = 4
 card_id_chars_max = 32

@@ -5,21 +5,14 @@ well-formed, else `bad_request` or `bad_amount`. The listed fields, in schema
 order, are also what idempotency compares (`fingerprint_values`).
 """
 
-import re
-
 from switch import limits
 
 BAD_REQUEST = "bad_request"
 BAD_AMOUNT = "bad_amount"
 INVALID = object()
 
-_ACCOUNT = re.compile(r"[A-Z0-9-]{1,32}\Z")
-_CARD = re.compile(r"[0-9A-F]{4,32}\Z")
-_PIN = re.compile(r"[0-9]{6}\Z")
-_ID_LAST6 = re.compile(r"[0-9]{5}[0-9X]\Z")
-_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
-# Credential ids end up in LMDB keys next to a NUL separator: no NUL, no surprises.
-_CREDENTIAL = re.compile(r"[A-Za-z0-9._:@-]{1,64}\Z")
+from switch.identifiers import ACCOUNT as _ACCOUNT, CARD as _CARD, DAY as _DAY
+from switch.identifiers import ID_LAST6 as _ID_LAST6, PIN as _PIN, is_credential_id
 
 
 def account_id(value):
@@ -47,7 +40,7 @@ def request_id(value):
 
 
 def credential_id(value):
-    return value if type(value) is str and _CREDENTIAL.match(value) else INVALID
+    return value if is_credential_id(value) else INVALID
 
 
 def short_text(value):
@@ -58,16 +51,17 @@ def any_text(value):
     return value if type(value) is str and len(value) <= limits.holder_chars_max else INVALID
 
 
+# Integers a peer sends are stored and compared as int64: anything outside is refused here.
 def non_negative_int(value):
-    return value if type(value) is int and value >= 0 else INVALID
+    return value if type(value) is int and 0 <= value <= limits.int64_max else INVALID
 
 
 def positive_int(value):
-    return value if type(value) is int and value >= 1 else INVALID
+    return value if type(value) is int and 1 <= value <= limits.int64_max else INVALID
 
 
 def any_int(value):
-    return value if type(value) is int else INVALID
+    return value if type(value) is int and -limits.int64_max <= value <= limits.int64_max else INVALID
 
 
 def day(value):

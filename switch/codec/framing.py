@@ -60,10 +60,27 @@ def decode_body(body: bytes) -> dict:
         raise ProtocolError("frame_invalid", f"body: {type(error).__name__}") from None
     if type(message) is not dict:
         raise ProtocolError("frame_invalid", "body is not a map")
-    for key in message:
+    for key, value in message.items():
         if type(key) is not str:
             raise ProtocolError("frame_invalid", "map key is not a str")
+        if (type(value) is list or type(value) is dict) and not _nested_within(
+                value, limits.message_nesting_depth_max - 1):
+            # Whatever reads it later (schemas, fingerprints, records) may recurse.
+            raise ProtocolError("frame_invalid", "nested too deep")
     return message
+
+
+def _nested_within(container, depth_left: int) -> bool:
+    """True when `container` holds maps and lists at most `depth_left` levels deep, itself
+    included."""
+    if depth_left < 1:
+        return False
+    values = container.values() if type(container) is dict else container
+    for value in values:
+        if (type(value) is list or type(value) is dict) and not _nested_within(
+                value, depth_left - 1):
+            return False
+    return True
 
 
 def encode_body(message: dict) -> bytes:

@@ -11,6 +11,7 @@ from typing import Callable, NamedTuple
 from switch import limits
 from switch.codec import mac
 from switch.codec.errors import ProtocolError
+from switch.identifiers import is_credential_id
 from switch.codec.framing import (
     decode_body, encode_body, encode_frame, encode_unauthenticated_error, split_payload)
 
@@ -83,7 +84,8 @@ class ServerSession:
         who = message.get("who")
         nonce = message.get("nonce")
         # One answer for unknown, revoked and forged alike, so ids cannot be probed.
-        key = key_of(who) if type(who) is str and len(who) <= limits.credential_id_chars_max else None
+        # The syntax first: a lookup never sees an id that could not be a credential's.
+        key = key_of(who) if is_credential_id(who) else None
         if (key is None or type(nonce) is not bytes or len(nonce) != limits.nonce_size_bytes
                 or not mac.verify(key, body, received_tag)):
             raise self._fail("unauthenticated")
