@@ -63,7 +63,17 @@ class Config:
     batch_requests_max: int = limits.batch_requests_max
     batch_wait_s: float = limits.batch_wait_s
     connections_max: int = limits.connections_max
+    terminal_requests_per_s: float = float(limits.terminal_requests_per_s)
+    terminal_requests_burst: int = limits.terminal_requests_burst
+    service_requests_per_s: float = float(limits.service_requests_per_s)
+    service_requests_burst: int = limits.service_requests_burst
+    admin_requests_per_s: float = float(limits.admin_requests_per_s)
+    admin_requests_burst: int = limits.admin_requests_burst
     destinations: list = field(default_factory=list)
+
+    def request_budget(self, role: str) -> tuple[float, int]:
+        """(requests a second, burst) for one credential of `role`."""
+        return getattr(self, f"{role}_requests_per_s"), getattr(self, f"{role}_requests_burst")
 
 
 DEFAULT_SCHOOLS = {
@@ -147,3 +157,9 @@ def validate(config: Config) -> None:
         raise ConfigError("batch_requests_max: 1..65536")
     if not 0 <= config.batch_wait_s <= 0.1:
         raise ConfigError("batch_wait_s: 0..0.1")
+    for role in ("terminal", "service", "admin"):
+        rate_per_s, burst = config.request_budget(role)
+        if not 0.1 <= rate_per_s <= 1_000_000:
+            raise ConfigError(f"{role}_requests_per_s: 0.1..1000000 requests a second")
+        if not 1 <= burst <= 10_000_000:
+            raise ConfigError(f"{role}_requests_burst: 1..10000000 requests")

@@ -58,10 +58,33 @@ blacklist_changes_kept = 10_000    # per school; an older `since` gets the full 
 blacklist_delta_cards_max = 20_000 # a delta longer than this is sent as the full list
 
 # --- Server (implementation choices) ---
-connections_max = 12_000           # accepted sockets beyond this are closed at once
+connections_max = 12_000           # signed-on sessions; default, configurable
+# Sockets that have not said hello yet are bounded apart from sessions, so a flood of silent
+# sockets cannot keep a till from signing on: past a bound the oldest of them is closed (if it
+# has waited at least the eviction age; a till says hello within milliseconds), else the new one.
+connections_pending_max = 1024
+connections_pending_per_address_max = 256
+connection_pending_evict_age_s = 1.0
 listen_backlog = 4096
 receive_size_bytes = 65536 + 4     # one receive can hold a whole max frame
-send_buffer_bytes_max = 4 * 1024 * 1024  # a client that never reads is dropped past this
+# Reply bytes held for one connection: encoded and unsent, plus replies waiting for their
+# commit (estimated). Past the first the peer is dropped (it does not read); past the second
+# the switch stops reading from it until its replies go out.
+send_buffer_bytes_max = 1024 * 1024
+send_stall_timeout_s = 30.0              # unsent replies and no progress for this long: dropped
+connection_reply_bytes_max = 512 * 1024
+replies_bytes_total_max = 64 * 1024 * 1024  # over every connection: past it, none is read
+reply_bytes_small = 512                  # the estimate for a reply of a type that stays small
+
+# --- Request budget per credential (token bucket; defaults, configurable per role) ---
+# A till pays a few times a minute and a recharge service a few hundred a second at the
+# busiest; these are far above both, and far below what one credential could flood.
+terminal_requests_per_s = 200
+terminal_requests_burst = 1000
+service_requests_per_s = 5000
+service_requests_burst = 20000
+admin_requests_per_s = 5000
+admin_requests_burst = 20000
 
 # --- Containment ---
 failure_tracebacks_per_minute_max = 20  # more failures than this a minute are counted, not logged

@@ -6,12 +6,14 @@ import logging
 import time
 from collections import deque
 
+import msgpack
 import trio
 
 from switch import dispatch, dorm, limits, payments
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
 from switch.codec.session import OPEN
 from switch.codec.framing import FrameTooLarge
+from switch.budget import RequestBudget
 from switch.committer import Committer
 from switch.dispatch import failures
 from switch.forwarder import Forwarder
@@ -27,18 +29,34 @@ _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBU
 drain_timeout_s = 10.0
 
 
+# Replies whose size grows with what they list are measured; the rest are small.
+_LISTING_TYPES = frozenset({"history", "account", "blacklist", "offline"})
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def reply_size(reply: dict) -> int:
+    """What a reply will take as a frame, closely enough to bound the memory it holds."""
+    if reply["t"] in _LISTING_TYPES:
+        return len(_packb(reply)) + limits.tag_size_bytes + limits.frame_length_prefix_bytes
+    return limits.reply_bytes_small
+
+
 class Connection:
     """One inbound connection: a reader that executes; replies go straight to the socket."""
 
-    def __init__(self, server: "Server", transport: Transport):
+    def __init__(self, server: "Server", transport: Transport, address: str):
         self.server = server
         self.transport = transport
         self.session = ServerSession()
         self.decoder = FrameDecoder()
         self.credential = None
+        self.budget = None
         self.role = "pending"
         self.in_flight = 0
+        self.address = address
+        self.accepted_at = trio.current_time()
         self.peer = transport.peer()
+        self.reply_bytes = 0             # estimated size of replies waiting for their commit
         self._backlog: deque = deque()   # frames read but not yet executed (in-flight cap)
         self._out: list = []             # frames encoded but not yet written
         self._unsent = b""               # what the kernel would not take yet
@@ -53,6 +71,9 @@ class Connection:
     def send_reply(self, reply: dict, seconds: float) -> None:
         """Queue a reply (the committer calls `flush` once per batch and connection)."""
         self.in_flight -= 1
+        size = reply_size(reply)
+        self.reply_bytes -= size
+        self.server.release_reply_bytes(size)
         self.server.metrics.observe_reply(reply["t"], reply["code"], seconds)
         # Replies go out before the error frame that ends a session, never after it.
         if not self.closed and not self._error_queued:
@@ -93,26 +114,37 @@ class Connection:
         if self.closed or not self._out:
             return
         if self._unsent:
-            self._unsent += b"".join(self._out)
+            unsent = self._unsent + b"".join(self._out)
             self._out.clear()
         else:
             data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
             self._out.clear()
             try:
-                self._unsent = self.transport.send_now(data)
+                unsent = self.transport.send_now(data)
             except PeerGone:
                 self._peer_gone()
                 return
-        if self._unsent:
-            if len(self._unsent) > limits.send_buffer_bytes_max:
+        if unsent:
+            if (len(unsent) > limits.send_buffer_bytes_max
+                    or self.server.unsent_bytes + len(unsent) - len(self._unsent)
+                    > limits.replies_bytes_total_max):
                 # A peer that does not read its replies does not get to hold our memory.
+                log.info("event=dropped_not_reading peer=%s unsent_bytes=%d", self.peer,
+                         len(unsent))
                 self._peer_gone()
                 return
+            self._set_unsent(unsent)
             self._writable.set()
+        elif self._unsent:
+            self._set_unsent(b"")
+
+    def _set_unsent(self, unsent: bytes) -> None:
+        self.server.unsent_bytes += len(unsent) - len(self._unsent)
+        self._unsent = unsent
 
     def _peer_gone(self) -> None:
         self.closed = True
-        self._unsent = b""
+        self._set_unsent(b"")
         self._out.clear()
         self.reader_scope.cancel()
         self._capacity.unpark_all()
@@ -152,7 +184,9 @@ class Connection:
                 self._writable.set()
         finally:
             self.closed = True
+            self._set_unsent(b"")
             server.live.discard(self)
+            server.forget_pending(self)
             if self.role == "pending":
                 server.metrics.connections.labels("pending").dec()
             else:
@@ -185,6 +219,11 @@ class Connection:
             await self._send_error_and_close(error)
             return None
         credential = server.ledger.credential(hello.who)
+        if server.signed_on >= server.config.connections_max:
+            server.metrics.refused_connections.inc()
+            log.warning("event=connection_refused who=%s signed_on=%d", credential.who,
+                        server.signed_on)
+            return None
         reply = {"role": credential.role, "time": server.clock.now_ms()}
         if credential.role == "terminal":
             reply["blacklist"] = server.blacklist_version(credential.school)
@@ -193,6 +232,8 @@ class Connection:
         except PeerGone:
             return None
         self.credential = credential
+        self.budget = server.budget_of(credential)
+        server.forget_pending(self)
         server.metrics.connections.labels("pending").dec()
         self.role = credential.role
         server.metrics.connections.labels(self.role).inc()
@@ -216,27 +257,41 @@ class Connection:
         current_time = trio.current_time
         # One scope for the life of the connection, its deadline moved on each receive:
         # a new cancel scope per receive showed in the profile.
+        server = self.server
+        frame_started = None   # when the first byte of the frame not yet complete came
         with trio.CancelScope() as idle:
             while True:
                 self._execute_backlog()
-                if self.in_flight >= limits.requests_in_flight_max:
-                    idle.deadline = float("inf")  # waiting on us, not on the peer
-                    await self._capacity.park()   # stop reading: TCP backpressure (§2)
+                if self._backlog or self.in_flight >= limits.requests_in_flight_max:
+                    # Waiting on us, not on the peer: stop reading (TCP backpressure, §2)
+                    # until replies go out.
+                    idle.deadline = float("inf")
+                    if self.reply_bytes + len(self._unsent) >= limits.connection_reply_bytes_max \
+                            or self.in_flight >= limits.requests_in_flight_max:
+                        await self._capacity.park()
+                    else:
+                        await server.reply_room.park()
                     continue
                 if self.closed:
                     return
-                # Half a frame, then silence, holds a connection only this long.
-                partial = decoder.buffered_bytes > 0
-                deadline = current_time() + (
-                    min(idle_timeout_s, limits.frame_complete_timeout_s) if partial
-                    else idle_timeout_s)
-                # Moving a deadline costs; a second's slack on a 10 or 120 s timer is fine.
+                deadline = current_time() + idle_timeout_s
+                if frame_started is not None:
+                    # A frame begun must be complete this long after its first byte,
+                    # however slowly the rest trickles in.
+                    deadline = min(deadline, frame_started + limits.frame_complete_timeout_s)
+                # Moving a deadline costs; a second's slack on a 10 or 120 s timer is fine,
+                # but never later than a frame's own deadline.
                 if deadline < idle.deadline or deadline > idle.deadline + 1.0:
                     idle.deadline = deadline
                 data = await transport.receive(limits.receive_size_bytes)
                 if not data:
                     return
-                self._backlog.extend(decoder.feed(data))
+                payloads = decoder.feed(data)
+                if decoder.buffered_bytes == 0:
+                    frame_started = None
+                elif payloads or frame_started is None:
+                    frame_started = current_time()  # a new frame began in this receive
+                self._backlog.extend(payloads)
         log.info("event=%s who=%s", "read_timeout" if decoder.buffered_bytes else "idle_timeout",
                  self.credential.who)
 
@@ -248,16 +303,24 @@ class Connection:
         if self.session.state != OPEN:
             backlog.clear()  # ended (revoked, or a protocol error): nothing more runs for it
             return
+        budget = self.budget
         while backlog and self.in_flight < limits.requests_in_flight_max:
+            if (self.reply_bytes + len(self._unsent) >= limits.connection_reply_bytes_max
+                    or server.reply_bytes >= limits.replies_bytes_total_max):
+                break  # replies first: the rest waits in the backlog, and we stop reading
             started = time.perf_counter()
             request = self.session.receive_request(backlog.popleft())
-            if committer.full:
-                # Overloaded: say so at once rather than queue without bound (nothing ran).
+            if committer.full or not budget.take(started):
+                # Overloaded, or this credential past its budget: say so at once rather
+                # than queue without bound (nothing ran, nothing is remembered).
                 self._shed(request, started)
                 shed = True
                 continue
             reply = dispatch.execute(server.ledger, self.credential, request.message)
             reply["re"] = request.seq
+            size = reply_size(reply)
+            self.reply_bytes += size
+            server.reply_bytes += size
             self.in_flight += 1
             committer.add(self, reply, started)
         if shed:
@@ -271,11 +334,19 @@ class Connection:
         self._queue(self.session.encode_reply(reply))
 
     async def _flush_rest(self) -> None:
-        await self.transport.wait_writable()
+        with trio.move_on_after(limits.send_stall_timeout_s) as stalled:
+            await self.transport.wait_writable()
+        if stalled.cancelled_caught:
+            log.info("event=dropped_not_reading peer=%s unsent_bytes=%d", self.peer,
+                     len(self._unsent))
+            self._peer_gone()
+            return
         try:
-            self._unsent = self.transport.send_now(self._unsent)
+            self._set_unsent(self.transport.send_now(self._unsent))
         except PeerGone:
             self._peer_gone()
+            return
+        self._capacity.unpark_all()  # room again for replies that wait to be executed
 
     async def _writer(self) -> None:
         """Waits for the socket to drain when the kernel's buffer was full."""
@@ -298,6 +369,13 @@ class Server:
         self.sessions: dict[str, set] = {}
         self.live: set = set()
         self.connection_count = 0
+        self.signed_on = 0
+        self._pending: dict = {}              # connections before hello, oldest first
+        self._pending_by_address: dict = {}   # address -> its pending connections, oldest first
+        self._budgets: dict = {}              # credential id -> RequestBudget
+        self.reply_bytes = 0                  # estimated, of replies waiting for their commit
+        self.unsent_bytes = 0                 # encoded replies the kernel has not taken yet
+        self.reply_room = trio.lowlevel.ParkingLot()  # connections waiting for reply_bytes
         self._failures_counted = ledger.failures
         self._connections_scope = None
         self._accepting_scope = None
@@ -316,13 +394,54 @@ class Server:
     # ------------------------------------------------------------ registry
     def register(self, connection: Connection) -> None:
         self.sessions.setdefault(connection.credential.who, set()).add(connection)
+        self.signed_on += 1
 
     def unregister(self, connection: Connection) -> None:
         live = self.sessions.get(connection.credential.who)
-        if live is not None:
+        if live is not None and connection in live:
+            self.signed_on -= 1
             live.discard(connection)
             if not live:
                 del self.sessions[connection.credential.who]
+
+    def budget_of(self, credential) -> RequestBudget:
+        """One budget per credential, shared by its sessions and kept across reconnects."""
+        budget = self._budgets.get(credential.who)
+        if budget is None:
+            rate_per_s, burst = self.config.request_budget(credential.role)
+            budget = self._budgets[credential.who] = RequestBudget(rate_per_s, burst,
+                                                                   time.perf_counter())
+        return budget
+
+    # ------------------------------------------------------------ memory held for replies
+    def release_reply_bytes(self, size: int) -> None:
+        self.reply_bytes -= size
+        if self.reply_bytes < limits.replies_bytes_total_max:
+            self.reply_room.unpark_all()
+
+    # ------------------------------------------------------------ sockets before hello
+    def _admit_pending(self, connection: Connection) -> bool:
+        """Make room for a socket that has not said hello yet; False to refuse it."""
+        of_address = self._pending_by_address.get(connection.address, {})
+        for waiting, bound in ((of_address, limits.connections_pending_per_address_max),
+                               (self._pending, limits.connections_pending_max)):
+            if len(waiting) >= bound:
+                oldest = next(iter(waiting))
+                if connection.accepted_at - oldest.accepted_at < limits.connection_pending_evict_age_s:
+                    return False
+                log.info("event=pending_evicted peer=%s", oldest.peer)
+                self.forget_pending(oldest)
+                oldest.reader_scope.cancel()
+        self._pending_by_address.setdefault(connection.address, {})[connection] = None
+        self._pending[connection] = None
+        return True
+
+    def forget_pending(self, connection: Connection) -> None:
+        if self._pending.pop(connection, 0) is None:
+            of_address = self._pending_by_address[connection.address]
+            del of_address[connection]
+            if not of_address:
+                del self._pending_by_address[connection.address]
 
     def _revoke_sessions(self, who: str) -> None:
         for connection in list(self.sessions.get(who, ())):
@@ -434,27 +553,33 @@ class Server:
                 log.error("event=accept_failed error=%r pause_ms=%.0f", str(error), accept_pause_s * 1000)
                 await trio.sleep(accept_pause_s)
                 continue
-            if self.connection_count >= self.config.connections_max:
-                self.metrics.refused_connections.inc()
-                log.warning("event=connection_refused open=%d", self.connection_count)
+            try:
+                transport = Transport(sock)
+                connection = Connection(self, transport, transport.address())
+            except Exception:
+                failures.failed("connection_failed", peer="?")
+                self.metrics.failures.labels("connection").inc()
                 sock.close()
                 continue
-            connections.start_soon(self._run_connection, sock)
+            if self.signed_on >= self.config.connections_max or not self._admit_pending(connection):
+                self.metrics.refused_connections.inc()
+                log.warning("event=connection_refused peer=%s signed_on=%d pending=%d",
+                            connection.peer, self.signed_on, len(self._pending))
+                transport.close()
+                continue
+            connections.start_soon(self._run_connection, connection)
 
-    async def _run_connection(self, sock) -> None:
+    async def _run_connection(self, connection: Connection) -> None:
         self.connection_count += 1
-        connection = None
         try:
-            connection = Connection(self, Transport(sock))
             await connection.run()
         except Exception:
             # A fault while serving one connection ends that connection, never the switch.
-            failures.failed("connection_failed",
-                            peer=connection.peer if connection is not None else "?")
+            failures.failed("connection_failed", peer=connection.peer)
             self.metrics.failures.labels("connection").inc()
         finally:
             self.connection_count -= 1
-            if connection is not None:
-                connection.transport.close()
-            else:
-                sock.close()
+            self.forget_pending(connection)
+            if connection.credential is not None:
+                self.unregister(connection)
+            connection.transport.close()

@@ -32,6 +32,13 @@ class Transport:
         self._ready_receives = 0
         self.closed = False
 
+    def address(self) -> str:
+        """The peer's address without its port: what per-address bounds count by."""
+        try:
+            return str(self.sock.getpeername()[0])
+        except OSError:
+            return "?"
+
     def peer(self) -> str:
         try:
             host, port = self.sock.getpeername()[:2]

@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 import trio
 
 from switch import limits
@@ -40,25 +41,70 @@ async def test_idle_session_is_closed(tmp_path, nursery):
     await switch.stop()
 
 
-async def test_connection_limit_refuses_cleanly(tmp_path, nursery):
+async def test_session_limit_refuses_the_next_sign_on_cleanly(tmp_path, nursery):
     config = default_config()
-    config.connections_max = 3
+    config.connections_max = 2
     switch = await Switch(tmp_path / "d", config=config).start(nursery)  # admin is one
-    held = [await trio.open_tcp_stream("127.0.0.1", switch.port) for _ in range(2)]
+    # Silent sockets are not sessions: they do not take a session's place.
+    held = [await trio.open_tcp_stream("127.0.0.1", switch.port) for _ in range(3)]
     with trio.fail_after(5):
-        while switch.server.connection_count < 3:
+        while len(switch.server._pending) < 3:
             await trio.sleep(0.01)
-    extra = await trio.open_tcp_stream("127.0.0.1", switch.port)
-    assert await _closed_without_frame(extra, 5)
+    first = await switch.terminal("WH-POS-1")                            # two: at the limit
+    key = (await switch.ok(switch.admin, {"t": "add_credential", "who": "WH-POS-2",
+                                          "role": "terminal", "school": "WH", "kind": "pos",
+                                          "id": "add-2"}))["key"]
+    with pytest.raises(Exception):
+        await switch.connect("WH-POS-2", key)                           # three: refused
     assert switch.server.metrics.refused_connections._value.get() == 1
+    assert (await first.request({"t": "ping"}))["code"] == "ok"
+    await first.aclose()
+    with trio.fail_after(5):
+        while switch.server.signed_on > 1:
+            await trio.sleep(0.01)
+    second = await switch.connect("WH-POS-2", key)  # room again once one left
+    assert (await second.request({"t": "ping"}))["code"] == "ok"
     for stream in held:
         await stream.aclose()
-    with trio.fail_after(5):
-        while switch.server.connection_count > 1:
-            await trio.sleep(0.01)
-    till = await switch.terminal("WH-POS-1")  # room again once they left
-    assert (await till.request({"t": "ping"}))["code"] == "ok"
     await switch.stop()
+
+
+async def test_silent_sockets_from_one_address_cannot_keep_a_till_out(switch, monkeypatch):
+    """N silent sockets from one address are held; the N+1th evicts the oldest once it has
+    waited the eviction age, and a till from the same address still signs on."""
+    monkeypatch.setattr(limits, "connections_pending_per_address_max", 5)
+    monkeypatch.setattr(limits, "connection_pending_evict_age_s", 0.2)
+    silent = [await trio.open_tcp_stream("127.0.0.1", switch.port) for _ in range(5)]
+    with trio.fail_after(5):
+        while len(switch.server._pending) < 5:
+            await trio.sleep(0.01)
+    # N+1 within the eviction age: the new socket is refused, the old ones kept.
+    extra = await trio.open_tcp_stream("127.0.0.1", switch.port)
+    assert await _closed_without_frame(extra, 5)
+    assert len(switch.server._pending) == 5
+    await trio.sleep(0.3)
+    # Now the oldest silent socket makes room for a till.
+    till = await switch.terminal("WH-POS-1")
+    assert (await till.request({"t": "ping"}))["code"] == "ok"
+    assert await _closed_without_frame(silent[0], 5)
+    assert len(switch.server._pending) == 4
+    for stream in silent:
+        await stream.aclose()
+
+
+async def test_pending_bound_over_all_addresses_evicts_the_oldest(switch, monkeypatch):
+    monkeypatch.setattr(limits, "connections_pending_max", 3)
+    monkeypatch.setattr(limits, "connection_pending_evict_age_s", 0.1)
+    silent = [await trio.open_tcp_stream("127.0.0.1", switch.port) for _ in range(3)]
+    with trio.fail_after(5):
+        while len(switch.server._pending) < 3:
+            await trio.sleep(0.01)
+    await trio.sleep(0.2)
+    till = await switch.terminal("WH-POS-1")
+    assert (await till.request({"t": "ping"}))["code"] == "ok"
+    assert await _closed_without_frame(silent[0], 5)
+    for stream in silent:
+        await stream.aclose()
 
 
 async def test_idle_sockets_and_a_hello_flood_do_not_starve_a_till(switch):
@@ -112,3 +158,89 @@ async def test_overload_sheds_busy_and_recovers(tmp_path, nursery, monkeypatch):
                                     "id": f"0-{shed['re'] - 1}"})
     assert retry["code"] == "ok" and "replay" not in retry
     await switch.stop()
+
+
+def _silent_socket_from(address: str, port: int):
+    import socket
+    sock = socket.socket()
+    sock.bind((address, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+async def test_a_flood_from_another_address_leaves_a_tills_address_alone(switch, monkeypatch):
+    monkeypatch.setattr(limits, "connections_pending_per_address_max", 4)
+    monkeypatch.setattr(limits, "connection_pending_evict_age_s", 60.0)  # never old enough
+    flood = [_silent_socket_from("127.0.0.2", switch.port) for _ in range(10)]
+    with trio.fail_after(5):
+        while len(switch.server._pending) < 4:
+            await trio.sleep(0.01)
+    await trio.sleep(0.1)
+    assert len(switch.server._pending) == 4          # the other 6 were refused at once
+    till = await switch.terminal("WH-POS-1")         # from 127.0.0.1: not affected
+    assert (await till.request({"t": "ping"}))["code"] == "ok"
+    for sock in flood:
+        sock.close()
+
+
+async def test_a_trickled_frame_times_out_from_its_first_byte(switch, monkeypatch):
+    monkeypatch.setattr(limits, "frame_complete_timeout_s", 0.5)
+    till = await switch.terminal("WH-POS-1")
+    started = trio.current_time()
+    await till.stream.send_all((100).to_bytes(4, "big"))
+    closed = False
+    with trio.fail_after(10):
+        for _ in range(100):       # a byte every 0.1 s: each one would restart a naive timer
+            try:
+                await till.stream.send_all(b"x")
+            except trio.BrokenResourceError:
+                closed = True
+                break
+            with trio.move_on_after(0.1):
+                if await till.stream.receive_some(100) == b"":
+                    closed = True
+                    break
+    assert closed
+    # Closed within the frame's deadline (plus scheduling), long before 100 bytes trickled.
+    assert trio.current_time() - started < 5.0
+
+
+async def test_a_credential_past_its_budget_is_answered_busy(tmp_path, nursery):
+    config = default_config()
+    config.terminal_requests_per_s = 0.5
+    config.terminal_requests_burst = 5
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
+    await switch.person("WH1", "AAAA", balance=10_000)
+    till = await switch.terminal("WH-POS-1")
+    replies = await till.pipeline([{"t": "debit", "card": "AAAA", "amount": 1, "id": n}
+                                   for n in range(6)])
+    assert [r["code"] for r in replies] == ["ok"] * 5 + ["busy"]   # N pass, N+1 does not
+    # A second session of the same credential shares the budget.
+    again = await switch.connect("WH-POS-1", switch.ledger.credential("WH-POS-1").key)
+    assert (await again.request({"t": "ping"}))["code"] == "busy"
+    # Other credentials are not touched, and busy moved and remembered nothing.
+    admin_view = await switch.admin.request({"t": "account", "account": "WH1"})
+    assert admin_view["balance"] == 10_000 - 5
+    await trio.sleep(2.1)  # one request's worth of budget back
+    retry = await till.request({"t": "debit", "card": "AAAA", "amount": 1, "id": 5})
+    assert retry["code"] == "ok" and "replay" not in retry
+    await switch.stop()
+
+
+def test_request_budget_refills_at_its_rate_up_to_its_burst():
+    from switch.budget import RequestBudget
+    budget = RequestBudget(rate_per_s=10, burst=3, now_s=0.0)
+    assert [budget.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert budget.take(0.05) is False          # half a request's worth
+    assert budget.take(0.1) is True
+    assert [budget.take(100.0) for _ in range(4)] == [True, True, True, False]  # burst caps
+
+
+def test_budget_configuration_is_range_checked():
+    from switch.config import ConfigError, validate
+    for key, value in [("terminal_requests_per_s", 0.0), ("service_requests_burst", 0),
+                       ("admin_requests_per_s", -5.0)]:
+        config = default_config()
+        setattr(config, key, value)
+        with pytest.raises(ConfigError, match=key):
+            validate(config)

@@ -4,6 +4,7 @@ import trio
 
 from switch import limits
 from switch.audit import audit
+from switch.config import default_config
 from tests.server.harness import Switch
 
 
@@ -28,7 +29,9 @@ async def test_many_connections_share_commits(switch):
 
 async def test_map_full_grows_under_load(tmp_path, nursery, monkeypatch):
     monkeypatch.setattr(limits, "lmdb_map_size_bytes_initial", 256 * 1024)
-    switch = await Switch(tmp_path / "d").start(nursery)
+    config = default_config()
+    config.terminal_requests_burst = 2000  # 1,200 debits at once: a load, not a real till
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
     await switch.person("WH1", "AAAA", balance=10_000_000)
     till = await switch.terminal("WH-POS-1")
     for start in range(0, 1200, 200):
