@@ -1,8 +1,9 @@
 """The versioned per-school list of blocked cards (黑名单, PROTOCOL.md §4).
 
 Each change to a school's list is one new version holding the cards added and
-removed. Terminals catch up with deltas since their version, or get the full
-list when their version is older than what is kept.
+removed. Terminals catch up with deltas since their version, or load the full
+list in pages of at most `blacklist_page_cards_max` cards (docs/blacklist-paging.md)
+when their version is too far behind or the delta would not fit one page.
 """
 
 import msgpack
@@ -16,12 +17,16 @@ def _version_key(school: str) -> bytes:
     return b"blacklist_version:" + school.encode()
 
 
+def _school_prefix(school: str) -> bytes:
+    return school.encode() + b"\0"
+
+
 def _change_key(school: str, version: int) -> bytes:
-    return school.encode() + b"\0" + version.to_bytes(8, "big")
+    return _school_prefix(school) + version.to_bytes(8, "big")
 
 
 def _member_key(school: str, card: str) -> bytes:
-    return school.encode() + b"\0" + card.encode()
+    return _school_prefix(school) + card.encode()
 
 
 class Blacklist:
@@ -52,24 +57,40 @@ class Blacklist:
         oldest_kept = version - limits.blacklist_changes_kept
         if oldest_kept >= 1:
             store.delete("blacklist_changes", _change_key(school, oldest_kept))
+        if len(add) + len(remove) > limits.blacklist_page_cards_max:
+            # Too many cards for one frame: terminals fetch them (paged) instead. No
+            # `version` either, so a reader that knows nothing of `fetch` cannot take this
+            # for an empty change and believe itself current.
+            return {"t": "blacklist", "fetch": True}
         return {"t": "blacklist", "version": version, "add": add, "remove": remove}
 
-    def since(self, school: str, since: int) -> dict | None:
-        """The reply fields for a `blacklist` request, or None when `since` is in the future."""
+    def since(self, school: str, since: int, after: str | None = None) -> dict | None:
+        """The reply fields for a `blacklist` request, or None when `since` is in the future.
+
+        A delta when one page holds it and `after` is absent; else the page of the full
+        list that starts after card `after` (from the first card without it)."""
         current = self.version(school)
         if since > current:
             return None
-        if since <= 0 or since < current - limits.blacklist_changes_kept:
-            prefix = school.encode() + b"\0"
-            full = [key[len(prefix):].decode()
-                    for key in self.store.keys_with_prefix("blacklist_cards", prefix)]
-            return {"version": current, "full": full}
+        if after is None and 0 < since and current - since <= limits.blacklist_delta_versions_max:
+            delta = self._delta(school, since, current)
+            if delta is not None:
+                return delta
+        return self._page(school, current, after)
+
+    def _delta(self, school: str, since: int, current: int) -> dict | None:
+        """The changes since `since`, or None when they name more cards than a page holds
+        (counted as read, so the work stops there too)."""
         added: dict[str, None] = {}
         removed: dict[str, None] = {}
+        cards_read = 0
         for version in range(since + 1, current + 1):
             data = self.store.get("blacklist_changes", _change_key(school, version))
             assert data is not None, (school, version)
             add, remove = msgpack.unpackb(data, raw=False)
+            cards_read += len(add) + len(remove)
+            if cards_read > limits.blacklist_page_cards_max:
+                return None
             for card in add:
                 removed.pop(card, None)
                 added[card] = None
@@ -79,3 +100,11 @@ class Blacklist:
                 else:
                     removed[card] = None
         return {"version": current, "add": list(added), "remove": list(removed)}
+
+    def _page(self, school: str, current: int, after: str | None) -> dict:
+        prefix = _school_prefix(school)
+        keys, more = self.store.keys_after(
+            "blacklist_cards", prefix, None if after is None else prefix + after.encode(),
+            limits.blacklist_page_cards_max)
+        return {"version": current, "full": [key[len(prefix):].decode() for key in keys],
+                "more": more}

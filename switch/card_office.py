@@ -181,7 +181,7 @@ def close_account(ledger, credential, values):
 
 
 def blacklist(ledger, credential, values):
-    reply = ledger.blacklist.since(credential.school, values["since"])
+    reply = ledger.blacklist.since(credential.school, values["since"], values.get("after"))
     if reply is None:
         return _decline("blacklist", codes.BAD_REQUEST)
     return {"t": "blacklist", "code": "ok", **reply}

@@ -95,6 +95,33 @@ class Client:
         await self.stream.send_all(b"".join(frames))
         return [await self.reply_to(seq) for seq in seqs]
 
+    async def load_blacklist(self, version: int = 0, cards=()) -> tuple[int, set]:
+        """A terminal's catch-up from (`version`, `cards`): a delta, or the full list in
+        pages (docs/blacklist-paging.md). Returns the new (version, cards)."""
+        cards = set(cards)
+        while True:
+            reply = await self._blacklist_reply({"t": "blacklist", "since": version})
+            if "full" not in reply:
+                cards.update(reply["add"])
+                cards.difference_update(reply["remove"])
+                return reply["version"], cards
+            first_version = reply["version"]
+            cards = set(reply["full"])
+            while reply["more"]:
+                reply = await self._blacklist_reply({"t": "blacklist", "since": version,
+                                                     "after": reply["full"][-1]})
+                cards.update(reply["full"])
+            version = first_version
+            if reply["version"] == first_version:
+                return version, cards
+            # The list changed while paging: catch up from the first page's version.
+
+    async def _blacklist_reply(self, message: dict) -> dict:
+        reply = await self.request(message)
+        if reply["code"] != "ok":
+            raise ValueError(f"blacklist {message} answered {reply['code']}")
+        return reply
+
     async def aclose(self) -> None:
         await self.stream.aclose()
 

@@ -55,7 +55,11 @@ history_limit_max = 200
 
 # --- Blacklist (§4) ---
 blacklist_changes_kept = 10_000    # per school; an older `since` gets the full list
-blacklist_delta_cards_max = 20_000 # a delta longer than this is sent as the full list
+# One page of the list must fit one frame whatever the ids: a 32-char id packs as 34 bytes
+# (str 8), a reply's or push's envelope stays under 256 bytes, so at most
+# (65,536 - 16 - 256) // 34 = 1,919 cards fit; the rest is margin.
+blacklist_page_cards_max = 1_800   # cards in one reply or push; a bigger delta is paged as the full list
+blacklist_delta_versions_max = 1_000  # a `since` further behind gets the full list (bounded work)
 
 # --- Server (implementation choices) ---
 connections_max = 12_000           # signed-on sessions; default, configurable

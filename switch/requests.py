@@ -101,7 +101,7 @@ SCHEMAS = {
     "reverse": (("target", request_id, _R), ("id", request_id, _R)),
     "offline": (("records", any_value, _R),),
     "balance": (("card", card_id, _R),),
-    "blacklist": (("since", any_int, _R),),
+    "blacklist": (("since", any_int, _R), ("after", card_id, _O)),
     "settle": (("day", day, _R), ("count", non_negative_int, _R), ("total", non_negative_int, _R)),
     "meter": (("account", account_id, _R), ("amount", amount, _R),
               ("what", one_of("electric", "water"), _R), ("id", request_id, _R)),

@@ -456,7 +456,8 @@ class Server:
         log.info("event=cutoff account=%s school=%s balance=%d", account_id, school, balance)
 
     def _push_blacklist(self, school: str, message: dict) -> None:
-        self.metrics.blacklist_version.labels(school).set(message["version"])
+        # A `fetch` push names no version (docs/blacklist-paging.md): read it from the list.
+        self.metrics.blacklist_version.labels(school).set(self.blacklist_version(school))
         # Sessions of one credential are registered by who; terminals carry their school.
         for live in self.sessions.values():
             for connection in live:

@@ -39,11 +39,19 @@ DATABASES = {
 }
 
 DELETED = None  # overlay value meaning "deleted in a batch not yet committed"
+# Databases read a page at a time in key order (`keys_after`). Their keys not yet committed
+# are also kept per generation, so such a read looks at those few keys, never at every
+# write of a batch.
+RANGE_READ_DBS = frozenset({"blacklist_cards"})
 _MISSING = object()
 
 
 class SchemaMismatch(Exception):
     pass
+
+
+def _no_ranged_keys() -> dict[str, set]:
+    return {db: set() for db in RANGE_READ_DBS}
 
 
 def txn_key(txn: int) -> bytes:
@@ -76,6 +84,8 @@ class Store:
         # generation at once instead of walking its keys.
         self._dirty: dict = {}            # (db, key) -> value or DELETED: the open batch
         self._sealed: dict = {}           # the same for the batch being committed
+        self._dirty_ranged = _no_ranged_keys()    # db -> keys of RANGE_READ_DBS in _dirty
+        self._sealed_ranged = _no_ranged_keys()   # the same for _sealed
         self._batch_number = 1
         # While a request executes: what each key it touched held before, so a request that
         # raises can be undone alone (`rollback`) without losing the rest of the open batch.
@@ -162,16 +172,38 @@ class Store:
                         keys.add(key)
         return sorted(keys)
 
+    def keys_after(self, db: str, prefix: bytes, after: bytes | None,
+                   count: int) -> tuple[list[bytes], bool]:
+        """Up to `count` keys with `prefix` above `after`, in key order, as the overlay sees
+        them, and whether more follow. Reads at most `count` + 1 committed keys past those
+        the overlay changed: bounded work whatever the database holds."""
+        assert db in RANGE_READ_DBS, db
+        changed = {}   # key -> value, newest generation last so it wins
+        for generation, keys in ((self._sealed, self._sealed_ranged[db]),
+                                 (self._dirty, self._dirty_ranged[db])):
+            for key in keys:
+                if key.startswith(prefix) and (after is None or key > after):
+                    changed[key] = generation[(db, key)]
+        committed = []
+        for key, _ in self.committed_items(db, prefix, start=after):
+            if key == after or key in changed:
+                continue
+            committed.append(key)
+            if len(committed) > count:
+                break
+        merged = sorted(committed + [key for key, value in changed.items() if value is not DELETED])
+        return merged[:count], len(merged) > count
+
     # ------------------------------------------------------------------ writes
     def put(self, db: str, key: bytes, value) -> None:
         if self._undo is not None:
             self._remember_for_undo((db, key))
         self._dirty[(db, key)] = value
+        if db in RANGE_READ_DBS:
+            self._dirty_ranged[db].add(key)
 
     def delete(self, db: str, key: bytes) -> None:
-        if self._undo is not None:
-            self._remember_for_undo((db, key))
-        self._dirty[(db, key)] = DELETED
+        self.put(db, key, DELETED)
 
     # ------------------------------------------------------------------ one request
     def begin_request(self) -> None:
@@ -190,6 +222,8 @@ class Store:
         for slot, previous in undo.items():
             if previous is _MISSING:
                 dirty.pop(slot, None)
+                if slot[0] in RANGE_READ_DBS:
+                    self._dirty_ranged[slot[0]].discard(slot[1])
             else:
                 dirty[slot] = previous
         self.last_txn = self._undo_last_txn
@@ -233,6 +267,8 @@ class Store:
         batch = Batch(self._batch_number, self._dirty, self.last_txn)
         self._sealed = self._dirty
         self._dirty = {}
+        self._sealed_ranged = self._dirty_ranged
+        self._dirty_ranged = _no_ranged_keys()
         self._batch_number += 1
         return batch
 
@@ -258,11 +294,14 @@ class Store:
         self._begin_read()
         self.last_committed_txn = max(self.last_committed_txn, batch.last_txn)
         self._sealed = {}
+        self._sealed_ranged = _no_ranged_keys()
 
     def discard_uncommitted(self) -> None:
         """A commit failed: forget every write not on disk, committed or open."""
         self._sealed = {}
         self._dirty = {}
+        self._sealed_ranged = _no_ranged_keys()
+        self._dirty_ranged = _no_ranged_keys()
         self._batch_number += 1
         self._end_read()
         self.last_txn = self._read_last_txn()

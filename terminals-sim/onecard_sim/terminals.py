@@ -94,6 +94,9 @@ class Terminal:
         self.backoff_s = limits.reconnect_backoff_initial_s
         self.blacklist_version = 0
         self.blacklist: set = set()
+        self.blacklist_held: list | None = None     # pushes held while a catch-up runs
+        self.blacklist_loading: set | None = None   # pages of the full list so far
+        self.blacklist_first_version = 0            # the version of the first of them
         self.upload_outstanding = 0
         self.upload_state = None        # outage: None, "uploading", "drained"
         self.reconnected = False
@@ -351,7 +354,7 @@ class Terminal:
     # ------------------------------------------------------------ replies
     def _dispatch(self, message: dict, now: float) -> None:
         if "push" in message:
-            self.on_push(message)
+            self.on_push(message, now)
             return
         pending = self.inflight.pop(message.get("re"), None)
         stats = self.run.stats
@@ -386,18 +389,73 @@ class Terminal:
             stats.errors[f"{pending.type} {code}"] += 1
         self.on_reply(pending, message, code, now)
 
-    def on_push(self, message: dict) -> None:
+    def on_push(self, message: dict, now: float) -> None:
         if message.get("t") == "blacklist":
             self.run.stats.events["blacklist pushes"] += 1
-            self._apply_blacklist(message)
+            if not self.supports_blacklist:
+                return
+            if self.blacklist_held is not None:
+                self.blacklist_held.append(message)
+            else:
+                self._take_blacklist_push(message, now)
 
-    def _apply_blacklist(self, message: dict) -> None:
-        if "full" in message:
-            self.blacklist = set(message["full"])
-        self.blacklist.update(message.get("add") or ())
-        self.blacklist.difference_update(message.get("remove") or ())
-        if type(message.get("version")) is int:
-            self.blacklist_version = max(self.blacklist_version, message["version"])
+    # ---- the blacklist, as docs/blacklist-paging.md asks of a terminal
+    def _take_blacklist_push(self, message: dict, now: float) -> None:
+        version = message.get("version")
+        if message.get("fetch") or (type(version) is int and version > self.blacklist_version + 1):
+            # Cards not in the push, or a version missed: ask for them.
+            self.run.stats.events["blacklist catch-ups after a push"] += 1
+            self._catch_up_blacklist(now)
+        elif version == self.blacklist_version + 1:
+            self._apply_blacklist_delta(message)
+
+    def _catch_up_blacklist(self, now: float) -> None:
+        if self.blacklist_held is None:
+            self.blacklist_held = []
+        self.ready.appendleft(Pending({"t": "blacklist", "since": self.blacklist_version},
+                                      now, job=False))
+
+    def _apply_blacklist_delta(self, message: dict) -> None:
+        self.blacklist.update(message["add"])
+        self.blacklist.difference_update(message["remove"])
+        self.blacklist_version = message["version"]
+
+    def _blacklist_replied(self, pending: Pending, message: dict, code: str, now: float) -> None:
+        if code != "ok":
+            # Counted with the other errors; the next push or sign-on asks again.
+            self._forget_blacklist_catch_up()
+            return
+        if "full" not in message:
+            self._apply_blacklist_delta(message)
+            self._blacklist_caught_up(now)
+            return
+        self.run.stats.events["blacklist pages"] += 1
+        if "after" not in pending.message:
+            self.blacklist_loading = set()
+            self.blacklist_first_version = message["version"]
+        self.blacklist_loading.update(message["full"])
+        if message["more"]:
+            self.ready.appendleft(Pending({"t": "blacklist", "since": pending.message["since"],
+                                           "after": message["full"][-1]}, now, job=False))
+            return
+        self.blacklist, self.blacklist_loading = self.blacklist_loading, None
+        self.blacklist_version = self.blacklist_first_version
+        if message["version"] != self.blacklist_first_version:
+            # Changed while paging: the delta since the first page's version has it all.
+            self._catch_up_blacklist(now)
+            return
+        self._blacklist_caught_up(now)
+
+    def _forget_blacklist_catch_up(self) -> None:
+        self.blacklist_held = None
+        self.blacklist_loading = None
+
+    def _blacklist_caught_up(self, now: float) -> None:
+        held, self.blacklist_held = self.blacklist_held or [], None
+        for message in held:
+            if self.blacklist_held is not None:
+                break       # a new catch-up began: it covers the rest
+            self._take_blacklist_push(message, now)
 
     def on_reply(self, pending: Pending, message: dict, code: str, now: float) -> None:
         raise NotImplementedError
@@ -444,6 +502,8 @@ class Terminal:
                 self.ready.append(pending)   # never sent: nothing about it is uncertain
         self.retry_at = trio.current_time() + self.backoff_s
         self.upload_outstanding = 0
+        # A catch-up cut short starts again after sign-on if the hello says so.
+        self._forget_blacklist_catch_up()
 
     async def _reconnect(self) -> bool:
         """Sign on again with backoff; False when there is nothing left worth connecting for."""
@@ -493,8 +553,7 @@ class Terminal:
                 outage.last_reconnect_at = now
             if self.supports_blacklist and type(version) is int and \
                     version > self.blacklist_version:
-                self.ready.appendleft(Pending({"t": "blacklist", "since": self.blacklist_version},
-                                              now, job=False))
+                self._catch_up_blacklist(now)
         uploads = self.offline_uploads(now)
         self.upload_outstanding = len(uploads) + len(self.uncertain)
         if self.upload_outstanding and outage is not None and self.upload_state is None:
@@ -601,8 +660,8 @@ class Till(Terminal):
                 self.end_job()
         elif kind == "offline":
             self._offline_results(pending, message, code, now)
-        elif kind == "blacklist" and code == "ok":
-            self._apply_blacklist(message)
+        elif kind == "blacklist":
+            self._blacklist_replied(pending, message, code, now)
 
     # ---- offline
     def take_while_down(self, now: float) -> None:
@@ -772,8 +831,8 @@ class WaterController(Terminal):
         elif kind == "complete":
             if code == "ok":
                 self._money(pending, pending.student.account, -pending.amount)
-        elif kind == "blacklist" and code == "ok":
-            self._apply_blacklist(message)
+        elif kind == "blacklist":
+            self._blacklist_replied(pending, message, code, now)
 
 
 # ---------------------------------------------------------------- dorm meters

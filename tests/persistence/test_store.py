@@ -166,3 +166,105 @@ def test_reopening_a_grown_store_leaves_room_to_write(tmp_path):
     batch = reopened.seal()
     reopened.write_batch(batch)  # no MapFull on the first commit after reopening
     reopened.committed(batch)
+
+
+def _commit(store):
+    batch = store.seal()
+    store.write_batch(batch)
+    store.committed(batch)
+
+
+def _pages(store, prefix, count):
+    """Every key with `prefix`, read `count` at a time the way a terminal pages."""
+    keys, after, more = [], None, True
+    while more:
+        page, more = store.keys_after("blacklist_cards", prefix, after, count)
+        assert len(page) <= count
+        assert more is False or len(page) == count
+        keys += page
+        after = page[-1] if page else after
+    return keys
+
+
+def test_keys_after_sees_the_overlay_of_both_generations(tmp_path):
+    """A page read agrees, key for key, with the whole merged view (committed, the batch
+    being committed and the open batch), so a page is consistent with what a reply says."""
+    import random
+    rng = random.Random(7)
+    store = Store(str(tmp_path))
+    live = set()
+
+    def write_some(how_many):
+        for _ in range(how_many):
+            school = rng.choice([b"WH", b"W", b"WH1"])   # prefixes of each other's keys
+            key = school + b"\0" + "".join(rng.choice("0123456789ABCDEF")
+                                           for _ in range(rng.randint(4, 6))).encode()
+            if rng.random() < 0.3 and live:
+                key = rng.choice(sorted(live))
+                store.delete("blacklist_cards", key)
+                live.discard(key)
+            else:
+                store.put("blacklist_cards", key, b"")
+                live.add(key)
+
+    write_some(400)
+    _commit(store)
+    write_some(150)
+    sealed = store.seal()          # being committed: still only in the overlay
+    write_some(150)                # the open batch
+    for prefix in (b"WH\0", b"W\0", b"WH1\0"):
+        expected = sorted(key for key in live if key.startswith(prefix))
+        assert expected == store.keys_with_prefix("blacklist_cards", prefix)
+        assert len(expected) > 20
+        for count in (1, 7, len(expected) - 1, len(expected), len(expected) + 1):
+            assert _pages(store, prefix, count) == expected, count
+        # A page starting after a key that is gone starts at the next one still there.
+        for after in (prefix + b"0", prefix + b"8", prefix + b"FFFFFFF"):
+            keys, _ = store.keys_after("blacklist_cards", prefix, after, 5)
+            assert keys == [key for key in expected if key > after][:5]
+    store.write_batch(sealed)
+    store.committed(sealed)
+    _commit(store)
+    assert _pages(store, b"WH\0", 10) == sorted(k for k in live if k.startswith(b"WH\0"))
+    store.close()
+
+
+def test_keys_after_reads_a_page_at_the_count_and_one_more(tmp_path):
+    store = Store(str(tmp_path))
+    for n in range(5):
+        store.put("blacklist_cards", b"S\0" + b"%04d" % n, b"")
+    _commit(store)
+    assert store.keys_after("blacklist_cards", b"S\0", None, 5) == (
+        [b"S\0" + b"%04d" % n for n in range(5)], False)
+    assert store.keys_after("blacklist_cards", b"S\0", None, 4) == (
+        [b"S\0" + b"%04d" % n for n in range(4)], True)
+    assert store.keys_after("blacklist_cards", b"S\0", b"S\x000003", 4) == ([b"S\x000004"], False)
+    # A failed commit forgets the overlay's index along with its writes.
+    store.put("blacklist_cards", b"S\x000009", b"")
+    store.discard_uncommitted()
+    assert store.keys_after("blacklist_cards", b"S\0", b"S\x000003", 4) == ([b"S\x000004"], False)
+    store.close()
+
+
+def test_rollback_undoes_one_request_and_keeps_the_rest_of_the_open_batch(tmp_path):
+    store = Store(str(tmp_path / "db"))
+    store.put("meta", b"before", b"1")
+    store.put("accounts", b"A", bytearray(b"old"))
+    store.put("blacklist_cards", b"WH\0AAAA", b"")
+    last_txn = store.last_txn
+    store.begin_request()
+    store.put("meta", b"new", b"x")
+    store.get_mutable("accounts", b"A")[:] = b"new"   # changed in place, never put
+    store.delete("meta", b"before")
+    store.put("blacklist_cards", b"WH\0BBBB", b"")
+    store.delete("blacklist_cards", b"WH\0AAAA")
+    store.next_txn()
+    store.rollback()
+    assert store.get("meta", b"new") is None
+    assert store.get("meta", b"before") == b"1"
+    assert bytes(store.get("accounts", b"A")) == b"old"
+    assert store.last_txn == last_txn
+    keys, more = store.keys_after("blacklist_cards", b"WH\0", None, 10)
+    assert keys == [b"WH\0AAAA"] and more is False
+    store.write_batch(store.seal())
+    store.close()

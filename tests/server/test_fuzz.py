@@ -19,7 +19,7 @@ from tests.server.harness import Switch
 FIELD_NAMES = ["card", "amount", "id", "pin", "qr", "hold", "target", "records", "since", "day",
                "count", "total", "account", "what", "source", "before", "limit", "per_tx",
                "daily", "no_pin", "old", "new", "id_last6", "school", "kind", "holder",
-               "utility", "reason", "who", "role", "merchant"]
+               "utility", "reason", "who", "role", "merchant", "after"]
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(),
                     st.text(max_size=40), st.binary(max_size=40),
