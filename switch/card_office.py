@@ -5,6 +5,7 @@ its school's list while it is lost or blocked, or while its account is frozen
 as overdrawn.
 """
 
+from switch import limits
 from switch.core import codes, layout
 from switch.handlers import _crosses_school, _decline, _money, account_of
 
@@ -81,6 +82,8 @@ def replace_card(ledger, credential, values):
         return _decline("replace_card", codes.CARD_BLOCKED)
     if ledger.card(new_id) is not None:
         return _decline("replace_card", codes.EXISTS)
+    if len(ledger.cards_of(account_id)) >= limits.cards_per_account_max:
+        return _decline("replace_card", codes.BAD_REQUEST)  # every card of it is listed at once
     now_ms = ledger.clock.now_ms()
     ledger.save_card(old_id, account_id, layout.CARD_BLOCKED, now_ms)
     ledger.save_card(new_id, account_id, layout.CARD_ACTIVE, now_ms)

@@ -231,6 +231,8 @@ def issue_card(ledger, credential, values):
         return _decline("issue_card", codes.ACCOUNT_CLOSED)
     if ledger.card(card_id) is not None:
         return _decline("issue_card", codes.EXISTS)
+    if len(ledger.cards_of(account_id)) >= limits.cards_per_account_max:
+        return _decline("issue_card", codes.BAD_REQUEST)  # every card of it is listed at once
     now_ms = ledger.clock.now_ms()
     ledger.save_card(card_id, account_id, layout.CARD_ACTIVE, now_ms)
     balance, _ = _money(record)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import msgpack
 
+from switch import limits
 from switch.blacklist import Blacklist
 from switch.core import layout
 from switch.holds import Holds
@@ -159,9 +160,11 @@ class Ledger:
         self.store.put("account_cards", account_id.encode() + b"\0" + card_id.encode(), b"")
 
     def cards_of(self, account_id: str) -> list[str]:
+        """The account's cards in card-id order (at most `cards_per_account_max` + 1, so a
+        caller can tell an account that is full)."""
         prefix = account_id.encode() + b"\0"
-        return [key[len(prefix):].decode()
-                for key in self.store.keys_with_prefix("account_cards", prefix)]
+        return [key[len(prefix):].decode() for key in self.store.keys_with_prefix(
+            "account_cards", prefix, limits.cards_per_account_max + 1)]
 
     # ----------------------------------------------------------- journal
     def append_journal(self, kind: str, account_id: str, school: str, amount: int, balance: int,

@@ -29,6 +29,7 @@ card_id_chars_max = 32
 credential_id_chars_max = 64
 source_chars_max = 64
 holder_chars_max = 64
+cards_per_account_max = 32         # an account's cards, old ones included; all listed at once
 pin_digits = 6
 pin_failures_max = 5               # the 5th wrong PIN in a row locks
 

@@ -42,7 +42,7 @@ DELETED = None  # overlay value meaning "deleted in a batch not yet committed"
 # Databases read a page at a time in key order (`keys_after`). Their keys not yet committed
 # are also kept per generation, so such a read looks at those few keys, never at every
 # write of a batch.
-RANGE_READ_DBS = frozenset({"blacklist_cards"})
+RANGE_READ_DBS = frozenset({"blacklist_cards", "account_cards"})
 _MISSING = object()
 
 
@@ -160,17 +160,10 @@ class Store:
             if not cursor.prev():
                 return
 
-    def keys_with_prefix(self, db: str, prefix: bytes) -> list[bytes]:
-        """Committed keys with `prefix`, merged with the overlay's (small, admin paths only)."""
-        keys = {key for key, _ in self.committed_items(db, prefix)}
-        for generation in (self._sealed, self._dirty):  # older first: newer wins
-            for (name, key), value in generation.items():
-                if name == db and key.startswith(prefix):
-                    if value is DELETED:
-                        keys.discard(key)
-                    else:
-                        keys.add(key)
-        return sorted(keys)
+    def keys_with_prefix(self, db: str, prefix: bytes, count_max: int) -> list[bytes]:
+        """The first `count_max` keys with `prefix` as the overlay sees them: bounded work,
+        whatever the database or the open batch holds."""
+        return self.keys_after(db, prefix, None, count_max)[0]
 
     def keys_after(self, db: str, prefix: bytes, after: bytes | None,
                    count: int) -> tuple[list[bytes], bool]:

@@ -351,3 +351,19 @@ async def test_states_survive_restart(tmp_path, nursery):
                                     "pin": "000000", "id": f"p{n}"})
     assert last["code"] == "pin_locked"  # 1 before the restart + 4 after = 5
     await second.stop()
+
+
+async def test_an_account_holds_at_most_cards_per_account_max_cards(switch, monkeypatch):
+    from switch import limits
+    monkeypatch.setattr(limits, "cards_per_account_max", 3)
+    await switch.person("WH1", "AAA0")
+    await switch.ok(switch.admin, {"t": "issue_card", "account": "WH1", "card": "AAA1",
+                                   "id": "i1"})
+    await switch.ok(switch.admin, {"t": "replace_card", "account": "WH1", "old": "AAA1",
+                                   "new": "AAA2", "id": "r1"})                     # N = 3
+    for message in ({"t": "issue_card", "account": "WH1", "card": "AAA3", "id": "i2"},
+                    {"t": "replace_card", "account": "WH1", "old": "AAA2", "new": "AAA4",
+                     "id": "r2"}):                                                 # N + 1
+        assert (await switch.admin.request(message))["code"] == "bad_request"
+    account = await switch.admin.request({"t": "account", "account": "WH1"})
+    assert [c["card"] for c in account["cards"]] == ["AAA0", "AAA1", "AAA2"]
