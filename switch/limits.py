@@ -86,3 +86,9 @@ receiver_connections_max = 16           # sockets; a new sign-on of a credential
 receiver_idle_timeout_s = 3600.0
 receiver_day_segments_max = 4096        # billing: txn -> local day map kept for reversals
 receiver_pending_credits_max = 1024     # utility: credits to accounts not yet known as rooms
+
+# --- Metrics endpoint (--metrics) ---
+metrics_exposition_age_s_max = 1.0      # a scrape gets an exposition at most this old
+metrics_connections_max = 8             # open HTTP connections; more are closed at accept
+metrics_request_bytes_max = 8192        # an HTTP request head
+metrics_connection_timeout_s = 5.0      # a connection's whole life, request to last byte out
