@@ -80,6 +80,7 @@ forward_reply_timeout_s = 10.0          # hello reply and each `records` reply
 forward_backoff_initial_s = 0.05        # reconnect delay, doubled per failure, with jitter
 forward_backoff_max_s = 5.0
 forward_position_kick_interval_s = 1.0  # at most this long before an idle switch commits a position
+forward_unsolicited_frames_max = 16     # frames other than the reply (pushes) while one is awaited
 
 # --- Reference receivers (switch/receivers/) ---
 receiver_connections_max = 16           # sockets; a new sign-on of a credential replaces its old one

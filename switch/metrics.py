@@ -79,6 +79,10 @@ class Metrics:
                                ["school"], registry=registry)
         self.info = Gauge("switch_build_info", "Version of the running switch", ["version"],
                           registry=registry)
+        self.forward_unsolicited = Counter("switch_forward_unsolicited_frames",
+                                           "Frames a receiver sent that were not the reply "
+                                           "awaited (pushes)", ["destination"],
+                                           registry=registry)
         self.endpoint_failures = Counter("switch_metrics_endpoint_failures",
                                          "Metrics HTTP connections ended by an unexpected "
                                          "exception (logged with its traceback)",
