@@ -146,7 +146,8 @@ def validate(config: Config) -> None:
     if not config.schools:
         raise ConfigError("schools: at least one school is needed")
     for code, school in config.schools.items():
-        if not code.isascii() or not code.isalnum() or not code.isupper() or len(code) > 8:
+        if (not code.isascii() or not code.isalnum() or not code.isupper()
+                or len(code) > limits.school_code_chars_max):
             raise ConfigError(f"schools.{code}: a school code is 1..8 upper-case letters/digits")
         if not 0 <= school.no_pin_fen <= school.per_tx_fen <= school.daily_fen:
             raise ConfigError(f"schools.{code}: need no_pin_fen <= per_tx_fen <= daily_fen")

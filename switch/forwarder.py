@@ -99,6 +99,7 @@ class Forwarder:
         self._position_unkicked = False
         self._last_kick_s = 0.0
         self._lag = metrics.forward_lag.labels(self.name)
+        self._unsolicited = metrics.forward_unsolicited.labels(self.name)
         self._errors = {}
         if self.acked > store.last_txn:
             log.error("destination %s: acknowledged position %d is past the journal's last "
@@ -235,10 +236,19 @@ class Forwarder:
             await trio.aclose_forcefully(stream)
 
     async def _reply(self, connection, session, seq: int) -> dict:
+        unsolicited = 0
         while True:
             message = session.receive(await connection.next_payload())
             if "push" in message:
-                continue  # nothing a receiver pushes means anything to us
+                # Nothing a receiver pushes means anything to us, and checking each tag
+                # costs the event loop the tills share: a few are tolerated, a flood is not.
+                self._unsolicited.inc()
+                unsolicited += 1
+                if unsolicited > limits.forward_unsolicited_frames_max:
+                    raise ForwardError("protocol", f"more than "
+                                       f"{limits.forward_unsolicited_frames_max} pushes "
+                                       f"while waiting for the reply to seq {seq}")
+                continue
             if message.get("t") == "error":
                 raise ForwardError("declined", f"error frame {message.get('code')!r}")
             return message

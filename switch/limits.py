@@ -18,6 +18,7 @@ idle_timeout_s = 120.0             # default, configurable
 requests_in_flight_max = 64        # per connection; past it we stop reading
 
 # --- Identifiers (§4) ---
+school_code_chars_max = 8          # 1..8 upper-case letters/digits (configuration)
 id_str_chars_max = 64
 id_int_max = 2**64 - 1             # msgpack's largest unsigned int
 int64_max = 2**63 - 1              # every other int a peer sends is an int64
@@ -115,9 +116,23 @@ forward_reply_timeout_s = 10.0          # hello reply and each `records` reply
 forward_backoff_initial_s = 0.05        # reconnect delay, doubled per failure, with jitter
 forward_backoff_max_s = 5.0
 forward_position_kick_interval_s = 1.0  # at most this long before an idle switch commits a position
+forward_unsolicited_frames_max = 16     # frames other than the reply (pushes) while one is awaited
 
 # --- Reference receivers (switch/receivers/) ---
-receiver_connections_max = 16           # sockets; a new sign-on of a credential replaces its old one
+# Sockets before `hello`; past it the oldest is closed, so silent sockets cannot lock the
+# switch out. Signed-on sessions need no bound of their own: one per credential, a new
+# sign-on replaces the old one.
+receiver_pending_connections_max = 16
 receiver_idle_timeout_s = 3600.0
 receiver_day_segments_max = 4096        # billing: txn -> local day map kept for reversals
 receiver_pending_credits_max = 1024     # utility: credits to accounts not yet known as rooms
+# A record's `at` (and `tapped_at`) outside this range is refused: any time in it is a
+# valid local date in every time zone, so turning it into a day never raises.
+receiver_time_ms_min = 0                          # 1970-01-01 UTC
+receiver_time_ms_max = 32_503_680_000_000         # 3000-01-01 UTC
+
+# --- Metrics endpoint (--metrics) ---
+metrics_exposition_age_s_max = 1.0      # a scrape gets an exposition at most this old
+metrics_connections_max = 8             # open HTTP connections; more are closed at accept
+metrics_request_bytes_max = 8192        # an HTTP request head
+metrics_connection_timeout_s = 5.0      # a connection's whole life, request to last byte out

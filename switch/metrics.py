@@ -1,10 +1,19 @@
 """Prometheus metrics of the switch (PROTOCOL.md §7), and a tiny trio HTTP endpoint for them."""
 
+import logging
+import math
+
 import prometheus_client
 import trio
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
                                ProcessCollector, generate_latest)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from switch import limits
+from switch.core import codes
+from switch.requests import SCHEMAS
+
+log = logging.getLogger("switch.metrics")
 
 # Authorizations take well under a millisecond: the default buckets (from 5 ms) see nothing.
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
@@ -16,8 +25,13 @@ prometheus_client.disable_created_metrics()
 # Where a contained fault can happen: the `where` label of switch_failures_total.
 FAILURE_PLACES = ("request", "connection", "delivery", "effect", "commit", "task")
 
-http_request_bytes_max = 8192
-http_timeout_s = 5.0
+# Label values come only from these sets: a peer's made-up `t` must not become a series
+# (each costs memory for good and time at every scrape).
+UNKNOWN = "unknown"
+REQUEST_TYPES = frozenset(SCHEMAS) | {"error", "ping"}
+RESULT_CODES = frozenset(codes.CODE_NAMES) | {
+    codes.UNAUTHENTICATED, codes.VERSION_UNSUPPORTED, codes.MAC_INVALID, codes.SEQ_INVALID,
+    codes.FRAME_INVALID, codes.FRAME_TOO_LARGE}
 
 
 class Metrics:
@@ -72,53 +86,112 @@ class Metrics:
                                 ["where"], registry=registry)
         self.info = Gauge("switch_build_info", "Version of the running switch", ["version"],
                           registry=registry)
+        self.forward_unsolicited = Counter("switch_forward_unsolicited_frames",
+                                           "Frames a receiver sent that were not the reply "
+                                           "awaited (pushes)", ["destination"],
+                                           registry=registry)
+        self.endpoint_failures = Counter("switch_metrics_endpoint_failures",
+                                         "Metrics HTTP connections ended by an unexpected "
+                                         "exception (logged with its traceback)",
+                                         registry=registry)
+        self.endpoint_refused = Counter("switch_metrics_endpoint_refused",
+                                        "Metrics HTTP connections closed at accept (limit "
+                                        "reached)", registry=registry)
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         for role in ("pending", "terminal", "service", "admin"):
             self.connections.labels(role)
         for where in FAILURE_PLACES:
             self.failures.labels(where)
-        # labels() costs ~3 µs; the hot path looks children up in these dicts instead.
+        # labels() costs ~3 µs; the hot path looks children up in these dicts instead. Keys
+        # are known label values only, so the dicts stay as small as the sets.
         self._request_children = {}
         self._duration_children = {}
+        self._exposition = b""
+        self._exposition_built_s = -math.inf
+        self._exposition_lock = trio.Lock()
 
     def observe_reply(self, request_type: str, code: str, seconds: float) -> None:
-        key = (request_type, code)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(request_type, code)
+        try:
+            child = self._request_children[request_type, code]
+            histogram = self._duration_children[request_type]
+        except (KeyError, TypeError):
+            child, histogram = self._children(request_type, code)
         child.inc()
-        histogram = self._duration_children.get(request_type)
-        if histogram is None:
-            histogram = self._duration_children[request_type] = \
-                self.request_duration.labels(request_type)
         histogram.observe(seconds)
+
+    def _children(self, request_type, code):
+        known_type = request_type if _member(request_type, REQUEST_TYPES) else UNKNOWN
+        known_code = code if _member(code, RESULT_CODES) else UNKNOWN
+        child = self._request_children.get((known_type, known_code))
+        if child is None:
+            child = self._request_children[known_type, known_code] = \
+                self.requests.labels(known_type, known_code)
+        histogram = self._duration_children.get(known_type)
+        if histogram is None:
+            histogram = self._duration_children[known_type] = \
+                self.request_duration.labels(known_type)
+        return child, histogram
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
+    async def cached_exposition(self) -> bytes:
+        """The exposition, rebuilt in a worker thread when older than
+        `metrics_exposition_age_s_max`, one rebuild at a time: a flood of scrapes costs
+        the event loop (and so the tills) next to nothing."""
+        async with self._exposition_lock:
+            if trio.current_time() - self._exposition_built_s > \
+                    limits.metrics_exposition_age_s_max:
+                self._exposition = await trio.to_thread.run_sync(self.exposition)
+                self._exposition_built_s = trio.current_time()
+            return self._exposition
+
+
+def _member(value, known: frozenset) -> bool:
+    return type(value) is str and value in known
+
 
 async def serve_metrics(metrics: Metrics, listeners, task_status=trio.TASK_STATUS_IGNORED):
+    """Serve GET (any path) with the cached exposition; at most `metrics_connections_max`
+    connections, each closed after `metrics_connection_timeout_s` whatever it does."""
+    open_connections = 0
+
     async def handle(stream):
+        nonlocal open_connections
+        if open_connections >= limits.metrics_connections_max:
+            metrics.endpoint_refused.inc()
+            await trio.aclose_forcefully(stream)
+            return
+        open_connections += 1
         try:
-            with trio.move_on_after(http_timeout_s):
-                received = b""
-                while b"\r\n\r\n" not in received and len(received) < http_request_bytes_max:
-                    data = await stream.receive_some(4096)
-                    if not data:
-                        return
-                    received += data
-                if not received.startswith(b"GET "):
-                    await stream.send_all(b"HTTP/1.1 405 Method Not Allowed\r\n"
-                                          b"Content-Length: 0\r\nConnection: close\r\n\r\n")
-                    return
-                body = metrics.exposition()
-                head = (f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
-                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-                await stream.send_all(head + body)
+            with trio.move_on_after(limits.metrics_connection_timeout_s):
+                await _answer(metrics, stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception:
+            # One scrape's bad luck (or our bug) must not end the switch: this connection only.
+            metrics.endpoint_failures.inc()
+            log.exception("event=metrics_connection_failed")
         finally:
-            await stream.aclose()
+            open_connections -= 1
+            await trio.aclose_forcefully(stream)
 
     await trio.serve_listeners(handle, listeners, task_status=task_status)
+
+
+async def _answer(metrics: Metrics, stream) -> None:
+    received = b""
+    while b"\r\n\r\n" not in received and len(received) < limits.metrics_request_bytes_max:
+        data = await stream.receive_some(limits.metrics_request_bytes_max - len(received))
+        if not data:
+            return
+        received += data
+    if not received.startswith(b"GET "):
+        await stream.send_all(b"HTTP/1.1 405 Method Not Allowed\r\n"
+                              b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        return
+    body = await metrics.cached_exposition()
+    head = (f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    await stream.send_all(head + body)

@@ -7,6 +7,8 @@ derives from that (`outputs`); this module does the rest.
 """
 
 import argparse
+import csv
+import io
 import json
 import logging
 import os
@@ -17,7 +19,7 @@ from typing import NamedTuple
 
 import trio
 
-from switch import limits
+from switch import limits, requests
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
 
 log = logging.getLogger("switch.receiver")
@@ -49,8 +51,13 @@ def check_records(position: int, message: dict) -> Verdict:
     from_txn, to_txn, records = message.get("from"), message.get("to"), message.get("records")
     if type(from_txn) is not int or type(to_txn) is not int or type(records) is not list:
         return Verdict(BAD, position, [], "from, to and records are needed")
-    if from_txn < 1 or to_txn < from_txn - 1:
+    # No wider than one frame of the switch's scan (`next_frame`): a `to` beyond it would
+    # make us drop every later record as already seen.
+    if not 1 <= from_txn <= limits.id_int_max or \
+            not from_txn - 1 <= to_txn <= from_txn - 1 + limits.forward_scan_txns_max:
         return Verdict(BAD, position, [], f"range {from_txn}..{to_txn}")
+    if len(records) > limits.forward_records_per_frame_max:
+        return Verdict(BAD, position, [], f"{len(records)} records in one frame")
     if from_txn > position + 1:
         return Verdict(GAP, position, [], f"frame starts at {from_txn}, we have up to {position}")
     fresh = []
@@ -60,12 +67,66 @@ def check_records(position: int, message: dict) -> Verdict:
         if type(txn) is not int or not previous < txn <= to_txn:
             return Verdict(BAD, position, [], f"record txn {txn!r} out of order or outside "
                                               f"{from_txn}..{to_txn}")
-        if type(record.get("kind")) is not str:
+        if not is_text(record.get("kind"), limits.id_str_chars_max):
             return Verdict(BAD, position, [], f"record {txn}: no kind")
         previous = txn
         if txn > position:
             fresh.append(record)
     return Verdict(APPLY, to_txn, fresh)
+
+
+def is_int_in(value, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def is_text(value, chars_max: int) -> bool:
+    return type(value) is str and 1 <= len(value) <= chars_max
+
+
+def is_time(value) -> bool:
+    return is_int_in(value, limits.receiver_time_ms_min, limits.receiver_time_ms_max)
+
+
+def common_field_problem(record: dict) -> str | None:
+    """What is wrong with the fields every record has (§6), or None. `txn` and `kind` are
+    `check_records`'s."""
+    if not is_time(record.get("at")):
+        return f"at {record.get('at')!r} is not a time in range"
+    if requests.account_id(record.get("account")) is requests.INVALID:
+        return "account is not an account id"
+    if not is_text(record.get("school"), limits.school_code_chars_max):
+        return "school is not a school code"
+    if not is_int_in(record.get("amount"), -limits.balance_fen_max, limits.balance_fen_max):
+        return "amount is not an int in range"
+    if not is_int_in(record.get("balance"), -limits.balance_fen_max, limits.balance_fen_max):
+        return "balance is not an int in range"
+    for name, check in (("who", requests.credential_id), ("merchant", requests.short_text),
+                        ("ref", requests.request_id)):
+        value = record.get(name)
+        if value is not None and check(value) is requests.INVALID:
+            return f"{name} is not a {name}"
+    return None
+
+
+# A spreadsheet runs a cell that begins with one of these as a formula (OWASP, "CSV
+# Injection"): such a text cell gets a leading apostrophe, which shows as nothing.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    if type(value) is str and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_bytes(header: list[str], rows) -> bytes:
+    """An RFC 4180 CSV file (CRLF line ends, so a CR in a cell is quoted too) whose text
+    cells cannot run as formulas."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows([csv_cell(value) for value in row] for row in rows)
+    return out.getvalue().encode()
 
 
 def write_atomically(directory: str, files: list[tuple[str, bytes]]) -> None:
@@ -105,7 +166,10 @@ class Receiver:
         self._dirty = False
         self._lock = trio.Lock()
         self._sessions: dict[str, trio.CancelScope] = {}
-        self._connections = 0
+        # Connections before `hello`, oldest first (a dict as an ordered set).
+        self._pending: dict[trio.CancelScope, None] = {}
+        self.pending_evicted = 0
+        self.connection_failures = 0
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         self.load()
 
@@ -114,7 +178,14 @@ class Receiver:
         """Empty state (a receiver that has seen nothing)."""
 
     def validate(self, record: dict) -> str | None:
-        """Why this record cannot be applied, or None."""
+        """Why this record cannot be applied, or None (a kind not wanted is ignored)."""
+        if self.wanted_kinds is not None and record["kind"] not in self.wanted_kinds:
+            return None
+        return common_field_problem(record) or self.kind_problem(record)
+
+    def kind_problem(self, record: dict) -> str | None:
+        """What is wrong with a wanted record's own kind's fields, or None; its common
+        fields are already checked."""
         return None
 
     def apply(self, record: dict) -> None:
@@ -132,23 +203,27 @@ class Receiver:
 
     # ------------------------------------------------------------ persistence
     def load(self) -> None:
+        # A crash between the state and its outputs leaves the outputs behind: redo them.
+        if self._reload():
+            log.info("%s: state loaded, position %d", self.name, self.position)
+        self._write_outputs_now()
+
+    def _reload(self) -> bool:
+        """Memory as the state file says (empty without one); whether there was one."""
         path = os.path.join(self.state_dir, STATE_FILE)
         self.reset()
         self.position = 0
+        self._dirty = False
         try:
             with open(path, "rb") as handle:
                 data = json.loads(handle.read())
         except FileNotFoundError:
-            self._write_outputs_now()
-            return
+            return False
         if data.get("version") != STATE_VERSION or data.get("receiver") != self.name:
             raise SystemExit(f"{path}: not a {self.name} state file of version {STATE_VERSION}")
         self.position = data["position"]
         self.restore(data["state"])
-        self._dirty = False
-        # A crash between the state and its outputs leaves the outputs behind: redo them.
-        self._write_outputs_now()
-        log.info("%s: state loaded, position %d", self.name, self.position)
+        return True
 
     def _write_outputs_now(self) -> None:
         write_atomically(self.state_dir, self.outputs())
@@ -183,20 +258,24 @@ class Receiver:
                 if problem:
                     log.error("%s: record %d refused: %s", self.name, record["txn"], problem)
                     return {"t": "records", "code": "bad_request"}
+            try:
+                for record in verdict.records:
+                    self.apply(record)
+                if verdict.upto > self.position:
+                    self.position = verdict.upto
+                    self._dirty = True
+                if verdict.records:
+                    self._dirty = True
+                if self._dirty:
+                    # Shielded: once the state has moved, the disk follows before anything.
+                    with trio.CancelScope(shield=True):
+                        await self._persist()
+            except BaseException:
+                # A frame is taken whole or not at all: back to what is on disk, whose
+                # position the switch resends from (a failed write, disk full, included).
+                self._reload()
+                raise
             self.duplicates += len(message["records"]) - len(verdict.records)
-            for record in verdict.records:
-                self.apply(record)
-            if verdict.upto > self.position:
-                self.position = verdict.upto
-                self._dirty = True
-            if verdict.records:
-                self._dirty = True
-            if self._dirty:
-                # Shielded: once the state has moved, the disk follows before anything else.
-                # A failed write (disk full) ends the process: it restarts from the last
-                # state on disk, and the switch resends whatever that lacks.
-                with trio.CancelScope(shield=True):
-                    await self._persist()
             self.frames += 1
             return {"t": "records", "code": "ok", "upto": verdict.upto}
 
@@ -211,28 +290,40 @@ class Receiver:
         async with listener:
             while True:
                 stream = await listener.accept()
-                if self._connections >= limits.receiver_connections_max:
-                    log.warning("%s: refused a connection: %d open", self.name, self._connections)
-                    await trio.aclose_forcefully(stream)
-                    continue
-                nursery.start_soon(self._connection, stream)
+                if len(self._pending) >= limits.receiver_pending_connections_max:
+                    # Make room by closing the socket that has been silent longest: the
+                    # switch says hello at once, so a flood cannot keep it out.
+                    oldest = next(iter(self._pending))
+                    del self._pending[oldest]
+                    oldest.cancel()
+                    self.pending_evicted += 1
+                    if self.pending_evicted & (self.pending_evicted - 1) == 0:  # 1, 2, 4, ...
+                        log.warning("%s: %d connections without hello: closed the oldest "
+                                    "(%d so far)", self.name,
+                                    limits.receiver_pending_connections_max, self.pending_evicted)
+                scope = trio.CancelScope()
+                self._pending[scope] = None
+                nursery.start_soon(self._connection, stream, scope)
 
-    async def _connection(self, stream) -> None:
-        self._connections += 1
-        scope = trio.CancelScope()
-        who = None
+    async def _connection(self, stream, scope) -> None:
         try:
             with scope:
-                who = await self._converse(stream, scope)
+                await self._converse(stream, scope)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception:
+            # Whatever went wrong, it ends this connection only; the switch reconnects and
+            # resends from the position on disk.
+            self.connection_failures += 1
+            log.exception("%s: connection failed", self.name)
         finally:
-            self._connections -= 1
-            if who is not None and self._sessions.get(who) is scope:
-                del self._sessions[who]
+            self._pending.pop(scope, None)
+            for who, session_scope in list(self._sessions.items()):
+                if session_scope is scope:
+                    del self._sessions[who]
             await trio.aclose_forcefully(stream)
 
-    async def _converse(self, stream, scope) -> str | None:
+    async def _converse(self, stream, scope) -> None:
         session = ServerSession()
         decoder = FrameDecoder()
         payloads: list = []
@@ -241,15 +332,16 @@ class Receiver:
                 while not payloads:
                     data = await stream.receive_some(limits.receive_size_bytes)
                     if not data:
-                        return None
+                        return
                     payloads = decoder.feed(data)
             if not payloads:
-                return None  # no hello in time: closed without a frame (§2)
+                return  # no hello in time: closed without a frame (§2)
             hello = session.receive_hello(payloads.pop(0), self.credentials.get)
         except ProtocolError as error:
             log.info("%s: refused hello: %s", self.name, error.code)
             await stream.send_all(session.encode_error(error))
-            return None
+            return
+        self._pending.pop(scope, None)
         await stream.send_all(session.accept_hello(
             hello, {"role": "downstream", "time": time.time_ns() // 1_000_000}))
         # One live session per credential: a new sign-on means the old socket is dead.
@@ -268,12 +360,11 @@ class Receiver:
                 with trio.move_on_after(limits.receiver_idle_timeout_s) as idle:
                     data = await stream.receive_some(limits.receive_size_bytes)
                 if idle.cancelled_caught or not data:
-                    return hello.who
+                    return
                 payloads.extend(decoder.feed(data))
         except ProtocolError as error:
             log.warning("%s: %s broke the protocol: %s", self.name, hello.who, error)
             await stream.send_all(session.encode_error(error))
-            return hello.who
 
     async def _answer(self, message: dict) -> dict:
         request_type = message.get("t")

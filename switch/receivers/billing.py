@@ -15,8 +15,8 @@ import sys
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from switch import limits
-from switch.receivers.base import Receiver, parser, run_main
+from switch import limits, requests
+from switch.receivers.base import Receiver, csv_bytes, is_int_in, is_time, parser, run_main
 
 MONEY_KINDS = frozenset({"debit", "qr_debit", "complete", "offline"})
 WANTED_KINDS = MONEY_KINDS | {"reverse"}
@@ -54,15 +54,19 @@ class BillingReceiver(Receiver):
         index = bisect.bisect_right(self.segment_txns, txn) - 1
         return self.segment_days[index] if index >= 0 else None
 
-    def validate(self, record: dict) -> str | None:
-        if record["kind"] not in WANTED_KINDS:
-            return None  # ignored (the switch's filter is wider than ours)
-        if type(record.get("at")) is not int or type(record.get("amount")) is not int:
-            return "at and amount must be ints"
-        if type(record.get("merchant")) is not str:
+    def kind_problem(self, record: dict) -> str | None:
+        if requests.short_text(record.get("merchant")) is requests.INVALID:
             return "a till's money record has a merchant"
-        if record["kind"] == "offline" and type(record.get("tapped_at", 0)) is not int:
-            return "tapped_at must be an int"
+        if record["kind"] == "reverse":
+            if record["amount"] < 0:
+                return "a reverse gives money back"
+            if not is_int_in(record.get("target"), 1, record["txn"] - 1):
+                return "a reverse's target is an earlier txn"
+        elif record["amount"] > 0:
+            return "a payment takes money"
+        if record["kind"] == "offline" and "tapped_at" in record and \
+                not is_time(record["tapped_at"]):
+            return f"tapped_at {record['tapped_at']!r} is not a time in range"
         return None
 
     def apply(self, record: dict) -> None:
@@ -72,8 +76,7 @@ class BillingReceiver(Receiver):
         switch_day = self.day_of(record["at"])
         self._note_day(record["txn"], switch_day)
         if kind == "reverse":
-            target = record.get("target")
-            day = self._day_of_txn(target) if type(target) is int else None
+            day = self._day_of_txn(record["target"])
             # The reverse record's amount is the credit back: positive, so it subtracts.
             self._add(record["merchant"], day or switch_day, -1, -record["amount"])
             return
@@ -101,16 +104,8 @@ class BillingReceiver(Receiver):
                 for (merchant, day), (count, fen) in sorted(self.totals.items())]
 
     def outputs(self) -> list[tuple[str, bytes]]:
-        lines = ["merchant,day,count,total_fen"]
-        lines += [f"{_csv_field(merchant)},{day},{count},{fen}"
-                  for merchant, day, count, fen in self.settlement_rows()]
-        return [(SETTLEMENT_FILE, ("\n".join(lines) + "\n").encode())]
-
-
-def _csv_field(text: str) -> str:
-    if any(c in text for c in ',"\r\n'):
-        return '"' + text.replace('"', '""') + '"'
-    return text
+        return [(SETTLEMENT_FILE, csv_bytes(["merchant", "day", "count", "total_fen"],
+                                            self.settlement_rows()))]
 
 
 def main(argv=None) -> int:

@@ -11,7 +11,7 @@ import sys
 from collections import OrderedDict
 
 from switch import limits
-from switch.receivers.base import Receiver, parser, run_main
+from switch.receivers.base import Receiver, csv_bytes, parser, run_main
 
 WANTED_KINDS = frozenset({"credit", "meter", "cutoff", "restore"})
 ROOMS_FILE = "rooms.csv"
@@ -35,13 +35,13 @@ class UtilityReceiver(Receiver):
         # account and request id), so unknown accounts' credits wait here, a bounded few.
         self.pending_credits: OrderedDict[str, dict] = OrderedDict()
 
-    def validate(self, record: dict) -> str | None:
-        if record["kind"] not in WANTED_KINDS:
-            return None
-        if type(record.get("account")) is not str:
-            return "account must be a str"
-        if type(record.get("amount")) is not int or type(record.get("balance")) is not int:
-            return "amount and balance must be ints"
+    def kind_problem(self, record: dict) -> str | None:
+        if record["kind"] in ("cutoff", "restore") and record["amount"] != 0:
+            return "a power change moves no money"
+        if record["kind"] == "credit" and record["amount"] < 0:
+            return "a credit adds money"
+        if record["kind"] == "meter" and record["amount"] > 0:
+            return "a meter takes money"
         return None
 
     def apply(self, record: dict) -> None:
@@ -86,14 +86,13 @@ class UtilityReceiver(Receiver):
                                            for account, credit in data["pending_credits"])
 
     def outputs(self) -> list[tuple[str, bytes]]:
-        lines = ["account,school,power,balance_fen,recharged_fen,recharges,metered_fen,meters,"
-                 "power_changed_txn"]
-        for account in sorted(self.rooms):
-            room = self.rooms[account]
-            lines.append(f"{account},{room['school']},{room['power']},{room['balance_fen']},"
-                         f"{room['recharged_fen']},{room['recharges']},{room['metered_fen']},"
-                         f"{room['meters']},{room['power_txn']}")
-        return [(ROOMS_FILE, ("\n".join(lines) + "\n").encode())]
+        header = ["account", "school", "power", "balance_fen", "recharged_fen", "recharges",
+                  "metered_fen", "meters", "power_changed_txn"]
+        rows = [[account, room["school"], room["power"], room["balance_fen"],
+                 room["recharged_fen"], room["recharges"], room["metered_fen"], room["meters"],
+                 room["power_txn"]]
+                for account, room in sorted(self.rooms.items())]
+        return [(ROOMS_FILE, csv_bytes(header, rows))]
 
 
 def main(argv=None) -> int:

@@ -323,10 +323,11 @@ async def test_receiver_that_lost_its_state_gets_everything_again(switch, forwar
 class OddReceiver:
     """Signs on properly, then answers `records` the way `answer(message)` says."""
 
-    def __init__(self, key, answer, role="downstream"):
+    def __init__(self, key, answer, role="downstream", pushes=0):
         self.key = key
         self.answer = answer
         self.role = role
+        self.pushes = pushes      # sent before each reply
         self.frames = []
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED):
@@ -347,8 +348,11 @@ class OddReceiver:
                     request = session.receive_request(payloads.pop(0))
                     self.frames.append(request.message)
                     reply = self.answer(request.message)
+                    pushes = b"".join(session.encode_push({"t": "news"})
+                                      for _ in range(self.pushes))
                     if reply is not None:
-                        await stream.send_all(session.encode_reply({**reply, "re": request.seq}))
+                        await stream.send_all(
+                            pushes + session.encode_reply({**reply, "re": request.seq}))
                 data = await stream.receive_some(70000)
                 if not data:
                     return
@@ -379,6 +383,41 @@ async def test_misbehaving_receiver_is_an_error_not_an_acknowledgement(
     assert lag(switch, "odd") == switch.store.last_txn
     # A till is not slowed: the admin's requests are answered at once meanwhile.
     with trio.fail_after(1):
+        reply = await switch.admin.request({"t": "ping"})
+    assert reply["code"] == "ok"
+
+
+def unsolicited(switch, name):
+    return switch.server.metrics.registry.get_sample_value(
+        "switch_forward_unsolicited_frames_total", {"destination": name}) or 0
+
+
+async def test_pushes_up_to_the_bound_are_ignored_and_counted(switch, forwarders, nursery):
+    await switch.person("WH20230001")
+    key = os.urandom(32)
+    odd = OddReceiver(key, lambda m: {"t": "records", "code": "ok", "upto": m["to"]},
+                      pushes=limits.forward_unsolicited_frames_max)
+    await nursery.start(odd.run)
+    forwarder = forwarders.start(switch, destination("chatty", odd.port, "sw-chatty", key, None))
+    await wait_until(lambda: forwarder.acked == switch.store.last_txn, 10)
+    assert errors(switch, "chatty", "protocol") == 0
+    assert unsolicited(switch, "chatty") >= limits.forward_unsolicited_frames_max
+
+
+async def test_a_push_flood_while_awaiting_a_reply_ends_the_session(switch, forwarders,
+                                                                    nursery):
+    await switch.person("WH20230001")
+    key = os.urandom(32)
+    odd = OddReceiver(key, lambda m: {"t": "records", "code": "ok", "upto": m["to"]},
+                      pushes=limits.forward_unsolicited_frames_max + 1)
+    await nursery.start(odd.run)
+    forwarder = forwarders.start(switch, destination("flood", odd.port, "sw-flood", key, None))
+    await wait_until(lambda: errors(switch, "flood", "protocol") >= 2, 10)
+    assert forwarder.acked == 0
+    # Each session read the bound's worth of pushes and one more, then hung up.
+    assert unsolicited(switch, "flood") >= \
+        (limits.forward_unsolicited_frames_max + 1) * errors(switch, "flood", "protocol")
+    with trio.fail_after(5):
         reply = await switch.admin.request({"t": "ping"})
     assert reply["code"] == "ok"
 

@@ -154,3 +154,32 @@ def test_a_look_alike_kind_inside_another_field_is_not_sent(store):
     store.committed(batch)
     assert next_frame(store, 1, frozenset({"debit"})) == (1, [])
     assert next_frame(store, 1, None) == (1, [lost])
+
+
+def test_a_frame_spans_at_most_one_scan_of_the_switch():
+    scan = limits.forward_scan_txns_max
+    assert check_records(0, frame(1, scan, [scan])).action == APPLY
+    wide = check_records(0, frame(1, scan + 1, [scan]))
+    assert wide.action == BAD and wide.upto == 0
+    # The same from any starting point, records or none.
+    assert check_records(5000, frame(5001, 5000 + scan, [])).action == APPLY
+    assert check_records(5000, frame(5001, 5001 + scan, [])).action == BAD
+    # A `to` far past the last record would have made us drop everything up to it.
+    assert check_records(0, frame(1, 2**62, [1])).action == BAD
+
+
+def test_a_frame_holds_at_most_the_switchs_records_per_frame():
+    count = limits.forward_records_per_frame_max
+    assert check_records(0, frame(1, count, range(1, count + 1))).action == APPLY
+    assert check_records(0, frame(1, count + 1, range(1, count + 2))).action == BAD
+
+
+def test_the_switchs_frames_pass_the_receivers_rules(store):
+    fill(store, ["debit"] * (limits.forward_scan_txns_max + 10))
+    to_txn, records = next_frame(store, 1, None)
+    message = {"t": "records", "from": 1, "to": to_txn, "records": records}
+    assert check_records(0, message).action == APPLY
+    to_txn, records = next_frame(store, 1, frozenset({"credit"}))
+    assert to_txn == limits.forward_scan_txns_max and records == []
+    assert check_records(0, {"t": "records", "from": 1, "to": to_txn,
+                             "records": records}).action == APPLY

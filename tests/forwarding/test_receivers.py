@@ -1,0 +1,291 @@
+"""The reference receivers against a switch that sends nonsense and a crowd that sends
+nothing: every field of every record checked before it is applied, a refused or failed
+frame leaves nothing behind, CSV cells that cannot run as formulas, silent sockets that
+cannot keep the switch out, and an exception that ends one connection only."""
+
+import csv
+import errno
+import os
+import time
+
+import pytest
+import trio
+import trio.testing
+
+from switch import limits
+from switch.codec import ClientSession, FrameDecoder
+from switch.receivers import base
+from switch.receivers.billing import BillingReceiver
+from switch.receivers.utility import UtilityReceiver
+
+WHO = "sw-receiver"
+KEY = b"k" * 32
+AT = 1_795_000_000_000          # 2026-11-18 in Shanghai
+TIME_MAX = limits.receiver_time_ms_max
+FEN_MAX = limits.balance_fen_max
+
+
+def money(txn, kind="debit", **fields):
+    record = {"txn": txn, "at": AT, "kind": kind, "account": "WH20230001", "school": "WH",
+              "amount": -120, "balance": 880, "who": "T-POS-1", "merchant": "CANTEEN-1",
+              "ref": f"r-{txn}"}
+    if kind == "reverse":
+        record.update(amount=120, target=txn - 1)
+    if kind == "offline":
+        record.update(tapped_at=AT - 60_000, card="0A1B2C3D")
+    return {**record, **fields}
+
+
+def room(txn, kind="meter", **fields):
+    record = {"txn": txn, "at": AT, "kind": kind, "account": "WH-D1-101", "school": "WH",
+              "amount": {"meter": -30, "credit": 500}.get(kind, 0), "balance": 470,
+              "who": "T-METER-1", "merchant": None, "ref": f"r-{txn}"}
+    return {**record, **fields}
+
+
+def frame(records, first=1, last=None):
+    last = records[-1]["txn"] if last is None else last
+    return {"t": "records", "from": first, "to": last, "records": records}
+
+
+def refused(reply) -> bool:
+    return reply == {"t": "records", "code": "bad_request"}
+
+
+# ------------------------------------------------------------------ fields
+BILLING_CASES = [
+    # (what, the frame's records, applied?)
+    ("at at its minimum", [money(1, at=limits.receiver_time_ms_min)], True),
+    ("at below it", [money(1, at=limits.receiver_time_ms_min - 1)], False),
+    ("at at its maximum", [money(1, at=TIME_MAX)], True),
+    ("at past it", [money(1, at=TIME_MAX + 1)], False),
+    ("at past any date", [money(1, at=2**70)], False),
+    ("at a float", [money(1, at=float(AT))], False),
+    ("at missing", [{k: v for k, v in money(1).items() if k != "at"}], False),
+    ("amount at its bound", [money(1, amount=-FEN_MAX)], True),
+    ("amount past it", [money(1, amount=-FEN_MAX - 1)], False),
+    ("amount a bool", [money(1, amount=True)], False),
+    ("a payment that gives money", [money(1, amount=120)], False),
+    ("balance at its bound", [money(1, balance=FEN_MAX)], True),
+    ("balance past it", [money(1, balance=FEN_MAX + 1)], False),
+    ("balance below minus it", [money(1, balance=-FEN_MAX - 1)], False),
+    ("merchant at its length", [money(1, merchant="M" * limits.source_chars_max)], True),
+    ("merchant past it", [money(1, merchant="M" * (limits.source_chars_max + 1))], False),
+    ("merchant empty", [money(1, merchant="")], False),
+    ("merchant missing", [money(1, merchant=None)], False),
+    ("merchant a list", [money(1, merchant=["M"])], False),
+    ("account at its length", [money(1, account="A" * limits.account_id_chars_max)], True),
+    ("account past it", [money(1, account="A" * (limits.account_id_chars_max + 1))], False),
+    ("account an int", [money(1, account=7)], False),
+    ("school at its length", [money(1, school="S" * limits.school_code_chars_max)], True),
+    ("school past it", [money(1, school="S" * (limits.school_code_chars_max + 1))], False),
+    ("who at its length", [money(1, who="w" * limits.credential_id_chars_max)], True),
+    ("who past it", [money(1, who="w" * (limits.credential_id_chars_max + 1))], False),
+    ("ref at its length", [money(1, ref="r" * limits.id_str_chars_max)], True),
+    ("ref text past it", [money(1, ref="r" * (limits.id_str_chars_max + 1))], False),
+    ("ref the largest int id", [money(1, ref=limits.id_int_max)], True),
+    ("ref int past it", [money(1, ref=limits.id_int_max + 1)], False),
+    ("ref a map", [money(1, ref={"a": 1})], False),
+    ("tapped_at at its maximum", [money(1, "offline", tapped_at=TIME_MAX)], True),
+    ("tapped_at past it", [money(1, "offline", tapped_at=TIME_MAX + 1)], False),
+    ("a reverse of the txn before", [money(1), money(2, "reverse")], True),
+    ("a reverse of itself", [money(1), money(2, "reverse", target=2)], False),
+    ("a reverse of txn 0", [money(1), money(2, "reverse", target=0)], False),
+    ("a reverse without a target", [money(1), money(2, "reverse", target=None)], False),
+    ("a reverse that takes money", [money(1), money(2, "reverse", amount=-120)], False),
+]
+
+
+@pytest.mark.parametrize("what, records, applied", BILLING_CASES,
+                         ids=[case[0] for case in BILLING_CASES])
+async def test_billing_checks_every_field_before_applying(tmp_path, what, records, applied):
+    receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    settlement = (tmp_path / "b" / "settlement.csv").read_bytes()
+    reply = await receiver.handle_records(frame(records))
+    if applied:
+        assert reply == {"t": "records", "code": "ok", "upto": records[-1]["txn"]}
+        assert receiver.position == records[-1]["txn"] and receiver.settlement_rows()
+        return
+    assert refused(reply)
+    assert receiver.position == 0 and receiver.settlement_rows() == []
+    assert (tmp_path / "b" / "settlement.csv").read_bytes() == settlement
+    # Refused, not stuck: the next good frame is taken.
+    good = await receiver.handle_records(frame([money(1)]))
+    assert good["upto"] == 1 and receiver.settlement_rows()[0][2:] == (1, 120)
+
+
+UTILITY_CASES = [
+    ("a meter", [room(1)], True),
+    ("a meter that gives money", [room(1, amount=30)], False),
+    ("a credit that takes money", [room(1, "credit", amount=-500)], False),
+    ("a cutoff that moves money", [room(1, "cutoff", amount=-1)], False),
+    ("a restore", [room(1, "restore")], True),
+    ("at past its maximum", [room(1, at=TIME_MAX + 1)], False),
+    ("balance past its bound", [room(1, balance=FEN_MAX + 1)], False),
+    ("account a list", [room(1, account=["WH-D1-101"])], False),
+    ("school missing", [room(1, school=None)], False),
+]
+
+
+@pytest.mark.parametrize("what, records, applied", UTILITY_CASES,
+                         ids=[case[0] for case in UTILITY_CASES])
+async def test_utility_checks_every_field_before_applying(tmp_path, what, records, applied):
+    receiver = UtilityReceiver(str(tmp_path / "u"), {WHO: KEY})
+    reply = await receiver.handle_records(frame(records))
+    if applied:
+        assert reply["code"] == "ok" and receiver.position == 1 and receiver.rooms
+    else:
+        assert refused(reply) and receiver.position == 0 and receiver.rooms == {}
+
+
+async def test_a_to_beyond_what_the_switch_sends_does_not_swallow_later_records(tmp_path):
+    receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    assert refused(await receiver.handle_records(frame([money(1)], last=2**40)))
+    assert receiver.position == 0
+    reply = await receiver.handle_records(frame([money(1), money(2)]))
+    assert reply["upto"] == 2
+    assert receiver.settlement_rows() == [("CANTEEN-1", "2026-11-18", 2, 240)]
+
+
+# ------------------------------------------------------------------ CSV
+FORMULAS = ["=HYPERLINK(\"http://x\",\"pay\")", "+1", "-2+3", "@SUM(A1:A9)", "\tTAB", "\rCR"]
+
+
+async def test_settlement_cells_cannot_run_as_formulas(tmp_path):
+    receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    names = FORMULAS + ["plain", "quote \" and, comma"]
+    records = [money(n + 1, merchant=name) for n, name in enumerate(names)]
+    # A reverse with no payment of that merchant that day: a negative total, a number.
+    records.append(money(len(names) + 1, "reverse", merchant="refunds", target=1))
+    assert (await receiver.handle_records(frame(records)))["code"] == "ok"
+    with open(tmp_path / "b" / "settlement.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["merchant", "day", "count", "total_fen"]
+    merchants = {row[0]: row[2:] for row in rows[1:]}
+    for name in FORMULAS:
+        assert merchants["'" + name] == ["1", "120"]
+    assert merchants["plain"] == ["1", "120"]
+    assert merchants["quote \" and, comma"] == ["1", "120"]
+    assert merchants["refunds"] == ["-1", "-120"]
+
+
+async def test_room_cells_cannot_run_as_formulas(tmp_path):
+    receiver = UtilityReceiver(str(tmp_path / "u"), {WHO: KEY})
+    reply = await receiver.handle_records(frame([room(1, account="-WH-D1-1", balance=-5)]))
+    assert reply["code"] == "ok"
+    with open(tmp_path / "u" / "rooms.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["account"], row["balance_fen"], row["metered_fen"]) for row in rows] == \
+        [("'-WH-D1-1", "-5", "30")]
+
+
+# ------------------------------------------------------------------ on the wire
+class Sender:
+    """The switch's side of one connection to a receiver, by hand."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.decoder = FrameDecoder()
+        self.payloads = []
+        self.session = ClientSession(WHO, KEY)
+
+    @classmethod
+    async def sign_on(cls, port) -> "Sender":
+        sender = cls(await trio.open_tcp_stream("127.0.0.1", port))
+        await sender.stream.send_all(sender.session.hello_frame(time.time_ns() // 1_000_000))
+        reply = sender.session.receive_hello_reply(await sender.next_payload())
+        assert reply["role"] == "downstream"
+        return sender
+
+    async def next_payload(self) -> bytes | None:
+        with trio.fail_after(30):
+            while not self.payloads:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    return None
+                self.payloads.extend(self.decoder.feed(data))
+        return self.payloads.pop(0)
+
+    async def records(self, message) -> dict | None:
+        """The reply, or None when the receiver closed the connection instead."""
+        seq, request = self.session.request_frame(message)
+        await self.stream.send_all(request)
+        payload = await self.next_payload()
+        return None if payload is None else self.session.receive(payload)
+
+
+@pytest.fixture
+async def billing(tmp_path, nursery):
+    receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(receiver.serve, listeners)
+    receiver.port = listeners[0].socket.getsockname()[1]
+    return receiver
+
+
+async def test_a_flood_of_silent_sockets_does_not_keep_the_switch_out(billing):
+    bound = limits.receiver_pending_connections_max
+    silent = [await trio.open_tcp_stream("127.0.0.1", billing.port) for _ in range(bound)]
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    assert len(billing._pending) == bound and billing.pending_evicted == 0
+    silent.append(await trio.open_tcp_stream("127.0.0.1", billing.port))
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    assert len(billing._pending) == bound and billing.pending_evicted == 1
+    with trio.fail_after(30):
+        assert await silent[0].receive_some(100) == b""     # the oldest made room
+    for _ in range(3 * bound):
+        silent.append(await trio.open_tcp_stream("127.0.0.1", billing.port))
+    sender = await Sender.sign_on(billing.port)
+    reply = await sender.records(frame([money(1)]))
+    assert reply["code"] == "ok" and reply["upto"] == 1
+    for stream in silent:
+        await stream.aclose()
+    await sender.stream.aclose()
+
+
+async def test_an_exception_in_one_connection_ends_it_alone_and_applies_nothing(
+        billing, monkeypatch, caplog):
+    apply = billing.apply
+    calls = []
+
+    def fails_on_the_second_record_once(record):
+        calls.append(record["txn"])
+        if len(calls) == 2:
+            raise RuntimeError("a bug in apply")
+        apply(record)
+
+    monkeypatch.setattr(billing, "apply", fails_on_the_second_record_once)
+    sender = await Sender.sign_on(billing.port)
+    assert await sender.records(frame([money(1), money(2)])) is None
+    assert billing.connection_failures == 1
+    assert "a bug in apply" in caplog.text and "Traceback" in caplog.text
+    # The first record's effect was rolled back with the rest of the frame.
+    assert billing.position == 0 and billing.settlement_rows() == []
+    again = await Sender.sign_on(billing.port)
+    reply = await again.records(frame([money(1), money(2)]))
+    assert reply["upto"] == 2
+    assert billing.settlement_rows() == [("CANTEEN-1", "2026-11-18", 2, 240)]
+    await again.stream.aclose()
+
+
+async def test_a_failed_write_applies_nothing_and_the_resend_counts_once(billing,
+                                                                        monkeypatch):
+    write = base.write_atomically
+    failures = []
+
+    def disk_full_once(directory, files):
+        if not failures:
+            failures.append(1)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(directory, files)
+
+    monkeypatch.setattr(base, "write_atomically", disk_full_once)
+    sender = await Sender.sign_on(billing.port)
+    assert await sender.records(frame([money(1)])) is None
+    assert billing.connection_failures == 1 and billing.position == 0
+    again = await Sender.sign_on(billing.port)
+    assert (await again.records(frame([money(1)])))["upto"] == 1
+    assert billing.settlement_rows() == [("CANTEEN-1", "2026-11-18", 1, 120)]
+    reopened = BillingReceiver(billing.state_dir, {WHO: KEY})
+    assert reopened.position == 1 and reopened.settlement_rows() == billing.settlement_rows()
+    await again.stream.aclose()

@@ -1,0 +1,204 @@
+"""The metrics endpoint under abuse: label values only from known sets, the exposition
+cached and built in a worker thread, connections bounded in number and time, and an
+exception while serving one scrape ends that connection only."""
+
+import threading
+
+import pytest
+import trio
+import trio.testing
+
+from switch import limits
+from switch.metrics import UNKNOWN, Metrics, serve_metrics
+from tests.server.harness import Switch
+
+
+async def _serve(nursery, metrics) -> int:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(serve_metrics, metrics, listeners)
+    return listeners[0].socket.getsockname()[1]
+
+
+async def _get(port: int) -> bytes:
+    """The whole answer to one GET: empty when the endpoint closed without answering."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        return await _read_to_end(stream)
+
+
+async def _read_to_end(stream) -> bytes:
+    answer = b""
+    with trio.fail_after(30):
+        while data := await stream.receive_some(65536):
+            answer += data
+    return answer
+
+
+def _count_builds(metrics, monkeypatch) -> list:
+    """Replace `metrics.exposition` by one that notes the thread of each build."""
+    threads = []
+    build = metrics.exposition
+
+    def counted():
+        threads.append(threading.current_thread())
+        return build()
+
+    monkeypatch.setattr(metrics, "exposition", counted)
+    return threads
+
+
+# ------------------------------------------------------------------ labels
+async def test_a_clients_made_up_request_types_share_one_label(tmp_path, nursery):
+    switch = await Switch(tmp_path / "data").start(nursery)
+    try:
+        made_up = [f"made-up-{n}-" + "x" * 200 for n in range(50)]
+        for request_type in made_up:
+            reply = await switch.admin.request({"t": request_type})
+            assert reply["code"] == "bad_request"
+        registry = switch.server.metrics.registry
+        assert registry.get_sample_value(
+            "switch_requests_total", {"type": UNKNOWN, "code": "bad_request"}) == 50
+        assert registry.get_sample_value(
+            "switch_request_duration_seconds_count", {"type": UNKNOWN}) == 50
+        exposition = switch.server.metrics.exposition().decode()
+        assert "made-up" not in exposition
+        # A known type keeps its own label.
+        await switch.admin.request({"t": "ping"})
+        assert registry.get_sample_value("switch_requests_total",
+                                         {"type": "ping", "code": "ok"}) == 1
+    finally:
+        await switch.stop()
+
+
+def test_unknown_codes_and_types_map_to_unknown_and_known_ones_stay():
+    metrics = Metrics()
+    metrics.observe_reply("debit", "no_such_code", 0.001)
+    metrics.observe_reply("debit", "insufficient_funds", 0.001)
+    metrics.observe_reply("no_such_type", "ok", 0.001)
+    metrics.observe_reply(["not", "hashable"], {"no": "hash"}, 0.001)
+    metrics.observe_reply("error", "mac_invalid", 0.001)
+    sample = metrics.registry.get_sample_value
+    assert sample("switch_requests_total", {"type": "debit", "code": UNKNOWN}) == 1
+    assert sample("switch_requests_total", {"type": "debit", "code": "insufficient_funds"}) == 1
+    assert sample("switch_requests_total", {"type": UNKNOWN, "code": "ok"}) == 1
+    assert sample("switch_requests_total", {"type": UNKNOWN, "code": UNKNOWN}) == 1
+    assert sample("switch_requests_total", {"type": "error", "code": "mac_invalid"}) == 1
+    labels = {(s.labels["type"], s.labels["code"])
+              for family in metrics.registry.collect() if family.name == "switch_requests"
+              for s in family.samples}
+    assert labels == {("debit", UNKNOWN), ("debit", "insufficient_funds"), (UNKNOWN, "ok"),
+                      (UNKNOWN, UNKNOWN), ("error", "mac_invalid")}
+
+
+# ------------------------------------------------------------------ cached exposition
+async def test_a_flood_of_scrapes_costs_one_build_in_a_worker_thread(nursery, monkeypatch):
+    monkeypatch.setattr(limits, "metrics_exposition_age_s_max", 3600.0)
+    metrics = Metrics()
+    threads = _count_builds(metrics, monkeypatch)
+    port = await _serve(nursery, metrics)
+    answers = []
+    async with trio.open_nursery() as scrapers:
+        for _ in range(limits.metrics_connections_max):
+            async def scrape():
+                for _ in range(5):
+                    answers.append(await _get(port))
+            scrapers.start_soon(scrape)
+    assert len(answers) == 5 * limits.metrics_connections_max
+    assert all(answer.startswith(b"HTTP/1.1 200 OK") for answer in answers)
+    assert len({answer for answer in answers}) == 1
+    assert len(threads) == 1
+    assert threads[0] is not threading.current_thread()
+
+
+async def test_an_exposition_is_served_up_to_its_age_bound_and_rebuilt_past_it(
+        mock_clock, monkeypatch):
+    metrics = Metrics()
+    threads = _count_builds(metrics, monkeypatch)
+    age_s = limits.metrics_exposition_age_s_max
+    first = await metrics.cached_exposition()
+    assert len(threads) == 1
+    mock_clock.jump(age_s)                 # exactly N old: still served
+    metrics.journal_txn.set(7)
+    assert await metrics.cached_exposition() == first
+    assert len(threads) == 1
+    mock_clock.jump(0.001)                 # just past N: rebuilt, and shows the change
+    rebuilt = await metrics.cached_exposition()
+    assert len(threads) == 2
+    assert b"switch_journal_txn 7.0" in rebuilt
+
+
+async def test_scrapes_arriving_during_a_build_share_it(nursery, monkeypatch):
+    metrics = Metrics()
+    release = threading.Event()
+    builds = []
+
+    def slow():
+        builds.append(1)
+        release.wait(30)
+        return b"exposition"
+
+    monkeypatch.setattr(metrics, "exposition", slow)
+    results = []
+
+    async def scrape():
+        results.append(await metrics.cached_exposition())
+
+    async with trio.open_nursery() as scrapers:
+        for _ in range(10):
+            scrapers.start_soon(scrape)
+        await trio.testing.wait_all_tasks_blocked(0.05)
+        assert len(builds) == 1
+        release.set()
+    assert results == [b"exposition"] * 10
+    assert len(builds) == 1
+
+
+# ------------------------------------------------------------------ connections
+async def test_connections_beyond_the_bound_are_closed_at_accept(nursery):
+    metrics = Metrics()
+    port = await _serve(nursery, metrics)
+    idle = [await trio.open_tcp_stream("127.0.0.1", port)
+            for _ in range(limits.metrics_connections_max - 1)]
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    # The Nth connection is served.
+    assert (await _get(port)).startswith(b"HTTP/1.1 200 OK")
+    idle.append(await trio.open_tcp_stream("127.0.0.1", port))
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    # The N+1th is closed without an answer, and counted.
+    assert await _get(port) == b""
+    assert metrics.registry.get_sample_value("switch_metrics_endpoint_refused_total") == 1
+    # Room again once one leaves.
+    await idle.pop().aclose()
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    assert (await _get(port)).startswith(b"HTTP/1.1 200 OK")
+    for stream in idle:
+        await stream.aclose()
+
+
+async def test_a_connection_lives_at_most_its_time_bound(autojump_clock, nursery, monkeypatch):
+    monkeypatch.setattr(limits, "metrics_connection_timeout_s", 0.75)
+    port = await _serve(nursery, Metrics())
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET /metrics HTTP/1.1\r\n")   # and never the end of the head
+    started = trio.current_time()
+    assert await _read_to_end(stream) == b""
+    # The clock is trio's mock one: this is the endpoint's deadline, not a speed.
+    assert trio.current_time() - started == pytest.approx(0.75, abs=0.01)
+    await stream.aclose()
+
+
+async def test_an_exception_while_serving_ends_that_connection_only(nursery, monkeypatch,
+                                                                     caplog):
+    metrics = Metrics()
+    port = await _serve(nursery, metrics)
+
+    def broken():
+        raise RuntimeError("a collector's bug")
+
+    monkeypatch.setattr(metrics, "exposition", broken)
+    assert await _get(port) == b""
+    assert metrics.registry.get_sample_value("switch_metrics_endpoint_failures_total") == 1
+    assert "a collector's bug" in caplog.text and "Traceback" in caplog.text
+    monkeypatch.undo()
+    assert (await _get(port)).startswith(b"HTTP/1.1 200 OK")
