@@ -23,7 +23,7 @@ import trio
 
 from switch.client import Client
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from tests.paths import REPO_ROOT as REPO
 
 ROUNDS = 3
 SCHOOL = "WH"

@@ -19,7 +19,7 @@ import trio
 
 from switch.destinations import Destination
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from tests.paths import REPO_ROOT as REPO
 START_TIMEOUT_S = 20.0
 EXIT_TIMEOUT_S = 10.0
 CATCH_UP_TIMEOUT_S = 30.0
