@@ -1,4 +1,4 @@
-"""Issue 3 over real sockets: card office, PINs, limits, QR codes, reversals, blacklist."""
+"""Card office, PINs, limits, QR codes, reversals and the blacklist over real sockets."""
 
 import trio
 
