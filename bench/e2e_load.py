@@ -219,7 +219,8 @@ class ServerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> int:
-        """SIGTERM: the switch answers what is in flight, commits and exits 0 (§7)."""
+        """SIGTERM: the switch answers what is in flight, commits and exits 0
+        (docs/PROTOCOL.md §7.1)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:

@@ -1,4 +1,4 @@
-"""The versioned per-school list of blocked cards (黑名单, PROTOCOL.md §4).
+"""The versioned per-school list of blocked cards (黑名单, docs/PROTOCOL.md §4.13).
 
 Each change to a school's list is one new version holding the cards added and
 removed. Terminals catch up with deltas since their version, or get the full

@@ -170,7 +170,7 @@ class Connection:
                     await self._send_error_and_close(error)
                     return None
         if not payloads:
-            return None  # no hello in time: closed without a frame (§2)
+            return None  # no hello in time: closed without a frame (docs/PROTOCOL.md §2.1)
         try:
             hello = self.session.receive_hello(payloads[0], server.ledger.live_key)
         except ProtocolError as error:
@@ -214,7 +214,8 @@ class Connection:
                 self._execute_backlog()
                 if self.in_flight >= limits.requests_in_flight_max:
                     idle.deadline = float("inf")  # waiting on us, not on the peer
-                    await self._capacity.park()   # stop reading: TCP backpressure (§2)
+                    # Stop reading: TCP backpressure (docs/PROTOCOL.md §2.3).
+                    await self._capacity.park()
                     continue
                 if self.closed:
                     return

@@ -1,4 +1,4 @@
-"""What every reference receiver shares (PROTOCOL.md §6): the server side of `hello` with
+"""What every reference receiver shares (docs/PROTOCOL.md §6.3): the server side of `hello` with
 role "downstream", the contiguity and duplicate rules for `records` frames, and state kept
 on disk atomically before each reply.
 
@@ -38,7 +38,7 @@ class Verdict(NamedTuple):
 
 
 def check_records(position: int, message: dict) -> Verdict:
-    """The §6 rules for one `records` frame against our acknowledged `position`.
+    """The docs/PROTOCOL.md §6.3 rules for one `records` frame against our acknowledged `position`.
 
     - `from` > position + 1 is a gap: acknowledge `position` so the switch resends from
       position + 1;
@@ -244,7 +244,7 @@ class Receiver:
                         return None
                     payloads = decoder.feed(data)
             if not payloads:
-                return None  # no hello in time: closed without a frame (§2)
+                return None  # no hello in time: closed without a frame (docs/PROTOCOL.md §2.1)
             hello = session.receive_hello(payloads.pop(0), self.credentials.get)
         except ProtocolError as error:
             log.info("%s: refused hello: %s", self.name, error.code)

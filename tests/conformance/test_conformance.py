@@ -36,7 +36,7 @@ VECTORS = load_vectors()
 
 MISSING = object()  # "leave this field out of the request"
 
-# Defaults from PROTOCOL.md §4.
+# Defaults from docs/PROTOCOL.md §4.6-4.7.
 NO_PIN = 5_000
 PER_TX = 50_000
 DAILY = 100_000

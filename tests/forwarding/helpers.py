@@ -145,7 +145,8 @@ def _day(unix_ms: int) -> str:
 
 
 def expected_settlement(records: list[dict]) -> dict:
-    """(merchant, day) -> (count, total fen), the way §4's `settle` counts, per merchant."""
+    """(merchant, day) -> (count, total fen), the way `settle` counts (docs/PROTOCOL.md
+    §4.11), per merchant."""
     by_txn = {record["txn"]: record for record in records}
     totals = defaultdict(lambda: [0, 0])
     for record in records:
