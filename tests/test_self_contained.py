@@ -20,7 +20,7 @@ byte is binary and skipped) is held to these rules:
    file's folder, to something inside the checkout that exists; absolute targets are
    refused (on disk they mean the machine's root, not the repository's).
 4. A `../` path anywhere else, resolved against the file's folder, stays inside the
-   checkout (`../shared/...` from the root names a folder beside the repository).
+   checkout (`../beside/...` from the root names a folder beside the repository).
 5. Python code that climbs from `__file__` (`.parents[N]`, `.parent.parent`,
    `os.path.dirname(...)` nested) stays inside the checkout.
 
@@ -177,11 +177,11 @@ def test_no_relative_path_climbs_out_of_the_repository(tracked):
 
 # ------------------------------------------------------------------ the rules themselves
 def test_machine_paths_are_found_and_system_locations_are_not():
-    assert machine_paths('VECTORS = Path("/work/shared/vectors/v1.json")') == [
-        "/work/shared/vectors/v1.json"]
+    assert machine_paths('VECTORS = Path("/home/alice/onecard/tests/vectors/v1.json")') == [
+        "/home/alice/onecard/tests/vectors/v1.json"]
     assert machine_paths("--log-prefix=/tmp/pg-bench-1/pgbench_16") == [
         "/tmp/pg-bench-1/pgbench_16"]
-    assert machine_paths("cd /home/alice/switch && make") == ["/home/alice/switch"]
+    assert machine_paths("cd /root/switch && make") == ["/root/switch"]
     for allowed in ("open('/dev/null')", 'open(f"/proc/{pid}/stat")', "/etc/systemd/system/",
                     'glob("/usr/lib/postgresql/*/bin/postgres")', "--data /srv/switch",
                     "#!/usr/bin/env bash", "bench/tmp/x", "${TMPDIR}/tmp/x",
@@ -195,8 +195,8 @@ def test_results_allow_no_absolute_path_but_relative_ones():
 
 
 def test_markdown_links_are_judged_from_the_linking_files_folder():
-    assert bad_markdown_links("README.md", "[c](../shared/PROTOCOL.md)") == [
-        "../shared/PROTOCOL.md (outside the repository)"]
+    assert bad_markdown_links("README.md", "[c](../beside/PROTOCOL.md)") == [
+        "../beside/PROTOCOL.md (outside the repository)"]
     assert bad_markdown_links("README.md", "[p](docs/PROTOCOL.md#2-sessions)") == []
     assert bad_markdown_links("docs/FORWARDING.md", "[e](../examples/switch.toml)") == []
     assert bad_markdown_links("docs/FORWARDING.md", "[e](examples/switch.toml)") == [
@@ -207,11 +207,11 @@ def test_markdown_links_are_judged_from_the_linking_files_folder():
 
 
 def test_climbing_paths_and_file_parents_are_judged_from_the_files_folder():
-    assert climbing_paths("README.md", "read `../shared/PROTOCOL.md`") == [
-        "../shared/PROTOCOL.md"]
+    assert climbing_paths("README.md", "read `../beside/PROTOCOL.md`") == [
+        "../beside/PROTOCOL.md"]
     assert climbing_paths("terminals-sim/README.md", "see ../docs/PROTOCOL.md") == []
     assert file_climbs("tests/conftest.py",
-                       'SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"') == [
+                       'BESIDE = pathlib.Path(__file__).resolve().parents[2] / "beside"') == [
         "__file__).resolve().parents[2]"]
     assert file_climbs("tests/paths.py", "pathlib.Path(__file__).resolve().parents[1]") == []
     assert file_climbs("bench/run_e2e.py", "pathlib.Path(__file__).resolve().parent.parent") == []
