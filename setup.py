@@ -25,7 +25,7 @@ setup(
         "tzdata",
     ],
     extras_require={
-        # hdrhistogram: the simulator's latency percentiles (HdrHistogram, as the issue asks);
+        # hdrhistogram: the simulator's latency percentiles (HdrHistogram: exact tails, mergeable);
         # pytest-benchmark: bench/test_micro.py.
         "test": ["pytest>=8", "pytest-trio>=0.8", "hypothesis>=6.100", "hdrhistogram>=0.10",
                  "pytest-benchmark>=4"],

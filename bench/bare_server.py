@@ -3,7 +3,7 @@ answers with a tag, and does nothing else (no state, no disk, no metrics).
 
     .venv/bin/python bench/bare_server.py --credentials FILE --listen 127.0.0.1:0
 
-It speaks PROTOCOL.md §1-2 with the switch's own sans-IO codec (`switch/codec/`), so
+It speaks docs/PROTOCOL.md §1-2 with the switch's own sans-IO codec (`switch/codec/`), so
 bench/e2e_load.py runs against it unchanged: a `hello` from any credential in FILE (JSON,
 {"terminals": [[who, key hex], ...]}) opens a session with direction keys; every request frame
 has its tag verified, its body decoded and its `seq` checked, and is answered
@@ -76,7 +76,7 @@ async def serve_connection(sock: socket.socket, keys: dict[str, bytes], counters
     receive_size = limits.receive_size_bytes
     wait_readable = trio.lowlevel.wait_readable
     try:
-        # ---- hello (PROTOCOL.md §2), bounded like the switch's
+        # ---- hello (docs/PROTOCOL.md §2.1), bounded like the switch's
         payloads = []
         with trio.move_on_after(HELLO_TIMEOUT_S):
             while not payloads:

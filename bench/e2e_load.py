@@ -219,7 +219,8 @@ class ServerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> int:
-        """SIGTERM: the switch answers what is in flight, commits and exits 0 (§7)."""
+        """SIGTERM: the switch answers what is in flight, commits and exits 0
+        (docs/PROTOCOL.md §7.1)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
@@ -765,15 +766,20 @@ def latency_summary(latencies_s, unanswered_s=()) -> dict:
     return summary
 
 
+def shown_path(path) -> str:
+    """A path as committed results show it: relative to the repository's root, or, outside
+    the repository, its name alone (a machine's own paths mean nothing to a reader)."""
+    # abspath, not resolve: .venv/bin/python is a symlink out of the repository.
+    absolute = pathlib.Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(REPO))
+    except ValueError:
+        return absolute.name
+
+
 def _command_line(argv, script: str = __file__) -> str:
     """The command that reproduces this run, from the repository's root."""
-    python = pathlib.Path(sys.executable)
-    try:
-        python_text = str(python.relative_to(REPO))
-    except ValueError:
-        python_text = str(python)
-    script = pathlib.Path(script).resolve().relative_to(REPO)
-    return shlex.join([python_text, str(script), *argv])
+    return shlex.join([shown_path(sys.executable), shown_path(script), *argv])
 
 
 def _report(args, result: dict) -> None:

@@ -32,6 +32,7 @@ import pwd
 import re
 import resource
 import shutil
+import shlex
 import signal
 import socket
 import subprocess
@@ -307,6 +308,13 @@ def _read_logs(prefix: pathlib.Path) -> list[tuple[float, float]]:
     return rows
 
 
+def _shown_command(command: list[str]) -> str:
+    """The command as results show it: programs by name, files relative to pgbench's working
+    directory (the run's scratch directory), so no path of this machine is recorded."""
+    return shlex.join(pathlib.Path(part).name if os.path.isabs(part) else part
+                      for part in command)
+
+
 def run_pgbench(cluster: Cluster, clients: int, args, workdir: pathlib.Path) -> dict:
     cluster.psql("VACUUM ANALYZE accounts", "CHECKPOINT")
     script = workdir / "debit.sql"
@@ -318,7 +326,7 @@ def run_pgbench(cluster: Cluster, clients: int, args, workdir: pathlib.Path) -> 
     command = [cluster.tool("pgbench"), "-h", "127.0.0.1", "-p", str(cluster.port),
                "-U", "postgres", "-n", "-M", "prepared", "-j", str(min(args.threads, clients)),
                "-c", str(clients), "-T", str(duration_s), "-P", "1", "-l",
-               f"--log-prefix={prefix}", "-f", str(script), "-D", f"naccounts={args.accounts}",
+               f"--log-prefix={prefix.name}", "-f", script.name, "-D", f"naccounts={args.accounts}",
                "-D", f"amount_max={args.amount_max}", "postgres"]
     taskset = shutil.which("taskset")
     if args.load_cpu is not None and taskset:
@@ -366,7 +374,7 @@ def run_pgbench(cluster: Cluster, clients: int, args, workdir: pathlib.Path) -> 
     reported = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", completed.stdout)
     failed = re.search(r"number of failed transactions: (\d+)", completed.stdout)
     result = {
-        "clients": clients, "command": " ".join(command), "exit": completed.returncode,
+        "clients": clients, "command": _shown_command(command), "exit": completed.returncode,
         "ok_in_window": len(in_window), "tx_per_s": len(in_window) / covered_s,
         "window_s": covered_s,
         "tps_pgbench": float(reported.group(1)) if reported else None,

@@ -48,7 +48,8 @@ STOP_GRACE_S = 45.0               # a stopped step gets this long to stop its se
 MB = 1_000_000
 MIB = 1024 * 1024
 
-# What the issue asks of the switch; reported against, never asserted.
+# The switch's performance targets (bench/RESULTS.md, "Against the targets");
+# reported against, never asserted.
 TARGET_BARE_RATIO = 0.8
 TARGET_BARE_CONNECTIONS = 2000
 TARGET_POSTGRES_RATIO = 3.5
@@ -115,6 +116,7 @@ def _scaled_down(args) -> bool:
 
 
 def _relative(path: pathlib.Path) -> str:
+    """A path to run with from the repository's root (absolute when outside it)."""
     # abspath, not resolve: .venv/bin/python is a symlink out of the repository.
     try:
         return str(pathlib.Path(os.path.abspath(path)).relative_to(REPO))
@@ -124,6 +126,15 @@ def _relative(path: pathlib.Path) -> str:
 
 def _python() -> str:
     return _relative(pathlib.Path(sys.executable))
+
+
+def _shown_settings(args) -> dict:
+    """The settings as summary.json keeps them: paths relative to the repository's root."""
+    settings = dict(vars(args))
+    for name in ("results_dir", "results_md", "workdir"):
+        if settings[name] is not None:
+            settings[name] = e2e_load.shown_path(settings[name])
+    return settings
 
 
 # ------------------------------------------------------------------ running steps
@@ -596,7 +607,7 @@ def main(argv=None) -> int:
         machine, failures = previous["machine"], previous["failures"]
         names = [name for name, _, _ in plan(args, results_dir)]
     else:
-        top_command = shlex.join([_python(), "bench/run_e2e.py", *argv])
+        top_command = shlex.join([e2e_load.shown_path(sys.executable), "bench/run_e2e.py", *argv])
         began = time.time()
         machine = _machine()
         planned = plan(args, results_dir)
@@ -627,7 +638,7 @@ def main(argv=None) -> int:
         machine["loadavg_end"] = os.getloadavg()
     (results_dir / "summary.json").write_text(json.dumps(
         {"command": top_command, "started_at": began, "machine": machine,
-         "settings": {k: v for k, v in vars(args).items()}, "failures": failures,
+         "settings": _shown_settings(args), "failures": failures,
          "rows": rows, **summary}, indent=1))
     markdown = pathlib.Path(args.results_md)
     write_markdown(markdown, args, top_command, runs, rows, summary, machine, pngs, began,

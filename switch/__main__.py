@@ -1,4 +1,4 @@
-"""Command line: `python -m switch serve|audit|demo` (PROTOCOL.md §7)."""
+"""Command line: `python -m switch serve|audit|demo` (docs/PROTOCOL.md §7)."""
 
 import argparse
 import logging

@@ -1,6 +1,6 @@
 """Account settings a student changes through the mini-program: limits, PIN, virtual card.
 
-These are state, not journal (§6): no `txn` in their replies.
+These are state, not journal (docs/PROTOCOL.md §6.1): no `txn` in their replies.
 """
 
 import os
@@ -65,7 +65,7 @@ def reset_pin(ledger, credential, values):
     id_last6 = values["id_last6"].encode()
     code = core.reset_pin(record, id_last6)  # checks the ID against the one given at opening
     if code == codes.OK:
-        if b"X" in id_last6:  # the PIN takes a final X as 0 (§4), as at opening
+        if b"X" in id_last6:  # the PIN takes a final X as 0 (docs/PROTOCOL.md §4.7), as at opening
             core.set_pin(record, id_last6.replace(b"X", b"0"))
         ledger.save_account(account_id, record)
     return {"t": "reset_pin", "code": codes.CODE_NAMES[code]}

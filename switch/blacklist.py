@@ -1,8 +1,8 @@
-"""The versioned per-school list of blocked cards (黑名单, PROTOCOL.md §4).
+"""The versioned per-school list of blocked cards (黑名单, docs/PROTOCOL.md §4.13).
 
 Each change to a school's list is one new version holding the cards added and
 removed. Terminals catch up with deltas since their version, or load the full
-list in pages of at most `blacklist_page_cards_max` cards (docs/blacklist-paging.md)
+list in pages of at most `blacklist_page_cards_max` cards (docs/PROTOCOL.md §4.13.1)
 when their version is too far behind or the delta would not fit one page.
 """
 

@@ -40,7 +40,7 @@ def lost(ledger, credential, values):
     school = layout.school_of(record)
     if state == layout.CARD_BLOCKED:
         return _decline("lost", codes.CARD_BLOCKED)
-    if state == layout.CARD_LOST:  # already lost: ok, nothing changes (§4)
+    if state == layout.CARD_LOST:  # already lost: ok, nothing changes (docs/PROTOCOL.md §4.15)
         return {"t": "lost", "code": "ok", "blacklist": ledger.blacklist.version(school)}
     ledger.save_card(card_id, account_id, layout.CARD_LOST, ledger.clock.now_ms())
     txn = _standing_record(ledger, credential, "lost", account_id, record, values["id"],
@@ -56,7 +56,7 @@ def found(ledger, credential, values):
         return refusal
     account_id, state, _ = card
     school = layout.school_of(record)
-    if state != layout.CARD_LOST:  # not lost: ok, nothing changes (§4)
+    if state != layout.CARD_LOST:  # not lost: ok, nothing changes (docs/PROTOCOL.md §4.15)
         return {"t": "found", "code": "ok", "blacklist": ledger.blacklist.version(school)}
     ledger.save_card(card_id, account_id, layout.CARD_ACTIVE, ledger.clock.now_ms())
     txn = _standing_record(ledger, credential, "found", account_id, record, values["id"],

@@ -97,7 +97,7 @@ class Client:
 
     async def load_blacklist(self, version: int = 0, cards=()) -> tuple[int, set]:
         """A terminal's catch-up from (`version`, `cards`): a delta, or the full list in
-        pages (docs/blacklist-paging.md). Returns the new (version, cards)."""
+        pages (docs/PROTOCOL.md §4.13.1). Returns the new (version, cards)."""
         cards = set(cards)
         while True:
             reply = await self._blacklist_reply({"t": "blacklist", "since": version})

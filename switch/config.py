@@ -46,7 +46,8 @@ _BUILDING = re.compile(r"[A-Z0-9]+-([0-9]+)[A-Z]?-")
 
 
 def building_of(account_id: str) -> str | None:
-    """`WH-8D-1006` is building 8 (the seeds' naming); None for names without a building."""
+    """`WH-8D-1006` is building 8 (the naming of the schools' one-card guides); None for names
+    without a building."""
     match = _BUILDING.match(account_id)
     return match.group(1) if match else None
 

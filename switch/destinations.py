@@ -1,4 +1,4 @@
-"""Downstream destinations (PROTOCOL.md §6) as configured in `[[destinations]]` tables.
+"""Downstream destinations (docs/PROTOCOL.md §6.3) as configured in `[[destinations]]` tables.
 
 Each one names a receiver the switch signs on to as a client, with the credential and key
 it uses there and the journal record kinds that receiver wants (absent: all of them).
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from switch import limits
 from switch.config import ConfigError
 
-# The journal record kinds of §6; a filter may name only these.
+# The journal record kinds of docs/PROTOCOL.md §6.1; a filter may name only these.
 JOURNAL_KINDS = frozenset({
     "debit", "qr_debit", "complete", "credit", "reverse", "offline", "meter", "cutoff",
     "restore", "hold", "void", "expire", "lost", "found", "open_account", "issue_card",

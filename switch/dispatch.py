@@ -85,7 +85,7 @@ def _execute(ledger, credential, message: dict) -> dict:
             return _reply(request_type, code)
         return handler(ledger, credential, values)
 
-    # The id is checked before anything else in the request (§4).
+    # The id is checked before anything else in the request (docs/PROTOCOL.md §4.3).
     request_id = requests.request_id(message.get("id", requests.INVALID))
     if request_id is requests.INVALID:
         return _reply(request_type, "bad_request")

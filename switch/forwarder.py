@@ -1,4 +1,4 @@
-"""Downstream forwarding (PROTOCOL.md §6): one task per destination sends the committed
+"""Downstream forwarding (docs/PROTOCOL.md §6.3): one task per destination sends the committed
 journal in order as bounded `records` frames, one in flight, and keeps each `upto` in LMDB.
 
 It only reads committed records and writes one `meta` key per acknowledgement, which rides
@@ -120,7 +120,8 @@ class Forwarder:
     def _acknowledge(self, upto: int, first_txn: int) -> None:
         if upto < first_txn - 1:
             # The receiver is missing records it once acknowledged (its state was lost or
-            # restored): §6 says resend from upto + 1, so the position moves back.
+            # restored): docs/PROTOCOL.md §6.3 says resend from upto + 1, so the position
+            # moves back.
             log.warning("destination %s: receiver asks to resend from %d (we had %d)",
                         self.name, upto + 1, first_txn)
             self._count_error("rewind")

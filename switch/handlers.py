@@ -192,7 +192,7 @@ def open_account(ledger, credential, values):
         if "id_last6" not in values or "utility" in values:
             return _decline("open_account", codes.BAD_REQUEST)
         id_last6 = values["id_last6"].encode()
-        # The initial PIN is the ID's last six, a final X read as 0 (§4).
+        # The initial PIN is the ID's last six, a final X read as 0 (docs/PROTOCOL.md §4.7).
         initial_pin = id_last6.replace(b"X", b"0")
         utility = layout.UTILITY_NONE
     else:

@@ -1,10 +1,10 @@
 """Every bound and default of the switch, named once, units last.
 
-Wire-contract values (PROTOCOL.md) are fixed; the rest are this implementation's
+Wire-protocol values (docs/PROTOCOL.md) are fixed; the rest are this implementation's
 choices and may be overridden by configuration where noted.
 """
 
-# --- Framing and sessions (PROTOCOL.md §1-2; fixed by the contract) ---
+# --- Framing and sessions (docs/PROTOCOL.md §1.5; fixed by the protocol) ---
 frame_size_bytes_min = 17          # 1-byte msgpack map + 16-byte tag
 frame_size_bytes_max = 65536
 frame_length_prefix_bytes = 4
@@ -17,7 +17,7 @@ frame_complete_timeout_s = 10.0    # a frame begun must be finished within this
 idle_timeout_s = 120.0             # default, configurable
 requests_in_flight_max = 64        # per connection; past it we stop reading
 
-# --- Identifiers (§4) ---
+# --- Identifiers (docs/PROTOCOL.md §4.2, §4.7) ---
 school_code_chars_max = 8          # 1..8 upper-case letters/digits (configuration)
 id_str_chars_max = 64
 id_int_max = 2**64 - 1             # msgpack's largest unsigned int
@@ -34,7 +34,7 @@ cards_per_account_max = 32         # an account's cards, old ones included; all 
 pin_digits = 6
 pin_failures_max = 5               # the 5th wrong PIN in a row locks
 
-# --- Money (§4) ---
+# --- Money (docs/PROTOCOL.md §4.6-4.7) ---
 max_amount_fen = 10_000_000
 default_no_pin_fen = 5_000
 default_per_tx_fen = 50_000
@@ -44,7 +44,7 @@ default_per_tx_max_fen = 200_000
 default_daily_max_fen = 500_000
 balance_fen_max = 2**62            # far above any real balance; guards int64 overflow
 
-# --- Retention and windows (§4) ---
+# --- Retention and windows (docs/PROTOCOL.md §4.4, §4.8-4.10, §4.14) ---
 idempotency_retention_s = 7 * 24 * 3600
 idempotency_forget_per_pass_max = 10_000   # housekeeping deletes at most this many a second
 reversal_window_s = 24 * 3600
@@ -55,7 +55,7 @@ offline_future_s = 5 * 60          # an offline tap this far ahead of our clock 
 history_limit_default = 50
 history_limit_max = 200
 
-# --- Blacklist (§4) ---
+# --- Blacklist (docs/PROTOCOL.md §4.13) ---
 blacklist_changes_kept = 10_000    # per school; an older `since` gets the full list
 # One page of the list must fit one frame whatever the ids: a 32-char id packs as 34 bytes
 # (str 8), a reply's or push's envelope stays under 256 bytes, so at most
@@ -107,7 +107,7 @@ lmdb_map_growth_factor = 2
 lmdb_max_dbs = 32
 lmdb_max_readers = 126
 
-# --- Downstream forwarding (PROTOCOL.md §6) ---
+# --- Downstream forwarding (docs/PROTOCOL.md §6.3) ---
 forward_records_per_frame_max = 256     # records in one `records` frame
 forward_records_bytes_max = 60_000      # their msgpack size; the rest of 65,536 is header and tag
 forward_scan_txns_max = 1024            # txns read for one frame (a filter may skip them all)

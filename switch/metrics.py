@@ -1,4 +1,5 @@
-"""Prometheus metrics of the switch (PROTOCOL.md §7), and a tiny trio HTTP endpoint for them."""
+"""Prometheus metrics of the switch (docs/PROTOCOL.md §7.6), and a tiny trio HTTP endpoint
+for them."""
 
 import logging
 import math

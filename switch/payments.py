@@ -66,7 +66,7 @@ def qr_debit(ledger, credential, values):
         return _decline("qr_debit", code)
     school = ledger.school(record)
     day = school.days.day_of(ledger.clock.now_ms())
-    # No PIN for QR: the phone is the second factor (§4 rule 6).
+    # No PIN for QR: the phone is the second factor (docs/PROTOCOL.md §4.6 rule 6).
     code = core.authorize(record, layout.CARD_ACTIVE, credential.school == school.code, amount,
                           None, False, day, school.per_tx_fen, school.daily_fen,
                           school.no_pin_fen, config.max_amount_fen, False)

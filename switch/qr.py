@@ -1,4 +1,4 @@
-"""QR payment codes (付款码, PROTOCOL.md §5): pure parsing, signing and checking."""
+"""QR payment codes (付款码, docs/PROTOCOL.md §5): pure parsing, signing and checking."""
 
 import hmac
 import re

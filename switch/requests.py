@@ -1,4 +1,5 @@
-"""Request field schemas (PROTOCOL.md §4): which fields each `t` carries and their types.
+"""Request field schemas (docs/PROTOCOL.md §4.2, §4.5, §4.14): which fields each `t`
+carries and their types.
 
 `validate(t, message)` returns (code, values): code is None when the fields are
 well-formed, else `bad_request` or `bad_amount`. The listed fields, in schema
@@ -137,7 +138,7 @@ SCHEMAS = {
     "revoke_credential": (("who", credential_id, _R), ("id", request_id, _R)),
 }
 
-# Requests without an `id` of their own (§4): never remembered for idempotency.
+# Requests without an `id` of their own (docs/PROTOCOL.md §4.1): never remembered for idempotency.
 WITHOUT_ID = frozenset(t for t, schema in SCHEMAS.items() if not any(n == "id" for n, _, _ in schema))
 
 

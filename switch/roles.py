@@ -1,4 +1,4 @@
-"""Who may send what (PROTOCOL.md §3)."""
+"""Who may send what (docs/PROTOCOL.md §3)."""
 
 TERMINAL_KINDS = {
     "pos": frozenset({"debit", "qr_debit", "reverse", "offline", "balance", "blacklist", "settle"}),

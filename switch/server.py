@@ -211,7 +211,7 @@ class Connection:
                     await self._send_error_and_close(error)
                     return None
         if not payloads:
-            return None  # no hello in time: closed without a frame (§2)
+            return None  # no hello in time: closed without a frame (docs/PROTOCOL.md §2.1)
         try:
             hello = self.session.receive_hello(payloads[0], server.ledger.live_key)
         except ProtocolError as error:
@@ -263,8 +263,8 @@ class Connection:
             while True:
                 self._execute_backlog()
                 if self._backlog or self.in_flight >= limits.requests_in_flight_max:
-                    # Waiting on us, not on the peer: stop reading (TCP backpressure, §2)
-                    # until replies go out.
+                    # Waiting on us, not on the peer: stop reading until replies go out
+                    # (TCP backpressure, docs/PROTOCOL.md §2.3).
                     idle.deadline = float("inf")
                     if self.reply_bytes + len(self._unsent) >= limits.connection_reply_bytes_max \
                             or self.in_flight >= limits.requests_in_flight_max:
@@ -456,7 +456,7 @@ class Server:
         log.info("event=cutoff account=%s school=%s balance=%d", account_id, school, balance)
 
     def _push_blacklist(self, school: str, message: dict) -> None:
-        # A `fetch` push names no version (docs/blacklist-paging.md): read it from the list.
+        # A `fetch` push names no version (docs/PROTOCOL.md §4.13.1): read it from the list.
         self.metrics.blacklist_version.labels(school).set(self.blacklist_version(school))
         # Sessions of one credential are registered by who; terminals carry their school.
         for live in self.sessions.values():

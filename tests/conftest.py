@@ -1,12 +1,8 @@
-import json
-import pathlib
-
 import pytest
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
-VECTORS_PATH = SHARED / "vectors" / "v1.json"
+from tests.paths import load_vectors
 
 
 @pytest.fixture(scope="session")
 def vectors():
-    return json.loads(VECTORS_PATH.read_text())
+    return load_vectors()

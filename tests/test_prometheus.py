@@ -7,7 +7,6 @@ the reason.
 
 import json
 import os
-import pathlib
 import shutil
 import signal
 import socket
@@ -19,7 +18,8 @@ import urllib.request
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.paths import REPO_ROOT as ROOT
+
 RULES = ROOT / "prometheus"
 scrape_wait_s = 30
 

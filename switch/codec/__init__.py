@@ -1,4 +1,4 @@
-"""Sans-IO wire codec (PROTOCOL.md §1-2): bytes in, messages out, no sockets."""
+"""Sans-IO wire codec (docs/PROTOCOL.md §1-2): bytes in, messages out, no sockets."""
 
 from switch.codec.errors import ProtocolError
 from switch.codec.framing import FrameDecoder, encode_frame, encode_unauthenticated_error

@@ -5,7 +5,7 @@ class ProtocolError(Exception):
     """A connection-level error: answer with an error frame, then close.
 
     `code` is the wire code (`frame_invalid`, `mac_invalid`, ...); `re` is the
-    received `seq` for `seq_invalid` (PROTOCOL.md §1).
+    received `seq` for `seq_invalid` (docs/PROTOCOL.md §1.4).
     """
 
     def __init__(self, code: str, detail: str = "", re=None, send_frame: bool = True):
@@ -13,5 +13,5 @@ class ProtocolError(Exception):
         self.code = code
         self.detail = detail
         self.re = re
-        # A missing hello closes without a frame (§2); everything else answers.
+        # A missing hello closes without a frame (docs/PROTOCOL.md §2.1); everything else answers.
         self.send_frame = send_frame

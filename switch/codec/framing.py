@@ -14,7 +14,7 @@ class FrameDecoder:
     """Accumulates received bytes and yields complete frame payloads.
 
     A length outside the contract's range is refused from the four length
-    bytes alone, before any of the payload arrives (§1).
+    bytes alone, before any of the payload arrives (docs/PROTOCOL.md §1.1).
     """
 
     __slots__ = ("_buffer",)

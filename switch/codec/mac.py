@@ -1,4 +1,4 @@
-"""Frame tags and the session's direction keys (PROTOCOL.md §1)."""
+"""Frame tags and the session's direction keys (docs/PROTOCOL.md §1.3)."""
 
 import hmac
 

@@ -1,4 +1,4 @@
-"""Session state machines for both ends of a connection (PROTOCOL.md §2).
+"""Session state machines for both ends of a connection (docs/PROTOCOL.md §2).
 
 `ServerSession` is what the switch runs per inbound connection; `ClientSession`
 is what a terminal (the simulator, tests) or the switch's own forwarder runs.

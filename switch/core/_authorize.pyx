@@ -273,7 +273,7 @@ def check_amount(amount, long long max_amount):
 def authorize(account, int card_state, same_school, amount, pin, bint pin_checked, int day,
               long long school_per_tx, long long school_daily, long long school_no_pin,
               long long max_amount, bint hold):
-    """Decide a debit, qr_debit or hold (PROTOCOL.md §4 rules 1-7) and apply it on OK.
+    """Decide a debit, qr_debit or hold (docs/PROTOCOL.md §4.6, rules 1-7) and apply it on OK.
 
     `account` may be None when `card_state` is CARD_NONE. `pin_checked` is False
     for QR debits (no PIN step). On OK a hold reserves `amount` (HELD); a debit

@@ -1,4 +1,4 @@
-"""Result codes of the wire contract (PROTOCOL.md §4), as small ints for the core.
+"""Result codes of the wire contract (docs/PROTOCOL.md §4.16), as small ints for the core.
 
 The core returns an int; the shell turns it into the wire string with
 `CODE_NAMES[code]`. Order here is this project's, not the contract's.

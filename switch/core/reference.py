@@ -1,4 +1,4 @@
-"""Plain-Python reference model of the authorization core (PROTOCOL.md §4).
+"""Plain-Python reference model of the authorization core (docs/PROTOCOL.md §4).
 
 The compiled `_authorize` must behave exactly like this module; the property
 tests run both over the same random operation sequences and compare codes and
@@ -93,7 +93,7 @@ def check_amount(amount, max_amount):
 
 def authorize(account, card_state, same_school, amount, pin, pin_checked, day,
               school_per_tx, school_daily, school_no_pin, max_amount, hold):
-    """Decide a debit, qr_debit or hold (PROTOCOL.md §4 rules 1-7) and apply it on OK.
+    """Decide a debit, qr_debit or hold (docs/PROTOCOL.md §4.6, rules 1-7) and apply it on OK.
 
     `account` may be None when `card_state` is CARD_NONE. `pin_checked` is False
     for QR debits (no PIN step). On OK a hold reserves `amount` (HELD); a debit

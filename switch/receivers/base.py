@@ -1,4 +1,4 @@
-"""What every reference receiver shares (PROTOCOL.md §6): the server side of `hello` with
+"""What every reference receiver shares (docs/PROTOCOL.md §6.3): the server side of `hello` with
 role "downstream", the contiguity and duplicate rules for `records` frames, and state kept
 on disk atomically before each reply.
 
@@ -40,7 +40,7 @@ class Verdict(NamedTuple):
 
 
 def check_records(position: int, message: dict) -> Verdict:
-    """The §6 rules for one `records` frame against our acknowledged `position`.
+    """The docs/PROTOCOL.md §6.3 rules for one `records` frame against our acknowledged `position`.
 
     - `from` > position + 1 is a gap: acknowledge `position` so the switch resends from
       position + 1;
@@ -88,7 +88,7 @@ def is_time(value) -> bool:
 
 
 def common_field_problem(record: dict) -> str | None:
-    """What is wrong with the fields every record has (§6), or None. `txn` and `kind` are
+    """What is wrong with the fields every record has (docs/PROTOCOL.md §6), or None. `txn` and `kind` are
     `check_records`'s."""
     if not is_time(record.get("at")):
         return f"at {record.get('at')!r} is not a time in range"
@@ -335,7 +335,7 @@ class Receiver:
                         return
                     payloads = decoder.feed(data)
             if not payloads:
-                return  # no hello in time: closed without a frame (§2)
+                return None  # no hello in time: closed without a frame (docs/PROTOCOL.md §2.1)
             hello = session.receive_hello(payloads.pop(0), self.credentials.get)
         except ProtocolError as error:
             log.info("%s: refused hello: %s", self.name, error.code)

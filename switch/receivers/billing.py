@@ -1,7 +1,7 @@
 """Reference billing receiver: per-merchant, per-local-day totals of the money the tills
 took, written as a settlement CSV (`merchant,day,count,total_fen`) after every frame.
 
-The figures are those of the switch's own `settle` (PROTOCOL.md §4 "Day totals"), summed
+The figures are those of the switch's own `settle` (docs/PROTOCOL.md §4.11), summed
 per merchant: debit, qr_debit, complete and offline amounts as positive fen, on the local
 day of the record (an offline record on the day it was tapped), and a reverse takes its
 original back out of the original's day.

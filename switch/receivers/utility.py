@@ -18,7 +18,7 @@ ROOMS_FILE = "rooms.csv"
 
 
 def _new_room(school) -> dict:
-    # A new room has no money and so no power (§4 "Meters").
+    # A new room has no money and so no power (docs/PROTOCOL.md §4.12).
     return {"school": school, "power": "off", "power_txn": 0, "balance_fen": 0,
             "recharged_fen": 0, "recharges": 0, "metered_fen": 0, "meters": 0}
 

@@ -26,7 +26,8 @@ class Behaviour:
     lost_cards: int = 0                # `lost` reports during the run (0: students // 100, >= 2)
     shower_seconds: tuple = (0.3, 2.0) # open loop: hold -> complete (a compressed shower)
     offline_tap_interval_s: float = 0.5    # closed loop: a till's pace while the switch is down
-    no_pin_fen: int = 5_000            # PROTOCOL.md default; offline taps stay at or below it
+    # The school default (docs/PROTOCOL.md §4.7); offline taps stay at or below it.
+    no_pin_fen: int = 5_000
     keepalive_s: float = 60.0          # below the switch's 120 s idle timeout
 
 

@@ -9,7 +9,7 @@ seconds_default = 30.0
 seconds_max = 3_600.0
 rate_default_per_s = 2_000.0
 
-requests_in_flight_max = 64        # the switch's cap per connection (PROTOCOL.md §2)
+requests_in_flight_max = 64        # the switch's cap per connection (docs/PROTOCOL.md §2.3)
 provision_pipeline_depth = 64
 provision_connections = 4
 balance_check_connections = 4
@@ -23,7 +23,7 @@ busy_retry_s = 0.02                # a `busy` reply is retried with the same id 
 drain_timeout_s = 30.0             # after the load, for replies still in flight
 backlog_per_terminal_max = 10_000  # open loop: arrivals waiting for a free slot
 offline_queue_per_terminal_max = 100_000
-offline_records_per_upload_max = 500   # PROTOCOL.md §4
+offline_records_per_upload_max = 500   # docs/PROTOCOL.md §4.10
 switch_ready_timeout_s = 30.0
 switch_stop_timeout_s = 30.0
 hard_deadline_extra_s = 180.0      # beyond --seconds: provisioning, sign-on, drain, checks

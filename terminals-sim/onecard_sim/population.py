@@ -28,7 +28,7 @@ class Student:
     school: str
     card: str
     id_last6: str
-    pin: str                  # id_last6 with a final X read as 0 (PROTOCOL.md §4 rule 6)
+    pin: str                  # id_last6 with a final X read as 0 (docs/PROTOCOL.md §4.7)
     holder: str
     initial_fen: int
     raise_daily_limit: bool

@@ -16,7 +16,7 @@ from onecard_sim.context import Run
 from onecard_sim.population import Population
 from onecard_sim.wire import Wire, pipeline
 
-DAILY_LIMIT_RAISED_FEN = 500_000    # the default school maximum (PROTOCOL.md §4)
+DAILY_LIMIT_RAISED_FEN = 500_000    # the default school maximum (docs/PROTOCOL.md §4.7)
 
 
 class ProvisionError(Exception):

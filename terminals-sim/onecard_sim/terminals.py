@@ -399,7 +399,7 @@ class Terminal:
             else:
                 self._take_blacklist_push(message, now)
 
-    # ---- the blacklist, as docs/blacklist-paging.md asks of a terminal
+    # ---- the blacklist, as docs/PROTOCOL.md §4.13.1 asks of a terminal
     def _take_blacklist_push(self, message: dict, now: float) -> None:
         version = message.get("version")
         if message.get("fetch") or (type(version) is int and version > self.blacklist_version + 1):

@@ -1,4 +1,4 @@
-"""`python -m switch serve` and `audit` as a user runs them (PROTOCOL.md §7)."""
+"""`python -m switch serve` and `audit` as a user runs them (docs/PROTOCOL.md §7.1, §7.3)."""
 
 import os
 import signal

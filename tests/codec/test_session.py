@@ -1,4 +1,4 @@
-"""Session rules of §2: hello checks, direction keys, seq order, error frames."""
+"""Session rules of docs/PROTOCOL.md §2: hello checks, direction keys, seq order, error frames."""
 
 import pytest
 

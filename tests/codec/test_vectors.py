@@ -1,10 +1,14 @@
-"""The codec reproduces every frame of ../shared/vectors/v1.json byte for byte."""
+"""The codec reproduces every frame of tests/vectors/v1.json byte for byte (docs/PROTOCOL.md §8)."""
 
-import hmac
+import hashlib
 
 from switch.codec import ClientSession, FrameDecoder, ServerSession, direction_keys
 from switch.codec.framing import decode_body, split_payload
-from switch.qr import qr_code
+from switch.qr import QR_STEP_S, parse_qr, qr_code
+from tests.paths import VECTORS_V1
+
+# sha256 of tests/vectors/v1.json as published with wire version 1.
+V1_VECTORS_SHA256 = "1bbed12e995f76a237c6b03bf42ca29d1e79c22dbb898f0059723db313d6877c"
 
 
 def _hex(vectors, name):
@@ -60,5 +64,13 @@ def test_server_frames_match(vectors):
 def test_qr_code_matches(vectors):
     qr = vectors["qr"]
     secret = bytes.fromhex(qr["secret"])
+    assert qr["unix_seconds"] // QR_STEP_S == qr["step"]
     assert qr_code(secret, qr["account"], qr["unix_seconds"], qr["nonce"]) == qr["code"]
-    assert hmac.compare_digest(qr["code"].encode(), qr["code"].encode())
+    assert parse_qr(qr["code"]) == (qr["account"], qr["step"], qr["nonce"],
+                                    qr["code"].rsplit(".", 1)[1])
+
+
+def test_vectors_file_is_the_v1_contracts():
+    """The vectors are deployed terminals' contract: editing them is a new wire version, not a fix.
+    (.gitattributes keeps the file's bytes out of any line-ending conversion.)"""
+    assert hashlib.sha256(VECTORS_V1.read_bytes()).hexdigest() == V1_VECTORS_SHA256

@@ -1,12 +1,11 @@
 """Configuration: the documented example loads; bad keys are refused by name."""
 
-import pathlib
-
 import pytest
 
 from switch.config import ConfigError, building_of, default_config, load_config
+from tests.paths import REPO_ROOT
 
-EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "switch.toml"
+EXAMPLE = REPO_ROOT / "examples" / "switch.toml"
 
 
 def test_documented_example_loads_and_matches_the_defaults():

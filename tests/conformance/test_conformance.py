@@ -1,21 +1,21 @@
-"""Independent conformance test of the switch against PROTOCOL.md (v1).
+"""Independent conformance test of the switch against docs/PROTOCOL.md (wire version 1).
 
-Written only from /work/shared/PROTOCOL.md and /work/shared/vectors/v1.json:
-the switch runs as a real subprocess (`python -m switch serve`) and is talked
-to with ``vendor_client`` (plain trio sockets + msgpack + hmac).  At the end
-of the module the switch gets SIGTERM (must exit 0) and `python -m switch
-audit` must pass on its data dir.
+Written only from docs/PROTOCOL.md and tests/vectors/v1.json: the switch of the
+checkout under test runs as a real subprocess (`python -m switch serve`, started
+with the interpreter running these tests) and is talked to with ``vendor_client``
+(plain trio sockets + msgpack + hmac).  At the end of the module the switch gets
+SIGTERM (must exit 0) and `python -m switch audit` must pass on its data dir.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import queue
 import signal
 import stat
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +25,18 @@ import pytest
 import trio
 import trio.testing
 
+from tests.paths import REPO_ROOT, load_vectors
+
 from . import vendor_client as vc
 
-PYTHON = "/work/main/.venv/bin/python"
-PROJECT = "/work/main"
-VECTORS = json.loads(Path("/work/shared/vectors/v1.json").read_text())
+# The switch under test is the one in this checkout, run by the interpreter running the tests.
+PYTHON = sys.executable
+PROJECT = REPO_ROOT
+VECTORS = load_vectors()
 
 MISSING = object()  # "leave this field out of the request"
 
-# Defaults from PROTOCOL.md §4.
+# Defaults from docs/PROTOCOL.md §4.6-4.7.
 NO_PIN = 5_000
 PER_TX = 50_000
 DAILY = 100_000

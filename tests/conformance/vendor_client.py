@@ -1,9 +1,9 @@
-"""A minimal terminal-vendor client, written only from PROTOCOL.md (v1).
+"""A minimal terminal-vendor client, written only from docs/PROTOCOL.md (wire version 1).
 
 Nothing in here is imported from the switch package: the point is that a
 vendor holding nothing but the contract can talk to the switch.
 
-Framing (PROTOCOL.md section 1):
+Framing (docs/PROTOCOL.md §1):
 
     frame   = LEN (4 bytes, unsigned big-endian) || payload
     payload = BODY (one msgpack map, str keys) || TAG (16 bytes)

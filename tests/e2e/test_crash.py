@@ -1,4 +1,4 @@
-"""Durability under SIGKILL (PROTOCOL.md §6): a real switch process under concurrent load is
+"""Durability under SIGKILL (docs/PROTOCOL.md §6.2): a real switch process under concurrent load is
 killed at a random moment and restarted on the same data dir, several rounds over.
 
 After each restart: every `ok` a client received is in the journal as it was answered, no
@@ -23,7 +23,7 @@ import trio
 
 from switch.client import Client
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from tests.paths import REPO_ROOT as REPO
 
 ROUNDS = 3
 SCHOOL = "WH"
@@ -260,7 +260,8 @@ async def provision(address, admin_key: bytes, books: Books) -> tuple[list[Termi
 
 # ---------------------------------------------------------------- load
 def _new_request_id(round_number: int, connection_index: int, counter: int):
-    # Half the connections use int ids, half str ids: both kinds must be remembered (§4).
+    # Half the connections use int ids, half str ids: both kinds must be remembered
+    # (docs/PROTOCOL.md §4.4).
     if connection_index % 2:
         return round_number * 10**9 + connection_index * 10**6 + counter
     return f"r{round_number}c{connection_index}n{counter}"

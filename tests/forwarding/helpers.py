@@ -19,7 +19,7 @@ import trio
 
 from switch.destinations import Destination
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from tests.paths import REPO_ROOT as REPO
 START_TIMEOUT_S = 20.0
 EXIT_TIMEOUT_S = 10.0
 CATCH_UP_TIMEOUT_S = 30.0
@@ -145,7 +145,8 @@ def _day(unix_ms: int) -> str:
 
 
 def expected_settlement(records: list[dict]) -> dict:
-    """(merchant, day) -> (count, total fen), the way §4's `settle` counts, per merchant."""
+    """(merchant, day) -> (count, total fen), the way `settle` counts (docs/PROTOCOL.md
+    §4.11), per merchant."""
     by_txn = {record["txn"]: record for record in records}
     totals = defaultdict(lambda: [0, 0])
     for record in records:

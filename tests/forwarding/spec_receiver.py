@@ -1,4 +1,4 @@
-"""A downstream receiver written only from PROTOCOL.md §1, §2 and §6.
+"""A downstream receiver written only from docs/PROTOCOL.md §1, §2 and §6.3.
 
 Nothing here comes from the switch package: it frames, signs and checks by hand, the way a
 school's own billing or utility system would, and records every txn it takes so the tests

@@ -7,6 +7,7 @@ import pytest
 
 from switch.config import ConfigError
 from switch.destinations import JOURNAL_KINDS, parse_destinations
+from tests.paths import REPO_ROOT
 
 KEY_HEX = "ab" * 32
 
@@ -87,8 +88,7 @@ def test_a_bad_key_file_is_named_without_showing_it(tmp_path):
 
 
 def test_the_example_file_parses(tmp_path):
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "examples",
-                        "switch-with-receivers.toml")
+    path = REPO_ROOT / "examples" / "switch-with-receivers.toml"
     with open(path, "rb") as handle:
         data = tomllib.load(handle)
     for name in ("billing.key", "utility.key"):

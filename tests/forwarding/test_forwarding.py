@@ -1,7 +1,8 @@
-"""Downstream forwarding (PROTOCOL.md §6) over real sockets: filters and contiguous ranges,
-a receiver that was down catching up, receivers killed mid-stream, duplicates dropped, a
-receiver written only from §6 across restarts of both sides, and a switch process killed
-with SIGKILL mid-stream whose receivers still end with exactly the journal's totals.
+"""Downstream forwarding (docs/PROTOCOL.md §6.3) over real sockets: filters and contiguous
+ranges, a receiver that was down catching up, receivers killed mid-stream, duplicates
+dropped, a receiver written only from docs/PROTOCOL.md §6.3 across restarts of both sides,
+and a switch process killed with SIGKILL mid-stream whose receivers still end with exactly
+the journal's totals.
 """
 
 import os
@@ -248,7 +249,7 @@ async def test_resent_records_are_dropped_as_duplicates(switch, forwarders, tmp_
         expected_settlement(journal_of_store(switch.store))
 
 
-# ------------------------------------------------------------------ 5. written from §6
+# ----------------------------------------------- 5. written from docs/PROTOCOL.md §6.3
 async def test_receiver_written_from_the_contract_gets_every_record_across_restarts(
         tmp_path, nursery):
     """Both sides restart mid-stream, the switch more than once; the receiver ends with
@@ -295,7 +296,7 @@ async def test_receiver_written_from_the_contract_gets_every_record_across_resta
 async def test_receiver_that_lost_its_state_gets_everything_again(switch, forwarders,
                                                                   nursery, tmp_path):
     """`from` > its last txn + 1 is a gap: it answers `upto` = what it has, and the switch
-    resends from there (§6)."""
+    resends from there (docs/PROTOCOL.md §6.3)."""
     key = os.urandom(32)
     state = str(tmp_path / "spec.json")
     receiver = SpecReceiver(state, "sw-spec", key)

@@ -1,5 +1,5 @@
 """The pure parts: how the forwarder cuts the journal into frames (each bound at N and N+1),
-and the receivers' §6 rules for one `records` frame."""
+and the receivers' docs/PROTOCOL.md §6.3 rules for one `records` frame."""
 
 import msgpack
 import pytest

@@ -1,4 +1,4 @@
-"""Blacklist paging over real sockets (docs/blacklist-paging.md): a list of any size loads
+"""Blacklist paging over real sockets (docs/PROTOCOL.md §4.13.1): a list of any size loads
 in pages that each fit one frame, with no card missed or repeated, and the switch keeps
 serving. Lists are seeded through the ledger (thousands of `lost` requests would only
 slow the tests down); every terminal reads them over its own connection."""

@@ -1,4 +1,4 @@
-"""Issue 3 over real sockets: card office, PINs, limits, QR codes, reversals, blacklist."""
+"""Card office, PINs, limits, QR codes, reversals and the blacklist over real sockets."""
 
 import trio
 
@@ -7,7 +7,8 @@ from tests.server.harness import Switch
 
 
 async def _push(client, timeout=1.0):
-    """The next push this client receives, within `timeout` (a second, as §4 asks)."""
+    """The next push this client receives, within `timeout` (pushes leave once the change
+    is durable, docs/PROTOCOL.md §4.13; a second is ample)."""
     with trio.fail_after(timeout):
         while not client.pushes:
             message = client.session.receive(await client._next_payload())

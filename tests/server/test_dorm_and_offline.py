@@ -1,4 +1,4 @@
-"""Issue 4 over real sockets: showers, dorm meters, offline uploads, settlement; fake clock."""
+"""Showers, dorm meters, offline uploads and day totals over real sockets; fake clock."""
 
 import trio
 
@@ -195,7 +195,7 @@ async def test_split_building_has_one_account_per_utility(switch):
     admin = switch.admin
     both = await admin.request({"t": "open_account", "account": "CUIK-9D-0101", "school": "CUIK",
                                 "kind": "utility", "utility": "both", "id": "a"})
-    assert both["code"] == "bad_request"  # building 9 is split (the seeds)
+    assert both["code"] == "bad_request"  # CUIK building 9 pays electricity and water apart
     await _room(switch, "CUIK-9D-0101-E", "electric", "CUIK")
     await _room(switch, "CUIK-9D-0101-W", "water", "CUIK")
     split = await admin.request({"t": "open_account", "account": "CUIK-8D-0101", "school": "CUIK",

@@ -2,14 +2,14 @@
 checked from their --report-json; and its pure parts (arrival curve, ledger, population)."""
 
 import json
-import pathlib
 import random
 import subprocess
 import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from tests.paths import REPO_ROOT as REPO
+
 SIM_DIR = REPO / "terminals-sim"
 SIMULATE = SIM_DIR / "simulate.py"
 if str(SIM_DIR) not in sys.path:

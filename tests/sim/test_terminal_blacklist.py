@@ -1,4 +1,4 @@
-"""The simulator's till keeps the switch's blacklist (docs/blacklist-paging.md): it pages a
+"""The simulator's till keeps the switch's blacklist (docs/PROTOCOL.md §4.13.1): it pages a
 list far beyond one frame, fetches after a `fetch` push, and ends with exactly the
 switch's list even when the list changes between its pages. Its requests go to a real
 switch over a socket; only the till's scheduler is left out (the test hands it replies)."""
