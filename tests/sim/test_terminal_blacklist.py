@@ -54,7 +54,7 @@ async def _serve(till, client, between_requests=None):
 def _the_list(switch):
     prefix = b"WH\0"
     return {key[len(prefix):].decode()
-            for key in switch.store.keys_with_prefix("blacklist_cards", prefix)}
+            for key in switch.store.keys_with_prefix("blacklist_cards", prefix, 10**6)}
 
 
 async def _change(switch, add=(), remove=()):
