@@ -186,8 +186,9 @@ hostile_scalars = st.one_of(
         "A" * 33, "H", "H0", "H-1", "H99999999999999999999", "WH1.0.00000000.0", 2**63 - 1,
         2**63, 2**64 - 1, -2**63, 10_000_000, 10_000_001, float("nan"), float("inf"), -0.0,
         b"\x00" * 32, msgpack.ExtType(0, b""), msgpack.ExtType(127, b"x" * 300)]))
-hostile_keys = st.one_of(st.text(max_size=8), st.integers(-2**63, 2**64 - 1), st.binary(max_size=4),
-                         st.none(), st.booleans(), st.floats(allow_nan=False))
+hostile_keys = st.one_of(st.text(max_size=8), st.integers(-2**63, 2**64 - 1),
+                         st.binary(max_size=4), st.none(), st.booleans(),
+                         st.floats(allow_nan=False))
 hostile_values = st.recursive(
     st.one_of(hostile_scalars, st.sampled_from(hostile.ODD_RAWS)),
     lambda inner: st.one_of(st.lists(inner, max_size=4),
@@ -248,8 +249,9 @@ def _known_crash(request_type, fields: dict) -> bool:
 
 @st.composite
 def hostile_request(draw, who: str):
-    """(pairs, decoded view): a request of any type as `who` might send it, some of its fields
-    (or fields it does not have) hostile, sometimes with a key given twice."""
+    """(t, fields, key given twice or None, n): a request of any type as `who` might send it,
+    some of its fields (or fields it does not have) hostile. Each field is ("valid", n),
+    ("hostile", value) or ("records", offline records)."""
     credential = ROLES[who]
     permitted = [t for t in SCHEMAS
                  if roles.permitted(credential["role"], credential.get("kind"), t)]
@@ -327,23 +329,23 @@ async def test_fuzz_hostile_fields_of_every_request_from_every_role(tmp_path,
                                                          max_size=5))),
                st.integers(0, 3))
         def collect(example, clock_steps_s):
-            who, requests = example
+            who, messages = example
             if include_known_crashes or not any(
-                    _known_crash(r[0], {name: value for name, (_, value) in r[1].items()})
-                    for r in requests):
-                examples.append((who, requests, clock_steps_s))
+                    _known_crash(t, {name: value for name, (_, value) in fields.items()})
+                    for t, fields, _, _ in messages):
+                examples.append((who, messages, clock_steps_s))
 
         collect()
+        deepest_pin = ("hostile", hostile.nested_lists(hostile.FINGERPRINT_BREAKING_DEPTH))
         crashes = [("F-HW", [("void", {"hold": ("hostile", ""), "id": ("valid", 1)}, None, 1)], 0),
                    ("F-POS", [("debit", {"card": ("valid", 0), "amount": ("valid", 0),
-                                         "id": ("valid", 0),
-                                         "pin": ("hostile", hostile.nested_lists(
-                                             hostile.FINGERPRINT_BREAKING_DEPTH))}, None, 0)], 0)]
-        for who, requests, clock_steps_s in _crashes_first(include_known_crashes, examples,
+                                         "id": ("valid", 0), "pin": deepest_pin}, None, 0)], 0)]
+        for who, messages, clock_steps_s in _crashes_first(include_known_crashes, examples,
                                                            crashes):
             switch.clock.advance(clock_steps_s * 600)  # holds expire, reversal windows close
             await fuzzer.send_and_drain(
-                who, lambda session, rs=requests: [fuzzer.body(session, r) for r in rs], len(requests))
+                who, lambda session, ms=messages: [fuzzer.body(session, m) for m in ms],
+                len(messages))
         switch.clock.advance(3600)
         switch.server.housekeep()
         await fuzzer.still_serving()

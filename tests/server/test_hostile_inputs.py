@@ -474,3 +474,26 @@ async def test_unknown_request_types_do_not_grow_the_metrics(tmp_path, nursery):
     types = {child[0] for child in switch.server.metrics._request_children}
     assert len(types - set(HANDLERS)) <= 2, sorted(types - set(HANDLERS))[:5]
     await switch.stop()
+
+
+# ---------------------------------------------------------------- slots a till can hold
+@pytest.mark.xfail(strict=True, reason="issue 12: a frame trickled a byte at a time never times "
+                                       "out (each byte moves the frame's deadline)")
+async def test_trickled_frame_times_out(tmp_path, nursery, monkeypatch):
+    # A byte a little more often than the frame's allowance, and further apart than the
+    # slack the server gives itself before moving a deadline (1 s).
+    monkeypatch.setattr(limits, "frame_complete_timeout_s", 1.5)
+    switch = await Switch(tmp_path / "d").start(nursery)
+    till = await switch.terminal("WH-POS-TRICKLE")
+    frame = till.session.request_frame({"t": "ping"})[1]
+    with trio.move_on_after(4 * limits.frame_complete_timeout_s):
+        for byte in frame[:-1]:
+            if "WH-POS-TRICKLE" not in switch.server.sessions:
+                break
+            try:
+                await till.stream.send_all(bytes([byte]))
+            except trio.BrokenResourceError:
+                break
+            await trio.sleep(1.1)
+    assert "WH-POS-TRICKLE" not in switch.server.sessions
+    await switch.stop()
