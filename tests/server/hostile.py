@@ -6,10 +6,11 @@ import msgpack
 
 from switch.codec.session import sign_body
 
-# msgpack nests at most 1024 containers, both ways. A request map holding a field nested
-# 1023 deep decodes; the idempotency fingerprint wraps the field in two more lists.
+# msgpack nests at most 1024 containers, both ways. The deepest value a top-level map can
+# hold is 1023 containers: deep enough to overflow Python's repr, and the one depth the
+# idempotency fingerprint (two more lists around a field) cannot pack.
 CONTAINERS_MAX = 1024
-FINGERPRINT_BREAKING_DEPTH = CONTAINERS_MAX - 1
+DEEPEST_FIELD = CONTAINERS_MAX - 1
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 

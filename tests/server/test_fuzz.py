@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from switch import limits, roles
 from switch.audit import audit
-from switch.codec import ClientSession, FrameDecoder
+from switch.codec import FrameDecoder
 from switch.codec.session import sign_body
 from switch.dispatch import HANDLERS
 from switch.qr import qr_code
 from switch.requests import SCHEMAS
 from tests.server import hostile
-from tests.server.harness import Switch
+from tests.server.harness import Switch, next_payloads, signed_on, unverified_body
 
 FIELD_NAMES = ["card", "amount", "id", "pin", "qr", "hold", "target", "records", "since", "day",
                "count", "total", "account", "what", "source", "before", "limit", "per_tx",
@@ -63,17 +63,7 @@ class Fuzzer:
         self.keys["admin"] = switch.admin.session.key
 
     async def session(self, who):
-        stream = await trio.open_tcp_stream("127.0.0.1", self.switch.port)
-        session = ClientSession(who, self.keys[who])
-        await stream.send_all(session.hello_frame(0))
-        decoder = FrameDecoder()
-        payloads = []
-        while not payloads:
-            data = await stream.receive_some(65536)
-            assert data, "hello refused"
-            payloads = decoder.feed(data)
-        session.receive_hello_reply(payloads[0])
-        return stream, session, decoder
+        return await signed_on(self.switch.port, who, self.keys[who])
 
     async def send_and_drain(self, who, frames, expected_replies):
         """Send, then read until every request is answered or the switch closes."""
@@ -101,11 +91,8 @@ class Fuzzer:
         stream, session, decoder = await self.session("admin")
         _, frame = session.request_frame({"t": "ping"})
         await stream.send_all(frame)
-        payloads = []
-        with trio.fail_after(5):
-            while not payloads:
-                payloads = decoder.feed(await stream.receive_some(65536))
-        assert session.receive(payloads[0])["code"] == "ok"
+        payloads = await next_payloads(stream, decoder, within_s=5)
+        assert payloads and session.receive(payloads[0])["code"] == "ok"
         await stream.aclose()
 
 
@@ -196,7 +183,7 @@ hostile_values = st.recursive(
     max_leaves=12)
 # Containers deep enough to reach the decoder's limit (1024) and beyond it.
 DEPTHS = [2, 100, 511, 512, 1000, hostile.CONTAINERS_MAX - 2,
-          hostile.FINGERPRINT_BREAKING_DEPTH, hostile.CONTAINERS_MAX, 1100]
+          hostile.DEEPEST_FIELD, hostile.CONTAINERS_MAX, 1100]
 deep_values = st.sampled_from([build(depth, leaf) for depth in DEPTHS
                                for build in (hostile.nested_lists, hostile.nested_maps,
                                              hostile.nested_mixed)
@@ -243,7 +230,7 @@ def _known_crash(request_type, fields: dict) -> bool:
     if request_type in ("complete", "void") and fields.get("hold") == "":
         return True
     return any(isinstance(value, hostile.Raw)
-               and value.depth == hostile.FINGERPRINT_BREAKING_DEPTH
+               and value.depth == hostile.DEEPEST_FIELD
                for value in fields.values())
 
 
@@ -336,7 +323,7 @@ async def test_fuzz_hostile_fields_of_every_request_from_every_role(tmp_path,
                 examples.append((who, messages, clock_steps_s))
 
         collect()
-        deepest_pin = ("hostile", hostile.nested_lists(hostile.FINGERPRINT_BREAKING_DEPTH))
+        deepest_pin = ("hostile", hostile.nested_lists(hostile.DEEPEST_FIELD))
         crashes = [("F-HW", [("void", {"hold": ("hostile", ""), "id": ("valid", 1)}, None, 1)], 0),
                    ("F-POS", [("debit", {"card": ("valid", 0), "amount": ("valid", 0),
                                          "id": ("valid", 0), "pin": deepest_pin}, None, 0)], 0)]
@@ -388,7 +375,7 @@ async def test_fuzz_hello_with_hostile_credential_ids(tmp_path, include_known_cr
 
         collect()
         crashes = [("hello", 1, "", bytes(16), {}, "zero"),
-                   ("hello", hostile.nested_lists(hostile.FINGERPRINT_BREAKING_DEPTH), "admin",
+                   ("hello", hostile.nested_lists(hostile.DEEPEST_FIELD), "admin",
                     bytes(16), {}, "zero")]
         for hello_type, version, who, nonce, extra, signer in _crashes_first(
                 include_known_crashes, examples, crashes):
@@ -404,14 +391,9 @@ async def test_fuzz_hello_with_hostile_credential_ids(tmp_path, include_known_cr
                                       fuzzer.keys["admin"])
             stream = await trio.open_tcp_stream("127.0.0.1", switch.port)
             await stream.send_all(sign_body(key, body))
-            decoder = FrameDecoder()
-            payloads = []
-            with trio.fail_after(10):
-                while not payloads:
-                    data = await stream.receive_some(65536)
-                    assert data, "a hello closed without a frame"
-                    payloads = decoder.feed(data)
-            reply = msgpack.unpackb(payloads[0][:-limits.tag_size_bytes], raw=False)
+            payloads = await next_payloads(stream, FrameDecoder())
+            assert payloads, "a hello closed without a frame"
+            reply = unverified_body(payloads[0])
             assert reply.get("code") in HELLO_ERRORS | {"ok"}, reply
             if reply["code"] == "ok":
                 assert hello_type == "hello" and version == 1 and who in fuzzer.keys

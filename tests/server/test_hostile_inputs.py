@@ -1,7 +1,8 @@
-"""Inputs that ended the whole switch (issue 12): one test per input, each then checks that a
-till signed on before the attack still gets a proper debit reply and that the books are sound.
+"""Inputs that end the whole switch today (issue 12), one test each. After the input, a till
+signed on before it still gets its debit answered and `audit` finds the books sound (the
+drain, SIGTERM, metrics and trickle tests check what applies to them instead).
 
-Tests marked xfail reproduce a crash of the current server; the fix removes the mark.
+Each test marked xfail names the class of failure and what raises; the fix removes the mark.
 """
 
 import signal
@@ -25,19 +26,7 @@ from switch.datadir import read_admin_key
 from switch.destinations import Destination
 from switch.dispatch import HANDLERS
 from tests.server import hostile
-from tests.server.harness import Switch
-
-# msgpack nests at most 1024 containers both ways; a request map holding a field 1023 deep
-# decodes, but the idempotency fingerprint wraps it in two more lists and cannot be packed.
-FINGERPRINT_BREAKING_DEPTH = 1023
-
-
-def _nested(depth: int):
-    value = 0
-    for _ in range(depth):
-        value = [value]
-    return value
-
+from tests.server.harness import Switch, next_payloads, signed_on, unverified_body
 
 async def _bystander(switch):
     """A funded card and a till signed on before the attack."""
@@ -59,28 +48,9 @@ async def _still_serves_and_sound(switch, bystander):
 
 
 async def _first_frame(stream) -> dict:
-    decoder = FrameDecoder()
-    with trio.fail_after(10):
-        while True:
-            data = await stream.receive_some(65536)
-            assert data, "closed without a frame"
-            payloads = decoder.feed(data)
-            if payloads:
-                return msgpack.unpackb(payloads[0][:-limits.tag_size_bytes], raw=False)
-
-
-async def _signed_on(switch, who, key):
-    """A raw stream and session after a successful hello (for frames a Client would not send)."""
-    stream = await trio.open_tcp_stream("127.0.0.1", switch.port)
-    session = ClientSession(who, key)
-    await stream.send_all(session.hello_frame(0))
-    decoder = FrameDecoder()
-    payloads = []
-    with trio.fail_after(10):
-        while not payloads:
-            payloads = decoder.feed(await stream.receive_some(65536))
-    session.receive_hello_reply(payloads[0])
-    return stream, session, decoder
+    payloads = await next_payloads(stream, FrameDecoder())
+    assert payloads, "closed without a frame"
+    return unverified_body(payloads[0])
 
 
 async def _terminal_key(switch, who, school="WH", kind="pos") -> bytes:
@@ -112,7 +82,7 @@ async def test_hello_with_deeply_nested_version_is_refused(tmp_path, nursery):
     bystander = await _bystander(switch)
     stream = await trio.open_tcp_stream("127.0.0.1", switch.port)
     body = hostile.pack_pairs([("t", "hello"), ("v", hostile.nested_lists(
-        hostile.FINGERPRINT_BREAKING_DEPTH)), ("who", "admin"), ("nonce", bytes(16)), ("at", 0)])
+        hostile.DEEPEST_FIELD)), ("who", "admin"), ("nonce", bytes(16)), ("at", 0)])
     await stream.send_all(sign_body(bytes(32), body))
     assert (await _first_frame(stream))["code"] == "version_unsupported"
     await stream.aclose()
@@ -126,7 +96,7 @@ async def test_downstream_error_reply_nested_deep_does_not_end_the_switch(tmp_pa
     answered = []
     # An error frame before a session exists carries a zero tag: no key is needed to send it.
     body = hostile.pack_pairs([("t", "error"), ("code", hostile.nested_lists(
-        hostile.FINGERPRINT_BREAKING_DEPTH))])
+        hostile.DEEPEST_FIELD))])
     refusal = (len(body) + limits.tag_size_bytes).to_bytes(4, "big") + body + \
         bytes(limits.tag_size_bytes)
 
@@ -165,22 +135,17 @@ async def _signed_request_then_check(tmp_path, nursery, role, message):
         who = f"{role.upper()}-ATTACKER"
         message_add = {"t": "add_credential", "who": who, "role": role, "id": f"add-{who}"}
         key = (await switch.ok(switch.admin, message_add))["key"]
-    stream, session, decoder = await _signed_on(switch, who, key)
-    await stream.send_all(session.raw_request_frame({**message, "seq": 1}))
-    reply = None
-    with trio.fail_after(10):
-        while reply is None:
-            data = await stream.receive_some(65536)
-            if not data:
-                break
-            for payload in decoder.feed(data):
-                reply = session.receive(payload)
+    stream, session, decoder = await signed_on(switch.port, who, key)
+    body = hostile.pack_pairs([*message.items(), ("seq", 1)])
+    await stream.send_all(hostile.signed_body_frame(session, body))
+    payloads = await next_payloads(stream, decoder)
+    reply = session.receive(payloads[0]) if payloads else None
     await stream.aclose()
     await _still_serves_and_sound(switch, bystander)
     return reply
 
 
-DEEP = _nested(FINGERPRINT_BREAKING_DEPTH)
+DEEP = hostile.nested_lists(hostile.DEEPEST_FIELD, 0)
 
 
 @pytest.mark.xfail(strict=True, reason="issue 12: a request field nested 1023 deep decodes but "
@@ -203,7 +168,7 @@ async def test_field_nested_to_the_decoder_limit_is_refused(tmp_path, nursery, r
 
 async def test_offline_record_nested_to_the_decoder_limit_is_refused(tmp_path, nursery):
     # Inside `records` the decoder's own limit is reached first: no window here today.
-    deepest = _nested(FINGERPRINT_BREAKING_DEPTH - 2)
+    deepest = hostile.nested_lists(hostile.DEEPEST_FIELD - 2, 0)
     reply = await _signed_request_then_check(tmp_path, nursery, "pos", {
         "t": "offline", "records": [{"id": 1, "card": deepest, "amount": 1, "at": 0}]})
     assert reply["code"] == "ok" and reply["results"][0]["code"] == "bad_request", reply
@@ -228,18 +193,13 @@ async def test_seq_too_large_to_echo_is_refused(tmp_path, nursery):
     switch = await Switch(tmp_path / "d").start(nursery)
     bystander = await _bystander(switch)
     who = "WH-POS-ATTACKER"
-    stream, session, decoder = await _signed_on(switch, who, await _terminal_key(switch, who))
+    stream, session, decoder = await signed_on(switch.port, who, await _terminal_key(switch, who))
     # The largest body one frame holds: {"seq": <str>}, echoed back as `re` with more around it.
     seq = "x" * (limits.frame_size_bytes_max - limits.tag_size_bytes - 8)
     await stream.send_all(session.raw_request_frame({"seq": seq}))
-    reply = None
-    with trio.fail_after(10):
-        while reply is None:
-            data = await stream.receive_some(65536)
-            assert data, "closed without a frame"
-            for payload in decoder.feed(data):
-                reply = session.receive(payload)
-    assert reply["code"] == "seq_invalid"
+    payloads = await next_payloads(stream, decoder)
+    assert payloads, "closed without a frame"
+    assert session.receive(payloads[0])["code"] == "seq_invalid"
     await stream.aclose()
     await _still_serves_and_sound(switch, bystander)
 
@@ -264,7 +224,7 @@ async def test_type_too_long_to_echo_is_shed_busy(tmp_path, nursery, monkeypatch
     switch = await Switch(tmp_path / "d", config=config).start(nursery)
     bystander = await _bystander(switch)
     who = "WH-POS-ATTACKER"
-    stream, session, decoder = await _signed_on(switch, who, await _terminal_key(switch, who))
+    stream, session, decoder = await signed_on(switch.port, who, await _terminal_key(switch, who))
     real_write = switch.store.write_batch
 
     def stalled_write(batch):
@@ -276,13 +236,9 @@ async def test_type_too_long_to_echo_is_shed_busy(tmp_path, nursery, monkeypatch
     await trio.sleep(0.1)  # the committer is writing that ping
     await stream.send_all(session.request_frame({"t": "ping"})[1]
                           + session.request_frame({"t": ECHO_BREAKING_TYPE})[1])
-    codes = []
-    with trio.fail_after(10):
-        while len(codes) < 3:
-            data = await stream.receive_some(65536)
-            assert data, "closed without a frame"
-            codes += [session.receive(payload)["code"] for payload in decoder.feed(data)]
-    assert codes.count("busy") == 1, codes
+    codes = [session.receive(payload)["code"]
+             for payload in await next_payloads(stream, decoder, 3)]
+    assert len(codes) == 3 and codes.count("busy") == 1, codes
     monkeypatch.setattr(switch.store, "write_batch", real_write)
     await stream.aclose()
     await _still_serves_and_sound(switch, bystander)
@@ -321,7 +277,7 @@ async def _replies_waiting_to_be_written(switch, who):
     """A till that uploads without reading until the switch holds replies it cannot write
     (the kernel's buffers are full), but fewer than would get the till dropped."""
     key = await _terminal_key(switch, who)
-    stream, session, _ = await _signed_on(switch, who, key)
+    stream, session, _ = await signed_on(switch.port, who, key)
     connection = next(iter(switch.server.sessions[who]))
     with trio.fail_after(30):
         while not connection._unsent:
@@ -383,8 +339,8 @@ async def test_revoke_a_credential_with_requests_queued(tmp_path, nursery):
     cap = limits.requests_in_flight_max
     for attempt in range(REVOCATION_ATTEMPTS):
         who = f"WH-POS-{attempt}"
-        stream, session, _ = await _signed_on(switch, who, await _terminal_key(switch, who))
-        admin_stream, admin_session, _ = await _signed_on(switch, "ADMIN-2", admin_key)
+        stream, session, _ = await signed_on(switch.port, who, await _terminal_key(switch, who))
+        admin_stream, admin_session, _ = await signed_on(switch.port, "ADMIN-2", admin_key)
         # The till's backlog waits behind its in-flight cap; so does the admin's revocation,
         # and one commit's replies wake both readers in the same scheduling round.
         flood = b"".join(session.request_frame({"t": "ping"})[1] for _ in range(3 * cap))
