@@ -1,8 +1,11 @@
 """An in-process switch on 127.0.0.1:0 with a fake clock, and helpers to provision it."""
 
+import msgpack
 import trio
 
+from switch import limits
 from switch.client import Client
+from switch.codec import ClientSession, FrameDecoder
 from switch.clock import FakeClock
 from switch.config import default_config
 from switch.datadir import open_data_dir, read_admin_key
@@ -86,3 +89,33 @@ class Switch:
         if balance:
             await self.ok(self.admin, {"t": "credit", "account": account, "amount": balance,
                                        "source": "test", "id": f"seed-{account}"})
+
+
+# ------------------------------------------------------------- raw sessions
+async def next_payloads(stream, decoder, count: int = 1, within_s: float = 10) -> list[bytes]:
+    """Frame payloads until `count` have come or the switch closed (then fewer)."""
+    payloads = []
+    with trio.fail_after(within_s):
+        while len(payloads) < count:
+            data = await stream.receive_some(limits.receive_size_bytes)
+            if not data:
+                break
+            payloads += decoder.feed(data)
+    return payloads
+
+
+def unverified_body(payload: bytes) -> dict:
+    """A frame's message without checking its tag (error frames before a session)."""
+    return msgpack.unpackb(payload[:-limits.tag_size_bytes], raw=False)
+
+
+async def signed_on(port: int, who: str, key: bytes):
+    """(stream, session, decoder) after a hello: for frames a Client would not send."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    session = ClientSession(who, key)
+    await stream.send_all(session.hello_frame(0))
+    decoder = FrameDecoder()
+    payloads = await next_payloads(stream, decoder)
+    assert payloads, "hello refused"
+    session.receive_hello_reply(payloads[0])
+    return stream, session, decoder
