@@ -16,6 +16,14 @@ HANDLERS = {**handlers.HANDLERS, **card_office.HANDLERS, **account_settings.HAND
             **payments.HANDLERS, **dorm.HANDLERS, **offline.HANDLERS}
 
 
+def reply_type(request_type) -> str:
+    """The `t` a reply echoes: the request's, or "error" when it is not a str or too long to
+    be any request's name (an echo must never outgrow a frame)."""
+    if type(request_type) is str and len(request_type) <= limits.request_type_chars_max:
+        return request_type
+    return "error"
+
+
 def _reply(request_type: str, code: str) -> dict:
     return {"t": request_type, "code": code}
 
@@ -76,7 +84,7 @@ def _execute(ledger, credential, message: dict) -> dict:
         return _reply("error", "bad_request")
     handler = HANDLERS.get(request_type)
     if handler is None:
-        return _reply(request_type, "bad_request")
+        return _reply(reply_type(request_type), "bad_request")
     if not roles.permitted(credential.role, credential.kind, request_type):
         return _reply(request_type, "not_permitted")
     if request_type in requests.WITHOUT_ID:

@@ -20,6 +20,7 @@ requests_in_flight_max = 64        # per connection; past it we stop reading
 # --- Identifiers (docs/PROTOCOL.md §4.2, §4.7) ---
 school_code_chars_max = 8          # 1..8 upper-case letters/digits (configuration)
 id_str_chars_max = 64
+request_type_chars_max = 32        # a longer `t` is no request's name: its reply says "error"
 id_int_max = 2**64 - 1             # msgpack's largest unsigned int
 int64_max = 2**63 - 1              # every other int a peer sends is an int64
 hold_id_digits_max = 20            # `H` + txn: an int64 has at most 19 digits

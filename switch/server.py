@@ -65,6 +65,7 @@ class Connection:
         self._closing_error: ProtocolError | None = None
         self._error_queued = False
         self.reader_scope = trio.CancelScope()
+        self._writer_scope = trio.CancelScope()
         self.closed = False
 
     # ------------------------------------------------------------ called by others
@@ -176,6 +177,8 @@ class Connection:
                 if self._closing_error is not None and not self._error_queued:
                     self._queue(self.session.encode_error(self._closing_error))
                     self._error_queued = True
+                # One task waits on the socket at a time: the writer stops, this one finishes.
+                self._writer_scope.cancel()
                 self.flush()
                 with trio.move_on_after(error_flush_timeout_s):
                     while self._unsent and not self.closed:
@@ -327,8 +330,7 @@ class Connection:
             self.flush()
 
     def _shed(self, request, started: float) -> None:
-        request_type = request.message.get("t")
-        reply = {"t": request_type if type(request_type) is str else "error", "re": request.seq,
+        reply = {"t": dispatch.reply_type(request.message.get("t")), "re": request.seq,
                  "code": "busy"}
         self.server.metrics.observe_reply(reply["t"], "busy", time.perf_counter() - started)
         self._queue(self.session.encode_reply(reply))
@@ -350,6 +352,10 @@ class Connection:
 
     async def _writer(self) -> None:
         """Waits for the socket to drain when the kernel's buffer was full."""
+        with self._writer_scope:
+            await self._write_while_open()
+
+    async def _write_while_open(self) -> None:
         while not self.closed:
             await self._writable.wait()
             self._writable = trio.Event()

@@ -116,7 +116,10 @@ class ServerSession:
             raise
         seq = message.get("seq")
         if not _is_int(seq) or seq != self._next_seq:
-            raise self._fail("seq_invalid", f"expected {self._next_seq}", re=seq)
+            # `re` echoes the seq received when it is an int: anything else might not even
+            # fit in the error frame.
+            raise self._fail("seq_invalid", f"expected {self._next_seq}",
+                             re=seq if _is_int(seq) else None)
         self._next_seq += 1
         return Request(seq, message)
 
@@ -129,7 +132,7 @@ class ServerSession:
 
     def encode_error(self, error: ProtocolError) -> bytes:
         """The error frame for a connection-level error (state already CLOSED)."""
-        fields = {"re": error.re} if error.code == "seq_invalid" else {}
+        fields = {"re": error.re} if error.code == "seq_invalid" and error.re is not None else {}
         if self._k_s2c is None:
             return encode_unauthenticated_error(error.code, **fields)
         return encode_frame(self._k_s2c, {"t": "error", "code": error.code, **fields})
