@@ -52,15 +52,21 @@ def _count_builds(metrics, monkeypatch) -> list:
 async def test_a_clients_made_up_request_types_share_one_label(tmp_path, nursery):
     switch = await Switch(tmp_path / "data").start(nursery)
     try:
-        made_up = [f"made-up-{n}-" + "x" * 200 for n in range(50)]
-        for request_type in made_up:
+        # Up to limits.request_type_chars_max a made-up type is echoed in its reply and
+        # counted as unknown; past it the reply says "error", counted as such.
+        made_up = [f"made-up-{n}-".ljust(limits.request_type_chars_max, "x") for n in range(50)]
+        too_long = [f"made-up-{n}-" + "x" * 200 for n in range(10)]
+        for request_type in made_up + too_long:
             reply = await switch.admin.request({"t": request_type})
             assert reply["code"] == "bad_request"
+            assert reply["t"] == (request_type if request_type in made_up else "error")
         registry = switch.server.metrics.registry
         assert registry.get_sample_value(
             "switch_requests_total", {"type": UNKNOWN, "code": "bad_request"}) == 50
         assert registry.get_sample_value(
             "switch_request_duration_seconds_count", {"type": UNKNOWN}) == 50
+        assert registry.get_sample_value(
+            "switch_requests_total", {"type": "error", "code": "bad_request"}) == 10
         exposition = switch.server.metrics.exposition().decode()
         assert "made-up" not in exposition
         # A known type keeps its own label.
