@@ -9,7 +9,7 @@ bench/e2e_load.py runs against it unchanged: a `hello` from any credential in FI
 has its tag verified, its body decoded and its `seq` checked, and is answered
 {"t": t, "re": seq, "code": "ok", "txn": n, "balance": 0, "available": 0, "account": "X"}.
 Written the fastest way trio allows: non-blocking stdlib sockets under
-trio.lowlevel.wait_readable/wait_writable (as switch/transport.py), one task per connection,
+trio.lowlevel.wait_readable/wait_writable (as switch/shell/transport.py), one task per connection,
 every frame of one receive parsed and the replies coalesced into one send.
 Prints `listening on HOST:PORT`; stops on SIGTERM/SIGINT or after --lifetime seconds.
 """
@@ -33,7 +33,7 @@ from switch.codec import FrameDecoder, ProtocolError, ServerSession  # noqa: E40
 
 LIFETIME_S_DEFAULT = 3600.0          # a forgotten bare server stops by itself
 HELLO_TIMEOUT_S = limits.hello_timeout_s
-RECEIVES_BETWEEN_CHECKPOINTS = 8     # as switch/transport.py: a flooding peer cannot starve the rest
+RECEIVES_BETWEEN_CHECKPOINTS = 8     # as switch/shell/transport.py: a flooding peer cannot starve the rest
 SEND_BUFFER_BYTES_MAX = limits.send_buffer_bytes_max
 
 

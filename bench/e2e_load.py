@@ -355,7 +355,7 @@ async def _pipelined(client, messages: list[dict]) -> list[dict]:
 
 
 async def _provision_over_the_wire(address, admin_key: bytes, tag: str, args):
-    from switch.client import Client
+    from switch.shell.client import Client
     account_ids, card_ids, terminal_ids = _names(tag, args.accounts, args.terminals)
     messages = [_account_messages(tag, index, account, card)
                 for index, (account, card) in enumerate(zip(account_ids, card_ids))]
@@ -376,7 +376,7 @@ def prebuild(data_dir: pathlib.Path, tag: str, args):
     (dispatch.execute as the admin), committing in big batches, before the switch starts."""
     import lmdb
 
-    from switch import dispatch
+    from switch.ledger import dispatch
     from switch.clock import SystemClock
     from switch.config import load_config
     from switch.datadir import open_data_dir

@@ -10,7 +10,7 @@ import tempfile
 import msgpack
 import pytest
 
-from switch import dispatch
+from switch.ledger import dispatch
 from switch.clock import SystemClock
 from switch.codec import ClientSession, ServerSession
 from switch.config import default_config

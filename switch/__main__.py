@@ -40,9 +40,9 @@ async def _serve(args) -> int:
     from switch.config import load_config
     from switch.datadir import open_data_dir
     from switch.ledger import Ledger
-    from switch.metrics import serve_metrics
-    from switch.server import Server
-    from switch.transport import open_listeners
+    from switch.shell.metrics import serve_metrics
+    from switch.shell.server import Server
+    from switch.shell.transport import open_listeners
 
     config = load_config(args.config)
     store = open_data_dir(args.data)

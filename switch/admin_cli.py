@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 
 import trio
 
-from switch.client import Client, SwitchError
+from switch.shell.client import Client, SwitchError
 from switch.codec import ProtocolError
 
 import_pipeline_depth = 64      # requests in flight while importing (the switch's cap)

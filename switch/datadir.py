@@ -4,7 +4,7 @@ import os
 
 from switch import limits
 from switch.ledger import Credential
-from switch.persistence import Store
+from switch.persistence.store import Store
 
 ADMIN_WHO = "admin"
 ADMIN_KEY_FILE = "admin.key"

@@ -21,7 +21,7 @@ import urllib.request
 import trio
 
 from switch.audit import audit
-from switch.client import Client
+from switch.shell.client import Client
 from switch.datadir import read_admin_key
 
 ready_timeout_s = 15

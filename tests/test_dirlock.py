@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from switch.dirlock import DirInUse, DirLock
+from switch.persistence.dirlock import DirInUse, DirLock
 
 
 def test_second_lock_in_another_process_is_refused_with_holder_pid(tmp_path):
     with DirLock(str(tmp_path)):
-        code = ("import sys\nfrom switch.dirlock import DirLock, DirInUse\n"
+        code = ("import sys\nfrom switch.persistence.dirlock import DirLock, DirInUse\n"
                 "try:\n    DirLock(sys.argv[1])\nexcept DirInUse as e:\n"
                 "    print(e.holder_pid); sys.exit(3)\n")
         result = subprocess.run([sys.executable, "-c", code, str(tmp_path)],

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from switch import limits
-from switch.metrics import UNKNOWN, Metrics, serve_metrics
+from switch.shell.metrics import UNKNOWN, Metrics, serve_metrics
 from tests.server.harness import Switch
 
 

@@ -1,5 +1,4 @@
-"""LMDB persistence: balances, cards, credentials, the journal and idempotency."""
+"""LMDB persistence: balances, cards, credentials, the journal and idempotency.
 
-from switch.persistence.store import SCHEMA_VERSION, Batch, SchemaMismatch, Store
-
-__all__ = ["SCHEMA_VERSION", "Batch", "SchemaMismatch", "Store"]
+`switch.persistence.store` holds the LMDB environment; importing this package alone loads
+nothing else, so `switch.persistence.keys` stays usable without LMDB."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import lmdb
 
 from switch import limits
+from switch.persistence.keys import txn_key
 
 SCHEMA_VERSION = 1
 
@@ -54,8 +55,6 @@ def _no_ranged_keys() -> dict[str, set]:
     return {db: set() for db in RANGE_READ_DBS}
 
 
-def txn_key(txn: int) -> bytes:
-    return txn.to_bytes(8, "big")
 
 
 @dataclass

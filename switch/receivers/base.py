@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 import trio
 
-from switch import limits, requests
+from switch import limits
+from switch.ledger import schema
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
 
 log = logging.getLogger("switch.receiver")
@@ -92,7 +93,7 @@ def common_field_problem(record: dict) -> str | None:
     `check_records`'s."""
     if not is_time(record.get("at")):
         return f"at {record.get('at')!r} is not a time in range"
-    if requests.account_id(record.get("account")) is requests.INVALID:
+    if schema.account_id(record.get("account")) is schema.INVALID:
         return "account is not an account id"
     if not is_text(record.get("school"), limits.school_code_chars_max):
         return "school is not a school code"
@@ -100,10 +101,10 @@ def common_field_problem(record: dict) -> str | None:
         return "amount is not an int in range"
     if not is_int_in(record.get("balance"), -limits.balance_fen_max, limits.balance_fen_max):
         return "balance is not an int in range"
-    for name, check in (("who", requests.credential_id), ("merchant", requests.short_text),
-                        ("ref", requests.request_id)):
+    for name, check in (("who", schema.credential_id), ("merchant", schema.short_text),
+                        ("ref", schema.request_id)):
         value = record.get(name)
-        if value is not None and check(value) is requests.INVALID:
+        if value is not None and check(value) is schema.INVALID:
             return f"{name} is not a {name}"
     return None
 

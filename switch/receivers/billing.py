@@ -15,7 +15,8 @@ import sys
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from switch import limits, requests
+from switch import limits
+from switch.ledger import schema
 from switch.receivers.base import Receiver, csv_bytes, is_int_in, is_time, parser, run_main
 
 MONEY_KINDS = frozenset({"debit", "qr_debit", "complete", "offline"})
@@ -55,7 +56,7 @@ class BillingReceiver(Receiver):
         return self.segment_days[index] if index >= 0 else None
 
     def kind_problem(self, record: dict) -> str | None:
-        if requests.short_text(record.get("merchant")) is requests.INVALID:
+        if schema.short_text(record.get("merchant")) is schema.INVALID:
             return "a till's money record has a merchant"
         if record["kind"] == "reverse":
             if record["amount"] < 0:

@@ -18,7 +18,7 @@ from collections import deque
 
 import trio
 
-from switch.qr import qr_code
+from switch.ledger.qr import qr_code
 
 from onecard_sim import limits
 from onecard_sim.arrival import Arrivals

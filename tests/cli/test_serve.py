@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 import trio
 
-from switch.client import Client
+from switch.shell.client import Client
 from switch.datadir import read_admin_key
 
 

@@ -4,7 +4,7 @@ import hashlib
 
 from switch.codec import ClientSession, FrameDecoder, ServerSession, direction_keys
 from switch.codec.framing import decode_body, split_payload
-from switch.qr import QR_STEP_S, parse_qr, qr_code
+from switch.ledger.qr import QR_STEP_S, parse_qr, qr_code
 from tests.paths import VECTORS_V1
 
 # sha256 of tests/vectors/v1.json as published with wire version 1.

@@ -21,7 +21,7 @@ import msgpack
 import pytest
 import trio
 
-from switch.client import Client
+from switch.shell.client import Client
 
 from tests.paths import REPO_ROOT as REPO
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import trio
 
-from switch.client import Client
+from switch.shell.client import Client
 from switch.datadir import read_admin_key
 
 pytestmark = pytest.mark.slow

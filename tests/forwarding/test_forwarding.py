@@ -19,7 +19,7 @@ import trio
 from switch import limits
 from switch.codec import FrameDecoder, ServerSession
 from switch.datadir import read_admin_key
-from switch.forwarder import Forwarder, encode_position, position_key
+from switch.shell.forwarder import Forwarder, encode_position, position_key
 from switch.receivers.billing import BillingReceiver
 from tests.forwarding.helpers import (
     BILLING_KINDS, REPO, UTILITY_KINDS, ReceiverProcess, destination, expected_rooms,

@@ -6,7 +6,7 @@ import pytest
 
 from switch import limits
 from switch.codec.framing import encode_frame
-from switch.forwarder import decode_position, encode_position, next_frame
+from switch.shell.forwarder import decode_position, encode_position, next_frame
 from switch.persistence.store import Store, txn_key
 from switch.receivers.base import APPLY, BAD, GAP, check_records
 

@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import trio
 
-from switch.client import Client
+from switch.shell.client import Client
 
 SCHOOL = "WH"
 PERSONS = 12

@@ -5,7 +5,7 @@ import threading
 import lmdb
 import pytest
 
-from switch.persistence import SCHEMA_VERSION, SchemaMismatch, Store
+from switch.persistence.store import SCHEMA_VERSION, SchemaMismatch, Store
 
 
 def test_schema_version_written_and_checked(tmp_path):

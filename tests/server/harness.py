@@ -4,14 +4,14 @@ import msgpack
 import trio
 
 from switch import limits
-from switch.client import Client
+from switch.shell.client import Client
 from switch.codec import ClientSession, FrameDecoder
 from switch.clock import FakeClock
 from switch.config import default_config
 from switch.datadir import open_data_dir, read_admin_key
 from switch.ledger import Ledger
-from switch.server import Server
-from switch.transport import open_listeners
+from switch.shell.server import Server
+from switch.shell.transport import open_listeners
 
 
 class Switch:

@@ -186,23 +186,23 @@ async def test_a_flood_from_another_address_leaves_a_tills_address_alone(switch,
 async def test_a_trickled_frame_times_out_from_its_first_byte(switch, monkeypatch):
     monkeypatch.setattr(limits, "frame_complete_timeout_s", 0.5)
     till = await switch.terminal("WH-POS-1")
-    started = trio.current_time()
     await till.stream.send_all((100).to_bytes(4, "big"))
+    trickled = 0
     closed = False
-    with trio.fail_after(10):
-        for _ in range(100):       # a byte every 0.1 s: each one would restart a naive timer
+    with trio.fail_after(30):
+        while trickled < 99:  # a byte every 0.1 s: each one would restart a naive timer
             try:
                 await till.stream.send_all(b"x")
             except trio.BrokenResourceError:
                 closed = True
                 break
+            trickled += 1
             with trio.move_on_after(0.1):
                 if await till.stream.receive_some(100) == b"":
                     closed = True
                     break
-    assert closed
-    # Closed within the frame's deadline (plus scheduling), long before 100 bytes trickled.
-    assert trio.current_time() - started < 5.0
+    # Closed about 0.5 s after the first byte: long before the frame's 100 bytes came.
+    assert closed and trickled < 60, trickled
 
 
 async def test_a_credential_past_its_budget_is_answered_busy(tmp_path, nursery):
@@ -228,7 +228,7 @@ async def test_a_credential_past_its_budget_is_answered_busy(tmp_path, nursery):
 
 
 def test_request_budget_refills_at_its_rate_up_to_its_burst():
-    from switch.budget import RequestBudget
+    from switch.shell.budget import RequestBudget
     budget = RequestBudget(rate_per_s=10, burst=3, now_s=0.0)
     assert [budget.take(0.0) for _ in range(4)] == [True, True, True, False]
     assert budget.take(0.05) is False          # half a request's worth

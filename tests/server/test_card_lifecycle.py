@@ -2,7 +2,7 @@
 
 import trio
 
-from switch.qr import qr_code
+from switch.ledger.qr import qr_code
 from tests.server.harness import Switch
 
 

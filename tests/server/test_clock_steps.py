@@ -1,6 +1,6 @@
 """Clock steps backwards and forwards: holds, QR windows and daily limits stay sane."""
 
-from switch.qr import qr_code
+from switch.ledger.qr import qr_code
 
 
 async def test_holds_survive_a_step_back_and_expire_after_a_step_forward(switch):

@@ -8,7 +8,7 @@ counted, and the switch keeps serving every other request with its books sound.
 import pytest
 import trio
 
-from switch import dispatch, requests, roles
+from switch.ledger import dispatch, roles, schema
 from switch.audit import audit
 from switch.codec import ServerSession
 from switch.core import layout
@@ -59,13 +59,13 @@ async def test_every_handler_that_raises_is_undone_and_answered_internal(
     holds_before = switch.ledger.holds.open_count
     failures_before = switch.ledger.failures
 
-    real_validate = requests.validate
+    real_validate = schema.validate
     checked = []
     for request_type in sorted(dispatch.HANDLERS):
         sender = next(clients[s] for s in SENDERS if roles.permitted(s[0], s[1], request_type))
         monkeypatch.setitem(dispatch.HANDLERS, request_type, _faulty_handler)
         # Past the schema whatever the fields: the fault is the handler's, not the input's.
-        monkeypatch.setattr(requests, "validate", lambda t, m: (None, {"id": m.get("id")}))
+        monkeypatch.setattr(schema, "validate", lambda t, m: (None, {"id": m.get("id")}))
         reply = await sender.request({"t": request_type, "id": f"fault-{request_type}"})
         monkeypatch.undo()
         assert reply["code"] == "internal", (request_type, reply)
@@ -75,7 +75,7 @@ async def test_every_handler_that_raises_is_undone_and_answered_internal(
         debit = await pos.request({"t": "debit", "card": "AAAA", "amount": 1,
                                    "id": f"after-{request_type}"})
         assert debit["code"] == "ok", (request_type, debit)
-    assert requests.validate is real_validate
+    assert schema.validate is real_validate
     assert len(checked) == len(dispatch.HANDLERS) > 20
     assert _faulty_handler.reached == len(checked)  # every fault came after its writes
 
@@ -126,7 +126,7 @@ async def test_a_failing_housekeeping_pass_is_undone_counted_and_retried(
         tmp_path, nursery, monkeypatch):
     switch = await Switch(tmp_path / "data").start(nursery)
     await switch.person("WH1", "AAAA", balance=5000)
-    from switch import dorm
+    from switch.ledger import dorm
 
     def faulty(ledger):
         ledger.store.put("meta", b"half-done", b"x")

@@ -3,7 +3,7 @@
 import trio
 
 from switch.audit import audit
-from switch.qr import qr_code
+from switch.ledger.qr import qr_code
 from tests.server.harness import Switch
 from tests.server.test_card_lifecycle import _push
 

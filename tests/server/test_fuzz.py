@@ -12,14 +12,15 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from switch import limits, roles
+from switch import limits
+from switch.ledger import roles
 from switch.audit import audit
-from switch.metrics import FAILURE_PLACES
+from switch.shell.metrics import FAILURE_PLACES
 from switch.codec import FrameDecoder
 from switch.codec.session import sign_body
-from switch.dispatch import HANDLERS
-from switch.qr import qr_code
-from switch.requests import SCHEMAS
+from switch.ledger.dispatch import HANDLERS
+from switch.ledger.qr import qr_code
+from switch.ledger.schema import SCHEMAS
 from tests.server import hostile
 from tests.server.harness import Switch, next_payloads, signed_on, unverified_body
 

@@ -18,14 +18,14 @@ import trio
 
 from switch import limits
 from switch.audit import audit
-from switch.client import Client
+from switch.shell.client import Client
 from switch.codec import ClientSession, FrameDecoder
 from switch.codec.session import sign_body
 from switch.config import default_config
 from switch.datadir import read_admin_key
 from switch.destinations import Destination
-from switch.dispatch import HANDLERS
-from switch.metrics import FAILURE_PLACES
+from switch.ledger.dispatch import HANDLERS
+from switch.shell.metrics import FAILURE_PLACES
 from tests.server import hostile
 from tests.server.harness import Switch, next_payloads, signed_on, unverified_body
 

@@ -10,7 +10,7 @@ import time
 import trio
 
 from switch import limits
-from switch.server import reply_size
+from switch.shell.server import reply_size
 from tests.server.harness import Switch
 
 

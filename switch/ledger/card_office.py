@@ -7,7 +7,7 @@ as overdrawn.
 
 from switch import limits
 from switch.core import codes, layout
-from switch.handlers import _crosses_school, _decline, _money, account_of
+from switch.ledger.accounts import _crosses_school, _decline, _money, account_of
 
 
 def should_be_listed(card_state: int, record) -> bool:

@@ -8,10 +8,11 @@ and its cards go on the blacklist.
 
 from datetime import date
 
-from switch import core, limits, requests
-from switch.card_office import freeze_account
+from switch import core, limits
+from switch.ledger import schema
+from switch.ledger.card_office import freeze_account
 from switch.core import codes, layout
-from switch.handlers import _decline, _money
+from switch.ledger.accounts import _decline, _money
 
 _FIELDS = ("id", "card", "amount", "at")
 _NOT_REMEMBERED = frozenset({"bad_request", "bad_amount"})
@@ -32,10 +33,10 @@ def offline(ledger, credential, values):
 def _apply_record(ledger, credential, item) -> dict:
     if type(item) is not dict or any(name not in item for name in _FIELDS):
         record_id = item.get("id") if type(item) is dict else None
-        return _result(record_id if requests.request_id(record_id) is not requests.INVALID
+        return _result(record_id if schema.request_id(record_id) is not schema.INVALID
                        else None, codes.BAD_REQUEST)
-    record_id = requests.request_id(item["id"])
-    if record_id is requests.INVALID:
+    record_id = schema.request_id(item["id"])
+    if record_id is schema.INVALID:
         return _result(None, codes.BAD_REQUEST)
     fingerprint = ledger.fingerprint("offline", [item["card"], item["amount"], item["at"]])
     seen = ledger.recall(credential.who, record_id)
@@ -52,7 +53,7 @@ def _apply_record(ledger, credential, item) -> dict:
 
 def _decide(ledger, credential, record_id, item) -> dict:
     card_id, amount, at_ms = item["card"], item["amount"], item["at"]
-    if requests.card_id(card_id) is requests.INVALID or type(at_ms) is not int:
+    if schema.card_id(card_id) is schema.INVALID or type(at_ms) is not int:
         return _result(record_id, codes.BAD_REQUEST)
     if type(amount) is not int or core.check_amount(amount, ledger.config.max_amount_fen):
         return _result(record_id, codes.BAD_AMOUNT)

@@ -11,8 +11,8 @@ import msgpack
 
 from switch import core, identifiers
 from switch.core import codes, layout
-from switch.handlers import _decline, _money, account_of
-from switch.payments import check_qr
+from switch.ledger.accounts import _decline, _money, account_of
+from switch.ledger.payments import check_qr
 
 holds_expired_per_pass_max = 5_000
 

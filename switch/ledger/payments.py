@@ -13,8 +13,8 @@ import msgpack
 
 from switch import core
 from switch.core import codes, layout
-from switch.handlers import _decline, _money
-from switch.qr import QR_STEP_S, parse_qr, qr_tag
+from switch.ledger.accounts import _decline, _money
+from switch.ledger.qr import QR_STEP_S, parse_qr, qr_tag
 
 REVERSIBLE = frozenset({"debit", "qr_debit", "complete"})
 TOMBSTONE = "reverse_tombstone"   # idempotency type of an id reversed before it was seen

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import msgpack
 
 from switch import limits
-from switch.blacklist import Blacklist
 from switch.core import layout
-from switch.holds import Holds
-from switch.persistence.store import Store, txn_key
+from switch.ledger.blacklist import Blacklist
+from switch.ledger.holds import Holds
+from switch.persistence.keys import txn_key
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 _SETTLEMENT = struct.Struct("<qq")  # count, total fen
@@ -43,7 +43,7 @@ class Credential:
 
 
 class Ledger:
-    def __init__(self, store: Store, config, clock):
+    def __init__(self, store, config, clock):
         self.store = store
         self.config = config
         self.clock = clock

@@ -12,7 +12,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from switch import limits
 from switch.core import codes
-from switch.requests import SCHEMAS
+from switch.ledger.schema import SCHEMAS
 
 log = logging.getLogger("switch.metrics")
 

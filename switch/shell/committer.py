@@ -8,7 +8,7 @@ import lmdb
 import trio
 
 from switch import limits
-from switch.dispatch import failures
+from switch.ledger.dispatch import failures
 
 log = logging.getLogger("switch.commit")
 

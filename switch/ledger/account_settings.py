@@ -7,7 +7,7 @@ import os
 
 from switch import core
 from switch.core import codes, layout
-from switch.handlers import _decline, _effective_limits, account_of
+from switch.ledger.accounts import _decline, _effective_limits, account_of
 
 qr_secret_size_bytes = 32
 

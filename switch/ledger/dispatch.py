@@ -7,12 +7,13 @@ and sends the reply once the batch it landed in is committed.
 import logging
 import time
 
-from switch import (account_settings, card_office, dorm, handlers, limits, offline, payments,
-                    requests, roles)
+from switch import limits
+from switch.ledger import (account_settings, accounts, card_office, dorm, offline, payments, roles,
+                           schema)
 
-log = logging.getLogger("switch.dispatch")
+log = logging.getLogger("switch.ledger")
 
-HANDLERS = {**handlers.HANDLERS, **card_office.HANDLERS, **account_settings.HANDLERS,
+HANDLERS = {**accounts.HANDLERS, **card_office.HANDLERS, **account_settings.HANDLERS,
             **payments.HANDLERS, **dorm.HANDLERS, **offline.HANDLERS}
 
 
@@ -87,18 +88,18 @@ def _execute(ledger, credential, message: dict) -> dict:
         return _reply(reply_type(request_type), "bad_request")
     if not roles.permitted(credential.role, credential.kind, request_type):
         return _reply(request_type, "not_permitted")
-    if request_type in requests.WITHOUT_ID:
-        code, values = requests.validate(request_type, message)
+    if request_type in schema.WITHOUT_ID:
+        code, values = schema.validate(request_type, message)
         if code is not None:
             return _reply(request_type, code)
         return handler(ledger, credential, values)
 
     # The id is checked before anything else in the request (docs/PROTOCOL.md §4.3).
-    request_id = requests.request_id(message.get("id", requests.INVALID))
-    if request_id is requests.INVALID:
+    request_id = schema.request_id(message.get("id", schema.INVALID))
+    if request_id is schema.INVALID:
         return _reply(request_type, "bad_request")
     fingerprint = ledger.fingerprint(request_type,
-                                     requests.fingerprint_values(request_type, message))
+                                     schema.fingerprint_values(request_type, message))
     seen = ledger.recall(credential.who, request_id)
     if seen is not None:
         seen_type, seen_fingerprint, seen_reply = seen
@@ -111,7 +112,7 @@ def _execute(ledger, credential, message: dict) -> dict:
                 ledger.remember(credential.who, request_id, request_type, fingerprint, reply)
                 return reply
         return _reply(request_type, "id_reuse")
-    code, values = requests.validate(request_type, message)
+    code, values = schema.validate(request_type, message)
     if code is not None:
         return _reply(request_type, code)
     reply = handler(ledger, credential, values)

@@ -9,16 +9,17 @@ from collections import deque
 import msgpack
 import trio
 
-from switch import dispatch, dorm, limits, payments
+from switch import limits
+from switch.ledger import dispatch, dorm, payments
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
 from switch.codec.session import OPEN
 from switch.codec.framing import FrameTooLarge
-from switch.budget import RequestBudget
-from switch.committer import Committer
-from switch.dispatch import failures
-from switch.forwarder import Forwarder
-from switch.metrics import Metrics
-from switch.transport import PeerGone, Transport, accept
+from switch.shell.budget import RequestBudget
+from switch.shell.committer import Committer
+from switch.ledger.dispatch import failures
+from switch.shell.forwarder import Forwarder
+from switch.shell.metrics import Metrics
+from switch.shell.transport import PeerGone, Transport, accept
 
 log = logging.getLogger("switch.server")
 
