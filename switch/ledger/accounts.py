@@ -8,7 +8,8 @@ import os
 
 from switch import core, limits
 from switch.core import codes, layout
-from switch.ledger import Credential
+from switch.ledger.effects import Revocation
+from switch.ledger.state import Credential
 
 NAMES = codes.CODE_NAMES
 
@@ -273,7 +274,7 @@ def revoke_credential(ledger, credential, values):
     if not target.revoked:
         target = Credential(**{**target.__dict__, "revoked": True})
         ledger.save_credential(target)
-        ledger.on_revoke(who)
+        ledger.emit(Revocation(who))
     return {"t": "revoke_credential", "code": "ok"}
 
 

@@ -12,6 +12,7 @@ import msgpack
 from switch import core, identifiers
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money, account_of
+from switch.ledger.effects import PowerCutoff
 from switch.ledger.payments import check_qr
 
 holds_expired_per_pass_max = 5_000
@@ -179,7 +180,7 @@ def meter(ledger, credential, values):
                                 values["id"], what=values["what"])
     if cutoff:
         ledger.append_journal("cutoff", account_id, school, 0, balance, credential, values["id"])
-        ledger.after_commit(lambda: ledger.on_cutoff(school, account_id, balance))
+        ledger.emit(PowerCutoff(school, account_id, balance))
     return {"t": "meter", "code": "ok", "txn": txn, "balance": balance, "cutoff": cutoff}
 
 

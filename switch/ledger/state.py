@@ -11,6 +11,7 @@ import msgpack
 from switch import limits
 from switch.core import layout
 from switch.ledger.blacklist import Blacklist
+from switch.ledger.effects import BlacklistPush, JournalAdvanced
 from switch.ledger.holds import Holds
 from switch.persistence.keys import txn_key
 
@@ -54,13 +55,8 @@ class Ledger:
             secret = os.urandom(32)
             store.write_now("meta", b"fingerprint_key", secret)
         self._fingerprint_key = secret
-        # Hooks the shell sets: called with a credential id when it is revoked.
-        self.on_revoke = lambda who: None
-        # Called with (school, push message) once the change it announces is durable.
-        self.on_blacklist_push = lambda school, message: None
-        # Called with (school, account id, balance) once a cut-off is durable.
-        self.on_cutoff = lambda school, account_id, balance: None
-        self._effects: list = []
+        self._effects: list = []           # effects.* for the shell, once the batch is durable
+        self._effects_last_txn = store.last_txn
         self.blacklist = Blacklist(store)
         self.holds = Holds(self)
         # Requests (and housekeeping passes) that raised and were undone; exported as a metric.
@@ -86,19 +82,24 @@ class Ledger:
         self._credentials.clear()  # read through the overlay again on next use
 
     # ----------------------------------------------------------- after commit
-    def after_commit(self, effect) -> None:
-        """Run `effect()` once the open batch is durable (dropped if the commit fails)."""
+    def emit(self, effect) -> None:
+        """Ask the shell for `effect` (switch.ledger.effects) once the open batch is durable;
+        it is dropped if the commit fails or the request is undone."""
         self._effects.append(effect)
 
     def take_effects(self) -> list:
+        """The effects of everything executed since the last call, in order."""
         effects, self._effects = self._effects, []
+        if self.store.last_txn > self._effects_last_txn:
+            self._effects_last_txn = self.store.last_txn
+            effects.append(JournalAdvanced(self.store.last_txn))
         return effects
 
     def change_blacklist(self, school: str, add=(), remove=()) -> int:
         """Change the school's list; the push goes out after commit. Returns the version."""
         message = self.blacklist.change(school, add, remove)
         if message is not None:
-            self.after_commit(lambda: self.on_blacklist_push(school, message))
+            self.emit(BlacklistPush(school, message))
         return self.blacklist.version(school)
 
     # ----------------------------------------------------------- credentials
@@ -124,6 +125,7 @@ class Ledger:
         """After a failed commit: drop what was derived from writes that never landed."""
         self._credentials.clear()
         self.holds.recount()
+        self._effects_last_txn = self.store.last_txn  # txn numbers restart from disk
 
     # ----------------------------------------------------------- accounts
     def account(self, account_id: str) -> bytearray | None:

@@ -17,12 +17,16 @@ map_grow_threshold_ratio = 0.75
 
 
 class Committer:
-    def __init__(self, store, ledger, metrics, batch_requests_max: int, batch_wait_s: float):
+    def __init__(self, store, ledger, metrics, batch_requests_max: int, batch_wait_s: float,
+                 batch_done):
         self.store = store
         self.ledger = ledger
         self.metrics = metrics
         self.batch_requests_max = batch_requests_max
         self.batch_wait_s = batch_wait_s
+        # batch_done(effects, replies): the server acts on a durable batch's effects and
+        # answers its replies ((connection, reply, started_s) each); a failed batch has none.
+        self._batch_done = batch_done
         self._open: list = []           # (connection, reply, started_s) awaiting the next commit
         self._wake = trio.Event()
         self._idle = trio.lowlevel.ParkingLot()
@@ -102,43 +106,13 @@ class Committer:
             self.metrics.journal_txn.set(batch.last_txn)
             self.metrics.holds_open.set(self.ledger.holds.open_count)
             self.commits += 1
-            self.journal_advanced.unpark_all()
             try:
                 self._check_map()
             except Exception:  # the batch is durable: its replies must still go out
                 failures.failed("map_check_failed", batch=batch.number)
                 self.metrics.failures.labels("commit").inc()
-        for effect in effects:
-            try:
-                effect()
-            except Exception:
-                # A push or a revocation that failed is logged; the batch is durable anyway.
-                failures.failed("effect_failed", batch=batch.number)
-                self.metrics.failures.labels("effect").inc()
         self.metrics.commit_batch_size.observe(len(replies))
-        self._deliver(replies)
-
-    def _deliver(self, replies) -> None:
-        """Hand each reply to its connection; one broken connection ends alone."""
-        now = time.perf_counter()
-        touched = set()
-        for connection, reply, started_s in replies:
-            try:
-                connection.send_reply(reply, now - started_s)
-            except Exception:
-                self._connection_failed(connection)
-            touched.add(connection)
-        # One write per connection per commit, straight to the socket.
-        for connection in touched:
-            try:
-                connection.flush()
-            except Exception:
-                self._connection_failed(connection)
-
-    def _connection_failed(self, connection) -> None:
-        failures.failed("delivery_failed", peer=connection.peer)
-        self.metrics.failures.labels("delivery").inc()
-        connection.fail()
+        self._batch_done(effects, replies)
 
     async def _write(self, batch) -> None:
         for _ in range(limits.commit_retries_map_full_max):
@@ -152,8 +126,9 @@ class Committer:
         raise RuntimeError("LMDB map still full after growing")
 
     def _fail(self, replies) -> None:
-        self._deliver([(connection, {"t": reply.get("t"), "re": reply.get("re"), "code": "internal"},
-                        started_s) for connection, reply, started_s in replies])
+        self._batch_done([], [(connection, {"t": reply.get("t"), "re": reply.get("re"),
+                                            "code": "internal"}, started_s)
+                              for connection, reply, started_s in replies])
 
     def _check_map(self) -> None:
         used, size = self.store.map_usage()

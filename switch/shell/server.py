@@ -10,13 +10,14 @@ import msgpack
 import trio
 
 from switch import limits
-from switch.ledger import dispatch, dorm, payments
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
-from switch.codec.session import OPEN
 from switch.codec.framing import FrameTooLarge
+from switch.codec.session import OPEN
+from switch.ledger import dispatch, housekeeping
+from switch.ledger.dispatch import failures
+from switch.ledger.effects import BlacklistPush, JournalAdvanced, PowerCutoff, Revocation
 from switch.shell.budget import RequestBudget
 from switch.shell.committer import Committer
-from switch.ledger.dispatch import failures
 from switch.shell.forwarder import Forwarder
 from switch.shell.metrics import Metrics
 from switch.shell.transport import PeerGone, Transport, accept
@@ -372,7 +373,7 @@ class Server:
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.committer = Committer(store, ledger, self.metrics, config.batch_requests_max,
-                                   config.batch_wait_s)
+                                   config.batch_wait_s, self._batch_done)
         self.sessions: dict[str, set] = {}
         self.live: set = set()
         self.connection_count = 0
@@ -386,9 +387,6 @@ class Server:
         self._failures_counted = ledger.failures
         self._connections_scope = None
         self._accepting_scope = None
-        ledger.on_revoke = self._revoke_sessions
-        ledger.on_blacklist_push = self._push_blacklist
-        ledger.on_cutoff = self._cutoff
         self.metrics.journal_txn.set(store.last_txn)
         self.metrics.holds_open.set(ledger.holds.open_count)
         from switch import __version__
@@ -449,6 +447,48 @@ class Server:
             del of_address[connection]
             if not of_address:
                 del self._pending_by_address[connection.address]
+
+    # ------------------------------------------------------------ after each commit
+    def _batch_done(self, effects: list, replies: list) -> None:
+        """A batch is durable (or failed, with no effects): act on what the ledger asked for,
+        then answer. A fault in one effect or one connection stays there."""
+        for effect in effects:
+            try:
+                self._act(effect)
+            except Exception:
+                failures.failed("effect_failed", effect=type(effect).__name__)
+                self.metrics.failures.labels("effect").inc()
+        now = time.perf_counter()
+        touched = set()
+        for connection, reply, started_s in replies:
+            try:
+                connection.send_reply(reply, now - started_s)
+            except Exception:
+                self._delivery_failed(connection)
+            touched.add(connection)
+        # One write per connection per commit, straight to the socket.
+        for connection in touched:
+            try:
+                connection.flush()
+            except Exception:
+                self._delivery_failed(connection)
+
+    def _act(self, effect) -> None:
+        if type(effect) is JournalAdvanced:
+            self.committer.journal_advanced.unpark_all()
+        elif type(effect) is BlacklistPush:
+            self._push_blacklist(effect.school, effect.message)
+        elif type(effect) is Revocation:
+            self._revoke_sessions(effect.who)
+        elif type(effect) is PowerCutoff:
+            self._cutoff(effect.school, effect.account, effect.balance)
+        else:
+            raise AssertionError(f"unknown effect {effect!r}")
+
+    def _delivery_failed(self, connection) -> None:
+        failures.failed("delivery_failed", peer=connection.peer)
+        self.metrics.failures.labels("delivery").inc()
+        connection.fail()
 
     def _revoke_sessions(self, who: str) -> None:
         for connection in list(self.sessions.get(who, ())):
@@ -522,22 +562,11 @@ class Server:
 
     def housekeep(self) -> None:
         ledger = self.ledger
-        expired = 0
-        # All or nothing, like a request: a pass that raises leaves no half-done writes.
-        ledger.begin_request()
-        try:
-            payments.prune_used_qr(ledger)
-            ledger.forget_old_ids(limits.idempotency_forget_per_pass_max)
-            expired = dorm.expire_due_holds(ledger)
-        except Exception:
-            ledger.rollback_request()
-            expired = 0
-            failures.failed("housekeeping_failed")
+        done = housekeeping.tick(ledger)
+        if done.failed:
             self.metrics.failures.labels("task").inc()
-        finally:
-            ledger.end_request()
-        if expired:
-            self.metrics.holds_expired.inc(expired)
+        if done.holds_expired:
+            self.metrics.holds_expired.inc(done.holds_expired)
         self.metrics.holds_open.set(ledger.holds.open_count)
         self.metrics.commit_queue.set(self.committer.queued)
         if ledger.failures > self._failures_counted:

@@ -1,0 +1,31 @@
+"""Housekeeping: the work the switch starts itself on a timer, as one synchronous `tick`."""
+
+from dataclasses import dataclass
+
+from switch import limits
+from switch.ledger import dorm, payments
+from switch.ledger.dispatch import failures
+
+
+@dataclass(frozen=True)
+class Tick:
+    holds_expired: int
+    failed: bool
+
+
+def tick(ledger) -> Tick:
+    """Forget used QR codes and remembered ids past their time, release holds past theirs.
+
+    All or nothing, like a request: a pass that raises leaves no half-done writes, is
+    logged, and the next pass tries again."""
+    ledger.begin_request()
+    try:
+        payments.prune_used_qr(ledger)
+        ledger.forget_old_ids(limits.idempotency_forget_per_pass_max)
+        return Tick(holds_expired=dorm.expire_due_holds(ledger), failed=False)
+    except Exception:
+        ledger.rollback_request()
+        failures.failed("housekeeping_failed")
+        return Tick(holds_expired=0, failed=True)
+    finally:
+        ledger.end_request()
