@@ -374,8 +374,6 @@ def provision(address, admin_key: bytes, tag: str, args):
 def prebuild(data_dir: pathlib.Path, tag: str, args):
     """Write the accounts, cards, funding and terminals with the switch's own request code
     (dispatch.execute as the admin), committing in big batches, before the switch starts."""
-    import lmdb
-
     from switch.ledger import dispatch
     from switch.clock import SystemClock
     from switch.config import load_config
@@ -388,15 +386,8 @@ def prebuild(data_dir: pathlib.Path, tag: str, args):
         admin = ledger.credential("admin")
 
         def commit():
-            ledger.take_effects()
-            batch = store.seal()
-            while True:
-                try:
-                    store.write_batch(batch)
-                    break
-                except lmdb.MapFullError:
-                    store.grow_map()
-            store.committed(batch)
+            ledger.take_effects()  # nobody is connected to be told
+            store.commit_now()
 
         def execute(message):
             reply = dispatch.execute(ledger, admin, message)

@@ -70,9 +70,7 @@ def test_lmdb_batch_commit(benchmark, batch):
     def commit():
         for _ in range(batch):
             store.put("journal", txn_key(next(counter)), os.urandom(64))
-        sealed = store.seal()
-        store.write_batch(sealed)
-        store.committed(sealed)
+        store.commit_now()
 
     benchmark.pedantic(commit, rounds=200 if batch < 1000 else 50, iterations=1)
 
@@ -91,9 +89,7 @@ def test_execute_debit_without_commit(benchmark):
                                          "source": "x", "id": f"p{n}"})
     dispatch.execute(ledger, admin, {"t": "add_credential", "who": "POS", "role": "terminal",
                                      "school": "WH", "kind": "pos", "id": "k"})
-    sealed = store.seal()
-    store.write_batch(sealed)
-    store.committed(sealed)
+    store.commit_now()
     pos = ledger.credential("POS")
     ids = iter(range(10**9))
 
@@ -102,8 +98,6 @@ def test_execute_debit_without_commit(benchmark):
         dispatch.execute(ledger, pos, {"t": "debit", "card": f"{0xA000 + n % 100:X}",
                                        "amount": 1, "id": n})
         if n % 500 == 499:
-            batch = store.seal()
-            store.write_batch(batch)
-            store.committed(batch)
+            store.commit_now()
 
     benchmark.pedantic(one, rounds=20_000, iterations=1)

@@ -280,6 +280,23 @@ class Store:
                 else:
                     put(key, value, db=dbs[db])
 
+    def commit_now(self) -> int:
+        """Commit the open batch here and now, on this thread (outside the switch's group
+        commit: tools, benchmarks and tests). Grows the map as the committer would. Returns
+        the number of writes committed."""
+        assert not self._sealed, "commit_now while a batch is being committed"
+        batch = self.seal()
+        for _ in range(limits.commit_retries_map_full_max):
+            try:
+                self.write_batch(batch)
+                break
+            except lmdb.MapFullError:
+                self.grow_map()
+        else:
+            raise lmdb.MapFullError("LMDB map still full after growing")
+        self.committed(batch)
+        return len(batch.writes)
+
     def committed(self, batch: Batch) -> None:
         """The batch is durable: read it from LMDB from now on."""
         self._end_read()

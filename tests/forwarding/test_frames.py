@@ -29,9 +29,7 @@ def fill(store, kinds, pad=0):
         txn = store.next_txn()
         store.put("journal", txn_key(txn), msgpack.packb(record(txn, kind, pad),
                                                          use_bin_type=True))
-    batch = store.seal()
-    store.write_batch(batch)
-    store.committed(batch)
+    store.commit_now()
 
 
 def test_only_committed_records_are_read(store):
@@ -149,9 +147,7 @@ def test_a_look_alike_kind_inside_another_field_is_not_sent(store):
     txn = store.next_txn()
     lost = {**record(txn, "lost"), "ref": look_alike}
     store.put("journal", txn_key(txn), msgpack.packb(lost, use_bin_type=True))
-    batch = store.seal()
-    store.write_batch(batch)
-    store.committed(batch)
+    store.commit_now()
     assert next_frame(store, 1, frozenset({"debit"})) == (1, [])
     assert next_frame(store, 1, None) == (1, [lost])
 

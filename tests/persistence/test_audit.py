@@ -20,9 +20,7 @@ def _books(tmp_path, balance=500, amounts=(1000, -500), gap=False):
         store.put("journal", txn_key(number), msgpack.packb(
             {"txn": number, "at": 0, "kind": "x", "account": "WH1", "school": "WH",
              "amount": amount, "balance": running}))
-    batch = store.seal()
-    store.write_batch(batch)
-    store.committed(batch)
+    store.commit_now()
     store.close()
 
 

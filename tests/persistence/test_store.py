@@ -268,3 +268,16 @@ def test_rollback_undoes_one_request_and_keeps_the_rest_of_the_open_batch(tmp_pa
     assert keys == [b"WH\0AAAA"] and more is False
     store.write_batch(store.seal())
     store.close()
+
+
+def test_commit_now_commits_the_open_batch_and_grows_the_map(tmp_path):
+    store = Store(str(tmp_path / "db"), map_size_bytes=64 * 1024)
+    for n in range(2000):  # far more than 64 KiB
+        store.put("journal", n.to_bytes(8, "big"), b"x" * 100)
+    assert store.commit_now() == 2000
+    assert store.open_writes == 0
+    assert store.map_usage()[1] > 64 * 1024
+    store.close()
+    reopened = Store(str(tmp_path / "db"))
+    assert reopened.get("journal", (1999).to_bytes(8, "big")) == b"x" * 100
+    reopened.close()
