@@ -1,0 +1,282 @@
+"""What every request goes through before its own rules (docs/PROTOCOL.md §3, §4.1-§4.4):
+the type, the sender's role and kind, the id, idempotency, and failures inside the switch."""
+
+import pytest
+
+from tests.ledger.conftest import (BALANCE, CARD, CUIK_STUDENT, ID_LAST6, PIN, REQUEST_TYPES, ROOM,
+                                   STUDENT, limits)
+
+# docs/PROTOCOL.md §3: who may send what (every role may send `ping`).
+POS = {"debit", "qr_debit", "reverse", "offline", "balance", "blacklist", "settle"}
+WATER = {"hold", "complete", "void", "reverse", "offline", "balance", "blacklist", "settle"}
+METER = {"meter"}
+SERVICE = {"credit", "account", "history", "lost", "found", "set_limits", "set_pin", "reset_pin",
+           "verify_pin", "virtual_card"}
+ADMIN = SERVICE | {"open_account", "close_account", "issue_card", "replace_card", "freeze",
+                   "unfreeze", "unlock", "add_credential", "revoke_credential"}
+MAY_SEND = {"pos": POS, "water": WATER, "meter": METER, "service": SERVICE,
+            "wh_service": SERVICE, "admin": ADMIN}
+
+# docs/PROTOCOL.md §4.1: the requests without an `id` of their own.
+WITHOUT_ID = {"ping", "balance", "blacklist", "settle", "account", "history", "verify_pin",
+              "offline"}
+
+# For every request with an id, a request that gets a reply the switch remembers
+# (docs/PROTOCOL.md §4.3: all but bad_request, bad_amount, not_permitted, busy, internal),
+# and a change of one listed field.
+REMEMBERED = {
+    "debit": ("pos", {"card": CARD, "amount": 100}, {"amount": 101}),
+    "qr_debit": ("pos", {"qr": f"{STUDENT}.1.0badf00d.{'0' * 20}", "amount": 100},
+                 {"amount": 101}),
+    "hold": ("water", {"card": CARD, "amount": 100}, {"amount": 101}),
+    "complete": ("water", {"hold": "H999999", "amount": 0}, {"amount": 1}),
+    "void": ("water", {"hold": "H999999"}, {"hold": "H999998"}),
+    "reverse": ("pos", {"target": "never-sent"}, {"target": "never-sent-either"}),
+    "meter": ("meter", {"account": ROOM, "amount": 10, "what": "electric"}, {"what": "water"}),
+    "credit": ("service", {"account": STUDENT, "amount": 100, "source": "alipay"},
+               {"source": "wechat"}),
+    "lost": ("service", {"card": CARD}, {"card": "0C0C0001"}),
+    "found": ("service", {"card": CARD}, {"card": "0C0C0001"}),
+    "set_limits": ("service", {"account": STUDENT, "per_tx": 10_000},
+                   {"per_tx": 10_001}),
+    "set_pin": ("service", {"account": STUDENT, "old": PIN, "new": "654321"}, {"new": "111111"}),
+    "reset_pin": ("service", {"account": STUDENT, "id_last6": ID_LAST6}, {"id_last6": "000000"}),
+    "virtual_card": ("service", {"account": STUDENT}, {"account": CUIK_STUDENT}),
+    "open_account": ("admin", {"account": "WH20239999", "school": "WH", "kind": "person",
+                               "id_last6": "111111"}, {"holder": "李四"}),
+    "close_account": ("admin", {"account": STUDENT}, {"account": ROOM}),
+    "issue_card": ("admin", {"account": STUDENT, "card": "0A0A0A0A"}, {"card": "0B0B0B0B"}),
+    "replace_card": ("admin", {"account": STUDENT, "old": CARD, "new": "0A0A0A0A"},
+                     {"new": "0B0B0B0B"}),
+    "freeze": ("admin", {"account": STUDENT}, {"reason": "lost wallet"}),
+    "unfreeze": ("admin", {"account": STUDENT}, {"reason": "found wallet"}),
+    "unlock": ("admin", {"account": STUDENT}, {"account": CUIK_STUDENT}),
+    "add_credential": ("admin", {"who": "WH-POS-9", "role": "terminal", "school": "WH",
+                                 "kind": "pos"}, {"merchant": "canteen-2"}),
+    "revoke_credential": ("admin", {"who": "WH-POS-2"}, {"who": "WH-WATER-2"}),
+}
+
+MALFORMED_IDS = ["", "x" * (limits.id_str_chars_max + 1), -1, limits.id_int_max + 1, True, 1.5,
+                 None, b"bytes", [1], {"id": 1}]
+WELL_FORMED_IDS = ["x", "x" * limits.id_str_chars_max, 0, limits.id_int_max]
+
+
+def sender(world, name):
+    return world.admin if name == "admin" else getattr(world, name)
+
+
+def snapshot(world) -> tuple:
+    """What a request could have changed: the journal, the open batch, the accounts."""
+    return (world.last_txn, world.store.open_writes,
+            *(world.account(account) for account in (STUDENT, CUIK_STUDENT, ROOM)))
+
+
+def test_the_tables_here_name_every_request_type_the_switch_dispatches():
+    assert set().union(*MAY_SEND.values()) | {"ping"} == REQUEST_TYPES
+    assert set(REMEMBERED) | WITHOUT_ID == REQUEST_TYPES
+    assert not set(REMEMBERED) & WITHOUT_ID
+
+
+# ---------------------------------------------------------------- step 1: the type
+@pytest.mark.parametrize("t", [None, 5, b"debit", ["debit"], True])
+def test_a_t_that_is_no_str_is_bad_request_answered_as_error(campus, t):
+    assert campus.request(campus.pos, {"t": t, "card": CARD, "amount": 1, "id": 1}) == {
+        "t": "error", "code": "bad_request"}
+    assert campus.request(campus.pos, {"card": CARD, "amount": 1, "id": 1}) == {
+        "t": "error", "code": "bad_request"}
+    assert campus.balance(STUDENT) == BALANCE
+
+
+@pytest.mark.parametrize("t, echoed", [
+    ("hello", "hello"), ("records", "records"), ("DEBIT", "DEBIT"), ("", ""),
+    ("x" * limits.request_type_chars_max, "x" * limits.request_type_chars_max),
+    ("x" * (limits.request_type_chars_max + 1), "error")])
+def test_an_unknown_type_is_bad_request_and_echoed_only_when_short(campus, t, echoed):
+    assert campus.send(campus.admin, t, id=1) == {"t": echoed, "code": "bad_request"}
+
+
+# ---------------------------------------------------------------- step 2: role and kind
+@pytest.mark.parametrize("name", sorted(MAY_SEND))
+def test_each_role_and_kind_may_send_exactly_its_requests(campus, name):
+    credential = sender(campus, name)
+    wrong = {}
+    for t in sorted(REQUEST_TYPES):
+        # No fields at all: a permitted type fails its id or fields, never its permission.
+        code = campus.code(credential, t)
+        if t == "ping":
+            expected = "ok"
+        else:
+            expected = "bad_request" if t in MAY_SEND[name] else "not_permitted"
+        if code != expected:
+            wrong[t] = (code, expected)
+    assert wrong == {}
+
+
+def test_permission_comes_before_the_id_and_the_fields(campus):
+    reply = campus.send(campus.pos, "credit", account="nope!", amount="x", id=None)
+    assert reply == {"t": "credit", "code": "not_permitted"}
+    assert campus.send(campus.meter, "debit", card=CARD, amount=100, id=7) == {
+        "t": "debit", "code": "not_permitted"}
+    assert campus.balance(STUDENT) == BALANCE
+
+
+# ---------------------------------------------------------------- step 3: the id
+@pytest.mark.parametrize("t", sorted(REMEMBERED))
+def test_a_malformed_id_is_bad_request_before_anything_else(campus, t):
+    name, fields, _ = REMEMBERED[t]
+    before = snapshot(campus)
+    for request_id in MALFORMED_IDS:
+        # Well-formed fields, or none and an amount of the wrong type: the id comes first.
+        for others in (fields, {"amount": "many"}):
+            assert campus.send(sender(campus, name), t, id=request_id, **others) == {
+                "t": t, "code": "bad_request"}, (request_id, others)
+    assert snapshot(campus) == before
+
+
+def test_a_missing_id_is_bad_request_even_with_a_bad_amount(campus):
+    assert campus.send(campus.pos, "debit", card=CARD, amount=-5) == {
+        "t": "debit", "code": "bad_request"}
+
+
+@pytest.mark.parametrize("request_id", WELL_FORMED_IDS, ids=repr)
+def test_ids_at_their_bounds_are_accepted(campus, request_id):
+    reply = campus.send(campus.pos, "debit", card=CARD, amount=100, id=request_id)
+    assert reply["code"] == "ok" and reply["balance"] == BALANCE - 100
+    assert campus.journal(reply["txn"])["ref"] == request_id
+
+
+@pytest.mark.parametrize("t", sorted(WITHOUT_ID - {"offline"}))
+def test_requests_without_an_id_ignore_one_and_are_not_remembered(campus, t):
+    fields = {"ping": {}, "balance": {"card": CARD}, "blacklist": {"since": 0},
+              "settle": {"day": "2026-11-18", "count": 0, "total": 0},
+              "account": {"account": STUDENT}, "history": {"account": STUDENT},
+              "verify_pin": {"account": STUDENT, "pin": PIN}}[t]
+    name = "service" if t in SERVICE else "pos"
+    first = campus.send(sender(campus, name), t, id=[1], **fields)
+    second = campus.send(sender(campus, name), t, id=[1], **fields)
+    assert first["code"] == "ok" and first == second and "replay" not in second
+
+
+# ---------------------------------------------------------------- idempotency (§4.4)
+@pytest.mark.parametrize("t", sorted(REMEMBERED))
+def test_same_id_and_fields_replay_and_another_field_is_id_reuse(campus, t):
+    name, fields, change = REMEMBERED[t]
+    credential = sender(campus, name)
+    first = campus.send(credential, t, id="R-1", **fields)
+    assert first["code"] not in {"bad_request", "bad_amount", "not_permitted", "internal"}
+    before = snapshot(campus)
+    assert campus.send(credential, t, id="R-1", **fields) == {**first, "replay": True}
+    # A field the request table does not list is no part of the comparison.
+    assert campus.send(credential, t, id="R-1", note="again", **fields) == {
+        **first, "replay": True}
+    assert campus.send(credential, t, id="R-1", **{**fields, **change}) == {
+        "t": t, "code": "id_reuse"}
+    assert snapshot(campus) == before
+
+
+def test_a_field_sent_as_nil_compares_as_absent(campus):
+    first = campus.send(campus.pos, "debit", card=CARD, amount=100, id="N-1")
+    assert first["code"] == "ok"
+    assert campus.send(campus.pos, "debit", card=CARD, amount=100, pin=None, id="N-1") == {
+        **first, "replay": True}
+    assert campus.balance(STUDENT) == BALANCE - 100
+
+
+def test_the_same_id_under_another_type_is_id_reuse(campus):
+    assert campus.code(campus.pos, "debit", card=CARD, amount=100, id=42) == "ok"
+    # `reverse` of another target, reusing the debit's id as its own.
+    assert campus.send(campus.pos, "reverse", target="other", id=42) == {
+        "t": "reverse", "code": "id_reuse"}
+    assert campus.balance(STUDENT) == BALANCE - 100
+
+
+def test_ids_are_per_credential_and_5_differs_from_the_string_5(campus):
+    codes = [campus.code(campus.pos, "debit", card=CARD, amount=100, id=5),
+             campus.code(campus.pos2, "debit", card=CARD, amount=100, id=5),
+             campus.code(campus.pos, "debit", card=CARD, amount=100, id="5")]
+    assert codes == ["ok", "ok", "ok"]
+    assert campus.balance(STUDENT) == BALANCE - 300
+
+
+def test_declines_are_remembered_too(campus):
+    first = campus.send(campus.pos, "debit", card=CARD, amount=BALANCE + 1, pin=PIN,
+                        id="big")
+    assert first == {"t": "debit", "code": "insufficient_funds"}
+    campus.credit(STUDENT, 10_000)
+    # The money is there now, but the id's answer was given: the retry replays it.
+    assert campus.send(campus.pos, "debit", card=CARD, amount=BALANCE + 1, pin=PIN,
+                        id="big") == {
+        "t": "debit", "code": "insufficient_funds", "replay": True}
+    assert campus.balance(STUDENT) == BALANCE + 10_000
+
+
+@pytest.mark.parametrize("first_fields, code", [
+    ({"amount": 100}, "bad_request"),                      # no card
+    ({"card": CARD, "amount": "100"}, "bad_amount"),
+    ({"card": CARD, "amount": 0}, "bad_amount"),
+    ({"card": CARD, "amount": 100, "pin": "12345"}, "bad_request"),
+])
+def test_codes_that_are_not_remembered_leave_the_id_free(campus, first_fields, code):
+    assert campus.send(campus.pos, "debit", id="fix-me", **first_fields) == {
+        "t": "debit", "code": code}
+    reply = campus.send(campus.pos, "debit", card=CARD, amount=100, id="fix-me")
+    assert reply["code"] == "ok" and "replay" not in reply
+    assert campus.balance(STUDENT) == BALANCE - 100
+
+
+def test_not_permitted_leaves_the_id_free(campus):
+    assert campus.send(campus.pos, "credit", account=STUDENT, amount=1, source="x",
+                       id="mine")["code"] == "not_permitted"
+    assert campus.code(campus.pos, "debit", card=CARD, amount=100, id="mine") == "ok"
+
+
+def test_ids_are_remembered_for_at_least_the_retention_period(campus):
+    first = campus.send(campus.pos, "debit", card=CARD, amount=100, id="old")
+    campus.commit()
+    campus.clock.advance(campus.config.idempotency_retention_s - 1)
+    campus.forget_old_ids()
+    assert campus.send(campus.pos, "debit", card=CARD, amount=100, id="old") == {
+        **first, "replay": True}
+    assert campus.balance(STUDENT) == BALANCE - 100
+
+
+# ---------------------------------------------------------------- internal (§4.3)
+@pytest.mark.parametrize("t, name, fields", [
+    ("debit", "pos", {"card": CARD, "amount": 100}),
+    ("hold", "water", {"card": CARD, "amount": 100}),
+    ("credit", "service", {"account": STUDENT, "amount": 100, "source": "alipay"}),
+    ("meter", "meter", {"account": ROOM, "amount": 100, "what": "water"}),
+    ("lost", "service", {"card": CARD}),
+    ("open_account", "admin", {"account": "WH1", "school": "WH", "kind": "utility"}),
+    ("add_credential", "admin", {"who": "X", "role": "service"}),
+])
+def test_a_request_that_fails_inside_is_undone_answered_internal_and_may_run_again(
+        campus, inject_fault, monkeypatch, t, name, fields):
+    before = snapshot(campus)
+    pushes = len(campus.pushes)
+    with monkeypatch.context() as patch:
+        inject_fault(t, patch)
+        assert campus.send(sender(campus, name), t, id="F", **fields) == {
+            "t": t, "code": "internal"}
+    assert snapshot(campus) == before
+    campus.commit()
+    assert len(campus.pushes) == pushes  # the undone request's push is gone too
+    # Not remembered: the resend under the same id runs, as the first one never did.
+    reply = campus.send(sender(campus, name), t, id="F", **fields)
+    assert reply["code"] == "ok" and "replay" not in reply
+    if "txn" in reply:
+        assert reply["txn"] == before[0] + 1  # the failed request's txn was not used up
+
+
+def test_a_failure_inside_offline_undoes_the_whole_upload(campus, inject_fault, monkeypatch):
+    now = campus.clock.now_ms()
+    with monkeypatch.context() as patch:
+        inject_fault("offline", patch)
+        assert campus.send(campus.pos, "offline", records=[
+            {"id": "o1", "card": CARD, "amount": 100, "at": now}]) == {
+                "t": "offline", "code": "internal"}
+    reply = campus.send(campus.pos, "offline", records=[
+        {"id": "o1", "card": CARD, "amount": 100, "at": now}])
+    assert [result["code"] for result in reply["results"]] == ["ok"]
+    assert "replay" not in reply["results"][0]
+    assert campus.balance(STUDENT) == BALANCE - 100
