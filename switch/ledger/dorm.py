@@ -92,7 +92,7 @@ def _open_hold_of(ledger, credential, request_type, hold_id):
 
 
 def complete(ledger, credential, values):
-    amount = values["amount"]
+    amount = values.get("amount")
     if type(amount) is not int or amount < 0 or amount > ledger.config.max_amount_fen:
         return _decline("complete", codes.BAD_AMOUNT)
     refusal, held = _open_hold_of(ledger, credential, "complete", values["hold"])

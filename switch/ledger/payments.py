@@ -127,7 +127,10 @@ def reverse(ledger, credential, values):
             record = ledger.journal_record(original["txn"])
             now_ms = ledger.clock.now_ms()
             if now_ms - record["at"] > ledger.config.reversal_window_s * 1000:
-                return _decline("reverse", codes.REVERSE_WINDOW)
+                # Kept as the first reverse's reply: a later one replays it (§4.9).
+                reply = _decline("reverse", codes.REVERSE_WINDOW)
+                ledger.store.put("reversals", key, _pack(reply))
+                return reply
             account_id = record["account"]
             account = ledger.account(account_id)
             school = ledger.school(account)

@@ -62,7 +62,7 @@ def positive_int(value):
 
 
 def any_int(value):
-    return value if type(value) is int and -limits.int64_max <= value <= limits.int64_max else INVALID
+    return value if type(value) is int and -limits.int64_max - 1 <= value <= limits.int64_max else INVALID
 
 
 def day(value):
@@ -97,7 +97,8 @@ SCHEMAS = {
     "qr_debit": (("qr", str_value, _R), ("amount", amount, _R), ("id", request_id, _R)),
     "hold": (("card", card_id, _O), ("qr", str_value, _O), ("amount", amount, _R),
              ("id", request_id, _R), ("pin", pin, _O)),
-    "complete": (("hold", str_value, _R), ("amount", any_value, _R), ("id", request_id, _R)),
+    # complete's amount, missing or not, is checked among its own rules (§4.8).
+    "complete": (("hold", str_value, _R), ("amount", any_value, _O), ("id", request_id, _R)),
     "void": (("hold", str_value, _R), ("id", request_id, _R)),
     "reverse": (("target", request_id, _R), ("id", request_id, _R)),
     "offline": (("records", any_value, _R),),

@@ -18,15 +18,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from switch import dispatch, limits
+from switch import limits
 from switch.clock import FakeClock
 from switch.config import default_config
 from switch.core.codes import CODE_NAMES
 from switch.datadir import open_data_dir
-from switch.dorm import expire_due_holds
-from switch.ledger import Ledger
-from switch.payments import prune_used_qr
-from switch.qr import QR_STEP_S, qr_code, qr_tag
+from switch.ledger import Ledger, dispatch
+from switch.ledger.dorm import expire_due_holds
+from switch.ledger.effects import BlacklistPush, JournalAdvanced, PowerCutoff, Revocation
+from switch.ledger.payments import prune_used_qr
+from switch.ledger.qr import QR_STEP_S, qr_code, qr_tag
 
 # What the test modules take from here (the code under test they need is re-exported).
 __all__ = ["limits", "QR_STEP_S", "qr_tag", "REQUEST_TYPES", "RESULT_CODES", "OBSERVED",
@@ -71,11 +72,6 @@ class World:
 
     def _open_ledger(self) -> None:
         self.ledger = Ledger(self.store, self.config, self.clock)
-        self.ledger.on_revoke = self.revoked.append
-        self.ledger.on_blacklist_push = lambda school, message: self.pushes.append(
-            (school, message))
-        self.ledger.on_cutoff = lambda school, account, balance: self.cutoffs.append(
-            (school, account, balance))
         self.admin = self.ledger.credential("admin")
 
     def close(self) -> None:
@@ -180,11 +176,16 @@ class World:
         """What the committer does for the open batch: one LMDB transaction, then the
         effects (pushes, cut-offs) the batch's requests left."""
         effects = self.ledger.take_effects()
-        batch = self.store.seal()
-        self.store.write_batch(batch)
-        self.store.committed(batch)
+        self.store.commit_now()
         for effect in effects:
-            effect()
+            if type(effect) is BlacklistPush:
+                self.pushes.append((effect.school, effect.message))
+            elif type(effect) is Revocation:
+                self.revoked.append(effect.who)
+            elif type(effect) is PowerCutoff:
+                self.cutoffs.append((effect.school, effect.account, effect.balance))
+            else:
+                assert type(effect) is JournalAdvanced, effect
 
     def expire_holds(self) -> int:
         """Housekeeping's hold pass (it reads committed holds: commit first)."""

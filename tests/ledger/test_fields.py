@@ -129,9 +129,6 @@ def test_completes_amount_is_checked_among_its_own_rules(campus, amount):
             "t": "complete", "code": "bad_request"}
 
 
-@pytest.mark.xfail(strict=True, reason="complete's amount, missing too, is checked among its own "
-                   "rules (docs/PROTOCOL.md §4.3 step 4, §4.8), after the field check of `hold`; "
-                   "requests.validate answers a missing amount bad_amount before it")
 def test_complete_without_amount_and_a_mistyped_hold_is_bad_request(campus):
     assert send(campus, "complete", {"hold": 7}) == {"t": "complete", "code": "bad_request"}
 
@@ -245,9 +242,6 @@ def test_every_int_but_the_id_must_fit_int64_even_in_its_own_range(campus):
         "t": "blacklist", "code": "ok", "version": 0, "full": [], "more": False}
 
 
-@pytest.mark.xfail(strict=True, reason="-2**63 fits a signed 64-bit int (docs/PROTOCOL.md §4.3) "
-                   "and `since` 0 or below is the full list (§4.13), but requests.any_int "
-                   "refuses it: bad_request")
 def test_the_smallest_int64_is_a_valid_since(campus):
     assert send(campus, "blacklist", {"since": -2**63}) == {
         "t": "blacklist", "code": "ok", "version": 0, "full": [], "more": False}

@@ -141,10 +141,6 @@ def test_a_reversal_frees_the_daily_allowance_only_for_the_payments_own_day(camp
     assert campus.code(campus.pos, "debit", card=CARD, amount=1_000, id="y") == "ok"
 
 
-@pytest.mark.xfail(strict=True, reason="docs/PROTOCOL.md §4.9: a second reverse of the same "
-                   "target under a new id gets the first reverse's reply with replay: true; "
-                   "payments.reverse stores the first reply only when it is ok, so a "
-                   "reverse_window is answered afresh, without replay")
 def test_a_second_reverse_after_the_window_replays_the_first_refusal(campus):
     campus.ok(campus.pos, "debit", card=CARD, amount=300, id="d")
     campus.clock.advance(campus.config.reversal_window_s + 1)

@@ -64,7 +64,7 @@ async def test_a_hold_id_not_of_our_syntax_is_unknown(switch, hold):
     assert reply["code"] == "hold_unknown"
 
 
-@pytest.mark.parametrize("value", [2**63, 2**64 - 1, -2**63])
+@pytest.mark.parametrize("value", [2**63, 2**64 - 1])
 async def test_ints_outside_int64_are_bad_request(switch, value):
     await switch.person("WH1", "AAAA", balance=1000)
     pos = await switch.terminal("WH-POS-1")
