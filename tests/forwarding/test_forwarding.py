@@ -27,7 +27,7 @@ from tests.forwarding.helpers import (
     read_settlement, wait_until)
 from tests.forwarding.spec_receiver import SpecReceiver
 from tests.forwarding.workload import CONNECTION_ERRORS, Workload
-from tests.server.harness import Switch
+from tests.shell.harness import Switch
 
 FAST_BACKOFF_MAX_S = 0.3
 

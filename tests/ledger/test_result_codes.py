@@ -13,14 +13,14 @@ from tests.ledger.conftest import (OBSERVED, OBSERVED_OFFLINE, REQUEST_TYPES, RE
 # Codes no request reaches `execute` with: the shell answers them on its own.
 EXCLUDED = {
     "busy": "answered by the shell before execute, for a full commit queue or a spent request "
-            "budget (docs/PROTOCOL.md §2.3, §4.3); tests/server/test_abuse.py",
+            "budget (docs/PROTOCOL.md §2.3, §4.3); tests/shell/test_abuse.py",
 }
 # Connection-level codes end a connection in an error frame (§1.4): the shell's, never a reply.
 CONNECTION_LEVEL = {
-    "unauthenticated": "hello and revocation, tests/server and tests/conformance",
+    "unauthenticated": "hello and revocation, tests/shell and tests/conformance",
     "version_unsupported": "hello, tests/conformance",
-    "mac_invalid": "frame tags, tests/codec and tests/server",
-    "seq_invalid": "request order on a connection, tests/codec and tests/server",
+    "mac_invalid": "frame tags, tests/codec and tests/shell",
+    "seq_invalid": "request order on a connection, tests/codec and tests/shell",
     "frame_invalid": "framing, tests/codec",
     "frame_too_large": "framing, tests/codec",
 }

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from switch import limits
-from tests.server.harness import Switch
+from tests.shell.harness import Switch
 from tests.sim.test_simulator import SIM_DIR
 
 if str(SIM_DIR) not in sys.path:

@@ -26,8 +26,8 @@ from switch.datadir import read_admin_key
 from switch.destinations import Destination
 from switch.ledger.dispatch import HANDLERS
 from switch.shell.metrics import FAILURE_PLACES
-from tests.server import hostile
-from tests.server.harness import Switch, next_payloads, signed_on, unverified_body
+from tests.shell import hostile
+from tests.shell.harness import Switch, next_payloads, signed_on, unverified_body
 
 async def _bystander(switch):
     """A funded card and a till signed on before the attack."""
@@ -256,7 +256,7 @@ async def test_one_accounts_cards_can_never_make_a_push_beyond_one_frame(tmp_pat
     """The attack: thousands of cards on one account, then one offline overdraw lists them
     all in one push (before the fix: FrameTooLarge in the committer). An account now holds
     at most cards_per_account_max cards, and a push of more than a page carries none
-    (tests/server/test_blacklist_paging.py::test_a_push_far_beyond_a_frame_leaves_the_switch_serving)."""
+    (tests/shell/test_blacklist_paging.py::test_a_push_far_beyond_a_frame_leaves_the_switch_serving)."""
     switch = await Switch(tmp_path / "d").start(nursery)
     bystander = await _bystander(switch)
     await switch.person("WH-MANY", school="WH")

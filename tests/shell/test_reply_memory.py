@@ -11,7 +11,7 @@ import trio
 
 from switch import limits
 from switch.shell.server import reply_size
-from tests.server.harness import Switch
+from tests.shell.harness import Switch
 
 
 async def _account_with_history(switch, entries: int):

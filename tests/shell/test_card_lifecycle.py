@@ -3,7 +3,7 @@
 import trio
 
 from switch.ledger.qr import qr_code
-from tests.server.harness import Switch
+from tests.shell.harness import Switch
 
 
 async def _push(client, timeout=1.0):

@@ -10,7 +10,7 @@ import trio
 
 from switch import limits
 from switch.codec import ClientSession, FrameDecoder, ServerSession
-from tests.server.test_card_lifecycle import _push
+from tests.shell.test_card_lifecycle import _push
 
 PAGE = limits.blacklist_page_cards_max
 

@@ -5,7 +5,7 @@ import trio
 from switch import limits
 from switch.audit import audit
 from switch.config import default_config
-from tests.server.harness import Switch
+from tests.shell.harness import Switch
 
 
 async def test_many_connections_share_commits(switch):

@@ -7,7 +7,7 @@ import trio
 
 from switch import limits
 from switch.config import default_config
-from tests.server.harness import Switch
+from tests.shell.harness import Switch
 
 
 async def _closed_without_frame(stream, within_s):

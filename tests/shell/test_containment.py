@@ -13,7 +13,7 @@ from switch.audit import audit
 from switch.codec import ServerSession
 from switch.core import layout
 from switch.ledger.effects import Revocation
-from tests.server.harness import Switch
+from tests.shell.harness import Switch
 
 # A credential of each role and kind, to find one permitted to send each request type.
 SENDERS = [("terminal", "pos"), ("terminal", "water"), ("terminal", "meter"),

@@ -10,7 +10,7 @@ import trio.testing
 
 from switch import limits
 from switch.shell.metrics import UNKNOWN, Metrics, serve_metrics
-from tests.server.harness import Switch
+from tests.shell.harness import Switch
 
 
 async def _serve(nursery, metrics) -> int:

@@ -4,8 +4,8 @@ import trio
 
 from switch.audit import audit
 from switch.ledger.qr import qr_code
-from tests.server.harness import Switch
-from tests.server.test_card_lifecycle import _push
+from tests.shell.harness import Switch
+from tests.shell.test_card_lifecycle import _push
 
 
 # ---------------------------------------------------------------- hot water

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from switch.audit import audit
-from tests.server.harness import Switch
+from tests.shell.harness import Switch
 
 filesystem_size = "3m"
 

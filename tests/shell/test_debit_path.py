@@ -3,7 +3,7 @@
 import trio
 
 from switch.codec.framing import encode_frame
-from tests.server.harness import Switch
+from tests.shell.harness import Switch
 
 
 async def test_debit_then_balance(switch):

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.server.harness import Switch
+from tests.shell.harness import Switch
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 bit-flipped frames. The switch must keep serving, answer or close, and keep its books sound.
 
 The suite runs a bounded number of examples; the release run sets SWITCH_FUZZ_EXAMPLES
-(see docs/RELIABILITY.md): SWITCH_FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest tests/server/test_fuzz.py
+(see docs/RELIABILITY.md): SWITCH_FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest tests/shell/test_fuzz.py
 """
 
 import os
@@ -21,8 +21,8 @@ from switch.codec.session import sign_body
 from switch.ledger.dispatch import HANDLERS
 from switch.ledger.qr import qr_code
 from switch.ledger.schema import SCHEMAS
-from tests.server import hostile
-from tests.server.harness import Switch, next_payloads, signed_on, unverified_body
+from tests.shell import hostile
+from tests.shell.harness import Switch, next_payloads, signed_on, unverified_body
 
 FIELD_NAMES = ["card", "amount", "id", "pin", "qr", "hold", "target", "records", "since", "day",
                "count", "total", "account", "what", "source", "before", "limit", "per_tx",

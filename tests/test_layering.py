@@ -1,0 +1,58 @@
+"""The layers import what they may: the codec, the core and the request layer are pure (no
+trio, no lmdb, no prometheus_client), and the trio shell is the only place trio lives."""
+
+import ast
+import subprocess
+import sys
+
+from tests.paths import REPO_ROOT
+
+PURE = ("switch.codec", "switch.core", "switch.ledger")
+IO_LIBRARIES = ("trio", "lmdb", "prometheus_client")
+
+
+def test_importing_the_pure_layers_loads_no_io_library():
+    code = ("import sys, pkgutil, importlib\n"
+            f"for name in {PURE!r}:\n"
+            "    package = importlib.import_module(name)\n"
+            "    for info in pkgutil.walk_packages(package.__path__, name + '.'):\n"
+            "        importlib.import_module(info.name)\n"
+            f"print(sorted(m for m in {IO_LIBRARIES!r} if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def _imports(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_trio_is_imported_only_by_the_shell_and_the_programs_built_on_it():
+    # The receivers and the command line are programs of their own on top of the shell's
+    # client; the pure layers, config and persistence never touch trio.
+    allowed = ("switch/shell/", "switch/receivers/", "switch/cli/", "switch/__main__.py",
+               "switch/admin_cli.py", "switch/demo.py")
+    offenders = []
+    for path in sorted((REPO_ROOT / "switch").rglob("*.py")):
+        relative = path.relative_to(REPO_ROOT).as_posix()
+        if any(name == "trio" or name.startswith("trio.") for name in _imports(path)):
+            if not relative.startswith(allowed):
+                offenders.append(relative)
+    assert offenders == []
+
+
+def test_the_pure_layers_import_nothing_from_the_shell():
+    offenders = []
+    for layer in ("codec", "core", "ledger", "persistence"):
+        for path in sorted((REPO_ROOT / "switch" / layer).rglob("*.py")):
+            if any(name.startswith("switch.shell") for name in _imports(path)):
+                offenders.append(path.relative_to(REPO_ROOT).as_posix())
+    assert offenders == []
