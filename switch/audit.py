@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import lmdb
 import msgpack
 
+from switch import limits
 from switch.core import layout
 
-discrepancies_shown_max = 20
 
 
 @dataclass
@@ -34,7 +34,7 @@ class AuditReport:
                 f"sum of balances {self.total_balance_fen} fen, open holds {self.open_holds}")
         if self.sound:
             return "audit: sound\n" + head
-        shown = self.problems[:discrepancies_shown_max]
+        shown = self.problems[:limits.audit_discrepancies_shown_max]
         more = len(self.problems) - len(shown)
         return "\n".join(["audit: DISCREPANCIES", head, *shown] +
                          ([f"... and {more} more"] if more else []))

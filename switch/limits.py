@@ -45,6 +45,11 @@ default_per_tx_max_fen = 200_000
 default_daily_max_fen = 500_000
 balance_fen_max = 2**62            # far above any real balance; guards int64 overflow
 
+# --- QR payment codes (docs/PROTOCOL.md §5; fixed by the contract) ---
+qr_step_s = 30                     # a code names its 30-second step; the step before and after pass
+qr_nonce_chars = 8
+qr_tag_chars = 20
+
 # --- Retention and windows (docs/PROTOCOL.md §4.4, §4.8-4.10, §4.14) ---
 idempotency_retention_s = 7 * 24 * 3600
 idempotency_forget_per_pass_max = 10_000   # housekeeping deletes at most this many a second
@@ -93,6 +98,13 @@ service_requests_burst = 20000
 admin_requests_per_s = 5000
 admin_requests_burst = 20000
 
+# --- Shell timers ---
+housekeeping_interval_s = 1.0      # how often holds expire and old ids and QR codes are forgotten
+drain_timeout_s = 10.0             # on SIGTERM, in-flight requests are answered within this
+error_flush_timeout_s = 5.0        # a closing connection's last frames are written within this
+accept_pause_s = 0.1               # out of file descriptors: accepting waits this long
+receives_between_checkpoints = 8   # receives that found data at once before yielding anyway
+
 # --- Containment ---
 failure_tracebacks_per_minute_max = 20  # more failures than this a minute are counted, not logged
 task_restart_delay_s = 0.1              # a supervised task that raised starts again after this
@@ -103,10 +115,14 @@ batch_wait_s = 0.0005              # how long the committer lets a batch fill at
 commit_retries_map_full_max = 8    # map growth attempts before a batch is failed
 
 # --- Storage ---
-lmdb_map_size_bytes_initial = 256 * 1024 * 1024
+lmdb_map_initial_size_bytes = 256 * 1024 * 1024
 lmdb_map_growth_factor = 2
+lmdb_map_grow_threshold_ratio = 0.75   # a commit that leaves the map this full grows it
 lmdb_max_dbs = 32
 lmdb_max_readers = 126
+
+# --- Audit ---
+audit_discrepancies_shown_max = 20  # the rest are counted
 
 # --- Downstream forwarding (docs/PROTOCOL.md §6.3) ---
 forward_records_per_frame_max = 256     # records in one `records` frame

@@ -11,10 +11,10 @@ import hmac
 
 import msgpack
 
-from switch import core
+from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
-from switch.ledger.qr import QR_STEP_S, parse_qr, qr_tag
+from switch.ledger.qr import parse_qr, qr_tag
 
 REVERSIBLE = frozenset({"debit", "qr_debit", "complete"})
 TOMBSTONE = "reverse_tombstone"   # idempotency type of an id reversed before it was seen
@@ -46,7 +46,7 @@ def check_qr(ledger, code_text):
     secret = ledger.store.get("qr_secrets", account_id.encode())
     if not hmac.compare_digest(qr_tag(secret, account_id, step, nonce), tag):
         return codes.QR_INVALID, None, None, None
-    now_step = ledger.clock.now_ms() // 1000 // QR_STEP_S
+    now_step = ledger.clock.now_ms() // 1000 // limits.qr_step_s
     if abs(step - now_step) > 1 or step < qr_floor_step(ledger):
         return codes.QR_EXPIRED, None, None, None
     used_key = _used_key(step, account_id, nonce)
@@ -84,7 +84,7 @@ def qr_debit(ledger, credential, values):
 
 def prune_used_qr(ledger) -> int:
     """Forget used codes whose step can no longer be accepted; raise the floor to match."""
-    now_step = ledger.clock.now_ms() // 1000 // QR_STEP_S
+    now_step = ledger.clock.now_ms() // 1000 // limits.qr_step_s
     floor = qr_floor_step(ledger)
     new_floor = now_step - 1
     if new_floor <= floor:

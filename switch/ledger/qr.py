@@ -3,19 +3,19 @@
 import hmac
 import re
 
-QR_STEP_S = 30
-QR_NONCE_CHARS = 8
-QR_TAG_CHARS = 20
-_QR = re.compile(r"([A-Z0-9-]{1,32})\.(0|[1-9][0-9]{0,15})\.([0-9a-f]{8})\.([0-9a-f]{20})\Z")
+from switch import limits
+
+_QR = re.compile(rf"([A-Z0-9-]{{1,{limits.account_id_chars_max}}})\.(0|[1-9][0-9]{{0,15}})"
+                 rf"\.([0-9a-f]{{{limits.qr_nonce_chars}}})\.([0-9a-f]{{{limits.qr_tag_chars}}})\Z")
 
 
 def qr_tag(secret: bytes, account: str, step: int, nonce: str) -> str:
     message = f"{account}.{step}.{nonce}".encode("ascii")
-    return hmac.digest(secret, message, "sha256").hex()[:QR_TAG_CHARS]
+    return hmac.digest(secret, message, "sha256").hex()[:limits.qr_tag_chars]
 
 
 def qr_code(secret: bytes, account: str, unix_seconds: int, nonce: str) -> str:
-    step = unix_seconds // QR_STEP_S
+    step = unix_seconds // limits.qr_step_s
     return f"{account}.{step}.{nonce}.{qr_tag(secret, account, step, nonce)}"
 
 

@@ -66,7 +66,7 @@ class Batch:
 
 class Store:
     def __init__(self, path: str, map_size_bytes: int | None = None):
-        map_size_bytes = map_size_bytes or limits.lmdb_map_size_bytes_initial
+        map_size_bytes = map_size_bytes or limits.lmdb_map_initial_size_bytes
         os.makedirs(path, mode=0o700, exist_ok=True)
         self.path = path
         self.env = lmdb.open(path, map_size=map_size_bytes, max_dbs=limits.lmdb_max_dbs,

@@ -13,7 +13,6 @@ from switch.ledger.dispatch import failures
 log = logging.getLogger("switch.commit")
 
 # Pre-grow the map when a commit leaves it this full, so a batch rarely meets MapFull.
-map_grow_threshold_ratio = 0.75
 
 
 class Committer:
@@ -134,5 +133,5 @@ class Committer:
         used, size = self.store.map_usage()
         self.metrics.map_used.set(used)
         self.metrics.map_size.set(size)
-        if used > size * map_grow_threshold_ratio:
+        if used > size * limits.lmdb_map_grow_threshold_ratio:
             self.metrics.map_size.set(self.store.grow_map())

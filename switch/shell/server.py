@@ -24,11 +24,7 @@ from switch.shell.transport import PeerGone, Transport, accept
 
 log = logging.getLogger("switch.server")
 
-error_flush_timeout_s = 5.0
-housekeeping_interval_s = 1.0
-accept_pause_s = 0.1
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-drain_timeout_s = 10.0
 
 
 # Replies whose size grows with what they list are measured; the rest are small.
@@ -173,7 +169,7 @@ class Connection:
                 if self.role == "pending":
                     return  # drained before a session existed
                 # Answer what is in flight before closing (bounded).
-                with trio.move_on_after(drain_timeout_s):
+                with trio.move_on_after(limits.drain_timeout_s):
                     while self.in_flight and not self.closed:
                         await self._capacity.park()
                 if self._closing_error is not None and not self._error_queued:
@@ -182,7 +178,7 @@ class Connection:
                 # One task waits on the socket at a time: the writer stops, this one finishes.
                 self._writer_scope.cancel()
                 self.flush()
-                with trio.move_on_after(error_flush_timeout_s):
+                with trio.move_on_after(limits.error_flush_timeout_s):
                     while self._unsent and not self.closed:
                         await self._flush_rest()
                 self.closed = True
@@ -249,7 +245,7 @@ class Connection:
         return payloads[1:]
 
     async def _send_error_and_close(self, error: ProtocolError) -> None:
-        with trio.move_on_after(error_flush_timeout_s):
+        with trio.move_on_after(limits.error_flush_timeout_s):
             try:
                 await self.transport.send_all(self.session.encode_error(error))
             except PeerGone:
@@ -539,14 +535,14 @@ class Server:
                 for connection in list(self.live):
                     connection.reader_scope.cancel()
             self.committer.kick()  # e.g. a forwarder's position waiting for the next commit
-            with trio.move_on_after(drain_timeout_s):
+            with trio.move_on_after(limits.drain_timeout_s):
                 await self.committer.wait_idle()
             nursery.cancel_scope.cancel()
 
     async def _housekeeping(self) -> None:
         """Switch-initiated work on a timer: expire holds, forget old QR codes."""
         while True:
-            await trio.sleep(housekeeping_interval_s)
+            await trio.sleep(limits.housekeeping_interval_s)
             self.housekeep()
 
     async def _supervised(self, name: str, run) -> None:
@@ -587,8 +583,8 @@ class Server:
                     raise
                 # Out of file descriptors or memory: existing sessions keep working;
                 # new ones wait, as trio.serve_listeners does.
-                log.error("event=accept_failed error=%r pause_ms=%.0f", str(error), accept_pause_s * 1000)
-                await trio.sleep(accept_pause_s)
+                log.error("event=accept_failed error=%r pause_ms=%.0f", str(error), limits.accept_pause_s * 1000)
+                await trio.sleep(limits.accept_pause_s)
                 continue
             try:
                 transport = Transport(sock)

@@ -10,9 +10,7 @@ import socket
 
 import trio
 
-# Consecutive receives that found data at once before we yield to the scheduler anyway,
-# so one flooding peer cannot starve the rest.
-receives_between_checkpoints = 8
+from switch import limits
 
 
 class PeerGone(Exception):
@@ -58,7 +56,7 @@ class Transport:
             except OSError:
                 return b""
             self._ready_receives += 1
-            if self._ready_receives >= receives_between_checkpoints:
+            if self._ready_receives >= limits.receives_between_checkpoints:
                 self._ready_receives = 0
                 await trio.lowlevel.checkpoint()
             else:

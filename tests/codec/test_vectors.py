@@ -4,7 +4,8 @@ import hashlib
 
 from switch.codec import ClientSession, FrameDecoder, ServerSession, direction_keys
 from switch.codec.framing import decode_body, split_payload
-from switch.ledger.qr import QR_STEP_S, parse_qr, qr_code
+from switch import limits
+from switch.ledger.qr import parse_qr, qr_code
 from tests.paths import VECTORS_V1
 
 # sha256 of tests/vectors/v1.json as published with wire version 1.
@@ -64,7 +65,7 @@ def test_server_frames_match(vectors):
 def test_qr_code_matches(vectors):
     qr = vectors["qr"]
     secret = bytes.fromhex(qr["secret"])
-    assert qr["unix_seconds"] // QR_STEP_S == qr["step"]
+    assert qr["unix_seconds"] // limits.qr_step_s == qr["step"]
     assert qr_code(secret, qr["account"], qr["unix_seconds"], qr["nonce"]) == qr["code"]
     assert parse_qr(qr["code"]) == (qr["account"], qr["step"], qr["nonce"],
                                     qr["code"].rsplit(".", 1)[1])

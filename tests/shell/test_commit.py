@@ -28,7 +28,7 @@ async def test_many_connections_share_commits(switch):
 
 
 async def test_map_full_grows_under_load(tmp_path, nursery, monkeypatch):
-    monkeypatch.setattr(limits, "lmdb_map_size_bytes_initial", 256 * 1024)
+    monkeypatch.setattr(limits, "lmdb_map_initial_size_bytes", 256 * 1024)
     config = default_config()
     config.terminal_requests_burst = 2000  # 1,200 debits at once: a load, not a real till
     switch = await Switch(tmp_path / "d", config=config).start(nursery)
