@@ -86,3 +86,23 @@ receiver_connections_max = 16           # sockets; a new sign-on of a credential
 receiver_idle_timeout_s = 3600.0
 receiver_day_segments_max = 4096        # billing: txn -> local day map kept for reversals
 receiver_pending_credits_max = 1024     # utility: credits to accounts not yet known as rooms
+
+# --- Operator command line (switch/admin_cli.py) ---
+cli_connect_timeout_s = 10.0            # connect and sign on
+cli_reply_timeout_s = 60.0              # one request, or one pipelined batch of an import
+
+# --- Configuration ranges (switch/config.py): the (lowest, highest) a configured value may
+# take; outside it the switch refuses to start, naming the key. ---
+idle_timeout_s_range = (1.0, 86_400.0)
+hold_timeout_s_range = (60, 86_400)
+reversal_window_s_range = (60, 30 * 24 * 3600)        # and at most idempotency_retention_s
+offline_window_s_range = (60, 30 * 24 * 3600)         # and at most idempotency_retention_s
+idempotency_retention_s_range = (3600, 366 * 24 * 3600)
+max_amount_fen_range = (1, 100_000_000_000)
+batch_requests_max_range = (1, 65_536)
+batch_wait_s_range = (0.0, 0.1)
+connections_max_range = (1, 1_000_000)
+school_limit_fen_range = (1, 100_000_000_000)          # per_tx, daily and their maxima
+school_no_pin_fen_range = (0, 100_000_000_000)         # 0: every card payment needs the PIN
+school_name_chars_range = (1, 64)
+building_digits_range = (1, 8)                         # split_buildings: "9", "12"
