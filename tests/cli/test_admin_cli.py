@@ -13,8 +13,8 @@ from switch.admin_cli import UsageError, fen_to_yuan, import_requests, yuan_to_f
 @pytest.fixture
 def running_switch(tmp_path):
     data = tmp_path / "data"
-    process = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--data", str(data),
-                                "--listen", "127.0.0.1:0", "--log-level", "WARNING"],
+    process = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--init", "--data",
+                                str(data), "--listen", "127.0.0.1:0", "--log-level", "WARNING"],
                                stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     assert line.startswith("listening on"), line
