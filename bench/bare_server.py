@@ -30,18 +30,12 @@ import trio  # noqa: E402
 
 from switch import limits  # noqa: E402
 from switch.codec import FrameDecoder, ProtocolError, ServerSession  # noqa: E402
+from switch.endpoints import host_port_argument  # noqa: E402
 
 LIFETIME_S_DEFAULT = 3600.0          # a forgotten bare server stops by itself
 HELLO_TIMEOUT_S = limits.hello_timeout_s
 RECEIVES_BETWEEN_CHECKPOINTS = 8     # as switch/shell/transport.py: a flooding peer cannot starve the rest
 SEND_BUFFER_BYTES_MAX = limits.send_buffer_bytes_max
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
 
 
 def read_credentials(path) -> dict[str, bytes]:
@@ -180,7 +174,7 @@ async def serve(listener: socket.socket, keys: dict[str, bytes], lifetime_s: flo
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--credentials", required=True, help="JSON {\"terminals\": [[who, key hex]]}")
-    parser.add_argument("--listen", type=_host_port, default=("127.0.0.1", 0),
+    parser.add_argument("--listen", type=host_port_argument(), default=("127.0.0.1", 0),
                         help="HOST:PORT (port 0: any free port)")
     parser.add_argument("--lifetime", type=float, default=LIFETIME_S_DEFAULT,
                         help="stop after this many seconds in any case")

@@ -48,6 +48,7 @@ if str(REPO) not in sys.path:
 
 from switch import limits  # noqa: E402
 from switch.codec import ClientSession, FrameDecoder, ProtocolError  # noqa: E402
+from switch.endpoints import host_port_argument, parse_host_port  # noqa: E402
 
 SCHOOL = "WH"
 START_BALANCE_FEN = 5_000_000            # far above what a run spends per account
@@ -71,13 +72,6 @@ LATENCY_PERCENTILES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97, 99, 99.5, 
                        99.95, 99.97, 99.99, 99.995, 99.999, 100)
 HISTOGRAM_BINS_PER_DECADE = 20
 HISTOGRAM_FLOOR_MS = 0.01
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     existing.add_argument("--host", help="connect here instead of starting a server")
     existing.add_argument("--port", type=int)
     existing.add_argument("--data", help="its data dir (admin.key, and audit at the end)")
-    existing.add_argument("--metrics", type=_host_port, help="its metrics HOST:PORT")
+    existing.add_argument("--metrics", type=host_port_argument(port_min=1),
+                          help="its metrics HOST:PORT")
     existing.add_argument("--server-pid", type=int, help="its pid, for CPU and RSS figures")
     own = parser.add_argument_group("a server started by this tool")
     own.add_argument("--server", choices=("switch", "bare"), default="switch",
@@ -203,9 +198,9 @@ class ServerProcess:
         while time.monotonic() < deadline:
             for line in self.stdout_path.read_text().split("\n")[:-1]:
                 if line.startswith("listening on "):
-                    listening = _host_port(line[len("listening on "):])
+                    listening = parse_host_port(line[len("listening on "):])
                 elif line.startswith("metrics on "):
-                    metrics = _host_port(line[len("metrics on "):])
+                    metrics = parse_host_port(line[len("metrics on "):])
             if listening and (metrics or not self.wants_metrics):
                 return listening, metrics
             if self.process.poll() is not None:
@@ -995,7 +990,7 @@ def main(argv=None) -> int:
                     print(f"prebuilt {args.accounts} accounts and cards, {args.terminals} "
                           f"terminals in {result['provision_s']:.1f} s (offline, switch code)",
                           flush=True)
-                command = [sys.executable, "-m", "switch", "serve", "--data", str(data_dir),
+                command = [sys.executable, "-m", "switch", "serve", "--init", "--data", str(data_dir),
                            "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
                            "--log-level", args.log_level]
                 if args.config:

@@ -7,13 +7,14 @@ import sys
 import trio
 
 from switch import limits
+from switch.endpoints import explain, host_port_argument
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class StartError(Exception):
+    """The switch cannot start; the message is the one line the operator sees."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,11 +22,17 @@ def _parser() -> argparse.ArgumentParser:
                                      description="Campus one-card transaction switch")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the switch")
-    serve.add_argument("--data", required=True, help="data dir (initialised when empty)")
-    serve.add_argument("--listen", required=True, type=_host_port, help="HOST:PORT, port 0 = any")
-    serve.add_argument("--metrics", type=_host_port, help="HOST:PORT for Prometheus metrics")
+    serve.add_argument("--data", required=True,
+                       help="data dir (an empty directory is initialised; a missing one only "
+                            "with --init)")
+    serve.add_argument("--init", action="store_true",
+                       help="create the data dir when it does not exist")
+    serve.add_argument("--listen", required=True, type=host_port_argument(),
+                       help="HOST:PORT, port 0 = any")
+    serve.add_argument("--metrics", type=host_port_argument(),
+                       help="HOST:PORT for Prometheus metrics")
     serve.add_argument("--config", help="TOML configuration file")
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     audit = commands.add_parser("audit", help="check the books of a data dir")
     audit.add_argument("--data", required=True)
     from switch import admin_cli
@@ -35,27 +42,64 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _bind(args) -> tuple[list, list]:
+    """The listening sockets (switch, metrics); bound before the data dir is touched, so a
+    port in use leaves a new data dir uncreated."""
+    from switch.shell.transport import open_listeners
+
+    host, port = args.listen
+    try:
+        listeners = open_listeners(host, port, limits.listen_backlog)
+    except OSError as error:
+        raise StartError(explain(error, f"listen on {host}:{port}")) from None
+    metrics_listeners = []
+    if args.metrics:
+        metrics_host, metrics_port = args.metrics
+        try:
+            metrics_listeners = await trio.open_tcp_listeners(metrics_port, host=metrics_host)
+        except OSError as error:
+            for sock in listeners:
+                sock.close()
+            raise StartError(explain(error, f"serve metrics on {metrics_host}:{metrics_port}")
+                             ) from None
+    return listeners, metrics_listeners
+
+
 async def _serve(args) -> int:
     from switch.clock import SystemClock
     from switch.config import load_config
-    from switch.datadir import open_data_dir
+    from switch.datadir import ADMIN_KEY_FILE, DataDirClaim, check_data_dir
     from switch.ledger import Ledger
     from switch.shell.metrics import serve_metrics
     from switch.shell.server import Server
     from switch.shell.transport import open_listeners
 
     config = load_config(args.config)
-    store = open_data_dir(args.data)
+    check_data_dir(args.data, args.init)
+    listeners, metrics_listeners = await _bind(args)
+    store = claim = None
     try:
+        claim = DataDirClaim(args.data, args.init)
+        store = _open_store(claim)
+        if claim.new:
+            logging.getLogger("switch").info("event=initialised data=%s key_file=%s",
+                                             args.data, ADMIN_KEY_FILE)
         ledger = Ledger(store, config, SystemClock())
         server = Server(store, ledger, config, SystemClock())
-        host, port = args.listen
-        listeners = open_listeners(host, port, limits.listen_backlog)
+    except BaseException:
+        if store is not None:
+            store.close()
+        if claim is not None:
+            claim.abandon()
+        for sock in listeners:
+            sock.close()
+        for listener in metrics_listeners:
+            await listener.aclose()
+        raise
+    try:
         async with trio.open_nursery() as nursery:
             await nursery.start(_drain_on_signal, server)
-            if args.metrics:
-                metrics_host, metrics_port = args.metrics
-                metrics_listeners = await trio.open_tcp_listeners(metrics_port, host=metrics_host)
+            if metrics_listeners:
                 await nursery.start(serve_metrics, server.metrics, metrics_listeners)
 
             async def run_until_drained(task_status=trio.TASK_STATUS_IGNORED):
@@ -65,13 +109,24 @@ async def _serve(args) -> int:
             await nursery.start(run_until_drained)
             bound_host, bound_port = listeners[0].getsockname()[:2]
             print(f"listening on {bound_host}:{bound_port}", flush=True)
-            if args.metrics:
+            if metrics_listeners:
                 metrics_bound = metrics_listeners[0].socket.getsockname()[:2]
                 print(f"metrics on {metrics_bound[0]}:{metrics_bound[1]}", flush=True)
     finally:
         store.close()
+        claim.release()
     logging.getLogger("switch").info("event=stopped last_txn=%d", store.last_txn)
     return 0
+
+
+def _open_store(claim):
+    import lmdb
+
+    from switch.persistence.store import SchemaMismatch
+    try:
+        return claim.open_store()
+    except (lmdb.Error, SchemaMismatch, OSError) as error:
+        raise StartError(f"cannot open the data dir {claim.path}: {error}") from None
 
 
 async def _drain_on_signal(server, task_status=trio.TASK_STATUS_IGNORED):
@@ -91,14 +146,22 @@ def main(argv=None) -> int:
                             format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
                             stream=sys.stderr)
         from switch.config import ConfigError
+        from switch.datadir import DataDirError
+        from switch.persistence.dirlock import DirInUse
         try:
             return trio.run(_serve, args)
         except ConfigError as error:
             print(f"configuration error: {error}", file=sys.stderr)
             return 2
+        except (StartError, DataDirError, DirInUse) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if args.command == "audit":
         from switch.audit import audit
         report = audit(args.data)
+        if report.unreadable:
+            print(f"error: {report.unreadable}", file=sys.stderr)
+            return 2
         print(report.summary())
         return 0 if report.sound else 1
     if args.command == "admin":

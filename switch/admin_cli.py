@@ -3,39 +3,80 @@
 Every command signs on with an admin (or service) credential, sends one request
 (or, for `import`, pipelined batches) and prints the reply. Amounts are typed in
 yuan with at most two decimals ("12.50") and converted to fen exactly.
+
+Everything that can be checked here (arguments, amounts, key file, CSV) is checked
+before connecting. Exit status: 0 done; 2 an operator's mistake, one line on stderr
+saying what to do (bad argument or file, wrong or revoked key, no switch at that
+address); 3 the switch refused the request (or rows of an import); 4 the connection
+broke after sign-on (the request may or may not have been done: rerun it with the
+same `--id`).
 """
 
 import argparse
+import codecs
 import csv
+import io
 import json
 import os
+import re
 import secrets
 import sys
 import time
-from decimal import Decimal, InvalidOperation
 
 import trio
 
+from switch import limits
 from switch.shell.client import Client, SwitchError
 from switch.codec import ProtocolError
+from switch.codec.framing import encode_body
+from switch.datadir import is_data_dir, read_admin_key
+from switch.endpoints import explain, host_port_argument
+from switch.keyfile import KeyFileError, claim_key_file, read_key_file, write_key
 
 import_pipeline_depth = 64      # requests in flight while importing (the switch's cap)
 import_rows_max = 1_000_000
+# Tried in this order when no --encoding is given: Excel on a Chinese Windows saves GB18030.
+IMPORT_ENCODINGS = ("utf-8-sig", "gb18030")
 
 
 class UsageError(Exception):
     pass
 
 
+class SignOnRefused(Exception):
+    pass
+
+
+# Plain ASCII digits only: Decimal() would also take 1e3, Infinity, NaN and full-width digits.
+_YUAN = re.compile(r"([0-9]+)(?:\.([0-9]{1,2}))?\Z")
+_YUAN_DIGITS_MAX = len(str(limits.max_amount_fen_range[1] // 100))
+
+
 def yuan_to_fen(text: str) -> int:
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise UsageError(f"not an amount: {text!r}") from None
-    fen = value * 100
-    if fen != fen.to_integral_value() or fen <= 0:
-        raise UsageError(f"amount must be positive with at most 2 decimals: {text!r}")
-    return int(fen)
+    match = _YUAN.match(text)
+    if not match:
+        raise UsageError(f"not an amount in yuan: {text!r}; type plain digits with at most two "
+                         f"decimals, e.g. 12.50")
+    whole, cents = match.group(1), match.group(2) or "0"
+    if len(whole.lstrip("0")) > _YUAN_DIGITS_MAX:
+        raise UsageError(f"amount too large: {text!r}")
+    fen = int(whole) * 100 + int(cents.ljust(2, "0"))
+    if fen <= 0:
+        raise UsageError(f"amount must be above zero: {text!r}")
+    if fen > limits.max_amount_fen_range[1]:
+        raise UsageError(f"amount too large: {text!r}")
+    return fen
+
+
+def _int_between(lowest: int, highest: int):
+    """An argparse `type`: an ASCII integer in lowest..highest."""
+    def parse(text: str) -> int:
+        if not text.isascii() or not text.isdigit() or not lowest <= int(text) <= highest:
+            raise argparse.ArgumentTypeError(f"expected a whole number {lowest}..{highest}, "
+                                             f"got {text!r}")
+        return int(text)
+    parse.__name__ = "number"
+    return parse
 
 
 def fen_to_yuan(fen: int) -> str:
@@ -179,26 +220,77 @@ def import_requests(rows):
                                     "kind": "utility",
                                     "utility": (row.get("utility") or "both").strip(),
                                     "id": f"import-open-{account}"}))
-    return requests, rejects
+    sendable = []
+    for line, message in requests:
+        problem = unsendable(message)
+        if problem:
+            rejects.append((line, f"row {problem}"))
+        else:
+            sendable.append((line, message))
+    return sendable, rejects
 
 
-async def run_import(client: Client, path: str, out=sys.stdout) -> dict:
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"type", "account", "school"} - set(reader.fieldnames or ())
-        if missing:
-            raise UsageError(f"{path}: missing column(s) {sorted(missing)}; expected "
-                             f"{', '.join(IMPORT_COLUMNS)}")
-        rows = []
+def decode_csv(raw: bytes, path: str, encoding: str | None = None) -> str:
+    """The CSV's text: UTF-8 (with or without BOM), else GB18030, or the given encoding."""
+    if encoding:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise UsageError(f"--encoding: unknown encoding {encoding!r} (e.g. utf-8, gb18030)"
+                             ) from None
+        candidates = (encoding,)
+    else:
+        candidates = IMPORT_ENCODINGS
+    for candidate in candidates:
+        try:
+            return raw.decode(candidate).removeprefix("\ufeff")
+        except UnicodeDecodeError as error:
+            failure = error
+    if encoding:
+        raise UsageError(f"{path} is not {encoding} (byte {failure.start}); give the encoding it "
+                         f"was saved in with --encoding")
+    raise UsageError(f"{path} is neither UTF-8 nor GB18030; save it as CSV UTF-8, or give the "
+                     f"encoding it was saved in with --encoding")
+
+
+def _not_csv(path: str, line: int, error: csv.Error) -> UsageError:
+    return UsageError(f"{path} line {line}: not readable as CSV: {error}")
+
+
+def read_import_rows(path: str, encoding: str | None = None) -> list:
+    """(line, row) for each data row of a start-of-term CSV; UsageError says what is wrong."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
+    reader = csv.DictReader(io.StringIO(decode_csv(raw, path, encoding), newline=""))
+    try:
+        header = reader.fieldnames or ()
+    except csv.Error as error:
+        raise _not_csv(path, 1, error) from None
+    missing = {"type", "account", "school"} - set(header)
+    if missing:
+        raise UsageError(f"{path}: missing column(s) {sorted(missing)}; expected "
+                         f"{', '.join(IMPORT_COLUMNS)}")
+    rows = []
+    try:
         for line, row in enumerate(reader, start=2):
             if len(rows) >= import_rows_max:
                 raise UsageError(f"{path}: more than {import_rows_max} rows")
             rows.append((line, row))
+    except csv.Error as error:
+        raise _not_csv(path, len(rows) + 2, error) from None
+    return rows
+
+
+async def run_import(client: Client, path: str, rows: list, out=sys.stdout) -> dict:
     requests, rejects = import_requests(rows)
     counts = {"rows": len(rows), "created": 0, "already": 0, "rejected": 0}
     for start in range(0, len(requests), import_pipeline_depth):
         chunk = requests[start:start + import_pipeline_depth]
-        replies = await client.pipeline([message for _, message in chunk])
+        with trio.fail_after(limits.cli_reply_timeout_s):
+            replies = await client.pipeline([message for _, message in chunk])
         for (line, message), reply in zip(chunk, replies):
             code = reply["code"]
             if code == "ok" and reply.get("replay"):
@@ -226,7 +318,8 @@ async def run_import(client: Client, path: str, out=sys.stdout) -> dict:
 # ------------------------------------------------------------------ command line
 def add_parser(commands) -> None:
     admin = commands.add_parser("admin", help="card office commands over the wire")
-    admin.add_argument("--connect", required=True, help="HOST:PORT of the switch")
+    admin.add_argument("--connect", required=True, type=host_port_argument(port_min=1),
+                       help="HOST:PORT of the switch")
     admin.add_argument("--data", help="data dir whose admin.key to use")
     admin.add_argument("--key-file", help="file with the credential's key (64 hex chars)")
     admin.add_argument("--who", dest="signon_who", default="admin",
@@ -262,8 +355,8 @@ def add_parser(commands) -> None:
     p.add_argument("--source", default="card-office")
     p = sub.add_parser("history")
     p.add_argument("account")
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--before", type=int)
+    p.add_argument("--limit", type=_int_between(1, limits.history_limit_max), default=20)
+    p.add_argument("--before", type=_int_between(1, limits.id_int_max))
     p = sub.add_parser("add-terminal")
     p.add_argument("who")
     p.add_argument("--school", required=True)
@@ -275,56 +368,121 @@ def add_parser(commands) -> None:
     p.add_argument("--school")
     p.add_argument("--key-out")
     sub.add_parser("revoke").add_argument("who")
-    sub.add_parser("import").add_argument("csv", help="start-of-term CSV (students, cards, rooms)")
+    p = sub.add_parser("import")
+    p.add_argument("csv", help="start-of-term CSV (students, cards, rooms)")
+    p.add_argument("--encoding", help="the CSV's encoding (default: UTF-8, else GB18030)")
 
 
 def _key(args) -> bytes:
-    path = args.key_file or (os.path.join(args.data, "admin.key") if args.data else None)
-    if path is None:
+    if args.key_file:
+        return read_key_file(args.key_file)
+    if not args.data:
         raise UsageError("give --data DIR (uses DIR/admin.key) or --key-file FILE")
+    if not is_data_dir(args.data):
+        raise UsageError(f"{args.data} is not a switch data dir; give the switch's --data DIR "
+                         f"(its admin.key is used) or --key-file FILE")
+    return read_admin_key(args.data)
+
+
+def unsendable(message: dict) -> str | None:
+    """Why `message` cannot go in one frame, or None."""
     try:
-        with open(path) as handle:
-            return bytes.fromhex(handle.read().strip())
-    except (OSError, ValueError) as error:
-        raise UsageError(f"cannot read key from {path}: {error}") from None
+        size = len(encode_body(message)) + limits.tag_size_bytes + limits.frame_length_prefix_bytes
+    except (ValueError, OverflowError) as error:  # e.g. text that is not valid Unicode
+        return f"cannot be sent ({error})"
+    if size > limits.frame_size_bytes_max:
+        return "is far too long for one request"
+    return None
 
 
-def _write_key(path: str, key: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key.hex() + "\n")
+def _checked_request(args) -> dict:
+    """The single request, known to fit in a frame, before anything is sent."""
+    message = _request_for(args)
+    problem = unsendable(message)
+    if problem:
+        raise UsageError(f"that request {problem}")
+    return message
 
 
-async def _run(args) -> int:
-    host, _, port = args.connect.rpartition(":")
-    client = await Client.connect(host, int(port), args.signon_who, _key(args))
+async def _sign_on(args, key: bytes) -> Client:
+    host, port = args.connect
+    try:
+        with trio.fail_after(limits.cli_connect_timeout_s):
+            return await Client.connect(host, port, args.signon_who, key)
+    except trio.TooSlowError:
+        raise SignOnRefused(f"no answer from {host}:{port} within "
+                            f"{limits.cli_connect_timeout_s:g} s: is the switch running there?"
+                            ) from None
+    except OSError as error:
+        raise SignOnRefused(explain(error, f"connect to the switch at {host}:{port}")) from None
+    except ProtocolError as error:
+        if error.code == "unauthenticated":
+            raise SignOnRefused(f"the switch at {host}:{port} refused the sign-on of "
+                                f"{args.signon_who!r} (unauthenticated): the key is wrong or "
+                                f"revoked; check --data, --key-file and --who") from None
+        raise SignOnRefused(f"{host}:{port} did not take our sign-on ({error.code}): is it the "
+                            f"switch's port?") from None
+    except trio.EndOfChannel:
+        raise SignOnRefused(f"{host}:{port} closed the connection at sign-on: is it the "
+                            f"switch's port?") from None
+
+
+async def _run(args, key: bytes, work) -> dict | list:
+    client = await _sign_on(args, key)
     try:
         if args.admin_command == "import":
-            result = await run_import(client, args.csv)
-            return 0 if not result["rejected"] else 3
-        reply = await client.request(_request_for(args))
+            return await run_import(client, args.csv, work)
+        with trio.fail_after(limits.cli_reply_timeout_s):
+            return await client.request(work)
     finally:
         await client.aclose()
+
+
+def _print_reply(args, reply: dict, key_fd) -> bool:
+    """Print the reply; True when the new key went into the claimed key file."""
     if args.json:
         print(json.dumps({k: (v.hex() if isinstance(v, bytes) else v) for k, v in reply.items()},
                          ensure_ascii=False))
+    elif reply.get("key") is not None and key_fd is not None:
+        write_key(key_fd, reply["key"])
+        print(f"ok: credential {args.who} created; key written to {args.key_out}")
+        return True
     elif reply.get("key") is not None:
-        if getattr(args, "key_out", None):
-            _write_key(args.key_out, reply["key"])
-            print(f"ok: credential {args.who} created; key written to {args.key_out}")
-        else:
-            print(f"ok: credential {args.who} created; key {reply['key'].hex()}")
+        print(f"ok: credential {args.who} created; key {reply['key'].hex()}")
     else:
         print(_describe(reply))
-    return 0 if reply.get("code") == "ok" else 3
+    return False
 
 
 def main(args) -> int:
+    key_fd = None
+    work = {}
     try:
-        return trio.run(_run, args)
-    except UsageError as error:
+        key = _key(args)
+        if args.admin_command == "import":
+            work = read_import_rows(args.csv, args.encoding)
+        else:
+            work = _checked_request(args)
+            if getattr(args, "key_out", None):
+                key_fd = claim_key_file(args.key_out)
+        result = trio.run(_run, args, key, work)
+        if args.admin_command == "import":
+            return 0 if not result["rejected"] else 3
+        if _print_reply(args, result, key_fd):
+            key_fd = None
+        return 0 if result.get("code") == "ok" else 3
+    except (UsageError, KeyFileError, SignOnRefused) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (OSError, SwitchError, ProtocolError, trio.EndOfChannel) as error:
-        print(f"error: cannot talk to the switch at {args.connect}: {error}", file=sys.stderr)
+    except (OSError, SwitchError, ProtocolError, trio.EndOfChannel, trio.TooSlowError) as error:
+        if args.admin_command == "import":
+            retry = "; rerun the import (rows already done are only counted again)"
+        else:
+            retry = f"; rerun with --id {work['id']} to finish it safely" if "id" in work else ""
+        print(f"error: lost the switch at {args.connect[0]}:{args.connect[1]} mid-request "
+              f"({error or 'no reply in time'}){retry}", file=sys.stderr)
         return 4
+    finally:
+        if key_fd is not None:  # claimed for a key that never came
+            os.close(key_fd)
+            os.unlink(args.key_out)

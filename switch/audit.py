@@ -14,6 +14,7 @@ import msgpack
 
 from switch import limits
 from switch.core import layout
+from switch.datadir import STORE_DIR
 
 
 
@@ -24,6 +25,11 @@ class AuditReport:
     total_balance_fen: int = 0
     open_holds: int = 0
     problems: list = field(default_factory=list)
+    unreadable: str | None = None     # why there were no books to check
+
+    @classmethod
+    def cannot_read(cls, reason: str) -> "AuditReport":
+        return cls(problems=[reason], unreadable=reason)
 
     @property
     def sound(self) -> bool:
@@ -41,12 +47,18 @@ class AuditReport:
 
 
 def audit(data_dir: str) -> AuditReport:
-    path = os.path.join(data_dir, "lmdb")
+    """The report on the books. Never writes: no lock is taken, so it runs beside a live
+    switch, and a wrong path creates nothing (the report says `unreadable`)."""
+    path = os.path.join(data_dir, STORE_DIR)
     if not os.path.exists(os.path.join(path, "data.mdb")):
-        return AuditReport(problems=[f"no switch data at {path}"])
-    # readonly without lock would not be safe beside a live writer; with lock a reader
-    # slot gives a consistent snapshot.
-    env = lmdb.open(path, readonly=True, lock=True, max_dbs=32, subdir=True)
+        return AuditReport.cannot_read(f"{data_dir} is not a switch data dir (no "
+                                       f"{STORE_DIR}/data.mdb inside); check the path")
+    try:
+        # readonly without lock would not be safe beside a live writer; with lock a reader
+        # slot gives a consistent snapshot.
+        env = lmdb.open(path, readonly=True, lock=True, max_dbs=32, subdir=True)
+    except lmdb.Error as error:
+        return AuditReport.cannot_read(f"cannot read {path}: {error}")
     report = AuditReport()
     try:
         dbs = {}

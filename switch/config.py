@@ -92,6 +92,13 @@ def default_config() -> Config:
     return Config(schools={code: replace(s) for code, s in DEFAULT_SCHOOLS.items()})
 
 
+# Each setting's (lowest, highest), checked at load.
+SETTING_RANGES = {name: getattr(limits, f"{name}_range") for name in sorted(_SETTINGS)}
+_SCHOOL_FEN_RANGES = {key: limits.school_no_pin_fen_range if key.startswith("no_pin")
+                      else limits.school_limit_fen_range
+                      for key in _SCHOOL_KEYS if key.endswith("_fen")}
+
+
 def load_config(path: str | None) -> Config:
     config = default_config()
     if path is None:
@@ -99,31 +106,15 @@ def load_config(path: str | None) -> Config:
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"{path}: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read it: {error.strerror or error}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
     for key, value in data.items():
         if key == "schools":
             if not isinstance(value, dict):
                 raise ConfigError("schools: must be a table of school tables")
-            config.schools = {}
-            for code, table in value.items():
-                if not isinstance(table, dict):
-                    raise ConfigError(f"schools.{code}: must be a table")
-                unknown = set(table) - _SCHOOL_KEYS
-                if unknown:
-                    raise ConfigError(f"schools.{code}: unknown key(s) {sorted(unknown)}")
-                for key, value in table.items():
-                    expected = _SCHOOL_TYPES[key]
-                    if type(value) is not expected:
-                        raise ConfigError(f"schools.{code}.{key}: expected {expected.__name__}, "
-                                          f"got {value!r}")
-                if not all(type(b) is str for b in table.get("split_buildings", [])):
-                    raise ConfigError(f"schools.{code}.split_buildings: a list of building "
-                                      f"numbers as strings, e.g. [\"9\"]")
-                try:
-                    config.schools[code] = School(code, **table)
-                except Exception as error:  # an unknown time zone, mostly
-                    raise ConfigError(f"schools.{code}: {error}") from None
+            config.schools = {code: _school(code, table) for code, table in value.items()}
         elif key == "destinations":
             from switch.destinations import parse_destinations  # it raises our ConfigError
             if not isinstance(value, list):
@@ -132,7 +123,7 @@ def load_config(path: str | None) -> Config:
                 os.path.abspath(path)))
         elif key in _SETTINGS:
             expected = type(getattr(config, key))
-            if expected is float and isinstance(value, int):
+            if expected is float and type(value) is int:
                 value = float(value)
             if type(value) is not expected:
                 raise ConfigError(f"{key}: expected {expected.__name__}, got {value!r}")
@@ -143,25 +134,76 @@ def load_config(path: str | None) -> Config:
     return config
 
 
+def _school(code: str, table) -> School:
+    where = f"schools.{code}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = set(table) - _SCHOOL_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+    for key, value in table.items():
+        expected = _SCHOOL_TYPES[key]
+        if type(value) is not expected:
+            raise ConfigError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
+    if "name" not in table:
+        raise ConfigError(f"{where}.name: missing (the school's name, e.g. \"昆明传媒学院\")")
+    time_zone = table.get("time_zone", School.time_zone)
+    try:
+        LocalDays(time_zone)
+    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+        raise ConfigError(f"{where}.time_zone: unknown time zone {time_zone!r} (an IANA name "
+                          f"such as \"Asia/Shanghai\")") from None
+    return School(code, **table)
+
+
+def _check_range(key: str, value, bounds: tuple) -> None:
+    lowest, highest = bounds
+    if not lowest <= value <= highest:  # NaN fails too
+        unit = " seconds" if key.endswith("_s") else " fen" if key.endswith("_fen") else ""
+        raise ConfigError(f"{key}: {value!r} is outside {lowest}..{highest}{unit}")
+
+
 def validate(config: Config) -> None:
     if not config.schools:
         raise ConfigError("schools: at least one school is needed")
     for code, school in config.schools.items():
-        if (not code.isascii() or not code.isalnum() or not code.isupper()
-                or len(code) > limits.school_code_chars_max):
-            raise ConfigError(f"schools.{code}: a school code is 1..8 upper-case letters/digits")
-        if not 0 <= school.no_pin_fen <= school.per_tx_fen <= school.daily_fen:
-            raise ConfigError(f"schools.{code}: need no_pin_fen <= per_tx_fen <= daily_fen")
-        if (school.no_pin_fen > school.no_pin_max_fen or school.per_tx_fen > school.per_tx_max_fen
-                or school.daily_fen > school.daily_max_fen):
-            raise ConfigError(f"schools.{code}: a default is above its maximum")
-    if not 1 <= config.batch_requests_max <= 65536:
-        raise ConfigError("batch_requests_max: 1..65536")
-    if not 0 <= config.batch_wait_s <= 0.1:
-        raise ConfigError("batch_wait_s: 0..0.1")
-    for role in ("terminal", "service", "admin"):
-        rate_per_s, burst = config.request_budget(role)
-        if not 0.1 <= rate_per_s <= 1_000_000:
-            raise ConfigError(f"{role}_requests_per_s: 0.1..1000000 requests a second")
-        if not 1 <= burst <= 10_000_000:
-            raise ConfigError(f"{role}_requests_burst: 1..10000000 requests")
+        _validate_school(code, school)
+    for key, bounds in SETTING_RANGES.items():
+        _check_range(key, getattr(config, key), bounds)
+    # Offline uploads and reversals find their originals by remembered request id: a window
+    # longer than the memory would apply a resent offline record twice, or answer a late
+    # reverse "ok" without moving the money back.
+    for key in ("offline_window_s", "reversal_window_s"):
+        if getattr(config, key) > config.idempotency_retention_s:
+            raise ConfigError(f"{key}: {getattr(config, key)} is longer than "
+                              f"idempotency_retention_s ({config.idempotency_retention_s}); "
+                              f"raise the retention or shorten the window")
+
+
+def _validate_school(code: str, school: School) -> None:
+    where = f"schools.{code}"
+    if (not code.isascii() or not code.isalnum() or not code.isupper()
+            or len(code) > limits.school_code_chars_max):
+        raise ConfigError(f"{where}: a school code is 1..{limits.school_code_chars_max} "
+                          f"upper-case letters/digits")
+    lowest, highest = limits.school_name_chars_range
+    if not lowest <= len(school.name.strip()) <= highest or not school.name.isprintable():
+        raise ConfigError(f"{where}.name: {lowest}..{highest} printable characters")
+    for key, bounds in _SCHOOL_FEN_RANGES.items():
+        _check_range(f"{where}.{key}", getattr(school, key), bounds)
+    if not school.no_pin_fen <= school.per_tx_fen <= school.daily_fen:
+        raise ConfigError(f"{where}: need no_pin_fen <= per_tx_fen <= daily_fen")
+    for key in ("no_pin_fen", "per_tx_fen", "daily_fen"):
+        maximum = key.replace("_fen", "_max_fen")
+        if getattr(school, key) > getattr(school, maximum):
+            raise ConfigError(f"{where}.{key}: {getattr(school, key)} is above {maximum} "
+                              f"({getattr(school, maximum)})")
+    fewest, most = limits.building_digits_range
+    for building in school.split_buildings:
+        if (type(building) is not str or not building.isascii() or not building.isdigit()
+                or not fewest <= len(building) <= most):
+            raise ConfigError(f"{where}.split_buildings: a list of building numbers as "
+                              f"strings of {fewest}..{most} digits, e.g. [\"9\"]; got "
+                              f"{building!r}")
+    if len(set(school.split_buildings)) != len(school.split_buildings):
+        raise ConfigError(f"{where}.split_buildings: a building is listed twice")

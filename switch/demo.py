@@ -269,7 +269,7 @@ def run_demo(data: str | None = None) -> int:
         print(f"Reference receivers: billing on 127.0.0.1:{billing_port}, utility control on "
               f"127.0.0.1:{utility_port}")
         switch, (port, metrics_port) = _start(
-            [sys.executable, "-m", "switch", "serve", "--data", data, "--listen", "127.0.0.1:0",
+            [sys.executable, "-m", "switch", "serve", "--init", "--data", data, "--listen", "127.0.0.1:0",
              "--metrics", "127.0.0.1:0", "--config", str(work / "switch.toml"),
              "--log-level", "WARNING"], 2, out / "switch.log")
         processes.insert(0, switch)

@@ -9,7 +9,10 @@ import re
 from dataclasses import dataclass
 
 from switch import limits
+from switch.ledger import schema
 from switch.config import ConfigError
+from switch.endpoints import parse_host_port
+from switch.keyfile import KeyFileError, parse_key_hex, read_key_file
 
 # The journal record kinds of docs/PROTOCOL.md §6.1; a filter may name only these.
 JOURNAL_KINDS = frozenset({
@@ -20,7 +23,6 @@ JOURNAL_KINDS = frozenset({
 
 # Names go into an LMDB key and a metric label: keep them plain.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-_KEY_HEX_CHARS = 2 * limits.credential_key_size_bytes
 _KEYS = {"name", "address", "credential", "key_hex", "key_file", "kinds"}
 
 
@@ -75,6 +77,9 @@ def _parse_one(where: str, table: dict, base_dir: str | None) -> Destination:
     if len(who) > limits.credential_id_chars_max:
         raise ConfigError(f"{where}.credential: longer than "
                           f"{limits.credential_id_chars_max} characters")
+    if schema.credential_id(who) is schema.INVALID:
+        raise ConfigError(f"{where}.credential: {who!r} is not 1..{limits.credential_id_chars_max}"
+                          f" of A-Z a-z 0-9 . _ : @ - (a credential id)")
     key = _key(where, table, base_dir)
     kinds = _kinds(where, table)
     return Destination(name, host, port, who, key, kinds)
@@ -90,40 +95,28 @@ def _required_str(where: str, table: dict, key: str) -> str:
 
 
 def _address(where: str, text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"{where}.address: expected \"HOST:PORT\" with a port 1..65535, "
-                          f"got {text!r}")
-    return host, int(port)
+    try:
+        return parse_host_port(text, port_min=1)
+    except ValueError as error:
+        raise ConfigError(f"{where}.address: {error}") from None
 
 
 def _key(where: str, table: dict, base_dir: str | None) -> bytes:
     if ("key_hex" in table) == ("key_file" in table):
         raise ConfigError(f"{where}.key_hex: give exactly one of key_hex and key_file")
-    if "key_hex" in table:
-        return _hex_key(f"{where}.key_hex", table["key_hex"])
-    path = table["key_file"]
-    if type(path) is not str or not path:
-        raise ConfigError(f"{where}.key_file: must be a non-empty string")
-    if base_dir is not None and not os.path.isabs(path):
-        path = os.path.join(base_dir, path)
     try:
-        with open(path) as handle:
-            text = handle.read(4 * _KEY_HEX_CHARS)
-    except OSError as error:
-        raise ConfigError(f"{where}.key_file: cannot read {path!r}: {error.strerror}") from None
-    return _hex_key(f"{where}.key_file", text.strip())
-
-
-def _hex_key(where: str, text) -> bytes:
-    # The message says what is wrong, never what the key is.
-    if type(text) is not str or len(text) != _KEY_HEX_CHARS:
-        raise ConfigError(f"{where}: must be {_KEY_HEX_CHARS} hex characters")
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise ConfigError(f"{where}: must be {_KEY_HEX_CHARS} hex characters") from None
+        if "key_hex" in table:
+            return parse_key_hex(table["key_hex"], f"{where}.key_hex")
+        path = table["key_file"]
+        if type(path) is not str or not path:
+            raise ConfigError(f"{where}.key_file: must be a non-empty string")
+        if base_dir is not None and not os.path.isabs(path):
+            path = os.path.join(base_dir, path)
+        return read_key_file(path)
+    except KeyFileError as error:
+        # The message says what is wrong, never what the key is.
+        raise ConfigError(f"{where}.key_file: {error}" if "key_file" in table else str(error)
+                          ) from None
 
 
 def _kinds(where: str, table: dict) -> frozenset | None:

@@ -153,3 +153,29 @@ metrics_exposition_age_s_max = 1.0      # a scrape gets an exposition at most th
 metrics_connections_max = 8             # open HTTP connections; more are closed at accept
 metrics_request_bytes_max = 8192        # an HTTP request head
 metrics_connection_timeout_s = 5.0      # a connection's whole life, request to last byte out
+
+# --- Operator command line (switch/admin_cli.py) ---
+cli_connect_timeout_s = 10.0            # connect and sign on
+cli_reply_timeout_s = 60.0              # one request, or one pipelined batch of an import
+
+# --- Configuration ranges (switch/config.py): the (lowest, highest) a configured value may
+# take; outside it the switch refuses to start, naming the key. ---
+idle_timeout_s_range = (1.0, 86_400.0)
+hold_timeout_s_range = (60, 86_400)
+reversal_window_s_range = (60, 30 * 24 * 3600)        # and at most idempotency_retention_s
+offline_window_s_range = (60, 30 * 24 * 3600)         # and at most idempotency_retention_s
+idempotency_retention_s_range = (3600, 366 * 24 * 3600)
+max_amount_fen_range = (1, 100_000_000_000)
+batch_requests_max_range = (1, 65_536)
+batch_wait_s_range = (0.0, 0.1)
+connections_max_range = (1, 1_000_000)
+school_limit_fen_range = (1, 100_000_000_000)          # per_tx, daily and their maxima
+school_no_pin_fen_range = (0, 100_000_000_000)         # 0: every card payment needs the PIN
+school_name_chars_range = (1, 64)
+building_digits_range = (1, 8)                         # split_buildings: "9", "12"
+terminal_requests_per_s_range = (0.1, 1_000_000.0)
+terminal_requests_burst_range = (1, 10_000_000)
+service_requests_per_s_range = (0.1, 1_000_000.0)
+service_requests_burst_range = (1, 10_000_000)
+admin_requests_per_s_range = (0.1, 1_000_000.0)
+admin_requests_burst_range = (1, 10_000_000)

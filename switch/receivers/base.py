@@ -22,6 +22,9 @@ import trio
 from switch import limits
 from switch.ledger import schema
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
+from switch.persistence.dirlock import DirInUse, DirLock
+from switch.endpoints import explain, host_port_argument
+from switch.keyfile import KeyFileError, read_key_file
 
 log = logging.getLogger("switch.receiver")
 
@@ -31,6 +34,10 @@ STATE_VERSION = 1
 APPLY = "apply"
 GAP = "gap"
 BAD = "bad"
+
+
+class StateError(Exception):
+    """The state dir holds a state file this receiver cannot take; the message says why."""
 
 
 class Verdict(NamedTuple):
@@ -220,10 +227,20 @@ class Receiver:
                 data = json.loads(handle.read())
         except FileNotFoundError:
             return False
-        if data.get("version") != STATE_VERSION or data.get("receiver") != self.name:
-            raise SystemExit(f"{path}: not a {self.name} state file of version {STATE_VERSION}")
+        except (OSError, ValueError) as error:  # unreadable, or not JSON
+            raise StateError(f"cannot read {path}: {error}; move it away to start from "
+                             f"nothing (the switch then resends everything)") from None
+        if (type(data) is not dict or data.get("version") != STATE_VERSION
+                or data.get("receiver") != self.name or type(data.get("position")) is not int):
+            raise StateError(f"{path}: not a {self.name} state file of version "
+                             f"{STATE_VERSION}; is --state the right directory?")
         self.position = data["position"]
-        self.restore(data["state"])
+        try:
+            self.restore(data["state"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise StateError(f"{path}: damaged state ({type(error).__name__}: {error}); move it "
+                             f"away to start from nothing (the switch then resends everything)"
+                             ) from None
         return True
 
     def _write_outputs_now(self) -> None:
@@ -378,61 +395,80 @@ class Receiver:
 
 
 # ---------------------------------------------------------------- command line
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def read_key_file(path: str) -> bytes:
-    with open(path) as handle:
-        text = handle.read(1024).strip()
-    if len(text) != 2 * limits.credential_key_size_bytes:
-        raise ValueError(f"{path}: expected {2 * limits.credential_key_size_bytes} hex characters")
-    return bytes.fromhex(text)
+class StartError(Exception):
+    """The receiver cannot start; the message is the one line the operator sees."""
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
     arguments = argparse.ArgumentParser(prog=prog, description=description)
-    arguments.add_argument("--listen", required=True, type=_host_port,
+    arguments.add_argument("--listen", required=True, type=host_port_argument(),
                            help="HOST:PORT to listen on (port 0: any free port)")
-    arguments.add_argument("--state", required=True, help="directory for state and outputs")
+    arguments.add_argument("--state", required=True,
+                           help="directory for state and outputs (created when missing); one "
+                                "receiver per directory")
     arguments.add_argument("--credential", required=True,
                            help="the credential id the switch signs on with")
     arguments.add_argument("--key-file", required=True,
                            help="file holding that credential's key as 64 hex characters")
-    arguments.add_argument("--log-level", default="INFO")
+    arguments.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     return arguments
 
 
 def run_main(make_receiver, args) -> int:
-    """Serve until SIGTERM or SIGINT; exit 0."""
-    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+    """Serve until SIGTERM or SIGINT; exit 0. An operator's mistake: one line, exit 2."""
+    logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stderr)
     try:
         key = read_key_file(args.key_file)
-    except (OSError, ValueError) as error:
-        print(f"key file: {error}", file=sys.stderr)
+        receiver = trio.run(_serve_until_signal, make_receiver, args, key)
+    except (KeyFileError, StartError, DirInUse) as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    receiver = make_receiver(args.state, {args.credential: key})
-    trio.run(_serve_until_signal, receiver, args.listen)
     log.info("%s: stopped at txn %d", receiver.name, receiver.position)
     return 0
 
 
-async def _serve_until_signal(receiver: Receiver, listen: tuple[str, int]) -> None:
-    host, port = listen
+def _claim_state_dir(path: str) -> DirLock:
+    """The state dir, created if missing and locked for this process's life: two receivers
+    on one directory would overwrite each other's state."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return DirLock(path)
+    except OSError as error:
+        raise StartError(f"cannot use {path} as the state dir: {error.strerror or error}"
+                         ) from None
+
+
+async def _serve_until_signal(make_receiver, args, key: bytes) -> "Receiver":
+    host, port = args.listen
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(receiver.serve, listeners)
-            bound_host, bound_port = listeners[0].socket.getsockname()[:2]
-            print(f"listening on {bound_host}:{bound_port}", flush=True)
-            async for signum in signals:
-                log.info("%s: signal %d: stopping", receiver.name, signum)
-                # A frame being written finishes first: its persist is shielded.
-                async with receiver._lock:
-                    nursery.cancel_scope.cancel()
-                break
+        # Bound first: a port in use leaves no state dir behind.
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as error:
+            raise StartError(explain(error, f"listen on {host}:{port}")) from None
+        lock = _claim_state_dir(args.state)
+        try:
+            try:
+                receiver = make_receiver(args.state, {args.credential: key})
+            except StateError as error:
+                raise StartError(str(error)) from None
+            async with trio.open_nursery() as nursery:
+                await nursery.start(receiver.serve, listeners)
+                bound_host, bound_port = listeners[0].socket.getsockname()[:2]
+                print(f"listening on {bound_host}:{bound_port}", flush=True)
+                async for signum in signals:
+                    log.info("%s: signal %d: stopping", receiver.name, signum)
+                    # A frame being written finishes first: its persist is shielded.
+                    async with receiver._lock:
+                        nursery.cancel_scope.cancel()
+                    break
+        finally:
+            for listener in listeners:
+                await listener.aclose()
+            lock.release()
+    return receiver

@@ -10,6 +10,7 @@ original back out of the original's day.
         --credential switch-billing --key-file billing.key
 """
 
+import argparse
 import bisect
 import sys
 from datetime import datetime
@@ -109,10 +110,19 @@ class BillingReceiver(Receiver):
                                             self.settlement_rows()))]
 
 
+def _time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+        raise argparse.ArgumentTypeError(f"unknown time zone {name!r} (an IANA name such as "
+                                         f"Asia/Shanghai)") from None
+    return name
+
+
 def main(argv=None) -> int:
     arguments = parser("python -m switch.receivers.billing",
                        "Reference billing receiver: per-merchant daily settlement CSV")
-    arguments.add_argument("--time-zone", default=DEFAULT_TIME_ZONE,
+    arguments.add_argument("--time-zone", default=DEFAULT_TIME_ZONE, type=_time_zone,
                            help="the schools' local time zone for days (default Asia/Shanghai)")
     args = arguments.parse_args(argv)
     return run_main(lambda state, credentials: BillingReceiver(state, credentials,

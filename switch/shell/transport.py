@@ -108,7 +108,8 @@ def open_listeners(host: str, port: int, backlog: int) -> list[socket.socket]:
             sock.listen(backlog)
             sock.setblocking(False)
         except OSError:
-            sock.close()
+            for opened in listeners + [sock]:
+                opened.close()
             raise
         listeners.append(sock)
         if port == 0:

@@ -19,15 +19,9 @@ from onecard_sim.stats import summary_ms
 from onecard_sim.switchproc import SwitchProcess, SwitchStartError
 from onecard_sim.terminals import CardOffice, Meter, RechargeService, Till, WaterController
 from onecard_sim.wire import ConnectionLost
+from switch.endpoints import host_port_argument
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     where = parser.add_argument_group("which switch")
     where.add_argument("--spawn", action="store_true",
                        help="start `python -m switch serve` on a temporary data dir (and stop it)")
-    where.add_argument("--connect", type=_host_port, help="HOST:PORT of a running switch")
+    where.add_argument("--connect", type=host_port_argument(port_min=1),
+                       help="HOST:PORT of a running switch")
     where.add_argument("--data", help="its data dir: DIR/admin.key, and `audit` at the end")
     where.add_argument("--config", help="--spawn: the switch's configuration file")
     where.add_argument("--keep-data", action="store_true", help="--spawn: keep the data dir")

@@ -37,7 +37,7 @@ class SwitchProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = self.repo_root + (os.pathsep + env["PYTHONPATH"]
                                               if env.get("PYTHONPATH") else "")
-        command = [sys.executable, "-m", "switch", "serve", "--data", self.data_dir,
+        command = [sys.executable, "-m", "switch", "serve", "--init", "--data", self.data_dir,
                    "--listen", f"127.0.0.1:{port}", "--metrics", "127.0.0.1:0",
                    "--log-level", self.log_level]
         if self.config:

@@ -2,19 +2,23 @@
 
 import csv
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from switch.admin_cli import UsageError, fen_to_yuan, import_requests, yuan_to_fen
+from switch import limits
+from switch.admin_cli import (UsageError, fen_to_yuan, import_requests, read_import_rows,
+                              yuan_to_fen)
+from tests.cli.helpers import one_line_error
 
 
 @pytest.fixture
 def running_switch(tmp_path):
     data = tmp_path / "data"
-    process = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--data", str(data),
-                                "--listen", "127.0.0.1:0", "--log-level", "WARNING"],
+    process = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--init", "--data",
+                                str(data), "--listen", "127.0.0.1:0", "--log-level", "WARNING"],
                                stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     assert line.startswith("listening on"), line
@@ -113,10 +117,137 @@ def test_terminal_keys_and_revocation(running_switch, tmp_path):
     refused = subprocess.run([sys.executable, "-m", "switch", "admin", "--connect", connect,
                               "--who", "WH-POS-0001", "--key-file", str(key_file), "account",
                               "X"], capture_output=True, text=True)
-    assert refused.returncode == 4 and "unauthenticated" in refused.stderr
+    assert refused.returncode == 2 and "unauthenticated" in refused.stderr
 
 
 def test_no_key_is_a_usage_error():
     result = subprocess.run([sys.executable, "-m", "switch", "admin", "--connect",
                              "127.0.0.1:1", "account", "X"], capture_output=True, text=True)
     assert result.returncode == 2 and "--data" in result.stderr
+
+
+# ---------------------------------------------------------------- operator mistakes
+@pytest.mark.parametrize("typed", ["1e3", "1E3", "Infinity", "inf", "nan", "NaN", "-5", "+5",
+                                   "12.345", "１２", "12,50", "", " 12", "12 ", "1_000",
+                                   "0x10", "12.", ".5", "0.00", "9" * 5000])
+def test_amounts_accept_plain_decimals_only(typed):
+    with pytest.raises(UsageError):
+        yuan_to_fen(typed)
+
+
+def test_the_largest_amount_typed_is_the_largest_any_switch_accepts():
+    most = limits.max_amount_fen_range[1]
+    assert yuan_to_fen(fen_to_yuan(most)) == most
+    with pytest.raises(UsageError):
+        yuan_to_fen(fen_to_yuan(most + 1))
+    assert yuan_to_fen("0.01") == 1 and yuan_to_fen("007.5") == 750
+
+
+HEADER = "type,account,school,holder,id_last6,card,utility\r\n"
+ROWS = "student,WH20260001,WH,张三,12345X,AB01,\r\nstudent,WH20260002,WH,欧阳娜娜,23456X,,\r\n"
+
+
+@pytest.mark.parametrize("encoded", [
+    (HEADER + ROWS).encode("utf-8"),
+    b"\xef\xbb\xbf" + (HEADER + ROWS).encode("utf-8"),   # Excel's "CSV UTF-8"
+    (HEADER + ROWS).encode("gb18030"),                    # Excel's "CSV" on a Chinese Windows
+], ids=["utf-8", "utf-8-bom", "gb18030"])
+def test_import_reads_utf8_with_or_without_bom_and_gb18030(tmp_path, encoded):
+    path = tmp_path / "term.csv"
+    path.write_bytes(encoded)
+    rows = read_import_rows(str(path))
+    assert [(line, row["holder"]) for line, row in rows] == [(2, "张三"), (3, "欧阳娜娜")]
+    assert rows[0][1]["type"] == "student"
+
+
+def test_import_takes_an_encoding_and_says_when_it_is_wrong(tmp_path):
+    path = tmp_path / "term.csv"
+    path.write_bytes((HEADER + ROWS).encode("utf-16"))   # Excel's "Unicode text", with a BOM
+    with pytest.raises(UsageError, match="neither UTF-8 nor GB18030.*--encoding"):
+        read_import_rows(str(path))
+    assert read_import_rows(str(path), "utf-16")[1][1]["holder"] == "欧阳娜娜"
+    with pytest.raises(UsageError, match="is not utf-8 .*--encoding"):
+        read_import_rows(str(path), "utf-8")
+    with pytest.raises(UsageError, match="unknown encoding 'klingon'"):
+        read_import_rows(str(path), "klingon")
+
+
+def test_import_file_problems_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="cannot read .*No such file"):
+        read_import_rows(str(tmp_path / "none.csv"))
+    path = tmp_path / "term.csv"
+    path.write_text(HEADER + 'student,WH1,WH,"' + "x" * (csv.field_size_limit() + 1) + '",,,\n')
+    with pytest.raises(UsageError, match="line 2: not readable as CSV"):
+        read_import_rows(str(path))
+
+
+def _closed_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def test_no_switch_there_is_one_line_not_a_traceback(tmp_path):
+    key = tmp_path / "admin.key"
+    key.write_text("ab" * 32)
+    command = [sys.executable, "-m", "switch", "admin", "--key-file", str(key)]
+    refused = subprocess.run(command + ["--connect", f"127.0.0.1:{_closed_port()}", "account",
+                                        "WH1"], capture_output=True, text=True, timeout=60)
+    one_line_error(refused, "connection refused", "is the switch running")
+    no_port = subprocess.run(command + ["--connect", "127.0.0.1", "account", "WH1"],
+                             capture_output=True, text=True, timeout=60)
+    one_line_error(no_port, "--connect", "HOST:PORT", usage=True)
+    typo = subprocess.run(command + ["--connect", "lcoalhost:7000", "account", "WH1"],
+                          capture_output=True, text=True, timeout=60)
+    one_line_error(typo, "unknown host")
+    key.write_text("not a key")
+    bad_key = subprocess.run(command + ["--connect", "127.0.0.1:7000", "account", "WH1"],
+                             capture_output=True, text=True, timeout=60)
+    one_line_error(bad_key, str(key), "64 hex characters")
+    assert "not a key" not in bad_key.stderr
+
+
+def test_operator_mistakes_get_one_line_exit_2_and_change_nothing(running_switch, tmp_path):
+    connect, data = running_switch
+    assert admin(connect, data, "open-account", "WH20230001", "--school", "WH", "--id-last6",
+                 "12345X").returncode == 0
+    for typed in ("1e3", "Infinity", "１２"):
+        one_line_error(admin(connect, data, "credit", "WH20230001", typed),
+                        "not an amount in yuan", "12.50")
+    assert "balance 0.00 yuan" in admin(connect, data, "account", "WH20230001").stdout
+
+    missing = admin(connect, data, "import", str(tmp_path / "term.csv"))
+    one_line_error(missing, "cannot read", "term.csv", "No such file")
+    assert "switch" not in missing.stderr  # a missing file is not blamed on the network
+
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("cd" * 32)
+    signed = subprocess.run([sys.executable, "-m", "switch", "admin", "--connect", connect,
+                             "--key-file", str(wrong), "account", "WH20230001"],
+                            capture_output=True, text=True, timeout=60)
+    one_line_error(signed, "refused the sign-on of 'admin'", "--key-file")
+
+    taken = tmp_path / "taken.key"
+    taken.write_text("keep me")
+    one_line_error(admin(connect, data, "add-service", "svc", "--key-out", str(taken)),
+                    str(taken), "exists")
+    assert taken.read_text() == "keep me"
+    fresh = tmp_path / "svc.key"
+    made = admin(connect, data, "add-service", "svc", "--key-out", str(fresh))
+    assert made.returncode == 0 and "created" in made.stdout  # the refused one made nothing
+
+    one_line_error(admin(connect, str(tmp_path / "nodata"), "account", "WH20230001"),
+                    "not a switch data dir")
+    assert not (tmp_path / "nodata").exists()
+
+
+def test_a_gb18030_csv_imports_with_its_chinese_names(running_switch, tmp_path):
+    connect, data = running_switch
+    path = tmp_path / "term.csv"
+    path.write_bytes((HEADER + ROWS).encode("gb18030"))
+    result = admin(connect, data, "import", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "2 rows, 3 created" in result.stdout
+    assert "holder 欧阳娜娜" in admin(connect, data, "account", "WH20260002").stdout

@@ -12,11 +12,12 @@ import trio
 
 from switch.shell.client import Client
 from switch.datadir import read_admin_key
+from tests.cli.helpers import one_line_error
 
 
 def _start(data, *extra):
-    process = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--data", str(data),
-                                "--listen", "127.0.0.1:0", *extra],
+    process = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--init", "--data",
+                                str(data), "--listen", "127.0.0.1:0", *extra],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return process
 
@@ -93,14 +94,147 @@ def test_bad_config_is_refused_with_the_key_named(tmp_path):
     assert "batch_requets_max" in result.stderr
 
 
-def test_audit_of_a_missing_dir_fails(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "switch", "audit", "--data",
-                             str(tmp_path / "none")], capture_output=True, text=True)
-    assert result.returncode == 1 and "DISCREPANCIES" in result.stdout
+def _run(*words, timeout=60):
+    return subprocess.run([sys.executable, "-m", "switch", *words], capture_output=True,
+                          text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("listen", ["nohost", "127.0.0.1:99999", ":80"])
+def _tree(path):
+    """Every path below `path` (with file contents), to show that nothing changed."""
+    if not path.exists():
+        return None
+    return sorted((str(p.relative_to(path)), p.read_bytes() if p.is_file() else b"")
+                  for p in path.rglob("*"))
+
+
+def _busy_port():
+    """A listening socket on 127.0.0.1 (the caller closes it): its port is in use."""
+    import socket
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_audit_of_a_missing_dir_is_an_error_and_creates_nothing(tmp_path):
+    result = _run("audit", "--data", str(tmp_path / "none"))
+    one_line_error(result, str(tmp_path / "none"), "not a switch data dir")
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("listen", ["nohost", "127.0.0.1:99999", ":80", "127.0.0.1:７０００"])
 def test_bad_listen_address_is_a_usage_error(tmp_path, listen):
     result = subprocess.run([sys.executable, "-m", "switch", "serve", "--data", str(tmp_path),
-                             "--listen", listen], capture_output=True, text=True)
-    assert result.returncode == 2
+                             "--listen", listen], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "HOST:PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_second_switch_on_a_live_data_dir_is_refused_naming_the_holder(tmp_path):
+    data = tmp_path / "d"
+    first = _start(data, "--log-level", "WARNING")
+    try:
+        port = int(_ready_lines(first, 1)[0].rpartition(":")[2])
+        before = _tree(data)
+        second = _run("serve", "--data", str(data), "--listen", "127.0.0.1:0", timeout=30)
+        one_line_error(second, str(data), f"process {first.pid}")
+        assert _tree(data) == before  # the second changed nothing, not even the lock's PID
+
+        async def ping():
+            client = await Client.connect("127.0.0.1", port, "admin", read_admin_key(str(data)))
+            reply = await client.request({"t": "ping"})
+            await client.aclose()
+            return reply
+
+        assert trio.run(ping)["code"] == "ok"  # the first one still serves
+        audit = _run("audit", "--data", str(data))  # read-only: not kept out by the lock
+        assert audit.returncode == 0 and "audit: sound" in audit.stdout
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=20) == 0
+
+
+def test_a_missing_data_dir_is_refused_without_init(tmp_path):
+    typo = tmp_path / "swtich-data"
+    result = _run("serve", "--data", str(typo), "--listen", "127.0.0.1:0", timeout=30)
+    one_line_error(result, str(typo), "--init")
+    assert not typo.exists()
+
+
+def test_init_creates_missing_parents_too(tmp_path):
+    data = tmp_path / "srv" / "switch"
+    process = _start(data)
+    try:
+        assert _ready_lines(process, 1)[0].startswith("listening on")
+        assert (data / "admin.key").exists()
+        assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+
+
+@pytest.mark.parametrize("contents", [{"notes.txt": b"mine"}, {"lmdb.bak": b""}])
+def test_a_directory_that_is_not_a_data_dir_is_refused_and_left_alone(tmp_path, contents):
+    other = tmp_path / "home"
+    other.mkdir()
+    for name, data in contents.items():
+        (other / name).write_bytes(data)
+    before = _tree(other)
+    result = _run("serve", "--init", "--data", str(other), "--listen", "127.0.0.1:0",
+                  timeout=30)
+    one_line_error(result, str(other), "not a switch data dir")
+    assert _tree(other) == before
+
+
+def test_a_file_as_data_dir_is_refused(tmp_path):
+    path = tmp_path / "switch.toml"
+    path.write_text("")
+    one_line_error(_run("serve", "--init", "--data", str(path), "--listen", "127.0.0.1:0",
+                         timeout=30), "not a directory")
+
+
+@pytest.mark.parametrize("where", ["missing", "nested", "empty"])
+@pytest.mark.parametrize("busy", ["--listen", "--metrics"])
+def test_a_start_that_fails_creates_nothing(tmp_path, where, busy):
+    data = {"missing": tmp_path / "d", "nested": tmp_path / "a" / "b" / "d",
+            "empty": tmp_path / "d"}[where]
+    if where == "empty":
+        data.mkdir()
+    taken = _busy_port()
+    try:
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        listen, metrics = (address, "127.0.0.1:0") if busy == "--listen" else \
+            ("127.0.0.1:0", address)
+        result = _run("serve", "--init", "--data", str(data), "--listen", listen,
+                      "--metrics", metrics, timeout=30)
+    finally:
+        taken.close()
+    one_line_error(result, address, "in use")
+    assert sorted(os.listdir(tmp_path)) == (["d"] if where == "empty" else [])
+    if where == "empty":
+        assert os.listdir(data) == []
+
+
+@pytest.mark.parametrize("listen", ["lcoalhost:0", "192.0.2.1:0"])
+def test_an_address_that_cannot_be_bound_is_one_line(tmp_path, listen):
+    result = _run("serve", "--init", "--data", str(tmp_path / "d"), "--listen", listen,
+                  timeout=60)
+    one_line_error(result, f"cannot listen on {listen}")
+    assert not (tmp_path / "d").exists()
+
+
+def test_out_of_range_configuration_is_refused_before_anything_is_created(tmp_path):
+    config = tmp_path / "switch.toml"
+    config.write_text("connections_max = -1\n")
+    result = _run("serve", "--init", "--data", str(tmp_path / "d"), "--listen", "127.0.0.1:0",
+                  "--config", str(config), timeout=30)
+    assert result.returncode == 2 and "connections_max: -1 is outside" in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_missing_configuration_file_is_one_line(tmp_path):
+    result = _run("serve", "--init", "--data", str(tmp_path / "d"), "--listen", "127.0.0.1:0",
+                  "--config", str(tmp_path / "nope.toml"), timeout=30)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"configuration error: {tmp_path / 'nope.toml'}: cannot "
+                                     f"read it: No such file or directory")

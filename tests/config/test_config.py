@@ -2,7 +2,9 @@
 
 import pytest
 
-from switch.config import ConfigError, building_of, default_config, load_config
+from switch import limits
+from switch.config import (SETTING_RANGES, ConfigError, building_of, default_config, load_config,
+                           validate)
 from tests.paths import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "examples" / "switch.toml"
@@ -37,6 +39,15 @@ def test_a_third_school_by_configuration(tmp_path):
     ("[schools.WH]\nname = \"x\"\nsplit_buildings = [9]\n", "split_buildings"),
     ("batch_requests_max = 0\n", "batch_requests_max"),
     ("this is not toml", "switch.toml"),
+    # Values that would start a switch refusing everything:
+    ("connections_max = -1\n", "connections_max: -1 is outside"),
+    ("idle_timeout_s = -5.0\n", "idle_timeout_s: -5.0 is outside"),
+    ("idle_timeout_s = nan\n", "idle_timeout_s: nan is outside"),
+    ("idle_timeout_s = inf\n", "idle_timeout_s: inf is outside"),
+    ("hold_timeout_s = 0\n", "hold_timeout_s: 0 is outside"),
+    ("max_amount_fen = 0\n", "max_amount_fen: 0 is outside"),
+    ("batch_wait_s = -0.0001\n", "batch_wait_s: -0.0001 is outside"),
+    ("connections_max = true\n", "connections_max: expected int"),
 ])
 def test_bad_configuration_names_the_key(tmp_path, text, named):
     path = tmp_path / "switch.toml"
@@ -50,3 +61,153 @@ def test_building_numbers_from_room_names():
     assert building_of("WH-8D-1006") == "8"
     assert building_of("CUIK-9D-0101-E") == "9"
     assert building_of("WH20230001") is None
+
+
+# ---------------------------------------------------------------- ranges
+# The windows that find originals by remembered request id may not outlast the memory; the
+# range tests keep them short and the memory long unless one of them is the key under test.
+_ROOM = {"offline_window_s": limits.offline_window_s_range[0],
+         "reversal_window_s": limits.reversal_window_s_range[0],
+         "idempotency_retention_s": limits.idempotency_retention_s_range[1]}
+
+
+def _settings_file(tmp_path, key, value) -> str:
+    settings = {**_ROOM, key: value}
+    path = tmp_path / "switch.toml"
+    path.write_text("".join(f"{name} = {_toml(v)}\n" for name, v in settings.items()))
+    return str(path)
+
+
+def _toml(value) -> str:
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    return repr(value)
+
+
+def _just_outside(bounds):
+    lowest, highest = bounds
+    if isinstance(lowest, float):
+        return lowest - 0.001, highest + 0.001
+    return lowest - 1, highest + 1
+
+
+@pytest.mark.parametrize("key", sorted(SETTING_RANGES))
+def test_every_setting_is_accepted_at_its_bounds(tmp_path, key):
+    for value in SETTING_RANGES[key]:
+        assert getattr(load_config(_settings_file(tmp_path, key, value)), key) == value
+
+
+@pytest.mark.parametrize("key", sorted(SETTING_RANGES))
+def test_every_setting_is_refused_just_outside_its_bounds_with_the_key_named(tmp_path, key):
+    for value in _just_outside(SETTING_RANGES[key]):
+        with pytest.raises(ConfigError) as caught:
+            load_config(_settings_file(tmp_path, key, value))
+        assert str(caught.value).startswith(f"{key}: {value!r} is outside"), caught.value
+
+
+@pytest.mark.parametrize("window", ["offline_window_s", "reversal_window_s"])
+def test_a_window_longer_than_the_idempotency_memory_is_refused(tmp_path, window):
+    path = tmp_path / "switch.toml"
+    other = {"offline_window_s": "reversal_window_s", "reversal_window_s": "offline_window_s"}
+    for value in (86400, 86401):
+        path.write_text(f"idempotency_retention_s = 86400\n{other[window]} = 3600\n"
+                        f"{window} = {value}\n")
+        if value == 86400:
+            assert getattr(load_config(str(path)), window) == 86400
+            continue
+        with pytest.raises(ConfigError) as caught:
+            load_config(str(path))
+        assert str(caught.value).startswith(f"{window}: 86401 is longer than "
+                                            f"idempotency_retention_s (86400)")
+
+
+def test_the_defaults_are_inside_every_range():
+    validate(default_config())
+
+
+def _school_file(tmp_path, **values) -> str:
+    path = tmp_path / "switch.toml"
+    lines = ["[schools.WH]", 'name = "文华"'] + [f"{k} = {v}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("key", ["per_tx_fen", "daily_fen", "no_pin_fen", "per_tx_max_fen",
+                                 "daily_max_fen", "no_pin_max_fen"])
+def test_school_money_values_are_range_checked(tmp_path, key):
+    lowest = (limits.school_no_pin_fen_range if key.startswith("no_pin")
+              else limits.school_limit_fen_range)[0]
+    # Everything at its lowest keeps the ordering rules satisfied around the key under test.
+    floor = {k: limits.school_limit_fen_range[0] for k in ("per_tx_fen", "daily_fen",
+                                                           "per_tx_max_fen", "daily_max_fen")}
+    floor.update(no_pin_fen=0, no_pin_max_fen=0)
+    school = load_config(_school_file(tmp_path, **{**floor, key: lowest})).schools["WH"]
+    assert getattr(school, key) == lowest
+    with pytest.raises(ConfigError) as caught:
+        load_config(_school_file(tmp_path, **{**floor, key: lowest - 1}))
+    assert str(caught.value).startswith(f"schools.WH.{key}: {lowest - 1} is outside")
+    highest = limits.school_limit_fen_range[1]
+    with pytest.raises(ConfigError) as caught:
+        load_config(_school_file(tmp_path, **{key: highest + 1}))
+    assert str(caught.value).startswith(f"schools.WH.{key}: {highest + 1} is outside")
+
+
+def test_school_maxima_can_reach_the_top_of_the_range(tmp_path):
+    highest = limits.school_limit_fen_range[1]
+    school = load_config(_school_file(tmp_path, **{k: highest for k in (
+        "no_pin_fen", "per_tx_fen", "daily_fen", "no_pin_max_fen", "per_tx_max_fen",
+        "daily_max_fen")})).schools["WH"]
+    assert school.daily_max_fen == highest
+
+
+@pytest.mark.parametrize("table,named", [
+    ('name = ""', "schools.WH.name:"),
+    ('name = "   "', "schools.WH.name:"),
+    (f'name = "{"校" * (limits.school_name_chars_range[1] + 1)}"', "schools.WH.name:"),
+    ('time_zone = "Mars/Olympus"', "schools.WH.time_zone: unknown time zone 'Mars/Olympus'"),
+    ('time_zone = "../../etc/passwd"', "schools.WH.time_zone: unknown time zone"),
+    ('time_zone = ""', "schools.WH.time_zone: unknown time zone"),
+    ('split_buildings = ["9a"]', "schools.WH.split_buildings:"),
+    ('split_buildings = [""]', "schools.WH.split_buildings:"),
+    ('split_buildings = ["１２"]', "schools.WH.split_buildings:"),
+    (f'split_buildings = ["{"1" * (limits.building_digits_range[1] + 1)}"]',
+     "schools.WH.split_buildings:"),
+    ('split_buildings = ["9", "9"]', "schools.WH.split_buildings: a building is listed twice"),
+    ('per_tx_fen = 100000\ndaily_fen = 100000\nper_tx_max_fen = 99999',
+     "schools.WH.per_tx_fen: 100000 is above per_tx_max_fen (99999)"),
+])
+def test_school_values_name_their_key(tmp_path, table, named):
+    path = tmp_path / "switch.toml"
+    text = "[schools.WH]\n" + ("" if table.startswith("name") else 'name = "文华"\n') + table
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert str(caught.value).startswith(named), caught.value
+
+
+def test_school_values_at_their_bounds_are_accepted(tmp_path):
+    path = tmp_path / "switch.toml"
+    most = limits.building_digits_range[1]
+    path.write_text(f'[schools.WH]\nname = "{"校" * limits.school_name_chars_range[1]}"\n'
+                    f'split_buildings = ["{"1" * most}", "9"]\ntime_zone = "UTC"\n')
+    school = load_config(str(path)).schools["WH"]
+    assert school.split_buildings == ["1" * most, "9"] and school.time_zone == "UTC"
+
+
+def test_a_school_without_a_name_is_refused(tmp_path):
+    path = tmp_path / "switch.toml"
+    path.write_text("[schools.WH]\ntime_zone = \"Asia/Shanghai\"\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert str(caught.value).startswith("schools.WH.name: missing")
+
+
+@pytest.mark.parametrize("contents", [b"\xff\xfe not utf-8", b"[schools.WH\n"])
+def test_an_unreadable_file_is_a_configuration_error(tmp_path, contents):
+    path = tmp_path / "switch.toml"
+    path.write_bytes(contents)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert str(caught.value).startswith(f"{path}: not valid TOML")

@@ -69,7 +69,7 @@ class SwitchProcesses:
         # Files rather than pipes: nothing to drain, and a dead reader cannot block the switch.
         with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", "switch", "serve", "--data", str(self.data_dir),
+                [sys.executable, "-m", "switch", "serve", "--init", "--data", str(self.data_dir),
                  "--listen", "127.0.0.1:0"],
                 stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, cwd=REPO)
         self.processes.append(process)

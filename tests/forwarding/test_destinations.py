@@ -84,7 +84,8 @@ def test_a_bad_key_file_is_named_without_showing_it(tmp_path):
     (tmp_path / "billing.key").write_text("not a key at all\n")
     with pytest.raises(ConfigError) as error:
         parse_destinations([table(key_hex=None, key_file="billing.key")], base_dir=str(tmp_path))
-    assert str(error.value) == "destinations[0].key_file: must be 64 hex characters"
+    assert str(error.value) == (f"destinations[0].key_file: {str(tmp_path / 'billing.key')!r}: "
+                                "must be 64 hex characters (a 32-byte key)")
 
 
 def test_the_example_file_parses(tmp_path):

@@ -464,7 +464,7 @@ class SwitchProcess:
         out, err = self.base / f"switch-{number}.out", self.base / f"switch-{number}.err"
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", "switch", "serve", "--data", str(self.data),
+                [sys.executable, "-m", "switch", "serve", "--init", "--data", str(self.data),
                  "--listen", "127.0.0.1:0", "--config", str(self.config)],
                 stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, cwd=REPO)
         self.processes.append(process)

@@ -370,7 +370,7 @@ def _offline_replies(metrics_port: int) -> float:
 
 def test_sigterm_while_a_till_does_not_read_exits_0(tmp_path):
     data = tmp_path / "d"
-    process = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--data", str(data),
+    process = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--init", "--data", str(data),
                                 "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     till = None

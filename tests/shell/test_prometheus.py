@@ -71,7 +71,7 @@ def test_alert_rules_pass_their_unit_tests(promtool):
 @pytest.mark.slow
 def test_real_prometheus_scrapes_a_live_switch(promtool, tmp_path):
     data = tmp_path / "data"
-    switch = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--data", str(data),
+    switch = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--init", "--data", str(data),
                                "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
                                "--log-level", "WARNING"], stdout=subprocess.PIPE, text=True)
     prometheus = None
