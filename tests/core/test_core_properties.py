@@ -503,7 +503,7 @@ def record_fields():
             small_fen, small_fen, small_fen, int64s,
             st.integers(limits.balance_fen_max - 100, limits.balance_fen_max),
             st.integers(-limits.balance_fen_max, -limits.balance_fen_max + 100)),
-        "HELD": mostly(st.integers(0, 100_000), int64s),
+        "HELD": mostly(st.one_of(st.just(0), st.integers(0, 100_000)), int64s),  # 0: closable
         "SPENT_TODAY": mostly(st.integers(0, 100_000), int64s),
         "SPENT_DAY": any_days,
         "STATUS": mostly(st.integers(0, 2), st.integers(0, 255)),
