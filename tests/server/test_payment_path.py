@@ -1,14 +1,11 @@
 """Every online payment takes one path: `payment_path.pay`, with one clock reading per request."""
 
-import ast
 import dataclasses
-import pathlib
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
-import switch
 from switch import dispatch, limits
 from switch.config import default_config
 from switch.core import codes, layout
@@ -16,6 +13,7 @@ from switch.datadir import open_data_dir
 from switch.ledger import Ledger
 from switch.payment_path import SchoolLimits, authorize_payment
 from switch.qr import qr_code
+from tests.source_calls import modules_outside_core_calling
 
 # A local midnight of school WH (Asia/Shanghai).
 MIDNIGHT_MS = int(datetime(2026, 11, 20, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp() * 1000)
@@ -124,13 +122,4 @@ def test_authorize_payment_takes_its_flags_by_name_only():
 
 
 def test_only_the_payment_path_calls_the_cores_authorize():
-    package = pathlib.Path(switch.__file__).parent
-    callers = set()
-    for path in package.rglob("*.py"):
-        if path.parent.name == "core":
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr == "authorize"):
-                callers.add(path.relative_to(package).as_posix())
-    assert callers == {"payment_path.py"}
+    assert modules_outside_core_calling("authorize") == {"payment_path.py"}
