@@ -21,6 +21,16 @@ Interface (see `reference.py` for the normative docstrings):
     apply_offline(account, amount, day) -> None
     apply_meter(account, amount) -> bool   (True when this deduction cut the power)
     apply_restore(account) -> bool         (True when a credit turned the power back on)
+
+  Standing (an OK that was already so leaves the record's bytes unchanged):
+    freeze(account) -> code                (the card office's; closed: ACCOUNT_CLOSED)
+    freeze_overdrawn(account) -> bool      (True when a balance below zero froze it now)
+    unfreeze(account) -> code
+    unlock(account) -> code
+    close(account) -> code                 (NOT_EMPTY while balance or held is not 0)
+    set_limits(account, per_tx, daily, no_pin, school_per_tx, school_daily,
+               school_no_pin, per_tx_max, daily_max, no_pin_max) -> code
+    enable_virtual_card(account) -> code   (closed: ACCOUNT_CLOSED)
 """
 
 try:
@@ -47,3 +57,10 @@ release_hold = implementation.release_hold
 apply_offline = implementation.apply_offline
 apply_meter = implementation.apply_meter
 apply_restore = implementation.apply_restore
+freeze = implementation.freeze
+freeze_overdrawn = implementation.freeze_overdrawn
+unfreeze = implementation.unfreeze
+unlock = implementation.unlock
+close = implementation.close
+set_limits = implementation.set_limits
+enable_virtual_card = implementation.enable_virtual_card

@@ -32,6 +32,8 @@ __all__ = [
     "check_amount", "authorize", "verify_pin", "pin_digest", "id_digest",
     "set_pin", "reset_pin", "credit", "unspend", "complete_hold",
     "release_hold", "apply_offline", "apply_meter", "apply_restore",
+    "freeze", "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
+    "enable_virtual_card",
 ]
 
 # Exact integer semantics: an int64 sum or difference that would wrap is
@@ -88,10 +90,16 @@ cdef enum:
     LIMIT_DAILY = 11
     WRONG_SCHOOL = 16
     BAD_AMOUNT = 17
+    BAD_REQUEST = 18
+    NOT_EMPTY = 30
     IDENTITY_MISMATCH = 31
 
+    STATUS_ACTIVE = 0
     STATUS_FROZEN = 1
     STATUS_CLOSED = 2
+    FREEZE_NONE = 0
+    FREEZE_OPERATOR = 1
+    FREEZE_OVERDRAWN = 2
     CARD_ACTIVE = 0
     CARD_STATE_LOST = 1
     CARD_STATE_BLOCKED = 2
@@ -142,8 +150,12 @@ cdef _check_mirrors():
         (_codes, "PIN_REQUIRED"): PIN_REQUIRED, (_codes, "PIN_INVALID"): PIN_INVALID,
         (_codes, "LIMIT_PER_TX"): LIMIT_PER_TX, (_codes, "LIMIT_DAILY"): LIMIT_DAILY,
         (_codes, "WRONG_SCHOOL"): WRONG_SCHOOL, (_codes, "BAD_AMOUNT"): BAD_AMOUNT,
+        (_codes, "BAD_REQUEST"): BAD_REQUEST, (_codes, "NOT_EMPTY"): NOT_EMPTY,
         (_codes, "IDENTITY_MISMATCH"): IDENTITY_MISMATCH,
+        (_layout, "STATUS_ACTIVE"): STATUS_ACTIVE,
         (_layout, "STATUS_FROZEN"): STATUS_FROZEN, (_layout, "STATUS_CLOSED"): STATUS_CLOSED,
+        (_layout, "FREEZE_NONE"): FREEZE_NONE, (_layout, "FREEZE_OPERATOR"): FREEZE_OPERATOR,
+        (_layout, "FREEZE_OVERDRAWN"): FREEZE_OVERDRAWN,
         (_layout, "CARD_ACTIVE"): CARD_ACTIVE, (_layout, "CARD_LOST"): CARD_STATE_LOST,
         (_layout, "CARD_BLOCKED"): CARD_STATE_BLOCKED, (_layout, "CARD_NONE"): CARD_NONE,
     }
@@ -468,3 +480,110 @@ def apply_restore(account):
         record.power_on = 1
         return True
     return False
+
+
+# --- Standing: see reference.py. A change is made only on OK, and an OK that was
+# already so leaves the bytes as they were.
+
+def freeze(account):
+    """The card office's freeze: ACCOUNT_CLOSED when closed; already frozen stays as it is."""
+    cdef AccountRecord* record = _record(account)
+    if record.status == STATUS_CLOSED:
+        return ACCOUNT_CLOSED
+    if record.status != STATUS_FROZEN:
+        record.status = STATUS_FROZEN
+        record.freeze_reason = FREEZE_OPERATOR
+    return OK
+
+
+def freeze_overdrawn(account):
+    """After an offline tap: freeze a balance below zero as overdrawn, whatever the standing
+    (closed too, docs/PROTOCOL.md §4.10). True when this froze it."""
+    cdef AccountRecord* record = _record(account)
+    if record.balance < 0 and record.freeze_reason != FREEZE_OVERDRAWN:
+        record.status = STATUS_FROZEN
+        record.freeze_reason = FREEZE_OVERDRAWN
+        return True
+    return False
+
+
+def unfreeze(account):
+    """A frozen account (for any reason, below zero or not) becomes active; others stay."""
+    cdef AccountRecord* record = _record(account)
+    if record.status == STATUS_FROZEN:
+        record.status = STATUS_ACTIVE
+        record.freeze_reason = FREEZE_NONE
+    return OK
+
+
+def unlock(account):
+    """Clear the PIN lock and the run of wrong PINs."""
+    cdef AccountRecord* record = _record(account)
+    record.pin_locked = 0
+    record.pin_failures = 0
+    return OK
+
+
+def close(account):
+    """Close for good; NOT_EMPTY while the balance is not 0 (below zero too) or money is held."""
+    cdef AccountRecord* record = _record(account)
+    if record.status == STATUS_CLOSED:
+        return OK
+    if record.balance != 0 or record.held != 0:
+        return NOT_EMPTY
+    record.status = STATUS_CLOSED
+    return OK
+
+
+cdef inline int _wanted_limit(object value, long long account_limit, long long school_default,
+                              long long maximum, long long* wanted) except -1:
+    """OK with the limit that would apply in `wanted`, or BAD_REQUEST for a given value
+    below 0 or above `maximum` (an int beyond int64 is one of those)."""
+    cdef int overflow = 0
+    cdef long long converted
+    if value is None:
+        wanted[0] = _effective(account_limit, school_default)
+        return OK
+    assert type(value) is int, type(value)
+    converted = PyLong_AsLongLongAndOverflow(value, &overflow)
+    if overflow != 0 or converted < 0 or converted > maximum:
+        return BAD_REQUEST
+    wanted[0] = converted
+    return OK
+
+
+def set_limits(account, per_tx, daily, no_pin, long long school_per_tx,
+               long long school_daily, long long school_no_pin, long long per_tx_max,
+               long long daily_max, long long no_pin_max):
+    """Give the account its own limits (docs/PROTOCOL.md §4.7); None leaves one as it is.
+
+    BAD_REQUEST, changing nothing, when a given limit is below 0 or above its
+    maximum, or when the limits that would apply break no_pin <= per_tx <= daily.
+    """
+    cdef AccountRecord* record = _record(account)
+    cdef long long wanted_per_tx, wanted_daily, wanted_no_pin
+    if (_wanted_limit(per_tx, record.limit_per_tx, school_per_tx, per_tx_max,
+                      &wanted_per_tx) != OK
+            or _wanted_limit(daily, record.limit_daily, school_daily, daily_max,
+                             &wanted_daily) != OK
+            or _wanted_limit(no_pin, record.limit_no_pin, school_no_pin, no_pin_max,
+                             &wanted_no_pin) != OK):
+        return BAD_REQUEST
+    if not wanted_no_pin <= wanted_per_tx <= wanted_daily:
+        return BAD_REQUEST
+    if per_tx is not None:
+        record.limit_per_tx = wanted_per_tx
+    if daily is not None:
+        record.limit_daily = wanted_daily
+    if no_pin is not None:
+        record.limit_no_pin = wanted_no_pin
+    return OK
+
+
+def enable_virtual_card(account):
+    """Open the virtual card (QR payments); ACCOUNT_CLOSED when closed."""
+    cdef AccountRecord* record = _record(account)
+    if record.status == STATUS_CLOSED:
+        return ACCOUNT_CLOSED
+    record.qr_enabled = 1
+    return OK

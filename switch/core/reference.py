@@ -14,6 +14,8 @@ __all__ = [
     "check_amount", "authorize", "verify_pin", "pin_digest", "id_digest",
     "set_pin", "reset_pin", "credit", "unspend", "complete_hold",
     "release_hold", "apply_offline", "apply_meter", "apply_restore",
+    "freeze", "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
+    "enable_virtual_card",
 ]
 
 _pin_digest_size_bytes = 32
@@ -248,3 +250,99 @@ def apply_restore(account):
         layout.put(account, layout.POWER_ON, 1)
         return True
     return False
+
+
+# --- Standing: each returns a code and changes the record only on OK. An OK that
+# changed nothing (already so) leaves the bytes as they were, so the shell can
+# tell "done" from "already done" by comparing them (docs/PROTOCOL.md §6.1: no txn).
+
+def freeze(account):
+    """The card office's freeze: ACCOUNT_CLOSED when closed; already frozen stays as it is."""
+    _check_record(account)
+    status = layout.get(account, layout.STATUS)
+    if status == layout.STATUS_CLOSED:
+        return codes.ACCOUNT_CLOSED
+    if status != layout.STATUS_FROZEN:
+        layout.put(account, layout.STATUS, layout.STATUS_FROZEN)
+        layout.put(account, layout.FREEZE_REASON, layout.FREEZE_OPERATOR)
+    return codes.OK
+
+
+def freeze_overdrawn(account):
+    """After an offline tap: freeze a balance below zero as overdrawn, whatever the standing
+    (closed too, docs/PROTOCOL.md §4.10). True when this froze it."""
+    _check_record(account)
+    if (layout.get(account, layout.BALANCE) < 0
+            and layout.get(account, layout.FREEZE_REASON) != layout.FREEZE_OVERDRAWN):
+        layout.put(account, layout.STATUS, layout.STATUS_FROZEN)
+        layout.put(account, layout.FREEZE_REASON, layout.FREEZE_OVERDRAWN)
+        return True
+    return False
+
+
+def unfreeze(account):
+    """A frozen account (for any reason, below zero or not) becomes active; others stay."""
+    _check_record(account)
+    if layout.get(account, layout.STATUS) == layout.STATUS_FROZEN:
+        layout.put(account, layout.STATUS, layout.STATUS_ACTIVE)
+        layout.put(account, layout.FREEZE_REASON, layout.FREEZE_NONE)
+    return codes.OK
+
+
+def unlock(account):
+    """Clear the PIN lock and the run of wrong PINs."""
+    _check_record(account)
+    layout.put(account, layout.PIN_LOCKED, 0)
+    layout.put(account, layout.PIN_FAILURES, 0)
+    return codes.OK
+
+
+def close(account):
+    """Close for good; NOT_EMPTY while the balance is not 0 (below zero too) or money is held."""
+    _check_record(account)
+    if layout.get(account, layout.STATUS) == layout.STATUS_CLOSED:
+        return codes.OK
+    if layout.get(account, layout.BALANCE) != 0 or layout.get(account, layout.HELD) != 0:
+        return codes.NOT_EMPTY
+    layout.put(account, layout.STATUS, layout.STATUS_CLOSED)
+    return codes.OK
+
+
+def set_limits(account, per_tx, daily, no_pin, school_per_tx, school_daily, school_no_pin,
+               per_tx_max, daily_max, no_pin_max):
+    """Give the account its own limits (docs/PROTOCOL.md §4.7); None leaves one as it is.
+
+    BAD_REQUEST, changing nothing, when a given limit is below 0 or above its
+    maximum, or when the limits that would apply break no_pin <= per_tx <= daily.
+    """
+    _check_record(account)
+    wanted = []
+    for value, field, school_default, maximum in (
+            (per_tx, layout.LIMIT_PER_TX, school_per_tx, per_tx_max),
+            (daily, layout.LIMIT_DAILY, school_daily, daily_max),
+            (no_pin, layout.LIMIT_NO_PIN, school_no_pin, no_pin_max)):
+        if value is None:
+            wanted.append(_effective_limit(account, field, school_default))
+            continue
+        assert type(value) is int, type(value)
+        if 0 <= value <= maximum:
+            wanted.append(value)
+        else:
+            return codes.BAD_REQUEST
+    wanted_per_tx, wanted_daily, wanted_no_pin = wanted
+    if not wanted_no_pin <= wanted_per_tx <= wanted_daily:
+        return codes.BAD_REQUEST
+    for value, field in ((per_tx, layout.LIMIT_PER_TX), (daily, layout.LIMIT_DAILY),
+                         (no_pin, layout.LIMIT_NO_PIN)):
+        if value is not None:
+            layout.put(account, field, value)
+    return codes.OK
+
+
+def enable_virtual_card(account):
+    """Open the virtual card (QR payments); ACCOUNT_CLOSED when closed."""
+    _check_record(account)
+    if layout.get(account, layout.STATUS) == layout.STATUS_CLOSED:
+        return codes.ACCOUNT_CLOSED
+    layout.put(account, layout.QR_ENABLED, 1)
+    return codes.OK

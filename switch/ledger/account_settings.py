@@ -18,22 +18,15 @@ def set_limits(ledger, credential, values):
     if refusal:
         return refusal
     school = ledger.school(record)
-    wanted = _effective_limits(record, school)
-    maxima = {"per_tx": school.per_tx_max_fen, "daily": school.daily_max_fen,
-              "no_pin": school.no_pin_max_fen}
-    for name in ("per_tx", "daily", "no_pin"):
-        if name in values:
-            if values[name] > maxima[name]:
-                return _decline("set_limits", codes.BAD_REQUEST)
-            wanted[name] = values[name]
-    if not wanted["no_pin"] <= wanted["per_tx"] <= wanted["daily"]:
-        return _decline("set_limits", codes.BAD_REQUEST)
-    for name, field in (("per_tx", layout.LIMIT_PER_TX), ("daily", layout.LIMIT_DAILY),
-                        ("no_pin", layout.LIMIT_NO_PIN)):
-        if name in values:
-            layout.put(record, field, wanted[name])
+    code = core.set_limits(record, per_tx=values.get("per_tx"), daily=values.get("daily"),
+                           no_pin=values.get("no_pin"), school_per_tx=school.per_tx_fen,
+                           school_daily=school.daily_fen, school_no_pin=school.no_pin_fen,
+                           per_tx_max=school.per_tx_max_fen, daily_max=school.daily_max_fen,
+                           no_pin_max=school.no_pin_max_fen)
+    if code:
+        return _decline("set_limits", code)
     ledger.save_account(account_id, record)
-    return {"t": "set_limits", "code": "ok", "limits": wanted}
+    return {"t": "set_limits", "code": "ok", "limits": _effective_limits(record, school)}
 
 
 def _person(ledger, credential, request_type, account_id):
@@ -86,11 +79,11 @@ def virtual_card(ledger, credential, values):
     refusal, record = _person(ledger, credential, "virtual_card", account_id)
     if refusal:
         return refusal
-    if layout.get(record, layout.STATUS) == layout.STATUS_CLOSED:
-        return _decline("virtual_card", codes.ACCOUNT_CLOSED)
+    code = core.enable_virtual_card(record)
+    if code:
+        return _decline("virtual_card", code)
     secret = os.urandom(qr_secret_size_bytes)  # a new secret voids every code of the old one
     ledger.store.put("qr_secrets", account_id.encode(), secret)
-    layout.put(record, layout.QR_ENABLED, 1)
     ledger.save_account(account_id, record)
     return {"t": "virtual_card", "code": "ok", "qr_secret": secret}
 

@@ -9,6 +9,7 @@ import os
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.effects import Revocation
+from switch.ledger.payment_path import pay
 from switch.ledger.state import Credential
 
 NAMES = codes.CODE_NAMES
@@ -54,8 +55,7 @@ def ping(ledger, credential, values):
 # ------------------------------------------------------------------ terminals
 def debit(ledger, credential, values):
     amount = values["amount"]
-    config = ledger.config
-    code = core.check_amount(amount, config.max_amount_fen)
+    code = core.check_amount(amount, ledger.config.max_amount_fen)
     if code:
         return _decline("debit", code)
     card_id = values["card"]
@@ -63,21 +63,13 @@ def debit(ledger, credential, values):
     if card is None:
         return _decline("debit", codes.CARD_UNKNOWN)
     account_id, card_state, _ = card
-    record = ledger.account(account_id)
-    school = ledger.school(record)
-    before = bytes(record)
-    pin = values.get("pin")
     now_ms = ledger.clock.now_ms()
-    day = school.days.day_of(now_ms)
-    code = core.authorize(record, card_state, credential.school == school.code, amount,
-                          None if pin is None else pin.encode(), True, day,
-                          school.per_tx_fen, school.daily_fen, school.no_pin_fen,
-                          config.max_amount_fen, False)
+    record = ledger.account(account_id)
+    code, school = pay(ledger, credential, account_id, record, card_state=card_state,
+                       amount=amount, pin=values.get("pin"), pin_checked=True, hold=False,
+                       now_ms=now_ms)
     if code:
-        if record != before:  # a PIN check counted or reset the run of wrong PINs
-            ledger.save_account(account_id, record)
         return _decline("debit", code)
-    ledger.save_account(account_id, record)
     balance, available = _money(record)
     txn = ledger.append_journal("debit", account_id, school.code, -amount, balance, credential,
                                 values["id"], card=card_id)

@@ -5,7 +5,7 @@ its school's list while it is lost or blocked, or while its account is frozen
 as overdrawn.
 """
 
-from switch import limits
+from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _crosses_school, _decline, _money, account_of
 
@@ -109,78 +109,52 @@ def _set_listing_for_account(ledger, account_id, record) -> None:
     ledger.change_blacklist(school, add=add, remove=remove)
 
 
-def freeze_account(ledger, credential, account_id, record, reason_code, reason_text, ref):
-    """Freeze (operator or overdrawn) and write the record; shared with offline uploads."""
-    layout.put(record, layout.STATUS, layout.STATUS_FROZEN)
-    layout.put(record, layout.FREEZE_REASON, reason_code)
+def record_standing(ledger, credential, kind, account_id, record, *, was_overdrawn: bool, ref,
+                    **extra) -> int:
+    """Write a change of standing the core made, its journal record, and the cards' listing
+    when being frozen as overdrawn began or ended; shared with offline uploads."""
     ledger.save_account(account_id, record)
-    txn = _standing_record(ledger, credential, "freeze", account_id, record, ref,
-                           reason=reason_text)
-    if reason_code == layout.FREEZE_OVERDRAWN:
+    txn = _standing_record(ledger, credential, kind, account_id, record, ref, **extra)
+    if was_overdrawn != (layout.get(record, layout.FREEZE_REASON) == layout.FREEZE_OVERDRAWN):
         _set_listing_for_account(ledger, account_id, record)
     return txn
 
 
-def freeze(ledger, credential, values):
+def _change_standing(ledger, credential, values, request_type, change, **extra):
+    """Let the core `change` the account; a change that was already so is `ok` without a
+    record (docs/PROTOCOL.md §4.15)."""
     account_id = values["account"]
-    refusal, record = account_of(ledger, credential, "freeze", account_id)
+    refusal, record = account_of(ledger, credential, request_type, account_id)
     if refusal:
         return refusal
-    status = layout.get(record, layout.STATUS)
-    if status == layout.STATUS_CLOSED:
-        return _decline("freeze", codes.ACCOUNT_CLOSED)
-    if status == layout.STATUS_FROZEN:
-        return {"t": "freeze", "code": "ok"}
-    txn = freeze_account(ledger, credential, account_id, record, layout.FREEZE_OPERATOR,
-                         values.get("reason", "operator"), values["id"])
-    return {"t": "freeze", "code": "ok", "txn": txn}
+    before = bytes(record)
+    was_overdrawn = layout.get(record, layout.FREEZE_REASON) == layout.FREEZE_OVERDRAWN
+    code = change(record)
+    if code:
+        return _decline(request_type, code)
+    if record == before:
+        return {"t": request_type, "code": "ok"}
+    txn = record_standing(ledger, credential, request_type, account_id, record,
+                          was_overdrawn=was_overdrawn, ref=values["id"], **extra)
+    return {"t": request_type, "code": "ok", "txn": txn}
+
+
+def freeze(ledger, credential, values):
+    return _change_standing(ledger, credential, values, "freeze", core.freeze,
+                            reason=values.get("reason", "operator"))
 
 
 def unfreeze(ledger, credential, values):
-    account_id = values["account"]
-    refusal, record = account_of(ledger, credential, "unfreeze", account_id)
-    if refusal:
-        return refusal
-    if layout.get(record, layout.STATUS) != layout.STATUS_FROZEN:
-        return {"t": "unfreeze", "code": "ok"}
-    was_overdrawn = layout.get(record, layout.FREEZE_REASON) == layout.FREEZE_OVERDRAWN
-    layout.put(record, layout.STATUS, layout.STATUS_ACTIVE)
-    layout.put(record, layout.FREEZE_REASON, layout.FREEZE_NONE)
-    ledger.save_account(account_id, record)
-    txn = _standing_record(ledger, credential, "unfreeze", account_id, record, values["id"],
-                           reason=values.get("reason"))
-    if was_overdrawn:
-        _set_listing_for_account(ledger, account_id, record)
-    return {"t": "unfreeze", "code": "ok", "txn": txn}
+    return _change_standing(ledger, credential, values, "unfreeze", core.unfreeze,
+                            reason=values.get("reason"))
 
 
 def unlock(ledger, credential, values):
-    account_id = values["account"]
-    refusal, record = account_of(ledger, credential, "unlock", account_id)
-    if refusal:
-        return refusal
-    if not layout.get(record, layout.PIN_LOCKED) and not layout.get(record, layout.PIN_FAILURES):
-        return {"t": "unlock", "code": "ok"}
-    layout.put(record, layout.PIN_LOCKED, 0)
-    layout.put(record, layout.PIN_FAILURES, 0)
-    ledger.save_account(account_id, record)
-    txn = _standing_record(ledger, credential, "unlock", account_id, record, values["id"])
-    return {"t": "unlock", "code": "ok", "txn": txn}
+    return _change_standing(ledger, credential, values, "unlock", core.unlock)
 
 
 def close_account(ledger, credential, values):
-    account_id = values["account"]
-    refusal, record = account_of(ledger, credential, "close_account", account_id)
-    if refusal:
-        return refusal
-    if layout.get(record, layout.STATUS) == layout.STATUS_CLOSED:
-        return {"t": "close_account", "code": "ok"}
-    if layout.get(record, layout.BALANCE) != 0 or layout.get(record, layout.HELD) != 0:
-        return _decline("close_account", codes.NOT_EMPTY)
-    layout.put(record, layout.STATUS, layout.STATUS_CLOSED)
-    ledger.save_account(account_id, record)
-    txn = _standing_record(ledger, credential, "close_account", account_id, record, values["id"])
-    return {"t": "close_account", "code": "ok", "txn": txn}
+    return _change_standing(ledger, credential, values, "close_account", core.close)
 
 
 def blacklist(ledger, credential, values):

@@ -13,6 +13,7 @@ from switch import core, identifiers
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money, account_of
 from switch.ledger.effects import PowerCutoff
+from switch.ledger.payment_path import pay
 from switch.ledger.payments import check_qr
 
 holds_expired_per_pass_max = 5_000
@@ -26,12 +27,12 @@ def unpack(data):
 
 def hold(ledger, credential, values):
     amount = values["amount"]
-    config = ledger.config
-    code = core.check_amount(amount, config.max_amount_fen)
+    code = core.check_amount(amount, ledger.config.max_amount_fen)
     if code:
         return _decline("hold", code)
     if ("card" in values) == ("qr" in values):
         return _decline("hold", codes.BAD_REQUEST)
+    now_ms = ledger.clock.now_ms()
     if "card" in values:
         card = ledger.card(values["card"])
         if card is None:
@@ -44,37 +45,29 @@ def hold(ledger, credential, values):
     else:
         if "pin" in values:
             return _decline("hold", codes.BAD_REQUEST)
-        code, account_id, record, used_key = check_qr(ledger, values["qr"])
+        code, account_id, record, used_key = check_qr(ledger, values["qr"], now_ms)
         if code:
             return _decline("hold", code)
         card_state, pin, pin_checked = layout.CARD_ACTIVE, None, False
-    school = ledger.school(record)
-    now_ms = ledger.clock.now_ms()
-    before = bytes(record)
-    code = core.authorize(record, card_state, credential.school == school.code, amount,
-                          None if pin is None else pin.encode(), pin_checked,
-                          school.days.day_of(now_ms), school.per_tx_fen, school.daily_fen,
-                          school.no_pin_fen, config.max_amount_fen, True)
+    code, school = pay(ledger, credential, account_id, record, card_state=card_state,
+                       amount=amount, pin=pin, pin_checked=pin_checked, hold=True, now_ms=now_ms)
     if code:
-        if record != before:
-            ledger.save_account(account_id, record)
         return _decline("hold", code)
     if used_key is not None:
         ledger.store.put("qr_used", used_key, b"")
-    ledger.save_account(account_id, record)
     balance, available = _money(record)
     txn = ledger.append_journal("hold", account_id, school.code, 0, balance, credential,
                                 values["id"], held=amount)
     hold_id = f"H{txn}"
-    expires = now_ms + config.hold_timeout_s * 1000
+    expires = now_ms + ledger.config.hold_timeout_s * 1000
     ledger.holds.open(hold_id, {"account": account_id, "amount": amount, "state": "open",
                                 "expires": expires, "who": credential.who, "txn": txn})
     return {"t": "hold", "code": "ok", "txn": txn, "hold": hold_id, "expires": expires,
             "balance": balance, "available": available}
 
 
-def _open_hold_of(ledger, credential, request_type, hold_id):
-    """(refusal, hold): a hold of this terminal that is still open."""
+def _open_hold_of(ledger, credential, request_type, hold_id, now_ms):
+    """(refusal, hold): a hold of this terminal that is still open at `now_ms`."""
     # Not of the syntax the switch gives its holds: unknown without a lookup (an empty or
     # overlong key would not even be a valid store key).
     hold = ledger.holds.get(hold_id) if identifiers.HOLD.match(hold_id) else None
@@ -82,7 +75,7 @@ def _open_hold_of(ledger, credential, request_type, hold_id):
     if hold is None or hold["who"] != credential.who:
         return _decline(request_type, codes.HOLD_UNKNOWN), None
     if hold["state"] == "expired" or (hold["state"] == "open"
-                                      and ledger.clock.now_ms() >= hold["expires"]):
+                                      and now_ms >= hold["expires"]):
         if hold["state"] == "open":
             expire_hold(ledger, hold_id, hold)
         return _decline(request_type, codes.HOLD_EXPIRED), None
@@ -95,7 +88,8 @@ def complete(ledger, credential, values):
     amount = values.get("amount")
     if type(amount) is not int or amount < 0 or amount > ledger.config.max_amount_fen:
         return _decline("complete", codes.BAD_AMOUNT)
-    refusal, held = _open_hold_of(ledger, credential, "complete", values["hold"])
+    now_ms = ledger.clock.now_ms()
+    refusal, held = _open_hold_of(ledger, credential, "complete", values["hold"], now_ms)
     if refusal:
         return refusal
     if amount > held["amount"]:
@@ -103,18 +97,19 @@ def complete(ledger, credential, values):
     account_id = held["account"]
     record = ledger.account(account_id)
     school = ledger.school(record)
-    core.complete_hold(record, held["amount"], amount, school.days.day_of(ledger.clock.now_ms()))
+    core.complete_hold(record, held["amount"], amount, school.days.day_of(now_ms))
     ledger.save_account(account_id, record)
     ledger.holds.close(values["hold"], held, "completed")
     balance, available = _money(record)
     txn = ledger.append_journal("complete", account_id, school.code, -amount, balance, credential,
                                 values["id"], hold=values["hold"])
-    ledger.count_for_settlement(credential.who, school, ledger.clock.now_ms(), amount)
+    ledger.count_for_settlement(credential.who, school, now_ms, amount)
     return {"t": "complete", "code": "ok", "txn": txn, "balance": balance, "available": available}
 
 
 def void(ledger, credential, values):
-    refusal, held = _open_hold_of(ledger, credential, "void", values["hold"])
+    refusal, held = _open_hold_of(ledger, credential, "void", values["hold"],
+                                  ledger.clock.now_ms())
     if refusal:
         return refusal
     account_id = held["account"]

@@ -10,7 +10,7 @@ from datetime import date
 
 from switch import core, limits
 from switch.ledger import schema
-from switch.ledger.card_office import freeze_account
+from switch.ledger.card_office import record_standing
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
 
@@ -84,9 +84,9 @@ def _decide(ledger, credential, record_id, item) -> dict:
     txn = ledger.append_journal("offline", account_id, school.code, -amount, balance, credential,
                                 record_id, **extra)
     ledger.count_for_settlement(credential.who, school, at_ms, amount)
-    if balance < 0 and layout.get(record, layout.FREEZE_REASON) != layout.FREEZE_OVERDRAWN:
-        freeze_account(ledger, credential, account_id, record, layout.FREEZE_OVERDRAWN,
-                       "overdrawn", record_id)
+    if core.freeze_overdrawn(record):
+        record_standing(ledger, credential, "freeze", account_id, record, was_overdrawn=False,
+                        ref=record_id, reason="overdrawn")
     result = _result(record_id, codes.OK, txn=txn, balance=balance)
     if flag:
         result["flag"] = flag

@@ -14,6 +14,7 @@ import msgpack
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
+from switch.ledger.payment_path import pay
 from switch.ledger.qr import parse_qr, qr_tag
 
 REVERSIBLE = frozenset({"debit", "qr_debit", "complete"})
@@ -32,8 +33,8 @@ def qr_floor_step(ledger) -> int:
     return 0 if data is None else int(data)
 
 
-def check_qr(ledger, code_text):
-    """(code, account id, record, used key): code is OK or a QR decline."""
+def check_qr(ledger, code_text, now_ms: int):
+    """(code, account id, record, used key) at `now_ms`: code is OK or a QR decline."""
     parsed = parse_qr(code_text)
     if parsed is None:
         return codes.QR_INVALID, None, None, None
@@ -46,7 +47,7 @@ def check_qr(ledger, code_text):
     secret = ledger.store.get("qr_secrets", account_id.encode())
     if not hmac.compare_digest(qr_tag(secret, account_id, step, nonce), tag):
         return codes.QR_INVALID, None, None, None
-    now_step = ledger.clock.now_ms() // 1000 // limits.qr_step_s
+    now_step = now_ms // 1000 // limits.qr_step_s
     if abs(step - now_step) > 1 or step < qr_floor_step(ledger):
         return codes.QR_EXPIRED, None, None, None
     used_key = _used_key(step, account_id, nonce)
@@ -57,27 +58,23 @@ def check_qr(ledger, code_text):
 
 def qr_debit(ledger, credential, values):
     amount = values["amount"]
-    config = ledger.config
-    code = core.check_amount(amount, config.max_amount_fen)
+    code = core.check_amount(amount, ledger.config.max_amount_fen)
     if code:
         return _decline("qr_debit", code)
-    code, account_id, record, used_key = check_qr(ledger, values["qr"])
+    now_ms = ledger.clock.now_ms()
+    code, account_id, record, used_key = check_qr(ledger, values["qr"], now_ms)
     if code:
         return _decline("qr_debit", code)
-    school = ledger.school(record)
-    day = school.days.day_of(ledger.clock.now_ms())
     # No PIN for QR: the phone is the second factor (docs/PROTOCOL.md §4.6 rule 6).
-    code = core.authorize(record, layout.CARD_ACTIVE, credential.school == school.code, amount,
-                          None, False, day, school.per_tx_fen, school.daily_fen,
-                          school.no_pin_fen, config.max_amount_fen, False)
+    code, school = pay(ledger, credential, account_id, record, card_state=layout.CARD_ACTIVE,
+                       amount=amount, pin=None, pin_checked=False, hold=False, now_ms=now_ms)
     if code:
         return _decline("qr_debit", code)
     ledger.store.put("qr_used", used_key, b"")
-    ledger.save_account(account_id, record)
     balance, available = _money(record)
     txn = ledger.append_journal("qr_debit", account_id, school.code, -amount, balance, credential,
                                 values["id"])
-    ledger.count_for_settlement(credential.who, school, ledger.clock.now_ms(), amount)
+    ledger.count_for_settlement(credential.who, school, now_ms, amount)
     return {"t": "qr_debit", "code": "ok", "txn": txn, "balance": balance, "available": available,
             "account": account_id}
 

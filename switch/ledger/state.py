@@ -13,6 +13,7 @@ from switch.core import layout
 from switch.ledger.blacklist import Blacklist
 from switch.ledger.effects import BlacklistPush, JournalAdvanced
 from switch.ledger.holds import Holds
+from switch.ledger.payment_path import SchoolLimits
 from switch.persistence.keys import txn_key
 
 _pack = msgpack.Packer(use_bin_type=True).pack
@@ -50,6 +51,7 @@ class Ledger:
         self.clock = clock
         self._credentials: dict[str, Credential | None] = {}
         self._schools_by_raw: dict[bytes, object] = {}
+        self._limits_by_school: dict[str, SchoolLimits] = {}
         secret = store.get("meta", b"fingerprint_key")
         if secret is None:
             secret = os.urandom(32)
@@ -150,6 +152,14 @@ class Ledger:
         if school is None:
             school = self._schools_by_raw[raw] = self.config.schools.get(layout.school_of(record))
         return school
+
+    def school_limits(self, school) -> SchoolLimits:
+        """The school's payment bounds, built once: a payment should not rebuild them."""
+        bounds = self._limits_by_school.get(school.code)
+        if bounds is None:
+            bounds = self._limits_by_school[school.code] = SchoolLimits.of(
+                school, self.config.max_amount_fen)
+        return bounds
 
     # ----------------------------------------------------------- cards
     def card(self, card_id: str):

@@ -10,6 +10,7 @@ import switch.core._authorize
 import switch.core.reference
 from switch import limits
 from switch.core import codes, layout
+from tests.source_calls import modules_outside_core_calling
 
 IMPLEMENTATIONS = [switch.core._authorize, switch.core.reference]
 
@@ -71,9 +72,16 @@ def test_compiled_core_is_loaded():
     assert switch.core.authorize is switch.core._authorize.authorize
     for name in ["check_amount", "verify_pin", "pin_digest", "id_digest", "set_pin",
                  "reset_pin", "credit", "unspend", "complete_hold", "release_hold",
-                 "apply_offline", "apply_meter", "apply_restore"]:
+                 "apply_offline", "apply_meter", "apply_restore", "freeze",
+                 "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
+                 "enable_virtual_card"]:
         assert getattr(switch.core, name) is getattr(switch.core._authorize, name)
     assert pathlib.Path(switch.core._authorize.__file__).suffix == ".so"
+
+
+def test_only_the_core_writes_account_fields():
+    """Standing and payments are decided in the core, where the property tests see them."""
+    assert modules_outside_core_calling("put", on="layout") == set()
 
 
 def test_both_implementations_share_one_interface():
@@ -594,3 +602,141 @@ def test_accepts_keyword_arguments(core):
                           max_amount=MAX_AMOUNT, hold=False)
     assert code == codes.OK
     assert core.check_amount(amount=5, max_amount=10) == codes.OK
+
+
+# --- Standing: freeze, unfreeze, unlock, close, limits, virtual card ---
+
+SCHOOL_LIMITS = {"school_per_tx": PER_TX, "school_daily": DAILY, "school_no_pin": NO_PIN,
+                 "per_tx_max": limits.default_per_tx_max_fen,
+                 "daily_max": limits.default_daily_max_fen,
+                 "no_pin_max": limits.default_no_pin_max_fen}
+
+
+def set_limits(core, account, per_tx=None, daily=None, no_pin=None):
+    return core.set_limits(account, per_tx=per_tx, daily=daily, no_pin=no_pin, **SCHOOL_LIMITS)
+
+
+def assert_unchanged(call, account, expected):
+    """`call` answers `expected` and leaves the record's bytes as they were."""
+    before = bytes(account)
+    assert call(account) == expected
+    assert bytes(account) == before
+
+
+def test_freeze_by_the_card_office(core):
+    account = make_account(1000)
+    assert core.freeze(account) == codes.OK
+    assert get(account, layout.STATUS) == layout.STATUS_FROZEN
+    assert get(account, layout.FREEZE_REASON) == layout.FREEZE_OPERATOR
+    assert_declined(core, account, 100, codes.ACCOUNT_FROZEN)
+    assert_unchanged(core.freeze, account, codes.OK)  # already frozen: nothing changes
+
+
+def test_freeze_keeps_an_overdrawn_freeze_and_refuses_a_closed_account(core):
+    overdrawn = make_account(-1, status=layout.STATUS_FROZEN)
+    layout.put(overdrawn, layout.FREEZE_REASON, layout.FREEZE_OVERDRAWN)
+    assert_unchanged(core.freeze, overdrawn, codes.OK)
+    assert_unchanged(core.freeze, make_account(0, status=layout.STATUS_CLOSED),
+                     codes.ACCOUNT_CLOSED)
+
+
+@pytest.mark.parametrize("status", [layout.STATUS_ACTIVE, layout.STATUS_FROZEN,
+                                    layout.STATUS_CLOSED])
+def test_freeze_overdrawn_below_zero_whatever_the_standing(core, status):
+    account = make_account(0, status=status)
+    assert core.freeze_overdrawn(account) is False  # 0 is not below zero
+    layout.put(account, layout.BALANCE, -1)
+    assert core.freeze_overdrawn(account) is True
+    assert get(account, layout.STATUS) == layout.STATUS_FROZEN
+    assert get(account, layout.FREEZE_REASON) == layout.FREEZE_OVERDRAWN
+    before = bytes(account)
+    assert core.freeze_overdrawn(account) is False  # once: its cards are listed once
+    assert bytes(account) == before
+
+
+def test_unfreeze(core):
+    for reason in (layout.FREEZE_OPERATOR, layout.FREEZE_OVERDRAWN):
+        account = make_account(-5, status=layout.STATUS_FROZEN)  # below zero or not
+        layout.put(account, layout.FREEZE_REASON, reason)
+        assert core.unfreeze(account) == codes.OK
+        assert get(account, layout.STATUS) == layout.STATUS_ACTIVE
+        assert get(account, layout.FREEZE_REASON) == layout.FREEZE_NONE
+    assert_unchanged(core.unfreeze, make_account(10), codes.OK)
+    assert_unchanged(core.unfreeze, make_account(0, status=layout.STATUS_CLOSED), codes.OK)
+
+
+def test_unlock_clears_lock_and_count(core):
+    account = make_account(10_000)
+    for _ in range(limits.pin_failures_max):
+        core.verify_pin(account, WRONG_PIN)
+    assert get(account, layout.PIN_LOCKED) == 1
+    assert core.unlock(account) == codes.OK
+    assert get(account, layout.PIN_LOCKED) == 0 and get(account, layout.PIN_FAILURES) == 0
+    assert authorize(core, account, 100, pin=PIN) == codes.OK
+    core.verify_pin(account, WRONG_PIN)
+    assert core.unlock(account) == codes.OK and get(account, layout.PIN_FAILURES) == 0
+    assert_unchanged(core.unlock, account, codes.OK)  # nothing to clear: nothing changes
+
+
+@pytest.mark.parametrize("balance, held", [(1, 0), (-1, 0), (5, 5), (0, 1)])
+def test_close_refuses_money_or_holds(core, balance, held):
+    assert_unchanged(core.close, make_account(balance, held=held), codes.NOT_EMPTY)
+
+
+@pytest.mark.parametrize("status", [layout.STATUS_ACTIVE, layout.STATUS_FROZEN])
+def test_close(core, status):
+    account = make_account(0, status=status)
+    assert core.close(account) == codes.OK
+    assert get(account, layout.STATUS) == layout.STATUS_CLOSED
+    assert_declined(core, account, 1, codes.ACCOUNT_CLOSED)
+    assert_unchanged(core.close, account, codes.OK)  # already closed: nothing changes
+    layout.put(account, layout.BALANCE, -300)  # an offline tap uploaded after closing
+    assert_unchanged(core.close, account, codes.OK)
+
+
+def test_set_limits_gives_the_account_its_own(core):
+    account = make_account(0)
+    assert set_limits(core, account, per_tx=NO_PIN) == codes.OK
+    assert (get(account, layout.LIMIT_PER_TX), get(account, layout.LIMIT_DAILY),
+            get(account, layout.LIMIT_NO_PIN)) == (NO_PIN, -1, -1)  # the rest keep the default
+    assert_unchanged(lambda a: set_limits(core, a, per_tx=NO_PIN - 1), account,
+                     codes.BAD_REQUEST)  # below the school's no_pin, which still applies
+    assert set_limits(core, account, daily=NO_PIN, no_pin=0) == codes.OK
+    assert (get(account, layout.LIMIT_PER_TX), get(account, layout.LIMIT_DAILY),
+            get(account, layout.LIMIT_NO_PIN)) == (NO_PIN, NO_PIN, 0)
+    assert_unchanged(lambda a: set_limits(core, a), account, codes.OK)
+
+
+@pytest.mark.parametrize("name, maximum", [
+    ("per_tx", limits.default_per_tx_max_fen), ("daily", limits.default_daily_max_fen),
+    ("no_pin", limits.default_no_pin_max_fen),
+])
+def test_set_limits_at_the_maximum_and_one_past(core, name, maximum):
+    wide_open = {"per_tx": limits.default_per_tx_max_fen,
+                 "daily": limits.default_daily_max_fen, "no_pin": 0}
+    account = make_account(0)
+    assert set_limits(core, account, **{**wide_open, name: maximum}) == codes.OK
+    assert get(account, getattr(layout, "LIMIT_" + name.upper())) == maximum
+    for value in (maximum + 1, -1, 2**63, 2**70, -2**64):
+        assert_unchanged(lambda a: set_limits(core, a, **{**wide_open, name: value}), account,
+                         codes.BAD_REQUEST)
+
+
+@pytest.mark.parametrize("given", [
+    {"no_pin": PER_TX + 1},             # above the school's per_tx the account still uses
+    {"per_tx": DAILY + 1},
+    {"daily": PER_TX - 1},
+    {"per_tx": 100, "no_pin": 101},
+    {"per_tx": 100, "daily": 50, "no_pin": 0},
+])
+def test_set_limits_must_leave_no_pin_per_tx_daily_in_order(core, given):
+    account = make_account(0)
+    assert_unchanged(lambda a: set_limits(core, a, **given), account, codes.BAD_REQUEST)
+
+
+def test_enable_virtual_card(core):
+    account = make_account(0)
+    assert core.enable_virtual_card(account) == codes.OK
+    assert get(account, layout.QR_ENABLED) == 1
+    assert_unchanged(core.enable_virtual_card, make_account(0, status=layout.STATUS_CLOSED),
+                     codes.ACCOUNT_CLOSED)

@@ -3,7 +3,9 @@
 Two copies of one starting record, one per implementation, go through the same
 operations; every step must give the same result (or the same exception) and
 leave byte-identical records. The state machine also keeps its own money
-ledger, so the balance must equal what the returned codes say moved.
+ledger, so the balance must equal what the returned codes say moved, and its
+own model of the account's standing (status and freeze reason), which every
+freeze, unfreeze, close and overdrawn freeze must follow.
 """
 
 import hmac
@@ -27,6 +29,14 @@ card_states = st.one_of(st.just(layout.CARD_ACTIVE),
                         st.sampled_from([layout.CARD_ACTIVE, layout.CARD_LOST,
                                          layout.CARD_BLOCKED, layout.CARD_NONE]))
 account_limits = st.one_of(st.just(-1), st.just(-1), st.integers(0, 120_000))
+SCHOOL_MAXIMA = (limits.default_per_tx_max_fen, limits.default_daily_max_fen,
+                 limits.default_no_pin_max_fen)
+# What `set_limits` is asked: mostly left out or plausible, sometimes a maximum, one past
+# it, below zero or past int64.
+requested_limits = st.one_of(
+    st.none(), st.none(), st.integers(0, 120_000),
+    st.sampled_from([-1, 0, *SCHOOL_MAXIMA, *(m + 1 for m in SCHOOL_MAXIMA), INT64_MAX, 2**63,
+                     2**70, -2**64]))
 school_limits = st.one_of(
     st.just((limits.default_no_pin_fen, limits.default_per_tx_fen, limits.default_daily_fen)),
     st.tuples(st.integers(0, 10_000), st.integers(0, 100_000), st.integers(0, 200_000)))
@@ -87,6 +97,8 @@ class CoreMachine(RuleBasedStateMachine):
         self.offline = self.metered = self.unspent = 0
         self.open_holds = []
         self.reversible_debits = []  # (amount, day)
+        # The standing as the rules say it must be; the records must match it.
+        self.status, self.freeze_reason = layout.STATUS_ACTIVE, layout.FREEZE_NONE
 
     def field(self, name):
         return layout.get(self.accounts[0], getattr(layout, name))
@@ -120,11 +132,13 @@ class CoreMachine(RuleBasedStateMachine):
             assert results[0] in [("returned", int, codes.BAD_AMOUNT),
                                   ("returned", int, codes.CARD_UNKNOWN)], results
             return
+        standing = self.field("STATUS")
         result = run_both(self.accounts, "authorize", *args)
         assert result[:2] == ("returned", int), result
         event(f"authorize: {codes.CODE_NAMES[result[2]]}")
         if result[2] != codes.OK:
             return
+        assert standing == layout.STATUS_ACTIVE, "a frozen or closed account paid"
         if hold:
             self.open_holds.append(amount)
         else:
@@ -241,17 +255,119 @@ class CoreMachine(RuleBasedStateMachine):
         if expected == codes.OK:
             self.pin = id_last6
 
-    def set_status(self, status):
+    def force_status(self, status):
+        """Write the status directly, to reach standings the rules reach only by long ways."""
         self.put_both("STATUS", status)
+        self.status = status
 
-    def set_limits(self, per_tx, daily, no_pin):
+    def force_limits(self, per_tx, daily, no_pin):
+        """Write limits directly, out of order too (the school's defaults may change)."""
         self.put_both("LIMIT_PER_TX", per_tx)
         self.put_both("LIMIT_DAILY", daily)
         self.put_both("LIMIT_NO_PIN", no_pin)
 
+    # --- Standing: the card office's and the student's changes ---
+
+    def change_standing(self, name, *args):
+        """Run a standing change on both; it must not move money. (outcome, record before)"""
+        money = [self.field(f) for f in ("BALANCE", "HELD", "SPENT_TODAY", "SPENT_DAY")]
+        before = bytes(self.accounts[0])
+        result = run_both(self.accounts, name, *args)
+        assert [self.field(f) for f in ("BALANCE", "HELD", "SPENT_TODAY", "SPENT_DAY")] == money
+        event(f"{name}: {result[2] if result[0] == 'returned' else result[1].__name__}")
+        return result, before
+
+    def freeze(self):
+        result, before = self.change_standing("freeze")
+        if self.status == layout.STATUS_CLOSED:
+            assert result == ("returned", int, codes.ACCOUNT_CLOSED)
+            assert self.accounts[0] == before
+        elif self.status == layout.STATUS_FROZEN:  # an overdrawn freeze keeps its reason
+            assert result == ("returned", int, codes.OK)
+            assert self.accounts[0] == before
+        else:
+            assert result == ("returned", int, codes.OK)
+            self.status, self.freeze_reason = layout.STATUS_FROZEN, layout.FREEZE_OPERATOR
+
+    def freeze_overdrawn(self):
+        # Closed ones too (docs/PROTOCOL.md §4.10): the one way out of closed.
+        freezes = self.field("BALANCE") < 0 and self.freeze_reason != layout.FREEZE_OVERDRAWN
+        result, before = self.change_standing("freeze_overdrawn")
+        assert result == ("returned", bool, freezes)
+        if freezes:
+            self.status, self.freeze_reason = layout.STATUS_FROZEN, layout.FREEZE_OVERDRAWN
+        else:
+            assert self.accounts[0] == before
+
+    def unfreeze(self):
+        result, before = self.change_standing("unfreeze")
+        assert result == ("returned", int, codes.OK)
+        if self.status == layout.STATUS_FROZEN:
+            self.status, self.freeze_reason = layout.STATUS_ACTIVE, layout.FREEZE_NONE
+        else:
+            assert self.accounts[0] == before
+
     def unlock(self):
-        self.put_both("PIN_LOCKED", 0)
-        self.put_both("PIN_FAILURES", 0)
+        was_clear = self.field("PIN_LOCKED") == 0 and self.field("PIN_FAILURES") == 0
+        result, before = self.change_standing("unlock")
+        assert result == ("returned", int, codes.OK)
+        assert self.field("PIN_LOCKED") == 0 and self.field("PIN_FAILURES") == 0
+        assert (self.accounts[0] == before) == was_clear
+
+    def close(self):
+        empty = self.field("BALANCE") == 0 and self.field("HELD") == 0
+        result, before = self.change_standing("close")
+        if self.status == layout.STATUS_CLOSED:
+            assert result == ("returned", int, codes.OK)
+            assert self.accounts[0] == before
+        elif not empty:
+            assert result == ("returned", int, codes.NOT_EMPTY)
+            assert self.accounts[0] == before
+        else:
+            assert result == ("returned", int, codes.OK)
+            self.status = layout.STATUS_CLOSED
+
+    def edge_close(self):
+        """Empty the account (holds released, balance brought to 0), then close it."""
+        while self.open_holds:
+            self.release_hold(0)
+        balance = self.field("BALANCE")
+        if balance > 0:
+            self.apply_offline(balance, 0)
+        elif balance < 0:
+            self.credit(-balance)
+        self.close()
+
+    def set_limits(self, per_tx, daily, no_pin):
+        requested = {"PER_TX": per_tx, "DAILY": daily, "NO_PIN": no_pin}
+        defaults = {"PER_TX": self.school_per_tx, "DAILY": self.school_daily,
+                    "NO_PIN": self.school_no_pin}
+        maxima = dict(zip(("PER_TX", "DAILY", "NO_PIN"), SCHOOL_MAXIMA))
+        own = {name: self.field("LIMIT_" + name) for name in requested}
+        in_range = all(value is None or 0 <= value <= maxima[name]
+                       for name, value in requested.items())
+        applies = {name: (own[name] if own[name] >= 0 else defaults[name]) if value is None
+                   else value for name, value in requested.items()}
+        valid = in_range and applies["NO_PIN"] <= applies["PER_TX"] <= applies["DAILY"]
+        result, before = self.change_standing(
+            "set_limits", per_tx, daily, no_pin, self.school_per_tx, self.school_daily,
+            self.school_no_pin, *SCHOOL_MAXIMA)
+        if not valid:
+            assert result == ("returned", int, codes.BAD_REQUEST)
+            assert self.accounts[0] == before
+            return
+        assert result == ("returned", int, codes.OK)
+        for name, value in requested.items():
+            assert self.field("LIMIT_" + name) == (own[name] if value is None else value)
+
+    def enable_virtual_card(self):
+        result, before = self.change_standing("enable_virtual_card")
+        if self.status == layout.STATUS_CLOSED:
+            assert result == ("returned", int, codes.ACCOUNT_CLOSED)
+            assert self.accounts[0] == before
+        else:
+            assert result == ("returned", int, codes.OK)
+            assert self.field("QR_ENABLED") == 1
 
     def next_day(self, days):
         self.day += days
@@ -268,6 +384,11 @@ class CoreMachine(RuleBasedStateMachine):
                     - self.offline - self.metered + self.unspent)
         assert self.field("BALANCE") == expected
         assert self.field("HELD") == sum(self.open_holds)
+
+    @invariant()
+    def standing_follows_the_rules(self):
+        assert self.field("STATUS") == self.status
+        assert self.field("FREEZE_REASON") == self.freeze_reason
 
     @invariant()
     def counters_in_range(self):
@@ -314,10 +435,17 @@ WEIGHTED_OPERATIONS = [
     (2, op("verify_pin", st.booleans(), pins)),
     (1, op("set_pin", pins)),
     (1, op("reset_pin", st.booleans(), pins)),
-    (1, op("set_status", st.sampled_from([layout.STATUS_ACTIVE] * 4
-                                         + [layout.STATUS_FROZEN, layout.STATUS_CLOSED]))),
-    (1, op("set_limits", account_limits, account_limits, account_limits)),
+    (1, op("force_status", st.sampled_from([layout.STATUS_ACTIVE] * 4
+                                           + [layout.STATUS_FROZEN, layout.STATUS_CLOSED]))),
+    (1, op("force_limits", account_limits, account_limits, account_limits)),
     (1, op("unlock")),
+    (1, op("freeze")),
+    (1, op("freeze_overdrawn")),
+    (1, op("unfreeze")),
+    (1, op("close")),
+    (1, op("edge_close")),
+    (2, op("set_limits", requested_limits, requested_limits, requested_limits)),
+    (1, op("enable_virtual_card")),
     (1, op("next_day", st.integers(1, 2))),
 ]
 OPERATIONS = st.sampled_from(
@@ -354,6 +482,14 @@ operations = st.one_of(
     st.tuples(st.just("apply_offline"), fen_amounts, any_days),
     st.tuples(st.just("apply_meter"), fen_amounts),
     st.tuples(st.just("apply_restore")),
+    st.tuples(st.just("freeze")),
+    st.tuples(st.just("freeze_overdrawn")),
+    st.tuples(st.just("unfreeze")),
+    st.tuples(st.just("unlock")),
+    st.tuples(st.just("close")),
+    st.tuples(st.just("set_limits"), *[st.one_of(st.none(), any_amounts)] * 3,
+              *[fen_amounts] * 6),
+    st.tuples(st.just("enable_virtual_card")),
 )
 
 
@@ -367,13 +503,15 @@ def record_fields():
             small_fen, small_fen, small_fen, int64s,
             st.integers(limits.balance_fen_max - 100, limits.balance_fen_max),
             st.integers(-limits.balance_fen_max, -limits.balance_fen_max + 100)),
-        "HELD": mostly(st.integers(0, 100_000), int64s),
+        "HELD": mostly(st.one_of(st.just(0), st.integers(0, 100_000)), int64s),  # 0: closable
         "SPENT_TODAY": mostly(st.integers(0, 100_000), int64s),
         "SPENT_DAY": any_days,
         "STATUS": mostly(st.integers(0, 2), st.integers(0, 255)),
         "POWER_ON": mostly(st.integers(0, 1), st.integers(0, 255)),
         "PIN_FAILURES": mostly(st.integers(0, limits.pin_failures_max), st.integers(0, 255)),
         "PIN_LOCKED": mostly(st.integers(0, 1), st.integers(0, 255)),
+        "FREEZE_REASON": mostly(st.integers(0, 2), st.integers(0, 255)),
+        "QR_ENABLED": mostly(st.integers(0, 1), st.integers(0, 255)),
         "LIMIT_PER_TX": mostly(st.one_of(st.just(-1), st.integers(0, 100_000)), int64s),
         "LIMIT_DAILY": mostly(st.one_of(st.just(-1), st.integers(0, 100_000)), int64s),
         "LIMIT_NO_PIN": mostly(st.one_of(st.just(-1), st.integers(0, 100_000)), int64s),

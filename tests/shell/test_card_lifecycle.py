@@ -107,6 +107,39 @@ async def test_freeze_unfreeze_and_close(switch):
     assert status["status"] == "closed"
 
 
+async def test_standing_already_so_is_ok_without_a_record(switch):
+    await switch.person("WH1", "AAAA")
+    admin = switch.admin
+    till = await switch.terminal("WH-POS-1")
+    listener = await switch.terminal("WH-POS-2")
+
+    async def change(request_type, expect_txn, code="ok"):
+        reply = await admin.request({"t": request_type, "account": "WH1", "id": f"{request_type}"
+                                     f"-{expect_txn}-{code}"})
+        assert reply["code"] == code and ("txn" in reply) == expect_txn, (request_type, reply)
+
+    await change("unfreeze", False)
+    await change("unlock", False)
+    await change("freeze", True)
+    await change("freeze", False)
+    await change("close_account", True)  # a frozen account with nothing on it may close
+    await change("close_account", False)
+    await change("freeze", False, "account_closed")
+    await change("unfreeze", False)
+    assert (await admin.request({"t": "virtual_card", "account": "WH1", "id": "v"}))["code"] \
+        == "account_closed"
+    history = await admin.request({"t": "history", "account": "WH1"})
+    assert [item["kind"] for item in history["items"]] == [
+        "close_account", "freeze", "issue_card", "open_account"]
+    # A tap made before the closing and uploaded after it: closed ones too are frozen as
+    # overdrawn, and the card goes on the blacklist (docs/PROTOCOL.md §4.10).
+    tap = {"id": "late", "card": "AAAA", "amount": 300, "at": switch.clock.now_ms() - 60_000}
+    await switch.ok(till, {"t": "offline", "records": [tap]})
+    assert (await _push(listener))["add"] == ["AAAA"]
+    account = await admin.request({"t": "account", "account": "WH1"})
+    assert account["status"] == "frozen" and account["balance"] == -300
+
+
 # ---------------------------------------------------------------- PINs and limits
 async def test_pin_lock_counts_across_till_set_pin_and_verify_pin(switch):
     await switch.person("WH1", "AAAA", balance=50_000, id_last6="12345X")
