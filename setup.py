@@ -32,5 +32,5 @@ setup(
         # matplotlib: the PNG plots that `make demo` and bench/run_e2e.py draw.
         "bench": ["matplotlib>=3.7", "hdrhistogram>=0.10"],
     },
-    entry_points={"console_scripts": ["switch=switch.__main__:run"]},
+    entry_points={"console_scripts": ["switch=switch.cli.main:run"]},
 )

@@ -30,7 +30,7 @@ import trio  # noqa: E402
 
 from switch import limits  # noqa: E402
 from switch.codec import FrameDecoder, ProtocolError, ServerSession  # noqa: E402
-from switch.endpoints import host_port_argument  # noqa: E402
+from switch.config.endpoints import host_port_argument  # noqa: E402
 
 LIFETIME_S_DEFAULT = 3600.0          # a forgotten bare server stops by itself
 HELLO_TIMEOUT_S = limits.hello_timeout_s

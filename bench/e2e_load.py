@@ -48,7 +48,7 @@ if str(REPO) not in sys.path:
 
 from switch import limits  # noqa: E402
 from switch.codec import ClientSession, FrameDecoder, ProtocolError  # noqa: E402
-from switch.endpoints import host_port_argument, parse_host_port  # noqa: E402
+from switch.config.endpoints import host_port_argument, parse_host_port  # noqa: E402
 
 SCHOOL = "WH"
 START_BALANCE_FEN = 5_000_000            # far above what a run spends per account
@@ -372,7 +372,7 @@ def prebuild(data_dir: pathlib.Path, tag: str, args):
     from switch.ledger import dispatch
     from switch.clock import SystemClock
     from switch.config import load_config
-    from switch.datadir import open_data_dir
+    from switch.cli.datadir import open_data_dir
     from switch.ledger import Ledger
 
     store = open_data_dir(str(data_dir))

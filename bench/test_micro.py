@@ -15,7 +15,7 @@ from switch.clock import SystemClock
 from switch.codec import ClientSession, ServerSession
 from switch.config import default_config
 from switch.core import _authorize, layout, reference
-from switch.datadir import open_data_dir
+from switch.cli.datadir import open_data_dir
 from switch.ledger import Ledger
 from switch.persistence.store import Store, txn_key
 

@@ -16,6 +16,7 @@ from switch import limits
 from switch.persistence.keys import txn_key
 
 SCHEMA_VERSION = 1
+STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
 
 # name -> what it holds (key -> value)
 DATABASES = {

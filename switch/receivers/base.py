@@ -23,8 +23,8 @@ from switch import limits
 from switch.ledger import schema
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
 from switch.persistence.dirlock import DirInUse, DirLock
-from switch.endpoints import explain, host_port_argument
-from switch.keyfile import KeyFileError, read_key_file
+from switch.config.endpoints import explain, host_port_argument
+from switch.config.keyfile import KeyFileError, read_key_file
 
 log = logging.getLogger("switch.receiver")
 

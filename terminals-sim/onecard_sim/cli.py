@@ -19,7 +19,7 @@ from onecard_sim.stats import summary_ms
 from onecard_sim.switchproc import SwitchProcess, SwitchStartError
 from onecard_sim.terminals import CardOffice, Meter, RechargeService, Till, WaterController
 from onecard_sim.wire import ConnectionLost
-from switch.endpoints import host_port_argument
+from switch.config.endpoints import host_port_argument
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -461,7 +461,7 @@ def main(argv=None) -> int:
             result["switch_exit"] = switch.terminate()
             if result["switch_exit"] != 0:
                 result["failures"].append(f"switch exit code {result['switch_exit']} on SIGTERM")
-        from switch.audit import audit
+        from switch.persistence.audit import audit
         audit_report = audit(data_dir)
         result["audit"] = {"sound": audit_report.sound, "summary": audit_report.summary(),
                            "records": audit_report.records, "accounts": audit_report.accounts}

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from switch import limits
-from switch.admin_cli import (UsageError, fen_to_yuan, import_requests, read_import_rows,
+from switch.cli.admin import (UsageError, fen_to_yuan, import_requests, read_import_rows,
                               yuan_to_fen)
 from tests.cli.helpers import one_line_error
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from switch.shell.client import Client
-from switch.datadir import read_admin_key
+from switch.cli.datadir import read_admin_key
 from tests.cli.helpers import one_line_error
 
 

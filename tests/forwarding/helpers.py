@@ -17,7 +17,7 @@ import lmdb
 import msgpack
 import trio
 
-from switch.destinations import Destination
+from switch.config.destinations import Destination
 
 from tests.paths import REPO_ROOT as REPO
 START_TIMEOUT_S = 20.0

@@ -6,7 +6,7 @@ import tomllib
 import pytest
 
 from switch.config import ConfigError
-from switch.destinations import JOURNAL_KINDS, parse_destinations
+from switch.config.destinations import JOURNAL_KINDS, parse_destinations
 from tests.paths import REPO_ROOT
 
 KEY_HEX = "ab" * 32

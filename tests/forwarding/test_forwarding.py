@@ -18,7 +18,7 @@ import trio
 
 from switch import limits
 from switch.codec import FrameDecoder, ServerSession
-from switch.datadir import read_admin_key
+from switch.cli.datadir import read_admin_key
 from switch.shell.forwarder import Forwarder, encode_position, position_key
 from switch.receivers.billing import BillingReceiver
 from tests.forwarding.helpers import (
@@ -580,7 +580,7 @@ key_file = "spec.key"
 def test_example_configuration_loads(tmp_path):
     """examples/switch-with-receivers.toml is a working file (once its key files exist)."""
     from switch.config import load_config
-    from switch.destinations import Destination
+    from switch.config.destinations import Destination
     example = REPO / "examples" / "switch-with-receivers.toml"
     copy = tmp_path / example.name
     shutil.copy(example, copy)

@@ -22,7 +22,7 @@ from switch import limits
 from switch.clock import FakeClock
 from switch.config import default_config
 from switch.core.codes import CODE_NAMES
-from switch.datadir import open_data_dir
+from switch.cli.datadir import open_data_dir
 from switch.ledger import Ledger, dispatch
 from switch.ledger.dorm import expire_due_holds
 from switch.ledger.effects import BlacklistPush, JournalAdvanced, PowerCutoff, Revocation

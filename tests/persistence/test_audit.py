@@ -2,9 +2,9 @@
 
 import msgpack
 
-from switch.audit import audit
+from switch.persistence.audit import audit
 from switch.core import layout
-from switch.datadir import open_data_dir
+from switch.cli.datadir import open_data_dir
 from switch.persistence.store import txn_key
 
 

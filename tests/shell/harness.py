@@ -8,7 +8,7 @@ from switch.shell.client import Client
 from switch.codec import ClientSession, FrameDecoder
 from switch.clock import FakeClock
 from switch.config import default_config
-from switch.datadir import open_data_dir, read_admin_key
+from switch.cli.datadir import open_data_dir, read_admin_key
 from switch.ledger import Ledger
 from switch.shell.server import Server
 from switch.shell.transport import open_listeners

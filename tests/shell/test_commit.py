@@ -3,7 +3,7 @@
 import trio
 
 from switch import limits
-from switch.audit import audit
+from switch.persistence.audit import audit
 from switch.config import default_config
 from tests.shell.harness import Switch
 

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from switch.ledger import dispatch, roles, schema
-from switch.audit import audit
+from switch.persistence.audit import audit
 from switch.codec import ServerSession
 from switch.core import layout
 from switch.ledger.effects import Revocation

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import trio
 
-from switch.audit import audit
+from switch.persistence.audit import audit
 from tests.shell.harness import Switch
 
 filesystem_size = "3m"

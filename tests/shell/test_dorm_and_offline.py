@@ -2,7 +2,7 @@
 
 import trio
 
-from switch.audit import audit
+from switch.persistence.audit import audit
 from switch.ledger.qr import qr_code
 from tests.shell.harness import Switch
 from tests.shell.test_card_lifecycle import _push

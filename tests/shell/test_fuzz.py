@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from switch import limits
 from switch.ledger import roles
-from switch.audit import audit
+from switch.persistence.audit import audit
 from switch.shell.metrics import FAILURE_PLACES
 from switch.codec import FrameDecoder
 from switch.codec.session import sign_body

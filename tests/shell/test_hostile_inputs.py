@@ -17,13 +17,13 @@ import pytest
 import trio
 
 from switch import limits
-from switch.audit import audit
+from switch.persistence.audit import audit
 from switch.shell.client import Client
 from switch.codec import ClientSession, FrameDecoder
 from switch.codec.session import sign_body
 from switch.config import default_config
-from switch.datadir import read_admin_key
-from switch.destinations import Destination
+from switch.cli.datadir import read_admin_key
+from switch.config.destinations import Destination
 from switch.ledger.dispatch import HANDLERS
 from switch.shell.metrics import FAILURE_PLACES
 from tests.shell import hostile

@@ -10,7 +10,7 @@ from switch import limits
 from switch.ledger import dispatch
 from switch.config import default_config
 from switch.core import codes, layout
-from switch.datadir import open_data_dir
+from switch.cli.datadir import open_data_dir
 from switch.ledger import Ledger
 from switch.ledger.payment_path import SchoolLimits, authorize_payment
 from switch.ledger.qr import qr_code

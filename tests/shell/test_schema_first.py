@@ -12,7 +12,7 @@ import trio
 from switch import limits
 from switch.codec import FrameDecoder, ServerSession
 from switch.codec.framing import decode_body, encode_frame, split_payload
-from switch.audit import audit
+from switch.persistence.audit import audit
 
 HOSTILE_WHO = ["", "x" * (limits.credential_id_chars_max + 1), "a\0b", "学生", " admin",
                "admin\n", 123, -1, None, b"admin", ["admin"], {"who": "admin"}, 1.5, True]

@@ -9,10 +9,10 @@ import re
 from dataclasses import dataclass
 
 from switch import limits
-from switch.ledger import schema
-from switch.config import ConfigError
-from switch.endpoints import parse_host_port
-from switch.keyfile import KeyFileError, parse_key_hex, read_key_file
+from switch.config.endpoints import parse_host_port
+from switch.config.errors import ConfigError
+from switch.config.keyfile import KeyFileError, parse_key_hex, read_key_file
+from switch.identifiers import is_credential_id
 
 # The journal record kinds of docs/PROTOCOL.md §6.1; a filter may name only these.
 JOURNAL_KINDS = frozenset({
@@ -77,7 +77,7 @@ def _parse_one(where: str, table: dict, base_dir: str | None) -> Destination:
     if len(who) > limits.credential_id_chars_max:
         raise ConfigError(f"{where}.credential: longer than "
                           f"{limits.credential_id_chars_max} characters")
-    if schema.credential_id(who) is schema.INVALID:
+    if not is_credential_id(who):
         raise ConfigError(f"{where}.credential: {who!r} is not 1..{limits.credential_id_chars_max}"
                           f" of A-Z a-z 0-9 . _ : @ - (a credential id)")
     key = _key(where, table, base_dir)

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field, fields, replace
 
 from switch import limits
 from switch.clock import LocalDays
+from switch.config.destinations import parse_destinations
+from switch.config.errors import ConfigError
 
 
-class ConfigError(Exception):
-    pass
 
 
 @dataclass
@@ -116,7 +116,6 @@ def load_config(path: str | None) -> Config:
                 raise ConfigError("schools: must be a table of school tables")
             config.schools = {code: _school(code, table) for code, table in value.items()}
         elif key == "destinations":
-            from switch.destinations import parse_destinations  # it raises our ConfigError
             if not isinstance(value, list):
                 raise ConfigError("destinations: use [[destinations]] tables")
             config.destinations = parse_destinations(value, base_dir=os.path.dirname(

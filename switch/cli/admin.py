@@ -29,9 +29,9 @@ from switch import limits
 from switch.shell.client import Client, SwitchError
 from switch.codec import ProtocolError
 from switch.codec.framing import encode_body
-from switch.datadir import is_data_dir, read_admin_key
-from switch.endpoints import explain, host_port_argument
-from switch.keyfile import KeyFileError, claim_key_file, read_key_file, write_key
+from switch.cli.datadir import is_data_dir, read_admin_key
+from switch.config.endpoints import explain, host_port_argument
+from switch.config.keyfile import KeyFileError, claim_key_file, read_key_file, write_key
 
 import_pipeline_depth = 64      # requests in flight while importing (the switch's cap)
 import_rows_max = 1_000_000

@@ -14,7 +14,7 @@ import msgpack
 
 from switch import limits
 from switch.core import layout
-from switch.datadir import STORE_DIR
+from switch.persistence.store import STORE_DIR
 
 
 

@@ -20,9 +20,9 @@ import urllib.request
 
 import trio
 
-from switch.audit import audit
+from switch.persistence.audit import audit
 from switch.shell.client import Client
-from switch.datadir import read_admin_key
+from switch.cli.datadir import read_admin_key
 
 ready_timeout_s = 15
 

@@ -6,13 +6,12 @@ import shutil
 
 from switch import limits
 from switch.persistence.dirlock import LOCK_FILE, DirLock
-from switch.keyfile import read_key_file, write_key_file_atomically
+from switch.config.keyfile import read_key_file, write_key_file_atomically
 from switch.ledger import Credential
-from switch.persistence.store import Store
+from switch.persistence.store import STORE_DIR, Store
 
 ADMIN_WHO = "admin"
 ADMIN_KEY_FILE = "admin.key"
-STORE_DIR = "lmdb"
 
 
 class DataDirError(Exception):
