@@ -49,6 +49,9 @@ balance_fen_max = 2**62            # far above any real balance; guards int64 ov
 qr_step_s = 30                     # a code names its 30-second step; the step before and after pass
 qr_nonce_chars = 8
 qr_tag_chars = 20
+qr_secret_size_bytes = 32          # a virtual card's secret (switch-side only)
+qr_prune_keys_max = 10_000         # used-code records forgotten per housekeeping pass
+holds_expired_per_pass_max = 5_000 # holds a housekeeping pass releases at most
 
 # --- Retention and windows (docs/PROTOCOL.md §4.4, §4.8-4.10, §4.14) ---
 idempotency_retention_s = 7 * 24 * 3600

@@ -7,7 +7,7 @@ import shutil
 from switch import limits
 from switch.persistence.dirlock import LOCK_FILE, DirLock
 from switch.config.keyfile import read_key_file, write_key_file_atomically
-from switch.ledger import Credential
+from switch.ledger.state import Credential, has_credential, write_first_credential
 from switch.persistence.store import STORE_DIR, Store
 
 ADMIN_WHO = "admin"
@@ -26,13 +26,12 @@ def open_data_dir(path: str) -> Store:
     """Open (and if new, initialise) the data dir; returns the store. The caller owns it."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     store = Store(os.path.join(path, STORE_DIR))
-    if store.get("credentials", ADMIN_WHO.encode()) is None:
+    if not has_credential(store, ADMIN_WHO):
         # The key file first, then the credential: a crash in between leaves an orphan key
         # file that the next start overwrites.
         key = os.urandom(limits.credential_key_size_bytes)
         write_key_file_atomically(os.path.join(path, ADMIN_KEY_FILE), key)
-        store.write_now("credentials", ADMIN_WHO.encode(),
-                        Credential(who=ADMIN_WHO, key=key, role="admin").to_bytes())
+        write_first_credential(store, Credential(who=ADMIN_WHO, key=key, role="admin"))
     return store
 
 

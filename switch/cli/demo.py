@@ -230,18 +230,9 @@ def _plots(report: dict, out: pathlib.Path) -> list[pathlib.Path]:
 
 def _journal_sales_fen(data: str) -> int:
     """What the billing receiver must total: sales less their reversals, from the journal."""
-    import lmdb
-    import msgpack
-    env = lmdb.open(os.path.join(data, "lmdb"), readonly=True, lock=True, max_dbs=32)
-    total = 0
-    journal = env.open_db(b"journal", create=False)
-    with env.begin() as txn:
-        for _, value in txn.cursor(db=journal):
-            record = msgpack.unpackb(value, raw=False)
-            if record["kind"] in ("debit", "qr_debit", "complete", "offline", "reverse"):
-                total -= record["amount"]
-    env.close()
-    return total
+    from switch.persistence.audit import journal_records
+    return -sum(record["amount"] for record in journal_records(data)
+                if record["kind"] in ("debit", "qr_debit", "complete", "offline", "reverse"))
 
 
 def run_demo(data: str | None = None) -> int:

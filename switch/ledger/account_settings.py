@@ -5,11 +5,10 @@ These are state, not journal (docs/PROTOCOL.md §6.1): no `txn` in their replies
 
 import os
 
-from switch import core
+from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _effective_limits, account_of
 
-qr_secret_size_bytes = 32
 
 
 def set_limits(ledger, credential, values):
@@ -82,8 +81,8 @@ def virtual_card(ledger, credential, values):
     code = core.enable_virtual_card(record)
     if code:
         return _decline("virtual_card", code)
-    secret = os.urandom(qr_secret_size_bytes)  # a new secret voids every code of the old one
-    ledger.store.put("qr_secrets", account_id.encode(), secret)
+    secret = os.urandom(limits.qr_secret_size_bytes)  # a new secret voids every code of the old one
+    ledger.save_qr_secret(account_id, secret)
     ledger.save_account(account_id, record)
     return {"t": "virtual_card", "code": "ok", "qr_secret": secret}
 

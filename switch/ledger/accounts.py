@@ -154,17 +154,13 @@ def history(ledger, credential, values):
     limit = values.get("limit", limits.history_limit_default)
     if limit > limits.history_limit_max:
         return _decline("history", codes.BAD_REQUEST)
-    prefix = account_id.encode() + b"\0"
-    before = values.get("before")
-    start = None if before is None else prefix + before.to_bytes(8, "big")
     items = []
     more = False
-    for key, _ in ledger.store.committed_items("account_journal", prefix, reverse=True,
-                                               start=start):
+    for txn in ledger.account_txns_before(account_id, values.get("before")):
         if len(items) == limit:
             more = True
             break
-        entry = ledger.journal_record(int.from_bytes(key[len(prefix):], "big"))
+        entry = ledger.journal_record(txn)
         items.append({"txn": entry["txn"], "at": entry["at"], "kind": entry["kind"],
                       "amount": entry["amount"], "balance": entry["balance"],
                       "who": entry["who"], "merchant": entry["merchant"]})

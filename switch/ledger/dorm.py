@@ -9,14 +9,13 @@ restores it (see handlers.credit).
 
 import msgpack
 
-from switch import core, identifiers
+from switch import core, identifiers, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money, account_of
 from switch.ledger.effects import PowerCutoff
 from switch.ledger.payment_path import pay
 from switch.ledger.payments import check_qr
 
-holds_expired_per_pass_max = 5_000
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 
@@ -54,7 +53,7 @@ def hold(ledger, credential, values):
     if code:
         return _decline("hold", code)
     if used_key is not None:
-        ledger.store.put("qr_used", used_key, b"")
+        ledger.mark_qr_code_used(used_key)
     balance, available = _money(record)
     txn = ledger.append_journal("hold", account_id, school.code, 0, balance, credential,
                                 values["id"], held=amount)
@@ -136,14 +135,8 @@ def expire_hold(ledger, hold_id: str, held: dict) -> int:
 
 def expire_due_holds(ledger) -> int:
     """Release every open hold past its timeout (housekeeping)."""
-    now = ledger.clock.now_ms().to_bytes(8, "big")
-    due = []
-    for key, _ in ledger.store.committed_items("hold_expiry"):
-        if key[:8] > now or len(due) >= holds_expired_per_pass_max:
-            break
-        due.append(key[8:].decode())
     expired = 0
-    for hold_id in due:
+    for hold_id in ledger.holds.due(ledger.clock.now_ms(), limits.holds_expired_per_pass_max):
         held = ledger.holds.get(hold_id)
         if held is not None and held["state"] == "open":  # may have closed in the overlay
             expire_hold(ledger, hold_id, held)

@@ -9,7 +9,6 @@ whose memory was pruned.
 
 import hmac
 
-import msgpack
 
 from switch import core, limits
 from switch.core import codes, layout
@@ -19,18 +18,11 @@ from switch.ledger.qr import parse_qr, qr_tag
 
 REVERSIBLE = frozenset({"debit", "qr_debit", "complete"})
 TOMBSTONE = "reverse_tombstone"   # idempotency type of an id reversed before it was seen
-qr_prune_keys_max = 10_000        # used-code records deleted per housekeeping pass
 
-_pack = msgpack.Packer(use_bin_type=True).pack
 
 
 def _used_key(step: int, account_id: str, nonce: str) -> bytes:
     return step.to_bytes(8, "big") + account_id.encode() + b"." + nonce.encode()
-
-
-def qr_floor_step(ledger) -> int:
-    data = ledger.store.get("meta", b"qr_floor_step")
-    return 0 if data is None else int(data)
 
 
 def check_qr(ledger, code_text, now_ms: int):
@@ -44,14 +36,14 @@ def check_qr(ledger, code_text, now_ms: int):
         return codes.QR_INVALID, None, None, None
     if not layout.get(record, layout.QR_ENABLED):
         return codes.VIRTUAL_CARD_OFF, None, None, None
-    secret = ledger.store.get("qr_secrets", account_id.encode())
+    secret = ledger.qr_secret(account_id)
     if not hmac.compare_digest(qr_tag(secret, account_id, step, nonce), tag):
         return codes.QR_INVALID, None, None, None
     now_step = now_ms // 1000 // limits.qr_step_s
-    if abs(step - now_step) > 1 or step < qr_floor_step(ledger):
+    if abs(step - now_step) > 1 or step < ledger.qr_floor_step():
         return codes.QR_EXPIRED, None, None, None
     used_key = _used_key(step, account_id, nonce)
-    if ledger.store.get("qr_used", used_key) is not None:
+    if ledger.qr_code_used(used_key):
         return codes.QR_USED, None, None, None
     return codes.OK, account_id, record, used_key
 
@@ -70,7 +62,7 @@ def qr_debit(ledger, credential, values):
                        amount=amount, pin=None, pin_checked=False, hold=False, now_ms=now_ms)
     if code:
         return _decline("qr_debit", code)
-    ledger.store.put("qr_used", used_key, b"")
+    ledger.mark_qr_code_used(used_key)
     balance, available = _money(record)
     txn = ledger.append_journal("qr_debit", account_id, school.code, -amount, balance, credential,
                                 values["id"])
@@ -82,33 +74,18 @@ def qr_debit(ledger, credential, values):
 def prune_used_qr(ledger) -> int:
     """Forget used codes whose step can no longer be accepted; raise the floor to match."""
     now_step = ledger.clock.now_ms() // 1000 // limits.qr_step_s
-    floor = qr_floor_step(ledger)
     new_floor = now_step - 1
-    if new_floor <= floor:
+    if new_floor <= ledger.qr_floor_step():
         return 0
-    limit = new_floor.to_bytes(8, "big")
-    pruned = 0
-    for key, _ in ledger.store.committed_items("qr_used"):
-        if key[:8] >= limit or pruned >= qr_prune_keys_max:
-            break
-        ledger.store.delete("qr_used", key)
-        pruned += 1
-    if pruned < qr_prune_keys_max:
-        ledger.store.put("meta", b"qr_floor_step", str(new_floor).encode())
-    return pruned
+    return ledger.forget_used_qr_codes_below(new_floor, limits.qr_prune_keys_max)
 
 
 # ---------------------------------------------------------------- reversals
-def _reversal_key(who: str, target) -> bytes:
-    return who.encode() + b"\0" + _pack(target)
-
-
 def reverse(ledger, credential, values):
     target = values["target"]
-    key = _reversal_key(credential.who, target)
-    first = ledger.store.get("reversals", key)
+    first = ledger.first_reversal(credential.who, target)
     if first is not None:  # a second reverse of the same target, under a new id
-        return {**msgpack.unpackb(first, raw=False), "replay": True}
+        return {**first, "replay": True}
     seen = ledger.recall(credential.who, target)
     if seen is None:
         # Never seen: leave a tombstone so the original, if it comes, moves no money.
@@ -126,7 +103,7 @@ def reverse(ledger, credential, values):
             if now_ms - record["at"] > ledger.config.reversal_window_s * 1000:
                 # Kept as the first reverse's reply: a later one replays it (§4.9).
                 reply = _decline("reverse", codes.REVERSE_WINDOW)
-                ledger.store.put("reversals", key, _pack(reply))
+                ledger.save_first_reversal(credential.who, target, reply)
                 return reply
             account_id = record["account"]
             account = ledger.account(account_id)
@@ -139,7 +116,7 @@ def reverse(ledger, credential, values):
                                         credential, values["id"], target=record["txn"])
             ledger.count_for_settlement(credential.who, school, record["at"], -amount, count=-1)
             reply = {"t": "reverse", "code": "ok", "txn": txn, "balance": balance}
-    ledger.store.put("reversals", key, _pack(reply))
+    ledger.save_first_reversal(credential.who, target, reply)
     return reply
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import lmdb
 
 from switch import limits
-from switch.persistence.keys import txn_key
+from switch.persistence.keys import decode_position, encode_position, position_key, txn_key
 
 SCHEMA_VERSION = 1
 STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
@@ -280,6 +280,13 @@ class Store:
                     delete(key, db=dbs[db])
                 else:
                     put(key, value, db=dbs[db])
+
+    def forward_position(self, destination: str) -> int:
+        """The last txn `destination` acknowledged (0: none), as the overlay sees it."""
+        return decode_position(self.get("meta", position_key(destination)))
+
+    def save_forward_position(self, destination: str, txn: int) -> None:
+        self.put("meta", position_key(destination), encode_position(txn))
 
     def commit_now(self) -> int:
         """Commit the open batch here and now, on this thread (outside the switch's group

@@ -15,30 +15,13 @@ import msgpack
 import trio
 
 from switch import limits
+from switch.persistence.keys import decode_position, encode_position, position_key  # noqa: F401
 from switch.codec import ClientSession, FrameDecoder, ProtocolError
 
 log = logging.getLogger("switch.forward")
 
-POSITION_PREFIX = b"forward:"
 _pack = msgpack.Packer(use_bin_type=True).pack
 _CONNECTION_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-def position_key(name: str) -> bytes:
-    return POSITION_PREFIX + name.encode()
-
-
-def decode_position(value: bytes | None) -> int:
-    """The stored acknowledged position: 8 bytes big-endian (decimal text also read)."""
-    if value is None:
-        return 0
-    if len(value) == 8:
-        return int.from_bytes(value, "big")
-    return int(value.decode("ascii"))
-
-
-def encode_position(txn: int) -> bytes:
-    return txn.to_bytes(8, "big")
 
 
 class ForwardError(Exception):
@@ -91,7 +74,7 @@ class Forwarder:
         self.committer = committer
         self.metrics = metrics
         self.name = destination.name
-        self.acked = decode_position(store.get("meta", position_key(self.name)))
+        self.acked = store.forward_position(self.name)
         self.backoff_initial_s = limits.forward_backoff_initial_s
         self.backoff_max_s = limits.forward_backoff_max_s
         self.frames_acknowledged = 0
@@ -127,7 +110,7 @@ class Forwarder:
             self._count_error("rewind")
         if upto != self.acked:
             self.acked = upto
-            self.store.put("meta", position_key(self.name), encode_position(upto))
+            self.store.save_forward_position(self.name, upto)
             self._position_unkicked = True
             self._kick_if_due()
         self._update_lag()

@@ -10,9 +10,9 @@ import msgpack
 
 from switch import limits
 from switch.core import layout
-from switch.ledger.blacklist import Blacklist
+from switch.ledger.state.blacklist import Blacklist
 from switch.ledger.effects import BlacklistPush, JournalAdvanced
-from switch.ledger.holds import Holds
+from switch.ledger.state.holds import Holds
 from switch.ledger.payment_path import SchoolLimits
 from switch.persistence.keys import txn_key
 
@@ -248,3 +248,62 @@ class Ledger:
                 forgotten += 1
             self.store.delete("idempotency_expiry", index_key)
         return forgotten
+
+    # ----------------------------------------------------------- history of one account
+    def account_txns_before(self, account_id: str, before_txn: int | None):
+        """The account's committed txns, newest first, below `before_txn` when given."""
+        prefix = account_id.encode() + b"\0"
+        start = None if before_txn is None else prefix + txn_key(before_txn)
+        for key, _ in self.store.committed_items("account_journal", prefix, reverse=True,
+                                                 start=start):
+            yield int.from_bytes(key[len(prefix):], "big")
+
+    # ----------------------------------------------------------- QR codes
+    def qr_secret(self, account_id: str) -> bytes | None:
+        return self.store.get("qr_secrets", account_id.encode())
+
+    def save_qr_secret(self, account_id: str, secret: bytes) -> None:
+        self.store.put("qr_secrets", account_id.encode(), secret)
+
+    def qr_code_used(self, used_key: bytes) -> bool:
+        return self.store.get("qr_used", used_key) is not None
+
+    def mark_qr_code_used(self, used_key: bytes) -> None:
+        self.store.put("qr_used", used_key, b"")
+
+    def qr_floor_step(self) -> int:
+        """Codes of a step below this are expired whatever the clock says."""
+        data = self.store.get("meta", b"qr_floor_step")
+        return 0 if data is None else int(data)
+
+    def forget_used_qr_codes_below(self, step: int, count_max: int) -> int:
+        """Forget up to `count_max` used codes of steps below `step`; when none is left,
+        raise the floor to `step`. Returns how many were forgotten."""
+        limit = step.to_bytes(8, "big")
+        forgotten = 0
+        for key, _ in self.store.committed_items("qr_used"):
+            if key[:8] >= limit or forgotten >= count_max:
+                break
+            self.store.delete("qr_used", key)
+            forgotten += 1
+        if forgotten < count_max:
+            self.store.put("meta", b"qr_floor_step", str(step).encode())
+        return forgotten
+
+    # ----------------------------------------------------------- reversals
+    def first_reversal(self, who: str, target) -> dict | None:
+        """The reply to the first reverse of `target` by `who`, or None."""
+        data = self.store.get("reversals", who.encode() + b"\0" + _pack(target))
+        return None if data is None else unpack(data)
+
+    def save_first_reversal(self, who: str, target, reply: dict) -> None:
+        self.store.put("reversals", who.encode() + b"\0" + _pack(target), _pack(reply))
+
+
+def has_credential(store, who: str) -> bool:
+    return store.get("credentials", who.encode()) is not None
+
+
+def write_first_credential(store, credential: Credential) -> None:
+    """A data dir's first credential (the admin), written at once, before any Ledger."""
+    store.write_now("credentials", credential.who.encode(), credential.to_bytes())

@@ -42,3 +42,13 @@ class Holds:
         self.store.put("holds", hold_id.encode(), _pack(hold))
         self.store.delete("hold_expiry", _expiry_key(hold["expires"], hold_id))
         self.open_count -= 1
+
+    def due(self, now_ms: int, count_max: int) -> list[str]:
+        """Ids of up to `count_max` committed open holds whose time ran out by `now_ms`."""
+        now = now_ms.to_bytes(8, "big")
+        due = []
+        for key, _ in self.store.committed_items("hold_expiry"):
+            if key[:8] > now or len(due) >= count_max:
+                break
+            due.append(key[8:].decode())
+        return due
