@@ -60,6 +60,10 @@ reversal_window_s = 24 * 3600
 hold_timeout_s = 30 * 60
 offline_window_s = 7 * 24 * 3600
 offline_records_max = 500
+# An upload whose reply could outgrow a frame is refused before anything is applied: a result
+# is its record's id plus at most this (keys, the longest code, txn, balance, flag, replay).
+offline_result_bytes_max = 96
+reply_envelope_bytes_max = 64      # t, code, re and the results' header around them
 offline_future_s = 5 * 60          # an offline tap this far ahead of our clock is refused
 history_limit_default = 50
 history_limit_max = 200

@@ -8,6 +8,8 @@ and its cards go on the blacklist.
 
 from datetime import date
 
+import msgpack
+
 from switch import core, limits
 from switch.ledger import schema
 from switch.ledger.card_office import record_standing
@@ -16,6 +18,8 @@ from switch.ledger.accounts import _decline, _money
 
 _FIELDS = ("id", "card", "amount", "at")
 _NOT_REMEMBERED = frozenset({"bad_request", "bad_amount"})
+
+_pack = msgpack.Packer(use_bin_type=True).pack
 
 
 def _result(record_id, code, **fields) -> dict:
@@ -26,8 +30,24 @@ def offline(ledger, credential, values):
     records = values["records"]
     if type(records) is not list or not 1 <= len(records) <= limits.offline_records_max:
         return _decline("offline", codes.BAD_REQUEST)
+    if _reply_bytes_worst(records) > limits.frame_size_bytes_max - limits.tag_size_bytes:
+        # Refused before anything is applied: a reply that could not be sent must never
+        # stand for records that moved money.
+        return _decline("offline", codes.BAD_REQUEST)
     return {"t": "offline", "code": "ok",
             "results": [_apply_record(ledger, credential, item) for item in records]}
+
+
+def _reply_bytes_worst(records: list) -> int:
+    """The most the reply to `records` can take: each result echoes its record's id (nil
+    when it is not a valid id) and adds at most `offline_result_bytes_max` of its own."""
+    total = limits.reply_envelope_bytes_max
+    for item in records:
+        record_id = item.get("id") if type(item) is dict else None
+        if schema.request_id(record_id) is schema.INVALID:
+            record_id = None
+        total += len(_pack(record_id)) + limits.offline_result_bytes_max
+    return total
 
 
 def _apply_record(ledger, credential, item) -> dict:

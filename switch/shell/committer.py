@@ -26,7 +26,11 @@ class Committer:
         # batch_done(effects, replies): the server acts on a durable batch's effects and
         # answers its replies ((connection, reply, started_s) each); a failed batch has none.
         self._batch_done = batch_done
-        self._open: list = []           # (connection, reply, started_s) awaiting the next commit
+        self._held = None             # the replies of the batch being committed
+        self._held_durable = False    # whether that batch reached the disk
+        # (connection, reply, started_s, reply_bytes) awaiting the next commit; reply_bytes is
+        # what the connection reserved for the reply, released with whatever reply goes out.
+        self._open: list = []
         self._wake = trio.Event()
         self._idle = trio.lowlevel.ParkingLot()
         # Forwarders park here and wake when a commit makes new journal records readable.
@@ -35,8 +39,8 @@ class Committer:
         self.commits = 0
 
     # ------------------------------------------------------------- event loop side
-    def add(self, connection, reply: dict, started_s: float) -> None:
-        self._open.append((connection, reply, started_s))
+    def add(self, connection, reply: dict, started_s: float, reply_bytes: int) -> None:
+        self._open.append((connection, reply, started_s, reply_bytes))
         self._wake.set()
 
     def kick(self) -> None:
@@ -71,16 +75,18 @@ class Committer:
             try:
                 await self._commit_open_batch()
             except Exception:
-                # A fault of ours around a commit: it is logged and counted, and the
-                # committer goes on, since every till waits on it.
+                # A fault of ours around a commit: it is logged and counted, every request
+                # it held is still answered, and the committer goes on: every till waits on it.
                 failures.failed("committer_failed")
                 self.metrics.failures.labels("commit").inc()
+                self._recover()
                 await trio.sleep(limits.task_restart_delay_s)
             busy = bool(self._open)
 
     async def _commit_open_batch(self) -> None:
         self.metrics.commit_queue.set(len(self._open))
         replies, self._open = self._open, []
+        self._held, self._held_durable = replies, False
         effects = self.ledger.take_effects()
         batch = self.store.seal()
         if batch.writes:
@@ -100,6 +106,7 @@ class Committer:
                 return
             finally:
                 self.committing = False
+            self._held_durable = True
             self.store.committed(batch)
             self.metrics.commit_duration.observe(time.perf_counter() - started)
             self.metrics.journal_txn.set(batch.last_txn)
@@ -111,7 +118,24 @@ class Committer:
                 failures.failed("map_check_failed", batch=batch.number)
                 self.metrics.failures.labels("commit").inc()
         self.metrics.commit_batch_size.observe(len(replies))
+        self._held = None
         self._batch_done(effects, replies)
+
+    def _recover(self) -> None:
+        """After a fault around a commit: answer what it held, truthfully. Written to disk:
+        the replies as they are (the money moved); else `internal`, and nothing stays."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        if self._held_durable:
+            self.store.committed_after_fault()
+            self._batch_done([], held)
+            return
+        self._fail(held + self._open)
+        self._open = []
+        self.ledger.take_effects()
+        self.store.discard_uncommitted()
+        self.ledger.forget_cached()
 
     async def _write(self, batch) -> None:
         for _ in range(limits.commit_retries_map_full_max):
@@ -126,8 +150,8 @@ class Committer:
 
     def _fail(self, replies) -> None:
         self._batch_done([], [(connection, {"t": reply.get("t"), "re": reply.get("re"),
-                                            "code": "internal"}, started_s)
-                              for connection, reply, started_s in replies])
+                                            "code": "internal"}, started_s, reply_bytes)
+                              for connection, reply, started_s, reply_bytes in replies])
 
     def _check_map(self) -> None:
         used, size = self.store.map_usage()

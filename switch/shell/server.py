@@ -67,12 +67,12 @@ class Connection:
         self.closed = False
 
     # ------------------------------------------------------------ called by others
-    def send_reply(self, reply: dict, seconds: float) -> None:
-        """Queue a reply (the committer calls `flush` once per batch and connection)."""
+    def send_reply(self, reply: dict, seconds: float, reply_bytes: int) -> None:
+        """Queue a reply (the server flushes once per batch and connection); `reply_bytes`
+        is what was reserved for it when it was executed."""
         self.in_flight -= 1
-        size = reply_size(reply)
-        self.reply_bytes -= size
-        self.server.release_reply_bytes(size)
+        self.reply_bytes -= reply_bytes
+        self.server.release_reply_bytes(reply_bytes)
         self.server.metrics.observe_reply(reply["t"], reply["code"], seconds)
         # Replies go out before the error frame that ends a session, never after it.
         if not self.closed and not self._error_queued:
@@ -272,6 +272,8 @@ class Connection:
                         await self._capacity.park()
                     else:
                         await server.reply_room.park()
+                    if frame_started is not None:
+                        frame_started = current_time()  # the time we did not read is ours
                     continue
                 if self.closed:
                     return
@@ -323,7 +325,7 @@ class Connection:
             self.reply_bytes += size
             server.reply_bytes += size
             self.in_flight += 1
-            committer.add(self, reply, started)
+            committer.add(self, reply, started, size)
         if shed:
             self.flush()
 
@@ -449,6 +451,8 @@ class Server:
         """A batch is durable (or failed, with no effects): act on what the ledger asked for,
         then answer. A fault in one effect or one connection stays there."""
         for effect in effects:
+            if type(effect) is Revocation:
+                continue  # after the replies, below
             try:
                 self._act(effect)
             except Exception:
@@ -456,9 +460,9 @@ class Server:
                 self.metrics.failures.labels("effect").inc()
         now = time.perf_counter()
         touched = set()
-        for connection, reply, started_s in replies:
+        for connection, reply, started_s, reply_bytes in replies:
             try:
-                connection.send_reply(reply, now - started_s)
+                connection.send_reply(reply, now - started_s, reply_bytes)
             except Exception:
                 self._delivery_failed(connection)
             touched.add(connection)
@@ -468,14 +472,21 @@ class Server:
                 connection.flush()
             except Exception:
                 self._delivery_failed(connection)
+        # Revocations last: a request committed with its credential's revocation is
+        # answered before the session closes.
+        for effect in effects:
+            if type(effect) is Revocation:
+                try:
+                    self._revoke_sessions(effect.who)
+                except Exception:
+                    failures.failed("effect_failed", effect="Revocation")
+                    self.metrics.failures.labels("effect").inc()
 
     def _act(self, effect) -> None:
         if type(effect) is JournalAdvanced:
             self.committer.journal_advanced.unpark_all()
         elif type(effect) is BlacklistPush:
             self._push_blacklist(effect.school, effect.message)
-        elif type(effect) is Revocation:
-            self._revoke_sessions(effect.who)
         elif type(effect) is PowerCutoff:
             self._cutoff(effect.school, effect.account, effect.balance)
         else:
@@ -580,7 +591,10 @@ class Server:
                 sock = await accept(listener)
             except OSError as error:
                 if error.errno not in _ACCEPT_RESOURCE_ERRORS:
-                    raise
+                    # One connection's trouble (aborted before accept, a firewall's EPERM,
+                    # EPROTO): skip it, as trio.serve_listeners does.
+                    log.info("event=accept_skipped error=%r", str(error))
+                    continue
                 # Out of file descriptors or memory: existing sessions keep working;
                 # new ones wait, as trio.serve_listeners does.
                 log.error("event=accept_failed error=%r pause_ms=%.0f", str(error), limits.accept_pause_s * 1000)
