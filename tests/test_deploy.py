@@ -1,0 +1,244 @@
+"""The systemd units in deploy/ start what they say: systemd accepts them, their command lines
+are ones the switch's and the receivers' own argument parsers take, they agree with the
+example configuration the README tells an operator to install, and the programs run under
+the memory hardening the units impose."""
+
+import ctypes
+import importlib
+import pathlib
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import tomllib
+
+import pytest
+import trio
+
+from switch import limits
+from switch.datadir import read_admin_key
+from switch.shell.client import Client
+from tests.paths import REPO_ROOT
+
+DEPLOY = REPO_ROOT / "deploy"
+SWITCH_UNIT = "campus-switch.service"
+RECEIVER_UNITS = {"billing": "campus-billing-receiver.service",
+                  "utility": "campus-utility-receiver.service"}
+UNITS = [SWITCH_UNIT, *RECEIVER_UNITS.values()]
+# Where README.md "Operations" installs the checkout; every unit runs its venv's python.
+INSTALLED_PYTHON = "/opt/campus-switch/.venv/bin/python"
+# README.md "Operations" installs this example as /etc/campus-switch/switch.toml.
+EXAMPLE_CONFIG = REPO_ROOT / "examples" / "switch-with-receivers.toml"
+
+
+def unit_settings(name: str) -> dict[str, dict[str, list[str]]]:
+    """A unit file's settings per section; a key given twice keeps both values, in order
+    (systemd's own rule for ExecStart=, SystemCallFilter= and the like)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    pending = ""
+    for raw in (DEPLOY / name).read_text().splitlines():
+        line = pending + raw.strip()
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key.strip(), []).append(value.strip())
+    assert not pending, f"{name} ends in a continuation line"
+    return sections
+
+
+def service(name: str) -> dict[str, list[str]]:
+    return unit_settings(name)["Service"]
+
+
+def exec_start(name: str) -> tuple[str, list[str]]:
+    """The module a unit runs with `python -m` and the arguments it gives it."""
+    (command,) = service(name)["ExecStart"]
+    argv = shlex.split(command)
+    assert argv[0] == INSTALLED_PYTHON and argv[1] == "-m", argv
+    return argv[2], argv[3:]
+
+
+def switch_parser():
+    """The switch's own argument parser, wherever the command line lives now."""
+    for module_name in ("switch.__main__", "switch.cli"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            continue
+        if hasattr(module, "_parser"):
+            return module._parser()
+    raise AssertionError("no _parser in switch.__main__ or switch.cli")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_systemd_accepts_every_unit_without_a_warning(tmp_path):
+    # verify insists the command exists: point it at this checkout's python, nothing else changed.
+    for name in UNITS:
+        text = (DEPLOY / name).read_text()
+        assert INSTALLED_PYTHON in text
+        (tmp_path / name).write_text(text.replace(INSTALLED_PYTHON, sys.executable))
+    result = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in UNITS)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    # An unknown or misspelt key is only a warning to systemd: we hold it to be an error.
+    about_ours = [line for line in result.stderr.splitlines()
+                  if any(name in line for name in UNITS)]
+    assert about_ours == [], result.stderr
+
+
+def test_the_switch_unit_runs_serve_with_options_its_parser_takes():
+    module, arguments = exec_start(SWITCH_UNIT)
+    assert module == "switch"
+    args = switch_parser().parse_args(arguments)
+    assert args.command == "serve"
+    # The data dir lives in the unit's state directory and --init is left to the operator, so
+    # a lost volume is refused rather than replaced by an empty switch with a new admin key.
+    (state_directory,) = service(SWITCH_UNIT)["StateDirectory"]
+    assert pathlib.PurePath(args.data).parent == pathlib.PurePath("/var/lib", state_directory)
+    assert not args.init
+    assert args.config == "/etc/campus-switch/switch.toml"
+    assert args.metrics is not None
+
+
+@pytest.mark.parametrize("name", sorted(RECEIVER_UNITS))
+def test_each_receiver_unit_runs_its_receiver_with_options_its_parser_takes(name, monkeypatch):
+    unit = RECEIVER_UNITS[name]
+    module_name, arguments = exec_start(unit)
+    assert module_name == f"switch.receivers.{name}"
+    module = importlib.import_module(module_name)
+    parsed = []
+    # main() parses (an option it does not take exits 2) and then serves: stop it there.
+    monkeypatch.setattr(module, "run_main", lambda make_receiver, args: parsed.append(args) or 0)
+    assert module.main(arguments) == 0
+    (args,) = parsed
+    (state_directory,) = service(unit)["StateDirectory"]
+    assert args.state == f"/var/lib/{state_directory}"
+    assert args.key_file.startswith("/etc/campus-switch/")
+    # The switch's configuration reaches this receiver: its address and credential.
+    destinations = {table["name"]: table
+                    for table in tomllib.loads(EXAMPLE_CONFIG.read_text())["destinations"]}
+    assert destinations[name]["credential"] == args.credential
+    assert destinations[name]["address"] == "%s:%d" % args.listen
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_each_unit_restarts_after_a_crash_but_not_after_an_operators_mistake(name):
+    settings = service(name)
+    assert settings["Restart"] == ["on-failure"]
+    # Exit 2 is a mistake (a port in use, a bad configuration or key): it would fail again.
+    assert settings["RestartPreventExitStatus"] == ["2"]
+    assert settings["KillSignal"] == ["SIGTERM"]
+
+
+def test_the_switch_gets_its_drain_and_its_connections():
+    settings = service(SWITCH_UNIT)
+    (stop,) = settings["TimeoutStopSec"]
+    assert stop.endswith("s") and float(stop[:-1]) > limits.drain_timeout_s
+    (files,) = settings["LimitNOFILE"]
+    assert int(files) > limits.connections_max
+
+
+def _mdwe_supported() -> bool:
+    """Whether this kernel refuses memory that is made writable and executable on request
+    (PR_SET_MDWE, Linux 6.3): what systemd's MemoryDenyWriteExecute= enforces."""
+    probe = ("import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); "
+             "sys.exit(0 if libc.prctl(65, 1, 0, 0, 0) == 0 else 1)")
+    return sys.platform == "linux" and subprocess.run([sys.executable, "-c", probe]).returncode == 0
+
+
+# Refuse writable+executable memory for this process and its children, then run the module as
+# `python -m` would.
+_UNDER_MDWE = textwrap.dedent("""
+    import ctypes, runpy, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(65, 1, 0, 0, 0) != 0:
+        sys.exit("PR_SET_MDWE refused: errno %d" % ctypes.get_errno())
+    module = sys.argv[1]
+    sys.argv = [module] + sys.argv[2:]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+""")
+
+
+def _start_under_mdwe(module: str, *arguments: str, last_line: str = "listening on"
+                      ) -> tuple[subprocess.Popen, list[str]]:
+    """The module started under MDWE, and its stdout up to the line starting `last_line`."""
+    process = subprocess.Popen([sys.executable, "-c", _UNDER_MDWE, module, *arguments],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line.strip())
+        if line.startswith(last_line):
+            return process, lines
+    process.wait(timeout=30)
+    raise AssertionError(f"{module} did not start under MDWE: {process.stderr.read()}")
+
+
+def _stop(process: subprocess.Popen) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    return process.returncode, stderr
+
+
+def _port(lines: list[str], prefix: str) -> int:
+    (line,) = [line for line in lines if line.startswith(prefix)]
+    return int(line.rsplit(":", 1)[1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _mdwe_supported(), reason="this kernel has no PR_SET_MDWE")
+@pytest.mark.parametrize("name", sorted(RECEIVER_UNITS))
+def test_a_receiver_serves_and_stops_with_memory_deny_write_execute(tmp_path, name):
+    assert service(RECEIVER_UNITS[name])["MemoryDenyWriteExecute"] == ["yes"]
+    key_file = tmp_path / "key"
+    key_file.write_text("ab" * 32)
+    process, lines = _start_under_mdwe(f"switch.receivers.{name}", "--listen", "127.0.0.1:0",
+                                       "--state", str(tmp_path / "state"),
+                                       "--credential", "switch", "--key-file", str(key_file))
+    returncode, stderr = _stop(process)
+    assert returncode == 0, stderr
+    assert (tmp_path / "state").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _mdwe_supported(), reason="this kernel has no PR_SET_MDWE")
+async def test_the_switch_commits_and_serves_metrics_with_memory_deny_write_execute(tmp_path):
+    assert service(SWITCH_UNIT)["MemoryDenyWriteExecute"] == ["yes"]
+    data = tmp_path / "data"
+    process, lines = _start_under_mdwe("switch", "serve", "--init", "--data", str(data),
+                                       "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
+                                       last_line="metrics on")
+    try:
+        # The compiled core authorizes, LMDB commits and fsyncs, prometheus-client renders.
+        admin = await Client.connect("127.0.0.1", _port(lines, "listening on"), "admin",
+                                     read_admin_key(str(data)))
+        opened = await admin.request({"t": "open_account", "account": "WH1", "school": "WH",
+                                      "kind": "person", "holder": "x", "id_last6": "123456",
+                                      "id": "o"})
+        credited = await admin.request({"t": "credit", "account": "WH1", "amount": 1234,
+                                        "source": "counter", "id": "c"})
+        await admin.aclose()
+        stream = await trio.open_tcp_stream("127.0.0.1", _port(lines, "metrics on"))
+        await stream.send_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        scraped = b""
+        while chunk := await stream.receive_some():
+            scraped += chunk
+        await stream.aclose()
+    finally:
+        returncode, stderr = _stop(process)
+    assert opened["code"] == "ok", opened
+    assert credited["code"] == "ok" and credited["balance"] == 1234, credited
+    assert b" 200 " in scraped.split(b"\r\n", 1)[0] and b"switch_" in scraped
+    assert returncode == 0, stderr
