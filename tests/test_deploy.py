@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from switch import limits
-from switch.datadir import read_admin_key
+from switch.cli.datadir import read_admin_key
 from switch.shell.client import Client
 from tests.paths import REPO_ROOT
 
@@ -70,14 +70,14 @@ def exec_start(name: str) -> tuple[str, list[str]]:
 
 def switch_parser():
     """The switch's own argument parser, wherever the command line lives now."""
-    for module_name in ("switch.__main__", "switch.cli"):
+    for module_name in ("switch.cli.main", "switch.__main__"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError:
             continue
         if hasattr(module, "_parser"):
             return module._parser()
-    raise AssertionError("no _parser in switch.__main__ or switch.cli")
+    raise AssertionError("no _parser in switch.cli.main or switch.__main__")
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
