@@ -15,8 +15,8 @@ from switch.ledger.state import Credential
 NAMES = codes.CODE_NAMES
 
 
-def _decline(request_type: str, code) -> dict:
-    return {"t": request_type, "code": NAMES[code] if type(code) is int else code}
+def _decline(request_type: str, code: int) -> dict:
+    return {"t": request_type, "code": NAMES[code]}
 
 
 def _money(record) -> tuple[int, int]:

@@ -8,7 +8,9 @@ import logging
 import time
 
 from switch import limits
-from switch.ledger import (account_settings, accounts, card_office, dorm, offline, payments, roles,
+from switch.core import codes
+from switch.ledger import (account_settings, accounts, card_office, dorm, idempotency, offline,
+                           payments, roles,
                            schema)
 
 log = logging.getLogger("switch.ledger")
@@ -25,13 +27,8 @@ def reply_type(request_type) -> str:
     return "error"
 
 
-def _reply(request_type: str, code: str) -> dict:
-    return {"t": request_type, "code": code}
-
-
-# Codes that mean "the request was not understood or not allowed": not remembered,
-# so a corrected retry under the same id is still possible (bad input changes nothing).
-_NOT_REMEMBERED = frozenset({"bad_request", "bad_amount", "not_permitted", "busy", "internal"})
+def _reply(request_type: str, code: int) -> dict:
+    return {"t": request_type, "code": codes.CODE_NAMES[code]}
 
 
 class FailureLog:
@@ -74,7 +71,7 @@ def execute(ledger, credential, message: dict) -> dict:
         request_type = request_type if type(request_type) is str and request_type in HANDLERS else "error"
         # Only the type and the credential: the message may hold a PIN or a QR code.
         failures.failed("request_failed", t=request_type, who=credential.who)
-        return _reply(request_type, "internal")
+        return _reply(request_type, codes.INTERNAL)
     finally:
         ledger.end_request()
 
@@ -82,12 +79,12 @@ def execute(ledger, credential, message: dict) -> dict:
 def _execute(ledger, credential, message: dict) -> dict:
     request_type = message.get("t")
     if type(request_type) is not str:
-        return _reply("error", "bad_request")
+        return _reply("error", codes.BAD_REQUEST)
     handler = HANDLERS.get(request_type)
     if handler is None:
-        return _reply(reply_type(request_type), "bad_request")
+        return _reply(reply_type(request_type), codes.BAD_REQUEST)
     if not roles.permitted(credential.role, credential.kind, request_type):
-        return _reply(request_type, "not_permitted")
+        return _reply(request_type, codes.NOT_PERMITTED)
     if request_type in schema.WITHOUT_ID:
         code, values = schema.validate(request_type, message)
         if code is not None:
@@ -97,25 +94,24 @@ def _execute(ledger, credential, message: dict) -> dict:
     # The id is checked before anything else in the request (docs/PROTOCOL.md §4.3).
     request_id = schema.request_id(message.get("id", schema.INVALID))
     if request_id is schema.INVALID:
-        return _reply(request_type, "bad_request")
+        return _reply(request_type, codes.BAD_REQUEST)
     fingerprint = ledger.fingerprint(request_type,
                                      schema.fingerprint_values(request_type, message))
-    seen = ledger.recall(credential.who, request_id)
-    if seen is not None:
-        seen_type, seen_fingerprint, seen_reply = seen
-        if seen_type == request_type and seen_fingerprint == fingerprint:
-            return {**seen_reply, "replay": True}
+    replay, seen_type = idempotency.recall(ledger, credential.who, request_id, request_type,
+                                           fingerprint)
+    if replay is not None:
+        return replay
+    if seen_type is not None:
         if seen_type == payments.TOMBSTONE:
             # Reversed before it arrived: decline and remember, so its retries replay this.
             reply = payments.reversed_original(request_type)
             if reply is not None:
                 ledger.remember(credential.who, request_id, request_type, fingerprint, reply)
                 return reply
-        return _reply(request_type, "id_reuse")
+        return _reply(request_type, codes.ID_REUSE)
     code, values = schema.validate(request_type, message)
     if code is not None:
         return _reply(request_type, code)
     reply = handler(ledger, credential, values)
-    if reply["code"] not in _NOT_REMEMBERED:
-        ledger.remember(credential.who, request_id, request_type, fingerprint, reply)
+    idempotency.remember(ledger, credential.who, request_id, request_type, fingerprint, reply)
     return reply

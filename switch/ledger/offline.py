@@ -11,13 +11,12 @@ from datetime import date
 import msgpack
 
 from switch import core, limits
-from switch.ledger import schema
+from switch.ledger import idempotency, schema
 from switch.ledger.card_office import record_standing
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
 
 _FIELDS = ("id", "card", "amount", "at")
-_NOT_REMEMBERED = frozenset({"bad_request", "bad_amount"})
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 
@@ -59,15 +58,14 @@ def _apply_record(ledger, credential, item) -> dict:
     if record_id is schema.INVALID:
         return _result(None, codes.BAD_REQUEST)
     fingerprint = ledger.fingerprint("offline", [item["card"], item["amount"], item["at"]])
-    seen = ledger.recall(credential.who, record_id)
-    if seen is not None:
-        seen_type, seen_fingerprint, seen_reply = seen
-        if seen_type == "offline" and seen_fingerprint == fingerprint:
-            return {**seen_reply, "replay": True}
+    replay, seen_kind = idempotency.recall(ledger, credential.who, record_id, "offline",
+                                           fingerprint)
+    if replay is not None:
+        return replay
+    if seen_kind is not None:
         return _result(record_id, codes.ID_REUSE)
     result = _decide(ledger, credential, record_id, item)
-    if result["code"] not in _NOT_REMEMBERED:
-        ledger.remember(credential.who, record_id, "offline", fingerprint, result)
+    idempotency.remember(ledger, credential.who, record_id, "offline", fingerprint, result)
     return result
 
 

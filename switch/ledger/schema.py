@@ -2,18 +2,19 @@
 carries and their types.
 
 `validate(t, message)` returns (code, values): code is None when the fields are
-well-formed, else `bad_request` or `bad_amount`. The listed fields, in schema
+well-formed, else codes.BAD_REQUEST or codes.BAD_AMOUNT. The listed fields, in schema
 order, are also what idempotency compares (`fingerprint_values`).
 """
 
 from switch import limits
-
-BAD_REQUEST = "bad_request"
-BAD_AMOUNT = "bad_amount"
-INVALID = object()
-
+from switch.core import codes
 from switch.identifiers import ACCOUNT as _ACCOUNT, CARD as _CARD, DAY as _DAY
 from switch.identifiers import ID_LAST6 as _ID_LAST6, PIN as _PIN, is_credential_id
+
+# Codes are ints everywhere in the ledger; a reply names them (codes.CODE_NAMES).
+BAD_REQUEST = codes.BAD_REQUEST
+BAD_AMOUNT = codes.BAD_AMOUNT
+INVALID = object()
 
 
 def account_id(value):
