@@ -125,7 +125,7 @@ class Demo:
         await admin.aclose()
 
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 SIMULATOR = REPO / "terminals-sim" / "simulate.py"
 rush_seconds = 60
 rush_terminals = 2000
