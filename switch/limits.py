@@ -164,6 +164,8 @@ metrics_connection_timeout_s = 5.0      # a connection's whole life, request to 
 # --- Operator command line (switch/admin_cli.py) ---
 cli_connect_timeout_s = 10.0            # connect and sign on
 cli_reply_timeout_s = 60.0              # one request, or one pipelined batch of an import
+cli_import_pipeline_depth_max = 64      # requests in flight while importing (the switch's cap)
+cli_import_rows_max = 1_000_000
 
 # --- Configuration ranges (switch/config.py): the (lowest, highest) a configured value may
 # take; outside it the switch refuses to start, naming the key. ---

@@ -33,8 +33,6 @@ from switch.cli.datadir import is_data_dir, read_admin_key
 from switch.config.endpoints import explain, host_port_argument
 from switch.config.keyfile import KeyFileError, claim_key_file, read_key_file, write_key
 
-import_pipeline_depth = 64      # requests in flight while importing (the switch's cap)
-import_rows_max = 1_000_000
 # Tried in this order when no --encoding is given: Excel on a Chinese Windows saves GB18030.
 IMPORT_ENCODINGS = ("utf-8-sig", "gb18030")
 
@@ -276,8 +274,8 @@ def read_import_rows(path: str, encoding: str | None = None) -> list:
     rows = []
     try:
         for line, row in enumerate(reader, start=2):
-            if len(rows) >= import_rows_max:
-                raise UsageError(f"{path}: more than {import_rows_max} rows")
+            if len(rows) >= limits.cli_import_rows_max:
+                raise UsageError(f"{path}: more than {limits.cli_import_rows_max} rows")
             rows.append((line, row))
     except csv.Error as error:
         raise _not_csv(path, len(rows) + 2, error) from None
@@ -287,8 +285,8 @@ def read_import_rows(path: str, encoding: str | None = None) -> list:
 async def run_import(client: Client, path: str, rows: list, out=sys.stdout) -> dict:
     requests, rejects = import_requests(rows)
     counts = {"rows": len(rows), "created": 0, "already": 0, "rejected": 0}
-    for start in range(0, len(requests), import_pipeline_depth):
-        chunk = requests[start:start + import_pipeline_depth]
+    for start in range(0, len(requests), limits.cli_import_pipeline_depth_max):
+        chunk = requests[start:start + limits.cli_import_pipeline_depth_max]
         with trio.fail_after(limits.cli_reply_timeout_s):
             replies = await client.pipeline([message for _, message in chunk])
         for (line, message), reply in zip(chunk, replies):
@@ -454,7 +452,15 @@ def _print_reply(args, reply: dict, key_fd) -> bool:
     return False
 
 
-def main(args) -> int:
+def main(argv=None) -> int:
+    """`python -m switch admin ARGS...` as a function: `argv` is what follows `admin`."""
+    parser = argparse.ArgumentParser(prog="python -m switch")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return run(parser.parse_args(["admin", *(sys.argv[1:] if argv is None else argv)]))
+
+
+def run(args) -> int:
+    """One admin command, parsed by `switch.cli.main`'s parser (or `main` above)."""
     key_fd = None
     work = {}
     try:

@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         return 0 if report.sound else 1
     if args.command == "admin":
         from switch.cli import admin
-        return admin.main(args)
+        return admin.run(args)
     if args.command == "demo":
         from switch.cli.demo import run_demo
         return run_demo(args.data)
