@@ -64,7 +64,9 @@ cdef packed struct AccountRecord:
     uint8_t pin_locked
     uint8_t freeze_reason
     uint8_t qr_enabled
-    uint8_t reserved[4]
+    uint8_t id_failures
+    uint8_t id_locked
+    uint8_t reserved[2]
     int64_t limit_per_tx
     int64_t limit_daily
     int64_t limit_no_pin
@@ -130,6 +132,7 @@ cdef _check_mirrors():
         "UTILITY": _offset(r, &r.utility), "POWER_ON": _offset(r, &r.power_on),
         "PIN_FAILURES": _offset(r, &r.pin_failures), "PIN_LOCKED": _offset(r, &r.pin_locked),
         "FREEZE_REASON": _offset(r, &r.freeze_reason), "QR_ENABLED": _offset(r, &r.qr_enabled),
+        "ID_FAILURES": _offset(r, &r.id_failures), "ID_LOCKED": _offset(r, &r.id_locked),
         "LIMIT_PER_TX": _offset(r, &r.limit_per_tx), "LIMIT_DAILY": _offset(r, &r.limit_daily),
         "LIMIT_NO_PIN": _offset(r, &r.limit_no_pin), "SCHOOL": _offset(r, &r.school[0]),
         "PIN_SALT": _offset(r, &r.pin_salt[0]), "PIN_HASH": _offset(r, &r.pin_hash[0]),
@@ -169,7 +172,8 @@ cdef _check_mirrors():
         "STATUS": sizeof(r.status), "KIND": sizeof(r.kind), "UTILITY": sizeof(r.utility),
         "POWER_ON": sizeof(r.power_on), "PIN_FAILURES": sizeof(r.pin_failures),
         "PIN_LOCKED": sizeof(r.pin_locked), "FREEZE_REASON": sizeof(r.freeze_reason),
-        "QR_ENABLED": sizeof(r.qr_enabled), "LIMIT_PER_TX": sizeof(r.limit_per_tx),
+        "QR_ENABLED": sizeof(r.qr_enabled), "ID_FAILURES": sizeof(r.id_failures),
+        "ID_LOCKED": sizeof(r.id_locked), "LIMIT_PER_TX": sizeof(r.limit_per_tx),
         "LIMIT_DAILY": sizeof(r.limit_daily), "LIMIT_NO_PIN": sizeof(r.limit_no_pin),
         "SCHOOL": sizeof(r.school), "PIN_SALT": SALT_SIZE_BYTES, "PIN_HASH": DIGEST_SIZE_BYTES,
         "ID_HASH": DIGEST_SIZE_BYTES,
@@ -372,11 +376,20 @@ def set_pin(account, pin):
 
 
 def reset_pin(account, id_last6):
-    """With the right `id_last6` the PIN becomes `id_last6` and the lock is cleared."""
+    """With the right `id_last6` the PIN becomes `id_last6` and the PIN lock is cleared.
+    Wrong ones count: the 5th in a row locks reset_pin itself (PIN_LOCKED, then PIN_LOCKED
+    whatever the digits) until `unlock`, so the ID digits cannot be found by trying."""
     cdef AccountRecord* record = _record(account)
+    if record.id_locked == 1:
+        return PIN_LOCKED
     salt = _field_bytes(record.pin_salt, SALT_SIZE_BYTES)
     if not _compare_digest(id_digest(salt, id_last6),
                            _field_bytes(record.id_hash, DIGEST_SIZE_BYTES)):
+        record = _record(account)
+        record.id_failures += 1
+        if record.id_failures >= PIN_FAILURES_MAX:
+            record.id_locked = 1
+            return PIN_LOCKED
         return IDENTITY_MISMATCH
     digest = pin_digest(salt, id_last6)
     assert PyBytes_CheckExact(digest) and PyBytes_GET_SIZE(digest) == DIGEST_SIZE_BYTES
@@ -384,6 +397,7 @@ def reset_pin(account, id_last6):
     memcpy(record.pin_hash, PyBytes_AS_STRING(digest), DIGEST_SIZE_BYTES)
     record.pin_failures = 0
     record.pin_locked = 0
+    record.id_failures = 0
     return OK
 
 
@@ -517,10 +531,12 @@ def unfreeze(account):
 
 
 def unlock(account):
-    """Clear the PIN lock and the run of wrong PINs."""
+    """Clear the PIN lock, the reset_pin lock, and the runs of wrong PINs and IDs."""
     cdef AccountRecord* record = _record(account)
     record.pin_locked = 0
     record.pin_failures = 0
+    record.id_locked = 0
+    record.id_failures = 0
     return OK
 
 

@@ -21,6 +21,8 @@ PIN_FAILURES = (32, "<B")    # wrong PINs in a row
 PIN_LOCKED = (33, "<B")      # 1 once PIN_FAILURES reached the maximum
 FREEZE_REASON = (34, "<B")   # FREEZE_*
 QR_ENABLED = (35, "<B")      # 1 once `virtual_card` opened the QR secret
+ID_FAILURES = (36, "<B")     # reset_pin with the wrong id_last6, in a row
+ID_LOCKED = (37, "<B")       # 1 once ID_FAILURES reached the maximum: reset_pin refused
 LIMIT_PER_TX = (40, "<q")    # fen, or -1: the school's default
 LIMIT_DAILY = (48, "<q")     # fen, or -1
 LIMIT_NO_PIN = (56, "<q")    # fen, or -1
@@ -44,7 +46,8 @@ CARD_ACTIVE, CARD_LOST, CARD_BLOCKED, CARD_NONE = 0, 1, 2, 3
 CARD_STATE_NAMES = ("active", "lost", "blocked")
 
 _fields = [BALANCE, HELD, SPENT_TODAY, SPENT_DAY, STATUS, KIND, UTILITY, POWER_ON,
-           PIN_FAILURES, PIN_LOCKED, FREEZE_REASON, QR_ENABLED, LIMIT_PER_TX,
+           PIN_FAILURES, PIN_LOCKED, FREEZE_REASON, QR_ENABLED, ID_FAILURES, ID_LOCKED,
+           LIMIT_PER_TX,
            LIMIT_DAILY, LIMIT_NO_PIN, SCHOOL, PIN_SALT, PIN_HASH, ID_HASH]
 assert all(o + struct.calcsize(f) <= ACCOUNT_RECORD_SIZE for o, f in _fields)
 

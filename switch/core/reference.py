@@ -174,14 +174,24 @@ def set_pin(account, pin):
 
 
 def reset_pin(account, id_last6):
-    """With the right `id_last6` the PIN becomes `id_last6` and the lock is cleared."""
+    """With the right `id_last6` the PIN becomes `id_last6` and the PIN lock is cleared.
+    Wrong ones count: the 5th in a row locks reset_pin itself (PIN_LOCKED, then PIN_LOCKED
+    whatever the digits) until `unlock`, so the ID digits cannot be found by trying."""
     _check_record(account)
+    if layout.get(account, layout.ID_LOCKED) == 1:
+        return codes.PIN_LOCKED
     salt = layout.get(account, layout.PIN_SALT)
     if not hmac.compare_digest(id_digest(salt, id_last6), layout.get(account, layout.ID_HASH)):
+        failures = layout.get(account, layout.ID_FAILURES) + 1
+        layout.put(account, layout.ID_FAILURES, failures)
+        if failures >= limits.pin_failures_max:
+            layout.put(account, layout.ID_LOCKED, 1)
+            return codes.PIN_LOCKED
         return codes.IDENTITY_MISMATCH
     layout.put(account, layout.PIN_HASH, pin_digest(salt, id_last6))
     layout.put(account, layout.PIN_FAILURES, 0)
     layout.put(account, layout.PIN_LOCKED, 0)
+    layout.put(account, layout.ID_FAILURES, 0)
     return codes.OK
 
 
@@ -290,10 +300,12 @@ def unfreeze(account):
 
 
 def unlock(account):
-    """Clear the PIN lock and the run of wrong PINs."""
+    """Clear the PIN lock, the reset_pin lock, and the runs of wrong PINs and IDs."""
     _check_record(account)
     layout.put(account, layout.PIN_LOCKED, 0)
     layout.put(account, layout.PIN_FAILURES, 0)
+    layout.put(account, layout.ID_LOCKED, 0)
+    layout.put(account, layout.ID_FAILURES, 0)
     return codes.OK
 
 

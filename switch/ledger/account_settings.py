@@ -56,10 +56,10 @@ def reset_pin(ledger, credential, values):
         return refusal
     id_last6 = values["id_last6"].encode()
     code = core.reset_pin(record, id_last6)  # checks the ID against the one given at opening
-    if code == codes.OK:
-        if b"X" in id_last6:  # the PIN takes a final X as 0 (docs/PROTOCOL.md §4.7), as at opening
-            core.set_pin(record, id_last6.replace(b"X", b"0"))
-        ledger.save_account(account_id, record)
+    if code == codes.OK and b"X" in id_last6:
+        # The PIN takes a final X as 0 (docs/PROTOCOL.md §4.7), as at opening.
+        core.set_pin(record, id_last6.replace(b"X", b"0"))
+    ledger.save_account(account_id, record)  # a wrong ID counted, too
     return {"t": "reset_pin", "code": codes.CODE_NAMES[code]}
 
 

@@ -364,14 +364,39 @@ def test_reset_pin(core):
     for _ in range(limits.pin_failures_max):
         core.verify_pin(account, WRONG_PIN)
     assert get(account, layout.PIN_LOCKED) == 1
-    before = bytes(account)
     assert core.reset_pin(account, b"111111") == codes.IDENTITY_MISMATCH
-    assert bytes(account) == before
+    assert get(account, layout.ID_FAILURES) == 1   # a wrong ID counts
     assert core.reset_pin(account, ID_LAST6) == codes.OK
     assert (get(account, layout.PIN_LOCKED), get(account, layout.PIN_FAILURES)) == (0, 0)
+    assert get(account, layout.ID_FAILURES) == 0
     assert core.verify_pin(account, ID_LAST6) == codes.OK
     assert core.verify_pin(account, PIN) == codes.PIN_INVALID
     assert authorize(core, account, NO_PIN + 1, pin=ID_LAST6) == codes.OK
+
+
+def test_reset_pin_locks_after_the_fifth_wrong_id_in_a_row(core):
+    account = make_account(10**6)
+    for _ in range(limits.pin_failures_max - 1):                       # N - 1 wrong
+        assert core.reset_pin(account, b"111111") == codes.IDENTITY_MISMATCH
+    assert get(account, layout.ID_LOCKED) == 0
+    assert core.reset_pin(account, b"111111") == codes.PIN_LOCKED       # the Nth locks
+    assert get(account, layout.ID_LOCKED) == 1
+    before = bytes(account)
+    assert core.reset_pin(account, ID_LAST6) == codes.PIN_LOCKED        # even the right ID
+    assert bytes(account) == before
+    assert core.verify_pin(account, PIN) == codes.OK                     # the PIN is untouched
+    assert core.unlock(account) == codes.OK
+    assert (get(account, layout.ID_LOCKED), get(account, layout.ID_FAILURES)) == (0, 0)
+    assert core.reset_pin(account, ID_LAST6) == codes.OK
+
+
+def test_a_right_id_clears_the_run_of_wrong_ones(core):
+    account = make_account(10**6)
+    for _ in range(limits.pin_failures_max - 1):
+        core.reset_pin(account, b"111111")
+    assert core.reset_pin(account, ID_LAST6) == codes.OK
+    for _ in range(limits.pin_failures_max - 1):
+        assert core.reset_pin(account, b"111111") == codes.IDENTITY_MISMATCH
 
 
 def test_digests(core):

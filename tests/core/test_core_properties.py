@@ -249,11 +249,25 @@ class CoreMachine(RuleBasedStateMachine):
 
     def reset_pin(self, right, other):
         id_last6 = self.id_last6 if right else other
+        failures_before = self.field("ID_FAILURES")
+        locked_before = self.field("ID_LOCKED") == 1
         result = run_both(self.accounts, "reset_pin", id_last6)
-        expected = codes.OK if id_last6 == self.id_last6 else codes.IDENTITY_MISMATCH
+        if locked_before:  # locked: refused whatever the digits, nothing changes
+            expected = codes.PIN_LOCKED
+        elif id_last6 == self.id_last6:
+            expected = codes.OK
+        elif failures_before + 1 >= limits.pin_failures_max:
+            expected = codes.PIN_LOCKED  # the 5th wrong ID in a row locks reset_pin
+        else:
+            expected = codes.IDENTITY_MISMATCH
         assert result == ("returned", int, expected)
         if expected == codes.OK:
             self.pin = id_last6
+            assert self.field("ID_FAILURES") == 0
+        elif not locked_before:
+            assert self.field("ID_FAILURES") == failures_before + 1
+        assert (self.field("ID_LOCKED") == 1) == (locked_before or (
+            expected == codes.PIN_LOCKED))
 
     def force_status(self, status):
         """Write the status directly, to reach standings the rules reach only by long ways."""
@@ -308,10 +322,11 @@ class CoreMachine(RuleBasedStateMachine):
             assert self.accounts[0] == before
 
     def unlock(self):
-        was_clear = self.field("PIN_LOCKED") == 0 and self.field("PIN_FAILURES") == 0
+        counters = ("PIN_LOCKED", "PIN_FAILURES", "ID_LOCKED", "ID_FAILURES")
+        was_clear = all(self.field(name) == 0 for name in counters)
         result, before = self.change_standing("unlock")
         assert result == ("returned", int, codes.OK)
-        assert self.field("PIN_LOCKED") == 0 and self.field("PIN_FAILURES") == 0
+        assert all(self.field(name) == 0 for name in counters)
         assert (self.accounts[0] == before) == was_clear
 
     def close(self):

@@ -183,11 +183,10 @@ def test_reset_pin_needs_the_id_given_at_opening_and_clears_the_lock(campus):
     campus.open_person("WH20230002", id_last6="53012X")
     for _ in range(limits.pin_failures_max):
         campus.send(campus.service, "verify_pin", account="WH20230002", pin=WRONG_PIN)
-    # A wrong ID is refused and does not count (the lock is already there: it stays).
-    for n in range(limits.pin_failures_max + 1):
-        assert campus.send(campus.service, "reset_pin", account="WH20230002",
-                           id_last6="530121", id=n) == {"t": "reset_pin",
-                                                        "code": "identity_mismatch"}
+    # A wrong ID is refused and counts toward a lock of its own (below).
+    assert campus.send(campus.service, "reset_pin", account="WH20230002",
+                       id_last6="530121", id="w") == {"t": "reset_pin",
+                                                      "code": "identity_mismatch"}
     before = campus.last_txn
     assert campus.send(campus.service, "reset_pin", account="WH20230002", id_last6="53012X",
                        id="r") == {"t": "reset_pin", "code": "ok"}
@@ -197,11 +196,20 @@ def test_reset_pin_needs_the_id_given_at_opening_and_clears_the_lock(campus):
                        pin="530120")["code"] == "ok"
 
 
-def test_a_wrong_id_does_not_count_toward_the_lock(campus):
-    for n in range(limits.pin_failures_max):
-        campus.send(campus.service, "reset_pin", account=STUDENT, id_last6="654321", id=n)
-    assert campus.account(STUDENT)["pin_locked"] is False
+def test_the_fifth_wrong_id_in_a_row_locks_reset_pin_until_unlock(campus):
+    for n in range(limits.pin_failures_max - 1):
+        assert campus.code(campus.service, "reset_pin", account=STUDENT, id_last6="654321",
+                           id=n) == "identity_mismatch"
+    assert campus.code(campus.service, "reset_pin", account=STUDENT, id_last6="654321",
+                       id="5th") == "pin_locked"
+    # Even the right digits are refused now: the ID cannot be found by trying them all.
+    assert campus.code(campus.service, "reset_pin", account=STUDENT, id_last6=ID_LAST6,
+                       id="right") == "pin_locked"
+    # The PIN itself still works: this lock is reset_pin's own.
     assert campus.code(campus.service, "verify_pin", account=STUDENT, pin=PIN) == "ok"
+    assert campus.code(campus.admin, "unlock", account=STUDENT, id="u") == "ok"
+    assert campus.code(campus.service, "reset_pin", account=STUDENT, id_last6=ID_LAST6,
+                       id="after") == "ok"
 
 
 @pytest.mark.parametrize("t, fields", [

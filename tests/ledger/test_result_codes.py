@@ -56,7 +56,7 @@ CODES_BY_REQUEST = {
     "found": {"ok", "card_unknown", "wrong_school"} | _ID,
     "set_limits": {"ok"} | _ID | _ACCOUNT,
     "set_pin": {"ok", "pin_locked", "pin_invalid"} | _ID | _ACCOUNT,
-    "reset_pin": {"ok", "identity_mismatch"} | _ID | _ACCOUNT,
+    "reset_pin": {"ok", "identity_mismatch", "pin_locked"} | _ID | _ACCOUNT,
     "verify_pin": {"ok", "bad_request", "not_permitted", "pin_locked",
                    "pin_invalid"} | _ACCOUNT,
     "virtual_card": {"ok", "account_closed"} | _ID | _ACCOUNT,
