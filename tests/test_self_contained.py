@@ -4,9 +4,9 @@ A campus IT team or a terminal vendor clones this repository and gets nothing be
 a machine unlike the one it was written on. So every tracked text file (a file holding a NUL
 byte is binary and skipped) is held to these rules:
 
-1. No absolute path into a machine's own working areas: `/work/`, `/home/`, `/root/`,
-   `/Users/`, `/tmp/`, `/var/tmp/`, `/mnt/`, `/media/`. A path there names one machine's
-   files (a checkout, a scratch directory) that no reader has.
+1. No absolute path into a machine's own working areas (`_MACHINE_AREAS` below: home and
+   root directories, the top-level work area, `/tmp/`, `/mnt/`, ...). A path there names
+   one machine's files (a checkout, a scratch directory) that no reader has.
    Allowed, because they name the same thing on every machine a reader runs this on: the
    operating system's interfaces and standard locations, e.g. `/dev/null`,
    `/proc/PID/stat` (the benchmarks read CPU time there), `/etc/systemd/...`,
