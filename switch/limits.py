@@ -54,7 +54,7 @@ qr_prune_keys_max = 10_000         # used-code records forgotten per housekeepin
 holds_expired_per_pass_max = 5_000 # holds a housekeeping pass releases at most
 
 # --- Retention and windows (docs/PROTOCOL.md §4.4, §4.8-4.10, §4.14) ---
-idempotency_retention_s = 7 * 24 * 3600
+idempotency_retention_s = 8 * 24 * 3600   # > offline_window_s + offline_future_s
 idempotency_forget_per_pass_max = 10_000   # housekeeping deletes at most this many a second
 reversal_window_s = 24 * 3600
 hold_timeout_s = 30 * 60

@@ -172,9 +172,15 @@ def validate(config: Config) -> None:
     # Offline uploads and reversals find their originals by remembered request id: a window
     # longer than the memory would apply a resent offline record twice, or answer a late
     # reverse "ok" without moving the money back.
-    for key in ("offline_window_s", "reversal_window_s"):
-        if getattr(config, key) > config.idempotency_retention_s:
-            raise ConfigError(f"{key}: {getattr(config, key)} is longer than "
+    # An offline record is accepted until its `at` plus the window, and `at` may lie up to
+    # `offline_future_s` ahead of the clock when it is remembered: its id must outlive both.
+    needed = {"offline_window_s": config.offline_window_s + limits.offline_future_s,
+              "reversal_window_s": config.reversal_window_s}
+    for key, seconds in needed.items():
+        if seconds > config.idempotency_retention_s:
+            skew = (f" plus the {limits.offline_future_s} s an offline tap may lie ahead"
+                    if key == "offline_window_s" else "")
+            raise ConfigError(f"{key}: {getattr(config, key)}{skew} is longer than "
                               f"idempotency_retention_s ({config.idempotency_retention_s}); "
                               f"raise the retention or shorten the window")
 

@@ -222,3 +222,18 @@ def test_settle_gives_the_switchs_count_and_total_for_the_terminal_and_day(campu
     assert campus.send(campus.pos, "settle", day=day, count=3, total=350)["match"] is False
     assert campus.send(campus.pos, "settle", day="2020-01-01", count=0, total=0) == {
         "t": "settle", "code": "ok", "count": 0, "total": 0, "match": True}
+
+
+def test_a_record_stamped_ahead_is_never_applied_twice_after_its_id_is_forgotten(campus):
+    """Its id is remembered (by default) until well after the record itself is too old: a
+    re-upload once the id is forgotten is `too_old`, never a second debit."""
+    ahead_at = campus.clock.now_ms() + limits.offline_future_s * 1000  # the most skew allowed
+    [first] = upload(campus, tap(campus, "ahead", 300, at=ahead_at))
+    assert first["code"] == "ok"
+    campus.commit()
+    campus.clock.advance(campus.config.idempotency_retention_s + 1)
+    assert campus.forget_old_ids() >= 1
+    campus.commit()
+    [again] = upload(campus, tap(campus, "ahead", 300, at=ahead_at))
+    assert again["code"] == "too_old", again
+    assert campus.account(STUDENT)["balance"] == BALANCE - 300
