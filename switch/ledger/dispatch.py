@@ -10,8 +10,8 @@ import time
 from switch import limits
 from switch.core import codes
 from switch.ledger import (account_settings, accounts, card_office, dorm, idempotency, offline,
-                           payments, roles,
-                           schema)
+                           payments, roles, schema)
+from switch.ledger.accounts import _decline
 
 log = logging.getLogger("switch.ledger")
 
@@ -25,10 +25,6 @@ def reply_type(request_type) -> str:
     if type(request_type) is str and len(request_type) <= limits.request_type_chars_max:
         return request_type
     return "error"
-
-
-def _reply(request_type: str, code: int) -> dict:
-    return {"t": request_type, "code": codes.CODE_NAMES[code]}
 
 
 class FailureLog:
@@ -71,7 +67,7 @@ def execute(ledger, credential, message: dict) -> dict:
         request_type = request_type if type(request_type) is str and request_type in HANDLERS else "error"
         # Only the type and the credential: the message may hold a PIN or a QR code.
         failures.failed("request_failed", t=request_type, who=credential.who)
-        return _reply(request_type, codes.INTERNAL)
+        return _decline(request_type, codes.INTERNAL)
     finally:
         ledger.end_request()
 
@@ -79,22 +75,22 @@ def execute(ledger, credential, message: dict) -> dict:
 def _execute(ledger, credential, message: dict) -> dict:
     request_type = message.get("t")
     if type(request_type) is not str:
-        return _reply("error", codes.BAD_REQUEST)
+        return _decline("error", codes.BAD_REQUEST)
     handler = HANDLERS.get(request_type)
     if handler is None:
-        return _reply(reply_type(request_type), codes.BAD_REQUEST)
+        return _decline(reply_type(request_type), codes.BAD_REQUEST)
     if not roles.permitted(credential.role, credential.kind, request_type):
-        return _reply(request_type, codes.NOT_PERMITTED)
+        return _decline(request_type, codes.NOT_PERMITTED)
     if request_type in schema.WITHOUT_ID:
         code, values = schema.validate(request_type, message)
         if code is not None:
-            return _reply(request_type, code)
+            return _decline(request_type, code)
         return handler(ledger, credential, values)
 
     # The id is checked before anything else in the request (docs/PROTOCOL.md §4.3).
     request_id = schema.request_id(message.get("id", schema.INVALID))
     if request_id is schema.INVALID:
-        return _reply(request_type, codes.BAD_REQUEST)
+        return _decline(request_type, codes.BAD_REQUEST)
     fingerprint = ledger.fingerprint(request_type,
                                      schema.fingerprint_values(request_type, message))
     replay, seen_type = idempotency.recall(ledger, credential.who, request_id, request_type,
@@ -108,10 +104,10 @@ def _execute(ledger, credential, message: dict) -> dict:
             if reply is not None:
                 ledger.remember(credential.who, request_id, request_type, fingerprint, reply)
                 return reply
-        return _reply(request_type, codes.ID_REUSE)
+        return _decline(request_type, codes.ID_REUSE)
     code, values = schema.validate(request_type, message)
     if code is not None:
-        return _reply(request_type, code)
+        return _decline(request_type, code)
     reply = handler(ledger, credential, values)
     idempotency.remember(ledger, credential.who, request_id, request_type, fingerprint, reply)
     return reply

@@ -313,14 +313,6 @@ class Store:
         self._sealed = {}
         self._sealed_ranged = _no_ranged_keys()
 
-    def committed_after_fault(self) -> None:
-        """The sealed batch reached the disk but `committed` did not finish: finish it."""
-        self._sealed = {}
-        self._sealed_ranged = _no_ranged_keys()
-        self._end_read()
-        self._begin_read()
-        self.last_committed_txn = self._read_last_txn()
-
     def discard_uncommitted(self) -> None:
         """A commit failed: forget every write not on disk, committed or open."""
         self._sealed = {}

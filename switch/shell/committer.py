@@ -26,7 +26,7 @@ class Committer:
         # batch_done(effects, replies): the server acts on a durable batch's effects and
         # answers its replies ((connection, reply, started_s) each); a failed batch has none.
         self._batch_done = batch_done
-        self._held = None             # the replies of the batch being committed
+        self._held = None             # (batch, effects, replies) being committed
         self._held_durable = False    # whether that batch reached the disk
         # (connection, reply, started_s, reply_bytes) awaiting the next commit; reply_bytes is
         # what the connection reserved for the reply, released with whatever reply goes out.
@@ -86,9 +86,9 @@ class Committer:
     async def _commit_open_batch(self) -> None:
         self.metrics.commit_queue.set(len(self._open))
         replies, self._open = self._open, []
-        self._held, self._held_durable = replies, False
         effects = self.ledger.take_effects()
         batch = self.store.seal()
+        self._held, self._held_durable = (batch, effects, replies), False
         if batch.writes:
             self.committing = True
             started = time.perf_counter()
@@ -98,11 +98,8 @@ class Committer:
                 log.exception("event=commit_failed batch=%d requests=%d answered=internal", batch.number,
                               len(replies) + len(self._open))
                 self.metrics.commit_failures.inc()
-                self._fail(replies + self._open)
-                self._open = []
-                self.ledger.take_effects()  # the open batch's effects die with it
-                self.store.discard_uncommitted()
-                self.ledger.forget_cached()
+                self._held = None
+                self._discard(replies)
                 return
             finally:
                 self.committing = False
@@ -127,13 +124,19 @@ class Committer:
         held, self._held = self._held, None
         if held is None:
             return
+        batch, effects, replies = held
         if self._held_durable:
-            self.store.committed_after_fault()
-            self._batch_done([], held)
-            return
-        self._fail(held + self._open)
+            self.store.committed(batch)  # again: it only moves reads on to what is on disk
+            self._batch_done(effects, replies)
+        else:
+            self._discard(replies)
+
+    def _discard(self, replies) -> None:
+        """A batch did not reach the disk: it, and the batch executed after it (whose
+        decisions depended on it), are answered `internal` and leave nothing behind."""
+        self._fail(replies + self._open)
         self._open = []
-        self.ledger.take_effects()
+        self.ledger.take_effects()  # the open batch's effects die with it
         self.store.discard_uncommitted()
         self.ledger.forget_cached()
 
