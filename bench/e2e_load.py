@@ -43,6 +43,7 @@ from bisect import bisect_left
 from collections import Counter
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+LOAD_CONFIG = REPO / "bench" / "switch-load.toml"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -113,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     own.add_argument("--server-cpu", type=int, default=0, help="CPU for the server")
     own.add_argument("--load-cpu", type=int, default=1, help="CPU for this load client")
     own.add_argument("--no-pin", action="store_true", help="do not pin either process")
-    own.add_argument("--config", help="switch configuration file")
+    own.add_argument("--config", default=str(LOAD_CONFIG),
+                     help="switch configuration file (default: bench/switch-load.toml, which "
+                          "lifts the per-credential budget a few shared credentials would meet)")
     own.add_argument("--log-level", default="WARNING", help="switch log level")
     own.add_argument("--keep-data", action="store_true", help="keep the temporary data dir")
     return parser

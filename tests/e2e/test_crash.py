@@ -69,8 +69,9 @@ class SwitchProcesses:
         # Files rather than pipes: nothing to drain, and a dead reader cannot block the switch.
         with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
             process = subprocess.Popen(
+                # A load: a few credentials far faster than real tills (no budget `busy`).
                 [sys.executable, "-m", "switch", "serve", "--init", "--data", str(self.data_dir),
-                 "--listen", "127.0.0.1:0"],
+                 "--listen", "127.0.0.1:0", "--config", str(REPO / "bench" / "switch-load.toml")],
                 stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, cwd=REPO)
         self.processes.append(process)
         self.current = process
