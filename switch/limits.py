@@ -110,7 +110,9 @@ housekeeping_interval_s = 1.0      # how often holds expire and old ids and QR c
 drain_timeout_s = 10.0             # on SIGTERM, in-flight requests are answered within this
 error_flush_timeout_s = 5.0        # a closing connection's last frames are written within this
 accept_pause_s = 0.1               # out of file descriptors: accepting waits this long
-receives_between_checkpoints = 8   # receives that found data at once before yielding anyway
+receives_between_checkpoints = 8   # hello path: receives that found data at once before yielding anyway
+ready_connections_per_pass_max = 2048  # epoll events taken per pass of the poller
+read_deadline_sweep_s = 1.0        # how often the poller ends reading past idle/frame deadlines
 
 # --- Containment ---
 failure_tracebacks_per_minute_max = 20  # more failures than this a minute are counted, not logged

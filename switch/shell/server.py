@@ -20,6 +20,7 @@ from switch.shell.budget import RequestBudget
 from switch.shell.committer import Committer
 from switch.shell.forwarder import Forwarder
 from switch.shell.metrics import Metrics
+from switch.shell.poller import ReadinessPoller
 from switch.shell.transport import PeerGone, Transport, accept
 
 log = logging.getLogger("switch.server")
@@ -59,7 +60,12 @@ class Connection:
         self._out: list = []             # frames encoded but not yet written
         self._unsent = b""               # what the kernel would not take yet
         self._writable = trio.Event()    # wakes the writer when there is something to wait for
-        self._capacity = trio.lowlevel.ParkingLot()
+        self._capacity = trio.lowlevel.ParkingLot()   # the drain at the end waits here
+        self.fd = None                   # while the poller holds it
+        self.read_deadline = float("inf")   # the poller's sweep ends reading past it
+        self._frame_started = None       # when the first byte of the incomplete frame came
+        self._reading_done = trio.Event()
+        self._reading_ended = False
         self._closing_error: ProtocolError | None = None
         self._error_queued = False
         self.reader_scope = trio.CancelScope()
@@ -84,7 +90,7 @@ class Connection:
                 frame = self.session.encode_reply({"t": reply["t"], "re": reply["re"],
                                                    "code": "internal"})
             self._queue(frame)
-        self._capacity.unpark_all()
+        self._room()
 
     def send_push(self, message: dict) -> None:
         if not self.closed and self.session.state == OPEN:
@@ -103,6 +109,7 @@ class Connection:
             self._queue(self.session.encode_error(self._closing_error))
             self._error_queued = True
             self.flush()
+        self._stop_reading()
         self.reader_scope.cancel()
 
     def _queue(self, frame: bytes) -> None:
@@ -145,9 +152,88 @@ class Connection:
         self.closed = True
         self._set_unsent(b"")
         self._out.clear()
+        self._stop_reading()
         self.reader_scope.cancel()
         self._capacity.unpark_all()
         self._writable.set()
+
+    def _room(self) -> None:
+        """A reply went out or left memory: whoever waits on this connection's room."""
+        self._capacity.unpark_all()
+        self.server.poller.resume(self)
+
+    # ------------------------------------------------------------ reading: the poller's pass
+    def on_readable(self) -> None:
+        """The socket is ready: one receive, then every complete frame executed. No await."""
+        if self._reading_ended:
+            return
+        data = self.transport.receive_now(limits.receive_size_bytes)
+        if data is None:
+            return
+        if not data:
+            self._end_reading()
+            return
+        decoder = self.decoder
+        try:
+            payloads = decoder.feed(data)
+        except ProtocolError as error:
+            self._end_reading(error)
+            return
+        now = trio.current_time()
+        if decoder.buffered_bytes == 0:
+            self._frame_started = None
+        elif payloads or self._frame_started is None:
+            self._frame_started = now  # a new frame began in this receive
+        if payloads:
+            self._backlog.extend(payloads)
+        self._run_backlog(now)
+
+    def on_room(self) -> None:
+        """Replies went out since it paused: run what waits, and read again if all ran."""
+        if self._reading_ended:
+            return
+        now = trio.current_time()
+        if self._frame_started is not None:
+            self._frame_started = now  # the time we did not read is ours
+        self._run_backlog(now)
+
+    def on_read_deadline(self) -> None:
+        log.info("event=%s who=%s", "read_timeout" if self.decoder.buffered_bytes
+                 else "idle_timeout", self.credential.who)
+        self._end_reading()
+
+    def _run_backlog(self, now: float) -> None:
+        try:
+            self._execute_backlog()
+        except ProtocolError as error:
+            self._end_reading(error)
+            return
+        if self._reading_ended:
+            return
+        if self._backlog or self.in_flight >= limits.requests_in_flight_max:
+            # Waiting on us, not on the peer: stop reading until replies go out
+            # (TCP backpressure, docs/PROTOCOL.md §2.3); no read deadline meanwhile.
+            self.read_deadline = float("inf")
+            self.server.poller.pause(self)
+            return
+        deadline = now + self.server.config.idle_timeout_s
+        if self._frame_started is not None:
+            # A frame begun must be complete this long after its first byte, however
+            # slowly the rest trickles in.
+            deadline = min(deadline, self._frame_started + limits.frame_complete_timeout_s)
+        self.read_deadline = deadline
+        self.server.poller.add(self)
+
+    def _end_reading(self, error: ProtocolError | None = None) -> None:
+        """EOF, a protocol error or a read deadline: the lifecycle task takes it from here."""
+        if error is not None and self._closing_error is None:
+            self._closing_error = error
+        self._stop_reading()
+        self._reading_done.set()
+
+    def _stop_reading(self) -> None:
+        self._reading_ended = True
+        self.server.poller.remove(self)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -162,10 +248,11 @@ class Connection:
                         return
                     nursery.start_soon(self._writer)
                     self._backlog.extend(payloads)
-                    try:
-                        await self._read_and_execute()
-                    except ProtocolError as error:
-                        self._closing_error = error
+                    # From here one task reads every connection (switch/shell/poller.py);
+                    # this one waits for the end of reading, then drains.
+                    self._run_backlog(trio.current_time())
+                    await self._reading_done.wait()
+                self._stop_reading()
                 if self.role == "pending":
                     return  # drained before a session existed
                 # Answer what is in flight before closing (bounded).
@@ -186,6 +273,7 @@ class Connection:
         finally:
             self.closed = True
             self._set_unsent(b"")
+            self._stop_reading()
             server.live.discard(self)
             server.forget_pending(self)
             if self.role == "pending":
@@ -251,53 +339,6 @@ class Connection:
             except PeerGone:
                 pass
 
-    async def _read_and_execute(self) -> None:
-        decoder = self.decoder
-        transport = self.transport
-        idle_timeout_s = self.server.config.idle_timeout_s
-        current_time = trio.current_time
-        # One scope for the life of the connection, its deadline moved on each receive:
-        # a new cancel scope per receive showed in the profile.
-        server = self.server
-        frame_started = None   # when the first byte of the frame not yet complete came
-        with trio.CancelScope() as idle:
-            while True:
-                self._execute_backlog()
-                if self._backlog or self.in_flight >= limits.requests_in_flight_max:
-                    # Waiting on us, not on the peer: stop reading until replies go out
-                    # (TCP backpressure, docs/PROTOCOL.md §2.3).
-                    idle.deadline = float("inf")
-                    if self.reply_bytes + len(self._unsent) >= limits.connection_reply_bytes_max \
-                            or self.in_flight >= limits.requests_in_flight_max:
-                        await self._capacity.park()
-                    else:
-                        await server.reply_room.park()
-                    if frame_started is not None:
-                        frame_started = current_time()  # the time we did not read is ours
-                    continue
-                if self.closed:
-                    return
-                deadline = current_time() + idle_timeout_s
-                if frame_started is not None:
-                    # A frame begun must be complete this long after its first byte,
-                    # however slowly the rest trickles in.
-                    deadline = min(deadline, frame_started + limits.frame_complete_timeout_s)
-                # Moving a deadline costs; a second's slack on a 10 or 120 s timer is fine,
-                # but never later than a frame's own deadline.
-                if deadline < idle.deadline or deadline > idle.deadline + 1.0:
-                    idle.deadline = deadline
-                data = await transport.receive(limits.receive_size_bytes)
-                if not data:
-                    return
-                payloads = decoder.feed(data)
-                if decoder.buffered_bytes == 0:
-                    frame_started = None
-                elif payloads or frame_started is None:
-                    frame_started = current_time()  # a new frame began in this receive
-                self._backlog.extend(payloads)
-        log.info("event=%s who=%s", "read_timeout" if decoder.buffered_bytes else "idle_timeout",
-                 self.credential.who)
-
     def _execute_backlog(self) -> None:
         backlog = self._backlog
         server = self.server
@@ -348,7 +389,7 @@ class Connection:
         except PeerGone:
             self._peer_gone()
             return
-        self._capacity.unpark_all()  # room again for replies that wait to be executed
+        self._room()  # room again for replies that wait to be executed
 
     async def _writer(self) -> None:
         """Waits for the socket to drain when the kernel's buffer was full."""
@@ -381,7 +422,7 @@ class Server:
         self._budgets: dict = {}              # credential id -> RequestBudget
         self.reply_bytes = 0                  # estimated, of replies waiting for their commit
         self.unsent_bytes = 0                 # encoded replies the kernel has not taken yet
-        self.reply_room = trio.lowlevel.ParkingLot()  # connections waiting for reply_bytes
+        self.poller = ReadinessPoller(self.metrics)
         self._failures_counted = ledger.failures
         self._connections_scope = None
         self._accepting_scope = None
@@ -418,9 +459,10 @@ class Server:
 
     # ------------------------------------------------------------ memory held for replies
     def release_reply_bytes(self, size: int) -> None:
+        was_full = self.reply_bytes >= limits.replies_bytes_total_max
         self.reply_bytes -= size
-        if self.reply_bytes < limits.replies_bytes_total_max:
-            self.reply_room.unpark_all()
+        if was_full and self.reply_bytes < limits.replies_bytes_total_max:
+            self.poller.resume_all()   # connections paused for the server's reply memory
 
     # ------------------------------------------------------------ sockets before hello
     def _admit_pending(self, connection: Connection) -> bool:
@@ -525,6 +567,7 @@ class Server:
         returns once everything in flight is answered."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.committer.run)
+            await nursery.start(self.poller.run)
             nursery.start_soon(self._supervised, "housekeeping", self._housekeeping)
             # A forwarder per destination: reads committed journal only, never blocks tills.
             for destination in self.config.destinations:

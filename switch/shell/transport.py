@@ -63,6 +63,15 @@ class Transport:
                 await trio.lowlevel.checkpoint_if_cancelled()
             return data
 
+    def receive_now(self, max_bytes: int) -> bytes | None:
+        """What the kernel holds now: None when nothing, b"" when the peer closed or reset."""
+        try:
+            return self.sock.recv(max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
     def send_now(self, data: bytes) -> bytes:
         """Write what the kernel takes now; returns the rest. Raises PeerGone."""
         if self.closed:

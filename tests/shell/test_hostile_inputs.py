@@ -240,7 +240,9 @@ async def test_type_too_long_to_echo_is_shed_busy(tmp_path, nursery, monkeypatch
 
     monkeypatch.setattr(switch.store, "write_batch", stalled_write)
     await stream.send_all(session.request_frame({"t": "ping"})[1])
-    await trio.sleep(0.1)  # the committer is writing that ping
+    with trio.fail_after(10):   # the committer is writing that ping (a loaded machine is slow)
+        while not switch.server.committer.committing:
+            await trio.sleep(0.01)
     await stream.send_all(session.request_frame({"t": "ping"})[1]
                           + session.request_frame({"t": ECHO_BREAKING_TYPE})[1])
     codes = [session.receive(payload)["code"]

@@ -208,3 +208,29 @@ async def test_an_exception_while_serving_ends_that_connection_only(nursery, mon
     assert "a collector's bug" in caplog.text and "Traceback" in caplog.text
     monkeypatch.undo()
     assert (await _get(port)).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_reply_observations_expose_what_prometheus_client_would():
+    """The plain counts behind switch_requests_total and switch_request_duration_seconds give
+    the exposition prometheus-client's own Counter and Histogram give for the same replies,
+    bucket edges included."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+    from switch.shell.metrics import LATENCY_BUCKETS_S
+    registry = CollectorRegistry()
+    requests = Counter("switch_requests", "Requests answered, by type and result code",
+                       ["type", "code"], registry=registry)
+    duration = Histogram("switch_request_duration_seconds", "Frame in to reply out", ["type"],
+                         buckets=LATENCY_BUCKETS_S, registry=registry)
+    metrics = Metrics()
+    samples = [("debit", "ok", s) for s in LATENCY_BUCKETS_S] + \
+        [("debit", "busy", 0.00011), ("credit", "ok", 7.0), ("debit", "ok", 0.0)]
+    for request_type, code, seconds in samples:
+        requests.labels(request_type, code).inc()
+        duration.labels(request_type).observe(seconds)
+        metrics.observe_reply(request_type, code, seconds)
+
+    def ours(text):
+        return sorted(line for line in text.decode().splitlines()
+                      if line.startswith(("switch_requests", "switch_request_duration")))
+
+    assert ours(metrics.exposition()) == ours(generate_latest(registry))

@@ -1,0 +1,127 @@
+"""One task reads every signed-on connection: one epoll descriptor holds them all.
+
+Waking a task per ready socket cost more than the payment it carried (epoll event,
+reschedule, checkpoint, per connection and request). Here a single task waits for the
+epoll descriptor with trio, then in one pass with no `await` reads each ready socket once,
+decodes and executes every complete frame; the committer then answers the whole pass
+with one send per connection. Trio still owns the process: this task lives in the
+server's nursery and is cancelled with it.
+
+Level-triggered: a socket with more than one receive waiting is reported again in the
+next pass, so one busy peer cannot starve the others. A connection waiting on us (its
+replies, the server's reply memory) is taken out of the set until it has room again;
+its read deadlines are checked by a sweep once a second.
+"""
+
+import select
+
+import trio
+
+from switch import limits
+from switch.ledger.dispatch import failures
+
+_READ = select.EPOLLIN
+
+
+class ReadinessPoller:
+    def __init__(self, metrics):
+        self.metrics = metrics
+        self._epoll = select.epoll()
+        self._by_fd: dict = {}            # fd -> connection, while registered
+        self._paused: set = set()         # out of the epoll set: waiting on us
+        self._resumed: list = []          # connections given room again since the last pass
+        self._wait_scope: trio.CancelScope | None = None
+        self.passes = 0
+
+    # ------------------------------------------------------------ membership
+    def add(self, connection) -> None:
+        """Read it in every pass where it is ready (again, after a pause)."""
+        self._paused.discard(connection)
+        if connection.fd is None:
+            fd = connection.transport.sock.fileno()
+            self._epoll.register(fd, _READ)
+            self._by_fd[fd] = connection
+            connection.fd = fd
+
+    def pause(self, connection) -> None:
+        """Stop reading it (TCP backpressure) until `resume`. Taken out of the epoll set,
+        not left in it with no events: a reset peer would still report EPOLLHUP each pass."""
+        self._unregister(connection)
+        self._paused.add(connection)
+
+    def resume(self, connection) -> None:
+        """It may have room again: the next pass runs its backlog and reads it again."""
+        if connection in self._paused:
+            self._paused.discard(connection)
+            self._resumed.append(connection)
+            if self._wait_scope is not None:
+                self._wait_scope.cancel()
+
+    def resume_all(self) -> None:
+        for connection in list(self._paused):
+            self.resume(connection)
+
+    def remove(self, connection) -> None:
+        """Before its socket closes: the fd number may be reused by the next accept."""
+        self._unregister(connection)
+        self._paused.discard(connection)
+
+    def _unregister(self, connection) -> None:
+        fd = connection.fd
+        if fd is None:
+            return
+        connection.fd = None
+        if self._by_fd.get(fd) is connection:
+            del self._by_fd[fd]
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    @property
+    def connections(self) -> int:
+        return len(self._by_fd)
+
+    # ------------------------------------------------------------ the one task
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        epoll_fd = self._epoll.fileno()
+        poll = self._epoll.poll
+        by_fd = self._by_fd
+        current_time = trio.current_time
+        next_sweep = current_time() + limits.read_deadline_sweep_s
+        task_status.started()
+        try:
+            while True:
+                if not self._resumed:
+                    with trio.CancelScope(deadline=next_sweep) as self._wait_scope:
+                        await trio.lowlevel.wait_readable(epoll_fd)
+                    self._wait_scope = None
+                else:
+                    await trio.lowlevel.checkpoint()
+                if self._resumed:
+                    resumed, self._resumed = self._resumed, []
+                    for connection in resumed:
+                        self._contained(connection, connection.on_room)
+                for fd, _ in poll(0, limits.ready_connections_per_pass_max):
+                    connection = by_fd.get(fd)
+                    if connection is not None:
+                        self._contained(connection, connection.on_readable)
+                self.passes += 1
+                now = current_time()
+                if now >= next_sweep:
+                    next_sweep = now + limits.read_deadline_sweep_s
+                    for connection in list(by_fd.values()):
+                        if connection.read_deadline <= now:
+                            self._contained(connection, connection.on_read_deadline)
+        finally:
+            self._epoll.close()
+
+    def _contained(self, connection, step) -> None:
+        """A fault while serving one connection ends that connection alone."""
+        try:
+            step()
+        except Exception:
+            failures.failed("connection_failed", peer=connection.peer)
+            self.metrics.failures.labels("connection").inc()
+            self.remove(connection)
+            connection.fail()

@@ -1,0 +1,156 @@
+"""The one task that reads every signed-on connection (switch/shell/poller.py), on its own
+with socket pairs: one pass serves every ready connection, a paused one is not read until
+it has room, a fault stays with its connection, fd numbers are never confused."""
+
+import socket
+
+import pytest
+import trio
+
+from switch import limits
+from switch.shell.metrics import Metrics
+from switch.shell.poller import ReadinessPoller
+
+
+class _Transport:
+    def __init__(self, sock):
+        self.sock = sock
+
+
+class FakeConnection:
+    """What the poller needs of a Connection; records what it was asked to do."""
+
+    def __init__(self, poller, name, fail_on_read=False):
+        self.poller = poller
+        self.name = name
+        self.peer = name
+        self.ours, self.theirs = socket.socketpair()
+        self.ours.setblocking(False)
+        self.transport = _Transport(self.ours)
+        self.fd = None
+        self.read_deadline = float("inf")
+        self.received = b""
+        self.rooms = 0
+        self.deadlines = 0
+        self.failed = False
+        self.fail_on_read = fail_on_read
+        self.pause_after_read = False
+
+    def on_readable(self):
+        if self.fail_on_read:
+            raise RuntimeError("a fault while serving one connection")
+        self.received += self.ours.recv(65536)
+        if self.pause_after_read:
+            self.poller.pause(self)
+
+    def on_room(self):
+        self.rooms += 1
+        self.poller.add(self)
+
+    def on_read_deadline(self):
+        self.deadlines += 1
+        self.poller.remove(self)
+
+    def fail(self):
+        self.failed = True
+
+    def close(self):
+        self.poller.remove(self)
+        self.ours.close()
+        self.theirs.close()
+
+
+@pytest.fixture
+async def poller(nursery):
+    poller = ReadinessPoller(Metrics())
+    await nursery.start(poller.run)
+    return poller
+
+
+async def _settle():
+    # Let the poller task run its pass (it has no await inside one).
+    for _ in range(5):
+        await trio.sleep(0.01)
+
+
+async def test_one_pass_reads_every_ready_connection(poller):
+    connections = [FakeConnection(poller, f"c{n}") for n in range(40)]
+    for connection in connections:
+        poller.add(connection)
+    await _settle()
+    passes_before = poller.passes
+    for n, connection in enumerate(connections):
+        connection.theirs.send(b"frame %d" % n)   # all ready before the poller wakes
+    await _settle()
+    assert [c.received for c in connections] == [b"frame %d" % n for n in range(40)]
+    assert poller.passes - passes_before < 40    # not a pass (a wake-up) per connection
+    for connection in connections:
+        connection.close()
+
+
+async def test_a_paused_connection_is_not_read_until_it_has_room(poller):
+    connection = FakeConnection(poller, "paused")
+    connection.pause_after_read = True
+    poller.add(connection)
+    connection.theirs.send(b"first")
+    await _settle()
+    assert connection.received == b"first" and connection.fd is None
+    connection.pause_after_read = False
+    connection.theirs.send(b"second")
+    connection.theirs.close()          # a peer gone while paused must not spin the poller
+    await _settle()
+    passes = poller.passes
+    await _settle()
+    assert connection.received == b"first" and poller.passes - passes <= 1
+    poller.resume(connection)
+    await _settle()
+    assert connection.rooms == 1 and connection.received.startswith(b"firstsecond")
+    poller.remove(connection)
+    connection.ours.close()
+
+
+async def test_a_fault_in_one_connection_ends_it_alone(poller):
+    bad = FakeConnection(poller, "bad", fail_on_read=True)
+    good = FakeConnection(poller, "good")
+    poller.add(bad)
+    poller.add(good)
+    bad.theirs.send(b"x")
+    good.theirs.send(b"y")
+    await _settle()
+    assert bad.failed and bad.fd is None
+    assert good.received == b"y" and not good.failed
+    good.theirs.send(b"z")
+    await _settle()
+    assert good.received == b"yz"
+    bad.close()
+    good.close()
+
+
+async def test_a_reused_fd_number_reaches_the_new_connection(poller):
+    old = FakeConnection(poller, "old")
+    poller.add(old)
+    old_fd = old.fd
+    old.close()
+    for _ in range(4):   # the next socket may or may not take the same number
+        new = FakeConnection(poller, "new")
+        if new.ours.fileno() == old_fd:
+            break
+    poller.add(new)
+    new.theirs.send(b"mine")
+    await _settle()
+    assert new.received == b"mine" and old.received == b""
+    new.close()
+
+
+async def test_the_sweep_ends_reading_past_its_deadline(poller, autojump_clock):
+    late = FakeConnection(poller, "late")
+    fresh = FakeConnection(poller, "fresh")
+    poller.add(late)
+    poller.add(fresh)
+    late.read_deadline = trio.current_time() + 0.5
+    fresh.read_deadline = trio.current_time() + 1000
+    await trio.sleep(limits.read_deadline_sweep_s * 3)
+    assert late.deadlines == 1 and late.fd is None
+    assert fresh.deadlines == 0 and fresh.fd is not None
+    late.close()
+    fresh.close()
