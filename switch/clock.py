@@ -1,13 +1,87 @@
 """Time as the switch sees it; injectable so tests drive expiries and days without sleeping."""
 
+import logging
 import time
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
+
+from switch import limits
+
+log = logging.getLogger("switch.clock")
+
+# Counts suspended time too (a resumed machine's wall clock is right, not jumped); where it
+# does not exist, the plain monotonic clock.
+_MONOTONIC_ID = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def monotonic_ms() -> int:
+    return time.clock_gettime_ns(_MONOTONIC_ID) // 1_000_000
 
 
 class SystemClock:
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
+
+
+class TrustedClock:
+    """Wall time, believed only while it agrees with the monotonic clock.
+
+    Everything the switch decides by the clock (QR steps and their floor, hold expiry,
+    forgetting remembered ids, journal times) reads `now_ms`. A wall reading further than
+    `jump_s_max` from the last believed reading plus the monotonic time since is a jump: it
+    is logged and reported to each of `jump_observers` (direction, signed size in seconds)
+    and not believed; the switch goes on with that monotonic extrapolation. So a clock set
+    days ahead and put right a moment later expires no code or hold and forgets no id. A
+    jumped clock that stays where it jumped to (within `jump_s_max`) for `confirm_s` was
+    corrected rather than broken, and is believed from then on.
+    """
+
+    def __init__(self, wall=None, monotonic=monotonic_ms,
+                 jump_s_max: float = limits.clock_jump_s_max,
+                 confirm_s: float = limits.clock_jump_confirm_s):
+        self.wall = SystemClock() if wall is None else wall
+        self.monotonic = monotonic
+        self.jump_ms_max = round(jump_s_max * 1000)
+        self.confirm_ms = round(confirm_s * 1000)
+        self.jump_observers: list = []
+        self._believed_ms = self.wall.now_ms()
+        self._believed_at_mono_ms = monotonic()
+        self._jump_offset_ms: int | None = None   # of the jump not yet believed
+        self._jump_since_mono_ms = 0
+
+    def now_ms(self) -> int:
+        wall_ms = self.wall.now_ms()
+        mono_ms = self.monotonic()
+        expected_ms = self._believed_ms + (mono_ms - self._believed_at_mono_ms)
+        offset_ms = wall_ms - expected_ms
+        if -self.jump_ms_max <= offset_ms <= self.jump_ms_max:
+            if self._jump_offset_ms is not None:
+                log.warning("event=clock_jump_undone wall_ms=%d", wall_ms)
+                self._jump_offset_ms = None
+            return self._believe(wall_ms, mono_ms)
+        if (self._jump_offset_ms is None
+                or abs(offset_ms - self._jump_offset_ms) > self.jump_ms_max):
+            self._jump_offset_ms, self._jump_since_mono_ms = offset_ms, mono_ms
+            self._report(offset_ms, wall_ms, expected_ms)
+        elif mono_ms - self._jump_since_mono_ms >= self.confirm_ms:
+            log.warning("event=clock_jump_believed jump_s=%.3f wall_ms=%d held_s=%.3f",
+                        offset_ms / 1000, wall_ms,
+                        (mono_ms - self._jump_since_mono_ms) / 1000)
+            self._jump_offset_ms = None
+            return self._believe(wall_ms, mono_ms)
+        return expected_ms
+
+    def _believe(self, wall_ms: int, mono_ms: int) -> int:
+        self._believed_ms, self._believed_at_mono_ms = wall_ms, mono_ms
+        return wall_ms
+
+    def _report(self, offset_ms: int, wall_ms: int, expected_ms: int) -> None:
+        direction = "forward" if offset_ms > 0 else "back"
+        log.warning("event=clock_jump direction=%s jump_s=%.3f wall_ms=%d used_ms=%d "
+                    "believed_after_s=%.0f", direction, offset_ms / 1000, wall_ms, expected_ms,
+                    self.confirm_ms / 1000)
+        for observer in self.jump_observers:
+            observer(direction, offset_ms / 1000)
 
 
 class FakeClock:

@@ -98,12 +98,20 @@ class Metrics:
         self.endpoint_refused = Counter("switch_metrics_endpoint_refused",
                                         "Metrics HTTP connections closed at accept (limit "
                                         "reached)", registry=registry)
+        self.clock_jumps = Counter("switch_clock_jumps",
+                                   "Wall-clock readings that jumped away from the monotonic "
+                                   "clock and were not believed, by direction",
+                                   ["direction"], registry=registry)
+        self.clock_jump = Gauge("switch_clock_jump_seconds",
+                                "The last clock jump's size (negative: back)", registry=registry)
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         for role in ("pending", "terminal", "service", "admin"):
             self.connections.labels(role)
         for where in FAILURE_PLACES:
             self.failures.labels(where)
+        for direction in ("forward", "back"):
+            self.clock_jumps.labels(direction)
         # labels() costs ~3 µs; the hot path looks children up in these dicts instead. Keys
         # are known label values only, so the dicts stay as small as the sets.
         self._request_children = {}
@@ -133,6 +141,10 @@ class Metrics:
             histogram = self._duration_children[known_type] = \
                 self.request_duration.labels(known_type)
         return child, histogram
+
+    def clock_jumped(self, direction: str, size_s: float) -> None:
+        self.clock_jumps.labels(direction).inc()
+        self.clock_jump.set(size_s)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
