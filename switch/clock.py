@@ -9,13 +9,19 @@ from switch import limits
 
 log = logging.getLogger("switch.clock")
 
-# Counts suspended time too (a resumed machine's wall clock is right, not jumped); where it
-# does not exist, the plain monotonic clock.
-_MONOTONIC_ID = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+_BOOTTIME_ID = getattr(time, "CLOCK_BOOTTIME", None)
 
 
 def monotonic_ms() -> int:
-    return time.clock_gettime_ns(_MONOTONIC_ID) // 1_000_000
+    return time.monotonic_ns() // 1_000_000
+
+
+def suspended_ms() -> int:
+    """Time the machine spent suspended since boot (its wall clock ran on, the monotonic
+    clock did not); read only when the two disagree, it costs a system call here."""
+    if _BOOTTIME_ID is None:
+        return 0
+    return (time.clock_gettime_ns(_BOOTTIME_ID) - time.monotonic_ns()) // 1_000_000
 
 
 class SystemClock:
@@ -33,47 +39,65 @@ class TrustedClock:
     and not believed; the switch goes on with that monotonic extrapolation. So a clock set
     days ahead and put right a moment later expires no code or hold and forgets no id. A
     jumped clock that stays where it jumped to (within `jump_s_max`) for `confirm_s` was
-    corrected rather than broken, and is believed from then on.
+    corrected rather than broken, and is believed from then on. Time spent suspended is
+    no jump: the wall clock ran on while the monotonic one stood still.
     """
 
-    def __init__(self, wall=None, monotonic=monotonic_ms,
+    def __init__(self, wall=None, monotonic=monotonic_ms, suspended=suspended_ms,
                  jump_s_max: float = limits.clock_jump_s_max,
                  confirm_s: float = limits.clock_jump_confirm_s):
         self.wall = SystemClock() if wall is None else wall
+        self._wall_ms = self.wall.now_ms
         self.monotonic = monotonic
+        self.suspended = suspended
+        self._suspended_ms = suspended()
         self.jump_ms_max = round(jump_s_max * 1000)
         self.confirm_ms = round(confirm_s * 1000)
         self.jump_observers: list = []
-        self._believed_ms = self.wall.now_ms()
-        self._believed_at_mono_ms = monotonic()
+        # Wall minus monotonic time, as last believed: the believed time now is this plus
+        # the monotonic clock.
+        self._base_ms = self.wall.now_ms() - monotonic()
         self._jump_offset_ms: int | None = None   # of the jump not yet believed
         self._jump_since_mono_ms = 0
 
     def now_ms(self) -> int:
-        wall_ms = self.wall.now_ms()
+        # The common case first and lean: every request reads the clock more than once.
+        wall_ms = self._wall_ms()
         mono_ms = self.monotonic()
-        expected_ms = self._believed_ms + (mono_ms - self._believed_at_mono_ms)
-        offset_ms = wall_ms - expected_ms
+        offset_ms = wall_ms - mono_ms - self._base_ms
+        if -self.jump_ms_max <= offset_ms <= self.jump_ms_max and self._jump_offset_ms is None:
+            self._base_ms = wall_ms - mono_ms
+            return wall_ms
+        return self._disagreeing(wall_ms, mono_ms, offset_ms)
+
+    def _disagreeing(self, wall_ms: int, mono_ms: int, offset_ms: int) -> int:
+        """`now_ms` when the wall clock has left the believed time, or had left it before."""
         if -self.jump_ms_max <= offset_ms <= self.jump_ms_max:
-            if self._jump_offset_ms is not None:
-                log.warning("event=clock_jump_undone wall_ms=%d", wall_ms)
+            log.warning("event=clock_jump_undone wall_ms=%d", wall_ms)
+            self._jump_offset_ms = None
+            self._base_ms = wall_ms - mono_ms
+            return wall_ms
+        suspended_ms = self.suspended()
+        if suspended_ms != self._suspended_ms:
+            self._base_ms += suspended_ms - self._suspended_ms
+            self._suspended_ms = suspended_ms
+            offset_ms = wall_ms - mono_ms - self._base_ms
+            if -self.jump_ms_max <= offset_ms <= self.jump_ms_max:
                 self._jump_offset_ms = None
-            return self._believe(wall_ms, mono_ms)
+                self._base_ms = wall_ms - mono_ms
+                return wall_ms
         if (self._jump_offset_ms is None
                 or abs(offset_ms - self._jump_offset_ms) > self.jump_ms_max):
             self._jump_offset_ms, self._jump_since_mono_ms = offset_ms, mono_ms
-            self._report(offset_ms, wall_ms, expected_ms)
+            self._report(offset_ms, wall_ms, self._base_ms + mono_ms)
         elif mono_ms - self._jump_since_mono_ms >= self.confirm_ms:
             log.warning("event=clock_jump_believed jump_s=%.3f wall_ms=%d held_s=%.3f",
                         offset_ms / 1000, wall_ms,
                         (mono_ms - self._jump_since_mono_ms) / 1000)
             self._jump_offset_ms = None
-            return self._believe(wall_ms, mono_ms)
-        return expected_ms
-
-    def _believe(self, wall_ms: int, mono_ms: int) -> int:
-        self._believed_ms, self._believed_at_mono_ms = wall_ms, mono_ms
-        return wall_ms
+            self._base_ms = wall_ms - mono_ms
+            return wall_ms
+        return self._base_ms + mono_ms
 
     def _report(self, offset_ms: int, wall_ms: int, expected_ms: int) -> None:
         direction = "forward" if offset_ms > 0 else "back"

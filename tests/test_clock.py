@@ -15,12 +15,14 @@ DAY_MS = 24 * 3600 * 1000
 
 
 class Clocks:
-    """A fake wall clock and a fake monotonic one under a TrustedClock, with its reports."""
+    """Fake wall and monotonic clocks and a fake count of time suspended under a
+    TrustedClock, with its reports."""
 
     def __init__(self):
         self.wall = FakeClock()
         self.monotonic = FakeClock(5_000)
-        self.trusted = TrustedClock(self.wall, self.monotonic.now_ms)
+        self.suspended = FakeClock(0)
+        self.trusted = TrustedClock(self.wall, self.monotonic.now_ms, self.suspended.now_ms)
         self.jumps = []
         self.trusted.jump_observers.append(lambda direction, size_s: self.jumps.append(
             (direction, size_s)))
@@ -81,6 +83,23 @@ def test_a_jump_that_stays_is_believed_after_the_confirmation_time(clocks, held_
     jumped_ms = clocks.start_ms + 2 * DAY_MS + held_ms
     assert clocks.trusted.now_ms() == (jumped_ms if believed else clocks.start_ms + held_ms)
     assert len(clocks.jumps) == 1
+
+
+def test_time_spent_suspended_is_no_jump(clocks):
+    clocks.elapse(1)
+    clocks.wall.advance(3600)          # an hour asleep: the monotonic clock stood still
+    clocks.suspended.advance(3600)
+    assert clocks.trusted.now_ms() == clocks.start_ms + 3_601_000
+    clocks.elapse(1)
+    assert clocks.trusted.now_ms() == clocks.start_ms + 3_602_000
+    assert clocks.jumps == []
+
+
+def test_a_jump_while_suspended_is_still_a_jump(clocks):
+    clocks.wall.advance(3600 + 2 * 24 * 3600)
+    clocks.suspended.advance(3600)
+    assert clocks.trusted.now_ms() == clocks.start_ms + 3_600_000
+    assert clocks.jumps == [("forward", 2 * 24 * 3600.0)]
 
 
 def test_a_second_jump_while_one_is_unconfirmed_starts_the_wait_again(clocks):

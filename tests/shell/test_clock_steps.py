@@ -66,7 +66,8 @@ async def test_daily_limit_is_not_reopened_by_a_step_back_over_midnight(switch):
 async def trusting(tmp_path, nursery):
     """A switch on a TrustedClock over a fake wall clock and a fake monotonic one."""
     wall, monotonic = FakeClock(), FakeClock(1_000)
-    instance = await Switch(tmp_path / "data", clock=TrustedClock(wall, monotonic.now_ms)
+    instance = await Switch(tmp_path / "data", clock=TrustedClock(wall, monotonic.now_ms,
+                                                                      lambda: 0)
                             ).start(nursery)
     instance.wall, instance.monotonic = wall, monotonic
     yield instance
