@@ -105,6 +105,14 @@ service_requests_burst = 20000
 admin_requests_per_s = 5000
 admin_requests_burst = 20000
 
+# --- The switch's clock (switch/clock.py TrustedClock) ---
+# A wall-clock reading further than this from (last trusted reading + monotonic time since) is
+# a jump: logged, counted, and not believed. NTP slews and sub-second steps stay well inside.
+clock_jump_s_max = 10.0
+# A jumped clock that stays where it jumped to for this long was corrected, not broken: it is
+# believed from then on. A jump corrected sooner never expires a hold or forgets an id.
+clock_jump_confirm_s = 600.0
+
 # --- Shell timers ---
 housekeeping_interval_s = 1.0      # how often holds expire and old ids and QR codes are forgotten
 drain_timeout_s = 10.0             # on SIGTERM, in-flight requests are answered within this

@@ -66,7 +66,7 @@ async def _bind(args) -> tuple[list, list]:
 
 
 async def _serve(args) -> int:
-    from switch.clock import SystemClock
+    from switch.clock import TrustedClock
     from switch.config import load_config
     from switch.cli.datadir import ADMIN_KEY_FILE, DataDirClaim, check_data_dir
     from switch.ledger import Ledger
@@ -84,8 +84,9 @@ async def _serve(args) -> int:
         if claim.new:
             logging.getLogger("switch").info("event=initialised data=%s key_file=%s",
                                              args.data, ADMIN_KEY_FILE)
-        ledger = Ledger(store, config, SystemClock())
-        server = Server(store, ledger, config, SystemClock())
+        clock = TrustedClock()   # one clock: hello's `time` agrees with the journal's
+        ledger = Ledger(store, config, clock)
+        server = Server(store, ledger, config, clock)
     except BaseException:
         if store is not None:
             store.close()

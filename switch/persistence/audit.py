@@ -1,9 +1,24 @@
 """`python -m switch audit`: check a data dir's books without starting the switch.
 
-Checks that journal txns run 1..N without gaps, that each account's balance
-equals the sum of its journal amounts (and each record's `balance` the running
-sum), and that each account's held amount equals its open holds. Reads one
-consistent LMDB snapshot, so it works on a live switch and on a crashed one.
+Reads one consistent LMDB snapshot, so it works on a live switch and on a crashed one,
+and checks the sums and what they mean:
+
+- journal txns run 1..N without gaps, each record saying its own txn;
+- each account's balance equals the sum of its journal amounts (and each record's
+  `balance` the running sum), and no journal record names an account that does not exist;
+- each account's held amount equals its open holds; every hold's account exists; the
+  expiry index lists exactly the open holds;
+- a closed account is empty: no balance and nothing held;
+- cards: each card's account exists; its state is the one its last journal record gave it
+  (`issue_card`, `lost`, `found`, `replace_card`); its school's blacklist lists it exactly
+  when the switch's rule says it should be (lost or blocked, or its account frozen as
+  overdrawn);
+- offline flags: an `offline` record names a card of its own account and a `tapped_at`,
+  carries no flag but `after_lost`, and carries it exactly when the card was lost or
+  blocked (by the journal up to that record) when the record arrived and the tap came
+  after the loss. The loss's exact time is the card's `changed_at` while no later change
+  of the card overwrote it; after one, the loss record's own `at` (a bound: the card was
+  stamped no later) decides only that an unflagged tap after it should have been flagged.
 """
 
 import os
@@ -14,7 +29,19 @@ import msgpack
 
 from switch import limits
 from switch.core import layout
+from switch.ledger.card_office import should_be_listed
+from switch.ledger.state.blacklist import member_of_key
 from switch.persistence.store import STORE_DIR
+
+# Journal records that set a card's state: kind -> [(field naming the card, state it gets)].
+_CARD_CHANGES = {
+    "issue_card": [("card", layout.CARD_ACTIVE)],
+    "found": [("card", layout.CARD_ACTIVE)],
+    "lost": [("card", layout.CARD_LOST)],
+    "replace_card": [("old", layout.CARD_BLOCKED), ("card", layout.CARD_ACTIVE)],
+}
+OFFLINE_FLAGS = frozenset({"after_lost"})
+_DATABASES = ("accounts", "journal", "holds", "hold_expiry", "cards", "blacklist_cards")
 
 
 
@@ -62,7 +89,7 @@ def audit(data_dir: str) -> AuditReport:
     report = AuditReport()
     try:
         dbs = {}
-        for name in ("accounts", "journal", "holds"):
+        for name in _DATABASES:
             try:
                 dbs[name] = env.open_db(name.encode(), create=False)
             except lmdb.NotFoundError:
@@ -88,12 +115,34 @@ def journal_records(data_dir: str):
         env.close()
 
 
+def _items(txn, db):
+    """The (key, value) pairs of a database, none when the data dir never created it."""
+    return () if db is None else txn.cursor(db=db)
+
+
+def _unpack(value):
+    return msgpack.unpackb(value, raw=False)
+
+
 def _check(txn, dbs, report: AuditReport) -> None:
+    sums, card_history, offline = _check_journal(txn, dbs, report)
+    accounts = {key.decode(): bytes(value) for key, value in _items(txn, dbs["accounts"])}
+    held = _check_holds(txn, dbs, report, accounts)
+    _check_accounts(report, accounts, sums, held)
+    cards = _check_cards(txn, dbs, report, accounts, card_history)
+    _check_offline(report, offline, cards, card_history)
+
+
+def _check_journal(txn, dbs, report: AuditReport):
+    """(journal sum per account, card -> [(txn, state, at)], offline records) after checking
+    txn numbering and running balances."""
     sums: dict[str, int] = {}
+    card_history: dict[str, list] = {}
+    offline = []
     expected_txn = 1
-    for key, value in txn.cursor(db=dbs["journal"]):
+    for key, value in _items(txn, dbs["journal"]):
         number = int.from_bytes(key, "big")
-        record = msgpack.unpackb(value, raw=False)
+        record = _unpack(value)
         if number != expected_txn:
             report.problems.append(f"txn gap: expected {expected_txn}, found {number}")
             expected_txn = number
@@ -105,28 +154,118 @@ def _check(txn, dbs, report: AuditReport) -> None:
         if record["balance"] != running:
             report.problems.append(f"txn {number}: balance {record['balance']} but running sum "
                                    f"of {account} is {running}")
+        for card_field, state in _CARD_CHANGES.get(record["kind"], ()):
+            card_history.setdefault(record.get(card_field), []).append(
+                (number, state, record["at"]))
+        if record["kind"] == "offline":
+            offline.append(record)
         expected_txn += 1
         report.records += 1
+    return sums, card_history, offline
 
+
+def _check_holds(txn, dbs, report: AuditReport, accounts: dict) -> dict[str, int]:
+    """Open holds' sum per account, after checking each hold's account and the index."""
     held: dict[str, int] = {}
-    if dbs["holds"] is not None:
-        for _, value in txn.cursor(db=dbs["holds"]):
-            hold = msgpack.unpackb(value, raw=False)
-            if hold.get("state") == "open":
-                held[hold["account"]] = held.get(hold["account"], 0) + hold["amount"]
-                report.open_holds += 1
+    open_holds = set()
+    for key, value in _items(txn, dbs["holds"]):
+        hold_id, hold = bytes(key).decode(), _unpack(value)
+        if hold["account"] not in accounts:
+            report.problems.append(f"hold {hold_id}: account {hold['account']} does not exist")
+        if hold.get("state") == "open":
+            held[hold["account"]] = held.get(hold["account"], 0) + hold["amount"]
+            open_holds.add((hold["expires"], hold_id))
+    report.open_holds = len(open_holds)
+    indexed = {(int.from_bytes(key[:8], "big"), bytes(key[8:]).decode())
+               for key, _ in _items(txn, dbs["hold_expiry"])}
+    for expires, hold_id in sorted(open_holds - indexed):
+        report.problems.append(f"hold {hold_id}: open but not in the expiry index")
+    for expires, hold_id in sorted(indexed - open_holds):
+        report.problems.append(f"hold {hold_id}: in the expiry index (at {expires}) but not "
+                               f"an open hold")
+    return held
 
-    for key, value in txn.cursor(db=dbs["accounts"]):
-        account = key.decode()
-        balance = layout.get(value, layout.BALANCE)
+
+def _check_accounts(report: AuditReport, accounts: dict, sums: dict, held: dict) -> None:
+    for account, value in accounts.items():
+        balance, held_fen = layout.get(value, layout.BALANCE), layout.get(value, layout.HELD)
         report.accounts += 1
         report.total_balance_fen += balance
         journal_sum = sums.pop(account, 0)
         if balance != journal_sum:
             report.problems.append(f"account {account}: balance {balance} but journal sum "
                                    f"{journal_sum}")
-        if layout.get(value, layout.HELD) != held.get(account, 0):
-            report.problems.append(f"account {account}: held {layout.get(value, layout.HELD)} "
+        if held_fen != held.get(account, 0):
+            report.problems.append(f"account {account}: held {held_fen} "
                                    f"but open holds sum to {held.get(account, 0)}")
+        if layout.get(value, layout.STATUS) == layout.STATUS_CLOSED and (balance or held_fen):
+            report.problems.append(f"account {account}: closed but holds balance {balance}, "
+                                   f"held {held_fen}")
     for account in sums:
         report.problems.append(f"journal names account {account} that does not exist")
+
+
+def _check_cards(txn, dbs, report: AuditReport, accounts: dict, card_history: dict) -> dict:
+    """card -> [account, state, changed_at_ms], after checking states and the blacklist."""
+    cards = {bytes(key).decode(): _unpack(value) for key, value in _items(txn, dbs["cards"])}
+    should_list = set()
+    for card, (account, state, _) in cards.items():
+        record = accounts.get(account)
+        if record is None:
+            report.problems.append(f"card {card}: account {account} does not exist")
+            continue
+        history = card_history.get(card)
+        if not history or history[-1][1] != state:
+            recorded = layout.CARD_STATE_NAMES[history[-1][1]] if history else "no record"
+            report.problems.append(f"card {card}: state {_state_name(state)} but the journal "
+                                   f"says {recorded}")
+        if should_be_listed(state, record):
+            should_list.add((layout.school_of(record), card))
+    for card in card_history.keys() - cards.keys():
+        report.problems.append(f"journal names card {card} that does not exist")
+    listed = {member_of_key(key) for key, _ in _items(txn, dbs["blacklist_cards"])}
+    for school, card in sorted(should_list - listed):
+        report.problems.append(f"card {card}: {_state_name(cards[card][1])} (or its account "
+                               f"frozen as overdrawn) but not on {school}'s blacklist")
+    for school, card in sorted(listed - should_list):
+        report.problems.append(f"card {card}: on {school}'s blacklist but should not be")
+    return cards
+
+
+def _state_name(state) -> str:
+    names = layout.CARD_STATE_NAMES
+    return names[state] if type(state) is int and 0 <= state < len(names) else repr(state)
+
+
+def _check_offline(report: AuditReport, offline: list, cards: dict, card_history: dict) -> None:
+    for record in offline:
+        number, card, flag = record["txn"], record.get("card"), record.get("flag")
+        tapped_ms = record.get("tapped_at")
+        if flag is not None and flag not in OFFLINE_FLAGS:
+            report.problems.append(f"txn {number}: offline flag {flag!r} is not one of "
+                                   f"{sorted(OFFLINE_FLAGS)}")
+            continue
+        if card not in cards or cards[card][0] != record["account"] or type(tapped_ms) is not int:
+            report.problems.append(f"txn {number}: offline record of card {card!r} tapped at "
+                                   f"{tapped_ms!r} is not of a card of {record['account']}")
+            continue
+        history = card_history.get(card, [])
+        before = [change for change in history if change[0] < number]
+        if not before:
+            report.problems.append(f"txn {number}: offline record of card {card} before the "
+                                   f"card was issued")
+            continue
+        _, state, change_at_ms = before[-1]
+        lost = state in (layout.CARD_LOST, layout.CARD_BLOCKED)
+        if len(before) == len(history):     # the card's stamp is still this change's
+            should_flag = lost and tapped_ms > cards[card][2]
+            may_flag = should_flag
+        else:
+            should_flag = lost and tapped_ms > change_at_ms
+            may_flag = lost
+        if flag is None and should_flag:
+            report.problems.append(f"txn {number}: card {card} tapped after it was "
+                                   f"{_state_name(state)} but not flagged after_lost")
+        elif flag is not None and not may_flag:
+            report.problems.append(f"txn {number}: flagged {flag} but card {card} was "
+                                   f"{_state_name(state)} since {change_at_ms}")

@@ -144,12 +144,20 @@ class Metrics:
         self.endpoint_refused = Counter("switch_metrics_endpoint_refused",
                                         "Metrics HTTP connections closed at accept (limit "
                                         "reached)", registry=registry)
+        self.clock_jumps = Counter("switch_clock_jumps",
+                                   "Wall-clock readings that jumped away from the monotonic "
+                                   "clock and were not believed, by direction",
+                                   ["direction"], registry=registry)
+        self.clock_jump = Gauge("switch_clock_jump_seconds",
+                                "The last clock jump's size (negative: back)", registry=registry)
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         for role in ("pending", "terminal", "service", "admin"):
             self.connections.labels(role)
         for where in FAILURE_PLACES:
             self.failures.labels(where)
+        for direction in ("forward", "back"):
+            self.clock_jumps.labels(direction)
         self._exposition = b""
         self._exposition_built_s = -math.inf
         self._exposition_lock = trio.Lock()
@@ -161,6 +169,10 @@ class Metrics:
         if not _member(code, RESULT_CODES):
             code = UNKNOWN
         self.replies.observe(request_type, code, seconds)
+
+    def clock_jumped(self, direction: str, size_s: float) -> None:
+        self.clock_jumps.labels(direction).inc()
+        self.clock_jump.set(size_s)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -426,6 +426,8 @@ class Server:
         self._failures_counted = ledger.failures
         self._connections_scope = None
         self._accepting_scope = None
+        if hasattr(clock, "jump_observers"):   # a TrustedClock (tests may drive a fake one)
+            clock.jump_observers.append(self.metrics.clock_jumped)
         self.metrics.journal_txn.set(store.last_txn)
         self.metrics.holds_open.set(ledger.holds.open_count)
         from switch import __version__

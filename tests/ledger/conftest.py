@@ -19,11 +19,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from switch import limits
-from switch.clock import FakeClock
+from switch.clock import FakeClock, TrustedClock
 from switch.config import default_config
 from switch.core.codes import CODE_NAMES
 from switch.cli.datadir import open_data_dir
-from switch.ledger import Ledger, dispatch
+from switch.ledger import Ledger, dispatch, housekeeping
 from switch.ledger.dorm import expire_due_holds
 from switch.ledger.effects import BlacklistPush, JournalAdvanced, PowerCutoff, Revocation
 from switch.ledger.payments import prune_used_qr
@@ -32,7 +32,7 @@ from switch.ledger.qr import qr_code, qr_tag
 QR_STEP_S = limits.qr_step_s
 
 # What the test modules take from here (the code under test they need is re-exported).
-__all__ = ["limits", "QR_STEP_S", "qr_tag", "REQUEST_TYPES", "RESULT_CODES", "OBSERVED",
+__all__ = ["limits", "FakeClock", "TrustedClock", "QR_STEP_S", "qr_tag", "REQUEST_TYPES", "RESULT_CODES", "OBSERVED",
            "OBSERVED_OFFLINE", "World", "populate", "whole_directory_ran", "STUDENT", "CARD",
            "CUIK_STUDENT", "CUIK_CARD", "ROOM", "CUIK_ROOM", "ID_LAST6", "PIN", "BALANCE"]
 
@@ -198,6 +198,12 @@ class World:
 
     def forget_old_ids(self) -> int:
         return self.ledger.forget_old_ids(limits.idempotency_forget_per_pass_max)
+
+    def housekeep(self):
+        """One whole housekeeping pass, then its commit."""
+        done = housekeeping.tick(self.ledger)
+        self.commit()
+        return done
 
     # ------------------------------------------------------------------ time
     def local_ms(self, local_time: str, school: str = "WH") -> int:

@@ -1,11 +1,17 @@
 """`audit` finds what is wrong, and passes what is right."""
 
+import os
+import shutil
+
+import lmdb
 import msgpack
+import pytest
 
 from switch.persistence.audit import audit
 from switch.core import layout
 from switch.cli.datadir import open_data_dir
-from switch.persistence.store import txn_key
+from switch.persistence.store import STORE_DIR, txn_key
+from tests.ledger.conftest import BALANCE, CARD, STUDENT, World, populate
 
 
 def _books(tmp_path, balance=500, amounts=(1000, -500), gap=False):
@@ -46,3 +52,177 @@ def test_txn_gap_is_found(tmp_path):
 
 def test_missing_data_dir_is_not_sound(tmp_path):
     assert not audit(str(tmp_path / "nothing")).sound
+
+
+# ---------------------------------------------------------------- what the books mean
+# Books the request layer wrote (a lost card and two offline taps of it, a replaced card, an
+# open hold, a closed account), then corrupted in exactly one way, straight in LMDB.
+LOST_OWNER, LOST_CARD = "WH20230002", "0A0A0002"
+MOVED_OWNER, MOVED_CARD, NEW_CARD = "WH20230003", "0A0A0003", "0A0A0033"
+FOUND_OWNER, FOUND_CARD = "WH20230004", "0A0A0004"   # lost, tapped, then found again
+CLOSED = "WH20230009"
+
+
+@pytest.fixture(scope="module")
+def sound_books(tmp_path_factory):
+    path = tmp_path_factory.mktemp("books") / "data"
+    world = populate(World(path))
+    world.ok(world.water, "hold", card=CARD, amount=2_000)
+    world.open_person(LOST_OWNER, LOST_CARD, balance=5_000)
+    world.open_person(MOVED_OWNER, MOVED_CARD, balance=5_000)
+    world.open_person(FOUND_OWNER, FOUND_CARD, balance=5_000)
+    world.open_person(CLOSED)
+    world.ok(world.admin, "close_account", account=CLOSED)
+    world.ok(world.admin, "replace_card", account=MOVED_OWNER, old=MOVED_CARD, new=NEW_CARD)
+    lost_at = world.clock.now_ms()
+    world.ok(world.service, "lost", card=LOST_CARD)
+    world.ok(world.service, "lost", card=FOUND_CARD)
+    world.clock.advance(60)
+    reply = world.ok(world.pos, "offline", records=[
+        {"id": "before-loss", "card": LOST_CARD, "amount": 100, "at": lost_at - 30_000},
+        {"id": "after-loss", "card": LOST_CARD, "amount": 100, "at": lost_at + 30_000},
+        {"id": "moved", "card": MOVED_CARD, "amount": 100, "at": lost_at + 30_000},
+        {"id": "found-later", "card": FOUND_CARD, "amount": 100, "at": lost_at + 30_000}])
+    assert [result.get("flag") for result in reply["results"]] == [None, "after_lost",
+                                                                    "after_lost", "after_lost"]
+    world.ok(world.service, "found", card=FOUND_CARD)
+    world.commit()
+    world.close()
+    return path
+
+
+@pytest.fixture
+def books(sound_books, tmp_path) -> str:
+    path = tmp_path / "data"
+    shutil.copytree(sound_books, path)
+    return str(path)
+
+
+def _lmdb_write(data_dir: str, change) -> None:
+    """Run `change(txn, dbs)` in one LMDB write transaction on the data dir."""
+    env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=32, subdir=True)
+    try:
+        with env.begin(write=True) as txn:
+            change(txn, lambda name: env.open_db(name.encode(), txn=txn))
+    finally:
+        env.close()
+
+
+def _journal_record(txn, db, predicate):
+    for key, value in txn.cursor(db=db("journal")):
+        record = msgpack.unpackb(value, raw=False)
+        if predicate(record):
+            return key, record
+    raise AssertionError("no such record")
+
+
+def _problems(data_dir: str) -> list[str]:
+    report = audit(data_dir)
+    assert not report.sound
+    return report.problems
+
+
+def test_books_the_ledger_wrote_are_sound(books):
+    report = audit(books)
+    assert report.sound, report.problems
+    assert report.open_holds == 1
+
+
+def test_a_closed_account_holding_money_is_found(books):
+    def close_a_full_account(txn, db):
+        record = bytearray(txn.get(STUDENT.encode(), db=db("accounts")))
+        layout.put(record, layout.STATUS, layout.STATUS_CLOSED)
+        txn.put(STUDENT.encode(), bytes(record), db=db("accounts"))
+    _lmdb_write(books, close_a_full_account)
+    assert _problems(books) == [
+        f"account {STUDENT}: closed but holds balance {BALANCE}, held 2000"]
+
+
+@pytest.mark.parametrize("listed, card, message", [
+    (False, LOST_CARD, f"card {LOST_CARD}: lost (or its account frozen as overdrawn) but not on "
+                       f"WH's blacklist"),
+    (True, CARD, f"card {CARD}: on WH's blacklist but should not be")])
+def test_a_blacklist_that_disagrees_with_card_states_is_found(books, listed, card, message):
+    def change(txn, db):
+        key = b"WH\0" + card.encode()
+        if listed:
+            txn.put(key, b"", db=db("blacklist_cards"))
+        else:
+            assert txn.delete(key, db=db("blacklist_cards"))
+    _lmdb_write(books, change)
+    assert _problems(books) == [message]
+
+
+def test_a_card_state_the_journal_never_gave_is_found(books):
+    def found_without_record(txn, db):
+        account, _, changed_ms = msgpack.unpackb(txn.get(LOST_CARD.encode(), db=db("cards")))
+        txn.put(LOST_CARD.encode(), msgpack.packb([account, layout.CARD_ACTIVE, changed_ms]),
+                db=db("cards"))
+        txn.delete(b"WH\0" + LOST_CARD.encode(), db=db("blacklist_cards"))
+    _lmdb_write(books, found_without_record)
+    assert _problems(books) == [f"card {LOST_CARD}: state active but the journal says lost"]
+
+
+def test_held_that_differs_from_the_open_holds_is_found(books):
+    def change(txn, db):
+        record = bytearray(txn.get(STUDENT.encode(), db=db("accounts")))
+        layout.put(record, layout.HELD, 1_999)
+        txn.put(STUDENT.encode(), bytes(record), db=db("accounts"))
+    _lmdb_write(books, change)
+    assert _problems(books) == [f"account {STUDENT}: held 1999 but open holds sum to 2000"]
+
+
+def test_an_open_hold_missing_from_the_expiry_index_is_found(books):
+    def change(txn, db):
+        (key, _), = list(txn.cursor(db=db("hold_expiry")))
+        txn.delete(key, db=db("hold_expiry"))
+    _lmdb_write(books, change)
+    [problem] = _problems(books)
+    assert problem.endswith("open but not in the expiry index")
+
+
+def test_a_hold_of_an_account_that_does_not_exist_is_found(books):
+    def change(txn, db):
+        txn.put(b"H999", msgpack.packb({"account": "WH-GONE", "amount": 100, "state": "voided",
+                                        "expires": 0, "who": "WH-WATER-1", "txn": 999}),
+                db=db("holds"))
+    _lmdb_write(books, change)
+    assert _problems(books) == ["hold H999: account WH-GONE does not exist"]
+
+
+@pytest.mark.parametrize("ref, flag, message", [
+    ("after-loss", None, "tapped after it was lost but not flagged after_lost"),
+    ("before-loss", "after_lost", f"flagged after_lost but card {LOST_CARD} was lost since"),
+    ("moved", None, "tapped after it was blocked but not flagged after_lost"),
+    ("found-later", None, "tapped after it was lost but not flagged after_lost"),
+    ("before-loss", "overdrawn", "offline flag 'overdrawn' is not one of ['after_lost']")])
+def test_offline_flags_that_disagree_with_the_cards_are_found(books, ref, flag, message):
+    def change(txn, db):
+        key, record = _journal_record(txn, db, lambda r: r["kind"] == "offline"
+                                      and r["ref"] == ref)
+        record.pop("flag", None)
+        if flag is not None:
+            record["flag"] = flag
+        txn.put(key, msgpack.packb(record), db=db("journal"))
+    _lmdb_write(books, change)
+    [problem] = _problems(books)
+    assert message in problem
+
+
+def test_an_offline_record_of_another_accounts_card_is_found(books):
+    def change(txn, db):
+        key, record = _journal_record(txn, db, lambda r: r.get("ref") == "after-loss")
+        record["card"] = CARD
+        txn.put(key, msgpack.packb(record), db=db("journal"))
+    _lmdb_write(books, change)
+    [problem] = _problems(books)
+    assert f"is not of a card of {LOST_OWNER}" in problem
+
+
+def test_a_txn_missing_from_written_books_is_found(books):
+    def change(txn, db):
+        key, _ = _journal_record(txn, db, lambda r: r.get("ref") == "before-loss")
+        txn.delete(key, db=db("journal"))
+    _lmdb_write(books, change)
+    problems = _problems(books)
+    assert any(problem.startswith("txn gap: expected") for problem in problems)

@@ -29,6 +29,12 @@ def _member_key(school: str, card: str) -> bytes:
     return _school_prefix(school) + card.encode()
 
 
+def member_of_key(key: bytes) -> tuple[str, str]:
+    """(school, card) of a `blacklist_cards` key."""
+    school, _, card = bytes(key).partition(b"\0")
+    return school.decode(), card.decode()
+
+
 class Blacklist:
     def __init__(self, store):
         self.store = store
