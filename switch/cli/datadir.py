@@ -74,7 +74,7 @@ class DataDirClaim:
         self._created = None        # the topmost directory this claim made
         self._lock_existed = os.path.exists(os.path.join(path, LOCK_FILE))
         if not os.path.lexists(path):
-            self._created = _make_dirs(path)
+            self._created = make_dirs(path)
         try:
             self.lock = DirLock(path)   # DirInUse names the holder
         except BaseException as error:
@@ -116,7 +116,7 @@ class DataDirClaim:
             self._created = None
 
 
-def _make_dirs(path: str) -> str | None:
+def make_dirs(path: str) -> str | None:
     """Create `path` and its missing parents (0700); the topmost one created, or None if
     another process made them all first."""
     missing = []

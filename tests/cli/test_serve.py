@@ -16,6 +16,8 @@ from tests.cli.helpers import one_line_error
 
 
 def _start(data, *extra):
+    # Metrics off unless the test asks: two switches on one default port would collide.
+    extra = extra if "--metrics" in extra else ("--metrics", "off", *extra)
     process = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--init", "--data",
                                 str(data), "--listen", "127.0.0.1:0", *extra],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -136,7 +138,8 @@ def test_a_second_switch_on_a_live_data_dir_is_refused_naming_the_holder(tmp_pat
     try:
         port = int(_ready_lines(first, 1)[0].rpartition(":")[2])
         before = _tree(data)
-        second = _run("serve", "--data", str(data), "--listen", "127.0.0.1:0", timeout=30)
+        second = _run("serve", "--data", str(data), "--listen", "127.0.0.1:0",
+                      "--metrics", "off", timeout=30)
         one_line_error(second, str(data), f"process {first.pid}")
         assert _tree(data) == before  # the second changed nothing, not even the lock's PID
 
