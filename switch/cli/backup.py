@@ -110,6 +110,10 @@ def restore(source: str, data_dir: str) -> CopySummary:
             raise BackupError(str(error)) from None
     elif not os.path.isdir(data_dir):
         raise BackupError(f"{data_dir} is not a directory; give a new or empty directory")
+    present = sorted(set(os.listdir(data_dir)) - {LOCK_FILE})
+    if present and not os.path.exists(os.path.join(data_dir, LOCK_FILE)):
+        raise _not_empty(data_dir, present)   # nothing of it touched, not even a lock file
+    lock_existed = os.path.exists(os.path.join(data_dir, LOCK_FILE))
     try:
         lock = DirLock(data_dir)   # DirInUse: a switch (or a restore) holds it
     except BaseException:
@@ -117,11 +121,10 @@ def restore(source: str, data_dir: str) -> CopySummary:
             shutil.rmtree(created, ignore_errors=True)
         raise
     try:
+        # Again under the lock: nothing can be added to it now.
         present = sorted(set(os.listdir(data_dir)) - {LOCK_FILE})
         if present:
-            raise BackupError(f"{data_dir} is not empty (it holds {', '.join(present[:3])}"
-                              f"{', ...' if len(present) > 3 else ''}); restore only into a "
-                              f"new or empty directory, so no switch's books are overwritten")
+            raise _not_empty(data_dir, present)
         try:
             summary = _copy_store(os.path.join(source, STORE_DIR),
                                   os.path.join(data_dir, STORE_DIR))
@@ -132,7 +135,7 @@ def restore(source: str, data_dir: str) -> CopySummary:
             if created is not None:
                 shutil.rmtree(created, ignore_errors=True)
             else:
-                _empty(data_dir)
+                _empty(data_dir, keep_lock=lock_existed)
             raise
     finally:
         lock.release()
@@ -141,6 +144,12 @@ def restore(source: str, data_dir: str) -> CopySummary:
              ",".join(f"{name}:{txn}" for name, txn in sorted(summary.forward_positions.items()))
              or "none")
     return summary
+
+
+def _not_empty(data_dir: str, present: list) -> BackupError:
+    return BackupError(f"{data_dir} is not empty (it holds {', '.join(present[:3])}"
+                       f"{', ...' if len(present) > 3 else ''}); restore only into a new or "
+                       f"empty directory, so no switch's books are overwritten")
 
 
 def _copy_store(source_env: str, target_env: str) -> CopySummary:
@@ -221,9 +230,9 @@ def _require_sound(data_dir: str, what: str) -> None:
                           f"{'; '.join(report.problems[:limits.audit_discrepancies_shown_max])}")
 
 
-def _empty(directory: str) -> None:
+def _empty(directory: str, keep_lock: bool) -> None:
     for name in os.listdir(directory):
-        if name == LOCK_FILE:
+        if name == LOCK_FILE and keep_lock:
             continue
         path = os.path.join(directory, name)
         if os.path.isdir(path) and not os.path.islink(path):
