@@ -38,19 +38,31 @@ def bounded(value, chars_max: int) -> str:
 
 
 def split(line: str) -> dict | None:
-    """The key=value pairs of a line this module wrote, or None if it is not one."""
+    """The key=value pairs of a line this module wrote (values unquoted), or None if it is
+    not one."""
     pairs = {}
     position = 0
     for match in TOKEN.finditer(line):
         if match.start() != position:
             return None
-        pairs[match.group(1)] = match.group(2)
+        pairs[match.group(1)] = _unquote(match.group(2))
         position = match.end()
         if position < len(line):
             if line[position] != " ":
                 return None
             position += 1
     return pairs if position == len(line) and pairs else None
+
+
+_UNESCAPE = re.compile(r'\\(x[0-9a-f]{2}|.)')
+_UNESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unquote(value: str) -> str:
+    if not value.startswith('"'):
+        return value
+    return _UNESCAPE.sub(lambda m: chr(int(m.group(1)[1:], 16)) if len(m.group(1)) == 3
+                         else _UNESCAPES.get(m.group(1), m.group(1)), value[1:-1])
 
 
 class _Quoted:
