@@ -48,7 +48,7 @@ class CopySummary:
     def describe(self) -> str:
         positions = ", ".join(f"{name} {txn}" for name, txn in sorted(self.forward_positions.items()))
         return (f"last txn {self.last_txn}, accounts {self.accounts}, "
-                f"{self.size_bytes} bytes; forwarding positions: {positions or 'none'}")
+                f"{self.size_bytes / 1e6:.1f} MB; forwarding positions: {positions or 'none'}")
 
 
 def add_parsers(commands) -> None:
