@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import lmdb
 
 from switch import limits
-from switch.cli.datadir import DataDirError, is_data_dir, make_dirs
+from switch.cli.datadir import DataDirError, empty_dir, is_data_dir, make_dirs
 from switch.persistence.audit import audit
 from switch.persistence.dirlock import LOCK_FILE, DirInUse, DirLock
 from switch.persistence.keys import POSITION_PREFIX, decode_position
@@ -77,6 +77,9 @@ def backup(data_dir: str, to: str) -> CopySummary:
     if os.path.lexists(to):
         raise BackupError(f"{to} already exists; give a new directory (a dated one, say) "
                           f"so no earlier backup is overwritten")
+    if _is_within(to, data_dir):
+        raise BackupError(f"{to} is inside the data dir {data_dir}; give a directory outside "
+                          f"it (a backup on the same disk as the books is no backup either)")
     try:
         created = make_dirs(to)
     except DataDirError as error:
@@ -125,9 +128,14 @@ def restore(source: str, data_dir: str) -> CopySummary:
         present = sorted(set(os.listdir(data_dir)) - {LOCK_FILE})
         if present:
             raise _not_empty(data_dir, present)
+        source_readers = os.path.join(source, STORE_DIR, LMDB_LOCK_FILE)
+        readers_existed = os.path.exists(source_readers)
         try:
             summary = _copy_store(os.path.join(source, STORE_DIR),
                                   os.path.join(data_dir, STORE_DIR))
+            if not readers_existed:
+                with contextlib.suppress(OSError):   # a backup on read-only media has none
+                    os.unlink(source_readers)
             _copy_files_beside(source, data_dir)
             _fsync_tree(data_dir)
             _require_sound(data_dir, "the restored data dir")
@@ -135,7 +143,7 @@ def restore(source: str, data_dir: str) -> CopySummary:
             if created is not None:
                 shutil.rmtree(created, ignore_errors=True)
             else:
-                _empty(data_dir, keep_lock=lock_existed)
+                empty_dir(data_dir, keep_lock=lock_existed)
             raise
     finally:
         lock.release()
@@ -144,6 +152,11 @@ def restore(source: str, data_dir: str) -> CopySummary:
              ",".join(f"{name}:{txn}" for name, txn in sorted(summary.forward_positions.items()))
              or "none")
     return summary
+
+
+def _is_within(path: str, directory: str) -> bool:
+    inner, outer = os.path.realpath(path), os.path.realpath(directory)
+    return inner == outer or inner.startswith(outer + os.sep)
 
 
 def _not_empty(data_dir: str, present: list) -> BackupError:
@@ -163,6 +176,9 @@ def _copy_store(source_env: str, target_env: str) -> CopySummary:
     except lmdb.Error as error:
         raise BackupError(f"cannot read {source_env}: {error}") from None
     try:
+        # A copy killed half-way leaves its reader slot behind, holding old pages the
+        # switch could reuse: free the slots of dead processes first.
+        env.reader_check()
         with env.begin() as txn:
             summary = _summarise(env, txn)
             env.copy(target_env, compact=True, txn=txn)
@@ -228,17 +244,6 @@ def _require_sound(data_dir: str, what: str) -> None:
     if not report.sound:
         raise CopyUnsound(f"{what} failed its audit, nothing kept: "
                           f"{'; '.join(report.problems[:limits.audit_discrepancies_shown_max])}")
-
-
-def _empty(directory: str, keep_lock: bool) -> None:
-    for name in os.listdir(directory):
-        if name == LOCK_FILE and keep_lock:
-            continue
-        path = os.path.join(directory, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
 
 
 def run(args) -> int:

@@ -96,14 +96,7 @@ class DataDirClaim:
     def abandon(self) -> None:
         """After a failed start: undo what this claim created, then let go."""
         if self._created is None and self.new:
-            for name in os.listdir(self.path):
-                if name == LOCK_FILE and self._lock_existed:
-                    continue
-                entry = os.path.join(self.path, name)
-                if os.path.isdir(entry) and not os.path.islink(entry):
-                    shutil.rmtree(entry)
-                else:
-                    os.unlink(entry)
+            empty_dir(self.path, keep_lock=self._lock_existed)
         self._remove_created()
         self.lock.release()
 
@@ -114,6 +107,19 @@ class DataDirClaim:
         if self._created is not None:
             shutil.rmtree(self._created, ignore_errors=True)
             self._created = None
+
+
+def empty_dir(path: str, keep_lock: bool) -> None:
+    """Remove everything in `path` (the lock file too, unless `keep_lock`): a failed start or
+    restore leaves a directory it found empty as it found it."""
+    for name in os.listdir(path):
+        if name == LOCK_FILE and keep_lock:
+            continue
+        entry = os.path.join(path, name)
+        if os.path.isdir(entry) and not os.path.islink(entry):
+            shutil.rmtree(entry)
+        else:
+            os.unlink(entry)
 
 
 def make_dirs(path: str) -> str | None:

@@ -27,7 +27,7 @@ from tests.paths import REPO_ROOT
 ACCOUNTS = 20
 TERMINALS = 4
 PIPELINE_DEPTH = 8
-BATCHES_PER_TERMINAL_MAX = 400        # the load stops by itself whatever happens
+BATCHES_PER_TERMINAL_MAX = 2_000      # the load stops by itself whatever happens
 ACKS_BEFORE_BACKUP = 200              # the backup starts once the load is well under way
 ACKS_AFTER_BACKUP = 200               # and the load goes on this long after it finished
 START_TIMEOUT_S = 20.0
@@ -112,7 +112,7 @@ def test_a_backup_under_load_holds_every_acknowledged_txn_up_to_its_last(serving
         async with await Client.connect("127.0.0.1", port, who, key) as client:
             for batch in range(BATCHES_PER_TERMINAL_MAX):
                 if stop_load.is_set():
-                    return
+                    break
                 messages = [{"t": "debit", "card": f"BC{(index + n) % ACCOUNTS:06d}",
                              "amount": 1 + n, "id": f"{who}-{batch}-{n}"}
                             for n in range(PIPELINE_DEPTH)]
@@ -121,6 +121,7 @@ def test_a_backup_under_load_holds_every_acknowledged_txn_up_to_its_last(serving
                         acknowledged[reply["txn"]] = (message["card"], message["amount"])
                     else:
                         declined.append(reply)
+        outcome["tills_done"] = outcome.get("tills_done", 0) + 1
 
     async def main():
         port = await port_of()
@@ -139,7 +140,8 @@ def test_a_backup_under_load_holds_every_acknowledged_txn_up_to_its_last(serving
                     check=False, cwd=REPO_ROOT)
                 outcome["backup"] = result
                 settled = len(acknowledged)
-                while len(acknowledged) < settled + ACKS_AFTER_BACKUP:
+                while (len(acknowledged) < settled + ACKS_AFTER_BACKUP
+                       and outcome.get("tills_done", 0) < TERMINALS):
                     await trio.sleep(0.01)
                 stop_load.set()
 
@@ -279,9 +281,19 @@ def test_a_restored_switch_forwards_from_the_positions_in_the_copy(tmp_path):
     result = _run("restore", "--from", str(tmp_path / "copy"), "--data", str(restored))
     assert result.returncode == 0, result.stderr
     assert "forward_positions=billing:4,utility:2" in result.stderr
+    # The backup is left as it was: a restore reads it and writes nothing there.
+    assert sorted(p.name for p in (tmp_path / "copy" / STORE_DIR).iterdir()) == ["data.mdb"]
     store = Store(str(restored / STORE_DIR))
     try:
         assert (store.forward_position("billing"), store.forward_position("utility")) == (4, 2)
         assert store.last_txn == 5
     finally:
         store.close()
+
+
+def test_a_backup_inside_the_data_dir_is_refused(tmp_path):
+    data = _stopped_data_dir(tmp_path / "data")
+    before = sorted(os.listdir(data))
+    one_line_error(_run("backup", "--data", str(data), "--to", str(data / "backups" / "b")),
+                   "inside the data dir")
+    assert sorted(os.listdir(data)) == before
