@@ -165,6 +165,9 @@ receiver_pending_credits_max = 1024     # utility: credits to accounts not yet k
 receiver_time_ms_min = 0                          # 1970-01-01 UTC
 receiver_time_ms_max = 32_503_680_000_000         # 3000-01-01 UTC
 
+# --- Logs ---
+log_peer_value_chars_max = 80           # a value a peer chose (a refused hello's `who`), cut
+
 # --- Metrics endpoint (--metrics) ---
 metrics_exposition_age_s_max = 1.0      # a scrape gets an exposition at most this old
 metrics_connections_max = 8             # open HTTP connections; more are closed at accept

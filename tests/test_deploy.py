@@ -6,6 +6,7 @@ the memory hardening the units impose."""
 import ctypes
 import importlib
 import pathlib
+import re
 import shlex
 import shutil
 import signal
@@ -18,7 +19,7 @@ import pytest
 import trio
 
 from switch import limits
-from switch.cli.datadir import read_admin_key
+from switch.cli.datadir import open_data_dir, read_admin_key
 from switch.shell.client import Client
 from tests.paths import REPO_ROOT
 
@@ -27,6 +28,7 @@ SWITCH_UNIT = "campus-switch.service"
 RECEIVER_UNITS = {"billing": "campus-billing-receiver.service",
                   "utility": "campus-utility-receiver.service"}
 UNITS = [SWITCH_UNIT, *RECEIVER_UNITS.values()]
+BACKUP_SERVICE, BACKUP_TIMER = "campus-switch-backup.service", "campus-switch-backup.timer"
 # Where README.md "Operations" installs the checkout; every unit runs its venv's python.
 INSTALLED_PYTHON = "/opt/campus-switch/.venv/bin/python"
 # README.md "Operations" installs this example as /etc/campus-switch/switch.toml.
@@ -83,16 +85,18 @@ def switch_parser():
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
 def test_systemd_accepts_every_unit_without_a_warning(tmp_path):
     # verify insists the command exists: point it at this checkout's python, nothing else changed.
-    for name in UNITS:
+    every_unit = [*UNITS, BACKUP_SERVICE, BACKUP_TIMER]
+    for name in every_unit:
         text = (DEPLOY / name).read_text()
-        assert INSTALLED_PYTHON in text
+        assert name.endswith(".timer") or INSTALLED_PYTHON in text
         (tmp_path / name).write_text(text.replace(INSTALLED_PYTHON, sys.executable))
-    result = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in UNITS)],
+    result = subprocess.run(["systemd-analyze", "verify",
+                             *(str(tmp_path / n) for n in every_unit)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     # An unknown or misspelt key is only a warning to systemd: we hold it to be an error.
     about_ours = [line for line in result.stderr.splitlines()
-                  if any(name in line for name in UNITS)]
+                  if any(name in line for name in every_unit)]
     assert about_ours == [], result.stderr
 
 
@@ -108,6 +112,54 @@ def test_the_switch_unit_runs_serve_with_options_its_parser_takes():
     assert not args.init
     assert args.config == "/etc/campus-switch/switch.toml"
     assert args.metrics is not None
+
+
+def _backup_argv(data_root: str = "/var/lib/campus-switch",
+                 backup_root: str = "/var/backups/campus-switch") -> list[str]:
+    """The backup unit's command line as its shell expands it (the dated --to included),
+    with its directories moved to the given ones."""
+    (command,) = service(BACKUP_SERVICE)["ExecStart"]
+    shell, dash_c, script = shlex.split(command.replace("%%", "%"))
+    assert (shell, dash_c) == ("/bin/sh", "-c"), command
+    prefix = f"exec {INSTALLED_PYTHON} -m switch "
+    assert script.startswith(prefix), script
+    script = (script.replace(prefix, "printf '%s\\0' ")
+              .replace("/var/lib/campus-switch", data_root)
+              .replace("/var/backups/campus-switch", backup_root))
+    expanded = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True,
+                              check=True).stdout
+    return expanded.split("\0")[:-1]
+
+
+def test_the_backup_unit_copies_the_switchs_data_dir_to_a_new_dated_directory():
+    args = switch_parser().parse_args(_backup_argv())
+    assert args.command == "backup"
+    switch_args = switch_parser().parse_args(exec_start(SWITCH_UNIT)[1])
+    assert args.data == switch_args.data
+    assert re.fullmatch(r"/var/backups/campus-switch/\d{4}-\d\d-\d\dT\d{4}Z", args.to), args.to
+    settings = service(BACKUP_SERVICE)
+    assert settings["Type"] == ["oneshot"]
+    assert settings["User"] == service(SWITCH_UNIT)["User"]
+    # The same state directory and mode as the switch's: running it must not loosen them.
+    assert settings["StateDirectory"] == service(SWITCH_UNIT)["StateDirectory"]
+    assert settings["StateDirectoryMode"] == service(SWITCH_UNIT)["StateDirectoryMode"]
+    assert settings["ReadWritePaths"] == ["/var/backups/campus-switch"]
+    timer = unit_settings(BACKUP_TIMER)["Timer"]
+    assert timer["Unit"] == [BACKUP_SERVICE] and timer["Persistent"] == ["true"]
+    assert timer["OnCalendar"]
+
+
+def test_the_backup_units_command_backs_up_a_data_dir(tmp_path):
+    data = tmp_path / "lib" / "data"
+    store = open_data_dir(str(data))
+    store.close()
+    (tmp_path / "backups").mkdir()
+    argv = _backup_argv(str(tmp_path / "lib"), str(tmp_path / "backups"))
+    result = subprocess.run([sys.executable, "-m", "switch", *argv], capture_output=True,
+                            text=True, timeout=60, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    (copy,) = (tmp_path / "backups").iterdir()
+    assert (copy / "admin.key").read_bytes() == (data / "admin.key").read_bytes()
 
 
 @pytest.mark.parametrize("name", sorted(RECEIVER_UNITS))

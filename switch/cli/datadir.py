@@ -74,7 +74,7 @@ class DataDirClaim:
         self._created = None        # the topmost directory this claim made
         self._lock_existed = os.path.exists(os.path.join(path, LOCK_FILE))
         if not os.path.lexists(path):
-            self._created = _make_dirs(path)
+            self._created = make_dirs(path)
         try:
             self.lock = DirLock(path)   # DirInUse names the holder
         except BaseException as error:
@@ -96,14 +96,7 @@ class DataDirClaim:
     def abandon(self) -> None:
         """After a failed start: undo what this claim created, then let go."""
         if self._created is None and self.new:
-            for name in os.listdir(self.path):
-                if name == LOCK_FILE and self._lock_existed:
-                    continue
-                entry = os.path.join(self.path, name)
-                if os.path.isdir(entry) and not os.path.islink(entry):
-                    shutil.rmtree(entry)
-                else:
-                    os.unlink(entry)
+            empty_dir(self.path, keep_lock=self._lock_existed)
         self._remove_created()
         self.lock.release()
 
@@ -116,7 +109,20 @@ class DataDirClaim:
             self._created = None
 
 
-def _make_dirs(path: str) -> str | None:
+def empty_dir(path: str, keep_lock: bool) -> None:
+    """Remove everything in `path` (the lock file too, unless `keep_lock`): a failed start or
+    restore leaves a directory it found empty as it found it."""
+    for name in os.listdir(path):
+        if name == LOCK_FILE and keep_lock:
+            continue
+        entry = os.path.join(path, name)
+        if os.path.isdir(entry) and not os.path.islink(entry):
+            shutil.rmtree(entry)
+        else:
+            os.unlink(entry)
+
+
+def make_dirs(path: str) -> str | None:
     """Create `path` and its missing parents (0700); the topmost one created, or None if
     another process made them all first."""
     missing = []

@@ -1,13 +1,15 @@
-"""Command line: `python -m switch serve|audit|demo` (docs/PROTOCOL.md §7)."""
+"""Command line: `python -m switch serve|audit|backup|restore|admin|demo` (docs/PROTOCOL.md §7)."""
 
 import argparse
 import logging
+import os
 import sys
 
 import trio
 
-from switch import limits
-from switch.config.endpoints import explain, host_port_argument
+from switch import limits, logline
+from switch.config.endpoints import (METRICS_DEFAULT, METRICS_OFF, explain, host_port_argument,
+                                     metrics_argument)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -29,14 +31,17 @@ def _parser() -> argparse.ArgumentParser:
                        help="create the data dir when it does not exist")
     serve.add_argument("--listen", required=True, type=host_port_argument(),
                        help="HOST:PORT, port 0 = any")
-    serve.add_argument("--metrics", type=host_port_argument(),
-                       help="HOST:PORT for Prometheus metrics")
+    serve.add_argument("--metrics", type=metrics_argument(), default=METRICS_DEFAULT,
+                       help=f"HOST:PORT for Prometheus metrics (default "
+                            f"{METRICS_DEFAULT[0]}:{METRICS_DEFAULT[1]}; port 0 = any), or "
+                            f"{METRICS_OFF}")
     serve.add_argument("--config", help="TOML configuration file")
     serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     audit = commands.add_parser("audit", help="check the books of a data dir")
     audit.add_argument("--data", required=True)
-    from switch.cli import admin
+    from switch.cli import admin, backup
     admin.add_parser(commands)
+    backup.add_parsers(commands)
     demo = commands.add_parser("demo", help="start a switch and run a scripted lunch queue")
     demo.add_argument("--data", help="data dir to use (default: a fresh temporary one)")
     return parser
@@ -61,7 +66,7 @@ async def _bind(args) -> tuple[list, list]:
             for sock in listeners:
                 sock.close()
             raise StartError(explain(error, f"serve metrics on {metrics_host}:{metrics_port}")
-                             ) from None
+                             + f" (--metrics HOST:PORT, or --metrics {METRICS_OFF})") from None
     return listeners, metrics_listeners
 
 
@@ -82,8 +87,9 @@ async def _serve(args) -> int:
         claim = DataDirClaim(args.data, args.init)
         store = _open_store(claim)
         if claim.new:
-            logging.getLogger("switch").info("event=initialised data=%s key_file=%s",
-                                             args.data, ADMIN_KEY_FILE)
+            logging.getLogger("switch").info(
+                "event=data_dir_created data=%s admin_key=%s", os.path.abspath(args.data),
+                os.path.abspath(os.path.join(args.data, ADMIN_KEY_FILE)))
         clock = TrustedClock()   # one clock: hello's `time` agrees with the journal's
         ledger = Ledger(store, config, clock)
         server = Server(store, ledger, config, clock)
@@ -143,9 +149,7 @@ async def _drain_on_signal(server, task_status=trio.TASK_STATUS_IGNORED):
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
-                            format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-                            stream=sys.stderr)
+        logline.configure(args.log_level)
         from switch.config import ConfigError
         from switch.cli.datadir import DataDirError
         from switch.persistence.dirlock import DirInUse
@@ -165,6 +169,10 @@ def main(argv=None) -> int:
             return 2
         print(report.summary())
         return 0 if report.sound else 1
+    if args.command in ("backup", "restore"):
+        from switch.cli import backup
+        logline.configure("INFO")
+        return backup.run(args)
     if args.command == "admin":
         from switch.cli import admin
         return admin.run(args)

@@ -15,3 +15,4 @@ class ProtocolError(Exception):
         self.re = re
         # A missing hello closes without a frame (docs/PROTOCOL.md §2.1); everything else answers.
         self.send_frame = send_frame
+        self.who = None   # a refused hello: the credential id it named, unchecked

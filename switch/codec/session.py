@@ -88,7 +88,9 @@ class ServerSession:
         key = key_of(who) if is_credential_id(who) else None
         if (key is None or type(nonce) is not bytes or len(nonce) != limits.nonce_size_bytes
                 or not mac.verify(key, body, received_tag)):
-            raise self._fail("unauthenticated")
+            refused = self._fail("unauthenticated")
+            refused.who = who   # for the operator's log only; never in the reply
+            raise refused
         self.who = who
         self._key = key
         return Hello(who, nonce, message)

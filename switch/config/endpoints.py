@@ -7,6 +7,14 @@ import socket
 
 PORT_MAX = 65535
 
+# Where `serve` exposes metrics unless told otherwise. Not 9100 (the node exporter, which
+# Debian's `prometheus` package recommends) nor anything in 9100-9999: Prometheus's list of
+# default exporter ports has given out that whole range. Not 9090-9094 (Prometheus,
+# Pushgateway, Alertmanager) nor 8000/8080 (web servers, client-library examples) either.
+# 7090 sits beside the switch's own 7000 and is on none of those lists.
+METRICS_DEFAULT = ("127.0.0.1", 7090)
+METRICS_OFF = "off"
+
 # What to do about the errors an operator can cause, by errno.
 _HINTS = {
     errno.EADDRINUSE: "the port is in use by another process; stop it, or choose another port "
@@ -39,6 +47,16 @@ def host_port_argument(port_min: int = 0):
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
     parse.__name__ = "HOST:PORT"
+    return parse
+
+
+def metrics_argument():
+    """An argparse `type` for --metrics: HOST:PORT, or `off` (None)."""
+    host_port = host_port_argument()
+
+    def parse(text: str) -> tuple[str, int] | None:
+        return None if text == METRICS_OFF else host_port(text)
+    parse.__name__ = "HOST:PORT or off"
     return parse
 
 

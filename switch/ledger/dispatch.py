@@ -47,8 +47,9 @@ class FailureLog:
             self.suppressed += 1
             return
         self._logged += 1
-        details = " ".join(f"{key}={value}" for key, value in fields.items())
-        self.logger.exception("event=%s %s", event, details)
+        # Each value its own argument, so the log's formatter quotes it as one value.
+        template = "".join(f" {key}=%s" for key in fields)
+        self.logger.exception("event=%s" + template, event, *fields.values())
 
 
 failures = FailureLog(log)

@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 import trio
 
-from switch import limits
+from switch import limits, logline
+from switch.logline import bounded
 from switch.ledger import schema
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
 from switch.persistence.dirlock import DirInUse, DirLock
@@ -213,7 +214,7 @@ class Receiver:
     def load(self) -> None:
         # A crash between the state and its outputs leaves the outputs behind: redo them.
         if self._reload():
-            log.info("%s: state loaded, position %d", self.name, self.position)
+            log.info("event=state_loaded receiver=%s position=%d", self.name, self.position)
         self._write_outputs_now()
 
     def _reload(self) -> bool:
@@ -264,17 +265,18 @@ class Receiver:
         async with self._lock:
             verdict = check_records(self.position, message)
             if verdict.action == BAD:
-                log.error("%s: bad records frame: %s", self.name, verdict.detail)
+                log.error("event=bad_records_frame receiver=%s detail=%s", self.name, verdict.detail)
                 return {"t": "records", "code": "bad_request"}
             if verdict.action == GAP:
                 self.gaps += 1
-                log.warning("%s: gap: %s; asking for %d on", self.name, verdict.detail,
-                            self.position + 1)
+                log.warning("event=gap receiver=%s detail=%s asking_from=%d", self.name,
+                            verdict.detail, self.position + 1)
                 return {"t": "records", "code": "ok", "upto": verdict.upto}
             for record in verdict.records:
                 problem = self.validate(record)
                 if problem:
-                    log.error("%s: record %d refused: %s", self.name, record["txn"], problem)
+                    log.error("event=record_refused receiver=%s txn=%d problem=%s", self.name, record["txn"],
+                              problem)
                     return {"t": "records", "code": "bad_request"}
             try:
                 for record in verdict.records:
@@ -316,8 +318,8 @@ class Receiver:
                     oldest.cancel()
                     self.pending_evicted += 1
                     if self.pending_evicted & (self.pending_evicted - 1) == 0:  # 1, 2, 4, ...
-                        log.warning("%s: %d connections without hello: closed the oldest "
-                                    "(%d so far)", self.name,
+                        log.warning("event=pending_evicted receiver=%s pending=%d evicted_total=%d",
+                                    self.name,
                                     limits.receiver_pending_connections_max, self.pending_evicted)
                 scope = trio.CancelScope()
                 self._pending[scope] = None
@@ -333,7 +335,7 @@ class Receiver:
             # Whatever went wrong, it ends this connection only; the switch reconnects and
             # resends from the position on disk.
             self.connection_failures += 1
-            log.exception("%s: connection failed", self.name)
+            log.exception("event=connection_failed receiver=%s", self.name)
         finally:
             self._pending.pop(scope, None)
             for who, session_scope in list(self._sessions.items()):
@@ -356,7 +358,8 @@ class Receiver:
                 return None  # no hello in time: closed without a frame (docs/PROTOCOL.md §2.1)
             hello = session.receive_hello(payloads.pop(0), self.credentials.get)
         except ProtocolError as error:
-            log.info("%s: refused hello: %s", self.name, error.code)
+            log.info("event=hello_refused receiver=%s code=%s who=%s", self.name, error.code,
+                     bounded(error.who, limits.log_peer_value_chars_max))
             await stream.send_all(session.encode_error(error))
             return
         self._pending.pop(scope, None)
@@ -367,7 +370,8 @@ class Receiver:
         if older is not None:
             older.cancel()
         self._sessions[hello.who] = scope
-        log.info("%s: %s signed on; we have up to txn %d", self.name, hello.who, self.position)
+        log.info("event=sign_on receiver=%s who=%s position=%d", self.name, hello.who,
+                 self.position)
         try:
             while True:
                 while payloads:
@@ -381,7 +385,8 @@ class Receiver:
                     return
                 payloads.extend(decoder.feed(data))
         except ProtocolError as error:
-            log.warning("%s: %s broke the protocol: %s", self.name, hello.who, error)
+            log.warning("event=protocol_error receiver=%s who=%s error=%s", self.name, hello.who,
+                        str(error))
             await stream.send_all(session.encode_error(error))
 
     async def _answer(self, message: dict) -> dict:
@@ -419,16 +424,14 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def run_main(make_receiver, args) -> int:
     """Serve until SIGTERM or SIGINT; exit 0. An operator's mistake: one line, exit 2."""
-    logging.basicConfig(level=getattr(logging, args.log_level),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        stream=sys.stderr)
+    logline.configure(args.log_level)
     try:
         key = read_key_file(args.key_file)
         receiver = trio.run(_serve_until_signal, make_receiver, args, key)
     except (KeyFileError, StartError, DirInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    log.info("%s: stopped at txn %d", receiver.name, receiver.position)
+    log.info("event=stopped receiver=%s position=%d", receiver.name, receiver.position)
     return 0
 
 
@@ -462,7 +465,7 @@ async def _serve_until_signal(make_receiver, args, key: bytes) -> "Receiver":
                 bound_host, bound_port = listeners[0].socket.getsockname()[:2]
                 print(f"listening on {bound_host}:{bound_port}", flush=True)
                 async for signum in signals:
-                    log.info("%s: signal %d: stopping", receiver.name, signum)
+                    log.info("event=stopping receiver=%s signal=%d", receiver.name, signum)
                     # A frame being written finishes first: its persist is shielded.
                     async with receiver._lock:
                         nursery.cancel_scope.cancel()

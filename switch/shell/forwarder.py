@@ -85,9 +85,9 @@ class Forwarder:
         self._unsolicited = metrics.forward_unsolicited.labels(self.name)
         self._errors = {}
         if self.acked > store.last_txn:
-            log.error("destination %s: acknowledged position %d is past the journal's last "
-                      "txn %d (data dir restored from an older copy?)", self.name, self.acked,
-                      store.last_txn)
+            log.error("event=position_past_journal destination=%s position=%d last_txn=%d "
+                      "hint=%s", self.name, self.acked, store.last_txn,
+                      "data dir restored from an older copy?")
         self._update_lag()
 
     # ------------------------------------------------------------------ state
@@ -105,7 +105,7 @@ class Forwarder:
             # The receiver is missing records it once acknowledged (its state was lost or
             # restored): docs/PROTOCOL.md §6.3 says resend from upto + 1, so the position
             # moves back.
-            log.warning("destination %s: receiver asks to resend from %d (we had %d)",
+            log.warning("event=rewind destination=%s resend_from=%d had=%d",
                         self.name, upto + 1, first_txn)
             self._count_error("rewind")
         if upto != self.acked:
@@ -165,9 +165,9 @@ class Forwarder:
             delay_s = backoff_s / 2 + random.uniform(0, backoff_s / 2)
             # Log the first failure of a run and then ever more rarely, not every retry.
             level = logging.WARNING if failures & (failures - 1) == 0 else logging.DEBUG
-            log.log(level, "destination %s (%s:%d): %s (%s); failure %d in a row, reconnect "
-                    "in %.2f s", self.name, destination.host, destination.port, reason, detail,
-                    failures, delay_s)
+            log.log(level, "event=forward_failed destination=%s address=%s:%d reason=%s "
+                    "detail=%s failures_in_a_row=%d reconnect_in_s=%.2f", self.name,
+                    destination.host, destination.port, reason, detail, failures, delay_s)
             await trio.sleep(delay_s)
             backoff_s = min(backoff_s * 2, self.backoff_max_s)
 
@@ -191,7 +191,7 @@ class Forwarder:
             if reply.get("role") != "downstream":
                 raise ForwardError("hello", f"role {reply.get('role')!r}, not 'downstream'")
             self.sessions += 1
-            log.info("destination %s (%s:%d): signed on as %s; sending from txn %d",
+            log.info("event=forward_signed_on destination=%s address=%s:%d who=%s from_txn=%d",
                      self.name, destination.host, destination.port, destination.who,
                      self.acked + 1)
             stalls = 0

@@ -16,6 +16,7 @@ from switch.codec.session import OPEN
 from switch.ledger import dispatch, housekeeping
 from switch.ledger.dispatch import failures
 from switch.ledger.effects import BlacklistPush, JournalAdvanced, PowerCutoff, Revocation
+from switch.logline import bounded
 from switch.shell.budget import RequestBudget
 from switch.shell.committer import Committer
 from switch.shell.forwarder import Forwarder
@@ -304,7 +305,8 @@ class Connection:
         try:
             hello = self.session.receive_hello(payloads[0], server.ledger.live_key)
         except ProtocolError as error:
-            log.info("event=hello_refused code=%s peer=%s", error.code, self.peer)
+            log.info("event=hello_refused code=%s who=%s peer=%s", error.code,
+                     bounded(error.who, limits.log_peer_value_chars_max), self.peer)
             await self._send_error_and_close(error)
             return None
         credential = server.ledger.credential(hello.who)
@@ -542,8 +544,10 @@ class Server:
         connection.fail()
 
     def _revoke_sessions(self, who: str) -> None:
-        for connection in list(self.sessions.get(who, ())):
-            log.info("event=revoked who=%s session=closed", who)
+        sessions = list(self.sessions.get(who, ()))
+        # Logged whether or not the credential was signed on: the log is the record of it.
+        log.info("event=revoked who=%s sessions_closed=%d", who, len(sessions))
+        for connection in sessions:
             connection.abort("unauthenticated")
 
     def blacklist_version(self, school: str | None) -> int:

@@ -18,7 +18,8 @@ from tests.cli.helpers import one_line_error
 def running_switch(tmp_path):
     data = tmp_path / "data"
     process = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--init", "--data",
-                                str(data), "--listen", "127.0.0.1:0", "--log-level", "WARNING"],
+                                str(data), "--listen", "127.0.0.1:0", "--metrics", "off",
+                                "--log-level", "WARNING"],
                                stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     assert line.startswith("listening on"), line

@@ -13,9 +13,12 @@ import trio
 from switch.shell.client import Client
 from switch.cli.datadir import read_admin_key
 from tests.cli.helpers import one_line_error
+from tests.paths import REPO_ROOT
 
 
 def _start(data, *extra):
+    # Metrics off unless the test asks: two switches on one default port would collide.
+    extra = extra if "--metrics" in extra else ("--metrics", "off", *extra)
     process = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--init", "--data",
                                 str(data), "--listen", "127.0.0.1:0", *extra],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -142,7 +145,8 @@ def test_a_second_switch_on_a_live_data_dir_is_refused_naming_the_holder(tmp_pat
         # The first switch's own housekeeping may write to LMDB meanwhile (a QR floor each
         # minute): compare everything else, the lock's PID included.
         before = _tree_outside_lmdb(data)
-        second = _run("serve", "--data", str(data), "--listen", "127.0.0.1:0", timeout=30)
+        second = _run("serve", "--data", str(data), "--listen", "127.0.0.1:0",
+                      "--metrics", "off", timeout=30)
         one_line_error(second, str(data), f"process {first.pid}")
         assert _tree_outside_lmdb(data) == before  # the second changed nothing
 
@@ -244,3 +248,55 @@ def test_a_missing_configuration_file_is_one_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"configuration error: {tmp_path / 'nope.toml'}: cannot "
                                      f"read it: No such file or directory")
+
+
+def test_metrics_are_on_by_default_on_a_port_no_common_exporter_uses():
+    from switch.cli.main import _parser
+    from switch.config.endpoints import METRICS_DEFAULT
+
+    args = _parser().parse_args(["serve", "--data", "d", "--listen", "127.0.0.1:0"])
+    assert args.metrics == METRICS_DEFAULT
+    host, port = METRICS_DEFAULT
+    assert host == "127.0.0.1"
+    # The node exporter's 9100 and the rest of Prometheus's exporter range; Prometheus,
+    # Pushgateway and Alertmanager; the usual web and client-library example ports.
+    assert not 9090 <= port <= 9999 and port not in (8000, 8080)
+    assert _parser().parse_args(["serve", "--data", "d", "--listen", "127.0.0.1:0",
+                                 "--metrics", "off"]).metrics is None
+    # Named once, and every example scrapes or passes that one address.
+    address = f"{host}:{port}"
+    for example in ("README.md", "docs/FORWARDING.md", "deploy/campus-switch.service",
+                    "prometheus/prometheus.yml"):
+        text = (REPO_ROOT / example).read_text()
+        assert address in text, example
+        assert ":9100" not in text, example
+
+
+def test_metrics_off_serves_no_metrics(tmp_path):
+    process = _start(tmp_path / "d", "--metrics", "off")
+    try:
+        assert _ready_lines(process, 1)[0].startswith("listening on")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    assert "metrics on" not in process.stdout.read()
+
+
+def test_a_taken_default_metrics_port_is_one_line_naming_the_way_out(tmp_path):
+    import socket
+    from switch.config.endpoints import METRICS_DEFAULT
+
+    taken = socket.socket()
+    try:
+        try:
+            taken.bind(METRICS_DEFAULT)
+            taken.listen()
+        except OSError:
+            pass   # someone else holds it: taken all the same
+        result = _run("serve", "--init", "--data", str(tmp_path / "d"), "--listen",
+                      "127.0.0.1:0", timeout=30)
+    finally:
+        taken.close()
+    one_line_error(result, f"{METRICS_DEFAULT[0]}:{METRICS_DEFAULT[1]}", "in use",
+                   "--metrics off")
+    assert not (tmp_path / "d").exists()

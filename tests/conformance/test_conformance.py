@@ -94,7 +94,8 @@ def switch(tmp_path_factory):
     data.mkdir()
     errlog = open(base / "stderr.log", "wb")
     proc = subprocess.Popen(
-        [PYTHON, "-m", "switch", "serve", "--data", str(data), "--listen", "127.0.0.1:0"],
+        [PYTHON, "-m", "switch", "serve", "--data", str(data), "--listen", "127.0.0.1:0",
+         "--metrics", "off"],
         cwd=PROJECT,
         stdout=subprocess.PIPE,
         stderr=errlog,

@@ -71,7 +71,8 @@ class SwitchProcesses:
             process = subprocess.Popen(
                 # A load: a few credentials far faster than real tills (no budget `busy`).
                 [sys.executable, "-m", "switch", "serve", "--init", "--data", str(self.data_dir),
-                 "--listen", "127.0.0.1:0", "--config", str(REPO / "bench" / "switch-load.toml")],
+                 "--listen", "127.0.0.1:0", "--metrics", "off",
+                 "--config", str(REPO / "bench" / "switch-load.toml")],
                 stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, cwd=REPO)
         self.processes.append(process)
         self.current = process

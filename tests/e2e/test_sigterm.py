@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def _start(data):
     return subprocess.Popen([sys.executable, "-m", "switch", "serve", "--data", str(data),
-                             "--listen", "127.0.0.1:0"],
+                             "--listen", "127.0.0.1:0", "--metrics", "off"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -466,7 +466,7 @@ class SwitchProcess:
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             process = subprocess.Popen(
                 [sys.executable, "-m", "switch", "serve", "--init", "--data", str(self.data),
-                 "--listen", "127.0.0.1:0", "--config", str(self.config)],
+                 "--listen", "127.0.0.1:0", "--metrics", "off", "--config", str(self.config)],
                 stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, cwd=REPO)
         self.processes.append(process)
         self.current = process

@@ -1,0 +1,269 @@
+"""`python -m switch backup|restore`: a consistent, audited copy of a data dir taken while the
+switch serves, and a new data dir made from one.
+
+The copy is LMDB's own compacting copy run inside one read transaction of a second,
+read-only environment: it takes a reader slot, never the write lock, so the serving switch
+keeps committing while it runs. Everything else a restore needs (the admin key) is copied
+beside it; the master key kept beside the data dir (`DIR.key`) is not, on purpose: a
+backup that holds the key to what it protects protects nothing.
+"""
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+
+import lmdb
+
+from switch import limits
+from switch.cli.datadir import DataDirError, empty_dir, is_data_dir, make_dirs
+from switch.persistence.audit import audit
+from switch.persistence.dirlock import LOCK_FILE, DirInUse, DirLock
+from switch.persistence.keys import POSITION_PREFIX, decode_position
+from switch.persistence.store import STORE_DIR
+
+log = logging.getLogger("switch.backup")
+
+DATA_FILE = "data.mdb"
+LMDB_LOCK_FILE = "lock.mdb"
+
+
+class BackupError(Exception):
+    """The copy cannot be made or used; the message is the one line the operator sees."""
+
+
+class CopyUnsound(BackupError):
+    """The copy was made but its books do not add up (exit 1, as `audit` would)."""
+
+
+@dataclass
+class CopySummary:
+    last_txn: int
+    accounts: int
+    size_bytes: int
+    forward_positions: dict
+
+    def describe(self) -> str:
+        positions = ", ".join(f"{name} {txn}" for name, txn in sorted(self.forward_positions.items()))
+        return (f"last txn {self.last_txn}, accounts {self.accounts}, "
+                f"{self.size_bytes / 1e6:.1f} MB; forwarding positions: {positions or 'none'}")
+
+
+def add_parsers(commands) -> None:
+    backup = commands.add_parser(
+        "backup", help="copy a data dir (also while the switch serves it), audited")
+    backup.add_argument("--data", required=True, help="the data dir to copy")
+    backup.add_argument("--to", required=True,
+                        help="where the copy goes: a directory that does not exist yet")
+    restore = commands.add_parser("restore", help="make a data dir from a backup")
+    restore.add_argument("--from", dest="source", required=True, help="the backup's directory")
+    restore.add_argument("--data", required=True,
+                         help="the data dir to create: missing or empty, and no switch on it")
+
+
+def master_key_path(data_dir: str) -> str:
+    """Where the master key lives: beside the data dir, never inside it (nor in a backup)."""
+    return os.path.normpath(data_dir) + ".key"
+
+
+def backup(data_dir: str, to: str) -> CopySummary:
+    """Copy `data_dir` to the new directory `to` and audit the copy; on any failure nothing
+    is left at `to`."""
+    if not is_data_dir(data_dir):
+        raise BackupError(f"{data_dir} is not a switch data dir (no {STORE_DIR}/ inside); "
+                          f"check --data")
+    if os.path.lexists(to):
+        raise BackupError(f"{to} already exists; give a new directory (a dated one, say) "
+                          f"so no earlier backup is overwritten")
+    if _is_within(to, data_dir):
+        raise BackupError(f"{to} is inside the data dir {data_dir}; give a directory outside "
+                          f"it (a backup on the same disk as the books is no backup either)")
+    try:
+        created = make_dirs(to)
+    except DataDirError as error:
+        raise BackupError(str(error)) from None
+    try:
+        summary = _copy_store(os.path.join(data_dir, STORE_DIR), os.path.join(to, STORE_DIR))
+        _copy_files_beside(data_dir, to)
+        _fsync_tree(to)
+        _require_sound(to, "the copy")
+        # The reader table the audit opened is no data: a restore makes its own.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(to, STORE_DIR, LMDB_LOCK_FILE))
+    except BaseException:
+        shutil.rmtree(created or to, ignore_errors=True)
+        raise
+    log.info("event=backup data=%s to=%s last_txn=%d accounts=%d size_bytes=%d",
+             data_dir, to, summary.last_txn, summary.accounts, summary.size_bytes)
+    return summary
+
+
+def restore(source: str, data_dir: str) -> CopySummary:
+    """Make `data_dir` (missing or empty, and locked by no one) a copy of the backup `source`;
+    on any failure `data_dir` is left as it was found."""
+    if not is_data_dir(source):
+        raise BackupError(f"{source} is not a backup (no {STORE_DIR}/ inside); check --from")
+    created = None
+    if not os.path.lexists(data_dir):
+        try:
+            created = make_dirs(data_dir)
+        except DataDirError as error:
+            raise BackupError(str(error)) from None
+    elif not os.path.isdir(data_dir):
+        raise BackupError(f"{data_dir} is not a directory; give a new or empty directory")
+    present = sorted(set(os.listdir(data_dir)) - {LOCK_FILE})
+    if present and not os.path.exists(os.path.join(data_dir, LOCK_FILE)):
+        raise _not_empty(data_dir, present)   # nothing of it touched, not even a lock file
+    lock_existed = os.path.exists(os.path.join(data_dir, LOCK_FILE))
+    try:
+        lock = DirLock(data_dir)   # DirInUse: a switch (or a restore) holds it
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    try:
+        # Again under the lock: nothing can be added to it now.
+        present = sorted(set(os.listdir(data_dir)) - {LOCK_FILE})
+        if present:
+            raise _not_empty(data_dir, present)
+        source_readers = os.path.join(source, STORE_DIR, LMDB_LOCK_FILE)
+        readers_existed = os.path.exists(source_readers)
+        try:
+            summary = _copy_store(os.path.join(source, STORE_DIR),
+                                  os.path.join(data_dir, STORE_DIR))
+            if not readers_existed:
+                with contextlib.suppress(OSError):   # a backup on read-only media has none
+                    os.unlink(source_readers)
+            _copy_files_beside(source, data_dir)
+            _fsync_tree(data_dir)
+            _require_sound(data_dir, "the restored data dir")
+        except BaseException:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            else:
+                empty_dir(data_dir, keep_lock=lock_existed)
+            raise
+    finally:
+        lock.release()
+    log.info("event=restore from=%s data=%s last_txn=%d accounts=%d forward_positions=%s",
+             source, data_dir, summary.last_txn, summary.accounts,
+             ",".join(f"{name}:{txn}" for name, txn in sorted(summary.forward_positions.items()))
+             or "none")
+    return summary
+
+
+def _is_within(path: str, directory: str) -> bool:
+    inner, outer = os.path.realpath(path), os.path.realpath(directory)
+    return inner == outer or inner.startswith(outer + os.sep)
+
+
+def _not_empty(data_dir: str, present: list) -> BackupError:
+    return BackupError(f"{data_dir} is not empty (it holds {', '.join(present[:3])}"
+                       f"{', ...' if len(present) > 3 else ''}); restore only into a new or "
+                       f"empty directory, so no switch's books are overwritten")
+
+
+def _copy_store(source_env: str, target_env: str) -> CopySummary:
+    """LMDB's compacting copy, and what it holds, from one read snapshot."""
+    os.mkdir(target_env, 0o700)
+    try:
+        # readonly with lock: a reader slot in the live switch's reader table, so its
+        # writers go on and the pages of this snapshot are kept until the copy is done.
+        env = lmdb.open(source_env, readonly=True, lock=True, max_dbs=limits.lmdb_max_dbs,
+                        subdir=True)
+    except lmdb.Error as error:
+        raise BackupError(f"cannot read {source_env}: {error}") from None
+    try:
+        # A copy killed half-way leaves its reader slot behind, holding old pages the
+        # switch could reuse: free the slots of dead processes first.
+        env.reader_check()
+        with env.begin() as txn:
+            summary = _summarise(env, txn)
+            env.copy(target_env, compact=True, txn=txn)
+    except lmdb.Error as error:
+        raise BackupError(f"cannot copy {source_env} to {target_env}: {error}") from None
+    finally:
+        env.close()
+    data_file = os.path.join(target_env, DATA_FILE)
+    os.chmod(data_file, 0o600)
+    summary.size_bytes = os.path.getsize(data_file)
+    return summary
+
+
+def _summarise(env, txn) -> CopySummary:
+    journal = env.open_db(b"journal", txn=txn, create=False)
+    accounts = env.open_db(b"accounts", txn=txn, create=False)
+    meta = env.open_db(b"meta", txn=txn, create=False)
+    cursor = txn.cursor(db=journal)
+    last_txn = int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+    positions = {}
+    cursor = txn.cursor(db=meta)
+    if cursor.set_range(POSITION_PREFIX):
+        for key, value in cursor:
+            if not key.startswith(POSITION_PREFIX):
+                break
+            positions[key[len(POSITION_PREFIX):].decode()] = decode_position(value)
+    return CopySummary(last_txn, txn.stat(accounts)["entries"], 0, positions)
+
+
+def _copy_files_beside(source: str, target: str) -> None:
+    """The data dir's own files besides LMDB (the admin key), modes kept. The lock is the
+    holder's, not data."""
+    for name in sorted(os.listdir(source)):
+        if name in (STORE_DIR, LOCK_FILE):
+            continue
+        path = os.path.join(source, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.copytree(path, os.path.join(target, name), symlinks=True)
+        else:
+            shutil.copy2(path, os.path.join(target, name), follow_symlinks=False)
+
+
+def _fsync_tree(top: str) -> None:
+    """Durable before it is reported: each file, then each directory holding it."""
+    for directory, _, files in os.walk(top, topdown=False):
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                _fsync(path, os.O_RDONLY)
+        _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync(path: str, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _require_sound(data_dir: str, what: str) -> None:
+    report = audit(data_dir)
+    if not report.sound:
+        raise CopyUnsound(f"{what} failed its audit, nothing kept: "
+                          f"{'; '.join(report.problems[:limits.audit_discrepancies_shown_max])}")
+
+
+def run(args) -> int:
+    """`backup` or `restore`: 0 done, 1 the copy failed its audit, 2 anything else, one line."""
+    try:
+        if args.command == "backup":
+            summary = backup(args.data, args.to)
+            print(f"backup of {args.data} in {args.to}: {summary.describe()}; audit: sound")
+            print(f"the master key is not in a backup: keep a copy of "
+                  f"{master_key_path(args.data)} apart from it")
+        else:
+            summary = restore(args.source, args.data)
+            print(f"restored {args.source} into {args.data}: {summary.describe()}; audit: sound")
+            print(f"receivers get records again from those positions (a rewind, never a gap); "
+                  f"put the master key kept apart at {master_key_path(args.data)} before "
+                  f"starting the switch")
+    except (BackupError, DirInUse) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1 if isinstance(error, CopyUnsound) else 2
+    except OSError as error:
+        print(f"error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,121 @@
+"""One log line format for every program of the switch: `key=value` tokens, UTC millisecond
+timestamps, and a value holding a space, a quote, an `=` or a control character quoted, so
+`ts=... level=... logger=... event=...` always splits on spaces into key=value.
+
+Values a peer chooses (a credential id in a refused hello, an error text) go through `%s`
+arguments, which are quoted here before they meet the message: a peer cannot forge a key
+or a line of its own.
+"""
+
+import logging
+import re
+import sys
+import time
+
+KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
+# A value left bare: printable, no space, quote, backslash or `=`.
+BARE = re.compile(r"[^\s\"\\=\x00-\x1f\x7f]+\Z")
+# One token of a finished line: key=bare or key="quoted with \" \\ \n \t \xNN escapes".
+TOKEN = re.compile(r'([A-Za-z_][A-Za-z0-9_.]*)=("(?:[^"\\\x00-\x1f\x7f]|\\.)*"|[^\s"\\=\x00-\x1f\x7f]*)')
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def quote(value) -> str:
+    """`value` as one log token's value: bare when it can be, else quoted and escaped."""
+    text = value if isinstance(value, str) else str(value)
+    if text and BARE.match(text):
+        return text
+    return '"' + "".join(_ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x20 or
+                                             ord(c) == 0x7f else c) for c in text) + '"'
+
+
+def bounded(value, chars_max: int) -> str:
+    """A peer-supplied value cut to `chars_max` characters (marked), for a log line only."""
+    if value is None:
+        return "-"
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= chars_max else text[:chars_max] + "..."
+
+
+def split(line: str) -> dict | None:
+    """The key=value pairs of a line this module wrote (values unquoted), or None if it is
+    not one."""
+    pairs = {}
+    position = 0
+    for match in TOKEN.finditer(line):
+        if match.start() != position:
+            return None
+        pairs[match.group(1)] = _unquote(match.group(2))
+        position = match.end()
+        if position < len(line):
+            if line[position] != " ":
+                return None
+            position += 1
+    return pairs if position == len(line) and pairs else None
+
+
+_UNESCAPE = re.compile(r'\\(x[0-9a-f]{2}|.)')
+_UNESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unquote(value: str) -> str:
+    if not value.startswith('"'):
+        return value
+    return _UNESCAPE.sub(lambda m: chr(int(m.group(1)[1:], 16)) if len(m.group(1)) == 3
+                         else _UNESCAPES.get(m.group(1), m.group(1)), value[1:-1])
+
+
+class _Quoted:
+    """A `%s`/`%r` argument rendered as a quoted token value."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = quote(text)
+
+    def __str__(self) -> str:
+        return self.text
+
+    __repr__ = __str__
+
+
+class KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = self._message(record)
+        head = (f"ts={_utc_ms(record.created)} level={record.levelname} "
+                f"logger={quote(record.name)}")
+        line = f"{head} {message}"
+        if record.exc_info:
+            # One line still: the traceback is a quoted value, its newlines escaped.
+            line += " traceback=" + quote(self.formatException(record.exc_info))
+        return line
+
+    def _message(self, record: logging.LogRecord) -> str:
+        args = record.args
+        if args and isinstance(args, tuple):
+            args = tuple(_Quoted(a) if isinstance(a, str) else a for a in args)
+        try:
+            message = str(record.msg) % args if args else str(record.msg)
+        except (TypeError, ValueError):
+            message = f"{record.msg} {record.args!r}"
+        if split(message) is None:
+            # Someone else's free text (a library's warning): kept whole as one value.
+            return "msg=" + quote(message)
+        return message
+
+
+def _utc_ms(created: float) -> str:
+    seconds = int(created)
+    millis = int((created - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def configure(level: str = "INFO") -> None:
+    """Every program's logging: key=value lines on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))

@@ -1,0 +1,299 @@
+"""`python -m switch backup` and `restore` (README.md "Backup and restore"): a copy taken
+while tills pay holds every txn acknowledged up to its last one, and a restore never
+overwrites a switch's books."""
+
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+
+import lmdb
+import msgpack
+import pytest
+import trio
+
+from switch.cli.datadir import open_data_dir, read_admin_key
+from switch.clock import SystemClock
+from switch.config import default_config
+from switch.ledger import Ledger, dispatch
+from switch.persistence.audit import journal_records
+from switch.persistence.store import STORE_DIR, Store
+from switch.shell.client import Client
+from tests.cli.helpers import one_line_error
+from tests.paths import REPO_ROOT
+
+ACCOUNTS = 20
+TERMINALS = 4
+PIPELINE_DEPTH = 8
+BATCHES_PER_TERMINAL_MAX = 2_000      # the load stops by itself whatever happens
+ACKS_BEFORE_BACKUP = 200              # the backup starts once the load is well under way
+ACKS_AFTER_BACKUP = 200               # and the load goes on this long after it finished
+START_TIMEOUT_S = 20.0
+RUN_TIMEOUT_S = 60.0
+
+
+def _run(*words, timeout=60):
+    return subprocess.run([sys.executable, "-m", "switch", *words], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO_ROOT)
+
+
+def _last_txn(stdout: str) -> int:
+    return int(re.search(r"last txn (\d+)", stdout).group(1))
+
+
+def _journal(data) -> dict[int, dict]:
+    return {record["txn"]: record for record in journal_records(str(data))}
+
+
+@pytest.fixture
+def serving(tmp_path, request):
+    """A switch serving `tmp_path/data` under the load configuration; stopped by PID."""
+    data = tmp_path / "data"
+    out = tmp_path / "switch.out"
+    with open(out, "wb") as stdout, open(tmp_path / "switch.err", "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "switch", "serve", "--init", "--data", str(data),
+             "--listen", "127.0.0.1:0", "--metrics", "off",
+             "--config", str(REPO_ROOT / "bench" / "switch-load.toml")],
+            stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
+
+    def stop():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    request.addfinalizer(stop)
+
+    async def port() -> int:
+        with trio.fail_after(START_TIMEOUT_S):
+            while True:
+                for line in out.read_text().split("\n")[:-1]:
+                    if line.startswith("listening on "):
+                        return int(line.rpartition(":")[2])
+                assert process.poll() is None, (tmp_path / "switch.err").read_text()
+                await trio.sleep(0.02)
+    return data, port, stop
+
+
+async def _provision(port: int, admin_key: bytes) -> list[tuple[str, bytes]]:
+    async with await Client.connect("127.0.0.1", port, "admin", admin_key) as admin:
+        messages = []
+        for i in range(ACCOUNTS):
+            messages += [
+                {"t": "open_account", "account": f"WHBK{i:04d}", "school": "WH",
+                 "kind": "person", "id_last6": "123456", "holder": f"Student {i}",
+                 "id": f"open-{i}"},
+                {"t": "issue_card", "account": f"WHBK{i:04d}", "card": f"BC{i:06d}",
+                 "id": f"card-{i}"},
+                {"t": "credit", "account": f"WHBK{i:04d}", "amount": 10_000_000,
+                 "source": "opening", "id": f"fund-{i}"}]
+        messages += [{"t": "add_credential", "who": f"WH-POS-BK{t}", "role": "terminal",
+                      "school": "WH", "kind": "pos", "id": f"pos-{t}"} for t in range(TERMINALS)]
+        replies = []
+        for start in range(0, len(messages), 50):
+            replies += await admin.pipeline(messages[start:start + 50])
+    assert all(reply["code"] == "ok" for reply in replies), replies
+    return [(f"WH-POS-BK{t}", reply["key"]) for t, reply in enumerate(replies[-TERMINALS:])]
+
+
+def test_a_backup_under_load_holds_every_acknowledged_txn_up_to_its_last(serving, tmp_path):
+    data, port_of, stop = serving
+    copy, restored = tmp_path / "backups" / "2026-12-01", tmp_path / "restored"
+    acknowledged: dict[int, tuple[str, int]] = {}   # txn -> (card, amount) answered ok
+    declined = []
+    outcome = {}
+
+    async def till(port, who, key, index, stop_load):
+        async with await Client.connect("127.0.0.1", port, who, key) as client:
+            for batch in range(BATCHES_PER_TERMINAL_MAX):
+                if stop_load.is_set():
+                    break
+                messages = [{"t": "debit", "card": f"BC{(index + n) % ACCOUNTS:06d}",
+                             "amount": 1 + n, "id": f"{who}-{batch}-{n}"}
+                            for n in range(PIPELINE_DEPTH)]
+                for message, reply in zip(messages, await client.pipeline(messages)):
+                    if reply["code"] == "ok":
+                        acknowledged[reply["txn"]] = (message["card"], message["amount"])
+                    else:
+                        declined.append(reply)
+        outcome["tills_done"] = outcome.get("tills_done", 0) + 1
+
+    async def main():
+        port = await port_of()
+        terminals = await _provision(port, read_admin_key(str(data)))
+        stop_load = trio.Event()
+        with trio.fail_after(RUN_TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+                for index, (who, key) in enumerate(terminals):
+                    nursery.start_soon(till, port, who, key, index, stop_load)
+                while len(acknowledged) < ACKS_BEFORE_BACKUP:
+                    await trio.sleep(0.01)
+                outcome["acks_at_start"] = len(acknowledged)
+                result = await trio.run_process(
+                    [sys.executable, "-m", "switch", "backup", "--data", str(data),
+                     "--to", str(copy)], capture_stdout=True, capture_stderr=True,
+                    check=False, cwd=REPO_ROOT)
+                outcome["backup"] = result
+                settled = len(acknowledged)
+                while (len(acknowledged) < settled + ACKS_AFTER_BACKUP
+                       and outcome.get("tills_done", 0) < TERMINALS):
+                    await trio.sleep(0.01)
+                stop_load.set()
+
+    trio.run(main)
+    backup = outcome["backup"]
+    assert backup.returncode == 0, backup.stderr
+    stdout = backup.stdout.decode()
+    assert "audit: sound" in stdout
+    last = _last_txn(stdout)
+    assert declined == []
+    # The switch went on answering while and after the copy was taken: txns on both sides.
+    assert any(txn <= last for txn in acknowledged)
+    assert any(txn > last for txn in acknowledged)
+    stop()
+
+    result = _run("restore", "--from", str(copy), "--data", str(restored))
+    assert result.returncode == 0, result.stderr
+    assert "event=restore" in result.stderr
+    journal = _journal(restored)
+    assert max(journal) == last
+    missing = [txn for txn in acknowledged if txn <= last and txn not in journal]
+    assert missing == []
+    for txn, (card, amount) in acknowledged.items():
+        if txn <= last:
+            assert journal[txn]["amount"] == -amount and journal[txn]["card"] == card, \
+                journal[txn]
+    audit = _run("audit", "--data", str(restored))
+    assert audit.returncode == 0 and "audit: sound" in audit.stdout
+
+
+def _stopped_data_dir(path: pathlib.Path, accounts: int = 0, positions=None) -> pathlib.Path:
+    """A data dir with `accounts` opened (a journal record each) and the given forwarding
+    positions, no switch running."""
+    store = open_data_dir(str(path))
+    try:
+        ledger = Ledger(store, default_config(), SystemClock())
+        admin = ledger.credential("admin")
+        opened = len(list(store.committed_journal(1, store.last_txn)))
+        for i in range(opened, opened + accounts):
+            reply = dispatch.execute(ledger, admin, {
+                "t": "open_account", "account": f"WHST{i:04d}", "school": "WH",
+                "kind": "person", "id_last6": "123456", "holder": f"Student {i}",
+                "id": f"open-{i}"})
+            assert reply["code"] == "ok", reply
+        for name, txn in (positions or {}).items():
+            store.save_forward_position(name, txn)
+        store.commit_now()
+    finally:
+        store.close()
+    return path
+
+
+def test_backup_leaves_the_master_key_out_and_copies_the_admin_key(tmp_path):
+    data = _stopped_data_dir(tmp_path / "data")
+    master = tmp_path / "data.key"   # kept beside the data dir, never inside
+    master.write_text("ab" * 32 + "\n")
+    result = _run("backup", "--data", str(data), "--to", str(tmp_path / "copy"))
+    assert result.returncode == 0, result.stderr
+    assert str(master) in result.stdout   # told to keep it apart
+    names = sorted(str(p.relative_to(tmp_path / "copy")) for p in (tmp_path / "copy").rglob("*"))
+    assert names == ["admin.key", STORE_DIR, f"{STORE_DIR}/data.mdb"]
+    assert (tmp_path / "copy" / "admin.key").read_bytes() == (data / "admin.key").read_bytes()
+    assert all(b"ab" * 32 not in p.read_bytes() for p in (tmp_path / "copy").rglob("*")
+               if p.is_file())
+
+
+def test_backup_into_an_existing_directory_is_refused_and_changes_nothing(tmp_path):
+    data = _stopped_data_dir(tmp_path / "data")
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "keep").write_text("an earlier backup")
+    one_line_error(_run("backup", "--data", str(data), "--to", str(earlier)),
+                   str(earlier), "already exists")
+    assert os.listdir(earlier) == ["keep"]
+
+
+def test_backup_of_something_that_is_not_a_data_dir_is_one_line(tmp_path):
+    one_line_error(_run("backup", "--data", str(tmp_path / "none"), "--to",
+                        str(tmp_path / "copy")), "not a switch data dir")
+    assert not (tmp_path / "copy").exists()
+
+
+def test_a_copy_that_fails_its_audit_is_removed(tmp_path):
+    data = _stopped_data_dir(tmp_path / "data")
+    # Books that do not add up: a journal record no account's balance reflects.
+    env = lmdb.open(str(data / STORE_DIR), max_dbs=32)
+    journal = env.open_db(b"journal")
+    with env.begin(write=True) as txn:
+        txn.put((1).to_bytes(8, "big"), msgpack.packb(
+            {"txn": 1, "account": "WHNOBODY", "amount": 5, "balance": 5}), db=journal)
+    env.close()
+    result = _run("backup", "--data", str(data), "--to", str(tmp_path / "new" / "copy"))
+    assert result.returncode == 1, result.stderr
+    assert "failed its audit" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_restore_refuses_a_data_dir_in_use(serving, tmp_path):
+    data, port_of, _ = serving
+    trio.run(port_of)
+    copy = tmp_path / "copy"
+    assert _run("backup", "--data", str(data), "--to", str(copy)).returncode == 0
+    before = sorted(os.listdir(data))
+    one_line_error(_run("restore", "--from", str(copy), "--data", str(data)), str(data),
+                   "in use")
+    assert sorted(os.listdir(data)) == before
+
+
+def test_restore_refuses_a_directory_that_is_not_empty(tmp_path):
+    copy = tmp_path / "copy"
+    data = _stopped_data_dir(tmp_path / "data")
+    assert _run("backup", "--data", str(data), "--to", str(copy)).returncode == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    one_line_error(_run("restore", "--from", str(copy), "--data", str(other)), str(other),
+                   "not empty")
+    assert os.listdir(other) == ["notes.txt"]
+    one_line_error(_run("restore", "--from", str(tmp_path / "nothing"), "--data",
+                        str(tmp_path / "fresh")), "not a backup")
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_a_restored_switch_forwards_from_the_positions_in_the_copy(tmp_path):
+    """Receivers see a rewind, never a gap: the positions come back as they were copied,
+    at or below the copy's last txn, so what a receiver took after the copy is sent again
+    (and dropped by txn), and nothing in between is skipped."""
+    data = _stopped_data_dir(tmp_path / "data", accounts=5, positions={"billing": 4,
+                                                                        "utility": 2})
+    result = _run("backup", "--data", str(data), "--to", str(tmp_path / "copy"))
+    assert result.returncode == 0, result.stderr
+    assert _last_txn(result.stdout) == 5
+    assert "forwarding positions: billing 4, utility 2" in result.stdout
+    # The switch and its receivers move on after the copy.
+    _stopped_data_dir(data, accounts=3, positions={"billing": 8, "utility": 8})
+    restored = tmp_path / "restored"
+    result = _run("restore", "--from", str(tmp_path / "copy"), "--data", str(restored))
+    assert result.returncode == 0, result.stderr
+    assert "forward_positions=billing:4,utility:2" in result.stderr
+    # The backup is left as it was: a restore reads it and writes nothing there.
+    assert sorted(p.name for p in (tmp_path / "copy" / STORE_DIR).iterdir()) == ["data.mdb"]
+    store = Store(str(restored / STORE_DIR))
+    try:
+        assert (store.forward_position("billing"), store.forward_position("utility")) == (4, 2)
+        assert store.last_txn == 5
+    finally:
+        store.close()
+
+
+def test_a_backup_inside_the_data_dir_is_refused(tmp_path):
+    data = _stopped_data_dir(tmp_path / "data")
+    before = sorted(os.listdir(data))
+    one_line_error(_run("backup", "--data", str(data), "--to", str(data / "backups" / "b")),
+                   "inside the data dir")
+    assert sorted(os.listdir(data)) == before
