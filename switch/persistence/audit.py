@@ -142,10 +142,19 @@ def _check_journal(txn, dbs, report: AuditReport):
     expected_txn = 1
     for key, value in _items(txn, dbs["journal"]):
         number = int.from_bytes(key, "big")
-        record = _unpack(value)
+        try:
+            record = _unpack(value)
+        except Exception:   # not msgpack at all
+            record = None
         if number != expected_txn:
             report.problems.append(f"txn gap: expected {expected_txn}, found {number}")
             expected_txn = number
+        if not _well_formed(record):
+            # A record the switch never writes: said, and left out of the sums (which then
+            # disagree with the balances, and say so too), never a traceback.
+            report.problems.append(f"txn {number}: malformed record")
+            expected_txn = number + 1
+            continue
         if record.get("txn") != number:
             report.problems.append(f"txn {number}: record says txn {record.get('txn')}")
         account = record["account"]
@@ -162,6 +171,15 @@ def _check_journal(txn, dbs, report: AuditReport):
         expected_txn += 1
         report.records += 1
     return sums, card_history, offline
+
+
+_RECORD_FIELDS = (("account", str), ("amount", int), ("balance", int), ("kind", str),
+                  ("at", int))
+
+
+def _well_formed(record) -> bool:
+    return type(record) is dict and all(type(record.get(name)) is kind
+                                        for name, kind in _RECORD_FIELDS)
 
 
 def _check_holds(txn, dbs, report: AuditReport, accounts: dict) -> dict[str, int]:

@@ -226,3 +226,15 @@ def test_a_txn_missing_from_written_books_is_found(books):
     _lmdb_write(books, change)
     problems = _problems(books)
     assert any(problem.startswith("txn gap: expected") for problem in problems)
+
+
+@pytest.mark.parametrize("value", [b"\xc1 not msgpack", msgpack.packb({"txn": 1}),
+                                   msgpack.packb([1, 2]), msgpack.packb({"account": 5,
+                                                                        "amount": "5"})])
+def test_a_malformed_journal_record_is_found_not_a_traceback(books, value):
+    def change(txn, db):
+        key, _ = _journal_record(txn, db, lambda r: r.get("ref") == "before-loss")
+        txn.put(key, value, db=db("journal"))
+    _lmdb_write(books, change)
+    problems = _problems(books)
+    assert any(problem.endswith("malformed record") for problem in problems), problems
