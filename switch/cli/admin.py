@@ -452,12 +452,14 @@ def read_import_rows(path: str, encoding: str | None = None) -> list:
                          f"{', '.join(IMPORT_COLUMNS)}")
     rows = []
     try:
-        for line, row in enumerate(reader, start=2):
+        # The file's own line numbers, as an editor shows them: empty lines are skipped
+        # and a quoted cell may span lines (a row is named by the line it ends on).
+        for row in reader:
             if len(rows) >= limits.cli_import_rows_max:
                 raise UsageError(f"{path}: more than {limits.cli_import_rows_max} rows")
-            rows.append((line, row))
+            rows.append((reader.line_num, row))
     except csv.Error as error:
-        raise _not_csv(path, len(rows) + 2, error) from None
+        raise _not_csv(path, reader.line_num + 1, error) from None  # the line being read
     return rows
 
 

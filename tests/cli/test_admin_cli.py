@@ -1,7 +1,6 @@
 """The operator CLI against a real switch process: import a term's CSV, handle a lost card."""
 
 import csv
-import signal
 import socket
 import subprocess
 import sys
@@ -11,26 +10,7 @@ import pytest
 from switch import limits
 from switch.cli.admin import (UsageError, fen_to_yuan, import_requests, read_import_rows,
                               yuan_to_fen)
-from tests.cli.helpers import one_line_error
-
-
-@pytest.fixture
-def running_switch(tmp_path):
-    data = tmp_path / "data"
-    process = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--init", "--data",
-                                str(data), "--listen", "127.0.0.1:0", "--log-level", "WARNING"],
-                               stdout=subprocess.PIPE, text=True)
-    line = process.stdout.readline()
-    assert line.startswith("listening on"), line
-    yield f"127.0.0.1:{line.strip().rpartition(':')[2]}", data
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 0
-
-
-def admin(connect, data, *words):
-    return subprocess.run([sys.executable, "-m", "switch", "admin", "--connect", connect,
-                           "--data", str(data), *words], capture_output=True, text=True,
-                          timeout=120)
+from tests.cli.helpers import admin, one_line_error
 
 
 def test_amounts_are_exact():
