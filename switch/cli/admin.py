@@ -7,13 +7,15 @@ yuan with at most two decimals ("12.50") and converted to fen exactly.
 Everything that can be checked here (arguments, amounts, key file, CSV) is checked
 before connecting. Exit status: 0 done; 2 an operator's mistake, one line on stderr
 saying what to do (bad argument or file, wrong or revoked key, no switch at that
-address); 3 the switch refused the request (or rows of an import); 4 the connection
+address); 3 the switch refused the request, printed as its code and a sentence (or
+rows of an import were rejected or half applied); 4 the connection
 broke after sign-on (the request may or may not have been done: rerun it with the
 same `--id`).
 """
 
 import argparse
 import codecs
+import contextlib
 import csv
 import datetime
 import hashlib
@@ -167,9 +169,6 @@ def _describe(reply: dict, request: dict | None = None, looked_up: dict | None =
     if kind == "history":
         return _history_table(reply)
     parts = ["ok"]
-    unchanged = refusals.nothing_changed(reply, request or {})
-    if unchanged:
-        parts[0] = f"ok: {unchanged}"
     if reply.get("replay"):
         parts.append("(already done earlier: replayed)")
     if reply.get("txn") is not None:
@@ -178,6 +177,10 @@ def _describe(reply: dict, request: dict | None = None, looked_up: dict | None =
         parts.append(f"balance {fen_to_yuan(reply['balance'])} yuan")
     if "blacklist" in reply:
         parts.append(f"blacklist version {reply['blacklist']}")
+    unchanged = refusals.nothing_changed(reply, request or {})
+    if unchanged:
+        details = ", ".join(part.strip("()") for part in parts[1:])
+        return f"ok: {unchanged}" + (f" ({details})" if details else "")
     return " ".join(parts)
 
 
@@ -371,6 +374,9 @@ async def _step_state(client: Client, message: dict, reply: dict, signon: str) -
             return "present", f"{what} already issued to {message['account']}"
         return "refused", (f"{what} refused (exists: it is issued to another account; "
                            f"`account` shows whose)")
+    if code in ("busy", "internal"):
+        return "refused", (f"{what} not done ({code}: the switch did nothing; rerun the "
+                           f"import: rows already done are only counted again)")
     return "refused", f"{what} refused ({refusals.sentence(code, message, signon)})"
 
 
@@ -613,8 +619,11 @@ async def _run(args, key: bytes, work, looked_up: dict) -> dict | list:
         with trio.fail_after(limits.cli_reply_timeout_s):
             reply = await client.request(work)
             if reply.get("code") in refusals.NEEDS_ACCOUNT and "account" in work:
-                looked_up.update(await client.request({"t": "account",
-                                                       "account": work["account"]}))
+                # Only to say the refusal in words: losing the switch now changes nothing.
+                with contextlib.suppress(SwitchError, ProtocolError, trio.EndOfChannel,
+                                         OSError):
+                    looked_up.update(await client.request({"t": "account",
+                                                           "account": work["account"]}))
             return reply
     finally:
         await client.aclose()

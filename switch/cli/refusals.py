@@ -84,6 +84,9 @@ SENTENCES = {
                                       "school {school}",
 }
 
+# `not_empty` when the account could not be read after the refusal.
+NOT_EMPTY_UNREAD = ("account {account} still holds money or open holds; `account` shows them; "
+                    "refund it first")
 # `not_empty` of an account at zero: the money is reserved by hot-water holds.
 NOT_EMPTY_HELD = ("account {account} has {held} yuan reserved by open holds; wait until they "
                   "complete or expire")
@@ -133,7 +136,9 @@ def sentence(code: str, request: dict | None = None, signon: str = "?",
     facts = facts_of(request, signon, account_reply)
     kind = request.get("t")
     template = SENTENCES.get((code, kind)) or SENTENCES.get(code)
-    if code == "not_empty" and account_reply and account_reply.get("balance") == 0:
+    if code == "not_empty" and "balance" not in facts:
+        template = NOT_EMPTY_UNREAD
+    elif code == "not_empty" and account_reply.get("balance") == 0:
         template = NOT_EMPTY_HELD
     if template is None:
         return f"{code}: the switch answered a code this tool does not know"

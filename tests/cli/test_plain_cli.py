@@ -36,6 +36,17 @@ def test_every_code_has_a_sentence_in_words(code):
                                                        "available": 1250})
 
 
+def test_not_empty_says_what_is_left_as_far_as_it_is_known():
+    request = {"t": "close_account", "account": "WH1", "id": "c"}
+    assert refusals.sentence("not_empty", request, account_reply={
+        "code": "ok", "balance": 0, "available": -500}) == (
+        "not_empty: account WH1 has 5.00 yuan reserved by open holds; wait until they "
+        "complete or expire")
+    assert refusals.sentence("not_empty", request, account_reply={"code": "wrong_school"}) == (
+        "not_empty: account WH1 still holds money or open holds; `account` shows them; "
+        "refund it first")
+
+
 def test_every_reply_code_and_connection_error_is_covered():
     assert set(refusals.every_code()) == (set(CODE_NAMES) - {"ok"}) | {
         "unauthenticated", "version_unsupported", "mac_invalid", "seq_invalid",
