@@ -206,11 +206,11 @@ def _history_table(reply: dict) -> str:
 
 # ------------------------------------------------------------------ CSV import
 IMPORT_COLUMNS = ("type", "account", "school", "holder", "id_last6", "card", "utility")
-# What each cell may hold, checked before anything is sent (docs/PROTOCOL.md §4.2).
-_IMPORT_CELL_CHARS_MAX = {"type": len("student"), "account": limits.account_id_chars_max,
+# The longest each free-form cell may be (docs/PROTOCOL.md §4.2), checked before its syntax
+# so a 10 KB cell is told by its length; the other columns take a few fixed words.
+_IMPORT_CELL_CHARS_MAX = {"account": limits.account_id_chars_max,
                           "school": limits.school_code_chars_max,
-                          "holder": limits.holder_chars_max, "id_last6": 6,
-                          "card": limits.card_id_chars_max, "utility": len("electric")}
+                          "holder": limits.holder_chars_max, "card": limits.card_id_chars_max}
 # Categories no cell may hold: controls (NUL included), format characters (bidi overrides,
 # zero-width), surrogates, private use, unassigned, line and paragraph separators.
 _UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
