@@ -257,7 +257,8 @@ def _shown(text: str) -> str:
     return repr(shown)
 
 
-def _cell_problem(column: str, value: str) -> str | None:
+def _text_problem(column: str, value: str) -> str | None:
+    """Why a CSV cell or a typed text cannot be sent: a control character, or too long."""
     for char in value:
         if unicodedata.category(char) in _UNPRINTABLE_CATEGORIES:
             return (f"{column} {_shown(value)} holds a control character "
@@ -321,7 +322,7 @@ def import_requests(rows) -> list:
         if not any(cells.values()):
             plan.outcome = "blank"
             continue
-        problem = next(filter(None, (_cell_problem(c, v) for c, v in cells.items())), None)
+        problem = next(filter(None, (_text_problem(c, v) for c, v in cells.items())), None)
         problem = problem or _row_problem(cells)
         if problem:
             plan.outcome, plan.reason = "rejected", problem
@@ -581,6 +582,10 @@ def unsendable(message: dict) -> str | None:
 def _checked_request(args) -> dict:
     """The single request, known to fit in a frame, before anything is sent."""
     message = _request_for(args)
+    for name in ("holder", "reason"):
+        problem = _text_problem(name, message[name]) if name in message else None
+        if problem:
+            raise UsageError(f"--{name}: {problem}")
     problem = unsendable(message)
     if problem:
         raise UsageError(f"that request {problem}")

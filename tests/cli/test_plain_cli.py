@@ -195,3 +195,17 @@ def test_found_of_a_card_not_lost_says_nothing_changed(running_switch):
     found = admin(connect, data, "found", "04A1B2C3D4")
     assert found.returncode == 0 and "nothing changed" not in found.stdout
     assert found.stdout.startswith("ok txn ")
+
+
+@pytest.mark.parametrize("holder, words", [("张\x1b[2J三", "(U+001B)"), ("李\u202e四", "(U+202E)"),
+                                           ("王" * 65, "65 characters long, at most 64")])
+def test_a_typed_holder_name_with_control_characters_is_refused_before_sending(
+        tmp_path, capsys, holder, words):
+    key = tmp_path / "admin.key"
+    key.write_text("ab" * 32)
+    # Port 9 has no switch: the refusal must come before any connection is tried.
+    assert admin_cli.main(["open-account", "WH1", "--school", "WH", "--id-last6", "12345X",
+                           "--holder", holder, "--connect", "127.0.0.1:9",
+                           "--key-file", str(key)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --holder: holder ") and words in err, err
