@@ -174,6 +174,9 @@ metrics_connections_max = 8             # open HTTP connections; more are closed
 metrics_request_bytes_max = 8192        # an HTTP request head
 metrics_connection_timeout_s = 5.0      # a connection's whole life, request to last byte out
 
+# --- Performance target (bench/run_e2e.py reports against it; the demo draws it) ---
+p99_latency_target_ms = 5.0             # at an offered 10,000 tx/s, open loop
+
 # --- Operator command line (switch/admin_cli.py) ---
 cli_connect_timeout_s = 10.0            # connect and sign on
 cli_reply_timeout_s = 60.0              # one request, or one pipelined batch of an import

@@ -7,14 +7,18 @@ yuan with at most two decimals ("12.50") and converted to fen exactly.
 Everything that can be checked here (arguments, amounts, key file, CSV) is checked
 before connecting. Exit status: 0 done; 2 an operator's mistake, one line on stderr
 saying what to do (bad argument or file, wrong or revoked key, no switch at that
-address); 3 the switch refused the request (or rows of an import); 4 the connection
+address); 3 the switch refused the request, printed as its code and a sentence (or
+rows of an import were rejected or half applied); 4 the connection
 broke after sign-on (the request may or may not have been done: rerun it with the
 same `--id`).
 """
 
 import argparse
 import codecs
+import contextlib
 import csv
+import datetime
+import hashlib
 import io
 import json
 import os
@@ -22,14 +26,19 @@ import re
 import secrets
 import sys
 import time
+import unicodedata
+import zoneinfo
+from dataclasses import dataclass, field
 
 import trio
 
-from switch import limits
+from switch import identifiers, limits
 from switch.shell.client import Client, SwitchError
 from switch.codec import ProtocolError
 from switch.codec.framing import encode_body
+from switch.cli import refusals
 from switch.cli.datadir import is_data_dir, read_admin_key
+from switch.cli.refusals import fen_to_yuan
 from switch.config.endpoints import explain, host_port_argument
 from switch.config.keyfile import KeyFileError, claim_key_file, read_key_file, write_key
 
@@ -75,11 +84,6 @@ def _int_between(lowest: int, highest: int):
         return int(text)
     parse.__name__ = "number"
     return parse
-
-
-def fen_to_yuan(fen: int) -> str:
-    sign = "-" if fen < 0 else ""
-    return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
 
 
 def _new_id(prefix: str) -> str:
@@ -140,11 +144,13 @@ def _request_for(args) -> dict:
     raise UsageError(f"unknown command {command}")
 
 
-def _describe(reply: dict) -> str:
-    """One operator-readable paragraph for a reply."""
+def _describe(reply: dict, request: dict | None = None, looked_up: dict | None = None,
+              signon: str = "?") -> str:
+    """One operator-readable paragraph for a reply to `request`; a refusal is its code and a
+    sentence (`looked_up`: the account's reply read after a refusal that names its money)."""
     code = reply.get("code")
     if code != "ok":
-        return f"refused: {code}"
+        return refusals.sentence(code, request, signon=signon, account_reply=looked_up)
     kind = reply.get("t")
     if kind == "account":
         cards = ", ".join(f"{c['card']} ({c['state']})" for c in reply["cards"]) or "none"
@@ -161,15 +167,7 @@ def _describe(reply: dict) -> str:
             lines.append(f"  utility {reply['utility']}, power {'on' if reply['power'] else 'OFF'}")
         return "\n".join(lines)
     if kind == "history":
-        lines = [f"{'txn':>8}  {'when (UTC)':19}  {'kind':12} {'amount':>10} {'balance':>10}  who"]
-        for item in reply["items"]:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(item["at"] / 1000))
-            lines.append(f"{item['txn']:>8}  {when}  {item['kind']:12} "
-                         f"{fen_to_yuan(item['amount']):>10} {fen_to_yuan(item['balance']):>10}"
-                         f"  {item['who'] or '-'}")
-        if reply["next"] is not None:
-            lines.append(f"(more: --before {reply['next']})")
-        return "\n".join(lines)
+        return _history_table(reply)
     parts = ["ok"]
     if reply.get("replay"):
         parts.append("(already done earlier: replayed)")
@@ -179,53 +177,241 @@ def _describe(reply: dict) -> str:
         parts.append(f"balance {fen_to_yuan(reply['balance'])} yuan")
     if "blacklist" in reply:
         parts.append(f"blacklist version {reply['blacklist']}")
+    unchanged = refusals.nothing_changed(reply, request or {})
+    if unchanged:
+        details = ", ".join(part.strip("()") for part in parts[1:])
+        return f"ok: {unchanged}" + (f" ({details})" if details else "")
     return " ".join(parts)
+
+
+def _history_table(reply: dict) -> str:
+    """The items in the school's local time (the reply's `time_zone`; UTC from a switch that
+    does not send it), with the card tapped and the terminal (credential) that sent it."""
+    zone_name = reply.get("time_zone") or "UTC"
+    try:
+        zone = zoneinfo.ZoneInfo(zone_name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        zone_name, zone = "UTC", datetime.timezone.utc
+    lines = [f"{'txn':>8}  {'when (' + zone_name + ')':25}  {'kind':12} {'amount':>10} "
+             f"{'balance':>10}  {'card':16} terminal"]
+    for item in reply["items"]:
+        when = datetime.datetime.fromtimestamp(item["at"] / 1000, zone)
+        lines.append(f"{item['txn']:>8}  {when:%Y-%m-%d %H:%M:%S}{'':6}  {item['kind']:12} "
+                     f"{fen_to_yuan(item['amount']):>10} {fen_to_yuan(item['balance']):>10}"
+                     f"  {item.get('card') or '-':16} {item['who'] or '-'}")
+    if reply["next"] is not None:
+        lines.append(f"(more: --before {reply['next']})")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ CSV import
 IMPORT_COLUMNS = ("type", "account", "school", "holder", "id_last6", "card", "utility")
+# The longest each free-form cell may be (docs/PROTOCOL.md §4.2), checked before its syntax
+# so a 10 KB cell is told by its length; the other columns take a few fixed words.
+_IMPORT_CELL_CHARS_MAX = {"account": limits.account_id_chars_max,
+                          "school": limits.school_code_chars_max,
+                          "holder": limits.holder_chars_max, "card": limits.card_id_chars_max}
+# Categories no cell may hold: controls (NUL included), format characters (bidi overrides,
+# zero-width), surrogates, private use, unassigned, line and paragraph separators.
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_SHOWN_CHARS_MAX = 20
 
 
-def import_requests(rows):
-    """(line, request) pairs for the rows of a start-of-term CSV, and (line, reason) rejects.
+@dataclass
+class ImportRow:
+    """One CSV row: the requests it needs, in order (open the account, then issue the card),
+    and what became of it."""
+    line: int
+    account: str = ""
+    requests: list = field(default_factory=list)
+    outcome: str = ""           # created | already | half | rejected | blank
+    reason: str = ""
+    steps: list = field(default_factory=list)   # (state, words) per request answered
+    same_as: "ImportRow | None" = None          # an earlier row with the very same cells
+
+    def settle(self) -> None:
+        """The row's outcome from its steps' states: made, present or refused (a repeated
+        row: what its first copy came to, made counting as already present)."""
+        if self.outcome:
+            return
+        if self.same_as is not None:
+            self.same_as.settle()
+            first = self.same_as.outcome
+            self.outcome = "already" if first in ("created", "already") else first
+            self.reason = f"the same row as line {self.same_as.line} ({self.same_as.reason})"
+            return
+        states = [state for state, _ in self.steps]
+        if "refused" not in states:
+            self.outcome = "created" if "made" in states else "already"
+        elif states.count("refused") == len(states):
+            self.outcome = "rejected"
+            self.reason = next(words for state, words in self.steps if state == "refused")
+        else:
+            self.outcome = "half"
+            self.reason = "; ".join(words for _, words in self.steps)
+
+
+def _shown(text: str) -> str:
+    """A cell as a reason may quote it: short, with anything unprintable escaped."""
+    shown = text if len(text) <= _SHOWN_CHARS_MAX else text[:_SHOWN_CHARS_MAX] + "…"
+    return repr(shown)
+
+
+def _text_problem(column: str, value: str) -> str | None:
+    """Why a CSV cell or a typed text cannot be sent: a control character, or too long."""
+    for char in value:
+        if unicodedata.category(char) in _UNPRINTABLE_CATEGORIES:
+            return (f"{column} {_shown(value)} holds a control character "
+                    f"(U+{ord(char):04X}); retype it")
+    most = _IMPORT_CELL_CHARS_MAX.get(column)
+    if most is not None and len(value) > most:
+        return f"{column} is {len(value)} characters long, at most {most}"
+    return None
+
+
+def _import_id(what: str, *keys: str) -> str:
+    """The request id of one step of a row: readable while it fits the id bound, else a
+    digest of the same keys; the same row gives the same id on every run."""
+    readable = f"import-{what}-" + "-".join(keys)
+    if len(readable) <= limits.id_str_chars_max:
+        return readable
+    digest = hashlib.sha256("\0".join(keys).encode()).hexdigest()
+    return f"import-{what}-h{digest}"[:limits.id_str_chars_max]
+
+
+def _row_problem(cells: dict) -> str | None:
+    """Why a row cannot be imported, in words; None when it can be sent."""
+    kind, account, school = cells["type"], cells["account"], cells["school"]
+    if kind not in ("student", "room") or not account or not school:
+        return "needs type (student|room), account and school"
+    if not identifiers.ACCOUNT.match(account):
+        return (f"account {_shown(account)} is not an account id: 1..{limits.account_id_chars_max}"
+                f" of A-Z 0-9 -")
+    if not account.startswith(school):
+        return f"account {account} does not begin with its school's code {school}"
+    if kind == "student":
+        if not identifiers.ID_LAST6.match(cells["id_last6"]):
+            return (f"id_last6 {_shown(cells['id_last6'])} is not the last six of an ID card "
+                    f"number (5 digits, then a digit or X)")
+        if cells["card"] and not identifiers.CARD.match(cells["card"]):
+            return (f"card {_shown(cells['card'])} is not a card id: "
+                    f"{limits.card_id_chars_min}..{limits.card_id_chars_max} of 0-9 A-F")
+    elif cells["id_last6"] or cells["card"]:
+        return "a room row takes no id_last6 and no card"
+    elif (cells["utility"] or "both") not in ("both", "electric", "water"):
+        return f"utility {_shown(cells['utility'])} is none of both, electric, water"
+    return None
+
+
+def import_requests(rows) -> list:
+    """An `ImportRow` for each (line, row) of a start-of-term CSV: its requests, or why it is
+    rejected (or blank) before anything is sent.
 
     Columns: type (student | room), account, school, holder, id_last6 (students),
     card (students, optional), utility (rooms: both | electric | water).
     Request ids are derived from the row, so a re-run replays instead of doubling.
     """
-    requests, rejects = [], []
+    planned, seen = [], {}
     for line, row in rows:
-        kind = (row.get("type") or "").strip()
-        account = (row.get("account") or "").strip()
-        school = (row.get("school") or "").strip()
-        if kind not in ("student", "room") or not account or not school:
-            rejects.append((line, "needs type (student|room), account and school"))
+        plan = ImportRow(line)
+        planned.append(plan)
+        if row.get(None):
+            plan.outcome, plan.reason = "rejected", "more cells than the header has columns"
             continue
-        if kind == "student":
-            message = {"t": "open_account", "account": account, "school": school,
-                       "kind": "person", "id_last6": (row.get("id_last6") or "").strip(),
-                       "id": f"import-open-{account}"}
-            holder = (row.get("holder") or "").strip()
-            if holder:
-                message["holder"] = holder
-            requests.append((line, message))
-            card = (row.get("card") or "").strip()
-            if card:
-                requests.append((line, {"t": "issue_card", "account": account, "card": card,
-                                        "id": f"import-card-{account}-{card}"}))
-        else:
-            requests.append((line, {"t": "open_account", "account": account, "school": school,
-                                    "kind": "utility",
-                                    "utility": (row.get("utility") or "both").strip(),
-                                    "id": f"import-open-{account}"}))
-    sendable = []
-    for line, message in requests:
-        problem = unsendable(message)
+        cells = {column: (row.get(column) or "").strip() for column in IMPORT_COLUMNS}
+        if not any(cells.values()):
+            plan.outcome = "blank"
+            continue
+        problem = next(filter(None, (_text_problem(c, v) for c, v in cells.items())), None)
+        problem = problem or _row_problem(cells)
         if problem:
-            rejects.append((line, f"row {problem}"))
+            plan.outcome, plan.reason = "rejected", problem
+            continue
+        plan.account = cells["account"]
+        earlier = seen.get(plan.account)
+        if earlier is not None:
+            if earlier[1] == cells:
+                plan.same_as = earlier[0]
+            else:
+                plan.outcome = "rejected"
+                plan.reason = (f"account {plan.account} is on line {earlier[0].line} with "
+                               f"other cells")
+            continue
+        seen[plan.account] = (plan, cells)
+        message = {"t": "open_account", "account": plan.account, "school": cells["school"],
+                   "id": _import_id("open", plan.account)}
+        if cells["type"] == "student":
+            message.update(kind="person", id_last6=cells["id_last6"])
         else:
-            sendable.append((line, message))
-    return sendable, rejects
+            message.update(kind="utility", utility=cells["utility"] or "both")
+        if cells["holder"]:
+            message["holder"] = cells["holder"]
+        plan.requests.append(message)
+        if cells["card"]:
+            plan.requests.append({"t": "issue_card", "account": plan.account,
+                                  "card": cells["card"],
+                                  "id": _import_id("card", plan.account, cells["card"])})
+        problem = next(filter(None, map(unsendable, plan.requests)), None)
+        if problem:
+            plan.outcome, plan.reason, plan.requests = "rejected", f"row {problem}", []
+    return planned
+
+
+async def _step_state(client: Client, message: dict, reply: dict, signon: str) -> tuple:
+    """(made | present | refused, words) for one request of a row."""
+    what = (f"account {message['account']}" if message["t"] == "open_account"
+            else f"card {message['card']}")
+    code = reply.get("code")
+    if code == "ok":
+        if reply.get("replay"):
+            return "present", f"{what} already present"
+        return "made", f"{what} {'opened' if message['t'] == 'open_account' else 'issued'}"
+    if code == "exists" and message["t"] == "open_account":
+        return "present", f"{what} already present"   # opened earlier by other means
+    if code == "exists":
+        # Issued before under another request id: this account's, or someone else's.
+        shown = await client.request({"t": "account", "account": message["account"]})
+        if any(c["card"] == message["card"] for c in shown.get("cards", ())):
+            return "present", f"{what} already issued to {message['account']}"
+        return "refused", (f"{what} refused (exists: it is issued to another account; "
+                           f"`account` shows whose)")
+    if code in ("busy", "internal"):
+        return "refused", (f"{what} not done ({code}: the switch did nothing; rerun the "
+                           f"import: rows already done are only counted again)")
+    return "refused", f"{what} refused ({refusals.sentence(code, message, signon)})"
+
+
+IMPORT_OUTCOMES = (("created", "created"), ("already", "already present"),
+                   ("half", "half applied"), ("rejected", "rejected"))
+
+
+async def run_import(client: Client, path: str, rows: list, out=sys.stdout,
+                     signon: str = "admin") -> dict:
+    """Send the rows' requests in pipelined batches; print and return what became of each
+    row. Counts are rows: a student with a card is one row of two requests."""
+    planned = import_requests(rows)
+    steps = [(plan, message) for plan in planned for message in plan.requests]
+    for start in range(0, len(steps), limits.cli_import_pipeline_depth_max):
+        chunk = steps[start:start + limits.cli_import_pipeline_depth_max]
+        with trio.fail_after(limits.cli_reply_timeout_s):
+            replies = await client.pipeline([message for _, message in chunk])
+            for (plan, message), reply in zip(chunk, replies):
+                plan.steps.append(await _step_state(client, message, reply, signon))
+    counts = {outcome: 0 for outcome, _ in IMPORT_OUTCOMES}
+    counts["blank"] = 0
+    for plan in planned:
+        plan.settle()
+        counts[plan.outcome] += 1
+    blank = f", {counts['blank']} blank skipped" if counts["blank"] else ""
+    print(f"import {path}: {len(planned)} rows: "
+          + ", ".join(f"{counts[outcome]} {words}" for outcome, words in IMPORT_OUTCOMES)
+          + blank, file=out)
+    listed = [plan for plan in planned if plan.outcome in ("half", "rejected")]
+    for plan in listed:
+        print(f"  line {plan.line}: {dict(IMPORT_OUTCOMES)[plan.outcome]}: {plan.reason}",
+              file=out)
+    return {"rows": len(planned), **counts,
+            "problems": [(plan.line, plan.outcome, plan.reason) for plan in listed]}
 
 
 def decode_csv(raw: bytes, path: str, encoding: str | None = None) -> str:
@@ -273,58 +459,58 @@ def read_import_rows(path: str, encoding: str | None = None) -> list:
                          f"{', '.join(IMPORT_COLUMNS)}")
     rows = []
     try:
-        for line, row in enumerate(reader, start=2):
+        # The file's own line numbers, as an editor shows them: empty lines are skipped
+        # and a quoted cell may span lines (a row is named by the line it ends on).
+        for row in reader:
             if len(rows) >= limits.cli_import_rows_max:
                 raise UsageError(f"{path}: more than {limits.cli_import_rows_max} rows")
-            rows.append((line, row))
+            rows.append((reader.line_num, row))
     except csv.Error as error:
-        raise _not_csv(path, len(rows) + 2, error) from None
+        raise _not_csv(path, reader.line_num + 1, error) from None  # the line being read
     return rows
 
 
-async def run_import(client: Client, path: str, rows: list, out=sys.stdout) -> dict:
-    requests, rejects = import_requests(rows)
-    counts = {"rows": len(rows), "created": 0, "already": 0, "rejected": 0}
-    for start in range(0, len(requests), limits.cli_import_pipeline_depth_max):
-        chunk = requests[start:start + limits.cli_import_pipeline_depth_max]
-        with trio.fail_after(limits.cli_reply_timeout_s):
-            replies = await client.pipeline([message for _, message in chunk])
-        for (line, message), reply in zip(chunk, replies):
-            code = reply["code"]
-            if code == "ok" and reply.get("replay"):
-                counts["already"] += 1
-            elif code == "ok":
-                counts["created"] += 1
-            elif code == "exists" and message["t"] == "open_account":
-                counts["already"] += 1  # opened earlier by other means: nothing to do
-            elif code == "exists":
-                # A card issued under another request may belong to another student.
-                rejects.append((line, f"issue card {message['card']}: exists (already issued; "
-                                      f"`account` shows whose it is)"))
-            else:
-                what = message["t"].replace("_", " ")
-                rejects.append((line, f"{what} {message.get('card') or message['account']}: "
-                                      f"{code}"))
-    counts["rejected"] = len(rejects)
-    print(f"import {path}: {counts['rows']} rows, {counts['created']} created, "
-          f"{counts['already']} already present, {counts['rejected']} rejected", file=out)
-    for line, reason in sorted(rejects):
-        print(f"  line {line}: {reason}", file=out)
-    return {**counts, "rejects": sorted(rejects)}
-
-
 # ------------------------------------------------------------------ command line
+def _connection_options(parser, defaults: bool) -> None:
+    """The options every command takes, before or after its name. A subcommand's parser
+    sets only what was typed after the name (SUPPRESS): its defaults would otherwise
+    overwrite what was typed before it."""
+    def default(value):
+        return {"default": value} if defaults else {"default": argparse.SUPPRESS}
+    parser.add_argument("--connect", type=host_port_argument(port_min=1),
+                        help="HOST:PORT of the switch (required)", **default(None))
+    parser.add_argument("--data", help="data dir whose admin.key to use", **default(None))
+    parser.add_argument("--key-file", help="file with the credential's key (64 hex chars)",
+                        **default(None))
+    parser.add_argument("--who", dest="signon_who",
+                        help="credential to sign on with (default admin)", **default("admin"))
+    parser.add_argument("--json", action="store_true", help="print the raw reply as JSON",
+                        **default(False))
+    parser.add_argument("--id", help="request id (default: generated); reuse it to retry "
+                        "safely", **default(None))
+
+
+class _Commands:
+    """The admin subcommands' parsers: each takes the connection options as well."""
+
+    def __init__(self, action):
+        self._action = action
+
+    def add_parser(self, name, **kwargs):
+        parser = self._action.add_parser(name, epilog=ACCOUNT_DASH_HINT, **kwargs)
+        _connection_options(parser, defaults=False)
+        return parser
+
+
+ACCOUNT_DASH_HINT = ("an account id that begins with '-' goes after a `--`: "
+                     "`credit -- -WH1 12.50`")
+
+
 def add_parser(commands) -> None:
-    admin = commands.add_parser("admin", help="card office commands over the wire")
-    admin.add_argument("--connect", required=True, type=host_port_argument(port_min=1),
-                       help="HOST:PORT of the switch")
-    admin.add_argument("--data", help="data dir whose admin.key to use")
-    admin.add_argument("--key-file", help="file with the credential's key (64 hex chars)")
-    admin.add_argument("--who", dest="signon_who", default="admin",
-                       help="credential to sign on with (default admin)")
-    admin.add_argument("--json", action="store_true", help="print the raw reply as JSON")
-    admin.add_argument("--id", help="request id (default: generated); reuse it to retry safely")
-    sub = admin.add_subparsers(dest="admin_command", required=True)
+    admin = commands.add_parser("admin", help="card office commands over the wire",
+                                epilog=ACCOUNT_DASH_HINT)
+    _connection_options(admin, defaults=True)
+    sub = _Commands(admin.add_subparsers(dest="admin_command", required=True))
     p = sub.add_parser("open-account")
     p.add_argument("account")
     p.add_argument("--school", required=True)
@@ -396,6 +582,10 @@ def unsendable(message: dict) -> str | None:
 def _checked_request(args) -> dict:
     """The single request, known to fit in a frame, before anything is sent."""
     message = _request_for(args)
+    for name in ("holder", "reason"):
+        problem = _text_problem(name, message[name]) if name in message else None
+        if problem:
+            raise UsageError(f"--{name}: {problem}")
     problem = unsendable(message)
     if problem:
         raise UsageError(f"that request {problem}")
@@ -418,25 +608,34 @@ async def _sign_on(args, key: bytes) -> Client:
             raise SignOnRefused(f"the switch at {host}:{port} refused the sign-on of "
                                 f"{args.signon_who!r} (unauthenticated): the key is wrong or "
                                 f"revoked; check --data, --key-file and --who") from None
-        raise SignOnRefused(f"{host}:{port} did not take our sign-on ({error.code}): is it the "
-                            f"switch's port?") from None
+        raise SignOnRefused(f"{host}:{port} did not take our sign-on "
+                            f"({refusals.sentence(error.code, signon=args.signon_who)}): is it "
+                            f"the switch's port?") from None
     except trio.EndOfChannel:
         raise SignOnRefused(f"{host}:{port} closed the connection at sign-on: is it the "
                             f"switch's port?") from None
 
 
-async def _run(args, key: bytes, work) -> dict | list:
+async def _run(args, key: bytes, work, looked_up: dict) -> dict | list:
     client = await _sign_on(args, key)
     try:
         if args.admin_command == "import":
-            return await run_import(client, args.csv, work)
+            return await run_import(client, args.csv, work, signon=args.signon_who)
         with trio.fail_after(limits.cli_reply_timeout_s):
-            return await client.request(work)
+            reply = await client.request(work)
+            if reply.get("code") in refusals.NEEDS_ACCOUNT and "account" in work:
+                # Only to say the refusal in words: losing the switch now changes nothing.
+                with contextlib.suppress(SwitchError, ProtocolError, trio.EndOfChannel,
+                                         OSError):
+                    looked_up.update(await client.request({"t": "account",
+                                                           "account": work["account"]}))
+            return reply
     finally:
         await client.aclose()
 
 
-def _print_reply(args, reply: dict, key_fd) -> bool:
+def _print_reply(args, reply: dict, key_fd, request: dict | None = None,
+                 looked_up: dict | None = None) -> bool:
     """Print the reply; True when the new key went into the claimed key file."""
     if args.json:
         print(json.dumps({k: (v.hex() if isinstance(v, bytes) else v) for k, v in reply.items()},
@@ -448,7 +647,7 @@ def _print_reply(args, reply: dict, key_fd) -> bool:
     elif reply.get("key") is not None:
         print(f"ok: credential {args.who} created; key {reply['key'].hex()}")
     else:
-        print(_describe(reply))
+        print(_describe(reply, request, looked_up, args.signon_who))
     return False
 
 
@@ -463,7 +662,10 @@ def run(args) -> int:
     """One admin command, parsed by `switch.cli.main`'s parser (or `main` above)."""
     key_fd = None
     work = {}
+    looked_up = {}
     try:
+        if args.connect is None:
+            raise UsageError("give --connect HOST:PORT, the switch's address")
         key = _key(args)
         if args.admin_command == "import":
             work = read_import_rows(args.csv, args.encoding)
@@ -471,10 +673,10 @@ def run(args) -> int:
             work = _checked_request(args)
             if getattr(args, "key_out", None):
                 key_fd = claim_key_file(args.key_out)
-        result = trio.run(_run, args, key, work)
+        result = trio.run(_run, args, key, work, looked_up)
         if args.admin_command == "import":
-            return 0 if not result["rejected"] else 3
-        if _print_reply(args, result, key_fd):
+            return 0 if not result["problems"] else 3
+        if _print_reply(args, result, key_fd, work, looked_up):
             key_fd = None
         return 0 if result.get("code") == "ok" else 3
     except (UsageError, KeyFileError, SignOnRefused) as error:
@@ -485,8 +687,11 @@ def run(args) -> int:
             retry = "; rerun the import (rows already done are only counted again)"
         else:
             retry = f"; rerun with --id {work['id']} to finish it safely" if "id" in work else ""
+        code = getattr(error, "code", None)
+        why = (refusals.sentence(code, signon=args.signon_who) if isinstance(code, str)
+               else error or "no reply in time")
         print(f"error: lost the switch at {args.connect[0]}:{args.connect[1]} mid-request "
-              f"({error or 'no reply in time'}){retry}", file=sys.stderr)
+              f"({why}){retry}", file=sys.stderr)
         return 4
     finally:
         if key_fd is not None:  # claimed for a key that never came

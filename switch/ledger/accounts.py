@@ -163,9 +163,12 @@ def history(ledger, credential, values):
         entry = ledger.journal_record(txn)
         items.append({"txn": entry["txn"], "at": entry["at"], "kind": entry["kind"],
                       "amount": entry["amount"], "balance": entry["balance"],
-                      "who": entry["who"], "merchant": entry["merchant"]})
+                      "who": entry["who"], "merchant": entry["merchant"],
+                      "card": entry.get("card")})
+    # The school's zone, so a card office shows times as the school's clocks did.
     return {"t": "history", "code": "ok", "items": items,
-            "next": items[-1]["txn"] if more else None}
+            "next": items[-1]["txn"] if more else None,
+            "time_zone": ledger.school(record).time_zone}
 
 
 # ------------------------------------------------------------------ admin

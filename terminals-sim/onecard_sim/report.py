@@ -38,9 +38,12 @@ def text(report: dict) -> str:
         f"{report['replies_total']} replies in all")
     cpu = report.get("cpu_during_load") or {}
     if cpu:
+        switch = (f"switch {cpu['switch_s']} s ({cpu['switch_us_per_reply']} µs/reply)"
+                  if cpu.get("switch_us_per_reply") is not None else
+                  "switch not measured (a switch the simulator did not start: give "
+                  "--switch-pid)")
         add(f"   CPU over the window: simulator {cpu['simulator_s']} s "
-            f"({cpu['simulator_us_per_reply']} µs/reply), switch {cpu['switch_s']} s "
-            f"({cpu['switch_us_per_reply']} µs/reply)")
+            f"({cpu['simulator_us_per_reply']} µs/reply), {switch}")
     if cfg["mode"] == "open":
         add(f"   offered: {report['offered']} arrivals; unsent when the run ended: "
             f"{report['events'].get('arrivals_unsent_at_end', 0)}")
@@ -84,14 +87,18 @@ def text(report: dict) -> str:
         add(f"   nothing lost: {'yes' if o['nothing_lost'] else 'NO'}")
     add("")
     money = report["money_check"]
-    add(f"== Money check: {money.get('accounts', 0)} accounts, {money.get('mismatches', '?')} "
+    add(f"== Money check: {money.get('accounts', 0)} accounts (those the simulator made), "
+        f"{money.get('mismatches', '?')} "
         f"mismatches; simulator ledger {money.get('expected_total_fen')} fen, switch "
         f"{money.get('switch_total_fen')} fen")
     for example in money.get("examples", [])[:5]:
         add(f"   {example}")
     audit = report["audit"]
-    add(f"== Audit: {'sound' if audit.get('sound') else 'NOT SOUND'}: "
-        f"{audit.get('summary', '').replace(chr(10), '; ')}")
+    if not audit.get("skipped"):
+        # The summary's first line is its verdict, said once here.
+        details = audit.get("summary", "").partition("\n")[2]
+        add(f"== Audit: {'sound' if audit.get('sound') else 'NOT SOUND'}: "
+            f"{details.replace(chr(10), '; ')}")
     if report["errors"]:
         add("== Errors: " + ", ".join(f"{k} {v}" for k, v in report["errors"].items()))
     add(f"== Verdict: {'PASS' if report['ok'] else 'FAIL'}"

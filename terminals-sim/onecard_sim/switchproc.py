@@ -14,6 +14,16 @@ class SwitchStartError(RuntimeError):
     pass
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU process `pid` has used so far (Linux /proc), None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class SwitchProcess:
     def __init__(self, data_dir: str, repo_root: str, log_path: str, config: str | None = None,
                  log_level: str = "WARNING"):
@@ -76,12 +86,7 @@ class SwitchProcess:
         """User + system CPU the switch has used so far (Linux /proc), None elsewhere."""
         if not self.alive:
             return None
-        try:
-            with open(f"/proc/{self.process.pid}/stat") as handle:
-                fields = handle.read().rpartition(")")[2].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return None
+        return process_cpu_seconds(self.process.pid)
 
     def kill(self) -> None:
         """SIGKILL: a crash, as far as the switch can tell."""

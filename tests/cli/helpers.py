@@ -1,4 +1,7 @@
-"""What every operator mistake must look like from outside."""
+"""What every operator mistake must look like from outside, and the admin command line."""
+
+import subprocess
+import sys
 
 
 def one_line_error(result, *expected, usage=False):
@@ -12,3 +15,11 @@ def one_line_error(result, *expected, usage=False):
     for text in expected:
         assert text in lines[-1], (text, result.stderr)
     return lines[-1]
+
+
+def admin(connect, data, *words, before=()):
+    """`python -m switch admin` signed on as the data dir's admin; `before` goes ahead of
+    the connection options."""
+    return subprocess.run([sys.executable, "-m", "switch", "admin", *before, "--connect",
+                           connect, "--data", str(data), *words], capture_output=True,
+                          text=True, timeout=120)

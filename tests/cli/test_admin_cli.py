@@ -1,7 +1,6 @@
 """The operator CLI against a real switch process: import a term's CSV, handle a lost card."""
 
 import csv
-import signal
 import socket
 import subprocess
 import sys
@@ -11,27 +10,7 @@ import pytest
 from switch import limits
 from switch.cli.admin import (UsageError, fen_to_yuan, import_requests, read_import_rows,
                               yuan_to_fen)
-from tests.cli.helpers import one_line_error
-
-
-@pytest.fixture
-def running_switch(tmp_path):
-    data = tmp_path / "data"
-    process = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--init", "--data",
-                                str(data), "--listen", "127.0.0.1:0", "--metrics", "off",
-                                "--log-level", "WARNING"],
-                               stdout=subprocess.PIPE, text=True)
-    line = process.stdout.readline()
-    assert line.startswith("listening on"), line
-    yield f"127.0.0.1:{line.strip().rpartition(':')[2]}", data
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 0
-
-
-def admin(connect, data, *words):
-    return subprocess.run([sys.executable, "-m", "switch", "admin", "--connect", connect,
-                           "--data", str(data), *words], capture_output=True, text=True,
-                          timeout=120)
+from tests.cli.helpers import admin, one_line_error
 
 
 def test_amounts_are_exact():
@@ -43,15 +22,17 @@ def test_amounts_are_exact():
 
 
 def test_import_rows_to_requests_rejects_incomplete_rows():
-    requests, rejects = import_requests([
+    planned = import_requests([
         (2, {"type": "student", "account": "WH1", "school": "WH", "id_last6": "123456",
              "card": "AB12"}),
         (3, {"type": "room", "account": "WH-8D-1006", "school": "WH", "utility": ""}),
         (4, {"type": "teacher", "account": "WH2", "school": "WH"}),
     ])
-    assert [m["t"] for _, m in requests] == ["open_account", "issue_card", "open_account"]
-    assert requests[2][1]["utility"] == "both"
-    assert rejects == [(4, "needs type (student|room), account and school")]
+    assert [[m["t"] for m in plan.requests] for plan in planned] == [
+        ["open_account", "issue_card"], ["open_account"], []]
+    assert planned[1].requests[0]["utility"] == "both"
+    assert (planned[2].outcome, planned[2].reason) == (
+        "rejected", "needs type (student|room), account and school")
 
 
 def test_semester_import_is_idempotent_and_reports_rejects(running_switch, tmp_path):
@@ -69,11 +50,18 @@ def test_semester_import_is_idempotent_and_reports_rejects(running_switch, tmp_p
         writer.writerow(["student", "WH20269999", "WH", "y", "123456", "A0000", ""])  # dup card
     first = admin(connect, data, "import", str(path))
     assert first.returncode == 3, first.stderr
-    assert "1504 rows, 3002 created, 0 already present, 3 rejected" in first.stdout, first.stdout
-    assert "CUIK-9D-0101: bad_request" in first.stdout
-    assert "issue card A0000: exists (already issued" in first.stdout
+    # Counts are rows: 1,500 students with cards are 1,500 rows of two requests each.
+    assert ("1504 rows: 1501 created, 0 already present, 1 half applied, 2 rejected"
+            in first.stdout), first.stdout
+    assert "line 1503: rejected: account CUIK-9D-0101 refused (bad_request: " in first.stdout
+    assert "line 1504: rejected: id_last6 '12' is not the last six" in first.stdout
+    assert ("line 1505: half applied: account WH20269999 opened; card A0000 refused (exists: "
+            "it is issued to another account" in first.stdout), first.stdout
     second = admin(connect, data, "import", str(path))
-    assert "0 created, 3002 already present, 3 rejected" in second.stdout, second.stdout
+    assert ("1504 rows: 0 created, 1501 already present, 1 half applied, 2 rejected"
+            in second.stdout), second.stdout
+    assert "line 1505: half applied: account WH20269999 already present; card A0000 refused" \
+        in second.stdout
     shown = admin(connect, data, "account", "WH20260007")
     assert "holder 学生7" in shown.stdout and "A0007 (active)" in shown.stdout
 
@@ -99,7 +87,9 @@ def test_lost_card_from_the_cli(running_switch):
     history = admin(connect, data, "history", "WH20230001")
     assert "replace_card" in history.stdout and "lost" in history.stdout
     refused = admin(connect, data, "lost", "FFFFFFFF")
-    assert refused.returncode == 3 and "refused: card_unknown" in refused.stdout
+    assert refused.returncode == 3
+    assert refused.stdout == "card_unknown: the switch knows no card FFFFFFFF; check the " \
+                             "number printed on the card\n"
 
 
 def test_terminal_keys_and_revocation(running_switch, tmp_path):
@@ -113,7 +103,7 @@ def test_terminal_keys_and_revocation(running_switch, tmp_path):
     ping = subprocess.run([sys.executable, "-m", "switch", "admin", "--connect", connect,
                            "--who", "WH-POS-0001", "--key-file", str(key_file), "account", "X"],
                           capture_output=True, text=True)
-    assert "refused: not_permitted" in ping.stdout
+    assert "not_permitted: credential WH-POS-0001 may not send account" in ping.stdout
     assert admin(connect, data, "revoke", "WH-POS-0001").returncode == 0
     refused = subprocess.run([sys.executable, "-m", "switch", "admin", "--connect", connect,
                               "--who", "WH-POS-0001", "--key-file", str(key_file), "account",
@@ -250,5 +240,5 @@ def test_a_gb18030_csv_imports_with_its_chinese_names(running_switch, tmp_path):
     path.write_bytes((HEADER + ROWS).encode("gb18030"))
     result = admin(connect, data, "import", str(path))
     assert result.returncode == 0, result.stderr
-    assert "2 rows, 3 created" in result.stdout
+    assert "2 rows: 2 created, 0 already present" in result.stdout
     assert "holder 欧阳娜娜" in admin(connect, data, "account", "WH20260002").stdout
