@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics", type=host_port_argument(),
                        help="HOST:PORT for Prometheus metrics")
     serve.add_argument("--config", help="TOML configuration file")
+    serve.add_argument("--master-key", metavar="PATH",
+                       help="the data dir's master key file (default: the data dir's path with "
+                            ".key appended; never inside the data dir)")
     serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     audit = commands.add_parser("audit", help="check the books of a data dir")
     audit.add_argument("--data", required=True)
@@ -75,11 +78,12 @@ async def _serve(args) -> int:
     from switch.shell.transport import open_listeners
 
     config = load_config(args.config)
-    check_data_dir(args.data, args.init)
+    master_key_file = args.master_key or config.master_key_file
+    check_data_dir(args.data, args.init, master_key_file)
     listeners, metrics_listeners = await _bind(args)
     store = claim = None
     try:
-        claim = DataDirClaim(args.data, args.init)
+        claim = DataDirClaim(args.data, args.init, master_key_file)
         store = _open_store(claim)
         if claim.new:
             logging.getLogger("switch").info("event=initialised data=%s key_file=%s",
@@ -122,9 +126,12 @@ async def _serve(args) -> int:
 def _open_store(claim):
     import lmdb
 
+    from switch.config.masterkey import MasterKeyError
     from switch.persistence.store import SchemaMismatch
     try:
         return claim.open_store()
+    except MasterKeyError as error:
+        raise StartError(str(error)) from None
     except (lmdb.Error, SchemaMismatch, OSError) as error:
         raise StartError(f"cannot open the data dir {claim.path}: {error}") from None
 
