@@ -60,6 +60,31 @@ def _master_key(store: Store, key_path: str) -> MasterKey:
     return master
 
 
+def rotate_master_key(path: str, master_key_file: str | None = None) -> dict:
+    """Give the data dir's master key file a new seal key and seal every secret again under
+    it, with no switch running (the data dir is locked meanwhile). Returns the counts.
+
+    Each step leaves a key file that opens everything: first the new key is added beside the
+    old one, then the secrets are sealed again in one transaction, then the old key is
+    dropped. PIN verifiers keep their key (a verifier cannot be re-keyed without its PIN)."""
+    if not is_data_dir(path):
+        raise DataDirError(f"{path} is not a switch data dir (no {STORE_DIR}/ inside)")
+    key_path = masterkey.resolve_path(path, master_key_file)
+    with DirLock(path):
+        master = masterkey.read(key_path)
+        store = open_data_dir(path, master_key_file)
+        try:
+            rotated = master.with_new_seal_key()
+            masterkey.replace(key_path, rotated)
+            store.master = rotated
+            counts = sealing.reseal(store, rotated)
+            store.commit_now()
+        finally:
+            store.close()
+        masterkey.replace(key_path, rotated.only_current())
+    return counts
+
+
 def read_admin_key(path: str) -> bytes:
     return read_key_file(os.path.join(path, ADMIN_KEY_FILE))
 

@@ -1,4 +1,5 @@
-"""Command line: `python -m switch serve|audit|demo` (docs/PROTOCOL.md §7)."""
+"""Command line: `python -m switch serve|audit|admin|rotate-master-key|demo`
+(docs/PROTOCOL.md §7)."""
 
 import argparse
 import logging
@@ -38,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     audit = commands.add_parser("audit", help="check the books of a data dir")
     audit.add_argument("--data", required=True)
+    rotate = commands.add_parser(
+        "rotate-master-key", help="give the master key file a new key and seal every secret "
+                                  "again under it (no switch running)")
+    rotate.add_argument("--data", required=True)
+    rotate.add_argument("--master-key", metavar="PATH",
+                        help="the master key file (default: the data dir's path + .key)")
     from switch.cli import admin
     admin.add_parser(commands)
     demo = commands.add_parser("demo", help="start a switch and run a scripted lunch queue")
@@ -171,6 +178,8 @@ def main(argv=None) -> int:
             return 2
         print(report.summary())
         return 0 if report.sound else 1
+    if args.command == "rotate-master-key":
+        return _rotate_master_key(args)
     if args.command == "admin":
         from switch.cli import admin
         return admin.run(args)
@@ -178,6 +187,21 @@ def main(argv=None) -> int:
         from switch.cli.demo import run_demo
         return run_demo(args.data)
     return 2
+
+
+def _rotate_master_key(args) -> int:
+    from switch.cli.datadir import DataDirError, rotate_master_key
+    from switch.config.masterkey import MasterKeyError
+    from switch.persistence.dirlock import DirInUse
+    try:
+        counts = rotate_master_key(args.data, args.master_key)
+    except (DataDirError, MasterKeyError, DirInUse) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("master key rotated; sealed again: " + ", ".join(
+        f"{count} {name}" for name, count in counts.items() if name != "accounts")
+        + "; back up the new key file now: backups made before need the old one")
+    return 0
 
 
 def run() -> None:

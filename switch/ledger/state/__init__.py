@@ -2,6 +2,7 @@
 the journal and idempotency. Synchronous; runs on the event loop."""
 
 import hashlib
+import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 import msgpack
 
 from switch import limits
+from switch.config.masterkey import SealError
 from switch.core import layout
 from switch.ledger.state.blacklist import Blacklist
 from switch.ledger.effects import BlacklistPush, JournalAdvanced
@@ -17,6 +19,7 @@ from switch.ledger.state import sealing
 from switch.ledger.payment_path import SchoolLimits
 from switch.persistence.keys import txn_key
 
+log = logging.getLogger("switch.ledger")
 _pack = msgpack.Packer(use_bin_type=True).pack
 _SETTLEMENT = struct.Struct("<qq")  # count, total fen
 _SCHOOL_SLICE = slice(layout.SCHOOL[0], layout.SCHOOL[0] + 8)
@@ -122,7 +125,12 @@ class Ledger:
         if who in self._credentials:
             return self._credentials[who]
         data = self.store.get("credentials", who.encode())
-        credential = None if data is None else Credential.from_bytes(who, data, self.master)
+        try:
+            credential = None if data is None else Credential.from_bytes(who, data, self.master)
+        except SealError:
+            # Copied from another credential's record, or tampered with: it signs on no one.
+            log.error("event=credential_unsealable who=%s", who)
+            credential = None
         if len(self._credentials) > 100_000:
             self._credentials.clear()
         self._credentials[who] = credential
