@@ -31,10 +31,10 @@ def open_data_dir(path: str, master_key_file: str | None = None) -> Store:
     A data dir from before secrets were sealed is sealed now (logged), under the given key
     file or, when there is none, under a new one made there."""
     key_path = masterkey.resolve_path(path, master_key_file)
-    os.makedirs(path, mode=0o700, exist_ok=True)
     if not is_data_dir(path) and os.path.lexists(key_path):
         raise MasterKeyError(f"{key_path} exists; a new data dir never reuses a master key "
                              f"file (move it away, or name another with --master-key)")
+    os.makedirs(path, mode=0o700, exist_ok=True)
     store = Store(os.path.join(path, STORE_DIR))
     try:
         sealing.prepare(store, _master_key(store, key_path), path)

@@ -15,7 +15,7 @@ verifier cannot be re-keyed without the PIN it covers.
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -45,6 +45,8 @@ class MasterKey:
     seal_keys: dict          # key id -> 32-byte AES-256-GCM key
     current: int             # the id new values are sealed under
     verifier_key: bytes      # keys every PIN and ID verifier
+    # One cipher per key id, made on first use: a QR payment opens its secret every time.
+    _ciphers: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def generate(cls) -> "MasterKey":
@@ -67,27 +69,29 @@ class MasterKey:
         nonce = os.urandom(_NONCE_SIZE_BYTES)
         header = (bytes([_SEALED_VERSION]) + self.current.to_bytes(_KEY_ID_SIZE_BYTES, "big")
                   + nonce)
-        return header + AESGCM(self.seal_keys[self.current]).encrypt(
+        return header + self._cipher(self.current).encrypt(
             nonce, bytes(plaintext), _associated(purpose, bound_to, header))
 
     def open(self, purpose: bytes, bound_to: bytes, sealed: bytes) -> bytes:
         sealed = bytes(sealed)
         if len(sealed) <= _HEADER_SIZE_BYTES or sealed[0] != _SEALED_VERSION:
             raise SealError("not a sealed value")
-        key = self.seal_keys.get(int.from_bytes(sealed[1:1 + _KEY_ID_SIZE_BYTES], "big"))
-        if key is None:
+        key_id = int.from_bytes(sealed[1:1 + _KEY_ID_SIZE_BYTES], "big")
+        if key_id not in self.seal_keys:
             raise SealError("sealed under a key this master key file does not hold")
         header = sealed[:_HEADER_SIZE_BYTES]
         try:
-            return AESGCM(key).decrypt(sealed[1 + _KEY_ID_SIZE_BYTES:_HEADER_SIZE_BYTES],
+            return self._cipher(key_id).decrypt(sealed[1 + _KEY_ID_SIZE_BYTES:_HEADER_SIZE_BYTES],
                                        sealed[_HEADER_SIZE_BYTES:],
                                        _associated(purpose, bound_to, header))
         except InvalidTag:
             raise SealError("sealed value does not open") from None
 
-    def sealed_under_current(self, sealed: bytes) -> bool:
-        return bytes(sealed[1:1 + _KEY_ID_SIZE_BYTES]) == self.current.to_bytes(
-            _KEY_ID_SIZE_BYTES, "big")
+    def _cipher(self, key_id: int) -> AESGCM:
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
+            cipher = self._ciphers[key_id] = AESGCM(self.seal_keys[key_id])
+        return cipher
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "version": VERSION, "current": self.current,
