@@ -71,10 +71,9 @@ def rotate_master_key(path: str, master_key_file: str | None = None) -> dict:
         raise DataDirError(f"{path} is not a switch data dir (no {STORE_DIR}/ inside)")
     key_path = masterkey.resolve_path(path, master_key_file)
     with DirLock(path):
-        master = masterkey.read(key_path)
         store = open_data_dir(path, master_key_file)
         try:
-            rotated = master.with_new_seal_key()
+            rotated = store.master.with_new_seal_key()
             masterkey.replace(key_path, rotated)
             store.master = rotated
             counts = sealing.reseal(store, rotated)

@@ -12,7 +12,7 @@ import logging
 import msgpack
 
 from switch import core
-from switch.config.masterkey import MasterKeyError
+from switch.config.masterkey import MasterKeyError, SealError
 
 log = logging.getLogger("switch")
 
@@ -51,7 +51,7 @@ def prepare(store, master, path: str) -> None:
     if is_sealed(store) and check is not None:
         try:
             master.open(META, MASTER_KEY_CHECK, check)
-        except Exception:
+        except SealError:
             raise MasterKeyError(f"the master key file does not open the data dir {path} "
                                  f"(another data dir's key?); give this data dir's key file") \
                 from None
