@@ -81,9 +81,9 @@ class MasterKey:
             raise SealError("sealed under a key this master key file does not hold")
         header = sealed[:_HEADER_SIZE_BYTES]
         try:
-            return self._cipher(key_id).decrypt(sealed[1 + _KEY_ID_SIZE_BYTES:_HEADER_SIZE_BYTES],
-                                       sealed[_HEADER_SIZE_BYTES:],
-                                       _associated(purpose, bound_to, header))
+            return self._cipher(key_id).decrypt(
+                sealed[1 + _KEY_ID_SIZE_BYTES:_HEADER_SIZE_BYTES], sealed[_HEADER_SIZE_BYTES:],
+                _associated(purpose, bound_to, header))
         except InvalidTag:
             raise SealError("sealed value does not open") from None
 
