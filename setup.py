@@ -23,6 +23,8 @@ setup(
         "prometheus-client>=0.20",
         # Schools' local days need their time zone; a minimal machine may have no zoneinfo.
         "tzdata",
+        # Secrets at rest: AES-GCM for credential keys, QR secrets and remembered replies.
+        "cryptography>=42",
     ],
     extras_require={
         # hdrhistogram: the simulator's latency percentiles (HdrHistogram: exact tails, mergeable);

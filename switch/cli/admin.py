@@ -141,6 +141,8 @@ def _request_for(args) -> dict:
         return message
     if command == "revoke":
         return {"t": "revoke_credential", "who": args.who, "id": rid}
+    if command == "rotate-key":
+        return {"t": "rotate_key", "who": args.who, "id": rid}
     raise UsageError(f"unknown command {command}")
 
 
@@ -552,6 +554,11 @@ def add_parser(commands) -> None:
     p.add_argument("--school")
     p.add_argument("--key-out")
     sub.add_parser("revoke").add_argument("who")
+    p = sub.add_parser("rotate-key", help="replace a credential's key; the old one stops "
+                                          "working and its sessions are closed")
+    p.add_argument("who")
+    p.add_argument("--key-out", required=True,
+                   help="write the new key here (mode 0600); an existing file is refused")
     p = sub.add_parser("import")
     p.add_argument("csv", help="start-of-term CSV (students, cards, rooms)")
     p.add_argument("--encoding", help="the CSV's encoding (default: UTF-8, else GB18030)")
@@ -637,15 +644,16 @@ async def _run(args, key: bytes, work, looked_up: dict) -> dict | list:
 def _print_reply(args, reply: dict, key_fd, request: dict | None = None,
                  looked_up: dict | None = None) -> bool:
     """Print the reply; True when the new key went into the claimed key file."""
+    done = "key replaced" if reply.get("t") == "rotate_key" else "created"
     if args.json:
         print(json.dumps({k: (v.hex() if isinstance(v, bytes) else v) for k, v in reply.items()},
                          ensure_ascii=False))
     elif reply.get("key") is not None and key_fd is not None:
         write_key(key_fd, reply["key"])
-        print(f"ok: credential {args.who} created; key written to {args.key_out}")
+        print(f"ok: credential {args.who} {done}; key written to {args.key_out}")
         return True
     elif reply.get("key") is not None:
-        print(f"ok: credential {args.who} created; key {reply['key'].hex()}")
+        print(f"ok: credential {args.who} {done}; key {reply['key'].hex()}")
     else:
         print(_describe(reply, request, looked_up, args.signon_who))
     return False

@@ -1,13 +1,15 @@
 """The data dir: who may use it (one process, locked), what counts as one, and initialising a
-new one with the `admin` credential and `admin.key`."""
+new one with its master key file (beside it), the `admin` credential and `admin.key`."""
 
 import os
 import shutil
 
 from switch import limits
 from switch.persistence.dirlock import LOCK_FILE, DirLock
+from switch.config import masterkey
 from switch.config.keyfile import read_key_file, write_key_file_atomically
-from switch.ledger.state import Credential, has_credential, write_first_credential
+from switch.config.masterkey import MasterKey, MasterKeyError
+from switch.ledger.state import Credential, has_credential, sealing, write_first_credential
 from switch.persistence.store import STORE_DIR, Store
 
 ADMIN_WHO = "admin"
@@ -22,29 +24,80 @@ def is_data_dir(path: str) -> bool:
     return os.path.isdir(os.path.join(path, STORE_DIR))
 
 
-def open_data_dir(path: str) -> Store:
-    """Open (and if new, initialise) the data dir; returns the store. The caller owns it."""
+def open_data_dir(path: str, master_key_file: str | None = None) -> Store:
+    """Open (and if new, initialise) the data dir with its master key file (`master_key_file`,
+    default beside it); returns the store, its secrets opened. The caller owns it.
+
+    A data dir from before secrets were sealed is sealed now (logged), under the given key
+    file or, when there is none, under a new one made there."""
+    key_path = masterkey.resolve_path(path, master_key_file)
+    if not is_data_dir(path) and os.path.lexists(key_path):
+        raise MasterKeyError(f"{key_path} exists; a new data dir never reuses a master key "
+                             f"file (move it away, or name another with --master-key)")
     os.makedirs(path, mode=0o700, exist_ok=True)
     store = Store(os.path.join(path, STORE_DIR))
-    if not has_credential(store, ADMIN_WHO):
-        # The key file first, then the credential: a crash in between leaves an orphan key
-        # file that the next start overwrites.
-        key = os.urandom(limits.credential_key_size_bytes)
-        write_key_file_atomically(os.path.join(path, ADMIN_KEY_FILE), key)
-        write_first_credential(store, Credential(who=ADMIN_WHO, key=key, role="admin"))
+    try:
+        sealing.prepare(store, _master_key(store, key_path), path)
+        if not has_credential(store, ADMIN_WHO):
+            # The key file first, then the credential: a crash in between leaves an orphan
+            # key file that the next start overwrites.
+            key = os.urandom(limits.credential_key_size_bytes)
+            write_key_file_atomically(os.path.join(path, ADMIN_KEY_FILE), key)
+            write_first_credential(store, Credential(who=ADMIN_WHO, key=key, role="admin"))
+    except BaseException:
+        store.close()
+        raise
     return store
+
+
+def _master_key(store: Store, key_path: str) -> MasterKey:
+    """The data dir's master key: read, or made (0600) for a store whose secrets were never
+    sealed (a new data dir, or one from before sealing) when no key file is there yet."""
+    if os.path.lexists(key_path) or sealing.is_sealed(store):
+        return masterkey.read(key_path)
+    master = MasterKey.generate()
+    masterkey.create(key_path, master)
+    return master
+
+
+def rotate_master_key(path: str, master_key_file: str | None = None) -> dict:
+    """Give the data dir's master key file a new seal key and seal every secret again under
+    it, with no switch running (the data dir is locked meanwhile). Returns the counts.
+
+    Each step leaves a key file that opens everything: first the new key is added beside the
+    old one, then the secrets are sealed again in one transaction, then the old key is
+    dropped. PIN verifiers keep their key (a verifier cannot be re-keyed without its PIN)."""
+    if not is_data_dir(path):
+        raise DataDirError(f"{path} is not a switch data dir (no {STORE_DIR}/ inside)")
+    key_path = masterkey.resolve_path(path, master_key_file)
+    with DirLock(path):
+        store = open_data_dir(path, master_key_file)
+        try:
+            rotated = store.master.with_new_seal_key()
+            masterkey.replace(key_path, rotated)
+            store.master = rotated
+            counts = sealing.reseal(store, rotated)
+            store.commit_now()
+        finally:
+            store.close()
+        masterkey.replace(key_path, rotated.only_current())
+    return counts
 
 
 def read_admin_key(path: str) -> bytes:
     return read_key_file(os.path.join(path, ADMIN_KEY_FILE))
 
 
-def check_data_dir(path: str, init: bool) -> None:
+def check_data_dir(path: str, init: bool, master_key_file: str | None = None) -> None:
     """Refuse, before anything is bound or written, a path `serve` must not use: a missing
     one without `init` (a typo would start an empty switch with a new admin key), a file,
-    or a directory holding something else."""
+    a directory holding something else, or a master key file inside the data dir."""
     if not path:
         raise DataDirError("--data: give the data dir's path")
+    try:
+        masterkey.resolve_path(path, master_key_file)
+    except MasterKeyError as error:
+        raise DataDirError(str(error)) from None
     if not os.path.lexists(path):
         if not init:
             raise DataDirError(f"{path} does not exist; check the path, or give --init to "
@@ -68,9 +121,12 @@ class DataDirClaim:
     at start-up has been done; `abandon()` after a failed start removes whatever this
     claim created, so a start-up that fails leaves nothing behind."""
 
-    def __init__(self, path: str, init: bool):
-        check_data_dir(path, init)
+    def __init__(self, path: str, init: bool, master_key_file: str | None = None):
+        check_data_dir(path, init, master_key_file)
         self.path = path
+        self.master_key_file = master_key_file
+        self._key_path = masterkey.resolve_path(path, master_key_file)
+        self._key_existed = os.path.lexists(self._key_path)
         self._created = None        # the topmost directory this claim made
         self._lock_existed = os.path.exists(os.path.join(path, LOCK_FILE))
         if not os.path.lexists(path):
@@ -84,19 +140,22 @@ class DataDirClaim:
             raise
         # Checked again now that no other switch can change it under us.
         try:
-            check_data_dir(path, init)
+            check_data_dir(path, init, master_key_file)
         except DataDirError:
             self.abandon()
             raise
         self.new = not is_data_dir(path)
 
     def open_store(self) -> Store:
-        return open_data_dir(self.path)
+        return open_data_dir(self.path, self.master_key_file)
 
     def abandon(self) -> None:
         """After a failed start: undo what this claim created, then let go."""
         if self._created is None and self.new:
             empty_dir(self.path, keep_lock=self._lock_existed)
+            # Only a new data dir's: an old one sealed under it cannot do without it.
+            if not self._key_existed and os.path.lexists(self._key_path):
+                os.unlink(self._key_path)
         self._remove_created()
         self.lock.release()
 

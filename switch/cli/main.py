@@ -1,4 +1,5 @@
-"""Command line: `python -m switch serve|audit|backup|restore|admin|demo` (docs/PROTOCOL.md §7)."""
+"""Command line: `python -m switch serve|audit|backup|restore|admin|rotate-master-key|demo`
+(docs/PROTOCOL.md §7)."""
 
 import argparse
 import logging
@@ -36,9 +37,18 @@ def _parser() -> argparse.ArgumentParser:
                             f"{METRICS_DEFAULT[0]}:{METRICS_DEFAULT[1]}; port 0 = any), or "
                             f"{METRICS_OFF}")
     serve.add_argument("--config", help="TOML configuration file")
+    serve.add_argument("--master-key", metavar="PATH",
+                       help="the data dir's master key file (default: the data dir's path with "
+                            ".key appended; never inside the data dir)")
     serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     audit = commands.add_parser("audit", help="check the books of a data dir")
     audit.add_argument("--data", required=True)
+    rotate = commands.add_parser(
+        "rotate-master-key", help="give the master key file a new key and seal every secret "
+                                  "again under it (no switch running)")
+    rotate.add_argument("--data", required=True)
+    rotate.add_argument("--master-key", metavar="PATH",
+                        help="the master key file (default: the data dir's path + .key)")
     from switch.cli import admin, backup
     admin.add_parser(commands)
     backup.add_parsers(commands)
@@ -80,11 +90,12 @@ async def _serve(args) -> int:
     from switch.shell.transport import open_listeners
 
     config = load_config(args.config)
-    check_data_dir(args.data, args.init)
+    master_key_file = args.master_key or config.master_key_file
+    check_data_dir(args.data, args.init, master_key_file)
     listeners, metrics_listeners = await _bind(args)
     store = claim = None
     try:
-        claim = DataDirClaim(args.data, args.init)
+        claim = DataDirClaim(args.data, args.init, master_key_file)
         store = _open_store(claim)
         if claim.new:
             logging.getLogger("switch").info(
@@ -129,9 +140,12 @@ async def _serve(args) -> int:
 def _open_store(claim):
     import lmdb
 
+    from switch.config.masterkey import MasterKeyError
     from switch.persistence.store import SchemaMismatch
     try:
         return claim.open_store()
+    except MasterKeyError as error:
+        raise StartError(str(error)) from None
     except (lmdb.Error, SchemaMismatch, OSError) as error:
         raise StartError(f"cannot open the data dir {claim.path}: {error}") from None
 
@@ -173,6 +187,8 @@ def main(argv=None) -> int:
         from switch.cli import backup
         logline.configure("INFO")
         return backup.run(args)
+    if args.command == "rotate-master-key":
+        return _rotate_master_key(args)
     if args.command == "admin":
         from switch.cli import admin
         return admin.run(args)
@@ -180,6 +196,21 @@ def main(argv=None) -> int:
         from switch.cli.demo import run_demo
         return run_demo(args.data)
     return 2
+
+
+def _rotate_master_key(args) -> int:
+    from switch.cli.datadir import DataDirError, rotate_master_key
+    from switch.config.masterkey import MasterKeyError
+    from switch.persistence.dirlock import DirInUse
+    try:
+        counts = rotate_master_key(args.data, args.master_key)
+    except (DataDirError, MasterKeyError, DirInUse) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("master key rotated; sealed again: " + ", ".join(
+        f"{count} {name}" for name, count in counts.items() if name != "accounts")
+        + "; back up the new key file now: backups made before need the old one")
+    return 0
 
 
 def run() -> None:

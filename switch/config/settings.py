@@ -71,6 +71,8 @@ class Config:
     admin_requests_per_s: float = float(limits.admin_requests_per_s)
     admin_requests_burst: int = limits.admin_requests_burst
     destinations: list = field(default_factory=list)
+    # The master key file (switch/config/masterkey.py); None: beside the data dir.
+    master_key_file: str | None = None
 
     def request_budget(self, role: str) -> tuple[float, int]:
         """(requests a second, burst) for one credential of `role`."""
@@ -82,7 +84,7 @@ DEFAULT_SCHOOLS = {
     "CUIK": School("CUIK", "昆明传媒学院", split_buildings=["9"]),
 }
 
-_SETTINGS = {f.name for f in fields(Config)} - {"schools", "destinations"}
+_SETTINGS = {f.name for f in fields(Config)} - {"schools", "destinations", "master_key_file"}
 _SCHOOL_KEYS = {f.name for f in fields(School)} - {"code", "days"}
 _SCHOOL_TYPES = {"name": str, "time_zone": str, "split_buildings": list,
                  **{key: int for key in _SCHOOL_KEYS if key.endswith("_fen")}}
@@ -120,6 +122,11 @@ def load_config(path: str | None) -> Config:
                 raise ConfigError("destinations: use [[destinations]] tables")
             config.destinations = parse_destinations(value, base_dir=os.path.dirname(
                 os.path.abspath(path)))
+        elif key == "master_key_file":
+            if type(value) is not str or not value:
+                raise ConfigError("master_key_file: must be a non-empty string (a path)")
+            # Relative to the configuration file, as a destination's key_file is.
+            config.master_key_file = os.path.join(os.path.dirname(os.path.abspath(path)), value)
         elif key in _SETTINGS:
             expected = type(getattr(config, key))
             if expected is float and type(value) is int:

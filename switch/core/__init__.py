@@ -10,6 +10,8 @@ Interface (see `reference.py` for the normative docstrings):
     authorize(account, card_state, same_school, amount, pin, pin_checked, day,
               school_per_tx, school_daily, school_no_pin, max_amount, hold) -> code
     verify_pin(account, pin) -> code
+    set_verifier_key(key) -> None          (once at start: keys every verifier below)
+    key_verifiers(account) -> None         (a record from before verifiers were keyed)
     pin_digest(salt, pin) -> bytes
     id_digest(salt, id_last6) -> bytes
     set_pin(account, pin) -> None
@@ -46,6 +48,8 @@ except ImportError:  # pragma: no cover - only when the extension was not built
 check_amount = implementation.check_amount
 authorize = implementation.authorize
 verify_pin = implementation.verify_pin
+set_verifier_key = implementation.set_verifier_key
+key_verifiers = implementation.key_verifiers
 pin_digest = implementation.pin_digest
 id_digest = implementation.id_digest
 set_pin = implementation.set_pin

@@ -30,6 +30,7 @@ from switch.core import layout as _layout
 
 __all__ = [
     "check_amount", "authorize", "verify_pin", "pin_digest", "id_digest",
+    "set_verifier_key", "key_verifiers",
     "set_pin", "reset_pin", "credit", "unspend", "complete_hold",
     "release_hold", "apply_offline", "apply_meter", "apply_restore",
     "freeze", "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
@@ -234,14 +235,33 @@ cdef inline bytes _field_bytes(unsigned char* field, Py_ssize_t size):
     return PyBytes_FromStringAndSize(<char*>field, size)
 
 
+# Keys every verifier, so a stolen data dir alone cannot brute-force a PIN: set once at
+# start from the master key file (switch/config/masterkey.py). Unset, no verifier is made.
+_verifier_key = None
+
+
+def set_verifier_key(key):
+    """Key every PIN and ID verifier with `key` (32 bytes) from now on."""
+    global _verifier_key
+    assert type(key) is bytes and len(key) == _limits.master_key_size_bytes, "a verifier key"
+    _verifier_key = key
+
+
+def _keyed(digest):
+    """HMAC-SHA256(verifier key, digest): a salted digest made a verifier."""
+    if _verifier_key is None:
+        raise RuntimeError("no verifier key set (set_verifier_key)")
+    return _hmac_digest(_verifier_key, digest, "sha256")
+
+
 def pin_digest(salt, pin):
-    """HMAC-SHA256(salt, b"pin:" + pin): what PIN_HASH holds."""
-    return _hmac_digest(salt, b"pin:" + pin, "sha256")
+    """_keyed(HMAC-SHA256(salt, b"pin:" + pin)): what PIN_HASH holds."""
+    return _keyed(_hmac_digest(salt, b"pin:" + pin, "sha256"))
 
 
 def id_digest(salt, id_last6):
-    """HMAC-SHA256(salt, b"id:" + id_last6): what ID_HASH holds."""
-    return _hmac_digest(salt, b"id:" + id_last6, "sha256")
+    """_keyed(HMAC-SHA256(salt, b"id:" + id_last6)): what ID_HASH holds."""
+    return _keyed(_hmac_digest(salt, b"id:" + id_last6, "sha256"))
 
 
 cdef int _check_pin(object account, object pin) except -1:
@@ -603,3 +623,14 @@ def enable_virtual_card(account):
         return ACCOUNT_CLOSED
     record.qr_enabled = 1
     return OK
+
+
+def key_verifiers(account):
+    """Key the record's PIN and ID verifiers in place (see reference.key_verifiers)."""
+    cdef AccountRecord* record = _record(account)
+    pin_hash = _keyed(_field_bytes(record.pin_hash, DIGEST_SIZE_BYTES))
+    id_hash = _keyed(_field_bytes(record.id_hash, DIGEST_SIZE_BYTES))
+    assert PyBytes_GET_SIZE(pin_hash) == DIGEST_SIZE_BYTES == PyBytes_GET_SIZE(id_hash)
+    record = _record(account)
+    memcpy(record.pin_hash, PyBytes_AS_STRING(pin_hash), DIGEST_SIZE_BYTES)
+    memcpy(record.id_hash, PyBytes_AS_STRING(id_hash), DIGEST_SIZE_BYTES)

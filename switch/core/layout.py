@@ -28,8 +28,8 @@ LIMIT_DAILY = (48, "<q")     # fen, or -1
 LIMIT_NO_PIN = (56, "<q")    # fen, or -1
 SCHOOL = (64, "8s")          # ASCII school code, NUL padded
 PIN_SALT = (72, "16s")
-PIN_HASH = (88, "32s")       # HMAC-SHA256(PIN_SALT, b"pin:" + pin)
-ID_HASH = (120, "32s")       # HMAC-SHA256(PIN_SALT, b"id:" + id_last6)
+PIN_HASH = (88, "32s")       # HMAC-SHA256(verifier key, HMAC-SHA256(PIN_SALT, b"pin:" + pin))
+ID_HASH = (120, "32s")       # HMAC-SHA256(verifier key, HMAC-SHA256(PIN_SALT, b"id:" + id_last6))
 
 ACCOUNT_RECORD_SIZE = 152
 

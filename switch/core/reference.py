@@ -12,6 +12,7 @@ from switch.core import codes, layout
 
 __all__ = [
     "check_amount", "authorize", "verify_pin", "pin_digest", "id_digest",
+    "set_verifier_key", "key_verifiers",
     "set_pin", "reset_pin", "credit", "unspend", "complete_hold",
     "release_hold", "apply_offline", "apply_meter", "apply_restore",
     "freeze", "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
@@ -57,14 +58,33 @@ def _effective_limit(account, field, school_default):
     return value if value >= 0 else school_default
 
 
+# Keys every verifier, so a stolen data dir alone cannot brute-force a PIN: set once at
+# start from the master key file (switch/config/masterkey.py). Unset, no verifier is made.
+_verifier_key = None
+
+
+def set_verifier_key(key):
+    """Key every PIN and ID verifier with `key` (32 bytes) from now on."""
+    global _verifier_key
+    assert type(key) is bytes and len(key) == limits.master_key_size_bytes, "a verifier key"
+    _verifier_key = key
+
+
+def _keyed(digest):
+    """HMAC-SHA256(verifier key, digest): a salted digest made a verifier."""
+    if _verifier_key is None:
+        raise RuntimeError("no verifier key set (set_verifier_key)")
+    return hmac.digest(_verifier_key, digest, "sha256")
+
+
 def pin_digest(salt, pin):
-    """HMAC-SHA256(salt, b"pin:" + pin): what PIN_HASH holds."""
-    return hmac.digest(salt, b"pin:" + pin, "sha256")
+    """_keyed(HMAC-SHA256(salt, b"pin:" + pin)): what PIN_HASH holds."""
+    return _keyed(hmac.digest(salt, b"pin:" + pin, "sha256"))
 
 
 def id_digest(salt, id_last6):
-    """HMAC-SHA256(salt, b"id:" + id_last6): what ID_HASH holds."""
-    return hmac.digest(salt, b"id:" + id_last6, "sha256")
+    """_keyed(HMAC-SHA256(salt, b"id:" + id_last6)): what ID_HASH holds."""
+    return _keyed(hmac.digest(salt, b"id:" + id_last6, "sha256"))
 
 
 def _check_pin(account, pin):
@@ -358,3 +378,12 @@ def enable_virtual_card(account):
         return codes.ACCOUNT_CLOSED
     layout.put(account, layout.QR_ENABLED, 1)
     return codes.OK
+
+
+def key_verifiers(account):
+    """Key the record's PIN and ID verifiers in place: a record written before verifiers were
+    keyed holds HMAC-SHA256(salt, ...) alone, which a stolen data dir lets anyone try PINs
+    against. Run once per record, when its data dir is migrated."""
+    _check_record(account)
+    layout.put(account, layout.PIN_HASH, _keyed(layout.get(account, layout.PIN_HASH)))
+    layout.put(account, layout.ID_HASH, _keyed(layout.get(account, layout.ID_HASH)))

@@ -255,18 +255,44 @@ def add_credential(ledger, credential, values):
     return {"t": "add_credential", "code": "ok", "key": key}
 
 
+def _credential_to_change(ledger, credential, request_type, who, itself_allowed):
+    """(refusal, the credential `who`): unknown, or the caller itself where not allowed,
+    `bad_request`; another school's `wrong_school`."""
+    target = ledger.credential(who)
+    if target is None or (who == credential.who and not itself_allowed):
+        return _decline(request_type, codes.BAD_REQUEST), None
+    if credential.school is not None and target.school != credential.school:
+        return _decline(request_type, codes.WRONG_SCHOOL), None
+    return None, target
+
+
 def revoke_credential(ledger, credential, values):
     who = values["who"]
-    target = ledger.credential(who)
-    if target is None or who == credential.who:
-        return _decline("revoke_credential", codes.BAD_REQUEST)
-    if credential.school is not None and target.school != credential.school:
-        return _decline("revoke_credential", codes.WRONG_SCHOOL)
+    refusal, target = _credential_to_change(ledger, credential, "revoke_credential", who,
+                                            itself_allowed=False)
+    if refusal:
+        return refusal
     if not target.revoked:
         target = Credential(**{**target.__dict__, "revoked": True})
         ledger.save_credential(target)
         ledger.emit(Revocation(who))
     return {"t": "revoke_credential", "code": "ok"}
+
+
+def rotate_key(ledger, credential, values):
+    """A new key for `who` (docs/PROTOCOL.md §4.15): the old one stops working at once and
+    the sessions signed on with it are closed, the caller's own after this reply."""
+    who = values["who"]
+    refusal, target = _credential_to_change(ledger, credential, "rotate_key", who,
+                                            itself_allowed=True)
+    if refusal:
+        return refusal
+    if target.revoked:
+        return _decline("rotate_key", codes.BAD_REQUEST)
+    key = os.urandom(limits.credential_key_size_bytes)
+    ledger.save_credential(Credential(**{**target.__dict__, "key": key}))
+    ledger.emit(Revocation(who))
+    return {"t": "rotate_key", "code": "ok", "key": key}
 
 
 HANDLERS = {
@@ -280,4 +306,5 @@ HANDLERS = {
     "issue_card": issue_card,
     "add_credential": add_credential,
     "revoke_credential": revoke_credential,
+    "rotate_key": rotate_key,
 }

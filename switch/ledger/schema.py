@@ -138,6 +138,7 @@ SCHEMAS = {
                        ("school", str_value, _O), ("kind", one_of("pos", "water", "meter"), _O),
                        ("merchant", short_text, _O), ("id", request_id, _R)),
     "revoke_credential": (("who", credential_id, _R), ("id", request_id, _R)),
+    "rotate_key": (("who", credential_id, _R), ("id", request_id, _R)),
 }
 
 # Requests without an `id` of their own (docs/PROTOCOL.md §4.1): never remembered for idempotency.

@@ -25,14 +25,15 @@ DATABASES = {
     "account_info": "account id -> msgpack {holder, opened_at, freeze_reason}",
     "cards": "card id -> msgpack [account, state, changed_at_ms]",
     "account_cards": "account id + NUL + card id -> empty",
-    "credentials": "credential id -> msgpack {key, role, school, kind, merchant, revoked}",
+    "credentials": "credential id -> msgpack {key (sealed), role, school, kind, merchant, revoked}",
     "journal": "txn (8 bytes big-endian) -> msgpack record",
     "account_journal": "account id + NUL + txn (8 bytes BE) -> empty",
-    "idempotency": "credential id + NUL + msgpack(id) -> msgpack [t, fingerprint, reply, at_ms]",
+    "idempotency": "credential id + NUL + msgpack(id) -> msgpack [t, fingerprint, reply (sealed "
+                   "bytes when it holds a secret), at_ms]",
     "idempotency_expiry": "at ms (8 bytes BE) + idempotency key -> empty (for retention)",
     "blacklist_cards": "school + NUL + card id -> empty (the current list)",
     "blacklist_changes": "school + NUL + version (8 bytes BE) -> msgpack [added, removed]",
-    "qr_secrets": "account id -> 32-byte QR secret (virtual card)",
+    "qr_secrets": "account id -> sealed 32-byte QR secret (virtual card)",
     "qr_used": "step (8 bytes BE) + account id + . + nonce -> empty",
     "reversals": "credential id + NUL + msgpack(target id) -> msgpack first reverse reply",
     "holds": "hold id -> msgpack {account, amount, state, expires, who, txn}",
@@ -108,6 +109,9 @@ class Store:
         self._undo: dict | None = None
         self._undo_last_txn = 0
         self._read = None
+        # The data dir's master key (switch/config/masterkey.py), once it opened its secrets:
+        # the request layer seals and opens with it.
+        self.master = None
         self._check_schema()
         self.last_txn = self._read_last_txn()
         self.last_committed_txn = self.last_txn   # what readers outside the overlay may see

@@ -48,6 +48,8 @@ def test_a_third_school_by_configuration(tmp_path):
     ("max_amount_fen = 0\n", "max_amount_fen: 0 is outside"),
     ("batch_wait_s = -0.0001\n", "batch_wait_s: -0.0001 is outside"),
     ("connections_max = true\n", "connections_max: expected int"),
+    ("master_key_file = 3\n", "master_key_file: must be a non-empty string"),
+    ('master_key_file = ""\n', "master_key_file: must be a non-empty string"),
 ])
 def test_bad_configuration_names_the_key(tmp_path, text, named):
     path = tmp_path / "switch.toml"
@@ -213,3 +215,11 @@ def test_an_unreadable_file_is_a_configuration_error(tmp_path, contents):
     with pytest.raises(ConfigError) as caught:
         load_config(str(path))
     assert str(caught.value).startswith(f"{path}: not valid TOML")
+
+
+def test_a_master_key_file_is_read_relative_to_the_configuration(tmp_path):
+    path = tmp_path / "etc" / "switch.toml"
+    path.parent.mkdir()
+    path.write_text('master_key_file = "keys/data.key"\n')
+    assert load_config(str(path)).master_key_file == str(tmp_path / "etc" / "keys" / "data.key")
+    assert load_config(None).master_key_file is None     # default: beside the data dir

@@ -10,6 +10,7 @@ import switch.core._authorize
 import switch.core.reference
 from switch import limits
 from switch.core import codes, layout
+from tests.core.conftest import verifier
 from tests.source_calls import modules_outside_core_calling
 
 IMPLEMENTATIONS = [switch.core._authorize, switch.core.reference]
@@ -34,8 +35,7 @@ def make_account(balance=0, *, held=0, status=layout.STATUS_ACTIVE, kind=layout.
                  spent_today=0, spent_day=0, per_tx=-1, daily=-1, no_pin=-1, power_on=0):
     record = layout.new_account_record(
         "WH", kind, layout.UTILITY_NONE if kind == layout.KIND_PERSON else layout.UTILITY_BOTH,
-        SALT, hmac.digest(SALT, b"pin:" + PIN, "sha256"),
-        hmac.digest(SALT, b"id:" + ID_LAST6, "sha256"))
+        SALT, verifier(SALT, b"pin:", PIN), verifier(SALT, b"id:", ID_LAST6))
     for field, value in [(layout.BALANCE, balance), (layout.HELD, held),
                          (layout.STATUS, status), (layout.SPENT_TODAY, spent_today),
                          (layout.SPENT_DAY, spent_day), (layout.LIMIT_PER_TX, per_tx),
@@ -351,7 +351,7 @@ def test_set_pin_resets_the_count_but_not_the_lock(core):
     layout.put(account, layout.PIN_FAILURES, 3)
     assert core.set_pin(account, b"999999") is None
     assert get(account, layout.PIN_FAILURES) == 0
-    assert get(account, layout.PIN_HASH) == hmac.digest(SALT, b"pin:999999", "sha256")
+    assert get(account, layout.PIN_HASH) == verifier(SALT, b"pin:", b"999999")
     assert core.verify_pin(account, b"999999") == codes.OK
     assert core.verify_pin(account, PIN) == codes.PIN_INVALID
     layout.put(account, layout.PIN_LOCKED, 1)
@@ -400,10 +400,47 @@ def test_a_right_id_clears_the_run_of_wrong_ones(core):
 
 
 def test_digests(core):
-    assert core.pin_digest(SALT, PIN) == hmac.digest(SALT, b"pin:123456", "sha256")
-    assert core.id_digest(SALT, ID_LAST6) == hmac.digest(SALT, b"id:654321", "sha256")
+    assert core.pin_digest(SALT, PIN) == verifier(SALT, b"pin:", b"123456")
+    assert core.id_digest(SALT, ID_LAST6) == verifier(SALT, b"id:", b"654321")
     assert len(core.pin_digest(SALT, PIN)) == 32
     assert core.pin_digest(SALT, PIN) != core.id_digest(SALT, PIN)
+
+
+def test_a_verifier_is_not_the_salted_hmac_alone(core):
+    """Without the verifier key (kept outside the data dir) a PIN cannot be tried against a
+    stolen record: the stored verifier matches no PIN's HMAC(salt, pin) at all."""
+    account = make_account()
+    stored = get(account, layout.PIN_HASH)
+    assert all(hmac.digest(SALT, b"pin:%06d" % n, "sha256") != stored for n in range(1_000_000)
+               if n % 997 == 0 or n == 123456)
+    core.set_verifier_key(bytes(32))   # another key: the same PIN no longer verifies
+    assert core.verify_pin(account, PIN) == codes.PIN_INVALID
+
+
+def test_no_verifier_is_made_without_a_key(core, monkeypatch):
+    monkeypatch.setattr(core, "_verifier_key", None)
+    with pytest.raises(RuntimeError):
+        core.pin_digest(SALT, PIN)
+
+
+def test_key_verifiers_migrates_an_unkeyed_record(core):
+    """A record from before keyed verifiers holds HMAC(salt, ...) alone; once keyed, its PIN
+    and ID digits verify again, and both cores write the same bytes."""
+    account = make_account()
+    layout_fields = (layout.PIN_HASH, layout.ID_HASH)
+    unkeyed = (hmac.digest(SALT, b"pin:" + PIN, "sha256"),
+               hmac.digest(SALT, b"id:" + ID_LAST6, "sha256"))
+    for field, value in zip(layout_fields, unkeyed):
+        layout.put(account, field, value)
+    assert core.verify_pin(account, PIN) == codes.PIN_INVALID
+    other = bytearray(account)
+    core.key_verifiers(account)
+    (switch.core.reference if core is switch.core._authorize
+     else switch.core._authorize).key_verifiers(other)
+    assert account == other
+    assert get(account, layout.PIN_HASH) == verifier(SALT, b"pin:", PIN)
+    assert get(account, layout.ID_HASH) == verifier(SALT, b"id:", ID_LAST6)
+    assert core.verify_pin(account, PIN) == codes.OK
 
 
 # --- Rule 7: funds, and what OK does ---

@@ -8,8 +8,6 @@ own model of the account's standing (status and freeze reason), which every
 freeze, unfreeze, close and overdrawn freeze must follow.
 """
 
-import hmac
-
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -18,6 +16,7 @@ import switch.core._authorize
 import switch.core.reference
 from switch import limits
 from switch.core import codes, layout
+from tests.core.conftest import verifier
 
 IMPLEMENTATIONS = (switch.core._authorize, switch.core.reference)
 START_DAY = 20_000
@@ -77,8 +76,7 @@ class CoreMachine(RuleBasedStateMachine):
               spent_today, spent_day_offset, school_limits):
         record = layout.new_account_record(
             "WH", layout.KIND_PERSON, layout.UTILITY_NONE, salt,
-            hmac.digest(salt, b"pin:" + pin, "sha256"),
-            hmac.digest(salt, b"id:" + id_last6, "sha256"))
+            verifier(salt, b"pin:", pin), verifier(salt, b"id:", id_last6))
         layout.put(record, layout.BALANCE, balance)
         layout.put(record, layout.LIMIT_PER_TX, per_tx)
         layout.put(record, layout.LIMIT_DAILY, daily)

@@ -23,6 +23,7 @@ from switch.clock import FakeClock, TrustedClock
 from switch.config import default_config
 from switch.core.codes import CODE_NAMES
 from switch.cli.datadir import open_data_dir
+from switch.config.masterkey import default_path
 from switch.ledger import Ledger, dispatch, housekeeping
 from switch.ledger.dorm import expire_due_holds
 from switch.ledger.effects import BlacklistPush, JournalAdvanced, PowerCutoff, Revocation
@@ -295,6 +296,8 @@ def make_world(tmp_path, _templates):
         source, ids_used = _templates[template]
         path = tmp_path / f"data{len(worlds)}"
         shutil.copytree(source, path)
+        # Its master key file lies beside it (switch/config/masterkey.py), not inside.
+        shutil.copyfile(default_path(str(source)), default_path(str(path)))
         world = World(path, **config_changes)
         world._ids = ids_used          # fresh ids stay fresh
         worlds.append(world)

@@ -13,7 +13,7 @@ METER = {"meter"}
 SERVICE = {"credit", "account", "history", "lost", "found", "set_limits", "set_pin", "reset_pin",
            "verify_pin", "virtual_card"}
 ADMIN = SERVICE | {"open_account", "close_account", "issue_card", "replace_card", "freeze",
-                   "unfreeze", "unlock", "add_credential", "revoke_credential"}
+                   "unfreeze", "unlock", "add_credential", "revoke_credential", "rotate_key"}
 MAY_SEND = {"pos": POS, "water": WATER, "meter": METER, "service": SERVICE,
             "wh_service": SERVICE, "admin": ADMIN}
 
@@ -54,6 +54,7 @@ REMEMBERED = {
     "add_credential": ("admin", {"who": "WH-POS-9", "role": "terminal", "school": "WH",
                                  "kind": "pos"}, {"merchant": "canteen-2"}),
     "revoke_credential": ("admin", {"who": "WH-POS-2"}, {"who": "WH-WATER-2"}),
+    "rotate_key": ("admin", {"who": "WH-POS-2"}, {"who": "WH-WATER-2"}),
 }
 
 MALFORMED_IDS = ["", "x" * (limits.id_str_chars_max + 1), -1, limits.id_int_max + 1, True, 1.5,

@@ -56,6 +56,7 @@ FIELDS = {
                        {"who": "WH-POS-9", "role": "terminal", "school": "WH", "kind": "pos",
                         "merchant": "canteen"}),
     "revoke_credential": (("who",), (), "admin", {"who": "WH-POS-2"}),
+    "rotate_key": (("who",), (), "admin", {"who": "WH-POS-2"}),
 }
 NO_ID = {"ping", "balance", "blacklist", "settle", "account", "history", "verify_pin", "offline"}
 FIELD_CODES = {"bad_request", "bad_amount"}

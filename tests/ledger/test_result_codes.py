@@ -71,6 +71,7 @@ CODES_BY_REQUEST = {
     "unlock": {"ok", "unknown_account"} | _ID,
     "add_credential": {"ok", "exists"} | _ID,
     "revoke_credential": {"ok"} | _ID,
+    "rotate_key": {"ok"} | _ID,
 }
 # §4.10: the results of an offline upload's records.
 OFFLINE_RECORD_CODES = {"ok", "bad_request", "id_reuse", "bad_amount", "card_unknown",

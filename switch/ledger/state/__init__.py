@@ -2,6 +2,7 @@
 the journal and idempotency. Synchronous; runs on the event loop."""
 
 import hashlib
+import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -9,13 +10,16 @@ from dataclasses import dataclass
 import msgpack
 
 from switch import limits
+from switch.config.masterkey import SealError
 from switch.core import layout
 from switch.ledger.state.blacklist import Blacklist
 from switch.ledger.effects import BlacklistPush, JournalAdvanced
 from switch.ledger.state.holds import Holds
+from switch.ledger.state import sealing
 from switch.ledger.payment_path import SchoolLimits
 from switch.persistence.keys import txn_key
 
+log = logging.getLogger("switch.ledger")
 _pack = msgpack.Packer(use_bin_type=True).pack
 _SETTLEMENT = struct.Struct("<qq")  # count, total fen
 _SCHOOL_SLICE = slice(layout.SCHOOL[0], layout.SCHOOL[0] + 8)
@@ -35,13 +39,20 @@ class Credential:
     merchant: str | None = None
     revoked: bool = False
 
-    def to_bytes(self) -> bytes:
-        return _pack({"key": self.key, "role": self.role, "school": self.school,
+    def to_bytes(self, master) -> bytes:
+        """Stored with its key sealed under the master key, bound to `who`."""
+        key = master.seal(sealing.CREDENTIAL_KEY, self.who.encode(), self.key)
+        return _pack({"key": key, "role": self.role, "school": self.school,
                       "kind": self.kind, "merchant": self.merchant, "revoked": self.revoked})
 
     @classmethod
-    def from_bytes(cls, who: str, data: bytes) -> "Credential":
-        return cls(who=who, **unpack(data))
+    def from_bytes(cls, who: str, data: bytes, master) -> "Credential":
+        fields = unpack(data)
+        fields["key"] = master.open(sealing.CREDENTIAL_KEY, who.encode(), fields["key"])
+        return cls(who=who, **fields)
+
+    def __repr__(self) -> str:   # never the key in a log or a traceback
+        return f"Credential({self.who!r}, role={self.role!r}, revoked={self.revoked})"
 
 
 class Ledger:
@@ -49,13 +60,18 @@ class Ledger:
         self.store = store
         self.config = config
         self.clock = clock
+        assert store.master is not None, "open the data dir with its master key first"
+        self.master = store.master
         self._credentials: dict[str, Credential | None] = {}
         self._schools_by_raw: dict[bytes, object] = {}
         self._limits_by_school: dict[str, SchoolLimits] = {}
-        secret = store.get("meta", b"fingerprint_key")
-        if secret is None:
+        sealed = store.get("meta", sealing.FINGERPRINT_KEY)
+        if sealed is None:
             secret = os.urandom(32)
-            store.write_now("meta", b"fingerprint_key", secret)
+            store.write_now("meta", sealing.FINGERPRINT_KEY,
+                            self.master.seal(sealing.META, sealing.FINGERPRINT_KEY, secret))
+        else:
+            secret = self.master.open(sealing.META, sealing.FINGERPRINT_KEY, sealed)
         self._fingerprint_key = secret
         self._effects: list = []           # effects.* for the shell, once the batch is durable
         self._effects_last_txn = store.last_txn
@@ -109,7 +125,12 @@ class Ledger:
         if who in self._credentials:
             return self._credentials[who]
         data = self.store.get("credentials", who.encode())
-        credential = None if data is None else Credential.from_bytes(who, data)
+        try:
+            credential = None if data is None else Credential.from_bytes(who, data, self.master)
+        except SealError:
+            # Copied from another credential's record, or tampered with: it signs on no one.
+            log.error("event=credential_unsealable who=%s", who)
+            credential = None
         if len(self._credentials) > 100_000:
             self._credentials.clear()
         self._credentials[who] = credential
@@ -121,7 +142,7 @@ class Ledger:
 
     def save_credential(self, credential: Credential) -> None:
         self._credentials[credential.who] = credential
-        self.store.put("credentials", credential.who.encode(), credential.to_bytes())
+        self.store.put("credentials", credential.who.encode(), credential.to_bytes(self.master))
 
     def forget_cached(self) -> None:
         """After a failed commit: drop what was derived from writes that never landed."""
@@ -223,13 +244,18 @@ class Ledger:
         if data is None:
             return None
         request_type, fingerprint, reply, _ = unpack(data)
+        if type(reply) is bytes:   # it holds a secret: remembered sealed
+            reply = unpack(self.master.open(sealing.REPLY, self._idempotency_key(who, request_id),
+                                            reply))
         return request_type, fingerprint, reply
 
     def remember(self, who: str, request_id, request_type: str, fingerprint: bytes,
                  reply: dict) -> None:
         key = self._idempotency_key(who, request_id)
         now_ms = self.clock.now_ms()
-        self.store.put("idempotency", key, _pack([request_type, fingerprint, reply, now_ms]))
+        remembered = self.master.seal(sealing.REPLY, key, _pack(reply)) \
+            if sealing.holds_secret(reply) else reply
+        self.store.put("idempotency", key, _pack([request_type, fingerprint, remembered, now_ms]))
         self.store.put("idempotency_expiry", now_ms.to_bytes(8, "big") + key, b"")
 
     def forget_old_ids(self, limit: int) -> int:
@@ -260,10 +286,13 @@ class Ledger:
 
     # ----------------------------------------------------------- QR codes
     def qr_secret(self, account_id: str) -> bytes | None:
-        return self.store.get("qr_secrets", account_id.encode())
+        sealed = self.store.get("qr_secrets", account_id.encode())
+        return None if sealed is None else self.master.open(sealing.QR_SECRET,
+                                                            account_id.encode(), sealed)
 
     def save_qr_secret(self, account_id: str, secret: bytes) -> None:
-        self.store.put("qr_secrets", account_id.encode(), secret)
+        self.store.put("qr_secrets", account_id.encode(),
+                       self.master.seal(sealing.QR_SECRET, account_id.encode(), secret))
 
     def qr_code_used(self, used_key: bytes) -> bool:
         return self.store.get("qr_used", used_key) is not None
@@ -306,4 +335,4 @@ def has_credential(store, who: str) -> bool:
 
 def write_first_credential(store, credential: Credential) -> None:
     """A data dir's first credential (the admin), written at once, before any Ledger."""
-    store.write_now("credentials", credential.who.encode(), credential.to_bytes())
+    store.write_now("credentials", credential.who.encode(), credential.to_bytes(store.master))

@@ -1,0 +1,119 @@
+"""The master key file as an operator meets it (docs/PROTOCOL.md §7.1, §7.4): made by
+`serve --init` beside the data dir, required at every start, named elsewhere with
+`--master-key` or `master_key_file`; and `admin rotate-key`."""
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+from switch.cli.datadir import read_admin_key
+from switch.config.keyfile import read_key_file
+from tests.cli.helpers import one_line_error
+from tests.cli.test_admin_cli import admin, running_switch  # noqa: F401 - a fixture
+from tests.cli.test_serve import _ready_lines, _run, _start
+
+
+def _serve_once(data, *extra):
+    """Start, wait until it listens, stop with SIGTERM; returns its stderr."""
+    process = _start(data, *extra)
+    try:
+        assert _ready_lines(process, 1)[0].startswith("listening on")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    return process.stderr.read()
+
+
+def test_init_makes_the_master_key_file_beside_the_data_dir_and_every_start_needs_it(tmp_path):
+    data = tmp_path / "d"
+    _serve_once(data)
+    key_path = tmp_path / "d.key"
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    assert "d.key" not in os.listdir(data)
+    os.rename(key_path, tmp_path / "elsewhere.key")
+    books = (data / "lmdb" / "data.mdb").read_bytes()
+    refused = _run("serve", "--data", str(data), "--listen", "127.0.0.1:0", timeout=30)
+    one_line_error(refused, str(key_path), "not found")
+    assert (data / "lmdb" / "data.mdb").read_bytes() == books
+    # Named elsewhere, on the command line or in the configuration, it is used.
+    _serve_once(data, "--master-key", str(tmp_path / "elsewhere.key"))
+    config = tmp_path / "switch.toml"
+    config.write_text('master_key_file = "elsewhere.key"\n')
+    _serve_once(data, "--config", str(config))
+    assert not key_path.exists()
+
+
+def test_a_master_key_file_inside_the_data_dir_is_refused_before_anything_is_made(tmp_path):
+    data = tmp_path / "d"
+    result = _run("serve", "--init", "--data", str(data), "--listen", "127.0.0.1:0",
+                  "--master-key", str(data / "master.key"), timeout=30)
+    one_line_error(result, "inside the data dir")
+    assert os.listdir(tmp_path) == []
+
+
+def test_init_never_overwrites_a_master_key_file(tmp_path):
+    key_path = tmp_path / "d.key"
+    key_path.write_text("another data dir's key\n")
+    result = _run("serve", "--init", "--data", str(tmp_path / "d"), "--listen", "127.0.0.1:0",
+                  timeout=30)
+    one_line_error(result, str(key_path), "exists")
+    assert key_path.read_text() == "another data dir's key\n"
+    assert sorted(os.listdir(tmp_path)) == ["d.key"]
+
+
+def _account_as(connect, who, key_file):
+    return subprocess.run([sys.executable, "-m", "switch", "admin", "--connect", connect,
+                           "--who", who, "--key-file", str(key_file), "account", "X"],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_rotate_key_from_the_cli(running_switch, tmp_path):  # noqa: F811 - the fixture
+    connect, data = running_switch
+    old_key = tmp_path / "pos.key"
+    assert admin(connect, data, "add-terminal", "WH-POS-0001", "--school", "WH", "--kind",
+                 "pos", "--key-out", str(old_key)).returncode == 0
+    # --key-out onto an existing file: refused before anything is sent or created.
+    taken = tmp_path / "taken.key"
+    taken.write_text("keep me\n")
+    refused = admin(connect, data, "rotate-key", "WH-POS-0001", "--key-out", str(taken))
+    one_line_error(refused, str(taken), "exists")
+    assert taken.read_text() == "keep me\n"
+    assert "refused: not_permitted" in _account_as(connect, "WH-POS-0001", old_key).stdout
+    # Rotated: the new key signs on, the old one no more.
+    new_key = tmp_path / "new.key"
+    rotated = admin(connect, data, "rotate-key", "WH-POS-0001", "--key-out", str(new_key))
+    assert rotated.returncode == 0 and str(new_key) in rotated.stdout
+    assert stat.S_IMODE(os.stat(new_key).st_mode) == 0o600
+    assert read_key_file(str(new_key)) != read_key_file(str(old_key))
+    assert read_key_file(str(new_key)).hex() not in rotated.stdout
+    assert "refused: not_permitted" in _account_as(connect, "WH-POS-0001", new_key).stdout
+    stale = _account_as(connect, "WH-POS-0001", old_key)
+    assert stale.returncode == 2 and "unauthenticated" in stale.stderr
+    # The admin's own key too: the data dir's admin.key then opens nothing.
+    admin_key = tmp_path / "admin-new.key"
+    assert admin(connect, data, "rotate-key", "admin", "--key-out",
+                 str(admin_key)).returncode == 0
+    assert read_key_file(str(admin_key)) != read_admin_key(str(data))
+    assert admin(connect, data, "account", "X").returncode == 2
+    assert "refused: unknown_account" in _account_as(connect, "admin", admin_key).stdout
+
+
+def test_rotate_master_key_is_refused_while_the_switch_runs_and_works_offline(tmp_path):
+    data = tmp_path / "d"
+    process = _start(data, "--log-level", "WARNING")
+    try:
+        assert _ready_lines(process, 1)[0].startswith("listening on")
+        key_text = (tmp_path / "d.key").read_text()
+        busy = _run("rotate-master-key", "--data", str(data), timeout=30)
+        one_line_error(busy, str(data), f"process {process.pid}")
+        assert (tmp_path / "d.key").read_text() == key_text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    rotated = _run("rotate-master-key", "--data", str(data), timeout=60)
+    assert rotated.returncode == 0 and "1 credentials" in rotated.stdout, rotated.stderr
+    assert (tmp_path / "d.key").read_text() != key_text
+    assert stat.S_IMODE(os.stat(tmp_path / "d.key").st_mode) == 0o600
+    _serve_once(data)      # starts again under the new key (it checks that the key opens it)
