@@ -1,4 +1,4 @@
-"""Command line: `python -m switch serve|audit|demo` (docs/PROTOCOL.md §7)."""
+"""Command line: `python -m switch serve|audit|closed-taps|demo` (docs/PROTOCOL.md §7)."""
 
 import argparse
 import logging
@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     audit = commands.add_parser("audit", help="check the books of a data dir")
     audit.add_argument("--data", required=True)
+    taps = commands.add_parser("closed-taps", help="list offline taps refused account_closed "
+                               "(money to collect by hand)")
+    taps.add_argument("--data", required=True)
     from switch.cli import admin
     admin.add_parser(commands)
     demo = commands.add_parser("demo", help="start a switch and run a scripted lunch queue")
@@ -164,6 +167,8 @@ def main(argv=None) -> int:
             return 2
         print(report.summary())
         return 0 if report.sound else 1
+    if args.command == "closed-taps":
+        return _print_closed_taps(args.data)
     if args.command == "admin":
         from switch.cli import admin
         return admin.run(args)
@@ -171,6 +176,27 @@ def main(argv=None) -> int:
         from switch.cli.demo import run_demo
         return run_demo(args.data)
     return 2
+
+
+def _print_closed_taps(data_dir: str) -> int:
+    import time
+
+    from switch.cli.admin import fen_to_yuan
+    from switch.cli.datadir import is_data_dir
+    from switch.persistence.audit import closed_account_taps
+    if not is_data_dir(data_dir):
+        print(f"error: {data_dir} is not a switch data dir; check the path", file=sys.stderr)
+        return 2
+    total_fen = count = 0
+    print(f"{'tapped at (UTC)':19}  {'account':16} {'card':16} {'yuan':>10}  terminal  id")
+    for tap in closed_account_taps(data_dir):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(tap["at"] / 1000))
+        print(f"{when}  {tap['account']:16} {tap['card']:16} {fen_to_yuan(tap['amount']):>10}"
+              f"  {tap['who']}  {tap['id']}")
+        total_fen += tap["amount"]
+        count += 1
+    print(f"{count} taps, {fen_to_yuan(total_fen)} yuan to collect by hand")
+    return 0
 
 
 def run() -> None:

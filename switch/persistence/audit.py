@@ -2,7 +2,8 @@
 
 Checks that journal txns run 1..N without gaps, that each account's balance
 equals the sum of its journal amounts (and each record's `balance` the running
-sum), and that each account's held amount equals its open holds. Reads one
+sum), that each account's held amount equals its open holds, and that a closed
+account holds nothing and has no record after the one that closed it. Reads one
 consistent LMDB snapshot, so it works on a live switch and on a crashed one.
 """
 
@@ -77,19 +78,36 @@ def audit(data_dir: str) -> AuditReport:
 def journal_records(data_dir: str):
     """Every journal record of a data dir, in txn order, read from one snapshot without a
     lock (beside a live switch, or after it stopped)."""
+    yield from _snapshot_values(data_dir, b"journal")
+
+
+def closed_account_taps(data_dir: str):
+    """The offline taps refused `account_closed`, oldest upload first (same snapshot rules)."""
+    yield from _snapshot_values(data_dir, b"closed_account_taps")
+
+
+def _snapshot_values(data_dir: str, db_name: bytes):
     env = lmdb.open(os.path.join(data_dir, STORE_DIR), readonly=True, lock=True, max_dbs=32,
                     subdir=True)
     try:
-        journal = env.open_db(b"journal", create=False)
+        try:
+            db = env.open_db(db_name, create=False)
+        except lmdb.NotFoundError:  # a data dir from before this table: nothing kept yet
+            return
         with env.begin() as txn:
-            for _, value in txn.cursor(db=journal):
+            for _, value in txn.cursor(db=db):
                 yield msgpack.unpackb(value, raw=False)
     finally:
         env.close()
 
 
+# Journal kinds after which an account is closed for good.
+CLOSING_KINDS = frozenset({"close_account", "refund"})
+
+
 def _check(txn, dbs, report: AuditReport) -> None:
     sums: dict[str, int] = {}
+    closed_by: dict[str, int] = {}   # account -> the txn that closed it
     expected_txn = 1
     for key, value in txn.cursor(db=dbs["journal"]):
         number = int.from_bytes(key, "big")
@@ -100,6 +118,11 @@ def _check(txn, dbs, report: AuditReport) -> None:
         if record.get("txn") != number:
             report.problems.append(f"txn {number}: record says txn {record.get('txn')}")
         account = record["account"]
+        if account in closed_by:
+            report.problems.append(f"txn {number}: {record.get('kind')} on account {account} "
+                                   f"after it was closed at txn {closed_by[account]}")
+        elif record.get("kind") in CLOSING_KINDS:
+            closed_by[account] = number
         running = sums.get(account, 0) + record["amount"]
         sums[account] = running
         if record["balance"] != running:
@@ -128,5 +151,13 @@ def _check(txn, dbs, report: AuditReport) -> None:
         if layout.get(value, layout.HELD) != held.get(account, 0):
             report.problems.append(f"account {account}: held {layout.get(value, layout.HELD)} "
                                    f"but open holds sum to {held.get(account, 0)}")
+        closed = layout.get(value, layout.STATUS) == layout.STATUS_CLOSED
+        if closed and (balance != 0 or layout.get(value, layout.HELD) != 0):
+            report.problems.append(f"account {account}: closed but holds balance {balance}, "
+                                   f"held {layout.get(value, layout.HELD)}")
+        if account in closed_by and not closed:
+            report.problems.append(f"account {account}: status "
+                                   f"{layout.STATUS_NAMES[layout.get(value, layout.STATUS)]} "
+                                   f"after it was closed at txn {closed_by[account]}")
     for account in sums:
         report.problems.append(f"journal names account {account} that does not exist")
