@@ -116,7 +116,7 @@ def _request_for(args) -> dict:
         if args.reason:
             message["reason"] = args.reason
         return message
-    if command in ("unlock", "close-account"):
+    if command in ("unlock", "close-account", "refund"):
         return {"t": command.replace("-", "_"), "account": args.account, "id": rid}
     if command == "credit":
         return {"t": "credit", "account": args.account, "amount": yuan_to_fen(args.yuan),
@@ -175,6 +175,8 @@ def _describe(reply: dict, request: dict | None = None, looked_up: dict | None =
         parts.append("(already done earlier: replayed)")
     if reply.get("txn") is not None:
         parts.append(f"txn {reply['txn']}")
+    if kind == "refund":
+        parts.append(f"paid out {fen_to_yuan(reply['amount'])} yuan, account closed;")
     if "balance" in reply:
         parts.append(f"balance {fen_to_yuan(reply['balance'])} yuan")
     if "blacklist" in reply:
@@ -535,6 +537,8 @@ def add_parser(commands) -> None:
         p.add_argument("--reason")
     for name in ("unlock", "close-account", "account"):
         sub.add_parser(name).add_argument("account")
+    sub.add_parser("refund", help="离校退款: pay the whole balance out and close the "
+                   "account").add_argument("account")
     p = sub.add_parser("credit")
     p.add_argument("account")
     p.add_argument("yuan", help="amount in yuan, e.g. 50 or 12.50")

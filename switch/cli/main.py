@@ -1,5 +1,5 @@
-"""Command line: `python -m switch serve|audit|backup|restore|admin|rotate-master-key|demo`
-(docs/PROTOCOL.md §7)."""
+"""Command line: `python -m switch serve|audit|backup|restore|closed-taps|admin|
+rotate-master-key|demo` (docs/PROTOCOL.md §7)."""
 
 import argparse
 import logging
@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     audit = commands.add_parser("audit", help="check the books of a data dir")
     audit.add_argument("--data", required=True)
+    taps = commands.add_parser("closed-taps", help="list offline taps refused account_closed "
+                               "(money to collect by hand)")
+    taps.add_argument("--data", required=True)
     rotate = commands.add_parser(
         "rotate-master-key", help="give the master key file a new key and seal every secret "
                                   "again under it (no switch running)")
@@ -189,6 +192,8 @@ def main(argv=None) -> int:
         return backup.run(args)
     if args.command == "rotate-master-key":
         return _rotate_master_key(args)
+    if args.command == "closed-taps":
+        return _print_closed_taps(args.data)
     if args.command == "admin":
         from switch.cli import admin
         return admin.run(args)
@@ -210,6 +215,27 @@ def _rotate_master_key(args) -> int:
     print("master key rotated; sealed again: " + ", ".join(
         f"{count} {name}" for name, count in counts.items() if name != "accounts")
         + "; back up the new key file now: backups made before need the old one")
+    return 0
+
+
+def _print_closed_taps(data_dir: str) -> int:
+    import time
+
+    from switch.cli.admin import fen_to_yuan
+    from switch.cli.datadir import is_data_dir
+    from switch.persistence.audit import closed_account_taps
+    if not is_data_dir(data_dir):
+        print(f"error: {data_dir} is not a switch data dir; check the path", file=sys.stderr)
+        return 2
+    total_fen = count = 0
+    print(f"{'tapped at (UTC)':19}  {'account':16} {'card':16} {'yuan':>10}  terminal  id")
+    for tap in closed_account_taps(data_dir):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(tap["at"] / 1000))
+        print(f"{when}  {tap['account']:16} {tap['card']:16} {fen_to_yuan(tap['amount']):>10}"
+              f"  {tap['who']}  {tap['id']}")
+        total_fen += tap["amount"]
+        count += 1
+    print(f"{count} taps, {fen_to_yuan(total_fen)} yuan to collect by hand")
     return 0
 
 

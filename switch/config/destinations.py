@@ -18,7 +18,7 @@ from switch.identifiers import is_credential_id
 JOURNAL_KINDS = frozenset({
     "debit", "qr_debit", "complete", "credit", "reverse", "offline", "meter", "cutoff",
     "restore", "hold", "void", "expire", "lost", "found", "open_account", "issue_card",
-    "replace_card", "freeze", "unfreeze", "unlock", "close_account",
+    "replace_card", "freeze", "unfreeze", "unlock", "close_account", "refund",
 })
 
 # Names go into an LMDB key and a metric label: keep them plain.

@@ -16,23 +16,26 @@ Interface (see `reference.py` for the normative docstrings):
     id_digest(salt, id_last6) -> bytes
     set_pin(account, pin) -> None
     reset_pin(account, id_last6) -> code
-    credit(account, amount) -> code
-    unspend(account, amount, day) -> None
+    credit(account, amount) -> code          (closed: ACCOUNT_CLOSED; ends an overdrawn freeze
+                                             once the balance is back at 0 or above)
+    unspend(account, amount, day) -> code    (closed: ACCOUNT_CLOSED)
     complete_hold(account, hold_amount, amount, day) -> None
     release_hold(account, hold_amount) -> None
-    apply_offline(account, amount, day) -> None
-    apply_meter(account, amount) -> bool   (True when this deduction cut the power)
+    apply_offline(account, amount, day, today) -> code   (closed: ACCOUNT_CLOSED)
+    apply_meter(account, amount) -> (code, bool)  (True when this deduction cut the power)
     apply_restore(account) -> bool         (True when a credit turned the power back on)
 
-  Standing (an OK that was already so leaves the record's bytes unchanged):
+  Standing (an OK that was already so leaves the record's bytes unchanged; closed is for
+  good: every change on a closed account is ACCOUNT_CLOSED or changes nothing):
     freeze(account) -> code                (the card office's; closed: ACCOUNT_CLOSED)
     freeze_overdrawn(account) -> bool      (True when a balance below zero froze it now)
-    unfreeze(account) -> code
+    unfreeze(account) -> code              (the operator's freeze, else the overdrawn one)
     unlock(account) -> code
     close(account) -> code                 (NOT_EMPTY while balance or held is not 0)
     set_limits(account, per_tx, daily, no_pin, school_per_tx, school_daily,
                school_no_pin, per_tx_max, daily_max, no_pin_max) -> code
     enable_virtual_card(account) -> code   (closed: ACCOUNT_CLOSED)
+    refund(account) -> code                (balance to 0 and closed; NOT_EMPTY while held)
 """
 
 try:
@@ -68,3 +71,4 @@ unlock = implementation.unlock
 close = implementation.close
 set_limits = implementation.set_limits
 enable_virtual_card = implementation.enable_virtual_card
+refund = implementation.refund

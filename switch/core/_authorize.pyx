@@ -34,7 +34,7 @@ __all__ = [
     "set_pin", "reset_pin", "credit", "unspend", "complete_hold",
     "release_hold", "apply_offline", "apply_meter", "apply_restore",
     "freeze", "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
-    "enable_virtual_card",
+    "enable_virtual_card", "refund",
 ]
 
 # Exact integer semantics: an int64 sum or difference that would wrap is
@@ -224,6 +224,12 @@ cdef inline int _count_spending(AccountRecord* record, long long amount, int day
     assert 0 <= spent <= BALANCE_FEN_MAX, spent
     record.spent_today = spent
     return 0
+
+
+cdef inline void _set_freeze_reason(AccountRecord* record, uint8_t reason) noexcept:
+    """Keep status in step with the freeze bits: frozen while any is set (never when closed)."""
+    record.freeze_reason = reason
+    record.status = STATUS_FROZEN if reason != FREEZE_NONE else STATUS_ACTIVE
 
 
 cdef inline long long _effective(long long account_limit, long long school_default) noexcept:
@@ -422,27 +428,36 @@ def reset_pin(account, id_last6):
 
 
 def credit(account, amount):
-    """Add `amount` to BALANCE; BAD_AMOUNT when amount < 1 or the balance would pass its maximum."""
+    """Add `amount` to BALANCE; BAD_AMOUNT when amount < 1, ACCOUNT_CLOSED when closed,
+    BAD_AMOUNT when the balance would pass its maximum. A credit that leaves the balance at
+    0 or above ends an overdrawn freeze (the overdraw is paid back); an operator's stays."""
     cdef AccountRecord* record = _record(account)
     cdef int overflow = 0
     cdef long long value = PyLong_AsLongLongAndOverflow(amount, &overflow)
     cdef long long balance
     if overflow < 0 or (overflow == 0 and value < 1):
         return BAD_AMOUNT
+    if record.status == STATUS_CLOSED:
+        return ACCOUNT_CLOSED
     # A positive overflow, or a wrapping sum, is above BALANCE_FEN_MAX (< 2**63).
     if overflow > 0 or add_overflow(record.balance, value, &balance) or balance > BALANCE_FEN_MAX:
         return BAD_AMOUNT
     _put_balance(record, balance)
+    if balance >= 0 and record.freeze_reason & FREEZE_OVERDRAWN:
+        _set_freeze_reason(record, record.freeze_reason & ~FREEZE_OVERDRAWN)
     return OK
 
 
 def unspend(account, long long amount, int day):
-    """Reverse a debit made on local day `day`: money back, and off that day's spending if current."""
+    """Reverse a debit made on local day `day`: money back, and off that day's spending if current.
+    ACCOUNT_CLOSED, changing nothing, when closed: a closed account takes no money."""
     cdef AccountRecord* record = _record(account)
     cdef long long balance
     cdef long long spent
     cdef bint wrapped
     assert amount >= 0, amount
+    if record.status == STATUS_CLOSED:
+        return ACCOUNT_CLOSED
     wrapped = add_overflow(record.balance, amount, &balance)
     assert not wrapped, (record.balance, amount)
     _put_balance(record, balance)
@@ -451,6 +466,7 @@ def unspend(account, long long amount, int day):
         if sub_overflow(record.spent_today, amount, &spent) or spent < 0:
             spent = 0
         record.spent_today = spent
+    return OK
 
 
 cdef inline int _take(AccountRecord* record, long long amount) except -1:
@@ -489,27 +505,39 @@ def release_hold(account, long long hold_amount):
     _release(_record(account), hold_amount)
 
 
-def apply_offline(account, long long amount, int day):
-    """Apply an offline tap of local day `day`: always taken, counted unless the day is past."""
+def apply_offline(account, long long amount, int day, int today):
+    """Apply an offline tap of local day `day` on the switch's local day `today`: taken
+    whatever the balance or standing, except ACCOUNT_CLOSED (nothing applied); counted to
+    `today`'s spending only when tapped today (see reference.apply_offline)."""
     cdef AccountRecord* record = _record(account)
+    assert amount >= 0, amount
+    if record.status == STATUS_CLOSED:
+        return ACCOUNT_CLOSED
     _take(record, amount)
-    if day >= record.spent_day:
+    if day == today and day >= record.spent_day:
         _count_spending(record, amount, day)
+    return OK
 
 
 def apply_meter(account, long long amount):
-    """Take a meter deduction; True when it cut the power (balance at or below 0 while on)."""
+    """Take a meter deduction: (code, cut) with cut True when it cut the power (balance at
+    or below 0 while on). (ACCOUNT_CLOSED, False), changing nothing, when closed."""
     cdef AccountRecord* record = _record(account)
+    assert amount >= 0, amount
+    if record.status == STATUS_CLOSED:
+        return ACCOUNT_CLOSED, False
     _take(record, amount)
     if record.power_on == 1 and record.balance <= 0:
         record.power_on = 0
-        return True
-    return False
+        return OK, True
+    return OK, False
 
 
 def apply_restore(account):
     """After a credit: True when it turned the power back on (balance above 0 while off)."""
     cdef AccountRecord* record = _record(account)
+    if record.status == STATUS_CLOSED:
+        return False
     if record.power_on == 0 and record.balance > 0:
         record.power_on = 1
         return True
@@ -520,39 +548,47 @@ def apply_restore(account):
 # already so leaves the bytes as they were.
 
 def freeze(account):
-    """The card office's freeze: ACCOUNT_CLOSED when closed; already frozen stays as it is."""
+    """The card office's freeze: ACCOUNT_CLOSED when closed; sets the operator's bit
+    (an overdrawn freeze stays beside it); already frozen by the operator stays as it is."""
     cdef AccountRecord* record = _record(account)
     if record.status == STATUS_CLOSED:
         return ACCOUNT_CLOSED
-    if record.status != STATUS_FROZEN:
-        record.status = STATUS_FROZEN
-        record.freeze_reason = FREEZE_OPERATOR
+    if not (record.freeze_reason & FREEZE_OPERATOR and record.status == STATUS_FROZEN):
+        _set_freeze_reason(record, record.freeze_reason | FREEZE_OPERATOR)
     return OK
 
 
 def freeze_overdrawn(account):
-    """After an offline tap: freeze a balance below zero as overdrawn, whatever the standing
-    (closed too, docs/PROTOCOL.md §4.10). True when this froze it."""
+    """After an offline tap: freeze a balance below zero as overdrawn, beside an operator's
+    freeze if there is one; never a closed account. True when this froze it."""
     cdef AccountRecord* record = _record(account)
-    if record.balance < 0 and record.freeze_reason != FREEZE_OVERDRAWN:
-        record.status = STATUS_FROZEN
-        record.freeze_reason = FREEZE_OVERDRAWN
+    if (record.status != STATUS_CLOSED and record.balance < 0
+            and not record.freeze_reason & FREEZE_OVERDRAWN):
+        _set_freeze_reason(record, record.freeze_reason | FREEZE_OVERDRAWN)
         return True
     return False
 
 
 def unfreeze(account):
-    """A frozen account (for any reason, below zero or not) becomes active; others stay."""
+    """ACCOUNT_CLOSED when closed. A frozen account loses the operator's freeze if it has
+    one, else its overdrawn freeze (below zero or not); it is active once neither is left."""
     cdef AccountRecord* record = _record(account)
+    if record.status == STATUS_CLOSED:
+        return ACCOUNT_CLOSED
     if record.status == STATUS_FROZEN:
-        record.status = STATUS_ACTIVE
-        record.freeze_reason = FREEZE_NONE
+        if record.freeze_reason & FREEZE_OPERATOR:
+            _set_freeze_reason(record, record.freeze_reason & ~FREEZE_OPERATOR)
+        else:
+            _set_freeze_reason(record, FREEZE_NONE)
     return OK
 
 
 def unlock(account):
-    """Clear the PIN lock, the reset_pin lock, and the runs of wrong PINs and IDs."""
+    """Clear the PIN lock, the reset_pin lock, and the runs of wrong PINs and IDs;
+    ACCOUNT_CLOSED when closed."""
     cdef AccountRecord* record = _record(account)
+    if record.status == STATUS_CLOSED:
+        return ACCOUNT_CLOSED
     record.pin_locked = 0
     record.pin_failures = 0
     record.id_locked = 0
@@ -634,3 +670,18 @@ def key_verifiers(account):
     record = _record(account)
     memcpy(record.pin_hash, PyBytes_AS_STRING(pin_hash), DIGEST_SIZE_BYTES)
     memcpy(record.id_hash, PyBytes_AS_STRING(id_hash), DIGEST_SIZE_BYTES)
+
+
+def refund(account):
+    """Pay the whole balance out and close (离校退款): ACCOUNT_CLOSED when closed, NOT_EMPTY
+    while money is held, INSUFFICIENT_FUNDS below zero (the debt is paid back first)."""
+    cdef AccountRecord* record = _record(account)
+    if record.status == STATUS_CLOSED:
+        return ACCOUNT_CLOSED
+    if record.held != 0:
+        return NOT_EMPTY
+    if record.balance < 0:
+        return INSUFFICIENT_FUNDS
+    record.balance = 0
+    record.status = STATUS_CLOSED
+    return OK

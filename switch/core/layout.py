@@ -19,7 +19,7 @@ UTILITY = (30, "<B")         # UTILITY_*
 POWER_ON = (31, "<B")        # utility accounts: 1 while power is on
 PIN_FAILURES = (32, "<B")    # wrong PINs in a row
 PIN_LOCKED = (33, "<B")      # 1 once PIN_FAILURES reached the maximum
-FREEZE_REASON = (34, "<B")   # FREEZE_*
+FREEZE_REASON = (34, "<B")   # bit set of FREEZE_OPERATOR, FREEZE_OVERDRAWN: frozen while any is set
 QR_ENABLED = (35, "<B")      # 1 once `virtual_card` opened the QR secret
 ID_FAILURES = (36, "<B")     # reset_pin with the wrong id_last6, in a row
 ID_LOCKED = (37, "<B")       # 1 once ID_FAILURES reached the maximum: reset_pin refused
@@ -39,7 +39,7 @@ KIND_PERSON, KIND_UTILITY = 0, 1
 KIND_NAMES = ("person", "utility")
 UTILITY_NONE, UTILITY_BOTH, UTILITY_ELECTRIC, UTILITY_WATER = 0, 1, 2, 3
 UTILITY_NAMES = ("", "both", "electric", "water")
-FREEZE_NONE, FREEZE_OPERATOR, FREEZE_OVERDRAWN = 0, 1, 2
+FREEZE_NONE, FREEZE_OPERATOR, FREEZE_OVERDRAWN = 0, 1, 2  # bits: 3 is both
 
 # Card standing as the core sees it (the card record keeps the same numbers).
 CARD_ACTIVE, CARD_LOST, CARD_BLOCKED, CARD_NONE = 0, 1, 2, 3

@@ -16,7 +16,7 @@ __all__ = [
     "set_pin", "reset_pin", "credit", "unspend", "complete_hold",
     "release_hold", "apply_offline", "apply_meter", "apply_restore",
     "freeze", "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
-    "enable_virtual_card",
+    "enable_virtual_card", "refund",
 ]
 
 _pin_digest_size_bytes = 32
@@ -50,6 +50,17 @@ def _count_spending(account, amount, day):
     spent = layout.get(account, layout.SPENT_TODAY) + amount
     assert 0 <= spent <= limits.balance_fen_max, spent
     layout.put(account, layout.SPENT_TODAY, spent)
+
+
+def _closed(account):
+    return layout.get(account, layout.STATUS) == layout.STATUS_CLOSED
+
+
+def _set_freeze_reason(account, reason):
+    """Keep STATUS in step with the freeze bits: frozen while any is set (never when closed)."""
+    layout.put(account, layout.FREEZE_REASON, reason)
+    layout.put(account, layout.STATUS,
+               layout.STATUS_FROZEN if reason != layout.FREEZE_NONE else layout.STATUS_ACTIVE)
 
 
 def _effective_limit(account, field, school_default):
@@ -216,23 +227,36 @@ def reset_pin(account, id_last6):
 
 
 def credit(account, amount):
-    """Add `amount` to BALANCE; BAD_AMOUNT when amount < 1 or the balance would pass its maximum."""
+    """Add `amount` to BALANCE; BAD_AMOUNT when amount < 1, ACCOUNT_CLOSED when closed,
+    BAD_AMOUNT when the balance would pass its maximum. A credit that leaves the balance at
+    0 or above ends an overdrawn freeze (the overdraw is paid back); an operator's stays."""
     _check_record(account)
+    if amount < 1:
+        return codes.BAD_AMOUNT
+    if _closed(account):
+        return codes.ACCOUNT_CLOSED
     balance = layout.get(account, layout.BALANCE)
-    if amount < 1 or balance + amount > limits.balance_fen_max:
+    if balance + amount > limits.balance_fen_max:
         return codes.BAD_AMOUNT
     _put_balance(account, balance + amount)
+    reason = layout.get(account, layout.FREEZE_REASON)
+    if balance + amount >= 0 and reason & layout.FREEZE_OVERDRAWN:
+        _set_freeze_reason(account, reason & ~layout.FREEZE_OVERDRAWN)
     return codes.OK
 
 
 def unspend(account, amount, day):
-    """Reverse a debit made on local day `day`: money back, and off that day's spending if current."""
+    """Reverse a debit made on local day `day`: money back, and off that day's spending if current.
+    ACCOUNT_CLOSED, changing nothing, when closed: a closed account takes no money."""
     _check_record(account)
     assert amount >= 0, amount
+    if _closed(account):
+        return codes.ACCOUNT_CLOSED
     _put_balance(account, layout.get(account, layout.BALANCE) + amount)
     if layout.get(account, layout.SPENT_DAY) == day:
         spent = layout.get(account, layout.SPENT_TODAY)
         layout.put(account, layout.SPENT_TODAY, max(0, spent - amount))
+    return codes.OK
 
 
 def complete_hold(account, hold_amount, amount, day):
@@ -251,31 +275,42 @@ def release_hold(account, hold_amount):
     _put_held(account, layout.get(account, layout.HELD) - hold_amount)
 
 
-def apply_offline(account, amount, day):
-    """Apply an offline tap of local day `day`: always taken, counted unless the day is past."""
+def apply_offline(account, amount, day, today):
+    """Apply an offline tap of local day `day` on the switch's local day `today`: taken
+    whatever the balance or standing, except ACCOUNT_CLOSED (nothing applied). It counts
+    to the spending of `today` only when tapped today: a tap of a past day counts to no
+    allowance still open, and one stamped a little into tomorrow by a clock running ahead
+    must neither open tomorrow's allowance early nor end today's."""
     _check_record(account)
     assert amount >= 0, amount
+    if _closed(account):
+        return codes.ACCOUNT_CLOSED
     _put_balance(account, layout.get(account, layout.BALANCE) - amount)
-    spent_day = layout.get(account, layout.SPENT_DAY)
-    if day >= spent_day:
+    if day == today and day >= layout.get(account, layout.SPENT_DAY):
         _count_spending(account, amount, day)
+    return codes.OK
 
 
 def apply_meter(account, amount):
-    """Take a meter deduction; True when it cut the power (balance at or below 0 while on)."""
+    """Take a meter deduction: (code, cut) with cut True when it cut the power (balance at
+    or below 0 while on). (ACCOUNT_CLOSED, False), changing nothing, when closed."""
     _check_record(account)
     assert amount >= 0, amount
+    if _closed(account):
+        return codes.ACCOUNT_CLOSED, False
     balance = layout.get(account, layout.BALANCE) - amount
     _put_balance(account, balance)
     if layout.get(account, layout.POWER_ON) == 1 and balance <= 0:
         layout.put(account, layout.POWER_ON, 0)
-        return True
-    return False
+        return codes.OK, True
+    return codes.OK, False
 
 
 def apply_restore(account):
     """After a credit: True when it turned the power back on (balance above 0 while off)."""
     _check_record(account)
+    if _closed(account):
+        return False
     if layout.get(account, layout.POWER_ON) == 0 and layout.get(account, layout.BALANCE) > 0:
         layout.put(account, layout.POWER_ON, 1)
         return True
@@ -286,42 +321,56 @@ def apply_restore(account):
 # changed nothing (already so) leaves the bytes as they were, so the shell can
 # tell "done" from "already done" by comparing them (docs/PROTOCOL.md §6.1: no txn).
 
+# FREEZE_REASON is a set of bits (docs/PROTOCOL.md §4.15): the operator's freeze and the
+# overdrawn one come and go each on its own, and the account is frozen while either is set.
+
 def freeze(account):
-    """The card office's freeze: ACCOUNT_CLOSED when closed; already frozen stays as it is."""
+    """The card office's freeze: ACCOUNT_CLOSED when closed; sets the operator's bit
+    (an overdrawn freeze stays beside it); already frozen by the operator stays as it is."""
     _check_record(account)
-    status = layout.get(account, layout.STATUS)
-    if status == layout.STATUS_CLOSED:
+    if _closed(account):
         return codes.ACCOUNT_CLOSED
-    if status != layout.STATUS_FROZEN:
-        layout.put(account, layout.STATUS, layout.STATUS_FROZEN)
-        layout.put(account, layout.FREEZE_REASON, layout.FREEZE_OPERATOR)
+    reason = layout.get(account, layout.FREEZE_REASON)
+    if not (reason & layout.FREEZE_OPERATOR
+            and layout.get(account, layout.STATUS) == layout.STATUS_FROZEN):
+        _set_freeze_reason(account, reason | layout.FREEZE_OPERATOR)
     return codes.OK
 
 
 def freeze_overdrawn(account):
-    """After an offline tap: freeze a balance below zero as overdrawn, whatever the standing
-    (closed too, docs/PROTOCOL.md §4.10). True when this froze it."""
+    """After an offline tap: freeze a balance below zero as overdrawn, beside an operator's
+    freeze if there is one; never a closed account. True when this froze it."""
     _check_record(account)
-    if (layout.get(account, layout.BALANCE) < 0
-            and layout.get(account, layout.FREEZE_REASON) != layout.FREEZE_OVERDRAWN):
-        layout.put(account, layout.STATUS, layout.STATUS_FROZEN)
-        layout.put(account, layout.FREEZE_REASON, layout.FREEZE_OVERDRAWN)
+    reason = layout.get(account, layout.FREEZE_REASON)
+    if (not _closed(account) and layout.get(account, layout.BALANCE) < 0
+            and not reason & layout.FREEZE_OVERDRAWN):
+        _set_freeze_reason(account, reason | layout.FREEZE_OVERDRAWN)
         return True
     return False
 
 
 def unfreeze(account):
-    """A frozen account (for any reason, below zero or not) becomes active; others stay."""
+    """ACCOUNT_CLOSED when closed. A frozen account loses the operator's freeze if it has
+    one, else its overdrawn freeze (below zero or not); it is active once neither is left."""
     _check_record(account)
+    if _closed(account):
+        return codes.ACCOUNT_CLOSED
     if layout.get(account, layout.STATUS) == layout.STATUS_FROZEN:
-        layout.put(account, layout.STATUS, layout.STATUS_ACTIVE)
-        layout.put(account, layout.FREEZE_REASON, layout.FREEZE_NONE)
+        reason = layout.get(account, layout.FREEZE_REASON)
+        if reason & layout.FREEZE_OPERATOR:
+            reason &= ~layout.FREEZE_OPERATOR
+        else:
+            reason = layout.FREEZE_NONE
+        _set_freeze_reason(account, reason)
     return codes.OK
 
 
 def unlock(account):
-    """Clear the PIN lock, the reset_pin lock, and the runs of wrong PINs and IDs."""
+    """Clear the PIN lock, the reset_pin lock, and the runs of wrong PINs and IDs;
+    ACCOUNT_CLOSED when closed."""
     _check_record(account)
+    if _closed(account):
+        return codes.ACCOUNT_CLOSED
     layout.put(account, layout.PIN_LOCKED, 0)
     layout.put(account, layout.PIN_FAILURES, 0)
     layout.put(account, layout.ID_LOCKED, 0)
@@ -387,3 +436,18 @@ def key_verifiers(account):
     _check_record(account)
     layout.put(account, layout.PIN_HASH, _keyed(layout.get(account, layout.PIN_HASH)))
     layout.put(account, layout.ID_HASH, _keyed(layout.get(account, layout.ID_HASH)))
+
+
+def refund(account):
+    """Pay the whole balance out and close (离校退款): ACCOUNT_CLOSED when closed, NOT_EMPTY
+    while money is held, INSUFFICIENT_FUNDS below zero (the debt is paid back first)."""
+    _check_record(account)
+    if _closed(account):
+        return codes.ACCOUNT_CLOSED
+    if layout.get(account, layout.HELD) != 0:
+        return codes.NOT_EMPTY
+    if layout.get(account, layout.BALANCE) < 0:
+        return codes.INSUFFICIENT_FUNDS
+    _put_balance(account, 0)
+    layout.put(account, layout.STATUS, layout.STATUS_CLOSED)
+    return codes.OK

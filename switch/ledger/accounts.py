@@ -10,6 +10,7 @@ from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.effects import Revocation
 from switch.ledger.payment_path import pay
+from switch.ledger.standing import overdrawn, record_standing
 from switch.ledger.state import Credential
 
 NAMES = codes.CODE_NAMES
@@ -106,9 +107,8 @@ def credit(ledger, credential, values):
     refusal, record = account_of(ledger, credential, "credit", account_id)
     if refusal:
         return refusal
-    if layout.get(record, layout.STATUS) == layout.STATUS_CLOSED:
-        return _decline("credit", codes.ACCOUNT_CLOSED)
-    code = core.credit(record, amount)
+    was_overdrawn = overdrawn(record)
+    code = core.credit(record, amount)  # closed: account_closed
     if code:
         return _decline("credit", code)
     school = layout.school_of(record)
@@ -119,6 +119,9 @@ def credit(ledger, credential, values):
     if layout.get(record, layout.KIND) == layout.KIND_UTILITY and core.apply_restore(record):
         ledger.save_account(account_id, record)
         ledger.append_journal("restore", account_id, school, 0, balance, credential, values["id"])
+    if was_overdrawn and not overdrawn(record):  # paid back: its cards leave the blacklist
+        record_standing(ledger, credential, "unfreeze", account_id, record, was_overdrawn=True,
+                        ref=values["id"], reason="repaid")
     return {"t": "credit", "code": "ok", "txn": txn, "balance": balance, "available": available}
 
 

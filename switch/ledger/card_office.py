@@ -1,4 +1,4 @@
-"""Card-office requests (挂失/解挂, 补卡, freeze, unlock, close) and the blacklist request.
+"""Card-office requests (挂失/解挂, 补卡, freeze, unlock, close, 离校退款) and the blacklist request.
 
 Each keeps the blacklist in step with card and account standing: a card is on
 its school's list while it is lost or blocked, or while its account is frozen
@@ -8,11 +8,8 @@ as overdrawn.
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _crosses_school, _decline, _money, account_of
-
-
-def should_be_listed(card_state: int, record) -> bool:
-    return (card_state in (layout.CARD_LOST, layout.CARD_BLOCKED)
-            or layout.get(record, layout.FREEZE_REASON) == layout.FREEZE_OVERDRAWN)
+from switch.ledger.standing import overdrawn, record_standing, should_be_listed
+from switch.ledger.standing import standing_record as _standing_record
 
 
 def _card_and_account(ledger, credential, request_type, card_id):
@@ -23,12 +20,6 @@ def _card_and_account(ledger, credential, request_type, card_id):
     if _crosses_school(credential, record):
         return _decline(request_type, codes.WRONG_SCHOOL), None, None
     return None, card, record
-
-
-def _standing_record(ledger, credential, kind, account_id, record, ref, **extra) -> int:
-    balance, _ = _money(record)
-    return ledger.append_journal(kind, account_id, layout.school_of(record), 0, balance,
-                                 credential, ref, **extra)
 
 
 def lost(ledger, credential, values):
@@ -85,7 +76,10 @@ def replace_card(ledger, credential, values):
     if len(ledger.cards_of(account_id)) >= limits.cards_per_account_max:
         return _decline("replace_card", codes.BAD_REQUEST)  # every card of it is listed at once
     now_ms = ledger.clock.now_ms()
-    ledger.save_card(old_id, account_id, layout.CARD_BLOCKED, now_ms)
+    # A lost card keeps the time it was lost: taps after it are flagged `after_lost` (§4.10)
+    # however late they are uploaded.
+    unusable_since_ms = old[2] if old[1] == layout.CARD_LOST else now_ms
+    ledger.save_card(old_id, account_id, layout.CARD_BLOCKED, unusable_since_ms)
     ledger.save_card(new_id, account_id, layout.CARD_ACTIVE, now_ms)
     txn = _standing_record(ledger, credential, "replace_card", account_id, record, values["id"],
                            card=new_id, old=old_id)
@@ -93,31 +87,6 @@ def replace_card(ledger, credential, values):
     add = [old_id] + ([new_id] if should_be_listed(layout.CARD_ACTIVE, record) else [])
     ledger.change_blacklist(school, add=add)
     return {"t": "replace_card", "code": "ok", "txn": txn}
-
-
-def _set_listing_for_account(ledger, account_id, record) -> None:
-    """After a change of the account's freeze reason, list or unlist its cards."""
-    school = layout.school_of(record)
-    add, remove = [], []
-    for card_id in ledger.cards_of(account_id):
-        listed = ledger.blacklist.contains(school, card_id)
-        wanted = should_be_listed(ledger.card(card_id)[1], record)
-        if wanted and not listed:
-            add.append(card_id)
-        elif listed and not wanted:
-            remove.append(card_id)
-    ledger.change_blacklist(school, add=add, remove=remove)
-
-
-def record_standing(ledger, credential, kind, account_id, record, *, was_overdrawn: bool, ref,
-                    **extra) -> int:
-    """Write a change of standing the core made, its journal record, and the cards' listing
-    when being frozen as overdrawn began or ended; shared with offline uploads."""
-    ledger.save_account(account_id, record)
-    txn = _standing_record(ledger, credential, kind, account_id, record, ref, **extra)
-    if was_overdrawn != (layout.get(record, layout.FREEZE_REASON) == layout.FREEZE_OVERDRAWN):
-        _set_listing_for_account(ledger, account_id, record)
-    return txn
 
 
 def _change_standing(ledger, credential, values, request_type, change, **extra):
@@ -128,7 +97,7 @@ def _change_standing(ledger, credential, values, request_type, change, **extra):
     if refusal:
         return refusal
     before = bytes(record)
-    was_overdrawn = layout.get(record, layout.FREEZE_REASON) == layout.FREEZE_OVERDRAWN
+    was_overdrawn = overdrawn(record)
     code = change(record)
     if code:
         return _decline(request_type, code)
@@ -157,6 +126,23 @@ def close_account(ledger, credential, values):
     return _change_standing(ledger, credential, values, "close_account", core.close)
 
 
+def refund(ledger, credential, values):
+    """离校退款: pay the whole balance out and close (docs/PROTOCOL.md §4.15)."""
+    account_id = values["account"]
+    refusal, record = account_of(ledger, credential, "refund", account_id)
+    if refusal:
+        return refusal
+    amount, _ = _money(record)
+    code = core.refund(record)
+    if code:
+        return _decline("refund", code)
+    ledger.save_account(account_id, record)
+    balance, _ = _money(record)
+    txn = ledger.append_journal("refund", account_id, layout.school_of(record), -amount,
+                                balance, credential, values["id"])
+    return {"t": "refund", "code": "ok", "txn": txn, "amount": amount, "balance": balance}
+
+
 def blacklist(ledger, credential, values):
     reply = ledger.blacklist.since(credential.school, values["since"], values.get("after"))
     if reply is None:
@@ -172,5 +158,6 @@ HANDLERS = {
     "unfreeze": unfreeze,
     "unlock": unlock,
     "close_account": close_account,
+    "refund": refund,
     "blacklist": blacklist,
 }

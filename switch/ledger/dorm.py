@@ -159,8 +159,11 @@ def meter(ledger, credential, values):
     utility = layout.UTILITY_NAMES[layout.get(record, layout.UTILITY)]
     if utility != "both" and utility != values["what"]:
         return _decline("meter", codes.BAD_REQUEST)
-    # The energy was used: the deduction applies whatever the account's standing.
-    cutoff = core.apply_meter(record, amount)
+    # The energy was used: the deduction applies frozen or below zero; a closed room takes
+    # no money (its power is off for good).
+    code, cutoff = core.apply_meter(record, amount)
+    if code:
+        return _decline("meter", code)
     ledger.save_account(account_id, record)
     balance, _ = _money(record)
     school = layout.school_of(record)

@@ -26,6 +26,12 @@ class PowerCutoff:
 
 
 @dataclass(frozen=True)
+class ClosedAccountTap:
+    """An offline tap on a closed account was refused and kept for the operator (counted)."""
+    school: str
+
+
+@dataclass(frozen=True)
 class JournalAdvanced:
     """New journal records up to `last_txn` are readable: wake the forwarders."""
     last_txn: int

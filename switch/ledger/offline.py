@@ -12,7 +12,8 @@ import msgpack
 
 from switch import core, limits
 from switch.ledger import idempotency, schema
-from switch.ledger.card_office import record_standing
+from switch.ledger.effects import ClosedAccountTap
+from switch.ledger.standing import record_standing
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
 
@@ -89,8 +90,14 @@ def _decide(ledger, credential, record_id, item) -> dict:
     if at_ms > now_ms + limits.offline_future_s * 1000:
         return _result(record_id, codes.BAD_REQUEST)
 
-    # It already happened: no limits, PIN, standing or balance check.
-    core.apply_offline(record, amount, school.days.day_of(at_ms))
+    # It already happened: no limits, PIN, standing or balance check, but a closed account
+    # takes no money: the tap is kept for the operator to collect by hand.
+    code = core.apply_offline(record, amount, school.days.day_of(at_ms),
+                              school.days.day_of(now_ms))
+    if code:
+        ledger.keep_closed_account_tap(credential, record_id, account_id, card_id, amount, at_ms)
+        ledger.emit(ClosedAccountTap(school.code))
+        return _result(record_id, code)
     ledger.save_account(account_id, record)
     balance, _ = _money(record)
     flag = None

@@ -109,7 +109,12 @@ def reverse(ledger, credential, values):
             account = ledger.account(account_id)
             school = ledger.school(account)
             amount = -record["amount"]
-            core.unspend(account, amount, school.days.day_of(record["at"]))
+            code = core.unspend(account, amount, school.days.day_of(record["at"]))
+            if code:
+                # Closed since: it takes no money back, for good, so a retry replays this.
+                reply = _decline("reverse", code)
+                ledger.save_first_reversal(credential.who, target, reply)
+                return reply
             ledger.save_account(account_id, account)
             balance, _ = _money(account)
             txn = ledger.append_journal("reverse", account_id, school.code, amount, balance,

@@ -8,7 +8,8 @@ and checks the sums and what they mean:
   `balance` the running sum), and no journal record names an account that does not exist;
 - each account's held amount equals its open holds; every hold's account exists; the
   expiry index lists exactly the open holds;
-- a closed account is empty: no balance and nothing held;
+- a closed account is empty (no balance, nothing held), stays closed, and has no journal
+  record after the `close_account` or `refund` that closed it;
 - cards: each card's account exists; its state is the one its last journal record gave it
   (`issue_card`, `lost`, `found`, `replace_card`); its school's blacklist lists it exactly
   when the switch's rule says it should be (lost or blocked, or its account frozen as
@@ -104,12 +105,24 @@ def audit(data_dir: str) -> AuditReport:
 def journal_records(data_dir: str):
     """Every journal record of a data dir, in txn order, read from one snapshot without a
     lock (beside a live switch, or after it stopped)."""
+    yield from _snapshot_values(data_dir, b"journal")
+
+
+def closed_account_taps(data_dir: str):
+    """The offline taps refused `account_closed`, oldest upload first (same snapshot rules)."""
+    yield from _snapshot_values(data_dir, b"closed_account_taps")
+
+
+def _snapshot_values(data_dir: str, db_name: bytes):
     env = lmdb.open(os.path.join(data_dir, STORE_DIR), readonly=True, lock=True, max_dbs=32,
                     subdir=True)
     try:
-        journal = env.open_db(b"journal", create=False)
+        try:
+            db = env.open_db(db_name, create=False)
+        except lmdb.NotFoundError:  # a data dir from before this table: nothing kept yet
+            return
         with env.begin() as txn:
-            for _, value in txn.cursor(db=journal):
+            for _, value in txn.cursor(db=db):
                 yield msgpack.unpackb(value, raw=False)
     finally:
         env.close()
@@ -124,21 +137,26 @@ def _unpack(value):
     return msgpack.unpackb(value, raw=False)
 
 
+# Journal kinds after which an account is closed for good.
+CLOSING_KINDS = frozenset({"close_account", "refund"})
+
+
 def _check(txn, dbs, report: AuditReport) -> None:
-    sums, card_history, offline = _check_journal(txn, dbs, report)
+    sums, card_history, offline, closed_by = _check_journal(txn, dbs, report)
     accounts = {key.decode(): bytes(value) for key, value in _items(txn, dbs["accounts"])}
     held = _check_holds(txn, dbs, report, accounts)
-    _check_accounts(report, accounts, sums, held)
+    _check_accounts(report, accounts, sums, held, closed_by)
     cards = _check_cards(txn, dbs, report, accounts, card_history)
     _check_offline(report, offline, cards, card_history)
 
 
 def _check_journal(txn, dbs, report: AuditReport):
-    """(journal sum per account, card -> [(txn, state, at)], offline records) after checking
-    txn numbering and running balances."""
+    """(journal sum per account, card -> [(txn, state, at)], offline records, account -> the
+    txn that closed it) after checking txn numbering and running balances."""
     sums: dict[str, int] = {}
     card_history: dict[str, list] = {}
     offline = []
+    closed_by: dict[str, int] = {}   # account -> the txn that closed it
     expected_txn = 1
     for key, value in _items(txn, dbs["journal"]):
         number = int.from_bytes(key, "big")
@@ -158,6 +176,11 @@ def _check_journal(txn, dbs, report: AuditReport):
         if record.get("txn") != number:
             report.problems.append(f"txn {number}: record says txn {record.get('txn')}")
         account = record["account"]
+        if account in closed_by:
+            report.problems.append(f"txn {number}: {record.get('kind')} on account {account} "
+                                   f"after it was closed at txn {closed_by[account]}")
+        elif record.get("kind") in CLOSING_KINDS:
+            closed_by[account] = number
         running = sums.get(account, 0) + record["amount"]
         sums[account] = running
         if record["balance"] != running:
@@ -170,7 +193,7 @@ def _check_journal(txn, dbs, report: AuditReport):
             offline.append(record)
         expected_txn += 1
         report.records += 1
-    return sums, card_history, offline
+    return sums, card_history, offline, closed_by
 
 
 _RECORD_FIELDS = (("account", str), ("amount", int), ("balance", int), ("kind", str),
@@ -204,7 +227,8 @@ def _check_holds(txn, dbs, report: AuditReport, accounts: dict) -> dict[str, int
     return held
 
 
-def _check_accounts(report: AuditReport, accounts: dict, sums: dict, held: dict) -> None:
+def _check_accounts(report: AuditReport, accounts: dict, sums: dict, held: dict,
+                    closed_by: dict) -> None:
     for account, value in accounts.items():
         balance, held_fen = layout.get(value, layout.BALANCE), layout.get(value, layout.HELD)
         report.accounts += 1
@@ -216,9 +240,14 @@ def _check_accounts(report: AuditReport, accounts: dict, sums: dict, held: dict)
         if held_fen != held.get(account, 0):
             report.problems.append(f"account {account}: held {held_fen} "
                                    f"but open holds sum to {held.get(account, 0)}")
-        if layout.get(value, layout.STATUS) == layout.STATUS_CLOSED and (balance or held_fen):
+        closed = layout.get(value, layout.STATUS) == layout.STATUS_CLOSED
+        if closed and (balance != 0 or layout.get(value, layout.HELD) != 0):
             report.problems.append(f"account {account}: closed but holds balance {balance}, "
-                                   f"held {held_fen}")
+                                   f"held {layout.get(value, layout.HELD)}")
+        if account in closed_by and not closed:
+            report.problems.append(f"account {account}: status "
+                                   f"{layout.STATUS_NAMES[layout.get(value, layout.STATUS)]} "
+                                   f"after it was closed at txn {closed_by[account]}")
     for account in sums:
         report.problems.append(f"journal names account {account} that does not exist")
 

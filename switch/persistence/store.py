@@ -23,7 +23,8 @@ DATABASES = {
     "meta": "settings of the data dir (schema_version, secrets, positions)",
     "accounts": "account id -> fixed-layout account record (core/layout.py)",
     "account_info": "account id -> msgpack {holder, opened_at, freeze_reason}",
-    "cards": "card id -> msgpack [account, state, changed_at_ms]",
+    "cards": "card id -> msgpack [account, state, changed_at_ms] (a replaced card that was "
+             "lost keeps the time it was lost)",
     "account_cards": "account id + NUL + card id -> empty",
     "credentials": "credential id -> msgpack {key (sealed), role, school, kind, merchant, revoked}",
     "journal": "txn (8 bytes big-endian) -> msgpack record",
@@ -39,6 +40,8 @@ DATABASES = {
     "holds": "hold id -> msgpack {account, amount, state, expires, who, txn}",
     "hold_expiry": "expires ms (8 bytes BE) + hold id -> empty, open holds only",
     "settlement": "credential id + NUL + YYYY-MM-DD -> struct <qq (count, total fen)",
+    "closed_account_taps": "received at ms (8 bytes BE) + credential id + NUL + msgpack(id) "
+                           "-> msgpack {account, school, card, amount, at, who, merchant, id}",
 }
 
 DELETED = None  # overlay value meaning "deleted in a batch not yet committed"

@@ -127,6 +127,9 @@ class Metrics:
                                        ["school"], registry=registry)
         self.cutoffs = Counter("switch_power_cutoffs", "Dorm rooms whose power was cut off",
                                ["school"], registry=registry)
+        self.closed_account_taps = Counter(
+            "switch_offline_closed_account_taps", "Offline taps refused account_closed and "
+            "kept for the operator to collect by hand", ["school"], registry=registry)
         self.failures = Counter("switch_failures",
                                 "Faults of the switch contained to where they happened (request, "
                                 "connection, delivery, effect, commit, task), each logged",

@@ -15,7 +15,8 @@ from switch.codec.framing import FrameTooLarge
 from switch.codec.session import OPEN
 from switch.ledger import dispatch, housekeeping
 from switch.ledger.dispatch import failures
-from switch.ledger.effects import BlacklistPush, JournalAdvanced, PowerCutoff, Revocation
+from switch.ledger.effects import (BlacklistPush, ClosedAccountTap, JournalAdvanced, PowerCutoff,
+                                   Revocation)
 from switch.logline import bounded
 from switch.shell.budget import RequestBudget
 from switch.shell.committer import Committer
@@ -535,6 +536,8 @@ class Server:
             self._push_blacklist(effect.school, effect.message)
         elif type(effect) is PowerCutoff:
             self._cutoff(effect.school, effect.account, effect.balance)
+        elif type(effect) is ClosedAccountTap:
+            self.metrics.closed_account_taps.labels(effect.school).inc()
         else:
             raise AssertionError(f"unknown effect {effect!r}")
 

@@ -10,6 +10,12 @@ import pytest
 from switch import limits
 from switch.cli.admin import (UsageError, fen_to_yuan, import_requests, read_import_rows,
                               yuan_to_fen)
+from switch.cli.datadir import open_data_dir
+from switch.cli.main import main
+from switch.clock import FakeClock
+from switch.config import default_config
+from switch.ledger import Ledger
+from switch.ledger.state import Credential
 from tests.cli.helpers import admin, one_line_error
 
 
@@ -90,6 +96,48 @@ def test_lost_card_from_the_cli(running_switch):
     assert refused.returncode == 3
     assert refused.stdout == "card_unknown: the switch knows no card FFFFFFFF; check the " \
                              "number printed on the card\n"
+
+
+def test_refund_at_graduation_from_the_cli(running_switch):
+    connect, data = running_switch
+    assert admin(connect, data, "open-account", "WH20190001", "--school", "WH",
+                 "--id-last6", "123456").returncode == 0
+    assert admin(connect, data, "credit", "WH20190001", "37.05").returncode == 0
+    refunded = admin(connect, data, "--id", "grad-0001", "refund", "WH20190001")
+    assert refunded.returncode == 0
+    assert "paid out 37.05 yuan, account closed" in refunded.stdout
+    assert "balance 0.00 yuan" in refunded.stdout
+    account = admin(connect, data, "account", "WH20190001")
+    assert "status closed" in account.stdout and "balance 0.00 yuan" in account.stdout
+    again = admin(connect, data, "refund", "WH20190001")
+    assert again.returncode == 3 and "refused: account_closed" in again.stdout
+    taps = subprocess.run([sys.executable, "-m", "switch", "closed-taps", "--data", str(data)],
+                          capture_output=True, text=True, timeout=120)
+    assert taps.returncode == 0 and "0 taps, 0.00 yuan to collect by hand" in taps.stdout
+
+
+def test_closed_taps_lists_what_to_collect_by_hand(tmp_path, capsys):
+    store = open_data_dir(str(tmp_path))
+    clock = FakeClock()
+    ledger = Ledger(store, default_config(), clock)
+    till = Credential(who="WH-POS-7", key=bytes(32), role="terminal", school="WH", kind="pos",
+                      merchant="canteen-1")
+    tapped_at = clock.now_ms() - 60_000
+    ledger.keep_closed_account_tap(till, "t-1", "WH20190001", "04A1B2C3D4", 1_250, tapped_at)
+    clock.ms += 1_000  # listed in the order they were uploaded
+    ledger.keep_closed_account_tap(till, 2, "WH20190001", "04A1B2C3D4", 5, tapped_at)
+    store.commit_now()
+    store.close()
+    assert main(["closed-taps", "--data", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    assert "WH20190001" in lines[1] and "12.50" in lines[1] and "WH-POS-7  t-1" in lines[1]
+    assert lines[-1] == "2 taps, 12.55 yuan to collect by hand"
+
+
+def test_closed_taps_of_no_data_dir_is_an_operator_error(tmp_path, capsys):
+    assert main(["closed-taps", "--data", str(tmp_path / "none")]) == 2
+    assert "not a switch data dir" in capsys.readouterr().err
 
 
 def test_terminal_keys_and_revocation(running_switch, tmp_path):

@@ -1082,6 +1082,20 @@ async def test_close_account_not_empty(ctx):
     await assert_declined(ctx, term, acct, "account_closed", card=card, amount=1)
 
 
+async def test_refund_pays_out_and_closes(ctx):
+    """§4.14-4.15 `refund` (离校退款): the whole balance paid out, a `refund` record, closed."""
+    term, acct, card = await setup_debit(ctx, balance=1_234)
+    r = await ctx.ok(ctx.adm, "refund", account=acct, id=uid())
+    assert type(r["txn"]) is int and r["amount"] == 1_234 and r["balance"] == 0, r
+    account = await ctx.account(acct)
+    assert account["status"] == "closed" and account["balance"] == 0
+    await assert_declined(ctx, term, acct, "account_closed", card=card, amount=1)
+    again = await ctx.adm.call("refund", account=acct, id=uid())
+    assert again["code"] == "account_closed", again
+    credit = await ctx.adm.call("credit", account=acct, amount=100, source="x", id=uid())
+    assert credit["code"] == "account_closed", credit
+
+
 async def test_debit_account_frozen(ctx):
     term, acct, card = await setup_debit(ctx)
     r = await ctx.ok(ctx.adm, "freeze", account=acct, reason="suspicious", id=uid())

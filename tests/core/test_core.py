@@ -74,7 +74,7 @@ def test_compiled_core_is_loaded():
                  "reset_pin", "credit", "unspend", "complete_hold", "release_hold",
                  "apply_offline", "apply_meter", "apply_restore", "freeze",
                  "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
-                 "enable_virtual_card"]:
+                 "enable_virtual_card", "refund"]:
         assert getattr(switch.core, name) is getattr(switch.core._authorize, name)
     assert pathlib.Path(switch.core._authorize.__file__).suffix == ".so"
 
@@ -516,7 +516,7 @@ def test_held_never_goes_negative(core):
 def test_unspend_same_day(core):
     account = make_account(10_000)
     assert authorize(core, account, 3_000) == codes.OK
-    assert core.unspend(account, 3_000, DAY) is None
+    assert core.unspend(account, 3_000, DAY) == codes.OK
     assert get(account, layout.BALANCE) == 10_000
     assert get(account, layout.SPENT_TODAY) == 0
 
@@ -537,30 +537,54 @@ def test_unspend_of_another_day_leaves_spending(core):
     assert (get(account, layout.SPENT_DAY), get(account, layout.SPENT_TODAY)) == (DAY + 1, 1_000)
 
 
+def test_unspend_on_a_closed_account_moves_nothing(core):
+    account = make_account(0, status=layout.STATUS_CLOSED)
+    assert_unchanged(lambda record: core.unspend(record, 3_000, DAY), account,
+                     codes.ACCOUNT_CLOSED)
+
+
 # --- Offline ---
 
 def test_offline_goes_past_the_balance(core):
     account = make_account(1_000, status=layout.STATUS_FROZEN)
     layout.put(account, layout.PIN_LOCKED, 1)
-    assert core.apply_offline(account, 5_000, DAY) is None
+    assert core.apply_offline(account, 5_000, DAY, DAY) == codes.OK
     assert get(account, layout.BALANCE) == -4_000
     assert (get(account, layout.SPENT_DAY), get(account, layout.SPENT_TODAY)) == (DAY, 5_000)
 
 
 def test_offline_spending_by_day(core):
     account = make_account(100_000, spent_today=700, spent_day=DAY)
-    core.apply_offline(account, 100, DAY)            # today: added
+    core.apply_offline(account, 100, DAY, DAY)           # today: added
     assert (get(account, layout.SPENT_DAY), get(account, layout.SPENT_TODAY)) == (DAY, 800)
-    core.apply_offline(account, 200, DAY - 3)        # an old day: not counted
+    core.apply_offline(account, 200, DAY - 3, DAY)       # an old day: not counted
     assert (get(account, layout.SPENT_DAY), get(account, layout.SPENT_TODAY)) == (DAY, 800)
-    core.apply_offline(account, 300, DAY + 1)        # a newer day: starts afresh
-    assert (get(account, layout.SPENT_DAY), get(account, layout.SPENT_TODAY)) == (DAY + 1, 300)
+    # Stamped into tomorrow by a clock running ahead: today's total stays as it is.
+    core.apply_offline(account, 300, DAY + 1, DAY)
+    assert (get(account, layout.SPENT_DAY), get(account, layout.SPENT_TODAY)) == (DAY, 800)
     assert get(account, layout.BALANCE) == 100_000 - 600
+    # Tomorrow's own allowance starts at 0: the early tap was not kept for it either.
+    core.apply_offline(account, 400, DAY + 1, DAY + 1)
+    assert (get(account, layout.SPENT_DAY), get(account, layout.SPENT_TODAY)) == (DAY + 1, 400)
+
+
+def test_offline_of_a_past_day_counts_to_no_open_allowance(core):
+    account = make_account(100_000, spent_today=700, spent_day=DAY - 5)
+    core.apply_offline(account, 200, DAY - 1, DAY)  # yesterday's tap, spending last counted earlier
+    assert (get(account, layout.SPENT_DAY), get(account, layout.SPENT_TODAY)) == (DAY - 5, 700)
+    assert authorize(core, account, 1_000, day=DAY) == codes.OK  # today starts from 0
+    assert (get(account, layout.SPENT_DAY), get(account, layout.SPENT_TODAY)) == (DAY, 1_000)
+
+
+def test_offline_on_a_closed_account_applies_nothing(core):
+    account = make_account(0, status=layout.STATUS_CLOSED)
+    assert_unchanged(lambda record: core.apply_offline(record, 500, DAY, DAY), account,
+                     codes.ACCOUNT_CLOSED)
 
 
 def test_offline_ignores_limits(core):
     account = make_account(0, spent_today=DAILY, spent_day=DAY)
-    core.apply_offline(account, DAILY, DAY)
+    core.apply_offline(account, DAILY, DAY, DAY)
     assert get(account, layout.SPENT_TODAY) == 2 * DAILY
     assert get(account, layout.BALANCE) == -DAILY
 
@@ -573,25 +597,31 @@ def test_meter_cutoff_and_restore_cross_once(core):
     assert core.credit(account, 100) == codes.OK
     assert core.apply_restore(account) is True         # its first recharge turns it on
     assert core.apply_restore(account) is False
-    assert core.apply_meter(account, 60) is False
-    assert core.apply_meter(account, 40) is True       # exactly 0 cuts
+    assert core.apply_meter(account, 60) == (codes.OK, False)
+    assert core.apply_meter(account, 40) == (codes.OK, True)    # exactly 0 cuts
     assert get(account, layout.POWER_ON) == 0
-    assert core.apply_meter(account, 10) is False      # already off: no second cutoff
+    assert core.apply_meter(account, 10) == (codes.OK, False)   # already off: no second cutoff
     assert get(account, layout.BALANCE) == -10
     assert core.credit(account, 10) == codes.OK
     assert core.apply_restore(account) is False        # 0 is not above 0
     assert core.credit(account, 1) == codes.OK
     assert core.apply_restore(account) is True
     assert get(account, layout.POWER_ON) == 1
-    assert core.apply_meter(account, 5) is True        # below 0 in one step
+    assert core.apply_meter(account, 5) == (codes.OK, True)     # below 0 in one step
     assert get(account, layout.BALANCE) == -4
 
 
 def test_meter_applies_when_frozen(core):
     account = make_account(50, kind=layout.KIND_UTILITY, power_on=1,
                            status=layout.STATUS_FROZEN)
-    assert core.apply_meter(account, 20) is False
+    assert core.apply_meter(account, 20) == (codes.OK, False)
     assert get(account, layout.BALANCE) == 30
+
+
+def test_meter_on_a_closed_room_takes_nothing(core):
+    account = make_account(0, kind=layout.KIND_UTILITY, status=layout.STATUS_CLOSED)
+    assert_unchanged(lambda record: core.apply_meter(record, 20), account,
+                     (codes.ACCOUNT_CLOSED, False))
 
 
 # --- Credit ---
@@ -627,6 +657,29 @@ def test_credit_to_a_negative_balance(core):
     assert get(account, layout.BALANCE) == -500
 
 
+def test_credit_to_a_closed_account_is_refused(core):
+    assert_unchanged(lambda record: core.credit(record, 100),
+                     make_account(0, status=layout.STATUS_CLOSED), codes.ACCOUNT_CLOSED)
+    # The amount is checked first (docs/PROTOCOL.md §4.15).
+    assert_unchanged(lambda record: core.credit(record, 0),
+                     make_account(0, status=layout.STATUS_CLOSED), codes.BAD_AMOUNT)
+
+
+def test_credit_paying_back_an_overdraw_ends_only_the_overdrawn_freeze(core):
+    account = make_account(-700, status=layout.STATUS_FROZEN)
+    layout.put(account, layout.FREEZE_REASON, layout.FREEZE_OVERDRAWN | layout.FREEZE_OPERATOR)
+    assert core.credit(account, 699) == codes.OK   # still below zero: both stay
+    assert get(account, layout.FREEZE_REASON) == layout.FREEZE_OVERDRAWN | layout.FREEZE_OPERATOR
+    assert core.credit(account, 1) == codes.OK     # back at 0: the overdraw is paid
+    assert get(account, layout.FREEZE_REASON) == layout.FREEZE_OPERATOR
+    assert get(account, layout.STATUS) == layout.STATUS_FROZEN  # the operator's stays
+    overdrawn_only = make_account(-10, status=layout.STATUS_FROZEN)
+    layout.put(overdrawn_only, layout.FREEZE_REASON, layout.FREEZE_OVERDRAWN)
+    assert core.credit(overdrawn_only, 10) == codes.OK
+    assert get(overdrawn_only, layout.STATUS) == layout.STATUS_ACTIVE
+    assert get(overdrawn_only, layout.FREEZE_REASON) == layout.FREEZE_NONE
+
+
 # --- Invariants ---
 
 @pytest.mark.parametrize("record", [
@@ -647,7 +700,7 @@ def test_balance_floor_is_asserted(core):
     with pytest.raises(AssertionError):
         core.apply_meter(account, 6)
     with pytest.raises(AssertionError):
-        core.apply_offline(account, 2**63 - 1, DAY)
+        core.apply_offline(account, 2**63 - 1, DAY, DAY)
     assert get(account, layout.BALANCE) == -limits.balance_fen_max + 5
 
 
@@ -694,26 +747,37 @@ def test_freeze_by_the_card_office(core):
     assert_unchanged(core.freeze, account, codes.OK)  # already frozen: nothing changes
 
 
-def test_freeze_keeps_an_overdrawn_freeze_and_refuses_a_closed_account(core):
+def test_freeze_adds_to_an_overdrawn_freeze_and_refuses_a_closed_account(core):
     overdrawn = make_account(-1, status=layout.STATUS_FROZEN)
     layout.put(overdrawn, layout.FREEZE_REASON, layout.FREEZE_OVERDRAWN)
+    assert core.freeze(overdrawn) == codes.OK
+    assert get(overdrawn, layout.FREEZE_REASON) == layout.FREEZE_OVERDRAWN | layout.FREEZE_OPERATOR
     assert_unchanged(core.freeze, overdrawn, codes.OK)
     assert_unchanged(core.freeze, make_account(0, status=layout.STATUS_CLOSED),
                      codes.ACCOUNT_CLOSED)
 
 
-@pytest.mark.parametrize("status", [layout.STATUS_ACTIVE, layout.STATUS_FROZEN,
-                                    layout.STATUS_CLOSED])
-def test_freeze_overdrawn_below_zero_whatever_the_standing(core, status):
+@pytest.mark.parametrize("status", [layout.STATUS_ACTIVE, layout.STATUS_FROZEN])
+def test_freeze_overdrawn_below_zero(core, status):
     account = make_account(0, status=status)
+    if status == layout.STATUS_FROZEN:
+        layout.put(account, layout.FREEZE_REASON, layout.FREEZE_OPERATOR)
     assert core.freeze_overdrawn(account) is False  # 0 is not below zero
     layout.put(account, layout.BALANCE, -1)
     assert core.freeze_overdrawn(account) is True
     assert get(account, layout.STATUS) == layout.STATUS_FROZEN
-    assert get(account, layout.FREEZE_REASON) == layout.FREEZE_OVERDRAWN
+    # An operator's freeze is kept beside the overdrawn one, not overwritten.
+    assert get(account, layout.FREEZE_REASON) & layout.FREEZE_OVERDRAWN
+    assert bool(get(account, layout.FREEZE_REASON) & layout.FREEZE_OPERATOR) == (
+        status == layout.STATUS_FROZEN)
     before = bytes(account)
     assert core.freeze_overdrawn(account) is False  # once: its cards are listed once
     assert bytes(account) == before
+
+
+def test_freeze_overdrawn_never_reopens_a_closed_account(core):
+    account = make_account(-1, status=layout.STATUS_CLOSED)
+    assert_unchanged(lambda record: core.freeze_overdrawn(record), account, False)
 
 
 def test_unfreeze(core):
@@ -724,7 +788,18 @@ def test_unfreeze(core):
         assert get(account, layout.STATUS) == layout.STATUS_ACTIVE
         assert get(account, layout.FREEZE_REASON) == layout.FREEZE_NONE
     assert_unchanged(core.unfreeze, make_account(10), codes.OK)
-    assert_unchanged(core.unfreeze, make_account(0, status=layout.STATUS_CLOSED), codes.OK)
+    assert_unchanged(core.unfreeze, make_account(0, status=layout.STATUS_CLOSED),
+                     codes.ACCOUNT_CLOSED)
+
+
+def test_unfreeze_lifts_the_operators_freeze_and_keeps_the_overdraw(core):
+    account = make_account(-5, status=layout.STATUS_FROZEN)
+    layout.put(account, layout.FREEZE_REASON, layout.FREEZE_OVERDRAWN | layout.FREEZE_OPERATOR)
+    assert core.unfreeze(account) == codes.OK
+    assert get(account, layout.FREEZE_REASON) == layout.FREEZE_OVERDRAWN
+    assert get(account, layout.STATUS) == layout.STATUS_FROZEN
+    assert core.unfreeze(account) == codes.OK  # the overdrawn freeze, when it stands alone
+    assert get(account, layout.STATUS) == layout.STATUS_ACTIVE
 
 
 def test_unlock_clears_lock_and_count(core):
@@ -738,6 +813,8 @@ def test_unlock_clears_lock_and_count(core):
     core.verify_pin(account, WRONG_PIN)
     assert core.unlock(account) == codes.OK and get(account, layout.PIN_FAILURES) == 0
     assert_unchanged(core.unlock, account, codes.OK)  # nothing to clear: nothing changes
+    layout.put(account, layout.STATUS, layout.STATUS_CLOSED)
+    assert_unchanged(core.unlock, account, codes.ACCOUNT_CLOSED)
 
 
 @pytest.mark.parametrize("balance, held", [(1, 0), (-1, 0), (5, 5), (0, 1)])
@@ -802,3 +879,18 @@ def test_enable_virtual_card(core):
     assert get(account, layout.QR_ENABLED) == 1
     assert_unchanged(core.enable_virtual_card, make_account(0, status=layout.STATUS_CLOSED),
                      codes.ACCOUNT_CLOSED)
+
+
+@pytest.mark.parametrize("balance", [0, 1, 12_345])
+def test_refund_pays_everything_out_and_closes(core, balance):
+    account = make_account(balance, status=layout.STATUS_FROZEN)  # a frozen one too
+    assert core.refund(account) == codes.OK
+    assert get(account, layout.BALANCE) == 0
+    assert get(account, layout.STATUS) == layout.STATUS_CLOSED
+    assert_unchanged(core.refund, account, codes.ACCOUNT_CLOSED)
+
+
+@pytest.mark.parametrize("balance, held, expected", [
+    (500, 1, codes.NOT_EMPTY), (500, 500, codes.NOT_EMPTY), (-1, 0, codes.INSUFFICIENT_FUNDS)])
+def test_refund_refuses_holds_and_debts(core, balance, held, expected):
+    assert_unchanged(core.refund, make_account(balance, held=held), expected)

@@ -4,8 +4,10 @@ Two copies of one starting record, one per implementation, go through the same
 operations; every step must give the same result (or the same exception) and
 leave byte-identical records. The state machine also keeps its own money
 ledger, so the balance must equal what the returned codes say moved, and its
-own model of the account's standing (status and freeze reason), which every
-freeze, unfreeze, close and overdrawn freeze must follow.
+own model of the account's standing (status and the freeze bits), which every
+freeze, unfreeze, close, refund and overdrawn freeze must follow: closed is for good
+and a closed account's money never moves, and a tap of another day never changes
+what today's daily limit sees.
 """
 
 from hypothesis import HealthCheck, event, given, settings
@@ -97,6 +99,20 @@ class CoreMachine(RuleBasedStateMachine):
         self.reversible_debits = []  # (amount, day)
         # The standing as the rules say it must be; the records must match it.
         self.status, self.freeze_reason = layout.STATUS_ACTIVE, layout.FREEZE_NONE
+        self.refunded = 0
+        self.closed_balance = None  # the balance the account was closed with
+
+    def closed(self):
+        return self.status == layout.STATUS_CLOSED
+
+    def set_reason(self, reason):
+        """The rule the model holds the cores to: frozen while any freeze bit is set."""
+        self.freeze_reason = reason
+        self.status = layout.STATUS_FROZEN if reason else layout.STATUS_ACTIVE
+
+    def spent_seen_today(self):
+        """What the daily limit of `self.day` counts as already spent (§4.7)."""
+        return self.field("SPENT_TODAY") if self.field("SPENT_DAY") >= self.day else 0
 
     def field(self, name):
         return layout.get(self.accounts[0], getattr(layout, name))
@@ -176,7 +192,11 @@ class CoreMachine(RuleBasedStateMachine):
         if debit is None:
             return
         amount, day = debit
-        assert run_both(self.accounts, "unspend", amount, day) == ("returned", type(None), None)
+        result = run_both(self.accounts, "unspend", amount, day)
+        if self.closed():
+            assert result == ("returned", int, codes.ACCOUNT_CLOSED)
+            return
+        assert result == ("returned", int, codes.OK)
         self.unspent += amount
 
     def complete_hold(self, choice, fraction):
@@ -203,32 +223,48 @@ class CoreMachine(RuleBasedStateMachine):
         assert self.accounts[0] == before
 
     def apply_offline(self, amount, day_offset):
-        assert run_both(self.accounts, "apply_offline", amount, self.day + day_offset) == \
-            ("returned", type(None), None)
+        spent_before = self.spent_seen_today()
+        counts_today = day_offset == 0 and self.field("SPENT_DAY") <= self.day
+        result = run_both(self.accounts, "apply_offline", amount, self.day + day_offset,
+                          self.day)
+        if self.closed():
+            assert result == ("returned", int, codes.ACCOUNT_CLOSED)
+            return
+        assert result == ("returned", int, codes.OK)
         self.offline += amount
+        # Another day's tap neither resets nor borrows from today's allowance.
+        assert self.spent_seen_today() == spent_before + (amount if counts_today else 0)
 
     def apply_meter(self, amount):
         power_was_on = self.field("POWER_ON") == 1
         result = run_both(self.accounts, "apply_meter", amount)
-        assert result[:2] == ("returned", bool)
-        assert result[2] == (power_was_on and self.field("BALANCE") <= 0)
+        if self.closed():
+            assert result == ("returned", tuple, (codes.ACCOUNT_CLOSED, False))
+            return
+        assert result[:2] == ("returned", tuple)
+        assert result[2] == (codes.OK, power_was_on and self.field("BALANCE") <= 0)
         self.metered += amount
 
     def apply_restore(self):
         power_was_off = self.field("POWER_ON") == 0
         result = run_both(self.accounts, "apply_restore")
         assert result[:2] == ("returned", bool)
-        assert result[2] == (power_was_off and self.field("BALANCE") > 0)
+        assert result[2] == (not self.closed() and power_was_off and self.field("BALANCE") > 0)
 
     # --- Service and admin requests ---
 
     def credit(self, amount):
         balance = self.field("BALANCE")
         result = run_both(self.accounts, "credit", amount)
+        if amount >= 1 and self.closed():
+            assert result == ("returned", int, codes.ACCOUNT_CLOSED)
+            return
         ok = amount >= 1 and balance + amount <= limits.balance_fen_max
         assert result == ("returned", int, codes.OK if ok else codes.BAD_AMOUNT)
         if ok:
             self.credited += amount
+            if balance + amount >= 0 and self.freeze_reason & layout.FREEZE_OVERDRAWN:
+                self.set_reason(self.freeze_reason & ~layout.FREEZE_OVERDRAWN)
 
     def verify_pin(self, right, other_pin):
         locked = self.field("PIN_LOCKED") == 1
@@ -269,8 +305,11 @@ class CoreMachine(RuleBasedStateMachine):
 
     def force_status(self, status):
         """Write the status directly, to reach standings the rules reach only by long ways."""
+        if status == layout.STATUS_CLOSED and self.open_holds:
+            return  # no way closes an account with money held (close, refund: not_empty)
         self.put_both("STATUS", status)
         self.status = status
+        self.closed_balance = self.field("BALANCE") if self.closed() else None
 
     def force_limits(self, per_tx, daily, no_pin):
         """Write limits directly, out of order too (the school's defaults may change)."""
@@ -291,31 +330,40 @@ class CoreMachine(RuleBasedStateMachine):
 
     def freeze(self):
         result, before = self.change_standing("freeze")
-        if self.status == layout.STATUS_CLOSED:
+        if self.closed():
             assert result == ("returned", int, codes.ACCOUNT_CLOSED)
             assert self.accounts[0] == before
-        elif self.status == layout.STATUS_FROZEN:  # an overdrawn freeze keeps its reason
+        elif (self.status == layout.STATUS_FROZEN
+              and self.freeze_reason & layout.FREEZE_OPERATOR):
             assert result == ("returned", int, codes.OK)
             assert self.accounts[0] == before
-        else:
+        else:  # an overdrawn freeze keeps its bit beside the operator's
             assert result == ("returned", int, codes.OK)
-            self.status, self.freeze_reason = layout.STATUS_FROZEN, layout.FREEZE_OPERATOR
+            self.set_reason(self.freeze_reason | layout.FREEZE_OPERATOR)
 
     def freeze_overdrawn(self):
-        # Closed ones too (docs/PROTOCOL.md §4.10): the one way out of closed.
-        freezes = self.field("BALANCE") < 0 and self.freeze_reason != layout.FREEZE_OVERDRAWN
+        freezes = (not self.closed() and self.field("BALANCE") < 0
+                   and not self.freeze_reason & layout.FREEZE_OVERDRAWN)
         result, before = self.change_standing("freeze_overdrawn")
         assert result == ("returned", bool, freezes)
-        if freezes:
-            self.status, self.freeze_reason = layout.STATUS_FROZEN, layout.FREEZE_OVERDRAWN
+        if freezes:  # an operator's freeze keeps its bit beside the overdrawn one
+            self.set_reason(self.freeze_reason | layout.FREEZE_OVERDRAWN)
         else:
             assert self.accounts[0] == before
 
     def unfreeze(self):
         result, before = self.change_standing("unfreeze")
+        if self.closed():
+            assert result == ("returned", int, codes.ACCOUNT_CLOSED)
+            assert self.accounts[0] == before
+            return
         assert result == ("returned", int, codes.OK)
         if self.status == layout.STATUS_FROZEN:
-            self.status, self.freeze_reason = layout.STATUS_ACTIVE, layout.FREEZE_NONE
+            # The operator's freeze first; the overdrawn one only when it stands alone.
+            if self.freeze_reason & layout.FREEZE_OPERATOR:
+                self.set_reason(self.freeze_reason & ~layout.FREEZE_OPERATOR)
+            else:
+                self.set_reason(layout.FREEZE_NONE)
         else:
             assert self.accounts[0] == before
 
@@ -323,6 +371,10 @@ class CoreMachine(RuleBasedStateMachine):
         counters = ("PIN_LOCKED", "PIN_FAILURES", "ID_LOCKED", "ID_FAILURES")
         was_clear = all(self.field(name) == 0 for name in counters)
         result, before = self.change_standing("unlock")
+        if self.closed():
+            assert result == ("returned", int, codes.ACCOUNT_CLOSED)
+            assert self.accounts[0] == before
+            return
         assert result == ("returned", int, codes.OK)
         assert all(self.field(name) == 0 for name in counters)
         assert (self.accounts[0] == before) == was_clear
@@ -339,6 +391,27 @@ class CoreMachine(RuleBasedStateMachine):
         else:
             assert result == ("returned", int, codes.OK)
             self.status = layout.STATUS_CLOSED
+            self.closed_balance = 0
+
+    def refund(self):
+        balance, held = self.field("BALANCE"), self.field("HELD")
+        before = bytes(self.accounts[0])
+        result = run_both(self.accounts, "refund")
+        if self.closed():
+            expected = codes.ACCOUNT_CLOSED
+        elif held != 0:
+            expected = codes.NOT_EMPTY
+        elif balance < 0:
+            expected = codes.INSUFFICIENT_FUNDS
+        else:
+            expected = codes.OK
+        assert result == ("returned", int, expected)
+        if expected != codes.OK:
+            assert self.accounts[0] == before
+            return
+        self.refunded += balance
+        self.status = layout.STATUS_CLOSED
+        self.closed_balance = 0
 
     def edge_close(self):
         """Empty the account (holds released, balance brought to 0), then close it."""
@@ -394,7 +467,7 @@ class CoreMachine(RuleBasedStateMachine):
     @invariant()
     def money_is_conserved(self):
         expected = (self.start_balance + self.credited - self.debited - self.completed
-                    - self.offline - self.metered + self.unspent)
+                    - self.offline - self.metered + self.unspent - self.refunded)
         assert self.field("BALANCE") == expected
         assert self.field("HELD") == sum(self.open_holds)
 
@@ -402,6 +475,13 @@ class CoreMachine(RuleBasedStateMachine):
     def standing_follows_the_rules(self):
         assert self.field("STATUS") == self.status
         assert self.field("FREEZE_REASON") == self.freeze_reason
+
+    @invariant()
+    def closed_is_for_good(self):
+        """Once closed (by close or refund), no function moves the account's money."""
+        if self.closed_balance is not None:
+            assert self.field("STATUS") == layout.STATUS_CLOSED
+            assert self.field("BALANCE") == self.closed_balance
 
     @invariant()
     def counters_in_range(self):
@@ -457,6 +537,7 @@ WEIGHTED_OPERATIONS = [
     (1, op("unfreeze")),
     (1, op("close")),
     (1, op("edge_close")),
+    (1, op("refund")),
     (2, op("set_limits", requested_limits, requested_limits, requested_limits)),
     (1, op("enable_virtual_card")),
     (1, op("next_day", st.integers(1, 2))),
@@ -492,7 +573,7 @@ operations = st.one_of(
     st.tuples(st.just("unspend"), fen_amounts, any_days),
     st.tuples(st.just("complete_hold"), fen_amounts, fen_amounts, any_days),
     st.tuples(st.just("release_hold"), fen_amounts),
-    st.tuples(st.just("apply_offline"), fen_amounts, any_days),
+    st.tuples(st.just("apply_offline"), fen_amounts, any_days, any_days),
     st.tuples(st.just("apply_meter"), fen_amounts),
     st.tuples(st.just("apply_restore")),
     st.tuples(st.just("freeze")),
@@ -503,6 +584,7 @@ operations = st.one_of(
     st.tuples(st.just("set_limits"), *[st.one_of(st.none(), any_amounts)] * 3,
               *[fen_amounts] * 6),
     st.tuples(st.just("enable_virtual_card")),
+    st.tuples(st.just("refund")),
 )
 
 

@@ -114,6 +114,16 @@ async def test_billing_checks_every_field_before_applying(tmp_path, what, record
     assert good["upto"] == 1 and receiver.settlement_rows()[0][2:] == (1, 120)
 
 
+async def test_billing_takes_a_frame_with_a_refund_and_counts_only_the_tills(tmp_path):
+    """A refund (离校退款) is paid by the card office, not a till: the billing receiver,
+    sent every kind, acknowledges it and leaves it out of the settlement."""
+    receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    refund = money(2, "refund", amount=-880, balance=0, who="admin", merchant=None)
+    reply = await receiver.handle_records(frame([money(1), refund]))
+    assert reply == {"t": "records", "code": "ok", "upto": 2}
+    assert [row[2:] for row in receiver.settlement_rows()] == [(1, 120)]
+
+
 UTILITY_CASES = [
     ("a meter", [room(1)], True),
     ("a meter that gives money", [room(1, amount=30)], False),

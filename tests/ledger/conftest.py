@@ -26,7 +26,8 @@ from switch.cli.datadir import open_data_dir
 from switch.config.masterkey import default_path
 from switch.ledger import Ledger, dispatch, housekeeping
 from switch.ledger.dorm import expire_due_holds
-from switch.ledger.effects import BlacklistPush, JournalAdvanced, PowerCutoff, Revocation
+from switch.ledger.effects import (BlacklistPush, ClosedAccountTap, JournalAdvanced, PowerCutoff,
+                                   Revocation)
 from switch.ledger.payments import prune_used_qr
 from switch.ledger.qr import qr_code, qr_tag
 
@@ -71,6 +72,7 @@ class World:
         self.pushes: list[tuple[str, dict]] = []
         self.revoked: list[str] = []
         self.cutoffs: list[tuple[str, str, int]] = []
+        self.closed_account_taps: list[str] = []   # the school of each, as counted
         self._open_ledger()
 
     def _open_ledger(self) -> None:
@@ -187,6 +189,8 @@ class World:
                 self.revoked.append(effect.who)
             elif type(effect) is PowerCutoff:
                 self.cutoffs.append((effect.school, effect.account, effect.balance))
+            elif type(effect) is ClosedAccountTap:
+                self.closed_account_taps.append(effect.school)
             else:
                 assert type(effect) is JournalAdvanced, effect
 

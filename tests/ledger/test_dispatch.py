@@ -13,7 +13,8 @@ METER = {"meter"}
 SERVICE = {"credit", "account", "history", "lost", "found", "set_limits", "set_pin", "reset_pin",
            "verify_pin", "virtual_card"}
 ADMIN = SERVICE | {"open_account", "close_account", "issue_card", "replace_card", "freeze",
-                   "unfreeze", "unlock", "add_credential", "revoke_credential", "rotate_key"}
+                   "unfreeze", "unlock", "add_credential", "revoke_credential", "rotate_key",
+                   "refund"}
 MAY_SEND = {"pos": POS, "water": WATER, "meter": METER, "service": SERVICE,
             "wh_service": SERVICE, "admin": ADMIN}
 
@@ -45,6 +46,7 @@ REMEMBERED = {
     "open_account": ("admin", {"account": "WH20239999", "school": "WH", "kind": "person",
                                "id_last6": "111111"}, {"holder": "李四"}),
     "close_account": ("admin", {"account": STUDENT}, {"account": ROOM}),
+    "refund": ("admin", {"account": STUDENT}, {"account": ROOM}),
     "issue_card": ("admin", {"account": STUDENT, "card": "0A0A0A0A"}, {"card": "0B0B0B0B"}),
     "replace_card": ("admin", {"account": STUDENT, "old": CARD, "new": "0A0A0A0A"},
                      {"new": "0B0B0B0B"}),

@@ -46,6 +46,7 @@ FIELDS = {
                      {"account": "WH20239999", "school": "WH", "kind": "person",
                       "holder": "李四", "id_last6": "111111"}),
     "close_account": (("account",), (), "admin", {"account": STUDENT}),
+    "refund": (("account",), (), "admin", {"account": STUDENT}),
     "issue_card": (("account", "card"), (), "admin", {"account": STUDENT, "card": "0A0A0A0A"}),
     "replace_card": (("account", "old", "new"), (), "admin",
                      {"account": STUDENT, "old": CARD, "new": "0A0A0A0A"}),

@@ -59,16 +59,21 @@ def test_a_recharge_that_leaves_the_room_at_zero_or_below_restores_nothing(campu
     assert campus.journal(reply["txn"] + 1)["kind"] == "restore"
 
 
-@pytest.mark.parametrize("standing", ["freeze", "close"])
-def test_the_energy_was_used_so_frozen_and_closed_rooms_pay_too(campus, standing):
-    if standing == "close":
-        campus.send(campus.meter, "meter", account=ROOM, amount=BALANCE, what="water", id=0)
-        campus.ok(campus.admin, "close_account", account=ROOM)
-    else:
-        campus.ok(campus.admin, "freeze", account=ROOM)
+def test_the_energy_was_used_so_a_frozen_room_pays_too(campus):
+    campus.ok(campus.admin, "freeze", account=ROOM)
     balance = campus.balance(ROOM)
     reply = campus.send(campus.meter, "meter", account=ROOM, amount=10, what="electric", id=1)
     assert (reply["code"], reply["balance"]) == ("ok", balance - 10)
+
+
+def test_a_closed_room_is_never_metered_below_zero(campus):
+    campus.send(campus.meter, "meter", account=ROOM, amount=BALANCE, what="water", id=0)
+    campus.ok(campus.admin, "close_account", account=ROOM)
+    last = campus.last_txn
+    reply = campus.send(campus.meter, "meter", account=ROOM, amount=10, what="electric", id=1)
+    assert reply == {"t": "meter", "code": "account_closed"}
+    assert campus.balance(ROOM) == 0
+    assert campus.last_txn == last  # no meter, no cutoff record
 
 
 def test_meter_checks_come_in_their_order(campus):

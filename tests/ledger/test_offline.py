@@ -3,6 +3,7 @@ decided on its own in its order, the offline window, overdrawn accounts, `settle
 
 import pytest
 
+from switch.ledger.state import unpack
 from tests.ledger.conftest import BALANCE, CARD, CUIK_CARD, PIN, STUDENT, limits
 
 
@@ -63,14 +64,28 @@ def test_an_account_driven_below_zero_is_frozen_as_overdrawn_and_its_cards_liste
     assert not campus.blacklisted("WH", CARD)
 
 
-def test_a_closed_account_overdrawn_offline_is_frozen_as_overdrawn(campus):
+def test_a_tap_on_a_closed_account_applies_nothing_and_is_kept_for_the_operator(campus):
     campus.open_person("WH20230002", "0D0D0001")
     campus.ok(campus.admin, "close_account", account="WH20230002")
-    [result] = upload(campus, tap(campus, "x", 100, card="0D0D0001"))
-    assert (result["code"], result["balance"]) == ("ok", -100)
-    freeze = campus.journal(result["txn"] + 1)
-    assert (freeze["kind"], freeze["reason"]) == ("freeze", "overdrawn")
-    assert campus.blacklisted("WH", "0D0D0001")
+    last = campus.last_txn
+    record = tap(campus, "x", 100, card="0D0D0001")
+    [result] = upload(campus, record)
+    assert result == {"id": "x", "code": "account_closed"}
+    [again] = upload(campus, record)  # a retry replays it and is not kept twice
+    assert again["code"] == "account_closed" and again.get("replay") is True
+    account = campus.account("WH20230002")
+    assert (account["status"], account["balance"]) == ("closed", 0)
+    assert campus.last_txn == last
+    assert not campus.blacklisted("WH", "0D0D0001")
+    campus.commit()
+    assert campus.closed_account_taps == ["WH"]  # counted once, by school
+    [kept] = [unpack(value) for _, value in campus.store.committed_items("closed_account_taps")]
+    assert (kept["account"], kept["card"], kept["amount"], kept["at"], kept["id"]) == (
+        "WH20230002", "0D0D0001", 100, record["at"], "x")
+    assert kept["who"] == campus.pos.who
+    # An unfreeze cannot bring it back to life either.
+    assert campus.code(campus.admin, "unfreeze", account="WH20230002",
+                       id=campus.fresh_id()) == "account_closed"
 
 
 @pytest.mark.parametrize("count, code", [(0, "bad_request"), (1, "ok"),

@@ -42,13 +42,13 @@ CODES_BY_REQUEST = {
     "complete": {"ok", "bad_amount", "hold_unknown", "hold_expired", "hold_closed", "over_hold",
                  "reversed"} | _ID,
     "void": {"ok", "hold_unknown", "hold_expired", "hold_closed"} | _ID,
-    "reverse": {"ok", "reverse_window"} | _ID,
+    "reverse": {"ok", "reverse_window", "account_closed"} | _ID,
     "offline": {"ok", "bad_request", "not_permitted"},
     "balance": {"ok", "bad_request", "not_permitted", "card_unknown", "wrong_school",
                 "card_lost", "card_blocked"},
     "blacklist": {"ok", "bad_request", "not_permitted"},
     "settle": {"ok", "bad_request", "not_permitted"},
-    "meter": {"ok", "bad_amount"} | _ID | _ACCOUNT,
+    "meter": {"ok", "bad_amount", "account_closed"} | _ID | _ACCOUNT,
     "credit": {"ok", "bad_amount", "account_closed"} | _ID | _ACCOUNT,
     "account": {"ok", "bad_request", "not_permitted"} | _ACCOUNT,
     "history": {"ok", "bad_request", "not_permitted"} | _ACCOUNT,
@@ -67,15 +67,17 @@ CODES_BY_REQUEST = {
     "replace_card": {"ok", "unknown_account", "account_closed", "card_unknown", "card_blocked",
                      "exists"} | _ID,
     "freeze": {"ok", "unknown_account", "account_closed"} | _ID,
-    "unfreeze": {"ok", "unknown_account"} | _ID,
-    "unlock": {"ok", "unknown_account"} | _ID,
+    "unfreeze": {"ok", "unknown_account", "account_closed"} | _ID,
+    "unlock": {"ok", "unknown_account", "account_closed"} | _ID,
+    "refund": {"ok", "unknown_account", "account_closed", "not_empty",
+               "insufficient_funds"} | _ID,
     "add_credential": {"ok", "exists"} | _ID,
     "revoke_credential": {"ok"} | _ID,
     "rotate_key": {"ok"} | _ID,
 }
 # §4.10: the results of an offline upload's records.
 OFFLINE_RECORD_CODES = {"ok", "bad_request", "id_reuse", "bad_amount", "card_unknown",
-                        "wrong_school", "too_old"}
+                        "wrong_school", "too_old", "account_closed"}
 # A request that fails inside the switch, whatever its type (§4.3); a type that is no str.
 ANY_REQUEST = {("error", "bad_request"), ("error", "internal")} | {
     (t, "internal") for t in REQUEST_TYPES}

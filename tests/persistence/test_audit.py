@@ -14,18 +14,20 @@ from switch.persistence.store import STORE_DIR, txn_key
 from tests.ledger.conftest import BALANCE, CARD, STUDENT, World, populate
 
 
-def _books(tmp_path, balance=500, amounts=(1000, -500), gap=False):
+def _books(tmp_path, balance=500, amounts=(1000, -500), gap=False, kinds=None,
+           status=layout.STATUS_ACTIVE):
     store = open_data_dir(str(tmp_path))
     record = layout.new_account_record("WH", 0, 0, bytes(16), bytes(32), bytes(32))
     layout.put(record, layout.BALANCE, balance)
+    layout.put(record, layout.STATUS, status)
     store.put("accounts", b"WH1", record)
     running = 0
     for n, amount in enumerate(amounts, start=1):
         running += amount
         number = n + 1 if gap and n > 1 else n
         store.put("journal", txn_key(number), msgpack.packb(
-            {"txn": number, "at": 0, "kind": "x", "account": "WH1", "school": "WH",
-             "amount": amount, "balance": running}))
+            {"txn": number, "at": 0, "kind": kinds[n - 1] if kinds else "x", "account": "WH1",
+             "school": "WH", "amount": amount, "balance": running}))
     store.commit_now()
     store.close()
 
@@ -238,3 +240,28 @@ def test_a_malformed_journal_record_is_found_not_a_traceback(books, value):
     _lmdb_write(books, change)
     problems = _problems(books)
     assert any(problem.endswith("malformed record") for problem in problems), problems
+
+
+def test_a_refund_counts_in_the_journal_sum_and_closed_books_pass(tmp_path):
+    _books(tmp_path, balance=0, amounts=(1000, -300, -700),
+           kinds=("credit", "debit", "refund"), status=layout.STATUS_CLOSED)
+    report = audit(str(tmp_path))
+    assert report.sound, report.problems
+
+
+def test_a_closed_account_given_money_by_a_reversal_is_found(tmp_path):
+    # A reversal after closing (txn 3) put money back into a closed account.
+    _books(tmp_path, balance=300, amounts=(300, -300, 300),
+           kinds=("credit", "debit", "close_account"), status=layout.STATUS_CLOSED)
+    report = audit(str(tmp_path))
+    assert "account WH1: closed but holds balance 300, held 0" in report.problems
+
+
+def test_a_record_after_closing_and_a_closed_account_come_back_are_found(tmp_path):
+    # An offline overdraw after closing turned `closed` into `frozen`.
+    _books(tmp_path, balance=-100, amounts=(0, -100, 0),
+           kinds=("close_account", "offline", "freeze"), status=layout.STATUS_FROZEN)
+    report = audit(str(tmp_path))
+    assert "txn 2: offline on account WH1 after it was closed at txn 1" in report.problems
+    assert "txn 3: freeze on account WH1 after it was closed at txn 1" in report.problems
+    assert "account WH1: status frozen after it was closed at txn 1" in report.problems

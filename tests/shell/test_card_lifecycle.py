@@ -111,7 +111,6 @@ async def test_standing_already_so_is_ok_without_a_record(switch):
     await switch.person("WH1", "AAAA")
     admin = switch.admin
     till = await switch.terminal("WH-POS-1")
-    listener = await switch.terminal("WH-POS-2")
 
     async def change(request_type, expect_txn, code="ok"):
         reply = await admin.request({"t": request_type, "account": "WH1", "id": f"{request_type}"
@@ -125,19 +124,22 @@ async def test_standing_already_so_is_ok_without_a_record(switch):
     await change("close_account", True)  # a frozen account with nothing on it may close
     await change("close_account", False)
     await change("freeze", False, "account_closed")
-    await change("unfreeze", False)
+    await change("unfreeze", False, "account_closed")
+    await change("unlock", False, "account_closed")
     assert (await admin.request({"t": "virtual_card", "account": "WH1", "id": "v"}))["code"] \
         == "account_closed"
     history = await admin.request({"t": "history", "account": "WH1"})
     assert [item["kind"] for item in history["items"]] == [
         "close_account", "freeze", "issue_card", "open_account"]
-    # A tap made before the closing and uploaded after it: closed ones too are frozen as
-    # overdrawn, and the card goes on the blacklist (docs/PROTOCOL.md §4.10).
+    # A tap made before the closing and uploaded after it: nothing is applied, the closed
+    # account stays closed and empty, and the tap is counted for the operator (§4.10 rule 8).
     tap = {"id": "late", "card": "AAAA", "amount": 300, "at": switch.clock.now_ms() - 60_000}
-    await switch.ok(till, {"t": "offline", "records": [tap]})
-    assert (await _push(listener))["add"] == ["AAAA"]
+    reply = await switch.ok(till, {"t": "offline", "records": [tap]})
+    assert reply["results"] == [{"id": "late", "code": "account_closed"}]
     account = await admin.request({"t": "account", "account": "WH1"})
-    assert account["status"] == "frozen" and account["balance"] == -300
+    assert account["status"] == "closed" and account["balance"] == 0
+    taps = switch.server.metrics.closed_account_taps.labels("WH")._value.get()
+    assert taps == 1
 
 
 # ---------------------------------------------------------------- PINs and limits

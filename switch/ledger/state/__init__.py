@@ -319,6 +319,19 @@ class Ledger:
             self.store.put("meta", b"qr_floor_step", str(step).encode())
         return forgotten
 
+    # ----------------------------------------------------------- closed accounts
+    def keep_closed_account_tap(self, credential: Credential, record_id, account_id: str,
+                                card_id: str, amount: int, at_ms: int) -> None:
+        """Keep an offline tap refused `account_closed` for the operator: the meal was eaten,
+        its money is collected by hand (listed by `python -m switch closed-taps`)."""
+        received_ms = self.clock.now_ms()
+        key = (received_ms.to_bytes(8, "big") + credential.who.encode() + b"\0"
+               + _pack(record_id))
+        self.store.put("closed_account_taps", key, _pack({
+            "account": account_id, "school": credential.school, "card": card_id,
+            "amount": amount, "at": at_ms, "received_at": received_ms, "who": credential.who,
+            "merchant": credential.merchant, "id": record_id}))
+
     # ----------------------------------------------------------- reversals
     def first_reversal(self, who: str, target) -> dict | None:
         """The reply to the first reverse of `target` by `who`, or None."""

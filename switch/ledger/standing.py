@@ -1,0 +1,44 @@
+"""An account's standing as the blacklist and the journal see it: which cards are listed,
+and the journal record of a change of standing the core made (card office, offline
+uploads and recharges all write theirs through here)."""
+
+from switch.core import layout
+
+
+def overdrawn(record) -> bool:
+    """Frozen as overdrawn (one bit of FREEZE_REASON; an operator's freeze may stand beside)."""
+    return bool(layout.get(record, layout.FREEZE_REASON) & layout.FREEZE_OVERDRAWN)
+
+
+def should_be_listed(card_state: int, record) -> bool:
+    return card_state in (layout.CARD_LOST, layout.CARD_BLOCKED) or overdrawn(record)
+
+
+def standing_record(ledger, credential, kind, account_id, record, ref, **extra) -> int:
+    return ledger.append_journal(kind, account_id, layout.school_of(record), 0,
+                                 layout.get(record, layout.BALANCE), credential, ref, **extra)
+
+
+def _set_listing_for_account(ledger, account_id, record) -> None:
+    """After a change of the account's freeze reason, list or unlist its cards."""
+    school = layout.school_of(record)
+    add, remove = [], []
+    for card_id in ledger.cards_of(account_id):
+        listed = ledger.blacklist.contains(school, card_id)
+        wanted = should_be_listed(ledger.card(card_id)[1], record)
+        if wanted and not listed:
+            add.append(card_id)
+        elif listed and not wanted:
+            remove.append(card_id)
+    ledger.change_blacklist(school, add=add, remove=remove)
+
+
+def record_standing(ledger, credential, kind, account_id, record, *, was_overdrawn: bool, ref,
+                    **extra) -> int:
+    """Write a change of standing the core made, its journal record, and the cards' listing
+    when being frozen as overdrawn began or ended."""
+    ledger.save_account(account_id, record)
+    txn = standing_record(ledger, credential, kind, account_id, record, ref, **extra)
+    if was_overdrawn != overdrawn(record):
+        _set_listing_for_account(ledger, account_id, record)
+    return txn
