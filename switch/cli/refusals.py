@@ -80,6 +80,9 @@ SENTENCES = {
                                        "lacks --school/--kind",
     ("bad_request", "revoke_credential"): "no credential {who}, or it is the one signed on",
     ("bad_request", "history"): "--limit is above what the switch allows",
+    ("bad_request", "rotate_key"): "no credential {who}, or it is revoked",
+    ("insufficient_funds", "refund"): "account {account} is below zero; credit the debt back "
+                                      "first, then refund",
     ("wrong_school", "open_account"): "credential {signon} may not open accounts of "
                                       "school {school}",
 }
@@ -138,7 +141,7 @@ def sentence(code: str, request: dict | None = None, signon: str = "?",
     template = SENTENCES.get((code, kind)) or SENTENCES.get(code)
     if code == "not_empty" and "balance" not in facts:
         template = NOT_EMPTY_UNREAD
-    elif code == "not_empty" and account_reply.get("balance") == 0:
+    elif code == "not_empty" and (kind == "refund" or account_reply.get("balance") == 0):
         template = NOT_EMPTY_HELD
     if template is None:
         return f"{code}: the switch answered a code this tool does not know"

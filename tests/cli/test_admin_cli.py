@@ -110,7 +110,7 @@ def test_refund_at_graduation_from_the_cli(running_switch):
     account = admin(connect, data, "account", "WH20190001")
     assert "status closed" in account.stdout and "balance 0.00 yuan" in account.stdout
     again = admin(connect, data, "refund", "WH20190001")
-    assert again.returncode == 3 and "refused: account_closed" in again.stdout
+    assert again.returncode == 3 and again.stdout.startswith("account_closed: ")
     taps = subprocess.run([sys.executable, "-m", "switch", "closed-taps", "--data", str(data)],
                           capture_output=True, text=True, timeout=120)
     assert taps.returncode == 0 and "0 taps, 0.00 yuan to collect by hand" in taps.stdout

@@ -83,6 +83,17 @@ def test_not_empty_names_the_money_in_yuan(running_switch):
     assert unknown.stdout == "unknown_account: the switch knows no account WH99\n"
 
 
+def test_a_refund_refused_names_the_holds_not_a_refund():
+    """`not_empty` of a refund means open holds: telling the operator to refund would loop."""
+    account = {"code": "ok", "balance": 1250, "available": 1050}
+    assert refusals.sentence("not_empty", {"t": "refund", "account": "WH1"},
+                             account_reply=account) == (
+        "not_empty: account WH1 has 2.00 yuan reserved by open holds; wait until they "
+        "complete or expire")
+    assert refusals.sentence("insufficient_funds", {"t": "refund", "account": "WH1"}) == (
+        "insufficient_funds: account WH1 is below zero; credit the debt back first, then refund")
+
+
 # ---------------------------------------------------------------- options anywhere
 def _parse(*words):
     parser = admin_cli.argparse.ArgumentParser(prog="python -m switch")
