@@ -206,7 +206,12 @@ def _as_postgres() -> dict:
 
 class Cluster:
     def __init__(self, bin_dir: pathlib.Path, workdir: str | None, max_connections: int,
-                 server_cpu: int | None, log=print):
+                 server_cpu: int | None, log=print, settings: dict | None = None,
+                 primary: "Cluster | None" = None):
+        """`settings`: more `-c name=value` for the server; `primary`: a running cluster this
+        one starts as a streaming standby of (pg_basebackup -R), instead of initdb."""
+        self.settings = settings or {}
+        self.primary = primary
         self.bin_dir = bin_dir
         self.parent = workdir
         self.max_connections = max_connections
@@ -229,9 +234,15 @@ class Cluster:
         if identity:
             os.chown(self.dir, identity["user"], identity["group"])
         data = self.dir / "data"
-        subprocess.run([self.tool("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                        "--no-locale", "-E", "UTF8", "--no-sync"], cwd=self.dir,
-                       capture_output=True, check=True, timeout=SQL_TIMEOUT_S, **identity)
+        if self.primary is None:
+            make_data = [self.tool("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                         "--no-locale", "-E", "UTF8", "--no-sync"]
+        else:
+            make_data = [self.tool("pg_basebackup"), "-h", "127.0.0.1", "-p",
+                         str(self.primary.port), "-U", "postgres", "-D", str(data), "-R",
+                         "-X", "stream", "--checkpoint=fast", "--no-sync"]
+        subprocess.run(make_data, cwd=self.dir, capture_output=True, check=True,
+                       timeout=SQL_TIMEOUT_S, **identity)
         self.port = _free_port()
         command = [self.tool("postgres"), "-D", str(data),
                    "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}",
@@ -239,6 +250,8 @@ class Cluster:
                    "-c", f"max_connections={self.max_connections}",
                    "-c", "fsync=on", "-c", "synchronous_commit=on",
                    "-c", "full_page_writes=on", "-c", "logging_collector=off"]
+        for name, value in self.settings.items():
+            command += ["-c", f"{name}={value}"]
         taskset = shutil.which("taskset")
         if self.server_cpu is not None and taskset:
             command = [taskset, "-c", str(self.server_cpu)] + command   # taskset execs
