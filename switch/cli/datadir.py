@@ -22,10 +22,11 @@ def is_data_dir(path: str) -> bool:
     return os.path.isdir(os.path.join(path, STORE_DIR))
 
 
-def open_data_dir(path: str) -> Store:
-    """Open (and if new, initialise) the data dir; returns the store. The caller owns it."""
+def open_data_dir(path: str, fsync: bool = True) -> Store:
+    """Open (and if new, initialise) the data dir; returns the store. The caller owns it.
+    (`fsync`: see `Store`.)"""
     os.makedirs(path, mode=0o700, exist_ok=True)
-    store = Store(os.path.join(path, STORE_DIR))
+    store = Store(os.path.join(path, STORE_DIR), fsync=fsync)
     if not has_credential(store, ADMIN_WHO):
         # The key file first, then the credential: a crash in between leaves an orphan key
         # file that the next start overwrites.
