@@ -311,6 +311,45 @@ def _empty_then_close(sim, rng):
     sim.request(till, {"t": "reverse", "target": debit_id, "id": sim.fresh_id(till)})
 
 
+def _night_upload(sim, rng):
+    """Late in the evening an account pays near its daily limit, a till uploads a tap stamped
+    a few minutes after midnight (its clock runs ahead), and the account pays again today."""
+    school = rng.choice(SCHOOLS)
+    till, service = CREDENTIALS[f"pos-{school}"][0], CREDENTIALS[f"service-{school}"][0]
+    cards = [card for card, (account, state, _) in sim.pending.cards.items()
+             if account.startswith(school) and state == layout.CARD_ACTIVE]
+    if not cards:
+        return
+    card = rng.choice(cards)
+    account = sim.pending.cards[card][0]
+    pin = sim.pending.pins.get(account, ID_LAST6)
+    daily = rng.randint(1_000, 6_000)
+    sim.advance_to(sim.before_midnight_ms())
+    sim.request(service, {"t": "set_limits", "account": account, "daily": daily,
+                          "per_tx": daily, "no_pin": min(daily, 500), "id": sim.fresh_id(service)})
+    sim.request(till, {"t": "debit", "card": card, "amount": rng.randint(daily // 2, daily),
+                       "pin": pin, "id": sim.fresh_id(till)})
+    at = sim.true_ms + rng.randint(4 * 60_000 + 1, limits.offline_future_s * 1000)  # tomorrow
+    sim.request(till, {"t": "offline", "records": [{"id": sim.fresh_id(till), "card": card,
+                                                    "amount": rng.randint(1, 200), "at": at}]})
+    sim.request(till, {"t": "debit", "card": card, "amount": rng.randint(daily // 2, daily),
+                       "pin": pin, "id": sim.fresh_id(till)})
+
+
+def _late_reupload(sim, rng):
+    """A till that lost its acknowledgements uploads a record again near the end of the
+    offline window, after housekeeping has forgotten what it could."""
+    uploaded = [(who, record) for who, records in sim.pending.offline_sent.items()
+                for record in records if type(record.get("at")) is int]
+    if not uploaded:
+        return
+    who, record = rng.choice(uploaded)
+    sim.advance_to(record["at"] + sim.config.offline_window_s * 1000
+                   - rng.randint(0, limits.offline_future_s * 1000))
+    sim.housekeeping()
+    sim.request(who, {"t": "offline", "records": [dict(record)]})
+
+
 GENERATORS = {
     "ping": one_request("ping", 1, lambda sim, rng, who: {}),
     "debit": one_request("debit", 12, _debit),
@@ -358,4 +397,6 @@ GENERATORS = {
         sim.sender("ping"), {"t": rng.choice(("refund?", "", "x" * 40, 7, None))})),
     "guess identity": Generator(0.3, _guess_identity),
     "empty then close": Generator(0.3, _empty_then_close),
+    "night upload": Generator(0.3, _night_upload),
+    "late re-upload": Generator(0.3, _late_reupload),
 }

@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 from collections import deque
+from datetime import datetime, time, timedelta
 
 from switch import limits
 from switch.clock import FakeClock
@@ -326,7 +327,7 @@ class Simulation:
         elif roll < 0.84:
             self._correct_clock()
         elif roll < 0.89:
-            self._housekeeping()
+            self.housekeeping()
         else:
             outcome = self.rng.random()
             self._end_batch("commit" if outcome < 0.8 else "fail" if outcome < 0.9
@@ -347,18 +348,26 @@ class Simulation:
             target = rng.choice(self.deadlines) + rng.randint(-2 * MINUTE_MS, 2 * MINUTE_MS)
             delta = target - self.true_ms
         elif kind < 0.45:
-            # A few minutes before the next local midnight.
-            day = self.config.schools["WH"].days
-            day_of = day.day_of(self.true_ms)
-            while day.day_of(self.true_ms + HOUR_MS) == day_of and kind < 0.45:
-                self.true_ms += HOUR_MS
-            delta = rng.randint(0, 10 * MINUTE_MS) - (self.true_ms % MINUTE_MS)
+            delta = self.before_midnight_ms() - self.true_ms
         else:
             delta = rng.choice((rng.randint(1, 30 * SECOND_MS), rng.randint(1, 20 * MINUTE_MS),
                                 rng.randint(1, 6 * HOUR_MS), rng.randint(1, 3 * DAY_MS)))
         self.true_ms += max(delta, 0)
         self._set_clock()
         self.recent.append(f"time +{max(delta, 0)} ms")
+
+    def before_midnight_ms(self) -> int:
+        """A true time at most 4 minutes before the next local midnight (both schools keep
+        one time zone)."""
+        zone = self.config.schools["WH"].days.zone
+        now = datetime.fromtimestamp(self.true_ms / 1000, tz=zone)
+        midnight = datetime.combine(now.date() + timedelta(days=1), time(), tzinfo=zone)
+        return int(midnight.timestamp() * 1000) - self.rng.randint(10 * SECOND_MS, 4 * MINUTE_MS)
+
+    def advance_to(self, true_ms: int) -> None:
+        self.recent.append(f"time +{max(true_ms - self.true_ms, 0)} ms")
+        self.true_ms = max(self.true_ms, true_ms)
+        self._set_clock()
 
     def _step_clock(self) -> None:
         step = self.rng.choice((30 * SECOND_MS, 10 * MINUTE_MS, 2 * HOUR_MS, DAY_MS, 9 * DAY_MS))
@@ -378,7 +387,7 @@ class Simulation:
         return Placed(self.true_ms, self.clock_steps, self.offset_ms == 0)
 
     # ------------------------------------------------------------------ batches
-    def _housekeeping(self) -> None:
+    def housekeeping(self) -> None:
         last_txn, before = self.store.last_txn, self._accounts()
         try:
             result = housekeeping.tick(self.ledger)
