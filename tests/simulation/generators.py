@@ -190,7 +190,7 @@ def _offline(sim, rng, who):
     for _ in range(rng.choice((1, 1, 2, 3, 5))):
         sent_before = sim.pending.offline_sent.get(who)
         if sent_before and rng.random() < 0.3:
-            records.append(dict(rng.choice(sent_before)))     # a re-upload
+            records.append(dict(rng.choice(sent_before)[0]))     # a re-upload
             continue
         when = rng.random()
         if when < 0.5:
@@ -339,11 +339,14 @@ def _night_upload(sim, rng):
 def _late_reupload(sim, rng):
     """A till that lost its acknowledgements uploads a record again near the end of the
     offline window, after housekeeping has forgotten what it could."""
-    uploaded = [(who, record) for who, records in sim.pending.offline_sent.items()
-                for record in records if type(record.get("at")) is int]
+    uploaded = [(who, record, uploaded_ms) for who, sent in sim.pending.offline_sent.items()
+                for record, uploaded_ms in sent if type(record.get("at")) is int]
+    # Half the time one stamped ahead of its upload (the till's clock ran fast): the last
+    # to leave the window.
+    ahead = [sent for sent in uploaded if sent[1]["at"] > sent[2]]
     if not uploaded:
         return
-    who, record = rng.choice(uploaded)
+    who, record, _ = rng.choice(ahead if ahead and rng.random() < 0.5 else uploaded)
     sim.advance_to(record["at"] + sim.config.offline_window_s * 1000
                    - rng.randint(0, limits.offline_future_s * 1000))
     sim.housekeeping()
@@ -398,5 +401,5 @@ GENERATORS = {
     "guess identity": Generator(0.3, _guess_identity),
     "empty then close": Generator(0.3, _empty_then_close),
     "night upload": Generator(0.3, _night_upload),
-    "late re-upload": Generator(0.3, _late_reupload),
+    "late re-upload": Generator(1, _late_reupload),
 }

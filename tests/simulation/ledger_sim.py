@@ -183,7 +183,7 @@ class Model:
     qr_secrets: dict = dataclasses.field(default_factory=dict) # account -> secret
     secrets: list = dataclasses.field(default_factory=list)    # keys and QR secrets handed out
     holds: dict = dataclasses.field(default_factory=dict)      # hold -> (who, account, amount, placed)
-    offline_sent: dict = dataclasses.field(default_factory=dict)  # who -> [record]
+    offline_sent: dict = dataclasses.field(default_factory=dict)  # who -> [(record, true ms)]
 
 
     def copy(self) -> "Model":
@@ -290,7 +290,7 @@ class Simulation:
         self.sent: list = []             # (who, message) with an id, for resends
         self.ids = {}
         self.deadlines: deque = deque(maxlen=40)
-        self.recent: deque = deque(maxlen=6)
+        self.recent: deque = deque(maxlen=10)
         self.step = 0
         self.fault = False
 
@@ -695,7 +695,7 @@ class Simulation:
                             f"tap at {at_ms} on {item['card']} lost at {lost_at} not flagged")
             self.deadlines.append(at_ms + self.config.offline_window_s * 1000)
         model.offline_sent.setdefault(who, []).extend(
-            item for item in message["records"] if type(item) is dict)
+            (item, self.true_ms) for item in message["records"] if type(item) is dict)
 
 
 def _learn_payment(sim, model, who, message, reply, pre) -> None:

@@ -123,12 +123,17 @@ def _credit_twice(monkeypatch):
     monkeypatch.setitem(dispatch.HANDLERS, "credit", credit)
 
 
+def _keep_what_a_failed_request_wrote(monkeypatch):
+    monkeypatch.setattr(Ledger, "rollback_request", lambda self: None)
+
+
 @pytest.mark.parametrize("break_it, invariants", [
     (_forget_every_id, {"replay_same", "offline_once"}),
     (_keep_a_failed_batch, {"money_conserved", "acked_effects_survive", "audit_sound",
                             "journal_equals_balances"}),
     (_credit_twice, {"journal_equals_balances"}),
-], ids=["ids forgotten", "failed batch kept", "a fen from nowhere"])
+    (_keep_what_a_failed_request_wrote, {"fault_undone"}),
+], ids=["ids forgotten", "failed batch kept", "a fen from nowhere", "failed request kept"])
 def test_the_checks_find_a_broken_ledger(tmp_path, template, monkeypatch, break_it, invariants):
     break_it(monkeypatch)
     finding = first_finding(tmp_path, template, checked_invariants(), seeds=20)
