@@ -12,8 +12,8 @@ from typing import Callable
 from switch import limits
 from switch.core import layout
 from switch.ledger.qr import qr_code
-from tests.simulation.ledger_sim import (CARDS, CREDENTIALS, EXTRA_CREDENTIALS, HOSTILE,
-                                         ID_LAST6, PERSONS, ROOMS, SCHOOLS)
+from tests.simulation.campus import (CARDS, CREDENTIALS, EXTRA_CREDENTIALS, HOSTILE,
+                                     ID_LAST6, PERSONS, ROOMS, SCHOOLS)
 
 HOSTILE_FIELD_CHANCE = 0.08
 

@@ -7,8 +7,9 @@ import sys
 import tempfile
 import time
 
+from tests.simulation.campus import make_template
 from tests.simulation.ledger_sim import (DEFECTS, INVARIANTS, KNOWN_OPEN, STEPS_DEFAULT,
-                                         checked_invariants, make_template, run_seed)
+                                         checked_invariants, run_seed)
 
 
 def main(argv=None) -> int:
