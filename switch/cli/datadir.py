@@ -24,18 +24,18 @@ def is_data_dir(path: str) -> bool:
     return os.path.isdir(os.path.join(path, STORE_DIR))
 
 
-def open_data_dir(path: str, master_key_file: str | None = None) -> Store:
+def open_data_dir(path: str, master_key_file: str | None = None, fsync: bool = True) -> Store:
     """Open (and if new, initialise) the data dir with its master key file (`master_key_file`,
     default beside it); returns the store, its secrets opened. The caller owns it.
 
     A data dir from before secrets were sealed is sealed now (logged), under the given key
-    file or, when there is none, under a new one made there."""
+    file or, when there is none, under a new one made there. (`fsync`: see `Store`.)"""
     key_path = masterkey.resolve_path(path, master_key_file)
     if not is_data_dir(path) and os.path.lexists(key_path):
         raise MasterKeyError(f"{key_path} exists; a new data dir never reuses a master key "
                              f"file (move it away, or name another with --master-key)")
     os.makedirs(path, mode=0o700, exist_ok=True)
-    store = Store(os.path.join(path, STORE_DIR))
+    store = Store(os.path.join(path, STORE_DIR), fsync=fsync)
     try:
         sealing.prepare(store, _master_key(store, key_path), path)
         if not has_credential(store, ADMIN_WHO):

@@ -87,7 +87,6 @@ def audit(data_dir: str) -> AuditReport:
         env = lmdb.open(path, readonly=True, lock=True, max_dbs=32, subdir=True)
     except lmdb.Error as error:
         return AuditReport.cannot_read(f"cannot read {path}: {error}")
-    report = AuditReport()
     try:
         dbs = {}
         for name in _DATABASES:
@@ -95,10 +94,18 @@ def audit(data_dir: str) -> AuditReport:
                 dbs[name] = env.open_db(name.encode(), create=False)
             except lmdb.NotFoundError:
                 dbs[name] = None
-        with env.begin() as txn:
-            _check(txn, dbs, report)
+        return audit_environment(env, dbs)
     finally:
         env.close()
+
+
+def audit_environment(env, dbs: dict) -> AuditReport:
+    """The report on the committed books of an environment this process already has open
+    (LMDB allows one open per process): `dbs` names the "accounts", "journal" and "holds"
+    databases, None for one that does not exist."""
+    report = AuditReport()
+    with env.begin() as txn:
+        _check(txn, dbs, report)
     return report
 
 

@@ -86,13 +86,15 @@ class Batch:
 
 
 class Store:
-    def __init__(self, path: str, map_size_bytes: int | None = None):
+    def __init__(self, path: str, map_size_bytes: int | None = None, fsync: bool = True):
+        """`fsync=False` only where no reply leaves the process and a crash is emulated by
+        reopening (the ledger simulation): what a commit wrote is then in the page cache."""
         map_size_bytes = map_size_bytes or limits.lmdb_map_initial_size_bytes
         os.makedirs(path, mode=0o700, exist_ok=True)
         self.path = path
         self.env = lmdb.open(path, map_size=map_size_bytes, max_dbs=limits.lmdb_max_dbs,
                              max_readers=limits.lmdb_max_readers, subdir=True,
-                             sync=True, metasync=True, lock=True, readahead=False, mode=0o600)
+                             sync=fsync, metasync=fsync, lock=True, readahead=False, mode=0o600)
         # LMDB reopens a grown data file with the map at exactly its used size, so the first
         # commit after a restart would meet MapFull: leave room from the start.
         used, size = self.map_usage()

@@ -136,9 +136,7 @@ class Committer:
         decisions depended on it), are answered `internal` and leave nothing behind."""
         self._fail(replies + self._open)
         self._open = []
-        self.ledger.take_effects()  # the open batch's effects die with it
-        self.store.discard_uncommitted()
-        self.ledger.forget_cached()
+        self.ledger.discard_uncommitted()  # the open batch's effects die with it
 
     async def _write(self, batch) -> None:
         for _ in range(limits.commit_retries_map_full_max):

@@ -144,11 +144,14 @@ class Ledger:
         self._credentials[credential.who] = credential
         self.store.put("credentials", credential.who.encode(), credential.to_bytes(self.master))
 
-    def forget_cached(self) -> None:
-        """After a failed commit: drop what was derived from writes that never landed."""
+    def discard_uncommitted(self) -> None:
+        """A commit failed: every write not on disk, the effects asked for and what was
+        derived from them are gone; txn numbers restart from disk."""
+        self._effects = []
+        self.store.discard_uncommitted()
         self._credentials.clear()
         self.holds.recount()
-        self._effects_last_txn = self.store.last_txn  # txn numbers restart from disk
+        self._effects_last_txn = self.store.last_txn
 
     # ----------------------------------------------------------- accounts
     def account(self, account_id: str) -> bytearray | None:

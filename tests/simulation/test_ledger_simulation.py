@@ -1,0 +1,141 @@
+"""The ledger simulation: a few hundred seeds keep every invariant not known to be broken;
+each defect known to be open is still found (so the list of them stays true); defects fixed
+on main, put back in this process, are found; and the checks themselves can fail."""
+
+import logging
+
+import pytest
+
+from switch import core, limits
+from switch.core import layout
+from switch.ledger import dispatch, idempotency, offline
+from switch.ledger.state import Ledger
+from tests.simulation import ledger_sim
+from tests.simulation.campus import make_template
+from tests.simulation.ledger_sim import DEFECTS, KNOWN_OPEN, checked_invariants, run_seed
+
+CI_SEEDS = 200          # 250 steps each
+SEARCH_SEEDS = 300      # how far a test looks for the first seed that finds a defect
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    return make_template(str(tmp_path_factory.mktemp("simulation") / "template"))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_injected_faults():
+    # Injected faults are logged with a traceback each by the ledger: expected here.
+    logger = logging.getLogger("switch.ledger")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
+
+
+def first_finding(tmp_path, template, invariants, seeds=SEARCH_SEEDS, **config_changes):
+    for seed in range(seeds):
+        finding = run_seed(seed, str(tmp_path), template, invariants, **config_changes)
+        if finding is not None:
+            return finding
+    return None
+
+
+def test_no_invariant_breaks_over_the_ci_seeds(tmp_path, template):
+    checked = checked_invariants()
+    assert not set(KNOWN_OPEN) & checked
+    findings = []
+    for seed in range(CI_SEEDS):
+        finding = run_seed(seed, str(tmp_path), template, checked)
+        if finding is not None:
+            findings.append(finding)
+    assert not findings, "\n".join(finding.summary() for finding in findings[:3])
+
+
+@pytest.mark.parametrize("defect", sorted(set(KNOWN_OPEN.values())))
+def test_each_known_open_defect_is_still_found(tmp_path, template, defect):
+    """When this fails the defect's fix has landed: delete its entries from KNOWN_OPEN, and
+    the CI run checks its invariants from then on."""
+    invariants = {name for name, known in KNOWN_OPEN.items() if known == defect}
+    finding = first_finding(tmp_path, template, invariants)
+    assert finding is not None, (
+        f"defect {defect} ({DEFECTS[defect]}) is not found in {SEARCH_SEEDS} seeds: if its fix "
+        f"is merged, delete {sorted(invariants)} from KNOWN_OPEN in tests/simulation/ledger_sim.py")
+    assert finding.invariant in invariants
+
+
+def _retention_no_longer_than_the_window(monkeypatch):
+    monkeypatch.setattr(ledger_sim, "validate", lambda config: None)
+    return {"idempotency_retention_s": limits.offline_window_s}
+
+
+def _no_reply_size_refusal(monkeypatch):
+    monkeypatch.setattr(offline, "_reply_bytes_worst", lambda records: 0)
+    return {}
+
+
+def _no_identity_lock(monkeypatch):
+    real = core.reset_pin
+
+    def unlocked(record, id_last6):
+        layout.put(record, layout.ID_LOCKED, 0)
+        layout.put(record, layout.ID_FAILURES, 0)
+        return real(record, id_last6)
+    monkeypatch.setattr(core, "reset_pin", unlocked)
+    return {}
+
+
+# Defects fixed on main, put back the way they were, and the invariant that must find each.
+REINTRODUCED = {
+    "b": (_retention_no_longer_than_the_window, "offline_once"),
+    "c": (_no_reply_size_refusal, "reply_fits_frame"),
+    "e": (_no_identity_lock, "identity_guesses_bounded"),
+}
+
+
+@pytest.mark.parametrize("defect", sorted(REINTRODUCED))
+def test_a_fixed_defect_put_back_is_found(tmp_path, template, monkeypatch, defect):
+    reintroduce, invariant = REINTRODUCED[defect]
+    config_changes = reintroduce(monkeypatch)
+    finding = first_finding(tmp_path, template, {invariant}, **config_changes)
+    assert finding is not None, f"defect {defect} put back, {invariant} never broke"
+    assert finding.invariant == invariant
+
+
+def _forget_every_id(monkeypatch):
+    monkeypatch.setattr(idempotency, "remember", lambda *args: None)
+
+
+def _keep_a_failed_batch(monkeypatch):
+    monkeypatch.setattr(Ledger, "discard_uncommitted", lambda self: None)
+
+
+def _credit_twice(monkeypatch):
+    real = dispatch.HANDLERS["credit"]
+
+    def credit(ledger, credential, values):
+        reply = real(ledger, credential, values)
+        if reply["code"] == "ok":
+            record = ledger.account(values["account"])
+            layout.put(record, layout.BALANCE, layout.get(record, layout.BALANCE) + 1)
+            ledger.save_account(values["account"], record)
+        return reply
+    monkeypatch.setitem(dispatch.HANDLERS, "credit", credit)
+
+
+def _keep_what_a_failed_request_wrote(monkeypatch):
+    monkeypatch.setattr(Ledger, "rollback_request", lambda self: None)
+
+
+@pytest.mark.parametrize("break_it, invariants", [
+    (_forget_every_id, {"replay_same", "offline_once"}),
+    (_keep_a_failed_batch, {"money_conserved", "acked_effects_survive", "audit_sound",
+                            "journal_equals_balances"}),
+    (_credit_twice, {"journal_equals_balances"}),
+    (_keep_what_a_failed_request_wrote, {"fault_undone"}),
+], ids=["ids forgotten", "failed batch kept", "a fen from nowhere", "failed request kept"])
+def test_the_checks_find_a_broken_ledger(tmp_path, template, monkeypatch, break_it, invariants):
+    break_it(monkeypatch)
+    finding = first_finding(tmp_path, template, checked_invariants(), seeds=20)
+    assert finding is not None and finding.invariant in invariants, (
+        finding.summary() if finding else "nothing found")
