@@ -10,7 +10,7 @@ from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.effects import Revocation
 from switch.ledger.payment_path import pay
-from switch.ledger.standing import overdrawn, record_standing
+from switch.ledger.standing import overdrawn, record_standing, should_be_listed
 from switch.ledger.state import Credential
 
 NAMES = codes.CODE_NAMES
@@ -230,6 +230,9 @@ def issue_card(ledger, credential, values):
         return _decline("issue_card", codes.BAD_REQUEST)  # every card of it is listed at once
     now_ms = ledger.clock.now_ms()
     ledger.save_card(card_id, account_id, layout.CARD_ACTIVE, now_ms)
+    if should_be_listed(layout.CARD_ACTIVE, record):
+        # A new card of an account frozen as overdrawn is refused at the till like the others.
+        ledger.change_blacklist(layout.school_of(record), add=[card_id])
     balance, _ = _money(record)
     txn = ledger.append_journal("issue_card", account_id, layout.school_of(record), 0, balance,
                                 credential, values["id"], card=card_id)

@@ -9,7 +9,8 @@ and checks the sums and what they mean:
 - each account's held amount equals its open holds; every hold's account exists; the
   expiry index lists exactly the open holds;
 - a closed account is empty (no balance, nothing held), stays closed, and has no journal
-  record after the `close_account` or `refund` that closed it;
+  record after the `close_account` or `refund` that closed it but its cards' `lost` and
+  `found`, which move no money;
 - cards: each card's account exists; its state is the one its last journal record gave it
   (`issue_card`, `lost`, `found`, `replace_card`); its school's blacklist lists it exactly
   when the switch's rule says it should be (lost or blocked, or its account frozen as
@@ -146,6 +147,9 @@ def _unpack(value):
 
 # Journal kinds after which an account is closed for good.
 CLOSING_KINDS = frozenset({"close_account", "refund"})
+# What may still happen to a closed account: its cards reported lost or found (a stolen card
+# is kept off the tills whatever its account), moving no money.
+AFTER_CLOSING_KINDS = frozenset({"lost", "found"})
 
 
 def _check(txn, dbs, report: AuditReport) -> None:
@@ -183,7 +187,8 @@ def _check_journal(txn, dbs, report: AuditReport):
         if record.get("txn") != number:
             report.problems.append(f"txn {number}: record says txn {record.get('txn')}")
         account = record["account"]
-        if account in closed_by:
+        if account in closed_by and not (record["kind"] in AFTER_CLOSING_KINDS
+                                         and record["amount"] == 0):
             report.problems.append(f"txn {number}: {record.get('kind')} on account {account} "
                                    f"after it was closed at txn {closed_by[account]}")
         elif record.get("kind") in CLOSING_KINDS:

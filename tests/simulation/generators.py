@@ -385,6 +385,7 @@ GENERATORS = {
     "virtual_card": one_request("virtual_card", 2, _by_account(person=True)),
     "open_account": one_request("open_account", 2, _open_account),
     "close_account": one_request("close_account", 2, _by_account()),
+    "refund": one_request("refund", 1.5, _by_account()),
     "issue_card": one_request("issue_card", 2, lambda sim, rng, who: {
         "account": a_person(rng, who), "card": rng.choice(CARDS[a_school(rng, who)]),
         "id": sim.fresh_id(who)}),
@@ -395,6 +396,8 @@ GENERATORS = {
     "unlock": one_request("unlock", 1, _by_account(person=True)),
     "add_credential": one_request("add_credential", 0.5, _add_credential),
     "revoke_credential": one_request("revoke_credential", 0.5, lambda sim, rng, who: {
+        "who": rng.choice(EXTRA_CREDENTIALS), "id": sim.fresh_id(who)}),
+    "rotate_key": one_request("rotate_key", 0.5, lambda sim, rng, who: {
         "who": rng.choice(EXTRA_CREDENTIALS), "id": sim.fresh_id(who)}),
     "unknown type": Generator(0.5, lambda sim, rng: sim.request(
         sim.sender("ping"), {"t": rng.choice(("refund?", "", "x" * 40, 7, None))})),

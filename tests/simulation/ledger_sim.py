@@ -21,8 +21,9 @@ from dataclasses import field
 from datetime import datetime, time, timedelta
 
 from switch import limits
-from switch.clock import FakeClock
+from switch.clock import FakeClock, TrustedClock
 from switch.cli.datadir import open_data_dir, read_admin_key
+from switch.config.masterkey import default_path
 from switch.codec.errors import ProtocolError
 from switch.codec.framing import FrameTooLarge, decode_body, encode_body, encode_frame
 from switch.config import default_config
@@ -94,19 +95,16 @@ DEFECTS = {
     "g": "an offline record stamped tomorrow resets today's daily limit",
     "h": "a wall-clock jump forward, then corrected: ids, holds, QR codes expire early",
 }
-KNOWN_OPEN = {
-    "closed_accounts_empty": "a", "closed_stays_closed": "a",
-    "lost_time_kept": "d", "operator_freeze_kept": "d",
-    "secrets_not_at_rest": "f",
-    "daily_limit_holds": "g",
-    **{f"{name}_through_clock_steps": "h" for name in CLOCK_STEP_VARIANTS},
-}
+# Invariants main still breaks, by defect: left out of the CI run until the fix lands. Empty
+# since every defect of the books' issue was fixed; the fixed ones are put back in-process by
+# tests/simulation/test_ledger_simulation.py::test_a_fixed_defect_put_back_is_found.
+KNOWN_OPEN: dict[str, str] = {}
 
 # Journal kinds by the sign of their amount: +1 adds money, -1 takes it, 0 moves none.
 # A new kind of record (refund, subsidy, ...) is one entry here.
 KIND_SIGNS = {
     "credit": 1, "reverse": 1,
-    "debit": -1, "qr_debit": -1, "complete": -1, "offline": -1, "meter": -1,
+    "debit": -1, "qr_debit": -1, "complete": -1, "offline": -1, "meter": -1, "refund": -1,
     "open_account": 0, "close_account": 0, "issue_card": 0, "replace_card": 0, "lost": 0,
     "found": 0, "freeze": 0, "unfreeze": 0, "unlock": 0, "hold": 0, "void": 0, "expire": 0,
     "cutoff": 0, "restore": 0,
@@ -213,6 +211,7 @@ class Simulation:
         self.checked = checked
         self.path = path
         shutil.copytree(template, path)
+        shutil.copy2(default_path(template), default_path(path))  # its master key, beside it
         self.config = default_config()
         for name, value in config_changes.items():
             setattr(self.config, name, value)
@@ -220,7 +219,13 @@ class Simulation:
         self.true_ms = START_MS
         self.offset_ms = 0
         self.clock_steps = 0
-        self.clock = FakeClock(START_MS)
+        self.wrong_beliefs: list[int] = []   # clock_steps when the switch came to believe one
+        self.believing_wrong = False
+        self.believed_offset_ms = 0            # the wall offset the switch believes (modelled)
+        self.offset_changed_ms = START_MS      # true time of the last step or correction
+        # The switch's own clock over a wall clock the simulation steps: what `serve` runs.
+        self.wall = FakeClock(START_MS)
+        self.clock = self._switch_clock()
         self.max_clock_ms = START_MS
         self.store = open_data_dir(path, fsync=False)
         self.ledger = Ledger(self.store, self.config, self.clock)
@@ -241,7 +246,34 @@ class Simulation:
             raise Broken(invariant, detail() if callable(detail) else detail)
 
     def _clock_variant(self, invariant: str, since_steps: int) -> str:
-        return invariant if self.clock_steps == since_steps else f"{invariant}_through_clock_steps"
+        if self.clock_steps == since_steps:
+            return invariant
+        if self.believing_wrong or any(step >= since_steps for step in self.wrong_beliefs):
+            # The switch came to believe a wrong wall clock since then (one that stayed wrong
+            # past the confirmation time, or read at a restart): by design it then runs on
+            # it (docs/PROTOCOL.md §7.7), so what the clock decides is not held against it.
+            return "not_checked_wrong_clock_believed"
+        return f"{invariant}_through_clock_steps"
+
+    def _watch_clock_belief(self) -> None:
+        """Model when the switch may by design believe a wrong wall clock (docs/PROTOCOL.md
+        §7.7): a wall within the jump bound of the believed one is believed at once, one past
+        it only once it stayed for the confirmation time, and a restart believes the wall.
+        A model, not the switch's own clock read back: a switch that believed a jump at once
+        (the defect) is then still held to every invariant."""
+        bound_ms = limits.clock_jump_s_max * 1000
+        if (abs(self.offset_ms - self.believed_offset_ms) <= bound_ms
+                or self.true_ms - self.offset_changed_ms >= limits.clock_jump_confirm_s * 1000):
+            self.believed_offset_ms = self.offset_ms
+        wrong = abs(self.believed_offset_ms) > bound_ms
+        if isinstance(self.clock, TrustedClock):
+            # The switch confirms a jump on the first reading the confirmation time after it
+            # saw it, later than the model may: wrong while either says so.
+            wrong = wrong or abs(self.clock.now_ms() - self.true_ms) > bound_ms
+        if wrong and not self.believing_wrong:
+            self.wrong_beliefs.append(self.clock_steps)
+            self.recent.append("the switch now believes a wrong wall clock")
+        self.believing_wrong = wrong
 
     def run(self) -> Finding | None:
         try:
@@ -278,11 +310,15 @@ class Simulation:
                             else "crash" if outcome < 0.95 else "crash_after_write")
         if len(self.batch) >= 8:
             self._end_batch("commit")
+        self._watch_clock_belief()
 
     # ------------------------------------------------------------------ time
+    def _switch_clock(self) -> TrustedClock:
+        return TrustedClock(wall=self.wall, monotonic=lambda: self.true_ms, suspended=lambda: 0)
+
     def _set_clock(self) -> None:
-        self.clock.ms = self.true_ms + self.offset_ms
-        self.max_clock_ms = max(self.max_clock_ms, self.clock.ms)
+        self.wall.ms = self.true_ms + self.offset_ms
+        self.max_clock_ms = max(self.max_clock_ms, self.wall.ms)
 
     def _advance_true_time(self) -> None:
         rng = self.rng
@@ -316,6 +352,7 @@ class Simulation:
     def _step_clock(self) -> None:
         step = self.rng.choice((30 * SECOND_MS, 10 * MINUTE_MS, 2 * HOUR_MS, DAY_MS, 9 * DAY_MS))
         self.offset_ms += step if self.rng.random() < 0.5 else -step
+        self.offset_changed_ms = self.true_ms
         self.clock_steps += 1
         self._set_clock()
         self.recent.append(f"clock stepped to offset {self.offset_ms} ms")
@@ -323,12 +360,17 @@ class Simulation:
     def _correct_clock(self) -> None:
         if self.offset_ms:
             self.offset_ms = 0
+            self.offset_changed_ms = self.true_ms
             self.clock_steps += 1
             self._set_clock()
             self.recent.append("clock corrected")
 
+    def _clock_right(self) -> bool:
+        """The wall clock is right and the switch believes it (not a wrong one from before)."""
+        return self.offset_ms == 0 and not self.believing_wrong
+
     def _placed(self) -> Placed:
-        return Placed(self.true_ms, self.clock_steps, self.offset_ms == 0)
+        return Placed(self.true_ms, self.clock_steps, self._clock_right())
 
     # ------------------------------------------------------------------ batches
     def housekeeping(self) -> None:
@@ -362,6 +404,9 @@ class Simulation:
                 self._lost()
             self.store.close()
             self.store = open_data_dir(self.path, fsync=False)
+            self.clock = self._switch_clock()   # a new process: a new clock, which
+            self.believed_offset_ms = self.offset_ms   # believes the wall it first reads
+            self._watch_clock_belief()
             self.ledger = Ledger(self.store, self.config, self.clock)
             self._check_survivors()
         self._check_committed()
@@ -439,7 +484,7 @@ class Simulation:
                             f"closed {account} is {layout.STATUS_NAMES[status]} again")
             if account in self.pending.operator_frozen:
                 reason = layout.get(record, layout.FREEZE_REASON)
-                self.expect("operator_freeze_kept", reason == layout.FREEZE_OPERATOR,
+                self.expect("operator_freeze_kept", reason & layout.FREEZE_OPERATOR,
                             f"{account} frozen by an operator now has freeze reason {reason}")
         self.expect("money_conserved", total == self.pending.money,
                     f"balances sum to {total}, the replies to {self.pending.money}")
@@ -591,10 +636,10 @@ class Simulation:
             return
         if "id" in message and key not in model.acked and code != "id_reuse":
             model.acked[key] = Ack(message, reply, self.true_ms, self.clock_steps,
-                                   self.offset_ms == 0)
+                                   self._clock_right())
         if t == "offline" and code == "ok":
             self._learn_offline(who, message, reply)
-        if fresh_qr is not None and code == "qr_expired" and self.offset_ms == 0:
+        if fresh_qr is not None and code == "qr_expired" and self._clock_right():
             self.expect(self._clock_variant("fresh_qr_accepted", 0), False,
                         f"a code made now for {fresh_qr} was refused qr_expired")
         if t == "reset_pin" and code in ("identity_mismatch", "ok"):
@@ -682,6 +727,13 @@ def _learn_credit(sim, model, who, message, reply, pre) -> None:
     model.txns[reply["txn"]] = ("credit", message["account"], message["amount"])
 
 
+def _learn_refund(sim, model, who, message, reply, pre) -> None:
+    account = message["account"]
+    model.money -= reply["amount"]
+    model.closed.add(account)
+    model.txns[reply["txn"]] = ("refund", account, -reply["amount"])
+
+
 def _learn_hold(sim, model, who, message, reply, pre) -> None:
     account = sim.ledger.holds.get(reply["hold"])["account"]
     model.holds[reply["hold"]] = (who, account, message["amount"], sim._placed())
@@ -727,7 +779,7 @@ def _learn_secret(sim, model, who, message, reply, pre) -> None:
     if reply["t"] == "virtual_card":
         model.qr_secrets[message["account"]] = reply["qr_secret"]
         model.secrets.append(reply["qr_secret"])
-    elif reply["t"] == "add_credential":
+    elif reply["t"] in ("add_credential", "rotate_key"):
         model.secrets.append(reply["key"])
     elif reply["t"] == "set_pin":
         model.pins[message["account"]] = message["new"]
@@ -735,11 +787,11 @@ def _learn_secret(sim, model, who, message, reply, pre) -> None:
 
 LEARN = {
     **{t: _learn_payment for t in PAYMENTS}, "reverse": _learn_reverse, "credit": _learn_credit,
-    "hold": _learn_hold,
+    "hold": _learn_hold, "refund": _learn_refund,
     **{t: _learn_standing for t in ("close_account", "freeze", "unfreeze", "unlock",
                                     "open_account")},
     **{t: _learn_card for t in ("issue_card", "lost", "found", "replace_card")},
-    **{t: _learn_secret for t in ("virtual_card", "add_credential", "set_pin")},
+    **{t: _learn_secret for t in ("virtual_card", "add_credential", "rotate_key", "set_pin")},
 }
 
 
