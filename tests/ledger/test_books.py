@@ -182,3 +182,24 @@ def test_a_tap_of_yesterday_counts_to_nothing_today(campus):
     assert result["code"] == "ok"
     assert campus.code(campus.pos, "debit", card=CARD, amount=6_001, id="d2") == "limit_daily"
     assert campus.code(campus.pos, "debit", card=CARD, amount=6_000, id="d3") == "ok"
+
+
+def test_a_card_issued_to_an_overdrawn_account_is_blacklisted_like_its_others(campus):
+    """Found by the ledger simulation: the new card of an account frozen as overdrawn was
+    left off the blacklist, so an offline till would take it."""
+    upload(campus, tap(campus, "over", BALANCE + 700, campus.clock.now_ms()))  # overdrawn
+    assert campus.blacklisted("WH", CARD)
+    campus.ok(campus.admin, "issue_card", account=STUDENT, card="0D0D0D0D")
+    assert campus.blacklisted("WH", "0D0D0D0D")
+    campus.credit(STUDENT, 700)   # the overdraw is paid back: both cards come off
+    assert not campus.blacklisted("WH", CARD) and not campus.blacklisted("WH", "0D0D0D0D")
+
+
+def test_a_closed_accounts_card_can_still_be_reported_lost_and_the_books_stay_sound(campus):
+    from switch.persistence.audit import audit_environment
+    emptied_and_closed(campus)
+    campus.ok(campus.service, "lost", card=CARD)
+    assert campus.blacklisted("WH", CARD)
+    campus.commit()
+    report = audit_environment(campus.store.env, campus.store.dbs)
+    assert report.sound, report.problems
