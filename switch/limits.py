@@ -67,6 +67,8 @@ reply_envelope_bytes_max = 64      # t, code, re and the results' header around 
 offline_future_s = 5 * 60          # an offline tap this far ahead of our clock is refused
 history_limit_default = 50
 history_limit_max = 200
+rooms_limit_default = 50           # dorm rooms in one `rooms` page
+rooms_limit_max = 200
 
 # --- Blacklist (docs/PROTOCOL.md §4.13) ---
 blacklist_changes_kept = 10_000    # per school; an older `since` gets the full list

@@ -5,11 +5,11 @@ overrides them. Unknown keys are refused with a message naming them.
 """
 
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 
 from switch import limits
+from switch.identifiers import building_of
 from switch.clock import LocalDays
 from switch.config.destinations import parse_destinations
 from switch.config.errors import ConfigError
@@ -40,16 +40,6 @@ class School:
         if building is not None and building in self.split_buildings:
             return utility in ("electric", "water")
         return utility == "both"
-
-
-_BUILDING = re.compile(r"[A-Z0-9]+-([0-9]+)[A-Z]?-")
-
-
-def building_of(account_id: str) -> str | None:
-    """`WH-8D-1006` is building 8 (the naming of the schools' one-card guides); None for names
-    without a building."""
-    match = _BUILDING.match(account_id)
-    return match.group(1) if match else None
 
 
 @dataclass

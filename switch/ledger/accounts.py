@@ -200,6 +200,8 @@ def open_account(ledger, credential, values):
     record = layout.new_account_record(
         school.code, layout.KIND_NAMES.index(kind), utility, salt, pin_hash, id_hash)
     ledger.save_account(account_id, record)
+    if kind == "utility":
+        ledger.index_room(school.code, account_id)
     ledger.save_account_info(account_id, {"holder": values.get("holder"),
                                           "opened_at": ledger.clock.now_ms()})
     txn = ledger.append_journal("open_account", account_id, school.code, 0, 0, credential,

@@ -172,4 +172,28 @@ def meter(ledger, credential, values):
     return {"t": "meter", "code": "ok", "txn": txn, "balance": balance, "cutoff": cutoff}
 
 
-HANDLERS = {"hold": hold, "complete": complete, "void": void, "meter": meter}
+# ---------------------------------------------------------------- the room picker
+def rooms(ledger, credential, values):
+    """The school's dorm rooms (utility accounts), a page at a time (docs/PROTOCOL.md §4.15)."""
+    school = values.get("school", credential.school)
+    if school is None or school not in ledger.config.schools:
+        return _decline("rooms", codes.BAD_REQUEST)
+    if credential.school is not None and credential.school != school:
+        return _decline("rooms", codes.WRONG_SCHOOL)
+    limit = values.get("limit", limits.rooms_limit_default)
+    if limit > limits.rooms_limit_max:
+        return _decline("rooms", codes.BAD_REQUEST)
+    account_ids, more = ledger.rooms(school, values.get("building"), values.get("prefix", ""),
+                                     values.get("after"), limit)
+    items = []
+    for account_id in account_ids:
+        record = ledger.account(account_id)
+        items.append({"account": account_id,
+                      "utility": layout.UTILITY_NAMES[layout.get(record, layout.UTILITY)],
+                      "power": "on" if layout.get(record, layout.POWER_ON) else "off",
+                      "balance": layout.get(record, layout.BALANCE)})
+    return {"t": "rooms", "code": "ok", "items": items,
+            "next": account_ids[-1] if more else None}
+
+
+HANDLERS = {"hold": hold, "complete": complete, "void": void, "meter": meter, "rooms": rooms}

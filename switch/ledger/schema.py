@@ -9,7 +9,8 @@ order, are also what idempotency compares (`fingerprint_values`).
 from switch import limits
 from switch.core import codes
 from switch.identifiers import ACCOUNT as _ACCOUNT, CARD as _CARD, DAY as _DAY
-from switch.identifiers import ID_LAST6 as _ID_LAST6, PIN as _PIN, is_credential_id
+from switch.identifiers import BUILDING as _BUILDING, ID_LAST6 as _ID_LAST6, PIN as _PIN
+from switch.identifiers import is_credential_id
 
 # Codes are ints everywhere in the ledger; a reply names them (codes.CODE_NAMES).
 BAD_REQUEST = codes.BAD_REQUEST
@@ -23,6 +24,10 @@ def account_id(value):
 
 def card_id(value):
     return value if type(value) is str and _CARD.match(value) else INVALID
+
+
+def building(value):
+    return value if type(value) is str and _BUILDING.match(value) else INVALID
 
 
 def pin(value):
@@ -122,6 +127,9 @@ SCHEMAS = {
                 ("id", request_id, _R)),
     "reset_pin": (("account", account_id, _R), ("id_last6", id_last6, _R), ("id", request_id, _R)),
     "verify_pin": (("account", account_id, _R), ("pin", pin, _R)),
+    # `prefix` is the start of an account id, so it has an account id's syntax.
+    "rooms": (("school", str_value, _O), ("building", building, _O), ("prefix", account_id, _O),
+              ("after", account_id, _O), ("limit", positive_int, _O)),
     "virtual_card": (("account", account_id, _R), ("id", request_id, _R)),
     "open_account": (("account", account_id, _R), ("school", str_value, _R),
                      ("kind", one_of("person", "utility"), _R), ("holder", any_text, _O),

@@ -42,6 +42,8 @@ FIELDS = {
                   {"account": STUDENT, "id_last6": ID_LAST6}),
     "verify_pin": (("account", "pin"), (), "service", {"account": STUDENT, "pin": PIN}),
     "virtual_card": (("account",), (), "service", {"account": STUDENT}),
+    "rooms": ((), ("school", "building", "prefix", "after", "limit"), "service",
+              {"school": "WH", "building": "8", "prefix": "WH-8", "after": "WH-8A", "limit": 5}),
     "open_account": (("account", "school", "kind"), ("holder", "id_last6", "utility"), "admin",
                      {"account": "WH20239999", "school": "WH", "kind": "person",
                       "holder": "李四", "id_last6": "111111"}),
@@ -57,7 +59,8 @@ FIELDS = {
                         "merchant": "canteen"}),
     "revoke_credential": (("who",), (), "admin", {"who": "WH-POS-2"}),
 }
-NO_ID = {"ping", "balance", "blacklist", "settle", "account", "history", "verify_pin", "offline"}
+NO_ID = {"ping", "balance", "blacklist", "settle", "account", "history", "verify_pin", "rooms",
+         "offline"}
 FIELD_CODES = {"bad_request", "bad_amount"}
 
 

@@ -52,6 +52,7 @@ CODES_BY_REQUEST = {
     "credit": {"ok", "bad_amount", "account_closed"} | _ID | _ACCOUNT,
     "account": {"ok", "bad_request", "not_permitted"} | _ACCOUNT,
     "history": {"ok", "bad_request", "not_permitted"} | _ACCOUNT,
+    "rooms": {"ok", "bad_request", "not_permitted", "wrong_school"},
     "lost": {"ok", "card_unknown", "wrong_school", "card_blocked"} | _ID,
     "found": {"ok", "card_unknown", "wrong_school"} | _ID,
     "set_limits": {"ok"} | _ID | _ACCOUNT,

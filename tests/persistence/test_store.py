@@ -281,3 +281,26 @@ def test_commit_now_commits_the_open_batch_and_grows_the_map(tmp_path):
     reopened = Store(str(tmp_path / "db"))
     assert reopened.get("journal", (1999).to_bytes(8, "big")) == b"x" * 100
     reopened.close()
+
+
+def test_a_schema_1_data_dir_gets_its_room_indexes_at_open(tmp_path):
+    from switch.core import layout
+    store = Store(str(tmp_path))
+    for account_id, kind in (("WH-8D-1006", layout.KIND_UTILITY), ("WH-ROOMLESS", layout.KIND_UTILITY),
+                             ("WH20230001", layout.KIND_PERSON)):
+        store.put("accounts", account_id.encode(),
+                  layout.new_account_record("WH", kind, 1, b"s" * 16, b"p" * 32, b"i" * 32))
+    store.commit_now()
+    store.close()
+    # What a schema-1 switch left: no room indexes.
+    env = lmdb.open(str(tmp_path), max_dbs=32)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True, db=meta) as txn:
+        txn.put(b"schema_version", b"1")
+    env.close()
+    store = Store(str(tmp_path))
+    assert store.get("meta", b"schema_version") == str(SCHEMA_VERSION).encode()
+    assert [key for key, _ in store.committed_items("school_rooms")] == [
+        b"WH\0WH-8D-1006", b"WH\0WH-ROOMLESS"]
+    assert [key for key, _ in store.committed_items("building_rooms")] == [b"WH\x008\x00WH-8D-1006"]
+    store.close()

@@ -15,6 +15,7 @@ from switch.ledger.effects import BlacklistPush, JournalAdvanced
 from switch.ledger.state.holds import Holds
 from switch.ledger.payment_path import SchoolLimits
 from switch.persistence.keys import txn_key
+from switch.persistence.migrations import room_index_keys
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 _SETTLEMENT = struct.Struct("<qq")  # count, total fen
@@ -160,6 +161,28 @@ class Ledger:
             bounds = self._limits_by_school[school.code] = SchoolLimits.of(
                 school, self.config.max_amount_fen)
         return bounds
+
+    # ----------------------------------------------------------- dorm rooms
+    def index_room(self, school: str, account_id: str) -> None:
+        """List a new utility account among its school's (and building's) rooms."""
+        by_school, by_building = room_index_keys(school, account_id)
+        self.store.put("school_rooms", by_school, b"")
+        if by_building is not None:
+            self.store.put("building_rooms", by_building, b"")
+
+    def rooms(self, school: str, building: str | None, prefix: str, after: str | None,
+              count: int) -> tuple[list[str], bool]:
+        """Up to `count` room account ids of `school` (in `building` when given) starting
+        with `prefix`, above `after`, in account-id order, and whether more follow."""
+        if building is None:
+            db, head = "school_rooms", school.encode() + b"\0"
+        else:
+            db, head = "building_rooms", school.encode() + b"\0" + building.encode() + b"\0"
+        low = head + prefix.encode()
+        # An `after` below the prefix's range would start the scan outside it.
+        after_key = None if after is None or head + after.encode() < low else head + after.encode()
+        keys, more = self.store.keys_after(db, low, after_key, count)
+        return [key[len(head):].decode() for key in keys], more
 
     # ----------------------------------------------------------- cards
     def card(self, card_id: str):
