@@ -183,6 +183,7 @@ connections_max_range = (1, 1_000_000)
 school_limit_fen_range = (1, 100_000_000_000)          # per_tx, daily and their maxima
 school_no_pin_fen_range = (0, 100_000_000_000)         # 0: every card payment needs the PIN
 school_name_chars_range = (1, 64)
+repeat_tap_window_s_range = (0, 300)                   # 0: the double-tap guard is off
 building_digits_range = (1, 8)                         # split_buildings: "9", "12"
 terminal_requests_per_s_range = (0.1, 1_000_000.0)
 terminal_requests_burst_range = (1, 10_000_000)

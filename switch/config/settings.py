@@ -29,6 +29,7 @@ class School:
     per_tx_max_fen: int = limits.default_per_tx_max_fen
     daily_max_fen: int = limits.default_daily_max_fen
     split_buildings: list = field(default_factory=list)  # buildings with separate electric/water
+    repeat_tap_window_s: int = 0   # the double-tap guard (防重复刷卡); 0: off
     days: LocalDays = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -74,7 +75,7 @@ DEFAULT_SCHOOLS = {
 
 _SETTINGS = {f.name for f in fields(Config)} - {"schools", "destinations"}
 _SCHOOL_KEYS = {f.name for f in fields(School)} - {"code", "days"}
-_SCHOOL_TYPES = {"name": str, "time_zone": str, "split_buildings": list,
+_SCHOOL_TYPES = {"name": str, "time_zone": str, "split_buildings": list, "repeat_tap_window_s": int,
                  **{key: int for key in _SCHOOL_KEYS if key.endswith("_fen")}}
 
 
@@ -186,6 +187,8 @@ def _validate_school(code: str, school: School) -> None:
         raise ConfigError(f"{where}.name: {lowest}..{highest} printable characters")
     for key, bounds in _SCHOOL_FEN_RANGES.items():
         _check_range(f"{where}.{key}", getattr(school, key), bounds)
+    _check_range(f"{where}.repeat_tap_window_s", school.repeat_tap_window_s,
+                 limits.repeat_tap_window_s_range)
     if not school.no_pin_fen <= school.per_tx_fen <= school.daily_fen:
         raise ConfigError(f"{where}: need no_pin_fen <= per_tx_fen <= daily_fen")
     for key in ("no_pin_fen", "per_tx_fen", "daily_fen"):

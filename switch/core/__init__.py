@@ -31,6 +31,10 @@ Interface (see `reference.py` for the normative docstrings):
     set_limits(account, per_tx, daily, no_pin, school_per_tx, school_daily,
                school_no_pin, per_tx_max, daily_max, no_pin_max) -> code
     enable_virtual_card(account) -> code   (closed: ACCOUNT_CLOSED)
+
+  The double-tap guard, on its own record (layout.TAP_*), not the account's:
+    check_repeat_tap(tap, amount, now_ms, window_ms, confirm) -> code   (tap may be None)
+    note_tap(tap, amount, now_ms, txn) -> None
 """
 
 try:
@@ -64,3 +68,5 @@ unlock = implementation.unlock
 close = implementation.close
 set_limits = implementation.set_limits
 enable_virtual_card = implementation.enable_virtual_card
+check_repeat_tap = implementation.check_repeat_tap
+note_tap = implementation.note_tap

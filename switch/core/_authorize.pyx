@@ -33,7 +33,7 @@ __all__ = [
     "set_pin", "reset_pin", "credit", "unspend", "complete_hold",
     "release_hold", "apply_offline", "apply_meter", "apply_restore",
     "freeze", "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
-    "enable_virtual_card",
+    "enable_virtual_card", "check_repeat_tap", "note_tap",
 ]
 
 # Exact integer semantics: an int64 sum or difference that would wrap is
@@ -76,6 +76,12 @@ cdef packed struct AccountRecord:
     unsigned char id_hash[32]
 
 
+cdef packed struct TapRecord:
+    int64_t amount
+    int64_t at_ms
+    int64_t txn
+
+
 # Mirrors of codes.py, layout.py and limits.py, checked against them below.
 cdef enum:
     OK = 0
@@ -95,6 +101,7 @@ cdef enum:
     BAD_REQUEST = 18
     NOT_EMPTY = 30
     IDENTITY_MISMATCH = 31
+    REPEAT_TAP = 34
 
     STATUS_ACTIVE = 0
     STATUS_FROZEN = 1
@@ -108,6 +115,7 @@ cdef enum:
     CARD_NONE = 3
 
     ACCOUNT_RECORD_SIZE = 152
+    TAP_RECORD_SIZE = 24
     SALT_SIZE_BYTES = 16
     DIGEST_SIZE_BYTES = 32
     PIN_FAILURES_COUNTER_MAX = 255
@@ -154,7 +162,8 @@ cdef _check_mirrors():
         (_codes, "LIMIT_PER_TX"): LIMIT_PER_TX, (_codes, "LIMIT_DAILY"): LIMIT_DAILY,
         (_codes, "WRONG_SCHOOL"): WRONG_SCHOOL, (_codes, "BAD_AMOUNT"): BAD_AMOUNT,
         (_codes, "BAD_REQUEST"): BAD_REQUEST, (_codes, "NOT_EMPTY"): NOT_EMPTY,
-        (_codes, "IDENTITY_MISMATCH"): IDENTITY_MISMATCH,
+        (_codes, "IDENTITY_MISMATCH"): IDENTITY_MISMATCH, (_codes, "REPEAT_TAP"): REPEAT_TAP,
+        (_layout, "TAP_RECORD_SIZE"): TAP_RECORD_SIZE,
         (_layout, "STATUS_ACTIVE"): STATUS_ACTIVE,
         (_layout, "STATUS_FROZEN"): STATUS_FROZEN, (_layout, "STATUS_CLOSED"): STATUS_CLOSED,
         (_layout, "FREEZE_NONE"): FREEZE_NONE, (_layout, "FREEZE_OPERATOR"): FREEZE_OPERATOR,
@@ -181,6 +190,15 @@ cdef _check_mirrors():
     for name, size in sizes.items():
         if struct.calcsize(getattr(_layout, name)[1]) != size:
             raise ImportError(f"AccountRecord.{name} is {size} bytes, layout.py disagrees")
+    cdef TapRecord tap_probe
+    cdef TapRecord* t = &tap_probe
+    tap_offsets = {"TAP_AMOUNT": <char*>&t.amount - <char*>t, "TAP_AT": <char*>&t.at_ms - <char*>t,
+                   "TAP_TXN": <char*>&t.txn - <char*>t}
+    for name, offset in tap_offsets.items():
+        if getattr(_layout, name)[0] != offset or struct.calcsize(getattr(_layout, name)[1]) != 8:
+            raise ImportError(f"TapRecord.{name} disagrees with layout.py")
+    if sizeof(TapRecord) != _layout.TAP_RECORD_SIZE:
+        raise ImportError("TapRecord size differs from layout.TAP_RECORD_SIZE")
     if sizeof(r.pin_salt) != SALT_SIZE_BYTES or sizeof(r.pin_hash) != DIGEST_SIZE_BYTES \
             or sizeof(r.id_hash) != DIGEST_SIZE_BYTES:
         raise ImportError("AccountRecord hash fields have the wrong size")
@@ -603,3 +621,32 @@ def enable_virtual_card(account):
         return ACCOUNT_CLOSED
     record.qr_enabled = 1
     return OK
+
+
+# ---------------------------------------------------------------- the double-tap guard
+cdef inline TapRecord* _tap(object tap) except NULL:
+    assert PyByteArray_CheckExact(tap), type(tap)
+    assert PyByteArray_GET_SIZE(tap) == TAP_RECORD_SIZE, len(tap)
+    return <TapRecord*>PyByteArray_AS_STRING(tap)
+
+
+def check_repeat_tap(tap, amount, now_ms, window_ms, confirm):
+    """REPEAT_TAP for a repeat of the last approved payment inside the window, else OK."""
+    assert type(amount) is int and type(now_ms) is int and type(window_ms) is int
+    if window_ms <= 0 or confirm or tap is None:
+        return OK
+    cdef TapRecord* record = _tap(tap)
+    cdef long long elapsed
+    if amount != record.amount:
+        return OK
+    if sub_overflow(now_ms, record.at_ms, &elapsed):
+        return OK   # further apart than any window
+    return REPEAT_TAP if 0 <= elapsed < window_ms else OK
+
+
+def note_tap(tap, long long amount, long long now_ms, long long txn):
+    """Make `tap` the record of an approved payment of `amount` at `now_ms`, journal `txn`."""
+    cdef TapRecord* record = _tap(tap)
+    record.amount = amount
+    record.at_ms = now_ms
+    record.txn = txn

@@ -79,3 +79,12 @@ def new_account_record(school: str, kind: int, utility: int, salt: bytes,
 
 def school_of(record) -> str:
     return get(record, SCHOOL).rstrip(b"\0").decode("ascii")
+
+
+# The double-tap guard's record of one account's last approved payment at one terminal
+# (docs/PROTOCOL.md §4.6 rule 2a), its own small record keyed by account and terminal.
+TAP_AMOUNT = (0, "<q")       # fen
+TAP_AT = (8, "<q")           # unix ms of the payment
+TAP_TXN = (16, "<q")         # its journal txn (a reversal of it forgets the record)
+TAP_RECORD_SIZE = 24
+assert all(o + struct.calcsize(f) <= TAP_RECORD_SIZE for o, f in (TAP_AMOUNT, TAP_AT, TAP_TXN))

@@ -15,7 +15,7 @@ __all__ = [
     "set_pin", "reset_pin", "credit", "unspend", "complete_hold",
     "release_hold", "apply_offline", "apply_meter", "apply_restore",
     "freeze", "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
-    "enable_virtual_card",
+    "enable_virtual_card", "check_repeat_tap", "note_tap",
 ]
 
 _pin_digest_size_bytes = 32
@@ -358,3 +358,41 @@ def enable_virtual_card(account):
         return codes.ACCOUNT_CLOSED
     layout.put(account, layout.QR_ENABLED, 1)
     return codes.OK
+
+
+# ---------------------------------------------------------------- the double-tap guard
+def _check_tap(tap):
+    assert type(tap) is bytearray, type(tap)
+    assert len(tap) == layout.TAP_RECORD_SIZE, len(tap)
+
+
+def _int64(value):
+    """`value` as the compiled core takes an int64 argument: OverflowError outside."""
+    if not -2**63 <= value < 2**63:
+        raise OverflowError(value)
+    return value
+
+
+def check_repeat_tap(tap, amount, now_ms, window_ms, confirm):
+    """REPEAT_TAP when the guard is on (`window_ms` > 0), the payment is not confirmed, and
+    `tap` (the account's last approved payment at this terminal, or None) was for `amount`
+    at most `window_ms` - 1 ms before `now_ms`; else OK. A clock behind the tap is no repeat."""
+    assert type(amount) is int and type(now_ms) is int and type(window_ms) is int
+    if window_ms <= 0 or confirm or tap is None:
+        return codes.OK
+    _check_tap(tap)
+    if layout.get(tap, layout.TAP_AMOUNT) != amount:
+        return codes.OK
+    elapsed = _int64(now_ms) - layout.get(tap, layout.TAP_AT)
+    if not -2**63 <= elapsed < 2**63:
+        return codes.OK   # further apart than any window
+    return codes.REPEAT_TAP if 0 <= elapsed < window_ms else codes.OK
+
+
+def note_tap(tap, amount, now_ms, txn):
+    """Make `tap` the record of an approved payment of `amount` at `now_ms`, journal `txn`."""
+    amount, now_ms, txn = _int64(amount), _int64(now_ms), _int64(txn)
+    _check_tap(tap)
+    layout.put(tap, layout.TAP_AMOUNT, amount)
+    layout.put(tap, layout.TAP_AT, now_ms)
+    layout.put(tap, layout.TAP_TXN, txn)

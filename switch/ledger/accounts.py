@@ -9,7 +9,7 @@ import os
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.effects import Revocation
-from switch.ledger.payment_path import pay
+from switch.ledger.payment_path import guard_repeat_tap, note_approved_tap, pay
 from switch.ledger.state import Credential
 
 NAMES = codes.CODE_NAMES
@@ -65,6 +65,10 @@ def debit(ledger, credential, values):
     account_id, card_state, _ = card
     now_ms = ledger.clock.now_ms()
     record = ledger.account(account_id)
+    code = guard_repeat_tap(ledger, credential, account_id, record, amount, now_ms,
+                            values.get("confirm", False))
+    if code:
+        return _decline("debit", code)
     code, school = pay(ledger, credential, account_id, record, card_state=card_state,
                        amount=amount, pin=values.get("pin"), pin_checked=True, hold=False,
                        now_ms=now_ms)
@@ -73,6 +77,7 @@ def debit(ledger, credential, values):
     balance, available = _money(record)
     txn = ledger.append_journal("debit", account_id, school.code, -amount, balance, credential,
                                 values["id"], card=card_id)
+    note_approved_tap(ledger, credential, account_id, record, amount, now_ms, txn)
     ledger.count_for_settlement(credential.who, school, now_ms, amount)
     return {"t": "debit", "code": "ok", "txn": txn, "balance": balance, "available": available,
             "account": account_id}

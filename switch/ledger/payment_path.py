@@ -8,7 +8,7 @@ payment's daily limit is counted on and the day it settles on are one day.
 from dataclasses import dataclass
 
 from switch import core
-from switch.core import codes
+from switch.core import codes, layout
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +56,39 @@ def pay(ledger, credential, account_id: str, record, *, card_state: int, amount,
     if code == codes.OK or record != before:
         ledger.save_account(account_id, record)
     return code, school
+
+
+# ---------------------------------------------------------------- the double-tap guard
+def _tap_window_ms(ledger, record) -> int:
+    return ledger.school(record).repeat_tap_window_s * 1000
+
+
+def guard_repeat_tap(ledger, credential, account_id: str, record, amount: int, now_ms: int,
+                     confirm: bool) -> int:
+    """REPEAT_TAP for a debit or QR debit that repeats the account's last approved payment
+    at this terminal inside the school's window, unless confirmed (docs/PROTOCOL.md §4.6
+    rule 2a); else OK. Reads nothing while the guard is off."""
+    window_ms = _tap_window_ms(ledger, record)
+    if window_ms == 0:
+        return codes.OK
+    return core.check_repeat_tap(ledger.last_tap(account_id, credential.who), amount, now_ms,
+                                 window_ms, confirm)
+
+
+def note_approved_tap(ledger, credential, account_id: str, record, amount: int, now_ms: int,
+                      txn: int) -> None:
+    """Remember an approved debit or QR debit for the guard (nothing while it is off)."""
+    if _tap_window_ms(ledger, record) == 0:
+        return
+    tap = ledger.last_tap(account_id, credential.who) or bytearray(layout.TAP_RECORD_SIZE)
+    core.note_tap(tap, amount, now_ms, txn)
+    ledger.save_last_tap(account_id, credential.who, tap)
+
+
+def forget_reversed_tap(ledger, original: dict) -> None:
+    """A reversed payment is no longer one a tap could repeat: the till may take it again."""
+    if original["who"] is None:
+        return
+    tap = ledger.last_tap(original["account"], original["who"])
+    if tap is not None and layout.get(tap, layout.TAP_TXN) == original["txn"]:
+        ledger.forget_last_tap(original["account"], original["who"])

@@ -13,7 +13,8 @@ import hmac
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
-from switch.ledger.payment_path import pay
+from switch.ledger.payment_path import (forget_reversed_tap, guard_repeat_tap, note_approved_tap,
+                                       pay)
 from switch.ledger.qr import parse_qr, qr_tag
 
 REVERSIBLE = frozenset({"debit", "qr_debit", "complete"})
@@ -57,6 +58,10 @@ def qr_debit(ledger, credential, values):
     code, account_id, record, used_key = check_qr(ledger, values["qr"], now_ms)
     if code:
         return _decline("qr_debit", code)
+    code = guard_repeat_tap(ledger, credential, account_id, record, amount, now_ms,
+                            values.get("confirm", False))
+    if code:
+        return _decline("qr_debit", code)
     # No PIN for QR: the phone is the second factor (docs/PROTOCOL.md §4.6 rule 6).
     code, school = pay(ledger, credential, account_id, record, card_state=layout.CARD_ACTIVE,
                        amount=amount, pin=None, pin_checked=False, hold=False, now_ms=now_ms)
@@ -66,6 +71,7 @@ def qr_debit(ledger, credential, values):
     balance, available = _money(record)
     txn = ledger.append_journal("qr_debit", account_id, school.code, -amount, balance, credential,
                                 values["id"])
+    note_approved_tap(ledger, credential, account_id, record, amount, now_ms, txn)
     ledger.count_for_settlement(credential.who, school, now_ms, amount)
     return {"t": "qr_debit", "code": "ok", "txn": txn, "balance": balance, "available": available,
             "account": account_id}
@@ -115,6 +121,7 @@ def reverse(ledger, credential, values):
             txn = ledger.append_journal("reverse", account_id, school.code, amount, balance,
                                         credential, values["id"], target=record["txn"])
             ledger.count_for_settlement(credential.who, school, record["at"], -amount, count=-1)
+            forget_reversed_tap(ledger, record)
             reply = {"t": "reverse", "code": "ok", "txn": txn, "balance": balance}
     ledger.save_first_reversal(credential.who, target, reply)
     return reply

@@ -75,6 +75,10 @@ def day(value):
     return value if type(value) is str and _DAY.match(value) else INVALID
 
 
+def boolean(value):
+    return value if type(value) is bool else INVALID
+
+
 def one_of(*choices):
     def check(value):
         return value if type(value) is str and value in choices else INVALID
@@ -99,8 +103,9 @@ _R, _O = True, False
 SCHEMAS = {
     "ping": (),
     "debit": (("card", card_id, _R), ("amount", amount, _R), ("id", request_id, _R),
-              ("pin", pin, _O)),
-    "qr_debit": (("qr", str_value, _R), ("amount", amount, _R), ("id", request_id, _R)),
+              ("pin", pin, _O), ("confirm", boolean, _O)),
+    "qr_debit": (("qr", str_value, _R), ("amount", amount, _R), ("id", request_id, _R),
+                 ("confirm", boolean, _O)),
     "hold": (("card", card_id, _O), ("qr", str_value, _O), ("amount", amount, _R),
              ("id", request_id, _R), ("pin", pin, _O)),
     # complete's amount, missing or not, is checked among its own rules (§4.8).

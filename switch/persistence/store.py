@@ -41,6 +41,7 @@ DATABASES = {
     "settlement": "credential id + NUL + YYYY-MM-DD -> struct <qq (count, total fen)",
     "school_rooms": "school + NUL + utility account id -> empty (rooms, in account-id order)",
     "building_rooms": "school + NUL + building + NUL + utility account id -> empty",
+    "last_taps": "account id + NUL + credential id -> tap record (core/layout.py TAP_*)",
 }
 
 DELETED = None  # overlay value meaning "deleted in a batch not yet committed"

@@ -156,6 +156,20 @@ def test_school_money_values_are_range_checked(tmp_path, key):
     assert str(caught.value).startswith(f"schools.WH.{key}: {highest + 1} is outside")
 
 
+def test_the_repeat_tap_window_is_range_checked(tmp_path):
+    lowest, highest = limits.repeat_tap_window_s_range
+    for value in (lowest, highest):
+        school = load_config(_school_file(tmp_path, repeat_tap_window_s=value)).schools["WH"]
+        assert school.repeat_tap_window_s == value
+    for value in (lowest - 1, highest + 1):
+        with pytest.raises(ConfigError) as caught:
+            load_config(_school_file(tmp_path, repeat_tap_window_s=value))
+        assert str(caught.value).startswith(f"schools.WH.repeat_tap_window_s: {value} is outside")
+    with pytest.raises(ConfigError, match="repeat_tap_window_s: expected int"):
+        load_config(_school_file(tmp_path, repeat_tap_window_s=1.5))
+    assert default_config().schools["WH"].repeat_tap_window_s == 0      # off unless set
+
+
 def test_school_maxima_can_reach_the_top_of_the_range(tmp_path):
     highest = limits.school_limit_fen_range[1]
     school = load_config(_school_file(tmp_path, **{k: highest for k in (

@@ -1327,3 +1327,35 @@ async def test_zz_client_reset_does_not_take_the_switch_down(ctx):
     await trio.sleep(0.3)
     other = await ctx.session("admin", ctx.sw.admin_key)
     assert await other.call("ping") == {"t": "ping", "re": 1, "code": "ok"}
+
+
+# ===================================================================== campus rules
+
+
+async def test_rooms_pages_utility_accounts_of_one_school(ctx):
+    building = f"7{next(_counter) % 1000:03d}"
+    rooms = [f"WH-{building}A-{n:04d}" for n in range(3)]
+    for room in rooms:
+        await ctx.ok(ctx.adm, "open_account", account=room, school="WH", kind="utility",
+                     id=uid())
+    svc = await ctx.service(school="WH")
+    first = await ctx.ok(svc, "rooms", building=building, limit=2)
+    assert [i["account"] for i in first["items"]] == rooms[:2] and first["next"] == rooms[1]
+    for item in first["items"]:
+        assert item == {"account": item["account"], "utility": "both", "power": "off",
+                        "balance": 0}
+    rest = await ctx.ok(svc, "rooms", building=building, after=first["next"])
+    assert [i["account"] for i in rest["items"]] == rooms[2:] and rest["next"] is None
+    assert (await svc.call("rooms", school="CUIK"))["code"] == "wrong_school"
+    assert (await svc.call("rooms", building="7A"))["code"] == "bad_request"
+    assert (await ctx.adm.call("rooms"))["code"] == "bad_request"     # no school named
+
+
+async def test_confirm_is_a_bool_and_with_the_guard_off_identical_taps_pay(ctx):
+    acct, card = await ctx.person(balance=1000)
+    term = await ctx.terminal()
+    assert (await debit(term, card, 100))["code"] == "ok"
+    assert (await debit(term, card, 100))["code"] == "ok"
+    assert (await debit(term, card, 100, confirm=True))["code"] == "ok"
+    assert (await debit(term, card, 100, confirm=1))["code"] == "bad_request"
+    assert (await ctx.account(acct))["balance"] == 700

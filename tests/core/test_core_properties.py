@@ -551,3 +551,52 @@ def test_any_record_same_outcome(fields, steps):
         else:
             result = run_both(accounts, name, *args)
             event(f"{name}: {result[1].__name__ if result[0] == 'raised' else 'returned'}")
+
+
+# --- The double-tap guard: its own record, the same decision from both cores ---
+
+tap_times = st.one_of(st.integers(0, 20_000), st.integers(0, 20_000), int64s)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(1, 3), st.one_of(tap_times, st.just(None)),
+                                st.booleans(), st.integers(0, 10**6)),
+                      min_size=1, max_size=30),
+       start_at=tap_times, window_ms=st.one_of(st.sampled_from([0, 1, 2_000]), int64s))
+def test_the_double_tap_guard_agrees_and_declines_exactly_repeats_inside_the_window(
+        steps, start_at, window_ms):
+    """Random payment sequences at one till: both cores decide alike, leave identical tap
+    records, and decline exactly an unconfirmed repeat of the last approved amount less than
+    the window after it (checked against the last approval the test itself remembers)."""
+    taps = [None, None]
+    last = None                       # (amount, at) of the last approval
+    clock = start_at
+    for amount, later_ms, confirm, txn in steps:
+        # The till's clock moves on: to a later time drawn, else by 1 ms (a quick repeat).
+        clock = later_ms if later_ms is not None and later_ms > clock else clock + 1
+        if not INT64_MIN <= clock <= INT64_MAX:
+            break
+        results = [outcome(lambda: implementation.check_repeat_tap(tap, amount, clock,
+                                                                  window_ms, confirm))
+                   for implementation, tap in zip(IMPLEMENTATIONS, taps)]
+        assert results[0] == results[1], (amount, clock, results)
+        repeat = (window_ms > 0 and not confirm and last is not None and last[0] == amount
+                  and 0 <= clock - last[1] < window_ms)
+        assert results[0] == ("returned", int, codes.REPEAT_TAP if repeat else codes.OK)
+        if not repeat:
+            taps = [bytearray(layout.TAP_RECORD_SIZE) if tap is None else tap for tap in taps]
+            for implementation, tap in zip(IMPLEMENTATIONS, taps):
+                implementation.note_tap(tap, amount, clock, txn)
+            assert taps[0] == taps[1]
+            last = (amount, clock)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tap=st.binary(min_size=24, max_size=24), amount=st.one_of(int64s, st.integers(1, 3)),
+       now_ms=int64s, window_ms=st.one_of(int64s, st.integers(-1, 10_000)),
+       confirm=st.booleans())
+def test_the_double_tap_guard_agrees_on_any_tap_record(tap, amount, now_ms, window_ms, confirm):
+    results = [outcome(lambda: implementation.check_repeat_tap(bytearray(tap), amount, now_ms,
+                                                              window_ms, confirm))
+               for implementation in IMPLEMENTATIONS]
+    assert results[0] == results[1]

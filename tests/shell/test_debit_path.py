@@ -3,6 +3,7 @@
 import trio
 
 from switch.codec.framing import encode_frame
+from switch.config import default_config
 from tests.shell.harness import Switch
 
 
@@ -242,3 +243,26 @@ async def test_credential_ids_cannot_smuggle_a_separator(switch):
     ok = await switch.admin.request({"t": "add_credential", "who": "WH-POS_01.a:b@c",
                                      "role": "terminal", "school": "WH", "kind": "pos", "id": "g"})
     assert ok["code"] == "ok"
+
+
+async def test_the_double_tap_guard_over_sockets_declines_counts_and_lets_confirmed_pay(
+        tmp_path, nursery):
+    config = default_config()
+    config.schools["WH"].repeat_tap_window_s = 2
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
+    try:
+        await switch.person("WH1", "AAAA", balance=5000)
+        till = await switch.terminal("WH-POS-1")
+        first = await till.request({"t": "debit", "card": "AAAA", "amount": 800, "id": "a"})
+        assert first["code"] == "ok"
+        again = await till.request({"t": "debit", "card": "AAAA", "amount": 800, "id": "b"})
+        assert again == {"t": "debit", "re": 2, "code": "repeat_tap"}
+        resent = await till.request({"t": "debit", "card": "AAAA", "amount": 800, "id": "a"})
+        assert resent["replay"] is True and resent["txn"] == first["txn"]
+        confirmed = await till.request({"t": "debit", "card": "AAAA", "amount": 800, "id": "c",
+                                        "confirm": True})
+        assert confirmed["code"] == "ok" and confirmed["balance"] == 3400
+        assert switch.server.metrics.registry.get_sample_value(
+            "switch_requests_total", {"type": "debit", "code": "repeat_tap"}) == 1
+    finally:
+        await switch.stop()

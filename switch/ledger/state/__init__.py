@@ -162,6 +162,18 @@ class Ledger:
                 school, self.config.max_amount_fen)
         return bounds
 
+    # ----------------------------------------------------------- the double-tap guard
+    def last_tap(self, account_id: str, who: str) -> bytearray | None:
+        """The account's last approved payment at terminal `who` (layout.TAP_*), or None."""
+        return self.store.get_mutable("last_taps", account_id.encode() + b"\0" + who.encode())
+
+    def save_last_tap(self, account_id: str, who: str, tap: bytearray) -> None:
+        assert len(tap) == layout.TAP_RECORD_SIZE
+        self.store.put("last_taps", account_id.encode() + b"\0" + who.encode(), tap)
+
+    def forget_last_tap(self, account_id: str, who: str) -> None:
+        self.store.delete("last_taps", account_id.encode() + b"\0" + who.encode())
+
     # ----------------------------------------------------------- dorm rooms
     def index_room(self, school: str, account_id: str) -> None:
         """List a new utility account among its school's (and building's) rooms."""
