@@ -67,6 +67,8 @@ reply_envelope_bytes_max = 64      # t, code, re and the results' header around 
 offline_future_s = 5 * 60          # an offline tap this far ahead of our clock is refused
 history_limit_default = 50
 history_limit_max = 200
+subsidy_batches_per_account_max = 64   # batches with money left on one account
+subsidies_expired_per_pass_max = 5_000 # batches a housekeeping pass clears at most
 rooms_limit_default = 50           # dorm rooms in one `rooms` page
 rooms_limit_max = 200
 

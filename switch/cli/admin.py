@@ -16,6 +16,7 @@ import argparse
 import codecs
 import csv
 import io
+import hashlib
 import json
 import os
 import re
@@ -218,6 +219,11 @@ def import_requests(rows):
                                     "kind": "utility",
                                     "utility": (row.get("utility") or "both").strip(),
                                     "id": f"import-open-{account}"}))
+    return _sendable(requests, rejects)
+
+
+def _sendable(requests: list, rejects: list):
+    """(the requests that fit in a frame, rejects with those that do not added)."""
     sendable = []
     for line, message in requests:
         problem = unsendable(message)
@@ -255,8 +261,10 @@ def _not_csv(path: str, line: int, error: csv.Error) -> UsageError:
     return UsageError(f"{path} line {line}: not readable as CSV: {error}")
 
 
-def read_import_rows(path: str, encoding: str | None = None) -> list:
-    """(line, row) for each data row of a start-of-term CSV; UsageError says what is wrong."""
+def read_import_rows(path: str, encoding: str | None = None,
+                     required=("type", "account", "school"), columns=IMPORT_COLUMNS) -> list:
+    """(line, row) for each data row of a CSV (a start-of-term one unless `required` and
+    `columns` say otherwise); UsageError says what is wrong."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
@@ -267,10 +275,10 @@ def read_import_rows(path: str, encoding: str | None = None) -> list:
         header = reader.fieldnames or ()
     except csv.Error as error:
         raise _not_csv(path, 1, error) from None
-    missing = {"type", "account", "school"} - set(header)
+    missing = set(required) - set(header)
     if missing:
         raise UsageError(f"{path}: missing column(s) {sorted(missing)}; expected "
-                         f"{', '.join(IMPORT_COLUMNS)}")
+                         f"{', '.join(columns)}")
     rows = []
     try:
         for line, row in enumerate(reader, start=2):
@@ -282,35 +290,84 @@ def read_import_rows(path: str, encoding: str | None = None) -> list:
     return rows
 
 
-async def run_import(client: Client, path: str, rows: list, out=sys.stdout) -> dict:
-    requests, rejects = import_requests(rows)
-    counts = {"rows": len(rows), "created": 0, "already": 0, "rejected": 0}
+async def _pipelined(client: Client, requests: list):
+    """(line, request, reply) for each (line, request), sent in pipelined chunks."""
     for start in range(0, len(requests), limits.cli_import_pipeline_depth_max):
         chunk = requests[start:start + limits.cli_import_pipeline_depth_max]
         with trio.fail_after(limits.cli_reply_timeout_s):
             replies = await client.pipeline([message for _, message in chunk])
         for (line, message), reply in zip(chunk, replies):
-            code = reply["code"]
-            if code == "ok" and reply.get("replay"):
-                counts["already"] += 1
-            elif code == "ok":
-                counts["created"] += 1
-            elif code == "exists" and message["t"] == "open_account":
-                counts["already"] += 1  # opened earlier by other means: nothing to do
-            elif code == "exists":
-                # A card issued under another request may belong to another student.
-                rejects.append((line, f"issue card {message['card']}: exists (already issued; "
-                                      f"`account` shows whose it is)"))
-            else:
-                what = message["t"].replace("_", " ")
-                rejects.append((line, f"{what} {message.get('card') or message['account']}: "
-                                      f"{code}"))
+            yield line, message, reply
+
+
+def _report_import(path: str, counts: dict, rejects: list, out) -> dict:
     counts["rejected"] = len(rejects)
     print(f"import {path}: {counts['rows']} rows, {counts['created']} created, "
           f"{counts['already']} already present, {counts['rejected']} rejected", file=out)
     for line, reason in sorted(rejects):
         print(f"  line {line}: {reason}", file=out)
     return {**counts, "rejects": sorted(rejects)}
+
+
+async def run_import(client: Client, path: str, rows: list, out=sys.stdout) -> dict:
+    requests, rejects = import_requests(rows)
+    counts = {"rows": len(rows), "created": 0, "already": 0, "rejected": 0}
+    async for line, message, reply in _pipelined(client, requests):
+        code = reply["code"]
+        if code == "ok" and reply.get("replay"):
+            counts["already"] += 1
+        elif code == "ok":
+            counts["created"] += 1
+        elif code == "exists" and message["t"] == "open_account":
+            counts["already"] += 1  # opened earlier by other means: nothing to do
+        elif code == "exists":
+            # A card issued under another request may belong to another student.
+            rejects.append((line, f"issue card {message['card']}: exists (already issued; "
+                                  f"`account` shows whose it is)"))
+        else:
+            what = message["t"].replace("_", " ")
+            rejects.append((line, f"{what} {message.get('card') or message['account']}: "
+                                  f"{code}"))
+    return _report_import(path, counts, rejects, out)
+
+
+# ------------------------------------------------------------------ subsidy batch import
+SUBSIDY_COLUMNS = ("account", "amount")
+
+
+def subsidy_requests(rows, batch: str, expires: str):
+    """(line, request) pairs of a subsidy batch CSV (columns account, amount in yuan), and
+    (line, reason) rejects. The id is derived from the batch and the account, so a re-run
+    replays instead of paying twice (and an account listed twice is refused the second time
+    as id_reuse or a replay)."""
+    batch_tag = hashlib.sha256(batch.encode()).hexdigest()[:16]
+    requests, rejects = [], []
+    for line, row in rows:
+        account = (row.get("account") or "").strip()
+        try:
+            amount = yuan_to_fen((row.get("amount") or "").strip())
+        except UsageError as error:
+            rejects.append((line, str(error)))
+            continue
+        if not account:
+            rejects.append((line, "needs an account"))
+            continue
+        requests.append((line, {"t": "subsidy", "account": account, "amount": amount,
+                                "expires": expires, "batch": batch,
+                                "id": f"subsidy-{batch_tag}-{account}"}))
+    return _sendable(requests, rejects)
+
+
+async def run_subsidy_import(client: Client, path: str, rows: list, batch: str, expires: str,
+                             out=sys.stdout) -> dict:
+    requests, rejects = subsidy_requests(rows, batch, expires)
+    counts = {"rows": len(rows), "created": 0, "already": 0, "rejected": 0}
+    async for line, message, reply in _pipelined(client, requests):
+        if reply["code"] == "ok":
+            counts["already" if reply.get("replay") else "created"] += 1
+        else:
+            rejects.append((line, f"subsidy {message['account']}: {reply['code']}"))
+    return _report_import(path, counts, rejects, out)
 
 
 # ------------------------------------------------------------------ command line
@@ -368,6 +425,11 @@ def add_parser(commands) -> None:
     sub.add_parser("revoke").add_argument("who")
     p = sub.add_parser("import")
     p.add_argument("csv", help="start-of-term CSV (students, cards, rooms)")
+    p.add_argument("--encoding", help="the CSV's encoding (default: UTF-8, else GB18030)")
+    p = sub.add_parser("import-subsidies", help="issue a subsidy batch (补助) from a CSV")
+    p.add_argument("csv", help="CSV with columns account, amount (yuan)")
+    p.add_argument("--batch", required=True, help="the school's batch name (1..64 characters)")
+    p.add_argument("--expires", required=True, help="the batch's last day, YYYY-MM-DD")
     p.add_argument("--encoding", help="the CSV's encoding (default: UTF-8, else GB18030)")
 
 
@@ -430,6 +492,8 @@ async def _run(args, key: bytes, work) -> dict | list:
     try:
         if args.admin_command == "import":
             return await run_import(client, args.csv, work)
+        if args.admin_command == "import-subsidies":
+            return await run_subsidy_import(client, args.csv, work, args.batch, args.expires)
         with trio.fail_after(limits.cli_reply_timeout_s):
             return await client.request(work)
     finally:
@@ -467,12 +531,14 @@ def run(args) -> int:
         key = _key(args)
         if args.admin_command == "import":
             work = read_import_rows(args.csv, args.encoding)
+        elif args.admin_command == "import-subsidies":
+            work = read_import_rows(args.csv, args.encoding, SUBSIDY_COLUMNS, SUBSIDY_COLUMNS)
         else:
             work = _checked_request(args)
             if getattr(args, "key_out", None):
                 key_fd = claim_key_file(args.key_out)
         result = trio.run(_run, args, key, work)
-        if args.admin_command == "import":
+        if args.admin_command in ("import", "import-subsidies"):
             return 0 if not result["rejected"] else 3
         if _print_reply(args, result, key_fd):
             key_fd = None
@@ -481,7 +547,7 @@ def run(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (OSError, SwitchError, ProtocolError, trio.EndOfChannel, trio.TooSlowError) as error:
-        if args.admin_command == "import":
+        if args.admin_command in ("import", "import-subsidies"):
             retry = "; rerun the import (rows already done are only counted again)"
         else:
             retry = f"; rerun with --id {work['id']} to finish it safely" if "id" in work else ""

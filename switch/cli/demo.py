@@ -85,13 +85,14 @@ class Demo:
         (broke, broke_card, _, _), (a, card_a, pin_a, _), (b, card_b, _, _) = students[:3]
         cuik_card = students[-1][1]
 
-        async def tap(card, amount, note, pin=None, request_id=None):
+        async def tap(card, amount, note, pin=None, request_id=None, **more):
             message = {"t": "debit", "card": card, "amount": amount,
-                       "id": request_id or self.next_id("T1")}
+                       "id": request_id or self.next_id("T1"), **more}
             if pin:
                 message["pin"] = pin
             reply = await till.request(message)
-            detail = (f"balance {yuan(reply['balance'])} txn {reply['txn']}"
+            subsidy = f" subsidy {yuan(reply['subsidy'])}" if reply.get("subsidy") else ""
+            detail = (f"balance {yuan(reply['balance'])}{subsidy} txn {reply['txn']}"
                       if reply["code"] == "ok" else "")
             replay = " (replay)" if reply.get("replay") else ""
             print(f"   tap {card} {yuan(amount):>6} yuan  -> {reply['code']}{replay} {detail}"
@@ -100,6 +101,15 @@ class Demo:
 
         await tap(card_a, 1250, "rice and two dishes")
         await tap(card_b, 800, "noodles")
+        await tap(card_b, 800, "the same card taps again at once: the double-tap guard")
+        await tap(card_b, 800, "the cashier confirms a second bowl", confirm=True)
+        granted = await admin.request({"t": "subsidy", "account": a, "amount": 1000,
+                                       "expires": "2099-12-31", "batch": "demo meal subsidy",
+                                       "id": "subsidy-demo-1"})
+        print(f"   the school credits {a} a 10.00 yuan meal subsidy (补助) -> {granted['code']}, "
+              f"balance {yuan(granted['balance'])} subsidy {yuan(granted['subsidy'])}")
+        await tap(card_a, 600, "a subsidised student: the subsidy pays first")
+        await tap(card_a, 700, "the last 4.00 of the subsidy, then 3.00 of her own")
         await tap(card_a, 6800, "a big order above 50 yuan, no PIN")
         await tap(card_a, 6800, "same order, wrong PIN", pin="000001")
         await tap(card_a, 6800, "same order, PIN = last six of the ID card", pin=pin_a)
@@ -173,6 +183,15 @@ def _scrape(port: int) -> str:
 
 def _write_config(path: pathlib.Path, billing_port: int, utility_port: int, keys: dict) -> None:
     path.write_text(f"""# written by `make demo`
+[schools.WH]
+name = "云南艺术学院文华学院"
+repeat_tap_window_s = 3     # the double-tap guard (防重复刷卡)
+
+[schools.CUIK]
+name = "昆明传媒学院"
+split_buildings = ["9"]
+repeat_tap_window_s = 3
+
 [[destinations]]
 name = "billing"
 address = "127.0.0.1:{billing_port}"

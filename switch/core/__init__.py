@@ -32,6 +32,11 @@ Interface (see `reference.py` for the normative docstrings):
                school_no_pin, per_tx_max, daily_max, no_pin_max) -> code
     enable_virtual_card(account) -> code   (closed: ACCOUNT_CLOSED)
 
+  The subsidy purse (SUBSIDY: spent first by authorize, complete_hold and apply_offline):
+    grant_subsidy(account, amount) -> code (utility BAD_REQUEST, closed ACCOUNT_CLOSED)
+    return_to_subsidy(account, part) -> None   (after unspend: the subsidy's part goes back)
+    expire_subsidy(account, amount) -> None
+
   The double-tap guard, on its own record (layout.TAP_*), not the account's:
     check_repeat_tap(tap, amount, now_ms, window_ms, confirm) -> code   (tap may be None)
     note_tap(tap, amount, now_ms, txn) -> None
@@ -70,3 +75,6 @@ set_limits = implementation.set_limits
 enable_virtual_card = implementation.enable_virtual_card
 check_repeat_tap = implementation.check_repeat_tap
 note_tap = implementation.note_tap
+grant_subsidy = implementation.grant_subsidy
+return_to_subsidy = implementation.return_to_subsidy
+expire_subsidy = implementation.expire_subsidy

@@ -33,7 +33,8 @@ __all__ = [
     "set_pin", "reset_pin", "credit", "unspend", "complete_hold",
     "release_hold", "apply_offline", "apply_meter", "apply_restore",
     "freeze", "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
-    "enable_virtual_card", "check_repeat_tap", "note_tap",
+    "enable_virtual_card", "check_repeat_tap", "note_tap", "grant_subsidy",
+    "return_to_subsidy", "expire_subsidy",
 ]
 
 # Exact integer semantics: an int64 sum or difference that would wrap is
@@ -49,6 +50,8 @@ cdef extern from *:
     """
     bint add_overflow "switch_core_add_overflow"(long long a, long long b, long long *r) nogil
     bint sub_overflow "switch_core_sub_overflow"(long long a, long long b, long long *r) nogil
+    # Wide enough for the sum of three int64s: the funds check is exact as in Python.
+    ctypedef long long wide_int "__int128"
 
 
 cdef packed struct AccountRecord:
@@ -74,6 +77,8 @@ cdef packed struct AccountRecord:
     unsigned char pin_salt[16]
     unsigned char pin_hash[32]
     unsigned char id_hash[32]
+    int64_t subsidy
+    uint8_t spare[16]
 
 
 cdef packed struct TapRecord:
@@ -103,6 +108,7 @@ cdef enum:
     IDENTITY_MISMATCH = 31
     REPEAT_TAP = 34
 
+    KIND_PERSON = 0
     STATUS_ACTIVE = 0
     STATUS_FROZEN = 1
     STATUS_CLOSED = 2
@@ -114,7 +120,7 @@ cdef enum:
     CARD_STATE_BLOCKED = 2
     CARD_NONE = 3
 
-    ACCOUNT_RECORD_SIZE = 152
+    ACCOUNT_RECORD_SIZE = 176
     TAP_RECORD_SIZE = 24
     SALT_SIZE_BYTES = 16
     DIGEST_SIZE_BYTES = 32
@@ -144,7 +150,7 @@ cdef _check_mirrors():
         "LIMIT_PER_TX": _offset(r, &r.limit_per_tx), "LIMIT_DAILY": _offset(r, &r.limit_daily),
         "LIMIT_NO_PIN": _offset(r, &r.limit_no_pin), "SCHOOL": _offset(r, &r.school[0]),
         "PIN_SALT": _offset(r, &r.pin_salt[0]), "PIN_HASH": _offset(r, &r.pin_hash[0]),
-        "ID_HASH": _offset(r, &r.id_hash[0]),
+        "ID_HASH": _offset(r, &r.id_hash[0]), "SUBSIDY": _offset(r, &r.subsidy),
     }
     for name, offset in offsets.items():
         if getattr(_layout, name)[0] != offset:
@@ -161,7 +167,7 @@ cdef _check_mirrors():
         (_codes, "PIN_REQUIRED"): PIN_REQUIRED, (_codes, "PIN_INVALID"): PIN_INVALID,
         (_codes, "LIMIT_PER_TX"): LIMIT_PER_TX, (_codes, "LIMIT_DAILY"): LIMIT_DAILY,
         (_codes, "WRONG_SCHOOL"): WRONG_SCHOOL, (_codes, "BAD_AMOUNT"): BAD_AMOUNT,
-        (_codes, "BAD_REQUEST"): BAD_REQUEST, (_codes, "NOT_EMPTY"): NOT_EMPTY,
+        (_codes, "BAD_REQUEST"): BAD_REQUEST, (_layout, "KIND_PERSON"): KIND_PERSON, (_codes, "NOT_EMPTY"): NOT_EMPTY,
         (_codes, "IDENTITY_MISMATCH"): IDENTITY_MISMATCH, (_codes, "REPEAT_TAP"): REPEAT_TAP,
         (_layout, "TAP_RECORD_SIZE"): TAP_RECORD_SIZE,
         (_layout, "STATUS_ACTIVE"): STATUS_ACTIVE,
@@ -185,7 +191,7 @@ cdef _check_mirrors():
         "ID_LOCKED": sizeof(r.id_locked), "LIMIT_PER_TX": sizeof(r.limit_per_tx),
         "LIMIT_DAILY": sizeof(r.limit_daily), "LIMIT_NO_PIN": sizeof(r.limit_no_pin),
         "SCHOOL": sizeof(r.school), "PIN_SALT": SALT_SIZE_BYTES, "PIN_HASH": DIGEST_SIZE_BYTES,
-        "ID_HASH": DIGEST_SIZE_BYTES,
+        "ID_HASH": DIGEST_SIZE_BYTES, "SUBSIDY": sizeof(r.subsidy),
     }
     for name, size in sizes.items():
         if struct.calcsize(getattr(_layout, name)[1]) != size:
@@ -363,14 +369,14 @@ def authorize(account, int card_state, same_school, amount, pin, bint pin_checke
     # 7. funds
     held = record.held
     assert held >= 0, held
-    if sub_overflow(record.balance, held, &available) or available < value:
+    if <wide_int>record.balance + <wide_int>record.subsidy - <wide_int>held < <wide_int>value:
         return INSUFFICIENT_FUNDS
     if hold:
         wrapped = add_overflow(held, value, &total)
         assert not wrapped, (held, value)
         _put_held(record, total)
     else:
-        _put_balance(record, record.balance - value)  # cannot wrap: balance >= held + value
+        _spend(record, value)
         _count_spending(record, value, day)
     return OK
 
@@ -462,6 +468,23 @@ cdef inline int _take(AccountRecord* record, long long amount) except -1:
     return 0
 
 
+cdef inline int _put_subsidy(AccountRecord* record, long long subsidy) except -1:
+    assert 0 <= subsidy <= BALANCE_FEN_MAX, subsidy
+    record.subsidy = subsidy
+    return 0
+
+
+cdef inline int _spend(AccountRecord* record, long long amount) except -1:
+    """Pay `amount` (>= 0) from the subsidy purse first, the rest from the balance."""
+    cdef long long from_subsidy
+    assert amount >= 0, amount
+    assert record.subsidy >= 0, record.subsidy
+    from_subsidy = record.subsidy if record.subsidy < amount else amount
+    record.subsidy -= from_subsidy
+    _take(record, amount - from_subsidy)
+    return 0
+
+
 cdef inline int _release(AccountRecord* record, long long hold_amount) except -1:
     """Release `hold_amount` (>= 0) of the held total."""
     cdef long long held
@@ -478,7 +501,7 @@ def complete_hold(account, long long hold_amount, long long amount, int day):
     cdef AccountRecord* record = _record(account)
     assert 0 <= amount <= hold_amount, (amount, hold_amount)
     _release(record, hold_amount)
-    _take(record, amount)
+    _spend(record, amount)
     _count_spending(record, amount, day)
 
 
@@ -490,7 +513,7 @@ def release_hold(account, long long hold_amount):
 def apply_offline(account, long long amount, int day):
     """Apply an offline tap of local day `day`: always taken, counted unless the day is past."""
     cdef AccountRecord* record = _record(account)
-    _take(record, amount)
+    _spend(record, amount)
     if day >= record.spent_day:
         _count_spending(record, amount, day)
 
@@ -650,3 +673,41 @@ def note_tap(tap, long long amount, long long now_ms, long long txn):
     record.amount = amount
     record.at_ms = now_ms
     record.txn = txn
+
+
+# ---------------------------------------------------------------- the subsidy purse (补助)
+def grant_subsidy(account, amount):
+    """Credit `amount` to the subsidy purse (see reference.grant_subsidy)."""
+    cdef AccountRecord* record = _record(account)
+    cdef int overflow = 0
+    cdef long long value
+    cdef long long subsidy
+    assert type(amount) is int, type(amount)
+    if record.kind != KIND_PERSON:
+        return BAD_REQUEST
+    if record.status == STATUS_CLOSED:
+        return ACCOUNT_CLOSED
+    value = PyLong_AsLongLongAndOverflow(amount, &overflow)
+    if overflow != 0 or value < 1 or add_overflow(record.subsidy, value, &subsidy) \
+            or subsidy > BALANCE_FEN_MAX:
+        return BAD_AMOUNT
+    record.subsidy = subsidy
+    return OK
+
+
+def return_to_subsidy(account, long long part):
+    """Move the `part` of a reversed payment the subsidy purse had paid back into it."""
+    cdef AccountRecord* record = _record(account)
+    cdef long long subsidy
+    cdef bint wrapped
+    _take(record, part)
+    wrapped = add_overflow(record.subsidy, part, &subsidy)
+    assert not wrapped, (record.subsidy, part)
+    _put_subsidy(record, subsidy)
+
+
+def expire_subsidy(account, long long amount):
+    """Clear `amount` (0 .. the purse) of the subsidy purse."""
+    cdef AccountRecord* record = _record(account)
+    assert 0 <= amount <= record.subsidy, amount
+    record.subsidy -= amount

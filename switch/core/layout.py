@@ -30,8 +30,10 @@ SCHOOL = (64, "8s")          # ASCII school code, NUL padded
 PIN_SALT = (72, "16s")
 PIN_HASH = (88, "32s")       # HMAC-SHA256(PIN_SALT, b"pin:" + pin)
 ID_HASH = (120, "32s")       # HMAC-SHA256(PIN_SALT, b"id:" + id_last6)
+SUBSIDY = (152, "<q")        # fen in the subsidy purse (补助); spent before BALANCE, never refunded
+# 160..175 spare (zero). Records of schema 2 were 152 bytes; opening one pads them.
 
-ACCOUNT_RECORD_SIZE = 152
+ACCOUNT_RECORD_SIZE = 176
 
 STATUS_ACTIVE, STATUS_FROZEN, STATUS_CLOSED = 0, 1, 2
 STATUS_NAMES = ("active", "frozen", "closed")
@@ -48,7 +50,7 @@ CARD_STATE_NAMES = ("active", "lost", "blocked")
 _fields = [BALANCE, HELD, SPENT_TODAY, SPENT_DAY, STATUS, KIND, UTILITY, POWER_ON,
            PIN_FAILURES, PIN_LOCKED, FREEZE_REASON, QR_ENABLED, ID_FAILURES, ID_LOCKED,
            LIMIT_PER_TX,
-           LIMIT_DAILY, LIMIT_NO_PIN, SCHOOL, PIN_SALT, PIN_HASH, ID_HASH]
+           LIMIT_DAILY, LIMIT_NO_PIN, SCHOOL, PIN_SALT, PIN_HASH, ID_HASH, SUBSIDY]
 assert all(o + struct.calcsize(f) <= ACCOUNT_RECORD_SIZE for o, f in _fields)
 
 

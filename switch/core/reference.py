@@ -15,7 +15,8 @@ __all__ = [
     "set_pin", "reset_pin", "credit", "unspend", "complete_hold",
     "release_hold", "apply_offline", "apply_meter", "apply_restore",
     "freeze", "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
-    "enable_virtual_card", "check_repeat_tap", "note_tap",
+    "enable_virtual_card", "check_repeat_tap", "note_tap", "grant_subsidy",
+    "return_to_subsidy", "expire_subsidy",
 ]
 
 _pin_digest_size_bytes = 32
@@ -35,6 +36,21 @@ def _put_balance(account, balance):
 def _put_held(account, held):
     assert 0 <= held <= limits.balance_fen_max, held
     layout.put(account, layout.HELD, held)
+
+
+def _put_subsidy(account, subsidy):
+    assert 0 <= subsidy <= limits.balance_fen_max, subsidy
+    layout.put(account, layout.SUBSIDY, subsidy)
+
+
+def _spend(account, amount):
+    """Pay `amount` (>= 0) from the subsidy purse first, the rest from the balance."""
+    assert amount >= 0, amount
+    subsidy = layout.get(account, layout.SUBSIDY)
+    assert subsidy >= 0, subsidy
+    from_subsidy = min(subsidy, amount)
+    layout.put(account, layout.SUBSIDY, subsidy - from_subsidy)
+    _put_balance(account, layout.get(account, layout.BALANCE) - (amount - from_subsidy))
 
 
 def _count_spending(account, amount, day):
@@ -146,12 +162,12 @@ def authorize(account, card_state, same_school, amount, pin, pin_checked, day,
     balance = layout.get(account, layout.BALANCE)
     held = layout.get(account, layout.HELD)
     assert held >= 0, held
-    if balance - held < amount:
+    if balance + layout.get(account, layout.SUBSIDY) - held < amount:
         return codes.INSUFFICIENT_FUNDS
     if hold:
         _put_held(account, held + amount)
     else:
-        _put_balance(account, balance - amount)
+        _spend(account, amount)
         _count_spending(account, amount, day)
     return codes.OK
 
@@ -220,7 +236,7 @@ def complete_hold(account, hold_amount, amount, day):
     _check_record(account)
     assert 0 <= amount <= hold_amount, (amount, hold_amount)
     _put_held(account, layout.get(account, layout.HELD) - hold_amount)
-    _put_balance(account, layout.get(account, layout.BALANCE) - amount)
+    _spend(account, amount)
     _count_spending(account, amount, day)
 
 
@@ -234,8 +250,7 @@ def release_hold(account, hold_amount):
 def apply_offline(account, amount, day):
     """Apply an offline tap of local day `day`: always taken, counted unless the day is past."""
     _check_record(account)
-    assert amount >= 0, amount
-    _put_balance(account, layout.get(account, layout.BALANCE) - amount)
+    _spend(account, amount)
     spent_day = layout.get(account, layout.SPENT_DAY)
     if day >= spent_day:
         _count_spending(account, amount, day)
@@ -396,3 +411,39 @@ def note_tap(tap, amount, now_ms, txn):
     layout.put(tap, layout.TAP_AMOUNT, amount)
     layout.put(tap, layout.TAP_AT, now_ms)
     layout.put(tap, layout.TAP_TXN, txn)
+
+
+# ---------------------------------------------------------------- the subsidy purse (补助)
+def grant_subsidy(account, amount):
+    """Credit `amount` to the subsidy purse: a utility account BAD_REQUEST, closed
+    ACCOUNT_CLOSED, amount below 1 or a purse past its maximum BAD_AMOUNT."""
+    _check_record(account)
+    assert type(amount) is int, type(amount)
+    if layout.get(account, layout.KIND) != layout.KIND_PERSON:
+        return codes.BAD_REQUEST
+    if layout.get(account, layout.STATUS) == layout.STATUS_CLOSED:
+        return codes.ACCOUNT_CLOSED
+    subsidy = layout.get(account, layout.SUBSIDY) + amount
+    if amount < 1 or subsidy > limits.balance_fen_max:
+        return codes.BAD_AMOUNT
+    layout.put(account, layout.SUBSIDY, subsidy)
+    return codes.OK
+
+
+def return_to_subsidy(account, part):
+    """After `unspend` gave a reversed payment back to the balance: move the `part` the
+    subsidy purse had paid back into it."""
+    _check_record(account)
+    _int64(part)
+    assert part >= 0, part
+    _put_balance(account, layout.get(account, layout.BALANCE) - part)
+    _put_subsidy(account, layout.get(account, layout.SUBSIDY) + part)
+
+
+def expire_subsidy(account, amount):
+    """Clear `amount` (0 .. the purse) of the subsidy purse: a batch lapsed or the account
+    closed. Nothing goes to the balance."""
+    _check_record(account)
+    _int64(amount)
+    assert 0 <= amount <= layout.get(account, layout.SUBSIDY), amount
+    layout.put(account, layout.SUBSIDY, layout.get(account, layout.SUBSIDY) - amount)

@@ -10,6 +10,7 @@ from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.effects import Revocation
 from switch.ledger.payment_path import guard_repeat_tap, note_approved_tap, pay
+from switch.ledger.purses import purse, spent, with_subsidy
 from switch.ledger.state import Credential
 
 NAMES = codes.CODE_NAMES
@@ -20,8 +21,9 @@ def _decline(request_type: str, code: int) -> dict:
 
 
 def _money(record) -> tuple[int, int]:
+    """(balance, available): the student's own money, and both purses less open holds."""
     balance = layout.get(record, layout.BALANCE)
-    return balance, balance - layout.get(record, layout.HELD)
+    return balance, balance + layout.get(record, layout.SUBSIDY) - layout.get(record, layout.HELD)
 
 
 def _crosses_school(credential: Credential, record) -> bool:
@@ -69,6 +71,7 @@ def debit(ledger, credential, values):
                             values.get("confirm", False))
     if code:
         return _decline("debit", code)
+    subsidy_before = purse(record)
     code, school = pay(ledger, credential, account_id, record, card_state=card_state,
                        amount=amount, pin=values.get("pin"), pin_checked=True, hold=False,
                        now_ms=now_ms)
@@ -76,11 +79,12 @@ def debit(ledger, credential, values):
         return _decline("debit", code)
     balance, available = _money(record)
     txn = ledger.append_journal("debit", account_id, school.code, -amount, balance, credential,
-                                values["id"], card=card_id)
+                                values["id"], card=card_id,
+                                **spent(ledger, account_id, subsidy_before, record))
     note_approved_tap(ledger, credential, account_id, record, amount, now_ms, txn)
     ledger.count_for_settlement(credential.who, school, now_ms, amount)
-    return {"t": "debit", "code": "ok", "txn": txn, "balance": balance, "available": available,
-            "account": account_id}
+    return with_subsidy({"t": "debit", "code": "ok", "txn": txn, "balance": balance,
+                         "available": available, "account": account_id}, record)
 
 
 def balance(ledger, credential, values):
@@ -97,8 +101,8 @@ def balance(ledger, credential, values):
     if card_state == layout.CARD_BLOCKED:
         return _decline("balance", codes.CARD_BLOCKED)
     balance, available = _money(record)
-    return {"t": "balance", "code": "ok", "balance": balance, "available": available,
-            "account": account_id}
+    return with_subsidy({"t": "balance", "code": "ok", "balance": balance,
+                         "available": available, "account": account_id}, record)
 
 
 # ------------------------------------------------------------------ service
@@ -124,7 +128,8 @@ def credit(ledger, credential, values):
     if layout.get(record, layout.KIND) == layout.KIND_UTILITY and core.apply_restore(record):
         ledger.save_account(account_id, record)
         ledger.append_journal("restore", account_id, school, 0, balance, credential, values["id"])
-    return {"t": "credit", "code": "ok", "txn": txn, "balance": balance, "available": available}
+    return with_subsidy({"t": "credit", "code": "ok", "txn": txn, "balance": balance,
+                         "available": available}, record)
 
 
 def account(ledger, credential, values):
@@ -145,7 +150,9 @@ def account(ledger, credential, values):
              "pin_locked": bool(layout.get(record, layout.PIN_LOCKED)),
              "balance": balance, "available": available, "cards": cards,
              "limits": _effective_limits(record, school), "holder": info.get("holder")}
-    if layout.get(record, layout.KIND) == layout.KIND_UTILITY:
+    if layout.get(record, layout.KIND) == layout.KIND_PERSON:
+        reply["subsidy"] = purse(record)
+    else:
         reply["utility"] = layout.UTILITY_NAMES[layout.get(record, layout.UTILITY)]
         reply["power"] = bool(layout.get(record, layout.POWER_ON))
     return reply
@@ -167,7 +174,8 @@ def history(ledger, credential, values):
             break
         entry = ledger.journal_record(txn)
         items.append({"txn": entry["txn"], "at": entry["at"], "kind": entry["kind"],
-                      "amount": entry["amount"], "balance": entry["balance"],
+                      "amount": entry["amount"], "from_subsidy": entry.get("from_subsidy", 0),
+                      "balance": entry["balance"],
                       "who": entry["who"], "merchant": entry["merchant"]})
     return {"t": "history", "code": "ok", "items": items,
             "next": items[-1]["txn"] if more else None}

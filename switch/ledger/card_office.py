@@ -8,6 +8,7 @@ as overdrawn.
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _crosses_school, _decline, _money, account_of
+from switch.ledger.subsidies import clear_on_close
 
 
 def should_be_listed(card_state: int, record) -> bool:
@@ -154,7 +155,10 @@ def unlock(ledger, credential, values):
 
 
 def close_account(ledger, credential, values):
-    return _change_standing(ledger, credential, values, "close_account", core.close)
+    reply = _change_standing(ledger, credential, values, "close_account", core.close)
+    if "txn" in reply:
+        clear_on_close(ledger, credential, values["account"], values["id"])
+    return reply
 
 
 def blacklist(ledger, credential, values):

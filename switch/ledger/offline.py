@@ -15,6 +15,7 @@ from switch.ledger import idempotency, schema
 from switch.ledger.card_office import record_standing
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
+from switch.ledger.purses import purse, spent
 
 _FIELDS = ("id", "card", "amount", "at")
 
@@ -90,13 +91,15 @@ def _decide(ledger, credential, record_id, item) -> dict:
         return _result(record_id, codes.BAD_REQUEST)
 
     # It already happened: no limits, PIN, standing or balance check.
+    subsidy_before = purse(record)
     core.apply_offline(record, amount, school.days.day_of(at_ms))
     ledger.save_account(account_id, record)
     balance, _ = _money(record)
     flag = None
     if card_state in (layout.CARD_LOST, layout.CARD_BLOCKED) and at_ms > card_changed_ms:
         flag = "after_lost"
-    extra = {"card": card_id, "tapped_at": at_ms}
+    extra = {"card": card_id, "tapped_at": at_ms,
+             **spent(ledger, account_id, subsidy_before, record)}
     if flag:
         extra["flag"] = flag
     txn = ledger.append_journal("offline", account_id, school.code, -amount, balance, credential,

@@ -15,6 +15,7 @@ from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
 from switch.ledger.payment_path import (forget_reversed_tap, guard_repeat_tap, note_approved_tap,
                                        pay)
+from switch.ledger.purses import give_back, purse, spent, with_subsidy
 from switch.ledger.qr import parse_qr, qr_tag
 
 REVERSIBLE = frozenset({"debit", "qr_debit", "complete"})
@@ -62,6 +63,7 @@ def qr_debit(ledger, credential, values):
                             values.get("confirm", False))
     if code:
         return _decline("qr_debit", code)
+    subsidy_before = purse(record)
     # No PIN for QR: the phone is the second factor (docs/PROTOCOL.md §4.6 rule 6).
     code, school = pay(ledger, credential, account_id, record, card_state=layout.CARD_ACTIVE,
                        amount=amount, pin=None, pin_checked=False, hold=False, now_ms=now_ms)
@@ -70,11 +72,11 @@ def qr_debit(ledger, credential, values):
     ledger.mark_qr_code_used(used_key)
     balance, available = _money(record)
     txn = ledger.append_journal("qr_debit", account_id, school.code, -amount, balance, credential,
-                                values["id"])
+                                values["id"], **spent(ledger, account_id, subsidy_before, record))
     note_approved_tap(ledger, credential, account_id, record, amount, now_ms, txn)
     ledger.count_for_settlement(credential.who, school, now_ms, amount)
-    return {"t": "qr_debit", "code": "ok", "txn": txn, "balance": balance, "available": available,
-            "account": account_id}
+    return with_subsidy({"t": "qr_debit", "code": "ok", "txn": txn, "balance": balance,
+                         "available": available, "account": account_id}, record)
 
 
 def prune_used_qr(ledger) -> int:
@@ -116,13 +118,16 @@ def reverse(ledger, credential, values):
             school = ledger.school(account)
             amount = -record["amount"]
             core.unspend(account, amount, school.days.day_of(record["at"]))
+            returned = give_back(ledger, account_id, account, record)
             ledger.save_account(account_id, account)
             balance, _ = _money(account)
             txn = ledger.append_journal("reverse", account_id, school.code, amount, balance,
-                                        credential, values["id"], target=record["txn"])
+                                        credential, values["id"], target=record["txn"],
+                                        **returned)
             ledger.count_for_settlement(credential.who, school, record["at"], -amount, count=-1)
             forget_reversed_tap(ledger, record)
-            reply = {"t": "reverse", "code": "ok", "txn": txn, "balance": balance}
+            reply = with_subsidy({"t": "reverse", "code": "ok", "txn": txn, "balance": balance},
+                                 account)
     ledger.save_first_reversal(credential.who, target, reply)
     return reply
 

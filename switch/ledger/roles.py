@@ -10,7 +10,7 @@ SERVICE = frozenset({"credit", "account", "history", "lost", "found", "set_limit
                      "reset_pin", "verify_pin", "virtual_card", "rooms"})
 ADMIN = SERVICE | frozenset({"open_account", "close_account", "issue_card", "replace_card",
                              "freeze", "unfreeze", "unlock", "add_credential",
-                             "revoke_credential"})
+                             "revoke_credential", "subsidy"})
 ROLES = ("terminal", "service", "admin")
 
 

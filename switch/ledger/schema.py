@@ -141,6 +141,8 @@ SCHEMAS = {
                      ("id_last6", id_last6, _O), ("utility", one_of("both", "electric", "water"), _O),
                      ("id", request_id, _R)),
     "close_account": (("account", account_id, _R), ("id", request_id, _R)),
+    "subsidy": (("account", account_id, _R), ("amount", amount, _R), ("expires", day, _R),
+                ("batch", short_text, _R), ("id", request_id, _R)),
     "issue_card": (("account", account_id, _R), ("card", card_id, _R), ("id", request_id, _R)),
     "replace_card": (("account", account_id, _R), ("old", card_id, _R), ("new", card_id, _R),
                      ("id", request_id, _R)),

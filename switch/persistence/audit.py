@@ -1,8 +1,10 @@
 """`python -m switch audit`: check a data dir's books without starting the switch.
 
 Checks that journal txns run 1..N without gaps, that each account's balance
-equals the sum of its journal amounts (and each record's `balance` the running
-sum), and that each account's held amount equals its open holds. Reads one
+equals the sum of its journal amounts less what the subsidy purse paid (and each
+record's `balance` the running sum), that its subsidy purse equals what the journal
+put in and took out of it (and each record's `subsidy`, where it says one), and what
+its batches hold, and that each account's held amount equals its open holds. Reads one
 consistent LMDB snapshot, so it works on a live switch and on a crashed one.
 """
 
@@ -62,7 +64,7 @@ def audit(data_dir: str) -> AuditReport:
     report = AuditReport()
     try:
         dbs = {}
-        for name in ("accounts", "journal", "holds"):
+        for name in ("accounts", "journal", "holds", "subsidy_batches"):
             try:
                 dbs[name] = env.open_db(name.encode(), create=False)
             except lmdb.NotFoundError:
@@ -90,6 +92,7 @@ def journal_records(data_dir: str):
 
 def _check(txn, dbs, report: AuditReport) -> None:
     sums: dict[str, int] = {}
+    subsidies: dict[str, int] = {}
     expected_txn = 1
     for key, value in txn.cursor(db=dbs["journal"]):
         number = int.from_bytes(key, "big")
@@ -100,8 +103,14 @@ def _check(txn, dbs, report: AuditReport) -> None:
         if record.get("txn") != number:
             report.problems.append(f"txn {number}: record says txn {record.get('txn')}")
         account = record["account"]
-        running = sums.get(account, 0) + record["amount"]
+        # `from_subsidy` is the part of `amount` the subsidy purse paid (negative: received).
+        from_subsidy = record.get("from_subsidy", 0)
+        running = sums.get(account, 0) + record["amount"] + from_subsidy
         sums[account] = running
+        subsidy = subsidies[account] = subsidies.get(account, 0) - from_subsidy
+        if "subsidy" in record and record["subsidy"] != subsidy:
+            report.problems.append(f"txn {number}: subsidy {record['subsidy']} but running "
+                                   f"sum of {account}'s subsidy is {subsidy}")
         if record["balance"] != running:
             report.problems.append(f"txn {number}: balance {record['balance']} but running sum "
                                    f"of {account} is {running}")
@@ -116,6 +125,12 @@ def _check(txn, dbs, report: AuditReport) -> None:
                 held[hold["account"]] = held.get(hold["account"], 0) + hold["amount"]
                 report.open_holds += 1
 
+    batches: dict[str, int] = {}
+    if dbs["subsidy_batches"] is not None:
+        for key, value in txn.cursor(db=dbs["subsidy_batches"]):
+            account = key.split(b"\0", 1)[0].decode()
+            batches[account] = batches.get(account, 0) + msgpack.unpackb(value)["remaining"]
+
     for key, value in txn.cursor(db=dbs["accounts"]):
         account = key.decode()
         balance = layout.get(value, layout.BALANCE)
@@ -125,6 +140,13 @@ def _check(txn, dbs, report: AuditReport) -> None:
         if balance != journal_sum:
             report.problems.append(f"account {account}: balance {balance} but journal sum "
                                    f"{journal_sum}")
+        subsidy = layout.get(value, layout.SUBSIDY)
+        if subsidy != subsidies.get(account, 0):
+            report.problems.append(f"account {account}: subsidy {subsidy} but journal sum "
+                                   f"{subsidies.get(account, 0)}")
+        if subsidy != batches.get(account, 0):
+            report.problems.append(f"account {account}: subsidy {subsidy} but its batches "
+                                   f"hold {batches.get(account, 0)}")
         if layout.get(value, layout.HELD) != held.get(account, 0):
             report.problems.append(f"account {account}: held {layout.get(value, layout.HELD)} "
                                    f"but open holds sum to {held.get(account, 0)}")

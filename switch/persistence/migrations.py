@@ -16,7 +16,8 @@ def room_index_keys(school: str, account_id: str) -> tuple[bytes, bytes | None]:
 
 
 def _index_rooms(txn, dbs) -> None:
-    """Schema 1 -> 2: the room indexes `rooms` pages through, built from the accounts."""
+    """Schema 1 -> 2: the room indexes `rooms` pages through, built from the accounts (records
+    of 152 bytes then: the fields read here kept their offsets)."""
     for key, record in txn.cursor(db=dbs["accounts"]):
         if layout.get(record, layout.KIND) != layout.KIND_UTILITY:
             continue
@@ -26,5 +27,18 @@ def _index_rooms(txn, dbs) -> None:
             txn.put(by_building, b"", db=dbs["building_rooms"])
 
 
+_SCHEMA_2_ACCOUNT_RECORD_SIZE = 152
+
+
+def _pad_account_records(txn, dbs) -> None:
+    """Schema 2 -> 3: account records grow to hold the subsidy purse (layout.SUBSIDY), empty
+    in every record that existed before."""
+    padding = bytes(layout.ACCOUNT_RECORD_SIZE - _SCHEMA_2_ACCOUNT_RECORD_SIZE)
+    grown = [(key, record + padding) for key, record in txn.cursor(db=dbs["accounts"])
+             if len(record) == _SCHEMA_2_ACCOUNT_RECORD_SIZE]
+    for key, record in grown:
+        txn.put(key, record, db=dbs["accounts"])
+
+
 # schema version -> the step that brings a data dir of that version to the next one.
-UPGRADES = {1: _index_rooms}
+UPGRADES = {1: _index_rooms, 2: _pad_account_records}

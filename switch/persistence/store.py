@@ -16,7 +16,7 @@ from switch import limits
 from switch.persistence.migrations import UPGRADES
 from switch.persistence.keys import decode_position, encode_position, position_key, txn_key
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
 
 # name -> what it holds (key -> value)
@@ -41,6 +41,8 @@ DATABASES = {
     "settlement": "credential id + NUL + YYYY-MM-DD -> struct <qq (count, total fen)",
     "school_rooms": "school + NUL + utility account id -> empty (rooms, in account-id order)",
     "building_rooms": "school + NUL + building + NUL + utility account id -> empty",
+    "subsidy_batches": "account id + NUL + batch -> msgpack {remaining, expires, end_ms}",
+    "subsidy_expiry": "end ms (8 bytes BE) + account id + NUL + batch -> empty, batches left",
     "last_taps": "account id + NUL + credential id -> tap record (core/layout.py TAP_*)",
 }
 
@@ -49,7 +51,7 @@ DELETED = None  # overlay value meaning "deleted in a batch not yet committed"
 # are also kept per generation, so such a read looks at those few keys, never at every
 # write of a batch.
 RANGE_READ_DBS = frozenset({"blacklist_cards", "account_cards", "school_rooms",
-                            "building_rooms"})
+                            "building_rooms", "subsidy_batches"})
 _MISSING = object()
 
 

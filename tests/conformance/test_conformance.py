@@ -1359,3 +1359,21 @@ async def test_confirm_is_a_bool_and_with_the_guard_off_identical_taps_pay(ctx):
     assert (await debit(term, card, 100, confirm=True))["code"] == "ok"
     assert (await debit(term, card, 100, confirm=1))["code"] == "bad_request"
     assert (await ctx.account(acct))["balance"] == 700
+
+
+async def test_subsidy_fields_on_replies_history_and_account(ctx):
+    acct, card = await ctx.person(balance=1000)
+    granted = await ctx.ok(ctx.adm, "subsidy", account=acct, amount=300, expires="2099-12-31",
+                           batch=f"cf-{_RUN}", id=uid())
+    assert {k: granted[k] for k in ("balance", "subsidy", "available")} == {
+        "balance": 1000, "subsidy": 300, "available": 1300}
+    term = await ctx.terminal()
+    d = await debit(term, card, 100)
+    assert (d["code"], d["balance"], d["subsidy"], d["available"]) == ("ok", 1000, 200, 1200)
+    account = await ctx.account(acct)
+    assert (account["balance"], account["subsidy"], account["available"]) == (1000, 200, 1200)
+    h = await ctx.ok(ctx.adm, "history", account=acct, limit=2)
+    assert [(i["kind"], i["amount"], i["from_subsidy"]) for i in h["items"]] == [
+        ("debit", -100, 100), ("subsidy", 300, -300)]
+    assert (await ctx.adm.call("subsidy", account=acct, amount=1, expires="2000-01-01",
+                               batch="old", id=uid()))["code"] == "bad_request"

@@ -95,6 +95,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.start_balance = balance
         self.credited = self.debited = self.completed = 0
         self.offline = self.metered = self.unspent = 0
+        self.granted = self.expired = 0
         self.open_holds = []
         self.reversible_debits = []  # (amount, day)
         # The standing as the rules say it must be; the records must match it.
@@ -133,6 +134,7 @@ class CoreMachine(RuleBasedStateMachine):
                                   ("returned", int, codes.CARD_UNKNOWN)], results
             return
         standing = self.field("STATUS")
+        subsidy_before = self.field("SUBSIDY")
         result = run_both(self.accounts, "authorize", *args)
         assert result[:2] == ("returned", int), result
         event(f"authorize: {codes.CODE_NAMES[result[2]]}")
@@ -141,9 +143,13 @@ class CoreMachine(RuleBasedStateMachine):
         assert standing == layout.STATUS_ACTIVE, "a frozen or closed account paid"
         if hold:
             self.open_holds.append(amount)
+            assert self.field("SUBSIDY") == subsidy_before
         else:
             self.debited += amount
-            self.reversible_debits.append((amount, self.day))
+            # The subsidy purse pays first, as much of it as there is.
+            from_subsidy = min(subsidy_before, amount)
+            assert self.field("SUBSIDY") == subsidy_before - from_subsidy
+            self.reversible_debits.append((amount, self.day, from_subsidy))
 
     def edge_authorize(self, target, delta, pin_kind, pin_checked, hold):
         """A debit or hold of exactly a boundary of rules 5-7, give or take one fen."""
@@ -155,7 +161,7 @@ class CoreMachine(RuleBasedStateMachine):
             "per_tx": effective("LIMIT_PER_TX", self.school_per_tx),
             "daily": effective("LIMIT_DAILY", self.school_daily) - spent,
             "no_pin": effective("LIMIT_NO_PIN", self.school_no_pin),
-            "available": self.field("BALANCE") - self.field("HELD"),
+            "available": self.field("BALANCE") + self.field("SUBSIDY") - self.field("HELD"),
         }[target]
         self.authorize(boundary + delta, pin_kind, b"", layout.CARD_ACTIVE, True, pin_checked,
                        hold)
@@ -177,9 +183,27 @@ class CoreMachine(RuleBasedStateMachine):
         debit = self.pick(self.reversible_debits, choice)
         if debit is None:
             return
-        amount, day = debit
+        amount, day, from_subsidy = debit
+        subsidy_before = self.field("SUBSIDY")
         assert run_both(self.accounts, "unspend", amount, day) == ("returned", type(None), None)
+        assert run_both(self.accounts, "return_to_subsidy", from_subsidy) == \
+            ("returned", type(None), None)
+        assert self.field("SUBSIDY") == subsidy_before + from_subsidy    # each part goes home
         self.unspent += amount
+
+    def grant_subsidy(self, amount):
+        result = run_both(self.accounts, "grant_subsidy", amount)
+        if self.field("STATUS") == layout.STATUS_CLOSED and result[2] == codes.OK:
+            raise AssertionError("a closed account was granted a subsidy")
+        if result == ("returned", int, codes.OK):
+            self.granted += amount
+        else:
+            assert result[2] in (codes.BAD_AMOUNT, codes.ACCOUNT_CLOSED), result
+
+    def expire_subsidy(self, fraction):
+        amount = self.field("SUBSIDY") * fraction // 100
+        assert run_both(self.accounts, "expire_subsidy", amount) == ("returned", type(None), None)
+        self.expired += amount
 
     def complete_hold(self, choice, fraction):
         hold_amount = self.pick(self.open_holds, choice)
@@ -395,9 +419,11 @@ class CoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def money_is_conserved(self):
-        expected = (self.start_balance + self.credited - self.debited - self.completed
-                    - self.offline - self.metered + self.unspent)
-        assert self.field("BALANCE") == expected
+        expected = (self.start_balance + self.credited + self.granted - self.debited
+                    - self.completed - self.offline - self.metered + self.unspent - self.expired)
+        # Both purses together: a payment may take from either, but never makes or loses money.
+        assert self.field("BALANCE") + self.field("SUBSIDY") == expected
+        assert self.field("SUBSIDY") >= 0
         assert self.field("HELD") == sum(self.open_holds)
 
     @invariant()
@@ -462,6 +488,9 @@ WEIGHTED_OPERATIONS = [
     (2, op("set_limits", requested_limits, requested_limits, requested_limits)),
     (1, op("enable_virtual_card")),
     (1, op("next_day", st.integers(1, 2))),
+    (2, op("grant_subsidy", st.one_of(st.integers(1, 5_000), st.sampled_from(
+        [0, -1, limits.balance_fen_max, limits.balance_fen_max + 1, 2**63, 2**70])))),
+    (1, op("expire_subsidy", st.integers(0, 100))),
 ]
 OPERATIONS = st.sampled_from(
     [strategy for weight, strategy in WEIGHTED_OPERATIONS for _ in range(weight)]
@@ -473,7 +502,7 @@ CoreMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=4
 TestCoreMachine = CoreMachine.TestCase
 
 
-# --- Arbitrary records: the same outcome, exceptions included, on any 152 bytes ---
+# --- Arbitrary records: the same outcome, exceptions included, on any 176 bytes ---
 
 int64s = st.integers(INT64_MIN, INT64_MAX)
 int32s = st.integers(INT32_MIN, INT32_MAX)
@@ -505,6 +534,9 @@ operations = st.one_of(
     st.tuples(st.just("set_limits"), *[st.one_of(st.none(), any_amounts)] * 3,
               *[fen_amounts] * 6),
     st.tuples(st.just("enable_virtual_card")),
+    st.tuples(st.just("grant_subsidy"), any_amounts),
+    st.tuples(st.just("return_to_subsidy"), fen_amounts),
+    st.tuples(st.just("expire_subsidy"), fen_amounts),
 )
 
 
@@ -533,6 +565,8 @@ def record_fields():
         "PIN_SALT": st.binary(min_size=16, max_size=16),
         "PIN_HASH": st.binary(min_size=32, max_size=32),
         "ID_HASH": st.binary(min_size=32, max_size=32),
+        "SUBSIDY": mostly(st.one_of(st.just(0), st.integers(0, 100_000)), int64s),
+        "KIND": mostly(st.just(layout.KIND_PERSON), st.integers(0, 255)),
     })
 
 

@@ -12,7 +12,7 @@ WATER = {"hold", "complete", "void", "reverse", "offline", "balance", "blacklist
 METER = {"meter"}
 SERVICE = {"credit", "account", "history", "lost", "found", "set_limits", "set_pin", "reset_pin",
            "verify_pin", "virtual_card", "rooms"}
-ADMIN = SERVICE | {"open_account", "close_account", "issue_card", "replace_card", "freeze",
+ADMIN = SERVICE | {"subsidy", "open_account", "close_account", "issue_card", "replace_card", "freeze",
                    "unfreeze", "unlock", "add_credential", "revoke_credential"}
 MAY_SEND = {"pos": POS, "water": WATER, "meter": METER, "service": SERVICE,
             "wh_service": SERVICE, "admin": ADMIN}
@@ -45,6 +45,8 @@ REMEMBERED = {
     "open_account": ("admin", {"account": "WH20239999", "school": "WH", "kind": "person",
                                "id_last6": "111111"}, {"holder": "李四"}),
     "close_account": ("admin", {"account": STUDENT}, {"account": ROOM}),
+    "subsidy": ("admin", {"account": STUDENT, "amount": 100, "expires": "2099-12-31", "batch": "b"},
+                {"batch": "c"}),
     "issue_card": ("admin", {"account": STUDENT, "card": "0A0A0A0A"}, {"card": "0B0B0B0B"}),
     "replace_card": ("admin", {"account": STUDENT, "old": CARD, "new": "0A0A0A0A"},
                      {"new": "0B0B0B0B"}),

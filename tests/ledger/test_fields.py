@@ -48,6 +48,8 @@ FIELDS = {
                      {"account": "WH20239999", "school": "WH", "kind": "person",
                       "holder": "李四", "id_last6": "111111"}),
     "close_account": (("account",), (), "admin", {"account": STUDENT}),
+    "subsidy": (("account", "amount", "expires", "batch"), (), "admin",
+                {"account": STUDENT, "amount": 100, "expires": "2099-12-31", "batch": "2026-11"}),
     "issue_card": (("account", "card"), (), "admin", {"account": STUDENT, "card": "0A0A0A0A"}),
     "replace_card": (("account", "old", "new"), (), "admin",
                      {"account": STUDENT, "old": CARD, "new": "0A0A0A0A"}),

@@ -266,3 +266,24 @@ async def test_the_double_tap_guard_over_sockets_declines_counts_and_lets_confir
             "switch_requests_total", {"type": "debit", "code": "repeat_tap"}) == 1
     finally:
         await switch.stop()
+
+
+async def test_a_subsidy_is_spent_first_reversed_back_and_audited_over_sockets(tmp_path, nursery):
+    from switch.persistence.audit import audit
+    switch = await Switch(tmp_path / "d").start(nursery)
+    await switch.person("WH1", "AAAA", balance=1000)
+    granted = await switch.ok(switch.admin, {"t": "subsidy", "account": "WH1", "amount": 500,
+                                             "expires": "2099-06-30", "batch": "2099 spring",
+                                             "id": "s1"})
+    assert (granted["balance"], granted["subsidy"], granted["available"]) == (1000, 500, 1500)
+    till = await switch.terminal("WH-POS-1")
+    paid = await switch.ok(till, {"t": "debit", "card": "AAAA", "amount": 700, "id": "d"})
+    assert (paid["balance"], "subsidy" in paid, paid["available"]) == (800, False, 800)
+    back = await switch.ok(till, {"t": "reverse", "target": "d", "id": "r"})
+    assert (back["balance"], back["subsidy"]) == (1000, 500)
+    history = await switch.ok(switch.admin, {"t": "history", "account": "WH1", "limit": 2})
+    assert [(item["kind"], item["amount"], item["from_subsidy"]) for item in history["items"]] == [
+        ("reverse", 700, -500), ("debit", -700, 500)]
+    await switch.stop()
+    report = audit(switch.path)
+    assert report.sound, report.summary()

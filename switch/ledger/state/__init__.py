@@ -13,6 +13,7 @@ from switch.core import layout
 from switch.ledger.state.blacklist import Blacklist
 from switch.ledger.effects import BlacklistPush, JournalAdvanced
 from switch.ledger.state.holds import Holds
+from switch.ledger.state.subsidies import SubsidyBatches
 from switch.ledger.payment_path import SchoolLimits
 from switch.persistence.keys import txn_key
 from switch.persistence.migrations import room_index_keys
@@ -62,6 +63,7 @@ class Ledger:
         self._effects_last_txn = store.last_txn
         self.blacklist = Blacklist(store)
         self.holds = Holds(self)
+        self.subsidy_batches = SubsidyBatches(store)
         # Requests (and housekeeping passes) that raised and were undone; exported as a metric.
         self.failures = 0
         self._request_effects = 0
