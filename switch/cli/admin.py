@@ -130,6 +130,8 @@ def _request_for(args) -> dict:
                    "school": args.school, "kind": args.kind, "id": rid}
         if args.merchant:
             message["merchant"] = args.merchant
+        if args.meals:
+            message["meals"] = True
         return message
     if command == "add-service":
         message = {"t": "add_credential", "who": args.who, "role": "service", "id": rid}
@@ -417,6 +419,8 @@ def add_parser(commands) -> None:
     p.add_argument("--school", required=True)
     p.add_argument("--kind", choices=("pos", "water", "meter"), required=True)
     p.add_argument("--merchant")
+    p.add_argument("--meals", action="store_true",
+                   help="a canteen till: its payments count toward the school's meal caps")
     p.add_argument("--key-out", help="write the new key here (mode 0600) instead of printing")
     p = sub.add_parser("add-service")
     p.add_argument("who")

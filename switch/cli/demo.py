@@ -48,9 +48,12 @@ class Demo:
     async def provision(self, admin: Client) -> list:
         print("== Card office: terminals, students, cards, recharges")
         for who, school in (("WH-CANTEEN-1", "WH"), ("WH-CANTEEN-2", "WH"), ("WH-CANTEEN-3", "WH"),
-                            ("CUIK-CANTEEN-1", "CUIK")):
-            reply = await admin.request({"t": "add_credential", "who": who, "role": "terminal",
-                                         "school": school, "kind": "pos", "id": f"add-{who}"})
+                            ("CUIK-CANTEEN-1", "CUIK"), ("WH-MEALS-1", "WH")):
+            message = {"t": "add_credential", "who": who, "role": "terminal", "school": school,
+                       "kind": "pos", "id": f"add-{who}"}
+            if who == "WH-MEALS-1":
+                message["meals"] = True     # a canteen till: meal caps apply
+            reply = await admin.request(message)
             self.keys[who] = reply["key"]
         reply = await admin.request({"t": "add_credential", "who": "wechat-pay", "role": "service",
                                      "id": "add-wechat-pay"})
@@ -73,7 +76,8 @@ class Demo:
             await wechat.request({"t": "credit", "account": account, "amount": 20_000,
                                   "source": "wechat", "id": f"wx-{account}"})
         await wechat.aclose()
-        print(f"   4 tills, 1 recharge service, {len(students)} students with cards "
+        print(f"   5 tills (one a canteen till with meal caps), 1 recharge service, "
+              f"{len(students)} students with cards "
               f"(18 WH, 6 CUIK), 200.00 yuan each but {students[0][0]} (empty)")
         return students
 
@@ -131,6 +135,15 @@ class Demo:
         await tap(card_a, 300, "a tap whose reply the till never got...", request_id=lost_id)
         await tap(card_a, 300, "...so the till resends the same id", request_id=lost_id)
         await till.aclose()
+        canteen = await self.connect("WH-MEALS-1")
+        for n, (amount, note) in enumerate(((500, "first meal of the period"),
+                                            (450, "second meal"),
+                                            (400, "a third: past the period's 2 payments"))):
+            reply = await canteen.request({"t": "debit", "card": card_a, "amount": amount,
+                                           "id": f"meal-{n}"})
+            print(f"   canteen till (meal caps): tap {card_a} {yuan(amount):>6} yuan  -> "
+                  f"{reply['code']}   # {note}")
+        await canteen.aclose()
         await wechat.aclose()
         await admin.aclose()
 
@@ -186,6 +199,15 @@ def _write_config(path: pathlib.Path, billing_port: int, utility_port: int, keys
 [schools.WH]
 name = "云南艺术学院文华学院"
 repeat_tap_window_s = 3     # the double-tap guard (防重复刷卡)
+
+# A meal period (餐次) for the canteen till added with `meals`: the whole day, so the demo
+# shows it whenever it runs; a school would have breakfast, lunch and dinner.
+[[schools.WH.meals]]
+name = "demo day"
+start = "00:00"
+end = "23:59"
+taps_max = 2
+fen_max = 3000
 
 [schools.CUIK]
 name = "昆明传媒学院"

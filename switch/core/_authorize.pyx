@@ -34,7 +34,7 @@ __all__ = [
     "release_hold", "apply_offline", "apply_meter", "apply_restore",
     "freeze", "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
     "enable_virtual_card", "check_repeat_tap", "note_tap", "grant_subsidy",
-    "return_to_subsidy", "expire_subsidy",
+    "return_to_subsidy", "expire_subsidy", "meal_check", "meal_count", "meal_uncount",
 ]
 
 # Exact integer semantics: an int64 sum or difference that would wrap is
@@ -81,6 +81,11 @@ cdef packed struct AccountRecord:
     uint8_t spare[16]
 
 
+cdef packed struct MealRecord:
+    int64_t taps
+    int64_t fen
+
+
 cdef packed struct TapRecord:
     int64_t amount
     int64_t at_ms
@@ -107,6 +112,7 @@ cdef enum:
     NOT_EMPTY = 30
     IDENTITY_MISMATCH = 31
     REPEAT_TAP = 34
+    MEAL_LIMIT = 35
 
     KIND_PERSON = 0
     STATUS_ACTIVE = 0
@@ -122,6 +128,7 @@ cdef enum:
 
     ACCOUNT_RECORD_SIZE = 176
     TAP_RECORD_SIZE = 24
+    MEAL_RECORD_SIZE = 16
     SALT_SIZE_BYTES = 16
     DIGEST_SIZE_BYTES = 32
     PIN_FAILURES_COUNTER_MAX = 255
@@ -169,6 +176,7 @@ cdef _check_mirrors():
         (_codes, "WRONG_SCHOOL"): WRONG_SCHOOL, (_codes, "BAD_AMOUNT"): BAD_AMOUNT,
         (_codes, "BAD_REQUEST"): BAD_REQUEST, (_layout, "KIND_PERSON"): KIND_PERSON, (_codes, "NOT_EMPTY"): NOT_EMPTY,
         (_codes, "IDENTITY_MISMATCH"): IDENTITY_MISMATCH, (_codes, "REPEAT_TAP"): REPEAT_TAP,
+        (_codes, "MEAL_LIMIT"): MEAL_LIMIT, (_layout, "MEAL_RECORD_SIZE"): MEAL_RECORD_SIZE,
         (_layout, "TAP_RECORD_SIZE"): TAP_RECORD_SIZE,
         (_layout, "STATUS_ACTIVE"): STATUS_ACTIVE,
         (_layout, "STATUS_FROZEN"): STATUS_FROZEN, (_layout, "STATUS_CLOSED"): STATUS_CLOSED,
@@ -203,6 +211,11 @@ cdef _check_mirrors():
     for name, offset in tap_offsets.items():
         if getattr(_layout, name)[0] != offset or struct.calcsize(getattr(_layout, name)[1]) != 8:
             raise ImportError(f"TapRecord.{name} disagrees with layout.py")
+    cdef MealRecord meal_probe
+    if (<char*>&meal_probe.taps - <char*>&meal_probe, <char*>&meal_probe.fen - <char*>&meal_probe,
+            sizeof(MealRecord)) != (_layout.MEAL_TAPS[0], _layout.MEAL_FEN[0],
+                                    _layout.MEAL_RECORD_SIZE):
+        raise ImportError("MealRecord disagrees with layout.py")
     if sizeof(TapRecord) != _layout.TAP_RECORD_SIZE:
         raise ImportError("TapRecord size differs from layout.TAP_RECORD_SIZE")
     if sizeof(r.pin_salt) != SALT_SIZE_BYTES or sizeof(r.pin_hash) != DIGEST_SIZE_BYTES \
@@ -711,3 +724,49 @@ def expire_subsidy(account, long long amount):
     cdef AccountRecord* record = _record(account)
     assert 0 <= amount <= record.subsidy, amount
     record.subsidy -= amount
+
+
+# ---------------------------------------------------------------- meal periods (餐次)
+cdef inline MealRecord* _meal(object meal) except NULL:
+    assert PyByteArray_CheckExact(meal), type(meal)
+    assert PyByteArray_GET_SIZE(meal) == MEAL_RECORD_SIZE, len(meal)
+    return <MealRecord*>PyByteArray_AS_STRING(meal)
+
+
+def meal_check(meal, long long amount, long long taps_max, long long fen_max):
+    """MEAL_LIMIT when one more payment would pass a cap of the period (see reference)."""
+    cdef long long taps = 0
+    cdef long long fen = 0
+    cdef MealRecord* record
+    if meal is not None:
+        record = _meal(meal)
+        taps, fen = record.taps, record.fen
+    # Exact as Python: the sums are taken wide.
+    if <wide_int>taps + 1 > <wide_int>taps_max or <wide_int>fen + amount > <wide_int>fen_max:
+        return MEAL_LIMIT
+    return OK
+
+
+def meal_count(meal, long long amount, long long taps_max, long long fen_max):
+    """Count a payment in the period, always; True when a cap is now passed."""
+    cdef MealRecord* record = _meal(meal)
+    cdef long long taps
+    cdef long long fen
+    assert amount >= 0, amount
+    if add_overflow(record.taps, 1, &taps) or add_overflow(record.fen, amount, &fen):
+        raise AssertionError((record.taps, record.fen, amount))
+    assert 0 <= taps <= BALANCE_FEN_MAX and 0 <= fen <= BALANCE_FEN_MAX, (taps, fen)
+    record.taps = taps
+    record.fen = fen
+    return taps > taps_max or fen > fen_max
+
+
+def meal_uncount(meal, long long amount):
+    """A reversal gives back its tap and its fen (never below zero)."""
+    cdef MealRecord* record = _meal(meal)
+    cdef long long fen
+    assert amount >= 0, amount
+    record.taps = record.taps - 1 if record.taps > 0 else 0
+    if sub_overflow(record.fen, amount, &fen) or fen < 0:
+        fen = 0
+    record.fen = fen

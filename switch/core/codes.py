@@ -39,6 +39,7 @@ IDENTITY_MISMATCH = 31
 BUSY = 32
 INTERNAL = 33
 REPEAT_TAP = 34
+MEAL_LIMIT = 35
 
 CODE_NAMES = (
     "ok", "insufficient_funds", "card_unknown", "card_lost", "card_blocked",
@@ -48,6 +49,7 @@ CODE_NAMES = (
     "id_reuse", "hold_unknown", "hold_expired", "hold_closed", "over_hold",
     "reverse_window", "reversed", "too_old", "not_permitted", "unknown_account",
     "exists", "not_empty", "identity_mismatch", "busy", "internal", "repeat_tap",
+    "meal_limit",
 )
 
 # Connection-level codes: sent in an error frame, then the connection closes.

@@ -90,3 +90,11 @@ TAP_AT = (8, "<q")           # unix ms of the payment
 TAP_TXN = (16, "<q")         # its journal txn (a reversal of it forgets the record)
 TAP_RECORD_SIZE = 24
 assert all(o + struct.calcsize(f) <= TAP_RECORD_SIZE for o, f in (TAP_AMOUNT, TAP_AT, TAP_TXN))
+
+
+# One account's payments in one meal period (docs/PROTOCOL.md §4.6 rule 2b) at the school's
+# canteen tills, its own small record keyed by period and account.
+MEAL_TAPS = (0, "<q")        # payments counted in the period
+MEAL_FEN = (8, "<q")         # their total, fen
+MEAL_RECORD_SIZE = 16
+assert all(o + struct.calcsize(f) <= MEAL_RECORD_SIZE for o, f in (MEAL_TAPS, MEAL_FEN))

@@ -16,7 +16,7 @@ __all__ = [
     "release_hold", "apply_offline", "apply_meter", "apply_restore",
     "freeze", "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
     "enable_virtual_card", "check_repeat_tap", "note_tap", "grant_subsidy",
-    "return_to_subsidy", "expire_subsidy",
+    "return_to_subsidy", "expire_subsidy", "meal_check", "meal_count", "meal_uncount",
 ]
 
 _pin_digest_size_bytes = 32
@@ -447,3 +447,45 @@ def expire_subsidy(account, amount):
     _int64(amount)
     assert 0 <= amount <= layout.get(account, layout.SUBSIDY), amount
     layout.put(account, layout.SUBSIDY, layout.get(account, layout.SUBSIDY) - amount)
+
+
+# ---------------------------------------------------------------- meal periods (餐次)
+def _check_meal(meal):
+    assert type(meal) is bytearray, type(meal)
+    assert len(meal) == layout.MEAL_RECORD_SIZE, len(meal)
+
+
+def meal_check(meal, amount, taps_max, fen_max):
+    """MEAL_LIMIT when one more payment of `amount` would take the period's count (`meal`,
+    None for none yet) above `taps_max` or its total above `fen_max`; else OK."""
+    _int64(amount), _int64(taps_max), _int64(fen_max)
+    taps, fen = 0, 0
+    if meal is not None:
+        _check_meal(meal)
+        taps, fen = layout.get(meal, layout.MEAL_TAPS), layout.get(meal, layout.MEAL_FEN)
+    if taps + 1 > taps_max or fen + amount > fen_max:
+        return codes.MEAL_LIMIT
+    return codes.OK
+
+
+def meal_count(meal, amount, taps_max, fen_max):
+    """Count a payment of `amount` (>= 0) in the period, always (an offline one happened);
+    True when the count or the total is now above its cap."""
+    _int64(amount), _int64(taps_max), _int64(fen_max)
+    _check_meal(meal)
+    assert amount >= 0, amount
+    taps = layout.get(meal, layout.MEAL_TAPS) + 1
+    fen = layout.get(meal, layout.MEAL_FEN) + amount
+    assert 0 <= taps <= limits.balance_fen_max and 0 <= fen <= limits.balance_fen_max, (taps, fen)
+    layout.put(meal, layout.MEAL_TAPS, taps)
+    layout.put(meal, layout.MEAL_FEN, fen)
+    return taps > taps_max or fen > fen_max
+
+
+def meal_uncount(meal, amount):
+    """A reversal gives back its tap and its fen (never below zero)."""
+    _int64(amount)
+    _check_meal(meal)
+    assert amount >= 0, amount
+    layout.put(meal, layout.MEAL_TAPS, max(0, layout.get(meal, layout.MEAL_TAPS) - 1))
+    layout.put(meal, layout.MEAL_FEN, max(0, layout.get(meal, layout.MEAL_FEN) - amount))

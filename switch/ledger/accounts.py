@@ -9,7 +9,8 @@ import os
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.effects import Revocation
-from switch.ledger.payment_path import guard_repeat_tap, note_approved_tap, pay
+from switch.ledger.payment_path import (count_meal, guard_meal, guard_repeat_tap,
+                                       note_approved_tap, pay)
 from switch.ledger.purses import purse, spent, with_subsidy
 from switch.ledger.state import Credential
 
@@ -71,6 +72,9 @@ def debit(ledger, credential, values):
                             values.get("confirm", False))
     if code:
         return _decline("debit", code)
+    code, meal = guard_meal(ledger, credential, account_id, record, amount, now_ms)
+    if code:
+        return _decline("debit", code)
     subsidy_before = purse(record)
     code, school = pay(ledger, credential, account_id, record, card_state=card_state,
                        amount=amount, pin=values.get("pin"), pin_checked=True, hold=False,
@@ -80,7 +84,8 @@ def debit(ledger, credential, values):
     balance, available = _money(record)
     txn = ledger.append_journal("debit", account_id, school.code, -amount, balance, credential,
                                 values["id"], card=card_id,
-                                **spent(ledger, account_id, subsidy_before, record))
+                                **spent(ledger, account_id, subsidy_before, record),
+                                **count_meal(ledger, account_id, meal, amount))
     note_approved_tap(ledger, credential, account_id, record, amount, now_ms, txn)
     ledger.count_for_settlement(credential.who, school, now_ms, amount)
     return with_subsidy({"t": "debit", "code": "ok", "txn": txn, "balance": balance,
@@ -254,6 +259,10 @@ def add_credential(ledger, credential, values):
     if role == "terminal":
         if school is None or kind is None:
             return _decline("add_credential", codes.BAD_REQUEST)
+        if values.get("meals") and kind != "pos":
+            return _decline("add_credential", codes.BAD_REQUEST)   # canteen tills only
+    elif "meals" in values:
+        return _decline("add_credential", codes.BAD_REQUEST)
     elif kind is not None or (role == "admin" and school is not None):
         return _decline("add_credential", codes.BAD_REQUEST)
     if credential.school is not None and school != credential.school:
@@ -263,7 +272,8 @@ def add_credential(ledger, credential, values):
     key = os.urandom(limits.credential_key_size_bytes)
     ledger.save_credential(Credential(who=who, key=key, role=role, school=school, kind=kind,
                                       merchant=values.get("merchant", who if role == "terminal"
-                                                          else None)))
+                                                          else None),
+                                      meals=values.get("meals", False)))
     return {"t": "add_credential", "code": "ok", "key": key}
 
 

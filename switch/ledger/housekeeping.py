@@ -23,6 +23,7 @@ def tick(ledger) -> Tick:
         payments.prune_used_qr(ledger)
         ledger.forget_old_ids(limits.idempotency_forget_per_pass_max)
         subsidies.expire_due_subsidies(ledger)
+        payments.forget_old_meals(ledger)
         return Tick(holds_expired=dorm.expire_due_holds(ledger), failed=False)
     except Exception:
         ledger.rollback_request()

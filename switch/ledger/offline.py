@@ -15,6 +15,7 @@ from switch.ledger import idempotency, schema
 from switch.ledger.card_office import record_standing
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
+from switch.ledger.payment_path import count_offline_meal
 from switch.ledger.purses import purse, spent
 
 _FIELDS = ("id", "card", "amount", "at")
@@ -99,7 +100,10 @@ def _decide(ledger, credential, record_id, item) -> dict:
     if card_state in (layout.CARD_LOST, layout.CARD_BLOCKED) and at_ms > card_changed_ms:
         flag = "after_lost"
     extra = {"card": card_id, "tapped_at": at_ms,
-             **spent(ledger, account_id, subsidy_before, record)}
+             **spent(ledger, account_id, subsidy_before, record),
+             **count_offline_meal(ledger, credential, account_id, record, amount, at_ms)}
+    if flag is None and extra.get("meal_limit"):
+        flag = "meal_limit"     # a lost card's tap is flagged as that first
     if flag:
         extra["flag"] = flag
     txn = ledger.append_journal("offline", account_id, school.code, -amount, balance, credential,

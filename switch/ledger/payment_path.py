@@ -92,3 +92,52 @@ def forget_reversed_tap(ledger, original: dict) -> None:
     tap = ledger.last_tap(original["account"], original["who"])
     if tap is not None and layout.get(tap, layout.TAP_TXN) == original["txn"]:
         ledger.forget_last_tap(original["account"], original["who"])
+
+
+# ---------------------------------------------------------------- meal periods (餐次)
+def _meal_of(ledger, credential, record, at_ms: int):
+    """(period number, Meal) when a payment at `at_ms` from this till counts toward meal caps."""
+    if not credential.meals:
+        return None
+    return ledger.school(record).meal_at(at_ms)
+
+
+def guard_meal(ledger, credential, account_id: str, record, amount: int, now_ms: int):
+    """(code, meal): MEAL_LIMIT when this payment at a canteen till would pass a cap of the
+    current meal period (docs/PROTOCOL.md §4.6 rule 2b); the meal to count it in, or None."""
+    meal = _meal_of(ledger, credential, record, now_ms)
+    if meal is None:
+        return codes.OK, None
+    period, limits = meal
+    return core.meal_check(ledger.meal_record(period, account_id), amount, limits.taps_max,
+                           limits.fen_max), meal
+
+
+def count_meal(ledger, account_id: str, meal, amount: int) -> dict:
+    """Count a payment in `meal` (from `guard_meal`, or an offline tap's); the journal fields
+    that say so: `meal_period`, and `meal_limit` when it passed a cap (offline only)."""
+    if meal is None:
+        return {}
+    period, limits = meal
+    counts = ledger.meal_record(period, account_id) or bytearray(layout.MEAL_RECORD_SIZE)
+    passed = core.meal_count(counts, amount, limits.taps_max, limits.fen_max)
+    ledger.save_meal_record(period, account_id, counts)
+    return {"meal_period": period, **({"meal_limit": True} if passed else {})}
+
+
+def count_offline_meal(ledger, credential, account_id: str, record, amount: int,
+                       at_ms: int) -> dict:
+    """An offline tap belongs to the period of its `at`: counted always, flagged when it
+    passed a cap."""
+    return count_meal(ledger, account_id, _meal_of(ledger, credential, record, at_ms), amount)
+
+
+def uncount_meal(ledger, original: dict) -> None:
+    """A reversal gives back the payment's tap and fen in its meal period."""
+    period = original.get("meal_period")
+    if period is None:
+        return
+    counts = ledger.meal_record(period, original["account"])
+    if counts is not None:
+        core.meal_uncount(counts, -original["amount"])
+        ledger.save_meal_record(period, original["account"], counts)

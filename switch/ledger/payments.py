@@ -13,8 +13,8 @@ import hmac
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
-from switch.ledger.payment_path import (forget_reversed_tap, guard_repeat_tap, note_approved_tap,
-                                       pay)
+from switch.ledger.payment_path import (count_meal, forget_reversed_tap, guard_meal,
+                                       guard_repeat_tap, note_approved_tap, pay, uncount_meal)
 from switch.ledger.purses import give_back, purse, spent, with_subsidy
 from switch.ledger.qr import parse_qr, qr_tag
 
@@ -63,6 +63,9 @@ def qr_debit(ledger, credential, values):
                             values.get("confirm", False))
     if code:
         return _decline("qr_debit", code)
+    code, meal = guard_meal(ledger, credential, account_id, record, amount, now_ms)
+    if code:
+        return _decline("qr_debit", code)
     subsidy_before = purse(record)
     # No PIN for QR: the phone is the second factor (docs/PROTOCOL.md §4.6 rule 6).
     code, school = pay(ledger, credential, account_id, record, card_state=layout.CARD_ACTIVE,
@@ -72,11 +75,21 @@ def qr_debit(ledger, credential, values):
     ledger.mark_qr_code_used(used_key)
     balance, available = _money(record)
     txn = ledger.append_journal("qr_debit", account_id, school.code, -amount, balance, credential,
-                                values["id"], **spent(ledger, account_id, subsidy_before, record))
+                                values["id"], **spent(ledger, account_id, subsidy_before, record),
+                                **count_meal(ledger, account_id, meal, amount))
     note_approved_tap(ledger, credential, account_id, record, amount, now_ms, txn)
     ledger.count_for_settlement(credential.who, school, now_ms, amount)
     return with_subsidy({"t": "qr_debit", "code": "ok", "txn": txn, "balance": balance,
                          "available": available, "account": account_id}, record)
+
+
+def forget_old_meals(ledger) -> int:
+    """Forget meal counts of periods no offline tap can belong to any more."""
+    oldest_ms = ledger.clock.now_ms() - (ledger.config.offline_window_s + 86_400) * 1000
+    # Period numbers are a local day times meals_per_school_max; a day's margin covers zones.
+    oldest_day = oldest_ms // 86_400_000
+    return ledger.forget_meals_before(oldest_day * limits.meals_per_school_max,
+                                      limits.meal_counts_forgotten_per_pass_max)
 
 
 def prune_used_qr(ledger) -> int:
@@ -126,6 +139,7 @@ def reverse(ledger, credential, values):
                                         **returned)
             ledger.count_for_settlement(credential.who, school, record["at"], -amount, count=-1)
             forget_reversed_tap(ledger, record)
+            uncount_meal(ledger, record)
             reply = with_subsidy({"t": "reverse", "code": "ok", "txn": txn, "balance": balance},
                                  account)
     ledger.save_first_reversal(credential.who, target, reply)

@@ -151,7 +151,8 @@ SCHEMAS = {
     "unlock": (("account", account_id, _R), ("id", request_id, _R)),
     "add_credential": (("who", credential_id, _R), ("role", one_of("terminal", "service", "admin"), _R),
                        ("school", str_value, _O), ("kind", one_of("pos", "water", "meter"), _O),
-                       ("merchant", short_text, _O), ("id", request_id, _R)),
+                       ("merchant", short_text, _O), ("meals", boolean, _O),
+                       ("id", request_id, _R)),
     "revoke_credential": (("who", credential_id, _R), ("id", request_id, _R)),
 }
 

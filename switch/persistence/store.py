@@ -43,6 +43,7 @@ DATABASES = {
     "building_rooms": "school + NUL + building + NUL + utility account id -> empty",
     "subsidy_batches": "account id + NUL + batch -> msgpack {remaining, expires, end_ms}",
     "subsidy_expiry": "end ms (8 bytes BE) + account id + NUL + batch -> empty, batches left",
+    "meal_counts": "meal period (8 bytes BE: local day * 8 + period) + account id -> meal record",
     "last_taps": "account id + NUL + credential id -> tap record (core/layout.py TAP_*)",
 }
 

@@ -97,6 +97,17 @@ def test_a_subsidy_batch_imports_by_row_once(running_switch, tmp_path):
     assert '"subsidy": 15050' in shown.stdout
 
 
+def test_add_terminal_meals_marks_a_canteen_till(running_switch):
+    connect, data = running_switch
+    made = admin(connect, data, "add-terminal", "WH-CANTEEN-9", "--school", "WH", "--kind",
+                 "pos", "--meals")
+    assert made.returncode == 0, made.stdout + made.stderr
+    # The flag reaches the switch: on a water controller it is refused.
+    refused = admin(connect, data, "add-terminal", "WH-HW-9", "--school", "WH", "--kind",
+                    "water", "--meals")
+    assert refused.returncode == 3 and "bad_request" in refused.stdout
+
+
 def test_lost_card_from_the_cli(running_switch):
     connect, data = running_switch
     assert admin(connect, data, "open-account", "WH20230001", "--school", "WH", "--holder",

@@ -1377,3 +1377,19 @@ async def test_subsidy_fields_on_replies_history_and_account(ctx):
         ("debit", -100, 100), ("subsidy", 300, -300)]
     assert (await ctx.adm.call("subsidy", account=acct, amount=1, expires="2000-01-01",
                                batch="old", id=uid()))["code"] == "bad_request"
+
+
+async def test_meals_is_a_bool_of_pos_terminals_and_uncapped_without_meal_periods(ctx):
+    who = new_who("WH", "pos")
+    added = await ctx.ok(ctx.adm, "add_credential", who=who, role="terminal", school="WH",
+                         kind="pos", meals=True, id=uid())
+    assert (await ctx.adm.call("add_credential", who=new_who("WH", "water"), role="terminal",
+                               school="WH", kind="water", meals=True, id=uid()))["code"] \
+        == "bad_request"
+    assert (await ctx.adm.call("add_credential", who=new_who("WH", "pos"), role="terminal",
+                               school="WH", kind="pos", meals=1, id=uid()))["code"] \
+        == "bad_request"
+    acct, card = await ctx.person(balance=1000)
+    till = await ctx.session(who, added["key"])
+    for _ in range(3):       # the default configuration has no meal periods
+        assert (await debit(till, card, 100))["code"] == "ok"

@@ -634,3 +634,58 @@ def test_the_double_tap_guard_agrees_on_any_tap_record(tap, amount, now_ms, wind
                                                               window_ms, confirm))
                for implementation in IMPLEMENTATIONS]
     assert results[0] == results[1]
+
+
+# --- Meal periods: one account's count in one period, the same decision from both cores ---
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["pay", "offline", "reverse"]),
+                                st.integers(1, 2_000)), min_size=1, max_size=30),
+       taps_max=st.one_of(st.integers(1, 4), int64s), fen_max=st.one_of(st.integers(1, 5_000), int64s))
+def test_meal_caps_agree_and_decline_exactly_past_a_cap(steps, taps_max, fen_max):
+    """Random payments, offline taps and reversals in one period: both cores decide alike,
+    leave identical records, and decline exactly a payment that would pass a cap (checked
+    against the test's own count); offline taps always count and say when they passed one."""
+    meals = [None, None]
+    taps = fen = 0
+    counted = []
+    for kind, amount in steps:
+        if kind == "reverse":
+            if not counted or meals[0] is None:
+                continue
+            amount = counted.pop()
+            for implementation, meal in zip(IMPLEMENTATIONS, meals):
+                implementation.meal_uncount(meal, amount)
+            taps, fen = max(0, taps - 1), max(0, fen - amount)
+        elif kind == "pay":
+            results = [outcome(lambda: implementation.meal_check(meal, amount, taps_max, fen_max))
+                       for implementation, meal in zip(IMPLEMENTATIONS, meals)]
+            assert results[0] == results[1]
+            over = taps + 1 > taps_max or fen + amount > fen_max
+            assert results[0] == ("returned", int, codes.MEAL_LIMIT if over else codes.OK)
+            if over:
+                continue
+        if kind != "reverse":
+            meals = [bytearray(layout.MEAL_RECORD_SIZE) if meal is None else meal
+                     for meal in meals]
+            passed = [implementation.meal_count(meal, amount, taps_max, fen_max)
+                      for implementation, meal in zip(IMPLEMENTATIONS, meals)]
+            taps, fen = taps + 1, fen + amount
+            assert passed == [taps > taps_max or fen > fen_max] * 2
+            counted.append(amount)
+        assert meals[0] == meals[1]
+        assert (layout.get(meals[0], layout.MEAL_TAPS), layout.get(meals[0], layout.MEAL_FEN)) \
+            == (taps, fen)
+
+
+@settings(max_examples=200, deadline=None)
+@given(meal=st.binary(min_size=16, max_size=16), amount=st.one_of(int64s, st.integers(0, 100)),
+       taps_max=int64s, fen_max=int64s)
+def test_meal_functions_agree_on_any_record(meal, amount, taps_max, fen_max):
+    for name, args in (("meal_check", (amount, taps_max, fen_max)),
+                       ("meal_count", (amount, taps_max, fen_max)), ("meal_uncount", (amount,))):
+        records = [bytearray(meal), bytearray(meal)]
+        results = [outcome(lambda: getattr(implementation, name)(record, *args))
+                   for implementation, record in zip(IMPLEMENTATIONS, records)]
+        assert results[0] == results[1], (name, results)
+        assert records[0] == records[1], name

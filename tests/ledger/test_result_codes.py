@@ -36,8 +36,10 @@ _ACCOUNT = {"unknown_account", "wrong_school"}           # §4.14 for a service'
 
 CODES_BY_REQUEST = {
     "ping": {"ok"},
-    "debit": {"ok", "bad_amount", "reversed", "repeat_tap"} | _ID | _CARD | _STANDING,
-    "qr_debit": {"ok", "bad_amount", "reversed", "repeat_tap"} | _ID | _QR | _STANDING,
+    "debit": {"ok", "bad_amount", "reversed", "repeat_tap", "meal_limit"} | _ID | _CARD
+    | _STANDING,
+    "qr_debit": {"ok", "bad_amount", "reversed", "repeat_tap", "meal_limit"} | _ID | _QR
+    | _STANDING,
     "hold": {"ok", "bad_amount"} | _ID | _CARD | _QR | _STANDING,
     "complete": {"ok", "bad_amount", "hold_unknown", "hold_expired", "hold_closed", "over_hold",
                  "reversed"} | _ID,

@@ -287,3 +287,28 @@ async def test_a_subsidy_is_spent_first_reversed_back_and_audited_over_sockets(t
     await switch.stop()
     report = audit(switch.path)
     assert report.sound, report.summary()
+
+
+async def test_a_meal_cap_over_sockets_declines_counts_and_a_reversal_gives_back(
+        tmp_path, nursery):
+    from switch.config.settings import Meal
+    config = default_config()
+    config.schools["WH"].meals = [Meal("all day", 0, 24 * 60 - 1, 1, 100_000)]
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
+    try:
+        await switch.person("WH1", "AAAA", balance=5000)
+        added = await switch.ok(switch.admin, {"t": "add_credential", "who": "WH-CANTEEN-1",
+                                               "role": "terminal", "school": "WH",
+                                               "kind": "pos", "meals": True, "id": "add"})
+        till = await switch.connect("WH-CANTEEN-1", added["key"])
+        first = await till.request({"t": "debit", "card": "AAAA", "amount": 800, "id": "a"})
+        assert first["code"] == "ok"
+        second = await till.request({"t": "debit", "card": "AAAA", "amount": 300, "id": "b"})
+        assert second == {"t": "debit", "re": 2, "code": "meal_limit"}
+        await switch.ok(till, {"t": "reverse", "target": "a", "id": "r"})
+        third = await till.request({"t": "debit", "card": "AAAA", "amount": 300, "id": "c"})
+        assert third["code"] == "ok" and third["balance"] == 4700
+        assert switch.server.metrics.registry.get_sample_value(
+            "switch_requests_total", {"type": "debit", "code": "meal_limit"}) == 1
+    finally:
+        await switch.stop()

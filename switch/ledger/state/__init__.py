@@ -36,10 +36,14 @@ class Credential:
     kind: str | None = None
     merchant: str | None = None
     revoked: bool = False
+    meals: bool = False      # a canteen till: its payments count toward meal caps
 
     def to_bytes(self) -> bytes:
-        return _pack({"key": self.key, "role": self.role, "school": self.school,
-                      "kind": self.kind, "merchant": self.merchant, "revoked": self.revoked})
+        fields = {"key": self.key, "role": self.role, "school": self.school,
+                  "kind": self.kind, "merchant": self.merchant, "revoked": self.revoked}
+        if self.meals:   # other credentials are stored as they always were
+            fields["meals"] = True
+        return _pack(fields)
 
     @classmethod
     def from_bytes(cls, who: str, data: bytes) -> "Credential":
@@ -175,6 +179,31 @@ class Ledger:
 
     def forget_last_tap(self, account_id: str, who: str) -> None:
         self.store.delete("last_taps", account_id.encode() + b"\0" + who.encode())
+
+    # ----------------------------------------------------------- meal periods
+    def meal_record(self, period: int, account_id: str) -> bytearray | None:
+        """The account's count in meal `period` (layout.MEAL_*), or None."""
+        return self.store.get_mutable("meal_counts", period.to_bytes(8, "big") + account_id.encode())
+
+    def save_meal_record(self, period: int, account_id: str, meal: bytearray) -> None:
+        assert len(meal) == layout.MEAL_RECORD_SIZE
+        self.store.put("meal_counts", period.to_bytes(8, "big") + account_id.encode(), meal)
+
+    def forget_meals_before(self, period: int, count_max: int) -> int:
+        """Forget up to `count_max` committed counts of periods below `period`."""
+        return self._forget_below("meal_counts", period, count_max)
+
+    def _forget_below(self, db: str, number: int, count_max: int) -> int:
+        """Delete up to `count_max` committed keys of `db` whose 8-byte big-endian head is
+        below `number`; how many were deleted."""
+        limit = number.to_bytes(8, "big")
+        forgotten = 0
+        for key, _ in self.store.committed_items(db):
+            if key[:8] >= limit or forgotten >= count_max:
+                break
+            self.store.delete(db, key)
+            forgotten += 1
+        return forgotten
 
     # ----------------------------------------------------------- dorm rooms
     def index_room(self, school: str, account_id: str) -> None:
@@ -316,13 +345,7 @@ class Ledger:
     def forget_used_qr_codes_below(self, step: int, count_max: int) -> int:
         """Forget up to `count_max` used codes of steps below `step`; when none is left,
         raise the floor to `step`. Returns how many were forgotten."""
-        limit = step.to_bytes(8, "big")
-        forgotten = 0
-        for key, _ in self.store.committed_items("qr_used"):
-            if key[:8] >= limit or forgotten >= count_max:
-                break
-            self.store.delete("qr_used", key)
-            forgotten += 1
+        forgotten = self._forget_below("qr_used", step, count_max)
         if forgotten < count_max:
             self.store.put("meta", b"qr_floor_step", str(step).encode())
         return forgotten
