@@ -194,9 +194,9 @@ def _scrape(port: int) -> str:
         return response.read().decode()
 
 
-def _write_config(path: pathlib.Path, billing_port: int, utility_port: int, keys: dict) -> None:
-    path.write_text(f"""# written by `make demo`
-[schools.WH]
+# Every campus rule on (docs/PROTOCOL.md §4.6 rules 2a, 2b): the demo's switch, and the
+# simulator's test run with all rules switched on.
+CAMPUS_RULES_CONFIG = """[schools.WH]
 name = "云南艺术学院文华学院"
 repeat_tap_window_s = 3     # the double-tap guard (防重复刷卡)
 
@@ -213,7 +213,11 @@ fen_max = 3000
 name = "昆明传媒学院"
 split_buildings = ["9"]
 repeat_tap_window_s = 3
+"""
 
+
+def _write_config(path: pathlib.Path, billing_port: int, utility_port: int, keys: dict) -> None:
+    path.write_text("# written by `make demo`\n" + CAMPUS_RULES_CONFIG + f"""
 [[destinations]]
 name = "billing"
 address = "127.0.0.1:{billing_port}"

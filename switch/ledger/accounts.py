@@ -9,8 +9,8 @@ import os
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.effects import Revocation
-from switch.ledger.payment_path import (count_meal, guard_meal, guard_repeat_tap,
-                                       note_approved_tap, pay)
+from switch.ledger.payment_path import (count_meal, guard_campus_rules, note_approved_tap,
+                                       pay)
 from switch.ledger.purses import purse, spent, with_subsidy
 from switch.ledger.state import Credential
 
@@ -68,11 +68,8 @@ def debit(ledger, credential, values):
     account_id, card_state, _ = card
     now_ms = ledger.clock.now_ms()
     record = ledger.account(account_id)
-    code = guard_repeat_tap(ledger, credential, account_id, record, amount, now_ms,
-                            values.get("confirm", False))
-    if code:
-        return _decline("debit", code)
-    code, meal = guard_meal(ledger, credential, account_id, record, amount, now_ms)
+    code, meal = guard_campus_rules(ledger, credential, account_id, record, card_state, amount,
+                                    now_ms, values.get("confirm", False))
     if code:
         return _decline("debit", code)
     subsidy_before = purse(record)

@@ -141,3 +141,16 @@ def uncount_meal(ledger, original: dict) -> None:
     if counts is not None:
         core.meal_uncount(counts, -original["amount"])
         ledger.save_meal_record(period, original["account"], counts)
+
+
+def guard_campus_rules(ledger, credential, account_id: str, record, card_state: int,
+                       amount: int, now_ms: int, confirm: bool):
+    """(code, meal) of rules 2a and 2b of docs/PROTOCOL.md §4.6 for a `debit` or `qr_debit`:
+    the double-tap guard, then the meal caps. A card that is not active, or an account of
+    another school, is left to the rules that come first (card_lost, wrong_school)."""
+    if card_state != layout.CARD_ACTIVE or credential.school != ledger.school(record).code:
+        return codes.OK, None
+    code = guard_repeat_tap(ledger, credential, account_id, record, amount, now_ms, confirm)
+    if code:
+        return code, None
+    return guard_meal(ledger, credential, account_id, record, amount, now_ms)

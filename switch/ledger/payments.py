@@ -13,8 +13,8 @@ import hmac
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
-from switch.ledger.payment_path import (count_meal, forget_reversed_tap, guard_meal,
-                                       guard_repeat_tap, note_approved_tap, pay, uncount_meal)
+from switch.ledger.payment_path import (count_meal, forget_reversed_tap, guard_campus_rules,
+                                       note_approved_tap, pay, uncount_meal)
 from switch.ledger.purses import give_back, purse, spent, with_subsidy
 from switch.ledger.qr import parse_qr, qr_tag
 
@@ -59,11 +59,8 @@ def qr_debit(ledger, credential, values):
     code, account_id, record, used_key = check_qr(ledger, values["qr"], now_ms)
     if code:
         return _decline("qr_debit", code)
-    code = guard_repeat_tap(ledger, credential, account_id, record, amount, now_ms,
-                            values.get("confirm", False))
-    if code:
-        return _decline("qr_debit", code)
-    code, meal = guard_meal(ledger, credential, account_id, record, amount, now_ms)
+    code, meal = guard_campus_rules(ledger, credential, account_id, record, layout.CARD_ACTIVE,
+                                    amount, now_ms, values.get("confirm", False))
     if code:
         return _decline("qr_debit", code)
     subsidy_before = purse(record)

@@ -104,9 +104,13 @@ async def provision(run: Run, population: Population, address, admin_key: bytes,
                              "id": f"sim-open-{room.account}"})
         terminals = [c for c in population.credentials if c.role == "terminal"]
         for credential in terminals:
-            messages.append({"t": "add_credential", "who": credential.who, "role": "terminal",
-                             "school": credential.school, "kind": credential.kind,
-                             "merchant": credential.merchant, "id": f"sim-add-{credential.who}"})
+            message = {"t": "add_credential", "who": credential.who, "role": "terminal",
+                       "school": credential.school, "kind": credential.kind,
+                       "merchant": credential.merchant, "id": f"sim-add-{credential.who}"}
+            if credential.kind == "pos" and run.behaviour.meal_tills:
+                # Canteen tills: meal caps apply where the school configures meal periods.
+                message["meals"] = True
+            messages.append(message)
         replies = await sharded(admin, messages)
         requests += len(messages)
         _check("accounts and terminals", messages, replies, failures, examples)

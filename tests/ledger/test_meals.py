@@ -117,3 +117,13 @@ def test_counts_of_periods_past_the_offline_window_are_forgotten_a_bounded_batch
     tick(canteen.ledger)
     canteen.commit()
     assert counted() == 1                      # the N+1st next pass; today's is kept
+
+
+def test_a_lost_card_or_another_schools_card_gets_its_own_code_not_meal_limit(canteen):
+    from tests.ledger.conftest import CUIK_CARD
+    _pay(canteen, canteen.till, "a")
+    _pay(canteen, canteen.till, "b")
+    assert canteen.code(canteen.till, "debit", card=CUIK_CARD, amount=100, id="c") \
+        == "wrong_school"
+    canteen.ok(canteen.service, "lost", card=CARD)
+    assert _pay(canteen, canteen.till, "d")["code"] == "card_lost"
