@@ -145,6 +145,12 @@ class LocalDays:
         self._start_ms, self._end_ms, self._day = start_ms, end_ms, day
         return day
 
+    def end_ms(self, day_name: str) -> int:
+        """Unix ms at which local day `day_name` (`YYYY-MM-DD`, a real date) is over: the
+        next local midnight."""
+        next_day = datetime.fromordinal(datetime.strptime(day_name, "%Y-%m-%d").toordinal() + 1)
+        return int(next_day.replace(tzinfo=self.zone).timestamp() * 1000)
+
     def day_name(self, day: int) -> str:
         name = self._names.get(day)
         if name is None:

@@ -17,6 +17,15 @@ DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 CREDENTIAL = re.compile(rf"[A-Za-z0-9._:@-]{{1,{limits.credential_id_chars_max}}}\Z")
 # The switch names holds `H` + the txn that opened them.
 HOLD = re.compile(rf"H[1-9][0-9]{{0,{limits.hold_id_digits_max - 1}}}\Z")
+BUILDING = re.compile(rf"[0-9]{{{limits.building_digits_range[0]},{limits.building_digits_range[1]}}}\Z")
+_BUILDING_OF = re.compile(r"[A-Z0-9]+-([0-9]+)[A-Z]?-")
+
+
+def building_of(account_id: str) -> str | None:
+    """`WH-8D-1006` is building 8 (the naming of the schools' one-card guides); None for names
+    without a building."""
+    match = _BUILDING_OF.match(account_id)
+    return match.group(1) if match else None
 
 
 def is_credential_id(value) -> bool:

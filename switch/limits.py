@@ -69,6 +69,10 @@ reply_envelope_bytes_max = 64      # t, code, re and the results' header around 
 offline_future_s = 5 * 60          # an offline tap this far ahead of our clock is refused
 history_limit_default = 50
 history_limit_max = 200
+subsidy_batches_per_account_max = 64   # batches with money left on one account
+subsidies_expired_per_pass_max = 5_000 # batches a housekeeping pass clears at most
+rooms_limit_default = 50           # dorm rooms in one `rooms` page
+rooms_limit_max = 200
 
 # --- Blacklist (docs/PROTOCOL.md §4.13) ---
 blacklist_changes_kept = 10_000    # per school; an older `since` gets the full list
@@ -199,6 +203,12 @@ connections_max_range = (1, 1_000_000)
 school_limit_fen_range = (1, 100_000_000_000)          # per_tx, daily and their maxima
 school_no_pin_fen_range = (0, 100_000_000_000)         # 0: every card payment needs the PIN
 school_name_chars_range = (1, 64)
+meals_per_school_max = 8                               # [[schools.X.meals]] tables
+meal_counts_forgotten_per_pass_max = 10_000           # past periods' counts a pass forgets
+meal_name_chars_range = (1, 32)
+meal_taps_max_range = (1, 1_000)                       # payments in one meal period
+meal_fen_max_range = (1, 100_000_000_000)
+repeat_tap_window_s_range = (0, 300)                   # 0: the double-tap guard is off
 building_digits_range = (1, 8)                         # split_buildings: "9", "12"
 terminal_requests_per_s_range = (0.1, 1_000_000.0)
 terminal_requests_burst_range = (1, 10_000_000)

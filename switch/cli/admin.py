@@ -20,6 +20,7 @@ import csv
 import datetime
 import hashlib
 import io
+import hashlib
 import json
 import os
 import re
@@ -133,6 +134,8 @@ def _request_for(args) -> dict:
                    "school": args.school, "kind": args.kind, "id": rid}
         if args.merchant:
             message["merchant"] = args.merchant
+        if args.meals:
+            message["meals"] = True
         return message
     if command == "add-service":
         message = {"t": "add_credential", "who": args.who, "role": "service", "id": rid}
@@ -445,8 +448,10 @@ def _not_csv(path: str, line: int, error: csv.Error) -> UsageError:
     return UsageError(f"{path} line {line}: not readable as CSV: {error}")
 
 
-def read_import_rows(path: str, encoding: str | None = None) -> list:
-    """(line, row) for each data row of a start-of-term CSV; UsageError says what is wrong."""
+def read_import_rows(path: str, encoding: str | None = None,
+                     required=("type", "account", "school"), columns=IMPORT_COLUMNS) -> list:
+    """(line, row) for each data row of a CSV (a start-of-term one unless `required` and
+    `columns` say otherwise); UsageError says what is wrong."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
@@ -457,10 +462,10 @@ def read_import_rows(path: str, encoding: str | None = None) -> list:
         header = reader.fieldnames or ()
     except csv.Error as error:
         raise _not_csv(path, 1, error) from None
-    missing = {"type", "account", "school"} - set(header)
+    missing = set(required) - set(header)
     if missing:
         raise UsageError(f"{path}: missing column(s) {sorted(missing)}; expected "
-                         f"{', '.join(IMPORT_COLUMNS)}")
+                         f"{', '.join(columns)}")
     rows = []
     try:
         # The file's own line numbers, as an editor shows them: empty lines are skipped
@@ -472,6 +477,76 @@ def read_import_rows(path: str, encoding: str | None = None) -> list:
     except csv.Error as error:
         raise _not_csv(path, reader.line_num + 1, error) from None  # the line being read
     return rows
+
+
+async def _pipelined(client: Client, requests: list):
+    """(line, request, reply) for each (line, request), sent in pipelined chunks."""
+    for start in range(0, len(requests), limits.cli_import_pipeline_depth_max):
+        chunk = requests[start:start + limits.cli_import_pipeline_depth_max]
+        with trio.fail_after(limits.cli_reply_timeout_s):
+            replies = await client.pipeline([message for _, message in chunk])
+        for (line, message), reply in zip(chunk, replies):
+            yield line, message, reply
+
+
+def _report_import(path: str, counts: dict, rejects: list, out) -> dict:
+    counts["rejected"] = len(rejects)
+    print(f"import {path}: {counts['rows']} rows, {counts['created']} created, "
+          f"{counts['already']} already present, {counts['rejected']} rejected", file=out)
+    for line, reason in sorted(rejects):
+        print(f"  line {line}: {reason}", file=out)
+    return {**counts, "rejects": sorted(rejects)}
+
+
+def _sendable(requests: list, rejects: list):
+    """(the requests that fit in a frame, rejects with those that do not added)."""
+    sendable = []
+    for line, message in requests:
+        problem = unsendable(message)
+        if problem:
+            rejects.append((line, f"row {problem}"))
+        else:
+            sendable.append((line, message))
+    return sendable, rejects
+
+
+# ------------------------------------------------------------------ subsidy batch import
+SUBSIDY_COLUMNS = ("account", "amount")
+
+
+def subsidy_requests(rows, batch: str, expires: str):
+    """(line, request) pairs of a subsidy batch CSV (columns account, amount in yuan), and
+    (line, reason) rejects. The id is derived from the batch and the account, so a re-run
+    replays instead of paying twice (and an account listed twice is refused the second time
+    as id_reuse or a replay)."""
+    batch_tag = hashlib.sha256(batch.encode()).hexdigest()[:16]
+    requests, rejects = [], []
+    for line, row in rows:
+        account = (row.get("account") or "").strip()
+        try:
+            amount = yuan_to_fen((row.get("amount") or "").strip())
+        except UsageError as error:
+            rejects.append((line, str(error)))
+            continue
+        if not account:
+            rejects.append((line, "needs an account"))
+            continue
+        requests.append((line, {"t": "subsidy", "account": account, "amount": amount,
+                                "expires": expires, "batch": batch,
+                                "id": f"subsidy-{batch_tag}-{account}"}))
+    return _sendable(requests, rejects)
+
+
+async def run_subsidy_import(client: Client, path: str, rows: list, batch: str, expires: str,
+                             out=sys.stdout) -> dict:
+    requests, rejects = subsidy_requests(rows, batch, expires)
+    counts = {"rows": len(rows), "created": 0, "already": 0, "rejected": 0}
+    async for line, message, reply in _pipelined(client, requests):
+        if reply["code"] == "ok":
+            counts["already" if reply.get("replay") else "created"] += 1
+        else:
+            rejects.append((line, f"subsidy {message['account']}: {reply['code']}"))
+    return _report_import(path, counts, rejects, out)
 
 
 # ------------------------------------------------------------------ command line
@@ -552,6 +627,8 @@ def add_parser(commands) -> None:
     p.add_argument("--school", required=True)
     p.add_argument("--kind", choices=("pos", "water", "meter"), required=True)
     p.add_argument("--merchant")
+    p.add_argument("--meals", action="store_true",
+                   help="a canteen till: its payments count toward the school's meal caps")
     p.add_argument("--key-out", help="write the new key here (mode 0600) instead of printing")
     p = sub.add_parser("add-service")
     p.add_argument("who")
@@ -565,6 +642,11 @@ def add_parser(commands) -> None:
                    help="write the new key here (mode 0600); an existing file is refused")
     p = sub.add_parser("import")
     p.add_argument("csv", help="start-of-term CSV (students, cards, rooms)")
+    p.add_argument("--encoding", help="the CSV's encoding (default: UTF-8, else GB18030)")
+    p = sub.add_parser("import-subsidies", help="issue a subsidy batch (补助) from a CSV")
+    p.add_argument("csv", help="CSV with columns account, amount (yuan)")
+    p.add_argument("--batch", required=True, help="the school's batch name (1..64 characters)")
+    p.add_argument("--expires", required=True, help="the batch's last day, YYYY-MM-DD")
     p.add_argument("--encoding", help="the CSV's encoding (default: UTF-8, else GB18030)")
 
 
@@ -632,6 +714,8 @@ async def _run(args, key: bytes, work, looked_up: dict) -> dict | list:
     try:
         if args.admin_command == "import":
             return await run_import(client, args.csv, work, signon=args.signon_who)
+        if args.admin_command == "import-subsidies":
+            return await run_subsidy_import(client, args.csv, work, args.batch, args.expires)
         with trio.fail_after(limits.cli_reply_timeout_s):
             reply = await client.request(work)
             if reply.get("code") in refusals.NEEDS_ACCOUNT and "account" in work:
@@ -681,6 +765,8 @@ def run(args) -> int:
         key = _key(args)
         if args.admin_command == "import":
             work = read_import_rows(args.csv, args.encoding)
+        elif args.admin_command == "import-subsidies":
+            work = read_import_rows(args.csv, args.encoding, SUBSIDY_COLUMNS, SUBSIDY_COLUMNS)
         else:
             work = _checked_request(args)
             if getattr(args, "key_out", None):
@@ -688,6 +774,8 @@ def run(args) -> int:
         result = trio.run(_run, args, key, work, looked_up)
         if args.admin_command == "import":
             return 0 if not result["problems"] else 3
+        if args.admin_command == "import-subsidies":
+            return 0 if not result["rejected"] else 3
         if _print_reply(args, result, key_fd, work, looked_up):
             key_fd = None
         return 0 if result.get("code") == "ok" else 3
@@ -695,7 +783,7 @@ def run(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (OSError, SwitchError, ProtocolError, trio.EndOfChannel, trio.TooSlowError) as error:
-        if args.admin_command == "import":
+        if args.admin_command in ("import", "import-subsidies"):
             retry = "; rerun the import (rows already done are only counted again)"
         else:
             retry = f"; rerun with --id {work['id']} to finish it safely" if "id" in work else ""

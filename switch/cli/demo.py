@@ -65,9 +65,12 @@ class Demo:
     async def provision(self, admin: Client) -> list:
         self.say("== Card office: terminals, students, cards, recharges")
         for who, school in (("WH-CANTEEN-1", "WH"), ("WH-CANTEEN-2", "WH"), ("WH-CANTEEN-3", "WH"),
-                            ("CUIK-CANTEEN-1", "CUIK")):
-            reply = await admin.request({"t": "add_credential", "who": who, "role": "terminal",
-                                         "school": school, "kind": "pos", "id": f"add-{who}"})
+                            ("CUIK-CANTEEN-1", "CUIK"), ("WH-MEALS-1", "WH")):
+            message = {"t": "add_credential", "who": who, "role": "terminal", "school": school,
+                       "kind": "pos", "id": f"add-{who}"}
+            if who == "WH-MEALS-1":
+                message["meals"] = True     # a canteen till: meal caps apply
+            reply = await admin.request(message)
             self.keys[who] = reply["key"]
         reply = await admin.request({"t": "add_credential", "who": "wechat-pay", "role": "service",
                                      "id": "add-wechat-pay"})
@@ -90,7 +93,8 @@ class Demo:
             await wechat.request({"t": "credit", "account": account, "amount": 20_000,
                                   "source": "wechat", "id": f"wx-{account}"})
         await wechat.aclose()
-        self.say(f"   4 tills, 1 recharge service, {len(students)} students with cards "
+        self.say(f"   5 tills (one a canteen till with meal caps), 1 recharge service, "
+              f"{len(students)} students with cards "
               f"(18 WH, 6 CUIK), 200.00 yuan each but {students[0][0]} (empty)")
         return students
 
@@ -102,13 +106,14 @@ class Demo:
         (broke, broke_card, _, _), (a, card_a, pin_a, _), (b, card_b, _, _) = students[:3]
         cuik_card = students[-1][1]
 
-        async def tap(card, amount, note, pin=None, request_id=None):
+        async def tap(card, amount, note, pin=None, request_id=None, **more):
             message = {"t": "debit", "card": card, "amount": amount,
-                       "id": request_id or self.next_id("T1")}
+                       "id": request_id or self.next_id("T1"), **more}
             if pin:
                 message["pin"] = pin
             reply = await till.request(message)
-            detail = (f"balance {yuan(reply['balance'])} txn {reply['txn']}"
+            subsidy = f" subsidy {yuan(reply['subsidy'])}" if reply.get("subsidy") else ""
+            detail = (f"balance {yuan(reply['balance'])}{subsidy} txn {reply['txn']}"
                       if reply["code"] == "ok" else "")
             replay = " (replay)" if reply.get("replay") else ""
             self.say(f"   tap {card} {yuan(amount):>6} yuan  -> {reply['code']}{replay} {detail}"
@@ -117,6 +122,15 @@ class Demo:
 
         await tap(card_a, 1250, "rice and two dishes")
         await tap(card_b, 800, "noodles")
+        await tap(card_b, 800, "the same card taps again at once: the double-tap guard")
+        await tap(card_b, 800, "the cashier confirms a second bowl", confirm=True)
+        granted = await admin.request({"t": "subsidy", "account": a, "amount": 1000,
+                                       "expires": "2099-12-31", "batch": "demo meal subsidy",
+                                       "id": "subsidy-demo-1"})
+        print(f"   the school credits {a} a 10.00 yuan meal subsidy (补助) -> {granted['code']}, "
+              f"balance {yuan(granted['balance'])} subsidy {yuan(granted['subsidy'])}")
+        await tap(card_a, 600, "a subsidised student: the subsidy pays first")
+        await tap(card_a, 700, "the last 4.00 of the subsidy, then 3.00 of her own")
         await tap(card_a, 6800, "a big order above 50 yuan, no PIN")
         await tap(card_a, 6800, "same order, wrong PIN", pin="000001")
         await tap(card_a, 6800, "same order, PIN = last six of the ID card", pin=pin_a)
@@ -138,6 +152,15 @@ class Demo:
         await tap(card_a, 300, "a tap whose reply the till never got...", request_id=lost_id)
         await tap(card_a, 300, "...so the till resends the same id", request_id=lost_id)
         await till.aclose()
+        canteen = await self.connect("WH-MEALS-1")
+        for n, (amount, note) in enumerate(((500, "first meal of the period"),
+                                            (450, "second meal"),
+                                            (400, "a third: past the period's 2 payments"))):
+            reply = await canteen.request({"t": "debit", "card": card_a, "amount": amount,
+                                           "id": f"meal-{n}"})
+            print(f"   canteen till (meal caps): tap {card_a} {yuan(amount):>6} yuan  -> "
+                  f"{reply['code']}   # {note}")
+        await canteen.aclose()
         await wechat.aclose()
         await admin.aclose()
 
@@ -193,8 +216,30 @@ def _scrape(port: int) -> str:
         return response.read().decode()
 
 
+# Every campus rule on (docs/PROTOCOL.md §4.6 rules 2a, 2b): the demo's switch, and the
+# simulator's test run with all rules switched on.
+CAMPUS_RULES_CONFIG = """[schools.WH]
+name = "云南艺术学院文华学院"
+repeat_tap_window_s = 3     # the double-tap guard (防重复刷卡)
+
+# A meal period (餐次) for the canteen till added with `meals`: the whole day, so the demo
+# shows it whenever it runs; a school would have breakfast, lunch and dinner.
+[[schools.WH.meals]]
+name = "demo day"
+start = "00:00"
+end = "23:59"
+taps_max = 2
+fen_max = 3000
+
+[schools.CUIK]
+name = "昆明传媒学院"
+split_buildings = ["9"]
+repeat_tap_window_s = 3
+"""
+
+
 def _write_config(path: pathlib.Path, billing_port: int, utility_port: int, keys: dict) -> None:
-    path.write_text(f"""# written by `make demo`
+    path.write_text("# written by `make demo`\n" + CAMPUS_RULES_CONFIG + f"""
 [[destinations]]
 name = "billing"
 address = "127.0.0.1:{billing_port}"

@@ -8,13 +8,25 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
 
 from switch import limits
+from switch.identifiers import building_of
 from switch.clock import LocalDays
 from switch.config.destinations import parse_destinations
 from switch.config.errors import ConfigError
 
 
+
+
+@dataclass(frozen=True)
+class Meal:
+    """A meal period (餐次) at the school's canteen tills: local [start, end) in minutes."""
+    name: str
+    start_min: int
+    end_min: int
+    taps_max: int
+    fen_max: int
 
 
 @dataclass
@@ -29,10 +41,24 @@ class School:
     per_tx_max_fen: int = limits.default_per_tx_max_fen
     daily_max_fen: int = limits.default_daily_max_fen
     split_buildings: list = field(default_factory=list)  # buildings with separate electric/water
+    repeat_tap_window_s: int = 0   # the double-tap guard (防重复刷卡); 0: off
+    meals: list = field(default_factory=list)   # Meal periods; none: no meal caps
     days: LocalDays = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.days = LocalDays(self.time_zone)
+
+    def meal_at(self, unix_ms: int) -> tuple[int, Meal] | None:
+        """(the period's number, unique per school and local day, and the period) of the
+        meal `unix_ms` falls in, or None."""
+        if not self.meals:
+            return None
+        moment = datetime.fromtimestamp(unix_ms / 1000, tz=self.days.zone)
+        minute = moment.hour * 60 + moment.minute
+        for index, meal in enumerate(self.meals):
+            if meal.start_min <= minute < meal.end_min:
+                return self.days.day_of(unix_ms) * limits.meals_per_school_max + index, meal
+        return None
 
     def utility_kind_allowed(self, account_id: str, utility: str) -> bool:
         """Split buildings have one account per utility (electric, water); others one for both."""
@@ -40,16 +66,6 @@ class School:
         if building is not None and building in self.split_buildings:
             return utility in ("electric", "water")
         return utility == "both"
-
-
-_BUILDING = re.compile(r"[A-Z0-9]+-([0-9]+)[A-Z]?-")
-
-
-def building_of(account_id: str) -> str | None:
-    """`WH-8D-1006` is building 8 (the naming of the schools' one-card guides); None for names
-    without a building."""
-    match = _BUILDING.match(account_id)
-    return match.group(1) if match else None
 
 
 @dataclass
@@ -86,7 +102,8 @@ DEFAULT_SCHOOLS = {
 
 _SETTINGS = {f.name for f in fields(Config)} - {"schools", "destinations", "master_key_file"}
 _SCHOOL_KEYS = {f.name for f in fields(School)} - {"code", "days"}
-_SCHOOL_TYPES = {"name": str, "time_zone": str, "split_buildings": list,
+_SCHOOL_TYPES = {"name": str, "time_zone": str, "split_buildings": list, "repeat_tap_window_s": int,
+                 "meals": list,
                  **{key: int for key in _SCHOOL_KEYS if key.endswith("_fen")}}
 
 
@@ -159,7 +176,49 @@ def _school(code: str, table) -> School:
     except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
         raise ConfigError(f"{where}.time_zone: unknown time zone {time_zone!r} (an IANA name "
                           f"such as \"Asia/Shanghai\")") from None
+    if "meals" in table:
+        table = {**table, "meals": _meals(where, table["meals"])}
     return School(code, **table)
+
+
+_MEAL_KEYS = {"name": str, "start": str, "end": str, "taps_max": int, "fen_max": int}
+_CLOCK = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])\Z")
+
+
+def _meals(where: str, tables: list) -> list:
+    """[[schools.X.meals]] tables as Meals, in the order given; refused with the key named."""
+    if len(tables) > limits.meals_per_school_max:
+        raise ConfigError(f"{where}.meals: at most {limits.meals_per_school_max} meal periods")
+    meals = []
+    for number, table in enumerate(tables, start=1):
+        here = f"{where}.meals[{number}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{here}: use [[{where}.meals]] tables")
+        if set(table) != set(_MEAL_KEYS):
+            raise ConfigError(f"{here}: needs exactly {sorted(_MEAL_KEYS)}; got {sorted(table)}")
+        for key, expected in _MEAL_KEYS.items():
+            if type(table[key]) is not expected:
+                raise ConfigError(f"{here}.{key}: expected {expected.__name__}, got "
+                                  f"{table[key]!r}")
+        lowest, highest = limits.meal_name_chars_range
+        if not lowest <= len(table["name"]) <= highest or not table["name"].isprintable():
+            raise ConfigError(f"{here}.name: {lowest}..{highest} printable characters")
+        minutes = []
+        for key in ("start", "end"):
+            match = _CLOCK.match(table[key])
+            if match is None:
+                raise ConfigError(f"{here}.{key}: a local time \"HH:MM\", got {table[key]!r}")
+            minutes.append(int(match.group(1)) * 60 + int(match.group(2)))
+        if minutes[0] >= minutes[1]:
+            raise ConfigError(f"{here}: start must be before end (a period within one day)")
+        _check_range(f"{here}.taps_max", table["taps_max"], limits.meal_taps_max_range)
+        _check_range(f"{here}.fen_max", table["fen_max"], limits.meal_fen_max_range)
+        meal = Meal(table["name"], minutes[0], minutes[1], table["taps_max"], table["fen_max"])
+        for other in meals:
+            if meal.start_min < other.end_min and other.start_min < meal.end_min:
+                raise ConfigError(f"{here}: overlaps the period {other.name!r}")
+        meals.append(meal)
+    return meals
 
 
 def _check_range(key: str, value, bounds: tuple) -> None:
@@ -203,6 +262,8 @@ def _validate_school(code: str, school: School) -> None:
         raise ConfigError(f"{where}.name: {lowest}..{highest} printable characters")
     for key, bounds in _SCHOOL_FEN_RANGES.items():
         _check_range(f"{where}.{key}", getattr(school, key), bounds)
+    _check_range(f"{where}.repeat_tap_window_s", school.repeat_tap_window_s,
+                 limits.repeat_tap_window_s_range)
     if not school.no_pin_fen <= school.per_tx_fen <= school.daily_fen:
         raise ConfigError(f"{where}: need no_pin_fen <= per_tx_fen <= daily_fen")
     for key in ("no_pin_fen", "per_tx_fen", "daily_fen"):

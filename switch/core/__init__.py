@@ -36,6 +36,20 @@ Interface (see `reference.py` for the normative docstrings):
                school_no_pin, per_tx_max, daily_max, no_pin_max) -> code
     enable_virtual_card(account) -> code   (closed: ACCOUNT_CLOSED)
     refund(account) -> code                (balance to 0 and closed; NOT_EMPTY while held)
+
+  The subsidy purse (SUBSIDY: spent first by authorize, complete_hold and apply_offline):
+    grant_subsidy(account, amount) -> code (utility BAD_REQUEST, closed ACCOUNT_CLOSED)
+    return_to_subsidy(account, part) -> None   (after unspend: the subsidy's part goes back)
+    expire_subsidy(account, amount) -> None
+
+  Meal periods, on a record of one account's payments in one period (layout.MEAL_*):
+    meal_check(meal, amount, taps_max, fen_max) -> code   (meal may be None: none yet)
+    meal_count(meal, amount, taps_max, fen_max) -> bool   (True: a cap is now passed)
+    meal_uncount(meal, amount) -> None
+
+  The double-tap guard, on its own record (layout.TAP_*), not the account's:
+    check_repeat_tap(tap, amount, now_ms, window_ms, confirm) -> code   (tap may be None)
+    note_tap(tap, amount, now_ms, txn) -> None
 """
 
 try:
@@ -72,3 +86,11 @@ close = implementation.close
 set_limits = implementation.set_limits
 enable_virtual_card = implementation.enable_virtual_card
 refund = implementation.refund
+check_repeat_tap = implementation.check_repeat_tap
+note_tap = implementation.note_tap
+grant_subsidy = implementation.grant_subsidy
+return_to_subsidy = implementation.return_to_subsidy
+expire_subsidy = implementation.expire_subsidy
+meal_check = implementation.meal_check
+meal_count = implementation.meal_count
+meal_uncount = implementation.meal_uncount

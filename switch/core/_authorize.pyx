@@ -34,7 +34,8 @@ __all__ = [
     "set_pin", "reset_pin", "credit", "unspend", "complete_hold",
     "release_hold", "apply_offline", "apply_meter", "apply_restore",
     "freeze", "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
-    "enable_virtual_card", "refund",
+    "enable_virtual_card", "refund", "check_repeat_tap", "note_tap", "grant_subsidy",
+    "return_to_subsidy", "expire_subsidy", "meal_check", "meal_count", "meal_uncount",
 ]
 
 # Exact integer semantics: an int64 sum or difference that would wrap is
@@ -50,6 +51,8 @@ cdef extern from *:
     """
     bint add_overflow "switch_core_add_overflow"(long long a, long long b, long long *r) nogil
     bint sub_overflow "switch_core_sub_overflow"(long long a, long long b, long long *r) nogil
+    # Wide enough for the sum of three int64s: the funds check is exact as in Python.
+    ctypedef long long wide_int "__int128"
 
 
 cdef packed struct AccountRecord:
@@ -75,6 +78,19 @@ cdef packed struct AccountRecord:
     unsigned char pin_salt[16]
     unsigned char pin_hash[32]
     unsigned char id_hash[32]
+    int64_t subsidy
+    uint8_t spare[16]
+
+
+cdef packed struct MealRecord:
+    int64_t taps
+    int64_t fen
+
+
+cdef packed struct TapRecord:
+    int64_t amount
+    int64_t at_ms
+    int64_t txn
 
 
 # Mirrors of codes.py, layout.py and limits.py, checked against them below.
@@ -96,7 +112,10 @@ cdef enum:
     BAD_REQUEST = 18
     NOT_EMPTY = 30
     IDENTITY_MISMATCH = 31
+    REPEAT_TAP = 34
+    MEAL_LIMIT = 35
 
+    KIND_PERSON = 0
     STATUS_ACTIVE = 0
     STATUS_FROZEN = 1
     STATUS_CLOSED = 2
@@ -108,7 +127,9 @@ cdef enum:
     CARD_STATE_BLOCKED = 2
     CARD_NONE = 3
 
-    ACCOUNT_RECORD_SIZE = 152
+    ACCOUNT_RECORD_SIZE = 176
+    TAP_RECORD_SIZE = 24
+    MEAL_RECORD_SIZE = 16
     SALT_SIZE_BYTES = 16
     DIGEST_SIZE_BYTES = 32
     PIN_FAILURES_COUNTER_MAX = 255
@@ -137,7 +158,7 @@ cdef _check_mirrors():
         "LIMIT_PER_TX": _offset(r, &r.limit_per_tx), "LIMIT_DAILY": _offset(r, &r.limit_daily),
         "LIMIT_NO_PIN": _offset(r, &r.limit_no_pin), "SCHOOL": _offset(r, &r.school[0]),
         "PIN_SALT": _offset(r, &r.pin_salt[0]), "PIN_HASH": _offset(r, &r.pin_hash[0]),
-        "ID_HASH": _offset(r, &r.id_hash[0]),
+        "ID_HASH": _offset(r, &r.id_hash[0]), "SUBSIDY": _offset(r, &r.subsidy),
     }
     for name, offset in offsets.items():
         if getattr(_layout, name)[0] != offset:
@@ -154,8 +175,10 @@ cdef _check_mirrors():
         (_codes, "PIN_REQUIRED"): PIN_REQUIRED, (_codes, "PIN_INVALID"): PIN_INVALID,
         (_codes, "LIMIT_PER_TX"): LIMIT_PER_TX, (_codes, "LIMIT_DAILY"): LIMIT_DAILY,
         (_codes, "WRONG_SCHOOL"): WRONG_SCHOOL, (_codes, "BAD_AMOUNT"): BAD_AMOUNT,
-        (_codes, "BAD_REQUEST"): BAD_REQUEST, (_codes, "NOT_EMPTY"): NOT_EMPTY,
-        (_codes, "IDENTITY_MISMATCH"): IDENTITY_MISMATCH,
+        (_codes, "BAD_REQUEST"): BAD_REQUEST, (_layout, "KIND_PERSON"): KIND_PERSON, (_codes, "NOT_EMPTY"): NOT_EMPTY,
+        (_codes, "IDENTITY_MISMATCH"): IDENTITY_MISMATCH, (_codes, "REPEAT_TAP"): REPEAT_TAP,
+        (_codes, "MEAL_LIMIT"): MEAL_LIMIT, (_layout, "MEAL_RECORD_SIZE"): MEAL_RECORD_SIZE,
+        (_layout, "TAP_RECORD_SIZE"): TAP_RECORD_SIZE,
         (_layout, "STATUS_ACTIVE"): STATUS_ACTIVE,
         (_layout, "STATUS_FROZEN"): STATUS_FROZEN, (_layout, "STATUS_CLOSED"): STATUS_CLOSED,
         (_layout, "FREEZE_NONE"): FREEZE_NONE, (_layout, "FREEZE_OPERATOR"): FREEZE_OPERATOR,
@@ -177,11 +200,25 @@ cdef _check_mirrors():
         "ID_LOCKED": sizeof(r.id_locked), "LIMIT_PER_TX": sizeof(r.limit_per_tx),
         "LIMIT_DAILY": sizeof(r.limit_daily), "LIMIT_NO_PIN": sizeof(r.limit_no_pin),
         "SCHOOL": sizeof(r.school), "PIN_SALT": SALT_SIZE_BYTES, "PIN_HASH": DIGEST_SIZE_BYTES,
-        "ID_HASH": DIGEST_SIZE_BYTES,
+        "ID_HASH": DIGEST_SIZE_BYTES, "SUBSIDY": sizeof(r.subsidy),
     }
     for name, size in sizes.items():
         if struct.calcsize(getattr(_layout, name)[1]) != size:
             raise ImportError(f"AccountRecord.{name} is {size} bytes, layout.py disagrees")
+    cdef TapRecord tap_probe
+    cdef TapRecord* t = &tap_probe
+    tap_offsets = {"TAP_AMOUNT": <char*>&t.amount - <char*>t, "TAP_AT": <char*>&t.at_ms - <char*>t,
+                   "TAP_TXN": <char*>&t.txn - <char*>t}
+    for name, offset in tap_offsets.items():
+        if getattr(_layout, name)[0] != offset or struct.calcsize(getattr(_layout, name)[1]) != 8:
+            raise ImportError(f"TapRecord.{name} disagrees with layout.py")
+    cdef MealRecord meal_probe
+    if (<char*>&meal_probe.taps - <char*>&meal_probe, <char*>&meal_probe.fen - <char*>&meal_probe,
+            sizeof(MealRecord)) != (_layout.MEAL_TAPS[0], _layout.MEAL_FEN[0],
+                                    _layout.MEAL_RECORD_SIZE):
+        raise ImportError("MealRecord disagrees with layout.py")
+    if sizeof(TapRecord) != _layout.TAP_RECORD_SIZE:
+        raise ImportError("TapRecord size differs from layout.TAP_RECORD_SIZE")
     if sizeof(r.pin_salt) != SALT_SIZE_BYTES or sizeof(r.pin_hash) != DIGEST_SIZE_BYTES \
             or sizeof(r.id_hash) != DIGEST_SIZE_BYTES:
         raise ImportError("AccountRecord hash fields have the wrong size")
@@ -371,14 +408,14 @@ def authorize(account, int card_state, same_school, amount, pin, bint pin_checke
     # 7. funds
     held = record.held
     assert held >= 0, held
-    if sub_overflow(record.balance, held, &available) or available < value:
+    if <wide_int>record.balance + <wide_int>record.subsidy - <wide_int>held < <wide_int>value:
         return INSUFFICIENT_FUNDS
     if hold:
         wrapped = add_overflow(held, value, &total)
         assert not wrapped, (held, value)
         _put_held(record, total)
     else:
-        _put_balance(record, record.balance - value)  # cannot wrap: balance >= held + value
+        _spend(record, value)
         _count_spending(record, value, day)
     return OK
 
@@ -480,6 +517,23 @@ cdef inline int _take(AccountRecord* record, long long amount) except -1:
     return 0
 
 
+cdef inline int _put_subsidy(AccountRecord* record, long long subsidy) except -1:
+    assert 0 <= subsidy <= BALANCE_FEN_MAX, subsidy
+    record.subsidy = subsidy
+    return 0
+
+
+cdef inline int _spend(AccountRecord* record, long long amount) except -1:
+    """Pay `amount` (>= 0) from the subsidy purse first, the rest from the balance."""
+    cdef long long from_subsidy
+    assert amount >= 0, amount
+    assert record.subsidy >= 0, record.subsidy
+    from_subsidy = record.subsidy if record.subsidy < amount else amount
+    record.subsidy -= from_subsidy
+    _take(record, amount - from_subsidy)
+    return 0
+
+
 cdef inline int _release(AccountRecord* record, long long hold_amount) except -1:
     """Release `hold_amount` (>= 0) of the held total."""
     cdef long long held
@@ -496,7 +550,7 @@ def complete_hold(account, long long hold_amount, long long amount, int day):
     cdef AccountRecord* record = _record(account)
     assert 0 <= amount <= hold_amount, (amount, hold_amount)
     _release(record, hold_amount)
-    _take(record, amount)
+    _spend(record, amount)
     _count_spending(record, amount, day)
 
 
@@ -513,7 +567,7 @@ def apply_offline(account, long long amount, int day, int today):
     assert amount >= 0, amount
     if record.status == STATUS_CLOSED:
         return ACCOUNT_CLOSED
-    _take(record, amount)
+    _spend(record, amount)
     if day == today and day >= record.spent_day:
         _count_spending(record, amount, day)
     return OK
@@ -685,3 +739,116 @@ def refund(account):
     record.balance = 0
     record.status = STATUS_CLOSED
     return OK
+
+
+# ---------------------------------------------------------------- the double-tap guard
+cdef inline TapRecord* _tap(object tap) except NULL:
+    assert PyByteArray_CheckExact(tap), type(tap)
+    assert PyByteArray_GET_SIZE(tap) == TAP_RECORD_SIZE, len(tap)
+    return <TapRecord*>PyByteArray_AS_STRING(tap)
+
+
+def check_repeat_tap(tap, amount, now_ms, window_ms, confirm):
+    """REPEAT_TAP for a repeat of the last approved payment inside the window, else OK."""
+    assert type(amount) is int and type(now_ms) is int and type(window_ms) is int
+    if window_ms <= 0 or confirm or tap is None:
+        return OK
+    cdef TapRecord* record = _tap(tap)
+    cdef long long elapsed
+    if amount != record.amount:
+        return OK
+    if sub_overflow(now_ms, record.at_ms, &elapsed):
+        return OK   # further apart than any window
+    return REPEAT_TAP if 0 <= elapsed < window_ms else OK
+
+
+def note_tap(tap, long long amount, long long now_ms, long long txn):
+    """Make `tap` the record of an approved payment of `amount` at `now_ms`, journal `txn`."""
+    cdef TapRecord* record = _tap(tap)
+    record.amount = amount
+    record.at_ms = now_ms
+    record.txn = txn
+
+
+# ---------------------------------------------------------------- the subsidy purse (补助)
+def grant_subsidy(account, amount):
+    """Credit `amount` to the subsidy purse (see reference.grant_subsidy)."""
+    cdef AccountRecord* record = _record(account)
+    cdef int overflow = 0
+    cdef long long value
+    cdef long long subsidy
+    assert type(amount) is int, type(amount)
+    if record.kind != KIND_PERSON:
+        return BAD_REQUEST
+    if record.status == STATUS_CLOSED:
+        return ACCOUNT_CLOSED
+    value = PyLong_AsLongLongAndOverflow(amount, &overflow)
+    if overflow != 0 or value < 1 or add_overflow(record.subsidy, value, &subsidy) \
+            or subsidy > BALANCE_FEN_MAX:
+        return BAD_AMOUNT
+    record.subsidy = subsidy
+    return OK
+
+
+def return_to_subsidy(account, long long part):
+    """Move the `part` of a reversed payment the subsidy purse had paid back into it."""
+    cdef AccountRecord* record = _record(account)
+    cdef long long subsidy
+    cdef bint wrapped
+    _take(record, part)
+    wrapped = add_overflow(record.subsidy, part, &subsidy)
+    assert not wrapped, (record.subsidy, part)
+    _put_subsidy(record, subsidy)
+
+
+def expire_subsidy(account, long long amount):
+    """Clear `amount` (0 .. the purse) of the subsidy purse."""
+    cdef AccountRecord* record = _record(account)
+    assert 0 <= amount <= record.subsidy, amount
+    record.subsidy -= amount
+
+
+# ---------------------------------------------------------------- meal periods (餐次)
+cdef inline MealRecord* _meal(object meal) except NULL:
+    assert PyByteArray_CheckExact(meal), type(meal)
+    assert PyByteArray_GET_SIZE(meal) == MEAL_RECORD_SIZE, len(meal)
+    return <MealRecord*>PyByteArray_AS_STRING(meal)
+
+
+def meal_check(meal, long long amount, long long taps_max, long long fen_max):
+    """MEAL_LIMIT when one more payment would pass a cap of the period (see reference)."""
+    cdef long long taps = 0
+    cdef long long fen = 0
+    cdef MealRecord* record
+    if meal is not None:
+        record = _meal(meal)
+        taps, fen = record.taps, record.fen
+    # Exact as Python: the sums are taken wide.
+    if <wide_int>taps + 1 > <wide_int>taps_max or <wide_int>fen + amount > <wide_int>fen_max:
+        return MEAL_LIMIT
+    return OK
+
+
+def meal_count(meal, long long amount, long long taps_max, long long fen_max):
+    """Count a payment in the period, always; True when a cap is now passed."""
+    cdef MealRecord* record = _meal(meal)
+    cdef long long taps
+    cdef long long fen
+    assert amount >= 0, amount
+    if add_overflow(record.taps, 1, &taps) or add_overflow(record.fen, amount, &fen):
+        raise AssertionError((record.taps, record.fen, amount))
+    assert 0 <= taps <= BALANCE_FEN_MAX and 0 <= fen <= BALANCE_FEN_MAX, (taps, fen)
+    record.taps = taps
+    record.fen = fen
+    return taps > taps_max or fen > fen_max
+
+
+def meal_uncount(meal, long long amount):
+    """A reversal gives back its tap and its fen (never below zero)."""
+    cdef MealRecord* record = _meal(meal)
+    cdef long long fen
+    assert amount >= 0, amount
+    record.taps = record.taps - 1 if record.taps > 0 else 0
+    if sub_overflow(record.fen, amount, &fen) or fen < 0:
+        fen = 0
+    record.fen = fen

@@ -38,6 +38,8 @@ NOT_EMPTY = 30
 IDENTITY_MISMATCH = 31
 BUSY = 32
 INTERNAL = 33
+REPEAT_TAP = 34
+MEAL_LIMIT = 35
 
 CODE_NAMES = (
     "ok", "insufficient_funds", "card_unknown", "card_lost", "card_blocked",
@@ -46,7 +48,8 @@ CODE_NAMES = (
     "qr_used", "virtual_card_off", "wrong_school", "bad_amount", "bad_request",
     "id_reuse", "hold_unknown", "hold_expired", "hold_closed", "over_hold",
     "reverse_window", "reversed", "too_old", "not_permitted", "unknown_account",
-    "exists", "not_empty", "identity_mismatch", "busy", "internal",
+    "exists", "not_empty", "identity_mismatch", "busy", "internal", "repeat_tap",
+    "meal_limit",
 )
 
 # Connection-level codes: sent in an error frame, then the connection closes.

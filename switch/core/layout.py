@@ -30,8 +30,10 @@ SCHOOL = (64, "8s")          # ASCII school code, NUL padded
 PIN_SALT = (72, "16s")
 PIN_HASH = (88, "32s")       # HMAC-SHA256(verifier key, HMAC-SHA256(PIN_SALT, b"pin:" + pin))
 ID_HASH = (120, "32s")       # HMAC-SHA256(verifier key, HMAC-SHA256(PIN_SALT, b"id:" + id_last6))
+SUBSIDY = (152, "<q")        # fen in the subsidy purse (补助); spent before BALANCE, never refunded
+# 160..175 spare (zero). Records of schema 2 were 152 bytes; opening one pads them.
 
-ACCOUNT_RECORD_SIZE = 152
+ACCOUNT_RECORD_SIZE = 176
 
 STATUS_ACTIVE, STATUS_FROZEN, STATUS_CLOSED = 0, 1, 2
 STATUS_NAMES = ("active", "frozen", "closed")
@@ -48,7 +50,7 @@ CARD_STATE_NAMES = ("active", "lost", "blocked")
 _fields = [BALANCE, HELD, SPENT_TODAY, SPENT_DAY, STATUS, KIND, UTILITY, POWER_ON,
            PIN_FAILURES, PIN_LOCKED, FREEZE_REASON, QR_ENABLED, ID_FAILURES, ID_LOCKED,
            LIMIT_PER_TX,
-           LIMIT_DAILY, LIMIT_NO_PIN, SCHOOL, PIN_SALT, PIN_HASH, ID_HASH]
+           LIMIT_DAILY, LIMIT_NO_PIN, SCHOOL, PIN_SALT, PIN_HASH, ID_HASH, SUBSIDY]
 assert all(o + struct.calcsize(f) <= ACCOUNT_RECORD_SIZE for o, f in _fields)
 
 
@@ -79,3 +81,20 @@ def new_account_record(school: str, kind: int, utility: int, salt: bytes,
 
 def school_of(record) -> str:
     return get(record, SCHOOL).rstrip(b"\0").decode("ascii")
+
+
+# The double-tap guard's record of one account's last approved payment at one terminal
+# (docs/PROTOCOL.md §4.6 rule 2a), its own small record keyed by account and terminal.
+TAP_AMOUNT = (0, "<q")       # fen
+TAP_AT = (8, "<q")           # unix ms of the payment
+TAP_TXN = (16, "<q")         # its journal txn (a reversal of it forgets the record)
+TAP_RECORD_SIZE = 24
+assert all(o + struct.calcsize(f) <= TAP_RECORD_SIZE for o, f in (TAP_AMOUNT, TAP_AT, TAP_TXN))
+
+
+# One account's payments in one meal period (docs/PROTOCOL.md §4.6 rule 2b) at the school's
+# canteen tills, its own small record keyed by period and account.
+MEAL_TAPS = (0, "<q")        # payments counted in the period
+MEAL_FEN = (8, "<q")         # their total, fen
+MEAL_RECORD_SIZE = 16
+assert all(o + struct.calcsize(f) <= MEAL_RECORD_SIZE for o, f in (MEAL_TAPS, MEAL_FEN))

@@ -16,7 +16,8 @@ __all__ = [
     "set_pin", "reset_pin", "credit", "unspend", "complete_hold",
     "release_hold", "apply_offline", "apply_meter", "apply_restore",
     "freeze", "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
-    "enable_virtual_card", "refund",
+    "enable_virtual_card", "refund", "check_repeat_tap", "note_tap", "grant_subsidy",
+    "return_to_subsidy", "expire_subsidy", "meal_check", "meal_count", "meal_uncount",
 ]
 
 _pin_digest_size_bytes = 32
@@ -36,6 +37,21 @@ def _put_balance(account, balance):
 def _put_held(account, held):
     assert 0 <= held <= limits.balance_fen_max, held
     layout.put(account, layout.HELD, held)
+
+
+def _put_subsidy(account, subsidy):
+    assert 0 <= subsidy <= limits.balance_fen_max, subsidy
+    layout.put(account, layout.SUBSIDY, subsidy)
+
+
+def _spend(account, amount):
+    """Pay `amount` (>= 0) from the subsidy purse first, the rest from the balance."""
+    assert amount >= 0, amount
+    subsidy = layout.get(account, layout.SUBSIDY)
+    assert subsidy >= 0, subsidy
+    from_subsidy = min(subsidy, amount)
+    layout.put(account, layout.SUBSIDY, subsidy - from_subsidy)
+    _put_balance(account, layout.get(account, layout.BALANCE) - (amount - from_subsidy))
 
 
 def _count_spending(account, amount, day):
@@ -177,12 +193,12 @@ def authorize(account, card_state, same_school, amount, pin, pin_checked, day,
     balance = layout.get(account, layout.BALANCE)
     held = layout.get(account, layout.HELD)
     assert held >= 0, held
-    if balance - held < amount:
+    if balance + layout.get(account, layout.SUBSIDY) - held < amount:
         return codes.INSUFFICIENT_FUNDS
     if hold:
         _put_held(account, held + amount)
     else:
-        _put_balance(account, balance - amount)
+        _spend(account, amount)
         _count_spending(account, amount, day)
     return codes.OK
 
@@ -264,7 +280,7 @@ def complete_hold(account, hold_amount, amount, day):
     _check_record(account)
     assert 0 <= amount <= hold_amount, (amount, hold_amount)
     _put_held(account, layout.get(account, layout.HELD) - hold_amount)
-    _put_balance(account, layout.get(account, layout.BALANCE) - amount)
+    _spend(account, amount)
     _count_spending(account, amount, day)
 
 
@@ -285,7 +301,7 @@ def apply_offline(account, amount, day, today):
     assert amount >= 0, amount
     if _closed(account):
         return codes.ACCOUNT_CLOSED
-    _put_balance(account, layout.get(account, layout.BALANCE) - amount)
+    _spend(account, amount)
     if day == today and day >= layout.get(account, layout.SPENT_DAY):
         _count_spending(account, amount, day)
     return codes.OK
@@ -451,3 +467,119 @@ def refund(account):
     _put_balance(account, 0)
     layout.put(account, layout.STATUS, layout.STATUS_CLOSED)
     return codes.OK
+
+
+# ---------------------------------------------------------------- the double-tap guard
+def _check_tap(tap):
+    assert type(tap) is bytearray, type(tap)
+    assert len(tap) == layout.TAP_RECORD_SIZE, len(tap)
+
+
+def _int64(value):
+    """`value` as the compiled core takes an int64 argument: OverflowError outside."""
+    if not -2**63 <= value < 2**63:
+        raise OverflowError(value)
+    return value
+
+
+def check_repeat_tap(tap, amount, now_ms, window_ms, confirm):
+    """REPEAT_TAP when the guard is on (`window_ms` > 0), the payment is not confirmed, and
+    `tap` (the account's last approved payment at this terminal, or None) was for `amount`
+    at most `window_ms` - 1 ms before `now_ms`; else OK. A clock behind the tap is no repeat."""
+    assert type(amount) is int and type(now_ms) is int and type(window_ms) is int
+    if window_ms <= 0 or confirm or tap is None:
+        return codes.OK
+    _check_tap(tap)
+    if layout.get(tap, layout.TAP_AMOUNT) != amount:
+        return codes.OK
+    elapsed = _int64(now_ms) - layout.get(tap, layout.TAP_AT)
+    if not -2**63 <= elapsed < 2**63:
+        return codes.OK   # further apart than any window
+    return codes.REPEAT_TAP if 0 <= elapsed < window_ms else codes.OK
+
+
+def note_tap(tap, amount, now_ms, txn):
+    """Make `tap` the record of an approved payment of `amount` at `now_ms`, journal `txn`."""
+    amount, now_ms, txn = _int64(amount), _int64(now_ms), _int64(txn)
+    _check_tap(tap)
+    layout.put(tap, layout.TAP_AMOUNT, amount)
+    layout.put(tap, layout.TAP_AT, now_ms)
+    layout.put(tap, layout.TAP_TXN, txn)
+
+
+# ---------------------------------------------------------------- the subsidy purse (补助)
+def grant_subsidy(account, amount):
+    """Credit `amount` to the subsidy purse: a utility account BAD_REQUEST, closed
+    ACCOUNT_CLOSED, amount below 1 or a purse past its maximum BAD_AMOUNT."""
+    _check_record(account)
+    assert type(amount) is int, type(amount)
+    if layout.get(account, layout.KIND) != layout.KIND_PERSON:
+        return codes.BAD_REQUEST
+    if layout.get(account, layout.STATUS) == layout.STATUS_CLOSED:
+        return codes.ACCOUNT_CLOSED
+    subsidy = layout.get(account, layout.SUBSIDY) + amount
+    if amount < 1 or subsidy > limits.balance_fen_max:
+        return codes.BAD_AMOUNT
+    layout.put(account, layout.SUBSIDY, subsidy)
+    return codes.OK
+
+
+def return_to_subsidy(account, part):
+    """After `unspend` gave a reversed payment back to the balance: move the `part` the
+    subsidy purse had paid back into it."""
+    _check_record(account)
+    _int64(part)
+    assert part >= 0, part
+    _put_balance(account, layout.get(account, layout.BALANCE) - part)
+    _put_subsidy(account, layout.get(account, layout.SUBSIDY) + part)
+
+
+def expire_subsidy(account, amount):
+    """Clear `amount` (0 .. the purse) of the subsidy purse: a batch lapsed or the account
+    closed. Nothing goes to the balance."""
+    _check_record(account)
+    _int64(amount)
+    assert 0 <= amount <= layout.get(account, layout.SUBSIDY), amount
+    layout.put(account, layout.SUBSIDY, layout.get(account, layout.SUBSIDY) - amount)
+
+
+# ---------------------------------------------------------------- meal periods (餐次)
+def _check_meal(meal):
+    assert type(meal) is bytearray, type(meal)
+    assert len(meal) == layout.MEAL_RECORD_SIZE, len(meal)
+
+
+def meal_check(meal, amount, taps_max, fen_max):
+    """MEAL_LIMIT when one more payment of `amount` would take the period's count (`meal`,
+    None for none yet) above `taps_max` or its total above `fen_max`; else OK."""
+    _int64(amount), _int64(taps_max), _int64(fen_max)
+    taps, fen = 0, 0
+    if meal is not None:
+        _check_meal(meal)
+        taps, fen = layout.get(meal, layout.MEAL_TAPS), layout.get(meal, layout.MEAL_FEN)
+    if taps + 1 > taps_max or fen + amount > fen_max:
+        return codes.MEAL_LIMIT
+    return codes.OK
+
+
+def meal_count(meal, amount, taps_max, fen_max):
+    """Count a payment of `amount` (>= 0) in the period, always (an offline one happened);
+    True when the count or the total is now above its cap."""
+    _int64(amount), _int64(taps_max), _int64(fen_max)
+    _check_meal(meal)
+    assert amount >= 0, amount
+    taps = layout.get(meal, layout.MEAL_TAPS) + 1
+    fen = layout.get(meal, layout.MEAL_FEN) + amount
+    assert 0 <= taps <= limits.balance_fen_max and 0 <= fen <= limits.balance_fen_max, (taps, fen)
+    layout.put(meal, layout.MEAL_TAPS, taps)
+    layout.put(meal, layout.MEAL_FEN, fen)
+    return taps > taps_max or fen > fen_max
+
+
+def meal_uncount(meal, amount):
+    """A reversal gives back its tap and its fen (never below zero)."""
+    _int64(amount)
+    _check_meal(meal)
+    assert amount >= 0, amount
+    layout.put(meal, layout.MEAL_TAPS, max(0, layout.get(meal, layout.MEAL_TAPS) - 1))
+    layout.put(meal, layout.MEAL_FEN, max(0, layout.get(meal, layout.MEAL_FEN) - amount))

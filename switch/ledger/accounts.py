@@ -9,7 +9,9 @@ import os
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.effects import Revocation
-from switch.ledger.payment_path import pay
+from switch.ledger.payment_path import (count_meal, guard_campus_rules, note_approved_tap,
+                                       pay)
+from switch.ledger.purses import purse, spent, with_subsidy
 from switch.ledger.standing import overdrawn, record_standing, should_be_listed
 from switch.ledger.state import Credential
 
@@ -21,8 +23,9 @@ def _decline(request_type: str, code: int) -> dict:
 
 
 def _money(record) -> tuple[int, int]:
+    """(balance, available): the student's own money, and both purses less open holds."""
     balance = layout.get(record, layout.BALANCE)
-    return balance, balance - layout.get(record, layout.HELD)
+    return balance, balance + layout.get(record, layout.SUBSIDY) - layout.get(record, layout.HELD)
 
 
 def _crosses_school(credential: Credential, record) -> bool:
@@ -66,6 +69,11 @@ def debit(ledger, credential, values):
     account_id, card_state, _ = card
     now_ms = ledger.clock.now_ms()
     record = ledger.account(account_id)
+    code, meal = guard_campus_rules(ledger, credential, account_id, record, card_state, amount,
+                                    now_ms, values.get("confirm", False))
+    if code:
+        return _decline("debit", code)
+    subsidy_before = purse(record)
     code, school = pay(ledger, credential, account_id, record, card_state=card_state,
                        amount=amount, pin=values.get("pin"), pin_checked=True, hold=False,
                        now_ms=now_ms)
@@ -73,10 +81,13 @@ def debit(ledger, credential, values):
         return _decline("debit", code)
     balance, available = _money(record)
     txn = ledger.append_journal("debit", account_id, school.code, -amount, balance, credential,
-                                values["id"], card=card_id)
+                                values["id"], card=card_id,
+                                **spent(ledger, account_id, subsidy_before, record),
+                                **count_meal(ledger, account_id, meal, amount))
+    note_approved_tap(ledger, credential, account_id, record, amount, now_ms, txn)
     ledger.count_for_settlement(credential.who, school, now_ms, amount)
-    return {"t": "debit", "code": "ok", "txn": txn, "balance": balance, "available": available,
-            "account": account_id}
+    return with_subsidy({"t": "debit", "code": "ok", "txn": txn, "balance": balance,
+                         "available": available, "account": account_id}, record)
 
 
 def balance(ledger, credential, values):
@@ -93,8 +104,8 @@ def balance(ledger, credential, values):
     if card_state == layout.CARD_BLOCKED:
         return _decline("balance", codes.CARD_BLOCKED)
     balance, available = _money(record)
-    return {"t": "balance", "code": "ok", "balance": balance, "available": available,
-            "account": account_id}
+    return with_subsidy({"t": "balance", "code": "ok", "balance": balance,
+                         "available": available, "account": account_id}, record)
 
 
 # ------------------------------------------------------------------ service
@@ -122,7 +133,8 @@ def credit(ledger, credential, values):
     if was_overdrawn and not overdrawn(record):  # paid back: its cards leave the blacklist
         record_standing(ledger, credential, "unfreeze", account_id, record, was_overdrawn=True,
                         ref=values["id"], reason="repaid")
-    return {"t": "credit", "code": "ok", "txn": txn, "balance": balance, "available": available}
+    return with_subsidy({"t": "credit", "code": "ok", "txn": txn, "balance": balance,
+                         "available": available}, record)
 
 
 def account(ledger, credential, values):
@@ -143,7 +155,9 @@ def account(ledger, credential, values):
              "pin_locked": bool(layout.get(record, layout.PIN_LOCKED)),
              "balance": balance, "available": available, "cards": cards,
              "limits": _effective_limits(record, school), "holder": info.get("holder")}
-    if layout.get(record, layout.KIND) == layout.KIND_UTILITY:
+    if layout.get(record, layout.KIND) == layout.KIND_PERSON:
+        reply["subsidy"] = purse(record)
+    else:
         reply["utility"] = layout.UTILITY_NAMES[layout.get(record, layout.UTILITY)]
         reply["power"] = bool(layout.get(record, layout.POWER_ON))
     return reply
@@ -165,7 +179,8 @@ def history(ledger, credential, values):
             break
         entry = ledger.journal_record(txn)
         items.append({"txn": entry["txn"], "at": entry["at"], "kind": entry["kind"],
-                      "amount": entry["amount"], "balance": entry["balance"],
+                      "amount": entry["amount"], "from_subsidy": entry.get("from_subsidy", 0),
+                      "balance": entry["balance"],
                       "who": entry["who"], "merchant": entry["merchant"],
                       "card": entry.get("card")})
     # The school's zone, so a card office shows times as the school's clocks did.
@@ -206,6 +221,8 @@ def open_account(ledger, credential, values):
     record = layout.new_account_record(
         school.code, layout.KIND_NAMES.index(kind), utility, salt, pin_hash, id_hash)
     ledger.save_account(account_id, record)
+    if kind == "utility":
+        ledger.index_room(school.code, account_id)
     ledger.save_account_info(account_id, {"holder": values.get("holder"),
                                           "opened_at": ledger.clock.now_ms()})
     txn = ledger.append_journal("open_account", account_id, school.code, 0, 0, credential,
@@ -248,6 +265,10 @@ def add_credential(ledger, credential, values):
     if role == "terminal":
         if school is None or kind is None:
             return _decline("add_credential", codes.BAD_REQUEST)
+        if values.get("meals") and kind != "pos":
+            return _decline("add_credential", codes.BAD_REQUEST)   # canteen tills only
+    elif "meals" in values:
+        return _decline("add_credential", codes.BAD_REQUEST)
     elif kind is not None or (role == "admin" and school is not None):
         return _decline("add_credential", codes.BAD_REQUEST)
     if credential.school is not None and school != credential.school:
@@ -257,7 +278,8 @@ def add_credential(ledger, credential, values):
     key = os.urandom(limits.credential_key_size_bytes)
     ledger.save_credential(Credential(who=who, key=key, role=role, school=school, kind=kind,
                                       merchant=values.get("merchant", who if role == "terminal"
-                                                          else None)))
+                                                          else None),
+                                      meals=values.get("meals", False)))
     return {"t": "add_credential", "code": "ok", "key": key}
 
 

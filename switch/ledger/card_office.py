@@ -10,6 +10,7 @@ from switch.core import codes, layout
 from switch.ledger.accounts import _crosses_school, _decline, _money, account_of
 from switch.ledger.standing import overdrawn, record_standing, should_be_listed
 from switch.ledger.standing import standing_record as _standing_record
+from switch.ledger.subsidies import clear_on_close
 
 
 def _card_and_account(ledger, credential, request_type, card_id):
@@ -122,17 +123,29 @@ def unlock(ledger, credential, values):
     return _change_standing(ledger, credential, values, "unlock", core.unlock)
 
 
+def _lapse_subsidy_before(ledger, credential, values, request_type: str, decide) -> None:
+    """A closed account keeps no subsidy, and nothing is journaled after its closing record:
+    when `decide` (core.close or core.refund) will close the account, what is left of every
+    batch lapses first (never paid out). Decided on a copy, so a refusal changes nothing."""
+    refusal, record = account_of(ledger, credential, request_type, values["account"])
+    if refusal is None and layout.get(record, layout.STATUS) != layout.STATUS_CLOSED \
+            and decide(bytearray(record)) == codes.OK:
+        clear_on_close(ledger, credential, values["account"], values["id"])
+
+
 def close_account(ledger, credential, values):
+    _lapse_subsidy_before(ledger, credential, values, "close_account", core.close)
     return _change_standing(ledger, credential, values, "close_account", core.close)
 
 
 def refund(ledger, credential, values):
     """离校退款: pay the whole balance out and close (docs/PROTOCOL.md §4.15)."""
     account_id = values["account"]
+    _lapse_subsidy_before(ledger, credential, values, "refund", core.refund)
     refusal, record = account_of(ledger, credential, "refund", account_id)
     if refusal:
         return refusal
-    amount, _ = _money(record)
+    amount = layout.get(record, layout.BALANCE)   # the student's own money: never the subsidy
     code = core.refund(record)
     if code:
         return _decline("refund", code)

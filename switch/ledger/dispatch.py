@@ -10,13 +10,14 @@ import time
 from switch import limits
 from switch.core import codes
 from switch.ledger import (account_settings, accounts, card_office, dorm, idempotency, offline,
-                           payments, roles, schema)
+                           payments, roles, schema, subsidies)
 from switch.ledger.accounts import _decline
 
 log = logging.getLogger("switch.ledger")
 
 HANDLERS = {**accounts.HANDLERS, **card_office.HANDLERS, **account_settings.HANDLERS,
-            **payments.HANDLERS, **dorm.HANDLERS, **offline.HANDLERS}
+            **payments.HANDLERS, **dorm.HANDLERS, **offline.HANDLERS,
+            **subsidies.HANDLERS}
 
 
 def reply_type(request_type) -> str:

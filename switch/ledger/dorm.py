@@ -15,6 +15,7 @@ from switch.ledger.accounts import _decline, _money, account_of
 from switch.ledger.effects import PowerCutoff
 from switch.ledger.payment_path import pay
 from switch.ledger.payments import check_qr
+from switch.ledger.purses import purse, spent, with_subsidy
 
 
 _pack = msgpack.Packer(use_bin_type=True).pack
@@ -61,8 +62,8 @@ def hold(ledger, credential, values):
     expires = now_ms + ledger.config.hold_timeout_s * 1000
     ledger.holds.open(hold_id, {"account": account_id, "amount": amount, "state": "open",
                                 "expires": expires, "who": credential.who, "txn": txn})
-    return {"t": "hold", "code": "ok", "txn": txn, "hold": hold_id, "expires": expires,
-            "balance": balance, "available": available}
+    return with_subsidy({"t": "hold", "code": "ok", "txn": txn, "hold": hold_id,
+                         "expires": expires, "balance": balance, "available": available}, record)
 
 
 def _open_hold_of(ledger, credential, request_type, hold_id, now_ms):
@@ -96,14 +97,17 @@ def complete(ledger, credential, values):
     account_id = held["account"]
     record = ledger.account(account_id)
     school = ledger.school(record)
+    subsidy_before = purse(record)
     core.complete_hold(record, held["amount"], amount, school.days.day_of(now_ms))
     ledger.save_account(account_id, record)
     ledger.holds.close(values["hold"], held, "completed")
     balance, available = _money(record)
     txn = ledger.append_journal("complete", account_id, school.code, -amount, balance, credential,
-                                values["id"], hold=values["hold"])
+                                values["id"], hold=values["hold"],
+                                **spent(ledger, account_id, subsidy_before, record))
     ledger.count_for_settlement(credential.who, school, now_ms, amount)
-    return {"t": "complete", "code": "ok", "txn": txn, "balance": balance, "available": available}
+    return with_subsidy({"t": "complete", "code": "ok", "txn": txn, "balance": balance,
+                         "available": available}, record)
 
 
 def void(ledger, credential, values):
@@ -119,7 +123,8 @@ def void(ledger, credential, values):
     balance, available = _money(record)
     txn = ledger.append_journal("void", account_id, layout.school_of(record), 0, balance,
                                 credential, values["id"], hold=values["hold"])
-    return {"t": "void", "code": "ok", "txn": txn, "balance": balance, "available": available}
+    return with_subsidy({"t": "void", "code": "ok", "txn": txn, "balance": balance,
+                         "available": available}, record)
 
 
 def expire_hold(ledger, hold_id: str, held: dict) -> int:
@@ -175,4 +180,28 @@ def meter(ledger, credential, values):
     return {"t": "meter", "code": "ok", "txn": txn, "balance": balance, "cutoff": cutoff}
 
 
-HANDLERS = {"hold": hold, "complete": complete, "void": void, "meter": meter}
+# ---------------------------------------------------------------- the room picker
+def rooms(ledger, credential, values):
+    """The school's dorm rooms (utility accounts), a page at a time (docs/PROTOCOL.md §4.15)."""
+    school = values.get("school", credential.school)
+    if school is None or school not in ledger.config.schools:
+        return _decline("rooms", codes.BAD_REQUEST)
+    if credential.school is not None and credential.school != school:
+        return _decline("rooms", codes.WRONG_SCHOOL)
+    limit = values.get("limit", limits.rooms_limit_default)
+    if limit > limits.rooms_limit_max:
+        return _decline("rooms", codes.BAD_REQUEST)
+    account_ids, more = ledger.rooms(school, values.get("building"), values.get("prefix", ""),
+                                     values.get("after"), limit)
+    items = []
+    for account_id in account_ids:
+        record = ledger.account(account_id)
+        items.append({"account": account_id,
+                      "utility": layout.UTILITY_NAMES[layout.get(record, layout.UTILITY)],
+                      "power": "on" if layout.get(record, layout.POWER_ON) else "off",
+                      "balance": layout.get(record, layout.BALANCE)})
+    return {"t": "rooms", "code": "ok", "items": items,
+            "next": account_ids[-1] if more else None}
+
+
+HANDLERS = {"hold": hold, "complete": complete, "void": void, "meter": meter, "rooms": rooms}

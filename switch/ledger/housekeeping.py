@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from switch import limits
-from switch.ledger import dorm, payments
+from switch.ledger import dorm, payments, subsidies
 from switch.ledger.dispatch import failures
 
 
@@ -22,6 +22,8 @@ def tick(ledger) -> Tick:
     try:
         payments.prune_used_qr(ledger)
         ledger.forget_old_ids(limits.idempotency_forget_per_pass_max)
+        subsidies.expire_due_subsidies(ledger)
+        payments.forget_old_meals(ledger)
         return Tick(holds_expired=dorm.expire_due_holds(ledger), failed=False)
     except Exception:
         ledger.rollback_request()

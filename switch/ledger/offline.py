@@ -16,6 +16,8 @@ from switch.ledger.effects import ClosedAccountTap
 from switch.ledger.standing import record_standing
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
+from switch.ledger.payment_path import count_offline_meal
+from switch.ledger.purses import purse, spent
 
 _FIELDS = ("id", "card", "amount", "at")
 
@@ -92,6 +94,7 @@ def _decide(ledger, credential, record_id, item) -> dict:
 
     # It already happened: no limits, PIN, standing or balance check, but a closed account
     # takes no money: the tap is kept for the operator to collect by hand.
+    subsidy_before = purse(record)
     code = core.apply_offline(record, amount, school.days.day_of(at_ms),
                               school.days.day_of(now_ms))
     if code:
@@ -103,7 +106,11 @@ def _decide(ledger, credential, record_id, item) -> dict:
     flag = None
     if card_state in (layout.CARD_LOST, layout.CARD_BLOCKED) and at_ms > card_changed_ms:
         flag = "after_lost"
-    extra = {"card": card_id, "tapped_at": at_ms}
+    extra = {"card": card_id, "tapped_at": at_ms,
+             **spent(ledger, account_id, subsidy_before, record),
+             **count_offline_meal(ledger, credential, account_id, record, amount, at_ms)}
+    if flag is None and extra.get("meal_limit"):
+        flag = "meal_limit"     # a lost card's tap is flagged as that first
     if flag:
         extra["flag"] = flag
     txn = ledger.append_journal("offline", account_id, school.code, -amount, balance, credential,

@@ -13,7 +13,9 @@ import hmac
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
-from switch.ledger.payment_path import pay
+from switch.ledger.payment_path import (count_meal, forget_reversed_tap, guard_campus_rules,
+                                       note_approved_tap, pay, uncount_meal)
+from switch.ledger.purses import give_back, purse, spent, with_subsidy
 from switch.ledger.qr import parse_qr, qr_tag
 
 REVERSIBLE = frozenset({"debit", "qr_debit", "complete"})
@@ -57,6 +59,11 @@ def qr_debit(ledger, credential, values):
     code, account_id, record, used_key = check_qr(ledger, values["qr"], now_ms)
     if code:
         return _decline("qr_debit", code)
+    code, meal = guard_campus_rules(ledger, credential, account_id, record, layout.CARD_ACTIVE,
+                                    amount, now_ms, values.get("confirm", False))
+    if code:
+        return _decline("qr_debit", code)
+    subsidy_before = purse(record)
     # No PIN for QR: the phone is the second factor (docs/PROTOCOL.md §4.6 rule 6).
     code, school = pay(ledger, credential, account_id, record, card_state=layout.CARD_ACTIVE,
                        amount=amount, pin=None, pin_checked=False, hold=False, now_ms=now_ms)
@@ -65,10 +72,21 @@ def qr_debit(ledger, credential, values):
     ledger.mark_qr_code_used(used_key)
     balance, available = _money(record)
     txn = ledger.append_journal("qr_debit", account_id, school.code, -amount, balance, credential,
-                                values["id"])
+                                values["id"], **spent(ledger, account_id, subsidy_before, record),
+                                **count_meal(ledger, account_id, meal, amount))
+    note_approved_tap(ledger, credential, account_id, record, amount, now_ms, txn)
     ledger.count_for_settlement(credential.who, school, now_ms, amount)
-    return {"t": "qr_debit", "code": "ok", "txn": txn, "balance": balance, "available": available,
-            "account": account_id}
+    return with_subsidy({"t": "qr_debit", "code": "ok", "txn": txn, "balance": balance,
+                         "available": available, "account": account_id}, record)
+
+
+def forget_old_meals(ledger) -> int:
+    """Forget meal counts of periods no offline tap can belong to any more."""
+    oldest_ms = ledger.clock.now_ms() - (ledger.config.offline_window_s + 86_400) * 1000
+    # Period numbers are a local day times meals_per_school_max; a day's margin covers zones.
+    oldest_day = oldest_ms // 86_400_000
+    return ledger.forget_meals_before(oldest_day * limits.meals_per_school_max,
+                                      limits.meal_counts_forgotten_per_pass_max)
 
 
 def prune_used_qr(ledger) -> int:
@@ -115,12 +133,17 @@ def reverse(ledger, credential, values):
                 reply = _decline("reverse", code)
                 ledger.save_first_reversal(credential.who, target, reply)
                 return reply
+            returned = give_back(ledger, account_id, account, record)
             ledger.save_account(account_id, account)
             balance, _ = _money(account)
             txn = ledger.append_journal("reverse", account_id, school.code, amount, balance,
-                                        credential, values["id"], target=record["txn"])
+                                        credential, values["id"], target=record["txn"],
+                                        **returned)
             ledger.count_for_settlement(credential.who, school, record["at"], -amount, count=-1)
-            reply = {"t": "reverse", "code": "ok", "txn": txn, "balance": balance}
+            forget_reversed_tap(ledger, record)
+            uncount_meal(ledger, record)
+            reply = with_subsidy({"t": "reverse", "code": "ok", "txn": txn, "balance": balance},
+                                 account)
     ledger.save_first_reversal(credential.who, target, reply)
     return reply
 

@@ -7,10 +7,10 @@ TERMINAL_KINDS = {
     "meter": frozenset({"meter"}),
 }
 SERVICE = frozenset({"credit", "account", "history", "lost", "found", "set_limits", "set_pin",
-                     "reset_pin", "verify_pin", "virtual_card"})
+                     "reset_pin", "verify_pin", "virtual_card", "rooms"})
 ADMIN = SERVICE | frozenset({"open_account", "close_account", "issue_card", "replace_card",
                              "freeze", "unfreeze", "unlock", "add_credential",
-                             "revoke_credential", "rotate_key", "refund"})
+                             "revoke_credential", "rotate_key", "refund", "subsidy"})
 ROLES = ("terminal", "service", "admin")
 
 

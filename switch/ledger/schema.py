@@ -9,7 +9,8 @@ order, are also what idempotency compares (`fingerprint_values`).
 from switch import limits
 from switch.core import codes
 from switch.identifiers import ACCOUNT as _ACCOUNT, CARD as _CARD, DAY as _DAY
-from switch.identifiers import ID_LAST6 as _ID_LAST6, PIN as _PIN, is_credential_id
+from switch.identifiers import BUILDING as _BUILDING, ID_LAST6 as _ID_LAST6, PIN as _PIN
+from switch.identifiers import is_credential_id
 
 # Codes are ints everywhere in the ledger; a reply names them (codes.CODE_NAMES).
 BAD_REQUEST = codes.BAD_REQUEST
@@ -23,6 +24,10 @@ def account_id(value):
 
 def card_id(value):
     return value if type(value) is str and _CARD.match(value) else INVALID
+
+
+def building(value):
+    return value if type(value) is str and _BUILDING.match(value) else INVALID
 
 
 def pin(value):
@@ -70,6 +75,10 @@ def day(value):
     return value if type(value) is str and _DAY.match(value) else INVALID
 
 
+def boolean(value):
+    return value if type(value) is bool else INVALID
+
+
 def one_of(*choices):
     def check(value):
         return value if type(value) is str and value in choices else INVALID
@@ -94,8 +103,9 @@ _R, _O = True, False
 SCHEMAS = {
     "ping": (),
     "debit": (("card", card_id, _R), ("amount", amount, _R), ("id", request_id, _R),
-              ("pin", pin, _O)),
-    "qr_debit": (("qr", str_value, _R), ("amount", amount, _R), ("id", request_id, _R)),
+              ("pin", pin, _O), ("confirm", boolean, _O)),
+    "qr_debit": (("qr", str_value, _R), ("amount", amount, _R), ("id", request_id, _R),
+                 ("confirm", boolean, _O)),
     "hold": (("card", card_id, _O), ("qr", str_value, _O), ("amount", amount, _R),
              ("id", request_id, _R), ("pin", pin, _O)),
     # complete's amount, missing or not, is checked among its own rules (§4.8).
@@ -122,6 +132,9 @@ SCHEMAS = {
                 ("id", request_id, _R)),
     "reset_pin": (("account", account_id, _R), ("id_last6", id_last6, _R), ("id", request_id, _R)),
     "verify_pin": (("account", account_id, _R), ("pin", pin, _R)),
+    # `prefix` is the start of an account id, so it has an account id's syntax.
+    "rooms": (("school", str_value, _O), ("building", building, _O), ("prefix", account_id, _O),
+              ("after", account_id, _O), ("limit", positive_int, _O)),
     "virtual_card": (("account", account_id, _R), ("id", request_id, _R)),
     "open_account": (("account", account_id, _R), ("school", str_value, _R),
                      ("kind", one_of("person", "utility"), _R), ("holder", any_text, _O),
@@ -129,6 +142,8 @@ SCHEMAS = {
                      ("id", request_id, _R)),
     "close_account": (("account", account_id, _R), ("id", request_id, _R)),
     "refund": (("account", account_id, _R), ("id", request_id, _R)),
+    "subsidy": (("account", account_id, _R), ("amount", amount, _R), ("expires", day, _R),
+                ("batch", short_text, _R), ("id", request_id, _R)),
     "issue_card": (("account", account_id, _R), ("card", card_id, _R), ("id", request_id, _R)),
     "replace_card": (("account", account_id, _R), ("old", card_id, _R), ("new", card_id, _R),
                      ("id", request_id, _R)),
@@ -137,7 +152,8 @@ SCHEMAS = {
     "unlock": (("account", account_id, _R), ("id", request_id, _R)),
     "add_credential": (("who", credential_id, _R), ("role", one_of("terminal", "service", "admin"), _R),
                        ("school", str_value, _O), ("kind", one_of("pos", "water", "meter"), _O),
-                       ("merchant", short_text, _O), ("id", request_id, _R)),
+                       ("merchant", short_text, _O), ("meals", boolean, _O),
+                       ("id", request_id, _R)),
     "revoke_credential": (("who", credential_id, _R), ("id", request_id, _R)),
     "rotate_key": (("who", credential_id, _R), ("id", request_id, _R)),
 }

@@ -16,11 +16,16 @@ and checks the sums and what they mean:
   when the switch's rule says it should be (lost or blocked, or its account frozen as
   overdrawn);
 - offline flags: an `offline` record names a card of its own account and a `tapped_at`,
-  carries no flag but `after_lost`, and carries it exactly when the card was lost or
+  carries no flag but `after_lost` or `meal_limit` (then with `meal_limit: true`), and
+  carries `after_lost` exactly when the card was lost or
   blocked (by the journal up to that record) when the record arrived and the tap came
   after the loss. The loss's exact time is the card's `changed_at` while no later change
   of the card overwrote it; after one, the loss record's own `at` (a bound: the card was
   stamped no later) decides only that an unflagged tap after it should have been flagged.
+- subsidies: each account's purse equals what the journal put in and took out of it
+  (`from_subsidy`, the part of a record's `amount` the purse paid; each record's `subsidy`
+  where it says one) and what its batches hold; its balance equals its journal amounts
+  less what the purse paid;
 """
 
 import os
@@ -42,8 +47,9 @@ _CARD_CHANGES = {
     "lost": [("card", layout.CARD_LOST)],
     "replace_card": [("old", layout.CARD_BLOCKED), ("card", layout.CARD_ACTIVE)],
 }
-OFFLINE_FLAGS = frozenset({"after_lost"})
-_DATABASES = ("accounts", "journal", "holds", "hold_expiry", "cards", "blacklist_cards")
+OFFLINE_FLAGS = frozenset({"after_lost", "meal_limit"})
+_DATABASES = ("accounts", "journal", "holds", "hold_expiry", "cards", "blacklist_cards",
+              "subsidy_batches")
 
 
 
@@ -153,21 +159,24 @@ AFTER_CLOSING_KINDS = frozenset({"lost", "found"})
 
 
 def _check(txn, dbs, report: AuditReport) -> None:
-    sums, card_history, offline, closed_by = _check_journal(txn, dbs, report)
+    sums, card_history, offline, closed_by, subsidies = _check_journal(txn, dbs, report)
     accounts = {key.decode(): bytes(value) for key, value in _items(txn, dbs["accounts"])}
     held = _check_holds(txn, dbs, report, accounts)
-    _check_accounts(report, accounts, sums, held, closed_by)
+    _check_accounts(report, accounts, sums, held, closed_by, subsidies,
+                    _subsidy_batches(txn, dbs))
     cards = _check_cards(txn, dbs, report, accounts, card_history)
     _check_offline(report, offline, cards, card_history)
 
 
 def _check_journal(txn, dbs, report: AuditReport):
     """(journal sum per account, card -> [(txn, state, at)], offline records, account -> the
-    txn that closed it) after checking txn numbering and running balances."""
+    txn that closed it, subsidy purse per account) after checking txn numbering and running
+    balances."""
     sums: dict[str, int] = {}
     card_history: dict[str, list] = {}
     offline = []
     closed_by: dict[str, int] = {}   # account -> the txn that closed it
+    subsidies: dict[str, int] = {}
     expected_txn = 1
     for key, value in _items(txn, dbs["journal"]):
         number = int.from_bytes(key, "big")
@@ -193,8 +202,18 @@ def _check_journal(txn, dbs, report: AuditReport):
                                    f"after it was closed at txn {closed_by[account]}")
         elif record.get("kind") in CLOSING_KINDS:
             closed_by[account] = number
-        running = sums.get(account, 0) + record["amount"]
+        # `from_subsidy` is the part of `amount` the subsidy purse paid (negative: received).
+        from_subsidy = record.get("from_subsidy", 0)
+        running = sums.get(account, 0) + record["amount"] + from_subsidy
+        subsidy = subsidies[account] = subsidies.get(account, 0) - from_subsidy
+        if "subsidy" in record and record["subsidy"] != subsidy:
+            report.problems.append(f"txn {number}: subsidy {record['subsidy']} but running "
+                                   f"sum of {account}'s subsidy is {subsidy}")
         sums[account] = running
+        subsidy = subsidies[account] = subsidies.get(account, 0) - from_subsidy
+        if "subsidy" in record and record["subsidy"] != subsidy:
+            report.problems.append(f"txn {number}: subsidy {record['subsidy']} but running "
+                                   f"sum of {account}'s subsidy is {subsidy}")
         if record["balance"] != running:
             report.problems.append(f"txn {number}: balance {record['balance']} but running sum "
                                    f"of {account} is {running}")
@@ -205,7 +224,7 @@ def _check_journal(txn, dbs, report: AuditReport):
             offline.append(record)
         expected_txn += 1
         report.records += 1
-    return sums, card_history, offline, closed_by
+    return sums, card_history, offline, closed_by, subsidies
 
 
 _RECORD_FIELDS = (("account", str), ("amount", int), ("balance", int), ("kind", str),
@@ -239,8 +258,17 @@ def _check_holds(txn, dbs, report: AuditReport, accounts: dict) -> dict[str, int
     return held
 
 
+def _subsidy_batches(txn, dbs) -> dict[str, int]:
+    """What each account's subsidy batches still hold."""
+    batches: dict[str, int] = {}
+    for key, value in _items(txn, dbs["subsidy_batches"]):
+        account = bytes(key).split(b"\0", 1)[0].decode()
+        batches[account] = batches.get(account, 0) + _unpack(value)["remaining"]
+    return batches
+
+
 def _check_accounts(report: AuditReport, accounts: dict, sums: dict, held: dict,
-                    closed_by: dict) -> None:
+                    closed_by: dict, subsidies: dict, batches: dict) -> None:
     for account, value in accounts.items():
         balance, held_fen = layout.get(value, layout.BALANCE), layout.get(value, layout.HELD)
         report.accounts += 1
@@ -249,13 +277,20 @@ def _check_accounts(report: AuditReport, accounts: dict, sums: dict, held: dict,
         if balance != journal_sum:
             report.problems.append(f"account {account}: balance {balance} but journal sum "
                                    f"{journal_sum}")
+        subsidy = layout.get(value, layout.SUBSIDY)
+        if subsidy != subsidies.get(account, 0):
+            report.problems.append(f"account {account}: subsidy {subsidy} but journal sum "
+                                   f"{subsidies.get(account, 0)}")
+        if subsidy != batches.get(account, 0):
+            report.problems.append(f"account {account}: subsidy {subsidy} but its batches "
+                                   f"hold {batches.get(account, 0)}")
         if held_fen != held.get(account, 0):
             report.problems.append(f"account {account}: held {held_fen} "
                                    f"but open holds sum to {held.get(account, 0)}")
         closed = layout.get(value, layout.STATUS) == layout.STATUS_CLOSED
-        if closed and (balance != 0 or layout.get(value, layout.HELD) != 0):
+        if closed and (balance or held_fen or subsidy):
             report.problems.append(f"account {account}: closed but holds balance {balance}, "
-                                   f"held {layout.get(value, layout.HELD)}")
+                                   f"held {held_fen}" + (f", subsidy {subsidy}" if subsidy else ""))
         if account in closed_by and not closed:
             report.problems.append(f"account {account}: status "
                                    f"{layout.STATUS_NAMES[layout.get(value, layout.STATUS)]} "
@@ -322,9 +357,12 @@ def _check_offline(report: AuditReport, offline: list, cards: dict, card_history
         else:
             should_flag = lost and tapped_ms > change_at_ms
             may_flag = lost
-        if flag is None and should_flag:
+        if flag != "after_lost" and should_flag:
+            # after_lost is the flag a tap that also broke a meal cap carries (§4.17).
             report.problems.append(f"txn {number}: card {card} tapped after it was "
                                    f"{_state_name(state)} but not flagged after_lost")
-        elif flag is not None and not may_flag:
+        elif flag == "after_lost" and not may_flag:
             report.problems.append(f"txn {number}: flagged {flag} but card {card} was "
                                    f"{_state_name(state)} since {change_at_ms}")
+        if flag == "meal_limit" and record.get("meal_limit") is not True:
+            report.problems.append(f"txn {number}: flagged meal_limit but broke no meal cap")

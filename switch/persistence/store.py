@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import lmdb
 
 from switch import limits
+from switch.persistence.migrations import UPGRADES
 from switch.persistence.keys import decode_position, encode_position, position_key, txn_key
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
 
 # name -> what it holds (key -> value)
@@ -42,13 +43,20 @@ DATABASES = {
     "settlement": "credential id + NUL + YYYY-MM-DD -> struct <qq (count, total fen)",
     "closed_account_taps": "received at ms (8 bytes BE) + credential id + NUL + msgpack(id) "
                            "-> msgpack {account, school, card, amount, at, who, merchant, id}",
+    "school_rooms": "school + NUL + utility account id -> empty (rooms, in account-id order)",
+    "building_rooms": "school + NUL + building + NUL + utility account id -> empty",
+    "subsidy_batches": "account id + NUL + batch -> msgpack {remaining, expires, end_ms}",
+    "subsidy_expiry": "end ms (8 bytes BE) + account id + NUL + batch -> empty, batches left",
+    "meal_counts": "meal period (8 bytes BE: local day * 8 + period) + account id -> meal record",
+    "last_taps": "account id + NUL + credential id -> tap record (core/layout.py TAP_*)",
 }
 
 DELETED = None  # overlay value meaning "deleted in a batch not yet committed"
 # Databases read a page at a time in key order (`keys_after`). Their keys not yet committed
 # are also kept per generation, so such a read looks at those few keys, never at every
 # write of a batch.
-RANGE_READ_DBS = frozenset({"blacklist_cards", "account_cards"})
+RANGE_READ_DBS = frozenset({"blacklist_cards", "account_cards", "school_rooms",
+                            "building_rooms", "subsidy_batches"})
 _MISSING = object()
 
 
@@ -130,8 +138,15 @@ class Store:
                 if txn.stat(self.dbs["journal"])["entries"]:
                     raise SchemaMismatch("journal present but no schema version")
                 txn.put(b"schema_version", str(SCHEMA_VERSION).encode())
-            elif int(stored) != SCHEMA_VERSION:
-                raise SchemaMismatch(f"data dir has schema {int(stored)}, this switch reads "
+                return
+            version = int(stored)
+            # An older data dir is brought up to date in this transaction, step by step.
+            while version < SCHEMA_VERSION and version in UPGRADES:
+                UPGRADES[version](txn, self.dbs)
+                version += 1
+                txn.put(b"schema_version", str(version).encode())
+            if version != SCHEMA_VERSION:
+                raise SchemaMismatch(f"data dir has schema {version}, this switch reads "
                                      f"{SCHEMA_VERSION}")
 
     def _read_last_txn(self) -> int:

@@ -1,5 +1,7 @@
 """Reference billing receiver: per-merchant, per-local-day totals of the money the tills
-took, written as a settlement CSV (`merchant,day,count,total_fen`) after every frame.
+took, written as a settlement CSV (`merchant,day,count,total_fen,subsidy_fen`) after every
+frame. `total_fen` is all of it; `subsidy_fen` the part the students' subsidy purses paid
+(docs/PROTOCOL.md §4.17), so the cash the school owes the merchant is the difference.
 
 The figures are those of the switch's own `settle` (docs/PROTOCOL.md §4.11), summed
 per merchant: debit, qr_debit, complete and offline amounts as positive fen, on the local
@@ -36,7 +38,8 @@ class BillingReceiver(Receiver):
         super().__init__(state_dir, credentials)
 
     def reset(self) -> None:
-        self.totals: dict[tuple[str, str], list[int]] = {}   # (merchant, day) -> [count, fen]
+        # (merchant, day) -> [count, fen, of which subsidy fen]
+        self.totals: dict[tuple[str, str], list[int]] = {}
         # A reverse names its original by txn only. The switch's clock only moves forward,
         # so "txn -> local day" is a short list of (first txn, day) runs, not a map of txns.
         self.segment_txns: list[int] = []
@@ -66,6 +69,10 @@ class BillingReceiver(Receiver):
                 return "a reverse's target is an earlier txn"
         elif record["amount"] > 0:
             return "a payment takes money"
+        # The subsidy's part is at most the whole, and of the same direction.
+        if not is_int_in(record.get("from_subsidy", 0), min(0, -record["amount"]),
+                         max(0, -record["amount"])):
+            return "from_subsidy is a part of the amount"
         if record["kind"] == "offline" and "tapped_at" in record and \
                 not is_time(record["tapped_at"]):
             return f"tapped_at {record['tapped_at']!r} is not a time in range"
@@ -80,33 +87,36 @@ class BillingReceiver(Receiver):
         if kind == "reverse":
             day = self._day_of_txn(record["target"])
             # The reverse record's amount is the credit back: positive, so it subtracts.
-            self._add(record["merchant"], day or switch_day, -1, -record["amount"])
+            self._add(record["merchant"], day or switch_day, -1, -record["amount"],
+                      record.get("from_subsidy", 0))
             return
         day = self.day_of(record["tapped_at"]) if kind == "offline" and "tapped_at" in record \
             else switch_day
-        self._add(record["merchant"], day, 1, -record["amount"])
+        self._add(record["merchant"], day, 1, -record["amount"], record.get("from_subsidy", 0))
 
-    def _add(self, merchant: str, day: str, count: int, fen: int) -> None:
-        totals = self.totals.setdefault((merchant, day), [0, 0])
+    def _add(self, merchant: str, day: str, count: int, fen: int, subsidy_fen: int) -> None:
+        totals = self.totals.setdefault((merchant, day), [0, 0, 0])
         totals[0] += count
         totals[1] += fen
+        totals[2] += subsidy_fen
 
     def snapshot(self) -> dict:
-        return {"totals": [[merchant, day, count, fen]
-                           for (merchant, day), (count, fen) in sorted(self.totals.items())],
+        return {"totals": [[merchant, day, *totals]
+                           for (merchant, day), totals in sorted(self.totals.items())],
                 "segments": [self.segment_txns, self.segment_days]}
 
     def restore(self, data: dict) -> None:
-        self.totals = {(merchant, day): [count, fen]
-                       for merchant, day, count, fen in data["totals"]}
+        # A state saved before subsidies has no subsidy column: none was paid then.
+        self.totals = {(merchant, day): [count, fen, *(subsidy or [0])]
+                       for merchant, day, count, fen, *subsidy in data["totals"]}
         self.segment_txns, self.segment_days = data["segments"]
 
     def settlement_rows(self) -> list[tuple[str, str, int, int]]:
-        return [(merchant, day, count, fen)
-                for (merchant, day), (count, fen) in sorted(self.totals.items())]
+        return [(merchant, day, count, fen, subsidy_fen)
+                for (merchant, day), (count, fen, subsidy_fen) in sorted(self.totals.items())]
 
     def outputs(self) -> list[tuple[str, bytes]]:
-        return [(SETTLEMENT_FILE, csv_bytes(["merchant", "day", "count", "total_fen"],
+        return [(SETTLEMENT_FILE, csv_bytes(["merchant", "day", "count", "total_fen", "subsidy_fen"],
                                             self.settlement_rows()))]
 
 

@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="request weights, e.g. debit=55,qr=12,shower=14,meter=9,recharge=10")
     load.add_argument("--lost-cards", type=int, default=0,
                       help="cards reported lost mid-run (default students/100, at least 2)")
+    load.add_argument("--meal-tills", action="store_true",
+                      help="add the canteen tills with `meals` (the school's meal caps apply)")
     load.add_argument("--seed", type=int, help="seed for the population and the choices")
     out = parser.add_argument_group("output")
     out.add_argument("--report-json", help="write the machine-readable report here")
@@ -254,7 +256,7 @@ async def simulate(args, address, admin_key: bytes, switch: SwitchProcess | None
     result["config"]["seed"] = seed
     tag = "" if args.spawn else run_tag(random.Random(time.time_ns()))
     population = build(args.students, args.terminals, args.mix, seed, tag)
-    behaviour = Behaviour(lost_cards=args.lost_cards)
+    behaviour = Behaviour(lost_cards=args.lost_cards, meal_tills=args.meal_tills)
     run = Run(population, open_loop=args.mode == "open", seconds=args.seconds,
               rate_per_s=args.rate, seed=seed, behaviour=behaviour, flat=args.flat)
     run.address = address

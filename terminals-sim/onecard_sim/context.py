@@ -18,12 +18,14 @@ class Behaviour:
     big_meal_share: float = 0.08       # card taps above the no-PIN threshold (PIN typed)
     wrong_pin_share: float = 0.05      # of those, a mistyped PIN
     lost_tap_share: float = 0.02       # taps of a card already reported lost (a finder tries it)
+    double_tap_share: float = 0.03     # a student taps twice (防重复刷卡): the till sends it again
     foreign_tap_share: float = 0.002   # a card of the other school at this school's till
     qr_shower_share: float = 0.15      # showers paid by QR code
     void_share: float = 0.05           # showers abandoned: the hold is voided
     duplicate_notify_share: float = 0.05   # WeChat Pay notifications delivered twice
     room_recharge_share: float = 0.2   # recharges of a dorm room rather than a student
     lost_cards: int = 0                # `lost` reports during the run (0: students // 100, >= 2)
+    meal_tills: bool = False           # canteen tills added with `meals` (meal caps apply)
     shower_seconds: tuple = (0.3, 2.0) # open loop: hold -> complete (a compressed shower)
     offline_tap_interval_s: float = 0.5    # closed loop: a till's pace while the switch is down
     # The school default (docs/PROTOCOL.md §4.7); offline taps stay at or below it.

@@ -1,5 +1,6 @@
-"""The money check: the switch's balance of every account the run touched, fetched with
-`account` (admin), against the simulator's ledger of acknowledged replies."""
+"""The money check: the switch's money of every account the run touched (both purses: the
+balance and the subsidy, docs/PROTOCOL.md §4.17), fetched with `account` (admin), against
+the simulator's ledger of acknowledged replies."""
 
 from collections import Counter
 
@@ -23,9 +24,10 @@ async def check_money(address, admin_key: bytes, ledger: ExpectedLedger,
     pin_locked = 0
     for account, reply in zip(accounts, replies):
         if reply and reply.get("code") == "ok":
-            actual[account] = reply["balance"]
+            money = reply["balance"] + reply.get("subsidy", 0)
+            actual[account] = money
             statuses[reply.get("status")] += 1
-            held_accounts += reply.get("available") != reply.get("balance")
+            held_accounts += reply.get("available") != money
             pin_locked += bool(reply.get("pin_locked"))
     mismatches = ledger.compare(actual)
     return {

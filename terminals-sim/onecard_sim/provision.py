@@ -17,6 +17,11 @@ from onecard_sim.population import Population
 from onecard_sim.wire import Wire, pipeline
 
 DAILY_LIMIT_RAISED_FEN = 500_000    # the default school maximum (docs/PROTOCOL.md §4.7)
+# The meal subsidy (补助, docs/PROTOCOL.md §4.17) of every SUBSIDISED_EVERY-th student.
+SUBSIDISED_EVERY = 3
+SUBSIDY_FEN = 1_500
+SUBSIDY_BATCH = "sim meal subsidy"
+SUBSIDY_EXPIRES = "2099-12-31"
 
 
 class ProvisionError(Exception):
@@ -99,9 +104,13 @@ async def provision(run: Run, population: Population, address, admin_key: bytes,
                              "id": f"sim-open-{room.account}"})
         terminals = [c for c in population.credentials if c.role == "terminal"]
         for credential in terminals:
-            messages.append({"t": "add_credential", "who": credential.who, "role": "terminal",
-                             "school": credential.school, "kind": credential.kind,
-                             "merchant": credential.merchant, "id": f"sim-add-{credential.who}"})
+            message = {"t": "add_credential", "who": credential.who, "role": "terminal",
+                       "school": credential.school, "kind": credential.kind,
+                       "merchant": credential.merchant, "id": f"sim-add-{credential.who}"}
+            if credential.kind == "pos" and run.behaviour.meal_tills:
+                # Canteen tills: meal caps apply where the school configures meal periods.
+                message["meals"] = True
+            messages.append(message)
         replies = await sharded(admin, messages)
         requests += len(messages)
         _check("accounts and terminals", messages, replies, failures, examples)
@@ -126,6 +135,11 @@ async def provision(run: Run, population: Population, address, admin_key: bytes,
         service_wires += office_wires
         cards = [{"t": "issue_card", "account": s.account, "card": s.card,
                   "id": f"sim-card-{s.card}"} for s in population.students]
+        # Every third student has a meal subsidy (补助), spent before their own money.
+        subsidised = population.students[::SUBSIDISED_EVERY]
+        subsidies = [{"t": "subsidy", "account": s.account, "amount": SUBSIDY_FEN,
+                      "expires": SUBSIDY_EXPIRES, "batch": SUBSIDY_BATCH,
+                      "id": f"sim-subsidy-{s.account}"} for s in subsidised]
         credits = []
         targets = []
         for student in population.students:
@@ -150,11 +164,16 @@ async def provision(run: Run, population: Population, address, admin_key: bytes,
             results[name] = await sharded(wires, batch)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(phase, "cards", admin, cards)
+            nursery.start_soon(phase, "cards", admin, cards + subsidies)
             nursery.start_soon(phase, "credits", service_wires[:connections], credits)
             nursery.start_soon(phase, "backend", office_wires, limit_messages + qr_messages)
-        requests += len(cards) + len(credits) + len(limit_messages) + len(qr_messages)
-        _check("cards", cards, results["cards"], failures, examples)
+        requests += (len(cards) + len(subsidies) + len(credits) + len(limit_messages)
+                     + len(qr_messages))
+        _check("cards", cards, results["cards"][:len(cards)], failures, examples)
+        _check("subsidies", subsidies, results["cards"][len(cards):], failures, examples)
+        for message, reply in zip(subsidies, results["cards"][len(cards):]):
+            if reply.get("code") == "ok":
+                ledger.apply(message["account"], message["amount"])
         _check("first recharges", credits, results["credits"], failures, examples)
         backend = results["backend"]
         # A configuration with a lower daily maximum refuses the raise: not fatal.
@@ -183,4 +202,5 @@ async def provision(run: Run, population: Population, address, admin_key: bytes,
                                         if c.role == "service"]) + 1,
             "virtual_cards": sum(len(v) for v in population.qr_students_of.values()),
             "daily_limits_raised": len(limit_messages) - limits_refused,
+            "subsidies": len(subsidies),
             "split_building_shared_account": probe_reply.get("code")}

@@ -616,6 +616,7 @@ class Till(Terminal):
         super().__init__(run, credential, index, rate_per_s)
         self.qr_share = qr_share
         self.offline_queue: list = []      # (record, student)
+        self.last_tap = None               # (student, amount) of the last card tap sent
         self.offline_seq = 0
         self.next_offline_tap = 0.0
 
@@ -636,6 +637,14 @@ class Till(Terminal):
             code = qr_code(student.qr_secret, student.account, int(time.time()), nonce)
             return Pending({"t": "qr_debit", "qr": code, "amount": amount, "id": self.new_id()},
                            intended, student=student, amount=amount)
+        if self.last_tap is not None and rng.random() < behaviour.double_tap_share:
+            # The same card at once, for the same meal: a second request, a new id. The
+            # switch's double-tap guard (when on) declines it repeat_tap; no money moves.
+            student, amount = self.last_tap
+            self.last_tap = None
+            run.stats.events["double taps sent"] += 1
+            return Pending({"t": "debit", "card": student.card, "amount": amount,
+                            "id": self.new_id()}, intended, student=student, amount=amount)
         student, expect = run.pick_card(school, now)
         message = {"t": "debit", "card": student.card, "amount": 0, "id": self.new_id()}
         if rng.random() < behaviour.big_meal_share:
@@ -645,6 +654,8 @@ class Till(Terminal):
         else:
             amount = self._meal_fen(rng)
         message["amount"] = amount
+        if "pin" not in message and expect is None:
+            self.last_tap = (student, amount)
         return Pending(message, intended, student=student, amount=amount, expect=expect)
 
     def on_reply(self, pending: Pending, message: dict, code: str, now: float) -> None:

@@ -72,6 +72,37 @@ def test_semester_import_is_idempotent_and_reports_rejects(running_switch, tmp_p
     assert "holder 学生7" in shown.stdout and "A0007 (active)" in shown.stdout
 
 
+def test_a_subsidy_batch_imports_by_row_once(running_switch, tmp_path):
+    connect, data = running_switch
+    for account in ("WH20270001", "WH20270002"):
+        assert admin(connect, data, "open-account", account, "--school", "WH", "--kind",
+                     "person", "--id-last6", "123456").returncode == 0
+    path = tmp_path / "subsidy.csv"
+    path.write_text("account,amount\nWH20270001,150.50\nWH20270002,80\nWH20279999,10\n"
+                    "WH20270001,abc\n", encoding="utf-8")
+    batch = ["--batch", "2027-03 伙食补助", "--expires", "2099-03-31"]
+    first = admin(connect, data, "import-subsidies", str(path), *batch)
+    assert first.returncode == 3, first.stderr
+    assert "4 rows, 2 created, 0 already present, 2 rejected" in first.stdout, first.stdout
+    assert "line 4: subsidy WH20279999: unknown_account" in first.stdout
+    assert "line 5: not an amount in yuan: 'abc'" in first.stdout
+    second = admin(connect, data, "import-subsidies", str(path), *batch)
+    assert "0 created, 2 already present, 2 rejected" in second.stdout, second.stdout
+    shown = admin(connect, data, "--json", "account", "WH20270001")
+    assert '"subsidy": 15050' in shown.stdout
+
+
+def test_add_terminal_meals_marks_a_canteen_till(running_switch):
+    connect, data = running_switch
+    made = admin(connect, data, "add-terminal", "WH-CANTEEN-9", "--school", "WH", "--kind",
+                 "pos", "--meals")
+    assert made.returncode == 0, made.stdout + made.stderr
+    # The flag reaches the switch: on a water controller it is refused.
+    refused = admin(connect, data, "add-terminal", "WH-HW-9", "--school", "WH", "--kind",
+                    "water", "--meals")
+    assert refused.returncode == 3 and "bad_request" in refused.stdout
+
+
 def test_lost_card_from_the_cli(running_switch):
     connect, data = running_switch
     assert admin(connect, data, "open-account", "WH20230001", "--school", "WH", "--holder",

@@ -158,6 +158,71 @@ def test_school_money_values_are_range_checked(tmp_path, key):
     assert str(caught.value).startswith(f"schools.WH.{key}: {highest + 1} is outside")
 
 
+def test_the_repeat_tap_window_is_range_checked(tmp_path):
+    lowest, highest = limits.repeat_tap_window_s_range
+    for value in (lowest, highest):
+        school = load_config(_school_file(tmp_path, repeat_tap_window_s=value)).schools["WH"]
+        assert school.repeat_tap_window_s == value
+    for value in (lowest - 1, highest + 1):
+        with pytest.raises(ConfigError) as caught:
+            load_config(_school_file(tmp_path, repeat_tap_window_s=value))
+        assert str(caught.value).startswith(f"schools.WH.repeat_tap_window_s: {value} is outside")
+    with pytest.raises(ConfigError, match="repeat_tap_window_s: expected int"):
+        load_config(_school_file(tmp_path, repeat_tap_window_s=1.5))
+    assert default_config().schools["WH"].repeat_tap_window_s == 0      # off unless set
+
+
+def _meal_file(tmp_path, *meals) -> str:
+    path = tmp_path / "meals.toml"
+    lines = ["[schools.WH]", 'name = "文华"']
+    for meal in meals:
+        lines += ["[[schools.WH.meals]]"] + [f"{k} = {v}" for k, v in meal.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+LUNCH = {"name": '"lunch"', "start": '"11:00"', "end": '"13:00"', "taps_max": 2,
+         "fen_max": 3000}
+
+
+def test_meal_periods_load_in_order_and_their_bounds_are_checked(tmp_path):
+    breakfast = {**LUNCH, "name": '"breakfast"', "start": '"06:30"', "end": '"09:00"'}
+    school = load_config(_meal_file(tmp_path, LUNCH, breakfast)).schools["WH"]
+    assert [(m.name, m.start_min, m.end_min, m.taps_max, m.fen_max) for m in school.meals] == [
+        ("lunch", 660, 780, 2, 3000), ("breakfast", 390, 540, 2, 3000)]
+    for key in ("taps_max", "fen_max"):
+        lowest, highest = getattr(limits, f"meal_{key}_range")
+        for value in (lowest, highest):
+            load_config(_meal_file(tmp_path, {**LUNCH, key: value}))
+        for value in (lowest - 1, highest + 1):
+            with pytest.raises(ConfigError, match=rf"meals\[1\]\.{key}: {value} is outside"):
+                load_config(_meal_file(tmp_path, {**LUNCH, key: value}))
+    most = limits.meals_per_school_max
+    periods = [{**LUNCH, "start": f'"{n:02d}:00"', "end": f'"{n:02d}:30"'} for n in range(most + 1)]
+    load_config(_meal_file(tmp_path, *periods[:most]))
+    with pytest.raises(ConfigError, match="at most"):
+        load_config(_meal_file(tmp_path, *periods))
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"start": '"13:00"'}, "start must be before end"),
+    ({"start": '"24:00"'}, "start: a local time"),
+    ({"end": '"1:00"'}, "end: a local time"),
+    ({"taps_max": '"2"'}, "taps_max: expected int"),
+    ({"name": '""'}, "name:"),
+    ({"extra": 1}, "needs exactly"),
+])
+def test_a_bad_meal_period_is_refused_by_name(tmp_path, change, named):
+    with pytest.raises(ConfigError, match=named):
+        load_config(_meal_file(tmp_path, {**LUNCH, **change}))
+
+
+def test_overlapping_meal_periods_are_refused(tmp_path):
+    late = {**LUNCH, "name": '"late lunch"', "start": '"12:59"', "end": '"14:00"'}
+    with pytest.raises(ConfigError, match="overlaps the period 'lunch'"):
+        load_config(_meal_file(tmp_path, LUNCH, late))
+
+
 def test_school_maxima_can_reach_the_top_of_the_range(tmp_path):
     highest = limits.school_limit_fen_range[1]
     school = load_config(_school_file(tmp_path, **{k: highest for k in (

@@ -1342,3 +1342,69 @@ async def test_zz_client_reset_does_not_take_the_switch_down(ctx):
     await trio.sleep(0.3)
     other = await ctx.session("admin", ctx.sw.admin_key)
     assert await other.call("ping") == {"t": "ping", "re": 1, "code": "ok"}
+
+
+# ===================================================================== campus rules
+
+
+async def test_rooms_pages_utility_accounts_of_one_school(ctx):
+    building = f"7{next(_counter) % 1000:03d}"
+    rooms = [f"WH-{building}A-{n:04d}" for n in range(3)]
+    for room in rooms:
+        await ctx.ok(ctx.adm, "open_account", account=room, school="WH", kind="utility",
+                     id=uid())
+    svc = await ctx.service(school="WH")
+    first = await ctx.ok(svc, "rooms", building=building, limit=2)
+    assert [i["account"] for i in first["items"]] == rooms[:2] and first["next"] == rooms[1]
+    for item in first["items"]:
+        assert item == {"account": item["account"], "utility": "both", "power": "off",
+                        "balance": 0}
+    rest = await ctx.ok(svc, "rooms", building=building, after=first["next"])
+    assert [i["account"] for i in rest["items"]] == rooms[2:] and rest["next"] is None
+    assert (await svc.call("rooms", school="CUIK"))["code"] == "wrong_school"
+    assert (await svc.call("rooms", building="7A"))["code"] == "bad_request"
+    assert (await ctx.adm.call("rooms"))["code"] == "bad_request"     # no school named
+
+
+async def test_confirm_is_a_bool_and_with_the_guard_off_identical_taps_pay(ctx):
+    acct, card = await ctx.person(balance=1000)
+    term = await ctx.terminal()
+    assert (await debit(term, card, 100))["code"] == "ok"
+    assert (await debit(term, card, 100))["code"] == "ok"
+    assert (await debit(term, card, 100, confirm=True))["code"] == "ok"
+    assert (await debit(term, card, 100, confirm=1))["code"] == "bad_request"
+    assert (await ctx.account(acct))["balance"] == 700
+
+
+async def test_subsidy_fields_on_replies_history_and_account(ctx):
+    acct, card = await ctx.person(balance=1000)
+    granted = await ctx.ok(ctx.adm, "subsidy", account=acct, amount=300, expires="2099-12-31",
+                           batch=f"cf-{_RUN}", id=uid())
+    assert {k: granted[k] for k in ("balance", "subsidy", "available")} == {
+        "balance": 1000, "subsidy": 300, "available": 1300}
+    term = await ctx.terminal()
+    d = await debit(term, card, 100)
+    assert (d["code"], d["balance"], d["subsidy"], d["available"]) == ("ok", 1000, 200, 1200)
+    account = await ctx.account(acct)
+    assert (account["balance"], account["subsidy"], account["available"]) == (1000, 200, 1200)
+    h = await ctx.ok(ctx.adm, "history", account=acct, limit=2)
+    assert [(i["kind"], i["amount"], i["from_subsidy"]) for i in h["items"]] == [
+        ("debit", -100, 100), ("subsidy", 300, -300)]
+    assert (await ctx.adm.call("subsidy", account=acct, amount=1, expires="2000-01-01",
+                               batch="old", id=uid()))["code"] == "bad_request"
+
+
+async def test_meals_is_a_bool_of_pos_terminals_and_uncapped_without_meal_periods(ctx):
+    who = new_who("WH", "pos")
+    added = await ctx.ok(ctx.adm, "add_credential", who=who, role="terminal", school="WH",
+                         kind="pos", meals=True, id=uid())
+    assert (await ctx.adm.call("add_credential", who=new_who("WH", "water"), role="terminal",
+                               school="WH", kind="water", meals=True, id=uid()))["code"] \
+        == "bad_request"
+    assert (await ctx.adm.call("add_credential", who=new_who("WH", "pos"), role="terminal",
+                               school="WH", kind="pos", meals=1, id=uid()))["code"] \
+        == "bad_request"
+    acct, card = await ctx.person(balance=1000)
+    till = await ctx.session(who, added["key"])
+    for _ in range(3):       # the default configuration has no meal periods
+        assert (await debit(till, card, 100))["code"] == "ok"

@@ -95,6 +95,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.start_balance = balance
         self.credited = self.debited = self.completed = 0
         self.offline = self.metered = self.unspent = 0
+        self.granted = self.expired = 0
         self.open_holds = []
         self.reversible_debits = []  # (amount, day)
         # The standing as the rules say it must be; the records must match it.
@@ -147,6 +148,7 @@ class CoreMachine(RuleBasedStateMachine):
                                   ("returned", int, codes.CARD_UNKNOWN)], results
             return
         standing = self.field("STATUS")
+        subsidy_before = self.field("SUBSIDY")
         result = run_both(self.accounts, "authorize", *args)
         assert result[:2] == ("returned", int), result
         event(f"authorize: {codes.CODE_NAMES[result[2]]}")
@@ -155,9 +157,13 @@ class CoreMachine(RuleBasedStateMachine):
         assert standing == layout.STATUS_ACTIVE, "a frozen or closed account paid"
         if hold:
             self.open_holds.append(amount)
+            assert self.field("SUBSIDY") == subsidy_before
         else:
             self.debited += amount
-            self.reversible_debits.append((amount, self.day))
+            # The subsidy purse pays first, as much of it as there is.
+            from_subsidy = min(subsidy_before, amount)
+            assert self.field("SUBSIDY") == subsidy_before - from_subsidy
+            self.reversible_debits.append((amount, self.day, from_subsidy))
 
     def edge_authorize(self, target, delta, pin_kind, pin_checked, hold):
         """A debit or hold of exactly a boundary of rules 5-7, give or take one fen."""
@@ -169,7 +175,7 @@ class CoreMachine(RuleBasedStateMachine):
             "per_tx": effective("LIMIT_PER_TX", self.school_per_tx),
             "daily": effective("LIMIT_DAILY", self.school_daily) - spent,
             "no_pin": effective("LIMIT_NO_PIN", self.school_no_pin),
-            "available": self.field("BALANCE") - self.field("HELD"),
+            "available": self.field("BALANCE") + self.field("SUBSIDY") - self.field("HELD"),
         }[target]
         self.authorize(boundary + delta, pin_kind, b"", layout.CARD_ACTIVE, True, pin_checked,
                        hold)
@@ -191,13 +197,31 @@ class CoreMachine(RuleBasedStateMachine):
         debit = self.pick(self.reversible_debits, choice)
         if debit is None:
             return
-        amount, day = debit
+        amount, day, from_subsidy = debit
+        subsidy_before = self.field("SUBSIDY")
         result = run_both(self.accounts, "unspend", amount, day)
         if self.closed():
             assert result == ("returned", int, codes.ACCOUNT_CLOSED)
             return
         assert result == ("returned", int, codes.OK)
+        assert run_both(self.accounts, "return_to_subsidy", from_subsidy) == \
+            ("returned", type(None), None)
+        assert self.field("SUBSIDY") == subsidy_before + from_subsidy    # each part goes home
         self.unspent += amount
+
+    def grant_subsidy(self, amount):
+        result = run_both(self.accounts, "grant_subsidy", amount)
+        if self.field("STATUS") == layout.STATUS_CLOSED and result[2] == codes.OK:
+            raise AssertionError("a closed account was granted a subsidy")
+        if result == ("returned", int, codes.OK):
+            self.granted += amount
+        else:
+            assert result[2] in (codes.BAD_AMOUNT, codes.ACCOUNT_CLOSED), result
+
+    def expire_subsidy(self, fraction):
+        amount = self.field("SUBSIDY") * fraction // 100
+        assert run_both(self.accounts, "expire_subsidy", amount) == ("returned", type(None), None)
+        self.expired += amount
 
     def complete_hold(self, choice, fraction):
         hold_amount = self.pick(self.open_holds, choice)
@@ -466,9 +490,12 @@ class CoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def money_is_conserved(self):
-        expected = (self.start_balance + self.credited - self.debited - self.completed
-                    - self.offline - self.metered + self.unspent - self.refunded)
-        assert self.field("BALANCE") == expected
+        expected = (self.start_balance + self.credited + self.granted - self.debited
+                    - self.completed - self.offline - self.metered + self.unspent - self.expired
+                    - self.refunded)
+        # Both purses together: a payment may take from either, but never makes or loses money.
+        assert self.field("BALANCE") + self.field("SUBSIDY") == expected
+        assert self.field("SUBSIDY") >= 0
         assert self.field("HELD") == sum(self.open_holds)
 
     @invariant()
@@ -541,6 +568,9 @@ WEIGHTED_OPERATIONS = [
     (2, op("set_limits", requested_limits, requested_limits, requested_limits)),
     (1, op("enable_virtual_card")),
     (1, op("next_day", st.integers(1, 2))),
+    (2, op("grant_subsidy", st.one_of(st.integers(1, 5_000), st.sampled_from(
+        [0, -1, limits.balance_fen_max, limits.balance_fen_max + 1, 2**63, 2**70])))),
+    (1, op("expire_subsidy", st.integers(0, 100))),
 ]
 OPERATIONS = st.sampled_from(
     [strategy for weight, strategy in WEIGHTED_OPERATIONS for _ in range(weight)]
@@ -552,7 +582,7 @@ CoreMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=4
 TestCoreMachine = CoreMachine.TestCase
 
 
-# --- Arbitrary records: the same outcome, exceptions included, on any 152 bytes ---
+# --- Arbitrary records: the same outcome, exceptions included, on any 176 bytes ---
 
 int64s = st.integers(INT64_MIN, INT64_MAX)
 int32s = st.integers(INT32_MIN, INT32_MAX)
@@ -585,6 +615,9 @@ operations = st.one_of(
               *[fen_amounts] * 6),
     st.tuples(st.just("enable_virtual_card")),
     st.tuples(st.just("refund")),
+    st.tuples(st.just("grant_subsidy"), any_amounts),
+    st.tuples(st.just("return_to_subsidy"), fen_amounts),
+    st.tuples(st.just("expire_subsidy"), fen_amounts),
 )
 
 
@@ -613,6 +646,8 @@ def record_fields():
         "PIN_SALT": st.binary(min_size=16, max_size=16),
         "PIN_HASH": st.binary(min_size=32, max_size=32),
         "ID_HASH": st.binary(min_size=32, max_size=32),
+        "SUBSIDY": mostly(st.one_of(st.just(0), st.integers(0, 100_000)), int64s),
+        "KIND": mostly(st.just(layout.KIND_PERSON), st.integers(0, 255)),
     })
 
 
@@ -631,3 +666,107 @@ def test_any_record_same_outcome(fields, steps):
         else:
             result = run_both(accounts, name, *args)
             event(f"{name}: {result[1].__name__ if result[0] == 'raised' else 'returned'}")
+
+
+# --- The double-tap guard: its own record, the same decision from both cores ---
+
+tap_times = st.one_of(st.integers(0, 20_000), st.integers(0, 20_000), int64s)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(1, 3), st.one_of(tap_times, st.just(None)),
+                                st.booleans(), st.integers(0, 10**6)),
+                      min_size=1, max_size=30),
+       start_at=tap_times, window_ms=st.one_of(st.sampled_from([0, 1, 2_000]), int64s))
+def test_the_double_tap_guard_agrees_and_declines_exactly_repeats_inside_the_window(
+        steps, start_at, window_ms):
+    """Random payment sequences at one till: both cores decide alike, leave identical tap
+    records, and decline exactly an unconfirmed repeat of the last approved amount less than
+    the window after it (checked against the last approval the test itself remembers)."""
+    taps = [None, None]
+    last = None                       # (amount, at) of the last approval
+    clock = start_at
+    for amount, later_ms, confirm, txn in steps:
+        # The till's clock moves on: to a later time drawn, else by 1 ms (a quick repeat).
+        clock = later_ms if later_ms is not None and later_ms > clock else clock + 1
+        if not INT64_MIN <= clock <= INT64_MAX:
+            break
+        results = [outcome(lambda: implementation.check_repeat_tap(tap, amount, clock,
+                                                                  window_ms, confirm))
+                   for implementation, tap in zip(IMPLEMENTATIONS, taps)]
+        assert results[0] == results[1], (amount, clock, results)
+        repeat = (window_ms > 0 and not confirm and last is not None and last[0] == amount
+                  and 0 <= clock - last[1] < window_ms)
+        assert results[0] == ("returned", int, codes.REPEAT_TAP if repeat else codes.OK)
+        if not repeat:
+            taps = [bytearray(layout.TAP_RECORD_SIZE) if tap is None else tap for tap in taps]
+            for implementation, tap in zip(IMPLEMENTATIONS, taps):
+                implementation.note_tap(tap, amount, clock, txn)
+            assert taps[0] == taps[1]
+            last = (amount, clock)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tap=st.binary(min_size=24, max_size=24), amount=st.one_of(int64s, st.integers(1, 3)),
+       now_ms=int64s, window_ms=st.one_of(int64s, st.integers(-1, 10_000)),
+       confirm=st.booleans())
+def test_the_double_tap_guard_agrees_on_any_tap_record(tap, amount, now_ms, window_ms, confirm):
+    results = [outcome(lambda: implementation.check_repeat_tap(bytearray(tap), amount, now_ms,
+                                                              window_ms, confirm))
+               for implementation in IMPLEMENTATIONS]
+    assert results[0] == results[1]
+
+
+# --- Meal periods: one account's count in one period, the same decision from both cores ---
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["pay", "offline", "reverse"]),
+                                st.integers(1, 2_000)), min_size=1, max_size=30),
+       taps_max=st.one_of(st.integers(1, 4), int64s), fen_max=st.one_of(st.integers(1, 5_000), int64s))
+def test_meal_caps_agree_and_decline_exactly_past_a_cap(steps, taps_max, fen_max):
+    """Random payments, offline taps and reversals in one period: both cores decide alike,
+    leave identical records, and decline exactly a payment that would pass a cap (checked
+    against the test's own count); offline taps always count and say when they passed one."""
+    meals = [None, None]
+    taps = fen = 0
+    counted = []
+    for kind, amount in steps:
+        if kind == "reverse":
+            if not counted or meals[0] is None:
+                continue
+            amount = counted.pop()
+            for implementation, meal in zip(IMPLEMENTATIONS, meals):
+                implementation.meal_uncount(meal, amount)
+            taps, fen = max(0, taps - 1), max(0, fen - amount)
+        elif kind == "pay":
+            results = [outcome(lambda: implementation.meal_check(meal, amount, taps_max, fen_max))
+                       for implementation, meal in zip(IMPLEMENTATIONS, meals)]
+            assert results[0] == results[1]
+            over = taps + 1 > taps_max or fen + amount > fen_max
+            assert results[0] == ("returned", int, codes.MEAL_LIMIT if over else codes.OK)
+            if over:
+                continue
+        if kind != "reverse":
+            meals = [bytearray(layout.MEAL_RECORD_SIZE) if meal is None else meal
+                     for meal in meals]
+            passed = [implementation.meal_count(meal, amount, taps_max, fen_max)
+                      for implementation, meal in zip(IMPLEMENTATIONS, meals)]
+            taps, fen = taps + 1, fen + amount
+            assert passed == [taps > taps_max or fen > fen_max] * 2
+            counted.append(amount)
+        assert meals[0] == meals[1]
+        assert (layout.get(meals[0], layout.MEAL_TAPS), layout.get(meals[0], layout.MEAL_FEN)) \
+            == (taps, fen)
+
+
+@settings(max_examples=200, deadline=None)
+@given(meal=st.binary(min_size=16, max_size=16), amount=st.one_of(int64s, st.integers(0, 100)),
+       taps_max=int64s, fen_max=int64s)
+def test_meal_functions_agree_on_any_record(meal, amount, taps_max, fen_max):
+    for name, args in (("meal_check", (amount, taps_max, fen_max)),
+                       ("meal_count", (amount, taps_max, fen_max)), ("meal_uncount", (amount,))):
+        records = [bytearray(meal), bytearray(meal)]
+        results = [outcome(lambda: getattr(implementation, name)(record, *args))
+                   for implementation, record in zip(IMPLEMENTATIONS, records)]
+        assert results[0] == results[1], (name, results)
+        assert records[0] == records[1], name

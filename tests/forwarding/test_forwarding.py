@@ -448,7 +448,7 @@ async def test_billing_receiver_in_process_reports_gap_and_keeps_position(tmp_pa
     assert again["upto"] == 3 and receiver.duplicates == 1
     reopened = BillingReceiver(str(tmp_path / "b"), {"sw": b"k" * 32})
     assert reopened.position == 3
-    assert reopened.settlement_rows() == [("M", "2026-11-18", 1, 120)]
+    assert reopened.settlement_rows() == [("M", "2026-11-18", 1, 120, 0)]
 
 
 # ------------------------------------------------------------------ 4. switch SIGKILL

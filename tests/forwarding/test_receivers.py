@@ -93,6 +93,13 @@ BILLING_CASES = [
     ("a reverse of txn 0", [money(1), money(2, "reverse", target=0)], False),
     ("a reverse without a target", [money(1), money(2, "reverse", target=None)], False),
     ("a reverse that takes money", [money(1), money(2, "reverse", amount=-120)], False),
+    ("a payment all from subsidy", [money(1, from_subsidy=120)], True),
+    ("a payment's subsidy past it", [money(1, from_subsidy=121)], False),
+    ("a payment's subsidy negative", [money(1, from_subsidy=-1)], False),
+    ("a reverse giving subsidy back", [money(1, from_subsidy=50),
+                                       money(2, "reverse", from_subsidy=-50)], True),
+    ("a reverse taking subsidy", [money(1), money(2, "reverse", from_subsidy=1)], False),
+    ("a subsidy part not an int", [money(1, from_subsidy="5")], False),
 ]
 
 
@@ -111,7 +118,7 @@ async def test_billing_checks_every_field_before_applying(tmp_path, what, record
     assert (tmp_path / "b" / "settlement.csv").read_bytes() == settlement
     # Refused, not stuck: the next good frame is taken.
     good = await receiver.handle_records(frame([money(1)]))
-    assert good["upto"] == 1 and receiver.settlement_rows()[0][2:] == (1, 120)
+    assert good["upto"] == 1 and receiver.settlement_rows()[0][2:] == (1, 120, 0)
 
 
 async def test_billing_takes_a_frame_with_a_refund_and_counts_only_the_tills(tmp_path):
@@ -154,7 +161,7 @@ async def test_a_to_beyond_what_the_switch_sends_does_not_swallow_later_records(
     assert receiver.position == 0
     reply = await receiver.handle_records(frame([money(1), money(2)]))
     assert reply["upto"] == 2
-    assert receiver.settlement_rows() == [("CANTEEN-1", "2026-11-18", 2, 240)]
+    assert receiver.settlement_rows() == [("CANTEEN-1", "2026-11-18", 2, 240, 0)]
 
 
 # ------------------------------------------------------------------ CSV
@@ -170,13 +177,13 @@ async def test_settlement_cells_cannot_run_as_formulas(tmp_path):
     assert (await receiver.handle_records(frame(records)))["code"] == "ok"
     with open(tmp_path / "b" / "settlement.csv", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["merchant", "day", "count", "total_fen"]
+    assert rows[0] == ["merchant", "day", "count", "total_fen", "subsidy_fen"]
     merchants = {row[0]: row[2:] for row in rows[1:]}
     for name in FORMULAS:
-        assert merchants["'" + name] == ["1", "120"]
-    assert merchants["plain"] == ["1", "120"]
-    assert merchants["quote \" and, comma"] == ["1", "120"]
-    assert merchants["refunds"] == ["-1", "-120"]
+        assert merchants["'" + name] == ["1", "120", "0"]
+    assert merchants["plain"] == ["1", "120", "0"]
+    assert merchants["quote \" and, comma"] == ["1", "120", "0"]
+    assert merchants["refunds"] == ["-1", "-120", "0"]
 
 
 async def test_room_cells_cannot_run_as_formulas(tmp_path):
@@ -274,7 +281,7 @@ async def test_an_exception_in_one_connection_ends_it_alone_and_applies_nothing(
     again = await Sender.sign_on(billing.port)
     reply = await again.records(frame([money(1), money(2)]))
     assert reply["upto"] == 2
-    assert billing.settlement_rows() == [("CANTEEN-1", "2026-11-18", 2, 240)]
+    assert billing.settlement_rows() == [("CANTEEN-1", "2026-11-18", 2, 240, 0)]
     await again.stream.aclose()
 
 
@@ -295,7 +302,24 @@ async def test_a_failed_write_applies_nothing_and_the_resend_counts_once(billing
     assert billing.connection_failures == 1 and billing.position == 0
     again = await Sender.sign_on(billing.port)
     assert (await again.records(frame([money(1)])))["upto"] == 1
-    assert billing.settlement_rows() == [("CANTEEN-1", "2026-11-18", 1, 120)]
+    assert billing.settlement_rows() == [("CANTEEN-1", "2026-11-18", 1, 120, 0)]
     reopened = BillingReceiver(billing.state_dir, {WHO: KEY})
     assert reopened.position == 1 and reopened.settlement_rows() == billing.settlement_rows()
     await again.stream.aclose()
+
+
+async def test_billing_separates_what_subsidies_paid_from_cash(tmp_path):
+    receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    records = [money(1, from_subsidy=100), money(2, amount=-300, from_subsidy=50),
+               money(3, "reverse", amount=300, target=2, from_subsidy=-50), money(4)]
+    assert (await receiver.handle_records(frame(records)))["code"] == "ok"
+    # total 120 + 300 - 300 + 120; of it the subsidies paid 100 + 50 - 50.
+    assert receiver.settlement_rows() == [("CANTEEN-1", "2026-11-18", 2, 240, 100)]
+    reopened = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    assert reopened.settlement_rows() == receiver.settlement_rows()
+
+
+def test_billing_state_saved_before_subsidies_reads_as_no_subsidy(tmp_path):
+    receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    receiver.restore({"totals": [["CANTEEN-1", "2026-11-18", 2, 240]], "segments": [[], []]})
+    assert receiver.settlement_rows() == [("CANTEEN-1", "2026-11-18", 2, 240, 0)]

@@ -71,7 +71,7 @@ def test_history_lists_committed_records_newest_first(campus):
     reply = campus.send(campus.service, "history", account=STUDENT)
     debit = campus.journal(campus.last_txn)
     assert reply["items"][0] == {"txn": debit["txn"], "at": debit["at"], "kind": "debit",
-                                 "amount": -100, "balance": BALANCE - 100,
+                                 "amount": -100, "from_subsidy": 0, "balance": BALANCE - 100,
                                  "who": "WH-POS-1", "merchant": "WH-POS-1", "card": CARD}
     assert reply["time_zone"] == "Asia/Shanghai"
     assert reply["items"][-1]["card"] is None          # open_account names no card

@@ -25,7 +25,8 @@ def test_opening_a_person_account(campus):
         "open_account", NEW, "WH", 0, 0, "person")
     assert campus.account(NEW) == {
         "t": "account", "code": "ok", "account": NEW, "school": "WH", "kind": "person",
-        "status": "active", "pin_locked": False, "balance": 0, "available": 0, "cards": [],
+        "status": "active", "pin_locked": False, "balance": 0, "subsidy": 0, "available": 0,
+        "cards": [],
         "limits": {"per_tx": 50_000, "daily": 100_000, "no_pin": 5_000}, "holder": "王五"}
     # The initial PIN is the ID's last six, a final X read as 0.
     assert campus.send(campus.service, "verify_pin", account=NEW, pin="530120") == {

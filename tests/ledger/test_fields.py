@@ -42,11 +42,15 @@ FIELDS = {
                   {"account": STUDENT, "id_last6": ID_LAST6}),
     "verify_pin": (("account", "pin"), (), "service", {"account": STUDENT, "pin": PIN}),
     "virtual_card": (("account",), (), "service", {"account": STUDENT}),
+    "rooms": ((), ("school", "building", "prefix", "after", "limit"), "service",
+              {"school": "WH", "building": "8", "prefix": "WH-8", "after": "WH-8A", "limit": 5}),
     "open_account": (("account", "school", "kind"), ("holder", "id_last6", "utility"), "admin",
                      {"account": "WH20239999", "school": "WH", "kind": "person",
                       "holder": "李四", "id_last6": "111111"}),
     "close_account": (("account",), (), "admin", {"account": STUDENT}),
     "refund": (("account",), (), "admin", {"account": STUDENT}),
+    "subsidy": (("account", "amount", "expires", "batch"), (), "admin",
+                {"account": STUDENT, "amount": 100, "expires": "2099-12-31", "batch": "2026-11"}),
     "issue_card": (("account", "card"), (), "admin", {"account": STUDENT, "card": "0A0A0A0A"}),
     "replace_card": (("account", "old", "new"), (), "admin",
                      {"account": STUDENT, "old": CARD, "new": "0A0A0A0A"}),
@@ -59,7 +63,8 @@ FIELDS = {
     "revoke_credential": (("who",), (), "admin", {"who": "WH-POS-2"}),
     "rotate_key": (("who",), (), "admin", {"who": "WH-POS-2"}),
 }
-NO_ID = {"ping", "balance", "blacklist", "settle", "account", "history", "verify_pin", "offline"}
+NO_ID = {"ping", "balance", "blacklist", "settle", "account", "history", "verify_pin", "rooms",
+         "offline"}
 FIELD_CODES = {"bad_request", "bad_amount"}
 
 

@@ -36,8 +36,10 @@ _ACCOUNT = {"unknown_account", "wrong_school"}           # §4.14 for a service'
 
 CODES_BY_REQUEST = {
     "ping": {"ok"},
-    "debit": {"ok", "bad_amount", "reversed"} | _ID | _CARD | _STANDING,
-    "qr_debit": {"ok", "bad_amount", "reversed"} | _ID | _QR | _STANDING,
+    "debit": {"ok", "bad_amount", "reversed", "repeat_tap", "meal_limit"} | _ID | _CARD
+    | _STANDING,
+    "qr_debit": {"ok", "bad_amount", "reversed", "repeat_tap", "meal_limit"} | _ID | _QR
+    | _STANDING,
     "hold": {"ok", "bad_amount"} | _ID | _CARD | _QR | _STANDING,
     "complete": {"ok", "bad_amount", "hold_unknown", "hold_expired", "hold_closed", "over_hold",
                  "reversed"} | _ID,
@@ -52,6 +54,7 @@ CODES_BY_REQUEST = {
     "credit": {"ok", "bad_amount", "account_closed"} | _ID | _ACCOUNT,
     "account": {"ok", "bad_request", "not_permitted"} | _ACCOUNT,
     "history": {"ok", "bad_request", "not_permitted"} | _ACCOUNT,
+    "rooms": {"ok", "bad_request", "not_permitted", "wrong_school"},
     "lost": {"ok", "card_unknown", "wrong_school", "card_blocked"} | _ID,
     "found": {"ok", "card_unknown", "wrong_school"} | _ID,
     "set_limits": {"ok"} | _ID | _ACCOUNT,
@@ -63,6 +66,8 @@ CODES_BY_REQUEST = {
     # Admin requests: an admin has no school, so none of them can be wrong_school (§3).
     "open_account": {"ok", "exists"} | _ID,
     "close_account": {"ok", "unknown_account", "not_empty"} | _ID,
+    # Only admins may issue subsidies, and an admin has no school: never wrong_school.
+    "subsidy": {"ok", "bad_amount", "account_closed", "unknown_account"} | _ID,
     "issue_card": {"ok", "unknown_account", "account_closed", "exists"} | _ID,
     "replace_card": {"ok", "unknown_account", "account_closed", "card_unknown", "card_blocked",
                      "exists"} | _ID,

@@ -281,3 +281,34 @@ def test_commit_now_commits_the_open_batch_and_grows_the_map(tmp_path):
     reopened = Store(str(tmp_path / "db"))
     assert reopened.get("journal", (1999).to_bytes(8, "big")) == b"x" * 100
     reopened.close()
+
+
+def test_a_schema_1_data_dir_gets_room_indexes_and_grown_account_records_at_open(tmp_path):
+    from switch.core import layout
+    store = Store(str(tmp_path))
+    old_records = {}
+    for account_id, kind in (("WH-8D-1006", layout.KIND_UTILITY), ("WH-ROOMLESS", layout.KIND_UTILITY),
+                             ("WH20230001", layout.KIND_PERSON)):
+        record = layout.new_account_record("WH", kind, 1, b"s" * 16, b"p" * 32, b"i" * 32)
+        layout.put(record, layout.BALANCE, 1234)
+        # What a schema-1 switch wrote: 152-byte records.
+        old_records[account_id] = bytes(record[:152])
+        store.put("accounts", account_id.encode(), old_records[account_id])
+    store.commit_now()
+    store.close()
+    # What a schema-1 switch left: no room indexes.
+    env = lmdb.open(str(tmp_path), max_dbs=32)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True, db=meta) as txn:
+        txn.put(b"schema_version", b"1")
+    env.close()
+    store = Store(str(tmp_path))
+    assert store.get("meta", b"schema_version") == str(SCHEMA_VERSION).encode()
+    assert [key for key, _ in store.committed_items("school_rooms")] == [
+        b"WH\0WH-8D-1006", b"WH\0WH-ROOMLESS"]
+    assert [key for key, _ in store.committed_items("building_rooms")] == [b"WH\x008\x00WH-8D-1006"]
+    for account_id, old in old_records.items():
+        record = store.get("accounts", account_id.encode())
+        assert len(record) == layout.ACCOUNT_RECORD_SIZE and record[:152] == old
+        assert layout.get(record, layout.SUBSIDY) == 0 and layout.get(record, layout.BALANCE) == 1234
+    store.close()

@@ -3,6 +3,7 @@
 import trio
 
 from switch.codec.framing import encode_frame
+from switch.config import default_config
 from tests.shell.harness import Switch
 
 
@@ -242,3 +243,72 @@ async def test_credential_ids_cannot_smuggle_a_separator(switch):
     ok = await switch.admin.request({"t": "add_credential", "who": "WH-POS_01.a:b@c",
                                      "role": "terminal", "school": "WH", "kind": "pos", "id": "g"})
     assert ok["code"] == "ok"
+
+
+async def test_the_double_tap_guard_over_sockets_declines_counts_and_lets_confirmed_pay(
+        tmp_path, nursery):
+    config = default_config()
+    config.schools["WH"].repeat_tap_window_s = 2
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
+    try:
+        await switch.person("WH1", "AAAA", balance=5000)
+        till = await switch.terminal("WH-POS-1")
+        first = await till.request({"t": "debit", "card": "AAAA", "amount": 800, "id": "a"})
+        assert first["code"] == "ok"
+        again = await till.request({"t": "debit", "card": "AAAA", "amount": 800, "id": "b"})
+        assert again == {"t": "debit", "re": 2, "code": "repeat_tap"}
+        resent = await till.request({"t": "debit", "card": "AAAA", "amount": 800, "id": "a"})
+        assert resent["replay"] is True and resent["txn"] == first["txn"]
+        confirmed = await till.request({"t": "debit", "card": "AAAA", "amount": 800, "id": "c",
+                                        "confirm": True})
+        assert confirmed["code"] == "ok" and confirmed["balance"] == 3400
+        assert switch.server.metrics.registry.get_sample_value(
+            "switch_requests_total", {"type": "debit", "code": "repeat_tap"}) == 1
+    finally:
+        await switch.stop()
+
+
+async def test_a_subsidy_is_spent_first_reversed_back_and_audited_over_sockets(tmp_path, nursery):
+    from switch.persistence.audit import audit
+    switch = await Switch(tmp_path / "d").start(nursery)
+    await switch.person("WH1", "AAAA", balance=1000)
+    granted = await switch.ok(switch.admin, {"t": "subsidy", "account": "WH1", "amount": 500,
+                                             "expires": "2099-06-30", "batch": "2099 spring",
+                                             "id": "s1"})
+    assert (granted["balance"], granted["subsidy"], granted["available"]) == (1000, 500, 1500)
+    till = await switch.terminal("WH-POS-1")
+    paid = await switch.ok(till, {"t": "debit", "card": "AAAA", "amount": 700, "id": "d"})
+    assert (paid["balance"], "subsidy" in paid, paid["available"]) == (800, False, 800)
+    back = await switch.ok(till, {"t": "reverse", "target": "d", "id": "r"})
+    assert (back["balance"], back["subsidy"]) == (1000, 500)
+    history = await switch.ok(switch.admin, {"t": "history", "account": "WH1", "limit": 2})
+    assert [(item["kind"], item["amount"], item["from_subsidy"]) for item in history["items"]] == [
+        ("reverse", 700, -500), ("debit", -700, 500)]
+    await switch.stop()
+    report = audit(switch.path)
+    assert report.sound, report.summary()
+
+
+async def test_a_meal_cap_over_sockets_declines_counts_and_a_reversal_gives_back(
+        tmp_path, nursery):
+    from switch.config.settings import Meal
+    config = default_config()
+    config.schools["WH"].meals = [Meal("all day", 0, 24 * 60 - 1, 1, 100_000)]
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
+    try:
+        await switch.person("WH1", "AAAA", balance=5000)
+        added = await switch.ok(switch.admin, {"t": "add_credential", "who": "WH-CANTEEN-1",
+                                               "role": "terminal", "school": "WH",
+                                               "kind": "pos", "meals": True, "id": "add"})
+        till = await switch.connect("WH-CANTEEN-1", added["key"])
+        first = await till.request({"t": "debit", "card": "AAAA", "amount": 800, "id": "a"})
+        assert first["code"] == "ok"
+        second = await till.request({"t": "debit", "card": "AAAA", "amount": 300, "id": "b"})
+        assert second == {"t": "debit", "re": 2, "code": "meal_limit"}
+        await switch.ok(till, {"t": "reverse", "target": "a", "id": "r"})
+        third = await till.request({"t": "debit", "card": "AAAA", "amount": 300, "id": "c"})
+        assert third["code"] == "ok" and third["balance"] == 4700
+        assert switch.server.metrics.registry.get_sample_value(
+            "switch_requests_total", {"type": "debit", "code": "meal_limit"}) == 1
+    finally:
+        await switch.stop()

@@ -347,3 +347,25 @@ async def test_settle_counts_the_local_day_and_leaves_out_reversals(switch):
     assert next_day["count"] == 1 and next_day["total"] == 7 and next_day["match"] is False
     assert (await till.request({"t": "settle", "day": "2026-02-30", "count": 0, "total": 0}))[
         "code"] == "bad_request"
+
+
+# ---------------------------------------------------------------- the room picker
+async def test_the_room_picker_pages_a_schools_rooms_over_sockets(switch):
+    for room, school in (("WH-8D-1006", "WH"), ("WH-8D-1007", "WH"), ("WH-9A-0001", "WH"),
+                         ("CUIK-9A-0101", "CUIK")):
+        await switch.ok(switch.admin, {"t": "open_account", "account": room, "school": school,
+                                       "kind": "utility", "id": f"open-{room}",
+                                       **({"utility": "electric"} if school == "CUIK" else {})})
+    await switch.ok(switch.admin, {"t": "credit", "account": "WH-8D-1007", "amount": 500,
+                                   "source": "wx", "id": "c"})
+    picker = await switch.service("wh-app", school="WH")
+    first = await switch.ok(picker, {"t": "rooms", "building": "8", "limit": 1})
+    assert first["items"] == [{"account": "WH-8D-1006", "utility": "both", "power": "off",
+                               "balance": 0}]
+    assert first["next"] == "WH-8D-1006"
+    second = await switch.ok(picker, {"t": "rooms", "building": "8", "after": first["next"]})
+    assert second["items"] == [{"account": "WH-8D-1007", "utility": "both", "power": "on",
+                                "balance": 500}]
+    assert second["next"] is None
+    assert (await picker.request({"t": "rooms", "school": "CUIK"}))["code"] == "wrong_school"
+    assert (await picker.request({"t": "rooms", "prefix": "wh"}))["code"] == "bad_request"

@@ -27,7 +27,8 @@ from tests.shell.harness import Switch, next_payloads, signed_on, unverified_bod
 FIELD_NAMES = ["card", "amount", "id", "pin", "qr", "hold", "target", "records", "since", "day",
                "count", "total", "account", "what", "source", "before", "limit", "per_tx",
                "daily", "no_pin", "old", "new", "id_last6", "school", "kind", "holder",
-               "utility", "reason", "who", "role", "merchant", "after"]
+               "utility", "reason", "who", "role", "merchant", "after", "confirm", "building",
+               "prefix", "expires", "batch", "meals"]
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(),
                     st.text(max_size=40), st.binary(max_size=40),
@@ -228,7 +229,8 @@ def _valid_field(request_type: str, name: str, n: int, now_ms: int, qr_secret: b
         "what": "electric", "source": "wx", "before": 10**6, "limit": 1 + n % 200,
         "per_tx": 100, "daily": 1000, "no_pin": 10, "id_last6": "12345X", "school": "WH",
         "holder": "测试", "utility": "both", "reason": "r", "who": f"F-NEW-{n}",
-        "role": "terminal", "merchant": "m",
+        "role": "terminal", "merchant": "m", "confirm": bool(n % 2), "building": "8",
+        "prefix": "WH-8", "expires": "2099-12-31", "batch": f"b{n % 3}", "meals": n % 3 == 0,
         "records": [{"id": n % 31, "card": "AAAA", "amount": 1, "at": now_ms}],
     }[name]
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from switch.cli.demo import CAMPUS_RULES_CONFIG
 from tests.paths import REPO_ROOT as REPO
 
 SIM_DIR = REPO / "terminals-sim"
@@ -26,6 +27,10 @@ RUNS = {
     "open": SMALL + ["--mode", "open", "--rate", "300", "--seconds", "5"],
     "outage": SMALL + ["--mode", "closed", "--seconds", "7", "--scenario", "outage",
                        "--outage-at", "2", "--outage-seconds", "1.5"],
+    # Every campus rule on (the demo's configuration): the double-tap guard, a meal period
+    # all day at the canteen tills, and the subsidies provisioning issues.
+    "campus": SMALL + ["--mode", "closed", "--seconds", "5", "--config", "CAMPUS_CONFIG",
+                       "--meal-tills"],
 }
 LOAD_TYPES = {"debit", "qr_debit", "hold", "complete", "meter", "credit", "lost"}
 
@@ -35,7 +40,10 @@ def reports(tmp_path_factory):
     """The three runs, started together (they are mostly waiting on fsyncs), then read."""
     directory = tmp_path_factory.mktemp("sim")
     processes = {}
+    config = directory / "campus.toml"
+    config.write_text(CAMPUS_RULES_CONFIG, encoding="utf-8")
     for name, argv in RUNS.items():
+        argv = [str(config) if word == "CAMPUS_CONFIG" else word for word in argv]
         path = directory / f"{name}.json"
         processes[name] = (path, subprocess.Popen(
             [sys.executable, str(SIMULATE), *argv, "--report-json", str(path)],
@@ -210,3 +218,14 @@ def test_mix_parse():
         population.Mix.parse("coffee=3")
     assert population.split_counts(10, {"a": 1, "b": 1, "c": 0}) == {"a": 5, "b": 5, "c": 0}
     assert sum(population.split_counts(8, {"a": 100, "b": 1, "c": 1}).values()) == 8
+
+
+def test_the_campus_rules_run_in_the_rush_and_the_books_stay_sound(reports):
+    """Subsidies spent, double taps declined, meal caps reached: and the money check (both
+    purses) and the audit still pass (test_money_check_and_audit_pass[campus])."""
+    _, report, _ = reports["campus"]
+    codes = report["codes"]
+    assert report["provisioning"]["subsidies"] > 0
+    assert report["events"]["double taps sent"] > 0
+    assert codes.get("repeat_tap", 0) > 0 and codes.get("meal_limit", 0) > 0, codes
+    assert report["audit"]["sound"] is True

@@ -16,8 +16,10 @@ from switch.ledger.state.blacklist import Blacklist
 from switch.ledger.effects import BlacklistPush, JournalAdvanced
 from switch.ledger.state.holds import Holds
 from switch.ledger.state import sealing
+from switch.ledger.state.subsidies import SubsidyBatches
 from switch.ledger.payment_path import SchoolLimits
 from switch.persistence.keys import txn_key
+from switch.persistence.migrations import room_index_keys
 
 log = logging.getLogger("switch.ledger")
 _pack = msgpack.Packer(use_bin_type=True).pack
@@ -38,12 +40,16 @@ class Credential:
     kind: str | None = None
     merchant: str | None = None
     revoked: bool = False
+    meals: bool = False      # a canteen till: its payments count toward meal caps
 
     def to_bytes(self, master) -> bytes:
         """Stored with its key sealed under the master key, bound to `who`."""
         key = master.seal(sealing.CREDENTIAL_KEY, self.who.encode(), self.key)
-        return _pack({"key": key, "role": self.role, "school": self.school,
-                      "kind": self.kind, "merchant": self.merchant, "revoked": self.revoked})
+        fields = {"key": key, "role": self.role, "school": self.school,
+                  "kind": self.kind, "merchant": self.merchant, "revoked": self.revoked}
+        if self.meals:   # other credentials are stored as they always were
+            fields["meals"] = True
+        return _pack(fields)
 
     @classmethod
     def from_bytes(cls, who: str, data: bytes, master) -> "Credential":
@@ -77,6 +83,7 @@ class Ledger:
         self._effects_last_txn = store.last_txn
         self.blacklist = Blacklist(store)
         self.holds = Holds(self)
+        self.subsidy_batches = SubsidyBatches(store)
         # Requests (and housekeeping passes) that raised and were undone; exported as a metric.
         self.failures = 0
         self._request_effects = 0
@@ -184,6 +191,65 @@ class Ledger:
             bounds = self._limits_by_school[school.code] = SchoolLimits.of(
                 school, self.config.max_amount_fen)
         return bounds
+
+    # ----------------------------------------------------------- the double-tap guard
+    def last_tap(self, account_id: str, who: str) -> bytearray | None:
+        """The account's last approved payment at terminal `who` (layout.TAP_*), or None."""
+        return self.store.get_mutable("last_taps", account_id.encode() + b"\0" + who.encode())
+
+    def save_last_tap(self, account_id: str, who: str, tap: bytearray) -> None:
+        assert len(tap) == layout.TAP_RECORD_SIZE
+        self.store.put("last_taps", account_id.encode() + b"\0" + who.encode(), tap)
+
+    def forget_last_tap(self, account_id: str, who: str) -> None:
+        self.store.delete("last_taps", account_id.encode() + b"\0" + who.encode())
+
+    # ----------------------------------------------------------- meal periods
+    def meal_record(self, period: int, account_id: str) -> bytearray | None:
+        """The account's count in meal `period` (layout.MEAL_*), or None."""
+        return self.store.get_mutable("meal_counts", period.to_bytes(8, "big") + account_id.encode())
+
+    def save_meal_record(self, period: int, account_id: str, meal: bytearray) -> None:
+        assert len(meal) == layout.MEAL_RECORD_SIZE
+        self.store.put("meal_counts", period.to_bytes(8, "big") + account_id.encode(), meal)
+
+    def forget_meals_before(self, period: int, count_max: int) -> int:
+        """Forget up to `count_max` committed counts of periods below `period`."""
+        return self._forget_below("meal_counts", period, count_max)
+
+    def _forget_below(self, db: str, number: int, count_max: int) -> int:
+        """Delete up to `count_max` committed keys of `db` whose 8-byte big-endian head is
+        below `number`; how many were deleted."""
+        limit = number.to_bytes(8, "big")
+        forgotten = 0
+        for key, _ in self.store.committed_items(db):
+            if key[:8] >= limit or forgotten >= count_max:
+                break
+            self.store.delete(db, key)
+            forgotten += 1
+        return forgotten
+
+    # ----------------------------------------------------------- dorm rooms
+    def index_room(self, school: str, account_id: str) -> None:
+        """List a new utility account among its school's (and building's) rooms."""
+        by_school, by_building = room_index_keys(school, account_id)
+        self.store.put("school_rooms", by_school, b"")
+        if by_building is not None:
+            self.store.put("building_rooms", by_building, b"")
+
+    def rooms(self, school: str, building: str | None, prefix: str, after: str | None,
+              count: int) -> tuple[list[str], bool]:
+        """Up to `count` room account ids of `school` (in `building` when given) starting
+        with `prefix`, above `after`, in account-id order, and whether more follow."""
+        if building is None:
+            db, head = "school_rooms", school.encode() + b"\0"
+        else:
+            db, head = "building_rooms", school.encode() + b"\0" + building.encode() + b"\0"
+        low = head + prefix.encode()
+        # An `after` below the prefix's range would start the scan outside it.
+        after_key = None if after is None or head + after.encode() < low else head + after.encode()
+        keys, more = self.store.keys_after(db, low, after_key, count)
+        return [key[len(head):].decode() for key in keys], more
 
     # ----------------------------------------------------------- cards
     def card(self, card_id: str):
@@ -311,13 +377,7 @@ class Ledger:
     def forget_used_qr_codes_below(self, step: int, count_max: int) -> int:
         """Forget up to `count_max` used codes of steps below `step`; when none is left,
         raise the floor to `step`. Returns how many were forgotten."""
-        limit = step.to_bytes(8, "big")
-        forgotten = 0
-        for key, _ in self.store.committed_items("qr_used"):
-            if key[:8] >= limit or forgotten >= count_max:
-                break
-            self.store.delete("qr_used", key)
-            forgotten += 1
+        forgotten = self._forget_below("qr_used", step, count_max)
         if forgotten < count_max:
             self.store.put("meta", b"qr_floor_step", str(step).encode())
         return forgotten

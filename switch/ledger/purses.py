@@ -1,0 +1,55 @@
+"""The two purses of a person account as payments see them: the subsidy purse pays first
+(decided by the core), and each payment's subsidy part is shared out over the batches it
+came from, so a reversal can give each share back (docs/PROTOCOL.md §4.17)."""
+
+from switch import core
+from switch.core import layout
+
+
+def purse(record) -> int:
+    return layout.get(record, layout.SUBSIDY)
+
+
+def with_subsidy(reply: dict, record) -> dict:
+    """Add the purse to a money reply when it holds anything (absent reads as 0, so a till
+    that never sees a subsidy gets the replies it always got)."""
+    subsidy = purse(record)
+    if subsidy:
+        reply["subsidy"] = subsidy
+    return reply
+
+
+def spent(ledger, account_id: str, subsidy_before: int, record) -> dict:
+    """The journal fields of a payment the core has applied: what the subsidy purse paid,
+    taken from the batches that lapse first. Empty when it paid nothing."""
+    part = subsidy_before - purse(record)
+    if part == 0:
+        return {}
+    parts = []
+    left = part
+    for batch, state in ledger.subsidy_batches.of_account(account_id):
+        if left == 0:
+            break
+        taken = min(left, state["remaining"])
+        state["remaining"] -= taken
+        ledger.subsidy_batches.save(account_id, batch, state)
+        parts.append([batch, taken, state["expires"], state["end_ms"]])
+        left -= taken
+    return {"from_subsidy": part, "subsidy": purse(record), "subsidy_parts": parts}
+
+
+def give_back(ledger, account_id: str, record, original: dict) -> dict:
+    """After `unspend`: the reversed payment's subsidy part back to its purse and each share
+    to its batch (a batch whose term has ended meanwhile lapses at the next housekeeping
+    pass). The reversal record's fields; empty when the subsidy paid nothing."""
+    part = original.get("from_subsidy", 0)
+    if part <= 0:
+        return {}
+    core.return_to_subsidy(record, part)
+    for batch, share, expires, end_ms in original["subsidy_parts"]:
+        state = ledger.subsidy_batches.get(account_id, batch) or {
+            "remaining": 0, "expires": expires, "end_ms": end_ms}
+        state["remaining"] += share
+        ledger.subsidy_batches.save(account_id, batch, state)
+    return {"from_subsidy": -part, "subsidy": purse(record),
+            "subsidy_parts": original["subsidy_parts"]}

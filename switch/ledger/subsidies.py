@@ -1,0 +1,88 @@
+"""Subsidies (补助): the school's credits to a student's subsidy purse, spent before the
+student's own money, never refunded, lapsing at the end of their batch's term.
+
+The core decides the purse (`grant_subsidy`, the payments that spend it first,
+`return_to_subsidy`, `expire_subsidy`); here each batch's share is kept, so a reversal gives
+each part back to its batch and housekeeping clears what is left of a batch when it ends.
+"""
+
+from datetime import date
+
+from switch import core, limits
+from switch.core import codes, layout
+from switch.ledger.accounts import _decline, _money, account_of
+from switch.ledger.purses import purse
+
+
+def _lapse(ledger, account_id: str, record, batch: str, state: dict, credential, ref) -> int:
+    """Clear what is left of one batch with a `subsidy_expire` record; its txn."""
+    remaining = state["remaining"]
+    core.expire_subsidy(record, remaining)
+    ledger.save_account(account_id, record)
+    state["remaining"] = 0
+    ledger.subsidy_batches.save(account_id, batch, state)
+    balance, _ = _money(record)
+    return ledger.append_journal("subsidy_expire", account_id, layout.school_of(record),
+                                 -remaining, balance, credential, ref, from_subsidy=remaining,
+                                 subsidy=purse(record), batch=batch)
+
+
+def expire_due_subsidies(ledger) -> int:
+    """Clear every batch whose term has ended (housekeeping). Returns how many."""
+    expired = 0
+    for account_id, batch in ledger.subsidy_batches.due(ledger.clock.now_ms(),
+                                                        limits.subsidies_expired_per_pass_max):
+        state = ledger.subsidy_batches.get(account_id, batch)
+        if state is None or state["remaining"] == 0:   # spent or cleared in the overlay
+            continue
+        _lapse(ledger, account_id, ledger.account(account_id), batch, state, None, None)
+        expired += 1
+    return expired
+
+
+def clear_on_close(ledger, credential, account_id: str, ref) -> None:
+    """A closed account keeps no subsidy: each batch lapses now (never paid out)."""
+    for batch, state in ledger.subsidy_batches.of_account(account_id):
+        _lapse(ledger, account_id, ledger.account(account_id), batch, state, credential, ref)
+
+
+def subsidy(ledger, credential, values):
+    amount = values["amount"]
+    code = core.check_amount(amount, ledger.config.max_amount_fen)
+    if code:
+        return _decline("subsidy", code)
+    account_id, batch, expires = values["account"], values["batch"], values["expires"]
+    refusal, record = account_of(ledger, credential, "subsidy", account_id)
+    if refusal:
+        return refusal
+    try:
+        date.fromisoformat(expires)
+    except ValueError:
+        return _decline("subsidy", codes.BAD_REQUEST)
+    school = ledger.school(record)
+    end_ms = school.days.end_ms(expires)
+    if end_ms <= ledger.clock.now_ms():
+        return _decline("subsidy", codes.BAD_REQUEST)      # its term is already over
+    state = ledger.subsidy_batches.get(account_id, batch)
+    if state is None:
+        if len(ledger.subsidy_batches.of_account(account_id)) >= \
+                limits.subsidy_batches_per_account_max:
+            return _decline("subsidy", codes.BAD_REQUEST)
+        state = {"remaining": 0, "expires": expires, "end_ms": end_ms}
+    elif state["expires"] != expires:
+        return _decline("subsidy", codes.BAD_REQUEST)      # one batch, one term
+    code = core.grant_subsidy(record, amount)
+    if code:
+        return _decline("subsidy", code)
+    ledger.save_account(account_id, record)
+    state["remaining"] += amount
+    ledger.subsidy_batches.save(account_id, batch, state)
+    balance, available = _money(record)
+    txn = ledger.append_journal("subsidy", account_id, school.code, amount, balance, credential,
+                                values["id"], from_subsidy=-amount, subsidy=purse(record),
+                                batch=batch, expires=expires)
+    return {"t": "subsidy", "code": "ok", "txn": txn, "balance": balance,
+            "subsidy": purse(record), "available": available}
+
+
+HANDLERS = {"subsidy": subsidy}

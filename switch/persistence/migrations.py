@@ -1,0 +1,44 @@
+"""Upgrades a data dir written by an older switch to the schema this one reads, in place,
+inside the write transaction that checks the schema (all or nothing)."""
+
+from switch.core import layout
+from switch.identifiers import building_of
+
+
+def room_index_keys(school: str, account_id: str) -> tuple[bytes, bytes | None]:
+    """The `school_rooms` key of a utility account, and its `building_rooms` key (None for
+    an account whose id names no building)."""
+    by_school = school.encode() + b"\0" + account_id.encode()
+    building = building_of(account_id)
+    if building is None:
+        return by_school, None
+    return by_school, school.encode() + b"\0" + building.encode() + b"\0" + account_id.encode()
+
+
+def _index_rooms(txn, dbs) -> None:
+    """Schema 1 -> 2: the room indexes `rooms` pages through, built from the accounts (records
+    of 152 bytes then: the fields read here kept their offsets)."""
+    for key, record in txn.cursor(db=dbs["accounts"]):
+        if layout.get(record, layout.KIND) != layout.KIND_UTILITY:
+            continue
+        by_school, by_building = room_index_keys(layout.school_of(record), key.decode())
+        txn.put(by_school, b"", db=dbs["school_rooms"])
+        if by_building is not None:
+            txn.put(by_building, b"", db=dbs["building_rooms"])
+
+
+_SCHEMA_2_ACCOUNT_RECORD_SIZE = 152
+
+
+def _pad_account_records(txn, dbs) -> None:
+    """Schema 2 -> 3: account records grow to hold the subsidy purse (layout.SUBSIDY), empty
+    in every record that existed before."""
+    padding = bytes(layout.ACCOUNT_RECORD_SIZE - _SCHEMA_2_ACCOUNT_RECORD_SIZE)
+    grown = [(key, record + padding) for key, record in txn.cursor(db=dbs["accounts"])
+             if len(record) == _SCHEMA_2_ACCOUNT_RECORD_SIZE]
+    for key, record in grown:
+        txn.put(key, record, db=dbs["accounts"])
+
+
+# schema version -> the step that brings a data dir of that version to the next one.
+UPGRADES = {1: _index_rooms, 2: _pad_account_records}

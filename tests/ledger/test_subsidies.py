@@ -1,0 +1,201 @@
+"""Subsidies (补助, docs/PROTOCOL.md §4.17): issued by batch into a purse of their own, spent
+before the student's own money, each part given back by a reversal, lapsing at the end of
+their term in the school's time zone, cleared (never paid out) when the account closes."""
+
+import pytest
+
+from switch.cli.datadir import open_data_dir
+from switch.ledger.housekeeping import tick
+from switch.persistence.audit import audit
+from tests.ledger.conftest import BALANCE, CARD, ROOM, STUDENT, limits
+
+
+def _sound(world) -> bool:
+    """Commit, and audit the data dir with this process's environment closed."""
+    world.commit()
+    world.store.close()
+    report = audit(str(world.path))
+    world.store = open_data_dir(str(world.path))
+    world._open_ledger()
+    assert report.sound, report.summary()
+    return True
+
+
+def _issue(world, amount, batch="2026-11 meals", expires="2026-11-30", account=STUDENT, **more):
+    return world.send(world.admin, "subsidy", account=account, amount=amount, expires=expires,
+                      batch=batch, id=world.fresh_id(), **more)
+
+
+@pytest.fixture
+def term(campus):
+    campus.set_local_time("2026-11-18T12:00:00")
+    return campus
+
+
+def test_issuing_fills_the_purse_and_writes_a_subsidy_record(term):
+    reply = _issue(term, 3000)
+    assert reply == {"t": "subsidy", "code": "ok", "txn": term.last_txn, "balance": BALANCE,
+                     "subsidy": 3000, "available": BALANCE + 3000}
+    record = term.journal(reply["txn"])
+    assert (record["kind"], record["amount"], record["from_subsidy"], record["balance"],
+            record["subsidy"], record["batch"], record["expires"]) == (
+        "subsidy", 3000, -3000, BALANCE, 3000, "2026-11 meals", "2026-11-30")
+    account = term.account(STUDENT)
+    assert (account["balance"], account["subsidy"], account["available"]) == (
+        BALANCE, 3000, BALANCE + 3000)
+
+
+@pytest.mark.parametrize("fields, code", [
+    ({"account": ROOM}, "bad_request"),                       # person accounts only
+    ({"account": "WH29999999"}, "unknown_account"),
+    ({"expires": "2026-02-30"}, "bad_request"),               # not a real day
+    ({"expires": "2026-11-17"}, "bad_request"),               # its term is over
+    ({"batch": ""}, "bad_request"),
+    ({"batch": "x" * (limits.source_chars_max + 1)}, "bad_request"),
+    ({"amount": 0}, "bad_amount"),
+    ({"amount": limits.max_amount_fen + 1}, "bad_amount"),
+])
+def test_bad_subsidies_are_refused_and_change_nothing(term, fields, code):
+    before = term.last_txn
+    request = {"account": STUDENT, "amount": 100, "expires": "2026-11-30", "batch": "b",
+               **fields}
+    assert term.code(term.admin, "subsidy", id="s", **request) == code
+    assert term.last_txn == before and term.account(STUDENT)["subsidy"] == 0
+
+
+def test_a_closed_account_gets_no_subsidy_and_a_batch_keeps_one_term(term):
+    _issue(term, 100, batch="b")
+    assert _issue(term, 100, batch="b", expires="2026-12-31")["code"] == "bad_request"
+    assert _issue(term, 100, batch="b")["subsidy"] == 200                 # same term: adds
+    term.open_person("WH20239999")
+    term.ok(term.admin, "close_account", account="WH20239999")
+    assert _issue(term, 100, account="WH20239999")["code"] == "account_closed"
+
+
+def test_batches_per_account_are_bounded(term):
+    for number in range(limits.subsidy_batches_per_account_max):
+        assert _issue(term, 1, batch=f"b{number}")["code"] == "ok"
+    assert _issue(term, 1, batch="one-more")["code"] == "bad_request"
+    assert _issue(term, 1, batch="b0")["code"] == "ok"        # an existing batch may grow
+
+
+def test_a_payment_spends_the_subsidy_first_then_the_balance(term):
+    _issue(term, 500)
+    first = term.send(term.pos, "debit", card=CARD, amount=300, id="d1")
+    assert (first["balance"], first["subsidy"], first["available"]) == (
+        BALANCE, 200, BALANCE + 200)
+    record = term.journal(first["txn"])
+    assert (record["amount"], record["from_subsidy"], record["subsidy"]) == (-300, 300, 200)
+    second = term.send(term.pos, "debit", card=CARD, amount=700, id="d2")
+    assert (second["balance"], "subsidy" in second) == (BALANCE - 500, False)
+    assert term.journal(second["txn"])["from_subsidy"] == 200
+    term.commit()                                  # history reads committed records
+    history = term.ok(term.service, "history", account=STUDENT, limit=2)["items"]
+    assert [(item["amount"], item["from_subsidy"]) for item in history] == [
+        (-700, 200), (-300, 300)]
+
+
+def test_funds_count_both_purses(term):
+    term.ok(term.service, "set_limits", account=STUDENT, per_tx=50_000, daily=100_000)
+    _issue(term, 1000)
+    assert term.code(term.pos, "debit", card=CARD, amount=BALANCE + 1001, id="x", pin="123456"
+                     ) == "insufficient_funds"
+    reply = term.send(term.pos, "debit", card=CARD, amount=BALANCE + 1000, id="y", pin="123456")
+    assert (reply["code"], reply["balance"], reply["available"]) == ("ok", 0, 0)
+
+
+def test_a_reversal_puts_each_part_back_where_it_came_from(term):
+    _issue(term, 300, batch="early", expires="2026-11-20")
+    _issue(term, 300, batch="late", expires="2026-11-30")
+    paid = term.send(term.pos, "debit", card=CARD, amount=1000, id="d")
+    # The batch that lapses first is spent first.
+    assert term.journal(paid["txn"])["subsidy_parts"] == [
+        ["early", 300, "2026-11-20", term.local_ms("2026-11-21T00:00:00")],
+        ["late", 300, "2026-11-30", term.local_ms("2026-12-01T00:00:00")]]
+    back = term.ok(term.pos, "reverse", target="d")
+    assert (back["balance"], back["subsidy"]) == (BALANCE, 600)
+    record = term.journal(back["txn"])
+    assert (record["amount"], record["from_subsidy"]) == (1000, -600)
+    assert term.ledger.subsidy_batches.get(STUDENT, "early")["remaining"] == 300
+    assert term.ledger.subsidy_batches.get(STUDENT, "late")["remaining"] == 300
+
+
+def test_a_batch_lapses_at_the_end_of_its_day_in_the_schools_time_zone(term):
+    _issue(term, 400, batch="early", expires="2026-11-20")
+    _issue(term, 100, batch="late", expires="2026-11-30")
+    term.send(term.pos, "debit", card=CARD, amount=150, id="d")
+    term.commit()
+    term.set_local_time("2026-11-20T23:59:59.999")
+    tick(term.ledger)
+    assert term.account(STUDENT)["subsidy"] == 350
+    term.set_local_time("2026-11-21T00:00:00")
+    tick(term.ledger)
+    record = term.journal(term.last_txn)
+    assert (record["kind"], record["amount"], record["from_subsidy"], record["batch"],
+            record["balance"], record["subsidy"]) == (
+        "subsidy_expire", -250, 250, "early", BALANCE, 100)
+    assert term.account(STUDENT)["subsidy"] == 100
+    term.commit()
+    before = term.last_txn
+    tick(term.ledger)
+    assert term.last_txn == before                      # lapsed once
+    assert _sound(term)
+
+
+def test_closing_clears_the_subsidy_and_pays_none_of_it_out(term):
+    term.open_person("WH20239999")
+    _issue(term, 800, account="WH20239999")
+    closed = term.ok(term.admin, "close_account", account="WH20239999")
+    record = term.journal(closed["txn"] + 1)
+    assert (record["kind"], record["amount"], record["from_subsidy"], record["balance"]) == (
+        "subsidy_expire", -800, 800, 0)
+    account = term.account("WH20239999")
+    assert (account["status"], account["balance"], account["subsidy"]) == ("closed", 0, 0)
+    assert _sound(term)
+
+
+def test_holds_reserve_against_both_purses_and_complete_spends_the_subsidy_first(term):
+    _issue(term, 500)
+    hold = term.ok(term.water, "hold", card=CARD, amount=800)
+    assert (hold["balance"], hold["subsidy"], hold["available"]) == (BALANCE, 500, BALANCE - 300)
+    done = term.ok(term.water, "complete", hold=hold["hold"], amount=600)
+    assert (done["balance"], "subsidy" in done) == (BALANCE - 100, False)
+    assert term.journal(done["txn"])["from_subsidy"] == 500
+
+
+def test_offline_taps_spend_the_subsidy_first(term):
+    _issue(term, 500)
+    reply = term.send(term.pos, "offline", records=[
+        {"id": "o1", "card": CARD, "amount": 200, "at": term.clock.now_ms()}])
+    txn = reply["results"][0]["txn"]
+    assert term.journal(txn)["from_subsidy"] == 200
+    assert term.account(STUDENT)["subsidy"] == 300
+
+
+def test_with_no_subsidy_replies_and_records_are_as_before(term):
+    reply = term.send(term.pos, "debit", card=CARD, amount=100, id="d")
+    assert "subsidy" not in reply
+    assert "from_subsidy" not in term.journal(reply["txn"])
+
+
+def test_audit_is_sound_after_subsidies_are_issued_spent_and_reversed(term):
+    _issue(term, 500)
+    term.send(term.pos, "debit", card=CARD, amount=300, id="d1")
+    term.send(term.pos, "debit", card=CARD, amount=700, id="d2")
+    term.ok(term.pos, "reverse", target="d2")
+    assert _sound(term)
+
+
+def test_a_housekeeping_pass_clears_at_most_its_bound_of_batches(term, monkeypatch):
+    monkeypatch.setattr(limits, "subsidies_expired_per_pass_max", 2)
+    for batch in ("a", "b", "c"):
+        _issue(term, 10, batch=batch, expires="2026-11-18")
+    term.commit()
+    term.set_local_time("2026-11-19T00:00:00")
+    before = term.last_txn
+    tick(term.ledger)
+    assert term.last_txn == before + 2                  # N: the bound
+    term.commit()
+    tick(term.ledger)
+    assert term.last_txn == before + 3                  # the N+1st on the next pass
+    assert term.account(STUDENT)["subsidy"] == 0
