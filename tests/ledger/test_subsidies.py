@@ -146,12 +146,37 @@ def test_closing_clears_the_subsidy_and_pays_none_of_it_out(term):
     term.open_person("WH20239999")
     _issue(term, 800, account="WH20239999")
     closed = term.ok(term.admin, "close_account", account="WH20239999")
-    record = term.journal(closed["txn"] + 1)
+    # The subsidy lapses first: the closing record stays the account's last (§7.3 audit).
+    record = term.journal(closed["txn"] - 1)
     assert (record["kind"], record["amount"], record["from_subsidy"], record["balance"]) == (
         "subsidy_expire", -800, 800, 0)
     account = term.account("WH20239999")
     assert (account["status"], account["balance"], account["subsidy"]) == ("closed", 0, 0)
     assert _sound(term)
+
+
+def test_a_refund_pays_the_balance_only_and_the_subsidy_lapses_first(term):
+    term.open_person("WH20239998")
+    term.credit("WH20239998", 1_250)
+    _issue(term, 800, account="WH20239998")
+    refunded = term.ok(term.admin, "refund", account="WH20239998")
+    assert (refunded["amount"], refunded["balance"]) == (1_250, 0)
+    record = term.journal(refunded["txn"] - 1)
+    assert (record["kind"], record["from_subsidy"]) == ("subsidy_expire", 800)
+    assert term.journal(refunded["txn"])["amount"] == -1_250
+    account = term.account("WH20239998")
+    assert (account["status"], account["balance"], account["subsidy"]) == ("closed", 0, 0)
+    assert _sound(term)
+
+
+def test_a_refused_close_or_refund_leaves_the_subsidy_as_it_was(term):
+    term.open_person("WH20239997")
+    term.credit("WH20239997", 500)
+    _issue(term, 800, account="WH20239997")
+    last = term.last_txn
+    assert term.code(term.admin, "close_account", account="WH20239997",
+                     id="close") == "not_empty"
+    assert term.last_txn == last and term.account("WH20239997")["subsidy"] == 800
 
 
 def test_holds_reserve_against_both_purses_and_complete_spends_the_subsidy_first(term):

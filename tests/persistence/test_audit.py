@@ -197,7 +197,7 @@ def test_a_hold_of_an_account_that_does_not_exist_is_found(books):
     ("before-loss", "after_lost", f"flagged after_lost but card {LOST_CARD} was lost since"),
     ("moved", None, "tapped after it was blocked but not flagged after_lost"),
     ("found-later", None, "tapped after it was lost but not flagged after_lost"),
-    ("before-loss", "overdrawn", "offline flag 'overdrawn' is not one of ['after_lost']")])
+    ("before-loss", "overdrawn", "offline flag 'overdrawn' is not one of ['after_lost', 'meal_limit']")])
 def test_offline_flags_that_disagree_with_the_cards_are_found(books, ref, flag, message):
     def change(txn, db):
         key, record = _journal_record(txn, db, lambda r: r["kind"] == "offline"
