@@ -18,6 +18,10 @@ NEEDS_ACCOUNT = frozenset({"not_empty"})
 
 SENTENCES = {
     "insufficient_funds": "account {account} has less than {yuan} yuan available",
+    "repeat_tap": "the same payment was just approved at this till (the double-tap guard); "
+                  "a second identical purchase is sent again with confirm",
+    "meal_limit": "the card has reached this meal period's cap on taps or yuan at the "
+                  "school's canteen tills",
     "card_unknown": "the switch knows no card {card}; check the number printed on the card",
     "card_lost": "card {card} is reported lost; `found` it first if it turned up",
     "card_blocked": "card {card} was replaced and is blocked for good; use the account's "

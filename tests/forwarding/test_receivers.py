@@ -128,7 +128,7 @@ async def test_billing_takes_a_frame_with_a_refund_and_counts_only_the_tills(tmp
     refund = money(2, "refund", amount=-880, balance=0, who="admin", merchant=None)
     reply = await receiver.handle_records(frame([money(1), refund]))
     assert reply == {"t": "records", "code": "ok", "upto": 2}
-    assert [row[2:] for row in receiver.settlement_rows()] == [(1, 120)]
+    assert [row[2:] for row in receiver.settlement_rows()] == [(1, 120, 0)]
 
 
 UTILITY_CASES = [

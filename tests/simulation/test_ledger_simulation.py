@@ -173,7 +173,8 @@ def _keep_what_a_failed_request_wrote(monkeypatch):
 
 
 @pytest.mark.parametrize("break_it, invariants", [
-    (_forget_every_id, {"replay_same", "offline_once"}),
+    (_forget_every_id, {"replay_same", "offline_once", "replay_same_through_clock_steps",
+                        "offline_once_through_clock_steps"}),
     (_keep_a_failed_batch, {"money_conserved", "acked_effects_survive", "audit_sound",
                             "journal_equals_balances"}),
     (_credit_twice, {"journal_equals_balances"}),
