@@ -152,8 +152,8 @@ def read(path: str) -> MasterKey:
     except FileNotFoundError:
         raise MasterKeyError(
             f"master key file {path} not found; the switch does not start without the key "
-            f"file made when the data dir was initialised: restore it from the backup, or "
-            f"name it with --master-key or master_key_file") from None
+            f"file made when the data dir was initialised: put back the copy kept apart (a "
+            f"backup never holds it), or name it with --master-key or master_key_file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise MasterKeyError(f"cannot read the master key file {path}: "
                              f"{getattr(error, 'strerror', None) or error}") from None
