@@ -256,6 +256,29 @@ def _by_account(extra: Callable | None = None, person: bool = False):
     return build
 
 
+def _subsidy(sim, rng, account):
+    """A batch of this term (or one already over: bad_request) for a person or a room."""
+    from datetime import datetime, timedelta, timezone
+    today = datetime.fromtimestamp(sim.true_ms / 1000, tz=timezone(timedelta(hours=8))).date()
+    expires = today + timedelta(days=rng.choice((-1, 0, 0, 1, 3, 30)))
+    return {"amount": rng.choice((1, 300, 1_000, 5_000)), "expires": expires.isoformat(),
+            "batch": rng.choice(("2026-秋-困难补助", "meal-12", "x" * 64))}
+
+
+def _rooms(sim, rng, who):
+    fields = {} if school_of(who) and rng.random() < 0.8 else {"school": a_school(rng, who)}
+    pick = rng.random()
+    if pick < 0.3:
+        fields["building"] = rng.choice(("8D", "9A", "8", "99999999", "x y"))
+    elif pick < 0.6:
+        fields["prefix"] = rng.choice(("WH-8D", "CUIK-9A", "WH", "-", ""))
+    if rng.random() < 0.4:
+        fields["limit"] = rng.choice((1, 2, 50, 200, 201, 0))
+    if rng.random() < 0.3:
+        fields["after"] = a_room(rng, who)
+    return fields
+
+
 def _by_card(sim, rng, who):
     return {"card": a_card(sim, rng, who), "id": sim.fresh_id(who)}
 
@@ -386,6 +409,8 @@ GENERATORS = {
     "open_account": one_request("open_account", 2, _open_account),
     "close_account": one_request("close_account", 2, _by_account()),
     "refund": one_request("refund", 1.5, _by_account()),
+    "subsidy": one_request("subsidy", 2, _by_account(_subsidy)),
+    "rooms": one_request("rooms", 1, _rooms),
     "issue_card": one_request("issue_card", 2, lambda sim, rng, who: {
         "account": a_person(rng, who), "card": rng.choice(CARDS[a_school(rng, who)]),
         "id": sim.fresh_id(who)}),

@@ -58,13 +58,15 @@ INVARIANTS = {
                                "journals, and each record's balance is the running balance",
     "audit_sound": "`switch audit` finds the committed books sound (balances = journal sums, "
                    "held = open holds, no txn gap)",
-    "money_conserved": "the sum of balances equals credits - payments - offline - meters "
-                       "+ reversals, counted from the replies alone",
+    "money_conserved": "the sum of both purses equals credits + subsidies - payments - "
+                       "offline - meters - refunds - lapsed subsidy + reversals, counted from "
+                       "the replies alone (lapses from the journal: no request answers them)",
+    "subsidy_purse_not_negative": "no subsidy purse goes below zero",
     "acked_effects_survive": "every acknowledged txn is in the journal after a crash, same "
                              "kind, account and amount",
     "replay_same": "a resent request within the idempotency retention gets its first reply",
     "offline_once": "an offline record is applied at most once, whenever it is re-uploaded",
-    "closed_accounts_empty": "a closed account holds no money and none held",
+    "closed_accounts_empty": "a closed account holds no money, none held and no subsidy",
     "closed_stays_closed": "a closed account stays closed",
     "lost_time_kept": "an offline tap after the card was reported lost is flagged after_lost",
     "operator_freeze_kept": "an operator's freeze keeps its reason until an unfreeze",
@@ -105,6 +107,7 @@ KNOWN_OPEN: dict[str, str] = {}
 KIND_SIGNS = {
     "credit": 1, "reverse": 1,
     "debit": -1, "qr_debit": -1, "complete": -1, "offline": -1, "meter": -1, "refund": -1,
+    "subsidy": 1, "subsidy_expire": -1,
     "open_account": 0, "close_account": 0, "issue_card": 0, "replace_card": 0, "lost": 0,
     "found": 0, "freeze": 0, "unfreeze": 0, "unlock": 0, "hold": 0, "void": 0, "expire": 0,
     "cutoff": 0, "restore": 0,
@@ -474,11 +477,15 @@ class Simulation:
         total = 0
         for account, record in accounts.items():
             balance, held = layout.get(record, layout.BALANCE), layout.get(record, layout.HELD)
+            subsidy = layout.get(record, layout.SUBSIDY)
             status = layout.get(record, layout.STATUS)
-            total += balance
+            total += balance + subsidy     # both purses: money moves between them, never out
+            self.expect("subsidy_purse_not_negative", subsidy >= 0,
+                        f"{account}: subsidy purse {subsidy}")
             if status == layout.STATUS_CLOSED:
-                self.expect("closed_accounts_empty", balance == 0 and held == 0,
-                            f"closed {account} has balance {balance}, held {held}")
+                self.expect("closed_accounts_empty", balance == 0 and held == 0 and subsidy == 0,
+                            f"closed {account} has balance {balance}, held {held}, "
+                            f"subsidy {subsidy}")
             if account in self.pending.closed:
                 self.expect("closed_stays_closed", status == layout.STATUS_CLOSED,
                             f"closed {account} is {layout.STATUS_NAMES[status]} again")
@@ -493,8 +500,11 @@ class Simulation:
         """The txns a step added, against the balances it changed."""
         after = self._accounts()
         moved: dict[str, int] = {}
+        moved_subsidy: dict[str, int] = {}
         running = {account: layout.get(record, layout.BALANCE)
                    for account, record in before.items()}
+        running_subsidy = {account: layout.get(record, layout.SUBSIDY)
+                           for account, record in before.items()}
         for txn in range(last_txn + 1, self.store.last_txn + 1):
             record = self.ledger.journal_record(txn)
             self.expect("txns_contiguous", record is not None and record["txn"] == txn,
@@ -506,16 +516,33 @@ class Simulation:
             self.expect("journal_kind_signs", (amount > 0) - (amount < 0) in (sign, 0)
                         and (sign != 0 or amount == 0),
                         f"txn {txn}: {kind} of {amount}")
-            moved[account] = moved.get(account, 0) + amount
-            running[account] = running.get(account, 0) + amount
+            # `from_subsidy`: the part of `amount` the subsidy purse paid (negative: received).
+            from_subsidy = record.get("from_subsidy", 0)
+            moved[account] = moved.get(account, 0) + amount + from_subsidy
+            running[account] = running.get(account, 0) + amount + from_subsidy
+            moved_subsidy[account] = moved_subsidy.get(account, 0) - from_subsidy
+            running_subsidy[account] = running_subsidy.get(account, 0) - from_subsidy
             self.expect("journal_equals_balances", record["balance"] == running[account],
                         f"txn {txn}: records balance {record['balance']}, running sum "
                         f"{running[account]}")
+            self.expect("journal_equals_balances", record.get("subsidy", running_subsidy[account])
+                        == running_subsidy[account],
+                        f"txn {txn}: records subsidy {record.get('subsidy')}, running sum "
+                        f"{running_subsidy[account]}")
+            if kind == "subsidy_expire":
+                # A lapse answers no request (housekeeping, or before a close or refund): the
+                # model learns it from the journal, and it leaves both purses' sum.
+                self.pending.money += amount
         for account in set(before) | set(after):
             was = layout.get(before[account], layout.BALANCE) if account in before else 0
             now = layout.get(after[account], layout.BALANCE) if account in after else 0
             self.expect("journal_equals_balances", now - was == moved.get(account, 0),
                         f"{account}: balance moved {now - was}, journal {moved.get(account, 0)}")
+            was = layout.get(before[account], layout.SUBSIDY) if account in before else 0
+            now = layout.get(after[account], layout.SUBSIDY) if account in after else 0
+            self.expect("journal_equals_balances", now - was == moved_subsidy.get(account, 0),
+                        f"{account}: subsidy moved {now - was}, journal "
+                        f"{moved_subsidy.get(account, 0)}")
         self._check_accounts(after)
 
     # ------------------------------------------------------------------ requests
@@ -727,6 +754,11 @@ def _learn_credit(sim, model, who, message, reply, pre) -> None:
     model.txns[reply["txn"]] = ("credit", message["account"], message["amount"])
 
 
+def _learn_subsidy(sim, model, who, message, reply, pre) -> None:
+    model.money += message["amount"]
+    model.txns[reply["txn"]] = ("subsidy", message["account"], message["amount"])
+
+
 def _learn_refund(sim, model, who, message, reply, pre) -> None:
     account = message["account"]
     model.money -= reply["amount"]
@@ -787,7 +819,7 @@ def _learn_secret(sim, model, who, message, reply, pre) -> None:
 
 LEARN = {
     **{t: _learn_payment for t in PAYMENTS}, "reverse": _learn_reverse, "credit": _learn_credit,
-    "hold": _learn_hold, "refund": _learn_refund,
+    "hold": _learn_hold, "refund": _learn_refund, "subsidy": _learn_subsidy,
     **{t: _learn_standing for t in ("close_account", "freeze", "unfreeze", "unlock",
                                     "open_account")},
     **{t: _learn_card for t in ("issue_card", "lost", "found", "replace_card")},

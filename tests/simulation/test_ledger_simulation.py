@@ -168,6 +168,11 @@ def _credit_twice(monkeypatch):
     monkeypatch.setitem(dispatch.HANDLERS, "credit", credit)
 
 
+def _subsidy_granted_a_fen_more(monkeypatch):
+    real = core.grant_subsidy
+    monkeypatch.setattr(core, "grant_subsidy", lambda record, amount: real(record, amount + 1))
+
+
 def _keep_what_a_failed_request_wrote(monkeypatch):
     monkeypatch.setattr(Ledger, "rollback_request", lambda self: None)
 
@@ -179,7 +184,9 @@ def _keep_what_a_failed_request_wrote(monkeypatch):
                             "journal_equals_balances"}),
     (_credit_twice, {"journal_equals_balances"}),
     (_keep_what_a_failed_request_wrote, {"fault_undone"}),
-], ids=["ids forgotten", "failed batch kept", "a fen from nowhere", "failed request kept"])
+    (_subsidy_granted_a_fen_more, {"money_conserved", "journal_equals_balances"}),
+], ids=["ids forgotten", "failed batch kept", "a fen from nowhere", "failed request kept",
+        "a subsidy fen from nowhere"])
 def test_the_checks_find_a_broken_ledger(tmp_path, template, monkeypatch, break_it, invariants):
     break_it(monkeypatch)
     finding = first_finding(tmp_path, template, checked_invariants(), seeds=20)
