@@ -303,3 +303,18 @@ def test_both_purses_are_checked_against_the_journal_and_the_batches(tmp_path):
     _subsidy_books(tmp_path / "record", purse=200, batch_remaining=200, record_subsidy=210)
     assert audit(str(tmp_path / "record")).problems == [
         "txn 3: subsidy 210 but running sum of WH1's subsidy is 200"]
+
+
+def test_a_data_dir_from_before_the_subsidy_purse_is_audited_before_any_switch_migrates_it(
+        tmp_path):
+    """An operator audits the books before the upgraded switch first starts: the account
+    records are still 152 bytes (before the subsidy purse); audit reads them, no traceback."""
+    _books(tmp_path)
+    env = lmdb.open(os.path.join(str(tmp_path), STORE_DIR), max_dbs=64, subdir=True)
+    with env.begin(write=True) as txn:
+        accounts = env.open_db(b"accounts", txn=txn)
+        txn.put(b"WH1", bytes(txn.get(b"WH1", db=accounts))[:152], db=accounts)
+    env.close()
+    report = audit(str(tmp_path))
+    assert report.sound, report.problems
+    assert report.accounts == 1 and report.total_balance_fen == 500

@@ -63,8 +63,8 @@ def prepare(store, master, path: str) -> None:
     store.commit_now()
     store.master = master
     if any(counts.values()):
-        log.warning("event=secrets_sealed data=%s %s", path,
-                    " ".join(f"{name}={count}" for name, count in counts.items()))
+        log.warning("event=secrets_sealed data=%s " + " ".join(f"{name}=%d" for name in counts),
+                    path, *counts.values())
 
 
 def _seal_everything(store, master) -> dict:
