@@ -20,7 +20,6 @@ import csv
 import datetime
 import hashlib
 import io
-import hashlib
 import json
 import os
 import re

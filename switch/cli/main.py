@@ -90,7 +90,6 @@ async def _serve(args) -> int:
     from switch.ledger import Ledger
     from switch.shell.metrics import serve_metrics
     from switch.shell.server import Server
-    from switch.shell.transport import open_listeners
 
     config = load_config(args.config)
     master_key_file = args.master_key or config.master_key_file

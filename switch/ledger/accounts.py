@@ -42,6 +42,15 @@ def account_of(ledger, credential, request_type: str, account_id: str):
     return None, record
 
 
+def account_for_amount(ledger, credential, values, request_type: str):
+    """(refusal, record) for a request moving `amount` on `account`: the amount is checked
+    first, then the account (the order of docs/PROTOCOL.md §4.3)."""
+    code = core.check_amount(values["amount"], ledger.config.max_amount_fen)
+    if code:
+        return _decline(request_type, code), None
+    return account_of(ledger, credential, request_type, values["account"])
+
+
 def _effective_limits(record, school) -> dict:
     def pick(field, default):
         value = layout.get(record, field)
@@ -110,12 +119,8 @@ def balance(ledger, credential, values):
 
 # ------------------------------------------------------------------ service
 def credit(ledger, credential, values):
-    amount = values["amount"]
-    code = core.check_amount(amount, ledger.config.max_amount_fen)
-    if code:
-        return _decline("credit", code)
-    account_id = values["account"]
-    refusal, record = account_of(ledger, credential, "credit", account_id)
+    amount, account_id = values["amount"], values["account"]
+    refusal, record = account_for_amount(ledger, credential, values, "credit")
     if refusal:
         return refusal
     was_overdrawn = overdrawn(record)

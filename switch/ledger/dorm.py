@@ -11,7 +11,7 @@ import msgpack
 
 from switch import core, identifiers, limits
 from switch.core import codes, layout
-from switch.ledger.accounts import _decline, _money, account_of
+from switch.ledger.accounts import _decline, _money, account_for_amount
 from switch.ledger.effects import PowerCutoff
 from switch.ledger.payment_path import pay
 from switch.ledger.payments import check_qr
@@ -151,12 +151,8 @@ def expire_due_holds(ledger) -> int:
 
 # ---------------------------------------------------------------- meters
 def meter(ledger, credential, values):
-    amount = values["amount"]
-    code = core.check_amount(amount, ledger.config.max_amount_fen)
-    if code:
-        return _decline("meter", code)
-    account_id = values["account"]
-    refusal, record = account_of(ledger, credential, "meter", account_id)
+    amount, account_id = values["amount"], values["account"]
+    refusal, record = account_for_amount(ledger, credential, values, "meter")
     if refusal:
         return refusal
     if layout.get(record, layout.KIND) != layout.KIND_UTILITY:

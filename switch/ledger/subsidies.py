@@ -10,7 +10,7 @@ from datetime import date
 
 from switch import core, limits
 from switch.core import codes, layout
-from switch.ledger.accounts import _decline, _money, account_of
+from switch.ledger.accounts import _decline, _money, account_for_amount
 from switch.ledger.purses import purse
 
 
@@ -47,12 +47,9 @@ def clear_on_close(ledger, credential, account_id: str, ref) -> None:
 
 
 def subsidy(ledger, credential, values):
-    amount = values["amount"]
-    code = core.check_amount(amount, ledger.config.max_amount_fen)
-    if code:
-        return _decline("subsidy", code)
-    account_id, batch, expires = values["account"], values["batch"], values["expires"]
-    refusal, record = account_of(ledger, credential, "subsidy", account_id)
+    amount, account_id = values["amount"], values["account"]
+    batch, expires = values["batch"], values["expires"]
+    refusal, record = account_for_amount(ledger, credential, values, "subsidy")
     if refusal:
         return refusal
     try:
