@@ -91,7 +91,7 @@ class Batch:
     number: int
     writes: dict = field(default_factory=dict)  # (db name, key) -> bytes-like or DELETED
     last_txn: int = 0
-    prepared: tuple | None = None   # (puts, deletes) per database, made by `seal`
+    prepared: tuple = field(default_factory=lambda: ({}, {}))  # (puts, deletes) per db, by `seal`
 
 
 class Store:
@@ -298,11 +298,11 @@ class Store:
         """
         # One batch commits at a time (the committer is sequential).
         assert not self._sealed, "sealed a batch while another was committing"
-        batch = Batch(self._batch_number, self._dirty, self.last_txn)
         # Sorted bytes per database now, on the caller's thread: the writer thread then only
         # runs C (putmulti, commit, fsync), and never waits on the event loop for the GIL
         # between Python steps (which made a commit's wall time several times its CPU).
-        batch.prepared = _by_database(batch.writes)
+        batch = Batch(self._batch_number, self._dirty, self.last_txn,
+                      _by_database(self._dirty))
         self._sealed = self._dirty
         self._dirty = {}
         self._sealed_ranged = self._dirty_ranged
@@ -316,8 +316,7 @@ class Store:
         Raises lmdb.MapFullError untouched so the event loop can grow the map
         (which must not happen while a read transaction is open) and retry.
         """
-        puts, deletes = batch.prepared if batch.prepared is not None \
-            else _by_database(batch.writes)
+        puts, deletes = batch.prepared
         dbs = self.dbs
         with self.env.begin(write=True) as txn:
             # One putmulti per database, keys in order: the C loop inserts without a
