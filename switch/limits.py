@@ -135,6 +135,11 @@ task_restart_delay_s = 0.1              # a supervised task that raised starts a
 # --- Group commit ---
 batch_requests_max = 4096          # requests gathered into one LMDB transaction
 batch_wait_s = 0.0005              # how long the committer lets a batch fill at light load
+# A request that may have waited longer than this for the switch to read it is answered `busy`
+# instead of executed: past saturation the queue is shed, not kept (docs/PROTOCOL.md §2.3).
+# Above a closed loop's natural wait (2,000 tills at depth 1 wait about 0.2 s each for their
+# turn here), well below the seconds a queue past saturation grows to.
+request_wait_max_s = 0.5
 commit_retries_map_full_max = 8    # map growth attempts before a batch is failed
 
 # --- Storage ---
@@ -199,6 +204,7 @@ idempotency_retention_s_range = (3600, 366 * 24 * 3600)
 max_amount_fen_range = (1, 100_000_000_000)
 batch_requests_max_range = (1, 65_536)
 batch_wait_s_range = (0.0, 0.1)
+request_wait_max_s_range = (0.01, 60.0)
 connections_max_range = (1, 1_000_000)
 school_limit_fen_range = (1, 100_000_000_000)          # per_tx, daily and their maxima
 school_no_pin_fen_range = (0, 100_000_000_000)         # 0: every card payment needs the PIN

@@ -79,6 +79,7 @@ class Config:
     max_amount_fen: int = limits.max_amount_fen
     batch_requests_max: int = limits.batch_requests_max
     batch_wait_s: float = limits.batch_wait_s
+    request_wait_max_s: float = limits.request_wait_max_s
     connections_max: int = limits.connections_max
     terminal_requests_per_s: float = float(limits.terminal_requests_per_s)
     terminal_requests_burst: int = limits.terminal_requests_burst

@@ -38,6 +38,9 @@ RESULT_CODES = frozenset(codes.CODE_NAMES) | {
     codes.FRAME_INVALID, codes.FRAME_TOO_LARGE}
 
 
+# Why a request was answered `busy` without running (switch_shed_requests_total).
+SHED_REASONS = ("queue", "waited", "budget")
+
 class ReplyObservations:
     """`switch_requests_total{type,code}` and `switch_request_duration_seconds{type}`, kept
     as plain counts. Every reply is observed, so the figures are exact; but an observation
@@ -123,6 +126,12 @@ class Metrics:
         self.commit_queue = Gauge("switch_commit_queue_requests",
                                   "Requests executed and waiting for the next commit",
                                   registry=registry)
+        self.shed = Counter("switch_shed_requests",
+                            "Requests answered busy without running, by why: queue (the "
+                            "commit queue was full), waited (it may have waited longer than "
+                            "request_wait_max_s to be read: past saturation), budget (its "
+                            "credential's request budget was spent)", ["reason"],
+                            registry=registry)
         self.blacklist_version = Gauge("switch_blacklist_version", "Current blacklist version",
                                        ["school"], registry=registry)
         self.cutoffs = Counter("switch_power_cutoffs", "Dorm rooms whose power was cut off",
@@ -157,6 +166,8 @@ class Metrics:
         PlatformCollector(registry=registry)
         for role in ("pending", "terminal", "service", "admin"):
             self.connections.labels(role)
+        for reason in SHED_REASONS:
+            self.shed.labels(reason)
         for where in FAILURE_PLACES:
             self.failures.labels(where)
         for direction in ("forward", "back"):

@@ -7,6 +7,10 @@ decodes and executes every complete frame; the committer then answers the whole 
 with one send per connection. Trio still owns the process: this task lives in the
 server's nursery and is cancelled with it.
 
+Each pass also says how long what it reads may have waited (`heard_by`): data found
+by a poll arrived after the last poll that left nothing unread. Past saturation that
+age grows with the queue in the kernel, and the server answers `busy` by it.
+
 Level-triggered: a socket with more than one receive waiting is reported again in the
 next pass, so one busy peer cannot starve the others. A connection waiting on us (its
 replies, the server's reply memory) is taken out of the set until it has room again;
@@ -14,6 +18,7 @@ its read deadlines are checked by a sweep once a second.
 """
 
 import select
+import time
 
 import trio
 
@@ -32,6 +37,8 @@ class ReadinessPoller:
         self._resumed: list = []          # connections given room again since the last pass
         self._wait_scope: trio.CancelScope | None = None
         self.passes = 0
+        # perf_counter time: every frame read in the current pass arrived after it.
+        self.heard_by = time.perf_counter()
 
     # ------------------------------------------------------------ membership
     def add(self, connection) -> None:
@@ -88,21 +95,35 @@ class ReadinessPoller:
         poll = self._epoll.poll
         by_fd = self._by_fd
         current_time = trio.current_time
+        clock = time.perf_counter
+        events_max = limits.ready_connections_per_pass_max
         next_sweep = current_time() + limits.read_deadline_sweep_s
+        # When a poll last found every ready connection (none left over): what a pass reads
+        # arrived after the poll before it. That bounds how long a request may have waited
+        # for us to read it, which is what overload is judged by (`heard_by`).
+        complete_poll_at = clock()
         task_status.started()
         try:
             while True:
-                if not self._resumed:
+                polled_at = clock()
+                events = poll(0, events_max)
+                if not events and not self._resumed:
+                    # Nothing unread: we wait. What wakes us arrived while we waited, just
+                    # before we woke (but for the other tasks trio ran first: short when we
+                    # are idle enough to wait at all; past saturation no pass waits).
                     with trio.CancelScope(deadline=next_sweep) as self._wait_scope:
                         await trio.lowlevel.wait_readable(epoll_fd)
                     self._wait_scope = None
-                else:
-                    await trio.lowlevel.checkpoint()
+                    polled_at = complete_poll_at = clock()
+                    events = poll(0, events_max)
+                self.heard_by = complete_poll_at
+                if len(events) < events_max:
+                    complete_poll_at = polled_at
                 if self._resumed:
                     resumed, self._resumed = self._resumed, []
                     for connection in resumed:
                         self._contained(connection, connection.on_room)
-                for fd, _ in poll(0, limits.ready_connections_per_pass_max):
+                for fd, _ in events:
                     connection = by_fd.get(fd)
                     if connection is not None:
                         self._contained(connection, connection.on_readable)
@@ -113,6 +134,8 @@ class ReadinessPoller:
                     for connection in list(by_fd.values()):
                         if connection.read_deadline <= now:
                             self._contained(connection, connection.on_read_deadline)
+                # Other tasks (the committer's replies above all) run between passes.
+                await trio.lowlevel.checkpoint()
         finally:
             self._epoll.close()
 

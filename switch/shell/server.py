@@ -66,6 +66,10 @@ class Connection:
         self.fd = None                   # while the poller holds it
         self.read_deadline = float("inf")   # the poller's sweep ends reading past it
         self._frame_started = None       # when the first byte of the incomplete frame came
+        # perf_counter time after which the frames in the backlog arrived (the poller's
+        # `heard_by` for what a pass read; the time of the resume for a paused connection,
+        # whose wait was its own doing)
+        self._heard_by = time.perf_counter()
         self._reading_done = trio.Event()
         self._reading_ended = False
         self._closing_error: ProtocolError | None = None
@@ -188,6 +192,7 @@ class Connection:
             self._frame_started = now  # a new frame began in this receive
         if payloads:
             self._backlog.extend(payloads)
+            self._heard_by = self.server.poller.heard_by
         self._run_backlog(now)
 
     def on_room(self) -> None:
@@ -197,6 +202,7 @@ class Connection:
         now = trio.current_time()
         if self._frame_started is not None:
             self._frame_started = now  # the time we did not read is ours
+        self._heard_by = time.perf_counter()
         self._run_backlog(now)
 
     def on_read_deadline(self) -> None:
@@ -250,6 +256,7 @@ class Connection:
                         return
                     nursery.start_soon(self._writer)
                     self._backlog.extend(payloads)
+                    self._heard_by = time.perf_counter()   # read with the hello, just now
                     # From here one task reads every connection (switch/shell/poller.py);
                     # this one waits for the end of reading, then drains.
                     self._run_backlog(trio.current_time())
@@ -351,16 +358,28 @@ class Connection:
             backlog.clear()  # ended (revoked, or a protocol error): nothing more runs for it
             return
         budget = self.budget
+        wait_max_s = server.config.request_wait_max_s
         while backlog and self.in_flight < limits.requests_in_flight_max:
             if (self.reply_bytes + len(self._unsent) >= limits.connection_reply_bytes_max
                     or server.reply_bytes >= limits.replies_bytes_total_max):
                 break  # replies first: the rest waits in the backlog, and we stop reading
             started = time.perf_counter()
             request = self.session.receive_request(backlog.popleft())
-            if committer.full or not budget.take(started):
-                # Overloaded, or this credential past its budget: say so at once rather
-                # than queue without bound (nothing ran, nothing is remembered).
-                self._shed(request, started)
+            # Overloaded, or this credential past its budget: say so at once rather than
+            # queue without bound (nothing ran, nothing is remembered). A request that may
+            # have waited past `request_wait_max_s` to be read is shed rather than served
+            # late: past saturation that wait is what grows, and serving it would keep
+            # every later request waiting as long.
+            if committer.full:
+                reason = "queue"
+            elif started - self._heard_by > wait_max_s:
+                reason = "waited"
+            elif not budget.take(started):
+                reason = "budget"
+            else:
+                reason = None
+            if reason is not None:
+                self._shed(request, started, reason)
                 shed = True
                 continue
             reply = dispatch.execute(server.ledger, self.credential, request.message)
@@ -373,10 +392,12 @@ class Connection:
         if shed:
             self.flush()
 
-    def _shed(self, request, started: float) -> None:
+    def _shed(self, request, started: float, reason: str) -> None:
         reply = {"t": dispatch.reply_type(request.message.get("t")), "re": request.seq,
                  "code": "busy"}
-        self.server.metrics.observe_reply(reply["t"], "busy", time.perf_counter() - started)
+        metrics = self.server.metrics
+        metrics.shed.labels(reason).inc()
+        metrics.observe_reply(reply["t"], "busy", time.perf_counter() - started)
         self._queue(self.session.encode_reply(reply))
 
     async def _flush_rest(self) -> None:

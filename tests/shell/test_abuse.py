@@ -160,6 +160,40 @@ async def test_overload_sheds_busy_and_recovers(tmp_path, nursery, monkeypatch):
     await switch.stop()
 
 
+async def test_a_request_that_waited_past_the_bound_is_shed_busy(tmp_path, nursery,
+                                                                 monkeypatch):
+    """Past saturation the queue is in the kernel: a request that may have waited longer than
+    `request_wait_max_s` to be read is answered busy at once, runs not at all, and its retry
+    goes through."""
+    config = default_config()
+    config.request_wait_max_s = 0.5
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
+    await switch.person("WH1", "AAAA", balance=10_000)
+    till = await switch.terminal("WH-POS-1")
+    from switch.ledger import dispatch
+    real_execute = dispatch.execute
+
+    def stalled_execute(ledger, credential, message):
+        time.sleep(0.6)   # every request holds the pass past the bound: the next one waited
+        return real_execute(ledger, credential, message)
+
+    monkeypatch.setattr(dispatch, "execute", stalled_execute)
+    replies = await till.pipeline([{"t": "debit", "card": "AAAA", "amount": 1, "id": n}
+                                   for n in range(3)])        # read together in one pass
+    assert [r["code"] for r in replies] == ["ok", "busy", "busy"]
+    shed = switch.server.metrics.shed
+    assert shed.labels("waited")._value.get() == 2
+    assert shed.labels("queue")._value.get() == shed.labels("budget")._value.get() == 0
+    monkeypatch.setattr(dispatch, "execute", real_execute)
+    account = await switch.admin.request({"t": "account", "account": "WH1"})
+    assert account["balance"] == 10_000 - 1                   # busy moved nothing
+    retried = await till.pipeline([{"t": "debit", "card": "AAAA", "amount": 1, "id": n}
+                                   for n in (1, 2)])           # nor remembered its id
+    assert [r["code"] for r in retried] == ["ok", "ok"]
+    assert not any("replay" in r for r in retried)
+    await switch.stop()
+
+
 def _silent_socket_from(address: str, port: int):
     import socket
     sock = socket.socket()

@@ -3,6 +3,8 @@ with socket pairs: one pass serves every ready connection, a paused one is not r
 it has room, a fault stays with its connection, fd numbers are never confused."""
 
 import socket
+import threading
+import time
 
 import pytest
 import trio
@@ -35,11 +37,15 @@ class FakeConnection:
         self.failed = False
         self.fail_on_read = fail_on_read
         self.pause_after_read = False
+        self.stall_s = 0.0          # how long reading it holds the pass (a slow request)
+        self.heard = []             # (poller.heard_by, when it was read) per read
 
     def on_readable(self):
         if self.fail_on_read:
             raise RuntimeError("a fault while serving one connection")
+        self.heard.append((self.poller.heard_by, time.perf_counter()))
         self.received += self.ours.recv(65536)
+        time.sleep(self.stall_s)
         if self.pause_after_read:
             self.poller.pause(self)
 
@@ -154,3 +160,33 @@ async def test_the_sweep_ends_reading_past_its_deadline(poller, autojump_clock):
     assert fresh.deadlines == 0 and fresh.fd is not None
     late.close()
     fresh.close()
+
+
+async def test_a_long_pass_counts_as_waiting_and_an_idle_wait_does_not(poller):
+    """What a pass reads is dated after the last poll that left nothing unread: a request that
+    arrived while another held the pass has waited that long (past saturation the server sheds
+    by it); one that arrived while the poller slept has waited for nothing."""
+    slow = FakeConnection(poller, "slow")
+    other = FakeConnection(poller, "other")
+    poller.add(slow)
+    poller.add(other)
+    await _settle()
+    slow.stall_s = 0.5
+    sent = time.perf_counter()
+    slow.theirs.send(b"slow request")
+    # While the pass that reads `slow` stalls, `other`'s request arrives.
+    timer = threading.Timer(0.1, other.theirs.send, args=(b"arrived meanwhile",))
+    timer.start()
+    await _settle()
+    timer.join()
+    await _settle()
+    assert other.received == b"arrived meanwhile"
+    (slow_heard_by, slow_read_at), = slow.heard
+    (other_heard_by, other_read_at), = other.heard
+    # Slept on, then woken: dated from the wake, after it was sent.
+    assert slow_heard_by >= sent and slow_read_at - slow_heard_by < slow.stall_s
+    # Read in the pass after the stall: dated from before it, so it counts the stall.
+    assert other_heard_by <= slow_read_at
+    assert other_read_at - other_heard_by >= slow.stall_s
+    slow.close()
+    other.close()
