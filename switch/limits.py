@@ -128,6 +128,9 @@ receives_between_checkpoints = 8   # hello path: receives that found data at onc
 ready_connections_per_pass_max = 2048  # epoll events taken per pass of the poller
 read_deadline_sweep_s = 1.0        # how often the poller ends reading past idle/frame deadlines
 
+# Allocations between collections of Python's youngest generation (CPython's default: 700).
+gc_young_objects_max = 20_000
+
 # --- Containment ---
 failure_tracebacks_per_minute_max = 20  # more failures than this a minute are counted, not logged
 task_restart_delay_s = 0.1              # a supervised task that raised starts again after this

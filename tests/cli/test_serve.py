@@ -311,3 +311,22 @@ def test_a_taken_default_metrics_port_is_one_line_naming_the_way_out(tmp_path):
     one_line_error(result, f"{METRICS_DEFAULT[0]}:{METRICS_DEFAULT[1]}", "in use",
                    "--metrics off")
     assert not (tmp_path / "d").exists()
+
+
+def test_serve_freezes_what_startup_built_out_of_the_collectors_scans():
+    """A full collection over everything startup built stalled every till (~0.1 s); after
+    `_quiet_collector` those objects are frozen and the young generation is larger."""
+    import gc
+
+    from switch import limits
+    from switch.cli.main import _quiet_collector
+    threshold = gc.get_threshold()
+    try:
+        gc.unfreeze()
+        assert gc.get_freeze_count() == 0
+        _quiet_collector()
+        assert gc.get_freeze_count() > 1000
+        assert gc.get_threshold()[0] == limits.gc_young_objects_max
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
