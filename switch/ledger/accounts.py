@@ -76,7 +76,7 @@ def debit(ledger, credential, values):
     if card is None:
         return _decline("debit", codes.CARD_UNKNOWN)
     account_id, card_state, _ = card
-    now_ms = ledger.clock.now_ms()
+    now_ms = ledger.now_ms()
     record = ledger.account(account_id)
     code, meal = guard_campus_rules(ledger, credential, account_id, record, card_state, amount,
                                     now_ms, values.get("confirm", False))
@@ -229,7 +229,7 @@ def open_account(ledger, credential, values):
     if kind == "utility":
         ledger.index_room(school.code, account_id)
     ledger.save_account_info(account_id, {"holder": values.get("holder"),
-                                          "opened_at": ledger.clock.now_ms()})
+                                          "opened_at": ledger.now_ms()})
     txn = ledger.append_journal("open_account", account_id, school.code, 0, 0, credential,
                                 values["id"], account_kind=kind)
     return {"t": "open_account", "code": "ok", "txn": txn}
@@ -250,7 +250,7 @@ def issue_card(ledger, credential, values):
         return _decline("issue_card", codes.EXISTS)
     if len(ledger.cards_of(account_id)) >= limits.cards_per_account_max:
         return _decline("issue_card", codes.BAD_REQUEST)  # every card of it is listed at once
-    now_ms = ledger.clock.now_ms()
+    now_ms = ledger.now_ms()
     ledger.save_card(card_id, account_id, layout.CARD_ACTIVE, now_ms)
     if should_be_listed(layout.CARD_ACTIVE, record):
         # A new card of an account frozen as overdrawn is refused at the till like the others.

@@ -34,7 +34,7 @@ def lost(ledger, credential, values):
         return _decline("lost", codes.CARD_BLOCKED)
     if state == layout.CARD_LOST:  # already lost: ok, nothing changes (docs/PROTOCOL.md §4.15)
         return {"t": "lost", "code": "ok", "blacklist": ledger.blacklist.version(school)}
-    ledger.save_card(card_id, account_id, layout.CARD_LOST, ledger.clock.now_ms())
+    ledger.save_card(card_id, account_id, layout.CARD_LOST, ledger.now_ms())
     txn = _standing_record(ledger, credential, "lost", account_id, record, values["id"],
                            card=card_id)
     version = ledger.change_blacklist(school, add=[card_id])
@@ -50,7 +50,7 @@ def found(ledger, credential, values):
     school = layout.school_of(record)
     if state != layout.CARD_LOST:  # not lost: ok, nothing changes (docs/PROTOCOL.md §4.15)
         return {"t": "found", "code": "ok", "blacklist": ledger.blacklist.version(school)}
-    ledger.save_card(card_id, account_id, layout.CARD_ACTIVE, ledger.clock.now_ms())
+    ledger.save_card(card_id, account_id, layout.CARD_ACTIVE, ledger.now_ms())
     txn = _standing_record(ledger, credential, "found", account_id, record, values["id"],
                            card=card_id)
     remove = [] if should_be_listed(layout.CARD_ACTIVE, record) else [card_id]
@@ -76,7 +76,7 @@ def replace_card(ledger, credential, values):
         return _decline("replace_card", codes.EXISTS)
     if len(ledger.cards_of(account_id)) >= limits.cards_per_account_max:
         return _decline("replace_card", codes.BAD_REQUEST)  # every card of it is listed at once
-    now_ms = ledger.clock.now_ms()
+    now_ms = ledger.now_ms()
     # A lost card keeps the time it was lost: taps after it are flagged `after_lost` (§4.10)
     # however late they are uploaded.
     unusable_since_ms = old[2] if old[1] == layout.CARD_LOST else now_ms

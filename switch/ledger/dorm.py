@@ -32,7 +32,7 @@ def hold(ledger, credential, values):
         return _decline("hold", code)
     if ("card" in values) == ("qr" in values):
         return _decline("hold", codes.BAD_REQUEST)
-    now_ms = ledger.clock.now_ms()
+    now_ms = ledger.now_ms()
     if "card" in values:
         card = ledger.card(values["card"])
         if card is None:
@@ -88,7 +88,7 @@ def complete(ledger, credential, values):
     amount = values.get("amount")
     if type(amount) is not int or amount < 0 or amount > ledger.config.max_amount_fen:
         return _decline("complete", codes.BAD_AMOUNT)
-    now_ms = ledger.clock.now_ms()
+    now_ms = ledger.now_ms()
     refusal, held = _open_hold_of(ledger, credential, "complete", values["hold"], now_ms)
     if refusal:
         return refusal
@@ -112,7 +112,7 @@ def complete(ledger, credential, values):
 
 def void(ledger, credential, values):
     refusal, held = _open_hold_of(ledger, credential, "void", values["hold"],
-                                  ledger.clock.now_ms())
+                                  ledger.now_ms())
     if refusal:
         return refusal
     account_id = held["account"]
@@ -141,7 +141,7 @@ def expire_hold(ledger, hold_id: str, held: dict) -> int:
 def expire_due_holds(ledger) -> int:
     """Release every open hold past its timeout (housekeeping)."""
     expired = 0
-    for hold_id in ledger.holds.due(ledger.clock.now_ms(), limits.holds_expired_per_pass_max):
+    for hold_id in ledger.holds.due(ledger.now_ms(), limits.holds_expired_per_pass_max):
         held = ledger.holds.get(hold_id)
         if held is not None and held["state"] == "open":  # may have closed in the overlay
             expire_hold(ledger, hold_id, held)

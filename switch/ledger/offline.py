@@ -86,7 +86,7 @@ def _decide(ledger, credential, record_id, item) -> dict:
     school = ledger.school(record)
     if credential.school != school.code:
         return _result(record_id, codes.WRONG_SCHOOL)
-    now_ms = ledger.clock.now_ms()
+    now_ms = ledger.now_ms()
     if at_ms < now_ms - ledger.config.offline_window_s * 1000:
         return _result(record_id, codes.TOO_OLD)
     if at_ms > now_ms + limits.offline_future_s * 1000:

@@ -55,7 +55,7 @@ def qr_debit(ledger, credential, values):
     code = core.check_amount(amount, ledger.config.max_amount_fen)
     if code:
         return _decline("qr_debit", code)
-    now_ms = ledger.clock.now_ms()
+    now_ms = ledger.now_ms()
     code, account_id, record, used_key = check_qr(ledger, values["qr"], now_ms)
     if code:
         return _decline("qr_debit", code)
@@ -82,7 +82,7 @@ def qr_debit(ledger, credential, values):
 
 def forget_old_meals(ledger) -> int:
     """Forget meal counts of periods no offline tap can belong to any more."""
-    oldest_ms = ledger.clock.now_ms() - (ledger.config.offline_window_s + 86_400) * 1000
+    oldest_ms = ledger.now_ms() - (ledger.config.offline_window_s + 86_400) * 1000
     # Period numbers are a local day times meals_per_school_max; a day's margin covers zones.
     oldest_day = oldest_ms // 86_400_000
     return ledger.forget_meals_before(oldest_day * limits.meals_per_school_max,
@@ -91,7 +91,7 @@ def forget_old_meals(ledger) -> int:
 
 def prune_used_qr(ledger) -> int:
     """Forget used codes whose step can no longer be accepted; raise the floor to match."""
-    now_step = ledger.clock.now_ms() // 1000 // limits.qr_step_s
+    now_step = ledger.now_ms() // 1000 // limits.qr_step_s
     new_floor = now_step - 1
     if new_floor <= ledger.qr_floor_step():
         return 0
@@ -117,7 +117,7 @@ def reverse(ledger, credential, values):
             reply = {"t": "reverse", "code": "ok", "txn": None}  # a decline moved no money
         else:
             record = ledger.journal_record(original["txn"])
-            now_ms = ledger.clock.now_ms()
+            now_ms = ledger.now_ms()
             if now_ms - record["at"] > ledger.config.reversal_window_s * 1000:
                 # Kept as the first reverse's reply: a later one replays it (§4.9).
                 reply = _decline("reverse", codes.REVERSE_WINDOW)

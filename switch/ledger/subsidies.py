@@ -30,7 +30,7 @@ def _lapse(ledger, account_id: str, record, batch: str, state: dict, credential,
 def expire_due_subsidies(ledger) -> int:
     """Clear every batch whose term has ended (housekeeping). Returns how many."""
     expired = 0
-    for account_id, batch in ledger.subsidy_batches.due(ledger.clock.now_ms(),
+    for account_id, batch in ledger.subsidy_batches.due(ledger.now_ms(),
                                                         limits.subsidies_expired_per_pass_max):
         state = ledger.subsidy_batches.get(account_id, batch)
         if state is None or state["remaining"] == 0:   # spent or cleared in the overlay
@@ -58,7 +58,7 @@ def subsidy(ledger, credential, values):
         return _decline("subsidy", codes.BAD_REQUEST)
     school = ledger.school(record)
     end_ms = school.days.end_ms(expires)
-    if end_ms <= ledger.clock.now_ms():
+    if end_ms <= ledger.now_ms():
         return _decline("subsidy", codes.BAD_REQUEST)      # its term is already over
     state = ledger.subsidy_batches.get(account_id, batch)
     if state is None:

@@ -24,6 +24,29 @@ def test_debit_moves_the_money_and_writes_its_record(campus):
     assert campus.balance(STUDENT) == BALANCE - 1250
 
 
+def test_a_request_reads_the_clock_once_and_everything_it_writes_carries_that_time(campus):
+    """A clock that moves on at every reading (a busy second, a day boundary) must not give
+    one debit two times: its journal record, its remembered id and its till's settlement
+    day all carry the time read at its start."""
+    import msgpack
+    real_now_ms = campus.clock.now_ms
+    readings = []
+
+    def ticking_now_ms():
+        campus.clock.ms += 1
+        readings.append(campus.clock.ms)
+        return real_now_ms()
+
+    campus.clock.now_ms = ticking_now_ms
+    reply = campus.send(campus.pos, "debit", card=CARD, amount=100, id="one-time")
+    del campus.clock.now_ms
+    assert reply["code"] == "ok" and len(readings) == 1
+    assert campus.journal(reply["txn"])["at"] == readings[0]
+    remembered = campus.store.get("idempotency",
+                                  campus.ledger._idempotency_key("WH-POS-1", "one-time"))
+    assert msgpack.unpackb(remembered)[3] == readings[0]
+
+
 def test_a_terminals_merchant_is_written_into_its_records(campus):
     canteen = campus.add_terminal("WH-POS-7", merchant="一食堂")
     reply = campus.send(canteen, "debit", card=CARD, amount=100, id=1)

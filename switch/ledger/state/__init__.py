@@ -66,6 +66,7 @@ class Ledger:
         self.store = store
         self.config = config
         self.clock = clock
+        self._request_ms: int | None = None   # while a request executes: its one time
         assert store.master is not None, "open the data dir with its master key first"
         self.master = store.master
         self._credentials: dict[str, Credential | None] = {}
@@ -91,13 +92,22 @@ class Ledger:
 
     # ----------------------------------------------------------- one request, all or nothing
     def begin_request(self) -> None:
-        """Everything until `end_request` can be undone by `rollback_request`."""
+        """Everything until `end_request` can be undone by `rollback_request`; and it all
+        happens at one time (`now_ms`), read from the clock once."""
         self.store.begin_request()
+        self._request_ms = self.clock.now_ms()
         self._request_effects = len(self._effects)
         self._request_holds_open = self.holds.open_count
 
     def end_request(self) -> None:
         self.store.end_request()
+        self._request_ms = None
+
+    def now_ms(self) -> int:
+        """The time of the request being executed (every record it writes carries the same
+        time, the day its limit counts on is the day it settles on); outside one, the clock's."""
+        request_ms = self._request_ms
+        return self.clock.now_ms() if request_ms is None else request_ms
 
     def rollback_request(self) -> None:
         """Undo a request that raised: its writes, its effects and what it cached."""
@@ -272,7 +282,7 @@ class Ledger:
     def append_journal(self, kind: str, account_id: str, school: str, amount: int, balance: int,
                        credential: Credential | None, ref, **extra) -> int:
         txn = self.store.next_txn()
-        record = {"txn": txn, "at": self.clock.now_ms(), "kind": kind, "account": account_id,
+        record = {"txn": txn, "at": self.now_ms(), "kind": kind, "account": account_id,
                   "school": school, "amount": amount, "balance": balance,
                   "who": credential.who if credential else None,
                   "merchant": credential.merchant if credential else None, "ref": ref}
@@ -321,7 +331,7 @@ class Ledger:
     def remember(self, who: str, request_id, request_type: str, fingerprint: bytes,
                  reply: dict) -> None:
         key = self._idempotency_key(who, request_id)
-        now_ms = self.clock.now_ms()
+        now_ms = self.now_ms()
         remembered = self.master.seal(sealing.REPLY, key, _pack(reply)) \
             if sealing.holds_secret(reply) else reply
         self.store.put("idempotency", key, _pack([request_type, fingerprint, remembered, now_ms]))
@@ -329,7 +339,7 @@ class Ledger:
 
     def forget_old_ids(self, limit: int) -> int:
         """Drop remembered ids older than the retention period (at most `limit` a pass)."""
-        cutoff_ms = self.clock.now_ms() - self.config.idempotency_retention_s * 1000
+        cutoff_ms = self.now_ms() - self.config.idempotency_retention_s * 1000
         cutoff = max(cutoff_ms, 0).to_bytes(8, "big")
         forgotten = 0
         for index_key, _ in self.store.committed_items("idempotency_expiry"):
@@ -387,7 +397,7 @@ class Ledger:
                                 card_id: str, amount: int, at_ms: int) -> None:
         """Keep an offline tap refused `account_closed` for the operator: the meal was eaten,
         its money is collected by hand (listed by `python -m switch closed-taps`)."""
-        received_ms = self.clock.now_ms()
+        received_ms = self.now_ms()
         key = (received_ms.to_bytes(8, "big") + credential.who.encode() + b"\0"
                + _pack(record_id))
         self.store.put("closed_account_taps", key, _pack({
