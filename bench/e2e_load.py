@@ -740,19 +740,20 @@ class LoadLoop:
 
 
 # ------------------------------------------------------------------ the C load loop
-def client_binary() -> pathlib.Path:
-    """bench/loadgen/loadgen.c compiled (again when the source is newer than the binary)."""
-    if (CLIENT_BINARY.exists()
-            and CLIENT_BINARY.stat().st_mtime >= CLIENT_SOURCE.stat().st_mtime):
-        return CLIENT_BINARY
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") \
+def c_compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") \
         or shutil.which("clang")
+
+
+def build_client(binary: pathlib.Path) -> pathlib.Path:
+    """Compile bench/loadgen/loadgen.c into `binary`."""
+    compiler = c_compiler()
     if not compiler:
         raise RuntimeError("the C load client needs a C compiler (cc): install one, or run "
                            "with --client python")
-    CLIENT_BINARY.parent.mkdir(parents=True, exist_ok=True)
+    binary.parent.mkdir(parents=True, exist_ok=True)
     # Built beside and renamed: a concurrent run never executes a half-written binary.
-    partial = CLIENT_BINARY.with_name(f"{CLIENT_BINARY.name}.{os.getpid()}")
+    partial = binary.with_name(f"{binary.name}.{os.getpid()}")
     completed = subprocess.run([compiler, *CLIENT_CFLAGS, "-o", str(partial),
                                 str(CLIENT_SOURCE), "-lm"], capture_output=True, text=True,
                                timeout=CLIENT_BUILD_TIMEOUT_S)
@@ -760,8 +761,16 @@ def client_binary() -> pathlib.Path:
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"building {shown_path(CLIENT_SOURCE)} failed:\n"
                            f"{completed.stderr.strip()}")
-    os.replace(partial, CLIENT_BINARY)
-    return CLIENT_BINARY
+    os.replace(partial, binary)
+    return binary
+
+
+def client_binary() -> pathlib.Path:
+    """The C load client, compiled again when its source is newer than the binary."""
+    if (CLIENT_BINARY.exists()
+            and CLIENT_BINARY.stat().st_mtime >= CLIENT_SOURCE.stat().st_mtime):
+        return CLIENT_BINARY
+    return build_client(CLIENT_BINARY)
 
 
 def _read_doubles(path: pathlib.Path) -> array:
