@@ -5,20 +5,23 @@ authorization, the switch's commit batch sizes and a final audit.
     .venv/bin/python bench/e2e_load.py --connections 200 --seconds 10
     .venv/bin/python bench/e2e_load.py --connections 2000 --rate 10000 --seconds 30   # open loop
     .venv/bin/python bench/e2e_load.py --server bare --connections 2000 --seconds 30  # the ceiling
+    .venv/bin/python bench/e2e_load.py --server uvloop --connections 2000 --seconds 30  # Python's
+    .venv/bin/python bench/e2e_load.py --server bare --requests 50 --connections 4   # bounded
     .venv/bin/python bench/e2e_load.py --idle --connections 10000                     # RSS held
     .venv/bin/python bench/e2e_load.py --prebuild --accounts 1000000 --no-audit       # big books
 
-By default it starts `python -m switch serve` on a fresh data dir (with --server bare,
-bench/bare_server.py), pinned to CPU 0 with the load on CPU 1, and provisions accounts, cards
-and terminals over the wire (--prebuild: writes them into the data dir with the switch's own
-code before the switch starts). With --host/--port/--data it loads a switch already running.
+By default it starts `python -m switch serve` on a fresh data dir (with --server bare or
+uvloop, bench/bare_server.py on trio or on asyncio+uvloop), pinned to CPU 0 with the load on
+CPU 1, and provisions accounts, cards and terminals over the wire (--prebuild: writes them
+into the data dir with the switch's own code before the switch starts). With
+--host/--port/--data it loads a switch already running.
 
 The load client must cost far less per request than the server, or it is the client that gets
 measured. By default (--client c) the load loop is bench/loadgen/loadgen.c, built on first use
 with the C compiler into build/loadgen/: this script starts the server, provisions, hands the
 C program the terminals' keys and the cards, and turns its counts and latencies into the same
 figures and JSON. --client python runs the same loop in this process (one epoll loop, the
-switch's own codec), as a cross-check of the C client.
+switch's own codec), as a cross-check of the C client. --idle signs on from this process.
 Closed loop: `--depth` debits in flight per connection, a new one for each reply. Open loop
 (--rate): a Poisson stream of debits over all connections at the offered rate, each latency
 measured from the time the request was *meant* to be sent, so a stalled server cannot hide

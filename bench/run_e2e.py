@@ -415,13 +415,13 @@ def summarize(args, runs: dict) -> dict:
                if run.get("system") == "switch"}
     sound = [name for name, audit in audited.items() if audit and audit.get("exit") == 0]
     value = len(audited) - len(sound) if audited else None
+    unsound = [f"; {name}: " + (f"exit {audit['exit']}" if audit else "not run")
+               for name, audit in audited.items() if name not in sound]
     targets.append(target("audit sound after every run of the switch", value, value == 0, True,
-                          f"{len(sound)} of {len(audited)} runs sound"
-                          + "".join(f"; {name}: {'not run' if not audit else 'exit %s' % audit['exit']}"
-                                    for name, audit in audited.items() if name not in sound)))
+                          f"{len(sound)} of {len(audited)} runs sound" + "".join(unsound)))
     value = headroom["headroom"] if headroom else None
-    targets.append(target(f"load client headroom: the client drives ≥ {TARGET_CLIENT_HEADROOM:g}× "
-                          f"the fastest server", value,
+    targets.append(target(f"load client headroom: the client drives ≥ "
+                          f"{TARGET_CLIENT_HEADROOM:g}× the fastest server", value,
                           value is not None and value >= TARGET_CLIENT_HEADROOM, at_target,
                           (f"{value:.2f}×: {headroom['client']} client at "
                            f"{headroom['client_cpu_percent']:.0f}% of its core for "

@@ -119,6 +119,9 @@ def test_a_bounded_run_on_the_switch_is_answered_ok_and_its_books_audit_sound(lo
     _assert_all_answered_ok(result)
     assert result["system"] == "switch" and result["server_exit"] == 0
     assert result["audit"]["exit"] == 0, result["audit"]["text"]
+    # The switch's books agree with the client's count: three records for each account
+    # provisioned (opened, card issued, funded), then one for each debit answered ok.
+    assert f"journal records {3 * 20 + 50}," in result["audit"]["text"]
 
 
 # ------------------------------------------------------------------ refusals
