@@ -950,6 +950,9 @@ def _report(args, result: dict) -> None:
     if result.get("server_cpu_us_per_tx") is not None:
         print(f"server cpu/tx    {result['server_cpu_us_per_tx']:.1f} µs per authorization "
               f"(utime+stime of the server process over the window / ok replies in it)")
+    if result.get("load_cpu_us_per_tx") is not None:
+        print(f"client cpu/tx    {result['load_cpu_us_per_tx']:.1f} µs per reply (the load "
+              f"client's own utime+stime over the window / ok replies in it)")
     if args.rate <= 0 and (result.get("load_cpu_percent") or 0) > CLIENT_BOUND_PERCENT:
         print(f"note             the load client used {result['load_cpu_percent']:.0f}% of its "
               f"core: it may be what limits this run, not the server")
@@ -992,6 +995,9 @@ def run_load(args, address, cards, terminals, server_pid) -> dict:
                                  else None),
         "load_cpu_percent": (cpu["load_cpu_s"] / cpu["elapsed_s"] * 100
                              if cpu.get("elapsed_s") else None),
+        # The client's own cost per reply: what says how far beyond this server it could go.
+        "load_cpu_us_per_tx": (cpu["load_cpu_s"] / ok_in_window * 1e6
+                               if cpu.get("load_cpu_s") is not None and ok_in_window else None),
     }
     return result
 

@@ -298,7 +298,10 @@ static int parse_reply(const uint8_t *body, size_t size, reply *out) {
         if (item_is(key, "t")) out->t = value;
         else if (item_is(key, "code")) out->code = value;
         else if (item_is(key, "nonce")) out->nonce = value;
-        else if (item_is(key, "re") && value.kind == 'i') { out->has_re = 1; out->re = value.integer; }
+        else if (item_is(key, "re") && value.kind == 'i') {
+            out->has_re = 1;
+            out->re = value.integer;
+        }
         skip_item(&r, value, 1);
     }
     return r.bad || r.p != r.end ? -1 : 0;
@@ -533,12 +536,16 @@ static struct {
     size_t live_count;
 } run;
 
+/* A bounded run (--requests) sends no more once its count is out. */
+static int may_send(void) { return !cfg.requests_max || run.sent_total < cfg.requests_max; }
+
 static void remember_send(connection *c, uint64_t seq, double at) {
     if (seq - c->base >= c->ring) {
         uint64_t ring = c->ring ? 2 * c->ring : 64;
         double *grown = malloc(ring * sizeof *grown);
         if (!grown) { perror("malloc"); exit(3); }
-        for (uint64_t s = c->base; s < seq; s++) grown[s & (ring - 1)] = c->sent_at[s & (c->ring - 1)];
+        for (uint64_t s = c->base; s < seq; s++)
+            grown[s & (ring - 1)] = c->sent_at[s & (c->ring - 1)];
         free(c->sent_at);
         c->sent_at = grown;
         c->ring = ring;
@@ -672,7 +679,10 @@ static int handle_reply(connection *c, const uint8_t *payload, size_t size, doub
     size_t body_size = size - TAG_BYTES;
     uint8_t digest[32];
     reply r;
-    if (parse_reply(body, body_size, &r) != 0) { strcpy(why, "protocol: frame_invalid"); return -1; }
+    if (parse_reply(body, body_size, &r) != 0) {
+        strcpy(why, "protocol: frame_invalid");
+        return -1;
+    }
     hmac_digest(&c->s2c, body, body_size, digest);
     if (!tags_equal(digest, tag) && !(item_is(r.t, "error") && tags_equal(tag, ZERO_TAG))) {
         strcpy(why, "protocol: mac_invalid");
@@ -736,7 +746,8 @@ static uint64_t receive_replies(connection *c, double now) {
 /* ------------------------------------------------------------------ signing on */
 /* One whole frame into `buffer`; `*have` says how many bytes were read (a frame the peer
  * sent right after it may have come along). */
-static int read_frame_blocking(int fd, uint8_t *buffer, size_t cap, size_t *size, size_t *have_out) {
+static int read_frame_blocking(int fd, uint8_t *buffer, size_t cap, size_t *size,
+                               size_t *have_out) {
     size_t have = 0;
     for (;;) {
         if (have >= 4) {
@@ -803,7 +814,10 @@ static int finish_hello(pending_hello *h, char *why) {
     const uint8_t *body = buffer + 4, *tag = buffer + 4 + size - TAG_BYTES;
     size_t body_size = size - TAG_BYTES;
     reply r;
-    if (parse_reply(body, body_size, &r) != 0) { snprintf(why, REASON_MAX, "hello: frame_invalid"); return -1; }
+    if (parse_reply(body, body_size, &r) != 0) {
+        snprintf(why, REASON_MAX, "hello: frame_invalid");
+        return -1;
+    }
     if (item_is(r.t, "error")) {
         char code[48];
         item_text(r.code, code, sizeof code);
@@ -842,14 +856,18 @@ static connection **connect_all(const struct sockaddr_in *address, int count, si
     double deadline = now_s() + CONNECT_TIMEOUT_S;
     *connected = 0;
     for (int first = 0; first < count; first += CONNECT_BATCH) {
-        if (now_s() > deadline) { tally_add(&run.broken, "connect: phase timed out", (uint64_t)(count - first)); break; }
+        if (now_s() > deadline) {
+            tally_add(&run.broken, "connect: phase timed out", (uint64_t)(count - first));
+            break;
+        }
         int waiting = 0;
         for (int index = first; index < count && index < first + CONNECT_BATCH; index++) {
             int fd = open_socket(address, why);
             if (fd < 0) { tally_add(&run.broken, why, 1); continue; }
             pending_hello *h = &pending[waiting];
             h->who = &cfg.terminals[(size_t)index % cfg.terminal_count];
-            if (getrandom(h->nonce, NONCE_BYTES, 0) != NONCE_BYTES || send_hello(fd, h->who, h->nonce) != 0) {
+            if (getrandom(h->nonce, NONCE_BYTES, 0) != NONCE_BYTES ||
+                send_hello(fd, h->who, h->nonce) != 0) {
                 snprintf(why, REASON_MAX, "connect: %s", strerror(errno));
                 tally_add(&run.broken, why, 1);
                 close(fd);
@@ -943,7 +961,7 @@ static int load(connection **all, size_t count) {
         for (size_t i = 0; i < count; i++) {
             if (!first[i]->live) continue;
             size_t size = 0;
-            for (int d = 0; d < cfg.depth && (!cfg.requests_max || run.sent_total < cfg.requests_max); d++)
+            for (int d = 0; d < cfg.depth && may_send(); d++)
                 size += debit_frame(first[i], send_buffer + size, now);
             if (size) send_data(first[i], send_buffer, size);
         }
@@ -955,7 +973,7 @@ static int load(connection **all, size_t count) {
             start = sample_cpu(cfg.server_pid);
             phase = WINDOW;
         }
-        int bounded_done = cfg.requests_max && run.sent_total >= cfg.requests_max && run.outstanding == 0;
+        int bounded_done = !may_send() && run.outstanding == 0;
         if (phase == WINDOW && (now >= run.window_end || bounded_done)) {
             stop = sample_cpu(cfg.server_pid);
             sampled = 1;
@@ -977,7 +995,7 @@ static int load(connection **all, size_t count) {
         if (open_loop && sending) {
             /* Group this instant's due sends by connection: one send each. */
             while (next_send <= now && run.live_count) {
-                if (cfg.requests_max && run.sent_total >= cfg.requests_max) break;
+                if (!may_send()) break;
                 connection *c = run.live[random_below(run.live_count)];
                 size_t size = debit_frame(c, send_buffer, next_send);
                 if (next_send >= run.window_start) run.sent_in_window++;
@@ -988,9 +1006,11 @@ static int load(connection **all, size_t count) {
             if (timeout < 0) timeout = 0;
             double boundary = phase == WARMUP ? run.window_start : run.window_end;
             if (boundary - now < timeout) timeout = boundary - now > 0 ? boundary - now : 0;
-            if (cfg.requests_max && run.sent_total >= cfg.requests_max) timeout = POLL_INTERVAL_MAX_S;
+            if (!may_send()) timeout = POLL_INTERVAL_MAX_S;
         } else {
-            double boundary = phase == WARMUP ? run.window_start : phase == WINDOW ? run.window_end : drain_deadline;
+            double boundary = phase == WARMUP   ? run.window_start
+                              : phase == WINDOW ? run.window_end
+                                                : drain_deadline;
             timeout = boundary - now;
             if (timeout > POLL_INTERVAL_MAX_S) timeout = POLL_INTERVAL_MAX_S;
             if (timeout < 0) timeout = 0;
@@ -1009,7 +1029,7 @@ static int load(connection **all, size_t count) {
                 uint64_t answered = receive_replies(c, now);
                 if (answered && sending && !open_loop && c->live) {
                     size_t size = 0;
-                    for (uint64_t a = 0; a < answered && (!cfg.requests_max || run.sent_total < cfg.requests_max); a++)
+                    for (uint64_t a = 0; a < answered && may_send(); a++)
                         size += debit_frame(c, send_buffer + size, now);
                     if (size) send_data(c, send_buffer, size);
                 }
@@ -1033,7 +1053,8 @@ static int hmac_lines(void) {
         if (!space) continue;
         *space = 0;
         if (newline) *newline = 0;
-        long key_size = from_hex(line, key, sizeof key), size = from_hex(space + 1, message, sizeof message);
+        long key_size = from_hex(line, key, sizeof key);
+        long size = from_hex(space + 1, message, sizeof message);
         if (key_size < 0 || size < 0) { fprintf(stderr, "bad hex\n"); return 2; }
         hmac_key k;
         uint8_t digest[32];
@@ -1046,9 +1067,11 @@ static int hmac_lines(void) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: loadgen --host H --port P --spec FILE --connections N [--depth D | --rate R]\n"
-                    "               --warmup S --seconds S [--drain S] [--amount-max A] [--seed X]\n"
-                    "               [--server-pid PID] [--requests N] --latencies FILE --unanswered FILE\n"
+    fprintf(stderr,
+            "usage: loadgen --host H --port P --spec FILE --connections N [--depth D | --rate R]\n"
+            "               --warmup S --seconds S [--drain S] [--amount-max A] [--seed X]\n"
+            "               [--server-pid PID] [--requests N]\n"
+            "               --latencies FILE --unanswered FILE\n"
                     "       loadgen --hmac   (stdin: KEYHEX MSGHEX lines)\n");
 }
 
@@ -1098,14 +1121,17 @@ int main(int argc, char **argv) {
     printf("connected %zu\n", connected);
     if (connected) load(all, connected);
     for (size_t i = 0; i < run.codes.size; i++)
-        printf("code %llu %s\n", (unsigned long long)run.codes.entries[i].count, run.codes.entries[i].name);
+        printf("code %llu %s\n", (unsigned long long)run.codes.entries[i].count,
+               run.codes.entries[i].name);
     for (size_t i = 0; i < run.broken.size; i++)
-        printf("broken %llu %s\n", (unsigned long long)run.broken.entries[i].count, run.broken.entries[i].name);
+        printf("broken %llu %s\n", (unsigned long long)run.broken.entries[i].count,
+               run.broken.entries[i].name);
     printf("ok_in_window %llu\nsent_in_window %llu\nunanswered %llu\nreplies_after_window %llu\n",
            (unsigned long long)run.ok_in_window, (unsigned long long)run.sent_in_window,
            (unsigned long long)run.unanswered, (unsigned long long)run.replies_after_window);
     printf("timeline");
-    for (size_t i = 0; i < run.timeline_size; i++) printf(" %llu", (unsigned long long)run.timeline[i]);
+    for (size_t i = 0; i < run.timeline_size; i++)
+        printf(" %llu", (unsigned long long)run.timeline[i]);
     printf("\n");
     if (write_doubles(cfg.latencies_path, &run.latencies) != 0 ||
         write_doubles(cfg.unanswered_path, &run.unanswered_latencies) != 0)
