@@ -31,8 +31,10 @@ setup(
         # pytest-benchmark: bench/test_micro.py.
         "test": ["pytest>=8", "pytest-trio>=0.8", "hypothesis>=6.100", "hdrhistogram>=0.10",
                  "pytest-benchmark>=4"],
-        # matplotlib: the PNG plots that `make demo` and bench/run_e2e.py draw.
-        "bench": ["matplotlib>=3.7", "hdrhistogram>=0.10"],
+        # matplotlib: the PNG plots that `make demo` and bench/run_e2e.py draw; uvloop: the
+        # second ceiling of bench/run_e2e.py (bench/bare_server.py --loop uvloop), what Python
+        # itself can do on the network path. The switch never imports it.
+        "bench": ["matplotlib>=3.7", "hdrhistogram>=0.10", "uvloop>=0.19"],
     },
     entry_points={"console_scripts": ["switch=switch.cli.main:run"]},
 )

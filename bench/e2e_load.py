@@ -5,16 +5,23 @@ authorization, the switch's commit batch sizes and a final audit.
     .venv/bin/python bench/e2e_load.py --connections 200 --seconds 10
     .venv/bin/python bench/e2e_load.py --connections 2000 --rate 10000 --seconds 30   # open loop
     .venv/bin/python bench/e2e_load.py --server bare --connections 2000 --seconds 30  # the ceiling
+    .venv/bin/python bench/e2e_load.py --server uvloop --connections 2000 --seconds 30  # Python's
+    .venv/bin/python bench/e2e_load.py --server bare --requests 50 --connections 4   # bounded
     .venv/bin/python bench/e2e_load.py --idle --connections 10000                     # RSS held
     .venv/bin/python bench/e2e_load.py --prebuild --accounts 1000000 --no-audit       # big books
 
-By default it starts `python -m switch serve` on a fresh data dir (with --server bare,
-bench/bare_server.py), pinned to CPU 0 with the load on CPU 1, and provisions accounts, cards
-and terminals over the wire (--prebuild: writes them into the data dir with the switch's own
-code before the switch starts). With --host/--port/--data it loads a switch already running.
+By default it starts `python -m switch serve` on a fresh data dir (with --server bare or
+uvloop, bench/bare_server.py on trio or on asyncio+uvloop), pinned to CPU 0 with the load on
+CPU 1, and provisions accounts, cards and terminals over the wire (--prebuild: writes them
+into the data dir with the switch's own code before the switch starts). With
+--host/--port/--data it loads a switch already running.
 
-The load client is one process and one epoll loop, not trio: on a 2-core machine the client
-must cost less per request than the server, or it is the client that gets measured.
+The load client must cost far less per request than the server, or it is the client that gets
+measured. By default (--client c) the load loop is bench/loadgen/loadgen.c, built on first use
+with the C compiler into build/loadgen/: this script starts the server, provisions, hands the
+C program the terminals' keys and the cards, and turns its counts and latencies into the same
+figures and JSON. --client python runs the same loop in this process (one epoll loop, the
+switch's own codec), as a cross-check of the C client. --idle signs on from this process.
 Closed loop: `--depth` debits in flight per connection, a new one for each reply. Open loop
 (--rate): a Poisson stream of debits over all connections at the offered rate, each latency
 measured from the time the request was *meant* to be sent, so a stalled server cannot hide
@@ -73,6 +80,12 @@ LATENCY_PERCENTILES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97, 99, 99.5, 
                        99.95, 99.97, 99.99, 99.995, 99.999, 100)
 HISTOGRAM_BINS_PER_DECADE = 20
 HISTOGRAM_FLOOR_MS = 0.01
+SERVERS = ("switch", "bare", "uvloop")
+BARE_SERVERS = {"bare": "trio", "uvloop": "uvloop"}   # --server: bare_server.py's --loop
+CLIENT_SOURCE = REPO / "bench" / "loadgen" / "loadgen.c"
+CLIENT_BINARY = REPO / "build" / "loadgen" / "loadgen"
+CLIENT_CFLAGS = ("-O2", "-Wall")
+CLIENT_BUILD_TIMEOUT_S = 120.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json-out", help="write the results here (JSON)")
     parser.add_argument("--label", help="name of this run in the JSON")
     parser.add_argument("--no-audit", action="store_true", help="skip the final audit")
+    parser.add_argument("--client", choices=("c", "python"), default="c",
+                        help="the load loop: bench/loadgen/loadgen.c, or this process's own")
+    parser.add_argument("--requests", type=int, default=0,
+                        help="stop sending after this many debits in all; the window ends when "
+                             "they are answered (a bounded run; C client only)")
     existing = parser.add_argument_group("an already running switch")
     existing.add_argument("--host", help="connect here instead of starting a server")
     existing.add_argument("--port", type=int)
@@ -105,8 +123,10 @@ def _parser() -> argparse.ArgumentParser:
                           help="its metrics HOST:PORT")
     existing.add_argument("--server-pid", type=int, help="its pid, for CPU and RSS figures")
     own = parser.add_argument_group("a server started by this tool")
-    own.add_argument("--server", choices=("switch", "bare"), default="switch",
-                     help="the switch, or bench/bare_server.py (the network path's ceiling)")
+    own.add_argument("--server", choices=SERVERS, default="switch",
+                     help="the switch, or bench/bare_server.py under trio (bare: the network "
+                          "path's ceiling) or under asyncio with uvloop (uvloop: what Python "
+                          "itself can do)")
     own.add_argument("--prebuild", action="store_true",
                      help="write accounts, cards and terminals into the data dir with the "
                           "switch's own code before starting it, instead of over the wire")
@@ -722,6 +742,111 @@ class LoadLoop:
         self.epoll.close()
 
 
+# ------------------------------------------------------------------ the C load loop
+def c_compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") \
+        or shutil.which("clang")
+
+
+def build_client(binary: pathlib.Path) -> pathlib.Path:
+    """Compile bench/loadgen/loadgen.c into `binary`."""
+    compiler = c_compiler()
+    if not compiler:
+        raise RuntimeError("the C load client needs a C compiler (cc): install one, or run "
+                           "with --client python")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside and renamed: a concurrent run never executes a half-written binary.
+    partial = binary.with_name(f"{binary.name}.{os.getpid()}")
+    completed = subprocess.run([compiler, *CLIENT_CFLAGS, "-o", str(partial),
+                                str(CLIENT_SOURCE), "-lm"], capture_output=True, text=True,
+                               timeout=CLIENT_BUILD_TIMEOUT_S)
+    if completed.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"building {shown_path(CLIENT_SOURCE)} failed:\n"
+                           f"{completed.stderr.strip()}")
+    os.replace(partial, binary)
+    return binary
+
+
+def client_binary() -> pathlib.Path:
+    """The C load client, compiled again when its source is newer than the binary."""
+    if (CLIENT_BINARY.exists()
+            and CLIENT_BINARY.stat().st_mtime >= CLIENT_SOURCE.stat().st_mtime):
+        return CLIENT_BINARY
+    return build_client(CLIENT_BINARY)
+
+
+def _read_doubles(path: pathlib.Path) -> array:
+    values = array("d")
+    values.frombytes(path.read_bytes())
+    return values
+
+
+def c_load(args, address, cards, terminals, server_pid) -> tuple[int, Results]:
+    """Connect, sign on and load with the C client; its counts and latencies as Results."""
+    binary = client_binary()
+    with tempfile.TemporaryDirectory(prefix="loadgen-") as directory:
+        directory = pathlib.Path(directory)
+        spec = directory / "spec"
+        # The terminals' keys: readable by this user only, removed with the directory.
+        fd = os.open(spec, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.writelines(f"terminal {who} {key.hex()}\n" for who, key in terminals)
+            handle.writelines(f"card {card}\n" for card in cards)
+        command = [str(binary), "--host", socket.gethostbyname(address[0]),
+                   "--port", str(address[1]), "--spec", str(spec),
+                   "--connections", str(args.connections), "--depth", str(args.depth),
+                   "--rate", repr(args.rate), "--warmup", repr(args.warmup),
+                   "--seconds", repr(args.seconds), "--drain", repr(DRAIN_TIMEOUT_S),
+                   "--amount-max", str(args.amount_max), "--seed", str(args.seed),
+                   "--server-pid", str(server_pid or 0), "--requests", str(args.requests),
+                   "--latencies", str(directory / "latencies"),
+                   "--unanswered", str(directory / "unanswered")]
+        # stderr (its progress) goes straight to ours; the C program bounds its own run.
+        completed = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+        if completed.returncode != 0:
+            raise RuntimeError(f"the C load client exited {completed.returncode}")
+        results = Results(args.warmup + args.seconds)
+        connected = 0
+        for line in completed.stdout.splitlines():
+            name, _, rest = line.partition(" ")
+            if name == "connected":
+                connected = int(rest)
+            elif name in ("code", "broken"):
+                count, _, what = rest.partition(" ")
+                getattr(results, "codes" if name == "code" else "broken")[what] += int(count)
+            elif name in ("ok_in_window", "sent_in_window", "unanswered",
+                          "replies_after_window"):
+                setattr(results, name, int(rest))
+            elif name == "timeline":
+                results.timeline = [int(n) for n in rest.split()]
+            elif name == "cpu":
+                values = [None if v == "-" else float(v) for v in rest.split()]
+                results.cpu = dict(zip(("elapsed_s", "server_cpu_s", "load_cpu_s",
+                                        "machine_cpu_s"), values))
+        results.latencies_s = _read_doubles(directory / "latencies")
+        results.unanswered_latencies_s = _read_doubles(directory / "unanswered")
+    return connected, results
+
+
+def python_load(args, address, cards, terminals, server_pid) -> tuple[int, Results]:
+    """Connect, sign on and load from this process (the epoll loop above)."""
+    broken: Counter = Counter()
+    began = time.perf_counter()
+    connections = connect_all(address, terminals, args.connections, broken)
+    print(f"signed on {len(connections)} connections in {time.perf_counter() - began:.1f} s",
+          flush=True)
+    if not connections:
+        return 0, Results(args.warmup + args.seconds)
+    loop = LoadLoop(connections, cards, args, server_pid)
+    try:
+        results = loop.run()
+    finally:
+        loop.close()
+    results.broken.update(broken)
+    return len(connections), results
+
+
 # ------------------------------------------------------------------ summaries
 def _percentile(ordered, fraction: float) -> float:
     if not ordered:
@@ -775,6 +900,7 @@ def _report(args, result: dict) -> None:
     latency = result["latency_ms"]
     cpu = result["cpu"]
     print(f"server           {result['system']} ({result['pinning']})")
+    print(f"load client      {'bench/loadgen/loadgen.c' if args.client == 'c' else 'Python'}")
     print(f"connections      {result['connected']} of {args.connections} signed on")
     if args.rate > 0:
         print(f"offered          {args.rate:.0f} tx/s open loop (Poisson), "
@@ -814,8 +940,9 @@ def _report(args, result: dict) -> None:
         parts = []
         if cpu.get("server_cpu_s") is not None:
             parts.append(f"server {cpu['server_cpu_s'] / cpu['elapsed_s'] * 100:.0f}%")
+        spins = args.rate > 0 and args.client == "python"
         parts.append(f"load client {cpu['load_cpu_s'] / cpu['elapsed_s'] * 100:.0f}%"
-                     + (" (spins between sends)" if args.rate > 0 else ""))
+                     + (" (spins between sends)" if spins else ""))
         if cpu.get("machine_cpu_s") is not None and cpu.get("server_cpu_s") is not None:
             others = cpu["machine_cpu_s"] - cpu["server_cpu_s"] - cpu["load_cpu_s"]
             parts.append(f"everything else {max(0.0, others) / cpu['elapsed_s'] * 100:.0f}%")
@@ -823,6 +950,9 @@ def _report(args, result: dict) -> None:
     if result.get("server_cpu_us_per_tx") is not None:
         print(f"server cpu/tx    {result['server_cpu_us_per_tx']:.1f} µs per authorization "
               f"(utime+stime of the server process over the window / ok replies in it)")
+    if result.get("load_cpu_us_per_tx") is not None:
+        print(f"client cpu/tx    {result['load_cpu_us_per_tx']:.1f} µs per reply (the load "
+              f"client's own utime+stime over the window / ok replies in it)")
     if args.rate <= 0 and (result.get("load_cpu_percent") or 0) > CLIENT_BOUND_PERCENT:
         print(f"note             the load client used {result['load_cpu_percent']:.0f}% of its "
               f"core: it may be what limits this run, not the server")
@@ -842,24 +972,18 @@ def _audit(data_dir) -> dict:
 
 # ------------------------------------------------------------------ runs
 def run_load(args, address, cards, terminals, server_pid) -> dict:
-    broken: Counter = Counter()
-    began = time.perf_counter()
-    connections = connect_all(address, terminals, args.connections, broken)
-    print(f"signed on {len(connections)} connections in {time.perf_counter() - began:.1f} s",
-          flush=True)
-    if not connections:
-        raise RuntimeError(f"no connection signed on: {dict(broken)}")
-    loop = LoadLoop(connections, cards, args, server_pid)
-    try:
-        results = loop.run()
-    finally:
-        loop.close()
-    results.broken.update(broken)
+    load = c_load if args.client == "c" else python_load
+    connected, results = load(args, address, cards, terminals, server_pid)
+    if not connected:
+        raise RuntimeError(f"no connection signed on: {dict(results.broken)}")
     cpu = results.cpu
     ok_in_window = results.ok_in_window
+    # A bounded run's window ends when its last reply comes: its own length, not --seconds.
+    window_s = cpu.get("elapsed_s") if args.requests and cpu.get("elapsed_s") else args.seconds
     result = {
-        "connected": len(connections), "ok_in_window": ok_in_window,
-        "tx_per_s": ok_in_window / args.seconds, "sent_in_window": results.sent_in_window,
+        "client": args.client,
+        "connected": connected, "ok_in_window": ok_in_window,
+        "tx_per_s": ok_in_window / window_s, "sent_in_window": results.sent_in_window,
         "offered_per_s": args.rate if args.rate > 0 else None,
         "codes": dict(results.codes), "broken": dict(results.broken),
         "unanswered": results.unanswered,
@@ -871,6 +995,9 @@ def run_load(args, address, cards, terminals, server_pid) -> dict:
                                  else None),
         "load_cpu_percent": (cpu["load_cpu_s"] / cpu["elapsed_s"] * 100
                              if cpu.get("elapsed_s") else None),
+        # The client's own cost per reply: what says how far beyond this server it could go.
+        "load_cpu_us_per_tx": (cpu["load_cpu_s"] / ok_in_window * 1e6
+                               if cpu.get("load_cpu_s") is not None and ok_in_window else None),
     }
     return result
 
@@ -933,6 +1060,8 @@ def _check(args) -> str | None:
         return "--host needs --port and --data (for admin.key)"
     if args.host is not None and (args.prebuild or args.server != "switch"):
         return "--prebuild and --server start a server: not with --host"
+    if args.requests < 0 or (args.requests and args.client != "c"):
+        return "--requests: a positive count, with the C client"
     return None
 
 
@@ -962,7 +1091,7 @@ def main(argv=None) -> int:
     existing = args.host is not None
     temporary = None
     server = None
-    result = {"label": args.label or ("bare" if args.server == "bare" else "switch"),
+    result = {"label": args.label or args.server,
               "system": "switch" if existing else args.server,
               "mode": "idle" if args.idle else ("open" if args.rate > 0 else "closed"),
               "command": _command_line(argv), "connections": args.connections,
@@ -978,13 +1107,15 @@ def main(argv=None) -> int:
         else:
             temporary = pathlib.Path(tempfile.mkdtemp(prefix="switch-bench-", dir=args.workdir))
             data_dir = temporary / "data"
-            if args.server == "bare":
+            if args.server in BARE_SERVERS:
                 credentials_path = temporary / "credentials.json"
                 cards, terminals = bare_credentials(credentials_path, tag, args)
                 command = [sys.executable, str(REPO / "bench" / "bare_server.py"),
                            "--credentials", str(credentials_path), "--listen", "127.0.0.1:0",
+                           "--loop", BARE_SERVERS[args.server],
                            "--lifetime", str(args.warmup + args.seconds + args.hold + 600)]
-                server = ServerProcess(command, temporary, "bare", args, wants_metrics=False)
+                server = ServerProcess(command, temporary, args.server, args,
+                                       wants_metrics=False)
             else:
                 if args.prebuild:
                     began = time.perf_counter()

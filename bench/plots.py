@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
 DPI = 110
-COLORS = {"switch": "tab:blue", "bare": "tab:green", "postgres": "tab:red"}
+COLORS = {"switch": "tab:blue", "bare": "tab:green", "uvloop": "tab:purple",
+          "postgres": "tab:red"}
 PERCENTILE_TICKS = (50, 90, 99, 99.9, 99.99, 99.999)
 
 
@@ -123,17 +124,21 @@ def postgres_best(document: dict) -> dict | None:
 
 
 def plot_all(results_dir: pathlib.Path, runs: dict[str, dict]) -> list[pathlib.Path]:
-    """Write the PNGs for the runs by name (switch_closed, bare_closed, postgres, ...)."""
+    """Write the PNGs for the runs by name (switch_closed, bare_closed, uvloop_closed,
+    postgres, switch_open_RATE, bare_open_RATE, switch_scale_N, ...)."""
     def titled(name, title):
         run = runs.get(name)
         return {**run, "title": title} if run else None
 
-    closed = [titled("switch_closed", "switch (durable)"), titled("bare_closed", "bare trio server")]
+    closed = [titled("switch_closed", "switch (durable)"), titled("bare_closed", "bare trio server"),
+              titled("uvloop_closed", "bare asyncio+uvloop server")]
     if runs.get("postgres"):
         closed.append(postgres_best(runs["postgres"]))
     closed = [run for run in closed if run]
-    opened = [run for run in (titled("switch_open", "switch (durable)"),
-                              titled("bare_open", "bare trio server")) if run]
+    rates = sorted({run["rate"] for name, run in runs.items() if "_open_" in name})
+    opened = {rate: [run for run in (titled(f"switch_open_{rate:.0f}", "switch (durable)"),
+                                     titled(f"bare_open_{rate:.0f}", "bare trio server")) if run]
+              for rate in rates}
     scale = sorted((run for name, run in runs.items() if name.startswith("switch_scale_")),
                    key=lambda run: run["accounts"])
     scale = [{**run, "title": f"switch, {run['accounts']:,} accounts"} for run in scale]
@@ -141,19 +146,19 @@ def plot_all(results_dir: pathlib.Path, runs: dict[str, dict]) -> list[pathlib.P
         run["system"] = f"scale{index}"
     written = []
     path = results_dir / "throughput.png"
-    connections = (runs.get("switch_closed") or runs.get("bare_closed") or {}).get("connections")
-    rate = (runs.get("switch_open") or runs.get("bare_open") or {}).get("rate")
+    connections = (closed[0] if closed else {}).get("connections")
     throughput_plot([(f"closed loop, {connections} connections (PostgreSQL: its best client "
-                      f"count)", closed),
-                     (f"open loop, {rate:,.0f} tx/s offered" if rate else "open loop", opened),
-                     ("switch, accounts scaling (closed loop)", scale)], path)
+                      f"count)", closed)]
+                    + [(f"open loop, {rate:,.0f} tx/s offered", opened[rate]) for rate in rates]
+                    + [("switch, accounts scaling (closed loop)", scale)], path)
     written.append(path)
     path = results_dir / "latency_closed.png"
     latency_plot(closed, path, "closed loop")
     written.append(path)
-    if opened:
-        path = results_dir / "latency_open.png"
-        latency_plot(opened, path, f"open loop, {rate:,.0f} tx/s offered, from intended send")
+    for rate in rates:
+        path = results_dir / f"latency_open_{rate:.0f}.png"
+        latency_plot(opened[rate], path, f"open loop, {rate:,.0f} tx/s offered, from intended "
+                                         f"send")
         written.append(path)
     return [path for path in written if path.exists()]
 

@@ -48,6 +48,15 @@ def test_trio_is_imported_only_by_the_shell_and_the_programs_built_on_it():
     assert offenders == []
 
 
+def test_uvloop_is_the_benchmarks_ceiling_and_never_the_switchs():
+    # bench/bare_server.py --loop uvloop is a second ceiling to measure the switch against;
+    # the switch runs on trio alone (README: the libraries and why).
+    offenders = [path.relative_to(REPO_ROOT).as_posix()
+                 for path in sorted((REPO_ROOT / "switch").rglob("*.py"))
+                 if any(name.split(".")[0] in ("uvloop", "asyncio") for name in _imports(path))]
+    assert offenders == []
+
+
 def test_the_pure_layers_import_nothing_from_the_shell():
     offenders = []
     for layer in ("codec", "core", "ledger", "persistence"):

@@ -1,0 +1,214 @@
+"""The C load client (bench/loadgen/loadgen.c) builds, computes the wire's HMAC-SHA256 as the
+codec does, signs on and runs a bounded load against real servers with every reply counted,
+and refuses what a Python client would refuse (a hello from an unknown key, a forged reply).
+Nothing here measures speed."""
+
+import hmac
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from switch.codec import FrameDecoder, ServerSession
+from switch.codec.session import sign_body, encode_body
+from tests.paths import REPO_ROOT
+
+RUN_TIMEOUT_S = 120
+SERVER_START_TIMEOUT_S = 30
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("bench_e2e_load", REPO_ROOT / "bench" /
+                                                  "e2e_load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+e2e_load = _load_module()
+
+
+@pytest.fixture(scope="module")
+def loadgen(tmp_path_factory):
+    if not e2e_load.c_compiler():
+        pytest.skip("no C compiler (cc, gcc or clang) to build bench/loadgen/loadgen.c")
+    return e2e_load.build_client(tmp_path_factory.mktemp("loadgen") / "loadgen")
+
+
+def _hmac_in_c(loadgen, pairs: list[tuple[bytes, bytes]]) -> list[bytes]:
+    lines = "".join(f"{key.hex()} {message.hex()}\n" for key, message in pairs)
+    completed = subprocess.run([str(loadgen), "--hmac"], input=lines, capture_output=True,
+                               text=True, timeout=RUN_TIMEOUT_S, check=True)
+    return [bytes.fromhex(line) for line in completed.stdout.split()]
+
+
+def test_the_client_builds_and_runs(loadgen):
+    assert os.access(loadgen, os.X_OK)
+    completed = subprocess.run([str(loadgen)], capture_output=True, text=True,
+                               timeout=RUN_TIMEOUT_S)
+    assert completed.returncode == 2 and "usage: loadgen" in completed.stderr
+
+
+def test_its_hmac_gives_the_wire_vectors_keys_and_tags(loadgen, vectors):
+    key = bytes.fromhex(vectors["credential_key"])
+    material = bytes.fromhex(vectors["client_nonce"]) + bytes.fromhex(vectors["server_nonce"])
+    k_c2s, k_s2c = bytes.fromhex(vectors["k_c2s"]), bytes.fromhex(vectors["k_s2c"])
+    frames = [(key, "hello_frame"), (key, "hello_reply_frame"), (k_c2s, "debit_frame"),
+              (k_s2c, "debit_reply_frame")]
+    bodies = [bytes.fromhex(vectors[name])[4:-16] for _, name in frames]
+    digests = _hmac_in_c(loadgen, [(key, b"c2s" + material), (key, b"s2c" + material)]
+                         + [(frame_key, body) for (frame_key, _), body in zip(frames, bodies)])
+    assert digests[:2] == [k_c2s, k_s2c]
+    assert [digest[:16] for digest in digests[2:]] == [
+        bytes.fromhex(vectors[name])[-16:] for _, name in frames]
+
+
+def test_its_hmac_agrees_with_pythons_at_every_block_boundary(loadgen):
+    # SHA-256 pads in 64-byte blocks; HMAC hashes keys longer than a block first.
+    pairs = [(os.urandom(key_size), os.urandom(size))
+             for key_size in (0, 1, 32, 63, 64, 65, 200)
+             for size in (0, 1, 55, 56, 57, 63, 64, 65, 119, 120, 128, 1000)]
+    assert _hmac_in_c(loadgen, pairs) == [hmac.digest(key, message, "sha256")
+                                          for key, message in pairs]
+
+
+def _bounded_run(tmp_path, *extra) -> dict:
+    out = tmp_path / "run.json"
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "e2e_load.py"), "--no-pin",
+         "--workdir", str(tmp_path), "--connections", "4", "--requests", "50", "--warmup", "0",
+         "--seconds", "60", "--json-out", str(out), *extra],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=REPO_ROOT)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return json.loads(out.read_text())
+
+
+def _assert_all_answered_ok(result: dict) -> None:
+    assert result["client"] == "c"
+    assert result["connected"] == 4
+    assert result["codes"] == {"ok": 50}
+    assert result["broken"] == {} and result["unanswered"] == 0
+    assert result["ok_in_window"] == 50
+    assert result["latency_ms"]["count"] == 50
+
+
+@pytest.mark.parametrize("server", ["bare", "uvloop"])
+def test_a_bounded_closed_loop_on_a_bare_server_is_answered_ok_in_full(loadgen, tmp_path,
+                                                                        server):
+    if server == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop is the bench extra (make install)")
+    result = _bounded_run(tmp_path, "--server", server, "--depth", "3")
+    _assert_all_answered_ok(result)
+    assert result["system"] == server and result["server_exit"] == 0
+
+
+def test_a_bounded_open_loop_counts_every_request_it_meant_to_send(loadgen, tmp_path):
+    result = _bounded_run(tmp_path, "--server", "bare", "--rate", "2000")
+    _assert_all_answered_ok(result)
+    assert result["sent_in_window"] == 50
+
+
+def test_a_bounded_run_on_the_switch_is_answered_ok_and_its_books_audit_sound(loadgen,
+                                                                             tmp_path):
+    result = _bounded_run(tmp_path, "--accounts", "20", "--terminals", "2")
+    _assert_all_answered_ok(result)
+    assert result["system"] == "switch" and result["server_exit"] == 0
+    assert result["audit"]["exit"] == 0, result["audit"]["text"]
+    # The switch's books agree with the client's count: three records for each account
+    # provisioned (opened, card issued, funded), then one for each debit answered ok.
+    assert f"journal records {3 * 20 + 50}," in result["audit"]["text"]
+
+
+# ------------------------------------------------------------------ refusals
+def _spec(tmp_path, who: str, key: bytes) -> str:
+    path = tmp_path / "spec"
+    path.write_text(f"terminal {who} {key.hex()}\ncard 0A0B0C0D\n")
+    return str(path)
+
+
+def _run_loadgen(loadgen, tmp_path, port: int, spec: str) -> dict[str, list[str]]:
+    completed = subprocess.run(
+        [str(loadgen), "--port", str(port), "--spec", spec, "--connections", "1",
+         "--warmup", "0", "--seconds", "5", "--drain", "1", "--requests", "1",
+         "--latencies", str(tmp_path / "latencies"), "--unanswered", str(tmp_path / "late")],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert completed.returncode == 0, completed.stderr
+    lines: dict[str, list[str]] = {}
+    for line in completed.stdout.splitlines():
+        name, _, rest = line.partition(" ")
+        lines.setdefault(name, []).append(rest)
+    return lines
+
+
+class ForgingServer:
+    """Opens one session properly, then answers the first request with a wrong tag."""
+
+    def __init__(self, who: str, key: bytes):
+        self.keys = {who: key}
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(SERVER_START_TIMEOUT_S)
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        sock, _ = self.listener.accept()
+        with sock:
+            sock.settimeout(SERVER_START_TIMEOUT_S)
+            session, decoder = ServerSession(), FrameDecoder()
+            payloads = []
+            while not payloads:
+                payloads = decoder.feed(sock.recv(65536))
+            hello = session.receive_hello(payloads[0], self.keys.get)
+            sock.sendall(session.accept_hello(hello, {"role": "terminal", "time": 0,
+                                                      "blacklist": 0}))
+            payloads = payloads[1:]
+            while not payloads:
+                payloads = decoder.feed(sock.recv(65536))
+            request = session.receive_request(payloads[0])
+            body = encode_body({"t": "debit", "re": request.seq, "code": "ok"})
+            sock.sendall(sign_body(os.urandom(32), body))
+            sock.recv(1)   # until the client closes
+
+    def close(self) -> None:
+        self.thread.join(timeout=SERVER_START_TIMEOUT_S)
+        self.listener.close()
+
+
+def test_a_reply_with_a_forged_tag_drops_the_connection_and_counts_nothing(loadgen, tmp_path):
+    key = os.urandom(32)
+    server = ForgingServer("bench-pos-1", key)
+    try:
+        lines = _run_loadgen(loadgen, tmp_path, server.port, _spec(tmp_path, "bench-pos-1", key))
+    finally:
+        server.close()
+    assert lines["connected"] == ["1"]
+    assert lines["broken"] == ["1 protocol: mac_invalid"]
+    assert "code" not in lines
+    assert lines["unanswered"] == ["1"]
+
+
+def test_a_hello_with_the_wrong_key_is_refused_and_never_loads(loadgen, tmp_path):
+    credentials = tmp_path / "credentials.json"
+    credentials.write_text(json.dumps({"terminals": [["bench-pos-1", os.urandom(32).hex()]]}))
+    server = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "bench" / "bare_server.py"), "--credentials",
+         str(credentials), "--listen", "127.0.0.1:0", "--lifetime", str(RUN_TIMEOUT_S)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("listening on "), line
+        port = int(line.rsplit(":", 1)[1])
+        lines = _run_loadgen(loadgen, tmp_path, port,
+                             _spec(tmp_path, "bench-pos-1", os.urandom(32)))
+    finally:
+        server.terminate()
+        server.wait(timeout=SERVER_START_TIMEOUT_S)
+    assert lines["connected"] == ["0"]
+    assert lines["broken"] == ["1 hello: ProtocolError unauthenticated: refused by peer"]
+    assert "code" not in lines
