@@ -66,6 +66,7 @@ class Connection:
         self.fd = None                   # while the poller holds it
         self.read_deadline = float("inf")   # the poller's sweep ends reading past it
         self._frame_started = None       # when the first byte of the incomplete frame came
+        self._received = b""             # read by on_readable, decoded by on_received
         # perf_counter time after which the frames in the backlog arrived (the poller's
         # `heard_by` for what a pass read; the time of the resume for a paused connection,
         # whose wait was its own doing)
@@ -169,16 +170,25 @@ class Connection:
         self.server.poller.resume(self)
 
     # ------------------------------------------------------------ reading: the poller's pass
-    def on_readable(self) -> None:
-        """The socket is ready: one receive, then every complete frame executed. No await."""
+    def on_readable(self):
+        """The socket is ready: one receive. Returns `on_received` when there is something
+        to decode: the poller receives on every ready socket first, then decodes and
+        executes, so the kernel's network code and the ledger's do not take turns evicting
+        each other from the CPU's caches once per request. No await."""
         if self._reading_ended:
-            return
+            return None
         data = self.transport.receive_now(limits.receive_size_bytes)
         if data is None:
-            return
+            return None
         if not data:
             self._end_reading()
-            return
+            return None
+        self._received = data
+        return self.on_received
+
+    def on_received(self) -> None:
+        """Every complete frame of what `on_readable` received, executed."""
+        data, self._received = self._received, b""
         decoder = self.decoder
         try:
             payloads = decoder.feed(data)

@@ -190,3 +190,29 @@ async def test_a_long_pass_counts_as_waiting_and_an_idle_wait_does_not(poller):
     assert other_read_at - other_heard_by >= slow.stall_s
     slow.close()
     other.close()
+
+
+async def test_a_pass_receives_on_every_ready_connection_before_it_decodes_any(poller):
+    """Receives first, then what they brought: a receive (the kernel's network code) between
+    every two requests' execution evicted the ledger's code and data from the CPU's caches
+    (bench/RESULTS.md has the CPU per debit before and after)."""
+    log = []
+
+    class TwoStage(FakeConnection):
+        def on_readable(self):
+            super().on_readable()
+            log.append(("receive", self.name))
+            return lambda: log.append(("decode", self.name))
+
+    connections = [TwoStage(poller, f"c{n}") for n in range(6)]
+    for connection in connections:
+        poller.add(connection)
+    await _settle()
+    for connection in connections:
+        connection.theirs.send(b"request")
+    await _settle()
+    stages = [stage for stage, _ in log]
+    assert sorted(name for _, name in log) == sorted([c.name for c in connections] * 2)
+    assert stages == ["receive"] * 6 + ["decode"] * 6
+    for connection in connections:
+        connection.close()
