@@ -123,17 +123,21 @@ class ReadinessPoller:
                     resumed, self._resumed = self._resumed, []
                     for connection in resumed:
                         self._contained(connection, connection.on_room)
-                # Every receive first, then everything they brought: each stage's code
-                # stays in the CPU's caches for the whole pass.
-                received = []
+                # In stages over every ready connection: all receives, then each stage
+                # a connection's step returns (open the frames, then execute them), so
+                # each stage's code stays in the CPU's caches for the whole pass.
+                stage = []
                 for fd, _ in events:
                     connection = by_fd.get(fd)
                     if connection is not None:
-                        then = self._contained(connection, connection.on_readable)
+                        stage.append((connection, connection.on_readable))
+                while stage:
+                    next_stage = []
+                    for connection, step in stage:
+                        then = self._contained(connection, step)
                         if then is not None:
-                            received.append((connection, then))
-                for connection, then in received:
-                    self._contained(connection, then)
+                            next_stage.append((connection, then))
+                    stage = next_stage
                 self.passes += 1
                 now = current_time()
                 if now >= next_sweep:

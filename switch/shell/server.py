@@ -58,7 +58,8 @@ class Connection:
         self.accepted_at = trio.current_time()
         self.peer = transport.peer()
         self.reply_bytes = 0             # estimated size of replies waiting for their commit
-        self._backlog: deque = deque()   # frames read but not yet executed (in-flight cap)
+        # frames read and opened (session.open_request), not yet executed (in-flight cap)
+        self._backlog: deque = deque()
         self._out: list = []             # frames encoded but not yet written
         self._unsent = b""               # what the kernel would not take yet
         self._writable = trio.Event()    # wakes the writer when there is something to wait for
@@ -67,6 +68,7 @@ class Connection:
         self.read_deadline = float("inf")   # the poller's sweep ends reading past it
         self._frame_started = None       # when the first byte of the incomplete frame came
         self._received = b""             # read by on_readable, decoded by on_received
+        self._received_at = 0.0          # trio time of that receive
         # perf_counter time after which the frames in the backlog arrived (the poller's
         # `heard_by` for what a pass read; the time of the resume for a paused connection,
         # whose wait was its own doing)
@@ -186,8 +188,9 @@ class Connection:
         self._received = data
         return self.on_received
 
-    def on_received(self) -> None:
-        """Every complete frame of what `on_readable` received, executed."""
+    def on_received(self):
+        """Every complete frame of what `on_readable` received, opened (tag and body);
+        returns `on_opened`, which executes them, as the pass's next stage."""
         data, self._received = self._received, b""
         decoder = self.decoder
         try:
@@ -201,9 +204,18 @@ class Connection:
         elif payloads or self._frame_started is None:
             self._frame_started = now  # a new frame began in this receive
         if payloads:
-            self._backlog.extend(payloads)
+            self._open_into_backlog(payloads)
             self._heard_by = self.server.poller.heard_by
-        self._run_backlog(now)
+        self._received_at = now
+        return self.on_opened
+
+    def on_opened(self) -> None:
+        """What `on_received` opened, executed (the pass's third stage)."""
+        self._run_backlog(self._received_at)
+
+    def _open_into_backlog(self, payloads: list) -> None:
+        open_request = self.session.open_request
+        self._backlog.extend(open_request(payload) for payload in payloads)
 
     def on_room(self) -> None:
         """Replies went out since it paused: run what waits, and read again if all ran."""
@@ -265,7 +277,7 @@ class Connection:
                     if payloads is None:
                         return
                     nursery.start_soon(self._writer)
-                    self._backlog.extend(payloads)
+                    self._open_into_backlog(payloads)
                     self._heard_by = time.perf_counter()   # read with the hello, just now
                     # From here one task reads every connection (switch/shell/poller.py);
                     # this one waits for the end of reading, then drains.
@@ -374,7 +386,7 @@ class Connection:
                     or server.reply_bytes >= limits.replies_bytes_total_max):
                 break  # replies first: the rest waits in the backlog, and we stop reading
             started = time.perf_counter()
-            request = self.session.receive_request(backlog.popleft())
+            request = self.session.accept_request(backlog.popleft())
             # Overloaded, or this credential past its budget: say so at once rather than
             # queue without bound (nothing ran, nothing is remembered). A request that may
             # have waited past `request_wait_max_s` to be read is shed rather than served

@@ -114,3 +114,18 @@ def test_a_message_too_large_for_one_frame_is_refused_before_sending():
     from switch.codec.framing import FrameTooLarge
     with pytest.raises(FrameTooLarge):
         encode_frame(KEY, {"t": "x", "pad": b"\0" * limits.frame_size_bytes_max})
+
+
+def test_opening_a_frame_changes_nothing_until_it_is_accepted_in_turn():
+    """`open_request` checks the tag and decodes, and nothing else: a bad frame opened ahead
+    ends the session only when `accept_request` reaches it, after the frames before it."""
+    server, client = _open()
+    good = [client.request_frame({"t": "ping"})[1][4:] for _ in range(2)]
+    forged = bytearray(client.request_frame({"t": "ping"})[1][4:])
+    forged[-1] ^= 1
+    opened = [server.open_request(payload) for payload in good + [bytes(forged)]]
+    assert server.state == "open"
+    assert [server.accept_request(each).seq for each in opened[:2]] == [1, 2]
+    with pytest.raises(ProtocolError) as caught:
+        server.accept_request(opened[2])
+    assert caught.value.code == "mac_invalid" and server.state != "open"

@@ -219,6 +219,27 @@ async def test_frame_signed_with_long_term_key_closes_with_mac_invalid(switch):
         assert await pos.stream.receive_some(100) == b""
 
 
+async def test_frames_before_a_bad_one_in_the_same_receive_run_and_those_after_do_not(switch):
+    """A pass opens every frame of a receive before it executes any (tags checked ahead):
+    the order of docs/PROTOCOL.md §2 still holds. Frames before a frame with a bad tag
+    are executed and answered, then the error ends the session; frames after it never run."""
+    await switch.person("WH1", "AAAA", balance=1000)
+    pos = await switch.terminal("WH-POS-1")
+    frames = [pos.session.request_frame({"t": "debit", "card": "AAAA", "amount": 1,
+                                         "id": n})[1] for n in range(4)]
+    forged = bytearray(frames[2])
+    forged[-1] ^= 1
+    await pos.stream.send_all(frames[0] + frames[1] + bytes(forged) + frames[3])
+    with trio.fail_after(10):
+        messages = [pos.session.receive(await pos._next_payload()) for _ in range(3)]
+    assert [(m.get("re"), m["code"]) for m in messages] == [(1, "ok"), (2, "ok"),
+                                                             (None, "mac_invalid")]
+    with trio.fail_after(5):
+        assert await pos.stream.receive_some(100) == b""
+    account = await switch.admin.request({"t": "account", "account": "WH1"})
+    assert account["balance"] == 1000 - 2
+
+
 async def test_ids_are_remembered_for_the_retention_period_then_forgotten(switch):
     await switch.person("WH1", "AAAA", balance=1000)
     pos = await switch.terminal("WH-POS-1")
