@@ -126,6 +126,7 @@ error_flush_timeout_s = 5.0        # a closing connection's last frames are writ
 accept_pause_s = 0.1               # out of file descriptors: accepting waits this long
 receives_between_checkpoints = 8   # hello path: receives that found data at once before yielding anyway
 ready_connections_per_pass_max = 2048  # epoll events taken per pass of the poller
+pass_execute_s_max = 0.02          # a pass executes this long, then the committer's turn; the rest first next pass
 read_deadline_sweep_s = 1.0        # how often the poller ends reading past idle/frame deadlines
 
 # Allocations between collections of Python's youngest generation (CPython's default: 700).

@@ -102,12 +102,16 @@ class ReadinessPoller:
         # arrived after the poll before it. That bounds how long a request may have waited
         # for us to read it, which is what overload is judged by (`heard_by`).
         complete_poll_at = clock()
+        # Execute steps a pass ran out of time for, oldest first: they run first in the
+        # next pass, and their connections are not read again until they have.
+        carried: list = []
+        carrying: set = set()
         task_status.started()
         try:
             while True:
                 polled_at = clock()
                 events = poll(0, events_max)
-                if not events and not self._resumed:
+                if not events and not self._resumed and not carried:
                     # Nothing unread: we wait. What wakes us arrived while we waited, just
                     # before we woke (but for the other tasks trio ran first: short when we
                     # are idle enough to wait at all; past saturation no pass waits).
@@ -117,27 +121,41 @@ class ReadinessPoller:
                     polled_at = complete_poll_at = clock()
                     events = poll(0, events_max)
                 self.heard_by = complete_poll_at
-                if len(events) < events_max:
-                    complete_poll_at = polled_at
+                execute_until = polled_at + limits.pass_execute_s_max
+                execute, carried = carried, []
                 if self._resumed:
                     resumed, self._resumed = self._resumed, []
-                    for connection in resumed:
-                        self._contained(connection, connection.on_room)
-                # In stages over every ready connection: all receives, then each stage
-                # a connection's step returns (open the frames, then execute them), so
-                # each stage's code stays in the CPU's caches for the whole pass.
-                stage = []
+                    execute += [(connection, connection.on_room) for connection in resumed]
+                # In stages over every ready connection: all receives, then opening what
+                # they brought, then executing it, so each stage's code stays in the CPU's
+                # caches for the whole pass.
+                received = []
+                skipped = False
                 for fd, _ in events:
                     connection = by_fd.get(fd)
-                    if connection is not None:
-                        stage.append((connection, connection.on_readable))
-                while stage:
-                    next_stage = []
-                    for connection, step in stage:
-                        then = self._contained(connection, step)
-                        if then is not None:
-                            next_stage.append((connection, then))
-                    stage = next_stage
+                    if connection is None:
+                        continue
+                    if connection in carrying:
+                        skipped = True   # more waits behind what it has not run yet
+                        continue
+                    then = self._contained(connection, connection.on_readable)
+                    if then is not None:
+                        received.append((connection, then))
+                # What a later pass reads arrived after this poll only if it read all.
+                if len(events) < events_max and not skipped:
+                    complete_poll_at = polled_at
+                for connection, step in received:
+                    then = self._contained(connection, step)
+                    if then is not None:
+                        execute.append((connection, then))
+                # Executing is bounded per pass: the committer then commits and answers
+                # what ran, rather than every till waiting for the whole queue to run.
+                for index, (connection, step) in enumerate(execute):
+                    if index and clock() >= execute_until:
+                        carried = execute[index:]
+                        break
+                    self._contained(connection, step)
+                carrying = {connection for connection, _ in carried}
                 self.passes += 1
                 now = current_time()
                 if now >= next_sweep:

@@ -210,7 +210,11 @@ class Connection:
         return self.on_opened
 
     def on_opened(self) -> None:
-        """What `on_received` opened, executed (the pass's third stage)."""
+        """What `on_received` opened, executed (the pass's third stage, perhaps a pass
+        later: a pass executes for a bounded time)."""
+        if self.closed:
+            self._backlog.clear()   # gone meanwhile: nobody to answer
+            return
         self._run_backlog(self._received_at)
 
     def _open_into_backlog(self, payloads: list) -> None:

@@ -216,3 +216,52 @@ async def test_a_pass_receives_on_every_ready_connection_before_it_decodes_any(p
     assert stages == ["receive"] * 6 + ["decode"] * 6
     for connection in connections:
         connection.close()
+
+
+async def test_a_pass_executes_for_a_bounded_time_and_the_rest_runs_first_next_pass(
+        poller, monkeypatch):
+    """Past the pass's time the remaining executes wait for the next pass, which runs them
+    first: between the two, other tasks (the committer, answering what ran) get their turn.
+    A connection whose execute waits is not read again before it runs."""
+    monkeypatch.setattr(limits, "pass_execute_s_max", 0.1)
+    log = []
+    connections = []
+
+    class Slow(FakeConnection):
+        def on_readable(self):
+            super().on_readable()
+            return self._open
+
+        def _open(self):
+            return self._execute
+
+        def _execute(self):
+            if not log:
+                for connection in connections:   # more arrives while the pass executes
+                    connection.theirs.send(b"b")
+            log.append(("execute", self.name, self.received, self.poller.passes))
+            time.sleep(0.05)   # the third of a pass would start at 0.1 s or later
+
+    connections += [Slow(poller, f"c{n}") for n in range(4)]
+    for connection in connections:
+        poller.add(connection)
+    await _settle()
+    for connection in connections:
+        connection.theirs.send(b"a")
+    with trio.fail_after(10):
+        while sum(entry[0] == "execute" for entry in log) < 4:
+            await trio.sleep(0.01)
+    executes = [(i, entry) for i, entry in enumerate(log) if entry[0] == "execute"][:4]
+    # Two in the first pass (the second starts before 0.1 s, a third would not), then the
+    # pass ends (its checkpoint: the other tasks' turn), and the two put off run first
+    # thing in the next pass.
+    (a, first), (b, second), (c, third), (d, fourth) = executes
+    assert b == a + 1 and d == c + 1
+    assert first[3] == second[3] and third[3] == fourth[3] == first[3] + 1
+    assert sorted(entry[1] for _, entry in executes) == ["c0", "c1", "c2", "c3"]
+    # Those put off ran with what they had when they were put off: "b" was not read yet.
+    assert third[2] == fourth[2] == b"a"
+    await _settle()
+    assert all(connection.received == b"ab" for connection in connections)
+    for connection in connections:
+        connection.close()
