@@ -40,5 +40,17 @@ def _pad_account_records(txn, dbs) -> None:
         txn.put(key, record, db=dbs["accounts"])
 
 
+def _drop_id_expiry_index(txn, dbs) -> None:
+    """Schema 3 -> 4: remembered ids are forgotten by a sweep over `idempotency` itself
+    (Ledger.forget_old_ids); the index by time they had (`idempotency_expiry`) goes."""
+    _drop_retired(txn, dbs, "idempotency_expiry")
+
+
+def _drop_retired(txn, dbs, name: str) -> None:
+    # Absent from a data dir that never wrote it (the store opens only those that exist).
+    if name in dbs:
+        txn.drop(dbs[name], delete=True)
+
+
 # schema version -> the step that brings a data dir of that version to the next one.
-UPGRADES = {1: _index_rooms, 2: _pad_account_records}
+UPGRADES = {1: _index_rooms, 2: _pad_account_records, 3: _drop_id_expiry_index}

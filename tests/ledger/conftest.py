@@ -202,7 +202,7 @@ class World:
         return prune_used_qr(self.ledger)
 
     def forget_old_ids(self) -> int:
-        return self.ledger.forget_old_ids(limits.idempotency_forget_per_pass_max)
+        return self.ledger.forget_old_ids(limits.idempotency_sweep_ids_per_pass_max)
 
     def housekeep(self):
         """One whole housekeeping pass, then its commit."""

@@ -31,6 +31,11 @@ def unpack(data: bytes):
     return msgpack.unpackb(data, raw=False)
 
 
+def _remembered_at_ms(data: bytes) -> int:
+    """When an `idempotency` value was remembered (its last element)."""
+    return unpack(data)[3]
+
+
 @dataclass
 class Credential:
     who: str
@@ -84,6 +89,9 @@ class Ledger:
         self.blacklist = Blacklist(store)
         self.holds = Holds(self)
         self.subsidy_batches = SubsidyBatches(store)
+        # The last id the retention sweep visited (`forget_old_ids`); None: start at the first.
+        # Kept in memory: a restart only starts a cycle over, which never forgets early.
+        self._ids_swept_to: bytes | None = None
         # Requests (and housekeeping passes) that raised and were undone; exported as a metric.
         self.failures = 0
         self._request_effects = 0
@@ -325,23 +333,34 @@ class Ledger:
         remembered = self.master.seal(sealing.REPLY, key, _pack(reply)) \
             if sealing.holds_secret(reply) else reply
         self.store.put("idempotency", key, _pack([request_type, fingerprint, remembered, now_ms]))
-        self.store.put("idempotency_expiry", now_ms.to_bytes(8, "big") + key, b"")
 
-    def forget_old_ids(self, limit: int) -> int:
-        """Drop remembered ids older than the retention period (at most `limit` a pass)."""
+    def forget_old_ids(self, keys_max: int) -> int:
+        """Visit up to `keys_max` committed remembered ids from where the last pass stopped and
+        forget those remembered longer ago than the retention period; a pass that reaches the
+        last id ends there, the next starts again at the first. Returns how many were
+        forgotten.
+
+        The sweep is the only retention: an id is kept at least the retention period and at
+        most that plus one cycle through every id (docs/RELIABILITY.md). An index by time would
+        cost each remembered id a second key, a randomly placed page in every commit."""
         cutoff_ms = self.clock.now_ms() - self.config.idempotency_retention_s * 1000
-        cutoff = max(cutoff_ms, 0).to_bytes(8, "big")
-        forgotten = 0
-        for index_key, _ in self.store.committed_items("idempotency_expiry"):
-            if index_key[:8] >= cutoff or forgotten >= limit:
+        after = self._ids_swept_to
+        self._ids_swept_to = None   # unless the pass stops short of the last id
+        forgotten = visited = 0
+        for key, data in self.store.committed_items("idempotency", start=after):
+            if key == after:
+                continue
+            if visited == keys_max:
+                self._ids_swept_to = after
                 break
-            key = index_key[8:]
-            data = self.store.get("idempotency", key)
-            # The id may have been remembered again later (a tombstone, then its original).
-            if data is not None and unpack(data)[3] < cutoff_ms:
-                self.store.delete("idempotency", key)
-                forgotten += 1
-            self.store.delete("idempotency_expiry", index_key)
+            visited += 1
+            after = key
+            if _remembered_at_ms(data) < cutoff_ms:
+                # The open batch may hold it again, newer (a tombstone, then its original).
+                current = self.store.get("idempotency", key)
+                if current is not None and _remembered_at_ms(current) < cutoff_ms:
+                    self.store.delete("idempotency", key)
+                    forgotten += 1
         return forgotten
 
     # ----------------------------------------------------------- history of one account
