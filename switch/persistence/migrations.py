@@ -1,6 +1,8 @@
 """Upgrades a data dir written by an older switch to the schema this one reads, in place,
 inside the write transaction that checks the schema (all or nothing)."""
 
+import msgpack
+
 from switch.core import layout
 from switch.identifiers import building_of
 
@@ -52,5 +54,32 @@ def _drop_retired(txn, dbs, name: str) -> None:
         txn.drop(dbs[name], delete=True)
 
 
+def _chain_account_histories(txn, dbs) -> None:
+    """Schema 4 -> 5: an account's history is a chain through the journal (each record's
+    `prev`, the account record's LAST_TXN its head) instead of an index of its own
+    (`account_journal`, a randomly placed key per record): one pass over the journal links
+    the records, then the heads are written and the index goes."""
+    newest: dict[bytes, int] = {}
+    linked = []
+    for key, value in txn.cursor(db=dbs["journal"]):
+        record = msgpack.unpackb(value, raw=False)
+        if type(record) is not dict or type(record.get("account")) is not str:
+            continue   # a record the switch never writes: audit says so, history skips it
+        account = record["account"].encode()
+        record["prev"] = newest.get(account, 0)
+        newest[account] = int.from_bytes(key, "big")
+        linked.append((bytes(key), msgpack.packb(record, use_bin_type=True)))
+    for key, value in linked:
+        txn.put(key, value, db=dbs["journal"])
+    for account, head in newest.items():
+        record = txn.get(account, db=dbs["accounts"])
+        if record is not None:
+            record = bytearray(record)
+            layout.set_history_head(record, head)
+            txn.put(account, bytes(record), db=dbs["accounts"])
+    _drop_retired(txn, dbs, "account_journal")
+
+
 # schema version -> the step that brings a data dir of that version to the next one.
-UPGRADES = {1: _index_rooms, 2: _pad_account_records, 3: _drop_id_expiry_index}
+UPGRADES = {1: _index_rooms, 2: _pad_account_records, 3: _drop_id_expiry_index,
+            4: _chain_account_histories}

@@ -128,23 +128,6 @@ def test_reads_on_one_thread_while_another_commits(tmp_path):
     assert store.get("accounts", b"A") == b"v1"
 
 
-def test_reverse_prefix_iteration(tmp_path):
-    store = Store(str(tmp_path))
-    for account in (b"A", b"AB", b"B"):
-        for n in (1, 2, 3):
-            store.put("account_journal", account + b"\0" + n.to_bytes(8, "big"), b"")
-    batch = store.seal()
-    store.write_batch(batch)
-    store.committed(batch)
-    keys = [k for k, _ in store.committed_items("account_journal", b"A\0", reverse=True)]
-    assert [int.from_bytes(k[-8:], "big") for k in keys] == [3, 2, 1]
-    below = [k for k, _ in store.committed_items("account_journal", b"A\0", reverse=True,
-                                                 start=b"A\0" + (3).to_bytes(8, "big"))]
-    assert [int.from_bytes(k[-8:], "big") for k in below] == [2, 1]
-    last = [k for k, _ in store.committed_items("account_journal", b"B\0", reverse=True)]
-    assert len(last) == 3
-
-
 def test_reopening_a_grown_store_leaves_room_to_write(tmp_path):
     store = Store(str(tmp_path), map_size_bytes=64 * 1024)
     for attempt in range(8):

@@ -279,14 +279,21 @@ class Ledger:
     # ----------------------------------------------------------- journal
     def append_journal(self, kind: str, account_id: str, school: str, amount: int, balance: int,
                        credential: Credential | None, ref, **extra) -> int:
+        """Journal a record of the account's and make it the head of the account's history:
+        the record names the account's previous txn (`prev`, 0 for its first), the account
+        record its newest (layout.LAST_TXN). A caller that changed its copy of the account
+        record saves it first: this changes the open batch's copy in place."""
         txn = self.store.next_txn()
+        account = self.account(account_id)
         record = {"txn": txn, "at": self.clock.now_ms(), "kind": kind, "account": account_id,
                   "school": school, "amount": amount, "balance": balance,
                   "who": credential.who if credential else None,
-                  "merchant": credential.merchant if credential else None, "ref": ref}
+                  "merchant": credential.merchant if credential else None, "ref": ref,
+                  "prev": layout.get(account, layout.LAST_TXN)}
         record.update(extra)
         self.store.put("journal", txn_key(txn), _pack(record))
-        self.store.put("account_journal", account_id.encode() + b"\0" + txn_key(txn), b"")
+        layout.set_history_head(account, txn)
+        self.save_account(account_id, account)
         return txn
 
     def journal_record(self, txn: int) -> dict | None:
@@ -365,12 +372,22 @@ class Ledger:
 
     # ----------------------------------------------------------- history of one account
     def account_txns_before(self, account_id: str, before_txn: int | None):
-        """The account's committed txns, newest first, below `before_txn` when given."""
-        prefix = account_id.encode() + b"\0"
-        start = None if before_txn is None else prefix + txn_key(before_txn)
-        for key, _ in self.store.committed_items("account_journal", prefix, reverse=True,
-                                                 start=start):
-            yield int.from_bytes(key[len(prefix):], "big")
+        """The account's committed txns, newest first, below `before_txn` when given: a walk
+        back along the `prev` of its records from its head (layout.LAST_TXN)."""
+        account = self.store.get_committed("accounts", account_id.encode())
+        txn = 0 if account is None else layout.get(account, layout.LAST_TXN)
+        if before_txn is not None:
+            start = self._committed_journal_record(before_txn)
+            if start is not None and start["account"] == account_id:
+                txn = start["prev"]   # a page's `next`: go on from it, not from the head
+        while txn:
+            if before_txn is None or txn < before_txn:
+                yield txn
+            txn = self._committed_journal_record(txn)["prev"]
+
+    def _committed_journal_record(self, txn: int) -> dict | None:
+        data = self.store.get_committed("journal", txn_key(txn))
+        return None if data is None else unpack(data)
 
     # ----------------------------------------------------------- QR codes
     def qr_secret(self, account_id: str) -> bytes | None:
