@@ -60,17 +60,20 @@ def _chain_account_histories(txn, dbs) -> None:
     (`account_journal`, a randomly placed key per record): one pass over the journal links
     the records, then the heads are written and the index goes."""
     newest: dict[bytes, int] = {}
-    linked = []
-    for key, value in txn.cursor(db=dbs["journal"]):
-        record = msgpack.unpackb(value, raw=False)
+    cursor = txn.cursor(db=dbs["journal"])
+    # Each record is rewritten where the cursor stands: memory for the heads only, whatever
+    # the journal holds.
+    for key, value in cursor:
+        try:
+            record = msgpack.unpackb(value, raw=False)
+        except ValueError:   # every unpacking error is one
+            record = None
         if type(record) is not dict or type(record.get("account")) is not str:
             continue   # a record the switch never writes: audit says so, history skips it
         account = record["account"].encode()
         record["prev"] = newest.get(account, 0)
         newest[account] = int.from_bytes(key, "big")
-        linked.append((bytes(key), msgpack.packb(record, use_bin_type=True)))
-    for key, value in linked:
-        txn.put(key, value, db=dbs["journal"])
+        cursor.put(key, msgpack.packb(record, use_bin_type=True))
     for account, head in newest.items():
         record = txn.get(account, db=dbs["accounts"])
         if record is not None:
