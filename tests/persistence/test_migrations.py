@@ -75,3 +75,22 @@ def test_audit_reads_a_schema_4_data_dir_before_its_upgrade_without_a_chain_to_c
     _as_schema_4(str(campus.path))
     report = audit(str(campus.path))
     assert report.sound, report.problems
+
+
+def test_a_malformed_journal_record_does_not_stop_the_upgrade(tmp_path):
+    """The switch still starts: the record is left as it is (audit reports it), the others
+    are linked around it."""
+    campus = populate(World(tmp_path / "data"))
+    debits = [campus.ok(campus.pos, "debit", card=CARD, amount=5)["txn"] for _ in range(3)]
+    campus.commit()
+
+    def as_schema_4_with_a_malformed_record(data_dir: str) -> None:
+        _as_schema_4(data_dir)
+        env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
+        with env.begin(write=True) as txn:
+            txn.put(debits[1].to_bytes(8, "big"), b"\xc1", db=env.open_db(b"journal", txn=txn))
+        env.close()
+    campus.restart(while_closed=as_schema_4_with_a_malformed_record)
+    assert campus.journal(debits[2])["prev"] == debits[0]
+    campus.close()
+    assert any(problem.endswith("malformed record") for problem in audit(str(campus.path)).problems)
