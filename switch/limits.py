@@ -57,7 +57,10 @@ holds_expired_per_pass_max = 5_000 # holds a housekeeping pass releases at most
 
 # --- Retention and windows (docs/PROTOCOL.md §4.4, §4.8-4.10, §4.14) ---
 idempotency_retention_s = 8 * 24 * 3600   # > offline_window_s + offline_future_s
-idempotency_forget_per_pass_max = 10_000   # housekeeping deletes at most this many a second
+# Remembered ids the retention sweep visits per housekeeping pass (one a second): a full cycle
+# through N ids takes N / this seconds, and the sweep keeps up while fewer ids than this are
+# remembered per second (docs/RELIABILITY.md, idempotency retention).
+idempotency_sweep_ids_per_pass_max = 10_000
 reversal_window_s = 24 * 3600
 hold_timeout_s = 30 * 60
 offline_window_s = 7 * 24 * 3600

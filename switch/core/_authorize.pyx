@@ -79,7 +79,8 @@ cdef packed struct AccountRecord:
     unsigned char pin_hash[32]
     unsigned char id_hash[32]
     int64_t subsidy
-    uint8_t spare[16]
+    int64_t last_txn         # the ledger's (history's head); the core never reads it
+    uint8_t spare[8]
 
 
 cdef packed struct MealRecord:
@@ -159,6 +160,7 @@ cdef _check_mirrors():
         "LIMIT_NO_PIN": _offset(r, &r.limit_no_pin), "SCHOOL": _offset(r, &r.school[0]),
         "PIN_SALT": _offset(r, &r.pin_salt[0]), "PIN_HASH": _offset(r, &r.pin_hash[0]),
         "ID_HASH": _offset(r, &r.id_hash[0]), "SUBSIDY": _offset(r, &r.subsidy),
+        "LAST_TXN": _offset(r, &r.last_txn),
     }
     for name, offset in offsets.items():
         if getattr(_layout, name)[0] != offset:
@@ -201,6 +203,7 @@ cdef _check_mirrors():
         "LIMIT_DAILY": sizeof(r.limit_daily), "LIMIT_NO_PIN": sizeof(r.limit_no_pin),
         "SCHOOL": sizeof(r.school), "PIN_SALT": SALT_SIZE_BYTES, "PIN_HASH": DIGEST_SIZE_BYTES,
         "ID_HASH": DIGEST_SIZE_BYTES, "SUBSIDY": sizeof(r.subsidy),
+        "LAST_TXN": sizeof(r.last_txn),
     }
     for name, size in sizes.items():
         if struct.calcsize(getattr(_layout, name)[1]) != size:

@@ -21,7 +21,7 @@ def tick(ledger) -> Tick:
     ledger.begin_request()
     try:
         payments.prune_used_qr(ledger)
-        ledger.forget_old_ids(limits.idempotency_forget_per_pass_max)
+        ledger.forget_old_ids(limits.idempotency_sweep_ids_per_pass_max)
         subsidies.expire_due_subsidies(ledger)
         payments.forget_old_meals(ledger)
         return Tick(holds_expired=dorm.expire_due_holds(ledger), failed=False)

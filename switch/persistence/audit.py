@@ -22,6 +22,9 @@ and checks the sums and what they mean:
   after the loss. The loss's exact time is the card's `changed_at` while no later change
   of the card overwrote it; after one, the loss record's own `at` (a bound: the card was
   stamped no later) decides only that an unflagged tap after it should have been flagged.
+- history: each record's `prev` is the txn of its account's record before it (0 for the
+  first), and each account's head (layout.LAST_TXN) is its newest record (a data dir no
+  switch of schema 5 opened yet has no chain to check: its upgrade links it);
 - subsidies: each account's purse equals what the journal put in and took out of it
   (`from_subsidy`, the part of a record's `amount` the purse paid; each record's `subsidy`
   where it says one) and what its batches hold; its balance equals its journal amounts
@@ -48,8 +51,9 @@ _CARD_CHANGES = {
     "replace_card": [("old", layout.CARD_BLOCKED), ("card", layout.CARD_ACTIVE)],
 }
 OFFLINE_FLAGS = frozenset({"after_lost", "meal_limit"})
-_DATABASES = ("accounts", "journal", "holds", "hold_expiry", "cards", "blacklist_cards",
+_DATABASES = ("meta", "accounts", "journal", "holds", "hold_expiry", "cards", "blacklist_cards",
               "subsidy_batches")
+_CHAINED_SCHEMA = 5   # the first schema whose journal links each account's records
 
 
 
@@ -159,7 +163,9 @@ AFTER_CLOSING_KINDS = frozenset({"lost", "found"})
 
 
 def _check(txn, dbs, report: AuditReport) -> None:
-    sums, card_history, offline, closed_by, subsidies = _check_journal(txn, dbs, report)
+    chained = _schema(txn, dbs) >= _CHAINED_SCHEMA
+    sums, card_history, offline, closed_by, subsidies, newest = _check_journal(
+        txn, dbs, report, chained)
     # A data dir no switch of this version opened yet holds shorter records (schema 2: 152
     # bytes); read them as the migration will write them, the new fields zero.
     accounts = {key.decode(): bytes(value).ljust(layout.ACCOUNT_RECORD_SIZE, b"\0")
@@ -167,19 +173,27 @@ def _check(txn, dbs, report: AuditReport) -> None:
     held = _check_holds(txn, dbs, report, accounts)
     _check_accounts(report, accounts, sums, held, closed_by, subsidies,
                     _subsidy_batches(txn, dbs))
+    if chained:
+        _check_history_heads(report, accounts, newest)
     cards = _check_cards(txn, dbs, report, accounts, card_history)
     _check_offline(report, offline, cards, card_history)
 
 
-def _check_journal(txn, dbs, report: AuditReport):
+def _schema(txn, dbs) -> int:
+    stored = None if dbs["meta"] is None else txn.get(b"schema_version", db=dbs["meta"])
+    return 0 if stored is None else int(stored)
+
+
+def _check_journal(txn, dbs, report: AuditReport, chained: bool):
     """(journal sum per account, card -> [(txn, state, at)], offline records, account -> the
-    txn that closed it, subsidy purse per account) after checking txn numbering and running
-    balances."""
+    txn that closed it, subsidy purse per account, account -> its newest txn) after checking
+    txn numbering, running balances and, when `chained`, each record's `prev`."""
     sums: dict[str, int] = {}
     card_history: dict[str, list] = {}
     offline = []
     closed_by: dict[str, int] = {}   # account -> the txn that closed it
     subsidies: dict[str, int] = {}
+    newest: dict[str, int] = {}
     expected_txn = 1
     for key, value in _items(txn, dbs["journal"]):
         number = int.from_bytes(key, "big")
@@ -199,6 +213,10 @@ def _check_journal(txn, dbs, report: AuditReport):
         if record.get("txn") != number:
             report.problems.append(f"txn {number}: record says txn {record.get('txn')}")
         account = record["account"]
+        if chained and record.get("prev") != newest.get(account, 0):
+            report.problems.append(f"txn {number}: prev {record.get('prev')!r} but {account}'s "
+                                   f"record before it is txn {newest.get(account, 0)}")
+        newest[account] = number
         if account in closed_by and not (record["kind"] in AFTER_CLOSING_KINDS
                                          and record["amount"] == 0):
             report.problems.append(f"txn {number}: {record.get('kind')} on account {account} "
@@ -223,7 +241,7 @@ def _check_journal(txn, dbs, report: AuditReport):
             offline.append(record)
         expected_txn += 1
         report.records += 1
-    return sums, card_history, offline, closed_by, subsidies
+    return sums, card_history, offline, closed_by, subsidies, newest
 
 
 _RECORD_FIELDS = (("account", str), ("amount", int), ("balance", int), ("kind", str),
@@ -296,6 +314,14 @@ def _check_accounts(report: AuditReport, accounts: dict, sums: dict, held: dict,
                                    f"after it was closed at txn {closed_by[account]}")
     for account in sums:
         report.problems.append(f"journal names account {account} that does not exist")
+
+
+def _check_history_heads(report: AuditReport, accounts: dict, newest: dict) -> None:
+    for account, value in accounts.items():
+        head = layout.get(value, layout.LAST_TXN)
+        if head != newest.get(account, 0):
+            report.problems.append(f"account {account}: history head txn {head} but its newest "
+                                   f"record is txn {newest.get(account, 0)}")
 
 
 def _check_cards(txn, dbs, report: AuditReport, accounts: dict, card_history: dict) -> dict:

@@ -1,6 +1,8 @@
 """Upgrades a data dir written by an older switch to the schema this one reads, in place,
 inside the write transaction that checks the schema (all or nothing)."""
 
+import msgpack
+
 from switch.core import layout
 from switch.identifiers import building_of
 
@@ -40,5 +42,47 @@ def _pad_account_records(txn, dbs) -> None:
         txn.put(key, record, db=dbs["accounts"])
 
 
+def _drop_id_expiry_index(txn, dbs) -> None:
+    """Schema 3 -> 4: remembered ids are forgotten by a sweep over `idempotency` itself
+    (Ledger.forget_old_ids); the index by time they had (`idempotency_expiry`) goes."""
+    _drop_retired(txn, dbs, "idempotency_expiry")
+
+
+def _drop_retired(txn, dbs, name: str) -> None:
+    # Absent from a data dir that never wrote it (the store opens only those that exist).
+    if name in dbs:
+        txn.drop(dbs[name], delete=True)
+
+
+def _chain_account_histories(txn, dbs) -> None:
+    """Schema 4 -> 5: an account's history is a chain through the journal (each record's
+    `prev`, the account record's LAST_TXN its head) instead of an index of its own
+    (`account_journal`, a randomly placed key per record): one pass over the journal links
+    the records, then the heads are written and the index goes."""
+    newest: dict[bytes, int] = {}
+    cursor = txn.cursor(db=dbs["journal"])
+    # Each record is rewritten where the cursor stands: memory for the heads only, whatever
+    # the journal holds.
+    for key, value in cursor:
+        try:
+            record = msgpack.unpackb(value, raw=False)
+        except ValueError:   # every unpacking error is one
+            record = None
+        if type(record) is not dict or type(record.get("account")) is not str:
+            continue   # a record the switch never writes: audit says so, history skips it
+        account = record["account"].encode()
+        record["prev"] = newest.get(account, 0)
+        newest[account] = int.from_bytes(key, "big")
+        cursor.put(key, msgpack.packb(record, use_bin_type=True))
+    for account, head in newest.items():
+        record = txn.get(account, db=dbs["accounts"])
+        if record is not None:
+            record = bytearray(record)
+            layout.set_history_head(record, head)
+            txn.put(account, bytes(record), db=dbs["accounts"])
+    _drop_retired(txn, dbs, "account_journal")
+
+
 # schema version -> the step that brings a data dir of that version to the next one.
-UPGRADES = {1: _index_rooms, 2: _pad_account_records}
+UPGRADES = {1: _index_rooms, 2: _pad_account_records, 3: _drop_id_expiry_index,
+            4: _chain_account_histories}

@@ -16,7 +16,7 @@ from switch import limits
 from switch.persistence.migrations import UPGRADES
 from switch.persistence.keys import decode_position, encode_position, position_key, txn_key
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
 
 # name -> what it holds (key -> value)
@@ -28,11 +28,10 @@ DATABASES = {
              "lost keeps the time it was lost)",
     "account_cards": "account id + NUL + card id -> empty",
     "credentials": "credential id -> msgpack {key (sealed), role, school, kind, merchant, revoked}",
-    "journal": "txn (8 bytes big-endian) -> msgpack record",
-    "account_journal": "account id + NUL + txn (8 bytes BE) -> empty",
+    "journal": "txn (8 bytes big-endian) -> msgpack record (`prev`: the account's previous "
+               "txn, so an account's history is a chain from its record's LAST_TXN)",
     "idempotency": "credential id + NUL + msgpack(id) -> msgpack [t, fingerprint, reply (sealed "
                    "bytes when it holds a secret), at_ms]",
-    "idempotency_expiry": "at ms (8 bytes BE) + idempotency key -> empty (for retention)",
     "blacklist_cards": "school + NUL + card id -> empty (the current list)",
     "blacklist_changes": "school + NUL + version (8 bytes BE) -> msgpack [added, removed]",
     "qr_secrets": "account id -> sealed 32-byte QR secret (virtual card)",
@@ -50,6 +49,10 @@ DATABASES = {
     "meal_counts": "meal period (8 bytes BE: local day * 8 + period) + account id -> meal record",
     "last_taps": "account id + NUL + credential id -> tap record (core/layout.py TAP_*)",
 }
+
+# Databases an older schema kept and an upgrade drops (switch/persistence/migrations.py):
+# opened only for that upgrade, and only where they exist.
+RETIRED_DATABASES = ("idempotency_expiry", "account_journal")
 
 DELETED = None  # overlay value meaning "deleted in a batch not yet committed"
 # Databases read a page at a time in key order (`keys_after`). Their keys not yet committed
@@ -142,13 +145,25 @@ class Store:
                 return
             version = int(stored)
             # An older data dir is brought up to date in this transaction, step by step.
+            if version < SCHEMA_VERSION:
+                dbs = {**self.dbs, **self._retired_databases(txn)}
             while version < SCHEMA_VERSION and version in UPGRADES:
-                UPGRADES[version](txn, self.dbs)
+                UPGRADES[version](txn, dbs)
                 version += 1
                 txn.put(b"schema_version", str(version).encode())
             if version != SCHEMA_VERSION:
                 raise SchemaMismatch(f"data dir has schema {version}, this switch reads "
                                      f"{SCHEMA_VERSION}")
+
+    def _retired_databases(self, txn) -> dict:
+        """Handles of the retired databases this data dir still holds, for its upgrade."""
+        retired = {}
+        for name in RETIRED_DATABASES:
+            try:
+                retired[name] = self.env.open_db(name.encode(), txn=txn, create=False)
+            except lmdb.NotFoundError:
+                pass
+        return retired
 
     def _read_last_txn(self) -> int:
         with self.env.begin(db=self.dbs["journal"]) as txn:
@@ -172,34 +187,20 @@ class Store:
                 return self._read.get(key, db=self.dbs[db])
         return value  # DELETED is None: reads as absent
 
-    def committed_items(self, db: str, prefix: bytes = b"", reverse: bool = False,
-                        start: bytes | None = None):
-        """Iterate committed (key, value) pairs with `prefix`; overlay not included.
+    def get_committed(self, db: str, key: bytes):
+        """The committed value of `key`; the overlay not included."""
+        return self._read.get(key, db=self.dbs[db])
 
-        With `reverse`, iteration starts below `start` (exclusive) when given.
-        """
+    def committed_items(self, db: str, prefix: bytes = b"", start: bytes | None = None):
+        """Iterate committed (key, value) pairs with `prefix`, from `start` (inclusive) when
+        given; overlay not included."""
         cursor = self._read.cursor(db=self.dbs[db])
-        if not reverse:
-            if not cursor.set_range(start or prefix):
-                return
-            for key, value in cursor:
-                if not key.startswith(prefix):
-                    return
-                yield key, value
+        if not cursor.set_range(start or prefix):
             return
-        upper = start if start is not None else prefix + b"\xff" * 9
-        if cursor.set_range(upper):
-            if not cursor.prev():
-                return
-        elif not cursor.last():
-            return
-        while True:
-            key = cursor.key()
+        for key, value in cursor:
             if not key.startswith(prefix):
                 return
-            yield key, cursor.value()
-            if not cursor.prev():
-                return
+            yield key, value
 
     def keys_with_prefix(self, db: str, prefix: bytes, count_max: int) -> list[bytes]:
         """The first `count_max` keys with `prefix` as the overlay sees them: bounded work,

@@ -82,10 +82,13 @@ class World:
     def close(self) -> None:
         self.store.close()
 
-    def restart(self, **config_changes) -> None:
-        """Commit, close and open the data dir again, with a changed configuration."""
+    def restart(self, while_closed=None, **config_changes) -> None:
+        """Commit, close and open the data dir again, with a changed configuration (and
+        `while_closed(data dir)` run in between: e.g. to leave what an older switch left)."""
         self.commit()
         self.store.close()
+        if while_closed is not None:
+            while_closed(str(self.path))
         self.config = _config(config_changes)
         self.store = open_data_dir(str(self.path))
         self._open_ledger()
@@ -202,7 +205,7 @@ class World:
         return prune_used_qr(self.ledger)
 
     def forget_old_ids(self) -> int:
-        return self.ledger.forget_old_ids(limits.idempotency_forget_per_pass_max)
+        return self.ledger.forget_old_ids(limits.idempotency_sweep_ids_per_pass_max)
 
     def housekeep(self):
         """One whole housekeeping pass, then its commit."""

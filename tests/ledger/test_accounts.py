@@ -101,6 +101,22 @@ def test_history_pages_with_before_and_limit(campus):
         campus.service, "history", account=STUDENT, before=every[0])["items"]] == every[1:]
 
 
+def test_history_pages_from_any_before_not_only_the_accounts_own_txns(campus):
+    """`before` may name another account's txn or none at all: the walk back from the
+    account's newest record still answers exactly its records below it."""
+    others = []
+    for n in range(4):
+        campus.ok(campus.pos, "debit", card=CARD, amount=1 + n)
+        others.append(campus.credit(CUIK_STUDENT, 10)["txn"])
+    campus.commit()
+    every = [item["txn"] for item in campus.send(campus.service, "history", account=STUDENT,
+                                                 limit=limits.history_limit_max)["items"]]
+    for before in (*others, campus.last_txn + 100):
+        reply = campus.send(campus.service, "history", account=STUDENT, before=before)
+        assert [item["txn"] for item in reply["items"]] == [txn for txn in every
+                                                            if txn < before]
+
+
 # ---------------------------------------------------------------- limits (§4.7)
 def test_set_limits_changes_the_given_limits_and_replies_all_three(campus):
     before = campus.last_txn

@@ -13,6 +13,7 @@ WRONG_PIN = "999999"
 
 def test_debit_moves_the_money_and_writes_its_record(campus):
     at = campus.clock.now_ms()
+    [newest, *_] = campus.send(campus.service, "history", account=STUDENT)["items"]
     reply = campus.send(campus.pos, "debit", card=CARD, amount=1250, id="T0001-000001")
     txn = campus.last_txn
     assert reply == {"t": "debit", "code": "ok", "txn": txn, "balance": BALANCE - 1250,
@@ -20,7 +21,7 @@ def test_debit_moves_the_money_and_writes_its_record(campus):
     assert campus.journal(txn) == {
         "txn": txn, "at": at, "kind": "debit", "account": STUDENT, "school": "WH",
         "amount": -1250, "balance": BALANCE - 1250, "who": "WH-POS-1", "merchant": "WH-POS-1",
-        "ref": "T0001-000001", "card": CARD}
+        "ref": "T0001-000001", "card": CARD, "prev": newest["txn"]}
     assert campus.balance(STUDENT) == BALANCE - 1250
 
 

@@ -245,6 +245,51 @@ def test_ids_are_remembered_for_at_least_the_retention_period(campus):
     assert campus.balance(STUDENT) == BALANCE - 100
 
 
+def _remember_ids(world, numbers) -> None:
+    for number in numbers:
+        world.ledger.remember("till", number, "debit", bytes(16), {"t": "debit", "code": "ok"})
+    world.commit()
+
+
+def _remembered(world) -> list:
+    return [key for key, _ in world.store.committed_items("idempotency")]
+
+
+@pytest.mark.parametrize("beyond_the_bound", [0, 1])
+def test_a_retention_pass_visits_at_most_its_bound_and_the_next_goes_on_from_there(
+        world, beyond_the_bound):
+    bound = limits.idempotency_sweep_ids_per_pass_max
+    _remember_ids(world, range(bound + beyond_the_bound - len(_remembered(world))))
+    world.clock.advance(world.config.idempotency_retention_s + 1)
+    assert world.forget_old_ids() == bound
+    world.commit()
+    assert len(_remembered(world)) == beyond_the_bound
+    assert world.forget_old_ids() == beyond_the_bound
+    world.commit()
+    assert _remembered(world) == []
+
+
+def test_the_sweep_goes_round_and_never_forgets_an_id_before_the_retention_period(world):
+    keys_max = 3
+    world.clock.advance(world.config.idempotency_retention_s)   # ids of the setup: old
+    _remember_ids(world, range(0, 20, 2))
+    world.clock.advance(world.config.idempotency_retention_s - 1)
+    _remember_ids(world, range(1, 20, 2))
+    world.clock.advance(2)             # the even ids are past the retention, the odd ones not
+    for _ in range(-(-len(_remembered(world)) // keys_max)):
+        world.ledger.forget_old_ids(keys_max)
+        world.commit()
+    left = _remembered(world)
+    assert [world.ledger.recall("till", number) is not None for number in range(20)] == [
+        number % 2 == 1 for number in range(20)]
+    assert len(left) == 10
+    # Round again from the first id: the odd ones' time comes, a pass of 3 at a time.
+    world.clock.advance(world.config.idempotency_retention_s)
+    assert [world.ledger.forget_old_ids(keys_max) for _ in range(4)] == [3, 3, 3, 1]
+    world.commit()
+    assert _remembered(world) == []
+
+
 # ---------------------------------------------------------------- internal (§4.3)
 @pytest.mark.parametrize("t, name, fields", [
     ("debit", "pos", {"card": CARD, "amount": 100}),

@@ -20,14 +20,16 @@ def _books(tmp_path, balance=500, amounts=(1000, -500), gap=False, kinds=None,
     record = layout.new_account_record("WH", 0, 0, bytes(16), bytes(32), bytes(32))
     layout.put(record, layout.BALANCE, balance)
     layout.put(record, layout.STATUS, status)
-    store.put("accounts", b"WH1", record)
-    running = 0
+    running = previous = 0
     for n, amount in enumerate(amounts, start=1):
         running += amount
         number = n + 1 if gap and n > 1 else n
         store.put("journal", txn_key(number), msgpack.packb(
             {"txn": number, "at": 0, "kind": kinds[n - 1] if kinds else "x", "account": "WH1",
-             "school": "WH", "amount": amount, "balance": running}))
+             "school": "WH", "amount": amount, "balance": running, "prev": previous}))
+        previous = number
+    layout.put(record, layout.LAST_TXN, previous)
+    store.put("accounts", b"WH1", record)
     store.commit_now()
     store.close()
 
@@ -230,6 +232,31 @@ def test_a_txn_missing_from_written_books_is_found(books):
     assert any(problem.startswith("txn gap: expected") for problem in problems)
 
 
+def test_a_history_chain_that_skips_a_record_is_found(books):
+    def change(txn, db):
+        key, record = _journal_record(txn, db, lambda r: r.get("ref") == "after-loss")
+        skipped.append(msgpack.unpackb(txn.get(txn_key(record["prev"]), db=db("journal"))))
+        record["prev"] = skipped[0]["prev"]
+        txn.put(key, msgpack.packb(record), db=db("journal"))
+    skipped = []
+    _lmdb_write(books, change)
+    [problem] = _problems(books)
+    assert problem.endswith(f"but {LOST_OWNER}'s record before it is txn {skipped[0]['txn']}")
+
+
+def test_an_account_whose_history_head_is_not_its_newest_record_is_found(books):
+    def change(txn, db):
+        record = bytearray(txn.get(LOST_OWNER.encode(), db=db("accounts")))
+        newest = layout.get(record, layout.LAST_TXN)
+        layout.put(record, layout.LAST_TXN, newest - 1)
+        txn.put(LOST_OWNER.encode(), bytes(record), db=db("accounts"))
+        found.append(newest)
+    found = []
+    _lmdb_write(books, change)
+    assert _problems(books) == [f"account {LOST_OWNER}: history head txn {found[0] - 1} but its "
+                                f"newest record is txn {found[0]}"]
+
+
 @pytest.mark.parametrize("value", [b"\xc1 not msgpack", msgpack.packb({"txn": 1}),
                                    msgpack.packb([1, 2]), msgpack.packb({"account": 5,
                                                                         "amount": "5"})])
@@ -273,6 +300,7 @@ def _subsidy_books(tmp_path, purse: int, batch_remaining: int, record_subsidy: i
     record = layout.new_account_record("WH", 0, 0, bytes(16), bytes(32), bytes(32))
     layout.put(record, layout.BALANCE, 1000)
     layout.put(record, layout.SUBSIDY, purse)
+    layout.put(record, layout.LAST_TXN, 3)
     store.put("accounts", b"WH1", record)
     store.put("subsidy_batches", b"WH1\0b", msgpack.packb(
         {"remaining": batch_remaining, "expires": "2099-01-01", "end_ms": 1}))
@@ -280,7 +308,7 @@ def _subsidy_books(tmp_path, purse: int, batch_remaining: int, record_subsidy: i
             (1, 1000, 0, 1000, None), (2, 300, -300, 1000, 300),
             (3, -100, 100, 1000, record_subsidy)):
         entry = {"txn": number, "at": 0, "kind": "x", "account": "WH1", "school": "WH",
-                 "amount": amount, "balance": balance}
+                 "amount": amount, "balance": balance, "prev": number - 1}
         if from_subsidy:
             entry["from_subsidy"] = from_subsidy
         if subsidy is not None:
@@ -314,6 +342,7 @@ def test_a_data_dir_from_before_the_subsidy_purse_is_audited_before_any_switch_m
     with env.begin(write=True) as txn:
         accounts = env.open_db(b"accounts", txn=txn)
         txn.put(b"WH1", bytes(txn.get(b"WH1", db=accounts))[:152], db=accounts)
+        txn.put(b"schema_version", b"2", db=env.open_db(b"meta", txn=txn))
     env.close()
     report = audit(str(tmp_path))
     assert report.sound, report.problems

@@ -128,23 +128,6 @@ def test_reads_on_one_thread_while_another_commits(tmp_path):
     assert store.get("accounts", b"A") == b"v1"
 
 
-def test_reverse_prefix_iteration(tmp_path):
-    store = Store(str(tmp_path))
-    for account in (b"A", b"AB", b"B"):
-        for n in (1, 2, 3):
-            store.put("account_journal", account + b"\0" + n.to_bytes(8, "big"), b"")
-    batch = store.seal()
-    store.write_batch(batch)
-    store.committed(batch)
-    keys = [k for k, _ in store.committed_items("account_journal", b"A\0", reverse=True)]
-    assert [int.from_bytes(k[-8:], "big") for k in keys] == [3, 2, 1]
-    below = [k for k, _ in store.committed_items("account_journal", b"A\0", reverse=True,
-                                                 start=b"A\0" + (3).to_bytes(8, "big"))]
-    assert [int.from_bytes(k[-8:], "big") for k in below] == [2, 1]
-    last = [k for k, _ in store.committed_items("account_journal", b"B\0", reverse=True)]
-    assert len(last) == 3
-
-
 def test_reopening_a_grown_store_leaves_room_to_write(tmp_path):
     store = Store(str(tmp_path), map_size_bytes=64 * 1024)
     for attempt in range(8):
@@ -312,3 +295,40 @@ def test_a_schema_1_data_dir_gets_room_indexes_and_grown_account_records_at_open
         assert len(record) == layout.ACCOUNT_RECORD_SIZE and record[:152] == old
         assert layout.get(record, layout.SUBSIDY) == 0 and layout.get(record, layout.BALANCE) == 1234
     store.close()
+
+
+def _as_schema(path, version: bytes, retired: dict) -> None:
+    """Turn a data dir into what an older switch left: its schema version and the databases
+    it kept that this one does not (name -> items)."""
+    env = lmdb.open(str(path), max_dbs=32)
+    with env.begin(write=True) as txn:
+        txn.put(b"schema_version", version, db=env.open_db(b"meta", txn=txn))
+        for name, items in retired.items():
+            db = env.open_db(name.encode(), txn=txn)
+            for key, value in items:
+                txn.put(key, value, db=db)
+    env.close()
+
+
+def _database_names(path) -> set:
+    env = lmdb.open(str(path), max_dbs=32, readonly=True)
+    with env.begin() as txn:
+        names = {bytes(key).decode() for key, _ in txn.cursor()}
+    env.close()
+    return names
+
+
+@pytest.mark.parametrize("had_the_index", [True, False])
+def test_a_schema_3_data_dir_loses_the_id_expiry_index_and_keeps_its_ids(tmp_path, had_the_index):
+    store = Store(str(tmp_path))
+    store.put("idempotency", b"till\0\x01", b"remembered")
+    store.commit_now()
+    store.close()
+    index = [((1_795_000_000_000).to_bytes(8, "big") + b"till\0\x01", b"")]
+    _as_schema(tmp_path, b"3", {"idempotency_expiry": index} if had_the_index else {})
+    assert ("idempotency_expiry" in _database_names(tmp_path)) == had_the_index
+    store = Store(str(tmp_path))
+    assert store.get("meta", b"schema_version") == str(SCHEMA_VERSION).encode()
+    assert store.get("idempotency", b"till\0\x01") == b"remembered"
+    store.close()
+    assert "idempotency_expiry" not in _database_names(tmp_path)

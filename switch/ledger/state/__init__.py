@@ -31,6 +31,11 @@ def unpack(data: bytes):
     return msgpack.unpackb(data, raw=False)
 
 
+def _remembered_at_ms(data: bytes) -> int:
+    """When an `idempotency` value was remembered (its last element)."""
+    return unpack(data)[3]
+
+
 @dataclass
 class Credential:
     who: str
@@ -85,6 +90,9 @@ class Ledger:
         self.blacklist = Blacklist(store)
         self.holds = Holds(self)
         self.subsidy_batches = SubsidyBatches(store)
+        # The last id the retention sweep visited (`forget_old_ids`); None: start at the first.
+        # Kept in memory: a restart only starts a cycle over, which never forgets early.
+        self._ids_swept_to: bytes | None = None
         # Requests (and housekeeping passes) that raised and were undone; exported as a metric.
         self.failures = 0
         self._request_effects = 0
@@ -281,14 +289,21 @@ class Ledger:
     # ----------------------------------------------------------- journal
     def append_journal(self, kind: str, account_id: str, school: str, amount: int, balance: int,
                        credential: Credential | None, ref, **extra) -> int:
+        """Journal a record of the account's and make it the head of the account's history:
+        the record names the account's previous txn (`prev`, 0 for its first), the account
+        record its newest (layout.LAST_TXN). A caller that changed its copy of the account
+        record saves it first: this changes the open batch's copy in place."""
         txn = self.store.next_txn()
+        account = self.account(account_id)
         record = {"txn": txn, "at": self.now_ms(), "kind": kind, "account": account_id,
                   "school": school, "amount": amount, "balance": balance,
                   "who": credential.who if credential else None,
-                  "merchant": credential.merchant if credential else None, "ref": ref}
+                  "merchant": credential.merchant if credential else None, "ref": ref,
+                  "prev": layout.get(account, layout.LAST_TXN)}
         record.update(extra)
         self.store.put("journal", txn_key(txn), _pack(record))
-        self.store.put("account_journal", account_id.encode() + b"\0" + txn_key(txn), b"")
+        layout.set_history_head(account, txn)
+        self.save_account(account_id, account)
         return txn
 
     def journal_record(self, txn: int) -> dict | None:
@@ -335,33 +350,54 @@ class Ledger:
         remembered = self.master.seal(sealing.REPLY, key, _pack(reply)) \
             if sealing.holds_secret(reply) else reply
         self.store.put("idempotency", key, _pack([request_type, fingerprint, remembered, now_ms]))
-        self.store.put("idempotency_expiry", now_ms.to_bytes(8, "big") + key, b"")
 
-    def forget_old_ids(self, limit: int) -> int:
-        """Drop remembered ids older than the retention period (at most `limit` a pass)."""
+    def forget_old_ids(self, keys_max: int) -> int:
+        """Visit up to `keys_max` committed remembered ids from where the last pass stopped and
+        forget those remembered longer ago than the retention period; a pass that reaches the
+        last id ends there, the next starts again at the first. Returns how many were
+        forgotten.
+
+        The sweep is the only retention: an id is kept at least the retention period and at
+        most that plus one cycle through every id (docs/RELIABILITY.md). An index by time would
+        cost each remembered id a second key, a randomly placed page in every commit."""
         cutoff_ms = self.now_ms() - self.config.idempotency_retention_s * 1000
-        cutoff = max(cutoff_ms, 0).to_bytes(8, "big")
-        forgotten = 0
-        for index_key, _ in self.store.committed_items("idempotency_expiry"):
-            if index_key[:8] >= cutoff or forgotten >= limit:
+        after = self._ids_swept_to
+        self._ids_swept_to = None   # unless the pass stops short of the last id
+        forgotten = visited = 0
+        for key, data in self.store.committed_items("idempotency", start=after):
+            if key == after:
+                continue
+            if visited == keys_max:
+                self._ids_swept_to = after
                 break
-            key = index_key[8:]
-            data = self.store.get("idempotency", key)
-            # The id may have been remembered again later (a tombstone, then its original).
-            if data is not None and unpack(data)[3] < cutoff_ms:
-                self.store.delete("idempotency", key)
-                forgotten += 1
-            self.store.delete("idempotency_expiry", index_key)
+            visited += 1
+            after = key
+            if _remembered_at_ms(data) < cutoff_ms:
+                # The open batch may hold it again, newer (a tombstone, then its original).
+                current = self.store.get("idempotency", key)
+                if current is not None and _remembered_at_ms(current) < cutoff_ms:
+                    self.store.delete("idempotency", key)
+                    forgotten += 1
         return forgotten
 
     # ----------------------------------------------------------- history of one account
     def account_txns_before(self, account_id: str, before_txn: int | None):
-        """The account's committed txns, newest first, below `before_txn` when given."""
-        prefix = account_id.encode() + b"\0"
-        start = None if before_txn is None else prefix + txn_key(before_txn)
-        for key, _ in self.store.committed_items("account_journal", prefix, reverse=True,
-                                                 start=start):
-            yield int.from_bytes(key[len(prefix):], "big")
+        """The account's committed txns, newest first, below `before_txn` when given: a walk
+        back along the `prev` of its records from its head (layout.LAST_TXN)."""
+        account = self.store.get_committed("accounts", account_id.encode())
+        txn = 0 if account is None else layout.get(account, layout.LAST_TXN)
+        if before_txn is not None:
+            start = self._committed_journal_record(before_txn)
+            if start is not None and start["account"] == account_id:
+                txn = start["prev"]   # a page's `next`: go on from it, not from the head
+        while txn:
+            if before_txn is None or txn < before_txn:
+                yield txn
+            txn = self._committed_journal_record(txn)["prev"]
+
+    def _committed_journal_record(self, txn: int) -> dict | None:
+        data = self.store.get_committed("journal", txn_key(txn))
+        return None if data is None else unpack(data)
 
     # ----------------------------------------------------------- QR codes
     def qr_secret(self, account_id: str) -> bytes | None:

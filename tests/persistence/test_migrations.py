@@ -1,0 +1,96 @@
+"""Upgrades of a data dir an older switch wrote, checked on books the request layer wrote."""
+
+import os
+
+import lmdb
+import msgpack
+
+from switch.core import layout
+from switch.persistence.audit import audit
+from switch.persistence.store import STORE_DIR
+from tests.ledger.conftest import CARD, CUIK_STUDENT, ROOM, STUDENT, World, limits, populate
+
+ACCOUNTS = (STUDENT, CUIK_STUDENT, ROOM)
+
+
+def _history(world, account: str) -> list[int]:
+    return [item["txn"] for item in world.send(world.service, "history", account=account,
+                                               limit=limits.history_limit_max)["items"]]
+
+
+def _as_schema_4(data_dir: str) -> None:
+    """What a schema-4 switch left: journal records without `prev`, no history heads in the
+    account records, and the history index `account_journal`."""
+    env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
+    with env.begin(write=True) as txn:
+        journal, accounts = (env.open_db(name, txn=txn) for name in (b"journal", b"accounts"))
+        index = env.open_db(b"account_journal", txn=txn)
+        for key, value in list(txn.cursor(db=journal)):
+            record = msgpack.unpackb(value, raw=False)
+            del record["prev"]
+            txn.put(key, msgpack.packb(record, use_bin_type=True), db=journal)
+            txn.put(record["account"].encode() + b"\0" + key, b"", db=index)
+        for key, value in list(txn.cursor(db=accounts)):
+            record = bytearray(value)
+            layout.put(record, layout.LAST_TXN, 0)
+            txn.put(key, bytes(record), db=accounts)
+        txn.put(b"schema_version", b"4", db=env.open_db(b"meta", txn=txn))
+    env.close()
+
+
+def _database_names(env) -> set[str]:
+    with env.begin() as txn:
+        return {bytes(key).decode() for key, _ in txn.cursor()}
+
+
+def test_a_schema_4_data_dir_gets_its_histories_chained_and_loses_the_index(tmp_path):
+    campus = populate(World(tmp_path / "data"))
+    for n in range(3):
+        campus.ok(campus.pos, "debit", card=CARD, amount=10 + n)
+        campus.credit(CUIK_STUDENT, 5)
+        campus.credit(ROOM, 7)
+    campus.commit()
+    histories = {account: _history(campus, account) for account in ACCOUNTS}
+    assert all(len(history) >= 4 for history in histories.values())
+    campus.restart(while_closed=_as_schema_4)
+    assert "account_journal" not in _database_names(campus.store.env)
+    assert {account: _history(campus, account) for account in ACCOUNTS} == histories
+    for account, history in histories.items():
+        assert campus.journal(history[-1])["prev"] == 0
+        assert [campus.journal(txn)["prev"] for txn in history[:-1]] == history[1:]
+    # A record after the upgrade goes on from the linked chain.
+    debit = campus.ok(campus.pos, "debit", card=CARD, amount=1)
+    assert campus.journal(debit["txn"])["prev"] == histories[STUDENT][0]
+    campus.commit()
+    campus.close()
+    report = audit(str(campus.path))
+    assert report.sound, report.problems
+
+
+def test_audit_reads_a_schema_4_data_dir_before_its_upgrade_without_a_chain_to_check(tmp_path):
+    campus = populate(World(tmp_path / "data"))
+    campus.ok(campus.pos, "debit", card=CARD, amount=10)
+    campus.commit()
+    campus.close()
+    _as_schema_4(str(campus.path))
+    report = audit(str(campus.path))
+    assert report.sound, report.problems
+
+
+def test_a_malformed_journal_record_does_not_stop_the_upgrade(tmp_path):
+    """The switch still starts: the record is left as it is (audit reports it), the others
+    are linked around it."""
+    campus = populate(World(tmp_path / "data"))
+    debits = [campus.ok(campus.pos, "debit", card=CARD, amount=5)["txn"] for _ in range(3)]
+    campus.commit()
+
+    def as_schema_4_with_a_malformed_record(data_dir: str) -> None:
+        _as_schema_4(data_dir)
+        env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
+        with env.begin(write=True) as txn:
+            txn.put(debits[1].to_bytes(8, "big"), b"\xc1", db=env.open_db(b"journal", txn=txn))
+        env.close()
+    campus.restart(while_closed=as_schema_4_with_a_malformed_record)
+    assert campus.journal(debits[2])["prev"] == debits[0]
+    campus.close()
+    assert any(problem.endswith("malformed record") for problem in audit(str(campus.path)).problems)
