@@ -7,6 +7,7 @@ transaction (and its fsync) on one thread, off the event loop; `committed()`
 then drops what is now on disk from the overlay.
 """
 
+import bisect
 import os
 from dataclasses import dataclass, field
 
@@ -67,8 +68,46 @@ class SchemaMismatch(Exception):
     pass
 
 
-def _no_ranged_keys() -> dict[str, set]:
-    return {db: set() for db in RANGE_READ_DBS}
+class SortedKeys:
+    """The keys a batch changed in one ranged database, kept in order, so a read of one
+    prefix looks at that prefix's keys only (a set scanned whole made issuing N cards in
+    one batch cost N² key comparisons)."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self):
+        self.keys: list[bytes] = []
+
+    def add(self, key: bytes) -> None:
+        keys = self.keys
+        index = bisect.bisect_left(keys, key)
+        if index == len(keys) or keys[index] != key:
+            keys.insert(index, key)
+
+    def discard(self, key: bytes) -> None:
+        keys = self.keys
+        index = bisect.bisect_left(keys, key)
+        if index < len(keys) and keys[index] == key:
+            del keys[index]
+
+    def with_prefix_after(self, prefix: bytes, after: bytes | None):
+        """Its keys starting with `prefix`, above `after` when given, in order."""
+        keys = self.keys
+        index = bisect.bisect_left(keys, prefix) if after is None or after < prefix \
+            else bisect.bisect_right(keys, after)
+        while index < len(keys) and keys[index].startswith(prefix):
+            yield keys[index]
+            index += 1
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self):
+        return iter(self.keys)
+
+
+def _no_ranged_keys() -> dict[str, SortedKeys]:
+    return {db: SortedKeys() for db in RANGE_READ_DBS}
 
 
 
@@ -216,9 +255,8 @@ class Store:
         changed = {}   # key -> value, newest generation last so it wins
         for generation, keys in ((self._sealed, self._sealed_ranged[db]),
                                  (self._dirty, self._dirty_ranged[db])):
-            for key in keys:
-                if key.startswith(prefix) and (after is None or key > after):
-                    changed[key] = generation[(db, key)]
+            for key in keys.with_prefix_after(prefix, after):
+                changed[key] = generation[(db, key)]
         committed = []
         for key, _ in self.committed_items(db, prefix, start=after):
             if key == after or key in changed:

@@ -332,3 +332,22 @@ def test_a_schema_3_data_dir_loses_the_id_expiry_index_and_keeps_its_ids(tmp_pat
     assert store.get("idempotency", b"till\0\x01") == b"remembered"
     store.close()
     assert "idempotency_expiry" not in _database_names(tmp_path)
+
+
+def test_the_open_batchs_ranged_keys_are_read_by_prefix_in_order():
+    """A ranged read of one prefix visits that prefix's keys of the open batch only (issuing
+    a card reads its account's cards: with every key scanned, a batch issuing N cards cost
+    N² comparisons, minutes for a big import)."""
+    from switch.persistence.store import SortedKeys
+    keys = SortedKeys()
+    for key in (b"B\0\x02", b"A\0\x01", b"B\0\x01", b"B\0\x02", b"BB\0\x01", b"C\0\x01"):
+        keys.add(key)
+    assert list(keys) == [b"A\0\x01", b"B\0\x01", b"B\0\x02", b"BB\0\x01", b"C\0\x01"]
+    assert list(keys.with_prefix_after(b"B\0", None)) == [b"B\0\x01", b"B\0\x02"]
+    assert list(keys.with_prefix_after(b"B\0", b"A")) == [b"B\0\x01", b"B\0\x02"]
+    assert list(keys.with_prefix_after(b"B\0", b"B\0\x01")) == [b"B\0\x02"]
+    assert list(keys.with_prefix_after(b"B\0", b"B\0\x02")) == []
+    assert list(keys.with_prefix_after(b"D\0", None)) == []
+    keys.discard(b"B\0\x01")
+    keys.discard(b"B\0\x09")   # not there: nothing happens
+    assert list(keys.with_prefix_after(b"B\0", None)) == [b"B\0\x02"]
