@@ -114,8 +114,8 @@ class ServerSession:
     def open_request(self, payload: bytes) -> tuple:
         """The tag checked and the body decoded, changing nothing: (message, None), or
         (None, what was wrong) for `accept_request` to fail with in its turn. Apart from
-        `accept_request` so a server can open every frame of a pass before it executes any
-        (each stage's code stays in the CPU's caches)."""
+        `accept_request` so a server can open every frame of a pass before it executes any,
+        and execute them a pass later when its time ran out."""
         body, received_tag = split_payload(payload)
         if not mac.verify(self._k_c2s, body, received_tag):
             return None, _MAC_INVALID

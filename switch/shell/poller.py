@@ -127,8 +127,8 @@ class ReadinessPoller:
                     resumed, self._resumed = self._resumed, []
                     execute += [(connection, connection.on_room) for connection in resumed]
                 # In stages over every ready connection: all receives, then opening what
-                # they brought, then executing it, so each stage's code stays in the CPU's
-                # caches for the whole pass.
+                # they brought, then executing it (each stage's code together; executing
+                # is the stage that is bounded, and the one carried over).
                 received = []
                 skipped = False
                 for fd, _ in events:

@@ -174,9 +174,9 @@ class Connection:
     # ------------------------------------------------------------ reading: the poller's pass
     def on_readable(self):
         """The socket is ready: one receive. Returns `on_received` when there is something
-        to decode: the poller receives on every ready socket first, then decodes and
-        executes, so the kernel's network code and the ledger's do not take turns evicting
-        each other from the CPU's caches once per request. No await."""
+        to decode: the poller receives on every ready socket first, then decodes, then
+        executes, each stage over the whole pass (and executing bounded per pass). No
+        await."""
         if self._reading_ended:
             return None
         data = self.transport.receive_now(limits.receive_size_bytes)

@@ -193,9 +193,9 @@ async def test_a_long_pass_counts_as_waiting_and_an_idle_wait_does_not(poller):
 
 
 async def test_a_pass_receives_on_every_ready_connection_before_it_decodes_any(poller):
-    """Receives first, then what they brought: a receive (the kernel's network code) between
-    every two requests' execution evicted the ledger's code and data from the CPU's caches
-    (bench/RESULTS.md has the CPU per debit before and after)."""
+    """Receives first, then what they brought, so the kernel's network code does not run
+    between every two requests' execution (the stages' order is what the poller promises;
+    bench/RESULTS.md has what it did to the CPU per debit)."""
     log = []
 
     class TwoStage(FakeConnection):
