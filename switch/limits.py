@@ -129,7 +129,12 @@ error_flush_timeout_s = 5.0        # a closing connection's last frames are writ
 accept_pause_s = 0.1               # out of file descriptors: accepting waits this long
 receives_between_checkpoints = 8   # hello path: receives that found data at once before yielding anyway
 ready_connections_per_pass_max = 2048  # epoll events taken per pass of the poller
-pass_execute_s_max = 0.02          # a pass executes this long, then the committer's turn; the rest first next pass
+# A pass of the poller executes requests this long, then the committer has its turn; what
+# is left runs first in the next pass.
+pass_execute_s_max = 0.02
+# After an idle wait a pass waits this long for company before it reads: at light load
+# each request otherwise paid a pass's fixed cost alone (5,000/s offered: ~7 % less CPU).
+pass_gather_s = 0.001
 read_deadline_sweep_s = 1.0        # how often the poller ends reading past idle/frame deadlines
 
 # Allocations between collections of Python's youngest generation (CPython's default: 700).
@@ -193,7 +198,7 @@ metrics_request_bytes_max = 8192        # an HTTP request head
 metrics_connection_timeout_s = 5.0      # a connection's whole life, request to last byte out
 
 # --- Performance target (bench/run_e2e.py reports against it; the demo draws it) ---
-p99_latency_target_ms = 5.0             # at an offered 10,000 tx/s, open loop
+p99_latency_target_ms = 25.0            # at an offered 10,000 tx/s, open loop (the issue's)
 
 # --- Operator command line (switch/admin_cli.py) ---
 cli_connect_timeout_s = 10.0            # connect and sign on

@@ -118,7 +118,12 @@ class ReadinessPoller:
                     with trio.CancelScope(deadline=next_sweep) as self._wait_scope:
                         await trio.lowlevel.wait_readable(epoll_fd)
                     self._wait_scope = None
-                    polled_at = complete_poll_at = clock()
+                    woke_at = clock()
+                    if limits.pass_gather_s:
+                        # Light load: let a few more requests arrive, so the pass's fixed
+                        # cost (and its cold caches) is shared instead of paid by each.
+                        await trio.sleep(limits.pass_gather_s)
+                    polled_at = complete_poll_at = woke_at
                     events = poll(0, events_max)
                 self.heard_by = complete_poll_at
                 execute_until = polled_at + limits.pass_execute_s_max
