@@ -166,7 +166,9 @@ class ReadinessPoller:
                 if now >= next_sweep:
                     next_sweep = now + limits.read_deadline_sweep_s
                     for connection in list(by_fd.values()):
-                        if connection.read_deadline <= now:
+                        # One whose execute was put off read a request its deadline does
+                        # not know of yet: that execute sets the next deadline.
+                        if connection.read_deadline <= now and connection not in carrying:
                             self._contained(connection, connection.on_read_deadline)
                 # Other tasks (the committer's replies above all) run between passes.
                 await trio.lowlevel.checkpoint()

@@ -212,8 +212,10 @@ class Connection:
     def on_opened(self) -> None:
         """What `on_received` opened, executed (the pass's third stage, perhaps a pass
         later: a pass executes for a bounded time)."""
-        if self.closed:
-            self._backlog.clear()   # gone meanwhile: nobody to answer
+        if self.closed or self._reading_ended:
+            # Gone or draining meanwhile: the drain counted what was in flight when reading
+            # ended, so anything executed now would move money for a reply nobody sends.
+            self._backlog.clear()
             return
         self._run_backlog(self._received_at)
 

@@ -286,3 +286,40 @@ async def test_a_pass_woken_from_idle_waits_for_company(poller, monkeypatch):
     assert first.heard[0][0] == second.heard[0][0]   # one pass, dated once
     first.close()
     second.close()
+
+
+async def test_the_sweep_leaves_a_connection_whose_execute_was_put_off(nursery, monkeypatch):
+    """A connection whose execute step waits for the next pass read a request its read
+    deadline does not know of yet (the execute sets the next one): the sweep must not end
+    it meanwhile, as idle or as a frame that never completed, with that request unrun."""
+    monkeypatch.setattr(limits, "pass_execute_s_max", 0.05)
+    monkeypatch.setattr(limits, "read_deadline_sweep_s", 0.01)
+    poller = ReadinessPoller(Metrics())
+    await nursery.start(poller.run)
+    executed = []
+
+    class PutOff(FakeConnection):
+        def on_readable(self):
+            super().on_readable()
+            return lambda: self._execute
+
+        def _execute(self):
+            executed.append(self.name)
+            time.sleep(0.5)   # the other's execute is put off to the next pass
+            self.read_deadline = trio.current_time() + 1000
+
+    connections = [PutOff(poller, "a"), PutOff(poller, "b")]
+    for connection in connections:
+        poller.add(connection)
+    await _settle()
+    for connection in connections:
+        # Its deadline as the last execute set it: due while the pass executes the other.
+        connection.read_deadline = trio.current_time() + 0.25
+        connection.theirs.send(b"request")
+    with trio.fail_after(10):
+        while len(executed) < 2:
+            await trio.sleep(0.01)
+    assert sorted(executed) == ["a", "b"]
+    assert [connection.deadlines for connection in connections] == [0, 0]
+    for connection in connections:
+        connection.close()
