@@ -8,8 +8,9 @@ with one send per connection. Trio still owns the process: this task lives in th
 server's nursery and is cancelled with it.
 
 Each pass also says how long what it reads may have waited (`heard_by`): data found
-by a poll arrived after the last poll that left nothing unread. Past saturation that
-age grows with the queue in the kernel, and the server answers `busy` by it.
+by a poll arrived after the last poll that left nothing unread (a connection left unread
+behind its put-off execute is dated apart, from the first pass that skipped it). Past
+saturation that age grows with the queue in the kernel, and the server answers `busy` by it.
 
 Level-triggered: a socket with more than one receive waiting is reported again in the
 next pass, so one busy peer cannot starve the others. A connection waiting on us (its
@@ -37,8 +38,12 @@ class ReadinessPoller:
         self._resumed: list = []          # connections given room again since the last pass
         self._wait_scope: trio.CancelScope | None = None
         self.passes = 0
-        # perf_counter time: every frame read in the current pass arrived after it.
+        # perf_counter time: every frame read in the current pass (from the connection being
+        # served) arrived after it.
         self.heard_by = time.perf_counter()
+        # Connections left unread behind an execute step put off: the `heard_by` of the first
+        # pass that skipped them, which what they hold may date from.
+        self._behind: dict = {}
 
     # ------------------------------------------------------------ membership
     def add(self, connection) -> None:
@@ -75,6 +80,7 @@ class ReadinessPoller:
 
     def _unregister(self, connection) -> None:
         fd = connection.fd
+        self._behind.pop(connection, None)
         if fd is None:
             return
         connection.fd = None
@@ -106,6 +112,7 @@ class ReadinessPoller:
         # next pass, and their connections are not read again until they have.
         carried: list = []
         carrying: set = set()
+        behind = self._behind
         task_status.started()
         try:
             while True:
@@ -125,7 +132,7 @@ class ReadinessPoller:
                         await trio.sleep(limits.pass_gather_s)
                     polled_at = complete_poll_at = woke_at
                     events = poll(0, events_max)
-                self.heard_by = complete_poll_at
+                self.heard_by = heard_by = complete_poll_at
                 execute_until = polled_at + limits.pass_execute_s_max
                 execute, carried = carried, []
                 if self._resumed:
@@ -135,24 +142,29 @@ class ReadinessPoller:
                 # they brought, then executing it (each stage's code together; executing
                 # is the stage that is bounded, and the one carried over).
                 received = []
-                skipped = False
                 for fd, _ in events:
                     connection = by_fd.get(fd)
                     if connection is None:
                         continue
                     if connection in carrying:
-                        skipped = True   # more waits behind what it has not run yet
+                        # More waits behind what it has not run yet: dated from this pass
+                        # when it is read, not the others' requests with it.
+                        behind.setdefault(connection, heard_by)
                         continue
+                    self.heard_by = behind.pop(connection, heard_by)
                     then = self._contained(connection, connection.on_readable)
                     if then is not None:
-                        received.append((connection, then))
-                # What a later pass reads arrived after this poll only if it read all.
-                if len(events) < events_max and not skipped:
+                        received.append((connection, then, self.heard_by))
+                # What a later pass reads arrived after this poll only if it read all (but
+                # for the connections left behind, dated apart).
+                if len(events) < events_max:
                     complete_poll_at = polled_at
-                for connection, step in received:
+                for connection, step, dated in received:
+                    self.heard_by = dated
                     then = self._contained(connection, step)
                     if then is not None:
                         execute.append((connection, then))
+                self.heard_by = heard_by
                 # Executing is bounded per pass: the committer then commits and answers
                 # what ran, rather than every till waiting for the whole queue to run.
                 for index, (connection, step) in enumerate(execute):

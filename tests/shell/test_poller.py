@@ -323,3 +323,48 @@ async def test_the_sweep_leaves_a_connection_whose_execute_was_put_off(nursery, 
     assert [connection.deadlines for connection in connections] == [0, 0]
     for connection in connections:
         connection.close()
+
+
+async def test_a_request_is_not_dated_by_a_connection_left_unread_behind_a_put_off_execute(
+        nursery, monkeypatch):
+    """A connection whose execute is put off is not read, so what it holds unread may be as
+    old as its first skipped pass; but another connection's request, arriving now, waited
+    for no such thing (docs/PROTOCOL.md §2.3: a till is never shed for a wait it did not
+    have). Two busy peers whose executes are put off turn about, pass after pass, while a
+    third sends one request."""
+    monkeypatch.setattr(limits, "pass_execute_s_max", 0.02)
+    poller = ReadinessPoller(Metrics())
+    await nursery.start(poller.run)
+    busy = []
+    sending = [True]
+
+    class Busy(FakeConnection):
+        def on_readable(self):
+            super().on_readable()
+            return lambda: self._execute
+
+        def _execute(self):
+            if sending[0]:
+                for connection in busy:   # both always have more waiting
+                    connection.theirs.send(b"more")
+            time.sleep(0.06)
+
+    busy += [Busy(poller, "a"), Busy(poller, "b")]
+    fresh = FakeConnection(poller, "fresh")
+    for connection in busy + [fresh]:
+        poller.add(connection)
+    await _settle()
+    for connection in busy:
+        connection.theirs.send(b"first")
+    await trio.sleep(1.5)   # about twenty passes, each skipping the peer put off
+    fresh.theirs.send(b"request")
+    with trio.fail_after(10):
+        while not fresh.heard:
+            await trio.sleep(0.01)
+    sending[0] = False
+    (heard_by, read_at), = fresh.heard
+    # It arrived a pass or two before it was read, not when the turns began.
+    assert read_at - heard_by < 0.5
+    await _settle()
+    for connection in busy + [fresh]:
+        connection.close()
