@@ -168,7 +168,9 @@ class Store:
         # The data dir's master key (switch/config/masterkey.py), once it opened its secrets:
         # the request layer seals and opens with it.
         self.master = None
-        self._check_schema()
+        # An upgrade rewrites whole databases in one transaction, the new pages beside the
+        # old until it commits: it may need a larger map than the data dir had.
+        self._with_room(self._check_schema)
         self.last_txn = self._read_last_txn()
         self.last_committed_txn = self.last_txn   # what readers outside the overlay may see
         self._begin_read()
@@ -382,14 +384,7 @@ class Store:
         the number of writes committed."""
         assert not self._sealed, "commit_now while a batch is being committed"
         batch = self.seal()
-        for _ in range(limits.commit_retries_map_full_max):
-            try:
-                self.write_batch(batch)
-                break
-            except lmdb.MapFullError:
-                self.grow_map()
-        else:
-            raise lmdb.MapFullError("LMDB map still full after growing")
+        self._with_room(lambda: self.write_batch(batch))
         self.committed(batch)
         return len(batch.writes)
 
@@ -423,12 +418,24 @@ class Store:
         """Double the map. Call on the event loop, with no commit running."""
         _, size = self.map_usage()
         new_size = size * limits.lmdb_map_growth_factor
+        reading = self._read is not None
         self._end_read()
         try:
             self.env.set_mapsize(new_size)
         finally:
-            self._begin_read()
+            if reading:
+                self._begin_read()
         return new_size
+
+    def _with_room(self, write):
+        """Run `write`, one LMDB write transaction, growing the map each time it meets
+        MapFull (LMDB aborted it: nothing of it stayed)."""
+        for _ in range(limits.commit_retries_map_full_max):
+            try:
+                return write()
+            except lmdb.MapFullError:
+                self.grow_map()
+        raise lmdb.MapFullError("LMDB map still full after growing")
 
     def committed_journal(self, first_txn: int, last_txn: int):
         """(txn, raw msgpack record) for committed records first..last, in order."""

@@ -94,3 +94,32 @@ def test_a_malformed_journal_record_does_not_stop_the_upgrade(tmp_path):
     assert campus.journal(debits[2])["prev"] == debits[0]
     campus.close()
     assert any(problem.endswith("malformed record") for problem in audit(str(campus.path)).problems)
+
+
+def test_an_upgrade_that_outgrows_the_map_grows_it_and_completes(tmp_path):
+    """The schema 5 upgrade rewrites every journal record in one write transaction: LMDB
+    needs room for the new pages beside the old until it commits, about the journal's size
+    again. A data dir more than half full of journal (below the 75 % at which opening grows
+    the map) met MapFull at open, and the new switch could not start on it at all."""
+    from switch.persistence.keys import txn_key
+    from switch.persistence.store import Store
+    path = str(tmp_path / "lmdb")
+    map_size_bytes = 2 * 1024 * 1024
+    store = Store(path, map_size_bytes=map_size_bytes, fsync=False)
+    txn = 0
+    while store.map_usage()[0] < 0.6 * store.map_usage()[1]:
+        for _ in range(200):
+            txn += 1
+            store.put("journal", txn_key(txn), msgpack.packb(
+                {"txn": txn, "at": 1, "kind": "credit", "account": f"WH{txn % 7}",
+                 "school": "WH", "amount": 1, "balance": txn, "who": "svc", "merchant": None,
+                 "ref": txn}, use_bin_type=True))
+        store.commit_now()
+    assert store.map_usage()[0] < limits.lmdb_map_grow_threshold_ratio * store.map_usage()[1]
+    store.write_now("meta", b"schema_version", b"4")
+    store.close()
+    store = Store(path, map_size_bytes=map_size_bytes, fsync=False)
+    assert store.get("meta", b"schema_version") == b"5"
+    last = msgpack.unpackb(store.get("journal", txn_key(txn)), raw=False)
+    assert last["prev"] == txn - 7
+    store.close()
