@@ -140,6 +140,10 @@ read_deadline_sweep_s = 1.0        # how often the poller ends reading past idle
 # Allocations between collections of Python's youngest generation (CPython's default: 700).
 gc_young_objects_max = 20_000
 
+# Every this many journal records of an account a history mark is kept, so a history page
+# below any txn walks at most this many newer records of the account before its first item.
+records_between_history_marks = 64
+
 # --- Containment ---
 failure_tracebacks_per_minute_max = 20  # more failures than this a minute are counted, not logged
 task_restart_delay_s = 0.1              # a supervised task that raised starts again after this

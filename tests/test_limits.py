@@ -34,6 +34,7 @@ def test_limits_say_their_unit_last():
 
 # Names that count things whose unit is the thing itself, or are versions and keys.
 UNITLESS = {"protocol_version", "listen_backlog", "lmdb_max_dbs", "lmdb_max_readers",
-            "receives_between_checkpoints", "history_limit_default", "rooms_limit_default",
+            "receives_between_checkpoints", "records_between_history_marks",
+            "history_limit_default", "rooms_limit_default",
             "offline_records_max",
             "school_name_chars", "building_digits"}

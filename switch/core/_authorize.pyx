@@ -80,7 +80,7 @@ cdef packed struct AccountRecord:
     unsigned char id_hash[32]
     int64_t subsidy
     int64_t last_txn         # the ledger's (history's head); the core never reads it
-    uint8_t spare[8]
+    int64_t history_records  # the ledger's (its record count); the core never reads it
 
 
 cdef packed struct MealRecord:
@@ -161,6 +161,7 @@ cdef _check_mirrors():
         "PIN_SALT": _offset(r, &r.pin_salt[0]), "PIN_HASH": _offset(r, &r.pin_hash[0]),
         "ID_HASH": _offset(r, &r.id_hash[0]), "SUBSIDY": _offset(r, &r.subsidy),
         "LAST_TXN": _offset(r, &r.last_txn),
+        "HISTORY_RECORDS": _offset(r, &r.history_records),
     }
     for name, offset in offsets.items():
         if getattr(_layout, name)[0] != offset:
@@ -203,7 +204,7 @@ cdef _check_mirrors():
         "LIMIT_DAILY": sizeof(r.limit_daily), "LIMIT_NO_PIN": sizeof(r.limit_no_pin),
         "SCHOOL": sizeof(r.school), "PIN_SALT": SALT_SIZE_BYTES, "PIN_HASH": DIGEST_SIZE_BYTES,
         "ID_HASH": DIGEST_SIZE_BYTES, "SUBSIDY": sizeof(r.subsidy),
-        "LAST_TXN": sizeof(r.last_txn),
+        "LAST_TXN": sizeof(r.last_txn), "HISTORY_RECORDS": sizeof(r.history_records),
     }
     for name, size in sizes.items():
         if struct.calcsize(getattr(_layout, name)[1]) != size:

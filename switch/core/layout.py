@@ -32,7 +32,8 @@ PIN_HASH = (88, "32s")       # HMAC-SHA256(verifier key, HMAC-SHA256(PIN_SALT, b
 ID_HASH = (120, "32s")       # HMAC-SHA256(verifier key, HMAC-SHA256(PIN_SALT, b"id:" + id_last6))
 SUBSIDY = (152, "<q")        # fen in the subsidy purse (补助); spent before BALANCE, never refunded
 LAST_TXN = (160, "<q")       # the account's newest journal txn (0: none), the head of its history
-# 168..175 spare (zero). Records of schema 2 were 152 bytes; opening one pads them.
+HISTORY_RECORDS = (168, "<q")  # how many journal records the account has (history marks)
+# Records of schema 2 were 152 bytes; opening one pads them.
 
 ACCOUNT_RECORD_SIZE = 176
 
@@ -51,7 +52,8 @@ CARD_STATE_NAMES = ("active", "lost", "blocked")
 _fields = [BALANCE, HELD, SPENT_TODAY, SPENT_DAY, STATUS, KIND, UTILITY, POWER_ON,
            PIN_FAILURES, PIN_LOCKED, FREEZE_REASON, QR_ENABLED, ID_FAILURES, ID_LOCKED,
            LIMIT_PER_TX,
-           LIMIT_DAILY, LIMIT_NO_PIN, SCHOOL, PIN_SALT, PIN_HASH, ID_HASH, SUBSIDY, LAST_TXN]
+           LIMIT_DAILY, LIMIT_NO_PIN, SCHOOL, PIN_SALT, PIN_HASH, ID_HASH, SUBSIDY, LAST_TXN,
+           HISTORY_RECORDS]
 assert all(o + struct.calcsize(f) <= ACCOUNT_RECORD_SIZE for o, f in _fields)
 
 
@@ -80,10 +82,14 @@ def new_account_record(school: str, kind: int, utility: int, salt: bytes,
     return record
 
 
-def set_history_head(record, txn: int) -> None:
-    """Make `txn` the account's newest journal record: bookkeeping of the ledger's (where an
-    account's history starts), neither standing nor money, so no decision of the core's."""
+def set_history_head(record, txn: int, records: int | None = None) -> int:
+    """Make `txn` the account's newest journal record, one more record than it had (or
+    `records` in all): bookkeeping of the ledger's (where an account's history starts), neither
+    standing nor money, so no decision of the core's. Returns the account's record count."""
     put(record, LAST_TXN, txn)
+    count = get(record, HISTORY_RECORDS) + 1 if records is None else records
+    put(record, HISTORY_RECORDS, count)
+    return count
 
 
 def school_of(record) -> str:

@@ -24,7 +24,9 @@ and checks the sums and what they mean:
   stamped no later) decides only that an unflagged tap after it should have been flagged.
 - history: each record's `prev` is the txn of its account's record before it (0 for the
   first), and each account's head (layout.LAST_TXN) is its newest record (a data dir no
-  switch of schema 5 opened yet has no chain to check: its upgrade links it);
+  switch of schema 5 opened yet has no chain to check: its upgrade links it); each account
+  counts its records (layout.HISTORY_RECORDS) and a history mark stands at every
+  `records_between_history_marks`-th record of each account and nowhere else (schema 6 on);
 - subsidies: each account's purse equals what the journal put in and took out of it
   (`from_subsidy`, the part of a record's `amount` the purse paid; each record's `subsidy`
   where it says one) and what its batches hold; its balance equals its journal amounts
@@ -52,8 +54,9 @@ _CARD_CHANGES = {
 }
 OFFLINE_FLAGS = frozenset({"after_lost", "meal_limit"})
 _DATABASES = ("meta", "accounts", "journal", "holds", "hold_expiry", "cards", "blacklist_cards",
-              "subsidy_batches")
+              "subsidy_batches", "history_marks")
 _CHAINED_SCHEMA = 5   # the first schema whose journal links each account's records
+_MARKED_SCHEMA = 6    # the first whose accounts count their records, with history marks
 
 
 
@@ -164,8 +167,10 @@ AFTER_CLOSING_KINDS = frozenset({"lost", "found"})
 
 def _check(txn, dbs, report: AuditReport) -> None:
     chained = _schema(txn, dbs) >= _CHAINED_SCHEMA
+    # What the journal says each account's record count and history marks must be.
+    history = {"records": {}, "marks": set()}
     sums, card_history, offline, closed_by, subsidies, newest = _check_journal(
-        txn, dbs, report, chained)
+        txn, dbs, report, chained, history)
     # A data dir no switch of this version opened yet holds shorter records (schema 2: 152
     # bytes); read them as the migration will write them, the new fields zero.
     accounts = {key.decode(): bytes(value).ljust(layout.ACCOUNT_RECORD_SIZE, b"\0")
@@ -175,6 +180,8 @@ def _check(txn, dbs, report: AuditReport) -> None:
                     _subsidy_batches(txn, dbs))
     if chained:
         _check_history_heads(report, accounts, newest)
+    if _schema(txn, dbs) >= _MARKED_SCHEMA:
+        _check_history_marks(txn, dbs, report, accounts, history)
     cards = _check_cards(txn, dbs, report, accounts, card_history)
     _check_offline(report, offline, cards, card_history)
 
@@ -184,7 +191,7 @@ def _schema(txn, dbs) -> int:
     return 0 if stored is None else int(stored)
 
 
-def _check_journal(txn, dbs, report: AuditReport, chained: bool):
+def _check_journal(txn, dbs, report: AuditReport, chained: bool, history: dict):
     """(journal sum per account, card -> [(txn, state, at)], offline records, account -> the
     txn that closed it, subsidy purse per account, account -> its newest txn) after checking
     txn numbering, running balances and, when `chained`, each record's `prev`."""
@@ -194,6 +201,7 @@ def _check_journal(txn, dbs, report: AuditReport, chained: bool):
     closed_by: dict[str, int] = {}   # account -> the txn that closed it
     subsidies: dict[str, int] = {}
     newest: dict[str, int] = {}
+    records_of: dict[str, int] = history["records"]
     expected_txn = 1
     for key, value in _items(txn, dbs["journal"]):
         number = int.from_bytes(key, "big")
@@ -217,6 +225,9 @@ def _check_journal(txn, dbs, report: AuditReport, chained: bool):
             report.problems.append(f"txn {number}: prev {record.get('prev')!r} but {account}'s "
                                    f"record before it is txn {newest.get(account, 0)}")
         newest[account] = number
+        counted = records_of[account] = records_of.get(account, 0) + 1
+        if counted % limits.records_between_history_marks == 0:
+            history["marks"].add(account.encode() + b"\0" + bytes(key))
         if account in closed_by and not (record["kind"] in AFTER_CLOSING_KINDS
                                          and record["amount"] == 0):
             report.problems.append(f"txn {number}: {record.get('kind')} on account {account} "
@@ -314,6 +325,26 @@ def _check_accounts(report: AuditReport, accounts: dict, sums: dict, held: dict,
                                    f"after it was closed at txn {closed_by[account]}")
     for account in sums:
         report.problems.append(f"journal names account {account} that does not exist")
+
+
+def _check_history_marks(txn, dbs, report: AuditReport, accounts: dict, history: dict) -> None:
+    """Each account counts its journal records, and a history mark stands at every
+    `records_between_history_marks`-th of them and nowhere else."""
+    for account, value in accounts.items():
+        counted = layout.get(value, layout.HISTORY_RECORDS)
+        if counted != history["records"].get(account, 0):
+            report.problems.append(f"account {account}: counts {counted} journal records but "
+                                   f"has {history['records'].get(account, 0)}")
+    marks = {bytes(key) for key, _ in _items(txn, dbs["history_marks"])}
+    for key in sorted(history["marks"] - marks):
+        report.problems.append(f"history mark missing: {_mark_name(key)}")
+    for key in sorted(marks - history["marks"]):
+        report.problems.append(f"history mark without its record: {_mark_name(key)}")
+
+
+def _mark_name(key: bytes) -> str:
+    account, txn = key[:-9], key[-8:]   # account id, NUL, txn (8 bytes)
+    return f"account {account.decode(errors='replace')} txn {int.from_bytes(txn, 'big')}"
 
 
 def _check_history_heads(report: AuditReport, accounts: dict, newest: dict) -> None:

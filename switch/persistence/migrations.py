@@ -3,6 +3,7 @@ inside the write transaction that checks the schema (all or nothing)."""
 
 import msgpack
 
+from switch import limits
 from switch.core import layout
 from switch.identifiers import building_of
 
@@ -54,6 +55,18 @@ def _drop_retired(txn, dbs, name: str) -> None:
         txn.drop(dbs[name], delete=True)
 
 
+def _journal_records(cursor):
+    """(key, record, account id as bytes) of each journal record under `cursor`, in txn
+    order; a record the switch never writes is skipped (audit says so, history skips it)."""
+    for key, value in cursor:
+        try:
+            record = msgpack.unpackb(value, raw=False)
+        except ValueError:   # every unpacking error is one
+            continue
+        if type(record) is dict and type(record.get("account")) is str:
+            yield key, record, record["account"].encode()
+
+
 def _chain_account_histories(txn, dbs) -> None:
     """Schema 4 -> 5: an account's history is a chain through the journal (each record's
     `prev`, the account record's LAST_TXN its head) instead of an index of its own
@@ -63,14 +76,7 @@ def _chain_account_histories(txn, dbs) -> None:
     cursor = txn.cursor(db=dbs["journal"])
     # Each record is rewritten where the cursor stands: memory for the heads only, whatever
     # the journal holds.
-    for key, value in cursor:
-        try:
-            record = msgpack.unpackb(value, raw=False)
-        except ValueError:   # every unpacking error is one
-            record = None
-        if type(record) is not dict or type(record.get("account")) is not str:
-            continue   # a record the switch never writes: audit says so, history skips it
-        account = record["account"].encode()
+    for key, record, account in _journal_records(cursor):
         record["prev"] = newest.get(account, 0)
         newest[account] = int.from_bytes(key, "big")
         cursor.put(key, msgpack.packb(record, use_bin_type=True))
@@ -83,6 +89,25 @@ def _chain_account_histories(txn, dbs) -> None:
     _drop_retired(txn, dbs, "account_journal")
 
 
+def _mark_account_histories(txn, dbs) -> None:
+    """Schema 5 -> 6: each account record counts its journal records (HISTORY_RECORDS) and
+    every `records_between_history_marks`-th of them gets a key in `history_marks`, so a history page
+    below a txn that is not the account's own starts near it instead of at the account's
+    newest record: one pass over the journal, memory for a count per account."""
+    counts: dict[bytes, int] = {}
+    marks = dbs["history_marks"]
+    for key, _, account in _journal_records(txn.cursor(db=dbs["journal"])):
+        count = counts[account] = counts.get(account, 0) + 1
+        if count % limits.records_between_history_marks == 0:
+            txn.put(account + b"\0" + bytes(key), b"", db=marks)
+    for account, count in counts.items():
+        record = txn.get(account, db=dbs["accounts"])
+        if record is not None:
+            record = bytearray(record)
+            layout.set_history_head(record, layout.get(record, layout.LAST_TXN), count)
+            txn.put(account, bytes(record), db=dbs["accounts"])
+
+
 # schema version -> the step that brings a data dir of that version to the next one.
 UPGRADES = {1: _index_rooms, 2: _pad_account_records, 3: _drop_id_expiry_index,
-            4: _chain_account_histories}
+            4: _chain_account_histories, 5: _mark_account_histories}

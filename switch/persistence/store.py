@@ -17,7 +17,7 @@ from switch import limits
 from switch.persistence.migrations import UPGRADES
 from switch.persistence.keys import decode_position, encode_position, position_key, txn_key
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
 
 # name -> what it holds (key -> value)
@@ -31,6 +31,8 @@ DATABASES = {
     "credentials": "credential id -> msgpack {key (sealed), role, school, kind, merchant, revoked}",
     "journal": "txn (8 bytes big-endian) -> msgpack record (`prev`: the account's previous "
                "txn, so an account's history is a chain from its record's LAST_TXN)",
+    "history_marks": "account id + NUL + txn (8 bytes BE) -> empty: every "
+                     "`records_between_history_marks`-th journal record of the account (history pages)",
     "idempotency": "credential id + NUL + msgpack(id) -> msgpack [t, fingerprint, reply (sealed "
                    "bytes when it holds a secret), at_ms]",
     "blacklist_cards": "school + NUL + card id -> empty (the current list)",

@@ -243,24 +243,32 @@ def test_pin_requests_are_for_person_accounts_of_the_school(campus, t, fields):
         "t": t, "code": "wrong_school"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "history as a chain through the journal (schema 5) has no way to reach an account's "
-    "records below a `before` that is not its own txn but from its newest record: a page "
-    "reads every record of the account newer than `before` (an early `before` on a long "
-    "history: the whole history, on the event loop); bounding it needs an index or a "
-    "change of the reply for such a `before`"))
 def test_a_history_page_reads_journal_records_bounded_by_its_limit(campus, monkeypatch):
-    """One `history` request of `limit` items reads about `limit` journal records, however
-    long the account's history and whatever `before` it names (docs/PROTOCOL.md §4.14: any
-    txn), as the index it replaced did."""
-    other = campus.credit(CUIK_STUDENT, 10)["txn"]   # another account's txn, early
-    for _ in range(300):
+    """One `history` request of `limit` items reads at most `records_between_history_marks` + `limit`
+    journal records (and a few), however long the account's history and whatever `before`
+    it names (docs/PROTOCOL.md §4.14: any txn): the walk starts at the first history mark
+    above `before`, not at the account's newest record."""
+    early = campus.credit(CUIK_STUDENT, 10)["txn"]       # another account's txn, early
+    for _ in range(3 * limits.records_between_history_marks):
+        campus.credit(STUDENT, 1)
+    middle = campus.credit(CUIK_STUDENT, 10)["txn"]      # and one in the middle
+    for _ in range(3 * limits.records_between_history_marks):
         campus.credit(STUDENT, 1)
     campus.commit()
+    everything = campus.send(campus.service, "history", account=STUDENT,
+                             limit=limits.history_limit_max)["items"]
+    txns = [item["txn"] for item in everything]
+    while len(txns) < 6 * limits.records_between_history_marks:   # the rest of it, page by page
+        txns += [item["txn"] for item in campus.send(
+            campus.service, "history", account=STUDENT, before=txns[-1],
+            limit=limits.history_limit_max)["items"]]
     reads = []
     real = campus.ledger._committed_journal_record
     monkeypatch.setattr(campus.ledger, "_committed_journal_record",
                         lambda txn: reads.append(txn) or real(txn))
-    reply = campus.send(campus.service, "history", account=STUDENT, before=other, limit=5)
-    assert reply["code"] == "ok"
-    assert len(reads) <= 5 + 2, len(reads)
+    for before in (early, middle):
+        reads.clear()
+        reply = campus.send(campus.service, "history", account=STUDENT, before=before, limit=5)
+        assert [item["txn"] for item in reply["items"]] == \
+            [txn for txn in txns if txn < before][:5]
+        assert len(reads) <= limits.records_between_history_marks + 5 + 2, len(reads)

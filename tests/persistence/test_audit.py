@@ -11,7 +11,7 @@ from switch.persistence.audit import audit
 from switch.core import layout
 from switch.cli.datadir import open_data_dir
 from switch.persistence.store import STORE_DIR, txn_key
-from tests.ledger.conftest import BALANCE, CARD, STUDENT, World, populate
+from tests.ledger.conftest import BALANCE, CARD, STUDENT, World, limits, populate
 
 
 def _books(tmp_path, balance=500, amounts=(1000, -500), gap=False, kinds=None,
@@ -28,7 +28,7 @@ def _books(tmp_path, balance=500, amounts=(1000, -500), gap=False, kinds=None,
             {"txn": number, "at": 0, "kind": kinds[n - 1] if kinds else "x", "account": "WH1",
              "school": "WH", "amount": amount, "balance": running, "prev": previous}))
         previous = number
-    layout.put(record, layout.LAST_TXN, previous)
+    layout.set_history_head(record, previous, len(amounts))
     store.put("accounts", b"WH1", record)
     store.commit_now()
     store.close()
@@ -300,7 +300,7 @@ def _subsidy_books(tmp_path, purse: int, batch_remaining: int, record_subsidy: i
     record = layout.new_account_record("WH", 0, 0, bytes(16), bytes(32), bytes(32))
     layout.put(record, layout.BALANCE, 1000)
     layout.put(record, layout.SUBSIDY, purse)
-    layout.put(record, layout.LAST_TXN, 3)
+    layout.set_history_head(record, 3, 3)
     store.put("accounts", b"WH1", record)
     store.put("subsidy_batches", b"WH1\0b", msgpack.packb(
         {"remaining": batch_remaining, "expires": "2099-01-01", "end_ms": 1}))
@@ -347,3 +347,35 @@ def test_a_data_dir_from_before_the_subsidy_purse_is_audited_before_any_switch_m
     report = audit(str(tmp_path))
     assert report.sound, report.problems
     assert report.accounts == 1 and report.total_balance_fen == 500
+
+
+def test_history_marks_and_record_counts_that_disagree_with_the_journal_are_found(tmp_path):
+    """Every `records_between_history_marks`-th record of an account has a history mark and no other
+    does, and each account counts its records: a lost mark, a stray one or a wrong count
+    would make history pages skip or repeat records, so audit says which."""
+    world = populate(World(tmp_path / "data"))
+    for _ in range(limits.records_between_history_marks):
+        world.credit(STUDENT, 1)
+    world.commit()
+    world.close()
+    path = str(tmp_path / "data")
+    assert audit(path).sound
+    changed = {}
+
+    def corrupt(txn, db):
+        marks = db("history_marks")
+        mark = next(key for key, _ in txn.cursor(db=marks) if key.startswith(STUDENT.encode()))
+        txn.delete(mark, db=marks)
+        txn.put(STUDENT.encode() + b"\0" + (1).to_bytes(8, "big"), b"", db=marks)
+        record = bytearray(txn.get(STUDENT.encode(), db=db("accounts")))
+        changed["records"] = layout.get(record, layout.HISTORY_RECORDS)
+        layout.put(record, layout.HISTORY_RECORDS, changed["records"] + 1)
+        txn.put(STUDENT.encode(), bytes(record), db=db("accounts"))
+        changed["mark"] = int.from_bytes(bytes(mark)[-8:], "big")
+
+    _lmdb_write(path, corrupt)
+    problems = _problems(path)
+    assert f"account {STUDENT}: counts {changed['records'] + 1} journal records but has " \
+           f"{changed['records']}" in problems
+    assert f"history mark missing: account {STUDENT} txn {changed['mark']}" in problems
+    assert f"history mark without its record: account {STUDENT} txn 1" in problems

@@ -7,7 +7,7 @@ import msgpack
 
 from switch.core import layout
 from switch.persistence.audit import audit
-from switch.persistence.store import STORE_DIR
+from switch.persistence.store import SCHEMA_VERSION, STORE_DIR
 from tests.ledger.conftest import CARD, CUIK_STUDENT, ROOM, STUDENT, World, limits, populate
 
 ACCOUNTS = (STUDENT, CUIK_STUDENT, ROOM)
@@ -33,8 +33,25 @@ def _as_schema_4(data_dir: str) -> None:
         for key, value in list(txn.cursor(db=accounts)):
             record = bytearray(value)
             layout.put(record, layout.LAST_TXN, 0)
+            layout.put(record, layout.HISTORY_RECORDS, 0)
             txn.put(key, bytes(record), db=accounts)
+        txn.drop(env.open_db(b"history_marks", txn=txn), delete=True)
         txn.put(b"schema_version", b"4", db=env.open_db(b"meta", txn=txn))
+    env.close()
+
+
+def _as_schema_5(data_dir: str) -> None:
+    """What a schema-5 switch left: chained records, but no record counts in the account
+    records and no history marks."""
+    env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
+    with env.begin(write=True) as txn:
+        accounts = env.open_db(b"accounts", txn=txn)
+        for key, value in list(txn.cursor(db=accounts)):
+            record = bytearray(value)
+            layout.put(record, layout.HISTORY_RECORDS, 0)
+            txn.put(key, bytes(record), db=accounts)
+        txn.drop(env.open_db(b"history_marks", txn=txn), delete=True)
+        txn.put(b"schema_version", b"5", db=env.open_db(b"meta", txn=txn))
     env.close()
 
 
@@ -119,7 +136,35 @@ def test_an_upgrade_that_outgrows_the_map_grows_it_and_completes(tmp_path):
     store.write_now("meta", b"schema_version", b"4")
     store.close()
     store = Store(path, map_size_bytes=map_size_bytes, fsync=False)
-    assert store.get("meta", b"schema_version") == b"5"
+    assert store.get("meta", b"schema_version") == str(SCHEMA_VERSION).encode()
     last = msgpack.unpackb(store.get("journal", txn_key(txn)), raw=False)
     assert last["prev"] == txn - 7
     store.close()
+
+
+def test_a_schema_5_data_dir_gets_its_record_counts_and_history_marks(tmp_path):
+    """Schema 6 counts each account's records and marks every `records_between_history_marks`-th:
+    an upgraded data dir is audited sound and pages below any txn as a new one does."""
+    campus = populate(World(tmp_path / "data"))
+    for _ in range(2 * limits.records_between_history_marks + 3):
+        campus.credit(STUDENT, 1)
+    other = campus.credit(CUIK_STUDENT, 5)["txn"]
+    for _ in range(limits.records_between_history_marks + 1):
+        campus.credit(STUDENT, 1)
+    campus.commit()
+
+    def pages():
+        return [campus.send(campus.service, "history", account=account, limit=7, **before)[
+            "items"] for account in ACCOUNTS for before in ({}, {"before": other})]
+
+    before_upgrade = pages()
+    campus.restart(while_closed=_as_schema_5)
+    assert pages() == before_upgrade
+    marks = [key for key, _ in campus.store.committed_items("history_marks")]
+    records = layout.get(campus.store.get("accounts", STUDENT.encode()), layout.HISTORY_RECORDS)
+    assert records > 3 * limits.records_between_history_marks
+    assert len([key for key in marks if key.startswith(STUDENT.encode() + b"\0")]) == \
+        records // limits.records_between_history_marks
+    campus.close()
+    report = audit(str(campus.path))
+    assert report.sound, report.problems

@@ -302,7 +302,8 @@ class Ledger:
                   "prev": layout.get(account, layout.LAST_TXN)}
         record.update(extra)
         self.store.put("journal", txn_key(txn), _pack(record))
-        layout.set_history_head(account, txn)
+        if layout.set_history_head(account, txn) % limits.records_between_history_marks == 0:
+            self.store.put("history_marks", account_id.encode() + b"\0" + txn_key(txn), b"")
         self.save_account(account_id, account)
         return txn
 
@@ -383,13 +384,21 @@ class Ledger:
     # ----------------------------------------------------------- history of one account
     def account_txns_before(self, account_id: str, before_txn: int | None):
         """The account's committed txns, newest first, below `before_txn` when given: a walk
-        back along the `prev` of its records from its head (layout.LAST_TXN)."""
+        back along the `prev` of its records from its head (layout.LAST_TXN), or from the
+        first history mark above `before_txn`: at most `records_between_history_marks` records of the
+        account are passed over before the first one below it."""
         account = self.store.get_committed("accounts", account_id.encode())
         txn = 0 if account is None else layout.get(account, layout.LAST_TXN)
         if before_txn is not None:
             start = self._committed_journal_record(before_txn)
             if start is not None and start["account"] == account_id:
                 txn = start["prev"]   # a page's `next`: go on from it, not from the head
+            else:
+                prefix = account_id.encode() + b"\0"
+                for key, _ in self.store.committed_items("history_marks", prefix,
+                                                         start=prefix + txn_key(before_txn)):
+                    txn = int.from_bytes(key[len(prefix):], "big")
+                    break
         while txn:
             if before_txn is None or txn < before_txn:
                 yield txn
