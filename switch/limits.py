@@ -46,6 +46,9 @@ default_no_pin_max_fen = 20_000
 default_per_tx_max_fen = 200_000
 default_daily_max_fen = 500_000
 balance_fen_max = 2**62            # far above any real balance; guards int64 overflow
+# The most a credit or a subsidy grant may bring a purse to: half the maximum, so that the
+# payments a reversal gives back (money that was in the purse before) always find room.
+purse_fill_fen_max = balance_fen_max // 2
 
 # --- QR payment codes (docs/PROTOCOL.md §5; fixed by the contract) ---
 qr_step_s = 30                     # a code names its 30-second step; the step before and after pass

@@ -137,6 +137,7 @@ cdef enum:
 
 # Bounds come from limits.py itself, read once into C variables.
 cdef long long BALANCE_FEN_MAX = _limits.balance_fen_max
+cdef long long PURSE_FILL_FEN_MAX = _limits.purse_fill_fen_max
 cdef int PIN_FAILURES_MAX = _limits.pin_failures_max
 
 
@@ -480,8 +481,9 @@ def credit(account, amount):
         return BAD_AMOUNT
     if record.status == STATUS_CLOSED:
         return ACCOUNT_CLOSED
-    # A positive overflow, or a wrapping sum, is above BALANCE_FEN_MAX (< 2**63).
-    if overflow > 0 or add_overflow(record.balance, value, &balance) or balance > BALANCE_FEN_MAX:
+    # A positive overflow, or a wrapping sum, is above PURSE_FILL_FEN_MAX (< 2**63).
+    if overflow > 0 or add_overflow(record.balance, value, &balance) \
+            or balance > PURSE_FILL_FEN_MAX:
         return BAD_AMOUNT
     _put_balance(record, balance)
     if balance >= 0 and record.freeze_reason & FREEZE_OVERDRAWN:
@@ -788,7 +790,7 @@ def grant_subsidy(account, amount):
         return ACCOUNT_CLOSED
     value = PyLong_AsLongLongAndOverflow(amount, &overflow)
     if overflow != 0 or value < 1 or add_overflow(record.subsidy, value, &subsidy) \
-            or subsidy > BALANCE_FEN_MAX:
+            or subsidy > PURSE_FILL_FEN_MAX:
         return BAD_AMOUNT
     record.subsidy = subsidy
     return OK

@@ -244,7 +244,7 @@ def reset_pin(account, id_last6):
 
 def credit(account, amount):
     """Add `amount` to BALANCE; BAD_AMOUNT when amount < 1, ACCOUNT_CLOSED when closed,
-    BAD_AMOUNT when the balance would pass its maximum. A credit that leaves the balance at
+    BAD_AMOUNT when the balance would pass what a credit may fill it to. A credit that leaves the balance at
     0 or above ends an overdrawn freeze (the overdraw is paid back); an operator's stays."""
     _check_record(account)
     if amount < 1:
@@ -252,7 +252,7 @@ def credit(account, amount):
     if _closed(account):
         return codes.ACCOUNT_CLOSED
     balance = layout.get(account, layout.BALANCE)
-    if balance + amount > limits.balance_fen_max:
+    if balance + amount > limits.purse_fill_fen_max:
         return codes.BAD_AMOUNT
     _put_balance(account, balance + amount)
     reason = layout.get(account, layout.FREEZE_REASON)
@@ -510,7 +510,7 @@ def note_tap(tap, amount, now_ms, txn):
 # ---------------------------------------------------------------- the subsidy purse (补助)
 def grant_subsidy(account, amount):
     """Credit `amount` to the subsidy purse: a utility account BAD_REQUEST, closed
-    ACCOUNT_CLOSED, amount below 1 or a purse past its maximum BAD_AMOUNT."""
+    ACCOUNT_CLOSED, amount below 1 or a purse past what a grant may fill it to BAD_AMOUNT."""
     _check_record(account)
     assert type(amount) is int, type(amount)
     if layout.get(account, layout.KIND) != layout.KIND_PERSON:
@@ -518,7 +518,7 @@ def grant_subsidy(account, amount):
     if layout.get(account, layout.STATUS) == layout.STATUS_CLOSED:
         return codes.ACCOUNT_CLOSED
     subsidy = layout.get(account, layout.SUBSIDY) + amount
-    if amount < 1 or subsidy > limits.balance_fen_max:
+    if amount < 1 or subsidy > limits.purse_fill_fen_max:
         return codes.BAD_AMOUNT
     layout.put(account, layout.SUBSIDY, subsidy)
     return codes.OK

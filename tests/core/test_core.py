@@ -640,14 +640,34 @@ def test_credit_rejects_non_positive(core, amount):
     assert bytes(account) == before
 
 
+def test_a_reversal_finds_room_in_a_purse_refilled_to_the_brim(core):
+    """A credit or a grant fills a purse to `purse_fill_fen_max` at most, half its range: a
+    payment reversed after the purse was refilled gives back money it held before, and that
+    always fits (a grant to the full range, a debit, a grant again and the reversal broke the
+    purse's bound: the property test found it)."""
+    account = make_account(0)
+    assert core.grant_subsidy(account, limits.purse_fill_fen_max + 1) == codes.BAD_AMOUNT
+    assert core.grant_subsidy(account, limits.purse_fill_fen_max) == codes.OK
+    assert core.credit(account, limits.purse_fill_fen_max) == codes.OK
+    assert core.credit(account, 1) == codes.BAD_AMOUNT
+    paid = 3_000
+    assert authorize(core, account, paid) == codes.OK             # the subsidy pays first
+    assert get(account, layout.SUBSIDY) == limits.purse_fill_fen_max - paid
+    assert core.grant_subsidy(account, paid) == codes.OK          # refilled to the brim
+    assert core.unspend(account, paid, DAY) == codes.OK
+    core.return_to_subsidy(account, paid)                         # the part goes home
+    assert get(account, layout.SUBSIDY) == limits.purse_fill_fen_max + paid
+    assert get(account, layout.BALANCE) == limits.purse_fill_fen_max
+
+
 def test_credit_overflow(core):
-    account = make_account(limits.balance_fen_max - 10)
+    account = make_account(limits.purse_fill_fen_max - 10)
     before = bytes(account)
     for amount in [11, 2**62, 2**63 - 1, 2**63, 2**64 - 1, 2**100]:
         assert core.credit(account, amount) == codes.BAD_AMOUNT
         assert bytes(account) == before
     assert core.credit(account, 10) == codes.OK
-    assert get(account, layout.BALANCE) == limits.balance_fen_max
+    assert get(account, layout.BALANCE) == limits.purse_fill_fen_max
     assert core.credit(account, 1) == codes.BAD_AMOUNT
 
 

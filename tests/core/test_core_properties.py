@@ -283,7 +283,7 @@ class CoreMachine(RuleBasedStateMachine):
         if amount >= 1 and self.closed():
             assert result == ("returned", int, codes.ACCOUNT_CLOSED)
             return
-        ok = amount >= 1 and balance + amount <= limits.balance_fen_max
+        ok = amount >= 1 and balance + amount <= limits.purse_fill_fen_max
         assert result == ("returned", int, codes.OK if ok else codes.BAD_AMOUNT)
         if ok:
             self.credited += amount
@@ -569,7 +569,8 @@ WEIGHTED_OPERATIONS = [
     (1, op("enable_virtual_card")),
     (1, op("next_day", st.integers(1, 2))),
     (2, op("grant_subsidy", st.one_of(st.integers(1, 5_000), st.sampled_from(
-        [0, -1, limits.balance_fen_max, limits.balance_fen_max + 1, 2**63, 2**70])))),
+        [0, -1, limits.purse_fill_fen_max, limits.purse_fill_fen_max + 1,
+         limits.balance_fen_max, limits.balance_fen_max + 1, 2**63, 2**70])))),
     (1, op("expire_subsidy", st.integers(0, 100))),
 ]
 OPERATIONS = st.sampled_from(

@@ -36,13 +36,16 @@ def test_credit_checks_its_amount_then_the_account(campus):
     assert campus.balance(STUDENT) == BALANCE + max_amount
 
 
-def test_a_balance_may_not_pass_2_to_the_62(make_world):
+def test_a_credit_may_not_bring_a_balance_past_2_to_the_61(make_world):
+    """Half the purse's range (docs/PROTOCOL.md §4.15, `credit`): what a reversal gives back
+    fits."""
     world = make_world(max_amount_fen=2**62)
     world.open_person(STUDENT, balance=BALANCE)
-    assert world.send(world.admin, "credit", account=STUDENT, amount=2**62 - BALANCE + 1,
+    assert limits.purse_fill_fen_max == 2**61
+    assert world.send(world.admin, "credit", account=STUDENT, amount=2**61 - BALANCE + 1,
                       source="s", id=1) == {"t": "credit", "code": "bad_amount"}
-    assert world.send(world.admin, "credit", account=STUDENT, amount=2**62 - BALANCE,
-                      source="s", id=2)["balance"] == 2**62
+    assert world.send(world.admin, "credit", account=STUDENT, amount=2**61 - BALANCE,
+                      source="s", id=2)["balance"] == 2**61
 
 
 def test_account_shows_a_utility_accounts_utility_and_power(campus):
