@@ -166,8 +166,8 @@ class Metrics:
         PlatformCollector(registry=registry)
         for role in ("pending", "terminal", "service", "admin"):
             self.connections.labels(role)
-        for reason in SHED_REASONS:
-            self.shed.labels(reason)
+        # Past saturation every shed request counts one: its child found once, not per request.
+        self.shed_by_reason = {reason: self.shed.labels(reason) for reason in SHED_REASONS}
         for where in FAILURE_PLACES:
             self.failures.labels(where)
         for direction in ("forward", "back"):

@@ -424,7 +424,7 @@ class Connection:
         reply = {"t": dispatch.reply_type(request.message.get("t")), "re": request.seq,
                  "code": "busy"}
         metrics = self.server.metrics
-        metrics.shed.labels(reason).inc()
+        metrics.shed_by_reason[reason].inc()
         metrics.observe_reply(reply["t"], "busy", time.perf_counter() - started)
         self._queue(self.session.encode_reply(reply))
 
