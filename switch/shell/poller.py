@@ -151,10 +151,10 @@ class ReadinessPoller:
                         # when it is read, not the others' requests with it.
                         behind.setdefault(connection, heard_by)
                         continue
-                    self.heard_by = behind.pop(connection, heard_by)
+                    dated = behind.pop(connection, heard_by)
                     then = self._contained(connection, connection.on_readable)
                     if then is not None:
-                        received.append((connection, then, self.heard_by))
+                        received.append((connection, then, dated))
                 # What a later pass reads arrived after this poll only if it read all (but
                 # for the connections left behind, dated apart).
                 if len(events) < events_max:
