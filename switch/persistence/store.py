@@ -101,9 +101,6 @@ class SortedKeys:
             yield keys[index]
             index += 1
 
-    def __len__(self) -> int:
-        return len(self.keys)
-
     def __iter__(self):
         return iter(self.keys)
 
