@@ -316,16 +316,24 @@ def _guess_identity(sim, rng):
                           "id_last6": f"{rng.randint(0, 99_999):05d}9", "id": sim.fresh_id(who)})
 
 
+def _active_card(sim, rng, school: str):
+    """(card, account) of an active card of `school`, chosen by `rng`; None when it has none."""
+    cards = [card for card, (account, state, _) in sim.pending.cards.items()
+             if account.startswith(school) and state == layout.CARD_ACTIVE]
+    if not cards:
+        return None
+    card = rng.choice(cards)
+    return card, sim.pending.cards[card][0]
+
+
 def _empty_then_close(sim, rng):
     """A till takes everything an account has, the office closes it, the till reverses."""
     school = rng.choice(SCHOOLS)
     till = CREDENTIALS[f"pos-{school}"][0]
-    cards = [card for card, (account, state, _) in sim.pending.cards.items()
-             if account.startswith(school) and state == layout.CARD_ACTIVE]
-    if not cards:
+    chosen = _active_card(sim, rng, school)
+    if chosen is None:
         return
-    card = rng.choice(cards)
-    account = sim.pending.cards[card][0]
+    card, account = chosen
     amount = available(sim, account)
     debit_id = sim.fresh_id(till)
     sim.request(till, {"t": "debit", "card": card, "amount": max(amount, 1), "id": debit_id,
@@ -339,12 +347,10 @@ def _night_upload(sim, rng):
     a few minutes after midnight (its clock runs ahead), and the account pays again today."""
     school = rng.choice(SCHOOLS)
     till, service = CREDENTIALS[f"pos-{school}"][0], CREDENTIALS[f"service-{school}"][0]
-    cards = [card for card, (account, state, _) in sim.pending.cards.items()
-             if account.startswith(school) and state == layout.CARD_ACTIVE]
-    if not cards:
+    chosen = _active_card(sim, rng, school)
+    if chosen is None:
         return
-    card = rng.choice(cards)
-    account = sim.pending.cards[card][0]
+    card, account = chosen
     pin = sim.pending.pins.get(account, ID_LAST6)
     daily = rng.randint(1_000, 6_000)
     sim.advance_to(sim.before_midnight_ms())
