@@ -166,7 +166,8 @@ AFTER_CLOSING_KINDS = frozenset({"lost", "found"})
 
 
 def _check(txn, dbs, report: AuditReport) -> None:
-    chained = _schema(txn, dbs) >= _CHAINED_SCHEMA
+    schema = _schema(txn, dbs)
+    chained = schema >= _CHAINED_SCHEMA
     # What the journal says each account's record count and history marks must be.
     history = {"records": {}, "marks": set()}
     sums, card_history, offline, closed_by, subsidies, newest = _check_journal(
@@ -180,7 +181,7 @@ def _check(txn, dbs, report: AuditReport) -> None:
                     _subsidy_batches(txn, dbs))
     if chained:
         _check_history_heads(report, accounts, newest)
-    if _schema(txn, dbs) >= _MARKED_SCHEMA:
+    if schema >= _MARKED_SCHEMA:
         _check_history_marks(txn, dbs, report, accounts, history)
     cards = _check_cards(txn, dbs, report, accounts, card_history)
     _check_offline(report, offline, cards, card_history)
