@@ -104,7 +104,7 @@ class ServerSession:
         message = {"t": "hello", "re": 0, "code": "ok", "nonce": server_nonce}
         message.update(reply)
         frame = encode_frame(self._key, message)
-        self._k_c2s, self._k_s2c = mac.direction_keys(self._key, hello.client_nonce, server_nonce)
+        self._k_c2s, self._k_s2c = mac.session_keys(self._key, hello.client_nonce, server_nonce)
         self._move("hello_accepted")
         return frame
 
@@ -189,7 +189,7 @@ class ClientSession:
             raise ProtocolError("mac_invalid", "hello reply tag")
         if message.get("code") != "ok" or type(message.get("nonce")) is not bytes:
             raise ProtocolError("unauthenticated", "hello reply not ok")
-        self._k_c2s, self._k_s2c = mac.direction_keys(self.key, self.client_nonce, message["nonce"])
+        self._k_c2s, self._k_s2c = mac.session_keys(self.key, self.client_nonce, message["nonce"])
         self.state = OPEN
         return message
 
