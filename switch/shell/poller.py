@@ -20,6 +20,7 @@ its read deadlines are checked by a sweep once a second.
 
 import select
 import time
+from collections import deque
 
 import trio
 
@@ -108,17 +109,19 @@ class ReadinessPoller:
         # arrived after the poll before it. That bounds how long a request may have waited
         # for us to read it, which is what overload is judged by (`heard_by`).
         complete_poll_at = clock()
-        # Execute steps a pass ran out of time for, oldest first: they run first in the
-        # next pass, and their connections are not read again until they have.
-        carried: list = []
-        carrying: set = set()
+        # Execute steps not run yet, oldest first: what a pass ran out of time for runs first
+        # in the next, and its connection is not read again until it has. Counted per
+        # connection as steps come and go: past saturation thousands are carried, and
+        # gathering them into a set every pass cost more than the passes themselves.
+        pending: deque = deque()
+        waiting: dict = {}       # connection -> its steps in `pending`
         behind = self._behind
         task_status.started()
         try:
             while True:
                 polled_at = clock()
                 events = poll(0, events_max)
-                if not events and not self._resumed and not carried:
+                if not events and not self._resumed and not pending:
                     # Nothing unread: we wait. What wakes us arrived while we waited, just
                     # before we woke (but for the other tasks trio ran first: short when we
                     # are idle enough to wait at all; past saturation no pass waits).
@@ -134,10 +137,10 @@ class ReadinessPoller:
                     events = poll(0, events_max)
                 self.heard_by = heard_by = complete_poll_at
                 execute_until = polled_at + limits.pass_execute_s_max
-                execute, carried = carried, []
                 if self._resumed:
                     resumed, self._resumed = self._resumed, []
-                    execute += [(connection, connection.on_room) for connection in resumed]
+                    for connection in resumed:
+                        self._wait(pending, waiting, connection, connection.on_room)
                 # In stages over every ready connection: all receives, then opening what
                 # they brought, then executing it (each stage's code together; executing
                 # is the stage that is bounded, and the one carried over).
@@ -146,7 +149,7 @@ class ReadinessPoller:
                     connection = by_fd.get(fd)
                     if connection is None:
                         continue
-                    if connection in carrying:
+                    if connection in waiting:
                         # More waits behind what it has not run yet: dated from this pass
                         # when it is read, not the others' requests with it.
                         behind.setdefault(connection, heard_by)
@@ -163,16 +166,20 @@ class ReadinessPoller:
                     self.heard_by = dated
                     then = self._contained(connection, step)
                     if then is not None:
-                        execute.append((connection, then))
+                        self._wait(pending, waiting, connection, then)
                 self.heard_by = heard_by
                 # Executing is bounded per pass: the committer then commits and answers
                 # what ran, rather than every till waiting for the whole queue to run.
-                for index, (connection, step) in enumerate(execute):
-                    if index and clock() >= execute_until:
-                        carried = execute[index:]
-                        break
+                ran = 0
+                while pending and not (ran and clock() >= execute_until):
+                    connection, step = pending.popleft()
+                    steps = waiting[connection] - 1
+                    if steps:
+                        waiting[connection] = steps
+                    else:
+                        del waiting[connection]
                     self._contained(connection, step)
-                carrying = {connection for connection, _ in carried}
+                    ran += 1
                 self.passes += 1
                 now = current_time()
                 if now >= next_sweep:
@@ -180,12 +187,17 @@ class ReadinessPoller:
                     for connection in list(by_fd.values()):
                         # One whose execute was put off read a request its deadline does
                         # not know of yet: that execute sets the next deadline.
-                        if connection.read_deadline <= now and connection not in carrying:
+                        if connection.read_deadline <= now and connection not in waiting:
                             self._contained(connection, connection.on_read_deadline)
                 # Other tasks (the committer's replies above all) run between passes.
                 await trio.lowlevel.checkpoint()
         finally:
             self._epoll.close()
+
+    @staticmethod
+    def _wait(pending: deque, waiting: dict, connection, step) -> None:
+        pending.append((connection, step))
+        waiting[connection] = waiting.get(connection, 0) + 1
 
     def _contained(self, connection, step):
         """A fault while serving one connection ends that connection alone."""
