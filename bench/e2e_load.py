@@ -337,6 +337,10 @@ def commit_figures(before: dict, after: dict) -> dict:
         "commit_ms_mean": commit_s / commit_n * 1000 if commit_n else None,
         "commits_with_writes": commit_n,
         "switch_debit_ms_mean": served_s / served * 1000 if served else None,
+        "commit_phase_ms_mean": {
+            phase: _delta(after, before, f'switch_commit_phase_seconds_sum{{phase="{phase}"}}')
+            / commit_n * 1000 if commit_n else None
+            for phase in ("to_worker", "write", "to_loop")},
     }
 
 
@@ -933,6 +937,11 @@ def _report(args, result: dict) -> None:
     if commit.get("commit_ms_mean") is not None:
         print(f"commit time      mean {commit['commit_ms_mean']:.2f} ms per write transaction "
               f"+ fsync ({commit['commits_with_writes']:.0f} with writes)")
+        phases = commit.get("commit_phase_ms_mean") or {}
+        if all(value is not None for value in phases.values()):
+            print(f"commit phases    mean {phases['to_worker']:.2f} ms to the worker thread, "
+                  f"{phases['write']:.2f} ms writing, {phases['to_loop']:.2f} ms back to the loop "
+                  f"(switch_commit_phase_seconds)")
     if commit.get("switch_debit_ms_mean") is not None:
         print(f"switch latency   mean {commit['switch_debit_ms_mean']:.2f} ms frame in to reply "
               f"out (switch_request_duration_seconds, debit)")

@@ -141,13 +141,25 @@ class Committer:
     async def _write(self, batch) -> None:
         for _ in range(limits.commit_retries_map_full_max):
             try:
-                await trio.to_thread.run_sync(self.store.write_batch, batch)
+                handed = time.perf_counter()
+                began, ended = await trio.to_thread.run_sync(self._timed_write, batch)
+                back = time.perf_counter()
+                phases = self.metrics.commit_phase
+                phases["to_worker"].observe(began - handed)
+                phases["write"].observe(ended - began)
+                phases["to_loop"].observe(back - ended)
                 return
             except lmdb.MapFullError:
                 # The aborted transaction left nothing behind; grow and write it again.
                 new_size = self.store.grow_map()
                 log.warning("event=map_grown size_bytes=%d", new_size)
         raise RuntimeError("LMDB map still full after growing")
+
+    def _timed_write(self, batch) -> tuple[float, float]:
+        """On the worker thread: the write, and when it began and ended."""
+        began = time.perf_counter()
+        self.store.write_batch(batch)
+        return began, time.perf_counter()
 
     def _fail(self, replies) -> None:
         self._batch_done([], [(connection, {"t": reply.get("t"), "re": reply.get("re"),

@@ -27,6 +27,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 prometheus_client.disable_created_metrics()
 
 # Where a contained fault can happen: the `where` label of switch_failures_total.
+COMMIT_PHASES = ("to_worker", "write", "to_loop")
 FAILURE_PLACES = ("request", "connection", "delivery", "effect", "commit", "task")
 
 # Label values come only from these sets: a peer's made-up `t` must not become a series
@@ -98,6 +99,13 @@ class Metrics:
         self.commit_duration = Histogram("switch_commit_duration_seconds",
                                          "LMDB write transaction and fsync of one batch",
                                          buckets=LATENCY_BUCKETS_S, registry=registry)
+        # Where a commit's time goes: waiting for the worker thread to take the batch (and
+        # the GIL), the write transaction with its fsync, and waiting for the event loop to
+        # take the result back. A slow disk shows in the second; a busy loop in the others.
+        commit_phase = Histogram("switch_commit_phase_seconds",
+                                 "One group commit's time by phase: to_worker, write, to_loop",
+                                 ["phase"], buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.commit_phase = {phase: commit_phase.labels(phase) for phase in COMMIT_PHASES}
         self.commit_failures = Counter("switch_commit_failures",
                                        "Group commits that failed and were answered internal",
                                        registry=registry)

@@ -212,3 +212,17 @@ def test_a_hello_with_the_wrong_key_is_refused_and_never_loads(loadgen, tmp_path
     assert lines["connected"] == ["0"]
     assert lines["broken"] == ["1 hello: ProtocolError unauthenticated: refused by peer"]
     assert "code" not in lines
+
+
+def test_commit_figures_give_each_phase_per_commit_between_two_scrapes():
+    phase = 'switch_commit_phase_seconds_sum{{phase="{}"}}'.format
+    before = {"switch_commit_duration_seconds_count": 10.0,
+              "switch_commit_duration_seconds_sum": 1.0,
+              phase("to_worker"): 0.1, phase("write"): 0.5, phase("to_loop"): 0.2}
+    after = {"switch_commit_duration_seconds_count": 14.0,
+             "switch_commit_duration_seconds_sum": 1.2,
+             phase("to_worker"): 0.104, phase("write"): 0.58, phase("to_loop"): 0.212}
+    figures = e2e_load.commit_figures(before, after)
+    assert figures["commit_ms_mean"] == pytest.approx(50.0)
+    assert figures["commit_phase_ms_mean"] == pytest.approx(
+        {"to_worker": 1.0, "write": 20.0, "to_loop": 3.0})

@@ -1,5 +1,7 @@
 """Group commit: one fsync for many requests, map growth under load, failed commits."""
 
+import time
+
 import trio
 
 from switch import limits
@@ -66,3 +68,34 @@ async def test_failed_commit_answers_internal_and_changes_nothing(switch, monkey
     txns = [item["txn"] for item in history["items"]]
     assert txns == sorted(txns, reverse=True) and len(set(txns)) == len(txns)
     assert max(txns) == switch.store.last_txn  # no gap left by the failed batch
+
+
+async def test_commit_time_is_split_by_phase(switch, monkeypatch):
+    """An operator tells a slow disk (the `write` phase) from a busy event loop (waiting
+    for the worker thread, or for the loop to take the result back)."""
+    await switch.person("WH1", "AAAA", balance=1000)
+    till = await switch.terminal("WH-POS-1")
+    registry = switch.server.metrics.registry
+
+    def phase(name, part):
+        return registry.get_sample_value(f"switch_commit_phase_seconds_{part}", {"phase": name})
+
+    real_write = switch.store.write_batch
+    write_s = 0.05
+
+    def slow_write(batch):   # on the worker thread: a disk taking its time
+        time.sleep(write_s)
+        return real_write(batch)
+
+    monkeypatch.setattr(switch.store, "write_batch", slow_write)
+    before = {name: (phase(name, "count"), phase(name, "sum"))
+              for name in ("to_worker", "write", "to_loop")}
+    commits_before = switch.server.committer.commits
+    reply = await till.request({"t": "debit", "card": "AAAA", "amount": 100, "id": "a"})
+    assert reply["code"] == "ok"
+    commits = switch.server.committer.commits - commits_before
+    assert commits >= 1
+    for name, (count, _) in before.items():
+        assert phase(name, "count") - count == commits
+    assert phase("write", "sum") - before["write"][1] >= write_s * commits
+    assert phase("to_loop", "sum") - before["to_loop"][1] < write_s
