@@ -20,7 +20,8 @@ shared, busy machine disturbs it far less than wall time):
 - execute: `dispatch.execute` of a debit by a terminal on a ledger over a temporary data dir
   (accounts, cards and terminals written by bench/e2e_load.py's prebuild), fake clock.
 - commit: `Store.write_batch` of the writes --batch debits left (CPU, and wall time with the
-  fsync), per debit.
+  fsync), per debit; and the CPU of a whole commit (seal, write, reading on) at each of
+  --commit-batches debits per batch: a commit's fixed part is what a light load pays most.
 
 Speed is measured here, never asserted in a test. Writes JSON with every run's figure.
 """
@@ -56,6 +57,7 @@ TAG = "5A"          # card ids are hex: the tag is their first digits
 KEY = bytes(range(32))
 RECEIVE_SIZE_BYTES = 1 << 20
 IPC_CHILD_TIMEOUT_S = 60.0
+COMMIT_COST_DEBITS = 4_000   # debits executed per batch size of the commit-cost runs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--terminals", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1_000,
                         help="debits per commit (the switch's mean group commit was ~1,000)")
+    parser.add_argument("--commit-batches", type=str, default="10,50,200,1000",
+                        help="debits per commit for the commit-cost-by-batch-size runs "
+                             "(a light load commits small batches)")
     parser.add_argument("--connections", type=int, default=200, help="sockets: depth-1 case")
     parser.add_argument("--pipeline", type=int, default=100, help="sockets: frames per send")
     parser.add_argument("--ipc-batches", type=str, default="1,100",
@@ -279,13 +284,37 @@ def ledger_runs(directory: pathlib.Path, cards: list[str], terminals: list[str],
             commit_wall_us.append((time.perf_counter() - began_wall) / args.batch * 1e6)
             commit_cpu_us.append((time.process_time() - began_cpu) / args.batch * 1e6)
             store.committed(batch)
+        by_batch = {size: commit_cost(ledger, store, credentials, cards, size, args, rng, next_id)
+                    for size in (int(size) for size in args.commit_batches.split(","))}
     finally:
         store.close()
     return {"execute": _best(execute_us), "commit_cpu": _best(commit_cpu_us),
+            "commit_by_batch": by_batch,
             "commit_wall": _best(commit_wall_us), "codes": codes,
             "writes_per_debit": statistics.mean(writes_per_debit),
             "journal_record_bytes_mean": statistics.mean(journal_bytes),
             "write_set_bytes_per_debit": statistics.mean(write_set_bytes), "reply": reply}
+
+
+def commit_cost(ledger, store, credentials, cards, size: int, args, rng, first_id: int) -> dict:
+    """CPU of one commit of `size` debits (seal, write transaction with its fsync, reading
+    on from it): its fixed part is paid per commit, so small batches pay it per few debits."""
+    commit_us = []
+    commits = max(args.repeats, COMMIT_COST_DEBITS // size)
+    for number in range(commits):
+        messages = _debits(rng, cards, size, args.amount_max, first_id + (number + 1) * 10**7)
+        for n, message in enumerate(messages):
+            dispatch.execute(ledger, credentials[n % len(credentials)], message)
+        ledger.take_effects()
+        began = time.process_time()
+        batch = store.seal()
+        store.write_batch(batch)
+        store.committed(batch)
+        commit_us.append((time.process_time() - began) * 1e6)
+    per_commit = _best(commit_us)
+    return {"commits": commits, "per_commit": per_commit,
+            "per_debit": {"best_us": per_commit["best_us"] / size,
+                          "median_us": per_commit["median_us"] / size}}
 
 
 # ------------------------------------------------------------------ main
@@ -316,6 +345,7 @@ def measure(args) -> dict:
         "sockets_pipelined": _best([run[1] for run in sockets]),
         "ipc": ipc,
         "execute": ledger["execute"], "commit_cpu": ledger["commit_cpu"],
+        "commit_by_batch": ledger["commit_by_batch"],
         "commit_wall": ledger["commit_wall"],
         "debit_codes": ledger["codes"], "writes_per_debit": ledger["writes_per_debit"],
         "journal_record_bytes_mean": ledger["journal_record_bytes_mean"],
@@ -338,6 +368,9 @@ def _print(results: dict, args) -> None:
     line("execute (dispatch.execute)", results["execute"])
     line(f"commit CPU, {args.batch} per batch", results["commit_cpu"])
     line(f"commit wall with fsync", results["commit_wall"])
+    for size, figures in results["commit_by_batch"].items():
+        line(f"commit CPU, {size} per batch", figures["per_commit"],
+             f"per commit ({figures['per_debit']['median_us']:.1f} µs per debit, median)")
     print(f"debit codes {results['debit_codes']}; {results['writes_per_debit']:.1f} writes per "
           f"debit ({results['write_set_bytes_per_debit']:.0f} B of keys and values); journal record "
           f"{results['journal_record_bytes_mean']:.0f} B; frames "
