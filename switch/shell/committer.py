@@ -93,7 +93,7 @@ class Committer:
             self.committing = True
             started = time.perf_counter()
             try:
-                await self._write(batch)
+                handed, began, ended, back = await self._write(batch)
             except Exception:
                 log.exception("event=commit_failed batch=%d requests=%d answered=internal", batch.number,
                               len(replies) + len(self._open))
@@ -106,6 +106,10 @@ class Committer:
             self._held_durable = True
             self.store.committed(batch)
             self.metrics.commit_duration.observe(time.perf_counter() - started)
+            phases = self.metrics.commit_phase
+            phases["to_worker"].observe(began - handed)
+            phases["write"].observe(ended - began)
+            phases["to_loop"].observe(back - ended)
             self.metrics.journal_txn.set(batch.last_txn)
             self.metrics.holds_open.set(self.ledger.holds.open_count)
             self.commits += 1
@@ -138,17 +142,14 @@ class Committer:
         self._open = []
         self.ledger.discard_uncommitted()  # the open batch's effects die with it
 
-    async def _write(self, batch) -> None:
+    async def _write(self, batch) -> tuple[float, float, float, float]:
+        """Write the batch (growing the map as it must); returns when the write that took
+        was handed to the worker thread, began, ended, and was taken back by the loop."""
         for _ in range(limits.commit_retries_map_full_max):
             try:
                 handed = time.perf_counter()
                 began, ended = await trio.to_thread.run_sync(self._timed_write, batch)
-                back = time.perf_counter()
-                phases = self.metrics.commit_phase
-                phases["to_worker"].observe(began - handed)
-                phases["write"].observe(ended - began)
-                phases["to_loop"].observe(back - ended)
-                return
+                return handed, began, ended, time.perf_counter()
             except lmdb.MapFullError:
                 # The aborted transaction left nothing behind; grow and write it again.
                 new_size = self.store.grow_map()

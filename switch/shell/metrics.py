@@ -26,8 +26,9 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # `*_created` series double the exposition and no dashboard of ours reads them.
 prometheus_client.disable_created_metrics()
 
-# Where a contained fault can happen: the `where` label of switch_failures_total.
+# The `phase` label of switch_commit_phase_seconds, in the order a commit passes them.
 COMMIT_PHASES = ("to_worker", "write", "to_loop")
+# Where a contained fault can happen: the `where` label of switch_failures_total.
 FAILURE_PLACES = ("request", "connection", "delivery", "effect", "commit", "task")
 
 # Label values come only from these sets: a peer's made-up `t` must not become a series

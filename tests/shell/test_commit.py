@@ -98,4 +98,24 @@ async def test_commit_time_is_split_by_phase(switch, monkeypatch):
     for name, (count, _) in before.items():
         assert phase(name, "count") - count == commits
     assert phase("write", "sum") - before["write"][1] >= write_s * commits
-    assert phase("to_loop", "sum") - before["to_loop"][1] < write_s
+
+
+async def test_a_fault_counting_a_commits_phases_still_answers_what_is_on_disk(switch,
+                                                                             monkeypatch):
+    """The phases are counted once the batch is known durable: a fault there is the
+    committer's, and the debit it wrote is answered `ok`, not `internal`."""
+    await switch.person("WH1", "AAAA", balance=1000)
+    till = await switch.terminal("WH-POS-1")
+    faults = []
+
+    def faulty_observe(value):
+        faults.append(value)
+        raise ValueError("a fault in the metric")
+
+    monkeypatch.setattr(switch.server.metrics.commit_phase["to_loop"], "observe",
+                        faulty_observe)
+    reply = await till.request({"t": "debit", "card": "AAAA", "amount": 100, "id": "a"})
+    assert faults and reply["code"] == "ok" and reply["balance"] == 900
+    monkeypatch.undo()
+    retry = await till.request({"t": "debit", "card": "AAAA", "amount": 100, "id": "a"})
+    assert retry["code"] == "ok" and retry.get("replay") is True and retry["balance"] == 900
