@@ -337,10 +337,12 @@ def commit_figures(before: dict, after: dict) -> dict:
         "commit_ms_mean": commit_s / commit_n * 1000 if commit_n else None,
         "commits_with_writes": commit_n,
         "switch_debit_ms_mean": served_s / served * 1000 if served else None,
+        # None from a switch too old to export the phases (`--host`), not a false 0.
         "commit_phase_ms_mean": {
-            phase: _delta(after, before, f'switch_commit_phase_seconds_sum{{phase="{phase}"}}')
-            / commit_n * 1000 if commit_n else None
-            for phase in ("to_worker", "write", "to_loop")},
+            phase: _delta(after, before, name) / commit_n * 1000
+            if commit_n and name in after else None
+            for phase, name in ((phase, f'switch_commit_phase_seconds_sum{{phase="{phase}"}}')
+                                for phase in ("to_worker", "write", "to_loop"))},
     }
 
 

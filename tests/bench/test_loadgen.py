@@ -226,3 +226,7 @@ def test_commit_figures_give_each_phase_per_commit_between_two_scrapes():
     assert figures["commit_ms_mean"] == pytest.approx(50.0)
     assert figures["commit_phase_ms_mean"] == pytest.approx(
         {"to_worker": 1.0, "write": 20.0, "to_loop": 3.0})
+    # A switch that does not export the phases: none shown, rather than 0 ms.
+    older = {name: value for name, value in after.items() if "phase" not in name}
+    assert e2e_load.commit_figures(before, older)["commit_phase_ms_mean"] == {
+        "to_worker": None, "write": None, "to_loop": None}
