@@ -284,8 +284,10 @@ def ledger_runs(directory: pathlib.Path, cards: list[str], terminals: list[str],
             commit_wall_us.append((time.perf_counter() - began_wall) / args.batch * 1e6)
             commit_cpu_us.append((time.process_time() - began_cpu) / args.batch * 1e6)
             store.committed(batch)
-        by_batch = {size: commit_cost(ledger, store, credentials, cards, size, args, rng, next_id)
-                    for size in (int(size) for size in args.commit_batches.split(","))}
+        by_batch = {}
+        for size in (int(size) for size in args.commit_batches.split(",")):
+            by_batch[size], next_id = commit_cost(ledger, store, credentials, cards, size, args,
+                                                  rng, next_id)
     finally:
         store.close()
     return {"execute": _best(execute_us), "commit_cpu": _best(commit_cpu_us),
@@ -296,15 +298,21 @@ def ledger_runs(directory: pathlib.Path, cards: list[str], terminals: list[str],
             "write_set_bytes_per_debit": statistics.mean(write_set_bytes), "reply": reply}
 
 
-def commit_cost(ledger, store, credentials, cards, size: int, args, rng, first_id: int) -> dict:
+def commit_cost(ledger, store, credentials, cards, size: int, args, rng,
+                next_id: int) -> tuple[dict, int]:
     """CPU of one commit of `size` debits (seal, write transaction with its fsync, reading
-    on from it): its fixed part is paid per commit, so small batches pay it per few debits."""
+    on from it): its fixed part is paid per commit, so small batches pay it per few debits.
+    Returns the figures and the next id not used (a reused id writes nothing)."""
     commit_us = []
     commits = max(args.repeats, COMMIT_COST_DEBITS // size)
-    for number in range(commits):
-        messages = _debits(rng, cards, size, args.amount_max, first_id + (number + 1) * 10**7)
+    for _ in range(commits):
+        messages = _debits(rng, cards, size, args.amount_max, next_id)
+        next_id += size
         for n, message in enumerate(messages):
-            dispatch.execute(ledger, credentials[n % len(credentials)], message)
+            reply = dispatch.execute(ledger, credentials[n % len(credentials)], message)
+            if reply["code"] != "ok":
+                raise RuntimeError(f"commit-cost debit answered {reply['code']}: the figures "
+                                   "would count a commit of fewer writes")
         ledger.take_effects()
         began = time.process_time()
         batch = store.seal()
@@ -314,7 +322,7 @@ def commit_cost(ledger, store, credentials, cards, size: int, args, rng, first_i
     per_commit = _best(commit_us)
     return {"commits": commits, "per_commit": per_commit,
             "per_debit": {"best_us": per_commit["best_us"] / size,
-                          "median_us": per_commit["median_us"] / size}}
+                          "median_us": per_commit["median_us"] / size}}, next_id
 
 
 # ------------------------------------------------------------------ main
