@@ -15,9 +15,11 @@ or this is interrupted, the whole group is stopped.
 Steps (--steps): switch, bare, uvloop, postgres (closed loop at --connections); open (the
 switch and the bare server at each of --rates offered, open loop); idle (--idle-connections
 signed on and held, the switch's RSS); scale (the switch on books of each --scale-accounts
-size, prebuilt offline). The load client is bench/loadgen/loadgen.c (--client python: the
-Python one); its CPU in every closed-loop run shows how far it could drive beyond the fastest
-server measured. The targets are reported against, never asserted.
+size, prebuilt offline). With bare and any other step, the bare server runs again last: a
+machine whose speed changed under the run shows there. The load client is
+bench/loadgen/loadgen.c (--client python: the Python one); its CPU in every closed-loop run
+shows how far it could drive beyond the fastest server measured. The targets are reported
+against, never asserted.
 """
 
 import argparse
@@ -69,6 +71,10 @@ TARGET_IDLE_MB = 200.0
 TARGET_SCALE_RATIO = 0.9
 TARGET_SCALE_ACCOUNTS = (10_000, 1_000_000)
 TARGET_CLIENT_HEADROOM = 2.0   # the load client could drive this many times the fastest server
+# The bare trio server runs again last: its throughput then within this share of its first
+# run's, or the machine changed under the run (this one's speed drifts by up to 2× in a day,
+# and a run's ratios compare figures made up to half an hour apart).
+STEADY_MACHINE_SHARE_MAX = 0.10
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -269,6 +275,10 @@ def plan(args, results_dir: pathlib.Path) -> list[tuple[str, list[str], float]]:
             command = _load_command(args, name, results_dir, ["--prebuild"])
             command = _replace(command, "--accounts", str(accounts))
             planned.append((name, command, window_s + setup_s + accounts / 1000))
+    if "bare" in steps and len(planned) > 1:
+        planned.append(("bare_closed_again",
+                        _load_command(args, "bare_closed_again", results_dir,
+                                      ["--server", "bare"]), window_s + setup_s))
     return planned
 
 
@@ -290,7 +300,8 @@ def _closed_loop_names(runs: dict) -> list[str]:
     """Every closed-loop run loaded by our client: the servers side by side, then the books."""
     return ([name for name, _, _ in CLOSED if name in runs]
             + sorted((name for name in runs if name.startswith("switch_scale_")),
-                     key=lambda name: runs[name]["accounts"]))
+                     key=lambda name: runs[name]["accounts"])
+            + [name for name in ("bare_closed_again",) if name in runs])
 
 
 def _not_ok(run: dict) -> dict:
@@ -346,6 +357,9 @@ def summarize(args, runs: dict) -> dict:
             ratios[name] = numerator["tx_per_s"] / denominator["tx_per_s"]
     if len(scale) >= 2 and scale[0]["tx_per_s"]:
         ratios["largest_over_smallest_books"] = scale[-1]["tx_per_s"] / scale[0]["tx_per_s"]
+    again = runs.get("bare_closed_again")
+    if bare and again and bare["tx_per_s"]:
+        ratios["bare_at_the_end_over_its_start"] = again["tx_per_s"] / bare["tx_per_s"]
     headroom = client_headroom(runs, pg_best)
     if headroom:
         ratios["client_capacity_over_fastest_server"] = headroom["headroom"]
@@ -404,6 +418,13 @@ def summarize(args, runs: dict) -> dict:
                           value is not None and value <= TARGET_IDLE_MB,
                           held >= TARGET_IDLE_CONNECTIONS,
                           f"{_fmt(value, '.0f')} MB with {held:,} held"))
+    value = ratios.get("bare_at_the_end_over_its_start")
+    targets.append(target(f"the machine held still: the bare trio server at the end within "
+                          f"{STEADY_MACHINE_SHARE_MAX:.0%} of its first run (a check of the "
+                          f"run itself)", value,
+                          value is not None and abs(value - 1) <= STEADY_MACHINE_SHARE_MAX,
+                          True, f"{_fmt(value, '.2f')}× ({_fmt(again and again['tx_per_s'])} "
+                                f"against {_fmt(bare and bare['tx_per_s'])} tx/s)"))
     closed = _closed_loop_names(runs)
     not_ok = {name: _not_ok(runs[name]) for name in closed if _not_ok(runs[name])}
     value = sum(sum(counts.values()) for counts in not_ok.values()) if closed else None
@@ -575,6 +596,7 @@ def write_markdown(path: pathlib.Path, args, top_command: str, runs: dict, rows:
                "switch_over_postgres_best": ("switch_closed", "postgres"),
                "switch_over_postgres_same_connections": ("switch_closed", "postgres"),
                "bare_over_postgres_best": ("bare_closed", "postgres"),
+               "bare_at_the_end_over_its_start": ("bare_closed", "bare_closed_again"),
                "client_capacity_over_fastest_server": (headroom.get("run"),
                                                        headroom.get("fastest"))}
     for name, value in summary["ratios"].items():
@@ -680,6 +702,10 @@ def write_markdown(path: pathlib.Path, args, top_command: str, runs: dict, rows:
               "- **Pinning and CPU.** Every server runs on one CPU and every load generator "
               "on the other (`taskset`). CPU per authorization is read from /proc/PID/stat "
               "(utime+stime, all threads) at the window's start and end.",
+              "- **A steady machine.** The bare trio server runs again as the last step "
+              "(`bare_closed_again`): a run whose two bare figures differ by more than "
+              f"{STEADY_MACHINE_SHARE_MAX:.0%} met a machine that changed speed under it, and "
+              "its ratios compare figures made at different speeds.",
               "- **Idle connections.** The client signs on N connections (hello, direction "
               "keys) and holds them without traffic; the switch's VmRSS is read from "
               "/proc/PID/status every 0.5 s and the largest value reported.", ""]

@@ -1,0 +1,56 @@
+"""bench/run_e2e.py checks its own run: the bare trio server runs again last, and a run
+whose machine changed speed under it says so beside the targets."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from tests.paths import REPO_ROOT
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("bench_run_e2e",
+                                                  REPO_ROOT / "bench" / "run_e2e.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run_e2e = _load_module()
+
+
+def _args(*argv):
+    args = run_e2e._parser().parse_args(list(argv))
+    run_e2e._settings(args)
+    return args
+
+
+def test_the_bare_server_runs_again_last_when_other_steps_ran_between():
+    names = [name for name, _, _ in run_e2e.plan(_args("--steps", "bare,switch,idle"),
+                                                  pathlib.Path("results"))]
+    assert "bare_closed" in names and names[-1] == "bare_closed_again"
+    assert names.index("bare_closed") < names.index("switch_idle")
+    alone = [name for name, _, _ in run_e2e.plan(_args("--steps", "bare"),
+                                                  pathlib.Path("results"))]
+    assert alone == ["bare_closed"]
+    without = [name for name, _, _ in run_e2e.plan(_args("--steps", "switch,idle"),
+                                                    pathlib.Path("results"))]
+    assert "bare_closed_again" not in without
+
+
+def _bare_run(name: str, tx_per_s: float) -> dict:
+    return {"system": "bare", "tx_per_s": tx_per_s, "codes": {"ok": 1}, "command": name}
+
+
+@pytest.mark.parametrize("again_tx_per_s,status", [
+    (10_000, "met"), (10_999, "met"), (9_000, "met"),
+    (11_200, "NOT met"), (8_500, "NOT met"), (5_000, "NOT met")])
+def test_a_machine_that_changed_speed_under_the_run_is_reported(again_tx_per_s, status):
+    runs = {"bare_closed": _bare_run("a", 10_000),
+            "bare_closed_again": _bare_run("b", again_tx_per_s)}
+    summary = run_e2e.summarize(_args(), runs)
+    assert summary["ratios"]["bare_at_the_end_over_its_start"] == pytest.approx(
+        again_tx_per_s / 10_000)
+    check = next(item for item in summary["targets"] if "held still" in item["target"])
+    assert check["status"] == status
