@@ -57,6 +57,7 @@ if str(REPO) not in sys.path:
 from switch import limits  # noqa: E402
 from switch.codec import ClientSession, FrameDecoder, ProtocolError  # noqa: E402
 from switch.config.endpoints import host_port_argument, parse_host_port  # noqa: E402
+from switch.shell.metrics import COMMIT_PHASES  # noqa: E402
 
 SCHOOL = "WH"
 START_BALANCE_FEN = 5_000_000            # far above what a run spends per account
@@ -337,13 +338,18 @@ def commit_figures(before: dict, after: dict) -> dict:
         "commit_ms_mean": commit_s / commit_n * 1000 if commit_n else None,
         "commits_with_writes": commit_n,
         "switch_debit_ms_mean": served_s / served * 1000 if served else None,
-        # None from a switch too old to export the phases (`--host`), not a false 0.
-        "commit_phase_ms_mean": {
-            phase: _delta(after, before, name) / commit_n * 1000
-            if commit_n and name in after else None
-            for phase, name in ((phase, f'switch_commit_phase_seconds_sum{{phase="{phase}"}}')
-                                for phase in ("to_worker", "write", "to_loop"))},
+        "commit_phase_ms_mean": {phase: _phase_ms_mean(before, after, phase, commit_n)
+                                 for phase in COMMIT_PHASES},
     }
+
+
+def _phase_ms_mean(before: dict, after: dict, phase: str, commits: float) -> float | None:
+    """Mean ms per commit in one phase; None from a switch too old to export the phases
+    (`--host`), not a false 0."""
+    name = f'switch_commit_phase_seconds_sum{{phase="{phase}"}}'
+    if not commits or name not in after:
+        return None
+    return _delta(after, before, name) / commits * 1000
 
 
 # ------------------------------------------------------------------ accounts and credentials
