@@ -4,7 +4,6 @@ and refuses what a Python client would refuse (a hello from an unknown key, a fo
 Nothing here measures speed."""
 
 import hmac
-import importlib.util
 import json
 import os
 import socket
@@ -16,21 +15,13 @@ import pytest
 
 from switch.codec import FrameDecoder, ServerSession
 from switch.codec.session import sign_body, encode_body
+from tests.bench import bench_module
 from tests.paths import REPO_ROOT
 
 RUN_TIMEOUT_S = 120
 SERVER_START_TIMEOUT_S = 30
 
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("bench_e2e_load", REPO_ROOT / "bench" /
-                                                  "e2e_load.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-e2e_load = _load_module()
+e2e_load = bench_module("e2e_load")
 
 
 @pytest.fixture(scope="module")

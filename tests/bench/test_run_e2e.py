@@ -1,23 +1,13 @@
 """bench/run_e2e.py checks its own run: the bare trio server runs again last, and a run
 whose machine changed speed under it says so beside the targets."""
 
-import importlib.util
 import pathlib
 
 import pytest
 
-from tests.paths import REPO_ROOT
+from tests.bench import bench_module
 
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("bench_run_e2e",
-                                                  REPO_ROOT / "bench" / "run_e2e.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-run_e2e = _load_module()
+run_e2e = bench_module("run_e2e")
 
 
 def _args(*argv):
