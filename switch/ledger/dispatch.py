@@ -11,6 +11,7 @@ from switch import limits
 from switch.core import codes
 from switch.ledger import (account_settings, accounts, card_office, dorm, idempotency, offline,
                            payments, roles, schema, subsidies)
+from switch.ledger.plain_debit import execute_plain_debit
 from switch.ledger.accounts import _decline
 
 log = logging.getLogger("switch.ledger")
@@ -18,6 +19,9 @@ log = logging.getLogger("switch.ledger")
 HANDLERS = {**accounts.HANDLERS, **card_office.HANDLERS, **account_settings.HANDLERS,
             **payments.HANDLERS, **dorm.HANDLERS, **offline.HANDLERS,
             **subsidies.HANDLERS}
+
+
+_DEBIT = accounts.debit
 
 
 def reply_type(request_type) -> str:
@@ -83,6 +87,12 @@ def _execute(ledger, credential, message: dict) -> dict:
         return _decline(reply_type(request_type), codes.BAD_REQUEST)
     if not roles.permitted(credential.role, credential.kind, request_type):
         return _decline(request_type, codes.NOT_PERMITTED)
+    if handler is _DEBIT:
+        # Most of the load: taken in one flat pass when nothing about it is unusual (not
+        # when a test or the simulation has put another handler in its place).
+        reply = execute_plain_debit(ledger, credential, message)
+        if reply is not None:
+            return reply
     if request_type in schema.WITHOUT_ID:
         code, values = schema.validate(request_type, message)
         if code is not None:

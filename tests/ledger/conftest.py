@@ -10,6 +10,7 @@ offline record's result code), so `test_result_codes.py` can check at the end of
 that every result code of docs/PROTOCOL.md §4.16 was produced by some test.
 """
 
+import contextlib
 import dataclasses
 import pathlib
 import shutil
@@ -36,7 +37,8 @@ QR_STEP_S = limits.qr_step_s
 # What the test modules take from here (the code under test they need is re-exported).
 __all__ = ["limits", "FakeClock", "TrustedClock", "QR_STEP_S", "qr_tag", "REQUEST_TYPES", "RESULT_CODES", "OBSERVED",
            "OBSERVED_OFFLINE", "World", "populate", "whole_directory_ran", "STUDENT", "CARD",
-           "CUIK_STUDENT", "CUIK_CARD", "ROOM", "CUIK_ROOM", "ID_LAST6", "PIN", "BALANCE"]
+           "CUIK_STUDENT", "CUIK_CARD", "ROOM", "CUIK_ROOM", "ID_LAST6", "PIN", "BALANCE",
+           "general_path_only", "plain_debits_counted"]
 
 # What the tests compare against the spec: the request types the switch dispatches and the
 # result codes of replies (docs/PROTOCOL.md §4.16).
@@ -325,6 +327,36 @@ def campus(make_world) -> World:
     world = make_world("campus")
     _attach_campus(world)
     return world
+
+
+@contextlib.contextmanager
+def general_path_only():
+    """Debits executed by the general path alone, the plain-debit pass skipped: the
+    reference that pass is held to."""
+    real = dispatch.execute_plain_debit
+    dispatch.execute_plain_debit = lambda ledger, credential, message: None
+    try:
+        yield
+    finally:
+        dispatch.execute_plain_debit = real
+
+
+@contextlib.contextmanager
+def plain_debits_counted(counts: dict):
+    """Count in `counts` the debits the plain-debit pass took ("taken") and left to the
+    general path ("left")."""
+    real = dispatch.execute_plain_debit
+
+    def counting(ledger, credential, message):
+        reply = real(ledger, credential, message)
+        key = "left" if reply is None else "taken"
+        counts[key] = counts.get(key, 0) + 1
+        return reply
+    dispatch.execute_plain_debit = counting
+    try:
+        yield
+    finally:
+        dispatch.execute_plain_debit = real
 
 
 @pytest.fixture
