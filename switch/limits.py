@@ -60,10 +60,11 @@ holds_expired_per_pass_max = 5_000 # holds a housekeeping pass releases at most
 
 # --- Retention and windows (docs/PROTOCOL.md §4.4, §4.8-4.10, §4.14) ---
 idempotency_retention_s = 8 * 24 * 3600   # > offline_window_s + offline_future_s
-# Remembered ids the retention sweep visits per housekeeping pass (one a second): a full cycle
-# through N ids takes N / this seconds, and the sweep keeps up while fewer ids than this are
-# remembered per second (docs/RELIABILITY.md, idempotency retention).
-idempotency_sweep_ids_per_pass_max = 10_000
+# Remembered ids the retention sweep visits per housekeeping pass (five a second): a full cycle
+# through N ids takes N / (5 x this) seconds, and the sweep keeps up while fewer than 20,000 ids
+# are remembered per second (docs/RELIABILITY.md, idempotency retention). Small passes: the event
+# loop serves no till while one runs.
+idempotency_sweep_ids_per_pass_max = 4_000
 reversal_window_s = 24 * 3600
 hold_timeout_s = 30 * 60
 offline_window_s = 7 * 24 * 3600
@@ -126,7 +127,7 @@ clock_jump_s_max = 10.0
 clock_jump_confirm_s = 600.0
 
 # --- Shell timers ---
-housekeeping_interval_s = 1.0      # how often holds expire and old ids and QR codes are forgotten
+housekeeping_interval_s = 0.2      # how often holds expire and old ids and QR codes are forgotten
 drain_timeout_s = 10.0             # on SIGTERM, in-flight requests are answered within this
 error_flush_timeout_s = 5.0        # a closing connection's last frames are written within this
 accept_pause_s = 0.1               # out of file descriptors: accepting waits this long

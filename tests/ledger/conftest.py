@@ -31,6 +31,7 @@ from switch.ledger.effects import (BlacklistPush, ClosedAccountTap, JournalAdvan
                                    Revocation)
 from switch.ledger.payments import prune_used_qr
 from switch.ledger.qr import qr_code, qr_tag
+from switch.ledger.state import remembered_at_ms_read_fast
 
 QR_STEP_S = limits.qr_step_s
 
@@ -38,7 +39,7 @@ QR_STEP_S = limits.qr_step_s
 __all__ = ["limits", "FakeClock", "TrustedClock", "QR_STEP_S", "qr_tag", "REQUEST_TYPES", "RESULT_CODES", "OBSERVED",
            "OBSERVED_OFFLINE", "World", "populate", "whole_directory_ran", "STUDENT", "CARD",
            "CUIK_STUDENT", "CUIK_CARD", "ROOM", "CUIK_ROOM", "ID_LAST6", "PIN", "BALANCE",
-           "general_path_only", "plain_debits_counted"]
+           "general_path_only", "plain_debits_counted", "remembered_at_ms_read_fast"]
 
 # What the tests compare against the spec: the request types the switch dispatches and the
 # result codes of replies (docs/PROTOCOL.md §4.16).

@@ -1,9 +1,13 @@
 """What every request goes through before its own rules (docs/PROTOCOL.md §3, §4.1-§4.4):
 the type, the sender's role and kind, the id, idempotency, and failures inside the switch."""
 
+import msgpack
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from tests.ledger.conftest import (BALANCE, CARD, CUIK_STUDENT, ID_LAST6, PIN, REQUEST_TYPES, ROOM,
+                                   remembered_at_ms_read_fast,
                                    STUDENT, limits)
 
 # docs/PROTOCOL.md §3: who may send what (every role may send `ping`).
@@ -288,6 +292,41 @@ def test_the_sweep_goes_round_and_never_forgets_an_id_before_the_retention_perio
     assert [world.ledger.forget_old_ids(keys_max) for _ in range(4)] == [3, 3, 3, 1]
     world.commit()
     assert _remembered(world) == []
+
+
+def _remembered_value(world, at_ms: int, tail: bytes) -> bytes:
+    """The stored value of an id remembered at `at_ms` whose reply ends in `tail`."""
+    world.clock.ms = at_ms
+    world.ledger.remember("till", at_ms, "debit", bytes(16), {"t": "debit", "code": "ok",
+                                                              "x": tail})
+    return world.store.get("idempotency", b"till\0" + msgpack.packb(at_ms))
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(at_ms=st.one_of(st.integers(0, 2**32 - 1), st.integers(2**32, 2**64 - 1)),
+       tail=st.lists(st.sampled_from([0x00, 0x01, 0xCF, 0xFF]), max_size=12).map(bytes))
+@example(at_ms=100, tail=b"\xcf\x01" + bytes(6))   # 0xCF where a uint64's marker would be
+def test_the_sweeps_fast_reading_of_a_remembered_time_is_exact_or_later(world, at_ms, tail):
+    """The sweep reads each id's time from its last 9 bytes (`remembered_at_ms_read_fast`):
+    exact for every time from 2**32 ms (1970-02-19) on, and for any time never earlier, so a
+    reading that is wrong can only keep an id longer."""
+    value = _remembered_value(world, at_ms, tail)
+    assert msgpack.unpackb(value)[3] == at_ms
+    read = remembered_at_ms_read_fast(value)
+    assert read >= at_ms
+    if at_ms >= 2**32:
+        assert read == at_ms
+
+
+def test_the_fast_reading_is_wrong_only_later_and_the_sweep_keeps_such_an_id(world):
+    value = _remembered_value(world, 100, b"\xcf\x01" + bytes(6))
+    assert remembered_at_ms_read_fast(value) > 100     # the case the property allows
+    world.commit()
+    world.clock.ms = 100 + world.config.idempotency_retention_s * 1000 + 1
+    world.ledger.forget_old_ids(limits.idempotency_sweep_ids_per_pass_max)
+    world.commit()
+    assert world.ledger.recall("till", 100) is not None   # kept: read as later than it is
 
 
 # ---------------------------------------------------------------- internal (§4.3)

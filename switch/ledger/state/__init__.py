@@ -36,6 +36,23 @@ def _remembered_at_ms(data: bytes) -> int:
     return unpack(data)[3]
 
 
+_UINT64 = 0xCF   # msgpack's marker of an unsigned 64-bit int, its 8 bytes big-endian after it
+
+
+def remembered_at_ms_read_fast(data: bytes) -> int:
+    """`_remembered_at_ms` from the value's last 9 bytes, unpacking nothing, when they are a
+    msgpack uint64. Every time from 1970-02-19 (2**32 ms) on is packed so: on a real clock
+    this is the time exactly, at a fraction of an unpack (the sweep reads every id).
+
+    Never earlier than the time, whatever the value: a time packed shorter ends the value
+    with its own big-endian bytes, so when the 9th byte from the end is 0xCF by chance the
+    8 bytes read are those bytes with more above them. A wrong reading only keeps an id
+    longer, never forgets it early."""
+    if len(data) > 9 and data[-9] == _UINT64:
+        return int.from_bytes(data[-8:], "big")
+    return unpack(data)[3]
+
+
 @dataclass
 class Credential:
     who: str
@@ -373,7 +390,7 @@ class Ledger:
                 break
             visited += 1
             after = key
-            if _remembered_at_ms(data) < cutoff_ms:
+            if remembered_at_ms_read_fast(data) < cutoff_ms:
                 # The open batch may hold it again, newer (a tombstone, then its original).
                 current = self.store.get("idempotency", key)
                 if current is not None and _remembered_at_ms(current) < cutoff_ms:
