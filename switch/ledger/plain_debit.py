@@ -97,12 +97,12 @@ def execute_plain_debit(ledger, credential, message: dict) -> dict | None:
                   bounds.no_pin, bounds.max_amount, False) != _OK:
         return None
 
-    # Taken: the writes of accounts.debit, in its order, through the same state methods.
-    ledger.save_account(account_id, paid)
+    # Taken: the writes of accounts.debit through the same state methods. The account is
+    # saved once, by append_journal, with its new history head.
     balance = _layout_get(paid, _BALANCE)
     available = balance - _layout_get(paid, _HELD)   # the subsidy purse is empty
     txn = ledger.append_journal("debit", account_id, school.code, -amount, balance, credential,
-                                request_id, card=card_id)
+                                request_id, record=paid, card=card_id)
     if window_ms:
         tap = tap or bytearray(layout.TAP_RECORD_SIZE)
         core.note_tap(tap, amount, now_ms, txn)
