@@ -55,8 +55,12 @@ qr_step_s = 30                     # a code names its 30-second step; the step b
 qr_nonce_chars = 8
 qr_tag_chars = 20
 qr_secret_size_bytes = 32          # a virtual card's secret (switch-side only)
-qr_prune_keys_max = 10_000         # used-code records forgotten per housekeeping pass
-holds_expired_per_pass_max = 5_000 # holds a housekeeping pass releases at most
+# Housekeeping runs five passes a second (housekeeping_interval_s): each of its bounds per pass
+# (these two, subsidies_expired_per_pass_max, meal_counts_forgotten_per_pass_max) is a fifth of
+# what one pass a second had, so a backlog (after downtime, at a term's end) clears as fast as
+# before in passes a fifth as long: the event loop serves no till while one runs.
+qr_prune_keys_max = 2_000          # used-code records forgotten per housekeeping pass
+holds_expired_per_pass_max = 1_000 # holds a housekeeping pass releases at most
 
 # --- Retention and windows (docs/PROTOCOL.md §4.4, §4.8-4.10, §4.14) ---
 idempotency_retention_s = 8 * 24 * 3600   # > offline_window_s + offline_future_s
@@ -77,7 +81,7 @@ offline_future_s = 5 * 60          # an offline tap this far ahead of our clock 
 history_limit_default = 50
 history_limit_max = 200
 subsidy_batches_per_account_max = 64   # batches with money left on one account
-subsidies_expired_per_pass_max = 5_000 # batches a housekeeping pass clears at most
+subsidies_expired_per_pass_max = 1_000 # batches a housekeeping pass clears at most
 rooms_limit_default = 50           # dorm rooms in one `rooms` page
 rooms_limit_max = 200
 
@@ -230,7 +234,7 @@ school_limit_fen_range = (1, 100_000_000_000)          # per_tx, daily and their
 school_no_pin_fen_range = (0, 100_000_000_000)         # 0: every card payment needs the PIN
 school_name_chars_range = (1, 64)
 meals_per_school_max = 8                               # [[schools.X.meals]] tables
-meal_counts_forgotten_per_pass_max = 10_000           # past periods' counts a pass forgets
+meal_counts_forgotten_per_pass_max = 2_000            # past periods' counts a pass forgets
 meal_name_chars_range = (1, 32)
 meal_taps_max_range = (1, 1_000)                       # payments in one meal period
 meal_fen_max_range = (1, 100_000_000_000)

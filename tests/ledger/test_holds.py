@@ -3,7 +3,7 @@
 
 import pytest
 
-from tests.ledger.conftest import BALANCE, CARD, PIN, STUDENT
+from tests.ledger.conftest import BALANCE, CARD, PIN, STUDENT, limits
 
 
 @pytest.fixture
@@ -117,6 +117,20 @@ def test_housekeeping_expires_due_holds(campus, held):
         "t": "void", "code": "hold_expired"}
     assert campus.send(campus.water, "complete", hold=held["hold"], amount=0, id="c") == {
         "t": "complete", "code": "hold_expired"}
+
+
+def test_a_backlog_of_due_holds_is_released_a_bounded_number_a_pass(campus, monkeypatch):
+    """Holds that ran out while the switch was down come due at once: each housekeeping pass
+    releases at most its bound (the event loop serves no till while a pass runs), and the
+    passes after it release the rest."""
+    monkeypatch.setattr(limits, "holds_expired_per_pass_max", 3)
+    for n in range(7):
+        assert campus.send(campus.water, "hold", card=CARD, amount=100, id=f"h{n}")["code"] == "ok"
+    campus.commit()
+    campus.clock.advance(campus.config.hold_timeout_s)
+    assert [campus.housekeep().holds_expired for _ in range(4)] == [3, 3, 1, 0]
+    assert campus.open_holds() == 0
+    assert campus.account(STUDENT)["available"] == BALANCE
 
 
 def test_completes_checks_come_in_their_order(campus, held):
