@@ -16,9 +16,9 @@ request from the start. The general path is the reference: tests/ledger/test_pla
 runs both on twin data dirs and requires the same replies and the same records.
 """
 
-from switch import core, limits
+from switch import core
 from switch.core import codes, layout
-from switch.identifiers import CARD as _CARD, PIN as _PIN
+from switch.ledger import schema
 
 _OK = codes.OK
 _CARD_ACTIVE = layout.CARD_ACTIVE
@@ -26,20 +26,12 @@ _FIELDS_REQUIRED = frozenset({"t", "card", "amount", "id"})
 # `seq` is the session's (switch/codec/session.py), in every request frame's body.
 _FIELDS_ALLOWED = _FIELDS_REQUIRED | {"pin", "seq"}
 _ABSENT = object()
+_INVALID = schema.INVALID
 _SUBSIDY = layout.SUBSIDY
 _BALANCE, _HELD = layout.BALANCE, layout.HELD
 _layout_get = layout.get
 _authorize = core.authorize
 _check_amount = core.check_amount
-
-
-def _request_id(value):
-    """The id as schema.request_id takes it, or None."""
-    if type(value) is int:
-        return value if 0 <= value <= limits.id_int_max else None
-    if type(value) is str:
-        return value if 1 <= len(value) <= limits.id_str_chars_max else None
-    return None
 
 
 def execute_plain_debit(ledger, credential, message: dict) -> dict | None:
@@ -49,15 +41,16 @@ def execute_plain_debit(ledger, credential, message: dict) -> dict | None:
     fields = message.keys()
     if not _FIELDS_REQUIRED <= fields <= _FIELDS_ALLOWED:
         return None
+    # Each field by the schema's own check (schema.SCHEMAS["debit"]).
     pin = message.get("pin", _ABSENT)
     if pin is _ABSENT:
         pin = None
-    elif type(pin) is not str or not _PIN.match(pin):
+    elif schema.pin(pin) is _INVALID:
         return None     # present: a nil or mistyped one is the general path's error
-    request_id = _request_id(message["id"])
+    request_id = schema.request_id(message["id"])
     card_id, amount = message["card"], message["amount"]
-    if (request_id is None or type(amount) is not int or type(card_id) is not str
-            or not _CARD.match(card_id)):
+    if (request_id is _INVALID or schema.amount(amount) is _INVALID
+            or schema.card_id(card_id) is _INVALID):
         return None
     # The fingerprint covers the schema's fields in its order (schema.fingerprint_values):
     # card, amount, id, pin, confirm.
@@ -103,7 +96,7 @@ def execute_plain_debit(ledger, credential, message: dict) -> dict | None:
     balance = _layout_get(paid, _BALANCE)
     available = balance - _layout_get(paid, _HELD)   # the subsidy purse is empty
     txn = ledger.append_journal("debit", account_id, school.code, -amount, balance, credential,
-                                request_id, record=paid, card=card_id)
+                                request_id, account_record=paid, card=card_id)
     if window_ms:
         tap = tap or bytearray(layout.TAP_RECORD_SIZE)
         core.note_tap(tap, amount, now_ms, txn)

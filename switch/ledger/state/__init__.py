@@ -305,15 +305,15 @@ class Ledger:
 
     # ----------------------------------------------------------- journal
     def append_journal(self, kind: str, account_id: str, school: str, amount: int, balance: int,
-                       credential: Credential | None, ref, record: bytearray | None = None,
-                       **extra) -> int:
+                       credential: Credential | None, ref,
+                       account_record: bytearray | None = None, **extra) -> int:
         """Journal a record of the account's and make it the head of the account's history:
         the record names the account's previous txn (`prev`, 0 for its first), the account
         record its newest (layout.LAST_TXN). A caller that changed its copy of the account
         record either saves it first (this then changes the open batch's copy in place) or
-        hands it over as `record`, which is saved here once, head and all."""
+        hands it over as `account_record`, which is saved here once, head and all."""
         txn = self.store.next_txn()
-        account = self.account(account_id) if record is None else record
+        account = self.account(account_id) if account_record is None else account_record
         record = {"txn": txn, "at": self.now_ms(), "kind": kind, "account": account_id,
                   "school": school, "amount": amount, "balance": balance,
                   "who": credential.who if credential else None,
