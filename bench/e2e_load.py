@@ -29,6 +29,7 @@ its stall by slowing the client (coordinated omission). --json-out writes everyt
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -131,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     own.add_argument("--prebuild", action="store_true",
                      help="write accounts, cards and terminals into the data dir with the "
                           "switch's own code before starting it, instead of over the wire")
+    own.add_argument("--prebuilt-cache", metavar="DIR",
+                     help="with --prebuild and --seed: keep the prebuilt data dir here and copy "
+                          "it on later runs with the same seed, sizes, configuration and switch "
+                          "code, so runs compared in pairs start from the same books (a million "
+                          "accounts take minutes to prebuild)")
     own.add_argument("--workdir", help="parent of the temporary data dir (default: $TMPDIR)")
     own.add_argument("--server-cpu", type=int, default=0, help="CPU for the server")
     own.add_argument("--load-cpu", type=int, default=1, help="CPU for this load client")
@@ -442,13 +448,59 @@ def prebuild(data_dir: pathlib.Path, tag: str, args):
     return card_ids, list(zip(terminal_ids, keys))
 
 
+def _prebuilt_cache_key(tag: str, args) -> str:
+    """Everything the prebuilt books depend on: the seed's tag, the sizes, the configuration
+    and the switch's own code (another tree's data dir may not be this tree's layout)."""
+    digest = hashlib.sha256(f"{tag} {args.accounts} {args.terminals}".encode())
+    digest.update(pathlib.Path(args.config).read_bytes() if args.config else b"")
+    for path in sorted((REPO / "switch").rglob("*")):
+        if path.suffix in (".py", ".pyx") and path.is_file():
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def prebuild_or_copy(data_dir: pathlib.Path, tag: str, args):
+    """prebuild(), or with --prebuilt-cache a copy of the same books prebuilt before."""
+    if not args.prebuilt_cache:
+        return prebuild(data_dir, tag, args)
+    entry = pathlib.Path(args.prebuilt_cache) / _prebuilt_cache_key(tag, args)
+    _, card_ids, _ = _names(tag, args.accounts, args.terminals)
+    if not (entry / "terminals.json").exists():
+        card_ids, terminals = prebuild(data_dir, tag, args)
+        partial = entry.with_name(entry.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(data_dir, partial / "data")
+        shutil.copy2(_master_key_path(data_dir), _master_key_path(partial / "data"))
+        _write_private_json(partial / "terminals.json",
+                            {"terminals": [[who, key.hex()] for who, key in terminals]})
+        partial.rename(entry)
+        print(f"prebuilt books kept in {entry}", flush=True)
+        return card_ids, terminals
+    shutil.copytree(entry / "data", data_dir)
+    shutil.copy2(_master_key_path(entry / "data"), _master_key_path(data_dir))
+    saved = json.loads((entry / "terminals.json").read_text())
+    print(f"prebuilt books copied from {entry}", flush=True)
+    return card_ids, [(who, bytes.fromhex(key)) for who, key in saved["terminals"]]
+
+
+def _master_key_path(data_dir: pathlib.Path) -> pathlib.Path:
+    """The master key file is kept beside its data dir, never inside it."""
+    from switch.config.masterkey import KEY_SUFFIX
+    return data_dir.with_name(data_dir.name + KEY_SUFFIX)
+
+
+def _write_private_json(path: pathlib.Path, value) -> None:
+    """Terminal keys are secrets, even a benchmark's: mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(value, handle)
+
+
 def bare_credentials(path: pathlib.Path, tag: str, args):
     """Terminal ids and fresh keys for the bare server, in the file it reads (mode 0600)."""
     _, card_ids, terminal_ids = _names(tag, args.accounts, args.terminals)
     terminals = [(who, os.urandom(limits.credential_key_size_bytes)) for who in terminal_ids]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"terminals": [[who, key.hex()] for who, key in terminals]}, handle)
+    _write_private_json(path, {"terminals": [[who, key.hex()] for who, key in terminals]})
     return card_ids, terminals
 
 
@@ -1077,6 +1129,8 @@ def _check(args) -> str | None:
         return "--host needs --port and --data (for admin.key)"
     if args.host is not None and (args.prebuild or args.server != "switch"):
         return "--prebuild and --server start a server: not with --host"
+    if args.prebuilt_cache and not (args.prebuild and args.seed is not None):
+        return "--prebuilt-cache needs --prebuild and --seed (the cache is per seed)"
     if args.requests < 0 or (args.requests and args.client != "c"):
         return "--requests: a positive count, with the C client"
     return None
@@ -1136,7 +1190,7 @@ def main(argv=None) -> int:
             else:
                 if args.prebuild:
                     began = time.perf_counter()
-                    cards, terminals = prebuild(data_dir, tag, args)
+                    cards, terminals = prebuild_or_copy(data_dir, tag, args)
                     result["provision_s"] = time.perf_counter() - began
                     print(f"prebuilt {args.accounts} accounts and cards, {args.terminals} "
                           f"terminals in {result['provision_s']:.1f} s (offline, switch code)",

@@ -221,3 +221,30 @@ def test_commit_figures_give_each_phase_per_commit_between_two_scrapes():
     older = {name: value for name, value in after.items() if "phase" not in name}
     assert e2e_load.commit_figures(before, older)["commit_phase_ms_mean"] == {
         "to_worker": None, "write": None, "to_loop": None}
+
+
+def test_prebuilt_books_are_kept_once_and_every_later_run_starts_from_them(loadgen, tmp_path):
+    cache = tmp_path / "books"
+    args = ("--accounts", "20", "--terminals", "2", "--prebuild", "--seed", "5",
+            "--prebuilt-cache", str(cache))
+    first = _bounded_run(tmp_path, *args)
+    (entry,) = cache.iterdir()
+    second = _bounded_run(tmp_path, *args)
+    assert list(cache.iterdir()) == [entry]
+    for result in (first, second):
+        _assert_all_answered_ok(result)
+        # Each run starts from the books as prebuilt, not as the run before left them.
+        assert f"journal records {3 * 20 + 50}," in result["audit"]["text"]
+    assert (entry / "terminals.json").stat().st_mode & 0o777 == 0o600
+    # Other sizes are other books.
+    _bounded_run(tmp_path, *args[:1], "21", *args[2:])
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_a_prebuilt_cache_without_a_seed_is_refused(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "e2e_load.py"), "--prebuild",
+         "--prebuilt-cache", str(tmp_path)], capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_S, cwd=REPO_ROOT)
+    assert completed.returncode == 2 and "needs --prebuild and --seed" in completed.stderr
+    assert list(tmp_path.iterdir()) == []

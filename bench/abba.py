@@ -1,0 +1,183 @@
+"""Compare two arms of bench/e2e_load.py in alternating pairs (A B, B A, A B, ...), so that a
+machine whose speed drifts under the runs (this one moves by up to 2x within minutes) weighs
+on both arms alike; prints each pair's ratio B/A and the medians.
+
+An arm is a tree (a directory, or a git revision checked out into a temporary worktree) and
+the e2e_load arguments of its own. Everything after `--` is given to both arms.
+
+    # this tree against an earlier commit, closed loop
+    .venv/bin/python bench/abba.py --a-tree 3d1edc2 --pairs 6 -- \\
+        --connections 2000 --depth 1 --prebuild --accounts 10000 --seconds 6 --warmup 2
+    # one tree, two configurations, open loop at 5,000/s
+    .venv/bin/python bench/abba.py --a-args "--config bench/switch-load.toml" \\
+        --b-args "--config /tmp/wait2ms.toml" -- --rate 5000 --connections 2000 --depth 1 ...
+    # one tree, two sizes of books (each prebuilt once, then copied: --prebuilt-cache)
+    .venv/bin/python bench/abba.py --a-args "--accounts 10000" --b-args "--accounts 1000000" \\
+        -- --prebuild --seed 1 --prebuilt-cache /tmp/books --connections 2000 --depth 1
+
+A revision's worktree gets this tree's compiled core when its `_authorize.pyx` is the same,
+and is built with `setup.py build_ext --inplace` otherwise; it is removed at the end. Runs
+one at a time; nothing else should be running on the machine.
+"""
+
+import argparse
+import json
+import pathlib
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CORE = pathlib.Path("switch") / "core"
+RUN_TIMEOUT_S = 3600.0          # one e2e_load run, prebuilding a million accounts included
+PAIRS_MAX = 50
+# (name shown, the result's key or path, how a ratio of it is read)
+FIGURES = (("tx/s", ("tx_per_s",), "higher is better"),
+           ("server µs/tx", ("server_cpu_us_per_tx",), "lower is better"),
+           ("p50 ms", ("latency_ms", "p50"), "lower is better"),
+           ("p99 ms", ("latency_ms", "p99"), "lower is better"),
+           ("mean batch", ("commit", "mean_batch"), ""))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--a-tree", default=str(REPO),
+                        help="arm A's tree: a directory or a git revision (default: this tree)")
+    parser.add_argument("--b-tree", default=str(REPO),
+                        help="arm B's tree (default: this tree)")
+    parser.add_argument("--a-args", default="", help="e2e_load arguments for arm A only")
+    parser.add_argument("--b-args", default="", help="e2e_load arguments for arm B only")
+    parser.add_argument("--pairs", type=int, default=4, help=f"pairs of runs (1..{PAIRS_MAX})")
+    parser.add_argument("--json-out", help="write every run's result and the ratios here")
+    parser.add_argument("common", nargs=argparse.REMAINDER,
+                        help="after --: e2e_load arguments for both arms")
+    return parser
+
+
+def _figure(result: dict, path: tuple):
+    value = result
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+class Tree:
+    """A tree to run e2e_load from: a directory as it is, or a revision checked out."""
+
+    def __init__(self, spec: str, workdir: pathlib.Path):
+        self.spec = spec
+        self.worktree = None
+        if pathlib.Path(spec).is_dir():
+            self.path = pathlib.Path(spec).resolve()
+            return
+        try:
+            revision = _git("rev-parse", "--verify", "--quiet", spec + "^{commit}").strip()
+        except subprocess.CalledProcessError:
+            raise SystemExit(f"{spec}: neither a directory nor a revision of {REPO}") from None
+        self.path = workdir / f"tree-{revision[:12]}"
+        _git("worktree", "add", "--detach", str(self.path), revision)
+        self.worktree = self.path
+        self._core_from(REPO)
+
+    def _core_from(self, built: pathlib.Path) -> None:
+        source = CORE / "_authorize.pyx"
+        if (self.path / source).read_bytes() == (built / source).read_bytes():
+            for library in (built / CORE).glob("_authorize*.so"):
+                shutil.copy2(library, self.path / CORE / library.name)
+            return
+        subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=self.path,
+                       check=True, stdout=subprocess.DEVNULL)
+
+    def remove(self) -> None:
+        if self.worktree is not None:
+            _git("worktree", "remove", "--force", str(self.worktree))
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def run_arm(tree: Tree, arm_args: list, common: list, out: pathlib.Path, label: str) -> dict:
+    command = [sys.executable, str(tree.path / "bench" / "e2e_load.py"), *common, *arm_args,
+               "--label", label, "--json-out", str(out)]
+    print("$", shlex.join(command), flush=True)
+    finished = subprocess.run(command, cwd=tree.path, timeout=RUN_TIMEOUT_S,
+                              capture_output=True, text=True)
+    if finished.returncode != 0 or not out.exists():
+        sys.stdout.write(finished.stdout[-3000:])
+        sys.stderr.write(finished.stderr[-3000:])
+        raise SystemExit(f"{label}: e2e_load exited {finished.returncode}")
+    result = json.loads(out.read_text())
+    shown = ", ".join(f"{name} {value:.1f}" for name, path, _ in FIGURES
+                      if (value := _figure(result, path)) is not None)
+    print(f"  {label}: {shown}", flush=True)
+    return result
+
+
+def compare(results_a: list, results_b: list) -> dict:
+    """Per figure: each pair's B/A and the median of those ratios, and each arm's median."""
+    summary = {}
+    for name, path, reading in FIGURES:
+        a = [_figure(r, path) for r in results_a]
+        b = [_figure(r, path) for r in results_b]
+        if any(v is None for v in a + b):
+            continue
+        ratios = [vb / va if va else float("inf") for va, vb in zip(a, b)]
+        summary[name] = {"a": a, "b": b, "ratios": ratios, "reading": reading,
+                         "median_a": statistics.median(a), "median_b": statistics.median(b),
+                         "median_ratio": statistics.median(ratios)}
+    return summary
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    common = args.common[1:] if args.common[:1] == ["--"] else args.common
+    if not 1 <= args.pairs <= PAIRS_MAX:
+        print(f"--pairs: 1..{PAIRS_MAX}", file=sys.stderr)
+        return 2
+    if any(flag in common + shlex.split(args.a_args + " " + args.b_args)
+           for flag in ("--json-out", "--label", "--host")):
+        print("--json-out, --label and --host are this tool's to set", file=sys.stderr)
+        return 2
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="abba-"))
+    trees = []
+    try:
+        for spec in (args.a_tree, args.b_tree):
+            trees.append(Tree(spec, workdir))
+        a, b = trees
+        arms = {"A": (a, shlex.split(args.a_args)), "B": (b, shlex.split(args.b_args))}
+        results = {"A": [], "B": []}
+        for pair in range(args.pairs):
+            for name in ("AB" if pair % 2 == 0 else "BA"):
+                tree, arm_args = arms[name]
+                label = f"{name}{pair + 1}"
+                results[name].append(run_arm(tree, arm_args, common,
+                                             workdir / f"{label}.json", label))
+        summary = compare(results["A"], results["B"])
+        print(f"\nA: {args.a_tree} {args.a_args}\nB: {args.b_tree} {args.b_args}")
+        print(f"both: {shlex.join(common)}")
+        for name, figure in summary.items():
+            pairs = "  ".join(f"{r:.2f}" for r in figure["ratios"])
+            print(f"{name:14} A {figure['median_a']:10.1f}  B {figure['median_b']:10.1f}  "
+                  f"B/A median {figure['median_ratio']:.3f}  ({pairs}) {figure['reading']}")
+        if args.json_out:
+            pathlib.Path(args.json_out).write_text(json.dumps(
+                {"a": {"tree": args.a_tree, "args": args.a_args},
+                 "b": {"tree": args.b_tree, "args": args.b_args}, "common": common,
+                 "summary": summary, "runs": results}, indent=1))
+        return 0
+    finally:
+        for tree in trees:
+            tree.remove()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

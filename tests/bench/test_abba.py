@@ -1,0 +1,51 @@
+"""bench/abba.py runs its two arms in alternating order and reports each pair's ratio."""
+
+import json
+
+import pytest
+
+from tests.bench import bench_module
+
+abba = bench_module("abba")
+
+
+def _result(tx_per_s: float, cpu_us: float) -> dict:
+    return {"tx_per_s": tx_per_s, "server_cpu_us_per_tx": cpu_us,
+            "latency_ms": {"p50": 1.0, "p99": 2.0}, "commit": {"mean_batch": 10}}
+
+
+def test_pairs_alternate_and_ratios_are_b_over_a(monkeypatch, tmp_path):
+    order = []
+    figures = {"A": iter([(100, 10), (200, 5), (100, 10)]),
+               "B": iter([(110, 9), (180, 6), (150, 8)])}
+
+    def run_arm(tree, arm_args, common, out, label):
+        order.append(label)
+        assert common == ["--seconds", "1"]
+        assert arm_args == (["--config", "a.toml"] if label[0] == "A" else [])
+        return _result(*next(figures[label[0]]))
+
+    monkeypatch.setattr(abba, "run_arm", run_arm)
+    out = tmp_path / "abba.json"
+    assert abba.main(["--pairs", "3", "--a-args", "--config a.toml", "--json-out", str(out),
+                      "--", "--seconds", "1"]) == 0
+    assert order == ["A1", "B1", "B2", "A2", "A3", "B3"]
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["tx/s"]["ratios"] == [1.1, 0.9, 1.5]
+    assert summary["tx/s"]["median_ratio"] == 1.1
+    assert summary["server µs/tx"]["median_ratio"] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("argv", [["--pairs", "0"], ["--pairs", "51"],
+                                  ["--", "--json-out", "x.json"],
+                                  ["--b-args", "--label mine"]])
+def test_what_it_sets_itself_or_cannot_run_is_refused(argv, capsys, monkeypatch):
+    monkeypatch.setattr(abba, "run_arm", lambda *a: pytest.fail("ran"))
+    assert abba.main(argv) == 2
+    assert capsys.readouterr().err
+
+
+def test_an_unknown_revision_is_refused_before_anything_runs(monkeypatch):
+    monkeypatch.setattr(abba, "run_arm", lambda *a: pytest.fail("ran"))
+    with pytest.raises(SystemExit, match="neither a directory nor a revision"):
+        abba.main(["--a-tree", "no-such-revision-xyz", "--pairs", "1"])
