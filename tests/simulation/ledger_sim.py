@@ -38,6 +38,9 @@ from tests.simulation.campus import (ACCOUNT_KEYS, CARDS, CREDENTIALS, ID_LAST6,
 from tests.simulation.generators import GENERATORS
 
 STEPS_DEFAULT = 250
+# A fault injected into a request strikes after its last write, or (half the time) at one of
+# its first writes: a plain debit makes four or five, most other requests fewer.
+WRITES_BEFORE_FAULT_MAX = 5
 SECOND_MS, MINUTE_MS, HOUR_MS, DAY_MS = 1000, 60_000, 3_600_000, 86_400_000
 
 # ---------------------------------------------------------------------------- invariants
@@ -258,14 +261,15 @@ class Simulation:
             return "not_checked_wrong_clock_believed"
         return f"{invariant}_through_clock_steps"
 
-    def _watch_clock_belief(self) -> None:
+    def _watch_clock_belief(self, restarted: bool = False) -> None:
         """Model when the switch may by design believe a wrong wall clock (docs/PROTOCOL.md
         §7.7): a wall within the jump bound of the believed one is believed at once, one past
         it only once it stayed for the confirmation time, and a restart believes the wall.
         A model, not the switch's own clock read back: a switch that believed a jump at once
         (the defect) is then still held to every invariant."""
         bound_ms = limits.clock_jump_s_max * 1000
-        if (abs(self.offset_ms - self.believed_offset_ms) <= bound_ms
+        believed_before_ms = self.believed_offset_ms
+        if (restarted or abs(self.offset_ms - self.believed_offset_ms) <= bound_ms
                 or self.true_ms - self.offset_changed_ms >= limits.clock_jump_confirm_s * 1000):
             self.believed_offset_ms = self.offset_ms
         wrong = abs(self.believed_offset_ms) > bound_ms
@@ -273,7 +277,10 @@ class Simulation:
             # The switch confirms a jump on the first reading the confirmation time after it
             # saw it, later than the model may: wrong while either says so.
             wrong = wrong or abs(self.clock.now_ms() - self.true_ms) > bound_ms
-        if wrong and not self.believing_wrong:
+        # From a right clock to a wrong one, or from one wrong clock to another: a new belief
+        # (ids remembered under the first wrong clock may be forgotten under the second).
+        if wrong and (not self.believing_wrong
+                      or self.believed_offset_ms != believed_before_ms):
             self.wrong_beliefs.append(self.clock_steps)
             self.recent.append("the switch now believes a wrong wall clock")
         self.believing_wrong = wrong
@@ -408,8 +415,7 @@ class Simulation:
             self.store.close()
             self.store = open_data_dir(self.path, fsync=False)
             self.clock = self._switch_clock()   # a new process: a new clock, which
-            self.believed_offset_ms = self.offset_ms   # believes the wall it first reads
-            self._watch_clock_belief()
+            self._watch_clock_belief(restarted=True)   # believes the wall it first reads
             self.ledger = Ledger(self.store, self.config, self.clock)
             self._check_survivors()
         self._check_committed()
@@ -611,6 +617,9 @@ class Simulation:
     def _execute(self, credential, message: dict) -> dict:
         if not self.fault:
             return dispatch.execute(self.ledger, credential, message)
+        if self.rng.random() < 0.5:
+            return self._execute_failing_at_write(credential, message,
+                                                  self.rng.randint(1, WRITES_BEFORE_FAULT_MAX))
         t = message["t"]
         real = dispatch.HANDLERS[t]
 
@@ -622,6 +631,25 @@ class Simulation:
             return dispatch.execute(self.ledger, credential, message)
         finally:
             dispatch.HANDLERS[t] = real
+
+    def _execute_failing_at_write(self, credential, message: dict, writes: int) -> dict:
+        """A fault in the middle of a request: its `writes`-th write to the open batch
+        raises once made (whichever path executes it, the plain-debit pass included). A
+        request that writes less runs whole."""
+        store, real_put = self.store, self.store.put
+        made = 0
+
+        def put(db, key, value):
+            nonlocal made
+            real_put(db, key, value)
+            made += 1
+            if made == writes:
+                raise RuntimeError(f"injected fault at write {writes}")
+        store.put = put   # `delete` writes through `put` too
+        try:
+            return dispatch.execute(self.ledger, credential, message)
+        finally:
+            del store.put
 
     def _before_payment(self, message: dict):
         """(account, daily limit in force, local day) before an online payment executes."""

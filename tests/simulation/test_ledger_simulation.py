@@ -16,6 +16,7 @@ from tests.simulation.ledger_sim import DEFECTS, KNOWN_OPEN, checked_invariants,
 
 CI_SEEDS = 200          # 250 steps each
 SEARCH_SEEDS = 300      # how far a test looks for the first seed that finds a defect
+PLAIN_PASS_FAULT_SEEDS = 60   # enough for faults at several writes of the plain-debit pass
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +193,24 @@ def test_the_checks_find_a_broken_ledger(tmp_path, template, monkeypatch, break_
     finding = first_finding(tmp_path, template, checked_invariants(), seeds=20)
     assert finding is not None and finding.invariant in invariants, (
         finding.summary() if finding else "nothing found")
+
+
+def test_injected_faults_strike_inside_the_plain_debit_pass(tmp_path, template, monkeypatch):
+    """The pass is taken only when the debit handler is the real one, so a fault that
+    replaced the handler would never reach it: faults at a request's n-th write do."""
+    real = dispatch.execute_plain_debit
+    struck = []
+
+    def execute_plain_debit(ledger, credential, message):
+        try:
+            return real(ledger, credential, message)
+        except RuntimeError as error:
+            struck.append(str(error))
+            raise
+    monkeypatch.setattr(dispatch, "execute_plain_debit", execute_plain_debit)
+    for seed in range(PLAIN_PASS_FAULT_SEEDS):
+        finding = run_seed(seed, str(tmp_path), template, checked_invariants())
+        assert finding is None, finding.summary()
+    # Faults at different writes: before the journal record, between it and the remembered
+    # id, and at the last write.
+    assert len(set(struck)) >= 2, struck
