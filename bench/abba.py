@@ -10,10 +10,10 @@ the e2e_load arguments of its own. Everything after `--` is given to both arms.
         --connections 2000 --depth 1 --prebuild --accounts 10000 --seconds 6 --warmup 2
     # one tree, two configurations, open loop at 5,000/s
     .venv/bin/python bench/abba.py --a-args "--config bench/switch-load.toml" \\
-        --b-args "--config /tmp/wait2ms.toml" -- --rate 5000 --connections 2000 --depth 1 ...
+        --b-args "--config wait.toml" -- --rate 5000 --connections 2000 --depth 1 ...
     # one tree, two sizes of books (each prebuilt once, then copied: --prebuilt-cache)
     .venv/bin/python bench/abba.py --a-args "--accounts 10000" --b-args "--accounts 1000000" \\
-        -- --prebuild --seed 1 --prebuilt-cache /tmp/books --connections 2000 --depth 1
+        -- --prebuild --seed 1 --prebuilt-cache "$TMPDIR/books" --connections 2000 --depth 1
 
 A revision's worktree gets this tree's compiled core when its `_authorize.pyx` is the same,
 and is built with `setup.py build_ext --inplace` otherwise; it is removed at the end. Runs
