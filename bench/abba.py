@@ -33,6 +33,8 @@ import tempfile
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CORE = pathlib.Path("switch") / "core"
 RUN_TIMEOUT_S = 3600.0          # one e2e_load run, prebuilding a million accounts included
+STOP_GRACE_S = 60.0             # a run told to stop gets this long to stop its server
+RESERVED_FLAGS = ("--json-out", "--label", "--host")   # this tool's to set, or not for it
 PAIRS_MAX = 50
 # (name shown, the result's key or path, how a ratio of it is read)
 FIGURES = (("tx/s", ("tx_per_s",), "higher is better"),
@@ -83,7 +85,11 @@ class Tree:
         self.path = workdir / f"tree-{revision[:12]}"
         _git("worktree", "add", "--detach", str(self.path), revision)
         self.worktree = self.path
-        self._core_from(REPO)
+        try:
+            self._core_from(REPO)
+        except BaseException:
+            self.remove()   # else git keeps a worktree whose directory is gone
+            raise
 
     def _core_from(self, built: pathlib.Path) -> None:
         source = CORE / "_authorize.pyx"
@@ -105,20 +111,40 @@ def _git(*args: str) -> str:
 
 
 def run_arm(tree: Tree, arm_args: list, common: list, out: pathlib.Path, label: str) -> dict:
+    # From the caller's directory, so relative paths in the arguments mean what they typed;
+    # e2e_load starts its server in its own tree.
     command = [sys.executable, str(tree.path / "bench" / "e2e_load.py"), *common, *arm_args,
                "--label", label, "--json-out", str(out)]
     print("$", shlex.join(command), flush=True)
-    finished = subprocess.run(command, cwd=tree.path, timeout=RUN_TIMEOUT_S,
-                              capture_output=True, text=True)
-    if finished.returncode != 0 or not out.exists():
-        sys.stdout.write(finished.stdout[-3000:])
-        sys.stderr.write(finished.stderr[-3000:])
-        raise SystemExit(f"{label}: e2e_load exited {finished.returncode}")
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = run.communicate(timeout=RUN_TIMEOUT_S)
+    except BaseException:
+        # SIGTERM: e2e_load stops the server it started; SIGKILL would leave it running.
+        run.terminate()
+        try:
+            run.communicate(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.communicate()
+        raise
+    if run.returncode != 0 or not out.exists():
+        sys.stdout.write(stdout[-3000:])
+        sys.stderr.write(stderr[-3000:])
+        raise SystemExit(f"{label}: e2e_load exited {run.returncode}")
     result = json.loads(out.read_text())
     shown = ", ".join(f"{name} {value:.1f}" for name, path, _ in FIGURES
                       if (value := _figure(result, path)) is not None)
     print(f"  {label}: {shown}", flush=True)
     return result
+
+
+def _reserved(arguments: list) -> bool:
+    """Whether any argument is a reserved flag, also as `--flag=value` or abbreviated (which
+    argparse accepts)."""
+    names = [argument.split("=", 1)[0] for argument in arguments
+             if argument.startswith("--") and len(argument) > 2]
+    return any(flag.startswith(name) for name in names for flag in RESERVED_FLAGS)
 
 
 def compare(results_a: list, results_b: list) -> dict:
@@ -128,6 +154,8 @@ def compare(results_a: list, results_b: list) -> dict:
         a = [_figure(r, path) for r in results_a]
         b = [_figure(r, path) for r in results_b]
         if any(v is None for v in a + b):
+            if any(v is not None for v in a + b):
+                print(f"{name}: missing from some runs, not compared", file=sys.stderr)
             continue
         ratios = [vb / va if va else float("inf") for va, vb in zip(a, b)]
         summary[name] = {"a": a, "b": b, "ratios": ratios, "reading": reading,
@@ -142,9 +170,8 @@ def main(argv=None) -> int:
     if not 1 <= args.pairs <= PAIRS_MAX:
         print(f"--pairs: 1..{PAIRS_MAX}", file=sys.stderr)
         return 2
-    if any(flag in common + shlex.split(args.a_args + " " + args.b_args)
-           for flag in ("--json-out", "--label", "--host")):
-        print("--json-out, --label and --host are this tool's to set", file=sys.stderr)
+    if _reserved(common + shlex.split(args.a_args + " " + args.b_args)):
+        print(f"{', '.join(RESERVED_FLAGS)} are this tool's to set", file=sys.stderr)
         return 2
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="abba-"))
     trees = []
@@ -175,7 +202,11 @@ def main(argv=None) -> int:
         return 0
     finally:
         for tree in trees:
-            tree.remove()
+            try:
+                tree.remove()
+            except subprocess.CalledProcessError as error:
+                print(f"{tree.path}: not removed ({error.stderr.strip()}); "
+                      f"`git worktree prune` once it is gone", file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

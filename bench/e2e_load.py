@@ -64,6 +64,7 @@ SCHOOL = "WH"
 START_BALANCE_FEN = 5_000_000            # far above what a run spends per account
 PROVISION_PIPELINE_DEPTH = 64            # the switch's in-flight cap per connection
 PREBUILD_BATCH_ACCOUNTS = 10_000         # accounts per LMDB write transaction when prebuilding
+PREBUILT_CACHE_AGE_MAX_S = 86_400        # older kept books are prebuilt again (ids retention)
 CONNECT_BATCH = 100                      # hellos under way at once while connecting
 SERVER_START_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 180.0                # all connections signed on within this
@@ -453,6 +454,7 @@ def _prebuilt_cache_key(tag: str, args) -> str:
     and the switch's own code (another tree's data dir may not be this tree's layout)."""
     digest = hashlib.sha256(f"{tag} {args.accounts} {args.terminals}".encode())
     digest.update(pathlib.Path(args.config).read_bytes() if args.config else b"")
+    digest.update(pathlib.Path(__file__).read_bytes())   # the accounts and ids it writes
     for path in sorted((REPO / "switch").rglob("*")):
         if path.suffix in (".py", ".pyx") and path.is_file():
             digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
@@ -463,18 +465,30 @@ def prebuild_or_copy(data_dir: pathlib.Path, tag: str, args):
     """prebuild(), or with --prebuilt-cache a copy of the same books prebuilt before."""
     if not args.prebuilt_cache:
         return prebuild(data_dir, tag, args)
-    entry = pathlib.Path(args.prebuilt_cache) / _prebuilt_cache_key(tag, args)
+    cache = pathlib.Path(args.prebuilt_cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    entry = cache / _prebuilt_cache_key(tag, args)
     _, card_ids, _ = _names(tag, args.accounts, args.terminals)
-    if not (entry / "terminals.json").exists():
+    saved = entry / "terminals.json"
+    if saved.exists() and time.time() - saved.stat().st_mtime > PREBUILT_CACHE_AGE_MAX_S:
+        # Old books would have their remembered ids swept during the measured window.
+        shutil.rmtree(entry, ignore_errors=True)
+    if not saved.exists():
         card_ids, terminals = prebuild(data_dir, tag, args)
-        partial = entry.with_name(entry.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(data_dir, partial / "data")
-        shutil.copy2(_master_key_path(data_dir), _master_key_path(partial / "data"))
-        _write_private_json(partial / "terminals.json",
-                            {"terminals": [[who, key.hex()] for who, key in terminals]})
-        partial.rename(entry)
-        print(f"prebuilt books kept in {entry}", flush=True)
+        # Each run writes its own partial entry and renames it whole: a run sharing the
+        # cache never sees books without their keys, and the first rename wins.
+        partial = pathlib.Path(tempfile.mkdtemp(prefix=entry.name + ".partial-", dir=cache))
+        try:
+            shutil.copytree(data_dir, partial / "data")
+            shutil.copy2(_master_key_path(data_dir), _master_key_path(partial / "data"))
+            _write_private_json(partial / "terminals.json",
+                                {"terminals": [[who, key.hex()] for who, key in terminals]})
+            partial.rename(entry)
+            print(f"prebuilt books kept in {entry}", flush=True)
+        except OSError:
+            print(f"prebuilt books not kept: {entry} was written by another run", flush=True)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
         return card_ids, terminals
     shutil.copytree(entry / "data", data_dir)
     shutil.copy2(_master_key_path(entry / "data"), _master_key_path(data_dir))

@@ -38,7 +38,8 @@ def test_pairs_alternate_and_ratios_are_b_over_a(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("argv", [["--pairs", "0"], ["--pairs", "51"],
                                   ["--", "--json-out", "x.json"],
-                                  ["--b-args", "--label mine"]])
+                                  ["--", "--json-out=x.json"], ["--", "--json", "x.json"],
+                                  ["--b-args", "--label mine"], ["--a-args", "--ho 127.0.0.1"]])
 def test_what_it_sets_itself_or_cannot_run_is_refused(argv, capsys, monkeypatch):
     monkeypatch.setattr(abba, "run_arm", lambda *a: pytest.fail("ran"))
     assert abba.main(argv) == 2
@@ -49,3 +50,17 @@ def test_an_unknown_revision_is_refused_before_anything_runs(monkeypatch):
     monkeypatch.setattr(abba, "run_arm", lambda *a: pytest.fail("ran"))
     with pytest.raises(SystemExit, match="neither a directory nor a revision"):
         abba.main(["--a-tree", "no-such-revision-xyz", "--pairs", "1"])
+
+
+def test_a_revision_whose_core_fails_to_build_leaves_no_worktree(monkeypatch):
+    def fail(self, built):
+        raise RuntimeError("build failed")
+    monkeypatch.setattr(abba.Tree, "_core_from", fail)
+    before = abba._git("worktree", "list")
+    with pytest.raises(RuntimeError, match="build failed"):
+        abba.main(["--a-tree", "HEAD", "--pairs", "1"])
+    assert abba._git("worktree", "list") == before
+
+
+def test_flags_of_its_own_arms_pass(monkeypatch):
+    assert not abba._reserved(["--prebuild", "--seed", "1", "--hold", "2", "--", "-x"])

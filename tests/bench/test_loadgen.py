@@ -248,3 +248,24 @@ def test_a_prebuilt_cache_without_a_seed_is_refused(tmp_path):
         timeout=RUN_TIMEOUT_S, cwd=REPO_ROOT)
     assert completed.returncode == 2 and "needs --prebuild and --seed" in completed.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_that_loses_the_race_for_a_cache_entry_keeps_the_winners(tmp_path, monkeypatch):
+    args = e2e_load._parser().parse_args(
+        ["--prebuild", "--seed", "5", "--accounts", "3", "--terminals", "1",
+         "--prebuilt-cache", str(tmp_path / "books")])
+    entry = tmp_path / "books" / e2e_load._prebuilt_cache_key("T", args)
+
+    def prebuild(data_dir, tag, args):
+        # Another run, sharing the cache, finishes first while this one prebuilds.
+        (entry / "data").mkdir(parents=True)
+        (entry / "terminals.json").write_text('{"terminals": [["pos", "aa"]]}')
+        data_dir.mkdir(parents=True)
+        (data_dir / "books").write_text("this run's")
+        e2e_load._master_key_path(data_dir).write_text("key")
+        return ["C1"], [("pos", b"\xbb")]
+    monkeypatch.setattr(e2e_load, "prebuild", prebuild)
+    cards, terminals = e2e_load.prebuild_or_copy(tmp_path / "run" / "data", "T", args)
+    assert (cards, terminals) == (["C1"], [("pos", b"\xbb")])   # its own books and keys
+    assert (entry / "terminals.json").read_text() == '{"terminals": [["pos", "aa"]]}'
+    assert sorted(path.name for path in (tmp_path / "books").iterdir()) == [entry.name]

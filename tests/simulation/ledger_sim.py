@@ -277,10 +277,11 @@ class Simulation:
             # The switch confirms a jump on the first reading the confirmation time after it
             # saw it, later than the model may: wrong while either says so.
             wrong = wrong or abs(self.clock.now_ms() - self.true_ms) > bound_ms
-        # From a right clock to a wrong one, or from one wrong clock to another: a new belief
-        # (ids remembered under the first wrong clock may be forgotten under the second).
+        # From a right clock to a wrong one, or from a wrong one to one further ahead by more
+        # than the jump bound: a new belief (ids remembered under the first may be forgotten
+        # under the second, by design). A move back forgets nothing and is no new belief.
         if wrong and (not self.believing_wrong
-                      or self.believed_offset_ms != believed_before_ms):
+                      or self.believed_offset_ms - believed_before_ms > bound_ms):
             self.wrong_beliefs.append(self.clock_steps)
             self.recent.append("the switch now believes a wrong wall clock")
         self.believing_wrong = wrong
