@@ -479,10 +479,8 @@ def prebuild_or_copy(data_dir: pathlib.Path, tag: str, args):
         # cache never sees books without their keys, and the first rename wins.
         partial = pathlib.Path(tempfile.mkdtemp(prefix=entry.name + ".partial-", dir=cache))
         try:
-            shutil.copytree(data_dir, partial / "data")
-            shutil.copy2(_master_key_path(data_dir), _master_key_path(partial / "data"))
-            _write_private_json(partial / "terminals.json",
-                                {"terminals": [[who, key.hex()] for who, key in terminals]})
+            _copy_books(data_dir, partial / "data")
+            _write_terminal_keys(partial / "terminals.json", terminals)
             partial.rename(entry)
             print(f"prebuilt books kept in {entry}", flush=True)
         except OSError:
@@ -490,11 +488,16 @@ def prebuild_or_copy(data_dir: pathlib.Path, tag: str, args):
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         return card_ids, terminals
-    shutil.copytree(entry / "data", data_dir)
-    shutil.copy2(_master_key_path(entry / "data"), _master_key_path(data_dir))
-    saved = json.loads((entry / "terminals.json").read_text())
+    _copy_books(entry / "data", data_dir)
+    kept = json.loads(saved.read_text())
     print(f"prebuilt books copied from {entry}", flush=True)
-    return card_ids, [(who, bytes.fromhex(key)) for who, key in saved["terminals"]]
+    return card_ids, [(who, bytes.fromhex(key)) for who, key in kept["terminals"]]
+
+
+def _copy_books(source: pathlib.Path, target: pathlib.Path) -> None:
+    """A data dir and the master key file kept beside it."""
+    shutil.copytree(source, target)
+    shutil.copy2(_master_key_path(source), _master_key_path(target))
 
 
 def _master_key_path(data_dir: pathlib.Path) -> pathlib.Path:
@@ -503,18 +506,18 @@ def _master_key_path(data_dir: pathlib.Path) -> pathlib.Path:
     return data_dir.with_name(data_dir.name + KEY_SUFFIX)
 
 
-def _write_private_json(path: pathlib.Path, value) -> None:
+def _write_terminal_keys(path: pathlib.Path, terminals) -> None:
     """Terminal keys are secrets, even a benchmark's: mode 0600."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump(value, handle)
+        json.dump({"terminals": [[who, key.hex()] for who, key in terminals]}, handle)
 
 
 def bare_credentials(path: pathlib.Path, tag: str, args):
     """Terminal ids and fresh keys for the bare server, in the file it reads (mode 0600)."""
     _, card_ids, terminal_ids = _names(tag, args.accounts, args.terminals)
     terminals = [(who, os.urandom(limits.credential_key_size_bytes)) for who in terminal_ids]
-    _write_private_json(path, {"terminals": [[who, key.hex()] for who, key in terminals]})
+    _write_terminal_keys(path, terminals)
     return card_ids, terminals
 
 
