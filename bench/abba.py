@@ -41,7 +41,8 @@ FIGURES = (("tx/s", ("tx_per_s",), "higher is better"),
            ("server µs/tx", ("server_cpu_us_per_tx",), "lower is better"),
            ("p50 ms", ("latency_ms", "p50"), "lower is better"),
            ("p99 ms", ("latency_ms", "p99"), "lower is better"),
-           ("mean batch", ("commit", "mean_batch"), ""))
+           ("mean batch", ("commit", "mean_batch"), ""),
+           ("client µs/tx", ("load_cpu_us_per_tx",), "the load client's own CPU per reply"))
 
 
 def _parser() -> argparse.ArgumentParser:
