@@ -51,7 +51,8 @@ INVARIANTS = {
     "simulation_ran": "the run raised nothing else (a read of the store, or the simulation)",
     "no_exception": "no exception escapes `execute` or a housekeeping pass",
     "no_internal": "`internal` only where a fault was injected into the request",
-    "fault_undone": "a request that raised left nothing behind (no txn, no balance change)",
+    "fault_undone": "a request that raised left nothing behind (no txn, no balance change, "
+                    "the open batch's every write as it was)",
     "reply_fits_frame": "every reply fits one frame (else the shell answers `internal` "
                         "while its effects commit)",
     "txns_contiguous": "journal txns run 1..N, each record under its own number",
@@ -592,6 +593,7 @@ class Simulation:
         t = message.get("t")
         pre = self._before_payment(message)
         self.fault = self.rng.random() < 0.03 and type(t) is str and t in dispatch.HANDLERS
+        open_batch = self._open_batch() if self.fault else None
         try:
             reply = self._execute(credential, message)
         except Exception as error:  # noqa: BLE001 - the invariant is that none escapes
@@ -608,12 +610,21 @@ class Simulation:
             self.expect("no_internal", self.fault, "`internal` with no fault injected")
             self.expect("fault_undone", self.store.last_txn == last_txn
                         and self._accounts() == before, "a request that raised left writes")
+            self.expect("fault_undone", self._open_batch() == open_batch,
+                        lambda: f"a request that raised changed the open batch: "
+                                f"{_batch_difference(open_batch, self._open_batch())}")
         self.batch.append((who, message))
         if "id" in message and schema_id_ok(message["id"]):
             self.sent.append((who, message))
         self._learn(who, message, reply, pre, fresh_qr)
         self._check_journal(before, last_txn)
         return reply
+
+    def _open_batch(self) -> dict:
+        """Every write of the open batch, as bytes: what a request that raised must leave
+        exactly as it found it (ids, taps, settlement counts, not only balances)."""
+        return {slot: bytes(value) if type(value) is bytearray else value
+                for slot, value in self.store._dirty.items()}
 
     def _execute(self, credential, message: dict) -> dict:
         if not self.fault:
@@ -877,6 +888,12 @@ def _brief(message: dict, width: int = 160) -> str:
 
 GENERATOR_NAMES = list(GENERATORS)
 GENERATOR_WEIGHTS = [GENERATORS[name].weight for name in GENERATOR_NAMES]
+
+
+def _batch_difference(before: dict, after: dict) -> str:
+    changed = sorted(slot for slot in before.keys() | after.keys()
+                     if before.get(slot, "absent") != after.get(slot, "absent"))
+    return ", ".join(f"{db} {key!r}" for db, key in changed[:5])
 
 
 def run_seed(seed: int, base: str, template: str, checked, steps: int = STEPS_DEFAULT,

@@ -178,6 +178,18 @@ def _keep_what_a_failed_request_wrote(monkeypatch):
     monkeypatch.setattr(Ledger, "rollback_request", lambda self: None)
 
 
+def _keep_a_failed_requests_settlement_count(monkeypatch):
+    from switch.persistence import store as store_module
+    real = store_module.Store.rollback
+
+    def rollback(self):
+        # Undo everything but the settlement counts the request made.
+        kept = {slot: value for slot, value in self._dirty.items() if slot[0] == "settlement"}
+        real(self)
+        self._dirty.update(kept)
+    monkeypatch.setattr(store_module.Store, "rollback", rollback)
+
+
 @pytest.mark.parametrize("break_it, invariants", [
     (_forget_every_id, {"replay_same", "offline_once", "replay_same_through_clock_steps",
                         "offline_once_through_clock_steps"}),
@@ -185,8 +197,10 @@ def _keep_what_a_failed_request_wrote(monkeypatch):
                             "journal_equals_balances"}),
     (_credit_twice, {"journal_equals_balances"}),
     (_keep_what_a_failed_request_wrote, {"fault_undone"}),
+    (_keep_a_failed_requests_settlement_count, {"fault_undone"}),
     (_subsidy_granted_a_fen_more, {"money_conserved", "journal_equals_balances"}),
 ], ids=["ids forgotten", "failed batch kept", "a fen from nowhere", "failed request kept",
+        "failed request's settlement count kept",
         "a subsidy fen from nowhere"])
 def test_the_checks_find_a_broken_ledger(tmp_path, template, monkeypatch, break_it, invariants):
     break_it(monkeypatch)
