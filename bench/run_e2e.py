@@ -48,6 +48,7 @@ CLOSED = (("switch_closed", "switch (durable)", "switch"),
           ("bare_closed", "bare trio server", "bare"),
           ("uvloop_closed", "bare asyncio+uvloop server", "uvloop"))
 OPEN_SYSTEMS = (("switch", "switch (durable)"), ("bare", "bare trio server"))
+SYSTEMS_WE_LOAD = ("switch", "bare", "uvloop")   # e2e_load's runs (PostgreSQL's is pgbench's)
 FULL = {"connections": 2000, "depth": 1, "seconds": 30.0, "warmup": 5.0, "accounts": 10_000,
         "rates": "5000,10000", "idle_connections": 10_000, "hold": 10.0,
         "pg_clients": "16,64,256", "scale_accounts": "10000,1000000"}
@@ -75,6 +76,10 @@ TARGET_CLIENT_HEADROOM = 2.0   # the load client could drive this many times the
 # run's, or the machine changed under the run (this one's speed drifts by up to 2× in a day,
 # and a run's ratios compare figures made up to half an hour apart).
 STEADY_MACHINE_SHARE_MAX = 0.10
+# Everything on the machine but the server and its load, over a run's window, in % of one
+# core: past this, that run measured the other work as much as the server (a full run's
+# 1,000,000-account step once met 38 %, where its 10,000-account step met 4 %).
+OTHER_WORK_PERCENT_MAX = 10.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -425,6 +430,16 @@ def summarize(args, runs: dict) -> dict:
                           value is not None and abs(value - 1) <= STEADY_MACHINE_SHARE_MAX,
                           True, f"{_fmt(value, '.2f')}× ({_fmt(again and again['tx_per_s'])} "
                                 f"against {_fmt(bare and bare['tx_per_s'])} tx/s)"))
+    others = {name: _others_percent(run) for name, run in runs.items()
+              if run.get("system") in SYSTEMS_WE_LOAD}
+    busy = {name: share for name, share in others.items()
+            if share is not None and share > OTHER_WORK_PERCENT_MAX}
+    value = max((share for share in others.values() if share is not None), default=None)
+    targets.append(target(f"the machine was otherwise quiet: other work ≤ "
+                          f"{OTHER_WORK_PERCENT_MAX:g}% of a core in every window of our "
+                          f"servers (a check of the run itself)", value, not busy, True,
+                          ("; ".join(f"{name}: {share:.0f}%" for name, share in busy.items())
+                           if busy else f"at most {_fmt(value, '.0f')}%")))
     closed = _closed_loop_names(runs)
     not_ok = {name: _not_ok(runs[name]) for name in closed if _not_ok(runs[name])}
     value = sum(sum(counts.values()) for counts in not_ok.values()) if closed else None

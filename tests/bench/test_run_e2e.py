@@ -44,3 +44,22 @@ def test_a_machine_that_changed_speed_under_the_run_is_reported(again_tx_per_s, 
         again_tx_per_s / 10_000)
     check = next(item for item in summary["targets"] if "held still" in item["target"])
     assert check["status"] == status
+
+
+def _run_with_others(system: str, others_percent: float) -> dict:
+    return {"system": system, "tx_per_s": 1_000, "codes": {"ok": 1}, "command": system,
+            "accounts": 1_000_000,
+            "cpu": {"elapsed_s": 10.0, "server_cpu_s": 9.0, "load_cpu_s": 1.0,
+                    "machine_cpu_s": 10.0 + others_percent / 10}}
+
+
+@pytest.mark.parametrize("others, status", [(0.0, "met"), (9.9, "met"), (10.5, "NOT met"),
+                                            (38.0, "NOT met")])
+def test_a_run_that_met_other_work_on_the_machine_is_named(others, status):
+    runs = {"switch_closed": _run_with_others("switch", 2.0),
+            "switch_scale_1000000": _run_with_others("switch", others)}
+    check = next(item for item in run_e2e.summarize(_args(), runs)["targets"]
+                 if "otherwise quiet" in item["target"])
+    assert check["status"] == status
+    assert ("switch_scale_1000000: " in check["shown"]) == (status == "NOT met")
+    assert check["value"] == pytest.approx(max(others, 2.0))
