@@ -74,7 +74,6 @@ class Tree:
     """A tree to run e2e_load from: a directory as it is, or a revision checked out."""
 
     def __init__(self, spec: str, workdir: pathlib.Path):
-        self.spec = spec
         self.worktree = None
         if pathlib.Path(spec).is_dir():
             self.path = pathlib.Path(spec).resolve()
