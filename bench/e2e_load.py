@@ -272,8 +272,50 @@ def _machine_busy_seconds() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def _kernel_threads_seconds() -> float | None:
+    """utime + stime of every kernel thread (kthreadd, pid 2, and its children) so far, or
+    None: work the kernel does in threads of its own, such as writing back the pages a
+    server's fsync asked for, is in the machine's busy time but in no process of ours. The C
+    client reports the same."""
+    ticks = 0
+    seen = False
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                text = handle.read()
+        except OSError:
+            continue   # gone since the listing
+        fields = text[text.rfind(")") + 2:].split()
+        # After ")": state (3), ppid (4), ..., utime (14), stime (15).
+        if name == "2" or fields[1] == "2":
+            ticks += int(fields[11]) + int(fields[12])
+            seen = True
+    return ticks / os.sysconf("SC_CLK_TCK") if seen else None
+
+
+CPU_FIELDS = ("elapsed_s", "server_cpu_s", "load_cpu_s", "machine_cpu_s",
+              "kernel_threads_cpu_s")
+
+
+def other_programs_seconds(cpu: dict) -> float | None:
+    """The machine's busy CPU less the server's, the load client's and the kernel's own
+    threads' (which work for the server too: its fsync's writeback), or None when unknown.
+    Older results, without the kernel threads, count them in."""
+    if cpu.get("machine_cpu_s") is None or cpu.get("server_cpu_s") is None:
+        return None
+    others = cpu["machine_cpu_s"] - cpu["server_cpu_s"] - (cpu.get("load_cpu_s") or 0)
+    return max(0.0, others - (cpu.get("kernel_threads_cpu_s") or 0))
+
+
 class CpuSample:
-    """Wall clock, server CPU, this process's CPU and the machine's busy CPU at one instant."""
+    """Wall clock, server CPU, this process's CPU, the machine's busy CPU and the kernel
+    threads' at one instant."""
 
     def __init__(self, server_pid: int | None):
         self.wall = time.perf_counter()
@@ -283,6 +325,7 @@ class CpuSample:
             self.server = None
         self.own = time.process_time()
         self.machine = _machine_busy_seconds()
+        self.kernel_threads = _kernel_threads_seconds()
 
 
 def cpu_between(start: CpuSample, stop: CpuSample) -> dict:
@@ -290,7 +333,8 @@ def cpu_between(start: CpuSample, stop: CpuSample) -> dict:
         a, b = getattr(start, name), getattr(stop, name)
         return None if a is None or b is None else b - a
     return {"elapsed_s": delta("wall"), "server_cpu_s": delta("server"),
-            "load_cpu_s": delta("own"), "machine_cpu_s": delta("machine")}
+            "load_cpu_s": delta("own"), "machine_cpu_s": delta("machine"),
+            "kernel_threads_cpu_s": delta("kernel_threads")}
 
 
 # ------------------------------------------------------------------ metrics
@@ -903,8 +947,7 @@ def c_load(args, address, cards, terminals, server_pid) -> tuple[int, Results]:
                 results.timeline = [int(n) for n in rest.split()]
             elif name == "cpu":
                 values = [None if v == "-" else float(v) for v in rest.split()]
-                results.cpu = dict(zip(("elapsed_s", "server_cpu_s", "load_cpu_s",
-                                        "machine_cpu_s"), values))
+                results.cpu = dict(zip(CPU_FIELDS, values))
         results.latencies_s = _read_doubles(directory / "latencies")
         results.unanswered_latencies_s = _read_doubles(directory / "unanswered")
     return connected, results
@@ -1029,9 +1072,12 @@ def _report(args, result: dict) -> None:
         spins = args.rate > 0 and args.client == "python"
         parts.append(f"load client {cpu['load_cpu_s'] / cpu['elapsed_s'] * 100:.0f}%"
                      + (" (spins between sends)" if spins else ""))
-        if cpu.get("machine_cpu_s") is not None and cpu.get("server_cpu_s") is not None:
-            others = cpu["machine_cpu_s"] - cpu["server_cpu_s"] - cpu["load_cpu_s"]
-            parts.append(f"everything else {max(0.0, others) / cpu['elapsed_s'] * 100:.0f}%")
+        if cpu.get("kernel_threads_cpu_s") is not None:
+            parts.append(f"kernel threads {cpu['kernel_threads_cpu_s'] / cpu['elapsed_s'] * 100:.0f}%"
+                         " (the writeback of the server's fsync among them)")
+        others = other_programs_seconds(cpu)
+        if others is not None:
+            parts.append(f"everything else {others / cpu['elapsed_s'] * 100:.0f}%")
         print(f"cpu              {', '.join(parts)} of one core over the window")
     if result.get("server_cpu_us_per_tx") is not None:
         print(f"server cpu/tx    {result['server_cpu_us_per_tx']:.1f} µs per authorization "

@@ -113,6 +113,21 @@ def test_a_bounded_closed_loop_on_a_bare_server_is_answered_ok_in_full(loadgen, 
     result = _bounded_run(tmp_path, "--server", server, "--depth", "3")
     _assert_all_answered_ok(result)
     assert result["system"] == server and result["server_exit"] == 0
+    # The kernel's own threads are measured apart (they are not another program's work).
+    cpu = result["cpu"]
+    assert cpu["kernel_threads_cpu_s"] is not None
+    assert 0 <= cpu["kernel_threads_cpu_s"] <= cpu["machine_cpu_s"] + 0.05
+
+
+def test_the_kernel_threads_cpu_is_read_from_proc_and_only_grows():
+    first = e2e_load._kernel_threads_seconds()
+    assert first is not None and first >= 0
+    assert e2e_load._kernel_threads_seconds() >= first
+    cpu = {"elapsed_s": 1.0, "server_cpu_s": 0.5, "load_cpu_s": 0.2, "machine_cpu_s": 1.0,
+           "kernel_threads_cpu_s": 0.25}
+    assert e2e_load.other_programs_seconds(cpu) == pytest.approx(0.05)
+    del cpu["kernel_threads_cpu_s"]   # a result from before: counted in
+    assert e2e_load.other_programs_seconds(cpu) == pytest.approx(0.3)
 
 
 def test_a_bounded_open_loop_counts_every_request_it_meant_to_send(loadgen, tmp_path):
