@@ -1186,8 +1186,13 @@ static void usage(void) {
 int main(int argc, char **argv) {
     if (argc >= 2 && argc <= 3 && strcmp(argv[1], "--hmac") == 0) {
         /* Which SHA-256 to use, so a test can check each one this CPU can run. */
-        if (choose_sha256(argc == 3 ? argv[2] : "auto") != 0) {
-            fprintf(stderr, "loadgen: SHA-256 '%s' cannot run on this CPU\n", argv[2]);
+        const char *which = argc == 3 ? argv[2] : "auto";
+        if (strcmp(which, "auto") && strcmp(which, "ni") && strcmp(which, "portable")) {
+            fprintf(stderr, "loadgen: no SHA-256 named '%s' (auto, ni or portable)\n", which);
+            return 2;
+        }
+        if (choose_sha256(which) != 0) {
+            fprintf(stderr, "loadgen: SHA-256 '%s' cannot run on this CPU\n", which);
             return 2;
         }
         return hmac_lines();
