@@ -195,6 +195,7 @@ receiver_pending_connections_max = 16
 receiver_idle_timeout_s = 3600.0
 receiver_day_segments_max = 4096        # billing: txn -> local day map kept for reversals
 receiver_pending_credits_max = 1024     # utility: credits to accounts not yet known as rooms
+receiver_rewind_kinds_max = 64          # record kinds a receiver's rewind check remembers taking
 # A record's `at` (and `tapped_at`) outside this range is refused: any time in it is a
 # valid local date in every time zone, so turning it into a day never raises.
 receiver_time_ms_min = 0                          # 1970-01-01 UTC

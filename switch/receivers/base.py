@@ -35,25 +35,41 @@ STATE_VERSION = 1
 APPLY = "apply"
 GAP = "gap"
 BAD = "bad"
+REWOUND = "rewound"
 
 
 class StateError(Exception):
     """The state dir holds a state file this receiver cannot take; the message says why."""
 
 
+class RewindCheck(NamedTuple):
+    """What tells a resend from a restored switch's new record under a txn we have: the
+    latest `at` of the records taken (0: none yet), of which kinds, since which position
+    (the position a state file from before this check was kept had when it was loaded:
+    what came before it is not judged)."""
+    newest_at_ms: int = 0
+    from_txn: int = 0
+    kinds: frozenset = frozenset()
+
+
 class Verdict(NamedTuple):
-    action: str          # APPLY, GAP or BAD
+    action: str          # APPLY, GAP, BAD or REWOUND
     upto: int            # what to acknowledge (APPLY, GAP)
     records: list        # the records not seen before, in txn order (APPLY)
     detail: str = ""     # why (BAD, GAP)
 
 
-def check_records(position: int, message: dict) -> Verdict:
+def check_records(position: int, message: dict, rewind: RewindCheck = RewindCheck()) -> Verdict:
     """The docs/PROTOCOL.md §6.3 rules for one `records` frame against our acknowledged `position`.
 
     - `from` > position + 1 is a gap: acknowledge `position` so the switch resends from
       position + 1;
     - records with txn <= position are duplicates (delivery is at least once): dropped;
+      but one later than every record we have taken (`rewind.newest_at_ms`), of a kind we
+      have taken, above `rewind.from_txn`, is no resend of one of them: the switch's
+      journal was restored from an older copy and numbers new records with txns we took
+      from the lost one. That is REWOUND, and nothing of the frame is taken
+      (docs/FORWARDING.md, "After a restore");
     - otherwise everything up to `to` is ours, the records and the txns that matched no
       filter alike, and `upto` = `to`.
     """
@@ -81,6 +97,12 @@ def check_records(position: int, message: dict) -> Verdict:
         previous = txn
         if txn > position:
             fresh.append(record)
+        elif (rewind.newest_at_ms and txn > rewind.from_txn and record["kind"] in rewind.kinds
+              and is_time(record.get("at")) and record["at"] > rewind.newest_at_ms):
+            return Verdict(REWOUND, position, [],
+                           f"record {txn} ({record['kind']}) at {record['at']} is later than "
+                           f"every record taken (newest at {rewind.newest_at_ms}), yet its txn "
+                           f"is one we have")
     return Verdict(APPLY, to_txn, fresh)
 
 
@@ -159,6 +181,21 @@ def write_atomically(directory: str, files: list[tuple[str, bytes]]) -> None:
         os.close(fd)
 
 
+def _rewind_check_of(saved, position: int, path: str) -> RewindCheck:
+    """The state file's `rewind_check`. A file from before it was kept has none: nothing up
+    to its position is judged (what it took then is not known)."""
+    if saved is None:
+        return RewindCheck(from_txn=position)
+    if (type(saved) is not dict or type(saved.get("kinds")) is not list
+            or not all(is_text(kind, limits.id_str_chars_max) for kind in saved["kinds"])
+            or len(saved["kinds"]) > limits.receiver_rewind_kinds_max
+            or not (is_int_in(saved.get("newest_at_ms"), 0, 0) or is_time(saved.get("newest_at_ms")))
+            or not is_int_in(saved.get("from_txn"), 0, position)):
+        raise StateError(f"{path}: damaged rewind_check {saved!r}; move the file away to start "
+                         f"from nothing (the switch then resends everything)")
+    return RewindCheck(saved["newest_at_ms"], saved["from_txn"], frozenset(saved["kinds"]))
+
+
 class Receiver:
     """A downstream receiver: one position, one state, shared by all its connections."""
 
@@ -172,6 +209,10 @@ class Receiver:
         self.frames = 0
         self.gaps = 0
         self.duplicates = 0
+        self.rewinds = 0
+        # Kept with the position: a "duplicate" later than every record taken is no resend
+        # (check_records).
+        self.rewind = RewindCheck()
         self._dirty = False
         self._lock = trio.Lock()
         self._sessions: dict[str, trio.CancelScope] = {}
@@ -222,6 +263,7 @@ class Receiver:
         path = os.path.join(self.state_dir, STATE_FILE)
         self.reset()
         self.position = 0
+        self.rewind = RewindCheck()
         self._dirty = False
         try:
             with open(path, "rb") as handle:
@@ -236,6 +278,7 @@ class Receiver:
             raise StateError(f"{path}: not a {self.name} state file of version "
                              f"{STATE_VERSION}; is --state the right directory?")
         self.position = data["position"]
+        self.rewind = _rewind_check_of(data.get("rewind_check"), self.position, path)
         try:
             self.restore(data["state"])
         except (KeyError, TypeError, ValueError) as error:
@@ -244,12 +287,27 @@ class Receiver:
                              ) from None
         return True
 
+    def _note_taken(self, record: dict) -> None:
+        """Every record taken counts, a kind not wanted too: a resend of any of them must
+        never look newer than what we took. A time out of range is left out (and never
+        judged); the kinds are a few, bounded all the same."""
+        at, kinds = record.get("at"), self.rewind.kinds
+        if not is_time(at):
+            return
+        if record["kind"] not in kinds and len(kinds) < limits.receiver_rewind_kinds_max:
+            kinds = kinds | {record["kind"]}
+        self.rewind = self.rewind._replace(newest_at_ms=max(self.rewind.newest_at_ms, at),
+                                           kinds=kinds)
+
     def _write_outputs_now(self) -> None:
         write_atomically(self.state_dir, self.outputs())
 
     def state_bytes(self) -> bytes:
+        rewind = {"newest_at_ms": self.rewind.newest_at_ms, "from_txn": self.rewind.from_txn,
+                  "kinds": sorted(self.rewind.kinds)}
         return json.dumps({"version": STATE_VERSION, "receiver": self.name,
-                           "position": self.position, "state": self.snapshot()},
+                           "position": self.position, "rewind_check": rewind,
+                           "state": self.snapshot()},
                           separators=(",", ":"), sort_keys=True).encode()
 
     async def _persist(self) -> None:
@@ -263,10 +321,22 @@ class Receiver:
     async def handle_records(self, message: dict) -> dict:
         """The reply to one `records` request; state is on disk before it is returned."""
         async with self._lock:
-            verdict = check_records(self.position, message)
+            verdict = check_records(self.position, message, self.rewind)
             if verdict.action == BAD:
                 log.error("event=bad_records_frame receiver=%s detail=%s", self.name, verdict.detail)
                 return {"t": "records", "code": "bad_request"}
+            if verdict.action == REWOUND:
+                # Taking nothing more is the only safe answer: dropping the record as a
+                # duplicate would lose its money without a word.
+                self.rewinds += 1
+                if self.rewinds & (self.rewinds - 1) == 0:   # 1, 2, 4, ...: every retry refuses
+                    log.error("event=journal_rewound receiver=%s position=%d refusals=%d "
+                              "detail=%s action=%s", self.name, self.position, self.rewinds,
+                              verdict.detail,
+                              "the switch was restored from a backup older than this "
+                              "receiver's state; restore this receiver from a copy no newer "
+                              "than that backup (docs/FORWARDING.md, After a restore)")
+                return {"t": "records", "code": "journal_rewound"}
             if verdict.action == GAP:
                 self.gaps += 1
                 log.warning("event=gap receiver=%s detail=%s asking_from=%d", self.name,
@@ -281,6 +351,7 @@ class Receiver:
             try:
                 for record in verdict.records:
                     self.apply(record)
+                    self._note_taken(record)
                 if verdict.upto > self.position:
                     self.position = verdict.upto
                     self._dirty = True

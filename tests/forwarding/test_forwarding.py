@@ -21,6 +21,8 @@ from switch.codec import FrameDecoder, ServerSession
 from switch.cli.datadir import read_admin_key
 from switch.shell.forwarder import Forwarder, encode_position, position_key
 from switch.receivers.billing import BillingReceiver
+from switch.clock import FakeClock
+from switch.persistence.store import STORE_DIR, Store
 from tests.forwarding.helpers import (
     BILLING_KINDS, REPO, UTILITY_KINDS, ReceiverProcess, destination, expected_rooms,
     expected_settlement, free_port, journal_of_data_dir, journal_of_store, read_rooms,
@@ -449,6 +451,63 @@ async def test_billing_receiver_in_process_reports_gap_and_keeps_position(tmp_pa
     reopened = BillingReceiver(str(tmp_path / "b"), {"sw": b"k" * 32})
     assert reopened.position == 3
     assert reopened.settlement_rows() == [("M", "2026-11-18", 1, 120, 0)]
+
+
+# ------------------------------------------------------------------ a restore older than a receiver
+def _last_txn_of(data_dir) -> int:
+    store = Store(str(data_dir / STORE_DIR))
+    try:
+        return store.last_txn
+    finally:
+        store.close()
+
+
+async def test_a_switch_restored_from_an_older_copy_is_refused_by_a_receiver_that_took_more(
+        tmp_path, nursery, receiver_processes):
+    """The operator's mistake docs/FORWARDING.md warns of ("After a restore"): the switch is
+    restored from a copy older than what billing took, and numbers new records with txns
+    billing has. Billing answers `journal_rewound` and takes nothing, rather than drop the
+    new money as duplicates; the restored switch counts it as declined."""
+    key = os.urandom(32)
+    billing = receiver_processes("billing", tmp_path, "sw-billing", key)
+    port = await billing.start()
+    lost = await Switch(tmp_path / "lost" / "data", clock=FakeClock()).start(nursery)
+    forwarding = Forwarders(nursery)
+    forwarding.start(lost, destination("billing", port, "sw-billing", key, BILLING_KINDS))
+    workload = await workload_on(lost)
+    await workload.burst()
+    await wait_until(lambda: lost.store.forward_position("billing") == lost.store.last_txn)
+    await forwarding.stop_all()
+    await workload.aclose()
+    await stop_switch(lost)
+    # The nightly copy: the switch's data dir and its master key beside it.
+    shutil.copytree(tmp_path / "lost", tmp_path / "copy")
+    copied_last_txn = _last_txn_of(tmp_path / "copy" / "data")
+    lost = await Switch(tmp_path / "lost" / "data", clock=FakeClock()).start(nursery)
+    forwarding.start(lost, destination("billing", port, "sw-billing", key, BILLING_KINDS))
+    await workload.connect(lost.port)
+    lost.clock.advance(60)
+    await workload.burst()
+    await wait_until(lambda: lost.store.forward_position("billing") == lost.store.last_txn)
+    taken = lost.store.last_txn
+    assert taken > copied_last_txn
+    await forwarding.stop_all()
+    await workload.aclose()
+    await stop_switch(lost)
+    # The disk is lost; the copy is restored; the tills pay on, later than anything billing has.
+    restored = await Switch(tmp_path / "copy" / "data",
+                            clock=FakeClock(1_795_000_000_000 + 3_600_000)).start(nursery)
+    forwarding.start(restored, destination("billing", port, "sw-billing", key, BILLING_KINDS))
+    await workload.connect(restored.port)
+    await workload.burst()
+    assert restored.store.last_txn > copied_last_txn
+    await wait_until(lambda: errors(restored, "billing", "declined") >= 1)
+    await wait_until(lambda: "event=journal_rewound" in billing.stderr())
+    assert restored.store.forward_position("billing") <= copied_last_txn
+    assert billing.position() == taken      # it took nothing of the restored journal
+    await forwarding.stop_all()
+    await workload.aclose()
+    await stop_switch(restored)
 
 
 # ------------------------------------------------------------------ 4. switch SIGKILL

@@ -5,6 +5,7 @@ cannot keep the switch out, and an exception that ends one connection only."""
 
 import csv
 import errno
+import json
 import os
 import time
 
@@ -323,3 +324,110 @@ def test_billing_state_saved_before_subsidies_reads_as_no_subsidy(tmp_path):
     receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
     receiver.restore({"totals": [["CANTEEN-1", "2026-11-18", 2, 240]], "segments": [[], []]})
     assert receiver.settlement_rows() == [("CANTEEN-1", "2026-11-18", 2, 240, 0)]
+
+
+# ------------------------------------------------------------------ a switch restored from an older copy
+async def test_a_new_record_under_a_txn_already_taken_is_refused_not_dropped(tmp_path):
+    """A switch restored from a backup numbers its new records from the backup's last txn:
+    a receiver that took records past it gets new money under txns it has. Dropping them as
+    duplicates would lose that money without a word; it refuses the frame instead, and
+    goes on refusing, across a restart, until its own state is restored."""
+    receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    taken = [money(txn, at=AT + txn) for txn in range(1, 6)]
+    assert (await receiver.handle_records(frame(taken)))["upto"] == 5
+    assert receiver.rewind == base.RewindCheck(AT + 5, 0, frozenset({"debit"}))
+    # At least once: the same records again are duplicates, dropped quietly.
+    assert (await receiver.handle_records(frame(taken[2:], first=3)))["upto"] == 5
+    assert receiver.duplicates == 3 and receiver.rewinds == 0
+    rows = receiver.settlement_rows()
+    # The restored switch's journal ends at txn 3; its next records are txns 4 and 5 again,
+    # tapped after everything the receiver took.
+    again = [money(4, at=AT + 60_000, amount=-700), money(5, at=AT + 61_000),
+             money(6, at=AT + 62_000)]
+    reply = await receiver.handle_records(frame(again, first=4))
+    assert reply == {"t": "records", "code": "journal_rewound"}
+    assert receiver.rewinds == 1 and receiver.position == 5
+    assert receiver.settlement_rows() == rows     # nothing of the frame was taken
+    reopened = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    assert reopened.rewind == receiver.rewind
+    assert (await reopened.handle_records(frame(again, first=4)))["code"] == "journal_rewound"
+
+
+async def test_a_resend_is_never_refused_though_times_go_back_in_txn_order(tmp_path):
+    """The switch's clock may step back (and offline records carry older times): the check
+    keeps the latest time taken, not the last record's."""
+    receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    taken = [money(1, at=AT + 10_000), money(2, at=AT), money(3, kind="reverse", at=AT + 5)]
+    assert (await receiver.handle_records(frame(taken)))["upto"] == 3
+    assert (await receiver.handle_records(frame(taken)))["upto"] == 3
+    assert receiver.rewinds == 0 and receiver.duplicates == 3
+
+
+def test_check_records_tells_a_resend_from_a_rewound_journal():
+    check = base.RewindCheck(AT + 10, 0, frozenset({"debit"}))
+    taken = [money(1, at=AT), money(2, at=AT + 10)]
+    # Resends are never later than the newest record taken.
+    assert base.check_records(2, frame(taken), check).action == base.APPLY
+    # Later than that under a txn we have: rewound.
+    later = frame([money(2, at=AT + 11)], first=2)
+    assert base.check_records(2, later, check).action == base.REWOUND
+    # Nothing taken yet, or a kind never taken (the filter widened since), or a txn at or
+    # below where the check began (a state file from before it): nothing can be told apart.
+    assert base.check_records(2, later, base.RewindCheck()).action == base.APPLY
+    assert base.check_records(2, frame([money(2, kind="reverse", at=AT + 11)], first=2),
+                              check).action == base.APPLY
+    assert base.check_records(2, later, check._replace(from_txn=2)).action == base.APPLY
+    # A time out of range is never judged (it was never counted either).
+    assert base.check_records(2, frame([money(2, at=TIME_MAX + 1)], first=2),
+                              check).action == base.APPLY
+    # A txn above our position is new whatever its time.
+    assert base.check_records(2, frame([money(3, at=AT + 99)], first=3),
+                              check).action == base.APPLY
+
+
+async def test_a_kind_it_does_not_want_with_a_time_out_of_range_does_not_blind_the_check(
+        tmp_path):
+    receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    await receiver.handle_records(frame([money(1), room(2, kind="meter", at=2**62)]))
+    assert receiver.position == 2 and receiver.rewind.newest_at_ms == AT
+
+
+async def test_a_state_file_from_before_the_check_judges_nothing_it_took_then(tmp_path):
+    """Such a file says nothing of the times it took: what it holds up to its position is
+    never judged, so a resend after the clock stepped back is still taken as a resend."""
+    receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    old = [money(1, at=AT), money(2, at=AT + 8_000)]
+    await receiver.handle_records(frame(old))
+    path = tmp_path / "b" / base.STATE_FILE
+    data = json.loads(path.read_bytes())
+    del data["rewind_check"]
+    path.write_text(json.dumps(data))
+    reopened = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    assert reopened.position == 2 and reopened.rewind == base.RewindCheck(0, 2, frozenset())
+    await reopened.handle_records(frame([money(3, at=AT + 3_000)], first=3))
+    assert reopened.rewind == base.RewindCheck(AT + 3_000, 2, frozenset({"debit"}))
+    # The switch resends from before its lazily kept position: 2 is later than 3, and fine.
+    reply = await reopened.handle_records(frame(old + [money(3, at=AT + 3_000)]))
+    assert reply["upto"] == 3 and reopened.rewinds == 0
+
+
+@pytest.mark.parametrize("saved", [
+    {"newest_at_ms": -1, "from_txn": 0, "kinds": []},
+    {"newest_at_ms": "1795000000000", "from_txn": 0, "kinds": []},
+    {"newest_at_ms": True, "from_txn": 0, "kinds": []},
+    {"newest_at_ms": TIME_MAX + 1, "from_txn": 0, "kinds": []},
+    {"newest_at_ms": AT, "from_txn": 3, "kinds": []},          # past the position
+    {"newest_at_ms": AT, "from_txn": 0, "kinds": [""]},
+    {"newest_at_ms": AT, "from_txn": 0, "kinds": "debit"},
+    {"newest_at_ms": AT, "from_txn": 0},
+    [AT, 0, []],
+])
+async def test_a_damaged_rewind_check_is_a_state_error_not_a_guess(tmp_path, saved):
+    receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    await receiver.handle_records(frame([money(1), money(2)]))
+    path = tmp_path / "b" / base.STATE_FILE
+    data = json.loads(path.read_bytes())
+    data["rewind_check"] = saved
+    path.write_text(json.dumps(data))
+    with pytest.raises(base.StateError, match="damaged rewind_check"):
+        BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
