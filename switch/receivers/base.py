@@ -44,12 +44,15 @@ class StateError(Exception):
 
 class RewindCheck(NamedTuple):
     """What tells a resend from a restored switch's new record under a txn we have: the
-    latest `at` of the records taken (0: none yet), of which kinds, since which position
-    (the position a state file from before this check was kept had when it was loaded:
-    what came before it is not judged)."""
+    latest `at` of the records taken (0: none yet), of which kinds, and the txns judged:
+    above `from_txn` (the position a state file from before this check was kept had when
+    it was loaded: what came before is not known) and up to `last_taken_txn`, the newest
+    record taken (txns above it were only covered by `to`: records our filter skipped, whose
+    times we never saw, which a widened filter may send again)."""
     newest_at_ms: int = 0
     from_txn: int = 0
     kinds: frozenset = frozenset()
+    last_taken_txn: int = 0
 
 
 class Verdict(NamedTuple):
@@ -66,7 +69,8 @@ def check_records(position: int, message: dict, rewind: RewindCheck = RewindChec
       position + 1;
     - records with txn <= position are duplicates (delivery is at least once): dropped;
       but one later than every record we have taken (`rewind.newest_at_ms`), of a kind we
-      have taken, above `rewind.from_txn`, is no resend of one of them: the switch's
+      have taken, in `rewind.from_txn` < txn <= `rewind.last_taken_txn`, is no resend of
+      one of them: the switch's
       journal was restored from an older copy and numbers new records with txns we took
       from the lost one. That is REWOUND, and nothing of the frame is taken
       (docs/FORWARDING.md, "After a restore");
@@ -97,8 +101,9 @@ def check_records(position: int, message: dict, rewind: RewindCheck = RewindChec
         previous = txn
         if txn > position:
             fresh.append(record)
-        elif (rewind.newest_at_ms and txn > rewind.from_txn and record["kind"] in rewind.kinds
-              and is_time(record.get("at")) and record["at"] > rewind.newest_at_ms):
+        elif (rewind.newest_at_ms and rewind.from_txn < txn <= rewind.last_taken_txn
+              and record["kind"] in rewind.kinds and is_time(record.get("at"))
+              and record["at"] > rewind.newest_at_ms):
             return Verdict(REWOUND, position, [],
                            f"record {txn} ({record['kind']}) at {record['at']} is later than "
                            f"every record taken (newest at {rewind.newest_at_ms}), yet its txn "
@@ -181,19 +186,22 @@ def write_atomically(directory: str, files: list[tuple[str, bytes]]) -> None:
         os.close(fd)
 
 
-def _rewind_check_of(saved, position: int, path: str) -> RewindCheck:
+def _rewind_check_of(data: dict, position: int, path: str) -> RewindCheck:
     """The state file's `rewind_check`. A file from before it was kept has none: nothing up
     to its position is judged (what it took then is not known)."""
-    if saved is None:
-        return RewindCheck(from_txn=position)
+    if "rewind_check" not in data:
+        return RewindCheck(from_txn=position, last_taken_txn=position)
+    saved = data["rewind_check"]
     if (type(saved) is not dict or type(saved.get("kinds")) is not list
             or not all(is_text(kind, limits.id_str_chars_max) for kind in saved["kinds"])
             or len(saved["kinds"]) > limits.receiver_rewind_kinds_max
             or not (is_int_in(saved.get("newest_at_ms"), 0, 0) or is_time(saved.get("newest_at_ms")))
-            or not is_int_in(saved.get("from_txn"), 0, position)):
+            or not is_int_in(saved.get("from_txn"), 0, position)
+            or not is_int_in(saved.get("last_taken_txn"), saved["from_txn"], position)):
         raise StateError(f"{path}: damaged rewind_check {saved!r}; move the file away to start "
                          f"from nothing (the switch then resends everything)")
-    return RewindCheck(saved["newest_at_ms"], saved["from_txn"], frozenset(saved["kinds"]))
+    return RewindCheck(saved["newest_at_ms"], saved["from_txn"], frozenset(saved["kinds"]),
+                       saved["last_taken_txn"])
 
 
 class Receiver:
@@ -278,7 +286,7 @@ class Receiver:
             raise StateError(f"{path}: not a {self.name} state file of version "
                              f"{STATE_VERSION}; is --state the right directory?")
         self.position = data["position"]
-        self.rewind = _rewind_check_of(data.get("rewind_check"), self.position, path)
+        self.rewind = _rewind_check_of(data, self.position, path)
         try:
             self.restore(data["state"])
         except (KeyError, TypeError, ValueError) as error:
@@ -297,14 +305,15 @@ class Receiver:
         if record["kind"] not in kinds and len(kinds) < limits.receiver_rewind_kinds_max:
             kinds = kinds | {record["kind"]}
         self.rewind = self.rewind._replace(newest_at_ms=max(self.rewind.newest_at_ms, at),
-                                           kinds=kinds)
+                                           kinds=kinds, last_taken_txn=record["txn"])
 
     def _write_outputs_now(self) -> None:
         write_atomically(self.state_dir, self.outputs())
 
     def state_bytes(self) -> bytes:
         rewind = {"newest_at_ms": self.rewind.newest_at_ms, "from_txn": self.rewind.from_txn,
-                  "kinds": sorted(self.rewind.kinds)}
+                  "kinds": sorted(self.rewind.kinds),
+                  "last_taken_txn": self.rewind.last_taken_txn}
         return json.dumps({"version": STATE_VERSION, "receiver": self.name,
                            "position": self.position, "rewind_check": rewind,
                            "state": self.snapshot()},

@@ -335,7 +335,7 @@ async def test_a_new_record_under_a_txn_already_taken_is_refused_not_dropped(tmp
     receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
     taken = [money(txn, at=AT + txn) for txn in range(1, 6)]
     assert (await receiver.handle_records(frame(taken)))["upto"] == 5
-    assert receiver.rewind == base.RewindCheck(AT + 5, 0, frozenset({"debit"}))
+    assert receiver.rewind == base.RewindCheck(AT + 5, 0, frozenset({"debit"}), 5)
     # At least once: the same records again are duplicates, dropped quietly.
     assert (await receiver.handle_records(frame(taken[2:], first=3)))["upto"] == 5
     assert receiver.duplicates == 3 and receiver.rewinds == 0
@@ -364,7 +364,7 @@ async def test_a_resend_is_never_refused_though_times_go_back_in_txn_order(tmp_p
 
 
 def test_check_records_tells_a_resend_from_a_rewound_journal():
-    check = base.RewindCheck(AT + 10, 0, frozenset({"debit"}))
+    check = base.RewindCheck(AT + 10, 0, frozenset({"debit"}), 2)
     taken = [money(1, at=AT), money(2, at=AT + 10)]
     # Resends are never later than the newest record taken.
     assert base.check_records(2, frame(taken), check).action == base.APPLY
@@ -377,6 +377,11 @@ def test_check_records_tells_a_resend_from_a_rewound_journal():
     assert base.check_records(2, frame([money(2, kind="reverse", at=AT + 11)], first=2),
                               check).action == base.APPLY
     assert base.check_records(2, later, check._replace(from_txn=2)).action == base.APPLY
+    # Above the newest record taken, a txn was only covered by `to` (our filter skipped it).
+    assert base.check_records(2, later, check._replace(last_taken_txn=1)).action == base.APPLY
+    # Resends and new records in one frame: the new ones are taken.
+    mixed = base.check_records(2, frame(taken + [money(3, at=AT + 99)]), check)
+    assert mixed.action == base.APPLY and [r["txn"] for r in mixed.records] == [3]
     # A time out of range is never judged (it was never counted either).
     assert base.check_records(2, frame([money(2, at=TIME_MAX + 1)], first=2),
                               check).action == base.APPLY
@@ -403,9 +408,9 @@ async def test_a_state_file_from_before_the_check_judges_nothing_it_took_then(tm
     del data["rewind_check"]
     path.write_text(json.dumps(data))
     reopened = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
-    assert reopened.position == 2 and reopened.rewind == base.RewindCheck(0, 2, frozenset())
+    assert reopened.position == 2 and reopened.rewind == base.RewindCheck(0, 2, frozenset(), 2)
     await reopened.handle_records(frame([money(3, at=AT + 3_000)], first=3))
-    assert reopened.rewind == base.RewindCheck(AT + 3_000, 2, frozenset({"debit"}))
+    assert reopened.rewind == base.RewindCheck(AT + 3_000, 2, frozenset({"debit"}), 3)
     # The switch resends from before its lazily kept position: 2 is later than 3, and fine.
     reply = await reopened.handle_records(frame(old + [money(3, at=AT + 3_000)]))
     assert reply["upto"] == 3 and reopened.rewinds == 0
@@ -420,7 +425,10 @@ async def test_a_state_file_from_before_the_check_judges_nothing_it_took_then(tm
     {"newest_at_ms": AT, "from_txn": 0, "kinds": [""]},
     {"newest_at_ms": AT, "from_txn": 0, "kinds": "debit"},
     {"newest_at_ms": AT, "from_txn": 0},
+    {"newest_at_ms": AT, "from_txn": 0, "kinds": [], "last_taken_txn": 3},   # past the position
+    {"newest_at_ms": AT, "from_txn": 1, "kinds": [], "last_taken_txn": 0},   # below where it began
     [AT, 0, []],
+    None,
 ])
 async def test_a_damaged_rewind_check_is_a_state_error_not_a_guess(tmp_path, saved):
     receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
@@ -428,6 +436,36 @@ async def test_a_damaged_rewind_check_is_a_state_error_not_a_guess(tmp_path, sav
     path = tmp_path / "b" / base.STATE_FILE
     data = json.loads(path.read_bytes())
     data["rewind_check"] = saved
+    path.write_text(json.dumps(data))
+    with pytest.raises(base.StateError, match="damaged rewind_check"):
+        BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+
+
+async def test_a_kind_skipped_then_sent_again_is_a_resend_not_a_rewind(tmp_path):
+    """The destination's kinds narrowed, then widened again, and the switch resends from a
+    position it kept behind ours: the records our filter skipped come now, later than the
+    newest we took, under txns covered only by `to`. They are no rewind."""
+    receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    await receiver.handle_records(frame([money(1, at=AT + 1), money(2, at=AT + 2),
+                                         money(3, kind="reverse", at=AT + 3)]))
+    narrowed = await receiver.handle_records(frame([money(4, at=AT + 4)], first=4, last=6))
+    assert narrowed["upto"] == 6 and receiver.rewind.last_taken_txn == 4
+    widened = [money(4, at=AT + 4), money(5, kind="reverse", at=AT + 5),
+               money(6, kind="reverse", at=AT + 6)]
+    reply = await receiver.handle_records(frame(widened, first=4))
+    assert reply == {"t": "records", "code": "ok", "upto": 6} and receiver.rewinds == 0
+
+
+async def test_the_kinds_remembered_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "receiver_rewind_kinds_max", 2)
+    receiver = BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+    await receiver.handle_records(frame([money(1), money(2, kind="reverse"),
+                                         room(3, kind="meter")]))
+    assert receiver.rewind.kinds == {"debit", "reverse"} and receiver.rewind.last_taken_txn == 3
+    # More kinds than the bound in a state file is damage, not a guess.
+    path = tmp_path / "b" / base.STATE_FILE
+    data = json.loads(path.read_bytes())
+    data["rewind_check"]["kinds"] = ["a", "b", "c"]
     path.write_text(json.dumps(data))
     with pytest.raises(base.StateError, match="damaged rewind_check"):
         BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
