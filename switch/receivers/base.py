@@ -59,7 +59,7 @@ class Verdict(NamedTuple):
     action: str          # APPLY, GAP, BAD or REWOUND
     upto: int            # what to acknowledge (APPLY, GAP)
     records: list        # the records not seen before, in txn order (APPLY)
-    detail: str = ""     # why (BAD, GAP)
+    detail: str = ""     # why (BAD, GAP, REWOUND)
 
 
 def check_records(position: int, message: dict, rewind: RewindCheck = RewindCheck()) -> Verdict:
@@ -70,10 +70,9 @@ def check_records(position: int, message: dict, rewind: RewindCheck = RewindChec
     - records with txn <= position are duplicates (delivery is at least once): dropped;
       but one later than every record we have taken (`rewind.newest_at_ms`), of a kind we
       have taken, in `rewind.from_txn` < txn <= `rewind.last_taken_txn`, is no resend of
-      one of them: the switch's
-      journal was restored from an older copy and numbers new records with txns we took
-      from the lost one. That is REWOUND, and nothing of the frame is taken
-      (docs/FORWARDING.md, "After a restore");
+      one of them: the switch's journal was restored from an older copy and numbers new
+      records with txns we took from the lost one. That is REWOUND, and nothing of the
+      frame is taken (docs/FORWARDING.md, "After a restore");
     - otherwise everything up to `to` is ours, the records and the txns that matched no
       filter alike, and `upto` = `to`.
     """
@@ -195,7 +194,8 @@ def _rewind_check_of(data: dict, position: int, path: str) -> RewindCheck:
     if (type(saved) is not dict or type(saved.get("kinds")) is not list
             or not all(is_text(kind, limits.id_str_chars_max) for kind in saved["kinds"])
             or len(saved["kinds"]) > limits.receiver_rewind_kinds_max
-            or not (is_int_in(saved.get("newest_at_ms"), 0, 0) or is_time(saved.get("newest_at_ms")))
+            or not (is_int_in(saved.get("newest_at_ms"), 0, 0)     # nothing taken yet
+                    or is_time(saved.get("newest_at_ms")))
             or not is_int_in(saved.get("from_txn"), 0, position)
             or not is_int_in(saved.get("last_taken_txn"), saved["from_txn"], position)):
         raise StateError(f"{path}: damaged rewind_check {saved!r}; move the file away to start "
