@@ -172,11 +172,20 @@ def _raise_file_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def _stat_after_name(pid) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: state (3), ppid (4), ...,
+    utime (14), stime (15) are [0], [1], ..., [11], [12]."""
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rpartition(")")[2].split()
+
+
+def _cpu_ticks(fields: list[str]) -> int:
+    return int(fields[11]) + int(fields[12])
+
+
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _cpu_ticks(_stat_after_name(pid)) / os.sysconf("SC_CLK_TCK")
 
 
 def process_memory_kib(pid: int) -> dict[str, int]:
@@ -287,14 +296,11 @@ def _kernel_threads_seconds() -> float | None:
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat") as handle:
-                text = handle.read()
+            fields = _stat_after_name(name)
         except OSError:
             continue   # gone since the listing
-        fields = text[text.rfind(")") + 2:].split()
-        # After ")": state (3), ppid (4), ..., utime (14), stime (15).
         if name == "2" or fields[1] == "2":
-            ticks += int(fields[11]) + int(fields[12])
+            ticks += _cpu_ticks(fields)
             seen = True
     return ticks / os.sysconf("SC_CLK_TCK") if seen else None
 

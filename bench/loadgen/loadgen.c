@@ -440,24 +440,32 @@ static double own_cpu_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* utime + stime of a process from /proc/PID/stat, or NAN. */
-static double process_cpu_s(long pid) {
+/* A process's parent and utime + stime (ticks) from /proc/PID/stat; 0, or -1 when it
+ * cannot be read (gone, say). */
+static int read_stat(long pid, long *ppid, unsigned long long *ticks) {
     char path[64], text[4096];
-    if (pid <= 0) return NAN;
     snprintf(path, sizeof path, "/proc/%ld/stat", pid);
     FILE *f = fopen(path, "r");
-    if (!f) return NAN;
+    if (!f) return -1;
     size_t n = fread(text, 1, sizeof text - 1, f);
     fclose(f);
     text[n] = 0;
     char *p = strrchr(text, ')');
-    if (!p) return NAN;
     unsigned long long utime, stime;
-    /* After ")": state, then fields 4..13, then utime (14) and stime (15). */
-    if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
-               &stime) != 2)
-        return NAN;
-    return (double)(utime + stime) / sysconf(_SC_CLK_TCK);
+    /* After ")": state, ppid (4), fields 5..13, then utime (14) and stime (15). */
+    if (!p || sscanf(p + 1, " %*c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", ppid,
+                     &utime, &stime) != 3)
+        return -1;
+    *ticks = utime + stime;
+    return 0;
+}
+
+/* utime + stime of a process from /proc/PID/stat, or NAN. */
+static double process_cpu_s(long pid) {
+    long ppid;
+    unsigned long long ticks;
+    if (pid <= 0 || read_stat(pid, &ppid, &ticks) != 0) return NAN;
+    return (double)ticks / sysconf(_SC_CLK_TCK);
 }
 
 /* CPU seconds spent by everything on the machine so far (/proc/stat), or NAN. */
@@ -485,22 +493,11 @@ static double kernel_threads_s(void) {
         char *end;
         long pid = strtol(entry->d_name, &end, 10);
         if (*end || pid <= 0) continue;
-        char path[64], text[1024];
-        snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-        FILE *f = fopen(path, "r");
-        if (!f) continue;   /* gone since readdir */
-        size_t n = fread(text, 1, sizeof text - 1, f);
-        fclose(f);
-        text[n] = 0;
-        char *p = strrchr(text, ')');
         long ppid;
-        unsigned long long utime, stime;
-        /* After ")": state, ppid (4), fields 5..13, then utime (14) and stime (15). */
-        if (!p || sscanf(p + 1, " %*c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
-                         &ppid, &utime, &stime) != 3)
-            continue;
+        unsigned long long ticks;
+        if (read_stat(pid, &ppid, &ticks) != 0) continue;   /* gone since readdir */
         if (pid == 2 || ppid == 2) {
-            total += utime + stime;
+            total += ticks;
             seen = 1;
         }
     }
