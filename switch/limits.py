@@ -165,6 +165,15 @@ batch_wait_s = 0.0005              # how long the committer lets a batch fill at
 # turn here), well below the seconds a queue past saturation grows to.
 request_wait_max_s = 0.5
 commit_retries_map_full_max = 8    # map growth attempts before a batch is failed
+# Remembered ids are logged by each commit and written back to `idempotency` together
+# (persistence/writeback.py): once this many logged writes wait, or this many commits logged
+# some. The bigger, the fewer write-backs (each dirties about a page per till that paid since
+# the last) and the more memory (about 300 B each) and the larger the commit that writes back.
+logged_writes_max = 32_768
+commits_between_write_backs_max = 256
+# A retention sweep that reached the last id asks for a write-back at most this often, so the
+# ids of a quiet switch reach the database it walks (a busy one writes back by the bounds).
+ids_write_back_asked_every_s = 60
 
 # --- Storage ---
 lmdb_map_initial_size_bytes = 256 * 1024 * 1024

@@ -108,6 +108,12 @@ def _mark_account_histories(txn, dbs) -> None:
             txn.put(account, bytes(record), db=dbs["accounts"])
 
 
+def _log_remembered_ids(txn, dbs) -> None:
+    """Schema 6 -> 7: remembered ids go through `idempotency_log` (persistence/writeback.py),
+    empty here. Nothing to rewrite; the new version keeps a switch of schema 6, which would
+    not read the log, from opening the data dir and forgetting ids a till may resend."""
+
+
 # schema version -> the step that brings a data dir of that version to the next one.
 UPGRADES = {1: _index_rooms, 2: _pad_account_records, 3: _drop_id_expiry_index,
-            4: _chain_account_histories, 5: _mark_account_histories}
+            4: _chain_account_histories, 5: _mark_account_histories, 6: _log_remembered_ids}

@@ -5,19 +5,24 @@ writes not yet committed on top of the last committed state. `seal()` freezes
 the writes of the open batch; `write_batch(batch)` runs the whole LMDB write
 transaction (and its fsync) on one thread, off the event loop; `committed()`
 then drops what is now on disk from the overlay.
+
+The remembered ids are committed to a log and written back to their own database every
+so many commits (persistence/writeback.py); until then the overlay keeps them too.
 """
 
 import bisect
+import logging
 import os
 from dataclasses import dataclass, field
 
 import lmdb
 
 from switch import limits
+from switch.persistence import writeback
 from switch.persistence.migrations import UPGRADES
 from switch.persistence.keys import decode_position, encode_position, position_key, txn_key
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
 
 # name -> what it holds (key -> value)
@@ -35,6 +40,8 @@ DATABASES = {
                      "`records_between_history_marks`-th journal record of the account (history pages)",
     "idempotency": "credential id + NUL + msgpack(id) -> msgpack [t, fingerprint, reply (sealed "
                    "bytes when it holds a secret), at_ms]",
+    "idempotency_log": "LSN (8 bytes BE) -> a write to `idempotency` committed since its last "
+                       "write-back (persistence/writeback.py)",
     "blacklist_cards": "school + NUL + card id -> empty (the current list)",
     "blacklist_changes": "school + NUL + version (8 bytes BE) -> msgpack [added, removed]",
     "qr_secrets": "account id -> sealed 32-byte QR secret (virtual card)",
@@ -64,6 +71,7 @@ DELETED = None  # overlay value meaning "deleted in a batch not yet committed"
 RANGE_READ_DBS = frozenset({"blacklist_cards", "account_cards", "school_rooms",
                             "building_rooms", "subsidy_batches"})
 _MISSING = object()
+log = logging.getLogger("switch.store")
 
 
 class SchemaMismatch(Exception):
@@ -111,20 +119,37 @@ def _no_ranged_keys() -> dict[str, SortedKeys]:
 
 
 
-def _by_database(writes: dict) -> tuple[dict, dict]:
+def _by_database(writes: dict) -> tuple[dict, dict, dict]:
     """Split a batch's writes into sorted (key, bytes) lists per database, and the keys to
-    delete per database. Done before the write transaction opens, so the transaction
+    delete per database; the writes of logged databases (writeback.LOGS) apart, as
+    (db, key) -> value. Done before the write transaction opens, so the transaction
     itself only copies bytes."""
     puts: dict[str, list] = {}
     deletes: dict[str, list] = {}
-    for (db, key), value in writes.items():
-        if value is DELETED:
+    logged: dict = {}
+    logs = writeback.LOGS
+    for slot, value in writes.items():
+        db, key = slot
+        if db in logs:
+            logged[slot] = value if value is DELETED else bytes(value)
+        elif value is DELETED:
             deletes.setdefault(db, []).append(key)
         else:
             puts.setdefault(db, []).append((key, bytes(value)))
     for items in puts.values():
         items.sort()
-    return puts, deletes
+    return puts, deletes, logged
+
+
+def _log_entries(logged: dict, first_lsn: int) -> dict[str, list]:
+    """The log puts of a batch's logged writes: LSNs from `first_lsn`, in rising order."""
+    entries: dict[str, list] = {}
+    lsn = first_lsn
+    for (db, key), value in logged.items():
+        entries.setdefault(writeback.LOGS[db], []).append(
+            (writeback.lsn_key(lsn), writeback.encode_entry(key, value)))
+        lsn += 1
+    return entries
 
 
 @dataclass
@@ -133,6 +158,13 @@ class Batch:
     writes: dict = field(default_factory=dict)  # (db name, key) -> bytes-like or DELETED
     last_txn: int = 0
     prepared: tuple = field(default_factory=lambda: ({}, {}))  # (puts, deletes) per db, by `seal`
+    # Decided at `seal`, taken as they are by `committed` (so calling it twice changes
+    # nothing): the writes of logged databases, whether this batch writes back every
+    # logged value and empties the logs, and the log's state once it is on disk.
+    logged: dict = field(default_factory=dict)
+    writes_back: bool = False
+    next_lsn: int = 0
+    commits_logging: int = 0
 
 
 class Store:
@@ -158,6 +190,16 @@ class Store:
         self._sealed: dict = {}           # the same for the batch being committed
         self._dirty_ranged = _no_ranged_keys()    # db -> keys of RANGE_READ_DBS in _dirty
         self._sealed_ranged = _no_ranged_keys()   # the same for _sealed
+        # Under those, the writes of logged databases that are committed, in the log, and
+        # not yet written back: exactly what the logs on disk hold, newest per key (only
+        # `committed` and the rebuild in `discard_uncommitted` change it).
+        self._logged: dict = {}
+        self._next_lsn = 0            # the next log entry's LSN
+        self._commits_logging = 0     # commits that logged something since the last write-back
+        self._write_back_asked = False   # by `write_back_soon`: the next commit writes back
+        # When a commit writes everything back (limits.py); the simulation makes them small.
+        self.logged_writes_max = limits.logged_writes_max
+        self.commits_between_write_backs_max = limits.commits_between_write_backs_max
         self._batch_number = 1
         # While a request executes: what each key it touched held before, so a request that
         # raises can be undone alone (`rollback`) without losing the rest of the open batch.
@@ -184,6 +226,13 @@ class Store:
                 txn.put(b"schema_version", str(SCHEMA_VERSION).encode())
                 return
             version = int(stored)
+            if version > SCHEMA_VERSION:
+                raise SchemaMismatch(f"data dir has schema {version}, this switch reads "
+                                     f"{SCHEMA_VERSION}")
+            # What the last process committed to the logs goes where it belongs before
+            # anything (an upgrade, a read) looks at those databases. Older schemas have
+            # no logs: nothing to replay.
+            writeback.replay_logs(txn, self.dbs)
             # An older data dir is brought up to date in this transaction, step by step.
             if version < SCHEMA_VERSION:
                 dbs = {**self.dbs, **self._retired_databases(txn)}
@@ -220,20 +269,26 @@ class Store:
             self._read = None
 
     def get(self, db: str, key: bytes):
-        value = self._dirty.get((db, key), _MISSING)
+        slot = (db, key)
+        value = self._dirty.get(slot, _MISSING)
         if value is _MISSING:
-            value = self._sealed.get((db, key), _MISSING)
+            value = self._sealed.get(slot, _MISSING)
             if value is _MISSING:
-                return self._read.get(key, db=self.dbs[db])
+                value = self._logged.get(slot, _MISSING)
+                if value is _MISSING:
+                    return self._read.get(key, db=self.dbs[db])
         return value  # DELETED is None: reads as absent
 
     def get_committed(self, db: str, key: bytes):
-        """The committed value of `key`; the overlay not included."""
-        return self._read.get(key, db=self.dbs[db])
+        """The committed value of `key`; batches not yet committed not included."""
+        value = self._logged.get((db, key), _MISSING)
+        return self._read.get(key, db=self.dbs[db]) if value is _MISSING else value
 
     def committed_items(self, db: str, prefix: bytes = b"", start: bytes | None = None):
         """Iterate committed (key, value) pairs with `prefix`, from `start` (inclusive) when
-        given; overlay not included."""
+        given, as the database holds them: neither the overlay nor, for a logged database,
+        what its log holds since the last write-back (a store just opened, or after
+        `commit_now`, has written everything back)."""
         cursor = self._read.cursor(db=self.dbs[db])
         if not cursor.set_range(start or prefix):
             return
@@ -314,7 +369,14 @@ class Store:
 
     @property
     def open_writes(self) -> int:
-        return len(self._dirty)
+        """Writes waiting for a commit (a write-back asked for counts as one)."""
+        return len(self._dirty) + (self._write_back_asked and bool(self._logged))
+
+    def write_back_soon(self) -> None:
+        """Have the next commit write back what the logs hold, even with nothing else to
+        write: the retention sweep asks, so a quiet switch's ids reach the database it
+        walks (persistence/writeback.py)."""
+        self._write_back_asked = True
 
     def get_mutable(self, db: str, key: bytes) -> bytearray | None:
         """A value the caller may change in place and then `put`.
@@ -330,25 +392,48 @@ class Store:
         value = self.get(db, key)
         return None if value is None else bytearray(value)
 
-    def seal(self) -> Batch:
+    def seal(self, write_back: bool = False) -> Batch:
         """Freeze the open batch's writes: O(1), the writer thread takes the dict as is.
 
         Nothing mutates a sealed value afterwards: mutable values are only ever changed
         through `get_mutable`, which copies anything not owned by the open batch.
+
+        The batch logs its writes to logged databases, or, when `write_back` is asked or
+        the logs have grown to their bound, writes back every logged value and its own.
         """
         # One batch commits at a time (the committer is sequential).
         assert not self._sealed, "sealed a batch while another was committing"
         # Sorted bytes per database now, on the caller's thread: the writer thread then only
         # runs C (putmulti, commit, fsync), and never waits on the event loop for the GIL
         # between Python steps (which made a commit's wall time several times its CPU).
-        batch = Batch(self._batch_number, self._dirty, self.last_txn,
-                      _by_database(self._dirty))
+        puts, deletes, logged = _by_database(self._dirty)
+        batch = Batch(self._batch_number, self._dirty, self.last_txn, (puts, deletes), logged)
+        self._plan_logs(batch, write_back or (self._write_back_asked and bool(self._logged)))
+        self._write_back_asked = False
         self._sealed = self._dirty
         self._dirty = {}
         self._sealed_ranged = self._dirty_ranged
         self._dirty_ranged = _no_ranged_keys()
         self._batch_number += 1
         return batch
+
+    def _plan_logs(self, batch: Batch, write_back: bool) -> None:
+        logged = batch.logged
+        if not write_back and logged:
+            write_back = (len(self._logged) + len(logged) >= self.logged_writes_max
+                          or self._commits_logging + 1 >= self.commits_between_write_backs_max)
+        puts, deletes = batch.prepared
+        if write_back:
+            if self._logged or logged:
+                back_puts, back_deletes = writeback.split({**self._logged, **logged})
+                puts.update(back_puts)
+                deletes.update(back_deletes)
+            batch.writes_back = True
+            batch.next_lsn = batch.commits_logging = 0
+        else:
+            puts.update(_log_entries(logged, self._next_lsn))
+            batch.next_lsn = self._next_lsn + len(logged)
+            batch.commits_logging = self._commits_logging + (1 if logged else 0)
 
     def write_batch(self, batch: Batch) -> None:
         """One write transaction and one fsync. Runs on a worker thread.
@@ -369,6 +454,9 @@ class Store:
                 handle = dbs[db]
                 for key in keys:
                     delete(key, db=handle)
+            if batch.writes_back:
+                for log in writeback.LOGS.values():
+                    txn.drop(dbs[log], delete=False)
 
     def forward_position(self, destination: str) -> int:
         """The last txn `destination` acknowledged (0: none), as the overlay sees it."""
@@ -382,7 +470,8 @@ class Store:
         commit: tools, benchmarks and tests). Grows the map as the committer would. Returns
         the number of writes committed."""
         assert not self._sealed, "commit_now while a batch is being committed"
-        batch = self.seal()
+        # Tools read databases whole afterwards: leave nothing in the logs.
+        batch = self.seal(write_back=True)
         self._with_room(lambda: self.write_batch(batch))
         self.committed(batch)
         return len(batch.writes)
@@ -392,6 +481,12 @@ class Store:
         self._end_read()
         self._begin_read()
         self.last_committed_txn = max(self.last_committed_txn, batch.last_txn)
+        if batch.writes_back:
+            self._logged = {}
+        else:
+            self._logged.update(batch.logged)
+        self._next_lsn = batch.next_lsn
+        self._commits_logging = batch.commits_logging
         self._sealed = {}
         self._sealed_ranged = _no_ranged_keys()
 
@@ -406,6 +501,9 @@ class Store:
         self.last_txn = self._read_last_txn()
         self.last_committed_txn = self.last_txn   # what readers outside the overlay may see
         self._begin_read()
+        # The failed write may still have reached the disk, logs and write-back included:
+        # the logged values are what the disk holds, not what this process last knew.
+        self._logged, self._next_lsn = writeback.read_logs(self._read, self.dbs)
 
     # ------------------------------------------------------------------ map size
     def map_usage(self) -> tuple[int, int]:
@@ -447,9 +545,23 @@ class Store:
                 return
             yield txn, value
 
-    def close(self) -> None:
+    def close(self, write_back: bool = True) -> None:
+        """Close the environment, first writing back what the logs hold (read from the disk,
+        the truth whatever this process believes), so a clean stop leaves no log behind
+        and a reader of the raw databases sees every remembered id. `write_back=False`
+        leaves them as a crash would (the next open replays them)."""
         self._end_read()
+        if write_back:
+            try:
+                self._with_room(self._write_back_logs)
+            except lmdb.Error as error:
+                # Nothing is lost: the next open replays the logs.
+                log.warning("event=write_back_at_close_failed error=%s", error)
         self.env.close()
+
+    def _write_back_logs(self) -> None:
+        with self.env.begin(write=True) as txn:
+            writeback.replay_logs(txn, self.dbs)
 
     # ------------------------------------------------------------------ direct
     def write_now(self, db: str, key: bytes, value: bytes) -> None:

@@ -89,7 +89,7 @@ class Committer:
         effects = self.ledger.take_effects()
         batch = self.store.seal()
         self._held, self._held_durable = (batch, effects, replies), False
-        if batch.writes:
+        if batch.writes or batch.writes_back:
             self.committing = True
             started = time.perf_counter()
             try:

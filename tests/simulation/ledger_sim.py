@@ -42,6 +42,10 @@ STEPS_DEFAULT = 250
 # its first writes: a plain debit makes four or five, most other requests fewer.
 WRITES_BEFORE_FAULT_MAX = 5
 SECOND_MS, MINUTE_MS, HOUR_MS, DAY_MS = 1000, 60_000, 3_600_000, 86_400_000
+# Remembered ids are written back after this many logged writes or commits (the switch's
+# bounds are thousands): small, so every seed crosses write-backs, failures and crashes.
+LOGGED_WRITES_MAX = 12
+COMMITS_BETWEEN_WRITE_BACKS_MAX = 3
 
 # ---------------------------------------------------------------------------- invariants
 # name -> what it states. `_through_clock_steps` variants are the same statement when the
@@ -234,7 +238,7 @@ class Simulation:
         self.wall = FakeClock(START_MS)
         self.clock = self._switch_clock()
         self.max_clock_ms = START_MS
-        self.store = open_data_dir(path, fsync=False)
+        self.store = self._open_store()
         self.ledger = Ledger(self.store, self.config, self.clock)
         self.model = _initial_model(self.ledger, read_admin_key(path))
         self.pending = self.model.copy()
@@ -318,7 +322,8 @@ class Simulation:
             self.housekeeping()
         else:
             outcome = self.rng.random()
-            self._end_batch("commit" if outcome < 0.8 else "fail" if outcome < 0.9
+            self._end_batch("commit" if outcome < 0.75 else "fail" if outcome < 0.85
+                            else "fail_after_write" if outcome < 0.9
                             else "crash" if outcome < 0.95 else "crash_after_write")
         if len(self.batch) >= 8:
             self._end_batch("commit")
@@ -398,12 +403,24 @@ class Simulation:
     def _end_batch(self, outcome: str) -> None:
         self.recent.append(f"batch of {len(self.batch)}: {outcome}")
         if outcome == "commit":
+            # As the committer does: the remembered ids go to the log, and every few
+            # commits (bounds made small here) one writes them back.
             self.ledger.take_effects()
-            self.store.commit_now()
+            batch = self.store.seal()
+            self.store.write_batch(batch)
+            self.store.committed(batch)
             self._committed()
         elif outcome == "fail":
             self.ledger.discard_uncommitted()
             self._lost()
+        elif outcome == "fail_after_write":
+            # The write raised after it reached the disk: the committer answers `internal`
+            # and discards; the store must then believe the disk (its logs included).
+            self.ledger.take_effects()
+            self.store.write_batch(self.store.seal())
+            self.ledger.discard_uncommitted()
+            self.unanswered.extend(self.batch)
+            self._committed()
         else:
             if outcome == "crash_after_write":
                 # On disk, but the process died before anyone was answered: the terminals
@@ -414,13 +431,19 @@ class Simulation:
                 self._committed()
             else:
                 self._lost()
-            self.store.close()
-            self.store = open_data_dir(self.path, fsync=False)
+            self.store.close(write_back=False)   # a crash: the logs stay for the replay
+            self.store = self._open_store()
             self.clock = self._switch_clock()   # a new process: a new clock, which
             self._watch_clock_belief(restarted=True)   # believes the wall it first reads
             self.ledger = Ledger(self.store, self.config, self.clock)
             self._check_survivors()
         self._check_committed()
+
+    def _open_store(self):
+        store = open_data_dir(self.path, fsync=False)
+        store.logged_writes_max = LOGGED_WRITES_MAX
+        store.commits_between_write_backs_max = COMMITS_BETWEEN_WRITE_BACKS_MAX
+        return store
 
     def _committed(self) -> None:
         self.model = self.pending.copy()

@@ -110,6 +110,9 @@ class Ledger:
         # The last id the retention sweep visited (`forget_old_ids`); None: start at the first.
         # Kept in memory: a restart only starts a cycle over, which never forgets early.
         self._ids_swept_to: bytes | None = None
+        # When a sweep that reached the last id last asked for the logged ids to be written
+        # back (ledger ms; None: never), so a cycle is never short of them for long.
+        self._write_back_asked_ms: int | None = None
         # Requests (and housekeeping passes) that raised and were undone; exported as a metric.
         self.failures = 0
         self._request_effects = 0
@@ -378,9 +381,15 @@ class Ledger:
         forgotten.
 
         The sweep is the only retention: an id is kept at least the retention period and at
-        most that plus one cycle through every id (docs/RELIABILITY.md). An index by time would
-        cost each remembered id a second key, a randomly placed page in every commit."""
-        cutoff_ms = self.now_ms() - self.config.idempotency_retention_s * 1000
+        most that plus two cycles through every id and `ids_write_back_asked_every_s`
+        (docs/RELIABILITY.md). An index by time would cost each remembered id a second key,
+        a randomly placed page in every commit.
+
+        Ids still in the log (persistence/writeback.py) are not in the database the sweep
+        walks: a pass that reaches the last id asks for them to be written back, at most
+        every `ids_write_back_asked_every_s`, which a busy switch does sooner by itself."""
+        now_ms = self.now_ms()
+        cutoff_ms = now_ms - self.config.idempotency_retention_s * 1000
         after = self._ids_swept_to
         self._ids_swept_to = None   # unless the pass stops short of the last id
         forgotten = visited = 0
@@ -398,6 +407,11 @@ class Ledger:
                 if current is not None and _remembered_at_ms(current) < cutoff_ms:
                     self.store.delete("idempotency", key)
                     forgotten += 1
+        asked = self._write_back_asked_ms
+        if self._ids_swept_to is None and (
+                asked is None or not 0 <= now_ms - asked < limits.ids_write_back_asked_every_s * 1000):
+            self.store.write_back_soon()
+            self._write_back_asked_ms = now_ms
         return forgotten
 
     # ----------------------------------------------------------- history of one account
