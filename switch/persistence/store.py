@@ -141,15 +141,13 @@ def _by_database(writes: dict) -> tuple[dict, dict, dict]:
     return puts, deletes, logged
 
 
-def _log_entries(logged: dict, first_lsn: int) -> dict[str, list]:
-    """The log puts of a batch's logged writes: LSNs from `first_lsn`, in rising order."""
-    entries: dict[str, list] = {}
-    lsn = first_lsn
+def _log_records(logged: dict, lsn: int) -> dict[str, list]:
+    """The log puts of a batch's logged writes: one record per logged database, from `lsn`."""
+    by_db: dict[str, dict] = {}
     for (db, key), value in logged.items():
-        entries.setdefault(writeback.LOGS[db], []).append(
-            (writeback.lsn_key(lsn), writeback.encode_entry(key, value)))
-        lsn += 1
-    return entries
+        by_db.setdefault(db, {})[key] = value
+    return {writeback.LOGS[db]: [(writeback.lsn_key(lsn + n), writeback.encode_record(writes))]
+            for n, (db, writes) in enumerate(by_db.items())}
 
 
 @dataclass
@@ -431,8 +429,9 @@ class Store:
             batch.writes_back = True
             batch.next_lsn = batch.commits_logging = 0
         else:
-            puts.update(_log_entries(logged, self._next_lsn))
-            batch.next_lsn = self._next_lsn + len(logged)
+            records = _log_records(logged, self._next_lsn)
+            puts.update(records)
+            batch.next_lsn = self._next_lsn + len(records)
             batch.commits_logging = self._commits_logging + (1 if logged else 0)
 
     def write_batch(self, batch: Batch) -> None:

@@ -48,8 +48,8 @@ def test_a_committed_id_is_in_the_log_not_yet_its_database_and_reads_see_it(tmp_
     assert store.get_committed(IDS, b"till\0\x01") == b"first reply"
     store.close(write_back=False)
     assert _raw(tmp_path, IDS) == {}
-    assert list(_raw(tmp_path, LOG).values()) == [writeback.encode_entry(b"till\0\x01",
-                                                                         b"first reply")]
+    assert [writeback.decode_record(v) for v in _raw(tmp_path, LOG).values()] == [
+        {b"till\0\x01": b"first reply"}]
     assert _raw(tmp_path, "accounts") == {b"A": b"record"}   # other databases as before
 
 
@@ -217,26 +217,29 @@ def test_a_newer_schema_is_refused_before_its_log_is_touched(tmp_path):
     assert len(_raw(tmp_path, LOG)) == 1 and _raw(tmp_path, IDS) == {}
 
 
-def test_a_damaged_log_entry_stops_the_open_instead_of_being_guessed(tmp_path):
+def test_a_damaged_log_record_stops_the_open_instead_of_being_guessed(tmp_path):
     store = Store(str(tmp_path))
     store.close()
     env = lmdb.open(str(tmp_path), max_dbs=limits.lmdb_max_dbs)
     with env.begin(write=True, db=env.open_db(LOG.encode())) as txn:
-        txn.put(writeback.lsn_key(0), b"\x00\x09short")
+        txn.put(writeback.lsn_key(0), writeback.encode_record({b"k": b"v"})[:-1])
     env.close()
-    with pytest.raises(ValueError, match="shorter than its key"):
+    with pytest.raises(ValueError, match="damaged log record"):
         Store(str(tmp_path))
 
 
-@pytest.mark.parametrize("entry", [(b"k", b"v"), (b"k", None), (b"", b""), (b"x" * 300, b"\x00")])
-def test_log_entries_read_back_as_written(entry):
-    assert writeback.decode_entry(writeback.encode_entry(*entry)) == entry
+@pytest.mark.parametrize("writes", [{b"k": b"v"}, {b"k": None}, {b"": b""},
+                                    {b"x" * 300: b"\x00", b"\x00": None}, {}])
+def test_log_records_read_back_as_written(writes):
+    assert writeback.decode_record(writeback.encode_record(writes)) == writes
 
 
-@pytest.mark.parametrize("damaged", [b"", b"\x00", b"\x00\x01k", b"\x00\x01kX", b"\x00\x01kDx"])
-def test_a_damaged_log_entry_is_refused(damaged):
-    with pytest.raises(ValueError):
-        writeback.decode_entry(damaged)
+@pytest.mark.parametrize("damaged", [b"", b"\xc1", b"\x81\xa1kX", b"\x92\xc4\x01k\xc0",
+                                     b"\x81\xc4\x01k\x01", b"\x81\x01\xc4\x01v",
+                                     b"\x81\xc4\x01k\xc0\x00"])
+def test_a_damaged_log_record_is_refused(damaged):
+    with pytest.raises(ValueError, match="damaged log record"):
+        writeback.decode_record(damaged)
 
 
 # ------------------------------------------------------------- faults at every step
