@@ -305,3 +305,20 @@ def test_every_fault_at_every_step_keeps_every_committed_id(tmp_path, monkeypatc
     finally:
         store.close()
     assert write_backs >= 3     # the run went through several rounds
+
+
+def test_a_backup_taken_while_ids_wait_in_the_log_keeps_them(tmp_path):
+    """`backup` is LMDB's compacting copy of a live data dir: the log is copied with the rest,
+    and opening the copy (as `restore` then `serve` do) replays it."""
+    store = Store(str(tmp_path / "live"))
+    store.put(IDS, b"till\0\x01", b"paid before the backup")
+    _commit(store)
+    store.put(IDS, b"old", DELETED)
+    _commit(store)
+    (tmp_path / "copy").mkdir()
+    store.env.copy(str(tmp_path / "copy"), compact=True)
+    store.close()
+    restored = Store(str(tmp_path / "copy"))
+    assert restored.get(IDS, b"till\0\x01") == b"paid before the backup"
+    restored.close()
+    assert _raw(tmp_path / "copy", IDS) == {b"till\0\x01": b"paid before the backup"}
