@@ -157,11 +157,12 @@ def _open_store(claim):
 
     from switch.config.masterkey import MasterKeyError
     from switch.persistence.store import SchemaMismatch
+    from switch.persistence.writeback import DamagedLog
     try:
         return claim.open_store()
     except MasterKeyError as error:
         raise StartError(str(error)) from None
-    except (lmdb.Error, SchemaMismatch, OSError) as error:
+    except (lmdb.Error, SchemaMismatch, DamagedLog, OSError) as error:
         raise StartError(f"cannot open the data dir {claim.path}: {error}") from None
 
 
@@ -219,9 +220,11 @@ def _rotate_master_key(args) -> int:
     from switch.cli.datadir import DataDirError, rotate_master_key
     from switch.config.masterkey import MasterKeyError
     from switch.persistence.dirlock import DirInUse
+    from switch.persistence.store import SchemaMismatch
+    from switch.persistence.writeback import DamagedLog
     try:
         counts = rotate_master_key(args.data, args.master_key)
-    except (DataDirError, MasterKeyError, DirInUse) as error:
+    except (DataDirError, MasterKeyError, DirInUse, SchemaMismatch, DamagedLog) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print("master key rotated; sealed again: " + ", ".join(

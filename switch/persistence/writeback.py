@@ -22,6 +22,10 @@ import msgpack
 LOGS = {"idempotency": "idempotency_log"}
 
 
+class DamagedLog(ValueError):
+    """A log record that does not decode: the open stops rather than guess what it held."""
+
+
 def lsn_key(lsn: int) -> bytes:
     return lsn.to_bytes(8, "big")
 
@@ -55,7 +59,12 @@ def read_logs(txn, dbs) -> tuple[dict, int]:
     for db, log in LOGS.items():
         cursor = txn.cursor(db=dbs[log])
         for lsn, data in cursor:
-            for key, value in decode_record(data).items():
+            try:
+                writes = decode_record(data)
+            except ValueError as error:
+                raise DamagedLog(f"{log} record {int.from_bytes(lsn, 'big')}: {error}; the "
+                                 f"data dir cannot be trusted: restore the latest backup") from None
+            for key, value in writes.items():
                 newest[(db, key)] = value
             next_lsn = max(next_lsn, int.from_bytes(lsn, "big") + 1)
     return newest, next_lsn
