@@ -165,14 +165,15 @@ batch_wait_s = 0.0005              # how long the committer lets a batch fill at
 # turn here), well below the seconds a queue past saturation grows to.
 request_wait_max_s = 0.5
 commit_retries_map_full_max = 8    # map growth attempts before a batch is failed
-# Remembered ids are logged by each commit and written back to `idempotency` together
-# (persistence/writeback.py): once this many logged writes wait, or this many commits logged
-# some. The bigger, the fewer write-backs (each dirties about a page per till that paid since
-# the last) and the more memory (about 300 B each) and the larger the commit that writes back:
-# 16,384 write back in about 15 ms plus 10 ms on the event loop to sort them (32,768 took
-# 30 and 20: a longer stall for every till in that batch, for little less work a debit).
+# Remembered ids are logged by each commit and written back to `idempotency` a round later,
+# a slice per commit (persistence/writeback.py). A round ends once this many logged writes
+# wait, or this many commits logged some. The bigger, the fewer pages a debit dirties (about
+# a page per till per round) and the more memory (about 300 B an id, two rounds at most).
 logged_writes_max = 16_384
 commits_between_write_backs_max = 256
+# A commit writes back at least this many of the previous round's ids (and at least twice
+# what it logs itself, so a round is written back before the next one fills).
+written_back_per_commit_min = 1_024
 # A retention sweep that reached the last id asks for a write-back at most this often, so the
 # ids of a quiet switch reach the database it walks (a busy one writes back by the bounds).
 ids_write_back_asked_every_s = 60

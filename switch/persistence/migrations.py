@@ -109,7 +109,7 @@ def _mark_account_histories(txn, dbs) -> None:
 
 
 def _log_remembered_ids(txn, dbs) -> None:
-    """Schema 6 -> 7: remembered ids go through `idempotency_log` (persistence/writeback.py),
+    """Schema 6 -> 7: remembered ids go through `idempotency_log_a`/`_b` (persistence/writeback.py),
     empty here. Nothing to rewrite; the new version keeps a switch of schema 6, which would
     not read the log, from opening the data dir and forgetting ids a till may resend."""
 

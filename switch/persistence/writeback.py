@@ -1,25 +1,35 @@
 """Write-back of the remembered ids: a commit appends them to a log instead of placing each
-in its own page of `idempotency`; every so many commits one commit writes them all back.
+in its own page of `idempotency`, and the ids of the round before are written back a slice
+per commit, in key order.
 
 Why: every till advances its own ids, so 2,000 tills insert at about 2,000 places of the
 `idempotency` tree at once, and nearly every insert dirties a page of its own in every
 commit (bench/RESULTS.md, 2026-12-02 14:10). Logged as one record per commit under a
 rising sequence number (LSN), the same ids fill whole pages one after another; written back
-together, a till's consecutive ids share a page, dirtied once per write-back instead of once
-per commit.
+a round at a time, a till's consecutive ids share a page, dirtied once per round instead of
+once per commit. Written back in slices (not in one commit), no commit stalls its batch
+with the whole round.
+
+Two logs per database: a round's records go to one (the current log); when the round ends
+its log becomes the previous one, whose ids the next commits write back, a slice each, and
+the commit that writes the last slice drops that log whole. Every record of the previous
+log is older than every record of the current one.
 
 Durability does not change: a commit holds its ids in the log, in the same LMDB
 transaction and fsync as the rest of the batch. The newest committed value of every logged
-key not yet written back is kept in memory (the Store's `_logged` generation) so reads see
-it; opening a data dir replays its logs first, so a crash loses nothing the fsync covered.
+key not yet written back is kept in memory (the Store's `_logged` and `_logged_prev`
+generations) so reads see it; opening a data dir replays its logs first, so a crash loses
+nothing the fsync covered.
 
 Pure functions over LMDB transactions: the Store decides when, these say how.
 """
 
 import msgpack
 
-# database -> the log its writes go to between write-backs (also in store.DATABASES).
-LOGS = {"idempotency": "idempotency_log"}
+# database -> its two logs (also in store.DATABASES): records go to the current one while
+# the other's are written back.
+LOGS = {"idempotency": ("idempotency_log_a", "idempotency_log_b")}
+LOG_NAMES = tuple(name for pair in LOGS.values() for name in pair)
 
 
 class DamagedLog(ValueError):
@@ -51,33 +61,42 @@ def decode_record(data) -> dict:
     return writes
 
 
-def read_logs(txn, dbs) -> tuple[dict, int]:
-    """What the logs hold, as the Store keeps it between write-backs: (db, key) -> newest
-    value (None: deleted), in LSN order so a later record wins; and the next free LSN."""
-    newest: dict = {}
-    next_lsn = 0
-    for db, log in LOGS.items():
-        cursor = txn.cursor(db=dbs[log])
-        for lsn, data in cursor:
-            try:
-                writes = decode_record(data)
-            except ValueError as error:
-                raise DamagedLog(f"{log} record {int.from_bytes(lsn, 'big')}: {error}; the "
-                                 f"data dir cannot be trusted: restore the latest backup") from None
-            for key, value in writes.items():
-                newest[(db, key)] = value
-            next_lsn = max(next_lsn, int.from_bytes(lsn, "big") + 1)
-    return newest, next_lsn
+def read_logs(txn, dbs) -> tuple[dict, dict, int, int]:
+    """What the logs hold, as the Store keeps it between write-backs: the current log's and
+    the previous log's (db, key) -> newest value (None: deleted), each in LSN order so a
+    later record wins; the current log's index (the log holding the newest record, the
+    first when both are empty); and the next free LSN."""
+    records = []
+    for db, pair in LOGS.items():
+        for index, log in enumerate(pair):
+            for lsn, data in txn.cursor(db=dbs[log]):
+                records.append((int.from_bytes(lsn, "big"), index, db, log, data))
+    records.sort(key=lambda record: record[0])
+    by_log: tuple[dict, dict] = ({}, {})
+    newest = [-1, -1]
+    for lsn, index, db, log, data in records:
+        try:
+            writes = decode_record(data)
+        except ValueError as error:
+            raise DamagedLog(f"{log} record {lsn}: {error}; the data dir cannot be trusted: "
+                             f"restore the latest backup") from None
+        logged = by_log[index]
+        for key, value in writes.items():
+            logged[(db, key)] = value
+        newest[index] = lsn
+    current = 0 if newest[0] >= newest[1] else 1
+    return by_log[current], by_log[1 - current], current, max(newest) + 1
 
 
 def replay_logs(txn, dbs) -> int:
     """Write every logged value into its database and empty the logs, in `txn` (at open,
     before anything reads those databases). Returns how many keys it wrote back. Empty logs
     write nothing: opening a data dir a clean stop left changes no byte of it."""
-    if not any(txn.stat(dbs[log])["entries"] for log in LOGS.values()):
+    if not any(txn.stat(dbs[log])["entries"] for log in LOG_NAMES):
         return 0
-    newest, _ = read_logs(txn, dbs)
-    write_back(txn, dbs, *split(newest))
+    current, previous, _, _ = read_logs(txn, dbs)
+    newest = {**previous, **current}
+    write_back(txn, dbs, *split(newest), LOG_NAMES)
     return len(newest)
 
 
@@ -100,14 +119,14 @@ def split(values: dict) -> tuple[dict, dict]:
     return puts, deletes
 
 
-def write_back(txn, dbs, puts: dict, deletes: dict) -> None:
-    """The values into their databases, then every log emptied (LMDB frees its pages whole,
-    in C). Only the keys of logged databases may be given."""
+def write_back(txn, dbs, puts: dict, deletes: dict, logs_emptied=()) -> None:
+    """The values into their databases, then the logs named emptied (LMDB frees their pages
+    whole, in C)."""
     for db, items in puts.items():
         txn.cursor(dbs[db]).putmulti(items)
     for db, keys in deletes.items():
         handle = dbs[db]
         for key in keys:
             txn.delete(key, db=handle)
-    for log in LOGS.values():
+    for log in logs_emptied:
         txn.drop(dbs[log], delete=False)

@@ -333,7 +333,7 @@ def test_serve_freezes_what_startup_built_out_of_the_collectors_scans():
 
 
 def test_a_damaged_id_log_stops_serve_and_rotate_with_one_line_not_a_guess(tmp_path):
-    """A record of `idempotency_log` that does not decode (persistence/writeback.py): the
+    """A record of `idempotency_log_a` that does not decode (persistence/writeback.py): the
     switch cannot know which ids it held, so it does not start, and says what to do."""
     import lmdb
 
@@ -348,11 +348,11 @@ def test_a_damaged_id_log_stops_serve_and_rotate_with_one_line_not_a_guess(tmp_p
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     env = lmdb.open(str(data / "lmdb"), max_dbs=limits.lmdb_max_dbs)
-    with env.begin(write=True, db=env.open_db(b"idempotency_log")) as txn:
+    with env.begin(write=True, db=env.open_db(b"idempotency_log_a")) as txn:
         txn.put(writeback.lsn_key(3), b"\x81\xc4\x04till")   # a map cut short
     env.close()
     refused = _run("serve", "--data", str(data), "--listen", "127.0.0.1:0", "--metrics", "off",
                    timeout=30)
-    one_line_error(refused, "idempotency_log record 3", "restore the latest backup")
+    one_line_error(refused, "idempotency_log_a record 3", "restore the latest backup")
     rotate = _run("rotate-master-key", "--data", str(data), timeout=30)
-    one_line_error(rotate, "idempotency_log record 3")
+    one_line_error(rotate, "idempotency_log_a record 3")
