@@ -643,13 +643,21 @@ class Store:
         and a reader of the raw databases sees every remembered id. `write_back=False`
         leaves them as a crash would (the next open replays them)."""
         self._end_read()
-        if write_back:
-            try:
-                self._with_room(self._write_back_logs)
-            except lmdb.Error as error:
-                # Nothing is lost: the next open replays the logs.
-                log.warning("event=write_back_at_close_failed error=%s", error)
-        self.env.close()
+        try:
+            if write_back:
+                try:
+                    self._with_room(self._write_back_logs)
+                except (lmdb.Error, writeback.DamagedLog) as error:
+                    # Nothing is lost: the next open replays the logs (or says they are damaged).
+                    log.warning("event=write_back_at_close_failed error=%s", error)
+        finally:
+            self.env.close()
+
+    @property
+    def logs_pending(self) -> int:
+        """Logged writes not yet written back (none in a store just opened, or after
+        `commit_now`): what `committed_items` of a logged database does not show."""
+        return len(self._logged) + len(self._logged_prev)
 
     def _write_back_logs(self) -> None:
         with self.env.begin(write=True) as txn:

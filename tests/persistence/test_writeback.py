@@ -416,3 +416,16 @@ def test_a_backup_taken_while_ids_wait_in_the_log_keeps_them(tmp_path):
     assert restored.get(IDS, b"till\0\x01") == b"paid before the backup"
     restored.close()
     assert _raw(tmp_path / "copy", IDS) == {b"till\0\x01": b"paid before the backup"}
+
+
+def test_close_closes_the_environment_even_when_the_log_is_damaged(tmp_path, caplog):
+    store = Store(str(tmp_path))
+    store.put(IDS, b"till\0\x01", b"one")
+    _commit(store)
+    with store.env.begin(write=True) as txn:
+        txn.put(writeback.lsn_key(99), b"\xc1", db=store.dbs[LOG_A])
+    store.close()
+    assert "write_back_at_close_failed" in caplog.text
+    with pytest.raises(lmdb.Error):
+        store.env.stat()                # closed
+    assert store.logs_pending == 1

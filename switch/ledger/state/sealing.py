@@ -97,6 +97,9 @@ def _change_secrets(store, change) -> dict:
     for account, secret in list(store.committed_items("qr_secrets")):
         store.put("qr_secrets", account, change(QR_SECRET, account, secret))
         counts["qr_secrets"] += 1
+    # The walk below sees `idempotency` itself: every remembered reply must be there, not
+    # waiting in a log (persistence/writeback.py), or it would keep its old seal.
+    assert not store.logs_pending, "sealing again while remembered ids wait in a log"
     for key, data in list(store.committed_items("idempotency")):
         remembered = msgpack.unpackb(data, raw=False)
         reply = remembered[2]
