@@ -31,6 +31,10 @@ and checks the sums and what they mean:
   (`from_subsidy`, the part of a record's `amount` the purse paid; each record's `subsidy`
   where it says one) and what its batches hold; its balance equals its journal amounts
   less what the purse paid;
+- the logs of remembered ids not yet written back (persistence/writeback.py): every record
+  decodes, under an LSN found once, and the older log's records all precede the newer's
+  (a damaged record would stop the next open; found here, it is found while the switch
+  still runs and the latest backup is recent).
 """
 
 import os
@@ -43,6 +47,7 @@ from switch import limits
 from switch.core import layout
 from switch.ledger.card_office import should_be_listed
 from switch.ledger.state.blacklist import member_of_key
+from switch.persistence import writeback
 from switch.persistence.store import STORE_DIR
 
 # Journal records that set a card's state: kind -> [(field naming the card, state it gets)].
@@ -54,7 +59,7 @@ _CARD_CHANGES = {
 }
 OFFLINE_FLAGS = frozenset({"after_lost", "meal_limit"})
 _DATABASES = ("meta", "accounts", "journal", "holds", "hold_expiry", "cards", "blacklist_cards",
-              "subsidy_batches", "history_marks")
+              "subsidy_batches", "history_marks", *writeback.LOG_NAMES)
 _CHAINED_SCHEMA = 5   # the first schema whose journal links each account's records
 _MARKED_SCHEMA = 6    # the first whose accounts count their records, with history marks
 
@@ -185,6 +190,9 @@ def _check(txn, dbs, report: AuditReport) -> None:
         _check_history_marks(txn, dbs, report, accounts, history)
     cards = _check_cards(txn, dbs, report, accounts, card_history)
     _check_offline(report, offline, cards, card_history)
+    # The next open replays the logs before anything else: a record it cannot read stops
+    # that open, so it is found here first.
+    report.problems.extend(writeback.log_problems(txn, dbs))
 
 
 def _schema(txn, dbs) -> int:

@@ -88,6 +88,44 @@ def read_logs(txn, dbs) -> tuple[dict, dict, int, int]:
     return by_log[current], by_log[1 - current], current, max(newest) + 1
 
 
+def log_problems(txn, dbs) -> list[str]:
+    """What is wrong with the logs of a snapshot, every record read (`audit`: a damaged
+    record is found while the switch runs, not at its next open): keys that are not LSNs,
+    records that do not decode, an LSN in both logs, and two logs whose records interleave
+    (every record of the previous log is older than every record of the current one). A
+    log `dbs` names None (a data dir from before the logs) holds nothing."""
+    problems = []
+    for pair in LOGS.values():
+        spans = []
+        seen: dict = {}
+        for log in pair:
+            handle = dbs.get(log)
+            if handle is None:
+                continue
+            lsns = []
+            for key, data in txn.cursor(db=handle):
+                if len(key) != 8:
+                    problems.append(f"{log}: key {bytes(key)[:16].hex()} is not an LSN")
+                    continue
+                lsn = int.from_bytes(key, "big")
+                try:
+                    decode_record(data)
+                except ValueError as error:
+                    problems.append(f"{log} record {lsn}: {error}")
+                if lsn in seen:
+                    problems.append(f"LSN {lsn} is in both {seen[lsn]} and {log}")
+                seen[lsn] = log
+                lsns.append(lsn)
+            if lsns:
+                spans.append((min(lsns), max(lsns), log))
+        if len(spans) == 2:
+            (_, older_last, older), (newer_first, _, newer) = sorted(spans)
+            if older_last >= newer_first:
+                problems.append(f"{older} and {newer} interleave: {older} holds LSN "
+                                f"{older_last}, {newer} LSN {newer_first}")
+    return problems
+
+
 def replay_logs(txn, dbs) -> int:
     """Write every logged value into its database and empty the logs, in `txn` (at open,
     before anything reads those databases). Returns how many keys it wrote back. Empty logs

@@ -10,7 +10,8 @@ import pytest
 from switch.persistence.audit import audit
 from switch.core import layout
 from switch.cli.datadir import open_data_dir
-from switch.persistence.store import STORE_DIR, txn_key
+from switch.persistence import writeback
+from switch.persistence.store import STORE_DIR, Store, txn_key
 from tests.ledger.conftest import BALANCE, CARD, STUDENT, World, limits, populate
 
 
@@ -379,3 +380,79 @@ def test_history_marks_and_record_counts_that_disagree_with_the_journal_are_foun
            f"{changed['records']}" in problems
     assert f"history mark missing: account {STUDENT} txn {changed['mark']}" in problems
     assert f"history mark without its record: account {STUDENT} txn 1" in problems
+
+
+def _books_with_ids_in_the_logs(tmp_path, monkeypatch):
+    """Sound books of a switch that stopped (as a crash does) with remembered ids in both
+    logs: a round of four being written back two a commit, and the current one."""
+    _books(tmp_path)
+    monkeypatch.setattr(limits, "written_back_per_commit_min", 1)
+    store = Store(os.path.join(str(tmp_path), STORE_DIR))
+    store.logged_writes_max = 4
+    for n in range(5):
+        store.put("idempotency", b"till\0" + bytes([n]), b"reply")
+        batch = store.seal()
+        store.write_batch(batch)
+        store.committed(batch)
+    store.close(write_back=False)
+    return _raw_logs(tmp_path)
+
+
+def _raw_logs(tmp_path) -> dict:
+    env = lmdb.open(os.path.join(str(tmp_path), STORE_DIR), readonly=True, max_dbs=64)
+    try:
+        with env.begin() as txn:
+            return {log: [bytes(key) for key, _ in txn.cursor(db=env.open_db(log.encode(), txn=txn))]
+                    for log in writeback.LOG_NAMES}
+    finally:
+        env.close()
+
+
+def _write_log(tmp_path, log: str, key: bytes, value: bytes) -> None:
+    env = lmdb.open(os.path.join(str(tmp_path), STORE_DIR), max_dbs=64)
+    with env.begin(write=True, db=env.open_db(log.encode())) as txn:
+        txn.put(key, value)
+    env.close()
+
+
+def test_ids_waiting_in_the_logs_are_sound(tmp_path, monkeypatch):
+    logs = _books_with_ids_in_the_logs(tmp_path, monkeypatch)
+    assert all(logs.values()), logs    # both logs hold records: the check has work to do
+    report = audit(str(tmp_path))
+    assert report.sound, report.problems
+
+
+@pytest.mark.parametrize("value, message", [
+    (b"\x81\xa1k", "record 0: damaged log record"),
+    (msgpack.packb({b"k": 5}), "record 0: damaged log record: not a map of bytes"),
+])
+def test_a_damaged_log_record_is_found_before_the_next_open_stops_on_it(tmp_path, monkeypatch,
+                                                                      value, message):
+    logs = _books_with_ids_in_the_logs(tmp_path, monkeypatch)
+    log = next(log for log, keys in logs.items() if writeback.lsn_key(0) in keys)
+    _write_log(tmp_path, log, writeback.lsn_key(0), value)
+    report = audit(str(tmp_path))
+    assert not report.sound
+    assert [problem for problem in report.problems if message in problem
+            and problem.startswith(log)], report.problems
+    with pytest.raises(writeback.DamagedLog):
+        Store(os.path.join(str(tmp_path), STORE_DIR))
+
+
+@pytest.mark.parametrize("key, message", [
+    (b"\x00" * 7 + b"\x01\x02", "is not an LSN"),   # nine bytes
+    (None, "interleave"),                            # the older log gets a newer record
+    (b"same", "is in both"),
+])
+def test_logs_out_of_order_are_found(tmp_path, monkeypatch, key, message):
+    logs = _books_with_ids_in_the_logs(tmp_path, monkeypatch)
+    (older, older_keys), (newer, newer_keys) = sorted(
+        logs.items(), key=lambda item: max(item[1]))
+    record = writeback.encode_record({b"till\0\x09": b"reply"})
+    if key is None:
+        key = writeback.lsn_key(int.from_bytes(max(newer_keys), "big") + 1)
+    elif key == b"same":
+        key = max(newer_keys)
+    _write_log(tmp_path, older, key, record)
+    report = audit(str(tmp_path))
+    assert any(message in problem for problem in report.problems), report.problems
