@@ -32,6 +32,7 @@ from switch.ledger.effects import (BlacklistPush, ClosedAccountTap, JournalAdvan
 from switch.ledger.payments import prune_used_qr
 from switch.ledger.qr import qr_code, qr_tag
 from switch.ledger.state import remembered_at_ms_read_fast
+from switch.persistence import writeback
 
 QR_STEP_S = limits.qr_step_s
 
@@ -70,7 +71,7 @@ class World:
         self.path = path
         self.config = _config(config_changes)
         self.clock = FakeClock()
-        self.store = open_data_dir(str(path))   # the same first start as `serve`: an admin
+        self.store = _open_store(path)   # the same first start as `serve`: an admin
         self._ids = 0
         self.pushes: list[tuple[str, dict]] = []
         self.revoked: list[str] = []
@@ -93,7 +94,7 @@ class World:
         if while_closed is not None:
             while_closed(str(self.path))
         self.config = _config(config_changes)
-        self.store = open_data_dir(str(self.path))
+        self.store = _open_store(self.path)
         self._open_ledger()
 
     # ------------------------------------------------------------------ requests
@@ -187,7 +188,13 @@ class World:
         """What the committer does for the open batch: one LMDB transaction, then the
         effects (pushes, cut-offs) the batch's requests left."""
         effects = self.ledger.take_effects()
-        self.store.commit_now()
+        # The committer's own steps (shell/committer.py), not `commit_now`: the remembered
+        # ids go through the logs, in rounds small enough that the tests cross many
+        # (persistence/writeback.py).
+        batch = self.store.seal()
+        if batch.writes or batch.writes_back:
+            self.store._with_room(lambda: self.store.write_batch(batch))
+            self.store.committed(batch)
         for effect in effects:
             if type(effect) is BlacklistPush:
                 self.pushes.append((effect.school, effect.message))
@@ -199,6 +206,16 @@ class World:
                 self.closed_account_taps.append(effect.school)
             else:
                 assert type(effect) is JournalAdvanced, effect
+
+    def write_back_ids(self) -> None:
+        """Every remembered id the logs hold into `idempotency`, the database the retention
+        sweep walks, as a round's commits do by and by (and a clean stop at once)."""
+        self.commit()
+        self.store.commit_now()
+
+    def committed(self, db: str) -> dict:
+        """What `db` holds as committed, its log included when it has one."""
+        return committed_contents(self.store)[db]
 
     def expire_holds(self) -> int:
         """Housekeeping's hold pass (it reads committed holds: commit first)."""
@@ -239,6 +256,41 @@ class World:
 
     def qr_step(self) -> int:
         return self.clock.now_ms() // 1000 // QR_STEP_S
+
+
+# Rounds of the remembered ids' write-back small enough that every test crosses several:
+# a round ends at this many ids or commits, and is written back this many ids a commit.
+LOGGED_IDS_PER_ROUND = 7
+LOGGING_COMMITS_PER_ROUND = 3
+WRITTEN_BACK_PER_COMMIT = 2
+
+
+def _open_store(path):
+    store = open_data_dir(str(path))
+    store.logged_writes_max = LOGGED_IDS_PER_ROUND
+    store.commits_between_write_backs_max = LOGGING_COMMITS_PER_ROUND
+    return store
+
+
+@pytest.fixture(autouse=True)
+def _small_write_back_slices(monkeypatch):
+    monkeypatch.setattr(limits, "written_back_per_commit_min", WRITTEN_BACK_PER_COMMIT)
+
+
+def committed_contents(store) -> dict[str, dict]:
+    """Every database as committed, from one snapshot: what LMDB holds, with what the logs
+    hold on top of the logged databases (the logs themselves left out: two data dirs with
+    the same books may have written back different shares of them)."""
+    with store.env.begin() as txn:
+        contents = {name: {bytes(key): bytes(value) for key, value in txn.cursor(db=handle)}
+                    for name, handle in store.dbs.items() if name not in writeback.LOG_NAMES}
+        current, previous, _, _ = writeback.read_logs(txn, store.dbs)
+    for (db, key), value in {**previous, **current}.items():
+        if value is None:
+            contents[db].pop(key, None)
+        else:
+            contents[db][key] = value
+    return contents
 
 
 def _config(changes: dict):

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.ledger.conftest import (BALANCE, CARD, CUIK_STUDENT, ID_LAST6, PIN, REQUEST_TYPES, ROOM,
-                                   remembered_at_ms_read_fast,
+                                   LOGGED_IDS_PER_ROUND, remembered_at_ms_read_fast,
                                    STUDENT, limits)
 
 # docs/PROTOCOL.md §3: who may send what (every role may send `ping`).
@@ -252,11 +252,29 @@ def test_ids_are_remembered_for_at_least_the_retention_period(campus):
 def _remember_ids(world, numbers) -> None:
     for number in numbers:
         world.ledger.remember("till", number, "debit", bytes(16), {"t": "debit", "code": "ok"})
-    world.commit()
+    world.write_back_ids()
 
 
 def _remembered(world) -> list:
-    return [key for key, _ in world.store.committed_items("idempotency")]
+    return sorted(world.committed("idempotency"))
+
+
+def test_the_worlds_commits_carry_the_ids_through_the_logs_in_rounds(world):
+    """The ledger tests commit as the committer does: an id is logged, read from there, and
+    written back rounds later, each round's log dropped once written back."""
+    def in_database(number) -> bool:
+        key = b"till\0" + msgpack.packb(number)
+        return any(k == key for k, _ in world.store.committed_items("idempotency", key))
+    logs_used = set()
+    for number in range(4 * LOGGED_IDS_PER_ROUND):
+        world.ledger.remember("till", number, "debit", bytes(16), {"t": "debit", "code": "ok"})
+        world.commit()
+        logs_used.add(world.store._current_log)
+        if number == 0:
+            assert not in_database(0) and world.ledger.recall("till", 0) is not None
+    assert logs_used == {0, 1}
+    assert in_database(0) and world.ledger.recall("till", 0) is not None
+    assert world.store.logs_pending < 2 * LOGGED_IDS_PER_ROUND
 
 
 @pytest.mark.parametrize("beyond_the_bound", [0, 1])
@@ -287,6 +305,7 @@ def test_the_sweep_goes_round_and_never_forgets_an_id_before_the_retention_perio
     assert [world.ledger.recall("till", number) is not None for number in range(20)] == [
         number % 2 == 1 for number in range(20)]
     assert len(left) == 10
+    world.write_back_ids()   # the forgotten ten leave the database the sweep walks
     # Round again from the first id: the odd ones' time comes, a pass of 3 at a time.
     world.clock.advance(world.config.idempotency_retention_s)
     assert [world.ledger.forget_old_ids(keys_max) for _ in range(4)] == [3, 3, 3, 1]

@@ -245,7 +245,7 @@ def test_a_record_stamped_ahead_is_never_applied_twice_after_its_id_is_forgotten
     ahead_at = campus.clock.now_ms() + limits.offline_future_s * 1000  # the most skew allowed
     [first] = upload(campus, tap(campus, "ahead", 300, at=ahead_at))
     assert first["code"] == "ok"
-    campus.commit()
+    campus.write_back_ids()
     campus.clock.advance(campus.config.idempotency_retention_s + 1)
     assert campus.forget_old_ids() >= 1
     campus.commit()

@@ -18,7 +18,7 @@ import pytest
 from switch.config.masterkey import default_path
 from switch.config.settings import Meal
 from tests.ledger.conftest import (BALANCE, CARD, CUIK_CARD, CUIK_STUDENT, PIN, STUDENT,
-                                   World, _attach_campus, general_path_only, limits,
+                                   World, _attach_campus, committed_contents, general_path_only, limits,
                                    plain_debits_counted)
 
 SEEDS = range(8)
@@ -53,9 +53,7 @@ def _twins(make_world, tmp_path, guarded: bool) -> tuple[World, World]:
 
 
 def _contents(world) -> dict:
-    store = world.store
-    with store.env.begin() as txn:
-        return {name: list(txn.cursor(db=handle)) for name, handle in store.dbs.items()}
+    return committed_contents(world.store)
 
 
 class Stream:
