@@ -134,6 +134,10 @@ clock_jump_confirm_s = 600.0
 housekeeping_interval_s = 0.2      # how often holds expire and old ids and QR codes are forgotten
 drain_timeout_s = 10.0             # on SIGTERM, in-flight requests are answered within this
 error_flush_timeout_s = 5.0        # a closing connection's last frames are written within this
+# Then, before the socket closes, what the peer still sends is read and discarded (a close
+# with unread bytes resets the connection and can destroy those last frames), up to:
+close_linger_s = 2.0
+close_linger_bytes_max = 1024 * 1024
 accept_pause_s = 0.1               # out of file descriptors: accepting waits this long
 receives_between_checkpoints = 8   # hello path: receives that found data at once before yielding anyway
 ready_connections_per_pass_max = 2048  # epoll events taken per pass of the poller

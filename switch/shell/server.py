@@ -305,8 +305,11 @@ class Connection:
                 with trio.move_on_after(limits.error_flush_timeout_s):
                     while self._unsent and not self.closed:
                         await self._flush_rest()
+                written = not self._unsent and not self.closed
                 self.closed = True
                 self._writable.set()
+            if written:
+                await self.transport.close_after_peer()
         finally:
             self.closed = True
             self._set_unsent(b"")
@@ -375,7 +378,8 @@ class Connection:
             try:
                 await self.transport.send_all(self.session.encode_error(error))
             except PeerGone:
-                pass
+                return
+        await self.transport.close_after_peer()
 
     def _execute_backlog(self) -> None:
         backlog = self._backlog

@@ -96,6 +96,29 @@ class Transport:
     async def wait_writable(self) -> None:
         await trio.lowlevel.wait_writable(self.sock)
 
+    async def close_after_peer(self) -> None:
+        """Close once the peer has had its last frames: stop writing (it reads them, then
+        end of stream), read and discard whatever it still sends until it closes, or
+        `limits.close_linger_bytes_max` or `limits.close_linger_s` pass, then close.
+        Closing with unread bytes makes the kernel answer with a reset, which destroys the
+        frames the peer has not read yet: a refusal's error frame to a peer still sending
+        (Apache's lingering close, for the same reason)."""
+        if self.closed:
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        discarded = 0
+        with trio.move_on_after(limits.close_linger_s):
+            while discarded < limits.close_linger_bytes_max:
+                data = await self.receive(limits.receive_size_bytes)
+                if not data:
+                    break
+                discarded += len(data)
+        self.close()
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
