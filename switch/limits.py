@@ -169,16 +169,17 @@ batch_wait_s = 0.0005              # how long the committer lets a batch fill at
 # turn here), well below the seconds a queue past saturation grows to.
 request_wait_max_s = 0.5
 commit_retries_map_full_max = 8    # map growth attempts before a batch is failed
-# Remembered ids are logged by each commit and written back to `idempotency` a round later,
-# a slice per commit (persistence/writeback.py). A round ends once this many logged writes
-# wait (or this many commits logged some, or the retention sweep asks). A write-back dirties
-# about a page per till per round, so it saves pages only where a round holds many ids of each
-# till: a bound by commits alone made rounds of a few ids a till at light load, and their
-# slices cost more than the pages saved (open loop at 5,000/s: p99 1.5-3.3x). The bigger, the
-# more memory (about 300 B an id, two rounds at most).
-logged_writes_max = 16_384
+# Account records and remembered ids are logged by each commit and written back to their
+# databases a round later, a slice per commit (persistence/writeback.py). A round ends once
+# this many logged writes wait (a debit logs two: its account and its id), or this many
+# commits logged some, or the retention sweep asks. A write-back dirties about a page per till
+# (ids) and per account leaf (records) per round, so it saves pages only where a round holds
+# many writes of each: a bound by commits alone made rounds of a few ids a till at light load,
+# and their slices cost more than the pages saved (open loop at 5,000/s: p99 1.5-3.3x). The
+# bigger, the more memory (about 300 B a write, two rounds at most: about 20 MB).
+logged_writes_max = 32_768
 commits_between_write_backs_max = 4_096
-# A commit writes back at least this many of the previous round's ids (and at least twice
+# A commit writes back at least this many of the previous round's writes (and at least twice
 # what it logs itself, so a round is written back before the next one fills).
 written_back_per_commit_min = 256
 # A retention sweep that reached the last id asks for a write-back at most this often, so the

@@ -22,6 +22,7 @@ from switch.cli.datadir import DataDirError, empty_dir, is_data_dir, make_dirs
 from switch.persistence.audit import audit
 from switch.persistence.dirlock import LOCK_FILE, DirInUse, DirLock
 from switch.persistence.keys import POSITION_PREFIX, decode_position
+from switch.persistence import writeback
 from switch.persistence.store import STORE_DIR
 
 log = logging.getLogger("switch.backup")
@@ -205,7 +206,32 @@ def _summarise(env, txn) -> CopySummary:
             if not key.startswith(POSITION_PREFIX):
                 break
             positions[key[len(POSITION_PREFIX):].decode()] = decode_position(value)
-    return CopySummary(last_txn, txn.stat(accounts)["entries"], 0, positions)
+    return CopySummary(last_txn, _account_count(env, txn, accounts), 0, positions)
+
+
+def _account_count(env, txn, accounts) -> int:
+    """The accounts of the snapshot: those of `accounts`, and those opened since its last
+    write-back, still only in a log (persistence/writeback.py)."""
+    logs = {}
+    for log in writeback.LOGS["accounts"]:
+        try:
+            logs[log] = env.open_db(log.encode(), txn=txn, create=False)
+        except lmdb.NotFoundError:   # a data dir from before the log
+            logs[log] = None
+    try:
+        logged = writeback.newest_logged(txn, logs)
+    except writeback.DamagedLog as error:
+        raise BackupError(str(error)) from None
+    count = txn.stat(accounts)["entries"]
+    for (db, key), value in logged.items():
+        if db != "accounts":
+            continue
+        present = txn.get(key, db=accounts) is not None
+        if value is not None and not present:
+            count += 1
+        elif value is None and present:
+            count -= 1
+    return count
 
 
 def _copy_files_beside(source: str, target: str) -> None:

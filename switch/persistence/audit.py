@@ -31,7 +31,8 @@ and checks the sums and what they mean:
   (`from_subsidy`, the part of a record's `amount` the purse paid; each record's `subsidy`
   where it says one) and what its batches hold; its balance equals its journal amounts
   less what the purse paid;
-- the logs of remembered ids not yet written back (persistence/writeback.py): every record
+- the logs of account records and remembered ids not yet written back
+  (persistence/writeback.py): each account is checked as its newest logged record, and every record
   decodes, under an LSN found once, and the older log's records all precede the newer's
   (a damaged record would stop the next open; found here, it is found while the switch
   still runs and the latest backup is recent).
@@ -181,6 +182,7 @@ def _check(txn, dbs, report: AuditReport) -> None:
     # bytes); read them as the migration will write them, the new fields zero.
     accounts = {key.decode(): bytes(value).ljust(layout.ACCOUNT_RECORD_SIZE, b"\0")
                 for key, value in _items(txn, dbs["accounts"])}
+    _apply_logged_accounts(txn, dbs, accounts)
     held = _check_holds(txn, dbs, report, accounts)
     _check_accounts(report, accounts, sums, held, closed_by, subsidies,
                     _subsidy_batches(txn, dbs))
@@ -193,6 +195,22 @@ def _check(txn, dbs, report: AuditReport) -> None:
     # The next open replays the logs before anything else: a record it cannot read stops
     # that open, so it is found here first.
     report.problems.extend(writeback.log_problems(txn, dbs))
+
+
+def _apply_logged_accounts(txn, dbs, accounts: dict) -> None:
+    """The account records a live (or crashed) switch committed to its logs and has not yet
+    written back (persistence/writeback.py), from the same snapshot, over `accounts`. A log
+    that does not decode is reported by the log check; the records are then read without it."""
+    try:
+        logged = writeback.newest_logged(txn, dbs)
+    except writeback.DamagedLog:
+        return
+    for (db, key), value in logged.items():
+        if db == "accounts":
+            if value is None:
+                accounts.pop(key.decode(), None)
+            else:
+                accounts[key.decode()] = value
 
 
 def _schema(txn, dbs) -> int:

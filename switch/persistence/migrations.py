@@ -114,6 +114,13 @@ def _log_remembered_ids(txn, dbs) -> None:
     not read the log, from opening the data dir and forgetting ids a till may resend."""
 
 
+def _log_account_records(txn, dbs) -> None:
+    """Schema 7 -> 8: account records go through `accounts_log_a`/`_b` as well, empty here.
+    Nothing to rewrite; the new version keeps a switch of schema 7, which would not read
+    those logs, from opening the data dir and serving balances a commit has changed since."""
+
+
 # schema version -> the step that brings a data dir of that version to the next one.
 UPGRADES = {1: _index_rooms, 2: _pad_account_records, 3: _drop_id_expiry_index,
-            4: _chain_account_histories, 5: _mark_account_histories, 6: _log_remembered_ids}
+            4: _chain_account_histories, 5: _mark_account_histories, 6: _log_remembered_ids,
+            7: _log_account_records}

@@ -6,8 +6,9 @@ the writes of the open batch; `write_batch(batch)` runs the whole LMDB write
 transaction (and its fsync) on one thread, off the event loop; `committed()`
 then drops what is now on disk from the overlay.
 
-The remembered ids are committed to a log and written back to their own database a round
-later, a slice per commit (persistence/writeback.py); until then the overlay keeps them too.
+Account records and remembered ids are committed to a log and written back to their own
+database a round later, a slice per commit (persistence/writeback.py); until then the overlay
+keeps them too.
 """
 
 import bisect
@@ -22,7 +23,7 @@ from switch.persistence import writeback
 from switch.persistence.migrations import UPGRADES
 from switch.persistence.keys import decode_position, encode_position, position_key, txn_key
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
 
 # name -> what it holds (key -> value)
@@ -43,6 +44,9 @@ DATABASES = {
     "idempotency_log_a": "LSN (8 bytes BE) -> msgpack {key: value or nil}: one commit's writes "
                          "to `idempotency` not yet written back (persistence/writeback.py)",
     "idempotency_log_b": "the same: the other of the two logs",
+    "accounts_log_a": "LSN (8 bytes BE) -> msgpack {account id: record}: one commit's writes "
+                      "to `accounts` not yet written back (persistence/writeback.py)",
+    "accounts_log_b": "the same: the other of the two logs",
     "blacklist_cards": "school + NUL + card id -> empty (the current list)",
     "blacklist_changes": "school + NUL + version (8 bytes BE) -> msgpack [added, removed]",
     "qr_secrets": "account id -> sealed 32-byte QR secret (virtual card)",

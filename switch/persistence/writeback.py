@@ -1,14 +1,16 @@
-"""Write-back of the remembered ids: a commit appends them to a log instead of placing each
-in its own page of `idempotency`, and the ids of the round before are written back a slice
-per commit, in key order.
+"""Write-back of account records and remembered ids: a commit appends them to a log instead
+of placing each in its own page of `accounts` or `idempotency`, and the writes of the round
+before are written back a slice per commit, in key order.
 
-Why: every till advances its own ids, so 2,000 tills insert at about 2,000 places of the
-`idempotency` tree at once, and nearly every insert dirties a page of its own in every
-commit (bench/RESULTS.md, 2026-12-02 14:10). Logged as one record per commit under a
-rising sequence number (LSN), the same ids fill whole pages one after another; written back
-a round at a time, a till's consecutive ids share a page, dirtied once per round instead of
-once per commit. Written back in slices (not in one commit), no commit stalls its batch
-with the whole round.
+Why: a debit writes one account record and one remembered id, each at a random place of a
+large B-tree, and copy-on-write makes each of those a page (and, at a million accounts, a
+branch page above it) dirtied in every commit (bench/RESULTS.md, 2026-12-02 14:10). Every
+till advances its own ids, so 2,000 tills insert at about 2,000 places of `idempotency` at
+once. Logged as one record per database per commit under a rising sequence number (LSN),
+the same writes fill whole pages one after another; written back a round at a time, in key
+order, an account written several times in a round is written back once, and a till's
+consecutive ids share a page. Written back in slices (not in one commit), no commit stalls
+its batch with the whole round.
 
 Two logs per database: a round's records go to one (the current log); when the round ends
 its log becomes the previous one, whose ids the next commits write back, a slice each, and
@@ -28,7 +30,8 @@ import msgpack
 
 # database -> its two logs (also in store.DATABASES): records go to the current one while
 # the other's are written back.
-LOGS = {"idempotency": ("idempotency_log_a", "idempotency_log_b")}
+LOGS = {"accounts": ("accounts_log_a", "accounts_log_b"),
+        "idempotency": ("idempotency_log_a", "idempotency_log_b")}
 LOG_NAMES = tuple(name for pair in LOGS.values() for name in pair)
 
 
@@ -69,6 +72,8 @@ def read_logs(txn, dbs) -> tuple[dict, dict, int, int]:
     records = []
     for db, pair in LOGS.items():
         for index, log in enumerate(pair):
+            if dbs.get(log) is None:
+                continue   # a data dir from before this log (read by `audit`, `backup`)
             for lsn, data in txn.cursor(db=dbs[log]):
                 records.append((int.from_bytes(lsn, "big"), index, db, log, data))
     records.sort(key=lambda record: record[0])
@@ -126,14 +131,21 @@ def log_problems(txn, dbs) -> list[str]:
     return problems
 
 
+def newest_logged(txn, dbs) -> dict:
+    """(db, key) -> the newest value the logs hold (None: deleted): what the next open
+    writes back, and what a reader of a live data dir (`audit`, `backup`) must see on top
+    of the databases themselves."""
+    current, previous, _, _ = read_logs(txn, dbs)
+    return {**previous, **current}
+
+
 def replay_logs(txn, dbs) -> int:
     """Write every logged value into its database and empty the logs, in `txn` (at open,
     before anything reads those databases). Returns how many keys it wrote back. Empty logs
     write nothing: opening a data dir a clean stop left changes no byte of it."""
     if not any(txn.stat(dbs[log])["entries"] for log in LOG_NAMES):
         return 0
-    current, previous, _, _ = read_logs(txn, dbs)
-    newest = {**previous, **current}
+    newest = newest_logged(txn, dbs)
     write_back(txn, dbs, *split(newest), LOG_NAMES)
     return len(newest)
 

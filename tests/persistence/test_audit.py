@@ -382,15 +382,21 @@ def test_history_marks_and_record_counts_that_disagree_with_the_journal_are_foun
     assert f"history mark without its record: account {STUDENT} txn 1" in problems
 
 
-def _books_with_ids_in_the_logs(tmp_path, monkeypatch):
-    """Sound books of a switch that stopped (as a crash does) with remembered ids in both
-    logs: a round of four being written back two a commit, and the current one."""
+def _books_with_ids_in_the_logs(tmp_path, monkeypatch, last_balance=None):
+    """Sound books of a switch that stopped (as a crash does) with account records and
+    remembered ids in both logs: a round of six writes being written back four a commit,
+    and the current one. Each commit writes WH1's record again, the last one with
+    `last_balance` when given (books no longer sound)."""
     _books(tmp_path)
     monkeypatch.setattr(limits, "written_back_per_commit_min", 1)
     store = Store(os.path.join(str(tmp_path), STORE_DIR))
-    store.logged_writes_max = 4
-    for n in range(5):
+    store.logged_writes_max = 7
+    for n in range(6):
         store.put("idempotency", b"till\0" + bytes([n]), b"reply")
+        record = store.get_mutable("accounts", b"WH1")
+        if n == 5 and last_balance is not None:
+            layout.put(record, layout.BALANCE, last_balance)
+        store.put("accounts", b"WH1", record)
         batch = store.seal()
         store.write_batch(batch)
         store.committed(batch)
@@ -417,9 +423,22 @@ def _write_log(tmp_path, log: str, key: bytes, value: bytes) -> None:
 
 def test_ids_waiting_in_the_logs_are_sound(tmp_path, monkeypatch):
     logs = _books_with_ids_in_the_logs(tmp_path, monkeypatch)
-    assert all(logs.values()), logs    # both logs hold records: the check has work to do
+    assert all(logs.values()), logs    # every log holds records: the check has work to do
     report = audit(str(tmp_path))
     assert report.sound, report.problems
+
+
+def test_an_account_is_checked_as_its_newest_logged_record(tmp_path, monkeypatch):
+    logs = _books_with_ids_in_the_logs(tmp_path, monkeypatch, last_balance=400)
+    assert all(logs.values()), logs
+    report = audit(str(tmp_path))
+    assert "balance 400 but journal sum 500" in report.problems[0], report.problems
+    # The database itself still holds the sound record: only the log says 400.
+    env = lmdb.open(os.path.join(str(tmp_path), STORE_DIR), readonly=True, max_dbs=64)
+    with env.begin() as txn:
+        record = txn.get(b"WH1", db=env.open_db(b"accounts", txn=txn))
+        assert layout.get(bytearray(record), layout.BALANCE) == 500
+    env.close()
 
 
 @pytest.mark.parametrize("value, message", [
@@ -447,7 +466,8 @@ def test_a_damaged_log_record_is_found_before_the_next_open_stops_on_it(tmp_path
 def test_logs_out_of_order_are_found(tmp_path, monkeypatch, key, message):
     logs = _books_with_ids_in_the_logs(tmp_path, monkeypatch)
     (older, older_keys), (newer, newer_keys) = sorted(
-        logs.items(), key=lambda item: max(item[1]))
+        ((log, logs[log]) for log in writeback.LOGS["idempotency"]),
+        key=lambda item: max(item[1]))
     record = writeback.encode_record({b"till\0\x09": b"reply"})
     if key is None:
         key = writeback.lsn_key(int.from_bytes(max(newer_keys), "big") + 1)

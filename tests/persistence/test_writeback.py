@@ -13,6 +13,7 @@ from switch.persistence.store import DELETED, SCHEMA_VERSION, SchemaMismatch, St
 
 IDS = "idempotency"
 LOG_A, LOG_B = writeback.LOGS[IDS]
+ACCOUNTS_LOG_A, _ = writeback.LOGS["accounts"]
 
 
 def _raw(path, db: str) -> dict:
@@ -55,15 +56,20 @@ def small_logs(monkeypatch):
 def test_a_committed_id_is_in_the_log_not_yet_its_database_and_reads_see_it(tmp_path):
     store = Store(str(tmp_path))
     store.put(IDS, b"till\0\x01", b"first reply")
-    store.put("accounts", b"A", b"record")
+    store.put("accounts", b"A", bytearray(b"record"))
+    store.put("journal", b"\0" * 7 + b"\1", b"entry")
     batch = _commit(store)
     assert not batch.writes_back
-    assert store.get(IDS, b"till\0\x01") == b"first reply"
-    assert store.get_committed(IDS, b"till\0\x01") == b"first reply"
+    for db, key, value in ((IDS, b"till\0\x01", b"first reply"), ("accounts", b"A", b"record")):
+        assert store.get(db, key) == value and store.get_committed(db, key) == value
     store.close(write_back=False)
-    assert _raw(tmp_path, IDS) == {}
+    assert _raw(tmp_path, IDS) == {} and _raw(tmp_path, "accounts") == {}
     assert _records(tmp_path, LOG_A) == [{b"till\0\x01": b"first reply"}]
-    assert _raw(tmp_path, "accounts") == {b"A": b"record"}   # other databases as before
+    assert _records(tmp_path, ACCOUNTS_LOG_A) == [{b"A": b"record"}]
+    assert _raw(tmp_path, "journal") == {b"\0" * 7 + b"\1": b"entry"}   # others as before
+    Store(str(tmp_path)).close(write_back=False)   # the open's replay puts each in place
+    assert _raw(tmp_path, "accounts") == {b"A": b"record"}
+    assert _raw(tmp_path, IDS) == {b"till\0\x01": b"first reply"}
 
 
 def test_a_round_is_written_back_a_slice_per_commit_and_its_log_dropped_at_the_end(
@@ -115,7 +121,7 @@ def test_the_bound_on_commits_ends_a_round(tmp_path, small_logs):
     for i in range(3):
         store.put(IDS, b"till\0%d" % i, b"reply")
         outcomes.append(_commit(store).starts_round)
-        store.put("accounts", b"B", b"a commit logging nothing does not count")
+        store.put("journal", b"B", b"a commit logging nothing does not count")
         assert not _commit(store).starts_round
     assert outcomes == [False, False, True]
 
