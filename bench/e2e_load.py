@@ -545,9 +545,16 @@ def prebuild_or_copy(data_dir: pathlib.Path, tag: str, args):
 
 
 def _copy_books(source: pathlib.Path, target: pathlib.Path) -> None:
-    """A data dir and the master key file kept beside it."""
+    """A data dir and the master key file kept beside it, on the disk before the server
+    starts: the copy's pages would otherwise still be dirty in the page cache, and the
+    switch's first fsync of its data file would write them all (1.6 GB of books at
+    1,000,000 accounts) inside the measured run, against the larger books only."""
     shutil.copytree(source, target)
     shutil.copy2(_master_key_path(source), _master_key_path(target))
+    for path in [*target.rglob("*"), _master_key_path(target)]:
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
 
 
 def _master_key_path(data_dir: pathlib.Path) -> pathlib.Path:
