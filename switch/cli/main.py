@@ -2,6 +2,7 @@
 rotate-master-key|demo` (docs/PROTOCOL.md §7)."""
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -163,7 +164,17 @@ def _open_store(claim):
     except MasterKeyError as error:
         raise StartError(str(error)) from None
     except (lmdb.Error, SchemaMismatch, DamagedLog, OSError) as error:
-        raise StartError(f"cannot open the data dir {claim.path}: {error}") from None
+        hint = _out_of_space_hint(error, "start again (nothing committed is lost)")
+        raise StartError(f"cannot open the data dir {claim.path}: {error}{hint}") from None
+
+
+def _out_of_space_hint(error: Exception, then: str) -> str:
+    """What to do when the disk is full. LMDB reports ENOSPC only in its message (its own
+    error classes have no errno); even opening writes, since it writes back the logs."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or (
+            "No space left on device" in str(error)):
+        return f"; the disk that holds it is full: free space there, then {then}"
+    return ""
 
 
 async def _drain_on_signal(server, task_status=trio.TASK_STATUS_IGNORED):
@@ -217,6 +228,8 @@ def main(argv=None) -> int:
 
 
 def _rotate_master_key(args) -> int:
+    import lmdb
+
     from switch.cli.datadir import DataDirError, rotate_master_key
     from switch.config.masterkey import MasterKeyError
     from switch.persistence.dirlock import DirInUse
@@ -226,6 +239,14 @@ def _rotate_master_key(args) -> int:
         counts = rotate_master_key(args.data, args.master_key)
     except (DataDirError, MasterKeyError, DirInUse, SchemaMismatch, DamagedLog) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (lmdb.Error, OSError) as error:
+        # Each step of the rotation leaves a key file that opens everything (rotate_master_key),
+        # so after a failed write the operator runs it again; nothing is half-sealed.
+        hint = _out_of_space_hint(error, "run the same command again")
+        print(f"error: the master key rotation did not finish: {error}{hint}; the key file "
+              f"still opens every secret, and running the command again finishes the "
+              f"rotation", file=sys.stderr)
         return 2
     print("master key rotated; sealed again: " + ", ".join(
         f"{count} {name}" for name, count in counts.items() if name != "accounts")

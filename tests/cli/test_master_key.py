@@ -116,3 +116,60 @@ def test_rotate_master_key_is_refused_while_the_switch_runs_and_works_offline(tm
     assert (tmp_path / "d.key").read_text() != key_text
     assert stat.S_IMODE(os.stat(tmp_path / "d.key").st_mode) == 0o600
     _serve_once(data)      # starts again under the new key (it checks that the key opens it)
+
+
+def test_a_rotation_stopped_by_a_full_disk_says_what_to_do_and_a_second_run_finishes_it(
+        tmp_path, monkeypatch, capsys):
+    """A full disk fails the re-sealing's write (LMDB says ENOSPC only in its message): one
+    line, exit 2, the key file still opens the data dir, and the same command run again
+    finishes the rotation."""
+    import lmdb
+
+    from switch.cli.main import main
+    from switch.ledger.state import sealing
+    data = tmp_path / "d"
+    _serve_once(data)
+    key_text = (tmp_path / "d.key").read_text()
+
+    def disk_full(store, master):
+        raise lmdb.Error("mdb_txn_commit: No space left on device")
+    monkeypatch.setattr(sealing, "reseal", disk_full)
+    assert main(["rotate-master-key", "--data", str(data)]) == 2
+    failed = subprocess.CompletedProcess([], 2, *capsys.readouterr())
+    one_line_error(failed, "rotation did not finish", "No space left on device",
+                   "free space there, then run the same command again",
+                   "still opens every secret")
+    assert (tmp_path / "d.key").read_text() != key_text     # the new key beside the old
+    _serve_once(data)
+
+    monkeypatch.undo()
+    assert main(["rotate-master-key", "--data", str(data)]) == 0
+    assert "1 credentials" in capsys.readouterr().out
+    _serve_once(data)
+
+
+def test_a_start_stopped_by_a_full_disk_says_to_free_space_and_that_nothing_is_lost():
+    """Opening writes (it writes back the logs), so a switch stopped on a full disk cannot
+    start again until space is freed; the one line says so. Other failures get no hint."""
+    import lmdb
+    import pytest
+
+    from switch.cli.main import StartError, _open_store
+
+    class Claim:
+        path = "/srv/switch/data"
+
+        def __init__(self, error):
+            self.error = error
+
+        def open_store(self):
+            raise self.error
+    with pytest.raises(StartError) as full:
+        _open_store(Claim(lmdb.Error("mdb_txn_commit: No space left on device")))
+    assert str(full.value) == (
+        "cannot open the data dir /srv/switch/data: mdb_txn_commit: No space left on device; "
+        "the disk that holds it is full: free space there, then start again (nothing "
+        "committed is lost)")
+    with pytest.raises(StartError) as other:
+        _open_store(Claim(lmdb.Error("mdb_env_open: Permission denied")))
+    assert "free space" not in str(other.value)
