@@ -281,13 +281,13 @@ def _machine_busy_seconds() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def _kernel_threads_seconds() -> float | None:
-    """utime + stime of every kernel thread (kthreadd, pid 2, and its children) so far, or
-    None: work the kernel does in threads of its own, such as writing back the pages a
-    server's fsync asked for, is in the machine's busy time but in no process of ours. The C
-    client reports the same."""
-    ticks = 0
-    seen = False
+def _kernel_threads_ticks() -> dict[int, int] | None:
+    """utime + stime (ticks) of each kernel thread (kthreadd, pid 2, and its children) so
+    far, by pid, or None: work the kernel does in threads of its own, such as writing back
+    the pages a server's fsync asked for, is in the machine's busy time but in no process of
+    ours. Per thread, because kernel workers come and go (`kernel_threads_seconds_between`).
+    The C client does the same."""
+    ticks = {}
     try:
         names = os.listdir("/proc")
     except OSError:
@@ -300,9 +300,23 @@ def _kernel_threads_seconds() -> float | None:
         except OSError:
             continue   # gone since the listing
         if name == "2" or fields[1] == "2":
-            ticks += _cpu_ticks(fields)
-            seen = True
-    return ticks / os.sysconf("SC_CLK_TCK") if seen else None
+            ticks[int(name)] = _cpu_ticks(fields)
+    return ticks or None
+
+
+def kernel_threads_seconds_between(start: dict[int, int] | None,
+                                   stop: dict[int, int] | None) -> float | None:
+    """CPU seconds kernel threads spent between two `_kernel_threads_ticks`: a thread begun
+    since counts whole, one gone since is lost with its ticks of the window. A sum over
+    whichever threads exist at each end lost a whole lifetime of ticks when a worker exited
+    in the window, and so read as other programs busy on a quiet machine."""
+    if start is None or stop is None:
+        return None
+    total = 0
+    for pid, ticks in stop.items():
+        before = start.get(pid, 0)
+        total += ticks - before if before <= ticks else ticks   # a reused pid: a new thread
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 CPU_FIELDS = ("elapsed_s", "server_cpu_s", "load_cpu_s", "machine_cpu_s",
@@ -331,7 +345,7 @@ class CpuSample:
             self.server = None
         self.own = time.process_time()
         self.machine = _machine_busy_seconds()
-        self.kernel_threads = _kernel_threads_seconds()
+        self.kernel_threads = _kernel_threads_ticks()
 
 
 def cpu_between(start: CpuSample, stop: CpuSample) -> dict:
@@ -340,7 +354,8 @@ def cpu_between(start: CpuSample, stop: CpuSample) -> dict:
         return None if a is None or b is None else b - a
     return {"elapsed_s": delta("wall"), "server_cpu_s": delta("server"),
             "load_cpu_s": delta("own"), "machine_cpu_s": delta("machine"),
-            "kernel_threads_cpu_s": delta("kernel_threads")}
+            "kernel_threads_cpu_s": kernel_threads_seconds_between(start.kernel_threads,
+                                                                   stop.kernel_threads)}
 
 
 # ------------------------------------------------------------------ metrics

@@ -480,14 +480,29 @@ static double machine_busy_s(void) {
     return (double)(user + nice + sys + irq + softirq + steal) / sysconf(_SC_CLK_TCK);
 }
 
-/* utime + stime of every kernel thread (kthreadd, pid 2, and its children) so far, or NAN:
- * work the kernel does in threads of its own, such as writing back the pages a server's
- * fsync asked for, is in the machine's busy time but in no process of ours. */
-static double kernel_threads_s(void) {
+/* The kernel's threads (kthreadd, pid 2, and its children) and their utime + stime (ticks)
+ * at the start of the window. Work the kernel does in threads of its own, such as writing
+ * back the pages a server's fsync asked for, is in the machine's busy time but in no process
+ * of ours. Kept per thread because kernel workers come and go: a sum over whichever threads
+ * exist at each end loses a whole lifetime of ticks when one exits in the window, which made
+ * the "other programs" share of a run read 24 % on a quiet machine. */
+#define KERNEL_THREADS_MAX 8192
+typedef struct {
+    long pid;
+    unsigned long long ticks;
+} kernel_thread_ticks;
+static kernel_thread_ticks kernel_threads_at_start[KERNEL_THREADS_MAX];
+static int kernel_threads_at_start_count;
+
+/* With `record`, notes every kernel thread's ticks and returns 0; without, returns the CPU
+ * seconds kernel threads spent since they were noted (a thread begun since counts whole; one
+ * gone since is lost with its ticks of the window). NAN when there are none to see. */
+static double kernel_threads_s(int record) {
     DIR *proc = opendir("/proc");
     if (!proc) return NAN;
     unsigned long long total = 0;
     int seen = 0;
+    if (record) kernel_threads_at_start_count = 0;
     struct dirent *entry;
     while ((entry = readdir(proc)) != NULL) {
         char *end;
@@ -496,10 +511,23 @@ static double kernel_threads_s(void) {
         long ppid;
         unsigned long long ticks;
         if (read_stat(pid, &ppid, &ticks) != 0) continue;   /* gone since readdir */
-        if (pid == 2 || ppid == 2) {
-            total += ticks;
-            seen = 1;
+        if (pid != 2 && ppid != 2) continue;
+        seen = 1;
+        if (record) {
+            if (kernel_threads_at_start_count < KERNEL_THREADS_MAX) {
+                kernel_thread_ticks *noted = &kernel_threads_at_start[kernel_threads_at_start_count++];
+                noted->pid = pid;
+                noted->ticks = ticks;
+            }
+            continue;
         }
+        unsigned long long before = 0;
+        for (int i = 0; i < kernel_threads_at_start_count; i++)
+            if (kernel_threads_at_start[i].pid == pid) {
+                before = kernel_threads_at_start[i].ticks <= ticks ? kernel_threads_at_start[i].ticks : 0;
+                break;
+            }
+        total += ticks - before;
     }
     closedir(proc);
     return seen ? (double)total / sysconf(_SC_CLK_TCK) : NAN;
@@ -509,9 +537,11 @@ typedef struct {
     double wall, server, own, machine, kernel_threads;
 } cpu_sample;
 
-static cpu_sample sample_cpu(long server_pid) {
+/* The window's first sample (`start`) notes the kernel threads; its kernel_threads is 0 and
+ * the last sample's is the time since, so the difference stays b - a as for the rest. */
+static cpu_sample sample_cpu(long server_pid, int start) {
     cpu_sample s = {now_s(), process_cpu_s(server_pid), own_cpu_s(), machine_busy_s(),
-                    kernel_threads_s()};
+                    kernel_threads_s(start)};
     return s;
 }
 
@@ -1075,12 +1105,12 @@ static int load(connection **all, size_t count) {
     for (;;) {
         now = now_s();
         if (phase == WARMUP && now >= run.window_start) {
-            start = sample_cpu(cfg.server_pid);
+            start = sample_cpu(cfg.server_pid, 1);
             phase = WINDOW;
         }
         int bounded_done = !may_send() && run.outstanding == 0;
         if (phase == WINDOW && (now >= run.window_end || bounded_done)) {
-            stop = sample_cpu(cfg.server_pid);
+            stop = sample_cpu(cfg.server_pid, 0);
             sampled = 1;
             if (bounded_done) run.window_end = now;   /* the bounded run's window ends with it */
             phase = DRAIN;
@@ -1090,8 +1120,8 @@ static int load(connection **all, size_t count) {
         if (phase == DRAIN && (run.outstanding == 0 || now >= drain_deadline)) break;
         if (!run.live_count) {
             if (phase != DRAIN) {
-                if (phase == WARMUP) start = sample_cpu(cfg.server_pid);
-                stop = sample_cpu(cfg.server_pid);
+                if (phase == WARMUP) start = sample_cpu(cfg.server_pid, 1);
+                stop = sample_cpu(cfg.server_pid, 0);
                 sampled = 1;
             }
             break;

@@ -120,10 +120,20 @@ def test_a_bounded_closed_loop_on_a_bare_server_is_answered_ok_in_full(loadgen, 
     assert 0 <= cpu["kernel_threads_cpu_s"] <= cpu["machine_cpu_s"] + 0.05
 
 
-def test_the_kernel_threads_cpu_is_read_from_proc_and_only_grows():
-    first = e2e_load._kernel_threads_seconds()
-    assert first is not None and first >= 0
-    assert e2e_load._kernel_threads_seconds() >= first
+def test_the_kernel_threads_cpu_is_read_from_proc_per_thread_and_only_grows():
+    first = e2e_load._kernel_threads_ticks()
+    assert first and 2 in first and all(ticks >= 0 for ticks in first.values())
+    assert e2e_load.kernel_threads_seconds_between(first, e2e_load._kernel_threads_ticks()) >= 0
+    # Kernel workers come and go: one gone in the window loses its ticks of the window, not
+    # its whole life (a sum over each end's threads went 4.8 s negative in a 30 s window,
+    # and the run read 24 % of a core of other programs); one begun counts whole; a pid
+    # reused by a new thread with fewer ticks is that new thread.
+    clock = os.sysconf("SC_CLK_TCK")
+    start = {2: 10, 41: 5_000, 42: 300, 43: 900}
+    stop = {2: 12, 42: 330, 43: 20, 77: 8}     # 41 exited; 77 began; 43 is a new thread
+    assert e2e_load.kernel_threads_seconds_between(start, stop) == pytest.approx(
+        (2 + 30 + 20 + 8) / clock)
+    assert e2e_load.kernel_threads_seconds_between(None, stop) is None
     cpu = {"elapsed_s": 1.0, "server_cpu_s": 0.5, "load_cpu_s": 0.2, "machine_cpu_s": 1.0,
            "kernel_threads_cpu_s": 0.25}
     assert e2e_load.other_programs_seconds(cpu) == pytest.approx(0.05)
