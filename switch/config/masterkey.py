@@ -179,8 +179,17 @@ def create(path: str, master: MasterKey) -> None:
 def replace(path: str, master: MasterKey) -> None:
     """Replace the master key file whole or not at all (rotation)."""
     temporary = path + ".tmp"
-    _write(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), master)
-    os.replace(temporary, path)
+    try:
+        _write(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), master)
+        os.replace(temporary, path)
+    except BaseException:
+        # A part of a key file (a full disk) is neither left to be mistaken for one nor
+        # left holding key material.
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
     _sync_directory(path)
 
 

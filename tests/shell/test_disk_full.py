@@ -82,3 +82,41 @@ async def test_disk_full_refuses_cleanly_and_recovers(small_filesystem, nursery)
             break
     assert {r["txn"] for r in acknowledged} <= history_txns
     await second.stop()
+
+
+def _fill(filesystem):
+    filler = filesystem / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_rotate_master_key_on_a_full_disk_says_so_in_one_line_and_finishes_once_freed(
+        small_filesystem):
+    """The operator's typo-free mistake: rotating with the disk full. One line that names
+    the cause and the fix, exit 2, a key file that still opens the books; freeing space and
+    running the same command again finishes it."""
+    from tests.cli.helpers import one_line_error
+    from tests.cli.test_master_key import _serve_once
+    from tests.cli.test_serve import _run
+    data = small_filesystem / "d"
+    _serve_once(data)
+    key_path = small_filesystem / "d.key"
+    before = key_path.read_text()
+    filler = _fill(small_filesystem)
+    failed = _run("rotate-master-key", "--data", str(data), timeout=60)
+    one_line_error(failed, "rotation did not finish", "No space left on device",
+                   "free space there, then run the same command again")
+    assert key_path.read_text() == before
+    assert sorted(os.listdir(small_filesystem)) == ["d", "d.key", "filler"]   # no part left
+    os.unlink(filler)
+    _serve_once(data)                          # the key file left behind opens the books
+    rotated = _run("rotate-master-key", "--data", str(data), timeout=60)
+    assert rotated.returncode == 0 and "1 credentials" in rotated.stdout, rotated.stderr
+    assert key_path.read_text() != before
+    _serve_once(data)
