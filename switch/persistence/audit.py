@@ -172,6 +172,9 @@ AFTER_CLOSING_KINDS = frozenset({"lost", "found"})
 
 
 def _check(txn, dbs, report: AuditReport) -> None:
+    # First, so the summary's first lines name it: the next open replays the logs before
+    # anything else, and a record it cannot read stops that open.
+    report.problems.extend(writeback.log_problems(txn, dbs))
     schema = _schema(txn, dbs)
     chained = schema >= _CHAINED_SCHEMA
     # What the journal says each account's record count and history marks must be.
@@ -192,25 +195,18 @@ def _check(txn, dbs, report: AuditReport) -> None:
         _check_history_marks(txn, dbs, report, accounts, history)
     cards = _check_cards(txn, dbs, report, accounts, card_history)
     _check_offline(report, offline, cards, card_history)
-    # The next open replays the logs before anything else: a record it cannot read stops
-    # that open, so it is found here first.
-    report.problems.extend(writeback.log_problems(txn, dbs))
 
 
 def _apply_logged_accounts(txn, dbs, accounts: dict) -> None:
     """The account records a live (or crashed) switch committed to its logs and has not yet
-    written back (persistence/writeback.py), from the same snapshot, over `accounts`. A log
-    that does not decode is reported by the log check; the records are then read without it."""
-    try:
-        logged = writeback.newest_logged(txn, dbs)
-    except writeback.DamagedLog:
-        return
-    for (db, key), value in logged.items():
-        if db == "accounts":
-            if value is None:
-                accounts.pop(key.decode(), None)
-            else:
-                accounts[key.decode()] = value
+    written back (persistence/writeback.py), from the same snapshot, over `accounts`. A
+    record that does not decode is passed over (`log_problems` reports it); the others,
+    and the remembered-id logs' damage, do not stop the accounts being checked."""
+    for key, value in writeback.newest_readable(txn, dbs, "accounts").items():
+        if value is None:
+            accounts.pop(key.decode(), None)
+        else:
+            accounts[key.decode()] = value
 
 
 def _schema(txn, dbs) -> int:

@@ -131,6 +131,28 @@ def log_problems(txn, dbs) -> list[str]:
     return problems
 
 
+def newest_readable(txn, dbs, database: str) -> dict:
+    """key -> the newest value (None: deleted) of one logged database's logs, in LSN order,
+    passing over a record that is not an LSN's or does not decode: what a checker (`audit`)
+    reads of a data dir whose next open `read_logs` would refuse, so that one damaged
+    record, reported by `log_problems`, does not hide every other logged write."""
+    records = []
+    for log in LOGS[database]:
+        handle = dbs.get(log)
+        if handle is None:
+            continue
+        records.extend((bytes(key), data) for key, data in txn.cursor(db=handle)
+                       if len(key) == 8)   # big-endian LSNs: sorting the keys sorts them
+    records.sort(key=lambda record: record[0])
+    newest: dict = {}
+    for _, data in records:
+        try:
+            newest.update(decode_record(data))
+        except ValueError:
+            continue
+    return newest
+
+
 def newest_logged(txn, dbs) -> dict:
     """(db, key) -> the newest value the logs hold (None: deleted): what the next open
     writes back, and what a reader of a live data dir (`audit`, `backup`) must see on top
@@ -153,7 +175,8 @@ def replay_logs(txn, dbs) -> int:
 def key_order(values: dict) -> list:
     """The (db, key) slots of `values` in key order within each database, so neighbouring
     keys land on pages already touched. The keys alone are sorted, as bytes: less than half
-    the time of sorting the pairs (16,384 in about 5 ms here, on the event loop)."""
+    the time of sorting the pairs (a round of 32,768, accounts and ids, in about 14 ms here,
+    on the event loop, once a round)."""
     return [(db, key) for db in LOGS
             for key in sorted([key for slot_db, key in values if slot_db == db])]
 

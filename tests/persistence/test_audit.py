@@ -458,6 +458,26 @@ def test_a_damaged_log_record_is_found_before_the_next_open_stops_on_it(tmp_path
         Store(os.path.join(str(tmp_path), STORE_DIR))
 
 
+@pytest.mark.parametrize("damaged", ["idempotency", "accounts"])
+def test_one_damaged_log_record_hides_no_other_logged_account_and_is_named_first(
+        tmp_path, monkeypatch, damaged):
+    """A remembered-id record that does not decode, or an older account record, must not
+    make audit read the accounts without their logs (a switch killed after opening accounts
+    would show each as missing: 20 false lines, and the damage past the ones shown); the
+    damage is the first problem, so the summary names it."""
+    logs = _books_with_ids_in_the_logs(tmp_path, monkeypatch, last_balance=400)
+    oldest, log = min((min(logs[log]), log) for log in writeback.LOGS[damaged] if logs[log])
+    _write_log(tmp_path, log, oldest, b"\x81\xa1k")
+    report = audit(str(tmp_path))
+    assert report.problems[0].startswith(f"{log} record {int.from_bytes(oldest, 'big')}: "
+                                         f"damaged log record"), report.problems
+    assert log in report.summary()
+    # The newest logged record of WH1 (balance 400) is still the one checked.
+    assert any("balance 400 but journal sum 500" in problem
+               for problem in report.problems), report.problems
+    assert len(report.problems) == 2, report.problems
+
+
 @pytest.mark.parametrize("key, message", [
     (b"\x00" * 7 + b"\x01\x02", "is not an LSN"),   # nine bytes
     (None, "interleave"),                            # the older log gets a newer record
