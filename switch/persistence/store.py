@@ -214,7 +214,7 @@ class Store:
         # how many of them are written back.
         self._logged: dict = {}
         self._logged_prev: dict = {}
-        self._prev_order: list = []
+        self._prev_order: writeback.KeyOrder | None = None   # the previous round's
         self._prev_done = 0
         self._current_log = 0         # which of each database's two logs takes records
         self._next_lsn = 0            # the next log record's LSN
@@ -473,13 +473,14 @@ class Store:
             # before the current one reaches its bound.
             order = self._prev_order
             start = self._prev_done
-            end = min(len(order), start + max(limits.written_back_per_commit_min,
-                                              2 * len(logged)))
-            back_puts, back_deletes = writeback.writes_of(previous, order[start:end])
+            length = order.length
+            end = min(length, start + max(limits.written_back_per_commit_min,
+                                          2 * len(logged)))
+            back_puts, back_deletes = writeback.writes_of(previous, order.slots(start, end))
             puts.update(back_puts)
             deletes.update(back_deletes)
             batch.previous_done = end
-            if end == len(order):
+            if end == length:
                 batch.ends_round = True
                 batch.logs_emptied = tuple(pair[1 - self._current_log]
                                            for pair in writeback.LOGS.values())
@@ -547,11 +548,11 @@ class Store:
         self._next_lsn = batch.next_lsn
         self._commits_logging = batch.commits_logging
         if batch.full:
-            self._logged, self._logged_prev, self._prev_order = {}, {}, []
+            self._logged, self._logged_prev, self._prev_order = {}, {}, None
             self._prev_done = 0
             return
         if batch.ends_round:
-            self._logged_prev, self._prev_order = {}, []
+            self._logged_prev, self._prev_order = {}, None
         self._prev_done = 0 if batch.ends_round else batch.previous_done
         self._logged.update(batch.logged)
         if batch.starts_round:
@@ -563,7 +564,7 @@ class Store:
     def _start_round(self, previous: dict) -> None:
         # Sorted once a round, so each slice writes back neighbouring keys.
         self._logged_prev = previous
-        self._prev_order = writeback.key_order(previous)
+        self._prev_order = writeback.KeyOrder(previous)
         self._prev_done = 0
 
     def discard_uncommitted(self) -> None:

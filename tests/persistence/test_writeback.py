@@ -275,7 +275,9 @@ def test_a_failed_commit_in_the_middle_of_a_round_is_believed_whether_or_not_on_
 
 
 def _log_state(store: Store) -> tuple:
-    return (dict(store._logged), dict(store._logged_prev), list(store._prev_order),
+    order = store._prev_order
+    return (dict(store._logged), dict(store._logged_prev),
+            order and (order.length, order.slots(0, order.length)),
             store._prev_done, store._current_log, store._next_lsn, store._commits_logging)
 
 
@@ -435,3 +437,23 @@ def test_close_closes_the_environment_even_when_the_log_is_damaged(tmp_path, cap
     with pytest.raises(lmdb.Error):
         store.env.stat()                # closed
     assert store.logs_pending == 1
+
+
+def test_a_rounds_order_is_each_databases_keys_sorted_and_a_slice_asked_again_is_the_same():
+    values = {("idempotency", b"t\0\x02"): b"r", ("accounts", b"WH9"): b"a",
+              ("idempotency", b"t\0\x01"): None, ("accounts", b"WH1"): b"b",
+              ("accounts", b"CUIK1"): b"c"}
+    slots = [("accounts", b"CUIK1"), ("accounts", b"WH1"), ("accounts", b"WH9"),
+             ("idempotency", b"t\0\x01"), ("idempotency", b"t\0\x02")]
+    for start in range(6):                   # every slice, across the two databases
+        for end in range(start, 6):
+            order = writeback.KeyOrder(values)
+            assert order.length == 5
+            assert order.slots(start, end) == slots[start:end]
+            assert order.slots(0, 5) == slots          # popped ones are kept, in order
+            assert order.slots(start, end) == slots[start:end]
+    assert writeback.KeyOrder({}).length == 0
+    puts, deletes = writeback.split(values)
+    assert puts == {"accounts": [(b"CUIK1", b"c"), (b"WH1", b"b"), (b"WH9", b"a")],
+                    "idempotency": [(b"t\0\x02", b"r")]}
+    assert deletes == {"idempotency": [b"t\0\x01"]}
