@@ -562,7 +562,8 @@ class Store:
             self._commits_logging = 0
 
     def _start_round(self, previous: dict) -> None:
-        # Sorted once a round, so each slice writes back neighbouring keys.
+        # Ordered once a round (heapified; each slice pops its keys), so each slice writes
+        # back neighbouring keys.
         self._logged_prev = previous
         self._prev_order = writeback.KeyOrder(previous)
         self._prev_done = 0

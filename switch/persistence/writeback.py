@@ -179,8 +179,8 @@ class KeyOrder:
     back neighbouring keys, sorted as they are asked for: the round's start only heapifies
     its keys (O(n): about 1 ms for 32,768 here, where sorting them stalled the event loop
     8-20 ms once a round, and the open loop's p99 with it), and each slice pops its few
-    hundred. A slice asked for again (a batch planned again after a failed commit) gets the
-    same slots: what was popped is kept."""
+    hundred. What was popped is kept, so a slice asked for again gets the same slots and the
+    order never depends on how often it was asked."""
 
     def __init__(self, values: dict):
         keys_of: dict = {db: [] for db in LOGS}
