@@ -27,13 +27,9 @@ def small_filesystem(tmp_path):
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-async def test_disk_full_refuses_cleanly_and_recovers(small_filesystem, nursery):
-    data = small_filesystem / "data"
-    switch = await Switch(data).start(nursery)
-    await switch.person("WH1", "AAAA", balance=10_000_000)
-    till = await switch.terminal("WH-POS-1")
-    # Fill what is left of the disk, leaving a little for the first requests.
-    filler = small_filesystem / "filler"
+def _fill(filesystem):
+    """Fill the small filesystem to the last byte; returns the filler file."""
+    filler = filesystem / "filler"
     with open(filler, "wb") as handle:
         try:
             while True:
@@ -41,6 +37,16 @@ async def test_disk_full_refuses_cleanly_and_recovers(small_filesystem, nursery)
                 handle.flush()
         except OSError:
             pass
+    return filler
+
+
+async def test_disk_full_refuses_cleanly_and_recovers(small_filesystem, nursery):
+    data = small_filesystem / "data"
+    switch = await Switch(data).start(nursery)
+    await switch.person("WH1", "AAAA", balance=10_000_000)
+    till = await switch.terminal("WH-POS-1")
+    # Fill what is left of the disk, leaving a little for the first requests.
+    filler = _fill(small_filesystem)
     # Give back a little, so the disk fills in the middle of the load: well before the till's
     # burst of 1,000 requests is spent (remembered ids are logged densely, about 100 B each).
     os.truncate(filler, max(0, os.path.getsize(filler) - 128 * 1024))
@@ -82,18 +88,6 @@ async def test_disk_full_refuses_cleanly_and_recovers(small_filesystem, nursery)
             break
     assert {r["txn"] for r in acknowledged} <= history_txns
     await second.stop()
-
-
-def _fill(filesystem):
-    filler = filesystem / "filler"
-    with open(filler, "wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
-    return filler
 
 
 def test_rotate_master_key_on_a_full_disk_says_so_in_one_line_and_finishes_once_freed(
