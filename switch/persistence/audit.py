@@ -114,7 +114,14 @@ def audit(data_dir: str) -> AuditReport:
                 dbs[name] = env.open_db(name.encode(), create=False)
             except lmdb.NotFoundError:
                 dbs[name] = None
-        return audit_environment(env, dbs)
+        try:
+            return audit_environment(env, dbs)
+        except Exception as error:
+            # Books that stop the check part way (a forged or damaged value of a shape no
+            # check expected) are not known to be sound: one line that says so, exit 2.
+            return AuditReport.cannot_read(
+                f"the books could not be checked to the end ({type(error).__name__}: "
+                f"{error}); they are not known to be sound: keep the data dir as it is")
     finally:
         env.close()
 
@@ -181,11 +188,10 @@ def _check(txn, dbs, report: AuditReport) -> None:
     history = {"records": {}, "marks": set()}
     sums, card_history, offline, closed_by, subsidies, newest = _check_journal(
         txn, dbs, report, chained, history)
-    # A data dir no switch of this version opened yet holds shorter records (schema 2: 152
-    # bytes); read them as the migration will write them, the new fields zero.
-    accounts = {key.decode(): bytes(value).ljust(layout.ACCOUNT_RECORD_SIZE, b"\0")
-                for key, value in _items(txn, dbs["accounts"])}
-    _apply_logged_accounts(txn, dbs, accounts)
+    accounts: dict = {}
+    for key, value in _items(txn, dbs["accounts"]):
+        _take_account(report, "accounts", key, value, accounts, _STORED_RECORD_SIZES)
+    _apply_logged_accounts(txn, dbs, report, accounts)
     held = _check_holds(txn, dbs, report, accounts)
     _check_accounts(report, accounts, sums, held, closed_by, subsidies,
                     _subsidy_batches(txn, dbs))
@@ -197,16 +203,44 @@ def _check(txn, dbs, report: AuditReport) -> None:
     _check_offline(report, offline, cards, card_history)
 
 
-def _apply_logged_accounts(txn, dbs, accounts: dict) -> None:
+def _apply_logged_accounts(txn, dbs, report: AuditReport, accounts: dict) -> None:
     """The account records a live (or crashed) switch committed to its logs and has not yet
     written back (persistence/writeback.py), from the same snapshot, over `accounts`. A
     record that does not decode is passed over (`log_problems` reports it); the others,
     and the remembered-id logs' damage, do not stop the accounts being checked."""
     for key, value in writeback.newest_readable(txn, dbs, "accounts").items():
         if value is None:
-            accounts.pop(key.decode(), None)
+            try:
+                accounts.pop(key.decode(), None)
+            except UnicodeDecodeError:
+                pass   # no such account was taken
         else:
-            accounts[key.decode()] = value
+            _take_account(report, "the accounts log", key, value, accounts,
+                          (layout.ACCOUNT_RECORD_SIZE,))
+
+
+# A data dir no switch of this version opened yet holds shorter records (schema 2: 152
+# bytes), read as the migration will write them, the new fields zero; the logs hold only
+# records of this version.
+_STORED_RECORD_SIZES = (152, layout.ACCOUNT_RECORD_SIZE)
+
+
+def _take_account(report: AuditReport, where: str, key, value, accounts: dict,
+                  sizes: tuple) -> None:
+    """An account record into `accounts`, by its name, padded to the record's size; a key
+    that is not text, or a record of a size no switch writes, is reported (a damaged or
+    forged record is a finding, not a traceback)."""
+    try:
+        name = bytes(key).decode()
+    except UnicodeDecodeError:
+        report.problems.append(f"{where}: account key {bytes(key)[:16].hex()} is not text")
+        return
+    value = bytes(value)
+    if len(value) not in sizes:
+        report.problems.append(f"account {name} in {where}: a record of {len(value)} bytes, "
+                               f"not {layout.ACCOUNT_RECORD_SIZE}")
+    accounts[name] = value[:layout.ACCOUNT_RECORD_SIZE].ljust(layout.ACCOUNT_RECORD_SIZE,
+                                                               b"\0")
 
 
 def _schema(txn, dbs) -> int:

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import struct
 
 import lmdb
 import msgpack
@@ -476,6 +477,40 @@ def test_one_damaged_log_record_hides_no_other_logged_account_and_is_named_first
     assert any("balance 400 but journal sum 500" in problem
                for problem in report.problems), report.problems
     assert len(report.problems) == 2, report.problems
+
+
+@pytest.mark.parametrize("writes, message", [
+    ({b"WH1": b"x"}, "account WH1 in the accounts log: a record of 1 bytes, not 176"),
+    ({b"ZZZ9": b"y" * 64}, "account ZZZ9 in the accounts log: a record of 64 bytes"),
+    ({b"\xff\xfe": b"z" * 176}, "the accounts log: account key fffe is not text"),
+])
+def test_a_forged_account_record_in_a_log_is_a_finding_not_a_traceback(tmp_path, monkeypatch,
+                                                                        writes, message):
+    """A record that decodes but holds no account a switch writes (too short, a key that
+    is not text), newest in the current log: audit names it, as it does such a record in
+    `accounts` itself, and checks the rest."""
+    logs = _books_with_ids_in_the_logs(tmp_path, monkeypatch)
+    newest_lsn = max(int.from_bytes(key, "big") for keys in logs.values() for key in keys)
+    _, current = max((max(logs[log]), log) for log in writeback.LOGS["accounts"] if logs[log])
+    _write_log(tmp_path, current, writeback.lsn_key(newest_lsn + 1),
+               writeback.encode_record(writes))
+    report = audit(str(tmp_path))
+    assert report.unreadable is None and any(message in problem
+                                             for problem in report.problems), report.problems
+
+
+def test_books_that_stop_the_check_part_way_are_one_line_not_a_traceback(tmp_path,
+                                                                         monkeypatch):
+    from switch.persistence import audit as audit_module
+    _books(tmp_path)
+
+    def unexpected(txn, dbs, report):
+        raise struct.error("unpack_from requires a buffer of at least 8 bytes")
+    monkeypatch.setattr(audit_module, "_check", unexpected)
+    report = audit(str(tmp_path))
+    assert not report.sound and report.unreadable.startswith(
+        "the books could not be checked to the end (error: unpack_from requires")
+    assert "not known to be sound" in report.unreadable
 
 
 @pytest.mark.parametrize("key, message", [
