@@ -164,16 +164,19 @@ def _open_store(claim):
     except MasterKeyError as error:
         raise StartError(str(error)) from None
     except (lmdb.Error, SchemaMismatch, DamagedLog, OSError) as error:
-        hint = _out_of_space_hint(error, "start again (nothing committed is lost)")
+        hint = _out_of_space_hint(error, claim.path, "start again (nothing committed is lost)")
         raise StartError(f"cannot open the data dir {claim.path}: {error}{hint}") from None
 
 
-def _out_of_space_hint(error: Exception, then: str) -> str:
+def _out_of_space_hint(error: Exception, data_dir: str, then: str) -> str:
     """What to do when the disk is full. LMDB reports ENOSPC only in its message (its own
-    error classes have no errno); even opening writes, since it writes back the logs."""
+    error classes have no errno); even opening writes, since it writes back the logs. The
+    full disk is the one of the file named, when the error names one (the key file may be
+    elsewhere), else the data dir's."""
     if isinstance(error, OSError) and error.errno == errno.ENOSPC or (
             "No space left on device" in str(error)):
-        return f"; the disk that holds it is full: free space there, then {then}"
+        place = getattr(error, "filename", None) or data_dir
+        return f"; the disk that holds {place} is full: free space there, then {then}"
     return ""
 
 
@@ -242,11 +245,11 @@ def _rotate_master_key(args) -> int:
         return 2
     except (lmdb.Error, OSError) as error:
         # Each step of the rotation leaves a key file that opens everything (rotate_master_key),
-        # so after a failed write the operator runs it again; nothing is half-sealed.
-        hint = _out_of_space_hint(error, "run the same command again")
+        # so once the cause is put right the operator runs it again; nothing is half-sealed.
+        hint = _out_of_space_hint(error, args.data, "run the same command again")
+        then = "" if hint else ", and once the cause is put right the same command finishes it"
         print(f"error: the master key rotation did not finish: {error}{hint}; the key file "
-              f"still opens every secret, and running the command again finishes the "
-              f"rotation", file=sys.stderr)
+              f"still opens every secret{then}", file=sys.stderr)
         return 2
     print("master key rotated; sealed again: " + ", ".join(
         f"{count} {name}" for name, count in counts.items() if name != "accounts")
