@@ -493,16 +493,21 @@ typedef struct {
 } kernel_thread_ticks;
 static kernel_thread_ticks kernel_threads_at_start[KERNEL_THREADS_MAX];
 static int kernel_threads_at_start_count;
+static int kernel_threads_at_start_overflow;   /* more than the table holds: not measured */
 
 /* With `record`, notes every kernel thread's ticks and returns 0; without, returns the CPU
  * seconds kernel threads spent since they were noted (a thread begun since counts whole; one
- * gone since is lost with its ticks of the window). NAN when there are none to see. */
+ * gone since is lost with its ticks of the window). NAN when there are none to see, or more
+ * than the table noted. */
 static double kernel_threads_s(int record) {
     DIR *proc = opendir("/proc");
     if (!proc) return NAN;
     unsigned long long total = 0;
     int seen = 0;
-    if (record) kernel_threads_at_start_count = 0;
+    if (record) {
+        kernel_threads_at_start_count = 0;
+        kernel_threads_at_start_overflow = 0;
+    }
     struct dirent *entry;
     while ((entry = readdir(proc)) != NULL) {
         char *end;
@@ -518,6 +523,8 @@ static double kernel_threads_s(int record) {
                 kernel_thread_ticks *noted = &kernel_threads_at_start[kernel_threads_at_start_count++];
                 noted->pid = pid;
                 noted->ticks = ticks;
+            } else {
+                kernel_threads_at_start_overflow = 1;   /* one not noted would count whole */
             }
             continue;
         }
@@ -530,6 +537,7 @@ static double kernel_threads_s(int record) {
         total += ticks - before;
     }
     closedir(proc);
+    if (!record && kernel_threads_at_start_overflow) return NAN;
     return seen ? (double)total / sysconf(_SC_CLK_TCK) : NAN;
 }
 
