@@ -66,22 +66,29 @@ def decode_record(data) -> dict:
     return writes
 
 
+def _records_in_lsn_order(txn, dbs, databases) -> list:
+    """Every record of the named databases' logs as (LSN, the log's index in its pair, the
+    database, the log, its key, its value), oldest first. A log `dbs` names None (a data
+    dir from before it, read by `audit` or `backup`) holds nothing."""
+    records = []
+    for db in databases:
+        for index, log in enumerate(LOGS[db]):
+            if dbs.get(log) is None:
+                continue
+            for key, data in txn.cursor(db=dbs[log]):
+                records.append((int.from_bytes(key, "big"), index, db, log, bytes(key), data))
+    records.sort(key=lambda record: record[0])
+    return records
+
+
 def read_logs(txn, dbs) -> tuple[dict, dict, int, int]:
     """What the logs hold, as the Store keeps it between write-backs: the current log's and
     the previous log's (db, key) -> newest value (None: deleted), each in LSN order so a
     later record wins; the current log's index (the log holding the newest record, the
     first when both are empty); and the next free LSN."""
-    records = []
-    for db, pair in LOGS.items():
-        for index, log in enumerate(pair):
-            if dbs.get(log) is None:
-                continue   # a data dir from before this log (read by `audit`, `backup`)
-            for lsn, data in txn.cursor(db=dbs[log]):
-                records.append((int.from_bytes(lsn, "big"), index, db, log, data))
-    records.sort(key=lambda record: record[0])
     by_log: tuple[dict, dict] = ({}, {})
     newest = [-1, -1]
-    for lsn, index, db, log, data in records:
+    for lsn, index, db, log, _, data in _records_in_lsn_order(txn, dbs, LOGS):
         try:
             writes = decode_record(data)
         except ValueError as error:
@@ -138,16 +145,10 @@ def newest_readable(txn, dbs, database: str) -> dict:
     passing over a record that is not an LSN's or does not decode: what a checker (`audit`)
     reads of a data dir whose next open `read_logs` would refuse, so that one damaged
     record, reported by `log_problems`, does not hide every other logged write."""
-    records = []
-    for log in LOGS[database]:
-        handle = dbs.get(log)
-        if handle is None:
-            continue
-        records.extend((bytes(key), data) for key, data in txn.cursor(db=handle)
-                       if len(key) == 8)   # big-endian LSNs: sorting the keys sorts them
-    records.sort(key=lambda record: record[0])
     newest: dict = {}
-    for _, data in records:
+    for _, _, _, _, key, data in _records_in_lsn_order(txn, dbs, (database,)):
+        if len(key) != 8:
+            continue   # not an LSN
         try:
             newest.update(decode_record(data))
         except ValueError:
