@@ -42,8 +42,25 @@ def reply_size(reply: dict) -> int:
     return limits.reply_bytes_small
 
 
+# `_writer_scope` once the closing task writes what is left itself: no writer starts again.
+_CLOSING_WRITES = object()
+
+
 class Connection:
-    """One inbound connection: a reader that executes; replies go straight to the socket."""
+    """One inbound connection. A task reads its hello; after that no task waits on it while
+    it is idle: the poller reads it (switch/shell/poller.py), replies go straight to the
+    socket, and a task starts only for what must wait on this one connection (a kernel
+    send buffer that is full, the close). Ten thousand idle tills then cost their objects,
+    not ten thousand parked tasks."""
+
+    # Slots: a connection has more fields than an instance dict shares keys for, and a
+    # dict of its own per connection was a fifth of what an idle connection held.
+    __slots__ = ("server", "transport", "session", "decoder", "credential", "budget", "role",
+                 "in_flight", "address", "accepted_at", "peer", "reply_bytes", "_backlog",
+                 "_out", "_unsent", "_writer_scope", "_capacity", "fd", "read_deadline",
+                 "_frame_started", "_received", "_received_at", "_heard_by", "_closing",
+                 "_released", "_reading_ended", "_closing_error", "_error_queued",
+                 "reader_scope", "closed")
 
     def __init__(self, server: "Server", transport: Transport, address: str):
         self.server = server
@@ -62,8 +79,8 @@ class Connection:
         self._backlog: deque = deque()
         self._out: list = []             # frames encoded but not yet written
         self._unsent = b""               # what the kernel would not take yet
-        self._writable = trio.Event()    # wakes the writer when there is something to wait for
-        self._capacity = trio.lowlevel.ParkingLot()   # the drain at the end waits here
+        self._writer_scope = None        # the writer task's, while one waits for room
+        self._capacity = None            # ParkingLot: the closing task waits here for replies
         self.fd = None                   # while the poller holds it
         self.read_deadline = float("inf")   # the poller's sweep ends reading past it
         self._frame_started = None       # when the first byte of the incomplete frame came
@@ -73,12 +90,14 @@ class Connection:
         # `heard_by` for what a pass read; the time of the resume for a paused connection,
         # whose wait was its own doing)
         self._heard_by = time.perf_counter()
-        self._reading_done = trio.Event()
+        self._closing = False            # the closing task was started
+        self._released = False
         self._reading_ended = False
         self._closing_error: ProtocolError | None = None
         self._error_queued = False
+        # The hello task's; None once the session is open (cancelling it no longer ends
+        # anything: `stop` does).
         self.reader_scope = trio.CancelScope()
-        self._writer_scope = trio.CancelScope()
         self.closed = False
 
     # ------------------------------------------------------------ called by others
@@ -118,8 +137,7 @@ class Connection:
             self._queue(self.session.encode_error(self._closing_error))
             self._error_queued = True
             self.flush()
-        self._stop_reading()
-        self.reader_scope.cancel()
+        self.stop()
 
     def _queue(self, frame: bytes) -> None:
         self._out.append(frame)
@@ -149,7 +167,9 @@ class Connection:
                 self._peer_gone()
                 return
             self._set_unsent(unsent)
-            self._writable.set()
+            if self._writer_scope is None:
+                self._writer_scope = scope = trio.CancelScope()
+                self.server.start_connection_task(self._writer, scope)
         elif self._unsent:
             self._set_unsent(b"")
 
@@ -161,14 +181,14 @@ class Connection:
         self.closed = True
         self._set_unsent(b"")
         self._out.clear()
-        self._stop_reading()
-        self.reader_scope.cancel()
-        self._capacity.unpark_all()
-        self._writable.set()
+        self.stop()
+        if self._capacity is not None:
+            self._capacity.unpark_all()
 
     def _room(self) -> None:
         """A reply went out or left memory: whoever waits on this connection's room."""
-        self._capacity.unpark_all()
+        if self._capacity is not None:
+            self._capacity.unpark_all()
         self.server.poller.resume(self)
 
     # ------------------------------------------------------------ reading: the poller's pass
@@ -261,70 +281,96 @@ class Connection:
         self.server.poller.add(self)
 
     def _end_reading(self, error: ProtocolError | None = None) -> None:
-        """EOF, a protocol error or a read deadline: the lifecycle task takes it from here."""
+        """EOF, a protocol error or a read deadline: the closing task takes it from here."""
         if error is not None and self._closing_error is None:
             self._closing_error = error
         self._stop_reading()
-        self._reading_done.set()
+        if not self._closing and not self._released and self.reader_scope is None:
+            self._closing = True
+            self.server.start_connection_task(self._close_when_answered)
 
     def _stop_reading(self) -> None:
         self._reading_ended = True
         self.server.poller.remove(self)
 
+    def stop(self) -> None:
+        """Read no more: a hello not finished is abandoned; an open session answers what it
+        has in flight, then closes (revocation, a peer gone, the server draining)."""
+        if self.reader_scope is not None:
+            self.reader_scope.cancel()
+        else:
+            self._end_reading()
+
     # ------------------------------------------------------------ lifecycle
-    async def run(self) -> None:
+    async def open(self) -> None:
+        """The hello, in the task that accepted the socket; then the poller has it and this
+        task ends (or, refused, the connection is released)."""
         server = self.server
         server.live.add(self)
         server.metrics.connections.labels("pending").inc()
         try:
-            async with trio.open_nursery() as nursery:
-                with self.reader_scope:
-                    payloads = await self._receive_hello()
-                    if payloads is None:
-                        return
-                    nursery.start_soon(self._writer)
-                    self._open_into_backlog(payloads)
-                    self._heard_by = time.perf_counter()   # read with the hello, just now
-                    # From here one task reads every connection (switch/shell/poller.py);
-                    # this one waits for the end of reading, then drains.
-                    self._run_backlog(trio.current_time())
-                    await self._reading_done.wait()
-                self._stop_reading()
-                if self.role == "pending":
-                    return  # drained before a session existed
-                # Answer what is in flight before closing (bounded).
-                with trio.move_on_after(limits.drain_timeout_s):
-                    while self.in_flight and not self.closed:
-                        await self._capacity.park()
-                if self._closing_error is not None and not self._error_queued:
-                    self._queue(self.session.encode_error(self._closing_error))
-                    self._error_queued = True
-                # One task waits on the socket at a time: the writer stops, this one finishes.
-                self._writer_scope.cancel()
-                self.flush()
-                with trio.move_on_after(limits.error_flush_timeout_s):
-                    while self._unsent and not self.closed:
-                        await self._flush_rest()
-                written = not self._unsent and not self.closed
-                self.closed = True
-                self._writable.set()
+            with self.reader_scope:
+                payloads = await self._receive_hello()
+        finally:
+            if self.role == "pending":
+                self.release()   # refused, timed out, cancelled or failed before a session
+        if self.role == "pending":
+            return
+        self.reader_scope = None
+        self._open_into_backlog(payloads)
+        self._heard_by = time.perf_counter()   # read with the hello, just now
+        # From here one task reads every connection (switch/shell/poller.py); reading's end
+        # starts the task that closes this one (`_end_reading`).
+        self._run_backlog(trio.current_time())
+
+    async def _close_when_answered(self) -> None:
+        """Answer what is in flight (bounded), write what is left, then close."""
+        try:
+            self._capacity = trio.lowlevel.ParkingLot()
+            with trio.move_on_after(limits.drain_timeout_s):
+                while self.in_flight and not self.closed:
+                    await self._capacity.park()
+            if self._closing_error is not None and not self._error_queued:
+                self._queue(self.session.encode_error(self._closing_error))
+                self._error_queued = True
+            # One task waits on the socket at a time: the writer stops, this one finishes.
+            writer, self._writer_scope = self._writer_scope, _CLOSING_WRITES
+            if writer is not None:
+                writer.cancel()
+            self.flush()
+            with trio.move_on_after(limits.error_flush_timeout_s):
+                while self._unsent and not self.closed:
+                    await self._flush_rest()
+            written = not self._unsent and not self.closed
+            self.closed = True
             if written:
                 await self.transport.close_after_peer()
         finally:
-            self.closed = True
-            self._set_unsent(b"")
-            self._stop_reading()
-            server.live.discard(self)
-            server.forget_pending(self)
-            if self.role == "pending":
-                server.metrics.connections.labels("pending").dec()
-            else:
-                server.metrics.connections.labels(self.role).dec()
-                if self.role == "terminal":
-                    server.metrics.terminal_connections.labels(
-                        self.credential.school, self.credential.kind).dec()
-                server.unregister(self)
-            self.transport.close()
+            self.release()
+
+    def release(self) -> None:
+        """Give back everything it holds: the socket, its place in the poller and registry,
+        its gauges. Once, whichever path ends it (also a server cancelled with it idle)."""
+        if self._released:
+            return
+        self._released = True
+        server = self.server
+        self.closed = True
+        self._set_unsent(b"")
+        self._stop_reading()
+        if self._writer_scope is not None and self._writer_scope is not _CLOSING_WRITES:
+            self._writer_scope.cancel()
+        server.live.discard(self)
+        server.forget_pending(self)
+        if self.role == "pending":
+            server.metrics.connections.labels("pending").dec()
+        else:
+            server.metrics.connections.labels(self.role).dec()
+            if self.role == "terminal":
+                server.metrics.terminal_connections.labels(
+                    self.credential.school, self.credential.kind).dec()
+            server.unregister(self)
+        self.transport.close()
 
     async def _receive_hello(self):
         server = self.server
@@ -447,17 +493,13 @@ class Connection:
             return
         self._room()  # room again for replies that wait to be executed
 
-    async def _writer(self) -> None:
-        """Waits for the socket to drain when the kernel's buffer was full."""
-        with self._writer_scope:
-            await self._write_while_open()
-
-    async def _write_while_open(self) -> None:
-        while not self.closed:
-            await self._writable.wait()
-            self._writable = trio.Event()
+    async def _writer(self, scope: trio.CancelScope) -> None:
+        """Started when the kernel's send buffer was full: waits for it to drain, then ends."""
+        with scope:
             while self._unsent and not self.closed:
                 await self._flush_rest()
+        if self._writer_scope is scope:
+            self._writer_scope = None
 
 
 class Server:
@@ -470,8 +512,7 @@ class Server:
         self.committer = Committer(store, ledger, self.metrics, config.batch_requests_max,
                                    config.batch_wait_s, self._batch_done)
         self.sessions: dict[str, set] = {}
-        self.live: set = set()
-        self.connection_count = 0
+        self.live: set = set()                # every connection not released yet
         self.signed_on = 0
         self._pending: dict = {}              # connections before hello, oldest first
         self._pending_by_address: dict = {}   # address -> its pending connections, oldest first
@@ -480,7 +521,7 @@ class Server:
         self.unsent_bytes = 0                 # encoded replies the kernel has not taken yet
         self.poller = ReadinessPoller(self.metrics)
         self._failures_counted = ledger.failures
-        self._connections_scope = None
+        self._connections_nursery = None
         self._accepting_scope = None
         if hasattr(clock, "jump_observers"):   # a TrustedClock (tests may drive a fake one)
             clock.jump_observers.append(self.metrics.clock_jumped)
@@ -492,6 +533,10 @@ class Server:
             self.metrics.blacklist_version.labels(school).set(ledger.blacklist.version(school))
             for kind in ("pos", "water", "meter"):
                 self.metrics.terminal_connections.labels(school, kind)
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.live)
 
     # ------------------------------------------------------------ registry
     def register(self, connection: Connection) -> None:
@@ -534,7 +579,7 @@ class Server:
                     return False
                 log.info("event=pending_evicted peer=%s", oldest.peer)
                 self.forget_pending(oldest)
-                oldest.reader_scope.cancel()
+                oldest.stop()
         self._pending_by_address.setdefault(connection.address, {})[connection] = None
         self._pending[connection] = None
         return True
@@ -636,20 +681,26 @@ class Server:
                 forwarder = Forwarder(destination, self.store, self.committer, self.metrics)
                 nursery.start_soon(self._supervised, f"forwarder:{destination.name}",
                                    forwarder.run)
-            async with trio.open_nursery() as connections:
-                self._connections_scope = connections.cancel_scope
-                self._accepting_scope = trio.CancelScope()
-                task_status.started()
-                with self._accepting_scope:
-                    async with trio.open_nursery() as accepting:
-                        for listener in listeners:
-                            accepting.start_soon(self._accept, listener, connections)
-                for listener in listeners:
-                    trio.lowlevel.notify_closing(listener)
-                    listener.close()
-                # Stop reading; each connection answers what it has in flight, then closes.
+            try:
+                async with trio.open_nursery() as connections:
+                    self._connections_nursery = connections
+                    self._accepting_scope = trio.CancelScope()
+                    task_status.started()
+                    with self._accepting_scope:
+                        async with trio.open_nursery() as accepting:
+                            for listener in listeners:
+                                accepting.start_soon(self._accept, listener, connections)
+                    for listener in listeners:
+                        trio.lowlevel.notify_closing(listener)
+                        listener.close()
+                    # Stop reading; each connection answers what it has in flight, then
+                    # closes (in a task of this nursery, which waits for them all).
+                    for connection in list(self.live):
+                        connection.stop()
+            finally:
+                # Cancelled from outside: idle connections have no task that would see it.
                 for connection in list(self.live):
-                    connection.reader_scope.cancel()
+                    connection.release()
             self.committer.kick()  # e.g. a forwarder's position waiting for the next commit
             with trio.move_on_after(limits.drain_timeout_s):
                 await self.committer.wait_idle()
@@ -722,16 +773,24 @@ class Server:
             connections.start_soon(self._run_connection, connection)
 
     async def _run_connection(self, connection: Connection) -> None:
-        self.connection_count += 1
         try:
-            await connection.run()
+            await connection.open()
         except Exception:
             # A fault while serving one connection ends that connection, never the switch.
             failures.failed("connection_failed", peer=connection.peer)
             self.metrics.failures.labels("connection").inc()
-        finally:
-            self.connection_count -= 1
-            self.forget_pending(connection)
-            if connection.credential is not None:
-                self.unregister(connection)
-            connection.transport.close()
+            connection.release()
+
+    def start_connection_task(self, run, *args) -> None:
+        """A task for what waits on one connection (its send buffer, its close), owned by
+        the connections' nursery; a fault in it ends that connection alone."""
+        self._connections_nursery.start_soon(self._connection_task, run, *args)
+
+    async def _connection_task(self, run, *args) -> None:
+        try:
+            await run(*args)
+        except Exception:
+            connection = run.__self__
+            failures.failed("connection_failed", peer=connection.peer)
+            self.metrics.failures.labels("connection").inc()
+            connection.release()

@@ -1,0 +1,116 @@
+"""A signed-on connection that is idle has no task waiting on it (issue 15: 10,000 idle
+tills in ≤ 200 MB). The poller reads it; a task starts only for what must wait on that one
+connection (a full send buffer, the close) and ends with it. These tests hold the shell to
+that, and to what the tasks used to guarantee by being there: a server cancelled from
+outside still closes every socket and gives back every gauge."""
+
+import socket
+
+import trio
+
+from switch import limits
+from tests.shell.harness import Switch
+from tests.shell.test_reply_memory import _account_with_history, _history
+
+
+def _connection_tasks(switch) -> list:
+    return list(switch.server._connections_nursery.child_tasks)
+
+
+def _connection_of(switch, who):
+    return next((c for c in switch.server.live if c.credential and c.credential.who == who),
+                None)
+
+
+async def _settle(switch):
+    """Until no connection task is left (hello tasks end right after the hello)."""
+    with trio.fail_after(10):
+        while _connection_tasks(switch):
+            await trio.sleep(0.01)
+
+
+async def test_idle_sessions_have_no_task_and_still_serve(tmp_path, nursery):
+    switch = await Switch(tmp_path / "d").start(nursery)
+    await switch.person("WH1", "AAAA", balance=1000)
+    tills = [await switch.terminal(f"pos-{n}") for n in range(12)]
+    await _settle(switch)
+    # 13 sessions open (the admin's too), and not one task for them in the nursery.
+    assert switch.server.signed_on == 13
+    assert _connection_tasks(switch) == []
+    for n, till in enumerate(tills):
+        reply = await till.request({"t": "debit", "card": "AAAA", "amount": 1, "id": n})
+        assert reply["code"] == "ok", reply
+    assert (await tills[0].request({"t": "balance", "card": "AAAA"}))["balance"] == 988
+    assert _connection_tasks(switch) == []
+    # A session that ends gets a task for its close, which ends too.
+    await tills[0].aclose()
+    with trio.fail_after(10):
+        while _connection_of(switch, "pos-0") is not None:
+            await trio.sleep(0.01)
+    await _settle(switch)
+    assert switch.server.signed_on == 12
+    await switch.stop()
+
+
+async def test_a_full_send_buffer_gets_a_writer_task_that_ends_when_it_drains(
+        tmp_path, nursery):
+    switch = await Switch(tmp_path / "d").start(nursery)
+    await _account_with_history(switch, limits.history_limit_max)
+    sink = await switch.service("svc-slow-reader", school="WH")
+    await _settle(switch)
+    # Small buffers both ways, so a few replies fill them.
+    sink.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection = _connection_of(switch, "svc-slow-reader")
+    connection.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    requests = 48
+    for n in range(requests):
+        await sink.send(_history(n))
+    with trio.fail_after(10):
+        while connection._writer_scope is None:
+            await trio.sleep(0.01)
+    assert len(_connection_tasks(switch)) == 1   # the writer, waiting for room
+    replies = [await sink.receive() for _ in range(requests)]
+    assert [r["code"] for r in replies] == ["ok"] * requests
+    await _settle(switch)
+    assert connection._writer_scope is None
+    assert switch.server.unsent_bytes == 0
+    await switch.stop()
+
+
+async def test_a_server_cancelled_from_outside_closes_idle_sockets(tmp_path, nursery):
+    switch = await Switch(tmp_path / "d").start(nursery)
+    tills = [await switch.terminal(f"pos-{n}") for n in range(5)]
+    # One socket that never says hello, too.
+    raw = trio.socket.socket()
+    await raw.connect(("127.0.0.1", switch.port))
+    with trio.fail_after(10):
+        while switch.server.connection_count < 7:
+            await trio.sleep(0.01)
+    switch._scope.cancel()          # not a drain: the server's tasks are cancelled
+    with trio.fail_after(10):
+        await switch._finished.wait()
+    assert switch.server.live == set()
+    assert switch.server.signed_on == 0
+    assert switch.server.poller.connections == 0
+    gauges = switch.server.metrics.connections
+    for role in ("pending", "terminal", "admin"):
+        assert gauges.labels(role)._value.get() == 0, role
+    # Every peer sees its connection closed (EOF or a reset), none is left hanging.
+    with trio.fail_after(10):
+        for till in tills:
+            with trio.move_on_after(5) as hung:
+                try:
+                    while await till.stream.receive_some(4096):
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+            assert not hung.cancelled_caught
+        with trio.move_on_after(5) as hung:
+            try:
+                while await raw.recv(4096):
+                    pass
+            except OSError:
+                pass
+        assert not hung.cancelled_caught
+    raw.close()
+    switch.store.close()
