@@ -494,9 +494,13 @@ class Connection:
         self._room()  # room again for replies that wait to be executed
 
     async def _writer(self, scope: trio.CancelScope) -> None:
-        """Started when the kernel's send buffer was full: waits for it to drain, then ends."""
+        """Started when the kernel's send buffer was full: waits for it to drain, then ends.
+        Only while it is still the connection's writer: the closing task, woken in the step
+        that started this one, may have run first and taken the socket over. Its cancel
+        reaches this task only at a checkpoint, and trio refuses a second wait on one
+        socket before it checks for a cancel (the replies were then lost)."""
         with scope:
-            while self._unsent and not self.closed:
+            while self._writer_scope is scope and self._unsent and not self.closed:
                 await self._flush_rest()
         if self._writer_scope is scope:
             self._writer_scope = None

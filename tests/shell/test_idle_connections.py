@@ -5,6 +5,7 @@ that, and to what the tasks used to guarantee by being there: a server cancelled
 outside still closes every socket and gives back every gauge."""
 
 import socket
+import time
 
 import trio
 
@@ -114,3 +115,51 @@ async def test_a_server_cancelled_from_outside_closes_idle_sockets(tmp_path, nur
         assert not hung.cancelled_caught
     raw.close()
     switch.store.close()
+
+
+async def test_replies_committed_after_the_peer_stopped_sending_all_reach_it(
+        tmp_path, nursery, monkeypatch):
+    """The peer sends its last requests and half-closes; their batch fills the send buffer,
+    so a writer task is started in the same step as the closing task is woken. Only one
+    task may wait on the socket: when the closing task ran first, the writer still waited
+    on it too (trio's BusyResourceError), the connection was released and the committed
+    replies were lost (a hostile review's finding; the design before 1e0efdf had it too)."""
+    switch = await Switch(tmp_path / "d").start(nursery)
+    await _account_with_history(switch, limits.history_limit_max)
+    real_write = switch.store.write_batch
+    rounds, requests = 12, 8
+    got = []
+    for n in range(rounds):
+        sink = await switch.service(f"svc-{n}", school="WH")
+        await _settle(switch)
+        sink.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        _connection_of(switch, f"svc-{n}").transport.sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+        def slow_write(batch):
+            time.sleep(0.2)
+            real_write(batch)
+
+        # A commit in progress: the requests below wait for the next batch, together.
+        monkeypatch.setattr(switch.store, "write_batch", slow_write)
+        await switch.admin.send({"t": "credit", "account": "WH1", "amount": 1, "source": "s",
+                                 "id": f"slow-{n}"})
+        await trio.sleep(0.02)
+        for k in range(requests):
+            await sink.send(_history(k))
+        await trio.sleep(0.02)
+        await sink.stream.send_eof()
+        await trio.sleep(0.5)
+        monkeypatch.setattr(switch.store, "write_batch", real_write)
+        replies = []
+        with trio.fail_after(10):
+            try:
+                while True:
+                    replies.append(await sink.receive())
+            except Exception:
+                pass
+        assert (await switch.admin.receive())["code"] == "ok"
+        got.append(len(replies))
+    assert got == [requests] * rounds, got
+    assert switch.server.metrics.failures.labels("connection")._value.get() == 0
+    await switch.stop()
