@@ -7,9 +7,11 @@ outside still closes every socket and gives back every gauge."""
 import socket
 import time
 
+import pytest
 import trio
 
 from switch import limits
+from switch.shell.client import SwitchError
 from tests.shell.harness import Switch
 from tests.shell.test_reply_memory import _account_with_history, _history
 
@@ -60,7 +62,7 @@ async def test_a_full_send_buffer_gets_a_writer_task_that_ends_when_it_drains(
     sink = await switch.service("svc-slow-reader", school="WH")
     await _settle(switch)
     # Small buffers both ways, so a few replies fill them.
-    sink.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sink.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     connection = _connection_of(switch, "svc-slow-reader")
     connection.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     requests = 48
@@ -117,9 +119,11 @@ async def test_a_server_cancelled_from_outside_closes_idle_sockets(tmp_path, nur
     switch.store.close()
 
 
-async def test_replies_committed_after_the_peer_stopped_sending_all_reach_it(
-        tmp_path, nursery, monkeypatch):
-    """The peer sends its last requests and half-closes; their batch fills the send buffer,
+@pytest.mark.parametrize("ending", ["half_close", "revoked"])
+async def test_replies_committed_as_reading_ends_all_reach_the_peer(
+        tmp_path, nursery, monkeypatch, ending):
+    """The peer sends its last requests and half-closes (or its credential is revoked in
+    the same batch); their batch fills the send buffer,
     so a writer task is started in the same step as the closing task is woken. Only one
     task may wait on the socket: when the closing task ran first, the writer still waited
     on it too (trio's BusyResourceError), the connection was released and the committed
@@ -132,7 +136,7 @@ async def test_replies_committed_after_the_peer_stopped_sending_all_reach_it(
     for n in range(rounds):
         sink = await switch.service(f"svc-{n}", school="WH")
         await _settle(switch)
-        sink.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sink.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         _connection_of(switch, f"svc-{n}").transport.sock.setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
@@ -148,18 +152,28 @@ async def test_replies_committed_after_the_peer_stopped_sending_all_reach_it(
         for k in range(requests):
             await sink.send(_history(k))
         await trio.sleep(0.02)
-        await sink.stream.send_eof()
+        if ending == "half_close":
+            await sink.stream.send_eof()
+        else:
+            await switch.admin.send({"t": "revoke_credential", "who": f"svc-{n}",
+                                     "id": f"revoke-{n}"})
         await trio.sleep(0.5)
         monkeypatch.setattr(switch.store, "write_batch", real_write)
-        replies = []
+        replies, end = [], "eof"
         with trio.fail_after(10):
             try:
                 while True:
                     replies.append(await sink.receive())
-            except Exception:
+            except SwitchError as error:
+                end = error.code
+            except trio.EndOfChannel:
                 pass
+        await sink.aclose()
         assert (await switch.admin.receive())["code"] == "ok"
-        got.append(len(replies))
-    assert got == [requests] * rounds, got
+        if ending == "revoked":
+            assert (await switch.admin.receive())["code"] == "ok"
+        got.append((len(replies), end))
+    expected_end = "eof" if ending == "half_close" else "unauthenticated"
+    assert got == [(requests, expected_end)] * rounds, got
     assert switch.server.metrics.failures.labels("connection")._value.get() == 0
     await switch.stop()
