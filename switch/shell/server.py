@@ -774,16 +774,7 @@ class Server:
                             connection.peer, self.signed_on, len(self._pending))
                 transport.close()
                 continue
-            connections.start_soon(self._run_connection, connection)
-
-    async def _run_connection(self, connection: Connection) -> None:
-        try:
-            await connection.open()
-        except Exception:
-            # A fault while serving one connection ends that connection, never the switch.
-            failures.failed("connection_failed", peer=connection.peer)
-            self.metrics.failures.labels("connection").inc()
-            connection.release()
+            connections.start_soon(self._connection_task, connection.open)
 
     def start_connection_task(self, run, *args) -> None:
         """A task for what waits on one connection (its send buffer, its close), owned by
@@ -791,9 +782,11 @@ class Server:
         self._connections_nursery.start_soon(self._connection_task, run, *args)
 
     async def _connection_task(self, run, *args) -> None:
+        """`run`, a method of one connection: its hello, writer or close."""
         try:
             await run(*args)
         except Exception:
+            # A fault while serving one connection ends that connection, never the switch.
             connection = run.__self__
             failures.failed("connection_failed", peer=connection.peer)
             self.metrics.failures.labels("connection").inc()

@@ -123,8 +123,8 @@ async def test_a_server_cancelled_from_outside_closes_idle_sockets(tmp_path, nur
 async def test_replies_committed_as_reading_ends_all_reach_the_peer(
         tmp_path, nursery, monkeypatch, ending):
     """The peer sends its last requests and half-closes (or its credential is revoked in
-    the same batch); their batch fills the send buffer,
-    so a writer task is started in the same step as the closing task is woken. Only one
+    the same batch); their batch fills the send buffer, so a writer task is started in
+    the same step as the closing task is woken. Only one
     task may wait on the socket: when the closing task ran first, the writer still waited
     on it too (trio's BusyResourceError), the connection was released and the committed
     replies were lost (a hostile review's finding; the design before 1e0efdf had it too)."""
