@@ -341,6 +341,12 @@ class Connection:
             with trio.move_on_after(limits.error_flush_timeout_s):
                 while self._unsent and not self.closed:
                     await self._flush_rest()
+            if self._unsent and not self.closed:
+                # Replies committed but not delivered: the peer was still reading, too
+                # slowly for the close's bound. Said, so that a till missing its last
+                # answers can be traced to it.
+                log.warning("event=close_cut_short who=%s peer=%s unsent_bytes=%d",
+                            self.credential.who, self.peer, len(self._unsent))
             written = not self._unsent and not self.closed
             self.closed = True
             if written:

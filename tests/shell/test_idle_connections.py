@@ -177,3 +177,38 @@ async def test_replies_committed_as_reading_ends_all_reach_the_peer(
     assert got == [(requests, expected_end)] * rounds, got
     assert switch.server.metrics.failures.labels("connection")._value.get() == 0
     await switch.stop()
+
+
+async def test_a_close_that_cuts_off_a_slow_reader_says_so(tmp_path, nursery, monkeypatch,
+                                                           caplog):
+    """A peer that half-closed and still reads, slower than the close's bound allows, loses
+    the replies left unsent: bounded by design (`error_flush_timeout_s`), and logged, so
+    that a till missing its last answers can be traced (a hostile review's finding: the
+    cut was silent)."""
+    monkeypatch.setattr(limits, "error_flush_timeout_s", 1.0)
+    switch = await Switch(tmp_path / "d").start(nursery)
+    await _account_with_history(switch, limits.history_limit_max)
+    sink = await switch.service("svc-slow", school="WH")
+    await _settle(switch)
+    sink.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    _connection_of(switch, "svc-slow").transport.sock.setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    requests = 24
+    for k in range(requests):
+        await sink.send(_history(k))
+    await trio.sleep(0.5)
+    await sink.stream.send_eof()
+    replies = []
+    with trio.fail_after(20):
+        try:
+            while len(replies) < requests:
+                await trio.sleep(0.2)   # slow, but reading
+                replies.append(await sink.receive())
+        except (trio.EndOfChannel, trio.BrokenResourceError):
+            pass
+    assert 0 < len(replies) < requests
+    cut = [r.getMessage() for r in caplog.records if "event=close_cut_short" in r.getMessage()]
+    assert len(cut) == 1 and "who=svc-slow" in cut[0], cut
+    assert switch.server.unsent_bytes == 0
+    await sink.aclose()
+    await switch.stop()
