@@ -32,6 +32,16 @@ async def _settle(switch):
             await trio.sleep(0.01)
 
 
+async def _service_with_small_buffers(switch, who):
+    """A signed-on service whose socket buffers, both ways, a few history replies fill."""
+    sink = await switch.service(who, school="WH")
+    await _settle(switch)
+    sink.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    connection = _connection_of(switch, who)
+    connection.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return sink, connection
+
+
 async def test_idle_sessions_have_no_task_and_still_serve(tmp_path, nursery):
     switch = await Switch(tmp_path / "d").start(nursery)
     await switch.person("WH1", "AAAA", balance=1000)
@@ -59,12 +69,7 @@ async def test_a_full_send_buffer_gets_a_writer_task_that_ends_when_it_drains(
         tmp_path, nursery):
     switch = await Switch(tmp_path / "d").start(nursery)
     await _account_with_history(switch, limits.history_limit_max)
-    sink = await switch.service("svc-slow-reader", school="WH")
-    await _settle(switch)
-    # Small buffers both ways, so a few replies fill them.
-    sink.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    connection = _connection_of(switch, "svc-slow-reader")
-    connection.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sink, connection = await _service_with_small_buffers(switch, "svc-slow-reader")
     requests = 48
     for n in range(requests):
         await sink.send(_history(n))
@@ -134,11 +139,7 @@ async def test_replies_committed_as_reading_ends_all_reach_the_peer(
     rounds, requests = 12, 8
     got = []
     for n in range(rounds):
-        sink = await switch.service(f"svc-{n}", school="WH")
-        await _settle(switch)
-        sink.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-        _connection_of(switch, f"svc-{n}").transport.sock.setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sink, _ = await _service_with_small_buffers(switch, f"svc-{n}")
 
         def slow_write(batch):
             time.sleep(0.2)
@@ -188,11 +189,7 @@ async def test_a_close_that_cuts_off_a_slow_reader_says_so(tmp_path, nursery, mo
     monkeypatch.setattr(limits, "error_flush_timeout_s", 1.0)
     switch = await Switch(tmp_path / "d").start(nursery)
     await _account_with_history(switch, limits.history_limit_max)
-    sink = await switch.service("svc-slow", school="WH")
-    await _settle(switch)
-    sink.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    _connection_of(switch, "svc-slow").transport.sock.setsockopt(
-        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sink, _ = await _service_with_small_buffers(switch, "svc-slow")
     requests = 24
     for k in range(requests):
         await sink.send(_history(k))
