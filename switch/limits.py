@@ -133,7 +133,10 @@ clock_jump_confirm_s = 600.0
 # --- Shell timers ---
 housekeeping_interval_s = 0.2      # how often holds expire and old ids and QR codes are forgotten
 drain_timeout_s = 10.0             # on SIGTERM, in-flight requests are answered within this
-error_flush_timeout_s = 5.0        # a closing connection's last frames are written within this
+# A refused hello's error frame, and a session's last replies once the switch drains, are
+# written within this (before a drain a closing session's replies have send_stall_timeout_s
+# per progress, as any writer's).
+error_flush_timeout_s = 5.0
 # Then, before the socket closes, what the peer still sends is read and discarded (a close
 # with unread bytes resets the connection and can destroy those last frames), up to:
 close_linger_s = 2.0

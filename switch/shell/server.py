@@ -60,7 +60,7 @@ class Connection:
                  "_out", "_unsent", "_writer_scope", "_capacity", "fd", "read_deadline",
                  "_frame_started", "_received", "_received_at", "_heard_by", "_closing",
                  "_released", "_reading_ended", "_closing_error", "_error_queued",
-                 "reader_scope", "closed")
+                 "_close_writes", "reader_scope", "closed")
 
     def __init__(self, server: "Server", transport: Transport, address: str):
         self.server = server
@@ -95,6 +95,9 @@ class Connection:
         self._reading_ended = False
         self._closing_error: ProtocolError | None = None
         self._error_queued = False
+        # The closing task's writing of its last frames: bounded per progress, as a
+        # writer's, until the server drains (then in total: `bound_close`).
+        self._close_writes: trio.CancelScope | None = None
         # The hello task's; None once the session is open (cancelling it no longer ends
         # anything: `stop` does).
         self.reader_scope = trio.CancelScope()
@@ -338,12 +341,19 @@ class Connection:
             if writer is not None:
                 writer.cancel()
             self.flush()
-            with trio.move_on_after(limits.error_flush_timeout_s):
+            # A peer that reads keeps getting its replies, however slowly, as long as each
+            # wait for room ends within `send_stall_timeout_s` (`_flush_rest` drops it
+            # otherwise), as it would had it not stopped sending. Only a draining server
+            # bounds the whole: its stop must end before the service manager's SIGKILL.
+            self._close_writes = trio.CancelScope()
+            if self.server.draining:
+                self.bound_close()
+            with self._close_writes:
                 while self._unsent and not self.closed:
                     await self._flush_rest()
             if self._unsent and not self.closed:
                 # Replies committed but not delivered: the peer was still reading, too
-                # slowly for the close's bound. Said, so that a till missing its last
+                # slowly for the drain's bound. Said, so that a till missing its last
                 # answers can be traced to it.
                 log.warning("event=close_cut_short who=%s peer=%s unsent_bytes=%d",
                             self.credential.who, self.peer, len(self._unsent))
@@ -353,6 +363,14 @@ class Connection:
                 await self.transport.close_after_peer()
         finally:
             self.release()
+
+    def bound_close(self) -> None:
+        """The server drains: what is left of the close's writing gets
+        `error_flush_timeout_s` from now, at most."""
+        if self._close_writes is not None:
+            self._close_writes.deadline = min(
+                self._close_writes.deadline,
+                trio.current_time() + limits.error_flush_timeout_s)
 
     def release(self) -> None:
         """Give back everything it holds: the socket, its place in the poller and registry,
@@ -533,6 +551,7 @@ class Server:
         self._failures_counted = ledger.failures
         self._connections_nursery = None
         self._accepting_scope = None
+        self.draining = False   # set once accepting ended: every close is then bounded in total
         if hasattr(clock, "jump_observers"):   # a TrustedClock (tests may drive a fake one)
             clock.jump_observers.append(self.metrics.clock_jumped)
         self.metrics.journal_txn.set(store.last_txn)
@@ -700,6 +719,7 @@ class Server:
                         async with trio.open_nursery() as accepting:
                             for listener in listeners:
                                 accepting.start_soon(self._accept, listener, connections)
+                    self.draining = True
                     for listener in listeners:
                         trio.lowlevel.notify_closing(listener)
                         listener.close()
@@ -707,6 +727,7 @@ class Server:
                     # closes (in a task of this nursery, which waits for them all).
                     for connection in list(self.live):
                         connection.stop()
+                        connection.bound_close()   # one closing already: bounded from now
             finally:
                 # Cancelled from outside: idle connections have no task that would see it.
                 for connection in list(self.live):

@@ -298,7 +298,11 @@ async def _replies_waiting_to_be_written(switch, who):
 
 
 @pytest.mark.parametrize("ending", ["eof", "mac_invalid"])
-async def test_session_ends_while_replies_wait_to_be_written(tmp_path, nursery, ending):
+async def test_session_ends_while_replies_wait_to_be_written(tmp_path, nursery, monkeypatch,
+                                                             ending):
+    # A closing session's last replies wait for a peer that takes none as a writer's do:
+    # `send_stall_timeout_s` without progress (shortened here), then it is dropped.
+    monkeypatch.setattr(limits, "send_stall_timeout_s", 2.0)
     switch = await Switch(tmp_path / "d").start(nursery)
     bystander = await _bystander(switch)
     stream, session = await _replies_waiting_to_be_written(switch, "WH-POS-NO-READ")

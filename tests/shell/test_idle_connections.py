@@ -180,13 +180,31 @@ async def test_replies_committed_as_reading_ends_all_reach_the_peer(
     await switch.stop()
 
 
-async def test_a_close_that_cuts_off_a_slow_reader_says_so(tmp_path, nursery, monkeypatch,
-                                                           caplog):
-    """A peer that half-closed and still reads, slower than the close's bound allows, loses
-    the replies left unsent: bounded by design (`error_flush_timeout_s`), and logged, so
-    that a till missing its last answers can be traced (a hostile review's finding: the
-    cut was silent)."""
-    monkeypatch.setattr(limits, "error_flush_timeout_s", 1.0)
+async def _read_slowly(sink, requests: int, pause: float = 0.2) -> list:
+    """Replies, one every `pause` seconds, until `requests` or the connection's end."""
+    replies = []
+    with trio.fail_after(30):
+        try:
+            while len(replies) < requests:
+                await trio.sleep(pause)   # slow, but reading
+                replies.append(await sink.receive())
+        except (trio.EndOfChannel, trio.BrokenResourceError):
+            pass
+    return replies
+
+
+def _cuts(caplog) -> list:
+    return [r.getMessage() for r in caplog.records if "event=close_cut_short" in r.getMessage()]
+
+
+async def test_a_half_closed_peer_that_reads_slowly_gets_every_reply(
+        tmp_path, nursery, monkeypatch, caplog):
+    """The close writes its last frames as a writer does: for as long as the peer makes
+    progress, each wait for room bounded by `send_stall_timeout_s`. A till that half-closed
+    and reads steadily used to lose what was left after `error_flush_timeout_s` in all,
+    where the same till not half-closed got every reply (the last stop's note)."""
+    monkeypatch.setattr(limits, "error_flush_timeout_s", 0.5)
+    monkeypatch.setattr(limits, "send_stall_timeout_s", 2.0)
     switch = await Switch(tmp_path / "d").start(nursery)
     await _account_with_history(switch, limits.history_limit_max)
     sink, _ = await _service_with_small_buffers(switch, "svc-slow")
@@ -195,17 +213,63 @@ async def test_a_close_that_cuts_off_a_slow_reader_says_so(tmp_path, nursery, mo
         await sink.send(_history(k))
     await trio.sleep(0.5)
     await sink.stream.send_eof()
-    replies = []
-    with trio.fail_after(20):
-        try:
-            while len(replies) < requests:
-                await trio.sleep(0.2)   # slow, but reading
-                replies.append(await sink.receive())
-        except (trio.EndOfChannel, trio.BrokenResourceError):
-            pass
-    assert 0 < len(replies) < requests
-    cut = [r.getMessage() for r in caplog.records if "event=close_cut_short" in r.getMessage()]
-    assert len(cut) == 1 and "who=svc-slow" in cut[0], cut
+    started = trio.current_time()
+    replies = await _read_slowly(sink, requests + 1)   # one more: the end must come
+    # Reading them took well past the old total bound, and every one arrived.
+    assert trio.current_time() - started > 4 * limits.error_flush_timeout_s
+    assert [r["code"] for r in replies] == ["ok"] * requests
+    assert _cuts(caplog) == []
     assert switch.server.unsent_bytes == 0
     await sink.aclose()
     await switch.stop()
+
+
+async def test_a_drain_bounds_a_slow_readers_close_in_total_and_says_so(
+        tmp_path, nursery, monkeypatch, caplog):
+    """A stopping switch must end before the service manager's SIGKILL
+    (`TimeoutStopSec` above `drain_timeout_s` + `error_flush_timeout_s`): there a peer
+    that still reads, too slowly, loses the replies left unsent, and the cut is logged so
+    that a till missing its last answers can be traced. Also for a connection that was
+    already closing (half-closed) when the drain began."""
+    monkeypatch.setattr(limits, "error_flush_timeout_s", 1.0)
+    switch = await Switch(tmp_path / "d").start(nursery)
+    await _account_with_history(switch, limits.history_limit_max)
+    readers = [await _service_with_small_buffers(switch, f"svc-slow-{n}") for n in range(2)]
+    requests = 24   # what the buffers and the replies held for one connection take
+    for sink, _ in readers:
+        for k in range(requests):
+            await sink.send(_history(k))
+    await trio.sleep(0.5)
+    closing_sink, closing = readers[1]
+    await closing_sink.stream.send_eof()
+    with trio.fail_after(10):
+        while closing._close_writes is None:
+            await trio.sleep(0.01)
+    started = trio.current_time()
+    switch.server.drain()
+    got = {}
+
+    async def read(n, sink):
+        # Unbounded, reading them all would take 24 × 0.4 s.
+        got[n] = await _read_slowly(sink, requests, pause=0.4)
+
+    async def stopped():
+        with trio.fail_after(10):
+            await switch._finished.wait()
+        got["stopped_after"] = trio.current_time() - started
+
+    async with trio.open_nursery() as readers_nursery:
+        readers_nursery.start_soon(stopped)
+        for n, (sink, _) in enumerate(readers):
+            readers_nursery.start_soon(read, n, sink)
+    # The switch stopped within the bound, though both peers were still reading...
+    assert got["stopped_after"] < 3 * limits.error_flush_timeout_s, got["stopped_after"]
+    for n in range(2):
+        assert 0 < len(got[n]) < requests, (n, len(got[n]))
+    # ...and each cut said so, with who.
+    cuts = _cuts(caplog)
+    assert sorted(c.split("who=")[1].split()[0] for c in cuts) == ["svc-slow-0", "svc-slow-1"]
+    assert switch.server.unsent_bytes == 0
+    for client in switch.clients:
+        await client.aclose()
+    switch.store.close()
