@@ -226,8 +226,8 @@ async def test_a_half_closed_peer_that_reads_slowly_gets_every_reply(
 
 async def test_a_drain_bounds_a_slow_readers_close_in_total_and_says_so(
         tmp_path, nursery, monkeypatch, caplog):
-    """A stopping switch must end before the service manager's SIGKILL
-    (`TimeoutStopSec` above `drain_timeout_s` + `error_flush_timeout_s`): there a peer
+    """A stopping switch must end before the service manager's SIGKILL (`TimeoutStopSec`,
+    above the whole of a stop: tests/test_deploy.py): there a peer
     that still reads, too slowly, loses the replies left unsent, and the cut is logged so
     that a till missing its last answers can be traced. Also for a connection that was
     already closing (half-closed) when the drain began."""
