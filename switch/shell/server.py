@@ -60,7 +60,7 @@ class Connection:
                  "_out", "_unsent", "_writer_scope", "_capacity", "fd", "read_deadline",
                  "_frame_started", "_received", "_received_at", "_heard_by", "_closing",
                  "_released", "_reading_ended", "_closing_error", "_error_queued",
-                 "_close_writes", "reader_scope", "closed")
+                 "_close_writes", "_close_bounded", "reader_scope", "closed")
 
     def __init__(self, server: "Server", transport: Transport, address: str):
         self.server = server
@@ -96,8 +96,10 @@ class Connection:
         self._closing_error: ProtocolError | None = None
         self._error_queued = False
         # The closing task's writing of its last frames: bounded per progress, as a
-        # writer's, until the server drains (then in total: `bound_close`).
+        # writer's, unless the server drains or the session was revoked (then in total:
+        # `bound_close`).
         self._close_writes: trio.CancelScope | None = None
+        self._close_bounded = False      # revoked: its close is bounded in total
         # The hello task's; None once the session is open (cancelling it no longer ends
         # anything: `stop` does).
         self.reader_scope = trio.CancelScope()
@@ -133,14 +135,18 @@ class Connection:
         self._peer_gone()
 
     def abort(self, code: str) -> None:
-        """Close at once with a connection-level error (revocation)."""
+        """Close at once with a connection-level error (revocation, a rotated key). At once:
+        what is left to write gets `error_flush_timeout_s` in all, however the peer reads,
+        so a revoked credential's session gives its slot and memory back in bounded time."""
         if self.session.state == "open" and not self._error_queued:
             self.session.close()
             self._closing_error = ProtocolError(code)
             self._queue(self.session.encode_error(self._closing_error))
             self._error_queued = True
             self.flush()
+        self._close_bounded = True
         self.stop()
+        self.bound_close()   # already closing: bounded from now
 
     def _queue(self, frame: bytes) -> None:
         self._out.append(frame)
@@ -343,17 +349,18 @@ class Connection:
             self.flush()
             # A peer that reads keeps getting its replies, however slowly, as long as each
             # wait for room ends within `send_stall_timeout_s` (`_flush_rest` drops it
-            # otherwise), as it would had it not stopped sending. Only a draining server
-            # bounds the whole: its stop must end before the service manager's SIGKILL.
+            # otherwise), as it would had it not stopped sending. A draining server bounds
+            # the whole (its stop must end before the service manager's SIGKILL), and so does
+            # a revocation (the credential's sessions end at once, docs/PROTOCOL.md §3).
             self._close_writes = trio.CancelScope()
-            if self.server.draining:
+            if self.server.draining or self._close_bounded:
                 self.bound_close()
             with self._close_writes:
                 while self._unsent and not self.closed:
                     await self._flush_rest()
             if self._unsent and not self.closed:
                 # Replies committed but not delivered: the peer was still reading, too
-                # slowly for the drain's bound. Said, so that a till missing its last
+                # slowly for the drain's or the revocation's bound. Said, so that a till missing its last
                 # answers can be traced to it.
                 log.warning("event=close_cut_short who=%s peer=%s unsent_bytes=%d",
                             self.credential.who, self.peer, len(self._unsent))
@@ -365,8 +372,8 @@ class Connection:
             self.release()
 
     def bound_close(self) -> None:
-        """The server drains: what is left of the close's writing gets
-        `error_flush_timeout_s` from now, at most."""
+        """The server drains, or the session was revoked: what is left of the close's
+        writing gets `error_flush_timeout_s` from now, at most."""
         if self._close_writes is not None:
             self._close_writes.deadline = min(
                 self._close_writes.deadline,

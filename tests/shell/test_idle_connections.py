@@ -180,6 +180,22 @@ async def test_replies_committed_as_reading_ends_all_reach_the_peer(
     await switch.stop()
 
 
+OWED = 24   # history replies a slow reader is owed: what its buffers and reply bytes take
+
+
+async def _owed_history(tmp_path, nursery, *whos):
+    """A switch, and a slow-reader service for each of `whos` that has sent OWED history
+    requests, all executed and committed, their replies waiting for the peer to read."""
+    switch = await Switch(tmp_path / "d").start(nursery)
+    await _account_with_history(switch, limits.history_limit_max)
+    readers = [await _service_with_small_buffers(switch, who) for who in whos]
+    for sink, _ in readers:
+        for k in range(OWED):
+            await sink.send(_history(k))
+    await trio.sleep(0.5)
+    return switch, readers
+
+
 async def _read_slowly(sink, requests: int, pause: float = 0.2) -> list:
     """Replies, one every `pause` seconds, until `requests` or the connection's end."""
     replies = []
@@ -205,19 +221,13 @@ async def test_a_half_closed_peer_that_reads_slowly_gets_every_reply(
     where the same till not half-closed got every reply (the last stop's note)."""
     monkeypatch.setattr(limits, "error_flush_timeout_s", 0.5)
     monkeypatch.setattr(limits, "send_stall_timeout_s", 2.0)
-    switch = await Switch(tmp_path / "d").start(nursery)
-    await _account_with_history(switch, limits.history_limit_max)
-    sink, _ = await _service_with_small_buffers(switch, "svc-slow")
-    requests = 24
-    for k in range(requests):
-        await sink.send(_history(k))
-    await trio.sleep(0.5)
+    switch, [(sink, _)] = await _owed_history(tmp_path, nursery, "svc-slow")
     await sink.stream.send_eof()
     started = trio.current_time()
-    replies = await _read_slowly(sink, requests + 1)   # one more: the end must come
+    replies = await _read_slowly(sink, OWED + 1)   # one more: the end must come
     # Reading them took well past the old total bound, and every one arrived.
     assert trio.current_time() - started > 4 * limits.error_flush_timeout_s
-    assert [r["code"] for r in replies] == ["ok"] * requests
+    assert [r["code"] for r in replies] == ["ok"] * OWED
     assert _cuts(caplog) == []
     assert switch.server.unsent_bytes == 0
     await sink.aclose()
@@ -232,14 +242,7 @@ async def test_a_drain_bounds_a_slow_readers_close_in_total_and_says_so(
     that a till missing its last answers can be traced. Also for a connection that was
     already closing (half-closed) when the drain began."""
     monkeypatch.setattr(limits, "error_flush_timeout_s", 1.0)
-    switch = await Switch(tmp_path / "d").start(nursery)
-    await _account_with_history(switch, limits.history_limit_max)
-    readers = [await _service_with_small_buffers(switch, f"svc-slow-{n}") for n in range(2)]
-    requests = 24   # what the buffers and the replies held for one connection take
-    for sink, _ in readers:
-        for k in range(requests):
-            await sink.send(_history(k))
-    await trio.sleep(0.5)
+    switch, readers = await _owed_history(tmp_path, nursery, "svc-slow-0", "svc-slow-1")
     closing_sink, closing = readers[1]
     await closing_sink.stream.send_eof()
     with trio.fail_after(10):
@@ -250,8 +253,8 @@ async def test_a_drain_bounds_a_slow_readers_close_in_total_and_says_so(
     got = {}
 
     async def read(n, sink):
-        # Unbounded, reading them all would take 24 × 0.4 s.
-        got[n] = await _read_slowly(sink, requests, pause=0.4)
+        # Unbounded, reading them all would take OWED × 0.4 s.
+        got[n] = await _read_slowly(sink, OWED, pause=0.4)
 
     async def stopped():
         with trio.fail_after(10):
@@ -265,7 +268,7 @@ async def test_a_drain_bounds_a_slow_readers_close_in_total_and_says_so(
     # The switch stopped within the bound, though both peers were still reading...
     assert got["stopped_after"] < 3 * limits.error_flush_timeout_s, got["stopped_after"]
     for n in range(2):
-        assert 0 < len(got[n]) < requests, (n, len(got[n]))
+        assert 0 < len(got[n]) < OWED, (n, len(got[n]))
     # ...and each cut said so, with who.
     cuts = _cuts(caplog)
     assert sorted(c.split("who=")[1].split()[0] for c in cuts) == ["svc-slow-0", "svc-slow-1"]
@@ -273,3 +276,48 @@ async def test_a_drain_bounds_a_slow_readers_close_in_total_and_says_so(
     for client in switch.clients:
         await client.aclose()
     switch.store.close()
+
+
+@pytest.mark.parametrize("before", ["open", "half_closed"])
+async def test_a_revoked_sessions_close_is_bounded_however_its_peer_reads(
+        tmp_path, nursery, monkeypatch, caplog, before):
+    """Revocation closes a credential's sessions at once (docs/PROTOCOL.md §3): a revoked
+    peer that keeps reading slowly must not keep its session, its `signed_on` slot and its
+    unsent replies for as long as it makes progress, as a half-closed one may (a hostile
+    review's finding against 71bd3d7: such a session lived on, and new tills were refused
+    at `connections_max` meanwhile)."""
+    monkeypatch.setattr(limits, "error_flush_timeout_s", 1.0)
+    switch, [(sink, _)] = await _owed_history(tmp_path, nursery, "svc-stolen")
+    if before == "half_closed":   # already closing, unbounded, when the revocation comes
+        await sink.stream.send_eof()
+        connection = _connection_of(switch, "svc-stolen")
+        with trio.fail_after(10):
+            while connection._close_writes is None:
+                await trio.sleep(0.01)
+    signed_on = switch.server.signed_on
+    started = trio.current_time()
+    await switch.ok(switch.admin, {"t": "revoke_credential", "who": "svc-stolen",
+                                   "id": "revoke-stolen"})
+    got = {}
+
+    async def gone():
+        with trio.fail_after(10):
+            while "svc-stolen" in switch.server.sessions and switch.server.sessions["svc-stolen"]:
+                await trio.sleep(0.01)
+        got["gone_after"] = trio.current_time() - started
+
+    async def read():
+        # Unbounded, reading them all would take OWED × 0.4 s.
+        got["replies"] = await _read_slowly(sink, OWED, pause=0.4)
+
+    async with trio.open_nursery() as readers:
+        readers.start_soon(gone)
+        readers.start_soon(read)
+    assert got["gone_after"] < 3 * limits.error_flush_timeout_s, got["gone_after"]
+    assert switch.server.signed_on == signed_on - 1
+    assert 0 < len(got["replies"]) < OWED
+    cuts = _cuts(caplog)
+    assert len(cuts) == 1 and "who=svc-stolen" in cuts[0], cuts
+    assert switch.server.unsent_bytes == 0
+    await sink.aclose()
+    await switch.stop()
