@@ -96,10 +96,9 @@ class Connection:
         self._closing_error: ProtocolError | None = None
         self._error_queued = False
         # The closing task's writing of its last frames: bounded per progress, as a
-        # writer's, unless the server drains or the session was revoked (then in total:
-        # `bound_close`).
+        # writer's, unless the session is ended within a bound (`end_within_bound`).
         self._close_writes: trio.CancelScope | None = None
-        self._close_bounded = False      # revoked: its close is bounded in total
+        self._close_bounded = False
         # The hello task's; None once the session is open (cancelling it no longer ends
         # anything: `stop` does).
         self.reader_scope = trio.CancelScope()
@@ -144,9 +143,7 @@ class Connection:
             self._queue(self.session.encode_error(self._closing_error))
             self._error_queued = True
             self.flush()
-        self._close_bounded = True
-        self.stop()
-        self.bound_close()   # already closing: bounded from now
+        self.end_within_bound()
 
     def _queue(self, frame: bytes) -> None:
         self._out.append(frame)
@@ -353,15 +350,15 @@ class Connection:
             # the whole (its stop must end before the service manager's SIGKILL), and so does
             # a revocation (the credential's sessions end at once, docs/PROTOCOL.md §3).
             self._close_writes = trio.CancelScope()
-            if self.server.draining or self._close_bounded:
-                self.bound_close()
+            if self._close_bounded:
+                self._bound_close()
             with self._close_writes:
                 while self._unsent and not self.closed:
                     await self._flush_rest()
             if self._unsent and not self.closed:
                 # Replies committed but not delivered: the peer was still reading, too
-                # slowly for the drain's or the revocation's bound. Said, so that a till missing its last
-                # answers can be traced to it.
+                # slowly for the drain's or the revocation's bound. Said, so that a till
+                # missing its last answers can be traced to it.
                 log.warning("event=close_cut_short who=%s peer=%s unsent_bytes=%d",
                             self.credential.who, self.peer, len(self._unsent))
             written = not self._unsent and not self.closed
@@ -371,9 +368,16 @@ class Connection:
         finally:
             self.release()
 
-    def bound_close(self) -> None:
-        """The server drains, or the session was revoked: what is left of the close's
-        writing gets `error_flush_timeout_s` from now, at most."""
+    def end_within_bound(self) -> None:
+        """Read no more, answer what is in flight, and write what is left within
+        `error_flush_timeout_s` from now (from when the writing starts, if later) however
+        the peer reads: a draining switch (its stop must end before the service manager's
+        SIGKILL), a revocation (docs/PROTOCOL.md §3). Also a session already closing."""
+        self._close_bounded = True
+        self.stop()
+        self._bound_close()
+
+    def _bound_close(self) -> None:
         if self._close_writes is not None:
             self._close_writes.deadline = min(
                 self._close_writes.deadline,
@@ -558,7 +562,6 @@ class Server:
         self._failures_counted = ledger.failures
         self._connections_nursery = None
         self._accepting_scope = None
-        self.draining = False   # set once accepting ended: every close is then bounded in total
         if hasattr(clock, "jump_observers"):   # a TrustedClock (tests may drive a fake one)
             clock.jump_observers.append(self.metrics.clock_jumped)
         self.metrics.journal_txn.set(store.last_txn)
@@ -726,15 +729,13 @@ class Server:
                         async with trio.open_nursery() as accepting:
                             for listener in listeners:
                                 accepting.start_soon(self._accept, listener, connections)
-                    self.draining = True
                     for listener in listeners:
                         trio.lowlevel.notify_closing(listener)
                         listener.close()
                     # Stop reading; each connection answers what it has in flight, then
                     # closes (in a task of this nursery, which waits for them all).
                     for connection in list(self.live):
-                        connection.stop()
-                        connection.bound_close()   # one closing already: bounded from now
+                        connection.end_within_bound()
             finally:
                 # Cancelled from outside: idle connections have no task that would see it.
                 for connection in list(self.live):
