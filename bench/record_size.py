@@ -22,7 +22,6 @@ record's share, not the whole debit's. Speed is measured here, never asserted in
 
 import argparse
 import json
-import os
 import pathlib
 import random
 import shutil
@@ -31,6 +30,12 @@ import tempfile
 import time
 
 import lmdb
+
+BENCH = pathlib.Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+import e2e_load  # noqa: E402  (the command line a result records, as every bench script's)
 
 RECORD_SIZES = (176, 96)      # today's record; the part a debit touches (SCALING §1.1)
 
@@ -113,6 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", help="where the environments are built (default: a temp dir)")
     parser.add_argument("--json-out")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     try:
         account_counts = [int(n) for n in args.accounts.split(",")]
@@ -142,7 +148,7 @@ def main(argv=None) -> int:
             f"{k[:-3]} {v:.2f}×" for k, v in ratios[accounts].items()))
     if args.json_out:
         pathlib.Path(args.json_out).write_text(json.dumps(
-            {"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+            {"command": e2e_load._command_line(argv, __file__),
              "args": vars(args), "rows": rows,
              "ratios_small_over_big": {str(k): v for k, v in ratios.items()}},
             indent=2) + "\n")

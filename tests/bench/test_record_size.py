@@ -16,6 +16,8 @@ def test_a_small_run_measures_both_record_sizes_at_each_count(tmp_path):
                              "--batches", "3", "--repeats", "1", "--dir", str(tmp_path),
                              "--json-out", str(out)]) == 0
     result = json.loads(out.read_text())
+    # The command that reproduces it, from the repository's root, with its arguments.
+    assert "bench/record_size.py --accounts 300,3000 --lookups 500" in result["command"]
     rows = {(r["accounts"], r["record_bytes"]): r for r in result["rows"]}
     assert set(rows) == {(n, size) for n in (300, 3000) for size in (176, 96)}
     for n in (300, 3000):
