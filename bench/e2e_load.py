@@ -83,7 +83,7 @@ LATENCY_PERCENTILES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97, 99, 99.5, 
                        99.95, 99.97, 99.99, 99.995, 99.999, 100)
 HISTOGRAM_BINS_PER_DECADE = 20
 HISTOGRAM_FLOOR_MS = 0.01
-SERVERS = ("switch", "bare", "uvloop")
+SERVERS = ("switch", "bare", "uvloop", "responder")
 BARE_SERVERS = {"bare": "trio", "uvloop": "uvloop"}   # --server: bare_server.py's --loop
 CLIENT_SOURCE = REPO / "bench" / "loadgen" / "loadgen.c"
 CLIENT_BINARY = REPO / "build" / "loadgen" / "loadgen"
@@ -129,7 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     own.add_argument("--server", choices=SERVERS, default="switch",
                      help="the switch, or bench/bare_server.py under trio (bare: the network "
                           "path's ceiling) or under asyncio with uvloop (uvloop: what Python "
-                          "itself can do)")
+                          "itself can do), or the C client's own responder (responder: what "
+                          "the load client itself can drive; an instrument, not a server "
+                          "compared)")
     own.add_argument("--prebuild", action="store_true",
                      help="write accounts, cards and terminals into the data dir with the "
                           "switch's own code before starting it, instead of over the wire")
@@ -901,6 +903,14 @@ def c_compiler() -> str | None:
         or shutil.which("clang")
 
 
+def _write_spec(path: pathlib.Path, terminals, cards) -> None:
+    """The C client's terminals and cards (its --spec): the keys readable by this user only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.writelines(f"terminal {who} {key.hex()}\n" for who, key in terminals)
+        handle.writelines(f"card {card}\n" for card in cards)
+
+
 def build_client(binary: pathlib.Path) -> pathlib.Path:
     """Compile bench/loadgen/loadgen.c into `binary`."""
     compiler = c_compiler()
@@ -941,11 +951,7 @@ def c_load(args, address, cards, terminals, server_pid) -> tuple[int, Results]:
     with tempfile.TemporaryDirectory(prefix="loadgen-") as directory:
         directory = pathlib.Path(directory)
         spec = directory / "spec"
-        # The terminals' keys: readable by this user only, removed with the directory.
-        fd = os.open(spec, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.writelines(f"terminal {who} {key.hex()}\n" for who, key in terminals)
-            handle.writelines(f"card {card}\n" for card in cards)
+        _write_spec(spec, terminals, cards)
         command = [str(binary), "--host", socket.gethostbyname(address[0]),
                    "--port", str(address[1]), "--spec", str(spec),
                    "--connections", str(args.connections), "--depth", str(args.depth),
@@ -1275,6 +1281,17 @@ def main(argv=None) -> int:
                 command = [sys.executable, str(REPO / "bench" / "bare_server.py"),
                            "--credentials", str(credentials_path), "--listen", "127.0.0.1:0",
                            "--loop", BARE_SERVERS[args.server],
+                           "--lifetime", str(args.warmup + args.seconds + args.hold + 600)]
+                server = ServerProcess(command, temporary, args.server, args,
+                                       wants_metrics=False)
+            elif args.server == "responder":
+                _, cards, terminal_ids = _names(tag, args.accounts, args.terminals)
+                terminals = [(who, os.urandom(limits.credential_key_size_bytes))
+                             for who in terminal_ids]
+                spec = temporary / "responder.spec"
+                _write_spec(spec, terminals, cards[:1])
+                command = [str(client_binary()), "--respond", "--spec", str(spec),
+                           "--host", "127.0.0.1", "--port", "0",
                            "--lifetime", str(args.warmup + args.seconds + args.hold + 600)]
                 server = ServerProcess(command, temporary, args.server, args,
                                        wants_metrics=False)

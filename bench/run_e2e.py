@@ -12,13 +12,16 @@ bench/postgres_peer.py) run in its own process group with a time limit: it start
 pinned to --server-cpu, loads it from --load-cpu, stops it, and writes JSON. If anything fails
 or this is interrupted, the whole group is stopped.
 
-Steps (--steps): switch, bare, uvloop, postgres (closed loop at --connections); open (the
+Steps (--steps): switch, bare, uvloop, postgres (closed loop at --connections); client (the
+load client against its own C responder at --connections: what the client itself drives, for
+the headroom target; an instrument, not a server compared); open (the
 switch and the bare server at each of --rates offered, open loop); idle (--idle-connections
 signed on and held, the switch's RSS); scale (the switch on books of each --scale-accounts
 size, prebuilt offline). With bare and any other step, the bare server runs again last: a
 machine whose speed changed under the run shows there. The load client is
-bench/loadgen/loadgen.c (--client python: the Python one); its CPU in every closed-loop run
-shows how far it could drive beyond the fastest server measured. The targets are reported
+bench/loadgen/loadgen.c (--client python: the Python one); its CPU in every closed-loop run,
+and above all in the client step, shows how far it could drive beyond the fastest server
+measured. The targets are reported
 against, never asserted.
 """
 
@@ -42,13 +45,17 @@ if str(BENCH) not in sys.path:
 
 import e2e_load  # noqa: E402  (puts the repository on the path)
 
-STEPS = ("switch", "bare", "uvloop", "postgres", "open", "idle", "scale")
+STEPS = ("switch", "bare", "uvloop", "client", "postgres", "open", "idle", "scale")
 # Closed-loop runs of our servers, by step: (run name, system shown, e2e_load.py --server).
 CLOSED = (("switch_closed", "switch (durable)", "switch"),
           ("bare_closed", "bare trio server", "bare"),
           ("uvloop_closed", "bare asyncio+uvloop server", "uvloop"))
+# The load client against its own C responder (step "client"): how far the client itself drives
+# when the other side costs it almost nothing. An instrument, not a server compared.
+CLIENT_CEILING = ("client_ceiling", "load client vs its C responder", "responder")
 OPEN_SYSTEMS = (("switch", "switch (durable)"), ("bare", "bare trio server"))
-SYSTEMS_WE_LOAD = ("switch", "bare", "uvloop")   # e2e_load's runs (PostgreSQL's is pgbench's)
+# e2e_load's runs (PostgreSQL's is pgbench's), the client's own against its responder included
+SYSTEMS_WE_LOAD = ("switch", "bare", "uvloop", "responder")
 FULL = {"connections": 2000, "depth": 1, "seconds": 30.0, "warmup": 5.0, "accounts": 10_000,
         "rates": "5000,10000", "idle_connections": 10_000, "hold": 10.0,
         "pg_clients": "16,64,256", "scale_accounts": "10000,1000000"}
@@ -247,6 +254,10 @@ def plan(args, results_dir: pathlib.Path) -> list[tuple[str, list[str], float]]:
         if server in steps:
             planned.append((name, _load_command(args, name, results_dir, ["--server", server]),
                             window_s + setup_s))
+    if "client" in steps:
+        name, _, server = CLIENT_CEILING
+        planned.append((name, _load_command(args, name, results_dir, ["--server", server]),
+                        window_s + setup_s))
     if "postgres" in steps:
         clients = sorted({int(c) for c in args.pg_clients.split(",") if c} | {args.connections})
         command = [_python(), "bench/postgres_peer.py", "--accounts", str(args.accounts),
@@ -320,24 +331,33 @@ def _not_ok(run: dict) -> dict:
 def client_headroom(runs: dict, pg_best: dict | None) -> dict | None:
     """How far the load client could drive beyond the fastest server measured.
 
-    From the closed-loop run of the fastest server our client loaded: its tx/s divided by the
-    share of its own core the client used is what the client would send with the whole core
-    (its cost per request held), compared with the fastest tx/s of any server in this run,
-    PostgreSQL's (driven by pgbench) included.
+    Measured where it can be: the run of the client against its own C responder ("client"
+    step), where the other side costs it little, so the client runs near its whole core and
+    its tx/s there is what it drives (divided by the share of its core it used: at most a few
+    per cent of extrapolation). Without that run, from the closed-loop run of the fastest
+    server our client loaded, the same division from the half of its core it used there.
+    Either is compared with the fastest tx/s of any server in this run, PostgreSQL's (driven
+    by pgbench) included; the responder is not a server compared.
     """
     loaded = [(name, runs[name]) for name in _closed_loop_names(runs)
               if runs[name].get("load_cpu_percent") and runs[name].get("tx_per_s")]
     if not loaded:
         return None
-    name, run = max(loaded, key=lambda item: item[1]["tx_per_s"])
-    fastest_name, fastest = name, run["tx_per_s"]
+    fastest_name, fastest_run = max(loaded, key=lambda item: item[1]["tx_per_s"])
+    fastest = fastest_run["tx_per_s"]
+    from_fastest_run = fastest_run["tx_per_s"] * 100 / fastest_run["load_cpu_percent"]
     if pg_best and pg_best["tx_per_s"] > fastest:
         fastest_name, fastest = "postgres", pg_best["tx_per_s"]
+    name, run = fastest_name, fastest_run
+    ceiling = runs.get(CLIENT_CEILING[0]) or {}
+    if ceiling.get("load_cpu_percent") and ceiling.get("tx_per_s"):
+        name, run = CLIENT_CEILING[0], ceiling
     capacity = run["tx_per_s"] * 100 / run["load_cpu_percent"]
     return {"run": name, "client": run.get("client", "python"), "tx_per_s": run["tx_per_s"],
             "client_cpu_percent": run["load_cpu_percent"], "capacity_tx_per_s": capacity,
             "fastest": fastest_name, "fastest_tx_per_s": fastest,
-            "headroom": capacity / fastest}
+            "headroom": capacity / fastest,
+            "headroom_from_fastest_run": from_fastest_run / fastest}
 
 
 def summarize(args, runs: dict) -> dict:
@@ -438,7 +458,7 @@ def summarize(args, runs: dict) -> dict:
     value = max((share for share in others.values() if share is not None), default=None)
     targets.append(target(f"the machine was otherwise quiet: other programs ≤ "
                           f"{OTHER_WORK_PERCENT_MAX:g}% of a core in every window of our "
-                          f"servers (the kernel's own threads, which write back the switch's "
+                          f"runs (the kernel's own threads, which write back the switch's "
                           f"fsyncs, apart; a check of the run itself)", value, not busy, True,
                           ("; ".join(f"{name}: {share:.0f}%" for name, share in busy.items())
                            if busy else f"at most {_fmt(value, '.0f')}%")))
@@ -465,7 +485,8 @@ def summarize(args, runs: dict) -> dict:
                            f"{headroom['client_cpu_percent']:.0f}% of its core for "
                            f"{headroom['tx_per_s']:,.0f} tx/s ({headroom['run']}) ≈ "
                            f"{headroom['capacity_tx_per_s']:,.0f} tx/s at 100%, against "
-                           f"{headroom['fastest_tx_per_s']:,.0f} ({headroom['fastest']})"
+                           f"{headroom['fastest_tx_per_s']:,.0f} ({headroom['fastest']}); "
+                           f"from the fastest server's run {headroom['headroom_from_fastest_run']:.2f}×"
                            if headroom else "–")))
     return {"ratios": ratios, "targets": targets, "postgres_best": pg_best,
             "postgres_same_connections": pg_same, "client_headroom": headroom}
@@ -490,6 +511,10 @@ def _rows(args, runs: dict) -> list[dict]:
             run = runs[name]
             add(name, system, f"closed, depth {run['depth']}", run, run["connected"],
                 run["command"])
+    name, system, _ = CLIENT_CEILING
+    if name in runs:
+        run = runs[name]
+        add(name, system, f"closed, depth {run['depth']}", run, run["connected"], run["command"])
     if "postgres" in runs:
         for run in runs["postgres"].get("runs", []):
             cpu = run.get("cpu") or {}
@@ -512,7 +537,7 @@ def _rows(args, runs: dict) -> list[dict]:
 
 
 def _client_bound(row: dict) -> bool:
-    return (row["mode"].startswith("closed")
+    return (row["mode"].startswith("closed") and row["name"] != CLIENT_CEILING[0]
             and (row["load_cpu"] or 0) > e2e_load.CLIENT_BOUND_PERCENT)
 
 
@@ -707,8 +732,14 @@ def write_markdown(path: pathlib.Path, args, top_command: str, runs: dict, rows:
               "- **The load client's headroom.** In every closed-loop run the client's own "
               "CPU is measured with the server's. Its tx/s divided by the share of its core "
               "it used is what it would send with its whole core at the same cost per "
-              "request; the *load client headroom* target compares that, from the run of the "
-              "fastest server it loaded, with the fastest server of the whole run.",
+              "request. The *load client headroom* target compares that with the fastest "
+              "server of the whole run, taken from the client's run against its own C "
+              "responder (`loadgen --respond`, the \"client\" step: it checks each tag and "
+              "seq and answers as the bare server does, for a fraction of the CPU, so there "
+              "the client drives with nearly its whole core), or, without that run, from the "
+              "run of the fastest server it loaded (at about half its core, which overstates "
+              "its cost per request a little). The responder is an instrument, not a server "
+              "compared.",
               "- **PostgreSQL** is Debian's package, started by the benchmark on 127.0.0.1 "
               "with fsync=on and synchronous_commit=on (Debian's defaults otherwise; "
               "max_connections is raised to the largest client count + 10), the "

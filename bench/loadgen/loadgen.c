@@ -13,6 +13,10 @@
  *   loadgen --host H --port P --spec FILE --connections N [--depth D | --rate R]
  *           --warmup S --seconds S --drain S --amount-max A --seed X
  *           [--server-pid PID] [--requests N] --latencies FILE --unanswered FILE
+ *   loadgen --respond --spec FILE [--host H] --port P --lifetime S
+ *                         the responder: listens (port 0: any), prints "listening on H:P",
+ *                         answers this client as bench/bare_server.py does until SIGTERM or
+ *                         the lifetime; what the client drives against it is its ceiling
  *   loadgen --hmac [auto|ni|portable]
  *                         stdin: lines "KEYHEX MSGHEX"; prints HMAC-SHA256 hex of each, with
  *                         the SHA-256 named (auto: the CPU's SHA extensions where it has them)
@@ -1187,6 +1191,237 @@ static int load(connection **all, size_t count) {
     return 0;
 }
 
+/* ------------------------------------------------------------------ the responder */
+/* `loadgen --respond`: the cheapest peer that answers this client as a server does, so that
+ * bench/e2e_load.py (--server responder) can measure how far the client itself drives when
+ * the other side costs it almost nothing. It checks what a server checks (the hello's tag
+ * with the terminal's key, each request's tag with the direction key, its seq in order) and
+ * answers each request as bench/bare_server.py does; it keeps nothing else. It is an
+ * instrument of the benchmark, never a server it compares. */
+#define RESPOND_LISTEN_BACKLOG 4096
+#define RESPOND_UNSENT_BYTES_MAX (4 * 1024 * 1024)
+
+typedef struct {
+    int fd, open, writing;
+    hmac_key c2s, s2c;
+    uint64_t next_seq;
+    uint8_t *partial;
+    size_t partial_size;
+    uint8_t *unsent;
+    size_t unsent_size;
+} peer;
+
+static volatile sig_atomic_t respond_stop;
+static uint64_t respond_txn;
+
+static void on_stop_signal(int signal_number) { (void)signal_number; respond_stop = 1; }
+
+static void peer_close(int epoll, peer *p) {
+    epoll_ctl(epoll, EPOLL_CTL_DEL, p->fd, NULL);
+    close(p->fd);
+    free(p->partial);
+    free(p->unsent);
+    free(p);
+}
+
+/* Open the session from a hello frame's payload: the hello reply into `out`; 0, or -1. */
+static int respond_hello(peer *p, const uint8_t *payload, size_t size, writer *out) {
+    const uint8_t *body = payload, *tag = payload + size - TAG_BYTES;
+    size_t body_size = size - TAG_BYTES;
+    reader r = {body, body + body_size, 0};
+    item map = get_item(&r), t = {0}, who = {0}, nonce = {0};
+    if (map.kind != 'm') return -1;
+    for (size_t i = 0; i < map.size && !r.bad; i++) {
+        item key = get_item(&r), value = get_item(&r);
+        if (item_is(key, "t")) t = value;
+        else if (item_is(key, "who")) who = value;
+        else if (item_is(key, "nonce")) nonce = value;
+        skip_item(&r, value, 1);
+    }
+    if (r.bad || !item_is(t, "hello") || who.kind != 's' || nonce.kind != 'b' ||
+        nonce.size != NONCE_BYTES)
+        return -1;
+    const terminal *known = NULL;
+    for (size_t i = 0; i < cfg.terminal_count && !known; i++)
+        if (strlen(cfg.terminals[i].who) == who.size &&
+            memcmp(cfg.terminals[i].who, who.bytes, who.size) == 0)
+            known = &cfg.terminals[i];
+    if (!known) return -1;
+    hmac_key key;
+    uint8_t digest[32], server_nonce[NONCE_BYTES], material[3 + 2 * NONCE_BYTES];
+    hmac_setup(&key, known->key, sizeof known->key);
+    hmac_digest(&key, body, body_size, digest);
+    if (!tags_equal(digest, tag)) return -1;
+    if (getrandom(server_nonce, NONCE_BYTES, 0) != NONCE_BYTES) return -1;
+    uint8_t reply[256];
+    writer w = {reply};
+    put_byte(&w, 0x87);
+    put_cstr(&w, "t"); put_cstr(&w, "hello");
+    put_cstr(&w, "re"); put_uint(&w, 0);
+    put_cstr(&w, "code"); put_cstr(&w, "ok");
+    put_cstr(&w, "nonce"); put_bin(&w, server_nonce, NONCE_BYTES);
+    put_cstr(&w, "role"); put_cstr(&w, "terminal");
+    put_cstr(&w, "time"); put_uint(&w, (uint64_t)(now_s() * 1000));
+    put_cstr(&w, "blacklist"); put_uint(&w, 0);
+    out->p += frame(out->p, reply, (size_t)(w.p - reply), &key);
+    memcpy(material + 3, nonce.bytes, NONCE_BYTES);
+    memcpy(material + 3 + NONCE_BYTES, server_nonce, NONCE_BYTES);
+    memcpy(material, "c2s", 3);
+    hmac_digest(&key, material, sizeof material, digest);
+    hmac_setup(&p->c2s, digest, 32);
+    memcpy(material, "s2c", 3);
+    hmac_digest(&key, material, sizeof material, digest);
+    hmac_setup(&p->s2c, digest, 32);
+    p->open = 1;
+    p->next_seq = 1;
+    return 0;
+}
+
+/* Answer one request frame's payload into `out`: 0, or -1 (the session ends). */
+static int respond_request(peer *p, const uint8_t *payload, size_t size, writer *out) {
+    const uint8_t *body = payload, *tag = payload + size - TAG_BYTES;
+    size_t body_size = size - TAG_BYTES;
+    uint8_t digest[32];
+    hmac_digest(&p->c2s, body, body_size, digest);
+    if (!tags_equal(digest, tag)) return -1;
+    reader r = {body, body + body_size, 0};
+    item map = get_item(&r), t = {0};
+    int64_t seq = -1;
+    if (map.kind != 'm') return -1;
+    for (size_t i = 0; i < map.size && !r.bad; i++) {
+        item key = get_item(&r), value = get_item(&r);
+        if (item_is(key, "t")) t = value;
+        else if (item_is(key, "seq") && value.kind == 'i') seq = value.integer;
+        skip_item(&r, value, 1);
+    }
+    if (r.bad || r.p != r.end || t.kind != 's' || t.size > 32 || seq < 0 ||
+        (uint64_t)seq != p->next_seq)
+        return -1;
+    p->next_seq++;
+    uint8_t reply[160];
+    writer w = {reply};
+    put_byte(&w, 0x87);
+    put_cstr(&w, "t"); put_str(&w, (const char *)t.bytes, t.size);
+    put_cstr(&w, "re"); put_uint(&w, (uint64_t)seq);
+    put_cstr(&w, "code"); put_cstr(&w, "ok");
+    put_cstr(&w, "txn"); put_uint(&w, ++respond_txn);
+    put_cstr(&w, "balance"); put_uint(&w, 0);
+    put_cstr(&w, "available"); put_uint(&w, 0);
+    put_cstr(&w, "account"); put_cstr(&w, "X");
+    out->p += frame(out->p, reply, (size_t)(w.p - reply), &p->s2c);
+    return 0;
+}
+
+static void peer_watch(int epoll, peer *p, int writing) {
+    struct epoll_event event = {.events = writing ? EPOLLOUT : EPOLLIN, .data.ptr = p};
+    p->writing = writing;
+    epoll_ctl(epoll, EPOLL_CTL_MOD, p->fd, &event);
+}
+
+/* Send what is owed; stop reading a peer that does not read its replies. 0, or -1. */
+static int peer_flush(int epoll, peer *p, const uint8_t *data, size_t size) {
+    ssize_t sent = send(p->fd, data, size, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (sent < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+        sent = 0;
+    }
+    size_t left = size - (size_t)sent;
+    if (left > RESPOND_UNSENT_BYTES_MAX) return -1;
+    if (left) {
+        uint8_t *kept = malloc(left);
+        if (!kept) return -1;
+        memcpy(kept, data + sent, left);
+        free(p->unsent);
+        p->unsent = kept;
+        p->unsent_size = left;
+    } else {
+        free(p->unsent);
+        p->unsent = NULL;
+        p->unsent_size = 0;
+    }
+    if (!!left != p->writing) peer_watch(epoll, p, !!left);
+    return 0;
+}
+
+/* One receive of a peer answered: every whole frame in it, the replies in one send. */
+static int peer_readable(int epoll, peer *p) {
+    static uint8_t replies[(RECEIVE_BYTES / FRAME_MIN + 1) * 256];
+    size_t have = p->partial_size;
+    memcpy(receive_buffer, p->partial, have);
+    ssize_t got = recv(p->fd, receive_buffer + have, RECEIVE_BYTES, MSG_DONTWAIT);
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+    if (got <= 0) return -1;
+    have += (size_t)got;
+    size_t offset = 0;
+    writer out = {replies};
+    while (have - offset >= 4) {
+        const uint8_t *q = receive_buffer + offset;
+        uint32_t length = (uint32_t)q[0] << 24 | (uint32_t)q[1] << 16 | (uint32_t)q[2] << 8 | q[3];
+        if (length > FRAME_MAX || length < FRAME_MIN) return -1;
+        if (have - offset - 4 < length) break;
+        int answered = p->open ? respond_request(p, q + 4, length, &out)
+                               : respond_hello(p, q + 4, length, &out);
+        if (answered != 0) return -1;
+        offset += 4 + length;
+    }
+    p->partial_size = have - offset;
+    if (p->partial_size) {
+        if (!p->partial && !(p->partial = malloc(FRAME_MAX + 4))) return -1;
+        memcpy(p->partial, receive_buffer + offset, p->partial_size);
+    }
+    size_t size = (size_t)(out.p - replies);
+    return size ? peer_flush(epoll, p, replies, size) : 0;
+}
+
+static int respond(const char *host, int port, double lifetime_s) {
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, host, &address.sin_addr) != 1) {
+        fprintf(stderr, "--host: an IPv4 address, not %s\n", host);
+        return 2;
+    }
+    int one = 1, listener = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    socklen_t length = sizeof address;
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (listener < 0 || bind(listener, (struct sockaddr *)&address, sizeof address) != 0 ||
+        listen(listener, RESPOND_LISTEN_BACKLOG) != 0 ||
+        getsockname(listener, (struct sockaddr *)&address, &length) != 0) {
+        perror("respond: listen");
+        return 3;
+    }
+    struct sigaction stop = {.sa_handler = on_stop_signal};
+    sigaction(SIGTERM, &stop, NULL);
+    sigaction(SIGINT, &stop, NULL);
+    int epoll = epoll_create1(0);
+    struct epoll_event event = {.events = EPOLLIN, .data.ptr = NULL};
+    epoll_ctl(epoll, EPOLL_CTL_ADD, listener, &event);
+    printf("listening on %s:%d\n", host, ntohs(address.sin_port));
+    fflush(stdout);
+    struct epoll_event events[EVENTS_MAX];
+    double deadline = now_s() + lifetime_s;
+    while (!respond_stop && now_s() < deadline) {
+        int n = epoll_wait(epoll, events, EVENTS_MAX, (int)(POLL_INTERVAL_MAX_S * 1000));
+        for (int i = 0; i < n; i++) {
+            peer *p = events[i].data.ptr;
+            if (!p) {
+                int fd;
+                while ((fd = accept4(listener, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
+                    peer *fresh = calloc(1, sizeof *fresh);
+                    if (!fresh) { close(fd); continue; }
+                    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                    fresh->fd = fd;
+                    struct epoll_event watch_in = {.events = EPOLLIN, .data.ptr = fresh};
+                    epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &watch_in);
+                }
+                continue;
+            }
+            int failed = p->writing ? peer_flush(epoll, p, p->unsent, p->unsent_size)
+                                    : peer_readable(epoll, p);
+            if (failed) peer_close(epoll, p);
+        }
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ command line */
 static int hmac_lines(void) {
     char line[8192];
@@ -1215,7 +1450,8 @@ static void usage(void) {
             "               --warmup S --seconds S [--drain S] [--amount-max A] [--seed X]\n"
             "               [--server-pid PID] [--requests N]\n"
             "               --latencies FILE --unanswered FILE\n"
-                    "       loadgen --hmac [auto|ni|portable]   (stdin: KEYHEX MSGHEX lines)\n");
+                    "       loadgen --hmac [auto|ni|portable]   (stdin: KEYHEX MSGHEX lines)\n"
+            "       loadgen --respond --spec FILE [--host H] --port P --lifetime S\n");
 }
 
 int main(int argc, char **argv) {
@@ -1233,6 +1469,24 @@ int main(int argc, char **argv) {
         return hmac_lines();
     }
     choose_sha256("auto");
+    if (argc >= 2 && strcmp(argv[1], "--respond") == 0) {
+        const char *spec = NULL;
+        int port = -1;
+        double lifetime_s = 0;
+        for (int i = 2; i + 1 < argc; i += 2) {
+            if (!strcmp(argv[i], "--spec")) spec = argv[i + 1];
+            else if (!strcmp(argv[i], "--host")) cfg.host = argv[i + 1];
+            else if (!strcmp(argv[i], "--port")) port = atoi(argv[i + 1]);
+            else if (!strcmp(argv[i], "--lifetime")) lifetime_s = atof(argv[i + 1]);
+            else { usage(); return 2; }
+        }
+        if (argc % 2 || !spec || port < 0 || port > 65535 || !(lifetime_s > 0)) {
+            usage();
+            return 2;
+        }
+        read_spec(spec);
+        return respond(cfg.host, port, lifetime_s);
+    }
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (!value) { usage(); return 2; }

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from switch.codec import FrameDecoder, ServerSession
+from switch.codec import ClientSession, FrameDecoder, ServerSession
 from switch.codec.session import sign_body, encode_body
 from tests.bench import bench_module
 from tests.paths import REPO_ROOT
@@ -106,7 +106,7 @@ def _assert_all_answered_ok(result: dict) -> None:
     assert result["latency_ms"]["count"] == 50
 
 
-@pytest.mark.parametrize("server", ["bare", "uvloop"])
+@pytest.mark.parametrize("server", ["bare", "uvloop", "responder"])
 def test_a_bounded_closed_loop_on_a_bare_server_is_answered_ok_in_full(loadgen, tmp_path,
                                                                         server):
     if server == "uvloop":
@@ -312,3 +312,107 @@ def test_a_run_that_loses_the_race_for_a_cache_entry_keeps_the_winners(tmp_path,
     assert (cards, terminals) == (["C1"], [("pos", b"\xbb")])   # its own books and keys
     assert (entry / "terminals.json").read_text() == '{"terminals": [["pos", "aa"]]}'
     assert sorted(path.name for path in (tmp_path / "books").iterdir()) == [entry.name]
+
+
+class Responder:
+    """`loadgen --respond` on a port of its own, for one test."""
+
+    def __init__(self, loadgen, tmp_path, who: str, key: bytes):
+        self.process = subprocess.Popen(
+            [str(loadgen), "--respond", "--spec", _spec(tmp_path, who, key), "--port", "0",
+             "--lifetime", str(RUN_TIMEOUT_S)], stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), line
+        self.port = int(line.rsplit(":", 1)[1])
+
+    def connect(self) -> tuple[socket.socket, FrameDecoder]:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=SERVER_START_TIMEOUT_S)
+        return sock, FrameDecoder()
+
+    def stop(self) -> int:
+        self.process.terminate()
+        return self.process.wait(timeout=SERVER_START_TIMEOUT_S)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _frames(sock: socket.socket, decoder: FrameDecoder, count: int) -> list[bytes]:
+    payloads: list[bytes] = []
+    while len(payloads) < count:
+        data = sock.recv(65536)
+        assert data, f"closed after {len(payloads)} of {count} frames"
+        payloads += decoder.feed(data)
+    return payloads
+
+
+def _closed_without_a_reply(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_the_responder_answers_as_a_server_does_and_refuses_what_a_server_refuses(loadgen,
+                                                                                 tmp_path):
+    """The client's ceiling is measured against `loadgen --respond`: its replies must pass the
+    switch's own codec (tags, keys, re), and it must check what a server checks, or the
+    ceiling would be measured against a peer that skips work a server does."""
+    key = os.urandom(32)
+    responder = Responder(loadgen, tmp_path, "bench-pos-1", key)
+    try:
+        sock, decoder = responder.connect()
+        with sock:
+            session = ClientSession("bench-pos-1", key)
+            sock.sendall(session.hello_frame(at_ms=0))
+            reply = session.receive_hello_reply(_frames(sock, decoder, 1)[0])
+            assert reply["code"] == "ok" and len(reply["nonce"]) == 16
+            frames = [session.request_frame({"t": "debit", "card": "0A0B0C0D", "amount": 1,
+                                             "id": n})[1] for n in range(3)]
+            sock.sendall(b"".join(frames))   # one receive holding three frames
+            replies = [session.receive(payload) for payload in _frames(sock, decoder, 3)]
+            assert [(r["t"], r["re"], r["code"]) for r in replies] == [
+                ("debit", 1, "ok"), ("debit", 2, "ok"), ("debit", 3, "ok")]
+            assert len({r["txn"] for r in replies}) == 3
+            # A request out of sequence ends the session, answered by nothing.
+            sock.sendall(session.raw_request_frame({"t": "debit", "seq": 9}))
+            assert _closed_without_a_reply(sock)
+        # A request whose tag is not the session's, and a hello signed with another key.
+        sock, decoder = responder.connect()
+        with sock:
+            session = ClientSession("bench-pos-1", key)
+            sock.sendall(session.hello_frame(at_ms=0))
+            session.receive_hello_reply(_frames(sock, decoder, 1)[0])
+            body = encode_body({"t": "debit", "seq": 1})
+            sock.sendall(sign_body(os.urandom(32), body))
+            assert _closed_without_a_reply(sock)
+        for who, with_key in (("bench-pos-1", os.urandom(32)), ("bench-pos-2", key)):
+            sock, _ = responder.connect()
+            with sock:
+                sock.sendall(ClientSession(who, with_key).hello_frame(at_ms=0))
+                assert _closed_without_a_reply(sock)
+        # What it refused ended those sessions alone.
+        sock, decoder = responder.connect()
+        with sock:
+            session = ClientSession("bench-pos-1", key)
+            sock.sendall(session.hello_frame(at_ms=0))
+            assert session.receive_hello_reply(_frames(sock, decoder, 1)[0])["code"] == "ok"
+        assert responder.stop() == 0
+    finally:
+        responder.kill()
+
+
+@pytest.mark.parametrize("arguments", [
+    ["--respond"],
+    ["--respond", "--spec"],
+    ["--respond", "--spec", "S", "--port", "70000", "--lifetime", "5"],
+    ["--respond", "--spec", "S", "--port", "0", "--lifetime", "0"],
+    ["--respond", "--spec", "S", "--port", "0", "--lifetime", "5", "--rate", "1"],
+])
+def test_a_responder_command_it_cannot_run_is_a_usage_error(loadgen, arguments):
+    completed = subprocess.run([str(loadgen), *arguments], capture_output=True, text=True,
+                               timeout=RUN_TIMEOUT_S)
+    assert completed.returncode == 2
+    assert "loadgen --respond --spec FILE" in completed.stderr

@@ -81,3 +81,49 @@ def test_the_kernels_own_threads_are_not_other_work():
                  if "otherwise quiet" in item["target"])
     assert check["status"] == "NOT met"
     assert check["value"] == pytest.approx(20.0)
+
+
+def _loaded(tx_per_s: float, load_cpu_percent: float) -> dict:
+    return {"tx_per_s": tx_per_s, "load_cpu_percent": load_cpu_percent, "client": "c"}
+
+
+def test_the_client_step_runs_the_client_against_its_responder_beside_the_servers():
+    planned = run_e2e.plan(_args("--steps", "uvloop,client"), pathlib.Path("results"))
+    assert [name for name, _, _ in planned] == ["uvloop_closed", "client_ceiling"]
+    command = planned[1][1]
+    assert command[command.index("--server") + 1] == "responder"
+
+
+def test_the_headroom_is_read_from_the_clients_own_run_where_there_is_one():
+    servers = {"uvloop_closed": _loaded(40_000, 50.0), "switch_closed": _loaded(15_000, 20.0)}
+    from_fastest = run_e2e.client_headroom(servers, None)
+    assert from_fastest["run"] == "uvloop_closed"
+    assert from_fastest["headroom"] == pytest.approx(2.0)          # 80,000 at 100 % / 40,000
+    measured = run_e2e.client_headroom(
+        {**servers, "client_ceiling": _loaded(76_000, 95.0)}, None)
+    assert measured["run"] == "client_ceiling" and measured["fastest"] == "uvloop_closed"
+    assert measured["headroom"] == pytest.approx(2.0)              # 80,000 at 100 % / 40,000
+    assert measured["headroom_from_fastest_run"] == pytest.approx(2.0)
+    # The responder is never the fastest server, however fast; PostgreSQL may be.
+    postgres = run_e2e.client_headroom({**servers, "client_ceiling": _loaded(60_000, 100.0)},
+                                       {"tx_per_s": 50_000})
+    assert postgres["fastest"] == "postgres"
+    assert postgres["headroom"] == pytest.approx(1.2)
+    assert postgres["headroom_from_fastest_run"] == pytest.approx(1.6)
+
+
+def test_the_clients_own_run_is_not_flagged_client_bound():
+    rows = run_e2e._rows(_args(), {"client_ceiling": {
+        **_loaded(76_000, 97.0), "depth": 1, "connected": 2000, "command": "c"}})
+    assert [row["name"] for row in rows] == ["client_ceiling"]
+    assert not run_e2e._client_bound(rows[0])
+    assert run_e2e._client_bound({**rows[0], "name": "uvloop_closed"})
+
+
+def test_other_work_during_the_clients_own_run_is_named_too():
+    """The headroom target reads that run: a disturbed one must not pass as quiet."""
+    runs = {"switch_closed": _run_with_others("switch", 2.0),
+            "client_ceiling": _run_with_others("responder", 42.0)}
+    check = next(item for item in run_e2e.summarize(_args(), runs)["targets"]
+                 if "otherwise quiet" in item["target"])
+    assert check["status"] == "NOT met" and "client_ceiling: 42%" in check["shown"]
