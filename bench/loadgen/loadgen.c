@@ -1261,7 +1261,9 @@ static int respond_hello(peer *p, const uint8_t *payload, size_t size, writer *o
     put_cstr(&w, "code"); put_cstr(&w, "ok");
     put_cstr(&w, "nonce"); put_bin(&w, server_nonce, NONCE_BYTES);
     put_cstr(&w, "role"); put_cstr(&w, "terminal");
-    put_cstr(&w, "time"); put_uint(&w, (uint64_t)(now_s() * 1000));
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    put_cstr(&w, "time"); put_uint(&w, (uint64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000);
     put_cstr(&w, "blacklist"); put_uint(&w, 0);
     out->p += frame(out->p, reply, (size_t)(w.p - reply), &key);
     memcpy(material + 3, nonce.bytes, NONCE_BYTES);

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -369,6 +370,8 @@ def test_the_responder_answers_as_a_server_does_and_refuses_what_a_server_refuse
             sock.sendall(session.hello_frame(at_ms=0))
             reply = session.receive_hello_reply(_frames(sock, decoder, 1)[0])
             assert reply["code"] == "ok" and len(reply["nonce"]) == 16
+            assert reply["role"] == "terminal" and reply["blacklist"] == 0
+            assert abs(reply["time"] - time.time() * 1000) < 60_000      # wall-clock ms
             frames = [session.request_frame({"t": "debit", "card": "0A0B0C0D", "amount": 1,
                                              "id": n})[1] for n in range(3)]
             sock.sendall(b"".join(frames))   # one receive holding three frames
@@ -416,3 +419,36 @@ def test_a_responder_command_it_cannot_run_is_a_usage_error(loadgen, arguments):
                                timeout=RUN_TIMEOUT_S)
     assert completed.returncode == 2
     assert "loadgen --respond --spec FILE" in completed.stderr
+
+
+def test_books_stripped_of_their_history_keep_their_accounts_and_are_served(loadgen, tmp_path):
+    """bench/experiments/strip_history.py (measurement only): the journal, its marks and the
+    remembered ids emptied, every account and card kept, and the switch serves the copy."""
+    import importlib.util
+    import lmdb
+
+    spec = importlib.util.spec_from_file_location(
+        "strip_history", REPO_ROOT / "bench" / "experiments" / "strip_history.py")
+    strip_history = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(strip_history)
+    args = ("--accounts", "20", "--terminals", "2", "--prebuild", "--seed", "6")
+    _bounded_run(tmp_path, *args, "--prebuilt-cache", str(tmp_path / "books"))
+    (entry,) = (tmp_path / "books").iterdir()
+    stripped = tmp_path / "nohist" / entry.name
+    assert strip_history.main([str(entry), str(stripped)]) == 0
+    assert strip_history.main([str(entry), str(stripped)]) == 2      # never over a copy
+
+    def entries(books):
+        env = lmdb.open(str(books / "data" / "lmdb"), readonly=True, max_dbs=64, lock=False)
+        try:
+            with env.begin() as txn:
+                return {name: txn.stat(env.open_db(name.encode(), txn=txn))["entries"]
+                        for name in ("accounts", "cards", "journal", "idempotency")}
+        finally:
+            env.close()
+
+    assert entries(entry) == {"accounts": 20, "cards": 20, "journal": 60, "idempotency": 62}
+    assert entries(stripped) == {"accounts": 20, "cards": 20, "journal": 0, "idempotency": 0}
+    result = _bounded_run(tmp_path, *args, "--prebuilt-cache", str(tmp_path / "nohist"),
+                          "--no-audit")
+    _assert_all_answered_ok(result)
