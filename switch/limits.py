@@ -147,9 +147,6 @@ ready_connections_per_pass_max = 2048  # epoll events taken per pass of the poll
 # A pass of the poller executes requests this long, then the committer has its turn; what
 # is left runs first in the next pass.
 pass_execute_s_max = 0.02
-# After an idle wait a pass waits this long for company before it reads: at light load
-# each request otherwise paid a pass's fixed cost alone (5,000/s offered: ~7 % less CPU).
-pass_gather_s = 0.001
 read_deadline_sweep_s = 1.0        # how often the poller ends reading past idle/frame deadlines
 
 # Allocations between collections of Python's youngest generation (CPython's default: 700).

@@ -128,12 +128,10 @@ class ReadinessPoller:
                     with trio.CancelScope(deadline=next_sweep) as self._wait_scope:
                         await trio.lowlevel.wait_readable(epoll_fd)
                     self._wait_scope = None
-                    woke_at = clock()
-                    if limits.pass_gather_s:
-                        # Light load: let a few more requests arrive, so the pass's fixed
-                        # cost (and its cold caches) is shared instead of paid by each.
-                        await trio.sleep(limits.pass_gather_s)
-                    polled_at = complete_poll_at = woke_at
+                    # Read at once. Waiting a millisecond for company here saved a light
+                    # load an eighth of its CPU and made its p99 a third longer
+                    # (bench/RESULTS.md, 2026-12-03): at light load the CPU is there to spend.
+                    polled_at = complete_poll_at = clock()
                     events = poll(0, events_max)
                 self.heard_by = heard_by = complete_poll_at
                 execute_until = polled_at + limits.pass_execute_s_max

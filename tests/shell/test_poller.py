@@ -267,27 +267,6 @@ async def test_a_pass_executes_for_a_bounded_time_and_the_rest_runs_first_next_p
         connection.close()
 
 
-async def test_a_pass_woken_from_idle_waits_for_company(poller, monkeypatch):
-    """At light load a pass that woke for one request waits `pass_gather_s` before it reads,
-    so what arrives meanwhile shares the pass instead of paying for one of its own."""
-    monkeypatch.setattr(limits, "pass_gather_s", 0.3)
-    first, second = FakeConnection(poller, "first"), FakeConnection(poller, "second")
-    poller.add(first)
-    poller.add(second)
-    await _settle()
-    passes = poller.passes
-    first.theirs.send(b"x")
-    await trio.sleep(0.05)           # the poller has woken and is gathering
-    second.theirs.send(b"y")
-    with trio.fail_after(5):
-        while not (first.received and second.received):
-            await trio.sleep(0.01)
-    assert poller.passes - passes == 1
-    assert first.heard[0][0] == second.heard[0][0]   # one pass, dated once
-    first.close()
-    second.close()
-
-
 async def test_the_sweep_leaves_a_connection_whose_execute_was_put_off(nursery, monkeypatch):
     """A connection whose execute step waits for the next pass read a request its read
     deadline does not know of yet (the execute sets the next one): the sweep must not end

@@ -110,7 +110,6 @@ class ChaosConnection:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_the_poller_keeps_its_promises_under_faults(seed, nursery, monkeypatch):
     monkeypatch.setattr(limits, "pass_execute_s_max", 0.0)   # one step a pass: many carried
-    monkeypatch.setattr(limits, "pass_gather_s", 0.0)
     world = World(seed)
     rng = world.rng
     poller = ReadinessPoller(Metrics())
