@@ -854,7 +854,7 @@ static uint8_t receive_buffer[FRAME_MAX + 4 + RECEIVE_BYTES];
 /* Replies found in one receive; returns how many answered our requests. */
 static uint64_t receive_replies(connection *c, double now) {
     size_t have = c->partial_size;
-    memcpy(receive_buffer, c->partial, have);
+    if (have) memcpy(receive_buffer, c->partial, have);
     ssize_t got = recv(c->fd, receive_buffer + have, RECEIVE_BYTES, MSG_DONTWAIT);
     if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
     if (got <= 0) { drop(c, "closed by the server"); return 0; }
@@ -1192,14 +1192,17 @@ static int load(connection **all, size_t count) {
 }
 
 /* ------------------------------------------------------------------ the responder */
-/* `loadgen --respond`: the cheapest peer that answers this client as a server does, so that
+/* `loadgen --respond`: a cheap peer that answers this client as a server does, so that
  * bench/e2e_load.py (--server responder) can measure how far the client itself drives when
- * the other side costs it almost nothing. It checks what a server checks (the hello's tag
- * with the terminal's key, each request's tag with the direction key, its seq in order) and
- * answers each request as bench/bare_server.py does; it keeps nothing else. It is an
- * instrument of the benchmark, never a server it compares. */
+ * the other side costs it little. It checks what a server checks of a client that only
+ * debits (the hello's version, its tag with the terminal's key, each request's tag with the
+ * direction key and its seq in order, keys that are strings, nothing after the map) and
+ * answers each request as bench/bare_server.py does; it keeps nothing else. Where a server
+ * would answer an error frame it ends the session without one. It is an instrument of the
+ * benchmark, never a server it compares. */
 #define RESPOND_LISTEN_BACKLOG 4096
 #define RESPOND_UNSENT_BYTES_MAX (4 * 1024 * 1024)
+#define RESPOND_ACCEPT_PAUSE_S 0.1    /* out of descriptors: accept again after this */
 
 typedef struct {
     int fd, open, writing;
@@ -1229,16 +1232,19 @@ static int respond_hello(peer *p, const uint8_t *payload, size_t size, writer *o
     const uint8_t *body = payload, *tag = payload + size - TAG_BYTES;
     size_t body_size = size - TAG_BYTES;
     reader r = {body, body + body_size, 0};
-    item map = get_item(&r), t = {0}, who = {0}, nonce = {0};
+    item map = get_item(&r), t = {0}, who = {0}, nonce = {0}, version = {0};
     if (map.kind != 'm') return -1;
     for (size_t i = 0; i < map.size && !r.bad; i++) {
         item key = get_item(&r), value = get_item(&r);
+        if (key.kind != 's') return -1;
         if (item_is(key, "t")) t = value;
+        else if (item_is(key, "v")) version = value;
         else if (item_is(key, "who")) who = value;
         else if (item_is(key, "nonce")) nonce = value;
         skip_item(&r, value, 1);
     }
-    if (r.bad || !item_is(t, "hello") || who.kind != 's' || nonce.kind != 'b' ||
+    if (r.bad || r.p != r.end || !item_is(t, "hello") || version.kind != 'i' ||
+        version.integer != PROTOCOL_VERSION || who.kind != 's' || nonce.kind != 'b' ||
         nonce.size != NONCE_BYTES)
         return -1;
     const terminal *known = NULL;
@@ -1292,6 +1298,7 @@ static int respond_request(peer *p, const uint8_t *payload, size_t size, writer 
     if (map.kind != 'm') return -1;
     for (size_t i = 0; i < map.size && !r.bad; i++) {
         item key = get_item(&r), value = get_item(&r);
+        if (key.kind != 's') return -1;
         if (item_is(key, "t")) t = value;
         else if (item_is(key, "seq") && value.kind == 'i') seq = value.integer;
         skip_item(&r, value, 1);
@@ -1349,7 +1356,7 @@ static int peer_flush(int epoll, peer *p, const uint8_t *data, size_t size) {
 static int peer_readable(int epoll, peer *p) {
     static uint8_t replies[(RECEIVE_BYTES / FRAME_MIN + 1) * 256];
     size_t have = p->partial_size;
-    memcpy(receive_buffer, p->partial, have);
+    if (have) memcpy(receive_buffer, p->partial, have);
     ssize_t got = recv(p->fd, receive_buffer + have, RECEIVE_BYTES, MSG_DONTWAIT);
     if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
     if (got <= 0) return -1;
@@ -1395,12 +1402,19 @@ static int respond(const char *host, int port, double lifetime_s) {
     sigaction(SIGINT, &stop, NULL);
     int epoll = epoll_create1(0);
     struct epoll_event event = {.events = EPOLLIN, .data.ptr = NULL};
-    epoll_ctl(epoll, EPOLL_CTL_ADD, listener, &event);
+    if (epoll < 0 || epoll_ctl(epoll, EPOLL_CTL_ADD, listener, &event) != 0) {
+        perror("respond: epoll");
+        return 3;
+    }
     printf("listening on %s:%d\n", host, ntohs(address.sin_port));
     fflush(stdout);
     struct epoll_event events[EVENTS_MAX];
-    double deadline = now_s() + lifetime_s;
+    double deadline = now_s() + lifetime_s, accept_again_at = 0;
     while (!respond_stop && now_s() < deadline) {
+        if (accept_again_at && now_s() >= accept_again_at) {
+            accept_again_at = 0;
+            epoll_ctl(epoll, EPOLL_CTL_ADD, listener, &event);
+        }
         int n = epoll_wait(epoll, events, EVENTS_MAX, (int)(POLL_INTERVAL_MAX_S * 1000));
         for (int i = 0; i < n; i++) {
             peer *p = events[i].data.ptr;
@@ -1412,7 +1426,16 @@ static int respond(const char *host, int port, double lifetime_s) {
                     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
                     fresh->fd = fd;
                     struct epoll_event watch_in = {.events = EPOLLIN, .data.ptr = fresh};
-                    epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &watch_in);
+                    if (epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &watch_in) != 0) {
+                        close(fd);
+                        free(fresh);
+                    }
+                }
+                if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                    /* Out of descriptors: the listener stays readable, so stop watching it
+                     * for a while instead of waking for it in a loop. */
+                    epoll_ctl(epoll, EPOLL_CTL_DEL, listener, NULL);
+                    accept_again_at = now_s() + RESPOND_ACCEPT_PAUSE_S;
                 }
                 continue;
             }
@@ -1446,6 +1469,23 @@ static int hmac_lines(void) {
     return 0;
 }
 
+/* A decimal integer, the whole of `text`; -1 otherwise. */
+static long whole_number(const char *text) {
+    char *end;
+    errno = 0;
+    long value = strtol(text, &end, 10);
+    return errno || end == text || *end || value < 0 ? -1 : value;
+}
+
+/* A finite decimal number, the whole of `text`; NAN otherwise. */
+static double finite_number(const char *text) {
+    char *end;
+    double value = strtod(text, &end);
+    return end == text || *end || !isfinite(value) ? NAN : value;
+}
+
+#define RESPOND_LIFETIME_S_MAX 86400.0
+
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --host H --port P --spec FILE --connections N [--depth D | --rate R]\n"
@@ -1478,11 +1518,12 @@ int main(int argc, char **argv) {
         for (int i = 2; i + 1 < argc; i += 2) {
             if (!strcmp(argv[i], "--spec")) spec = argv[i + 1];
             else if (!strcmp(argv[i], "--host")) cfg.host = argv[i + 1];
-            else if (!strcmp(argv[i], "--port")) port = atoi(argv[i + 1]);
-            else if (!strcmp(argv[i], "--lifetime")) lifetime_s = atof(argv[i + 1]);
+            else if (!strcmp(argv[i], "--port")) port = whole_number(argv[i + 1]);
+            else if (!strcmp(argv[i], "--lifetime")) lifetime_s = finite_number(argv[i + 1]);
             else { usage(); return 2; }
         }
-        if (argc % 2 || !spec || port < 0 || port > 65535 || !(lifetime_s > 0)) {
+        if (argc % 2 || !spec || port < 0 || port > 65535 || !(lifetime_s > 0) ||
+            lifetime_s > RESPOND_LIFETIME_S_MAX) {
             usage();
             return 2;
         }

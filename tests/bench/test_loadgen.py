@@ -391,10 +391,11 @@ def test_the_responder_answers_as_a_server_does_and_refuses_what_a_server_refuse
             body = encode_body({"t": "debit", "seq": 1})
             sock.sendall(sign_body(os.urandom(32), body))
             assert _closed_without_a_reply(sock)
-        for who, with_key in (("bench-pos-1", os.urandom(32)), ("bench-pos-2", key)):
+        for who, with_key, extra in (("bench-pos-1", os.urandom(32), {}),
+                                     ("bench-pos-2", key, {}), ("bench-pos-1", key, {"v": 2})):
             sock, _ = responder.connect()
             with sock:
-                sock.sendall(ClientSession(who, with_key).hello_frame(at_ms=0))
+                sock.sendall(ClientSession(who, with_key).hello_frame(at_ms=0, **extra))
                 assert _closed_without_a_reply(sock)
         # What it refused ended those sessions alone.
         sock, decoder = responder.connect()
@@ -413,6 +414,10 @@ def test_the_responder_answers_as_a_server_does_and_refuses_what_a_server_refuse
     ["--respond", "--spec", "S", "--port", "70000", "--lifetime", "5"],
     ["--respond", "--spec", "S", "--port", "0", "--lifetime", "0"],
     ["--respond", "--spec", "S", "--port", "0", "--lifetime", "5", "--rate", "1"],
+    ["--respond", "--spec", "S", "--port", "abc", "--lifetime", "5"],
+    ["--respond", "--spec", "S", "--port", "80x", "--lifetime", "5"],
+    ["--respond", "--spec", "S", "--port", "0", "--lifetime", "inf"],
+    ["--respond", "--spec", "S", "--port", "0", "--lifetime", "nan"],
 ])
 def test_a_responder_command_it_cannot_run_is_a_usage_error(loadgen, arguments):
     completed = subprocess.run([str(loadgen), *arguments], capture_output=True, text=True,
@@ -452,3 +457,43 @@ def test_books_stripped_of_their_history_keep_their_accounts_and_are_served(load
     result = _bounded_run(tmp_path, *args, "--prebuilt-cache", str(tmp_path / "nohist"),
                           "--no-audit")
     _assert_all_answered_ok(result)
+
+
+def test_a_responder_out_of_descriptors_waits_instead_of_spinning(loadgen, tmp_path):
+    """At RLIMIT_NOFILE the listener stays readable; the responder must stop watching it for
+    a while rather than wake for it in a loop (it used a whole core doing so)."""
+    import resource
+
+    def few_descriptors():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (12, 12))
+
+    process = subprocess.Popen(
+        [str(loadgen), "--respond", "--spec", _spec(tmp_path, "bench-pos-1", os.urandom(32)),
+         "--port", "0", "--lifetime", str(RUN_TIMEOUT_S)],
+        stdout=subprocess.PIPE, text=True, preexec_fn=few_descriptors)
+    sockets = []
+    try:
+        port = int(process.stdout.readline().rsplit(":", 1)[1])
+        sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+
+        def cpu_s() -> float:
+            fields = _proc_stat_fields(process.pid)
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        before = cpu_s()
+        time.sleep(1.0)
+        # A spinning responder uses about a second of CPU here; a waiting one, nearly none.
+        assert cpu_s() - before < 0.5
+        process.terminate()
+        assert process.wait(timeout=SERVER_START_TIMEOUT_S) == 0
+    finally:
+        for sock in sockets:
+            sock.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _proc_stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()
