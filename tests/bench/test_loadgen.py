@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import msgpack
 import pytest
 
 from switch.codec import ClientSession, FrameDecoder, ServerSession
@@ -396,6 +397,12 @@ def test_the_responder_answers_as_a_server_does_and_refuses_what_a_server_refuse
             sock, _ = responder.connect()
             with sock:
                 sock.sendall(ClientSession(who, with_key).hello_frame(at_ms=0, **extra))
+                assert _closed_without_a_reply(sock)
+        hello = {"t": "hello", "v": 1, "who": "bench-pos-1", "nonce": os.urandom(16), "at": 0}
+        for body in (msgpack.packb(hello) + b"\xc0", msgpack.packb({**hello, 1: 2})):
+            sock, _ = responder.connect()
+            with sock:
+                sock.sendall(sign_body(key, body))     # bytes after the map; a key not a str
                 assert _closed_without_a_reply(sock)
         # What it refused ended those sessions alone.
         sock, decoder = responder.connect()
