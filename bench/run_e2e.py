@@ -328,33 +328,46 @@ def _not_ok(run: dict) -> dict:
             **{code: n for code, n in (run.get("codes") or {}).items() if code != "ok"}}
 
 
+def _clean_ceiling(run: dict) -> bool:
+    """A client_ceiling run fit to read: every connection signed on, every request answered
+    ok (a run that lost connections drove fewer than it could)."""
+    return (bool(run.get("load_cpu_percent")) and bool(run.get("tx_per_s"))
+            and run.get("connected") == run.get("connections") and not _not_ok(run))
+
+
 def client_headroom(runs: dict, pg_best: dict | None) -> dict | None:
     """How far the load client could drive beyond the fastest server measured.
 
     Measured where it can be: the run of the client against its own C responder ("client"
-    step), where the other side costs it little, so the client runs near its whole core and
-    its tx/s there is what it drives (divided by the share of its core it used: at most a few
-    per cent of extrapolation). Without that run, from the closed-loop run of the fastest
-    server our client loaded, the same division from the half of its core it used there.
-    Either is compared with the fastest tx/s of any server in this run, PostgreSQL's (driven
-    by pgbench) included; the responder is not a server compared.
+    step), where the responder costs the client little, so the client runs near its whole
+    core and its tx/s there is what it drives (divided by the share of its core it used: a
+    few per cent of extrapolation). Without that run, or where that run lost connections or
+    requests, from the closed-loop run of the fastest server our client loaded: the same
+    division from the half of its core it used there. Either is compared with the fastest
+    tx/s of any server in this run, PostgreSQL's (driven by pgbench) included; the responder
+    is not a server compared. None without a closed-loop run of one of our servers (the
+    client step alone has nothing to be compared with).
     """
     loaded = [(name, runs[name]) for name in _closed_loop_names(runs)
               if runs[name].get("load_cpu_percent") and runs[name].get("tx_per_s")]
     if not loaded:
         return None
-    fastest_name, fastest_run = max(loaded, key=lambda item: item[1]["tx_per_s"])
-    fastest = fastest_run["tx_per_s"]
-    from_fastest_run = fastest_run["tx_per_s"] * 100 / fastest_run["load_cpu_percent"]
+    name, run = max(loaded, key=lambda item: item[1]["tx_per_s"])
+    fastest_name, fastest = name, run["tx_per_s"]
+    from_fastest_run = run["tx_per_s"] * 100 / run["load_cpu_percent"]
     if pg_best and pg_best["tx_per_s"] > fastest:
         fastest_name, fastest = "postgres", pg_best["tx_per_s"]
-    name, run = fastest_name, fastest_run
     ceiling = runs.get(CLIENT_CEILING[0]) or {}
-    if ceiling.get("load_cpu_percent") and ceiling.get("tx_per_s"):
+    if _clean_ceiling(ceiling):
         name, run = CLIENT_CEILING[0], ceiling
     capacity = run["tx_per_s"] * 100 / run["load_cpu_percent"]
+    cpu = run.get("cpu") or {}
+    # The other side's share of its core: near 100 % it, not the client, may set the pace.
+    server_percent = (cpu["server_cpu_s"] * 100 / cpu["elapsed_s"]
+                      if cpu.get("server_cpu_s") is not None and cpu.get("elapsed_s") else None)
     return {"run": name, "client": run.get("client", "python"), "tx_per_s": run["tx_per_s"],
             "client_cpu_percent": run["load_cpu_percent"], "capacity_tx_per_s": capacity,
+            "server_cpu_percent": server_percent,
             "fastest": fastest_name, "fastest_tx_per_s": fastest,
             "headroom": capacity / fastest,
             "headroom_from_fastest_run": from_fastest_run / fastest}
@@ -485,7 +498,9 @@ def summarize(args, runs: dict) -> dict:
                            f"{headroom['client_cpu_percent']:.0f}% of its core for "
                            f"{headroom['tx_per_s']:,.0f} tx/s ({headroom['run']}) ≈ "
                            f"{headroom['capacity_tx_per_s']:,.0f} tx/s at 100%, against "
-                           f"{headroom['fastest_tx_per_s']:,.0f} ({headroom['fastest']}); "
+                           f"{headroom['fastest_tx_per_s']:,.0f} ({headroom['fastest']}), the "
+                           f"other side at {_fmt(headroom['server_cpu_percent'], '.0f')}% of "
+                           f"its core; "
                            f"from the fastest server's run {headroom['headroom_from_fastest_run']:.2f}×"
                            if headroom else "–")))
     return {"ratios": ratios, "targets": targets, "postgres_best": pg_best,
@@ -735,8 +750,10 @@ def write_markdown(path: pathlib.Path, args, top_command: str, runs: dict, rows:
               "request. The *load client headroom* target compares that with the fastest "
               "server of the whole run, taken from the client's run against its own C "
               "responder (`loadgen --respond`, the \"client\" step: it checks each tag and "
-              "seq and answers as the bare server does, for a fraction of the CPU, so there "
-              "the client drives with nearly its whole core), or, without that run, from the "
+              "seq and answers as the bare server does, for less CPU than the client, so "
+              "there the client drives with nearly its whole core; the responder's own share "
+              "of its core is shown beside it, since near 100 % it would set the pace), or, "
+              "without that run, from the "
               "run of the fastest server it loaded (at about half its core, which overstates "
               "its cost per request a little). The responder is an instrument, not a server "
               "compared.",

@@ -84,7 +84,8 @@ def test_the_kernels_own_threads_are_not_other_work():
 
 
 def _loaded(tx_per_s: float, load_cpu_percent: float) -> dict:
-    return {"tx_per_s": tx_per_s, "load_cpu_percent": load_cpu_percent, "client": "c"}
+    return {"tx_per_s": tx_per_s, "load_cpu_percent": load_cpu_percent, "client": "c",
+            "connections": 2000, "connected": 2000, "codes": {"ok": 1}}
 
 
 def test_the_client_step_runs_the_client_against_its_responder_beside_the_servers():
@@ -127,3 +128,20 @@ def test_other_work_during_the_clients_own_run_is_named_too():
     check = next(item for item in run_e2e.summarize(_args(), runs)["targets"]
                  if "otherwise quiet" in item["target"])
     assert check["status"] == "NOT met" and "client_ceiling: 42%" in check["shown"]
+
+
+def test_the_run_named_is_the_run_the_figures_come_from_when_postgres_is_fastest():
+    headroom = run_e2e.client_headroom({"uvloop_closed": _loaded(30_000, 50.0)},
+                                       {"tx_per_s": 40_000, "clients": 16})
+    assert headroom["run"] == "uvloop_closed" and headroom["tx_per_s"] == 30_000
+    assert headroom["fastest"] == "postgres"
+    assert headroom["headroom"] == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("damage", [{"connected": 1000}, {"codes": {"ok": 1, "busy": 3}},
+                                    {"unanswered": 7}, {"broken": {"reset": 2}}])
+def test_a_ceiling_run_that_lost_connections_or_requests_is_not_read(damage):
+    servers = {"uvloop_closed": _loaded(40_000, 50.0)}
+    headroom = run_e2e.client_headroom(
+        {**servers, "client_ceiling": {**_loaded(76_000, 95.0), **damage}}, None)
+    assert headroom["run"] == "uvloop_closed"
