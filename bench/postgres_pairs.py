@@ -10,7 +10,10 @@ comparison; each pair runs the switch (bench/e2e_load.py, a fresh data dir, clos
 PostgreSQL at each of --clients, in the order S P, then P S, and so on, so that a machine
 whose speed drifts weighs on both alike. A pair's ratio is the switch's tx/s over
 PostgreSQL's best of that pair. Before each pgbench run PostgreSQL is vacuumed and
-checkpointed (so its own writes are not left for the switch's run to meet). At the end the
+checkpointed, and after its last one checkpointed again, so that its own writes are not
+left for the switch's run to meet; each switch run's share of other work is recorded and
+named above 10 % of a core, as run_e2e.py does. The JSON says "completed": false for a
+comparison cut short, with the pairs it had. At the end the
 money is checked: PostgreSQL's balances against its journal, as postgres_peer does; every
 run of the switch is audited by e2e_load, and one that is not sound stops the comparison.
 """
@@ -32,6 +35,7 @@ if str(BENCH) not in sys.path:
 import abba  # noqa: E402
 import e2e_load  # noqa: E402  (puts the repository on the path)
 import postgres_peer  # noqa: E402
+import run_e2e  # noqa: E402
 
 PAIRS_MAX = abba.PAIRS_MAX
 
@@ -83,6 +87,8 @@ def postgres_arm(cluster, args, label: str, client_counts: list[int]) -> dict:
         runs.append(run)
         print(f"  {label}: {clients} clients {run['tx_per_s']:.0f} tx/s, failed "
               f"{run['failed']}", flush=True)
+    # What PostgreSQL wrote is on the disk before the switch's next run, not left to meet it.
+    cluster.psql("CHECKPOINT")
     best = max(runs, key=lambda run: run["tx_per_s"])
     return {"label": label, "runs": runs, "best_clients": best["clients"],
             "tx_per_s": best["tx_per_s"]}
@@ -111,9 +117,13 @@ def main(argv=None) -> int:
         print(f"--pairs: 1..{PAIRS_MAX}", file=sys.stderr)
         return 2
     if (not client_counts or min(client_counts) < 1 or args.accounts < 1 or args.seconds <= 0
-            or args.warmup < 0 or args.connections < 1 or args.depth < 1):
-        print("clients, connections, depth, accounts and seconds must be positive",
-              file=sys.stderr)
+            or args.warmup < 0 or args.connections < 1 or args.depth < 1 or args.threads < 1
+            or args.amount_max < 1):
+        print("clients, connections, depth, accounts, threads, amount-max and seconds must be "
+              "positive", file=sys.stderr)
+        return 2
+    if not args.no_pin and args.server_cpu == args.load_cpu:
+        print("--server-cpu and --load-cpu must differ (or --no-pin)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     file_limit = e2e_load._raise_file_limit()
@@ -150,17 +160,22 @@ def main(argv=None) -> int:
               flush=True)
         for index in range(args.pairs):
             pair = {}
+            result["pairs"].append(pair)        # a pair cut short is still in the JSON
             for arm in ("SP" if index % 2 == 0 else "PS"):
                 label = f"{arm}{index + 1}"
                 if arm == "S":
-                    pair["switch"] = switch_arm(args, label, workdir)
+                    pair["switch"] = run = switch_arm(args, label, workdir)
+                    pair["switch_others_percent"] = others = run_e2e._others_percent(run)
+                    if others is not None and others > run_e2e.OTHER_WORK_PERCENT_MAX:
+                        print(f"  {label}: other programs took {others:.0f}% of a core in "
+                              f"its window (more than {run_e2e.OTHER_WORK_PERCENT_MAX:g}%)",
+                              flush=True)
                 else:
                     pair["postgres"] = postgres_arm(cluster, pg_args, label, client_counts)
             ratio = pair["switch"]["tx_per_s"] / pair["postgres"]["tx_per_s"]
             print(f"pair {index + 1}: switch {pair['switch']['tx_per_s']:,.0f} tx/s, "
                   f"PostgreSQL {pair['postgres']['tx_per_s']:,.0f} at "
                   f"{pair['postgres']['best_clients']} clients: {ratio:.2f}×", flush=True)
-            result["pairs"].append(pair)
         spent = int(cluster.psql(f"SELECT {postgres_peer.START_BALANCE_FEN}::bigint * count(*)"
                                  f" - sum(balance) FROM accounts"))
         journal_fen = -int(cluster.psql("SELECT coalesce(sum(amount), 0) FROM journal"))
@@ -173,13 +188,17 @@ def main(argv=None) -> int:
               f" PostgreSQL {summary['median_postgres_tx_per_s']:,.0f} tx/s, medians)")
         print(f"money: PostgreSQL {'sound' if spent == journal_fen else 'DISCREPANCY'}; every "
               f"run of the switch audited sound (a run that does not stops the comparison)")
+        result["completed"] = True
         status = 0 if spent == journal_fen else 1
     finally:
-        cluster.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        if args.json_out:
-            pathlib.Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-            pathlib.Path(args.json_out).write_text(json.dumps(result, indent=1))
+        result.setdefault("completed", False)
+        try:
+            cluster.stop()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+            if args.json_out:
+                pathlib.Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+                pathlib.Path(args.json_out).write_text(json.dumps(result, indent=1))
     return status
 
 

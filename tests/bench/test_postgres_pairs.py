@@ -17,6 +17,7 @@ class FakeCluster:
     def __init__(self, spent: int, journal: int):
         self.answers = {"sum(balance)": str(spent), "sum(amount)": str(-journal)}
         self.started = self.stopped = False
+        self.statements = []
         self.dir = None
         self.port = 5432
 
@@ -27,6 +28,7 @@ class FakeCluster:
         self.stopped = True
 
     def psql(self, *statements):
+        self.statements.extend(statements)
         for needle, answer in self.answers.items():
             if any(needle in statement for statement in statements):
                 return answer
@@ -41,7 +43,9 @@ def _fake(monkeypatch, cluster: FakeCluster, switch_tx: list, postgres_tx: list,
 
     def switch_arm(args, label, workdir):
         order.append(label)
-        return {"tx_per_s": next(switch_figures)}
+        return {"tx_per_s": next(switch_figures),
+                "cpu": {"elapsed_s": 10.0, "server_cpu_s": 9.0, "load_cpu_s": 1.0,
+                        "machine_cpu_s": 10.0 + (3.0 if label == "S2" else 0.0)}}
 
     def run_pgbench(cluster_, clients, args, workdir):
         order.append(f"pgbench {clients}")
@@ -70,7 +74,29 @@ def test_pairs_alternate_and_each_is_judged_against_its_own_postgres_best(monkey
     assert summary["ratios"] == pytest.approx([4.0, 3.0, 3.0])
     assert summary["median_ratio"] == pytest.approx(3.0)
     assert summary["best_postgres_tx_per_s"] == 4_000
-    assert result["postgres_check"]["sound"] is True
+    assert result["postgres_check"]["sound"] is True and result["completed"] is True
+    # PostgreSQL checkpoints after each of its arms, before the switch runs again.
+    assert cluster.statements.count("CHECKPOINT") >= 1 + 3
+    # Other work during a switch run is recorded per pair (S2's window had 30 % of a core).
+    assert [pair["switch_others_percent"] for pair in result["pairs"]] == pytest.approx(
+        [0.0, 30.0, 0.0])
+
+
+def test_a_comparison_cut_short_still_writes_what_it_had_and_stops_postgres(monkeypatch,
+                                                                            tmp_path):
+    cluster = FakeCluster(spent=500, journal=500)
+    _fake(monkeypatch, cluster, [10_000], [2_000], [])
+
+    def broken_pgbench(*args, **kwargs):
+        raise RuntimeError("pgbench -c 64 failed")
+
+    monkeypatch.setattr(postgres_pairs.postgres_peer, "run_pgbench", broken_pgbench)
+    out = tmp_path / "pairs.json"
+    with pytest.raises(RuntimeError):
+        postgres_pairs.main(["--pairs", "2", "--clients", "64", "--json-out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["completed"] is False and cluster.stopped
+    assert result["pairs"][0]["switch"]["tx_per_s"] == 10_000
 
 
 def test_postgres_money_that_does_not_add_up_fails_the_comparison(monkeypatch, tmp_path):
@@ -84,7 +110,8 @@ def test_postgres_money_that_does_not_add_up_fails_the_comparison(monkeypatch, t
 
 @pytest.mark.parametrize("arguments", [
     ["--pairs", "0"], ["--pairs", "51"], ["--clients", "x"], ["--clients", "0"],
-    ["--clients", ""], ["--seconds", "0"], ["--connections", "0"], ["--warmup", "-1"]])
+    ["--clients", ""], ["--seconds", "0"], ["--connections", "0"], ["--warmup", "-1"],
+    ["--threads", "0"], ["--amount-max", "0"], ["--server-cpu", "1", "--load-cpu", "1"]])
 def test_what_it_cannot_run_is_refused_before_anything_starts(monkeypatch, arguments, capsys):
     def no(*args, **kwargs):
         raise AssertionError("started something")
