@@ -9,8 +9,9 @@ remembered ids emptied (3,000,000 each at 1,000,000 accounts: the prebuild's own
 requests). `bench/abba.py --a-args "--prebuilt-cache $TMPDIR/books" --b-args
 "--prebuilt-cache $TMPDIR/books-nohist"` then runs the switch on both. Such books are not
 books a switch may hold: balances without the journal that made them, so `audit` of them
-is not sound (run with --no-audit). bench/RESULTS.md, 2026-12-03 (10:45), has what it
-measured.
+is not sound (run with --no-audit). The copy is compacted as well, so a comparison with
+the books as prebuilt (not compacted) bounds the history's cost from above. bench/RESULTS.md,
+2026-12-03 (10:15), has what it measured.
 """
 
 import os
