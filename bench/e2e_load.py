@@ -587,10 +587,16 @@ def _write_terminal_keys(path: pathlib.Path, terminals) -> None:
         json.dump({"terminals": [[who, key.hex()] for who, key in terminals]}, handle)
 
 
+def fresh_credentials(tag: str, args):
+    """Card ids, and terminal ids with fresh keys, for a server with no books of its own."""
+    _, card_ids, terminal_ids = _names(tag, args.accounts, args.terminals)
+    return card_ids, [(who, os.urandom(limits.credential_key_size_bytes))
+                      for who in terminal_ids]
+
+
 def bare_credentials(path: pathlib.Path, tag: str, args):
     """Terminal ids and fresh keys for the bare server, in the file it reads (mode 0600)."""
-    _, card_ids, terminal_ids = _names(tag, args.accounts, args.terminals)
-    terminals = [(who, os.urandom(limits.credential_key_size_bytes)) for who in terminal_ids]
+    card_ids, terminals = fresh_credentials(tag, args)
     _write_terminal_keys(path, terminals)
     return card_ids, terminals
 
@@ -1285,9 +1291,7 @@ def main(argv=None) -> int:
                 server = ServerProcess(command, temporary, args.server, args,
                                        wants_metrics=False)
             elif args.server == "responder":
-                _, cards, terminal_ids = _names(tag, args.accounts, args.terminals)
-                terminals = [(who, os.urandom(limits.credential_key_size_bytes))
-                             for who in terminal_ids]
+                cards, terminals = fresh_credentials(tag, args)
                 spec = temporary / "responder.spec"
                 _write_spec(spec, terminals, cards[:1])
                 command = [str(client_binary()), "--respond", "--spec", str(spec),
