@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     try:
-        client_counts = sorted({int(count) for count in args.clients.split(",") if count})
+        client_counts = postgres_peer.parse_client_counts(args.clients)
     except ValueError:
         print("--clients: comma-separated integers", file=sys.stderr)
         return 2

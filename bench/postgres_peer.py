@@ -408,6 +408,12 @@ def run_pgbench(cluster: Cluster, clients: int, args, workdir: pathlib.Path) -> 
 
 
 # ------------------------------------------------------------------ command line
+def parse_client_counts(text: str) -> list[int]:
+    """--clients: the distinct counts, smallest first; ValueError for one that is not an
+    integer (bench/postgres_pairs.py reads the same option)."""
+    return sorted({int(count) for count in text.split(",") if count})
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -434,7 +440,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     try:
-        client_counts = sorted({int(count) for count in args.clients.split(",") if count})
+        client_counts = parse_client_counts(args.clients)
     except ValueError:
         print("--clients: comma-separated integers", file=sys.stderr)
         return 2
