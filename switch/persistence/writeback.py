@@ -81,12 +81,33 @@ def _records_in_lsn_order(txn, dbs, databases) -> list:
     return records
 
 
+def no_logged() -> dict:
+    """An empty generation of logged writes: database -> {key: value or None (deleted)}.
+    Keyed by database, then by the key's bytes, never by (database, key) pairs: a pair is
+    an object the cycle collector tracks, and a round keeps tens of thousands of them alive
+    for seconds, so every young-generation collection walked them, holding the event loop
+    3-7 ms (bench/RESULTS.md, 2026-12-03 afternoon). Bytes and dicts of bytes it never
+    tracks."""
+    return {db: {} for db in LOGS}
+
+
+def count(logged: dict) -> int:
+    """How many writes a generation of logged writes holds."""
+    return sum(map(len, logged.values()))
+
+
+def flat(logged: dict) -> dict:
+    """(db, key) -> value of a generation of logged writes, for readers outside the
+    switch's hot path (tools, tests)."""
+    return {(db, key): value for db, writes in logged.items() for key, value in writes.items()}
+
+
 def read_logs(txn, dbs) -> tuple[dict, dict, int, int]:
     """What the logs hold, as the Store keeps it between write-backs: the current log's and
-    the previous log's (db, key) -> newest value (None: deleted), each in LSN order so a
-    later record wins; the current log's index (the log holding the newest record, the
-    first when both are empty); and the next free LSN."""
-    by_log: tuple[dict, dict] = ({}, {})
+    the previous log's writes (`no_logged`'s shape) with the newest value per key, each read
+    in LSN order so a later record wins; the current log's index (the log holding the newest
+    record, the first when both are empty); and the next free LSN."""
+    by_log: tuple[dict, dict] = (no_logged(), no_logged())
     newest = [-1, -1]
     for lsn, index, db, log, _, data in _records_in_lsn_order(txn, dbs, LOGS):
         try:
@@ -94,9 +115,7 @@ def read_logs(txn, dbs) -> tuple[dict, dict, int, int]:
         except ValueError as error:
             raise DamagedLog(f"{log} record {lsn}: {error}; the data dir cannot be trusted: "
                              f"restore the latest backup") from None
-        logged = by_log[index]
-        for key, value in writes.items():
-            logged[(db, key)] = value
+        by_log[index][db].update(writes)
         newest[index] = lsn
     current = 0 if newest[0] >= newest[1] else 1
     return by_log[current], by_log[1 - current], current, max(newest) + 1
@@ -161,7 +180,16 @@ def newest_logged(txn, dbs) -> dict:
     writes back, and what a reader of a live data dir (`audit`, `backup`) must see on top
     of the databases themselves."""
     current, previous, _, _ = read_logs(txn, dbs)
-    return {**previous, **current}
+    return flat(merged(previous, current))
+
+
+def merged(*generations: dict) -> dict:
+    """One generation of logged writes from several, a later one's value winning."""
+    result = no_logged()
+    for generation in generations:
+        for db, writes in generation.items():
+            result[db].update(writes)
+    return result
 
 
 def replay_logs(txn, dbs) -> int:
@@ -170,61 +198,77 @@ def replay_logs(txn, dbs) -> int:
     write nothing: opening a data dir a clean stop left changes no byte of it."""
     if not any(txn.stat(dbs[log])["entries"] for log in LOG_NAMES):
         return 0
-    newest = newest_logged(txn, dbs)
+    current, previous, _, _ = read_logs(txn, dbs)
+    newest = merged(previous, current)
     write_back(txn, dbs, *split(newest), LOG_NAMES)
-    return len(newest)
+    return count(newest)
 
 
 class KeyOrder:
-    """A round's (db, key) slots in key order within each database, so each slice writes
-    back neighbouring keys, sorted as they are asked for: the round's start only heapifies
-    its keys (O(n): about 1 ms for 32,768 here, where sorting them stalled the event loop
-    8-20 ms once a round, and the open loop's p99 with it), and each slice pops its few
-    hundred. What was popped is kept, so a slice asked for again gets the same slots and the
-    order never depends on how often it was asked."""
+    """A round's keys in key order within each database, the databases one after another,
+    so each slice writes back neighbouring keys, sorted as they are asked for: the round's
+    start only heapifies its keys (O(n): about 1 ms for 32,768 here, where sorting them
+    stalled the event loop 8-20 ms once a round, and the open loop's p99 with it), and each
+    slice pops its few hundred. What was popped is kept, so a slice asked for again gets the
+    same keys and the order never depends on how often it was asked."""
 
     def __init__(self, values: dict):
-        keys_of: dict = {db: [] for db in LOGS}
-        for db, key in values:      # the keys alone: no new (db, key) pair per key
-            keys_of[db].append(key)
         self._heaps = []
-        for db, keys in keys_of.items():
-            if keys:
+        for db, writes in values.items():
+            if writes:
+                keys = list(writes)
                 heapq.heapify(keys)
                 self._heaps.append((db, keys))
-        self.length = len(values)
-        self._taken: list = []
+        self.length = count(values)
+        self._taken: list = []    # (db, its keys popped so far, in order), a run per database
+        self._taken_count = 0
 
     def slots(self, start: int, end: int) -> list:
-        """The slots at positions [start, end) of the order."""
+        """The keys at positions [start, end) of the order, as (db, [key, ...]) runs."""
         taken, heaps = self._taken, self._heaps
-        while len(taken) < end:
+        while self._taken_count < end:
             db, heap = heaps[0]
-            taken.append((db, heapq.heappop(heap)))
+            if not taken or taken[-1][0] != db:
+                taken.append((db, []))
+            run = taken[-1][1]
+            wanted = min(end - self._taken_count, len(heap))
+            pop = heapq.heappop
+            run.extend(pop(heap) for _ in range(wanted))
+            self._taken_count += wanted
             if not heap:
                 heaps.pop(0)
-        return taken[start:end]
+        runs = []
+        offset = 0
+        for db, keys in taken:
+            if offset >= end:
+                break
+            piece = keys[max(start - offset, 0):end - offset]
+            if piece:
+                runs.append((db, piece))
+            offset += len(keys)
+        return runs
 
 
-def writes_of(values: dict, slots) -> tuple[dict, dict]:
-    """(db -> [(key, bytes)], db -> [key]): the puts and deletes of `slots` (in their order)
-    as `values` holds them ((db, key) -> value, None: deleted)."""
+def writes_of(values: dict, runs) -> tuple[dict, dict]:
+    """(db -> [(key, bytes)], db -> [key]): the puts and deletes of the (db, [key, ...])
+    `runs` (in their order) as `values` (`no_logged`'s shape) holds them."""
     puts: dict = {}
     deletes: dict = {}
-    for slot in slots:
-        db, key = slot
-        value = values[slot]
-        if value is None:
-            deletes.setdefault(db, []).append(key)
-        else:
-            puts.setdefault(db, []).append((key, value))
+    for db, keys in runs:
+        held = values[db]
+        for key in keys:
+            value = held[key]
+            if value is None:
+                deletes.setdefault(db, []).append(key)
+            else:
+                puts.setdefault(db, []).append((key, value))
     return puts, deletes
 
 
 def split(values: dict) -> tuple[dict, dict]:
-    """The puts (in key order) and deletes of every (db, key) -> value or None (at open and
-    close, off the event loop: the pairs sorted at once)."""
-    return writes_of(values, sorted(values))
+    """The puts (in key order) and deletes of a generation of logged writes (at open and
+    close, off the event loop: the keys sorted at once)."""
+    return writes_of(values, [(db, sorted(writes)) for db, writes in values.items()])
 
 
 def write_back(txn, dbs, puts: dict, deletes: dict, logs_emptied=()) -> None:

@@ -31,7 +31,7 @@ from switch.ledger.effects import (BlacklistPush, ClosedAccountTap, JournalAdvan
                                    Revocation)
 from switch.ledger.payments import prune_used_qr
 from switch.ledger.qr import qr_code, qr_tag
-from switch.ledger.state import remembered_at_ms_read_fast
+from switch.ledger.state import none_remembered_before, remembered_at_ms_read_fast
 from switch.persistence import writeback
 
 QR_STEP_S = limits.qr_step_s
@@ -40,7 +40,8 @@ QR_STEP_S = limits.qr_step_s
 __all__ = ["limits", "FakeClock", "TrustedClock", "QR_STEP_S", "qr_tag", "REQUEST_TYPES", "RESULT_CODES", "OBSERVED",
            "OBSERVED_OFFLINE", "World", "populate", "whole_directory_ran", "STUDENT", "CARD",
            "CUIK_STUDENT", "CUIK_CARD", "ROOM", "CUIK_ROOM", "ID_LAST6", "PIN", "BALANCE",
-           "general_path_only", "plain_debits_counted", "remembered_at_ms_read_fast"]
+           "general_path_only", "plain_debits_counted", "remembered_at_ms_read_fast",
+           "none_remembered_before"]
 
 # What the tests compare against the spec: the request types the switch dispatches and the
 # result codes of replies (docs/PROTOCOL.md §4.16).
@@ -285,7 +286,7 @@ def committed_contents(store) -> dict[str, dict]:
         contents = {name: {bytes(key): bytes(value) for key, value in txn.cursor(db=handle)}
                     for name, handle in store.dbs.items() if name not in writeback.LOG_NAMES}
         current, previous, _, _ = writeback.read_logs(txn, store.dbs)
-    for (db, key), value in {**previous, **current}.items():
+    for (db, key), value in writeback.flat(writeback.merged(previous, current)).items():
         if value is None:
             contents[db].pop(key, None)
         else:

@@ -38,12 +38,12 @@ def _commit(store: Store):
 
 
 def _logged_in_memory(store: Store) -> dict:
-    return {**store._logged_prev, **store._logged}
+    return writeback.flat(writeback.merged(store._logged_prev, store._logged))
 
 
 def _logged_on_disk(store: Store) -> dict:
     current, previous, _, _ = writeback.read_logs(store._read, store.dbs)
-    return {**previous, **current}
+    return writeback.flat(writeback.merged(previous, current))
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_a_round_is_written_back_a_slice_per_commit_and_its_log_dropped_at_the_e
         store.put(IDS, b"till\0%d" % i, b"reply %d" % i)
     first = _commit(store)
     assert first.starts_round and first.previous_done == 0   # the bound: 5 logged
-    assert store._logged == {} and len(store._logged_prev) == 5
+    assert writeback.count(store._logged) == 0 and writeback.count(store._logged_prev) == 5
     slices = []
     for n in range(3):
         store.put(IDS, b"next\0%d" % n, b"later")           # logged to the other log
@@ -88,7 +88,7 @@ def test_a_round_is_written_back_a_slice_per_commit_and_its_log_dropped_at_the_e
         slices.append((batch.previous_done, batch.ends_round))
         assert all(store.get(IDS, b"till\0%d" % i) == b"reply %d" % i for i in range(5))
     assert slices == [(2, False), (4, False), (5, True)]     # 2 a commit, twice what it logs
-    assert store._logged_prev == {}
+    assert writeback.count(store._logged_prev) == 0
     store.close(write_back=False)
     assert sorted(_raw(tmp_path, IDS)) == [b"till\0%d" % i for i in range(5)]
     assert _raw(tmp_path, LOG_A) == {}                        # dropped with the last slice
@@ -151,7 +151,7 @@ def test_a_clean_close_writes_back_what_the_logs_hold(tmp_path, small_logs):
     for i in range(4):
         store.put(IDS, b"till\0%d" % i, b"one")
         _commit(store)
-    assert store._logged and store._logged_prev       # both logs hold ids
+    assert writeback.count(store._logged) and writeback.count(store._logged_prev)  # both hold ids
     store.close()
     assert len(_raw(tmp_path, IDS)) == 4
     assert _raw(tmp_path, LOG_A) == {} and _raw(tmp_path, LOG_B) == {}
@@ -276,7 +276,7 @@ def test_a_failed_commit_in_the_middle_of_a_round_is_believed_whether_or_not_on_
 
 def _log_state(store: Store) -> tuple:
     order = store._prev_order
-    return (dict(store._logged), dict(store._logged_prev),
+    return (writeback.flat(store._logged), writeback.flat(store._logged_prev),
             order and (order.length, order.slots(0, order.length)),
             store._prev_done, store._current_log, store._next_lsn, store._commits_logging)
 
@@ -382,7 +382,7 @@ def test_every_fault_at_every_step_keeps_every_committed_id(tmp_path, monkeypatc
                 store.write_batch(batch)
                 rounds += batch.ends_round
                 # A slice is bounded: no commit writes back a whole round at once.
-                assert batch.previous_done - store._prev_done <= max(2, 2 * len(batch.logged))
+                assert batch.previous_done - store._prev_done <= max(2, 2 * writeback.count(batch.logged))
                 if what == "commit_twice":
                     store.committed(batch)
                 if what in ("commit", "commit_twice"):
@@ -440,19 +440,23 @@ def test_close_closes_the_environment_even_when_the_log_is_damaged(tmp_path, cap
 
 
 def test_a_rounds_order_is_each_databases_keys_sorted_and_a_slice_asked_again_is_the_same():
-    values = {("idempotency", b"t\0\x02"): b"r", ("accounts", b"WH9"): b"a",
-              ("idempotency", b"t\0\x01"): None, ("accounts", b"WH1"): b"b",
-              ("accounts", b"CUIK1"): b"c"}
-    slots = [("accounts", b"CUIK1"), ("accounts", b"WH1"), ("accounts", b"WH9"),
-             ("idempotency", b"t\0\x01"), ("idempotency", b"t\0\x02")]
+    values = {"idempotency": {b"t\0\x02": b"r", b"t\0\x01": None},
+              "accounts": {b"WH9": b"a", b"WH1": b"b", b"CUIK1": b"c"}}
+    slots = [("idempotency", b"t\0\x01"), ("idempotency", b"t\0\x02"),
+             ("accounts", b"CUIK1"), ("accounts", b"WH1"), ("accounts", b"WH9")]
+
+    def flat(runs):
+        assert all(keys for _, keys in runs), runs          # no empty run
+        assert len({db for db, _ in runs}) == len(runs)     # one run per database
+        return [(db, key) for db, keys in runs for key in keys]
     for start in range(6):                   # every slice, across the two databases
         for end in range(start, 6):
             order = writeback.KeyOrder(values)
             assert order.length == 5
-            assert order.slots(start, end) == slots[start:end]
-            assert order.slots(0, 5) == slots          # popped ones are kept, in order
-            assert order.slots(start, end) == slots[start:end]
-    assert writeback.KeyOrder({}).length == 0
+            assert flat(order.slots(start, end)) == slots[start:end]
+            assert flat(order.slots(0, 5)) == slots          # popped ones are kept, in order
+            assert flat(order.slots(start, end)) == slots[start:end]
+    assert writeback.KeyOrder(writeback.no_logged()).length == 0
     puts, deletes = writeback.split(values)
     assert puts == {"accounts": [(b"CUIK1", b"c"), (b"WH1", b"b"), (b"WH9", b"a")],
                     "idempotency": [(b"t\0\x02", b"r")]}
