@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from tests.ledger.conftest import (BALANCE, CARD, CUIK_STUDENT, ID_LAST6, PIN, REQUEST_TYPES, ROOM,
                                    LOGGED_IDS_PER_ROUND, remembered_at_ms_read_fast,
+                                   none_remembered_before,
                                    STUDENT, limits)
 
 # docs/PROTOCOL.md §3: who may send what (every role may send `ping`).
@@ -336,6 +337,39 @@ def test_the_sweeps_fast_reading_of_a_remembered_time_is_exact_or_later(world, a
     assert read >= at_ms
     if at_ms >= 2**32:
         assert read == at_ms
+
+
+_UINT64_TIME = st.builds(lambda prefix, at_ms: prefix + b"\xcf" + at_ms.to_bytes(8, "big"),
+                        st.binary(min_size=1, max_size=12), st.integers(0, 2**64 - 1))
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(times=st.lists(st.tuples(
+           st.one_of(st.integers(0, 2**32 - 1), st.integers(2**32, 2**64 - 1)),
+           st.lists(st.sampled_from([0x00, 0xCF, 0xD0, 0xFF]), max_size=12).map(bytes)),
+       max_size=6),
+       raw=st.lists(_UINT64_TIME, max_size=6),
+       cutoff_ms=st.one_of(st.integers(-2**40, 2**64), st.sampled_from([0, 2**32, 2**63])))
+@example(times=[(100, b"\xff" * 12)], raw=[], cutoff_ms=2**40)   # ends above a uint64's marker
+def test_a_pass_judged_at_once_never_hides_an_id_the_sweep_would_forget(world, times, raw,
+                                                                        cutoff_ms):
+    """`none_remembered_before` (the sweep's look at a whole pass in C) is never True where
+    reading each id would find one remembered before the cutoff."""
+    values = [_remembered_value(world, at_ms, tail) for at_ms, tail in times] + raw
+    items = [(b"key%d" % n, value) for n, value in enumerate(values)]
+    if none_remembered_before(items, cutoff_ms):
+        assert all(remembered_at_ms_read_fast(value) >= cutoff_ms for value in values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.lists(_UINT64_TIME, min_size=1, max_size=8), cutoff_ms=st.integers(0, 2**64 - 1))
+def test_a_pass_of_ids_none_of_them_due_is_judged_at_once(raw, cutoff_ms):
+    """The other way: ids that all end in a uint64 time at or after the cutoff are judged
+    without reading each (else the shortcut would never be taken)."""
+    items = [(b"key%d" % n, value) for n, value in enumerate(raw)]
+    due = any(int.from_bytes(value[-8:], "big") < cutoff_ms for value in raw)
+    assert none_remembered_before(items, cutoff_ms) is not due
 
 
 def test_the_fast_reading_is_wrong_only_later_and_the_sweep_keeps_such_an_id(world):

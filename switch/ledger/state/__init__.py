@@ -3,6 +3,7 @@ the journal and idempotency. Synchronous; runs on the event loop."""
 
 import hashlib
 import logging
+import operator
 import os
 import struct
 from dataclasses import dataclass
@@ -51,6 +52,31 @@ def remembered_at_ms_read_fast(data: bytes) -> int:
     if len(data) > 9 and data[-9] == _UINT64:
         return int.from_bytes(data[-8:], "big")
     return unpack(data)[3]
+
+
+_VALUE = operator.itemgetter(1)
+_LAST_9_BYTES = operator.itemgetter(slice(-9, None))
+_ABOVE_UINT64 = bytes([_UINT64 + 1])
+
+
+def none_remembered_before(items: list, cutoff_ms: int) -> bool:
+    """True when no (key, `idempotency` value) of `items` was remembered before `cutoff_ms`
+    by `remembered_at_ms_read_fast`'s reading; False when one was, or when one is not read
+    so (the caller then reads each).
+
+    The sweep visits thousands of ids a pass, and almost never finds one to forget (only ids
+    eight days old): so the pass asks this first, in C loops (`map`, `min`, `max`) with no
+    Python step per id, about a fifth of reading each. True only when every value ends in
+    0xCF and 8 big-endian bytes at or above the cutoff's, so comparing those 9 bytes as bytes
+    compares times; a value ending otherwise (a time packed shorter) sends the caller to read
+    each. Every stored value is an array of four, longer than 9 bytes."""
+    if not items:
+        return True
+    if cutoff_ms >= 2**64:
+        return False
+    floor = bytes([_UINT64]) + max(cutoff_ms, 0).to_bytes(8, "big")
+    ends = list(map(_LAST_9_BYTES, map(_VALUE, items)))
+    return min(ends) >= floor and max(ends) < _ABOVE_UINT64
 
 
 @dataclass
@@ -390,23 +416,20 @@ class Ledger:
         every `ids_write_back_asked_every_s`, which a busy switch does sooner by itself."""
         now_ms = self.now_ms()
         cutoff_ms = now_ms - self.config.idempotency_retention_s * 1000
-        after = self._ids_swept_to
+        items = self.store.committed_after("idempotency", self._ids_swept_to, keys_max + 1)
         self._ids_swept_to = None   # unless the pass stops short of the last id
-        forgotten = visited = 0
-        for key, data in self.store.committed_items("idempotency", start=after):
-            if key == after:
-                continue
-            if visited == keys_max:
-                self._ids_swept_to = after
-                break
-            visited += 1
-            after = key
-            if remembered_at_ms_read_fast(data) < cutoff_ms:
-                # The open batch may hold it again, newer (a tombstone, then its original).
-                current = self.store.get("idempotency", key)
-                if current is not None and _remembered_at_ms(current) < cutoff_ms:
-                    self.store.delete("idempotency", key)
-                    forgotten += 1
+        if len(items) > keys_max:
+            items = items[:keys_max]
+            self._ids_swept_to = items[-1][0]
+        forgotten = 0
+        if not none_remembered_before(items, cutoff_ms):
+            for key, data in items:
+                if remembered_at_ms_read_fast(data) < cutoff_ms:
+                    # The open batch may hold it again, newer (a tombstone, then its original).
+                    current = self.store.get("idempotency", key)
+                    if current is not None and _remembered_at_ms(current) < cutoff_ms:
+                        self.store.delete("idempotency", key)
+                        forgotten += 1
         asked = self._write_back_asked_ms
         if self._ids_swept_to is None and (
                 asked is None or not 0 <= now_ms - asked < limits.ids_write_back_asked_every_s * 1000):
