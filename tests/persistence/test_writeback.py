@@ -2,6 +2,7 @@
 commits of the next round write them back a slice each, a crash at any point loses nothing a
 commit covered, and a failed commit leaves the store believing what the disk holds."""
 
+import gc
 import random
 
 import lmdb
@@ -70,6 +71,32 @@ def test_a_committed_id_is_in_the_log_not_yet_its_database_and_reads_see_it(tmp_
     Store(str(tmp_path)).close(write_back=False)   # the open's replay puts each in place
     assert _raw(tmp_path, "accounts") == {b"A": b"record"}
     assert _raw(tmp_path, IDS) == {b"till\0\x01": b"first reply"}
+
+
+def test_logged_writes_leave_the_cycle_collector_nothing_to_walk(tmp_path, monkeypatch):
+    """What a round keeps of its logged writes, for seconds and tens of thousands of them, is
+    made of objects the cycle collector never tracks: each one it tracked, every
+    young-generation collection walked, holding the event loop for milliseconds."""
+    monkeypatch.setattr(limits, "logged_writes_max", 4_000)
+    store = Store(str(tmp_path))
+    writes = 3_000
+    gc.collect()
+    gc.disable()     # no collection may untrack what the commits leave behind
+    try:
+        before = len(gc.get_objects())
+        for n in range(2):                     # the second commit starts a round
+            for i in range(writes):
+                store.put(IDS, b"till-%d\0%d" % (n, i), b"reply")
+                store.put("accounts", b"WH%d-%d" % (n, i), bytearray(b"record"))
+            _commit(store)
+        grown = len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+    assert writeback.count(store._logged_prev) == 2 * writes   # kept: a round of them
+    assert grown < writes // 10, grown
+    assert not any(gc.is_tracked(held) for generation in (store._logged, store._logged_prev)
+                   for held in generation.values())
+    store.close()
 
 
 def test_a_round_is_written_back_a_slice_per_commit_and_its_log_dropped_at_the_end(
