@@ -86,7 +86,7 @@ def no_logged() -> dict:
     Keyed by database, then by the key's bytes, never by (database, key) pairs: a pair is
     an object the cycle collector tracks, and a round keeps tens of thousands of them alive
     for seconds, so every young-generation collection walked them, holding the event loop
-    3-7 ms (bench/RESULTS.md, 2026-12-03 afternoon). Bytes and dicts of bytes it never
+    3-7 ms (bench/RESULTS.md, 2026-12-03 12:18). Bytes and dicts of bytes it never
     tracks."""
     return {db: {} for db in LOGS}
 
