@@ -27,6 +27,7 @@ Pure functions over LMDB transactions: the Store decides when, these say how.
 """
 
 import heapq
+import itertools
 
 import msgpack
 
@@ -232,8 +233,8 @@ class KeyOrder:
                 taken.append((db, []))
             run = taken[-1][1]
             wanted = min(end - self._taken_count, len(heap))
-            pop = heapq.heappop
-            run.extend(pop(heap) for _ in range(wanted))
+            # heappop called from C (`map`), not from a Python loop: no Python step per key.
+            run.extend(map(heapq.heappop, itertools.repeat(heap, wanted)))
             self._taken_count += wanted
             if not heap:
                 heaps.pop(0)
@@ -255,9 +256,12 @@ def writes_of(values: dict, runs) -> tuple[dict, dict]:
     puts: dict = {}
     deletes: dict = {}
     for db, keys in runs:
-        held = values[db]
-        for key in keys:
-            value = held[key]
+        written = list(map(values[db].__getitem__, keys))
+        if None not in written:      # no delete among them (the usual slice): pairs in C
+            if written:
+                puts.setdefault(db, []).extend(zip(keys, written))
+            continue
+        for key, value in zip(keys, written):
             if value is None:
                 deletes.setdefault(db, []).append(key)
             else:
