@@ -504,3 +504,21 @@ def test_a_responder_out_of_descriptors_waits_instead_of_spinning(loadgen, tmp_p
 def _proc_stat_fields(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as handle:
         return handle.read().rsplit(")", 1)[1].split()
+
+
+@pytest.mark.parametrize("server, durable", [("switch", True), ("bare", False),
+                                             ("uvloop", False), ("responder", False)])
+def test_the_report_names_authorizations_and_fsyncs_only_for_the_switch(server, durable, capsys):
+    """A bare server or the responder answers replies: it authorizes nothing and fsyncs
+    nothing, and the printed report must not say it does."""
+    args = e2e_load._parser().parse_args(["--server", server, "--connections", "10"])
+    result = {"system": server, "pinning": "none", "connected": 10, "codes": {"ok": 100},
+              "ok_in_window": 100, "tx_per_s": 100.0, "broken": 0, "unanswered": 0,
+              "latency_ms": {}, "server_cpu_us_per_tx": 50.0, "load_cpu_us_per_tx": 10.0,
+              "cpu": {"elapsed_s": 1.0, "server_cpu_s": 0.5, "load_cpu_s": 0.1,
+                      "kernel_threads_cpu_s": 0.01}}
+    e2e_load._report(args, result)
+    printed = capsys.readouterr().out
+    assert ("µs per authorization" in printed) is durable
+    assert ("µs per reply (utime" in printed) is not durable
+    assert ("fsync" in printed) is durable
