@@ -292,6 +292,30 @@ def test_a_retention_pass_visits_at_most_its_bound_and_the_next_goes_on_from_the
     assert _remembered(world) == []
 
 
+def test_a_pass_with_no_id_due_reads_none_of_them_one_by_one(world, monkeypatch):
+    """The usual pass (no id eight days old yet) is judged whole; reading each id is for a
+    pass where one may be due."""
+    import switch.ledger.state as state
+    _remember_ids(world, range(50))
+    read = []
+    monkeypatch.setattr(state, "remembered_at_ms_read_fast",
+                        lambda data: read.append(data) or remembered_at_ms_read_fast(data))
+    assert world.ledger.forget_old_ids(limits.idempotency_sweep_ids_per_pass_max) == 0
+    assert read == []
+    world.clock.advance(world.config.idempotency_retention_s + 1)
+    assert world.ledger.forget_old_ids(limits.idempotency_sweep_ids_per_pass_max) > 0
+    assert read                                  # one may be due: each is read
+
+
+def test_a_pass_that_may_visit_no_id_changes_nothing(world):
+    _remember_ids(world, range(5))
+    world.clock.advance(world.config.idempotency_retention_s + 1)
+    assert [world.ledger.forget_old_ids(0), world.ledger.forget_old_ids(-1)] == [0, 0]
+    world.commit()
+    assert len(_remembered(world)) >= 5
+    assert world.ledger.forget_old_ids(2) == 2   # and the next pass starts at the first
+
+
 def test_the_sweep_goes_round_and_never_forgets_an_id_before_the_retention_period(world):
     keys_max = 3
     world.clock.advance(world.config.idempotency_retention_s)   # ids of the setup: old
