@@ -75,8 +75,10 @@ def test_a_committed_id_is_in_the_log_not_yet_its_database_and_reads_see_it(tmp_
 
 def test_logged_writes_leave_the_cycle_collector_nothing_to_walk(tmp_path, monkeypatch):
     """What a round keeps of its logged writes, for seconds and tens of thousands of them, is
-    made of objects the cycle collector never tracks: each one it tracked, every
-    young-generation collection walked, holding the event loop for milliseconds."""
+    made of objects the cycle collector never tracks: each new one it tracked counted
+    towards its young generation's threshold and was walked by the next collection, and
+    two a debit brought a collection of ~20,000 every few seconds, holding the event loop
+    for milliseconds. (Collections are off here, so that none untracks what is counted.)"""
     monkeypatch.setattr(limits, "logged_writes_max", 4_000)
     store = Store(str(tmp_path))
     writes = 3_000
@@ -84,7 +86,7 @@ def test_logged_writes_leave_the_cycle_collector_nothing_to_walk(tmp_path, monke
     gc.disable()     # no collection may untrack what the commits leave behind
     try:
         before = len(gc.get_objects())
-        for n in range(2):                     # the second commit starts a round
+        for n in range(2):   # the first commit starts a round, the second ends it and starts one
             for i in range(writes):
                 store.put(IDS, b"till-%d\0%d" % (n, i), b"reply")
                 store.put("accounts", b"WH%d-%d" % (n, i), bytearray(b"record"))
