@@ -88,7 +88,7 @@ def no_logged() -> dict:
     is an object the cycle collector tracks until its first collection, and a round keeps
     two a debit alive for seconds, so they counted towards the young generation's threshold
     and a collection came every 1.5-3 s at 5,000/s, walking the ~20,000 pairs made since the
-    one before and holding the event loop 3-7 ms (bench/RESULTS.md, 2026-12-03 12:18).
+    one before and holding the event loop 3-10 ms (bench/RESULTS.md, 2026-12-03 12:18).
     Bytes and dicts of bytes it neither counts nor walks."""
     return {db: {} for db in LOGS}
 
