@@ -79,6 +79,7 @@ class Forwarder:
         self.backoff_max_s = limits.forward_backoff_max_s
         self.frames_acknowledged = 0
         self.sessions = 0
+        self._failures_in_a_row = 0   # failed sessions since the last that made progress
         self._position_unkicked = False
         self._last_kick_s = 0.0
         self._lag = metrics.forward_lag.labels(self.name)
@@ -147,6 +148,7 @@ class Forwarder:
         failures = 0
         while True:
             acknowledged_before = self.frames_acknowledged
+            self._failures_in_a_row = failures
             try:
                 await self._session()
             except ForwardError as error:
@@ -191,9 +193,14 @@ class Forwarder:
             if reply.get("role") != "downstream":
                 raise ForwardError("hello", f"role {reply.get('role')!r}, not 'downstream'")
             self.sessions += 1
-            log.info("event=forward_signed_on destination=%s address=%s:%d who=%s from_txn=%d",
-                     self.name, destination.host, destination.port, destination.who,
-                     self.acked + 1)
+            # A receiver that signs us on and then refuses every frame would log a sign-on a
+            # retry: as with the failures, the first of a run of them and then ever more
+            # rarely (at 1, 2, 4, 8, ... failures before it).
+            failures = self._failures_in_a_row
+            level = logging.INFO if failures & (failures - 1) == 0 else logging.DEBUG
+            log.log(level, "event=forward_signed_on destination=%s address=%s:%d who=%s "
+                    "from_txn=%d failures_before=%d", self.name, destination.host,
+                    destination.port, destination.who, self.acked + 1, failures)
             stalls = 0
             while True:
                 while self.store.last_committed_txn <= self.acked:

@@ -5,6 +5,7 @@ and a switch process killed with SIGKILL mid-stream whose receivers still end wi
 the journal's totals.
 """
 
+import logging
 import os
 import pathlib
 import shutil
@@ -389,6 +390,27 @@ async def test_misbehaving_receiver_is_an_error_not_an_acknowledgement(
     with trio.fail_after(1):
         reply = await switch.admin.request({"t": "ping"})
     assert reply["code"] == "ok"
+
+
+async def test_a_receiver_that_signs_on_and_refuses_logs_a_sign_on_ever_more_rarely(
+        switch, forwarders, nursery, monkeypatch, caplog):
+    """The engineer on call reads one sign-on and one failure for a run of them, then one at
+    each doubling, not a line a retry."""
+    monkeypatch.setattr(limits, "forward_reply_timeout_s", 0.3)
+    await switch.person("WH20230001")   # a record to forward
+    key = os.urandom(32)
+    odd = OddReceiver(key, lambda m: {"t": "records", "code": "bad_request"})
+    await nursery.start(odd.run)
+    caplog.set_level(logging.INFO, logger="switch")
+    forwarder = forwarders.start(switch, destination("odd", odd.port, "sw-odd", key, None))
+    forwarder.backoff_initial_s = forwarder.backoff_max_s = 0.001
+    await wait_until(lambda: forwarder.sessions >= 9, 10)
+    sessions = forwarder.sessions
+    signed_on = [record for record in caplog.records if "forward_signed_on" in record.getMessage()
+                 and record.levelno >= logging.INFO]
+    assert 2 <= len(signed_on) <= 1 + sessions.bit_length(), (len(signed_on), sessions)
+    assert "failures_before=0" in signed_on[0].getMessage()
+    assert forwarder.acked == 0
 
 
 def unsolicited(switch, name):
