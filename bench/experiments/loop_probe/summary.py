@@ -5,6 +5,7 @@
 For the switch's file: cycle collections per generation (count, thread CPU p50 / max, how
 many over 3 ms), and the task steps that held the event loop longest."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -28,6 +29,17 @@ def summarise(path: Path) -> None:
               f"longest {longest * 1000:.1f} ms")
 
 
-if __name__ == "__main__":
-    for file in sorted(Path(sys.argv[1]).glob("probe-*.json")):
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("probe_dir", type=Path, help="the PROBE_DIR of one run")
+    args = parser.parse_args(argv)
+    files = sorted(args.probe_dir.glob("probe-*.json"))
+    if not files:
+        parser.error(f"no probe-*.json in {args.probe_dir}")
+    for file in files:
         summarise(file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
