@@ -181,8 +181,13 @@ def newest_logged(txn, dbs) -> dict:
     """(db, key) -> the newest value the logs hold (None: deleted): what the next open
     writes back, and what a reader of a live data dir (`audit`, `backup`) must see on top
     of the databases themselves."""
+    return flat(_newest(txn, dbs))
+
+
+def _newest(txn, dbs) -> dict:
+    """The newest value per key of both logs, in `no_logged`'s shape."""
     current, previous, _, _ = read_logs(txn, dbs)
-    return flat(merged(previous, current))
+    return merged(previous, current)
 
 
 def merged(*generations: dict) -> dict:
@@ -200,8 +205,7 @@ def replay_logs(txn, dbs) -> int:
     write nothing: opening a data dir a clean stop left changes no byte of it."""
     if not any(txn.stat(dbs[log])["entries"] for log in LOG_NAMES):
         return 0
-    current, previous, _, _ = read_logs(txn, dbs)
-    newest = merged(previous, current)
+    newest = _newest(txn, dbs)
     write_back(txn, dbs, *split(newest), LOG_NAMES)
     return count(newest)
 

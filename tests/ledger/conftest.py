@@ -285,8 +285,8 @@ def committed_contents(store) -> dict[str, dict]:
     with store.env.begin() as txn:
         contents = {name: {bytes(key): bytes(value) for key, value in txn.cursor(db=handle)}
                     for name, handle in store.dbs.items() if name not in writeback.LOG_NAMES}
-        current, previous, _, _ = writeback.read_logs(txn, store.dbs)
-    for (db, key), value in writeback.flat(writeback.merged(previous, current)).items():
+        logged = writeback.newest_logged(txn, store.dbs)
+    for (db, key), value in logged.items():
         if value is None:
             contents[db].pop(key, None)
         else:

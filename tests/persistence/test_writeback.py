@@ -43,8 +43,7 @@ def _logged_in_memory(store: Store) -> dict:
 
 
 def _logged_on_disk(store: Store) -> dict:
-    current, previous, _, _ = writeback.read_logs(store._read, store.dbs)
-    return writeback.flat(writeback.merged(previous, current))
+    return writeback.newest_logged(store._read, store.dbs)
 
 
 @pytest.fixture
