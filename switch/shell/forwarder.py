@@ -67,6 +67,12 @@ def next_frame(store, first_txn: int, kinds) -> tuple[int, list]:
     return to_txn, records
 
 
+def _first_or_doubling(count: int) -> bool:
+    """Whether the `count`-th event of a run is logged loudly: 0, 1, 2, 4, 8, ... so a run
+    that goes on for hours writes a line at each doubling, not one a retry."""
+    return count & (count - 1) == 0
+
+
 class Forwarder:
     def __init__(self, destination, store, committer, metrics):
         self.destination = destination
@@ -79,7 +85,6 @@ class Forwarder:
         self.backoff_max_s = limits.forward_backoff_max_s
         self.frames_acknowledged = 0
         self.sessions = 0
-        self._failures_in_a_row = 0   # failed sessions since the last that made progress
         self._position_unkicked = False
         self._last_kick_s = 0.0
         self._lag = metrics.forward_lag.labels(self.name)
@@ -148,9 +153,8 @@ class Forwarder:
         failures = 0
         while True:
             acknowledged_before = self.frames_acknowledged
-            self._failures_in_a_row = failures
             try:
-                await self._session()
+                await self._session(failures)
             except ForwardError as error:
                 reason, detail = error.reason, error.detail
             except ProtocolError as error:
@@ -165,15 +169,15 @@ class Forwarder:
             failures += 1
             self._count_error(reason)
             delay_s = backoff_s / 2 + random.uniform(0, backoff_s / 2)
-            # Log the first failure of a run and then ever more rarely, not every retry.
-            level = logging.WARNING if failures & (failures - 1) == 0 else logging.DEBUG
-            log.log(level, "event=forward_failed destination=%s address=%s:%d reason=%s "
+            log.log(logging.WARNING if _first_or_doubling(failures) else logging.DEBUG,
+                    "event=forward_failed destination=%s address=%s:%d reason=%s "
                     "detail=%s failures_in_a_row=%d reconnect_in_s=%.2f", self.name,
                     destination.host, destination.port, reason, detail, failures, delay_s)
             await trio.sleep(delay_s)
             backoff_s = min(backoff_s * 2, self.backoff_max_s)
 
-    async def _session(self) -> None:
+    async def _session(self, failures_before: int) -> None:
+        """One session; `failures_before`: failed sessions since the last that made progress."""
         destination = self.destination
         try:
             with trio.fail_after(limits.forward_connect_timeout_s):
@@ -194,13 +198,11 @@ class Forwarder:
                 raise ForwardError("hello", f"role {reply.get('role')!r}, not 'downstream'")
             self.sessions += 1
             # A receiver that signs us on and then refuses every frame would log a sign-on a
-            # retry: as with the failures, the first of a run of them and then ever more
-            # rarely (at 1, 2, 4, 8, ... failures before it).
-            failures = self._failures_in_a_row
-            level = logging.INFO if failures & (failures - 1) == 0 else logging.DEBUG
-            log.log(level, "event=forward_signed_on destination=%s address=%s:%d who=%s "
+            # retry: as with the failures, not every one.
+            log.log(logging.INFO if _first_or_doubling(failures_before) else logging.DEBUG,
+                    "event=forward_signed_on destination=%s address=%s:%d who=%s "
                     "from_txn=%d failures_before=%d", self.name, destination.host,
-                    destination.port, destination.who, self.acked + 1, failures)
+                    destination.port, destination.who, self.acked + 1, failures_before)
             stalls = 0
             while True:
                 while self.store.last_committed_txn <= self.acked:
