@@ -1283,13 +1283,14 @@ def main(argv=None) -> int:
         else:
             temporary = pathlib.Path(tempfile.mkdtemp(prefix="switch-bench-", dir=args.workdir))
             data_dir = temporary / "data"
+            # A bare server or the responder ends itself this long after the run should have.
+            lifetime_s = str(args.warmup + args.seconds + args.hold + 600)
             if args.server in BARE_SERVERS:
                 credentials_path = temporary / "credentials.json"
                 cards, terminals = bare_credentials(credentials_path, tag, args)
                 command = [sys.executable, str(REPO / "bench" / "bare_server.py"),
                            "--credentials", str(credentials_path), "--listen", "127.0.0.1:0",
-                           "--loop", BARE_SERVERS[args.server],
-                           "--lifetime", str(args.warmup + args.seconds + args.hold + 600)]
+                           "--loop", BARE_SERVERS[args.server], "--lifetime", lifetime_s]
                 server = ServerProcess(command, temporary, args.server, args,
                                        wants_metrics=False)
             elif args.server == "responder":
@@ -1297,8 +1298,7 @@ def main(argv=None) -> int:
                 spec = temporary / "responder.spec"
                 _write_spec(spec, terminals, cards[:1])
                 command = [str(client_binary()), "--respond", "--spec", str(spec),
-                           "--host", "127.0.0.1", "--port", "0",
-                           "--lifetime", str(args.warmup + args.seconds + args.hold + 600)]
+                           "--host", "127.0.0.1", "--port", "0", "--lifetime", lifetime_s]
                 server = ServerProcess(command, temporary, args.server, args,
                                        wants_metrics=False)
             else:
