@@ -52,6 +52,7 @@ from switch.cli.datadir import open_data_dir  # noqa: E402
 from switch.codec import ClientSession, ServerSession  # noqa: E402
 from switch.config import load_config  # noqa: E402
 from switch.ledger import Ledger, dispatch  # noqa: E402
+from switch.persistence import writeback  # noqa: E402
 
 TAG = "5A"          # card ids are hex: the tag is their first digits
 KEY = bytes(range(32))
@@ -273,11 +274,12 @@ def ledger_runs(directory: pathlib.Path, cards: list[str], terminals: list[str],
             reply = replies[-1]
             ledger.take_effects()   # nobody is connected to be told
             batch = store.seal()
-            writes_per_debit.append(len(batch.writes) / args.batch)
-            journal_bytes += [len(value) for (db, _), value in batch.writes.items()
+            writes = writeback.flat(batch.writes)
+            writes_per_debit.append(len(writes) / args.batch)
+            journal_bytes += [len(value) for (db, _), value in writes.items()
                               if db == "journal"]
             write_set_bytes.append(sum(len(db) + len(key) + len(value or b"")
-                                       for (db, key), value in batch.writes.items())
+                                       for (db, key), value in writes.items())
                                    / args.batch)
             began_cpu, began_wall = time.process_time(), time.perf_counter()
             store.write_batch(batch)

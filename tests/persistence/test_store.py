@@ -50,7 +50,7 @@ def test_a_sealed_batch_never_changes_under_the_writer(tmp_path):
     record[0] = ord("X")
     store.put("accounts", b"A", record)
     assert store.get_mutable("accounts", b"A") is record  # the open batch's own, as is
-    assert batch.writes[("accounts", b"A")] == b"abc"
+    assert batch.writes["accounts"][b"A"] == b"abc"
     store.write_batch(batch)
     store.committed(batch)
     assert store.get("accounts", b"A") == b"Xbc"

@@ -648,8 +648,8 @@ class Simulation:
     def _open_batch(self) -> dict:
         """Every write of the open batch, as bytes: what a request that raised must leave
         exactly as it found it (ids, taps, settlement counts, not only balances)."""
-        return {slot: bytes(value) if type(value) is bytearray else value
-                for slot, value in self.store._dirty.items()}
+        return {(db, key): bytes(value) if type(value) is bytearray else value
+                for db, changed in self.store._dirty.items() for key, value in changed.items()}
 
     def _execute(self, credential, message: dict) -> dict:
         if not self.fault:

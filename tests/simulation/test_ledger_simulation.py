@@ -184,9 +184,10 @@ def _keep_a_failed_requests_settlement_count(monkeypatch):
 
     def rollback(self):
         # Undo everything but the settlement counts the request made.
-        kept = {slot: value for slot, value in self._dirty.items() if slot[0] == "settlement"}
+        kept = dict(self._dirty.get("settlement", {}))
         real(self)
-        self._dirty.update(kept)
+        if kept:
+            self._dirty.setdefault("settlement", {}).update(kept)
     monkeypatch.setattr(store_module.Store, "rollback", rollback)
 
 
