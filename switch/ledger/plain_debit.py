@@ -56,7 +56,8 @@ def execute_plain_debit(ledger, credential, message: dict) -> dict | None:
     # card, amount, id, pin, confirm.
     fingerprint = ledger.fingerprint("debit", [card_id, amount, request_id, pin, None])
     who = credential.who
-    if ledger.recall(who, request_id) is not None:
+    remembered_at = ledger.idempotency_key(who, request_id)
+    if ledger.remembers(remembered_at):
         return None     # a replay, or the id reused: the general path answers it
     config = ledger.config
     if _check_amount(amount, config.max_amount_fen) != _OK:
@@ -104,5 +105,5 @@ def execute_plain_debit(ledger, credential, message: dict) -> dict | None:
     ledger.count_for_settlement(who, school, now_ms, amount)
     reply = {"t": "debit", "code": "ok", "txn": txn, "balance": balance,
              "available": available, "account": account_id}
-    ledger.remember(who, request_id, "debit", fingerprint, reply)
+    ledger.remember_at(remembered_at, "debit", fingerprint, reply)
     return reply

@@ -44,7 +44,7 @@ def test_a_request_reads_the_clock_once_and_everything_it_writes_carries_that_ti
     assert reply["code"] == "ok" and len(readings) == 1
     assert campus.journal(reply["txn"])["at"] == readings[0]
     remembered = campus.store.get("idempotency",
-                                  campus.ledger._idempotency_key("WH-POS-1", "one-time"))
+                                  campus.ledger.idempotency_key("WH-POS-1", "one-time"))
     assert msgpack.unpackb(remembered)[3] == readings[0]
 
 

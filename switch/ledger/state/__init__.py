@@ -376,8 +376,14 @@ class Ledger:
         return (0, 0) if data is None else _SETTLEMENT.unpack(data)
 
     # ----------------------------------------------------------- idempotency
-    def _idempotency_key(self, who: str, request_id) -> bytes:
+    def idempotency_key(self, who: str, request_id) -> bytes:
+        """Where the reply to `who`'s request `request_id` is remembered."""
         return who.encode() + b"\0" + _pack(request_id)
+
+    def remembers(self, key: bytes) -> bool:
+        """Whether a reply is remembered at `key` (`idempotency_key`): the plain debit asks
+        this and then remembers at the same key, built once."""
+        return self.store.get("idempotency", key) is not None
 
     def fingerprint(self, request_type: str, values: list) -> bytes:
         # Keyed, so a stored fingerprint reveals nothing of a PIN it covered.
@@ -387,18 +393,23 @@ class Ledger:
 
     def recall(self, who: str, request_id):
         """(type, fingerprint, reply) remembered for this id, or None."""
-        data = self.store.get("idempotency", self._idempotency_key(who, request_id))
+        key = self.idempotency_key(who, request_id)
+        data = self.store.get("idempotency", key)
         if data is None:
             return None
         request_type, fingerprint, reply, _ = unpack(data)
         if type(reply) is bytes:   # it holds a secret: remembered sealed
-            reply = unpack(self.master.open(sealing.REPLY, self._idempotency_key(who, request_id),
-                                            reply))
+            reply = unpack(self.master.open(sealing.REPLY, key, reply))
         return request_type, fingerprint, reply
 
     def remember(self, who: str, request_id, request_type: str, fingerprint: bytes,
                  reply: dict) -> None:
-        key = self._idempotency_key(who, request_id)
+        self.remember_at(self.idempotency_key(who, request_id), request_type, fingerprint,
+                         reply)
+
+    def remember_at(self, key: bytes, request_type: str, fingerprint: bytes,
+                    reply: dict) -> None:
+        """`remember` at a key from `idempotency_key`."""
         now_ms = self.now_ms()
         remembered = self.master.seal(sealing.REPLY, key, _pack(reply)) \
             if sealing.holds_secret(reply) else reply
