@@ -73,7 +73,7 @@ def _figure(result: dict, path: tuple):
 class Tree:
     """A tree to run e2e_load from: a directory as it is, or a revision checked out."""
 
-    def __init__(self, spec: str, workdir: pathlib.Path):
+    def __init__(self, spec: str, workdir: pathlib.Path, arm: str):
         self.worktree = None
         if pathlib.Path(spec).is_dir():
             self.path = pathlib.Path(spec).resolve()
@@ -82,7 +82,8 @@ class Tree:
             revision = _git("rev-parse", "--verify", "--quiet", spec + "^{commit}").strip()
         except subprocess.CalledProcessError:
             raise SystemExit(f"{spec}: neither a directory nor a revision of {REPO}") from None
-        self.path = workdir / f"tree-{revision[:12]}"
+        # Named by arm too: both arms may be one revision (two sizes of books, say).
+        self.path = workdir / f"tree-{arm}-{revision[:12]}"
         _git("worktree", "add", "--detach", str(self.path), revision)
         self.worktree = self.path
         try:
@@ -176,8 +177,8 @@ def main(argv=None) -> int:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="abba-"))
     trees = []
     try:
-        for spec in (args.a_tree, args.b_tree):
-            trees.append(Tree(spec, workdir))
+        for arm, spec in (("A", args.a_tree), ("B", args.b_tree)):
+            trees.append(Tree(spec, workdir, arm))
         a, b = trees
         arms = {"A": (a, shlex.split(args.a_args)), "B": (b, shlex.split(args.b_args))}
         results = {"A": [], "B": []}

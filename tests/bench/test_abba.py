@@ -52,6 +52,23 @@ def test_an_unknown_revision_is_refused_before_anything_runs(monkeypatch):
         abba.main(["--a-tree", "no-such-revision-xyz", "--pairs", "1"])
 
 
+def test_both_arms_may_be_one_revision(monkeypatch):
+    """Two sizes of books on one commit: each arm gets a worktree of its own, and neither
+    is left behind (the second worktree once took the first's path, and git refused)."""
+    trees = []
+
+    def run_arm(tree, arm_args, common, out, label):
+        trees.append(tree.path)
+        assert (tree.path / "bench" / "abba.py").is_file()
+        return _result(100, 10)
+
+    monkeypatch.setattr(abba, "run_arm", run_arm)
+    before = abba._git("worktree", "list")
+    assert abba.main(["--a-tree", "HEAD", "--b-tree", "HEAD", "--pairs", "1"]) == 0
+    assert len(set(trees)) == 2
+    assert abba._git("worktree", "list") == before
+
+
 def test_a_revision_whose_core_fails_to_build_leaves_no_worktree(monkeypatch):
     def fail(self, built):
         raise RuntimeError("build failed")
