@@ -94,12 +94,13 @@ def no_logged() -> dict:
 
 
 def count(logged: dict) -> int:
-    """How many writes a generation of logged writes holds."""
+    """How many writes a generation holds: of logged writes, or of the store's overlay
+    (the same shape, database -> {key: value})."""
     return sum(map(len, logged.values()))
 
 
 def flat(logged: dict) -> dict:
-    """(db, key) -> value of a generation of logged writes, for readers outside the
+    """(db, key) -> value of a generation (`count`'s), for readers outside the
     switch's hot path (tools, tests)."""
     return {(db, key): value for db, writes in logged.items() for key, value in writes.items()}
 
