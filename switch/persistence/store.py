@@ -77,6 +77,7 @@ DELETED = None  # overlay value meaning "deleted in a batch not yet committed"
 RANGE_READ_DBS = frozenset({"blacklist_cards", "account_cards", "school_rooms",
                             "building_rooms", "subsidy_batches"})
 _MISSING = object()
+_NOTHING: dict = {}   # what a database held in the open batch before its first write (never written)
 log = logging.getLogger("switch.store")
 
 
@@ -398,10 +399,15 @@ class Store:
     def put(self, db: str, key: bytes, value) -> None:
         changed = self._dirty.get(db)
         if changed is None:
-            changed = self._dirty[db] = {}
-        if self._undo is not None:
-            self._remember_for_undo(db, key, changed)
-        changed[key] = value
+            # Made with the database's first write: a key no dict takes fails here and
+            # leaves no empty dict behind (a generation holding one would be committed).
+            self._dirty[db] = {key: value}
+            if self._undo is not None:
+                self._remember_for_undo(db, key, _NOTHING)
+        else:
+            if self._undo is not None:
+                self._remember_for_undo(db, key, changed)
+            changed[key] = value
         if db in RANGE_READ_DBS:
             self._dirty_ranged[db].add(key)
 

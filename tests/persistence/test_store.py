@@ -384,3 +384,20 @@ def test_the_open_batch_makes_no_object_per_write_for_the_cycle_collector(tmp_pa
     store.committed(batch)
     assert store.get("settlement", b"00000042") == b"count"
     store.close()
+
+
+def test_a_put_refused_leaves_the_open_batch_without_writes(tmp_path):
+    """A key no dict takes is refused before the overlay holds anything of it: the batch
+    then has no writes, and the committer commits nothing (no empty transaction, no fsync)."""
+    store = Store(str(tmp_path))
+    for undoing in (False, True):
+        if undoing:
+            store.begin_request()
+        with pytest.raises(TypeError):
+            store.put("journal", bytearray(b"not a key"), b"record")
+        if undoing:
+            store.rollback()
+        batch = store.seal()
+        assert not batch.writes and not batch.writes_back
+        store.committed(batch)
+    store.close()
