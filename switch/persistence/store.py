@@ -137,8 +137,6 @@ def _by_database(writes: dict) -> tuple[dict, dict, dict]:
     deletes: dict[str, list] = {}
     logged = writeback.no_logged()
     for db, changed in writes.items():
-        if not changed:
-            continue     # every write of it undone
         held = logged.get(db)
         if DELETED not in changed.values():
             if held is not None:
