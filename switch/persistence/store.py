@@ -77,7 +77,6 @@ DELETED = None  # overlay value meaning "deleted in a batch not yet committed"
 RANGE_READ_DBS = frozenset({"blacklist_cards", "account_cards", "school_rooms",
                             "building_rooms", "subsidy_batches"})
 _MISSING = object()
-_NOTHING: dict = {}   # what a database held in the open batch before its first write (never written)
 log = logging.getLogger("switch.store")
 
 
@@ -246,9 +245,10 @@ class Store:
         self.logged_writes_max = limits.logged_writes_max
         self.commits_between_write_backs_max = limits.commits_between_write_backs_max
         self._batch_number = 1
-        # While a request executes: what each key it touched held before, so a request that
-        # raises can be undone alone (`rollback`) without losing the rest of the open batch.
-        self._undo: dict | None = None
+        # While a request executes: (database, key, what it held) before each of its writes,
+        # in order, so a request that raises can be undone alone (`rollback`, newest first)
+        # without losing the rest of the open batch.
+        self._undo: list | None = None
         self._undo_last_txn = 0
         self._read = None
         # The data dir's master key (switch/config/masterkey.py), once it opened its secrets:
@@ -396,15 +396,19 @@ class Store:
     # ------------------------------------------------------------------ writes
     def put(self, db: str, key: bytes, value) -> None:
         changed = self._dirty.get(db)
+        undo = self._undo
         if changed is None:
             # Made with the database's first write: a key no dict takes fails here and
             # leaves no empty dict behind (a generation holding one would be committed).
             self._dirty[db] = {key: value}
-            if self._undo is not None:
-                self._remember_for_undo(db, key, _NOTHING)
+            if undo is not None:
+                undo.append((db, key, _MISSING))
         else:
-            if self._undo is not None:
-                self._remember_for_undo(db, key, changed)
+            if undo is not None:
+                previous = changed.get(key, _MISSING)
+                # A bytearray of the open batch may be changed in place after this: a copy.
+                undo.append((db, key, bytearray(previous) if type(previous) is bytearray
+                             else previous))
             changed[key] = value
         if db in RANGE_READ_DBS:
             self._dirty_ranged[db].add(key)
@@ -415,7 +419,7 @@ class Store:
     # ------------------------------------------------------------------ one request
     def begin_request(self) -> None:
         """Start recording what the next writes replace, until `end_request` or `rollback`."""
-        self._undo = {}
+        self._undo = []
         self._undo_last_txn = self.last_txn
 
     def end_request(self) -> None:
@@ -425,29 +429,19 @@ class Store:
         """Undo every write since `begin_request`: the open batch is as it was before it."""
         undo, self._undo = self._undo, None
         assert undo is not None, "rollback without begin_request"
-        for db, replaced in undo.items():
+        # Newest first, so each key ends with what it held before the request's first write.
+        for db, key, previous in reversed(undo):
             changed = self._dirty[db]
-            for key, previous in replaced.items():
-                if previous is _MISSING:
-                    changed.pop(key, None)
-                    if db in RANGE_READ_DBS:
-                        self._dirty_ranged[db].discard(key)
-                else:
-                    changed[key] = previous
-            if not changed:
+            if previous is _MISSING:
+                changed.pop(key, None)
+                if db in RANGE_READ_DBS:
+                    self._dirty_ranged[db].discard(key)
+            else:
+                changed[key] = previous
+        for db in {db for db, _, _ in undo}:
+            if not self._dirty[db]:
                 del self._dirty[db]    # so an open batch of undone requests has no writes
         self.last_txn = self._undo_last_txn
-
-    def _remember_for_undo(self, db: str, key: bytes, changed: dict) -> None:
-        """Keep what `key` of the open batch's `changed` (database `db`'s) holds before its
-        first write in this request."""
-        replaced = self._undo.get(db)
-        if replaced is None:
-            replaced = self._undo[db] = {}
-        if key not in replaced:
-            previous = changed.get(key, _MISSING)
-            # A bytearray of the open batch may be changed in place after this: keep a copy.
-            replaced[key] = bytearray(previous) if type(previous) is bytearray else previous
 
     def next_txn(self) -> int:
         self.last_txn += 1
@@ -476,7 +470,9 @@ class Store:
         value = _MISSING if changed is None else changed.get(key, _MISSING)
         if value is not _MISSING:
             if self._undo is not None:
-                self._remember_for_undo(db, key, changed)  # the caller may change it in place
+                # The caller may change it in place: what it holds now, copied.
+                self._undo.append((db, key, bytearray(value) if type(value) is bytearray
+                                   else value))
             return value if value is None or type(value) is bytearray else bytearray(value)
         value = self.get(db, key)
         return None if value is None else bytearray(value)

@@ -1,6 +1,7 @@
 """The LMDB store: schema check, overlay semantics, batch commit, map growth, discard."""
 
 import gc
+import random
 import threading
 
 import lmdb
@@ -252,6 +253,61 @@ def test_rollback_undoes_one_request_and_keeps_the_rest_of_the_open_batch(tmp_pa
     keys, more = store.keys_after("blacklist_cards", b"WH\0", None, 10)
     assert keys == [b"WH\0AAAA"] and more is False
     store.write_batch(store.seal())
+    store.close()
+
+
+def _overlay_view(store, keys) -> tuple:
+    """What reads see of `keys` ((database, key) pairs), as bytes, with the open batch's size
+    and the range databases' listings."""
+    values = tuple(None if (value := store.get(db, key)) is None else bytes(value)
+                   for db, key in keys)
+    listed = store.keys_after("blacklist_cards", b"S\0", None, 100)
+    return values, store.open_writes, listed
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_rollback_restores_what_reads_saw_whatever_the_request_wrote(tmp_path, seed):
+    """A request that writes one key many times, changes the open batch's bytearrays in
+    place between its writes, deletes, and writes databases the open batch had not touched:
+    its rollback leaves every read as it was before the request, and the open batch with as
+    many writes. Random, seeded; what comes before the request is random too."""
+    rng = random.Random(seed)
+    store = Store(str(tmp_path / "db"))
+    databases = ("meta", "accounts", "settlement", "blacklist_cards")
+    keys = [(db, b"S\0" + bytes([65 + n])) for db in databases for n in range(4)]
+
+    def write_some(count):
+        for _ in range(count):
+            db, key = rng.choice(keys)
+            action = rng.random()
+            if action < 0.2:
+                store.delete(db, key)
+            elif action < 0.5:
+                mutable = store.get_mutable(db, key)
+                if mutable is not None:
+                    mutable[:] = bytes([rng.randrange(256)]) * rng.randrange(1, 4)
+                    if rng.random() < 0.5:
+                        continue   # changed in place, never put
+                store.put(db, key, mutable if mutable is not None else bytearray(b"m"))
+            else:
+                value = bytes([rng.randrange(256)])
+                store.put(db, key, bytearray(value) if rng.random() < 0.5 else value)
+
+    write_some(rng.randrange(0, 6))
+    if rng.random() < 0.5:
+        store.commit_now()
+        write_some(rng.randrange(0, 6))
+    before = _overlay_view(store, keys)
+    store.begin_request()
+    write_some(rng.randrange(1, 30))
+    store.rollback()
+    assert _overlay_view(store, keys) == before
+    batch = store.seal()
+    # No database left without writes: the committer would commit it as a write.
+    assert all(batch.writes.values())
+    store.write_batch(batch)
+    store.committed(batch)
+    assert _overlay_view(store, keys)[0] == before[0]
     store.close()
 
 
