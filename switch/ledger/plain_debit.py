@@ -68,7 +68,7 @@ def execute_plain_debit(ledger, credential, message: dict) -> dict | None:
     account_id, card_state, _ = card
     if card_state != _CARD_ACTIVE:
         return None
-    record = ledger.account(account_id)
+    record = ledger.account_as_read(account_id)
     if record is None:
         return None
     school = ledger.school(record)

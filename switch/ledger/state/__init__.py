@@ -232,6 +232,11 @@ class Ledger:
         """The account record, safe to change in place (then `save_account`)."""
         return self.store.get_mutable("accounts", account_id.encode())
 
+    def account_as_read(self, account_id: str) -> bytes | bytearray | None:
+        """The account record as the store holds it, not to be changed: a reader that
+        decides on a copy of its own (the plain debit) then copies it once, not twice."""
+        return self.store.get("accounts", account_id.encode())
+
     def save_account(self, account_id: str, record: bytearray) -> None:
         assert len(record) == layout.ACCOUNT_RECORD_SIZE
         self.store.put("accounts", account_id.encode(), record)
