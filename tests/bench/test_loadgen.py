@@ -160,6 +160,21 @@ def test_a_bounded_run_on_the_switch_is_answered_ok_and_its_books_audit_sound(lo
     assert f"journal records {3 * 20 + 50}," in result["audit"]["text"]
 
 
+def test_provisioning_past_the_admin_budget_waits_and_sends_busy_requests_again(loadgen,
+                                                                                tmp_path):
+    # On a fast machine the admin's 30,000 provisioning requests outran its request budget
+    # and the run stopped at the first `busy` (which did nothing). Here the budget is small
+    # enough that most of the provisioning meets it.
+    config = tmp_path / "small-admin-budget.toml"
+    config.write_text((REPO_ROOT / "bench" / "switch-load.toml").read_text()
+                      + "admin_requests_per_s = 400.0\nadmin_requests_burst = 20\n")
+    result = _bounded_run(tmp_path, "--accounts", "40", "--terminals", "2",
+                          "--config", str(config))
+    _assert_all_answered_ok(result)
+    assert result["audit"]["exit"] == 0, result["audit"]["text"]
+    assert f"journal records {3 * 40 + 50}," in result["audit"]["text"]
+
+
 # ------------------------------------------------------------------ refusals
 def _spec(tmp_path, who: str, key: bytes) -> str:
     path = tmp_path / "spec"
