@@ -65,7 +65,7 @@ START_BALANCE_FEN = 5_000_000            # far above what a run spends per accou
 PROVISION_PIPELINE_DEPTH = 64            # the switch's in-flight cap per connection
 # A provisioning request answered `busy` did nothing (the admin credential's request budget,
 # docs/PROTOCOL.md §1.5, is what a fast machine meets first): it is sent again, same id,
-# after a pause that doubles from the first to the longest, for this long in all.
+# after a pause that doubles from the first to the longest, until the pauses add up to this.
 PROVISION_BUSY_PAUSE_S = (0.05, 2.0)
 PROVISION_BUSY_WAIT_S_MAX = 120.0
 PREBUILD_BATCH_ACCOUNTS = 10_000         # accounts per LMDB write transaction when prebuilding

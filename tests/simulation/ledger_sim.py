@@ -157,7 +157,7 @@ class Model:
     offline_ok: dict = field(default_factory=dict)         # (who, record id) -> (txn, steps)
     payments: dict = field(default_factory=dict)           # (who, id) -> (t, account, amount, day)
     spent: dict = field(default_factory=dict)              # (account, day) -> online fen
-    spent_from: dict = field(default_factory=dict)         # (account, day) -> clock steps at its first
+    spent_from: dict = field(default_factory=dict)         # (account, day) -> clock_steps at its 1st
     cards: dict = field(default_factory=dict)              # card -> [account, state, lost_at]
     pins: dict = field(default_factory=dict)               # account -> PIN
     closed: set = field(default_factory=set)
