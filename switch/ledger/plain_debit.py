@@ -84,8 +84,8 @@ def execute_plain_debit(ledger, credential, message: dict) -> dict | None:
         if core.check_repeat_tap(tap, amount, now_ms, window_ms, False) != _OK:
             return None
     bounds = ledger.school_limits(school)
-    # On a copy: a decline (a wrong PIN counted) is left to the general path, which then
-    # decides it on the record as it was.
+    # On a copy (`record` is the store's own value, never changed here): a decline (a wrong
+    # PIN counted) is left to the general path, which then decides it on the record as it was.
     paid = bytearray(record)
     if _authorize(paid, _CARD_ACTIVE, True, amount, None if pin is None else pin.encode(),
                   True, school.days.day_of(now_ms), bounds.per_tx, bounds.daily,
