@@ -387,6 +387,31 @@ async def _step_state(client: Client, message: dict, reply: dict, signon: str) -
     return "refused", f"{what} refused ({refusals.sentence(code, message, signon)})"
 
 
+async def _send_import_wave(client: Client, wave: list, signon: str) -> None:
+    """Send (row, request) pairs in pipelined batches and note each reply in its row; those
+    answered `busy` (nothing done) are sent again after a pause, within the wait bound."""
+    pause_s, waited_s = limits.cli_import_busy_pause_first_s, 0.0
+    while wave:
+        last_try = waited_s >= limits.cli_import_busy_wait_s_max
+        busy = []
+        for start in range(0, len(wave), limits.cli_import_pipeline_depth_max):
+            chunk = wave[start:start + limits.cli_import_pipeline_depth_max]
+            with trio.fail_after(limits.cli_reply_timeout_s):
+                replies = await client.pipeline([message for _, message in chunk])
+                for (plan, message), reply in zip(chunk, replies):
+                    if reply.get("code") == "busy" and not last_try:
+                        busy.append((plan, message))
+                    else:
+                        plan.steps.append(await _step_state(client, message, reply, signon))
+        if busy:
+            print(f"the switch answered busy to {len(busy)} requests (nothing done); sending "
+                  f"them again in {pause_s:g} s", file=sys.stderr)
+            await trio.sleep(pause_s)
+            waited_s += pause_s
+            pause_s = min(2 * pause_s, limits.cli_import_busy_pause_longest_s)
+        wave = busy
+
+
 IMPORT_OUTCOMES = (("created", "created"), ("already", "already present"),
                    ("half", "half applied"), ("rejected", "rejected"))
 
@@ -396,13 +421,15 @@ async def run_import(client: Client, path: str, rows: list, out=sys.stdout,
     """Send the rows' requests in pipelined batches; print and return what became of each
     row. Counts are rows: a student with a card is one row of two requests."""
     planned = import_requests(rows)
-    steps = [(plan, message) for plan in planned for message in plan.requests]
-    for start in range(0, len(steps), limits.cli_import_pipeline_depth_max):
-        chunk = steps[start:start + limits.cli_import_pipeline_depth_max]
-        with trio.fail_after(limits.cli_reply_timeout_s):
-            replies = await client.pipeline([message for _, message in chunk])
-            for (plan, message), reply in zip(chunk, replies):
-                plan.steps.append(await _step_state(client, message, reply, signon))
+    # One step of every row at a time: a row's card goes only once its account's open was
+    # answered, and not after a refusal. Sent in one pipeline with its open, a card could run
+    # while the open was answered `busy`, and its refusal (no such account) would be
+    # remembered under its id and replayed by every rerun of the import.
+    for step in range(max((len(plan.requests) for plan in planned), default=0)):
+        wave = [(plan, plan.requests[step]) for plan in planned
+                if step < len(plan.requests)
+                and all(state != "refused" for state, _ in plan.steps)]
+        await _send_import_wave(client, wave, signon)
     counts = {outcome: 0 for outcome, _ in IMPORT_OUTCOMES}
     counts["blank"] = 0
     for plan in planned:

@@ -1,5 +1,6 @@
 """A real switch process for the command-line tests."""
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -7,15 +8,23 @@ import sys
 import pytest
 
 
-@pytest.fixture
-def running_switch(tmp_path):
-    data = tmp_path / "data"
+@contextlib.contextmanager
+def serving(data, *options):
+    """A switch serving a new data dir at `data` (with `options` to `serve`), stopped by
+    SIGTERM at the end; yields its host:port."""
     process = subprocess.Popen([sys.executable, "-m", "switch", "serve", "--init", "--data",
                                 str(data), "--listen", "127.0.0.1:0", "--metrics", "off",
-                                "--log-level", "WARNING"],
+                                "--log-level", "WARNING", *options],
                                stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     assert line.startswith("listening on"), line
-    yield f"127.0.0.1:{line.strip().rpartition(':')[2]}", data
+    yield f"127.0.0.1:{line.strip().rpartition(':')[2]}"
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+@pytest.fixture
+def running_switch(tmp_path):
+    data = tmp_path / "data"
+    with serving(data) as connect:
+        yield connect, data

@@ -1,0 +1,78 @@
+"""An import past the admin's request budget: what was answered `busy` is sent again, and a
+row's card goes only after its account was opened, so no refusal is remembered under a card's
+id that a rerun would replay."""
+
+import csv
+import io
+
+import pytest
+
+from switch import limits
+from switch.cli import admin as admin_cli
+from tests.cli.conftest import serving
+from tests.cli.helpers import admin
+
+
+def _term_csv(path, students: int) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["type", "account", "school", "holder", "id_last6", "card", "utility"])
+        for n in range(students):
+            writer.writerow(["student", f"WH2027{n:04d}", "WH", f"s{n}", f"{n:06d}",
+                             f"{0xB0000 + n:X}", ""])
+
+
+@pytest.fixture
+def switch_with_small_admin_budget(tmp_path):
+    config = tmp_path / "switch.toml"
+    config.write_text("admin_requests_per_s = 100.0\nadmin_requests_burst = 10\n")
+    data = tmp_path / "data"
+    with serving(data, "--config", str(config)) as connect:
+        yield connect, data
+
+
+def test_an_import_past_the_admin_budget_waits_and_creates_every_row(
+        switch_with_small_admin_budget, tmp_path):
+    connect, data = switch_with_small_admin_budget
+    path = tmp_path / "term.csv"
+    _term_csv(path, 60)   # 120 requests against bursts of 10
+    first = admin(connect, data, "import", str(path))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "60 rows: 60 created, 0 already present, 0 half applied, 0 rejected" in first.stdout
+    assert "the switch answered busy to" in first.stderr
+    second = admin(connect, data, "import", str(path))
+    assert "60 rows: 0 created, 60 already present" in second.stdout, second.stdout
+    shown = admin(connect, data, "account", "WH20270059")
+    assert "B003B (active)" in shown.stdout, shown.stdout
+
+
+class BusySwitch:
+    """Answers `busy` to every open of the accounts in `busy_accounts`, `ok` otherwise, and
+    keeps every request it was sent."""
+
+    def __init__(self, busy_accounts):
+        self.busy_accounts = set(busy_accounts)
+        self.sent = []
+
+    async def pipeline(self, messages):
+        self.sent += messages
+        return [{"t": m["t"], "code": "busy" if m["t"] == "open_account"
+                 and m["account"] in self.busy_accounts else "ok"} for m in messages]
+
+
+async def test_a_card_is_never_sent_while_its_account_was_answered_busy(monkeypatch,
+                                                                         autojump_clock):
+    monkeypatch.setattr(limits, "cli_import_busy_wait_s_max", 1.0)
+    rows = [(2 + n, {"type": "student", "account": f"WH2027{n:04d}", "school": "WH",
+                     "holder": "s", "id_last6": "123456", "card": f"{0xB0000 + n:X}"})
+            for n in range(5)]
+    switch = BusySwitch({"WH20270001", "WH20270003"})
+    counts = await admin_cli.run_import(switch, "term.csv", rows, out=io.StringIO())
+    assert counts["created"] == 3 and counts["rejected"] == 2
+    cards = {m["account"] for m in switch.sent if m["t"] == "issue_card"}
+    assert cards == {"WH20270000", "WH20270002", "WH20270004"}
+    opens = [m["account"] for m in switch.sent if m["t"] == "open_account"]
+    # Sent again until the pauses reached the bound (0.05 + 0.1 + 0.2 + 0.4 + 0.8 s), then
+    # once more, and the busy reply kept as the row's outcome.
+    assert opens.count("WH20270001") == 6 and opens.count("WH20270000") == 1
+    assert all("not done (busy" in plan[2] for plan in counts["problems"])
