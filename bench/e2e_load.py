@@ -63,11 +63,6 @@ from switch.shell.metrics import COMMIT_PHASES  # noqa: E402
 SCHOOL = "WH"
 START_BALANCE_FEN = 5_000_000            # far above what a run spends per account
 PROVISION_PIPELINE_DEPTH = 64            # the switch's in-flight cap per connection
-# A provisioning request answered `busy` did nothing (the admin credential's request budget,
-# docs/PROTOCOL.md §1.5, is what a fast machine meets first): it is sent again, same id,
-# after a pause that doubles from the first to the longest, until the pauses add up to this.
-PROVISION_BUSY_PAUSE_S = (0.05, 2.0)
-PROVISION_BUSY_WAIT_S_MAX = 120.0
 PREBUILD_BATCH_ACCOUNTS = 10_000         # accounts per LMDB write transaction when prebuilding
 PREBUILT_CACHE_AGE_MAX_S = 86_400        # older kept books are prebuilt again (ids retention)
 CONNECT_BATCH = 100                      # hellos under way at once while connecting
@@ -454,23 +449,11 @@ def _credential_messages(tag: str, terminal_ids: list) -> list[dict]:
 
 
 async def _pipelined(client, messages: list[dict]) -> list[dict]:
-    """Every message's reply, in order, each `ok`; those answered `busy` are sent again."""
-    import trio
-    replies: list = [None] * len(messages)
-    unanswered = list(range(len(messages)))
-    pause_s, waited_s = PROVISION_BUSY_PAUSE_S[0], 0.0
-    while True:
-        for start in range(0, len(unanswered), PROVISION_PIPELINE_DEPTH):
-            indexes = unanswered[start:start + PROVISION_PIPELINE_DEPTH]
-            answered = await client.pipeline([messages[index] for index in indexes])
-            for index, reply in zip(indexes, answered):
-                replies[index] = reply
-        unanswered = [index for index in unanswered if replies[index].get("code") == "busy"]
-        if not unanswered or waited_s >= PROVISION_BUSY_WAIT_S_MAX:
-            break
-        await trio.sleep(pause_s)
-        waited_s += pause_s
-        pause_s = min(2 * pause_s, PROVISION_BUSY_PAUSE_S[1])
+    """Every message's reply, in order, each `ok`. Those answered `busy` are sent again: the
+    admin credential's request budget (docs/PROTOCOL.md §1.5) is what a fast machine's
+    provisioning meets first."""
+    from switch.shell.client import pipeline_through_busy
+    replies = await pipeline_through_busy(client, messages, PROVISION_PIPELINE_DEPTH)
     for message, reply in zip(messages, replies):
         if reply.get("code") != "ok":
             raise RuntimeError(f"provisioning {message} answered {reply}")

@@ -237,12 +237,13 @@ p99_latency_target_ms = 25.0            # at an offered 10,000 tx/s, open loop (
 cli_connect_timeout_s = 10.0            # connect and sign on
 cli_reply_timeout_s = 60.0              # one request, or one pipelined batch of an import
 cli_import_pipeline_depth_max = 64      # requests in flight while importing (the switch's cap)
-# A request of an import answered `busy` did nothing (past the admin's request budget, or an
-# overloaded switch): it is sent again after a pause that doubles from the first to the
-# longest, until the pauses add up to the wait bound; then its row says so.
-cli_import_busy_pause_first_s = 0.05
-cli_import_busy_pause_longest_s = 2.0
-cli_import_busy_wait_s_max = 120.0
+# A request a client pipelines (an import, the benchmark's provisioning) answered `busy` did
+# nothing (past the credential's request budget, or an overloaded switch): it is sent again
+# after a pause that doubles from the first to the longest, until the pauses add up to the
+# wait bound; then its `busy` reply stands (switch/shell/client.py `pipeline_through_busy`).
+client_busy_pause_first_s = 0.05
+client_busy_pause_longest_s = 2.0
+client_busy_wait_s_max = 120.0
 cli_import_rows_max = 1_000_000
 
 # --- Configuration ranges (switch/config.py): the (lowest, highest) a configured value may

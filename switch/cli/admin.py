@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import trio
 
 from switch import identifiers, limits
-from switch.shell.client import Client, SwitchError
+from switch.shell.client import Client, SwitchError, pipeline_through_busy
 from switch.codec import ProtocolError
 from switch.codec.framing import encode_body
 from switch.cli import refusals
@@ -388,28 +388,18 @@ async def _step_state(client: Client, message: dict, reply: dict, signon: str) -
 
 
 async def _send_import_wave(client: Client, wave: list, signon: str) -> None:
-    """Send (row, request) pairs in pipelined batches and note each reply in its row; those
-    answered `busy` (nothing done) are sent again after a pause, within the wait bound."""
-    pause_s, waited_s = limits.cli_import_busy_pause_first_s, 0.0
-    while wave:
-        last_try = waited_s >= limits.cli_import_busy_wait_s_max
-        busy = []
-        for start in range(0, len(wave), limits.cli_import_pipeline_depth_max):
-            chunk = wave[start:start + limits.cli_import_pipeline_depth_max]
-            with trio.fail_after(limits.cli_reply_timeout_s):
-                replies = await client.pipeline([message for _, message in chunk])
-                for (plan, message), reply in zip(chunk, replies):
-                    if reply.get("code") == "busy" and not last_try:
-                        busy.append((plan, message))
-                    else:
-                        plan.steps.append(await _step_state(client, message, reply, signon))
-        if busy:
-            print(f"the switch answered busy to {len(busy)} requests (nothing done); sending "
-                  f"them again in {pause_s:g} s", file=sys.stderr)
-            await trio.sleep(pause_s)
-            waited_s += pause_s
-            pause_s = min(2 * pause_s, limits.cli_import_busy_pause_longest_s)
-        wave = busy
+    """Send (row, request) pairs, those answered `busy` again within the wait bound, and
+    note each reply in its row."""
+    def said_busy(count: int, pause_s: float) -> None:
+        print(f"the switch answered busy to {count} requests (nothing done); sending them "
+              f"again in {pause_s:g} s", file=sys.stderr)
+
+    replies = await pipeline_through_busy(client, [message for _, message in wave],
+                                          limits.cli_import_pipeline_depth_max,
+                                          limits.cli_reply_timeout_s, said_busy)
+    for (plan, message), reply in zip(wave, replies):
+        with trio.fail_after(limits.cli_reply_timeout_s):   # it may ask the switch once more
+            plan.steps.append(await _step_state(client, message, reply, signon))
 
 
 IMPORT_OUTCOMES = (("created", "created"), ("already", "already present"),

@@ -12,6 +12,32 @@ from switch import limits
 from switch.codec import ClientSession, FrameDecoder, ProtocolError
 
 
+async def pipeline_through_busy(client, messages: list[dict], depth: int,
+                                reply_timeout_s: float = float("inf"), on_busy=None) -> list:
+    """Every message's reply, in order, sent `depth` at a time through `client.pipeline`
+    (each batch within `reply_timeout_s`); one answered `busy` did nothing and is sent again,
+    same id, after a pause that doubles (`on_busy(count, pause_s)` is told first), until the
+    pauses reach `client_busy_wait_s_max`: then its `busy` reply stands."""
+    replies: list = [None] * len(messages)
+    unanswered = list(range(len(messages)))
+    pause_s, waited_s = limits.client_busy_pause_first_s, 0.0
+    while True:
+        for start in range(0, len(unanswered), depth):
+            indexes = unanswered[start:start + depth]
+            with trio.fail_after(reply_timeout_s):
+                answered = await client.pipeline([messages[index] for index in indexes])
+            for index, reply in zip(indexes, answered):
+                replies[index] = reply
+        unanswered = [index for index in unanswered if replies[index].get("code") == "busy"]
+        if not unanswered or waited_s >= limits.client_busy_wait_s_max:
+            return replies
+        if on_busy is not None:
+            on_busy(len(unanswered), pause_s)
+        await trio.sleep(pause_s)
+        waited_s += pause_s
+        pause_s = min(2 * pause_s, limits.client_busy_pause_longest_s)
+
+
 class SwitchError(Exception):
     """The switch closed the session with a connection-level error."""
 

@@ -62,7 +62,7 @@ class BusySwitch:
 
 async def test_a_card_is_never_sent_while_its_account_was_answered_busy(monkeypatch,
                                                                          autojump_clock):
-    monkeypatch.setattr(limits, "cli_import_busy_wait_s_max", 1.0)
+    monkeypatch.setattr(limits, "client_busy_wait_s_max", 1.0)
     rows = [(2 + n, {"type": "student", "account": f"WH2027{n:04d}", "school": "WH",
                      "holder": "s", "id_last6": "123456", "card": f"{0xB0000 + n:X}"})
             for n in range(5)]
