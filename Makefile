@@ -15,12 +15,14 @@ install: $(STAMP)
 # Every file pip fetches is a wheel checked against the lock's hashes, the build's setuptools,
 # wheel and Cython included: the project itself is then built without build isolation, which
 # would fetch them again unchecked. pip itself is the one the venv was created with.
-$(STAMP): $(LOCK) setup.py pyproject.toml switch/core/_authorize.pyx
+$(STAMP): $(LOCK) setup.py pyproject.toml switch/core/_authorize.pyx \
+		switch/codec/_frame_key.pyx switch/codec/_sha256_x86.h
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes --only-binary :all: -r $(LOCK)
 	# Editable install compiles the Cython core in place (build_ext --inplace).
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -c "import switch.core as c; assert c.COMPILED, 'compiled core not loaded'"
+	$(PY) -c "import switch.codec._frame_key"
 	touch $(STAMP)
 
 demo: install
@@ -57,4 +59,4 @@ lock-upgrade: $(LOCK_VENV)/bin/pip-compile
 	$(LOCK_COMPILE) --upgrade
 
 clean:
-	rm -rf build *.egg-info switch/core/*.c switch/core/*.so $(VENV) $(LOCK_VENV)
+	rm -rf build *.egg-info switch/core/*.c switch/core/*.so switch/codec/*.c switch/codec/*.so $(VENV) $(LOCK_VENV)

@@ -1,4 +1,5 @@
-"""Packaging for the one-card switch. The authorization core is compiled with Cython."""
+"""Packaging for the one-card switch. The authorization core and the frames' HMAC are compiled
+with Cython."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
@@ -6,6 +7,9 @@ from setuptools import Extension, find_packages, setup
 extensions = [
     Extension("switch.core._authorize", ["switch/core/_authorize.pyx"],
               extra_compile_args=["-O2"]),
+    # The frames' HMAC on the x86 SHA extensions (switch/codec/mac.py falls back to hashlib).
+    Extension("switch.codec._frame_key", ["switch/codec/_frame_key.pyx"],
+              depends=["switch/codec/_sha256_x86.h"], extra_compile_args=["-O2"]),
 ]
 
 setup(

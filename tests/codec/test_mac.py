@@ -1,29 +1,69 @@
-"""A session's prepared frame key tags exactly as HMAC-SHA256 does (docs/PROTOCOL.md §1.3)."""
+"""A session's prepared frame key tags exactly as HMAC-SHA256 does (docs/PROTOCOL.md §1.3),
+whichever implementation the CPU gets: the compiled one on the x86 SHA extensions
+(`_frame_key`), or hashlib's."""
 
 import hmac
+import random
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from switch import limits
-from switch.codec import mac
+from switch.codec import _frame_key, mac
+
+IMPLEMENTATIONS = [mac.HashlibFrameKey] + (
+    [_frame_key.FrameKey] if _frame_key.AVAILABLE else [])
 
 
 def _hmac_tag(key: bytes, body: bytes) -> bytes:
     return hmac.digest(key, body, "sha256")[: limits.tag_size_bytes]
 
 
+def _cpu_has_sha_extensions() -> bool:
+    with open("/proc/cpuinfo") as cpuinfo:
+        return any(line.startswith("flags") and " sha_ni" in line for line in cpuinfo)
+
+
+def test_the_switch_tags_with_the_compiled_key_where_the_cpu_can():
+    assert _frame_key.AVAILABLE == _cpu_has_sha_extensions()
+    assert mac.FrameKey is (_frame_key.FrameKey if _frame_key.AVAILABLE else mac.HashlibFrameKey)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=200), st.binary(max_size=300))
-def test_frame_key_tags_as_hmac_sha256(key, body):
-    assert mac.FrameKey(key).tag(body) == _hmac_tag(key, body)
+@given(key=st.binary(max_size=200), body=st.binary(max_size=300))
+def test_frame_key_tags_as_hmac_sha256(implementation, key, body):
+    assert implementation(key).tag(body) == _hmac_tag(key, body)
 
 
 # Around SHA-256's 64-byte block: a longer key is hashed first (RFC 2104).
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("key_size", [0, 1, 32, 63, 64, 65, 128])
-def test_frame_key_at_the_block_size(key_size):
+def test_frame_key_at_the_block_size(implementation, key_size):
     key = bytes(range(7, 7 + key_size))
-    assert mac.FrameKey(key).tag(b"body") == _hmac_tag(key, b"body")
+    assert implementation(key).tag(b"body") == _hmac_tag(key, b"body")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_every_body_length_across_the_padding_boundaries(implementation):
+    """Every length from 0 to 300 bytes: where the padding and length take one more block
+    (56 and 120 bytes) and where the body fills whole blocks (64, 128, 192, 256)."""
+    rng = random.Random(15)
+    key = rng.randbytes(32)
+    frame_key = implementation(key)
+    for size in range(301):
+        body = rng.randbytes(size)
+        assert frame_key.tag(body) == _hmac_tag(key, body), size
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_frame_key_takes_any_bytes_like_key_and_body_and_nothing_else(implementation):
+    key = bytes(range(32))
+    assert implementation(bytearray(key)).tag(memoryview(b"frame")) == _hmac_tag(key, b"frame")
+    assert implementation(key).tag(bytearray(b"frame")) == _hmac_tag(key, b"frame")
+    for wrong in ("frame", 5, None):
+        with pytest.raises(TypeError):
+            implementation(key).tag(wrong)
 
 
 def test_a_frame_key_tags_many_frames_alike():
@@ -33,9 +73,10 @@ def test_a_frame_key_tags_many_frames_alike():
     assert key.tag(b"two") == _hmac_tag(bytes(32), b"two")
 
 
-def test_tag_and_verify_take_either_form_of_a_key():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_tag_and_verify_take_either_form_of_a_key(implementation):
     raw = bytes(range(32))
-    prepared = mac.FrameKey(raw)
+    prepared = implementation(raw)
     assert mac.tag(raw, b"x") == mac.tag(prepared, b"x")
     assert mac.verify(prepared, b"x", mac.tag(raw, b"x"))
     assert not mac.verify(prepared, b"y", mac.tag(raw, b"x"))
