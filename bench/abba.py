@@ -15,8 +15,9 @@ the e2e_load arguments of its own. Everything after `--` is given to both arms.
     .venv/bin/python bench/abba.py --a-args "--accounts 10000" --b-args "--accounts 1000000" \\
         -- --prebuild --seed 1 --prebuilt-cache "$TMPDIR/books" --connections 2000 --depth 1
 
-A revision's worktree gets this tree's compiled core when its `_authorize.pyx` is the same,
-and is built with `setup.py build_ext --inplace` otherwise; it is removed at the end. Runs
+A revision's worktree gets this tree's compiled extensions when its Cython sources (every
+`.pyx` and `.h` under `switch/`) are the same as this tree's, and is built with `setup.py
+build_ext --inplace` otherwise; it is removed at the end. Runs
 one at a time; nothing else should be running on the machine.
 """
 
@@ -31,7 +32,8 @@ import sys
 import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CORE = pathlib.Path("switch") / "core"
+PACKAGE = "switch"
+COMPILED_SOURCES = ("*.pyx", "*.h")
 RUN_TIMEOUT_S = 3600.0          # one e2e_load run, prebuilding a million accounts included
 STOP_GRACE_S = 60.0             # a run told to stop gets this long to stop its server
 RESERVED_FLAGS = ("--json-out", "--label", "--host")   # this tool's to set, or not for it
@@ -70,6 +72,12 @@ def _figure(result: dict, path: tuple):
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def _compiled_sources(root: pathlib.Path) -> dict:
+    """Path under `root` -> contents of every source the extensions are compiled from."""
+    return {path.relative_to(root): path.read_bytes()
+            for pattern in COMPILED_SOURCES for path in (root / PACKAGE).rglob(pattern)}
+
+
 class Tree:
     """A tree to run e2e_load from: a directory as it is, or a revision checked out."""
 
@@ -87,16 +95,16 @@ class Tree:
         _git("worktree", "add", "--detach", str(self.path), revision)
         self.worktree = self.path
         try:
-            self._core_from(REPO)
+            self._extensions_from(REPO)
         except BaseException:
             self.remove()   # else git keeps a worktree whose directory is gone
             raise
 
-    def _core_from(self, built: pathlib.Path) -> None:
-        source = CORE / "_authorize.pyx"
-        if (self.path / source).read_bytes() == (built / source).read_bytes():
-            for library in (built / CORE).glob("_authorize*.so"):
-                shutil.copy2(library, self.path / CORE / library.name)
+    def _extensions_from(self, built: pathlib.Path) -> None:
+        if _compiled_sources(self.path) == _compiled_sources(built):
+            for library in (built / PACKAGE).rglob("*.so"):
+                target = self.path / library.relative_to(built)
+                shutil.copy2(library, target)
             return
         subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=self.path,
                        check=True, stdout=subprocess.DEVNULL)

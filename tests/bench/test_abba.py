@@ -60,6 +60,9 @@ def test_both_arms_may_be_one_revision(monkeypatch):
     def run_arm(tree, arm_args, common, out, label):
         trees.append(tree.path)
         assert (tree.path / "bench" / "abba.py").is_file()
+        # The same Cython sources as this tree's: its compiled extensions, every one, copied.
+        for extension in ("core/_authorize", "codec/_frame_key"):
+            assert list(tree.path.glob(f"switch/{extension}*.so")), extension
         return _result(100, 10)
 
     monkeypatch.setattr(abba, "run_arm", run_arm)
@@ -69,10 +72,28 @@ def test_both_arms_may_be_one_revision(monkeypatch):
     assert abba._git("worktree", "list") == before
 
 
+def test_a_tree_whose_cython_sources_differ_is_built_not_given_these_extensions(
+        monkeypatch, tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "switch" / "codec").mkdir(parents=True)
+    for source in abba._compiled_sources(abba.REPO):
+        (tree / source).parent.mkdir(parents=True, exist_ok=True)
+        (tree / source).write_bytes((abba.REPO / source).read_bytes())
+    (tree / "switch" / "codec" / "_sha256_x86.h").write_bytes(b"/* another */\n")
+    built = []
+    monkeypatch.setattr(abba.subprocess, "run",
+                        lambda command, cwd, **kw: built.append((command[1:], cwd)))
+    arm = abba.Tree.__new__(abba.Tree)
+    arm.path = tree
+    arm._extensions_from(abba.REPO)
+    assert built == [(["setup.py", "build_ext", "--inplace"], tree)]
+    assert not list(tree.rglob("*.so"))
+
+
 def test_a_revision_whose_core_fails_to_build_leaves_no_worktree(monkeypatch):
     def fail(self, built):
         raise RuntimeError("build failed")
-    monkeypatch.setattr(abba.Tree, "_core_from", fail)
+    monkeypatch.setattr(abba.Tree, "_extensions_from", fail)
     before = abba._git("worktree", "list")
     with pytest.raises(RuntimeError, match="build failed"):
         abba.main(["--a-tree", "HEAD", "--pairs", "1"])
