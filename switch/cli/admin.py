@@ -387,16 +387,22 @@ async def _step_state(client: Client, message: dict, reply: dict, signon: str) -
     return "refused", f"{what} refused ({refusals.sentence(code, message, signon)})"
 
 
+def _said_busy(count: int, pause_s: float) -> None:
+    print(f"the switch answered busy to {count} requests (nothing done); sending them "
+          f"again in {pause_s:g} s", file=sys.stderr)
+
+
+async def _through_busy(client: Client, messages: list) -> list:
+    """An import's replies to `messages`: pipelined, and those answered `busy` sent again
+    within the wait bound, said on stderr."""
+    return await pipeline_through_busy(client, messages, limits.cli_import_pipeline_depth_max,
+                                       limits.cli_reply_timeout_s, _said_busy)
+
+
 async def _send_import_wave(client: Client, wave: list, signon: str) -> None:
     """Send (row, request) pairs, those answered `busy` again within the wait bound, and
     note each reply in its row."""
-    def said_busy(count: int, pause_s: float) -> None:
-        print(f"the switch answered busy to {count} requests (nothing done); sending them "
-              f"again in {pause_s:g} s", file=sys.stderr)
-
-    replies = await pipeline_through_busy(client, [message for _, message in wave],
-                                          limits.cli_import_pipeline_depth_max,
-                                          limits.cli_reply_timeout_s, said_busy)
+    replies = await _through_busy(client, [message for _, message in wave])
     for (plan, message), reply in zip(wave, replies):
         with trio.fail_after(limits.cli_reply_timeout_s):   # it may ask the switch once more
             plan.steps.append(await _step_state(client, message, reply, signon))
@@ -495,16 +501,6 @@ def read_import_rows(path: str, encoding: str | None = None,
     return rows
 
 
-async def _pipelined(client: Client, requests: list):
-    """(line, request, reply) for each (line, request), sent in pipelined chunks."""
-    for start in range(0, len(requests), limits.cli_import_pipeline_depth_max):
-        chunk = requests[start:start + limits.cli_import_pipeline_depth_max]
-        with trio.fail_after(limits.cli_reply_timeout_s):
-            replies = await client.pipeline([message for _, message in chunk])
-        for (line, message), reply in zip(chunk, replies):
-            yield line, message, reply
-
-
 def _report_import(path: str, counts: dict, rejects: list, out) -> dict:
     counts["rejected"] = len(rejects)
     print(f"import {path}: {counts['rows']} rows, {counts['created']} created, "
@@ -557,9 +553,16 @@ async def run_subsidy_import(client: Client, path: str, rows: list, batch: str, 
                              out=sys.stdout) -> dict:
     requests, rejects = subsidy_requests(rows, batch, expires)
     counts = {"rows": len(rows), "created": 0, "already": 0, "rejected": 0}
-    async for line, message, reply in _pipelined(client, requests):
+    # A subsidy answered busy did nothing: sent again, as the accounts' import does, rather
+    # than listed as a reject the operator must rerun the batch for.
+    replies = await _through_busy(client, [message for _, message in requests])
+    for (line, message), reply in zip(requests, replies):
         if reply["code"] == "ok":
             counts["already" if reply.get("replay") else "created"] += 1
+        elif reply["code"] in ("busy", "internal"):
+            rejects.append((line, f"subsidy {message['account']}: not done ({reply['code']}: "
+                                  f"the switch did nothing; rerun the import: subsidies "
+                                  f"already issued are only counted again)"))
         else:
             rejects.append((line, f"subsidy {message['account']}: {reply['code']}"))
     return _report_import(path, counts, rejects, out)

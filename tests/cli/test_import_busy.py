@@ -1,6 +1,6 @@
-"""An import past the admin's request budget: what was answered `busy` is sent again, and a
-row's card goes only after its account was opened, so no refusal is remembered under a card's
-id that a rerun would replay."""
+"""An import (accounts or a subsidy batch) past the admin's request budget: what was answered
+`busy` is sent again; and a row's card goes only after its account was opened, so no refusal
+is remembered under a card's id that a rerun would replay."""
 
 import csv
 import io
@@ -76,3 +76,45 @@ async def test_a_card_is_never_sent_while_its_account_was_answered_busy(monkeypa
     # once more, and the busy reply kept as the row's outcome.
     assert opens.count("WH20270001") == 6 and opens.count("WH20270000") == 1
     assert all("not done (busy" in plan[2] for plan in counts["problems"])
+
+
+def test_a_subsidy_batch_past_the_admin_budget_waits_and_issues_every_row(
+        switch_with_small_admin_budget, tmp_path):
+    connect, data = switch_with_small_admin_budget
+    term = tmp_path / "term.csv"
+    _term_csv(term, 30)
+    assert admin(connect, data, "import", str(term)).returncode == 0
+    subsidies = tmp_path / "subsidy.csv"
+    subsidies.write_text("account,amount\n" + "".join(
+        f"WH2027{n:04d},12.50\n" for n in range(30)), encoding="utf-8")
+    batch = ["--batch", "2027-03 伙食补助", "--expires", "2099-03-31"]
+    first = admin(connect, data, "import-subsidies", str(subsidies), *batch)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "30 rows, 30 created, 0 already present, 0 rejected" in first.stdout, first.stdout
+    assert "the switch answered busy to" in first.stderr
+    second = admin(connect, data, "import-subsidies", str(subsidies), *batch)
+    assert "30 rows, 0 created, 30 already present, 0 rejected" in second.stdout, second.stdout
+    shown = admin(connect, data, "--json", "account", "WH20270029")
+    assert '"subsidy": 1250' in shown.stdout, shown.stdout
+
+
+async def test_a_subsidy_still_busy_at_the_bound_is_a_reject_that_says_to_rerun(
+        monkeypatch, autojump_clock):
+    monkeypatch.setattr(limits, "client_busy_wait_s_max", 1.0)
+
+    class BusyForOne:
+        sent = []
+
+        async def pipeline(self, messages):
+            self.sent += messages
+            return [{"t": "subsidy", "code": "busy" if m["account"] == "WH20270001" else "ok"}
+                    for m in messages]
+
+    switch = BusyForOne()
+    rows = [(2 + n, {"account": f"WH2027{n:04d}", "amount": "3"}) for n in range(3)]
+    out = io.StringIO()
+    counts = await admin_cli.run_subsidy_import(switch, "s.csv", rows, "2027-03", "2099-03-31",
+                                                out=out)
+    assert counts["created"] == 2 and counts["rejected"] == 1
+    assert [m["account"] for m in switch.sent].count("WH20270001") == 6
+    assert "line 3: subsidy WH20270001: not done (busy" in out.getvalue()
