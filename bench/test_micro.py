@@ -12,7 +12,7 @@ import pytest
 
 from switch.ledger import dispatch
 from switch.clock import SystemClock
-from switch.codec import ClientSession, ServerSession
+from switch.codec import ClientSession, ServerSession, _frame_key, mac
 from switch.config import default_config
 from switch.core import _authorize, layout, reference
 from switch.cli.datadir import open_data_dir
@@ -26,6 +26,19 @@ BODY = msgpack.packb({"t": "debit", "seq": 1, "id": "T0001-000001", "card": "04A
 
 def test_hmac_tag_of_a_debit_body(benchmark):
     benchmark(hmac.digest, KEY, BODY, "sha256")
+
+
+def test_frame_key_tag_of_a_debit_body_hashlib(benchmark):
+    """A session's tag with hashlib's keyed states (the switch's where the CPU has no SHA
+    extensions)."""
+    benchmark(mac.HashlibFrameKey(KEY).tag, BODY)
+
+
+def test_frame_key_tag_of_a_debit_body_compiled(benchmark):
+    """A session's tag compiled on the x86 SHA extensions (the switch's where it can)."""
+    if not _frame_key.AVAILABLE:
+        pytest.skip("this CPU has no SHA extensions")
+    benchmark(_frame_key.FrameKey(KEY).tag, BODY)
 
 
 def test_msgpack_unpack_debit(benchmark):
