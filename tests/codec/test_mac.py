@@ -88,3 +88,34 @@ def test_session_keys_are_the_direction_keys_prepared():
     prepared_c2s, prepared_s2c = mac.session_keys(key, client_nonce, server_nonce)
     assert prepared_c2s.tag(b"frame") == _hmac_tag(k_c2s, b"frame")
     assert prepared_s2c.tag(b"frame") == _hmac_tag(k_s2c, b"frame")
+
+
+@pytest.mark.parametrize("server_key,client_key", [
+    (a, b) for a in IMPLEMENTATIONS for b in IMPLEMENTATIONS])
+def test_sessions_keyed_by_either_implementation_speak_to_each_other(
+        monkeypatch, server_key, client_key):
+    """A till's session and the switch's, each keyed by whichever implementation its CPU
+    gets, open, carry a request and its reply, and refuse a frame changed on the way."""
+    from switch.codec import ProtocolError, ServerSession
+    from switch.codec.session import ClientSession
+    key = bytes(range(32))
+    monkeypatch.setattr(mac, "FrameKey", server_key)
+    server = ServerSession()
+    monkeypatch.setattr(mac, "FrameKey", client_key)
+    client = ClientSession("WH-POS-1", key)
+    hello = server.receive_hello(client.hello_frame(1)[4:], {"WH-POS-1": key}.get)
+    monkeypatch.setattr(mac, "FrameKey", server_key)
+    reply_to_hello = server.accept_hello(hello, {"role": "terminal"})
+    monkeypatch.setattr(mac, "FrameKey", client_key)
+    client.receive_hello_reply(reply_to_hello[4:])
+    assert type(server._k_c2s) is server_key and type(client._k_c2s) is client_key
+    _, frame = client.request_frame({"t": "ping"})
+    request = server.receive_request(frame[4:])
+    assert request.message["t"] == "ping"
+    reply = server.encode_reply({"t": "ping", "re": request.seq, "code": "ok"})
+    assert client.receive(reply[4:])["code"] == "ok"
+    _, frame = client.request_frame({"t": "ping"})
+    changed = bytearray(frame[4:])
+    changed[3] ^= 1
+    with pytest.raises(ProtocolError):
+        server.receive_request(bytes(changed))
