@@ -76,6 +76,11 @@ cdef class FrameKey:
         memcpy(self._outer, _IV, sizeof(_IV))
         sha256_blocks_x86(self._outer, block, 1)
 
+    def __reduce__(self):
+        # Its keyed states are the session's key in all but name: never written anywhere
+        # (hashlib's keyed states refuse pickling too).
+        raise TypeError("a frame key cannot be pickled")
+
     def tag(self, body) -> bytes:
         if type(body) is not bytes:
             body = _as_bytes(body)

@@ -4,7 +4,11 @@ import hashlib
 import hmac
 
 from switch import limits
-from switch.codec import _frame_key
+
+try:
+    from switch.codec import _frame_key
+except ImportError:   # a tree whose extensions were not built: hashlib's, the same tags
+    _frame_key = None
 
 ZERO_TAG = bytes(limits.tag_size_bytes)
 
@@ -37,8 +41,12 @@ class HashlibFrameKey:
         return outer.digest()[: limits.tag_size_bytes]
 
 
-FrameKey = _frame_key.FrameKey if _frame_key.AVAILABLE else HashlibFrameKey
-_PREPARED = (HashlibFrameKey, _frame_key.FrameKey)
+if _frame_key is not None and _frame_key.AVAILABLE:
+    FrameKey = _frame_key.FrameKey
+    _PREPARED = (HashlibFrameKey, _frame_key.FrameKey)
+else:
+    FrameKey = HashlibFrameKey
+    _PREPARED = (HashlibFrameKey,)
 
 
 def tag(key: "bytes | FrameKey", body: bytes) -> bytes:

@@ -119,3 +119,29 @@ def test_sessions_keyed_by_either_implementation_speak_to_each_other(
     changed[3] ^= 1
     with pytest.raises(ProtocolError):
         server.receive_request(bytes(changed))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_frame_key_is_never_pickled(implementation):
+    """Its keyed states stand for the session's key: nothing may write them anywhere."""
+    import pickle
+    with pytest.raises(TypeError):
+        pickle.dumps(implementation(bytes(32)))
+
+
+def test_a_tree_without_the_compiled_key_tags_with_hashlib():
+    """An unbuilt tree (or one whose build failed) still speaks the protocol, as the core's
+    plain-Python reference lets it, rather than failing to import the codec."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['switch.codec._frame_key'] = None\n"
+            "import hmac\n"
+            "from switch.codec import mac\n"
+            "assert mac._frame_key is None and mac.FrameKey is mac.HashlibFrameKey\n"
+            "key = bytes(range(32))\n"
+            "prepared = mac.session_keys(key, b'c' * 16, b's' * 16)[0]\n"
+            "raw = mac.direction_keys(key, b'c' * 16, b's' * 16)[0]\n"
+            "assert mac.verify(prepared, b'x', mac.tag(raw, b'x'))\n"
+            "print('ok')\n")
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout == "ok\n", ran.stderr
