@@ -33,7 +33,10 @@ import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = "switch"
-COMPILED_SOURCES = ("*.pyx", "*.h")
+# What the extensions are built from: the Cython and C sources under switch/, and the build's
+# own settings (flags, directives, which extensions).
+COMPILED_SOURCES = ("*.pyx", "*.pxd", "*.pxi", "*.h")
+BUILD_FILES = ("setup.py", "pyproject.toml")
 RUN_TIMEOUT_S = 3600.0          # one e2e_load run, prebuilding a million accounts included
 STOP_GRACE_S = 60.0             # a run told to stop gets this long to stop its server
 RESERVED_FLAGS = ("--json-out", "--label", "--host")   # this tool's to set, or not for it
@@ -73,9 +76,18 @@ def _figure(result: dict, path: tuple):
 
 
 def _compiled_sources(root: pathlib.Path) -> dict:
-    """Path under `root` -> contents of every source the extensions are compiled from."""
-    return {path.relative_to(root): path.read_bytes()
-            for pattern in COMPILED_SOURCES for path in (root / PACKAGE).rglob(pattern)}
+    """Path under `root` -> contents of every file the extensions are built from."""
+    sources = {path.relative_to(root): path.read_bytes()
+               for pattern in COMPILED_SOURCES for path in (root / PACKAGE).rglob(pattern)}
+    sources.update((pathlib.Path(name), (root / name).read_bytes())
+                   for name in BUILD_FILES if (root / name).is_file())
+    return sources
+
+
+def _extension_libraries(root: pathlib.Path) -> list:
+    """The compiled library of each `.pyx` under `root` (not leftovers of other builds)."""
+    return [library for source in (root / PACKAGE).rglob("*.pyx")
+            for library in source.parent.glob(f"{source.stem}.*.so")]
 
 
 class Tree:
@@ -102,9 +114,8 @@ class Tree:
 
     def _extensions_from(self, built: pathlib.Path) -> None:
         if _compiled_sources(self.path) == _compiled_sources(built):
-            for library in (built / PACKAGE).rglob("*.so"):
-                target = self.path / library.relative_to(built)
-                shutil.copy2(library, target)
+            for library in _extension_libraries(built):
+                shutil.copy2(library, self.path / library.relative_to(built))
             return
         subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=self.path,
                        check=True, stdout=subprocess.DEVNULL)

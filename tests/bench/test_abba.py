@@ -72,14 +72,15 @@ def test_both_arms_may_be_one_revision(monkeypatch):
     assert abba._git("worktree", "list") == before
 
 
+@pytest.mark.parametrize("changed", ["switch/codec/_sha256_x86.h", "setup.py"])
 def test_a_tree_whose_cython_sources_differ_is_built_not_given_these_extensions(
-        monkeypatch, tmp_path):
+        monkeypatch, tmp_path, changed):
     tree = tmp_path / "tree"
     (tree / "switch" / "codec").mkdir(parents=True)
     for source in abba._compiled_sources(abba.REPO):
         (tree / source).parent.mkdir(parents=True, exist_ok=True)
         (tree / source).write_bytes((abba.REPO / source).read_bytes())
-    (tree / "switch" / "codec" / "_sha256_x86.h").write_bytes(b"/* another */\n")
+    (tree / changed).write_bytes((tree / changed).read_bytes() + b"\n# another build\n")
     built = []
     monkeypatch.setattr(abba.subprocess, "run",
                         lambda command, cwd, **kw: built.append((command[1:], cwd)))
@@ -88,6 +89,15 @@ def test_a_tree_whose_cython_sources_differ_is_built_not_given_these_extensions(
     arm._extensions_from(abba.REPO)
     assert built == [(["setup.py", "build_ext", "--inplace"], tree)]
     assert not list(tree.rglob("*.so"))
+
+
+def test_only_the_libraries_of_its_extensions_are_given_not_leftovers(tmp_path):
+    for path in ("switch/core/_authorize.pyx", "switch/core/_authorize.cpython-311-x.so",
+                 "switch/old/_gone.cpython-311-x.so", "switch/core/_other.cpython-311-x.so"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"")
+    assert abba._extension_libraries(tmp_path) == [
+        tmp_path / "switch/core/_authorize.cpython-311-x.so"]
 
 
 def test_a_revision_whose_core_fails_to_build_leaves_no_worktree(monkeypatch):
