@@ -557,14 +557,15 @@ async def run_subsidy_import(client: Client, path: str, rows: list, batch: str, 
     # than listed as a reject the operator must rerun the batch for.
     replies = await _through_busy(client, [message for _, message in requests])
     for (line, message), reply in zip(requests, replies):
-        if reply["code"] == "ok":
+        code = reply.get("code")
+        if code == "ok":
             counts["already" if reply.get("replay") else "created"] += 1
-        elif reply["code"] in ("busy", "internal"):
-            rejects.append((line, f"subsidy {message['account']}: not done ({reply['code']}: "
+        elif code in ("busy", "internal"):
+            rejects.append((line, f"subsidy {message['account']}: not done ({code}: "
                                   f"the switch did nothing; rerun the import: subsidies "
                                   f"already issued are only counted again)"))
         else:
-            rejects.append((line, f"subsidy {message['account']}: {reply['code']}"))
+            rejects.append((line, f"subsidy {message['account']}: {code or 'a reply without a code'}"))
     return _report_import(path, counts, rejects, out)
 
 

@@ -118,3 +118,16 @@ async def test_a_subsidy_still_busy_at_the_bound_is_a_reject_that_says_to_rerun(
     assert counts["created"] == 2 and counts["rejected"] == 1
     assert [m["account"] for m in switch.sent].count("WH20270001") == 6
     assert "line 3: subsidy WH20270001: not done (busy" in out.getvalue()
+
+
+async def test_a_subsidy_reply_without_a_code_is_a_reject_not_a_traceback():
+    class Odd:
+        async def pipeline(self, messages):
+            return [{"t": "subsidy"} for _ in messages]
+
+    out = io.StringIO()
+    counts = await admin_cli.run_subsidy_import(Odd(), "s.csv", [(2, {"account": "WH1",
+                                                                      "amount": "3"})],
+                                                "2027-03", "2099-03-31", out=out)
+    assert counts["created"] == 0 and counts["rejected"] == 1
+    assert "line 2: subsidy WH1: a reply without a code" in out.getvalue()
