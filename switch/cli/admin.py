@@ -565,7 +565,8 @@ async def run_subsidy_import(client: Client, path: str, rows: list, batch: str, 
                                   f"the switch did nothing; rerun the import: subsidies "
                                   f"already issued are only counted again)"))
         else:
-            rejects.append((line, f"subsidy {message['account']}: {code or 'a reply without a code'}"))
+            said = code or "a reply without a code"
+            rejects.append((line, f"subsidy {message['account']}: {said}"))
     return _report_import(path, counts, rejects, out)
 
 
