@@ -15,10 +15,10 @@ the e2e_load arguments of its own. Everything after `--` is given to both arms.
     .venv/bin/python bench/abba.py --a-args "--accounts 10000" --b-args "--accounts 1000000" \\
         -- --prebuild --seed 1 --prebuilt-cache "$TMPDIR/books" --connections 2000 --depth 1
 
-A revision's worktree gets this tree's compiled extensions when its Cython sources (every
-`.pyx` and `.h` under `switch/`) are the same as this tree's, and is built with `setup.py
-build_ext --inplace` otherwise; it is removed at the end. Runs
-one at a time; nothing else should be running on the machine.
+A revision's worktree gets this tree's compiled extensions when what they are built from
+(every `.pyx`, `.pxd`, `.pxi` and `.h` under `switch/`, `setup.py`, `pyproject.toml`) is
+the same as this tree's, and is built with `setup.py build_ext --inplace` otherwise; it is
+removed at the end. Runs one at a time; nothing else should be running on the machine.
 """
 
 import argparse
