@@ -809,8 +809,13 @@ def run(args) -> int:
         else:
             retry = f"; rerun with --id {work['id']} to finish it safely" if "id" in work else ""
         code = getattr(error, "code", None)
-        why = (refusals.sentence(code, signon=args.signon_who) if isinstance(code, str)
-               else error or "no reply in time")
+        if isinstance(code, str):
+            why = refusals.sentence(code, signon=args.signon_who)
+        elif isinstance(error, trio.EndOfChannel):
+            why = "the switch closed the connection"
+        else:   # an exception object is always true: its words, or what it is
+            why = str(error) or ("no reply in time" if isinstance(error, trio.TooSlowError)
+                                 else type(error).__name__)
         print(f"error: lost the switch at {args.connect[0]}:{args.connect[1]} mid-request "
               f"({why}){retry}", file=sys.stderr)
         return 4

@@ -6,6 +6,7 @@ import csv
 import io
 
 import pytest
+import trio
 
 from switch import limits
 from switch.cli import admin as admin_cli
@@ -131,3 +132,26 @@ async def test_a_subsidy_reply_without_a_code_is_a_reject_not_a_traceback():
                                                 "2027-03", "2099-03-31", out=out)
     assert counts["created"] == 0 and counts["rejected"] == 1
     assert "line 2: subsidy WH1: a reply without a code" in out.getvalue()
+
+
+@pytest.mark.parametrize("lost,reason", [
+    (trio.EndOfChannel(), "the switch closed the connection"),
+    (trio.TooSlowError(), "no reply in time"),
+    (ConnectionResetError(104, "Connection reset by peer"),
+     "[Errno 104] Connection reset by peer")])
+def test_a_switch_lost_mid_import_is_said_in_words(monkeypatch, tmp_path, capsys, lost, reason):
+    key_file = tmp_path / "admin.key"
+    key_file.write_text("00" * 32 + "\n")
+    key_file.chmod(0o600)
+    subsidies = tmp_path / "subsidy.csv"
+    subsidies.write_text("account,amount\nWH20270001,12.50\n", encoding="utf-8")
+
+    async def lose(*args):
+        raise lost
+    monkeypatch.setattr(admin_cli, "_run", lose)
+    code = admin_cli.main(["--connect", "127.0.0.1:7000", "--key-file", str(key_file),
+                           "import-subsidies", str(subsidies), "--batch", "b",
+                           "--expires", "2099-03-31"])
+    assert code == 4
+    said = capsys.readouterr().err
+    assert f"lost the switch at 127.0.0.1:7000 mid-request ({reason}); rerun the import" in said
