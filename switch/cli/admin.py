@@ -549,6 +549,25 @@ def subsidy_requests(rows, batch: str, expires: str):
     return _sendable(requests, rejects)
 
 
+def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = None) -> None:
+    """The batch's name and last day, before anything is sent: a mistyped day would
+    otherwise come back as a refusal on every row. A day over in every time zone (before
+    yesterday, UTC) is refused here; one over only in the school's zone, by the switch."""
+    if not 1 <= len(batch) <= limits.source_chars_max:
+        raise UsageError(f"--batch: give a name of 1 to {limits.source_chars_max} characters")
+    try:
+        last_day = datetime.date.fromisoformat(expires) \
+            if identifiers.DAY.match(expires) else None
+    except ValueError:
+        last_day = None
+    if last_day is None:
+        raise UsageError(f"--expires: not a day: {expires!r}; type the batch's last day as "
+                         f"YYYY-MM-DD, e.g. 2026-12-31")
+    today = today or datetime.datetime.now(datetime.timezone.utc).date()
+    if last_day < today - datetime.timedelta(days=1):
+        raise UsageError(f"--expires {expires}: that day is over; give the batch's last day")
+
+
 async def run_subsidy_import(client: Client, path: str, rows: list, batch: str, expires: str,
                              out=sys.stdout) -> dict:
     requests, rejects = subsidy_requests(rows, batch, expires)
@@ -558,15 +577,18 @@ async def run_subsidy_import(client: Client, path: str, rows: list, batch: str, 
     replies = await _through_busy(client, [message for _, message in requests])
     for (line, message), reply in zip(requests, replies):
         code = reply.get("code")
-        if code == "ok":
-            counts["already" if reply.get("replay") else "created"] += 1
+        # `exists`: this row's grant was made before, its id since forgotten (§4.17).
+        if code == "ok" or code == "exists":
+            counts["already" if reply.get("replay") or code == "exists" else "created"] += 1
         elif code in ("busy", "internal"):
             rejects.append((line, f"subsidy {message['account']}: not done ({code}: "
                                   f"the switch did nothing; rerun the import: subsidies "
                                   f"already issued are only counted again)"))
+        elif code:
+            rejects.append((line, f"subsidy {message['account']}: "
+                                  f"{refusals.sentence(code, message)}"))
         else:
-            said = code or "a reply without a code"
-            rejects.append((line, f"subsidy {message['account']}: {said}"))
+            rejects.append((line, f"subsidy {message['account']}: a reply without a code"))
     return _report_import(path, counts, rejects, out)
 
 
@@ -787,6 +809,7 @@ def run(args) -> int:
         if args.admin_command == "import":
             work = read_import_rows(args.csv, args.encoding)
         elif args.admin_command == "import-subsidies":
+            check_subsidy_batch(args.batch, args.expires)
             work = read_import_rows(args.csv, args.encoding, SUBSIDY_COLUMNS, SUBSIDY_COLUMNS)
         else:
             work = _checked_request(args)

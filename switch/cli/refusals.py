@@ -85,6 +85,12 @@ SENTENCES = {
     ("bad_request", "revoke_credential"): "no credential {who}, or it is the one signed on",
     ("bad_request", "history"): "--limit is above what the switch allows",
     ("bad_request", "rotate_key"): "no credential {who}, or it is revoked",
+    ("id_reuse", "subsidy"): "batch {batch} was issued to account {account} before with "
+                             "another amount or last day; nothing changed (a batch keeps "
+                             "its first rows: a correction is a batch of another name)",
+    ("bad_request", "subsidy"): "the term ending {expires} is over in the school's time "
+                                "zone, account {account} holds batch {batch} with another "
+                                "last day or 64 batches already, or it is a room's account",
     ("insufficient_funds", "refund"): "account {account} is below zero; credit the debt back "
                                       "first, then refund",
     ("wrong_school", "open_account"): "credential {signon} may not open accounts of "

@@ -14,7 +14,8 @@ class Tick:
 
 
 def tick(ledger) -> Tick:
-    """Forget used QR codes and remembered ids past their time, release holds past theirs.
+    """Forget used QR codes, remembered ids and subsidy grants past their time, release
+    holds past theirs.
 
     All or nothing, like a request: a pass that raises leaves no half-done writes, is
     logged, and the next pass tries again."""
@@ -23,6 +24,7 @@ def tick(ledger) -> Tick:
         payments.prune_used_qr(ledger)
         ledger.forget_old_ids(limits.idempotency_sweep_ids_per_pass_max)
         subsidies.expire_due_subsidies(ledger)
+        subsidies.forget_past_grants(ledger)
         payments.forget_old_meals(ledger)
         return Tick(holds_expired=dorm.expire_due_holds(ledger), failed=False)
     except Exception:

@@ -12,6 +12,7 @@ from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money, account_for_amount
 from switch.ledger.purses import purse
+from switch.persistence.keys import subsidy_grant_key
 
 
 def _lapse(ledger, account_id: str, record, batch: str, state: dict, credential, ref) -> int:
@@ -40,6 +41,16 @@ def expire_due_subsidies(ledger) -> int:
     return expired
 
 
+def forget_past_grants(ledger) -> int:
+    """Forget the ids of grants whose term has ended in every time zone: a day's end is
+    local midnight, at most a day and a half after that day began in UTC, so a term's last
+    day D is over everywhere once UTC day D + 2 has begun. A grant after its term is refused
+    by its `expires` anyway."""
+    today = ledger.now_ms() // 86_400_000
+    return ledger.forget_subsidy_grants_before(today - 1,
+                                               limits.subsidy_grants_forgotten_per_pass_max)
+
+
 def clear_on_close(ledger, credential, account_id: str, ref) -> None:
     """A closed account keeps no subsidy: each batch lapses now (never paid out)."""
     for batch, state in ledger.subsidy_batches.of_account(account_id):
@@ -60,6 +71,11 @@ def subsidy(ledger, credential, values):
     end_ms = school.days.end_ms(expires)
     if end_ms <= ledger.now_ms():
         return _decline("subsidy", codes.BAD_REQUEST)      # its term is already over
+    # The same id into the same batch again, once §4.4 forgot it (an import run again after
+    # the retention) or from another admin: granted once only, for the whole term.
+    grant = subsidy_grant_key(account_id, batch, expires, values["id"])
+    if ledger.subsidy_batches.granted(grant):
+        return _decline("subsidy", codes.EXISTS)
     state = ledger.subsidy_batches.get(account_id, batch)
     if state is None:
         if len(ledger.subsidy_batches.of_account(account_id)) >= \
@@ -74,6 +90,7 @@ def subsidy(ledger, credential, values):
     ledger.save_account(account_id, record)
     state["remaining"] += amount
     ledger.subsidy_batches.save(account_id, batch, state)
+    ledger.subsidy_batches.note_grant(grant)
     balance, available = _money(record)
     txn = ledger.append_journal("subsidy", account_id, school.code, amount, balance, credential,
                                 values["id"], from_subsidy=-amount, subsidy=purse(record),

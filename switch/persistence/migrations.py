@@ -6,6 +6,7 @@ import msgpack
 from switch import limits
 from switch.core import layout
 from switch.identifiers import building_of
+from switch.persistence.keys import subsidy_grant_key
 
 
 def room_index_keys(school: str, account_id: str) -> tuple[bytes, bytes | None]:
@@ -120,7 +121,24 @@ def _log_account_records(txn, dbs) -> None:
     those logs, from opening the data dir and serving balances a commit has changed since."""
 
 
+def _note_subsidy_grants(txn, dbs) -> None:
+    """Schema 8 -> 9: every subsidy the journal holds gets its `subsidy_grants` key, so a batch
+    imported again after its ids were forgotten (or by another admin) is refused as granted
+    already, for grants made before the upgrade too. Terms long over are forgotten by the
+    next housekeeping passes."""
+    grants = dbs["subsidy_grants"]
+    for _, record, _ in _journal_records(txn.cursor(db=dbs["journal"])):
+        if record.get("kind") != "subsidy":
+            continue
+        try:
+            key = subsidy_grant_key(record["account"], record["batch"], record["expires"],
+                            record["ref"])
+        except (KeyError, TypeError, ValueError):
+            continue   # a record the switch never writes: audit says so
+        txn.put(key, b"", db=grants)
+
+
 # schema version -> the step that brings a data dir of that version to the next one.
 UPGRADES = {1: _index_rooms, 2: _pad_account_records, 3: _drop_id_expiry_index,
             4: _chain_account_histories, 5: _mark_account_histories, 6: _log_remembered_ids,
-            7: _log_account_records}
+            7: _log_account_records, 8: _note_subsidy_grants}

@@ -24,7 +24,7 @@ from switch.persistence import writeback
 from switch.persistence.migrations import UPGRADES
 from switch.persistence.keys import decode_position, encode_position, position_key, txn_key
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
 
 # name -> what it holds (key -> value)
@@ -62,6 +62,8 @@ DATABASES = {
     "building_rooms": "school + NUL + building + NUL + utility account id -> empty",
     "subsidy_batches": "account id + NUL + batch -> msgpack {remaining, expires, end_ms}",
     "subsidy_expiry": "end ms (8 bytes BE) + account id + NUL + batch -> empty, batches left",
+    "subsidy_grants": "the term's last day (days since 1970, 8 bytes BE) + msgpack [account, "
+                      "batch, id] -> empty: every grant's id until its term has ended",
     "meal_counts": "meal period (8 bytes BE: local day * 8 + period) + account id -> meal record",
     "last_taps": "account id + NUL + credential id -> tap record (core/layout.py TAP_*)",
 }

@@ -1,6 +1,7 @@
 """The operator CLI against a real switch process: import a term's CSV, handle a lost card."""
 
 import csv
+import datetime
 import socket
 import subprocess
 import sys
@@ -8,8 +9,8 @@ import sys
 import pytest
 
 from switch import limits
-from switch.cli.admin import (UsageError, fen_to_yuan, import_requests, read_import_rows,
-                              yuan_to_fen)
+from switch.cli.admin import (UsageError, check_subsidy_batch, fen_to_yuan, import_requests,
+                              read_import_rows, yuan_to_fen)
 from switch.cli.datadir import open_data_dir
 from switch.cli.main import main
 from switch.clock import FakeClock
@@ -90,6 +91,44 @@ def test_a_subsidy_batch_imports_by_row_once(running_switch, tmp_path):
     assert "0 created, 2 already present, 2 rejected" in second.stdout, second.stdout
     shown = admin(connect, data, "--json", "account", "WH20270001")
     assert '"subsidy": 15050' in shown.stdout
+    # The same batch again with another last day: the rows say why nothing changed.
+    other_term = admin(connect, data, "import-subsidies", str(path), "--batch",
+                       "2027-03 伙食补助", "--expires", "2099-04-30")
+    assert "0 created, 0 already present, 4 rejected" in other_term.stdout, other_term.stdout
+    assert ("line 2: subsidy WH20270001: id_reuse: batch 2027-03 伙食补助 was issued to "
+            "account WH20270001 before with another amount or last day; nothing changed"
+            in other_term.stdout), other_term.stdout
+    assert "--id" not in other_term.stdout        # the import has no such option to give
+
+
+@pytest.mark.parametrize("option, said", [
+    (["--expires", "2099-02-30"], "--expires: not a day: '2099-02-30'"),
+    (["--expires", "31/03/2099"], "--expires: not a day: '31/03/2099'"),
+    (["--expires", "20990331"], "--expires: not a day: '20990331'"),
+    (["--expires", "2020-03-31"], "--expires 2020-03-31: that day is over"),
+    (["--batch", ""], "--batch: give a name of 1 to"),
+    (["--batch", "x" * (limits.source_chars_max + 1)], "--batch: give a name of 1 to"),
+])
+def test_a_subsidy_batch_with_a_mistyped_term_or_name_is_refused_before_any_row_is_sent(
+        running_switch, tmp_path, option, said):
+    connect, data = running_switch
+    assert admin(connect, data, "open-account", "WH20270003", "--school", "WH", "--kind",
+                 "person", "--id-last6", "123456").returncode == 0
+    path = tmp_path / "subsidy.csv"
+    path.write_text("account,amount\nWH20270003,10\n", encoding="utf-8")
+    fields = {"--batch": "b", "--expires": "2099-03-31"}
+    fields[option[0]] = option[1]
+    result = admin(connect, data, "import-subsidies", str(path),
+                   *[text for pair in fields.items() for text in pair])
+    assert result.returncode == 2 and said in one_line_error(result), result.stderr
+    shown = admin(connect, data, "--json", "account", "WH20270003")
+    assert '"subsidy": 0' in shown.stdout, shown.stdout
+
+
+def test_a_subsidy_term_is_checked_against_the_day_before_today_in_utc():
+    check_subsidy_batch("b", "2026-12-02", today=datetime.date(2026, 12, 3))  # live west
+    with pytest.raises(UsageError, match="that day is over"):
+        check_subsidy_batch("b", "2026-12-01", today=datetime.date(2026, 12, 3))
 
 
 def test_add_terminal_meals_marks_a_canteen_till(running_switch):

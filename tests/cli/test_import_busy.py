@@ -134,6 +134,23 @@ async def test_a_subsidy_reply_without_a_code_is_a_reject_not_a_traceback():
     assert "line 2: subsidy WH1: a reply without a code" in out.getvalue()
 
 
+async def test_subsidies_granted_before_are_counted_as_present_and_refusals_said_in_words():
+    class Switch:
+        async def pipeline(self, messages):
+            # A row granted under an id the switch has since forgotten is `exists` (§4.17).
+            codes = {"WH1": "exists", "WH2": "ok", "WH3": "bad_request"}
+            return [{"t": "subsidy", "code": codes[m["account"]]} for m in messages]
+
+    out = io.StringIO()
+    rows = [(2 + n, {"account": f"WH{n + 1}", "amount": "3"}) for n in range(3)]
+    counts = await admin_cli.run_subsidy_import(Switch(), "s.csv", rows, "2027-03",
+                                                "2099-03-31", out=out)
+    assert (counts["created"], counts["already"], counts["rejected"]) == (1, 1, 1)
+    assert ("line 4: subsidy WH3: bad_request: the term ending 2099-03-31 is over in the "
+            "school's time zone, account WH3 holds batch 2027-03 with another last day"
+            in out.getvalue()), out.getvalue()
+
+
 @pytest.mark.parametrize("lost,reason", [
     (trio.EndOfChannel(), "the switch closed the connection"),
     (trio.TooSlowError(), "no reply in time"),

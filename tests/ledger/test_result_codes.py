@@ -67,7 +67,7 @@ CODES_BY_REQUEST = {
     "open_account": {"ok", "exists"} | _ID,
     "close_account": {"ok", "unknown_account", "not_empty"} | _ID,
     # Only admins may issue subsidies, and an admin has no school: never wrong_school.
-    "subsidy": {"ok", "bad_amount", "account_closed", "unknown_account"} | _ID,
+    "subsidy": {"ok", "bad_amount", "account_closed", "unknown_account", "exists"} | _ID,
     "issue_card": {"ok", "unknown_account", "account_closed", "exists"} | _ID,
     "replace_card": {"ok", "unknown_account", "account_closed", "card_unknown", "card_blocked",
                      "exists"} | _ID,

@@ -224,3 +224,74 @@ def test_a_housekeeping_pass_clears_at_most_its_bound_of_batches(term, monkeypat
     tick(term.ledger)
     assert term.last_txn == before + 3                  # the N+1st on the next pass
     assert term.account(STUDENT)["subsidy"] == 0
+
+
+def _forget_ids(world) -> None:
+    """Past the id retention (§4.4), and every id the sweep may forget forgotten."""
+    world.write_back_ids()
+    world.clock.advance(world.config.idempotency_retention_s + 1)
+    while world.forget_old_ids():
+        world.commit()
+    world.commit()
+
+
+def test_an_import_run_again_after_its_ids_were_forgotten_grants_nothing(term):
+    # An operator reruns last week's import: same batch, same ids, still inside the term.
+    first = term.send(term.admin, "subsidy", account=STUDENT, amount=3000, expires="2026-12-31",
+                      batch="2026-12 meals", id="subsidy-abc-WH20230001")
+    assert first["code"] == "ok"
+    _forget_ids(term)
+    before = term.last_txn
+    again = term.send(term.admin, "subsidy", account=STUDENT, amount=3000, expires="2026-12-31",
+                      batch="2026-12 meals", id="subsidy-abc-WH20230001")
+    assert again == {"t": "subsidy", "code": "exists"}
+    assert term.last_txn == before and term.account(STUDENT)["subsidy"] == 3000
+    # Another id into the same batch still adds to it (§4.17: the same batch and term again).
+    assert _issue(term, 100, batch="2026-12 meals", expires="2026-12-31")["subsidy"] == 3100
+    assert _sound(term)
+
+
+def test_a_grant_spent_to_nothing_is_still_not_granted_twice(term):
+    # The batch's own record goes once its money is spent; the grant's id stays.
+    assert term.send(term.admin, "subsidy", account=STUDENT, amount=500, expires="2026-12-31",
+                     batch="b", id="x")["code"] == "ok"
+    term.send(term.pos, "debit", card=CARD, amount=500, id="d")
+    assert term.ledger.subsidy_batches.get(STUDENT, "b") is None
+    _forget_ids(term)
+    assert term.send(term.admin, "subsidy", account=STUDENT, amount=500, expires="2026-12-31",
+                     batch="b", id="x")["code"] == "exists"
+    assert term.account(STUDENT)["subsidy"] == 0
+
+
+def test_another_admin_sending_the_same_grant_is_refused_while_the_first_is_remembered(term):
+    term.ok(term.admin, "add_credential", who="office-2", role="admin")
+    other = term.credential("office-2")
+    grant = {"account": STUDENT, "amount": 800, "expires": "2026-11-30", "batch": "b",
+             "id": "g1"}
+    assert term.send(term.admin, "subsidy", **grant)["code"] == "ok"
+    assert term.send(term.admin, "subsidy", **grant)["replay"] is True   # §4.4, as before
+    assert term.send(other, "subsidy", **grant) == {"t": "subsidy", "code": "exists"}
+    assert term.send(other, "subsidy", **{**grant, "account": "WH20239999", "id": "g2"})[
+        "code"] == "unknown_account"                       # the checks before it come first
+    assert term.account(STUDENT)["subsidy"] == 800
+
+
+def test_grant_ids_are_kept_to_the_end_of_their_term_in_any_zone_then_forgotten(term,
+                                                                             monkeypatch):
+    for number in range(3):
+        term.ok(term.admin, "subsidy", account=STUDENT, amount=1, expires="2026-11-20",
+                batch="b", id=f"g{number}")
+    term.ok(term.admin, "subsidy", account=STUDENT, amount=1, expires="2026-11-30", batch="c",
+            id="g9")
+    term.commit()
+    assert len(term.committed("subsidy_grants")) == 4
+    # 2026-11-21 00:00 UTC: the 20th has ended in Wuhan, not yet west of Greenwich.
+    term.clock.ms = 1_795_219_200_000
+    term.housekeep()
+    assert len(term.committed("subsidy_grants")) == 4
+    term.clock.ms += 86_400_000           # 2026-11-22 00:00 UTC: over everywhere
+    monkeypatch.setattr(limits, "subsidy_grants_forgotten_per_pass_max", 2)
+    term.housekeep()
+    assert len(term.committed("subsidy_grants")) == 2      # at most the pass's bound
+    term.housekeep()
+    assert len(term.committed("subsidy_grants")) == 1      # the later term's stays

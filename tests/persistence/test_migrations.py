@@ -168,3 +168,36 @@ def test_a_schema_5_data_dir_gets_its_record_counts_and_history_marks(tmp_path):
     campus.close()
     report = audit(str(campus.path))
     assert report.sound, report.problems
+
+
+def _as_schema_8(data_dir: str) -> None:
+    """What a schema-8 switch left: no `subsidy_grants`."""
+    env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"subsidy_grants", txn=txn), delete=True)
+        txn.put(b"schema_version", b"8", db=env.open_db(b"meta", txn=txn))
+    env.close()
+
+
+def test_a_schema_8_data_dir_keeps_the_grants_its_journal_holds_from_being_made_again(
+        tmp_path):
+    campus = populate(World(tmp_path / "data"))
+    grant = {"account": STUDENT, "amount": 700, "expires": "2099-12-31", "batch": "年度补助",
+             "id": "subsidy-0123-WH20230001"}
+    campus.ok(campus.admin, "subsidy", **grant)
+    campus.ok(campus.admin, "subsidy", **{**grant, "id": 42})        # ids may be ints
+    campus.commit()
+    campus.restart(while_closed=_as_schema_8)
+    assert len(campus.committed("subsidy_grants")) == 2
+    # Retention over: §4.4 forgot both ids, the grants still hold.
+    campus.write_back_ids()
+    campus.clock.advance(campus.config.idempotency_retention_s + 1)
+    while campus.ledger.forget_old_ids(limits.idempotency_sweep_ids_per_pass_max):
+        campus.commit()
+    campus.commit()
+    for request_id in (grant["id"], 42):
+        assert campus.code(campus.admin, "subsidy", **{**grant, "id": request_id}) == "exists"
+    assert campus.account(STUDENT)["subsidy"] == 1400
+    campus.close()
+    report = audit(str(campus.path))
+    assert report.sound, report.problems

@@ -1,6 +1,7 @@
 """Subsidy batches as stored: `subsidy_batches` (account + batch -> what is left of it and
-when it lapses) and `subsidy_expiry`, the index of the batches with money left by the end
-of their term (so expiring them is a range scan)."""
+when it lapses), `subsidy_expiry`, the index of the batches with money left by the end
+of their term (so expiring them is a range scan), and `subsidy_grants`, the ids that granted
+into a batch, kept until its term has ended."""
 
 import msgpack
 
@@ -54,3 +55,9 @@ class SubsidyBatches:
             account, batch = key[8:].decode().split("\0", 1)
             due.append((account, batch))
         return due
+
+    def granted(self, key: bytes) -> bool:
+        return self.store.get("subsidy_grants", key) is not None
+
+    def note_grant(self, key: bytes) -> None:
+        self.store.put("subsidy_grants", key, b"")
