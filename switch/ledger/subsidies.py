@@ -47,8 +47,8 @@ def forget_past_grants(ledger) -> int:
     day D is over everywhere once UTC day D + 2 has begun. A grant after its term is refused
     by its `expires` anyway."""
     today = ledger.now_ms() // 86_400_000
-    return ledger.forget_subsidy_grants_before(today - 1,
-                                               limits.subsidy_grants_forgotten_per_pass_max)
+    return ledger.subsidy_batches.forget_grants_before(
+        today - 1, limits.subsidy_grants_forgotten_per_pass_max)
 
 
 def clear_on_close(ledger, credential, account_id: str, ref) -> None:
@@ -73,7 +73,7 @@ def subsidy(ledger, credential, values):
         return _decline("subsidy", codes.BAD_REQUEST)      # its term is already over
     # The same id into the same batch again, once §4.4 forgot it (an import run again after
     # the retention) or from another admin: granted once only, for the whole term.
-    grant = subsidy_grant_key(account_id, batch, expires, values["id"])
+    grant = subsidy_grant_key(account_id, batch, values["id"])
     if ledger.subsidy_batches.granted(grant):
         return _decline("subsidy", codes.EXISTS)
     state = ledger.subsidy_batches.get(account_id, batch)
@@ -90,7 +90,7 @@ def subsidy(ledger, credential, values):
     ledger.save_account(account_id, record)
     state["remaining"] += amount
     ledger.subsidy_batches.save(account_id, batch, state)
-    ledger.subsidy_batches.note_grant(grant)
+    ledger.subsidy_batches.note_grant(grant, expires)
     balance, available = _money(record)
     txn = ledger.append_journal("subsidy", account_id, school.code, amount, balance, credential,
                                 values["id"], from_subsidy=-amount, subsidy=purse(record),

@@ -34,11 +34,20 @@ def encode_position(txn: int) -> bytes:
     return txn.to_bytes(8, "big")
 
 
-def subsidy_grant_key(account_id: str, batch: str, expires: str, request_id) -> bytes:
-    """`subsidy_grants` key of a grant: its term's last day (days since 1970, 8 bytes BE, so
-    forgetting past terms is a range scan), then account, batch and id packed (unambiguous
-    whatever a batch name holds). ValueError for an `expires` that is not a day. Keyed
-    without the credential: a batch another admin imports again is the same grant."""
-    day = date.fromisoformat(expires).toordinal() - _EPOCH_DAY
-    return day.to_bytes(8, "big") + msgpack.packb([account_id, batch, request_id],
-                                                  use_bin_type=True)
+def subsidy_grant_key(account_id: str, batch: str, request_id) -> bytes:
+    """`subsidy_grants` key of a grant: account, batch and id packed (unambiguous whatever a
+    batch name holds). Without the term: a batch imported again with another `--expires`
+    after its money was spent is the same grant. Without the credential: a batch another
+    admin imports again is the same grant too."""
+    return msgpack.packb([account_id, batch, request_id], use_bin_type=True)
+
+
+def term_day(expires: str) -> int:
+    """A term's last day (`YYYY-MM-DD`) as days since 1970; ValueError if it is no day."""
+    return date.fromisoformat(expires).toordinal() - _EPOCH_DAY
+
+
+def subsidy_grant_expiry_key(day: int, grant_key: bytes) -> bytes:
+    """`subsidy_grant_expiry` key: the term's last day first (8 bytes BE), so forgetting the
+    grants of past terms is a range scan."""
+    return day.to_bytes(8, "big") + grant_key

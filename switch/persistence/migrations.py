@@ -6,7 +6,7 @@ import msgpack
 from switch import limits
 from switch.core import layout
 from switch.identifiers import building_of
-from switch.persistence.keys import subsidy_grant_key
+from switch.persistence.keys import subsidy_grant_expiry_key, subsidy_grant_key, term_day
 
 
 def room_index_keys(school: str, account_id: str) -> tuple[bytes, bytes | None]:
@@ -126,16 +126,17 @@ def _note_subsidy_grants(txn, dbs) -> None:
     imported again after its ids were forgotten (or by another admin) is refused as granted
     already, for grants made before the upgrade too. Terms long over are forgotten by the
     next housekeeping passes."""
-    grants = dbs["subsidy_grants"]
+    grants, expiry = dbs["subsidy_grants"], dbs["subsidy_grant_expiry"]
     for _, record, _ in _journal_records(txn.cursor(db=dbs["journal"])):
         if record.get("kind") != "subsidy":
             continue
         try:
-            key = subsidy_grant_key(record["account"], record["batch"], record["expires"],
-                            record["ref"])
+            key = subsidy_grant_key(record["account"], record["batch"], record["ref"])
+            day = term_day(record["expires"])
         except (KeyError, TypeError, ValueError):
             continue   # a record the switch never writes: audit says so
-        txn.put(key, b"", db=grants)
+        txn.put(key, day.to_bytes(8, "big"), db=grants)
+        txn.put(subsidy_grant_expiry_key(day, key), b"", db=expiry)
 
 
 # schema version -> the step that brings a data dir of that version to the next one.

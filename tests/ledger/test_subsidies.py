@@ -260,6 +260,11 @@ def test_a_grant_spent_to_nothing_is_still_not_granted_twice(term):
     _forget_ids(term)
     assert term.send(term.admin, "subsidy", account=STUDENT, amount=500, expires="2026-12-31",
                      batch="b", id="x")["code"] == "exists"
+    # Nor with the last day typed otherwise (the batch that would refuse another term is
+    # gone), by an admin whose ids are its own.
+    term.ok(term.admin, "add_credential", who="office-2", role="admin")
+    assert term.send(term.credential("office-2"), "subsidy", account=STUDENT, amount=500,
+                     expires="2026-12-30", batch="b", id="x")["code"] == "exists"
     assert term.account(STUDENT)["subsidy"] == 0
 
 
@@ -295,3 +300,6 @@ def test_grant_ids_are_kept_to_the_end_of_their_term_in_any_zone_then_forgotten(
     assert len(term.committed("subsidy_grants")) == 2      # at most the pass's bound
     term.housekeep()
     assert len(term.committed("subsidy_grants")) == 1      # the later term's stays
+    day = (20_787).to_bytes(8, "big")                        # 2026-11-30, days since 1970
+    [(grant, last_day)] = term.committed("subsidy_grants").items()
+    assert last_day == day and list(term.committed("subsidy_grant_expiry")) == [day + grant]

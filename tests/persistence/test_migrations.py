@@ -175,6 +175,7 @@ def _as_schema_8(data_dir: str) -> None:
     env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
     with env.begin(write=True) as txn:
         txn.drop(env.open_db(b"subsidy_grants", txn=txn), delete=True)
+        txn.drop(env.open_db(b"subsidy_grant_expiry", txn=txn), delete=True)
         txn.put(b"schema_version", b"8", db=env.open_db(b"meta", txn=txn))
     env.close()
 
@@ -189,6 +190,7 @@ def test_a_schema_8_data_dir_keeps_the_grants_its_journal_holds_from_being_made_
     campus.commit()
     campus.restart(while_closed=_as_schema_8)
     assert len(campus.committed("subsidy_grants")) == 2
+    assert len(campus.committed("subsidy_grant_expiry")) == 2
     # Retention over: §4.4 forgot both ids, the grants still hold.
     campus.write_back_ids()
     campus.clock.advance(campus.config.idempotency_retention_s + 1)

@@ -289,11 +289,6 @@ class Ledger:
         """Forget up to `count_max` committed counts of periods below `period`."""
         return self._forget_below("meal_counts", period, count_max)
 
-    def forget_subsidy_grants_before(self, day: int, count_max: int) -> int:
-        """Forget up to `count_max` committed grant ids of terms whose last day (days since
-        1970) is below `day`."""
-        return self._forget_below("subsidy_grants", day, count_max)
-
     def _forget_below(self, db: str, number: int, count_max: int) -> int:
         """Delete up to `count_max` committed keys of `db` whose 8-byte big-endian head is
         below `number`; how many were deleted."""

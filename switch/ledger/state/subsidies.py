@@ -1,11 +1,12 @@
 """Subsidy batches as stored: `subsidy_batches` (account + batch -> what is left of it and
 when it lapses), `subsidy_expiry`, the index of the batches with money left by the end
-of their term (so expiring them is a range scan), and `subsidy_grants`, the ids that granted
-into a batch, kept until its term has ended."""
+of their term (so expiring them is a range scan), and `subsidy_grants` with its index
+`subsidy_grant_expiry`, the ids that granted into a batch, kept until its term has ended."""
 
 import msgpack
 
 from switch import limits
+from switch.persistence.keys import subsidy_grant_expiry_key, term_day
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 
@@ -56,8 +57,22 @@ class SubsidyBatches:
             due.append((account, batch))
         return due
 
-    def granted(self, key: bytes) -> bool:
-        return self.store.get("subsidy_grants", key) is not None
+    def granted(self, grant_key: bytes) -> bool:
+        return self.store.get("subsidy_grants", grant_key) is not None
 
-    def note_grant(self, key: bytes) -> None:
-        self.store.put("subsidy_grants", key, b"")
+    def note_grant(self, grant_key: bytes, expires: str) -> None:
+        day = term_day(expires)
+        self.store.put("subsidy_grants", grant_key, day.to_bytes(8, "big"))
+        self.store.put("subsidy_grant_expiry", subsidy_grant_expiry_key(day, grant_key), b"")
+
+    def forget_grants_before(self, day: int, count_max: int) -> int:
+        """Forget up to `count_max` committed grants of terms whose last day is below `day`."""
+        limit = day.to_bytes(8, "big")
+        forgotten = 0
+        for key, _ in self.store.committed_items("subsidy_grant_expiry"):
+            if key[:8] >= limit or forgotten >= count_max:
+                break
+            self.store.delete("subsidy_grant_expiry", key)
+            self.store.delete("subsidy_grants", key[8:])
+            forgotten += 1
+        return forgotten
