@@ -104,7 +104,7 @@ def audit(data_dir: str) -> AuditReport:
     try:
         # readonly without lock would not be safe beside a live writer; with lock a reader
         # slot gives a consistent snapshot.
-        env = lmdb.open(path, readonly=True, lock=True, max_dbs=32, subdir=True)
+        env = lmdb.open(path, readonly=True, lock=True, max_dbs=limits.lmdb_max_dbs, subdir=True)
     except lmdb.Error as error:
         return AuditReport.cannot_read(f"cannot read {path}: {error}")
     try:
@@ -148,7 +148,7 @@ def closed_account_taps(data_dir: str):
 
 
 def _snapshot_values(data_dir: str, db_name: bytes):
-    env = lmdb.open(os.path.join(data_dir, STORE_DIR), readonly=True, lock=True, max_dbs=32,
+    env = lmdb.open(os.path.join(data_dir, STORE_DIR), readonly=True, lock=True, max_dbs=limits.lmdb_max_dbs,
                     subdir=True)
     try:
         try:

@@ -7,8 +7,10 @@ import threading
 import lmdb
 import pytest
 
+from switch import limits
 from switch.persistence import writeback
-from switch.persistence.store import SCHEMA_VERSION, SchemaMismatch, Store
+from switch.persistence.store import (DATABASES, RETIRED_DATABASES, SCHEMA_VERSION,
+                                      SchemaMismatch, Store)
 
 
 def test_schema_version_written_and_checked(tmp_path):
@@ -457,3 +459,8 @@ def test_a_put_refused_leaves_the_open_batch_without_writes(tmp_path):
         assert not batch.writes and not batch.writes_back
         store.committed(batch)
     store.close()
+
+
+def test_every_database_and_every_retired_one_fit_in_one_environment():
+    # An upgrade opens the retired databases beside the current ones (Store._retired_databases).
+    assert len(DATABASES) + len(RETIRED_DATABASES) <= limits.lmdb_max_dbs
