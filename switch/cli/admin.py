@@ -162,8 +162,12 @@ def _describe(reply: dict, request: dict | None = None, looked_up: dict | None =
         lines = [f"account {reply['account']} ({reply['school']}, {reply['kind']}) "
                  f"holder {reply.get('holder') or '-'}",
                  f"  status {reply['status']}{'  PIN LOCKED' if reply['pin_locked'] else ''}",
-                 f"  balance {fen_to_yuan(reply['balance'])} yuan, available "
-                 f"{fen_to_yuan(reply['available'])} yuan",
+                 f"  balance {fen_to_yuan(reply['balance'])} yuan, "
+                 # The school's subsidy purse (§4.17), named where it holds money: else an
+                 # available above the balance would go unexplained.
+                 + (f"subsidy {fen_to_yuan(reply['subsidy'])} yuan (补助), "
+                    if reply.get("subsidy") else "")
+                 + f"available {fen_to_yuan(reply['available'])} yuan",
                  f"  cards: {cards}",
                  f"  limits: per tx {fen_to_yuan(limits['per_tx'])}, daily "
                  f"{fen_to_yuan(limits['daily'])}, no PIN up to {fen_to_yuan(limits['no_pin'])}"]

@@ -91,6 +91,9 @@ def test_a_subsidy_batch_imports_by_row_once(running_switch, tmp_path):
     assert "0 created, 2 already present, 2 rejected" in second.stdout, second.stdout
     shown = admin(connect, data, "--json", "account", "WH20270001")
     assert '"subsidy": 15050' in shown.stdout
+    shown = admin(connect, data, "account", "WH20270001")
+    assert "balance 0.00 yuan, subsidy 150.50 yuan (补助), available 150.50 yuan" in \
+        shown.stdout, shown.stdout
     # The same batch again with another last day: the rows say why nothing changed.
     other_term = admin(connect, data, "import-subsidies", str(path), "--batch",
                        "2027-03 伙食补助", "--expires", "2099-04-30")
