@@ -553,10 +553,21 @@ def subsidy_requests(rows, batch: str, expires: str):
     return _sendable(requests, rejects)
 
 
-def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = None) -> None:
-    """The batch's name and last day, before anything is sent: a mistyped day would
-    otherwise come back as a refusal on every row. A day over in every time zone (before
-    yesterday, UTC) is refused here; one over only in the school's zone, by the switch."""
+def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = None) -> str:
+    """The batch's name as sent (and as its rows' ids are derived from), once its name and
+    last day are checked, before anything is sent: a mistyped day would otherwise come back
+    as a refusal on every row. A day over in every time zone (before yesterday, UTC) is
+    refused here; one over only in the school's zone, by the switch.
+
+    The name is taken in Unicode's compatibility form with its spaces collapsed: typed again
+    on another machine, a full-width space (an IME's), full-width digits or a trailing space
+    would otherwise name another batch, with other ids, and pay every row again."""
+    try:
+        batch.encode("utf-8")
+    except UnicodeEncodeError:      # bytes of another encoding, passed through by Python
+        raise UsageError("--batch: not readable as text; type it in a UTF-8 terminal "
+                         "(LANG=zh_CN.UTF-8 or C.UTF-8)") from None
+    batch = " ".join(unicodedata.normalize("NFKC", batch).split())
     if not 1 <= len(batch) <= limits.source_chars_max:
         raise UsageError(f"--batch: give a name of 1 to {limits.source_chars_max} characters")
     try:
@@ -570,10 +581,14 @@ def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = 
     today = today or datetime.datetime.now(datetime.timezone.utc).date()
     if last_day < today - datetime.timedelta(days=1):
         raise UsageError(f"--expires {expires}: that day is over; give the batch's last day")
+    if last_day == datetime.date.max:     # a term ends at the next midnight: none follows it
+        raise UsageError(f"--expires {expires}: the calendar's last day cannot end a term; "
+                         f"give the batch's last day")
+    return batch
 
 
 async def run_subsidy_import(client: Client, path: str, rows: list, batch: str, expires: str,
-                             out=sys.stdout) -> dict:
+                             out=sys.stdout, signon: str = "?") -> dict:
     requests, rejects = subsidy_requests(rows, batch, expires)
     counts = {"rows": len(rows), "created": 0, "already": 0, "rejected": 0}
     # A subsidy answered busy did nothing: sent again, as the accounts' import does, rather
@@ -590,7 +605,7 @@ async def run_subsidy_import(client: Client, path: str, rows: list, batch: str, 
                                   f"already issued are only counted again)"))
         elif code:
             rejects.append((line, f"subsidy {message['account']}: "
-                                  f"{refusals.sentence(code, message)}"))
+                                  f"{refusals.sentence(code, message, signon=signon)}"))
         else:
             rejects.append((line, f"subsidy {message['account']}: a reply without a code"))
     return _report_import(path, counts, rejects, out)
@@ -762,7 +777,8 @@ async def _run(args, key: bytes, work, looked_up: dict) -> dict | list:
         if args.admin_command == "import":
             return await run_import(client, args.csv, work, signon=args.signon_who)
         if args.admin_command == "import-subsidies":
-            return await run_subsidy_import(client, args.csv, work, args.batch, args.expires)
+            return await run_subsidy_import(client, args.csv, work, args.batch, args.expires,
+                                            signon=args.signon_who)
         with trio.fail_after(limits.cli_reply_timeout_s):
             reply = await client.request(work)
             if reply.get("code") in refusals.NEEDS_ACCOUNT and "account" in work:
@@ -813,7 +829,7 @@ def run(args) -> int:
         if args.admin_command == "import":
             work = read_import_rows(args.csv, args.encoding)
         elif args.admin_command == "import-subsidies":
-            check_subsidy_batch(args.batch, args.expires)
+            args.batch = check_subsidy_batch(args.batch, args.expires)
             work = read_import_rows(args.csv, args.encoding, SUBSIDY_COLUMNS, SUBSIDY_COLUMNS)
         else:
             work = _checked_request(args)

@@ -6,13 +6,11 @@ The core decides the purse (`grant_subsidy`, the payments that spend it first,
 each part back to its batch and housekeeping clears what is left of a batch when it ends.
 """
 
-from datetime import date
-
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money, account_for_amount
 from switch.ledger.purses import purse
-from switch.persistence.keys import subsidy_grant_key
+from switch.persistence.keys import subsidy_grant_key, term_day, term_day_name
 
 
 def _lapse(ledger, account_id: str, record, batch: str, state: dict, credential, ref) -> int:
@@ -42,10 +40,11 @@ def expire_due_subsidies(ledger) -> int:
 
 
 def forget_past_grants(ledger) -> int:
-    """Forget the ids of grants whose term has ended in every time zone: a day's end is
-    local midnight, at most a day and a half after that day began in UTC, so a term's last
-    day D is over everywhere once UTC day D + 2 has begun. A grant after its term is refused
-    by its `expires` anyway."""
+    """Forget the grants whose term has ended in every time zone: a day's end is local
+    midnight, at most a day and a half after that day began in UTC, so a term's last day D
+    is over everywhere once UTC day D + 2 has begun. A grant whose term is over guards
+    nothing: sent again with its last day it is refused as over, and with a later one it is
+    the batch's name used for a new term."""
     today = ledger.now_ms() // 86_400_000
     return ledger.subsidy_batches.forget_grants_before(
         today - 1, limits.subsidy_grants_forgotten_per_pass_max)
@@ -63,19 +62,27 @@ def subsidy(ledger, credential, values):
     refusal, record = account_for_amount(ledger, credential, values, "subsidy")
     if refusal:
         return refusal
-    try:
-        date.fromisoformat(expires)
-    except ValueError:
-        return _decline("subsidy", codes.BAD_REQUEST)
     school = ledger.school(record)
-    end_ms = school.days.end_ms(expires)
-    if end_ms <= ledger.now_ms():
+    try:
+        day = term_day(expires)
+        end_ms = school.days.end_ms(expires)
+    except ValueError:       # not a real day, or 9999-12-31, whose end no date can hold
+        return _decline("subsidy", codes.BAD_REQUEST)
+    now_ms = ledger.now_ms()
+    if end_ms <= now_ms:
         return _decline("subsidy", codes.BAD_REQUEST)      # its term is already over
     # The same id into the same batch again, once §4.4 forgot it (an import run again after
     # the retention) or from another admin: granted once only, for the whole term.
     grant = subsidy_grant_key(account_id, batch, values["id"])
-    if ledger.subsidy_batches.granted(grant):
-        return _decline("subsidy", codes.EXISTS)
+    before = ledger.subsidy_batches.grant(grant)
+    if before is not None:
+        before_day, before_amount = before
+        if before_day == day:
+            return _decline("subsidy", codes.EXISTS if before_amount == amount
+                            else codes.ID_REUSE)
+        if school.days.end_ms(term_day_name(before_day)) > now_ms:
+            return _decline("subsidy", codes.ID_REUSE)      # another last day, same term
+        # Its term is over: the batch's name is used again, for a new term.
     state = ledger.subsidy_batches.get(account_id, batch)
     if state is None:
         if len(ledger.subsidy_batches.of_account(account_id)) >= \
@@ -90,7 +97,7 @@ def subsidy(ledger, credential, values):
     ledger.save_account(account_id, record)
     state["remaining"] += amount
     ledger.subsidy_batches.save(account_id, batch, state)
-    ledger.subsidy_batches.note_grant(grant, expires)
+    ledger.subsidy_batches.note_grant(grant, day, amount)
     balance, available = _money(record)
     txn = ledger.append_journal("subsidy", account_id, school.code, amount, balance, credential,
                                 values["id"], from_subsidy=-amount, subsidy=purse(record),

@@ -49,6 +49,7 @@ from switch.core import layout
 from switch.ledger.card_office import should_be_listed
 from switch.ledger.state.blacklist import member_of_key
 from switch.persistence import writeback
+from switch.persistence.keys import SUBSIDY_GRANT, term_day_name
 from switch.persistence.store import STORE_DIR
 
 # Journal records that set a card's state: kind -> [(field naming the card, state it gets)].
@@ -60,7 +61,8 @@ _CARD_CHANGES = {
 }
 OFFLINE_FLAGS = frozenset({"after_lost", "meal_limit"})
 _DATABASES = ("meta", "accounts", "journal", "holds", "hold_expiry", "cards", "blacklist_cards",
-              "subsidy_batches", "history_marks", *writeback.LOG_NAMES)
+              "subsidy_batches", "subsidy_grants", "subsidy_grant_expiry", "history_marks",
+              *writeback.LOG_NAMES)
 _CHAINED_SCHEMA = 5   # the first schema whose journal links each account's records
 _MARKED_SCHEMA = 6    # the first whose accounts count their records, with history marks
 
@@ -201,6 +203,7 @@ def _check(txn, dbs, report: AuditReport) -> None:
         _check_history_marks(txn, dbs, report, accounts, history)
     cards = _check_cards(txn, dbs, report, accounts, card_history)
     _check_offline(report, offline, cards, card_history)
+    _check_subsidy_grants(txn, dbs, report)
 
 
 def _apply_logged_accounts(txn, dbs, report: AuditReport, accounts: dict) -> None:
@@ -341,6 +344,38 @@ def _check_holds(txn, dbs, report: AuditReport, accounts: dict) -> dict[str, int
         report.problems.append(f"hold {hold_id}: in the expiry index (at {expires}) but not "
                                f"an open hold")
     return held
+
+
+def _check_subsidy_grants(txn, dbs, report: AuditReport) -> None:
+    """Every kept subsidy grant has its index entry at its last day and every entry its
+    grant (ledger/state/subsidies.py keeps them one to one): a grant without its entry is
+    never forgotten, and an entry without its grant is one whose grant was lost, so its
+    batch could be paid again (none in a data dir from before schema 9)."""
+    grants: dict[bytes, int] = {}
+    for key, value in _items(txn, dbs.get("subsidy_grants")):
+        if len(value) != SUBSIDY_GRANT.size:
+            report.problems.append(f"subsidy grant {bytes(key).hex()}: a value of "
+                                   f"{len(value)} bytes")
+            continue
+        grants[bytes(key)] = SUBSIDY_GRANT.unpack(value)[0]
+    indexed = set()
+    for key, _ in _items(txn, dbs.get("subsidy_grant_expiry")):
+        day, grant = int.from_bytes(key[:8], "big"), bytes(key[8:])
+        if grants.get(grant) != day:
+            report.problems.append(f"subsidy grant {grant.hex()}: in the index at "
+                                   f"{_day_named(day)} but not kept for that day")
+        else:
+            indexed.add(grant)
+    for grant in sorted(grants.keys() - indexed):
+        report.problems.append(f"subsidy grant {grant.hex()}: kept (to "
+                               f"{_day_named(grants[grant])}) but not in the index")
+
+
+def _day_named(day: int) -> str:
+    try:
+        return term_day_name(day)
+    except (ValueError, OverflowError):     # a forged value: said, not a stop
+        return f"day {day}"
 
 
 def _subsidy_batches(txn, dbs) -> dict[str, int]:

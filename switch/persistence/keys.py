@@ -1,6 +1,8 @@
 """How keys are laid out where their order matters; pure, so the request layer may use it
 without loading LMDB."""
 
+import hashlib
+import struct
 from datetime import date
 
 import msgpack
@@ -35,16 +37,26 @@ def encode_position(txn: int) -> bytes:
 
 
 def subsidy_grant_key(account_id: str, batch: str, request_id) -> bytes:
-    """`subsidy_grants` key of a grant: account, batch and id packed (unambiguous whatever a
-    batch name holds). Without the term: a batch imported again with another `--expires`
-    after its money was spent is the same grant. Without the credential: a batch another
-    admin imports again is the same grant too."""
-    return msgpack.packb([account_id, batch, request_id], use_bin_type=True)
+    """`subsidy_grants` key of a grant: a 16-byte hash of account, batch and id packed
+    (unambiguous whatever a batch name holds; hashed, since the three may pack to more than
+    the 511 bytes an LMDB key may have). Without the term, so a batch spent to nothing and
+    sent again with another last day is found; without the credential, so a batch another
+    admin imports again is found too."""
+    packed = msgpack.packb([account_id, batch, request_id], use_bin_type=True)
+    return hashlib.blake2b(packed, digest_size=16, person=b"subsidy-grant").digest()
+
+
+# `subsidy_grants` value: the term's last day (days since 1970) and the amount granted.
+SUBSIDY_GRANT = struct.Struct(">qq")
 
 
 def term_day(expires: str) -> int:
     """A term's last day (`YYYY-MM-DD`) as days since 1970; ValueError if it is no day."""
     return date.fromisoformat(expires).toordinal() - _EPOCH_DAY
+
+
+def term_day_name(day: int) -> str:
+    return date.fromordinal(day + _EPOCH_DAY).isoformat()
 
 
 def subsidy_grant_expiry_key(day: int, grant_key: bytes) -> bytes:

@@ -1,12 +1,15 @@
 """Upgrades a data dir written by an older switch to the schema this one reads, in place,
 inside the write transaction that checks the schema (all or nothing)."""
 
+import struct
+
 import msgpack
 
 from switch import limits
 from switch.core import layout
 from switch.identifiers import building_of
-from switch.persistence.keys import subsidy_grant_expiry_key, subsidy_grant_key, term_day
+from switch.persistence.keys import (SUBSIDY_GRANT, subsidy_grant_expiry_key, subsidy_grant_key,
+                                     term_day)
 
 
 def room_index_keys(school: str, account_id: str) -> tuple[bytes, bytes | None]:
@@ -133,9 +136,16 @@ def _note_subsidy_grants(txn, dbs) -> None:
         try:
             key = subsidy_grant_key(record["account"], record["batch"], record["ref"])
             day = term_day(record["expires"])
-        except (KeyError, TypeError, ValueError):
+            value = SUBSIDY_GRANT.pack(day, record["amount"])
+        except (KeyError, TypeError, ValueError, struct.error):
             continue   # a record the switch never writes: audit says so
-        txn.put(key, day.to_bytes(8, "big"), db=grants)
+        # The same key again (a batch name used for a later term, or a grant schema 8
+        # made twice): the newest record stands, with one index entry, as `note_grant` keeps.
+        previous = txn.get(key, db=grants)
+        if previous is not None:
+            txn.delete(subsidy_grant_expiry_key(SUBSIDY_GRANT.unpack(previous)[0], key),
+                       db=expiry)
+        txn.put(key, value, db=grants)
         txn.put(subsidy_grant_expiry_key(day, key), b"", db=expiry)
 
 

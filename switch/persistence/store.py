@@ -62,8 +62,8 @@ DATABASES = {
     "building_rooms": "school + NUL + building + NUL + utility account id -> empty",
     "subsidy_batches": "account id + NUL + batch -> msgpack {remaining, expires, end_ms}",
     "subsidy_expiry": "end ms (8 bytes BE) + account id + NUL + batch -> empty, batches left",
-    "subsidy_grants": "msgpack [account, batch, id] -> the term's last day (days since 1970, "
-                      "8 bytes BE): every grant's id until its term has ended",
+    "subsidy_grants": "16-byte hash of [account, batch, id] -> struct >qq (the term's last "
+                      "day, days since 1970; the amount): every grant until its term has ended",
     "subsidy_grant_expiry": "the term's last day (8 bytes BE) + a `subsidy_grants` key -> "
                             "empty, so past terms' grants are forgotten by a range scan",
     "meal_counts": "meal period (8 bytes BE: local day * 8 + period) + account id -> meal record",

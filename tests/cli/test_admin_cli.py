@@ -10,7 +10,7 @@ import pytest
 
 from switch import limits
 from switch.cli.admin import (UsageError, check_subsidy_batch, fen_to_yuan, import_requests,
-                              read_import_rows, yuan_to_fen)
+                              read_import_rows, subsidy_requests, yuan_to_fen)
 from switch.cli.datadir import open_data_dir
 from switch.cli.main import main
 from switch.clock import FakeClock
@@ -111,6 +111,8 @@ def test_a_subsidy_batch_imports_by_row_once(running_switch, tmp_path):
     (["--expires", "2020-03-31"], "--expires 2020-03-31: that day is over"),
     (["--batch", ""], "--batch: give a name of 1 to"),
     (["--batch", "x" * (limits.source_chars_max + 1)], "--batch: give a name of 1 to"),
+    (["--batch", "\u3000 "], "--batch: give a name of 1 to"),        # spaces only
+    (["--expires", "9999-12-31"], "the calendar's last day cannot end a term"),
 ])
 def test_a_subsidy_batch_with_a_mistyped_term_or_name_is_refused_before_any_row_is_sent(
         running_switch, tmp_path, option, said):
@@ -126,6 +128,24 @@ def test_a_subsidy_batch_with_a_mistyped_term_or_name_is_refused_before_any_row_
     assert result.returncode == 2 and said in one_line_error(result), result.stderr
     shown = admin(connect, data, "--json", "account", "WH20270003")
     assert '"subsidy": 0' in shown.stdout, shown.stdout
+
+
+@pytest.mark.parametrize("typed", ["2027-03\u3000伙食补助", " 2027-03  伙食补助 ",
+                                   "２０２７-０３ 伙食补助", "2027-03 伙食补助"])
+def test_a_batch_name_typed_otherwise_names_the_same_batch_with_the_same_ids(typed):
+    name = check_subsidy_batch(typed, "2099-03-31")
+    assert name == "2027-03 伙食补助"
+    rows = [(2, {"account": "WH20270001", "amount": "5"})]
+    [(_, sent)], _ = subsidy_requests(rows, name, "2099-03-31")
+    [(_, plain)], _ = subsidy_requests(rows, "2027-03 伙食补助", "2099-03-31")
+    assert sent == plain
+
+
+def test_a_batch_name_in_bytes_of_another_encoding_is_refused_in_words():
+    # What Python makes of GBK bytes in a UTF-8 locale's argv: lone surrogates.
+    typed = "补助".encode("gbk").decode("utf-8", "surrogateescape")
+    with pytest.raises(UsageError, match="not readable as text"):
+        check_subsidy_batch(typed, "2099-03-31")
 
 
 def test_a_subsidy_term_is_checked_against_the_day_before_today_in_utc():

@@ -7,6 +7,7 @@ import pytest
 from switch.cli.datadir import open_data_dir
 from switch.ledger.housekeeping import tick
 from switch.persistence.audit import audit
+from switch.persistence.keys import SUBSIDY_GRANT
 from tests.ledger.conftest import BALANCE, CARD, ROOM, STUDENT, limits
 
 
@@ -260,11 +261,14 @@ def test_a_grant_spent_to_nothing_is_still_not_granted_twice(term):
     _forget_ids(term)
     assert term.send(term.admin, "subsidy", account=STUDENT, amount=500, expires="2026-12-31",
                      batch="b", id="x")["code"] == "exists"
-    # Nor with the last day typed otherwise (the batch that would refuse another term is
-    # gone), by an admin whose ids are its own.
+    # Nor with the last day typed otherwise while the first term runs (the batch that would
+    # refuse another term is gone), by an admin whose ids are its own; nor another amount.
     term.ok(term.admin, "add_credential", who="office-2", role="admin")
-    assert term.send(term.credential("office-2"), "subsidy", account=STUDENT, amount=500,
-                     expires="2026-12-30", batch="b", id="x")["code"] == "exists"
+    office = term.credential("office-2")
+    for changed in ({"expires": "2026-12-30"}, {"amount": 600}):
+        assert term.send(office, "subsidy", **{"account": STUDENT, "amount": 500, "batch": "b",
+                                               "expires": "2026-12-31", "id": "x",
+                                               **changed})["code"] == "id_reuse"
     assert term.account(STUDENT)["subsidy"] == 0
 
 
@@ -300,6 +304,70 @@ def test_grant_ids_are_kept_to_the_end_of_their_term_in_any_zone_then_forgotten(
     assert len(term.committed("subsidy_grants")) == 2      # at most the pass's bound
     term.housekeep()
     assert len(term.committed("subsidy_grants")) == 1      # the later term's stays
-    day = (20_787).to_bytes(8, "big")                        # 2026-11-30, days since 1970
-    [(grant, last_day)] = term.committed("subsidy_grants").items()
-    assert last_day == day and list(term.committed("subsidy_grant_expiry")) == [day + grant]
+    day = 20_787                                             # 2026-11-30, days since 1970
+    [(grant, value)] = term.committed("subsidy_grants").items()
+    assert SUBSIDY_GRANT.unpack(value) == (day, 1)            # its last day, its amount
+    assert list(term.committed("subsidy_grant_expiry")) == [day.to_bytes(8, "big") + grant]
+
+
+@pytest.fixture
+def offices(term):
+    for who in ("office-2", "office-3"):
+        term.ok(term.admin, "add_credential", who=who, role="admin")
+    return term
+
+
+GRANT = {"account": STUDENT, "amount": 500, "batch": "伙食补助", "id": "subsidy-tag-WH20230001"}
+
+
+def test_a_batch_name_used_again_for_the_next_term_is_granted_on_its_first_day(offices):
+    # A school that names every month's batch the same: the import's ids repeat.
+    assert offices.code(offices.admin, "subsidy", expires="2026-11-30", **GRANT) == "ok"
+    offices.commit()
+    offices.set_local_time("2026-12-01T09:00:00")         # November is over in Wuhan
+    offices.housekeep()
+    reply = offices.send(offices.credential("office-2"), "subsidy", expires="2026-12-31",
+                         **GRANT)
+    assert reply["code"] == "ok" and offices.account(STUDENT)["subsidy"] == 500
+    # ... and that December grant is then made once only.
+    assert offices.code(offices.credential("office-3"), "subsidy", expires="2026-12-31",
+                        **GRANT) == "exists"
+    assert offices.account(STUDENT)["subsidy"] == 500
+    assert _sound(offices)
+
+
+def test_forgetting_an_old_term_never_forgets_a_newer_grant_under_the_same_key(offices):
+    assert offices.code(offices.admin, "subsidy", expires="2026-11-20", **GRANT) == "ok"
+    offices.commit()
+    offices.set_local_time("2026-11-21T12:00:00")         # over in Wuhan, not west of UTC
+    offices.housekeep()
+    assert len(offices.committed("subsidy_grants")) == 1
+    offices.set_local_time("2026-11-22T12:00:00")
+    tick(offices.ledger)                  # forgets the November 20 grant, not committed yet
+    assert offices.code(offices.credential("office-2"), "subsidy", expires="2026-11-30",
+                        **GRANT) == "ok"
+    tick(offices.ledger)                  # passes over the entry it forgot, still committed
+    offices.commit()
+    assert offices.code(offices.credential("office-3"), "subsidy", expires="2026-11-30",
+                        **GRANT) == "exists"
+    assert offices.account(STUDENT)["subsidy"] == 500
+
+
+@pytest.mark.parametrize("expires", ["9999-12-31", "0001-01-01"])
+def test_a_last_day_at_the_end_of_the_calendar_is_bad_request_not_internal(term, expires):
+    assert term.code(term.admin, "subsidy", account=STUDENT, amount=1, expires=expires,
+                     batch="b", id="far") == "bad_request"
+    assert term.account(STUDENT)["subsidy"] == 0
+
+
+def test_the_longest_batch_and_id_of_four_byte_characters_commit(term):
+    term.commit()
+    # 64 characters each, 4 bytes each in UTF-8: more than an LMDB key may hold, unhashed.
+    reply = term.send(term.admin, "subsidy", account=STUDENT, amount=1, expires="2026-11-30",
+                      batch="𠀀" * limits.source_chars_max, id="𠀀" * 64)
+    credit = term.send(term.service, "credit", account=STUDENT, amount=7, source="t", id="c1")
+    assert reply["code"] == credit["code"] == "ok"
+    term.commit()
+    assert term.code(term.admin, "subsidy", account=STUDENT, amount=1, expires="2026-11-30",
+                     batch="𠀀" * limits.source_chars_max, id="𠀀" * 64) == "ok"   # a replay
+    assert term.account(STUDENT)["subsidy"] == 1

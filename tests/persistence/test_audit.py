@@ -531,3 +531,28 @@ def test_logs_out_of_order_are_found(tmp_path, monkeypatch, key, message):
     _write_log(tmp_path, older, key, record)
     report = audit(str(tmp_path))
     assert any(message in problem for problem in report.problems), report.problems
+
+
+def test_subsidy_grants_and_their_index_are_checked_one_to_one(tmp_path):
+    campus = populate(World(tmp_path / "data"))
+    for number in range(2):
+        campus.ok(campus.admin, "subsidy", account=STUDENT, amount=100, expires="2099-12-31",
+                  batch=f"b{number}", id=f"s{number}")
+    campus.commit()
+    campus.close()
+    assert audit(str(campus.path)).sound
+    env = lmdb.open(os.path.join(str(campus.path), STORE_DIR), max_dbs=64, subdir=True)
+    with env.begin(write=True) as txn:
+        grants = env.open_db(b"subsidy_grants", txn=txn)
+        index = env.open_db(b"subsidy_grant_expiry", txn=txn)
+        (lost, _), (moved, value) = list(txn.cursor(db=grants))
+        txn.delete(lost, db=grants)                       # lost: its batch could pay again
+        txn.put(moved, struct.pack(">qq", 1, 100), db=grants)   # kept for another day
+        txn.put(b"\xff" * 8 + b"x" * 16, b"", db=index)  # a forged entry of no real day
+    env.close()
+    problems = audit(str(campus.path)).problems
+    assert sorted(problems) == sorted([
+        f"subsidy grant {lost.hex()}: in the index at 2099-12-31 but not kept for that day",
+        f"subsidy grant {moved.hex()}: in the index at 2099-12-31 but not kept for that day",
+        f"subsidy grant {(b'x' * 16).hex()}: in the index at day {2 ** 64 - 1} but not kept for that day",
+        f"subsidy grant {moved.hex()}: kept (to 1970-01-02) but not in the index"]), problems

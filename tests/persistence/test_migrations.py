@@ -203,3 +203,26 @@ def test_a_schema_8_data_dir_keeps_the_grants_its_journal_holds_from_being_made_
     campus.close()
     report = audit(str(campus.path))
     assert report.sound, report.problems
+
+
+def test_an_upgrade_keeps_the_newest_term_of_a_batch_name_used_again(tmp_path):
+    """Schema 8 let a batch's name (and so the import's ids) come back for a later term;
+    the upgrade keeps that newest grant, whose term runs, with one index entry, so the
+    forgetting of the older term leaves it in place."""
+    campus = populate(World(tmp_path / "data"))
+    campus.set_local_time("2026-11-18T12:00:00")
+    grant = {"account": STUDENT, "amount": 500, "batch": "伙食补助", "id": "subsidy-tag-1"}
+    campus.ok(campus.admin, "subsidy", expires="2026-11-20", **grant)
+    campus.commit()
+    campus.set_local_time("2026-11-22T12:00:00")     # November 20 is over everywhere
+    campus.housekeep()
+    campus.ok(campus.admin, "add_credential", who="office-2", role="admin")
+    campus.ok(campus.credential("office-2"), "subsidy", expires="2026-11-30", **grant)
+    campus.restart(while_closed=_as_schema_8)
+    assert len(campus.committed("subsidy_grants")) == 1
+    assert len(campus.committed("subsidy_grant_expiry")) == 1
+    campus.housekeep()
+    campus.ok(campus.admin, "add_credential", who="office-3", role="admin")
+    assert campus.code(campus.credential("office-3"), "subsidy", expires="2026-11-30",
+                       **grant) == "exists"
+    assert campus.account(STUDENT)["subsidy"] == 500

@@ -6,7 +6,7 @@ of their term (so expiring them is a range scan), and `subsidy_grants` with its 
 import msgpack
 
 from switch import limits
-from switch.persistence.keys import subsidy_grant_expiry_key, term_day
+from switch.persistence.keys import SUBSIDY_GRANT, subsidy_grant_expiry_key
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 
@@ -57,22 +57,40 @@ class SubsidyBatches:
             due.append((account, batch))
         return due
 
-    def granted(self, grant_key: bytes) -> bool:
-        return self.store.get("subsidy_grants", grant_key) is not None
+    def grant(self, grant_key: bytes) -> tuple[int, int] | None:
+        """(the term's last day, the amount) of a grant made under this key, or None."""
+        data = self.store.get("subsidy_grants", grant_key)
+        return None if data is None else SUBSIDY_GRANT.unpack(data)
 
-    def note_grant(self, grant_key: bytes, expires: str) -> None:
-        day = term_day(expires)
-        self.store.put("subsidy_grants", grant_key, day.to_bytes(8, "big"))
+    def note_grant(self, grant_key: bytes, day: int, amount: int) -> None:
+        """Keep a grant until its term ends; one made under the key for an earlier term (a
+        batch name used again) is replaced, index entry and all."""
+        previous = self.grant(grant_key)
+        if previous is not None and previous[0] != day:
+            self.store.delete("subsidy_grant_expiry",
+                              subsidy_grant_expiry_key(previous[0], grant_key))
+        self.store.put("subsidy_grants", grant_key, SUBSIDY_GRANT.pack(day, amount))
         self.store.put("subsidy_grant_expiry", subsidy_grant_expiry_key(day, grant_key), b"")
 
-    def forget_grants_before(self, day: int, count_max: int) -> int:
-        """Forget up to `count_max` committed grants of terms whose last day is below `day`."""
+    def forget_grants_before(self, day: int, visits_max: int) -> int:
+        """Forget the grants of terms whose last day is below `day`, visiting at most
+        `visits_max` committed index entries; how many were forgotten.
+
+        The index is read as committed: an entry an earlier pass forgot, not committed yet,
+        is passed over, and a grant is forgotten only while it is still the one the entry
+        names (a newer term's grant under the same key has an entry of its own)."""
         limit = day.to_bytes(8, "big")
-        forgotten = 0
+        forgotten = visits = 0
         for key, _ in self.store.committed_items("subsidy_grant_expiry"):
-            if key[:8] >= limit or forgotten >= count_max:
+            if key[:8] >= limit or visits >= visits_max:
                 break
+            visits += 1
+            if self.store.get("subsidy_grant_expiry", key) is None:
+                continue
             self.store.delete("subsidy_grant_expiry", key)
-            self.store.delete("subsidy_grants", key[8:])
-            forgotten += 1
+            grant_key = key[8:]
+            current = self.grant(grant_key)
+            if current is not None and current[0] == int.from_bytes(key[:8], "big"):
+                self.store.delete("subsidy_grants", grant_key)
+                forgotten += 1
         return forgotten
