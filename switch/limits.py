@@ -66,6 +66,11 @@ holds_expired_per_pass_max = 1_000 # holds a housekeeping pass releases at most
 
 # --- Retention and windows (docs/PROTOCOL.md §4.4, §4.8-4.10, §4.14) ---
 idempotency_retention_s = 8 * 24 * 3600   # > offline_window_s + offline_future_s
+# A `credit`'s id (a recharge's payment order number) is remembered this long, whatever the
+# retention above: a recharge system that sends an order again from a month's or a year's
+# reconciliation, or from its outbox restored from a backup, gets a replay, not a second
+# credit. About 150 bytes a recharge: 30,000 students recharging weekly keep some 250 MB.
+credit_ids_retention_s = 400 * 24 * 3600
 # Remembered ids the retention sweep visits per housekeeping pass (five a second): a full cycle
 # through N ids takes N / (5 x this) seconds, and the sweep keeps up while fewer than 20,000 ids
 # are remembered per second (docs/RELIABILITY.md, idempotency retention). Small passes: the event

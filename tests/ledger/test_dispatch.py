@@ -250,6 +250,49 @@ def test_ids_are_remembered_for_at_least_the_retention_period(campus):
     assert campus.balance(STUDENT) == BALANCE - 100
 
 
+def _forget_all_old_ids(world) -> None:
+    world.write_back_ids()
+    while world.forget_old_ids():
+        world.commit()
+    world.commit()
+
+
+def test_a_recharge_is_remembered_for_its_own_longer_retention(campus):
+    """A recharge system that sends an order again months later (its reconciliation, its
+    outbox restored from a backup) gets the first reply, not a second credit."""
+    first = campus.send(campus.service, "credit", account=STUDENT, amount=5_000,
+                        source="wechat", id="4200001234202611180001")
+    debit = campus.send(campus.pos, "debit", card=CARD, amount=100, id="old-debit")
+    campus.clock.advance(campus.config.idempotency_retention_s + 1)
+    _forget_all_old_ids(campus)
+    assert campus.ledger.recall(campus.pos.who, "old-debit") is None      # forgotten
+    campus.clock.advance(limits.credit_ids_retention_s
+                         - campus.config.idempotency_retention_s - 2)
+    _forget_all_old_ids(campus)
+    again = campus.send(campus.service, "credit", account=STUDENT, amount=5_000,
+                        source="wechat", id="4200001234202611180001")
+    assert again == {**first, "replay": True}
+    assert campus.balance(STUDENT) == BALANCE + 5_000 - 100
+    assert campus.code(campus.service, "credit", account=STUDENT, amount=5_001,
+                       source="wechat", id="4200001234202611180001") == "id_reuse"
+    campus.clock.advance(2)                   # past its own retention: forgotten at last
+    _forget_all_old_ids(campus)
+    assert campus.ledger.recall(campus.service.who, "4200001234202611180001") is None
+    assert debit["code"] == "ok"
+
+
+def test_a_credit_is_kept_by_what_its_value_begins_with_not_by_its_id(world):
+    """The sweep reads the type from the value's first bytes: an id that only looks like a
+    credit's is forgotten at the common retention, a credit remembered by any id is kept."""
+    world.ledger.remember("svc", "credit", "credit", bytes(16), {"t": "credit", "code": "ok"})
+    world.ledger.remember("till", "credit", "debit", bytes(16), {"t": "debit", "code": "ok"})
+    world.write_back_ids()
+    world.clock.advance(world.config.idempotency_retention_s + 1)
+    _forget_all_old_ids(world)
+    assert world.ledger.recall("till", "credit") is None
+    assert world.ledger.recall("svc", "credit")[0] == "credit"
+
+
 def _remember_ids(world, numbers) -> None:
     for number in numbers:
         world.ledger.remember("till", number, "debit", bytes(16), {"t": "debit", "code": "ok"})

@@ -54,6 +54,18 @@ def remembered_at_ms_read_fast(data: bytes) -> int:
     return unpack(data)[3]
 
 
+# How every remembered credit's value begins: an array of four, then "credit" (remember_at).
+_CREDIT_HEAD = b"\x94" + msgpack.packb("credit")
+
+
+def _forgettable(data: bytes, cutoff_ms: int, credit_cutoff_ms: int, remembered_at_ms) -> bool:
+    """Whether an `idempotency` value is past its retention: a credit's is the longer one
+    (`limits.credit_ids_retention_s`), read from the value's first bytes, unpacking nothing."""
+    at_ms = remembered_at_ms(data)
+    return at_ms < cutoff_ms and (at_ms < credit_cutoff_ms
+                                  or not data.startswith(_CREDIT_HEAD))
+
+
 _VALUE = operator.itemgetter(1)
 _LAST_9_BYTES = operator.itemgetter(slice(-9, None))
 _ABOVE_UINT64 = bytes([_UINT64 + 1])
@@ -443,13 +455,16 @@ class Ledger:
         if len(items) > keys_max:
             items = items[:keys_max]
             self._ids_swept_to = items[-1][0]
+        credit_cutoff_ms = now_ms - max(limits.credit_ids_retention_s,
+                                        self.config.idempotency_retention_s) * 1000
         forgotten = 0
         if not none_remembered_before(items, cutoff_ms):
             for key, data in items:
-                if remembered_at_ms_read_fast(data) < cutoff_ms:
+                if _forgettable(data, cutoff_ms, credit_cutoff_ms, remembered_at_ms_read_fast):
                     # The open batch may hold it again, newer (a tombstone, then its original).
                     current = self.store.get("idempotency", key)
-                    if current is not None and _remembered_at_ms(current) < cutoff_ms:
+                    if current is not None and _forgettable(current, cutoff_ms,
+                                                            credit_cutoff_ms, _remembered_at_ms):
                         self.store.delete("idempotency", key)
                         forgotten += 1
         asked = self._write_back_asked_ms
