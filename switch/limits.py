@@ -199,7 +199,7 @@ lmdb_map_initial_size_bytes = 256 * 1024 * 1024
 lmdb_map_growth_factor = 2
 lmdb_map_grow_threshold_ratio = 0.75   # a commit that leaves the map this full grows it
 # Named databases an environment may open: every one of store.DATABASES, plus the retired ones
-# an upgrade opens to drop (32 exactly at schema 9, when this was 32: an upgrade from schema 4
+# an upgrade opens to drop (32 exactly from schema 9 on, when this was 32: an upgrade from schema 4
 # or older would have failed at the next database added). Each costs a few bytes a handle.
 lmdb_max_dbs = 48
 lmdb_max_readers = 126

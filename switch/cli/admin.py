@@ -553,23 +553,28 @@ def subsidy_requests(rows, batch: str, expires: str):
     return _sendable(requests, rejects)
 
 
-def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = None) -> str:
-    """The batch's name as sent (and as its rows' ids are derived from), once its name and
-    last day are checked, before anything is sent: a mistyped day would otherwise come back
-    as a refusal on every row. A day over in every time zone (before yesterday, UTC) is
-    refused here; one over only in the school's zone, by the switch.
+def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = None) -> None:
+    """The batch's name and last day, checked before anything is sent: a mistyped day would
+    otherwise come back as a refusal on every row. A day over in every time zone (before
+    yesterday, UTC) is refused here; one over only in the school's zone, by the switch.
 
-    The name is taken in Unicode's compatibility form with its spaces collapsed: typed again
-    on another machine, a full-width space (an IME's), full-width digits or a trailing space
-    would otherwise name another batch, with other ids, and pay every row again."""
+    A name that Unicode's compatibility form with its spaces collapsed would change (a
+    full-width space an IME typed, full-width digits, a space at an end or doubled) is
+    refused, naming that form: typed again on another machine such a name would name another
+    batch, with other ids, and pay every row again. Refused rather than rewritten: rows a
+    version before this one sent under the name as typed would be paid again under another."""
     try:
         batch.encode("utf-8")
     except UnicodeEncodeError:      # bytes of another encoding, passed through by Python
         raise UsageError("--batch: not readable as text; type it in a UTF-8 terminal "
                          "(LANG=zh_CN.UTF-8 or C.UTF-8)") from None
-    batch = " ".join(unicodedata.normalize("NFKC", batch).split())
-    if not 1 <= len(batch) <= limits.source_chars_max:
+    plain = " ".join(unicodedata.normalize("NFKC", batch).split())
+    if not 1 <= len(plain) <= limits.source_chars_max:
         raise UsageError(f"--batch: give a name of 1 to {limits.source_chars_max} characters")
+    if plain != batch:
+        raise UsageError(f"--batch {batch!r}: has characters another machine may type "
+                         f"otherwise (full-width spaces or digits, spaces at the ends or "
+                         f"doubled); name a new batch {plain!r}")
     try:
         last_day = datetime.date.fromisoformat(expires) \
             if identifiers.DAY.match(expires) else None
@@ -584,7 +589,6 @@ def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = 
     if last_day == datetime.date.max:     # a term ends at the next midnight: none follows it
         raise UsageError(f"--expires {expires}: the calendar's last day cannot end a term; "
                          f"give the batch's last day")
-    return batch
 
 
 async def run_subsidy_import(client: Client, path: str, rows: list, batch: str, expires: str,
@@ -829,7 +833,7 @@ def run(args) -> int:
         if args.admin_command == "import":
             work = read_import_rows(args.csv, args.encoding)
         elif args.admin_command == "import-subsidies":
-            args.batch = check_subsidy_batch(args.batch, args.expires)
+            check_subsidy_batch(args.batch, args.expires)
             work = read_import_rows(args.csv, args.encoding, SUBSIDY_COLUMNS, SUBSIDY_COLUMNS)
         else:
             work = _checked_request(args)

@@ -87,7 +87,8 @@ SENTENCES = {
     ("bad_request", "rotate_key"): "no credential {who}, or it is revoked",
     ("id_reuse", "subsidy"): "batch {batch} was issued to account {account} before with "
                              "another amount or last day; nothing changed (a batch keeps "
-                             "its first rows: a correction is a batch of another name)",
+                             "its first rows: a correction, or a new term soon after the "
+                             "last, is a batch of another name, e.g. with its month)",
     ("bad_request", "subsidy"): "the term ending {expires} is over in the school's time "
                                 "zone, account {account} holds batch {batch} with another "
                                 "last day or 64 batches already, or it is a room's account",

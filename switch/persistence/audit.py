@@ -49,7 +49,8 @@ from switch.core import layout
 from switch.ledger.card_office import should_be_listed
 from switch.ledger.state.blacklist import member_of_key
 from switch.persistence import writeback
-from switch.persistence.keys import SUBSIDY_GRANT, term_day_name
+from switch.persistence.keys import (GRANTS_FORGOTTEN_BELOW, SUBSIDY_GRANT, forgotten_below,
+                                     kept_subsidy_grants, term_day_name)
 from switch.persistence.store import STORE_DIR
 
 # Journal records that set a card's state: kind -> [(field naming the card, state it gets)].
@@ -65,6 +66,7 @@ _DATABASES = ("meta", "accounts", "journal", "holds", "hold_expiry", "cards", "b
               *writeback.LOG_NAMES)
 _CHAINED_SCHEMA = 5   # the first schema whose journal links each account's records
 _MARKED_SCHEMA = 6    # the first whose accounts count their records, with history marks
+_GRANTS_SCHEMA = 10   # the first that keeps every subsidy grant until its term ends
 
 
 
@@ -187,7 +189,7 @@ def _check(txn, dbs, report: AuditReport) -> None:
     schema = _schema(txn, dbs)
     chained = schema >= _CHAINED_SCHEMA
     # What the journal says each account's record count and history marks must be.
-    history = {"records": {}, "marks": set()}
+    history = {"records": {}, "marks": set(), "subsidies": []}
     sums, card_history, offline, closed_by, subsidies, newest = _check_journal(
         txn, dbs, report, chained, history)
     accounts: dict = {}
@@ -203,7 +205,9 @@ def _check(txn, dbs, report: AuditReport) -> None:
         _check_history_marks(txn, dbs, report, accounts, history)
     cards = _check_cards(txn, dbs, report, accounts, card_history)
     _check_offline(report, offline, cards, card_history)
-    _check_subsidy_grants(txn, dbs, report)
+    if schema >= _GRANTS_SCHEMA:
+        _check_subsidy_grants(txn, dbs, report, history["subsidies"], forgotten_below(
+            txn.get(GRANTS_FORGOTTEN_BELOW, db=dbs["meta"])))
 
 
 def _apply_logged_accounts(txn, dbs, report: AuditReport, accounts: dict) -> None:
@@ -310,6 +314,8 @@ def _check_journal(txn, dbs, report: AuditReport, chained: bool, history: dict):
                 (number, state, record["at"]))
         if record["kind"] == "offline":
             offline.append(record)
+        elif record["kind"] == "subsidy":
+            history["subsidies"].append(record)
         expected_txn += 1
         report.records += 1
     return sums, card_history, offline, closed_by, subsidies, newest
@@ -346,11 +352,14 @@ def _check_holds(txn, dbs, report: AuditReport, accounts: dict) -> dict[str, int
     return held
 
 
-def _check_subsidy_grants(txn, dbs, report: AuditReport) -> None:
+def _check_subsidy_grants(txn, dbs, report: AuditReport, journal_grants: list,
+                          kept_from: int) -> None:
     """Every kept subsidy grant has its index entry at its last day and every entry its
     grant (ledger/state/subsidies.py keeps them one to one): a grant without its entry is
-    never forgotten, and an entry without its grant is one whose grant was lost, so its
-    batch could be paid again (none in a data dir from before schema 9)."""
+    never forgotten, and an entry without its grant is one whose grant was lost. And every
+    grant of the journal whose term ends on day `kept_from` or later (the switch has
+    forgotten none of those, by what it wrote in `meta`) is kept: one lost could be paid
+    again."""
     grants: dict[bytes, int] = {}
     for key, value in _items(txn, dbs.get("subsidy_grants")):
         if len(value) != SUBSIDY_GRANT.size:
@@ -369,6 +378,14 @@ def _check_subsidy_grants(txn, dbs, report: AuditReport) -> None:
     for grant in sorted(grants.keys() - indexed):
         report.problems.append(f"subsidy grant {grant.hex()}: kept (to "
                                f"{_day_named(grants[grant])}) but not in the index")
+    for record in journal_grants:
+        kept = kept_subsidy_grants([record])
+        for key, (day, _) in kept.items():
+            if day >= kept_from and grants.get(key, day - 1) < day:
+                report.problems.append(
+                    f"txn {record['txn']}: subsidy of batch {record['batch']!r} (to "
+                    f"{_day_named(day)}) to {record['account']} is not kept among the "
+                    f"grants: it could be paid again")
 
 
 def _day_named(day: int) -> str:

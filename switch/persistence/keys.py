@@ -50,6 +50,15 @@ def subsidy_grant_key(account_id: str, batch: str, request_id) -> bytes:
 SUBSIDY_GRANT = struct.Struct(">qq")
 
 
+# `meta` key: the day below which kept subsidy grants may have been forgotten (8 bytes BE);
+# every grant of a term ending on it or later is kept.
+GRANTS_FORGOTTEN_BELOW = b"subsidy_grants_forgotten_below"
+
+
+def forgotten_below(value: bytes | None) -> int:
+    return 0 if value is None else int.from_bytes(value, "big")
+
+
 def term_day(expires: str) -> int:
     """A term's last day (`YYYY-MM-DD`) as days since 1970; ValueError if it is no day."""
     return date.fromisoformat(expires).toordinal() - _EPOCH_DAY
@@ -63,3 +72,23 @@ def subsidy_grant_expiry_key(day: int, grant_key: bytes) -> bytes:
     """`subsidy_grant_expiry` key: the term's last day first (8 bytes BE), so forgetting the
     grants of past terms is a range scan."""
     return day.to_bytes(8, "big") + grant_key
+
+
+def kept_subsidy_grants(records) -> dict[bytes, tuple[int, int]]:
+    """`subsidy_grants` key -> (last day, amount) each key keeps, from the `subsidy` journal
+    records `records` in txn order: the grant of the latest term (the switch replaces a kept
+    grant only by one of a later term; schema 8 could pay a key twice in any order of terms),
+    the newest of equal ones. A record the switch never writes is passed over (audit says
+    so)."""
+    kept: dict[bytes, tuple[int, int]] = {}
+    for record in records:
+        try:
+            key = subsidy_grant_key(record["account"], record["batch"], record["ref"])
+            day = term_day(record["expires"])
+            SUBSIDY_GRANT.pack(day, record["amount"])
+            subsidy_grant_expiry_key(day, key)           # a day before 1970 does not fit
+        except (KeyError, TypeError, ValueError, OverflowError, struct.error):
+            continue
+        if key not in kept or day >= kept[key][0]:
+            kept[key] = (day, record["amount"])
+    return kept

@@ -1,15 +1,12 @@
 """Upgrades a data dir written by an older switch to the schema this one reads, in place,
 inside the write transaction that checks the schema (all or nothing)."""
 
-import struct
-
 import msgpack
 
 from switch import limits
 from switch.core import layout
 from switch.identifiers import building_of
-from switch.persistence.keys import (SUBSIDY_GRANT, subsidy_grant_expiry_key, subsidy_grant_key,
-                                     term_day)
+from switch.persistence.keys import SUBSIDY_GRANT, kept_subsidy_grants, subsidy_grant_expiry_key
 
 
 def room_index_keys(school: str, account_id: str) -> tuple[bytes, bytes | None]:
@@ -124,32 +121,30 @@ def _log_account_records(txn, dbs) -> None:
     those logs, from opening the data dir and serving balances a commit has changed since."""
 
 
-def _note_subsidy_grants(txn, dbs) -> None:
-    """Schema 8 -> 9: every subsidy the journal holds gets its `subsidy_grants` key, so a batch
-    imported again after its ids were forgotten (or by another admin) is refused as granted
-    already, for grants made before the upgrade too. Terms long over are forgotten by the
-    next housekeeping passes."""
+def _grants_in_their_own_format(txn, dbs) -> None:
+    """Schema 8 -> 9: nothing here. Schema 9 was a development version whose
+    `subsidy_grants` had keys and values of another format; the step to 10 rebuilds them
+    from the journal, for a data dir of either version."""
+
+
+def _rebuild_subsidy_grants(txn, dbs) -> None:
+    """Schema 9 -> 10: every subsidy the journal holds gets its `subsidy_grants` entry (the
+    latest term's of each key, `kept_subsidy_grants`), so a batch imported again after its
+    ids were forgotten (or by another admin) is refused as granted already, for grants made
+    before the upgrade too. Whatever the two databases held is dropped first (schema 9's own
+    format). Terms long over are forgotten by the next housekeeping passes."""
     grants, expiry = dbs["subsidy_grants"], dbs["subsidy_grant_expiry"]
-    for _, record, _ in _journal_records(txn.cursor(db=dbs["journal"])):
-        if record.get("kind") != "subsidy":
-            continue
-        try:
-            key = subsidy_grant_key(record["account"], record["batch"], record["ref"])
-            day = term_day(record["expires"])
-            value = SUBSIDY_GRANT.pack(day, record["amount"])
-        except (KeyError, TypeError, ValueError, struct.error):
-            continue   # a record the switch never writes: audit says so
-        # The same key again (a batch name used for a later term, or a grant schema 8
-        # made twice): the newest record stands, with one index entry, as `note_grant` keeps.
-        previous = txn.get(key, db=grants)
-        if previous is not None:
-            txn.delete(subsidy_grant_expiry_key(SUBSIDY_GRANT.unpack(previous)[0], key),
-                       db=expiry)
-        txn.put(key, value, db=grants)
+    txn.drop(grants, delete=False)
+    txn.drop(expiry, delete=False)
+    records = (record for _, record, _ in _journal_records(txn.cursor(db=dbs["journal"]))
+               if record.get("kind") == "subsidy")
+    for key, (day, amount) in kept_subsidy_grants(records).items():
+        txn.put(key, SUBSIDY_GRANT.pack(day, amount), db=grants)
         txn.put(subsidy_grant_expiry_key(day, key), b"", db=expiry)
 
 
 # schema version -> the step that brings a data dir of that version to the next one.
 UPGRADES = {1: _index_rooms, 2: _pad_account_records, 3: _drop_id_expiry_index,
             4: _chain_account_histories, 5: _mark_account_histories, 6: _log_remembered_ids,
-            7: _log_account_records, 8: _note_subsidy_grants}
+            7: _log_account_records, 8: _grants_in_their_own_format,
+            9: _rebuild_subsidy_grants}

@@ -308,6 +308,7 @@ def test_grant_ids_are_kept_to_the_end_of_their_term_in_any_zone_then_forgotten(
     [(grant, value)] = term.committed("subsidy_grants").items()
     assert SUBSIDY_GRANT.unpack(value) == (day, 1)            # its last day, its amount
     assert list(term.committed("subsidy_grant_expiry")) == [day.to_bytes(8, "big") + grant]
+    assert _sound(term)            # audit expects no grant of a term over
 
 
 @pytest.fixture

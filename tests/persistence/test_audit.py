@@ -12,6 +12,7 @@ from switch.persistence.audit import audit
 from switch.core import layout
 from switch.cli.datadir import open_data_dir
 from switch.persistence import writeback
+from switch.persistence.keys import subsidy_grant_key
 from switch.persistence.store import STORE_DIR, Store, txn_key
 from tests.ledger.conftest import BALANCE, CARD, STUDENT, World, limits, populate
 
@@ -533,26 +534,33 @@ def test_logs_out_of_order_are_found(tmp_path, monkeypatch, key, message):
     assert any(message in problem for problem in report.problems), report.problems
 
 
-def test_subsidy_grants_and_their_index_are_checked_one_to_one(tmp_path):
+def test_subsidy_grants_are_checked_against_their_index_and_the_journal(tmp_path):
     campus = populate(World(tmp_path / "data"))
-    for number in range(2):
-        campus.ok(campus.admin, "subsidy", account=STUDENT, amount=100, expires="2099-12-31",
-                  batch=f"b{number}", id=f"s{number}")
+    txns = [campus.ok(campus.admin, "subsidy", account=STUDENT, amount=100,
+                      expires="2099-12-31", batch=f"b{number}", id=f"s{number}")["txn"]
+            for number in range(3)]
     campus.commit()
     campus.close()
     assert audit(str(campus.path)).sound
+    lost, moved, both = (subsidy_grant_key(STUDENT, f"b{number}", f"s{number}")
+                         for number in range(3))
     env = lmdb.open(os.path.join(str(campus.path), STORE_DIR), max_dbs=64, subdir=True)
     with env.begin(write=True) as txn:
         grants = env.open_db(b"subsidy_grants", txn=txn)
         index = env.open_db(b"subsidy_grant_expiry", txn=txn)
-        (lost, _), (moved, value) = list(txn.cursor(db=grants))
         txn.delete(lost, db=grants)                       # lost: its batch could pay again
         txn.put(moved, struct.pack(">qq", 1, 100), db=grants)   # kept for another day
+        txn.delete(both, db=grants)                       # lost with its index entry
+        txn.delete((47_481).to_bytes(8, "big") + both, db=index)
         txn.put(b"\xff" * 8 + b"x" * 16, b"", db=index)  # a forged entry of no real day
     env.close()
     problems = audit(str(campus.path)).problems
+    not_kept = "(to 2099-12-31) to WH20230001 is not kept among the grants: it could be paid again"
     assert sorted(problems) == sorted([
         f"subsidy grant {lost.hex()}: in the index at 2099-12-31 but not kept for that day",
         f"subsidy grant {moved.hex()}: in the index at 2099-12-31 but not kept for that day",
-        f"subsidy grant {(b'x' * 16).hex()}: in the index at day {2 ** 64 - 1} but not kept for that day",
-        f"subsidy grant {moved.hex()}: kept (to 1970-01-02) but not in the index"]), problems
+        f"subsidy grant {(b'x' * 16).hex()}: in the index at day {2 ** 64 - 1} but not kept "
+        f"for that day",
+        f"subsidy grant {moved.hex()}: kept (to 1970-01-02) but not in the index",
+        *(f"txn {txn}: subsidy of batch 'b{number}' {not_kept}"
+          for number, txn in enumerate(txns))]), problems

@@ -226,3 +226,68 @@ def test_an_upgrade_keeps_the_newest_term_of_a_batch_name_used_again(tmp_path):
     assert campus.code(campus.credential("office-3"), "subsidy", expires="2026-11-30",
                        **grant) == "exists"
     assert campus.account(STUDENT)["subsidy"] == 500
+
+
+def test_a_data_dir_of_the_development_schema_9_gets_its_grants_rebuilt(tmp_path):
+    """Schema 9 kept grants under msgpack keys with 8-byte values: read as they were, every
+    grant was missed and a due one stopped housekeeping. Its upgrade rebuilds them."""
+    campus = populate(World(tmp_path / "data"))
+    campus.set_local_time("2026-11-18T12:00:00")
+    grant = {"account": STUDENT, "amount": 500, "batch": "b", "id": "g1"}
+    campus.ok(campus.admin, "subsidy", expires="2026-11-30", **grant)
+    campus.ok(campus.admin, "subsidy", expires="2026-11-19", **{**grant, "batch": "c",
+                                                                "id": "g2"})
+    campus.commit()
+
+    def as_schema_9(data_dir: str) -> None:
+        env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
+        with env.begin(write=True) as txn:
+            grants = env.open_db(b"subsidy_grants", txn=txn)
+            expiry = env.open_db(b"subsidy_grant_expiry", txn=txn)
+            txn.drop(grants, delete=False)
+            txn.drop(expiry, delete=False)
+            for batch, request_id, day in (("b", "g1", 20_787), ("c", "g2", 20_776)):
+                old_key = msgpack.packb([STUDENT, batch, request_id], use_bin_type=True)
+                txn.put(old_key, day.to_bytes(8, "big"), db=grants)
+                txn.put(day.to_bytes(8, "big") + old_key, b"", db=expiry)
+            txn.put(b"schema_version", b"9", db=env.open_db(b"meta", txn=txn))
+        env.close()
+    campus.restart(while_closed=as_schema_9)
+    assert len(campus.committed("subsidy_grants")) == 2
+    campus.set_local_time("2026-11-22T12:00:00")     # the 19th's grant is due
+    assert campus.housekeep().failed is False
+    assert len(campus.committed("subsidy_grants")) == 1
+    campus.ok(campus.admin, "add_credential", who="office-2", role="admin")
+    assert campus.code(campus.credential("office-2"), "subsidy", expires="2026-11-30",
+                       **grant) == "exists"
+
+
+def test_an_upgrade_keeps_the_latest_term_of_a_key_paid_twice_and_passes_over_odd_records(
+        tmp_path):
+    """Schema 8 could pay one key twice, the later record naming the earlier term: the
+    grant kept is the latest term's, so a third send while it runs is refused. A record no
+    switch writes (a term before 1970) does not stop the upgrade."""
+    campus = populate(World(tmp_path / "data"))
+    campus.set_local_time("2026-11-18T12:00:00")
+    grant = {"account": STUDENT, "amount": 500, "batch": "b", "id": "g1"}
+    campus.ok(campus.admin, "subsidy", expires="2026-12-31", **grant)
+    campus.commit()
+
+    def as_schema_8_paid_twice(data_dir: str) -> None:
+        _as_schema_8(data_dir)
+        env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
+        with env.begin(write=True) as txn:
+            journal = env.open_db(b"journal", txn=txn)
+            last = max(int.from_bytes(key, "big") for key, _ in txn.cursor(db=journal))
+            record = msgpack.unpackb(txn.get(last.to_bytes(8, "big"), db=journal), raw=False)
+            for offset, expires in ((1, "2026-12-30"), (2, "1969-12-30")):
+                txn.put((last + offset).to_bytes(8, "big"), msgpack.packb(
+                    {**record, "txn": last + offset, "expires": expires}, use_bin_type=True),
+                    db=journal)
+        env.close()
+    campus.restart(while_closed=as_schema_8_paid_twice)
+    assert len(campus.committed("subsidy_grants")) == 1
+    campus.set_local_time("2026-12-31T09:00:00")
+    campus.ok(campus.admin, "add_credential", who="office-2", role="admin")
+    assert campus.code(campus.credential("office-2"), "subsidy", expires="2026-12-31",
+                       **grant) == "exists"

@@ -6,7 +6,8 @@ of their term (so expiring them is a range scan), and `subsidy_grants` with its 
 import msgpack
 
 from switch import limits
-from switch.persistence.keys import SUBSIDY_GRANT, subsidy_grant_expiry_key
+from switch.persistence.keys import (GRANTS_FORGOTTEN_BELOW, SUBSIDY_GRANT, forgotten_below,
+                                     subsidy_grant_expiry_key)
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 
@@ -87,6 +88,10 @@ class SubsidyBatches:
             visits += 1
             if self.store.get("subsidy_grant_expiry", key) is None:
                 continue
+            if forgotten_below(self.store.get("meta", GRANTS_FORGOTTEN_BELOW)) < day:
+                # In the same transaction as what it forgets: every grant of a term from
+                # this day on is still kept, which audit checks the journal against.
+                self.store.put("meta", GRANTS_FORGOTTEN_BELOW, limit)
             self.store.delete("subsidy_grant_expiry", key)
             grant_key = key[8:]
             current = self.grant(grant_key)
