@@ -32,6 +32,7 @@ card_id_chars_min = 4
 card_id_chars_max = 32
 credential_id_chars_max = 64
 source_chars_max = 64
+batch_name_changes_said_max = 3    # what import-subsidies names of a batch name's odd characters
 holder_chars_max = 64
 cards_per_account_max = 32         # an account's cards, old ones included; all listed at once
 pin_digits = 6

@@ -553,28 +553,33 @@ def subsidy_requests(rows, batch: str, expires: str):
     return _sendable(requests, rejects)
 
 
-def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = None) -> None:
+def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = None,
+                        as_typed: bool = False) -> None:
     """The batch's name and last day, checked before anything is sent: a mistyped day would
     otherwise come back as a refusal on every row. A day over in every time zone (before
     yesterday, UTC) is refused here; one over only in the school's zone, by the switch.
 
     A name that Unicode's compatibility form with its spaces collapsed would change (a
     full-width space an IME typed, full-width digits, a space at an end or doubled) is
-    refused, naming that form: typed again on another machine such a name would name another
-    batch, with other ids, and pay every row again. Refused rather than rewritten: rows a
-    version before this one sent under the name as typed would be paid again under another."""
+    refused, naming the characters and that form: typed again on another machine such a
+    name would name another batch, with other ids, and pay every row again. Not rewritten:
+    a batch first imported under the name as typed (an earlier version sent it so) goes on
+    under that name, with `as_typed` (--batch-as-typed)."""
     try:
         batch.encode("utf-8")
     except UnicodeEncodeError:      # bytes of another encoding, passed through by Python
         raise UsageError("--batch: not readable as text; type it in a UTF-8 terminal "
                          "(LANG=zh_CN.UTF-8 or C.UTF-8)") from None
     plain = " ".join(unicodedata.normalize("NFKC", batch).split())
-    if not 1 <= len(plain) <= limits.source_chars_max:
-        raise UsageError(f"--batch: give a name of 1 to {limits.source_chars_max} characters")
-    if plain != batch:
-        raise UsageError(f"--batch {batch!r}: has characters another machine may type "
-                         f"otherwise (full-width spaces or digits, spaces at the ends or "
-                         f"doubled); name a new batch {plain!r}")
+    if not 1 <= len(batch) <= limits.source_chars_max or not plain:
+        raise UsageError(f"--batch: give a name of 1 to {limits.source_chars_max} characters, "
+                         f"not only spaces")
+    if plain != batch and not as_typed:
+        raise UsageError(
+            f"--batch {batch!r}: {'; '.join(_typed_otherwise(batch))}: another machine may "
+            f"type it otherwise and so name another batch. For a new batch, name it "
+            f"{plain!r}; to go on with a batch first imported under exactly this name, keep "
+            f"it and add --batch-as-typed")
     try:
         last_day = datetime.date.fromisoformat(expires) \
             if identifiers.DAY.match(expires) else None
@@ -589,6 +594,24 @@ def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = 
     if last_day == datetime.date.max:     # a term ends at the next midnight: none follows it
         raise UsageError(f"--expires {expires}: the calendar's last day cannot end a term; "
                          f"give the batch's last day")
+
+
+def _typed_otherwise(batch: str) -> list[str]:
+    """What in a batch name its compatibility form would change, in words, the first few."""
+    said = []
+    if batch[:1].isspace():
+        said.append("a space at the start")
+    if batch[-1:].isspace():
+        said.append("a space at the end")
+    for at, (before, char) in enumerate(zip(" " + batch, batch), start=1):
+        if char != " " and (char.isspace() or unicodedata.normalize("NFKC", char) != char):
+            name = unicodedata.name(char, f"U+{ord(char):04X}")
+            said.append(f"{name} ({char!r}, U+{ord(char):04X}) at character {at}")
+        elif char == " " and before.isspace() and 1 < at:
+            said.append(f"a second space at character {at}")
+    shown = said[:limits.batch_name_changes_said_max]
+    more = len(said) - len(shown)
+    return shown + ([f"and {more} more"] if more else [])
 
 
 async def run_subsidy_import(client: Client, path: str, rows: list, batch: str, expires: str,
@@ -713,6 +736,9 @@ def add_parser(commands) -> None:
     p.add_argument("csv", help="CSV with columns account, amount (yuan)")
     p.add_argument("--batch", required=True, help="the school's batch name (1..64 characters)")
     p.add_argument("--expires", required=True, help="the batch's last day, YYYY-MM-DD")
+    p.add_argument("--batch-as-typed", action="store_true",
+                   help="send a batch name with full-width or doubled spaces as typed (only "
+                        "to go on with a batch first imported under exactly that name)")
     p.add_argument("--encoding", help="the CSV's encoding (default: UTF-8, else GB18030)")
 
 
@@ -833,7 +859,7 @@ def run(args) -> int:
         if args.admin_command == "import":
             work = read_import_rows(args.csv, args.encoding)
         elif args.admin_command == "import-subsidies":
-            check_subsidy_batch(args.batch, args.expires)
+            check_subsidy_batch(args.batch, args.expires, as_typed=args.batch_as_typed)
             work = read_import_rows(args.csv, args.encoding, SUBSIDY_COLUMNS, SUBSIDY_COLUMNS)
         else:
             work = _checked_request(args)

@@ -44,8 +44,17 @@ def forget_past_grants(ledger) -> int:
     midnight, at most a day and a half after that day began in UTC, so a term's last day D
     is over everywhere once UTC day D + 2 has begun. A grant whose term is over guards
     nothing: sent again with its last day it is refused as over, and with a later one it is
-    the batch's name used for a new term."""
+    the batch's name used for a new term.
+
+    Today is taken as no later than the day of the journal's newest record: a switch
+    started with its clock days ahead (the trusted clock believes its first reading) forgets
+    nothing early until it has journaled something at that time, and audit checks the day
+    it wrote in `meta` against the journal's newest record."""
     today = ledger.now_ms() // 86_400_000
+    newest = ledger.journal_record(ledger.store.last_txn)
+    if newest is None:      # nothing journaled: nothing was granted
+        return 0
+    today = min(today, newest["at"] // 86_400_000)
     return ledger.subsidy_batches.forget_grants_before(
         today - 1, limits.subsidy_grants_forgotten_per_pass_max)
 

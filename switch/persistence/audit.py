@@ -30,7 +30,12 @@ and checks the sums and what they mean:
 - subsidies: each account's purse equals what the journal put in and took out of it
   (`from_subsidy`, the part of a record's `amount` the purse paid; each record's `subsidy`
   where it says one) and what its batches hold; its balance equals its journal amounts
-  less what the purse paid;
+  less what the purse paid; every subsidy grant is kept with its index entry, and every
+  grant of the journal whose term housekeeping has not yet forgotten is kept (schema 10
+  on), the day it says it forgot up to lying before the journal's newest record;
+- time (a notice, not a discrepancy: the journal is not rewritten): where a record is dated
+  more than a day before an earlier one, the clock ran ahead and what the switch does by
+  the clock it did early;
 - the logs of account records and remembered ids not yet written back
   (persistence/writeback.py): each account is checked as its newest logged record, and every record
   decodes, under an LSN found once, and the older log's records all precede the newer's
@@ -40,6 +45,7 @@ and checks the sums and what they mean:
 
 import os
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import lmdb
 import msgpack
@@ -77,6 +83,9 @@ class AuditReport:
     total_balance_fen: int = 0
     open_holds: int = 0
     problems: list = field(default_factory=list)
+    # What an auditor should know that no correction of the books can undo (the journal's
+    # times going back): said, and the books still sound.
+    notices: list = field(default_factory=list)
     unreadable: str | None = None     # why there were no books to check
 
     @classmethod
@@ -90,12 +99,14 @@ class AuditReport:
     def summary(self) -> str:
         head = (f"journal records {self.records}, accounts {self.accounts}, "
                 f"sum of balances {self.total_balance_fen} fen, open holds {self.open_holds}")
+        noticed = [f"notice: {notice}"
+                   for notice in self.notices[:limits.audit_discrepancies_shown_max]]
         if self.sound:
-            return "audit: sound\n" + head
+            return "\n".join(["audit: sound", head, *noticed])
         shown = self.problems[:limits.audit_discrepancies_shown_max]
         more = len(self.problems) - len(shown)
         return "\n".join(["audit: DISCREPANCIES", head, *shown] +
-                         ([f"... and {more} more"] if more else []))
+                         ([f"... and {more} more"] if more else []) + noticed)
 
 
 def audit(data_dir: str) -> AuditReport:
@@ -189,7 +200,13 @@ def _check(txn, dbs, report: AuditReport) -> None:
     schema = _schema(txn, dbs)
     chained = schema >= _CHAINED_SCHEMA
     # What the journal says each account's record count and history marks must be.
-    history = {"records": {}, "marks": set(), "subsidies": []}
+    # The journal's subsidy grants are gathered only from the day housekeeping has not
+    # forgotten below, one per grant key (the latest term's), so the walk holds no more
+    # than the grants table does.
+    grants_kept_from = (forgotten_below(txn.get(GRANTS_FORGOTTEN_BELOW, db=dbs["meta"]))
+                        if schema >= _GRANTS_SCHEMA else None)
+    history = {"records": {}, "marks": set(), "grants": {}, "grants_from": grants_kept_from,
+               "newest_day": None, "latest": None, "behind": None}
     sums, card_history, offline, closed_by, subsidies, newest = _check_journal(
         txn, dbs, report, chained, history)
     accounts: dict = {}
@@ -205,9 +222,9 @@ def _check(txn, dbs, report: AuditReport) -> None:
         _check_history_marks(txn, dbs, report, accounts, history)
     cards = _check_cards(txn, dbs, report, accounts, card_history)
     _check_offline(report, offline, cards, card_history)
-    if schema >= _GRANTS_SCHEMA:
-        _check_subsidy_grants(txn, dbs, report, history["subsidies"], forgotten_below(
-            txn.get(GRANTS_FORGOTTEN_BELOW, db=dbs["meta"])))
+    if grants_kept_from is not None:
+        _check_subsidy_grants(txn, dbs, report, history["grants"], grants_kept_from,
+                              history["newest_day"])
 
 
 def _apply_logged_accounts(txn, dbs, report: AuditReport, accounts: dict) -> None:
@@ -314,11 +331,41 @@ def _check_journal(txn, dbs, report: AuditReport, chained: bool, history: dict):
                 (number, state, record["at"]))
         if record["kind"] == "offline":
             offline.append(record)
-        elif record["kind"] == "subsidy":
-            history["subsidies"].append(record)
+        elif record["kind"] == "subsidy" and history["grants_from"] is not None:
+            _note_journal_grant(history["grants"], record, history["grants_from"])
+        _check_time(report, number, record["at"], history)
         expected_txn += 1
         report.records += 1
     return sums, card_history, offline, closed_by, subsidies, newest
+
+
+# How far a record's time may lie before an earlier record's: a clock put right by NTP moves
+# by seconds; one put back by days was ahead, and what the switch did by it (a batch lapsed,
+# grants and ids forgotten, holds released) happened early.
+_TIME_BACK_MS_MAX = 86_400_000
+
+
+def _check_time(report: AuditReport, number: int, at: int, history: dict) -> None:
+    """Note the journal's newest day, and say where its times go back by more than a day:
+    once for each latest record the journal falls behind."""
+    latest = history["latest"]
+    if latest is None or at > latest[1]:
+        history["latest"] = latest = (number, at)
+        history["newest_day"] = at // 86_400_000
+    elif at < latest[1] - _TIME_BACK_MS_MAX and history["behind"] != latest:
+        history["behind"] = latest
+        report.notices.append(
+            f"txn {number}: recorded at {_moment(at)}, {(latest[1] - at) // 3_600_000} h "
+            f"before txn {latest[0]} ({_moment(latest[1])}): the clock was ahead then, and "
+            f"what the switch did by it (subsidies lapsed, grants, ids and holds let go) it "
+            f"did early")
+
+
+def _moment(at_ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(at_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except (ValueError, OverflowError, OSError):
+        return f"{at_ms} ms"
 
 
 _RECORD_FIELDS = (("account", str), ("amount", int), ("balance", int), ("kind", str),
@@ -352,14 +399,31 @@ def _check_holds(txn, dbs, report: AuditReport, accounts: dict) -> dict[str, int
     return held
 
 
-def _check_subsidy_grants(txn, dbs, report: AuditReport, journal_grants: list,
-                          kept_from: int) -> None:
+def _note_journal_grant(grants: dict, record: dict, kept_from: int) -> None:
+    """Note a journal `subsidy` record in `grants` (grant key -> (last day, its record)),
+    when its term ends on day `kept_from` or later and is the latest of its key so far."""
+    for key, (day, _) in kept_subsidy_grants([record]).items():
+        if day >= kept_from and (key not in grants or day >= grants[key][0]):
+            grants[key] = (day, record)
+
+
+def _check_subsidy_grants(txn, dbs, report: AuditReport, journal_grants: dict,
+                          kept_from: int, newest_day: int | None) -> None:
     """Every kept subsidy grant has its index entry at its last day and every entry its
     grant (ledger/state/subsidies.py keeps them one to one): a grant without its entry is
-    never forgotten, and an entry without its grant is one whose grant was lost. And every
+    never forgotten, and an entry without its grant is one whose grant was lost. Every
     grant of the journal whose term ends on day `kept_from` or later (the switch has
     forgotten none of those, by what it wrote in `meta`) is kept: one lost could be paid
-    again."""
+    again. And `kept_from` itself is no later than the day before the journal's newest
+    record: housekeeping forgets a term two days after it ended, and never past that
+    record's day, so a later one was written by a clock running ahead or by hand, and the
+    grants it let go are not checked."""
+    if kept_from > 0 and (newest_day is None or kept_from > newest_day - 1):
+        newest = "none" if newest_day is None else f"of {_day_named(newest_day)}"
+        report.problems.append(
+            f"meta: subsidy grants forgotten up to {_day_named(kept_from - 1)}, but the "
+            f"journal's newest record is {newest}: grants of terms not yet over may have "
+            f"been forgotten (a clock running ahead?), and could be paid again")
     grants: dict[bytes, int] = {}
     for key, value in _items(txn, dbs.get("subsidy_grants")):
         if len(value) != SUBSIDY_GRANT.size:
@@ -378,14 +442,12 @@ def _check_subsidy_grants(txn, dbs, report: AuditReport, journal_grants: list,
     for grant in sorted(grants.keys() - indexed):
         report.problems.append(f"subsidy grant {grant.hex()}: kept (to "
                                f"{_day_named(grants[grant])}) but not in the index")
-    for record in journal_grants:
-        kept = kept_subsidy_grants([record])
-        for key, (day, _) in kept.items():
-            if day >= kept_from and grants.get(key, day - 1) < day:
-                report.problems.append(
-                    f"txn {record['txn']}: subsidy of batch {record['batch']!r} (to "
-                    f"{_day_named(day)}) to {record['account']} is not kept among the "
-                    f"grants: it could be paid again")
+    for key, (day, record) in sorted(journal_grants.items(), key=lambda item: item[1][1]["txn"]):
+        if grants.get(key, day - 1) < day:
+            report.problems.append(
+                f"txn {record['txn']}: subsidy of batch {record['batch']!r} (to "
+                f"{_day_named(day)}) to {record['account']} is not kept among the "
+                f"grants: it could be paid again")
 
 
 def _day_named(day: int) -> str:

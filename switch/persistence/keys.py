@@ -50,8 +50,9 @@ def subsidy_grant_key(account_id: str, batch: str, request_id) -> bytes:
 SUBSIDY_GRANT = struct.Struct(">qq")
 
 
-# `meta` key: the day below which kept subsidy grants may have been forgotten (8 bytes BE);
-# every grant of a term ending on it or later is kept.
+# `meta` key: the day after the latest term whose grants housekeeping has forgotten (8 bytes
+# BE; schema 10 before 2026-12 wrote the day below which it looked, never less); every grant
+# of a term ending on it or later is kept.
 GRANTS_FORGOTTEN_BELOW = b"subsidy_grants_forgotten_below"
 
 

@@ -104,6 +104,25 @@ def test_a_subsidy_batch_imports_by_row_once(running_switch, tmp_path):
     assert "--id" not in other_term.stdout        # the import has no such option to give
 
 
+def test_a_batch_begun_under_a_name_with_a_full_width_space_goes_on_as_typed(running_switch,
+                                                                            tmp_path):
+    """An earlier version sent the name as typed: rows of that batch sent again under the
+    same name are already present, under its plain form they would be paid again."""
+    connect, data = running_switch
+    assert admin(connect, data, "open-account", "WH20270004", "--school", "WH", "--kind",
+                 "person", "--id-last6", "123456").returncode == 0
+    path = tmp_path / "subsidy.csv"
+    path.write_text("account,amount\nWH20270004,10\n", encoding="utf-8")
+    batch = ["--batch", "2027-03\u3000补助", "--expires", "2099-03-31"]
+    refused = admin(connect, data, "import-subsidies", str(path), *batch)
+    assert refused.returncode == 2 and "--batch-as-typed" in one_line_error(refused)
+    for said in ("1 rows, 1 created, 0 already present", "0 created, 1 already present"):
+        ran = admin(connect, data, "import-subsidies", str(path), *batch, "--batch-as-typed")
+        assert ran.returncode == 0 and said in ran.stdout, (ran.stdout, ran.stderr)
+    shown = admin(connect, data, "--json", "account", "WH20270004")
+    assert '"subsidy": 1000' in shown.stdout, shown.stdout
+
+
 @pytest.mark.parametrize("option, said", [
     (["--expires", "2099-02-30"], "--expires: not a day: '2099-02-30'"),
     (["--expires", "31/03/2099"], "--expires: not a day: '31/03/2099'"),
@@ -112,7 +131,7 @@ def test_a_subsidy_batch_imports_by_row_once(running_switch, tmp_path):
     (["--batch", ""], "--batch: give a name of 1 to"),
     (["--batch", "x" * (limits.source_chars_max + 1)], "--batch: give a name of 1 to"),
     (["--batch", "\u3000 "], "--batch: give a name of 1 to"),        # spaces only
-    (["--batch", "b\u3000c"], "name a new batch 'b c'"),
+    (["--batch", "b\u3000c"], "IDEOGRAPHIC SPACE ('\\u3000', U+3000) at character 2"),
     (["--expires", "9999-12-31"], "the calendar's last day cannot end a term"),
 ])
 def test_a_subsidy_batch_with_a_mistyped_term_or_name_is_refused_before_any_row_is_sent(
@@ -136,9 +155,34 @@ def test_a_subsidy_batch_with_a_mistyped_term_or_name_is_refused_before_any_row_
 def test_a_batch_name_another_machine_may_type_otherwise_is_refused_naming_its_plain_form(
         typed):
     # Rewritten, it would name another batch than rows an earlier version sent as typed.
-    with pytest.raises(UsageError, match="name a new batch '2027-03 伙食补助'"):
+    with pytest.raises(UsageError, match="For a new batch, name it '2027-03 伙食补助'; to go "
+                                         "on with a batch first imported under exactly this "
+                                         "name, keep it and add --batch-as-typed"):
         check_subsidy_batch(typed, "2099-03-31")
     check_subsidy_batch("2027-03 伙食补助", "2099-03-31")
+    check_subsidy_batch(typed, "2099-03-31", as_typed=True)      # a batch begun so goes on
+
+
+@pytest.mark.parametrize("typed, said", [
+    ("2027-03\u3000补助", r"IDEOGRAPHIC SPACE \('\\u3000', U\+3000\) at character 8:"),
+    (" b", "a space at the start:"),
+    ("b ", "a space at the end:"),
+    ("a  b", "a second space at character 3:"),
+    ("２０２７补助", "FULLWIDTH DIGIT TWO .* at character 1; FULLWIDTH DIGIT ZERO .* at "
+                "character 2; FULLWIDTH DIGIT TWO .* at character 3; and 1 more:"),
+])
+def test_a_refused_batch_name_says_which_characters_another_machine_types_otherwise(
+        typed, said):
+    with pytest.raises(UsageError, match=said):
+        check_subsidy_batch(typed, "2099-03-31")
+
+
+def test_a_batch_name_is_counted_as_typed_not_as_its_plain_form():
+    # 65 characters as typed, 64 once the doubled space is collapsed: the switch would
+    # refuse every row of it sent as typed.
+    typed = "x" * 31 + "  " + "x" * 32
+    with pytest.raises(UsageError, match="give a name of 1 to 64 characters"):
+        check_subsidy_batch(typed, "2099-03-31", as_typed=True)
 
 
 def test_a_batch_name_in_bytes_of_another_encoding_is_refused_in_words():

@@ -301,6 +301,11 @@ def test_grant_ids_are_kept_to_the_end_of_their_term_in_any_zone_then_forgotten(
     term.clock.ms += 86_400_000           # 2026-11-22 00:00 UTC: over everywhere
     monkeypatch.setattr(limits, "subsidy_grants_forgotten_per_pass_max", 2)
     term.housekeep()
+    # ... but the journal's newest record is of the 21st (the batch's lapse): the clock may
+    # be ahead, and nothing journaled on the 22nd says otherwise.
+    assert len(term.committed("subsidy_grants")) == 4
+    term.ok(term.service, "credit", account=STUDENT, amount=7, source="t", id="c1")
+    term.housekeep()
     assert len(term.committed("subsidy_grants")) == 2      # at most the pass's bound
     term.housekeep()
     assert len(term.committed("subsidy_grants")) == 1      # the later term's stays
@@ -372,3 +377,19 @@ def test_the_longest_batch_and_id_of_four_byte_characters_commit(term):
     assert term.code(term.admin, "subsidy", account=STUDENT, amount=1, expires="2026-11-30",
                      batch="𠀀" * limits.source_chars_max, id="𠀀" * 64) == "ok"   # a replay
     assert term.account(STUDENT)["subsidy"] == 1
+
+
+def test_a_clock_days_ahead_forgets_no_grant_before_it_has_journaled_anything(term):
+    """A switch started with its clock weeks ahead believes it (there is nothing to compare
+    it with): until it has journaled at that time, no grant is forgotten; the day it may
+    forget below is the journal's newest record's, not the clock's."""
+    term.ok(term.admin, "subsidy", account=STUDENT, amount=100, expires="2026-11-20",
+            batch="b", id="g")
+    assert term.code(term.pos, "debit", card=CARD, amount=100, id="d") == "ok"   # spent:
+    term.commit()                                                # nothing of it lapses
+    term.set_local_time("2027-01-10T12:00:00")
+    for _ in range(2):
+        term.housekeep()
+    assert len(term.committed("subsidy_grants")) == 1
+    assert term.committed("meta").get(b"subsidy_grants_forgotten_below") is None
+    assert _sound(term)

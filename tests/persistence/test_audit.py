@@ -564,3 +564,92 @@ def test_subsidy_grants_are_checked_against_their_index_and_the_journal(tmp_path
         f"subsidy grant {moved.hex()}: kept (to 1970-01-02) but not in the index",
         *(f"txn {txn}: subsidy of batch 'b{number}' {not_kept}"
           for number, txn in enumerate(txns))]), problems
+
+
+def _delete_grant(data_dir, key: bytes, day: int) -> None:
+    env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
+    with env.begin(write=True) as txn:
+        txn.delete(key, db=env.open_db(b"subsidy_grants", txn=txn))
+        txn.delete(day.to_bytes(8, "big") + key, db=env.open_db(b"subsidy_grant_expiry", txn=txn))
+    env.close()
+
+
+def _grants_forgotten_below(data_dir) -> int:
+    env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True, readonly=True)
+    with env.begin() as txn:
+        value = txn.get(b"subsidy_grants_forgotten_below", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    return int.from_bytes(value, "big")
+
+
+def test_a_grant_lost_from_the_first_day_housekeeping_still_keeps_is_found(tmp_path):
+    """Housekeeping forgot the grants of November 19 and says so in `meta`; a grant of the
+    20th, the first day it still keeps, lost with its index entry, is a grant that could be
+    paid again, and audit says which."""
+    campus = populate(World(tmp_path / "data"))
+    campus.set_local_time("2026-11-18T12:00:00")
+    for batch, expires in (("a", "2026-11-19"), ("b", "2026-11-20")):
+        campus.ok(campus.admin, "subsidy", account=STUDENT, amount=100, expires=expires,
+                  batch=batch, id=f"g-{batch}")
+    campus.commit()
+    campus.set_local_time("2026-11-21T12:00:00")     # 04:00 UTC: the 19th is over everywhere
+    campus.ok(campus.service, "credit", account=STUDENT, amount=1, source="t", id="c")
+    campus.housekeep()
+    assert len(campus.committed("subsidy_grants")) == 1
+    campus.commit()
+    campus.close()
+    november_20 = 20_777
+    assert _grants_forgotten_below(str(campus.path)) == november_20
+    assert audit(str(campus.path)).sound
+    _delete_grant(str(campus.path), subsidy_grant_key(STUDENT, "b", "g-b"), november_20)
+    problems = audit(str(campus.path)).problems
+    assert len(problems) == 1 and problems[0].endswith(
+        "subsidy of batch 'b' (to 2026-11-20) to WH20230001 is not kept among the grants: it "
+        "could be paid again"), problems
+
+
+def test_a_day_forgotten_past_the_journal_is_found(tmp_path):
+    """What `meta` says housekeeping forgot up to lies before the journal's newest record's
+    day (ledger/subsidies.py); a later day was written by a clock running ahead, and the
+    grants of terms still running it let go are not checked against the journal."""
+    campus = populate(World(tmp_path / "data"))
+    campus.set_local_time("2026-11-18T12:00:00")
+    campus.ok(campus.admin, "subsidy", account=STUDENT, amount=100, expires="2026-11-30",
+              batch="a", id="g")
+    campus.commit()
+    campus.close()
+    env = lmdb.open(os.path.join(str(campus.path), STORE_DIR), max_dbs=64, subdir=True)
+    with env.begin(write=True) as txn:
+        txn.put(b"subsidy_grants_forgotten_below", (20_776).to_bytes(8, "big"),
+                db=env.open_db(b"meta", txn=txn))     # November 19: two days after the 18th
+    env.close()
+    assert audit(str(campus.path)).problems == [
+        "meta: subsidy grants forgotten up to 2026-11-18, but the journal's newest record is of "
+        "2026-11-18: grants of terms not yet over may have been forgotten (a clock running "
+        "ahead?), and could be paid again"]
+
+
+def test_a_journal_whose_time_goes_back_by_days_is_noticed_once(tmp_path):
+    """A switch that ran with its clock days ahead and was put right: its journal goes back
+    in time, said once at the first record behind (not at every record after it), and a
+    clock put right by seconds is no finding."""
+    campus = populate(World(tmp_path / "data"))
+    campus.set_local_time("2026-11-18T12:00:00")
+    campus.ok(campus.service, "credit", account=STUDENT, amount=1, source="t", id="c0")
+    campus.clock.ms -= 5_000                                    # NTP: seconds back
+    campus.ok(campus.service, "credit", account=STUDENT, amount=1, source="t", id="c1")
+    campus.set_local_time("2027-01-10T12:00:00")                # ahead by weeks
+    ahead = campus.ok(campus.service, "credit", account=STUDENT, amount=1, source="t",
+                      id="c2")["txn"]
+    campus.set_local_time("2026-11-18T13:00:00")                # put right
+    behind = [campus.ok(campus.service, "credit", account=STUDENT, amount=1, source="t",
+                        id=f"c{number}")["txn"] for number in range(3, 6)]
+    campus.commit()
+    campus.close()
+    report = audit(str(campus.path))
+    assert report.sound, report.problems         # nothing to correct: the books are right
+    assert f"notice: txn {behind[0]}: recorded at" in report.summary()
+    assert report.notices == [
+        f"txn {behind[0]}: recorded at 2026-11-18 05:00 UTC, 1271 h before txn {ahead} "
+        f"(2027-01-10 04:00 UTC): the clock was ahead then, and what the switch did by it "
+        f"(subsidies lapsed, grants, ids and holds let go) it did early"]

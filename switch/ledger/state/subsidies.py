@@ -88,10 +88,12 @@ class SubsidyBatches:
             visits += 1
             if self.store.get("subsidy_grant_expiry", key) is None:
                 continue
-            if forgotten_below(self.store.get("meta", GRANTS_FORGOTTEN_BELOW)) < day:
-                # In the same transaction as what it forgets: every grant of a term from
-                # this day on is still kept, which audit checks the journal against.
-                self.store.put("meta", GRANTS_FORGOTTEN_BELOW, limit)
+            above = int.from_bytes(key[:8], "big") + 1
+            if forgotten_below(self.store.get("meta", GRANTS_FORGOTTEN_BELOW)) < above:
+                # In the same transaction as what it forgets: every grant of a term ending
+                # after the latest one forgotten is still kept, which audit checks the
+                # journal against (and this day against the journal's newest).
+                self.store.put("meta", GRANTS_FORGOTTEN_BELOW, above.to_bytes(8, "big"))
             self.store.delete("subsidy_grant_expiry", key)
             grant_key = key[8:]
             current = self.grant(grant_key)
