@@ -72,6 +72,11 @@ idempotency_retention_s = 8 * 24 * 3600   # > offline_window_s + offline_future_
 # reconciliation, or from its outbox restored from a backup, gets a replay, not a second
 # credit. About 150 bytes a recharge: 30,000 students recharging weekly keep some 250 MB.
 credit_ids_retention_s = 400 * 24 * 3600
+# A subsidy grant is kept this many days after its term is over in every time zone: an import
+# run again from a reconciliation within it pays nothing twice, and a switch whose clock runs
+# ahead by less (believed after a start or clock_jump_confirm_s) forgets no grant whose term
+# still runs. About 60 bytes a grant: 30,000 students' monthly batches keep some 30 MB.
+subsidy_grants_kept_s = 400 * 24 * 3600
 # Remembered ids the retention sweep visits per housekeeping pass (five a second): a full cycle
 # through N ids takes N / (5 x this) seconds, and the sweep keeps up while fewer than 20,000 ids
 # are remembered per second (docs/RELIABILITY.md, idempotency retention). Small passes: the event

@@ -559,9 +559,10 @@ def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = 
     otherwise come back as a refusal on every row. A day over in every time zone (before
     yesterday, UTC) is refused here; one over only in the school's zone, by the switch.
 
-    A name that Unicode's compatibility form with its spaces collapsed would change (a
-    full-width space an IME typed, full-width digits, a space at an end or doubled) is
-    refused, naming the characters and that form: typed again on another machine such a
+    A name that Unicode's compatibility form with its spaces collapsed and its invisible
+    characters dropped would change (a full-width space an IME typed, full-width digits, a
+    space at an end or doubled, a letter and its accent apart, a zero-width space or a
+    direction mark pasted in) is refused, naming the characters and that form: typed again on another machine such a
     name would name another batch, with other ids, and pay every row again. Not rewritten:
     a batch first imported under the name as typed (an earlier version sent it so) goes on
     under that name, with `as_typed` (--batch-as-typed)."""
@@ -570,7 +571,7 @@ def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = 
     except UnicodeEncodeError:      # bytes of another encoding, passed through by Python
         raise UsageError("--batch: not readable as text; type it in a UTF-8 terminal "
                          "(LANG=zh_CN.UTF-8 or C.UTF-8)") from None
-    plain = " ".join(unicodedata.normalize("NFKC", batch).split())
+    plain = _plain_batch(batch)
     if not 1 <= len(batch) <= limits.source_chars_max or not plain:
         raise UsageError(f"--batch: give a name of 1 to {limits.source_chars_max} characters, "
                          f"not only spaces")
@@ -596,19 +597,38 @@ def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = 
                          f"give the batch's last day")
 
 
+def _invisible(char: str) -> bool:
+    """A control or format character that is not a space (zero-width space and joiner,
+    direction marks, the BOM, a soft hyphen): nothing another machine would type."""
+    return unicodedata.category(char) in ("Cc", "Cf") and not char.isspace()
+
+
+def _plain_batch(batch: str) -> str:
+    """A batch name as any machine types it: compatibility form, invisible characters
+    dropped, spaces collapsed."""
+    shown = "".join(char for char in batch if not _invisible(char))
+    return " ".join(unicodedata.normalize("NFKC", shown).split())
+
+
 def _typed_otherwise(batch: str) -> list[str]:
-    """What in a batch name its compatibility form would change, in words, the first few."""
+    """What in a batch name its plain form would change, in words, the first few."""
     said = []
     if batch[:1].isspace():
         said.append("a space at the start")
     if batch[-1:].isspace():
         said.append("a space at the end")
     for at, (before, char) in enumerate(zip(" " + batch, batch), start=1):
-        if char != " " and (char.isspace() or unicodedata.normalize("NFKC", char) != char):
-            name = unicodedata.name(char, f"U+{ord(char):04X}")
-            said.append(f"{name} ({char!r}, U+{ord(char):04X}) at character {at}")
+        if char != " " and (char.isspace() or _invisible(char)
+                             or unicodedata.normalize("NFKC", char) != char):
+            name = unicodedata.name(char, "a control character")
+            said.append(f"{name} (U+{ord(char):04X}) at character {at}")
         elif char == " " and before.isspace() and 1 < at:
             said.append(f"a second space at character {at}")
+    if not said:     # each character is its own form, but together they compose
+        at = next((at for at in range(1, len(batch) + 1)
+                   if unicodedata.normalize("NFKC", batch[:at]) != batch[:at]), 1)
+        said.append(f"characters that compose into one (a letter and its accent, say) "
+                    f"ending at character {at}")
     shown = said[:limits.batch_name_changes_said_max]
     more = len(said) - len(shown)
     return shown + ([f"and {more} more"] if more else [])

@@ -40,23 +40,17 @@ def expire_due_subsidies(ledger) -> int:
 
 
 def forget_past_grants(ledger) -> int:
-    """Forget the grants whose term has ended in every time zone: a day's end is local
-    midnight, at most a day and a half after that day began in UTC, so a term's last day D
-    is over everywhere once UTC day D + 2 has begun. A grant whose term is over guards
-    nothing: sent again with its last day it is refused as over, and with a later one it is
-    the batch's name used for a new term.
-
-    Today is taken as no later than the day of the journal's newest record: a switch
-    started with its clock days ahead (the trusted clock believes its first reading) forgets
-    nothing early until it has journaled something at that time, and audit checks the day
-    it wrote in `meta` against the journal's newest record."""
+    """Forget the grants whose term has been over everywhere for `subsidy_grants_kept_s`:
+    a day's end is local midnight, at most a day and a half after that day began in UTC, so a
+    term's last day D is over everywhere once UTC day D + 2 has begun. Kept that long past
+    it, not just to its end: a grant whose term is over guards nothing on a right clock
+    (sent again with its last day it is refused as over), but a switch that believes a clock
+    weeks ahead must not forget grants still running, to pay them again once it is put
+    right."""
     today = ledger.now_ms() // 86_400_000
-    newest = ledger.journal_record(ledger.store.last_txn)
-    if newest is None:      # nothing journaled: nothing was granted
-        return 0
-    today = min(today, newest["at"] // 86_400_000)
     return ledger.subsidy_batches.forget_grants_before(
-        today - 1, limits.subsidy_grants_forgotten_per_pass_max)
+        today - 1 - limits.subsidy_grants_kept_s // 86_400,
+        limits.subsidy_grants_forgotten_per_pass_max)
 
 
 def clear_on_close(ledger, credential, account_id: str, ref) -> None:

@@ -32,7 +32,8 @@ and checks the sums and what they mean:
   where it says one) and what its batches hold; its balance equals its journal amounts
   less what the purse paid; every subsidy grant is kept with its index entry, and every
   grant of the journal whose term housekeeping has not yet forgotten is kept (schema 10
-  on), the day it says it forgot up to lying before the journal's newest record;
+  on); no grant (account, batch, id, last day) is paid twice (a discrepancy from schema 11
+  on; a notice for one an older switch paid before the upgrade);
 - time (a notice, not a discrepancy: the journal is not rewritten): where a record is dated
   more than a day before an earlier one, the clock ran ahead and what the switch does by
   the clock it did early;
@@ -55,8 +56,9 @@ from switch.core import layout
 from switch.ledger.card_office import should_be_listed
 from switch.ledger.state.blacklist import member_of_key
 from switch.persistence import writeback
-from switch.persistence.keys import (GRANTS_FORGOTTEN_BELOW, SUBSIDY_GRANT, forgotten_below,
-                                     kept_subsidy_grants, term_day_name)
+from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, GRANTS_FORGOTTEN_BELOW,
+                                     SUBSIDY_GRANT, forgotten_below, kept_subsidy_grants,
+                                     term_day_name)
 from switch.persistence.store import STORE_DIR
 
 # Journal records that set a card's state: kind -> [(field naming the card, state it gets)].
@@ -73,6 +75,7 @@ _DATABASES = ("meta", "accounts", "journal", "holds", "hold_expiry", "cards", "b
 _CHAINED_SCHEMA = 5   # the first schema whose journal links each account's records
 _MARKED_SCHEMA = 6    # the first whose accounts count their records, with history marks
 _GRANTS_SCHEMA = 10   # the first that keeps every subsidy grant until its term ends
+_PAID_ONCE_SCHEMA = 11   # the first that keeps them long past it (limits.subsidy_grants_kept_s)
 
 
 
@@ -84,13 +87,21 @@ class AuditReport:
     open_holds: int = 0
     problems: list = field(default_factory=list)
     # What an auditor should know that no correction of the books can undo (the journal's
-    # times going back): said, and the books still sound.
+    # times going back, a grant an older switch paid twice): said, and the books still
+    # sound. The first few are kept, the rest counted.
     notices: list = field(default_factory=list)
+    notices_left_off: int = 0
     unreadable: str | None = None     # why there were no books to check
 
     @classmethod
     def cannot_read(cls, reason: str) -> "AuditReport":
         return cls(problems=[reason], unreadable=reason)
+
+    def notice(self, text: str) -> None:
+        if len(self.notices) < limits.audit_discrepancies_shown_max:
+            self.notices.append(text)
+        else:
+            self.notices_left_off += 1
 
     @property
     def sound(self) -> bool:
@@ -99,8 +110,8 @@ class AuditReport:
     def summary(self) -> str:
         head = (f"journal records {self.records}, accounts {self.accounts}, "
                 f"sum of balances {self.total_balance_fen} fen, open holds {self.open_holds}")
-        noticed = [f"notice: {notice}"
-                   for notice in self.notices[:limits.audit_discrepancies_shown_max]]
+        noticed = [f"notice: {notice}" for notice in self.notices] + (
+            [f"... and {self.notices_left_off} more notices"] if self.notices_left_off else [])
         if self.sound:
             return "\n".join(["audit: sound", head, *noticed])
         shown = self.problems[:limits.audit_discrepancies_shown_max]
@@ -200,13 +211,18 @@ def _check(txn, dbs, report: AuditReport) -> None:
     schema = _schema(txn, dbs)
     chained = schema >= _CHAINED_SCHEMA
     # What the journal says each account's record count and history marks must be.
-    # The journal's subsidy grants are gathered only from the day housekeeping has not
-    # forgotten below, one per grant key (the latest term's), so the walk holds no more
-    # than the grants table does.
+    # The journal's subsidy grants are gathered for the grants table only from the day
+    # housekeeping has not forgotten below, one per grant key (the latest term's).
     grants_kept_from = (forgotten_below(txn.get(GRANTS_FORGOTTEN_BELOW, db=dbs["meta"]))
                         if schema >= _GRANTS_SCHEMA else None)
+    # A grant paid twice after this txn is this switch's discrepancy; at or before it, an
+    # older switch's (keys.py), and before the upgrade to schema 11 every one is.
+    paid_twice_checked_after = (forgotten_below(txn.get(GRANTS_CHECKED_AFTER_TXN,
+                                                        db=dbs["meta"]))
+                                if schema >= _PAID_ONCE_SCHEMA else None)
     history = {"records": {}, "marks": set(), "grants": {}, "grants_from": grants_kept_from,
-               "newest_day": None, "latest": None, "behind": None}
+               "paid": {}, "paid_checked_after": paid_twice_checked_after,
+               "latest": None, "behind": None}
     sums, card_history, offline, closed_by, subsidies, newest = _check_journal(
         txn, dbs, report, chained, history)
     accounts: dict = {}
@@ -223,8 +239,7 @@ def _check(txn, dbs, report: AuditReport) -> None:
     cards = _check_cards(txn, dbs, report, accounts, card_history)
     _check_offline(report, offline, cards, card_history)
     if grants_kept_from is not None:
-        _check_subsidy_grants(txn, dbs, report, history["grants"], grants_kept_from,
-                              history["newest_day"])
+        _check_subsidy_grants(txn, dbs, report, history["grants"])
 
 
 def _apply_logged_accounts(txn, dbs, report: AuditReport, accounts: dict) -> None:
@@ -331,8 +346,8 @@ def _check_journal(txn, dbs, report: AuditReport, chained: bool, history: dict):
                 (number, state, record["at"]))
         if record["kind"] == "offline":
             offline.append(record)
-        elif record["kind"] == "subsidy" and history["grants_from"] is not None:
-            _note_journal_grant(history["grants"], record, history["grants_from"])
+        elif record["kind"] == "subsidy":
+            _note_journal_grant(report, number, record, history)
         _check_time(report, number, record["at"], history)
         expected_txn += 1
         report.records += 1
@@ -346,15 +361,14 @@ _TIME_BACK_MS_MAX = 86_400_000
 
 
 def _check_time(report: AuditReport, number: int, at: int, history: dict) -> None:
-    """Note the journal's newest day, and say where its times go back by more than a day:
-    once for each latest record the journal falls behind."""
+    """Say where the journal's times go back by more than a day: once for each latest record
+    the journal falls behind."""
     latest = history["latest"]
     if latest is None or at > latest[1]:
-        history["latest"] = latest = (number, at)
-        history["newest_day"] = at // 86_400_000
+        history["latest"] = (number, at)
     elif at < latest[1] - _TIME_BACK_MS_MAX and history["behind"] != latest:
         history["behind"] = latest
-        report.notices.append(
+        report.notice(
             f"txn {number}: recorded at {_moment(at)}, {(latest[1] - at) // 3_600_000} h "
             f"before txn {latest[0]} ({_moment(latest[1])}): the clock was ahead then, and "
             f"what the switch did by it (subsidies lapsed, grants, ids and holds let go) it "
@@ -399,31 +413,34 @@ def _check_holds(txn, dbs, report: AuditReport, accounts: dict) -> dict[str, int
     return held
 
 
-def _note_journal_grant(grants: dict, record: dict, kept_from: int) -> None:
-    """Note a journal `subsidy` record in `grants` (grant key -> (last day, its record)),
-    when its term ends on day `kept_from` or later and is the latest of its key so far."""
+def _note_journal_grant(report: AuditReport, number: int, record: dict, history: dict) -> None:
+    """Check a journal `subsidy` record against the ones before it (the same account, batch,
+    id and last day paid again is a grant paid twice), and note it in `history["grants"]`
+    (grant key -> (last day, its record)) when its term ends on the day housekeeping keeps
+    grants from or later and is the latest of its key so far."""
     for key, (day, _) in kept_subsidy_grants([record]).items():
-        if day >= kept_from and (key not in grants or day >= grants[key][0]):
+        first = history["paid"].setdefault((key, day), number)
+        if first != number:
+            checked_after = history["paid_checked_after"]
+            said = (f"txn {number}: subsidy of batch {record['batch']!r} (to {_day_named(day)}) "
+                    f"to {record['account']} paid again: txn {first} granted it")
+            if checked_after is not None and number > checked_after:
+                report.problems.append(said)
+            else:
+                report.notice(f"{said}, before this switch's upgrade (an older switch's "
+                              f"double payment: recover it by hand)")
+        kept_from, grants = history["grants_from"], history["grants"]
+        if kept_from is not None and day >= kept_from and (key not in grants
+                                                            or day >= grants[key][0]):
             grants[key] = (day, record)
 
 
-def _check_subsidy_grants(txn, dbs, report: AuditReport, journal_grants: dict,
-                          kept_from: int, newest_day: int | None) -> None:
+def _check_subsidy_grants(txn, dbs, report: AuditReport, journal_grants: dict) -> None:
     """Every kept subsidy grant has its index entry at its last day and every entry its
     grant (ledger/state/subsidies.py keeps them one to one): a grant without its entry is
     never forgotten, and an entry without its grant is one whose grant was lost. Every
-    grant of the journal whose term ends on day `kept_from` or later (the switch has
-    forgotten none of those, by what it wrote in `meta`) is kept: one lost could be paid
-    again. And `kept_from` itself is no later than the day before the journal's newest
-    record: housekeeping forgets a term two days after it ended, and never past that
-    record's day, so a later one was written by a clock running ahead or by hand, and the
-    grants it let go are not checked."""
-    if kept_from > 0 and (newest_day is None or kept_from > newest_day - 1):
-        newest = "none" if newest_day is None else f"of {_day_named(newest_day)}"
-        report.problems.append(
-            f"meta: subsidy grants forgotten up to {_day_named(kept_from - 1)}, but the "
-            f"journal's newest record is {newest}: grants of terms not yet over may have "
-            f"been forgotten (a clock running ahead?), and could be paid again")
+    grant of the journal whose term ends on or after the day housekeeping keeps grants from
+    (by what it wrote in `meta`) is kept: one lost could be paid again."""
     grants: dict[bytes, int] = {}
     for key, value in _items(txn, dbs.get("subsidy_grants")):
         if len(value) != SUBSIDY_GRANT.size:

@@ -51,9 +51,15 @@ SUBSIDY_GRANT = struct.Struct(">qq")
 
 
 # `meta` key: the day after the latest term whose grants housekeeping has forgotten (8 bytes
-# BE; schema 10 before 2026-12 wrote the day below which it looked, never less); every grant
-# of a term ending on it or later is kept.
+# BE; schema 10 wrote the day below which it looked, never less); every grant of a term
+# ending on it or later is kept.
 GRANTS_FORGOTTEN_BELOW = b"subsidy_grants_forgotten_below"
+
+# `meta` key: the journal's last txn when the data dir was upgraded to schema 11 (8 bytes BE;
+# none in a data dir made at 11 or later). A grant paid twice at or before it was paid by an
+# older switch (schema 8 kept no grants; schema 10 forgot them two days after their term): a
+# notice for the auditor, not a discrepancy of this switch's books.
+GRANTS_CHECKED_AFTER_TXN = b"subsidy_grants_checked_after_txn"
 
 
 def forgotten_below(value: bytes | None) -> int:

@@ -6,7 +6,8 @@ import msgpack
 from switch import limits
 from switch.core import layout
 from switch.identifiers import building_of
-from switch.persistence.keys import SUBSIDY_GRANT, kept_subsidy_grants, subsidy_grant_expiry_key
+from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, SUBSIDY_GRANT, kept_subsidy_grants,
+                                     subsidy_grant_expiry_key)
 
 
 def room_index_keys(school: str, account_id: str) -> tuple[bytes, bytes | None]:
@@ -143,8 +144,19 @@ def _rebuild_subsidy_grants(txn, dbs) -> None:
         txn.put(subsidy_grant_expiry_key(day, key), b"", db=expiry)
 
 
+def _date_the_paid_once_check(txn, dbs) -> None:
+    """Schema 10 -> 11: grants are now kept `subsidy_grants_kept_s` past their term, and
+    audit holds a grant paid twice as a discrepancy. Those in the journal so far were paid
+    by an older switch (schema 8 kept no grants; 10 forgot them two days after their term,
+    early under a clock that ran ahead): the journal's last txn is written down, at or
+    before which audit notices a grant paid twice instead."""
+    last = txn.cursor(db=dbs["journal"])
+    if last.last():
+        txn.put(GRANTS_CHECKED_AFTER_TXN, bytes(last.key()), db=dbs["meta"])
+
+
 # schema version -> the step that brings a data dir of that version to the next one.
 UPGRADES = {1: _index_rooms, 2: _pad_account_records, 3: _drop_id_expiry_index,
             4: _chain_account_histories, 5: _mark_account_histories, 6: _log_remembered_ids,
             7: _log_account_records, 8: _grants_in_their_own_format,
-            9: _rebuild_subsidy_grants}
+            9: _rebuild_subsidy_grants, 10: _date_the_paid_once_check}

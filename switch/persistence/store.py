@@ -24,7 +24,7 @@ from switch.persistence import writeback
 from switch.persistence.migrations import UPGRADES
 from switch.persistence.keys import decode_position, encode_position, position_key, txn_key
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
 
 # name -> what it holds (key -> value)
@@ -63,7 +63,7 @@ DATABASES = {
     "subsidy_batches": "account id + NUL + batch -> msgpack {remaining, expires, end_ms}",
     "subsidy_expiry": "end ms (8 bytes BE) + account id + NUL + batch -> empty, batches left",
     "subsidy_grants": "16-byte hash of [account, batch, id] -> struct >qq (the term's last "
-                      "day, days since 1970; the amount): every grant until its term has ended",
+                      "day, days since 1970; the amount): every grant until 400 days past its term",
     "subsidy_grant_expiry": "the term's last day (8 bytes BE) + a `subsidy_grants` key -> "
                             "empty, so past terms' grants are forgotten by a range scan",
     "meal_counts": "meal period (8 bytes BE: local day * 8 + period) + account id -> meal record",

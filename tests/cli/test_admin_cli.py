@@ -131,7 +131,7 @@ def test_a_batch_begun_under_a_name_with_a_full_width_space_goes_on_as_typed(run
     (["--batch", ""], "--batch: give a name of 1 to"),
     (["--batch", "x" * (limits.source_chars_max + 1)], "--batch: give a name of 1 to"),
     (["--batch", "\u3000 "], "--batch: give a name of 1 to"),        # spaces only
-    (["--batch", "b\u3000c"], "IDEOGRAPHIC SPACE ('\\u3000', U+3000) at character 2"),
+    (["--batch", "b\u3000c"], "IDEOGRAPHIC SPACE (U+3000) at character 2"),
     (["--expires", "9999-12-31"], "the calendar's last day cannot end a term"),
 ])
 def test_a_subsidy_batch_with_a_mistyped_term_or_name_is_refused_before_any_row_is_sent(
@@ -164,7 +164,12 @@ def test_a_batch_name_another_machine_may_type_otherwise_is_refused_naming_its_p
 
 
 @pytest.mark.parametrize("typed, said", [
-    ("2027-03\u3000补助", r"IDEOGRAPHIC SPACE \('\\u3000', U\+3000\) at character 8:"),
+    ("2027-03\u3000补助", r"IDEOGRAPHIC SPACE \(U\+3000\) at character 8:"),
+    ("Cafe\u0301 2027-03", "characters that compose into one .* ending at character 5:"),
+    ("a\u200bb", r"ZERO WIDTH SPACE \(U\+200B\) at character 2: .* name it 'ab'"),
+    ("a\u200fb", r"RIGHT-TO-LEFT MARK \(U\+200F\) at character 2:"),
+    ("\ufeffab", r"ZERO WIDTH NO-BREAK SPACE \(U\+FEFF\) at character 1:"),
+    ("a\x01b", r"a control character \(U\+0001\) at character 2:"),
     (" b", "a space at the start:"),
     ("b ", "a space at the end:"),
     ("a  b", "a second space at character 3:"),

@@ -1,7 +1,8 @@
 """Subsidy batches as stored: `subsidy_batches` (account + batch -> what is left of it and
 when it lapses), `subsidy_expiry`, the index of the batches with money left by the end
 of their term (so expiring them is a range scan), and `subsidy_grants` with its index
-`subsidy_grant_expiry`, the ids that granted into a batch, kept until its term has ended."""
+`subsidy_grant_expiry`, the ids that granted into a batch, kept until
+`subsidy_grants_kept_s` past the end of its term."""
 
 import msgpack
 
@@ -92,7 +93,7 @@ class SubsidyBatches:
             if forgotten_below(self.store.get("meta", GRANTS_FORGOTTEN_BELOW)) < above:
                 # In the same transaction as what it forgets: every grant of a term ending
                 # after the latest one forgotten is still kept, which audit checks the
-                # journal against (and this day against the journal's newest).
+                # journal against.
                 self.store.put("meta", GRANTS_FORGOTTEN_BELOW, above.to_bytes(8, "big"))
             self.store.delete("subsidy_grant_expiry", key)
             grant_key = key[8:]
