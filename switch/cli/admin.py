@@ -86,6 +86,16 @@ def _int_between(lowest: int, highest: int):
     return parse
 
 
+def _request_id(text: str) -> str:
+    """--id: an empty one (a script's unset variable) would be a fresh id each time, so a
+    retry meant to be safe would do it twice."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "empty: a retry under an empty id would be done again; give the id of the "
+            "request to retry, or leave --id out for a new request")
+    return text
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
 
@@ -674,8 +684,9 @@ def _connection_options(parser, defaults: bool) -> None:
                         help="credential to sign on with (default admin)", **default("admin"))
     parser.add_argument("--json", action="store_true", help="print the raw reply as JSON",
                         **default(False))
-    parser.add_argument("--id", help="request id (default: generated); reuse it to retry "
-                        "safely", **default(None))
+    parser.add_argument("--id", type=_request_id,
+                        help="request id (default: generated); reuse it to retry safely",
+                        **default(None))
 
 
 class _Commands:

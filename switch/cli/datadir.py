@@ -4,7 +4,10 @@ new one with its master key file (beside it), the `admin` credential and `admin.
 import os
 import shutil
 
+import msgpack
+
 from switch import limits
+from switch.core import layout
 from switch.persistence.dirlock import LOCK_FILE, DirLock
 from switch.config import masterkey
 from switch.config.keyfile import read_key_file, write_key_file_atomically
@@ -82,6 +85,27 @@ def rotate_master_key(path: str, master_key_file: str | None = None) -> dict:
             store.close()
         masterkey.replace(key_path, rotated.only_current())
     return counts
+
+
+def check_schools_declared(store: Store, schools) -> None:
+    """Every school the books hold an account or a credential of is in the configuration:
+    a `[schools]` table that leaves one out (declaring it replaces the built-in ones) would
+    start, and that school's every payment, history and balance would fail as `internal`.
+    Read at start, when everything is written back: one pass over the account records."""
+    in_use: dict[str, str] = {}
+    for key, value in store.committed_items("accounts"):
+        in_use.setdefault(layout.school_of(value), f"account {bytes(key).decode()}")
+    for key, value in store.committed_items("credentials"):
+        school = msgpack.unpackb(value, raw=False).get("school")
+        if school is not None:
+            in_use.setdefault(school, f"credential {bytes(key).decode()}")
+    missing = sorted(set(in_use) - set(schools))
+    if missing:
+        raise DataDirError(
+            "the data dir holds " + ", ".join(f"school {school} ({in_use[school]}, ...)"
+                                              for school in missing)
+            + ", which the configuration does not declare: add it under [schools] "
+              "(declaring any replaces the built-in WH and CUIK)")
 
 
 def read_admin_key(path: str) -> bytes:

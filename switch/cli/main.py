@@ -87,7 +87,8 @@ async def _bind(args) -> tuple[list, list]:
 async def _serve(args) -> int:
     from switch.clock import TrustedClock
     from switch.config import load_config
-    from switch.cli.datadir import ADMIN_KEY_FILE, DataDirClaim, check_data_dir
+    from switch.cli.datadir import (ADMIN_KEY_FILE, DataDirClaim, check_data_dir,
+                                    check_schools_declared)
     from switch.ledger import Ledger
     from switch.shell.metrics import serve_metrics
     from switch.shell.server import Server
@@ -104,6 +105,7 @@ async def _serve(args) -> int:
             logging.getLogger("switch").info(
                 "event=data_dir_created data=%s admin_key=%s", os.path.abspath(args.data),
                 os.path.abspath(os.path.join(args.data, ADMIN_KEY_FILE)))
+        check_schools_declared(store, config.schools)
         clock = TrustedClock()   # one clock: hello's `time` agrees with the journal's
         ledger = Ledger(store, config, clock)
         server = Server(store, ledger, config, clock)
@@ -226,6 +228,14 @@ def main(argv=None) -> int:
         return admin.run(args)
     if args.command == "demo":
         from switch.cli.demo import run_demo
+        if args.data and os.path.exists(args.data) and (
+                not os.path.isdir(args.data) or os.listdir(args.data)):
+            # The demo opens its own tills, pays, and moves the forwarding positions to its
+            # throwaway receivers: on a real data dir, records the real ones never get.
+            print(f"error: --data {args.data}: the demo writes its lunch rush into the books "
+                  f"it is given; name a new or empty directory, or leave --data out",
+                  file=sys.stderr)
+            return 2
         return run_demo(args.data)
     return 2
 
@@ -260,6 +270,8 @@ def _rotate_master_key(args) -> int:
 def _print_closed_taps(data_dir: str) -> int:
     import time
 
+    import lmdb
+
     from switch.cli.admin import fen_to_yuan
     from switch.cli.datadir import is_data_dir
     from switch.persistence.audit import closed_account_taps
@@ -267,8 +279,13 @@ def _print_closed_taps(data_dir: str) -> int:
         print(f"error: {data_dir} is not a switch data dir; check the path", file=sys.stderr)
         return 2
     total_fen = count = 0
+    try:
+        taps = list(closed_account_taps(data_dir))
+    except lmdb.Error as error:     # as audit says it: one line, nothing printed before it
+        print(f"error: cannot read {data_dir}: {error}", file=sys.stderr)
+        return 2
     print(f"{'tapped at (UTC)':19}  {'account':16} {'card':16} {'yuan':>10}  terminal  id")
-    for tap in closed_account_taps(data_dir):
+    for tap in taps:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(tap["at"] / 1000))
         print(f"{when}  {tap['account']:16} {tap['card']:16} {fen_to_yuan(tap['amount']):>10}"
               f"  {tap['who']}  {tap['id']}")

@@ -2,6 +2,7 @@
 
 import csv
 import datetime
+import os
 import socket
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 from switch import limits
 from switch.cli.admin import (UsageError, check_subsidy_batch, fen_to_yuan, import_requests,
                               read_import_rows, yuan_to_fen)
-from switch.cli.datadir import open_data_dir
+from switch.cli.datadir import DataDirError, check_schools_declared, open_data_dir
 from switch.cli.main import main
 from switch.clock import FakeClock
 from switch.config import default_config
@@ -432,3 +433,39 @@ def test_a_gb18030_csv_imports_with_its_chinese_names(running_switch, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "2 rows: 2 created, 0 already present" in result.stdout
     assert "holder 欧阳娜娜" in admin(connect, data, "account", "WH20260002").stdout
+
+
+def test_an_empty_request_id_is_refused_not_replaced_by_a_fresh_one(tmp_path):
+    """A script whose id variable is unset: a fresh id each run would credit twice."""
+    result = subprocess.run([sys.executable, "-m", "switch", "admin", "--connect",
+                             "127.0.0.9:1", "credit", "WH20230001", "5", "--id", " "],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "argument --id: empty" in result.stderr, result.stderr
+
+
+def test_closed_taps_of_books_lmdb_cannot_open_is_one_line(tmp_path, capsys):
+    (tmp_path / "lmdb").mkdir()                  # a data dir's folder, its files gone
+    assert main(["closed-taps", "--data", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"error: cannot read {tmp_path}")
+
+
+def test_the_demo_refuses_a_data_dir_that_holds_anything(tmp_path, capsys):
+    """The demo pays and moves the forwarding positions: never on books it did not make."""
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "admin.key").write_text("x")
+    assert main(["demo", "--data", str(tmp_path / "books")]) == 2
+    assert "name a new or empty directory" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "books") == ["admin.key"]
+
+
+def test_a_school_the_books_hold_but_the_configuration_leaves_out_stops_the_start(tmp_path):
+    from tests.ledger.conftest import World, populate
+    world = populate(World(tmp_path / "data"))
+    world.commit()
+    check_schools_declared(world.store, {"WH": None, "CUIK": None})
+    with pytest.raises(DataDirError, match=r"the data dir holds school CUIK \(account "
+                                           r"CUIK[-\w]+, \.\.\.\), which the configuration "
+                                           r"does not declare: add it under \[schools\]"):
+        check_schools_declared(world.store, {"WH": None})
+    world.close()
