@@ -543,10 +543,12 @@ SUBSIDY_COLUMNS = ("account", "amount")
 def subsidy_requests(rows, batch: str, expires: str):
     """(line, request) pairs of a subsidy batch CSV (columns account, amount in yuan), and
     (line, reason) rejects. The id is derived from the batch and the account, so a re-run
-    replays instead of paying twice (and an account listed twice is refused the second time
-    as id_reuse or a replay)."""
+    replays instead of paying twice; so an account listed twice is granted once, and its
+    second row is a reject that says so (sent, it would be a replay counted as present,
+    and a sum split over two rows would be half paid without a word)."""
     batch_tag = hashlib.sha256(batch.encode()).hexdigest()[:16]
     requests, rejects = [], []
+    first_line: dict[str, int] = {}
     for line, row in rows:
         account = (row.get("account") or "").strip()
         try:
@@ -557,6 +559,11 @@ def subsidy_requests(rows, batch: str, expires: str):
         if not account:
             rejects.append((line, "needs an account"))
             continue
+        if account in first_line:
+            rejects.append((line, f"account {account} again (line {first_line[account]}): a "
+                                  f"batch grants each account once; put its sum on one row"))
+            continue
+        first_line[account] = line
         requests.append((line, {"t": "subsidy", "account": account, "amount": amount,
                                 "expires": expires, "batch": batch,
                                 "id": f"subsidy-{batch_tag}-{account}"}))
@@ -572,8 +579,8 @@ def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = 
     A name that Unicode's compatibility form with its spaces collapsed and its invisible
     characters dropped would change (a full-width space an IME typed, full-width digits, a
     space at an end or doubled, a letter and its accent apart, a zero-width space or a
-    direction mark pasted in) is refused, naming the characters and that form: typed again on another machine such a
-    name would name another batch, with other ids, and pay every row again. Not rewritten:
+    direction mark pasted in) is refused, naming the characters and that form: typed again
+    on another machine such a name would name another batch, with other ids, and pay every row again. Not rewritten:
     a batch first imported under the name as typed (an earlier version sent it so) goes on
     under that name, with `as_typed` (--batch-as-typed)."""
     try:

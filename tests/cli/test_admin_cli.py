@@ -469,3 +469,14 @@ def test_a_school_the_books_hold_but_the_configuration_leaves_out_stops_the_star
                                            r"does not declare: add it under \[schools\]"):
         check_schools_declared(world.store, {"WH": None})
     world.close()
+
+
+def test_an_account_twice_in_a_subsidy_batch_is_a_reject_naming_its_first_line():
+    from switch.cli.admin import subsidy_requests
+    rows = [(2, {"account": "WH20270001", "amount": "50"}),
+            (3, {"account": "WH20270002", "amount": "80"}),
+            (4, {"account": "WH20270001", "amount": "50"})]
+    requests, rejects = subsidy_requests(rows, "2027-03 补助", "2099-03-31")
+    assert [line for line, _ in requests] == [2, 3]
+    assert rejects == [(4, "account WH20270001 again (line 2): a batch grants each account "
+                           "once; put its sum on one row")]
