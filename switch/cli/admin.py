@@ -580,9 +580,9 @@ def check_subsidy_batch(batch: str, expires: str, today: datetime.date | None = 
     characters dropped would change (a full-width space an IME typed, full-width digits, a
     space at an end or doubled, a letter and its accent apart, a zero-width space or a
     direction mark pasted in) is refused, naming the characters and that form: typed again
-    on another machine such a name would name another batch, with other ids, and pay every row again. Not rewritten:
-    a batch first imported under the name as typed (an earlier version sent it so) goes on
-    under that name, with `as_typed` (--batch-as-typed)."""
+    on another machine such a name would name another batch, with other ids, and pay every
+    row again. Not rewritten: a batch first imported under the name as typed (an earlier
+    version sent it so) goes on under that name, with `as_typed` (--batch-as-typed)."""
     try:
         batch.encode("utf-8")
     except UnicodeEncodeError:      # bytes of another encoding, passed through by Python

@@ -57,8 +57,7 @@ from switch.ledger.card_office import should_be_listed
 from switch.ledger.state.blacklist import member_of_key
 from switch.persistence import writeback
 from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, GRANTS_FORGOTTEN_BELOW,
-                                     SUBSIDY_GRANT, forgotten_below, kept_subsidy_grants,
-                                     term_day_name)
+                                     SUBSIDY_GRANT, kept_subsidy_grants, term_day_name)
 from switch.persistence.store import STORE_DIR
 
 # Journal records that set a card's state: kind -> [(field naming the card, state it gets)].
@@ -213,12 +212,11 @@ def _check(txn, dbs, report: AuditReport) -> None:
     # What the journal says each account's record count and history marks must be.
     # The journal's subsidy grants are gathered for the grants table only from the day
     # housekeeping has not forgotten below, one per grant key (the latest term's).
-    grants_kept_from = (forgotten_below(txn.get(GRANTS_FORGOTTEN_BELOW, db=dbs["meta"]))
+    grants_kept_from = (_meta_number(txn, dbs, GRANTS_FORGOTTEN_BELOW)
                         if schema >= _GRANTS_SCHEMA else None)
     # A grant paid twice after this txn is this switch's discrepancy; at or before it, an
     # older switch's (keys.py), and before the upgrade to schema 11 every one is.
-    paid_twice_checked_after = (forgotten_below(txn.get(GRANTS_CHECKED_AFTER_TXN,
-                                                        db=dbs["meta"]))
+    paid_twice_checked_after = (_meta_number(txn, dbs, GRANTS_CHECKED_AFTER_TXN)
                                 if schema >= _PAID_ONCE_SCHEMA else None)
     history = {"records": {}, "marks": set(), "grants": {}, "grants_from": grants_kept_from,
                "paid": {}, "paid_checked_after": paid_twice_checked_after,
@@ -240,6 +238,12 @@ def _check(txn, dbs, report: AuditReport) -> None:
     _check_offline(report, offline, cards, card_history)
     if grants_kept_from is not None:
         _check_subsidy_grants(txn, dbs, report, history["grants"])
+
+
+def _meta_number(txn, dbs, key: bytes) -> int:
+    """A number `meta` holds as 8 bytes BE, 0 where it holds none."""
+    value = txn.get(key, db=dbs["meta"])
+    return 0 if value is None else int.from_bytes(value, "big")
 
 
 def _apply_logged_accounts(txn, dbs, report: AuditReport, accounts: dict) -> None:
