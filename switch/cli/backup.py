@@ -106,6 +106,10 @@ def restore(source: str, data_dir: str) -> CopySummary:
     on any failure `data_dir` is left as it was found."""
     if not is_data_dir(source):
         raise BackupError(f"{source} is not a backup (no {STORE_DIR}/ inside); check --from")
+    if _is_within(data_dir, source):
+        # The copy would be written into the backup, and carried into every later restore.
+        raise BackupError(f"{data_dir} is inside the backup {source}; give a directory "
+                          f"outside it")
     created = None
     if not os.path.lexists(data_dir):
         try:

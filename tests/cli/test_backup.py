@@ -265,6 +265,17 @@ def test_restore_refuses_a_directory_that_is_not_empty(tmp_path):
     assert not (tmp_path / "fresh").exists()
 
 
+def test_restore_refuses_a_data_dir_inside_the_backup(tmp_path):
+    """It would write the restored books into the backup, carried into every later restore."""
+    copy = tmp_path / "copy"
+    data = _stopped_data_dir(tmp_path / "data")
+    assert _run("backup", "--data", str(data), "--to", str(copy)).returncode == 0
+    before = sorted(os.listdir(copy))
+    one_line_error(_run("restore", "--from", str(copy), "--data", str(copy / "sub")),
+                   str(copy / "sub"), "is inside the backup")
+    assert sorted(os.listdir(copy)) == before
+
+
 def test_a_restored_switch_forwards_from_the_positions_in_the_copy(tmp_path):
     """Receivers see a rewind, never a gap: the positions come back as they were copied,
     at or below the copy's last txn, so what a receiver took after the copy is sent again
