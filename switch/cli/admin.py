@@ -802,9 +802,38 @@ def unsendable(message: dict) -> str | None:
     return None
 
 
+# The ids a single command sends, as the switch reads them (identifiers.py): a typo is said
+# here, naming the argument, instead of coming back as a bare bad_request.
+_ID_FIELDS = {
+    "account": (identifiers.ACCOUNT, "an account id is capitals, digits and '-', e.g. "
+                                     "WH20230001"),
+    "card": (identifiers.CARD, "a card id is 4 to 32 hex digits in capitals, e.g. 04A1B2C3D4"),
+    "old": (identifiers.CARD, "a card id is 4 to 32 hex digits in capitals, e.g. 04A1B2C3D4"),
+    "new": (identifiers.CARD, "a card id is 4 to 32 hex digits in capitals, e.g. 04A1B2C3D4"),
+    "who": (identifiers.CREDENTIAL, "a credential id is ASCII letters, digits and . _ : @ -, "
+                                    "e.g. WH-POS-0001"),
+    "id_last6": (identifiers.ID_LAST6, "the last six of an ID number are six digits, the "
+                                       "last may be X"),
+}
+
+
+def _id_problem(name: str, value) -> str | None:
+    pattern, rule = _ID_FIELDS[name]
+    if not isinstance(value, str) or pattern.match(value):
+        return None
+    hint = ""
+    if value.strip().upper() != value and pattern.match(value.strip().upper()):
+        hint = f"; did you mean {value.strip().upper()}?"
+    return f"{value!r}: {rule}{hint}"
+
+
 def _checked_request(args) -> dict:
     """The single request, known to fit in a frame, before anything is sent."""
     message = _request_for(args)
+    for name in _ID_FIELDS:
+        problem = _id_problem(name, message[name]) if name in message else None
+        if problem:
+            raise UsageError(f"{name.replace('_', '-')} {problem}")
     for name in ("holder", "reason"):
         problem = _text_problem(name, message[name]) if name in message else None
         if problem:

@@ -480,3 +480,24 @@ def test_an_account_twice_in_a_subsidy_batch_is_a_reject_naming_its_first_line()
     assert [line for line, _ in requests] == [2, 3]
     assert rejects == [(4, "account WH20270001 again (line 2): a batch grants each account "
                            "once; put its sum on one row")]
+
+
+@pytest.mark.parametrize("words, said", [
+    (["lost", "04a1b2c3d4"], "card '04a1b2c3d4': a card id is 4 to 32 hex digits in capitals, "
+                             "e.g. 04A1B2C3D4; did you mean 04A1B2C3D4?"),
+    (["lost", "04A1B2C3D4 "], "did you mean 04A1B2C3D4?"),
+    (["credit", "wh20230001", "5"], "account 'wh20230001': an account id is capitals"),
+    (["replace-card", "WH20230001", "04A1B2C3D4", "04ffeeddcc"], "new '04ffeeddcc'"),
+    (["add-terminal", "ＷＨ-T1", "--school", "WH", "--kind", "pos"],
+     "who 'ＷＨ-T1': a credential id is ASCII letters"),
+    (["open-account", "WH20230009", "--school", "WH", "--kind", "person", "--id-last6",
+      "12345x"], "id-last6 '12345x': the last six of an ID number are six digits"),
+])
+def test_a_mistyped_id_is_said_naming_it_before_anything_is_sent(tmp_path, words, said):
+    # Nothing listens on port 1: a request that got as far as sending would say so instead.
+    key = tmp_path / "k.key"
+    key.write_text("ab" * 32)
+    result = subprocess.run([sys.executable, "-m", "switch", "admin", "--connect",
+                             "127.0.0.9:1", "--key-file", str(key), *words],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and said in one_line_error(result), result.stderr
