@@ -804,12 +804,13 @@ def unsendable(message: dict) -> str | None:
 
 # The ids a single command sends, as the switch reads them (identifiers.py): a typo is said
 # here, naming the argument, instead of coming back as a bare bad_request.
+_CARD_RULE = (identifiers.CARD, f"a card id is {limits.card_id_chars_min} to "
+                               f"{limits.card_id_chars_max} hex digits in capitals, e.g. "
+                               f"04A1B2C3D4")
 _ID_FIELDS = {
     "account": (identifiers.ACCOUNT, "an account id is capitals, digits and '-', e.g. "
                                      "WH20230001"),
-    "card": (identifiers.CARD, "a card id is 4 to 32 hex digits in capitals, e.g. 04A1B2C3D4"),
-    "old": (identifiers.CARD, "a card id is 4 to 32 hex digits in capitals, e.g. 04A1B2C3D4"),
-    "new": (identifiers.CARD, "a card id is 4 to 32 hex digits in capitals, e.g. 04A1B2C3D4"),
+    "card": _CARD_RULE, "old": _CARD_RULE, "new": _CARD_RULE,
     "who": (identifiers.CREDENTIAL, "a credential id is ASCII letters, digits and . _ : @ -, "
                                     "e.g. WH-POS-0001"),
     "id_last6": (identifiers.ID_LAST6, "the last six of an ID number are six digits, the "
@@ -821,9 +822,8 @@ def _id_problem(name: str, value) -> str | None:
     pattern, rule = _ID_FIELDS[name]
     if not isinstance(value, str) or pattern.match(value):
         return None
-    hint = ""
-    if value.strip().upper() != value and pattern.match(value.strip().upper()):
-        hint = f"; did you mean {value.strip().upper()}?"
+    meant = value.strip().upper()
+    hint = f"; did you mean {meant}?" if meant != value and pattern.match(meant) else ""
     return f"{value!r}: {rule}{hint}"
 
 
