@@ -193,6 +193,18 @@ commit_retries_map_full_max = 8    # map growth attempts before a batch is faile
 # bigger, the more memory (about 300 B a write, two rounds at most: about 20 MB).
 logged_writes_max = 32_768
 commits_between_write_backs_max = 4_096
+# A large accounts table lengthens the round: to this many writes per record the table holds
+# (both bounds above grow alike), at most `logged_writes_held_max`. At a million accounts a
+# round of 32,768 writes rewrote about 14,000 of the table's 52,632 leaves, nearly a leaf a
+# debit, each copied, written and fsync'd: 8 µs a debit more than at 10,000 accounts, where
+# every round rewrites the same few hundred leaves (bench/RESULTS.md, 2026-12-03 19:13). A
+# round as long as the table rewrites each leaf about once instead. Below 32,768 records
+# nothing changes.
+logged_writes_per_account_ratio = 1.0
+# The most writes a round holds, whatever the table's size: memory (two rounds are held, the
+# one being written back and the current one; about 220 B a write measured) and the logs an
+# open after a crash replays.
+logged_writes_held_max = 1_048_576
 # A commit writes back at least this many of the previous round's writes (and at least twice
 # what it logs itself, so a round is written back before the next one fills).
 written_back_per_commit_min = 256

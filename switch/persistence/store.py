@@ -248,6 +248,8 @@ class Store:
         # When a commit writes everything back (limits.py); the simulation makes them small.
         self.logged_writes_max = limits.logged_writes_max
         self.commits_between_write_backs_max = limits.commits_between_write_backs_max
+        self.logged_writes_per_account_ratio = limits.logged_writes_per_account_ratio
+        self._accounts_in_table = 0   # the accounts database's entries, at the round's start
         self._batch_number = 1
         # While a request executes: (database, key, what it held) before each of its writes,
         # in order, so a request that raises can be undone alone (`rollback`, newest first)
@@ -264,6 +266,7 @@ class Store:
         self.last_txn = self._read_last_txn()
         self.last_committed_txn = self.last_txn   # what readers outside the overlay may see
         self._begin_read()
+        self._count_accounts()
 
     # ------------------------------------------------------------------ schema
     def _check_schema(self) -> None:
@@ -544,11 +547,27 @@ class Store:
                                            for pair in writeback.LOGS.values())
                 round_open = False
         current_size = writeback.count(self._logged) + logged_count
+        writes_max, commits_max = self.round_bounds()
         if not round_open and current_size and (
-                self._write_back_asked or current_size >= self.logged_writes_max
-                or batch.commits_logging >= self.commits_between_write_backs_max):
+                self._write_back_asked or current_size >= writes_max
+                or batch.commits_logging >= commits_max):
             batch.starts_round = True
             self._write_back_asked = False
+
+    def round_bounds(self) -> tuple[int, int]:
+        """(logged writes, logging commits) that end a round: the bounds of limits.py, both
+        lengthened alike for an accounts table of more records than a round holds writes, so
+        a round rewrites each of its leaves about once (limits.logged_writes_per_account_ratio)."""
+        writes_max = self.logged_writes_max
+        scaled = min(limits.logged_writes_held_max,
+                     int(self._accounts_in_table * self.logged_writes_per_account_ratio))
+        if scaled <= writes_max:
+            return writes_max, self.commits_between_write_backs_max
+        return scaled, self.commits_between_write_backs_max * scaled // writes_max
+
+    def _count_accounts(self) -> None:
+        # Once a round (a B-tree's count, read in C): the table grows by openings, slowly.
+        self._accounts_in_table = self._read.stat(self.dbs["accounts"])["entries"]
 
     def write_batch(self, batch: Batch) -> None:
         """One write transaction and one fsync. Runs on a worker thread.
@@ -627,6 +646,7 @@ class Store:
         self._logged_prev = previous
         self._prev_order = writeback.KeyOrder(previous) if writeback.count(previous) else None
         self._prev_done = 0
+        self._count_accounts()
 
     def discard_uncommitted(self) -> None:
         """A commit failed: forget every write not on disk, committed or open."""

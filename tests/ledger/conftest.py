@@ -270,6 +270,7 @@ def _open_store(path):
     store = open_data_dir(str(path))
     store.logged_writes_max = LOGGED_IDS_PER_ROUND
     store.commits_between_write_backs_max = LOGGING_COMMITS_PER_ROUND
+    store.logged_writes_per_account_ratio = 0   # short rounds whatever the books hold
     return store
 
 

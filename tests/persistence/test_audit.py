@@ -393,6 +393,7 @@ def _books_with_ids_in_the_logs(tmp_path, monkeypatch, last_balance=None):
     monkeypatch.setattr(limits, "written_back_per_commit_min", 1)
     store = Store(os.path.join(str(tmp_path), STORE_DIR))
     store.logged_writes_max = 7
+    store.logged_writes_per_account_ratio = 0
     for n in range(6):
         store.put("idempotency", b"till\0" + bytes([n]), b"reply")
         record = store.get_mutable("accounts", b"WH1")

@@ -51,6 +51,7 @@ def small_logs(monkeypatch):
     monkeypatch.setattr(limits, "logged_writes_max", 5)
     monkeypatch.setattr(limits, "commits_between_write_backs_max", 3)
     monkeypatch.setattr(limits, "written_back_per_commit_min", 2)
+    monkeypatch.setattr(limits, "logged_writes_per_account_ratio", 0)
 
 
 def test_a_committed_id_is_in_the_log_not_yet_its_database_and_reads_see_it(tmp_path):
@@ -152,6 +153,51 @@ def test_the_bound_on_commits_ends_a_round(tmp_path, small_logs):
         store.put("journal", b"B", b"a commit logging nothing does not count")
         assert not _commit(store).starts_round
     assert outcomes == [False, False, True]
+
+
+def _store_of_accounts(path, accounts: int) -> Store:
+    """A store reopened over `accounts` account records in the table itself."""
+    store = Store(str(path))
+    for i in range(accounts):
+        store.put("accounts", b"WH%05d" % i, bytearray(b"record"))
+    store.commit_now()
+    store.close()
+    return Store(str(path))
+
+
+def test_a_large_accounts_table_lengthens_both_bounds_of_a_round_up_to_the_held_bound(
+        tmp_path, small_logs, monkeypatch):
+    monkeypatch.setattr(limits, "logged_writes_per_account_ratio", 1.0)
+    monkeypatch.setattr(limits, "logged_writes_held_max", 16)
+    assert _store_of_accounts(tmp_path / "few", 4).round_bounds() == (5, 3)   # as limits say
+    assert _store_of_accounts(tmp_path / "ten", 10).round_bounds() == (10, 6)
+    store = _store_of_accounts(tmp_path / "many", 40)
+    assert store.round_bounds() == (16, 9)                  # held to logged_writes_held_max
+    store.logged_writes_per_account_ratio = 0.25
+    assert store.round_bounds() == (10, 6)
+
+
+def test_a_round_over_a_large_accounts_table_ends_at_its_lengthened_bound(
+        tmp_path, small_logs, monkeypatch):
+    """Ten accounts in the table, the limits' round 5 writes: the round ends at the tenth
+    logged write, not the fifth, and is then written back whole like any other."""
+    monkeypatch.setattr(limits, "logged_writes_per_account_ratio", 1.0)
+    monkeypatch.setattr(limits, "commits_between_write_backs_max", 100)
+    store = _store_of_accounts(tmp_path, 10)
+    starts = []
+    for i in range(10):
+        store.put("accounts", b"WH%05d" % i, bytearray(b"debit%d" % i))
+        starts.append(_commit(store).starts_round)
+    assert starts == [False] * 9 + [True]
+    for n in range(8):                       # the next commits write the round back
+        store.put(IDS, b"till\0%d" % n, b"reply")
+        if _commit(store).ends_round:
+            break
+    else:
+        raise AssertionError("the lengthened round was never written back")
+    in_table = {bytes(key): bytes(value) for key, value in store.committed_items("accounts")}
+    assert in_table[b"WH00009"] == b"debit9" and in_table[b"WH00000"] == b"debit0"
+    store.close()
 
 
 def test_opening_replays_both_logs_newest_last_and_empties_them(tmp_path, small_logs):
@@ -386,6 +432,7 @@ def test_every_fault_at_every_step_keeps_every_committed_id(tmp_path, monkeypatc
     monkeypatch.setattr(limits, "logged_writes_max", 6)
     monkeypatch.setattr(limits, "commits_between_write_backs_max", 3)
     monkeypatch.setattr(limits, "written_back_per_commit_min", 2)
+    monkeypatch.setattr(limits, "logged_writes_per_account_ratio", 0)
     rng = random.Random(seed)
     store = Store(str(tmp_path), fsync=False)
     committed: dict = {}      # what the disk holds, as reads must see it
