@@ -47,7 +47,9 @@ FIGURES = (("tx/s", ("tx_per_s",), "higher is better"),
            ("p50 ms", ("latency_ms", "p50"), "lower is better"),
            ("p99 ms", ("latency_ms", "p99"), "lower is better"),
            ("mean batch", ("commit", "mean_batch"), ""),
-           ("client µs/tx", ("load_cpu_us_per_tx",), "the load client's own CPU per reply"))
+           ("client µs/tx", ("load_cpu_us_per_tx",), "the load client's own CPU per reply"),
+           ("server peak MiB", ("server_peak_mib",), "the server's VmHWM after the load"),
+           ("stop s", ("server_stop_s",), "SIGTERM to exit (a clean stop writes back)"))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1338,9 +1338,14 @@ def main(argv=None) -> int:
             before = scrape(metrics_address)
             result.update(run_load(args, address, cards, terminals, server_pid))
             result["commit"] = commit_figures(before, scrape(metrics_address))
+            if server_pid:
+                # The peak, not the last: a write-back round holds its writes until written.
+                result["server_peak_mib"] = process_memory_kib(server_pid)["VmHWM"] / 1024
             _report(args, result)
         if server:
+            stopping = time.perf_counter()
             code = server.stop()
+            result["server_stop_s"] = time.perf_counter() - stopping
             result["server_exit"] = code
             print(f"{server.name} stopped   exit {code} on SIGTERM")
             if code != 0:

@@ -58,10 +58,12 @@ OPEN_SYSTEMS = (("switch", "switch (durable)"), ("bare", "bare trio server"))
 SYSTEMS_WE_LOAD = ("switch", "bare", "uvloop", "responder")
 FULL = {"connections": 2000, "depth": 1, "seconds": 30.0, "warmup": 5.0, "accounts": 10_000,
         "rates": "5000,10000", "idle_connections": 10_000, "hold": 10.0,
-        "pg_clients": "16,64,256", "scale_accounts": "10000,1000000"}
+        "pg_clients": "16,64,256", "scale_accounts": "10000,1000000",
+        "scale_warmup": 40.0, "scale_seconds": 60.0}
 QUICK = {"connections": 100, "depth": 1, "seconds": 3.0, "warmup": 1.0, "accounts": 1000,
          "rates": "1000,2000", "idle_connections": 1000, "hold": 2.0,
-         "pg_clients": "16", "scale_accounts": "1000,20000"}
+         "pg_clients": "16", "scale_accounts": "1000,20000",
+         "scale_warmup": 1.0, "scale_seconds": 3.0}
 STOP_GRACE_S = 45.0               # a stopped step gets this long to stop its servers itself
 MB = 1_000_000
 MIB = 1024 * 1024
@@ -115,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
                                              f"(full: {FULL['pg_clients']})")
     parser.add_argument("--scale-accounts", help=f"scale step: account counts (full: "
                                                  f"{FULL['scale_accounts']})")
+    # Longer than the others': at a million accounts a write-back round lasts about 25 s
+    # (switch/limits.py logged_writes_per_account_ratio), and a window must hold rounds
+    # written back, not only the first one filling (which writes nothing back).
+    parser.add_argument("--scale-warmup", type=float,
+                        help=f"scale step: load before each window "
+                             f"(full: {FULL['scale_warmup']:g})")
+    parser.add_argument("--scale-seconds", type=float,
+                        help=f"scale step: measured window (full: {FULL['scale_seconds']:g})")
     parser.add_argument("--steps", default=",".join(STEPS),
                         help=f"comma-separated subset of {','.join(STEPS)}")
     parser.add_argument("--seed", type=int, help="seed for every run (default: random)")
@@ -290,7 +300,10 @@ def plan(args, results_dir: pathlib.Path) -> list[tuple[str, list[str], float]]:
             name = f"switch_scale_{accounts}"
             command = _load_command(args, name, results_dir, ["--prebuild"])
             command = _replace(command, "--accounts", str(accounts))
-            planned.append((name, command, window_s + setup_s + accounts / 1000))
+            command = _replace(command, "--warmup", f"{args.scale_warmup:g}")
+            command = _replace(command, "--seconds", f"{args.scale_seconds:g}")
+            scale_window_s = args.scale_warmup + args.scale_seconds + e2e_load.DRAIN_TIMEOUT_S
+            planned.append((name, command, scale_window_s + setup_s + accounts / 1000))
     if "bare" in steps and len(planned) > 1:
         planned.append(("bare_closed_again",
                         _load_command(args, "bare_closed_again", results_dir,

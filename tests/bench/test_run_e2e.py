@@ -29,6 +29,21 @@ def test_the_bare_server_runs_again_last_when_other_steps_ran_between():
     assert "bare_closed_again" not in without
 
 
+def test_the_scale_runs_are_long_enough_for_rounds_written_back_and_alike_at_each_size():
+    """A million accounts' write-back round lasts about 25 s: the scale step's windows are
+    its own, the same for every size, and the other steps keep theirs."""
+    planned = run_e2e.plan(_args("--steps", "switch,scale"), pathlib.Path("results"))
+    window = {name: (command[command.index("--warmup") + 1],
+                     command[command.index("--seconds") + 1]) for name, command, _ in planned}
+    assert window == {"switch_closed": ("5", "30"), "switch_scale_10000": ("40", "60"),
+                      "switch_scale_1000000": ("40", "60")}
+    asked = run_e2e.plan(_args("--steps", "scale", "--scale-warmup", "90",
+                               "--scale-seconds", "120"), pathlib.Path("results"))
+    assert {tuple(command[command.index(flag) + 1] for flag in ("--warmup", "--seconds"))
+            for _, command, _ in asked} == {("90", "120")}
+    assert all(limit > 90 + 120 for _, _, limit in asked)
+
+
 def _bare_run(name: str, tx_per_s: float) -> dict:
     return {"system": "bare", "tx_per_s": tx_per_s, "codes": {"ok": 1}, "command": name}
 
