@@ -48,7 +48,8 @@ FIGURES = (("tx/s", ("tx_per_s",), "higher is better"),
            ("p99 ms", ("latency_ms", "p99"), "lower is better"),
            ("mean batch", ("commit", "mean_batch"), ""),
            ("client µs/tx", ("load_cpu_us_per_tx",), "the load client's own CPU per reply"),
-           ("server peak MiB", ("server_peak_mib",), "the server's VmHWM after the load"),
+           ("server anon MiB", ("server_anon_peak_mib",),
+            "the server's own memory at its peak under the load (RssAnon, not the map)"),
            ("stop s", ("server_stop_s",), "SIGTERM to exit (a clean stop writes back)"))
 
 
