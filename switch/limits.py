@@ -154,6 +154,11 @@ error_flush_timeout_s = 5.0
 # Then, before the socket closes, what the peer still sends is read and discarded (a close
 # with unread bytes resets the connection and can destroy those last frames), up to:
 close_linger_s = 2.0
+# Then the store's close writes back what the logs hold: at most about 1.5 million writes at a
+# million accounts (logged_writes_held_max), 4.3 s measured (bench/replay_cost.py). A close
+# slower than this is said in the log: the unit's TimeoutStopSec (deploy/) allows this much.
+# A stop cut short there loses nothing: the next open replays the logs.
+store_close_s = 10.0
 close_linger_bytes_max = 1024 * 1024
 accept_pause_s = 0.1               # out of file descriptors: accepting waits this long
 receives_between_checkpoints = 8   # hello path: receives that found data at once before yielding anyway
@@ -202,8 +207,10 @@ commits_between_write_backs_max = 4_096
 # nothing changes.
 logged_writes_per_account_ratio = 1.0
 # The most writes a round holds, whatever the table's size: memory (two rounds are held, the
-# one being written back and the current one; about 220 B a write measured) and the logs an
-# open after a crash replays.
+# one being written back and the next filling: at a million accounts 1.47 million writes,
+# about 211 B each, and the switch's own memory at its peak 481 MiB against 68 with the
+# short rounds) and the logs an open after a crash replays (about 5 s there;
+# bench/replay_cost.py, bench/RESULTS.md 2026-12-04 13:29).
 logged_writes_held_max = 1_048_576
 # A commit writes back at least this many of the previous round's writes (and at least twice
 # what it logs itself, so a round is written back before the next one fills).

@@ -197,9 +197,11 @@ def test_the_switch_gets_its_drain_and_its_connections():
     (stop,) = settings["TimeoutStopSec"]
     # Past the whole of a stop, so SIGKILL never cuts a drain short: in flight answered,
     # the last replies written within their bound, the peer's last bytes read, then the
-    # last batch committed (Server.serve, Connection._close_when_answered).
+    # last batch committed (Server.serve, Connection._close_when_answered), then the store
+    # closed, what its logs hold written back.
     stop_duration_max_s = (limits.drain_timeout_s + limits.error_flush_timeout_s
-                           + limits.close_linger_s + limits.drain_timeout_s)
+                           + limits.close_linger_s + limits.drain_timeout_s
+                           + limits.store_close_s)
     assert stop.endswith("s") and float(stop[:-1]) > stop_duration_max_s
     (files,) = settings["LimitNOFILE"]
     assert int(files) > limits.connections_max

@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import sys
+import time
 
 import trio
 
@@ -84,6 +85,19 @@ async def _bind(args) -> tuple[list, list]:
     return listeners, metrics_listeners
 
 
+def _close_store(store) -> None:
+    """Close the store (writing back what its logs hold), saying so if that took longer than
+    the unit's TimeoutStopSec allows for it."""
+    closing = time.monotonic()
+    store.close()
+    closed_in_s = time.monotonic() - closing
+    if closed_in_s > limits.store_close_s:
+        logging.getLogger("switch").warning(
+            "event=slow_close seconds=%.1f bound_s=%g (a stop this slow may meet the "
+            "service manager's TimeoutStopSec; one cut short loses nothing, the next start "
+            "replays the logs)", closed_in_s, limits.store_close_s)
+
+
 async def _serve(args) -> int:
     from switch.clock import TrustedClock
     from switch.config import load_config
@@ -137,7 +151,7 @@ async def _serve(args) -> int:
                 metrics_bound = metrics_listeners[0].socket.getsockname()[:2]
                 print(f"metrics on {metrics_bound[0]}:{metrics_bound[1]}", flush=True)
     finally:
-        store.close()
+        _close_store(store)
         claim.release()
     logging.getLogger("switch").info("event=stopped last_txn=%d", store.last_txn)
     return 0

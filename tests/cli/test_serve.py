@@ -356,3 +356,23 @@ def test_a_damaged_id_log_stops_serve_and_rotate_with_one_line_not_a_guess(tmp_p
     one_line_error(refused, "idempotency_log_a record 3", "restore the latest backup")
     rotate = _run("rotate-master-key", "--data", str(data), timeout=30)
     one_line_error(rotate, "idempotency_log_a record 3")
+
+
+def test_a_close_slower_than_its_bound_is_said_and_a_quick_one_is_not(tmp_path, monkeypatch,
+                                                                        caplog):
+    """The store's close writes back what its logs hold (seconds at a million accounts): one
+    past `store_close_s`, the part of the unit's TimeoutStopSec left for it, is logged."""
+    from switch import limits
+    from switch.cli.main import _close_store
+    from switch.persistence.store import Store
+
+    caplog.set_level("WARNING", logger="switch")
+    _close_store(Store(str(tmp_path / "quick")))
+    assert "slow_close" not in caplog.text
+    monkeypatch.setattr(limits, "store_close_s", -1.0)   # any close is past it
+    store = Store(str(tmp_path / "slow"))
+    _close_store(store)
+    assert "event=slow_close" in caplog.text and "bound_s=-1" in caplog.text
+    import lmdb
+    with pytest.raises(lmdb.Error):
+        store.env.stat()      # closed all the same
