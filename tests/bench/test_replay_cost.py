@@ -1,0 +1,35 @@
+"""bench/replay_cost.py fills both write-back logs of a table larger than a round and times
+the replay at open and the write-back at close: a small run of it, and its refusals."""
+
+import json
+
+import pytest
+
+from tests.bench import bench_module
+
+replay_cost = bench_module("replay_cost")
+
+
+def test_a_small_run_fills_both_logs_of_a_lengthened_round_and_times_both_ends(tmp_path):
+    out = tmp_path / "replay_cost.json"
+    work = tmp_path / "work"
+    work.mkdir()
+    assert replay_cost.main(["--accounts", "40000", "--batch", "500", "--workdir", str(work),
+                             "--json-out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert "bench/replay_cost.py --accounts 40000 --batch 500" in result["command"]
+    # 40,000 accounts: a round of 40,000 writes, longer than the 32,768 of limits.py.
+    assert result["round_writes_max"] == 40_000
+    # At their fullest the logs hold a whole round and most of the next.
+    assert 1.2 * 40_000 < result["logged_writes_held"] < 2 * 40_000
+    assert result["logged_writes_at_close"] > 40_000
+    assert result["reopen_replay_s"] > 0 and result["clean_close_s"] > 0
+    assert result["anon_grown_mib"] is not None
+    assert list(work.iterdir()) == []      # its data dir removed
+
+
+@pytest.mark.parametrize("argv", [["--accounts", "0"], ["--batch", "0"], ["--accounts", "x"]])
+def test_bad_sizes_are_refused(argv):
+    with pytest.raises(SystemExit) as refused:
+        replay_cost.main(argv)
+    assert refused.value.code == 2
