@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
                                              f"(full: {FULL['pg_clients']})")
     parser.add_argument("--scale-accounts", help=f"scale step: account counts (full: "
                                                  f"{FULL['scale_accounts']})")
-    # Longer than the others': at a million accounts a write-back round lasts about 25 s
+    # Longer than the others': at a million accounts a write-back round lasts about 30 s
     # (switch/limits.py logged_writes_per_account_ratio), and a window must hold rounds
     # written back, not only the first one filling (which writes nothing back).
     parser.add_argument("--scale-warmup", type=float,

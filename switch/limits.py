@@ -155,9 +155,10 @@ error_flush_timeout_s = 5.0
 # with unread bytes resets the connection and can destroy those last frames), up to:
 close_linger_s = 2.0
 # Then the store's close writes back what the logs hold: at most about 1.5 million writes at a
-# million accounts (logged_writes_held_max), 4.3 s measured (bench/replay_cost.py). A close
-# slower than this is said in the log: the unit's TimeoutStopSec (deploy/) allows this much.
-# A stop cut short there loses nothing: the next open replays the logs.
+# million accounts, 4.3 s measured with a warm page cache (bench/replay_cost.py). Not a bound
+# (an LMDB write cannot be cut short): the time the unit's TimeoutStopSec (deploy/) allows
+# for it, and a close slower than this is logged. One cut short loses nothing: the next open
+# replays the logs.
 store_close_s = 10.0
 close_linger_bytes_max = 1024 * 1024
 accept_pause_s = 0.1               # out of file descriptors: accepting waits this long
@@ -195,7 +196,8 @@ commit_retries_map_full_max = 8    # map growth attempts before a batch is faile
 # (ids) and per account leaf (records) per round, so it saves pages only where a round holds
 # many writes of each: a bound by commits alone made rounds of a few ids a till at light load,
 # and their slices cost more than the pages saved (open loop at 5,000/s: p99 1.5-3.3x). The
-# bigger, the more memory (about 300 B a write, two rounds at most: about 20 MB).
+# bigger, the more memory (about 300 B a write, a round and a half at most: about 15 MB here;
+# a large accounts table lengthens the round, below).
 logged_writes_max = 32_768
 commits_between_write_backs_max = 4_096
 # A large accounts table lengthens the round: to this many writes per record the table holds
@@ -206,11 +208,11 @@ commits_between_write_backs_max = 4_096
 # round as long as the table rewrites each leaf about once instead. Below 32,768 records
 # nothing changes.
 logged_writes_per_account_ratio = 1.0
-# The most writes a round holds, whatever the table's size: memory (two rounds are held, the
-# one being written back and the next filling: at a million accounts 1.47 million writes,
-# about 211 B each, and the switch's own memory at its peak 481 MiB against 68 with the
-# short rounds) and the logs an open after a crash replays (about 5 s there;
-# bench/replay_cost.py, bench/RESULTS.md 2026-12-04 13:29).
+# The most writes a round holds, whatever the table's size. The logs and memory hold up to
+# about 1.5 times that (the round being written back, and the next one filling until it is:
+# at a million accounts 1.47 million writes, about 211 B each measured apart, the switch's own
+# memory at its peak 481 MiB against 68 with the short rounds), and an open after a crash
+# replays them (about 5 s there; bench/replay_cost.py, bench/RESULTS.md 2026-12-04 13:29).
 logged_writes_held_max = 1_048_576
 # A commit writes back at least this many of the previous round's writes (and at least twice
 # what it logs itself, so a round is written back before the next one fills).

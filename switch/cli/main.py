@@ -93,9 +93,9 @@ def _close_store(store) -> None:
     closed_in_s = time.monotonic() - closing
     if closed_in_s > limits.store_close_s:
         logging.getLogger("switch").warning(
-            "event=slow_close seconds=%.1f bound_s=%g (a stop this slow may meet the "
-            "service manager's TimeoutStopSec; one cut short loses nothing, the next start "
-            "replays the logs)", closed_in_s, limits.store_close_s)
+            "event=slow_close seconds=%.1f bound_s=%g hint=%s", closed_in_s,
+            limits.store_close_s, "a stop this slow may meet the service manager's "
+            "TimeoutStopSec; one cut short loses nothing, the next start replays the logs")
 
 
 async def _serve(args) -> int:

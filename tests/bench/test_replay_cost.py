@@ -20,11 +20,12 @@ def test_a_small_run_fills_both_logs_of_a_lengthened_round_and_times_both_ends(t
     assert "bench/replay_cost.py --accounts 40000 --batch 500" in result["command"]
     # 40,000 accounts: a round of 40,000 writes, longer than the 32,768 of limits.py.
     assert result["round_writes_max"] == 40_000
-    # At their fullest the logs hold a whole round and most of the next.
-    assert 1.2 * 40_000 < result["logged_writes_held"] < 2 * 40_000
-    assert result["logged_writes_at_close"] > 40_000
-    assert result["reopen_replay_s"] > 0 and result["clean_close_s"] > 0
-    assert result["anon_grown_mib"] is not None
+    # At their fullest the logs hold a whole round and most of the next (rounds of the
+    # limits' 32,768 writes would leave about 48,500 here), both times it fills them.
+    for held in (result["logged_writes_held"], result["logged_writes_at_close"]):
+        assert 1.35 * 40_000 < held < 2 * 40_000
+    # Timed, never judged: speed is the benchmark's, not a test's.
+    assert {type(result[name]) for name in ("reopen_replay_s", "clean_close_s")} == {float}
     assert list(work.iterdir()) == []      # its data dir removed
 
 

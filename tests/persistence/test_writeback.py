@@ -177,6 +177,43 @@ def test_a_large_accounts_table_lengthens_both_bounds_of_a_round_up_to_the_held_
     assert store.round_bounds() == (10, 6)
 
 
+def test_accounts_opened_while_the_switch_runs_lengthen_the_next_round(tmp_path, small_logs,
+                                                                     monkeypatch):
+    """The table is counted at each round's start, not only at open."""
+    monkeypatch.setattr(limits, "logged_writes_per_account_ratio", 1.0)
+    store = Store(str(tmp_path))
+    assert store.round_bounds() == (5, 3)
+    for i in range(12):                       # opened, and the round they fill written back
+        store.put("accounts", b"WH%05d" % i, bytearray(b"record"))
+    _commit(store)
+    for n in range(20):
+        store.put(IDS, b"till\0%d" % n, b"reply")
+        if _commit(store).ends_round:
+            break
+    assert store.committed_items("accounts")              # in the table itself now
+    for n in range(20):                       # the next round's start counts them
+        store.put(IDS, b"next\0%d" % n, b"reply")
+        if _commit(store).starts_round:
+            break
+    assert store.round_bounds() == (12, 7)
+    store.close()
+
+
+def test_the_lengthened_commits_bound_is_the_one_that_ends_a_round(tmp_path, small_logs,
+                                                                   monkeypatch):
+    """Ten accounts: a round ends at 10 writes or 6 logging commits (the limits' 3, grown
+    alike), so six commits of one id each end it, and five do not."""
+    monkeypatch.setattr(limits, "logged_writes_per_account_ratio", 1.0)
+    store = _store_of_accounts(tmp_path, 10)
+    assert store.round_bounds() == (10, 6)
+    starts = []
+    for n in range(6):
+        store.put(IDS, b"till\0%d" % n, b"reply")
+        starts.append(_commit(store).starts_round)
+    assert starts == [False] * 5 + [True]
+    store.close()
+
+
 def test_a_round_over_a_large_accounts_table_ends_at_its_lengthened_bound(
         tmp_path, small_logs, monkeypatch):
     """Ten accounts in the table, the limits' round 5 writes: the round ends at the tenth
@@ -417,42 +454,53 @@ def test_a_damaged_log_record_is_refused(damaged):
 
 # ------------------------------------------------------------- faults at every step
 KEYS = [b"till-%d\0%d" % (till, n) for till in range(3) for n in range(6)]
+ACCOUNT_KEYS = [b"WH%02d" % n for n in range(30)]
 
 
-def _check(store: Store, model: dict, where: str) -> None:
-    for key in KEYS:
-        assert store.get(IDS, key) == model.get(key), f"{key!r} after {where}"
+def _check(store: Store, model: dict, where: str, keys) -> None:
+    for db, key in keys:
+        assert store.get(db, key) == model.get((db, key)), f"{db} {key!r} after {where}"
 
 
+@pytest.mark.parametrize("long_rounds", [False, True], ids=["rounds", "lengthened_rounds"])
 @pytest.mark.parametrize("seed", range(12))
-def test_every_fault_at_every_step_keeps_every_committed_id(tmp_path, monkeypatch, seed):
+def test_every_fault_at_every_step_keeps_every_committed_id(tmp_path, monkeypatch, seed,
+                                                            long_rounds):
     """A seeded run of writes, deletes and commits over a few write-back rounds, with
     failures before and after the disk and crashes anywhere: after every step the store
-    reads exactly what was committed (and what the open batch holds)."""
+    reads exactly what was committed (and what the open batch holds). Lengthened: account
+    records too, opened and closed, so the table's size, and with it each round's bounds,
+    moves between rounds."""
     monkeypatch.setattr(limits, "logged_writes_max", 6)
     monkeypatch.setattr(limits, "commits_between_write_backs_max", 3)
     monkeypatch.setattr(limits, "written_back_per_commit_min", 2)
-    monkeypatch.setattr(limits, "logged_writes_per_account_ratio", 0)
+    monkeypatch.setattr(limits, "logged_writes_per_account_ratio", 0.5 if long_rounds else 0)
+    monkeypatch.setattr(limits, "logged_writes_held_max", 10)
+    keys = [(IDS, key) for key in KEYS]
+    if long_rounds:
+        keys += [("accounts", key) for key in ACCOUNT_KEYS]
     rng = random.Random(seed)
     store = Store(str(tmp_path), fsync=False)
     committed: dict = {}      # what the disk holds, as reads must see it
     pending: dict = {}        # the open batch
     rounds = 0
+    bounds_seen = set()
     try:
-        for step in range(400):
+        for step in range(1_000 if long_rounds else 400):    # longer rounds, as many
             roll = rng.random()
             if roll < 0.7:
-                key = rng.choice(KEYS)
+                db, key = rng.choice(keys)
                 value = None if rng.random() < 0.25 else b"v%d" % step
-                store.put(IDS, key, DELETED if value is None else value)
-                pending[key] = value
+                store.put(db, key, DELETED if value is None else value)
+                pending[(db, key)] = value
                 model = {**committed, **pending}
-                assert store.get(IDS, key) == model.get(key)
+                assert store.get(db, key) == model.get((db, key))
                 continue
             what = rng.choice(("commit",) * 8 + ("fail_before_disk", "fail_after_disk",
                                                  "commit_twice", "crash", "crash_after_disk",
                                                  "close", "commit_now"))
             if what in ("commit", "commit_twice", "fail_after_disk", "crash_after_disk"):
+                bounds_seen.add(store.round_bounds())
                 batch = store.seal()
                 store.write_batch(batch)
                 rounds += batch.ends_round
@@ -477,11 +525,14 @@ def test_every_fault_at_every_step_keeps_every_committed_id(tmp_path, monkeypatc
                 store = Store(str(tmp_path), fsync=False)
                 assert _logged_in_memory(store) == {}
             committed = {k: v for k, v in committed.items() if v is not None}
-            _check(store, committed, f"step {step}: {what}")
+            _check(store, committed, f"step {step}: {what}", keys)
             assert _logged_in_memory(store) == _logged_on_disk(store)
     finally:
         store.close()
     assert rounds >= 4     # the run wrote several rounds back, a slice at a time
+    # Lengthened, the bounds moved with the table (and never past the held bound).
+    assert (len(bounds_seen) > 1) == long_rounds, bounds_seen
+    assert all(writes <= 10 for writes, _ in bounds_seen) and min(bounds_seen) >= (6, 3)
 
 
 def test_a_backup_taken_while_ids_wait_in_the_log_keeps_them(tmp_path):
