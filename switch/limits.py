@@ -154,14 +154,14 @@ error_flush_timeout_s = 5.0
 # Then, before the socket closes, what the peer still sends is read and discarded (a close
 # with unread bytes resets the connection and can destroy those last frames), up to:
 close_linger_s = 2.0
+close_linger_bytes_max = 1024 * 1024
 # Then the store's close writes back what the logs hold: at most about 1.5 million writes at a
 # million accounts, 4.3 s measured with a warm page cache (bench/replay_cost.py), 9.9 s in a
-# run of record whose books were written just before (bench/RESULTS.md 2026-12-04 14:36). Not a bound
-# (an LMDB write cannot be cut short): the time the unit's TimeoutStopSec (deploy/) allows
-# for it, and a close slower than this is logged. One cut short loses nothing: the next open
-# replays the logs.
+# run of record whose books were written just before (bench/RESULTS.md 2026-12-04 14:36).
+# Not a bound (an LMDB write cannot be cut short): the time the unit's TimeoutStopSec
+# (deploy/) allows for it, and a close slower than this is logged. One cut short loses
+# nothing: the next open replays the logs.
 store_close_s = 20.0
-close_linger_bytes_max = 1024 * 1024
 accept_pause_s = 0.1               # out of file descriptors: accepting waits this long
 receives_between_checkpoints = 8   # hello path: receives that found data at once before yielding anyway
 ready_connections_per_pass_max = 2048  # epoll events taken per pass of the poller
