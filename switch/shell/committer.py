@@ -112,6 +112,8 @@ class Committer:
             phases["to_loop"].observe(back - ended)
             self.metrics.journal_txn.set(batch.last_txn)
             self.metrics.holds_open.set(self.ledger.holds.open_count)
+            self.metrics.write_back_held.set(self.store.logs_pending)
+            self.metrics.write_back_round.set(self.store.round_bounds()[0])
             self.commits += 1
             try:
                 self._check_map()

@@ -126,6 +126,15 @@ class Metrics:
                                       ["destination", "reason"], registry=registry)
         self.map_used = Gauge("switch_lmdb_map_used_bytes", "LMDB pages in use", registry=registry)
         self.map_size = Gauge("switch_lmdb_map_size_bytes", "LMDB map size", registry=registry)
+        # What the write-back rounds hold in memory (persistence/writeback.py): at a million
+        # accounts up to about 1.5 million writes, hundreds of MB, so an operator sees it.
+        self.write_back_held = Gauge("switch_write_back_held_writes",
+                                     "Account records and remembered ids committed to a log "
+                                     "and held in memory until written back",
+                                     registry=registry)
+        self.write_back_round = Gauge("switch_write_back_round_writes",
+                                      "Logged writes that end a round (lengthened by a large "
+                                      "accounts table)", registry=registry)
         self.refused_connections = Counter("switch_refused_connections",
                                            "Connections closed at accept (limit reached)",
                                            registry=registry)

@@ -234,3 +234,21 @@ def test_reply_observations_expose_what_prometheus_client_would():
                       if line.startswith(("switch_requests", "switch_request_duration")))
 
     assert ours(metrics.exposition()) == ours(generate_latest(registry))
+
+
+# ------------------------------------------------------------------ write-back
+async def test_the_write_back_rounds_memory_and_bound_are_exposed_after_each_commit(
+        tmp_path, nursery):
+    switch = await Switch(tmp_path / "data").start(nursery)
+    try:
+        await switch.person("WH1", card="C0001", balance=500)
+        metrics, store = switch.server.metrics, switch.store
+        held = metrics.write_back_held._value.get()
+        # The account's record and the admin's remembered ids, committed and logged.
+        assert held == store.logs_pending and held >= 3
+        assert metrics.write_back_round._value.get() == limits.logged_writes_max
+        text = metrics.exposition().decode()
+        assert f"switch_write_back_held_writes {float(held)}" in text
+        assert f"switch_write_back_round_writes {float(limits.logged_writes_max)}" in text
+    finally:
+        await switch.stop()
