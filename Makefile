@@ -16,13 +16,15 @@ install: $(STAMP)
 # wheel and Cython included: the project itself is then built without build isolation, which
 # would fetch them again unchecked. pip itself is the one the venv was created with.
 $(STAMP): $(LOCK) setup.py pyproject.toml switch/core/_authorize.pyx \
-		switch/codec/_frame_key.pyx switch/codec/_sha256_x86.h
+		switch/codec/_frame_key.pyx switch/codec/_sha256_x86.h \
+		switch/persistence/_key_order.pyx
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes --only-binary :all: -r $(LOCK)
 	# Editable install compiles the Cython core in place (build_ext --inplace).
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -c "import switch.core as c; assert c.COMPILED, 'compiled core not loaded'"
 	$(PY) -c "import switch.codec._frame_key"
+	$(PY) -c "import switch.persistence._key_order"
 	touch $(STAMP)
 
 demo: install

@@ -1,5 +1,5 @@
-"""Packaging for the one-card switch. The authorization core and the frames' HMAC are compiled
-with Cython."""
+"""Packaging for the one-card switch. The authorization core, the frames' HMAC and the
+write-back's key order are compiled with Cython."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
@@ -10,6 +10,10 @@ extensions = [
     # The frames' HMAC on the x86 SHA extensions (switch/codec/mac.py falls back to hashlib).
     Extension("switch.codec._frame_key", ["switch/codec/_frame_key.pyx"],
               depends=["switch/codec/_sha256_x86.h"], extra_compile_args=["-O2"]),
+    # A write-back round's keys put in order a run at a time (switch/persistence/key_order.py
+    # has the Python reference it is checked against).
+    Extension("switch.persistence._key_order", ["switch/persistence/_key_order.pyx"],
+              extra_compile_args=["-O2"]),
 ]
 
 setup(

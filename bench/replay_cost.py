@@ -11,7 +11,10 @@ own, then commits debits' writes, --batch a commit (an account at random and a n
 one of 2,000 tills), until the logs hold the most a round can leave behind: a whole round
 being written back and the next one full. It measures:
 
-- the Store's anonymous memory grown by those logged writes (RssAnon, this process);
+- the Store's anonymous memory grown by those logged writes at its peak (RssAnon, this
+  process, after each commit), and the most writes it held in memory: a slice of the round
+  being written back leaves memory once committed, so that is about a round, at a round's
+  start, while the logs on disk hold up to a round and a half;
 - the open of the data dir left as a crash leaves it (`close(write_back=False)`): the
   replay of both logs, wall time;
 - a clean stop (`close()`) of a store whose logs hold as much again, which writes them
@@ -37,6 +40,7 @@ for path in (str(BENCH), str(REPO)):
         sys.path.insert(0, path)
 
 import e2e_load  # noqa: E402  (the command line a result records, as every bench script's)
+from switch.persistence import writeback  # noqa: E402
 from switch.persistence.store import Store  # noqa: E402
 
 RECORD_BYTES = 176
@@ -62,6 +66,7 @@ def measure(accounts: int, batch: int, seed: int, workdir: str) -> dict:
         store = Store(path, MAP_BYTES, fsync=False)   # counts the table: the round's bounds
         writes_max, _ = store.round_bounds()
         before_kib = _anon_kib()
+        peak = {"anon_kib": before_kib, "held": 0}
         tills = [0] * TILLS
 
         def debits(count: int) -> bool:
@@ -77,6 +82,8 @@ def measure(accounts: int, batch: int, seed: int, workdir: str) -> dict:
                 store.write_batch(batch_committed)
                 store.committed(batch_committed)
                 started = started or batch_committed.starts_round
+                peak["anon_kib"] = max(peak["anon_kib"], _anon_kib())
+                peak["held"] = max(peak["held"], store.logs_pending)
             return started
 
         def fill_both_logs() -> int:
@@ -93,22 +100,26 @@ def measure(accounts: int, batch: int, seed: int, workdir: str) -> dict:
             order = store._prev_order     # the round being written back, and how far
             return order is None or order.length - store._prev_done <= 4 * batch
 
+        def on_disk() -> int:
+            return len(writeback.newest_logged(store._read, store.dbs))
+
         first_round = fill_both_logs()
-        pending = store.logs_pending
-        grown_kib = _anon_kib() - before_kib
+        pending, in_memory = on_disk(), store.logs_pending
+        grown_kib, held_most = peak["anon_kib"] - before_kib, peak["held"]
         store.close(write_back=False)           # as a crash leaves it
         began = time.perf_counter()
         store = Store(path, MAP_BYTES)          # durable from here, as the switch's
         reopen_s = time.perf_counter() - began
         fill_both_logs()                         # the logs as full again, then a clean stop
-        pending_at_close = store.logs_pending
+        pending_at_close = on_disk()
         began = time.perf_counter()
         store.close()
         close_s = time.perf_counter() - began
         return {"accounts": accounts, "round_writes_max": writes_max,
                 "debits_in_first_round": first_round,
-                "logged_writes_held": pending, "anon_grown_mib": grown_kib / 1024,
-                "bytes_per_logged_write": grown_kib * 1024 / pending if pending else None,
+                "logged_writes_held": pending, "logged_writes_in_memory": in_memory,
+                "anon_grown_mib": grown_kib / 1024, "logged_writes_in_memory_max": held_most,
+                "bytes_per_logged_write": grown_kib * 1024 / held_most if held_most else None,
                 "reopen_replay_s": reopen_s, "logged_writes_at_close": pending_at_close,
                 "clean_close_s": close_s}
     finally:

@@ -218,6 +218,11 @@ logged_writes_held_max = 1_048_576
 # A commit writes back at least this many of the previous round's writes (and at least twice
 # what it logs itself, so a round is written back before the next one fills).
 written_back_per_commit_min = 256
+# A round's keys are put in key order (for the write-back) this many at a time, a run a
+# commit, then merged: a million keys sorted at once held the event loop 0.4 s in Python
+# (switch/persistence/_key_order.pyx). A run of this size takes a few ms; the write-back of a
+# round waits for its last run, a few commits at most below a million keys.
+key_order_sorted_per_commit_max = 65_536
 # A retention sweep that reached the last id asks for a write-back at most this often, so the
 # ids of a quiet switch reach the database it walks (a busy one writes back by the bounds).
 ids_write_back_asked_every_s = 60

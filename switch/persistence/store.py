@@ -12,6 +12,7 @@ keeps them too.
 """
 
 import bisect
+import collections
 import itertools
 import logging
 import os
@@ -199,13 +200,15 @@ class Batch:
     logs_emptied: tuple = ()
     next_lsn: int = 0
     commits_logging: int = 0
+    sorts_round: bool = False   # it put a run of the previous round's keys in order, no more
 
     @property
     def writes_back(self) -> bool:
         """Whether it must be committed for the logs' sake, even with no writes of its own:
-        it writes back, empties a log, or starts a round (which `committed` then takes)."""
+        it writes back, empties a log, starts a round (which `committed` then takes), or
+        sorted a run of the previous round's keys (so the next commit sorts the next)."""
         return (self.full or self.previous_done > 0 or bool(self.logs_emptied)
-                or self.starts_round)
+                or self.starts_round or self.sorts_round)
 
 
 class Store:
@@ -530,22 +533,28 @@ class Store:
         previous = self._logged_prev
         round_open = self._prev_order is not None
         if round_open:
-            # At least twice what this batch logs, so the previous round is written back
-            # before the current one reaches its bound.
             order = self._prev_order
             start = self._prev_done
-            length = order.length
-            end = min(length, start + max(limits.written_back_per_commit_min,
-                                          2 * logged_count))
-            back_puts, back_deletes = writeback.writes_of(previous, order.slots(start, end))
-            puts.update(back_puts)
-            deletes.update(back_deletes)
-            batch.previous_done = end
-            if end == length:
-                batch.ends_round = True
-                batch.logs_emptied = tuple(pair[1 - self._current_log]
-                                           for pair in writeback.LOGS.values())
-                round_open = False
+            batch.previous_done = start
+            if order.ready or order.sort_some(limits.key_order_sorted_per_commit_max):
+                # At least twice what this batch logs, so the previous round is written back
+                # before the current one reaches its bound.
+                end = min(order.length, start + max(limits.written_back_per_commit_min,
+                                                    2 * logged_count))
+                back_puts, back_deletes = writeback.writes_of(previous, order.slots(start, end))
+                puts.update(back_puts)
+                deletes.update(back_deletes)
+                batch.previous_done = end
+                if end == order.length:
+                    batch.ends_round = True
+                    batch.logs_emptied = tuple(pair[1 - self._current_log]
+                                               for pair in writeback.LOGS.values())
+                    round_open = False
+            else:
+                # The round's keys are put in order a run a commit (limits.py): this commit
+                # writes back nothing, and is committed all the same, so the next one sorts
+                # the next run even on a switch with nothing else to write.
+                batch.sorts_round = True
         current_size = writeback.count(self._logged) + logged_count
         writes_max, commits_max = self.round_bounds()
         if not round_open and current_size and (
@@ -631,6 +640,8 @@ class Store:
             return
         if batch.ends_round:
             self._logged_prev, self._prev_order = writeback.no_logged(), None
+        elif batch.previous_done > self._prev_done:
+            self._forget_written_back(batch.previous_done)
         self._prev_done = 0 if batch.ends_round else batch.previous_done
         for db, writes in batch.logged.items():
             self._logged[db].update(writes)
@@ -640,9 +651,18 @@ class Store:
             self._current_log = 1 - self._current_log
             self._commits_logging = 0
 
+    def _forget_written_back(self, done: int) -> None:
+        # The previous round's writes up to `done` are in their databases now, where reads
+        # find them: dropped a slice at a time, so the round's end frees the last slice only
+        # (freeing a million writes at once held the event loop about 50 ms).
+        order = self._prev_order
+        for db, keys in order.slots(self._prev_done, done):
+            collections.deque(map(self._logged_prev[db].pop, keys), maxlen=0)
+        order.release(done)
+
     def _start_round(self, previous: dict) -> None:
-        # Ordered once a round (heapified; each slice pops its keys), so each slice writes
-        # back neighbouring keys.
+        # Put in key order a run a commit (writeback.KeyOrder), so each slice writes back
+        # neighbouring keys; here only listed.
         self._logged_prev = previous
         self._prev_order = writeback.KeyOrder(previous) if writeback.count(previous) else None
         self._prev_done = 0

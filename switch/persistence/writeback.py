@@ -26,10 +26,12 @@ nothing the fsync covered.
 Pure functions over LMDB transactions: the Store decides when, these say how.
 """
 
-import heapq
-import itertools
+import collections
 
 import msgpack
+
+from switch import limits
+from switch.persistence.key_order import KeyRuns
 
 # database -> its two logs (also in store.DATABASES): records go to the current one while
 # the other's are written back.
@@ -213,47 +215,67 @@ def replay_logs(txn, dbs) -> int:
 
 class KeyOrder:
     """A round's keys in key order within each database, the databases one after another,
-    so each slice writes back neighbouring keys, sorted as they are asked for: the round's
-    start only heapifies its keys (O(n): about 1 ms for 32,768 here, where sorting them
-    stalled the event loop 8-20 ms once a round, and the open loop's p99 with it), and each
-    slice pops its few hundred. What was popped is kept, so a slice asked for again gets the
-    same keys and the order never depends on how often it was asked."""
+    so each slice writes back neighbouring keys. Put in order a run at a time
+    (`sort_some`, switch/persistence/key_order.py): a heap of them cost about 1.4 µs a key
+    popped at a million keys, and sorting them at once stalled the event loop. What was
+    taken is kept until `release`, so a slice asked for again gets the same keys; released
+    keys are dropped, so a round's keys are freed a slice at a time, not all at its end."""
 
-    def __init__(self, values: dict):
-        self._heaps = []
-        for db, writes in values.items():
-            if writes:
-                keys = list(writes)
-                heapq.heapify(keys)
-                self._heaps.append((db, keys))
+    def __init__(self, values: dict, run_keys: int | None = None):
+        run_keys = run_keys or limits.key_order_sorted_per_commit_max
+        self._runs = [(db, KeyRuns(list(writes), run_keys))
+                      for db, writes in values.items() if writes]
         self.length = count(values)
-        self._taken: list = []    # (db, its keys popped so far, in order), a run per database
-        self._taken_count = 0
+        self._taken: collections.deque = collections.deque()   # (position, db, [key, ...])
+        self._taken_end = 0         # the position after the last key taken
+        self._released = 0          # keys before this position are forgotten
+
+    @property
+    def ready(self) -> bool:
+        return all(runs.ready for _, runs in self._runs)
+
+    def sort_some(self, keys_max: int) -> bool:
+        """Sort runs until `keys_max` keys were sorted by this call (at least one run, and
+        more while below it); whether every run is now sorted."""
+        sorted_now = 0
+        for _, runs in self._runs:
+            while sorted_now < keys_max and not runs.ready:
+                sorted_now += runs.sort_next()
+        return self.ready
 
     def slots(self, start: int, end: int) -> list:
-        """The keys at positions [start, end) of the order, as (db, [key, ...]) runs."""
-        taken, heaps = self._taken, self._heaps
-        while self._taken_count < end:
-            db, heap = heaps[0]
-            if not taken or taken[-1][0] != db:
-                taken.append((db, []))
-            run = taken[-1][1]
-            wanted = min(end - self._taken_count, len(heap))
-            # heappop called from C (`map`), not from a Python loop: no Python step per key.
-            run.extend(map(heapq.heappop, itertools.repeat(heap, wanted)))
-            self._taken_count += wanted
-            if not heap:
-                heaps.pop(0)
-        runs = []
-        offset = 0
-        for db, keys in taken:
-            if offset >= end:
+        """The keys at positions [start, end) of the order, as (db, [key, ...]) runs, one a
+        database. Every run must be sorted, and `start` not before what was released."""
+        assert self.ready, "slots asked for before the order is sorted"
+        assert start >= self._released, (start, self._released)
+        while self._taken_end < end and self._runs:
+            db, runs = self._runs[0]
+            wanted = end - self._taken_end
+            keys = runs.take(wanted)
+            if keys:
+                self._taken.append((self._taken_end, db, keys))
+                self._taken_end += len(keys)
+            if len(keys) < wanted:      # this database has no more: the next one's keys
+                self._runs.pop(0)
+        found: list = []
+        for position, db, keys in self._taken:
+            if position >= end:
                 break
-            piece = keys[max(start - offset, 0):end - offset]
-            if piece:
-                runs.append((db, piece))
-            offset += len(keys)
-        return runs
+            piece = keys[max(start - position, 0):end - position]
+            if not piece:
+                continue
+            if found and found[-1][0] == db:
+                found[-1][1].extend(piece)
+            else:
+                found.append((db, piece))
+        return found
+
+    def release(self, position: int) -> None:
+        """Forget the keys before `position` (written back and committed)."""
+        taken = self._taken
+        while taken and taken[0][0] + len(taken[0][2]) <= position:
+            taken.popleft()
+        self._released = max(self._released, position)
 
 
 def writes_of(values: dict, runs) -> tuple[dict, dict]:

@@ -24,6 +24,11 @@ def test_a_small_run_fills_both_logs_of_a_lengthened_round_and_times_both_ends(t
     # limits' 32,768 writes would leave about 48,500 here), both times it fills them.
     for held in (result["logged_writes_held"], result["logged_writes_at_close"]):
         assert 1.35 * 40_000 < held < 2 * 40_000
+    # In memory, less: the slices written back were dropped once committed, so what is
+    # held is the round filling and the last slice of the other (all of both, before).
+    assert 0.4 * 40_000 < result["logged_writes_in_memory"] < 0.75 * 40_000
+    # The peak is about a round, at a round's start, never the logs' round and a half.
+    assert 0.9 * 40_000 < result["logged_writes_in_memory_max"] < 1.2 * 40_000
     # Timed, never judged: speed is the benchmark's, not a test's.
     assert {type(result[name]) for name in ("reopen_replay_s", "clean_close_s")} == {float}
     assert list(work.iterdir()) == []      # its data dir removed

@@ -46,6 +46,17 @@ def _logged_on_disk(store: Store) -> dict:
     return writeback.newest_logged(store._read, store.dbs)
 
 
+def _assert_memory_agrees_with_the_logs(store: Store) -> None:
+    """What the store holds of its logs is what the disk's logs hold, less what a slice
+    wrote back (dropped from memory once committed): every write it holds is the logs'
+    newest, and every newest write of the logs it does not hold is in its database."""
+    memory, disk = _logged_in_memory(store), _logged_on_disk(store)
+    assert {key: disk.get(key, "absent") for key in memory} == memory
+    for (db, key), value in disk.items():
+        if (db, key) not in memory:
+            assert store._read.get(key, db=store.dbs[db]) == value, (db, key)
+
+
 @pytest.fixture
 def small_logs(monkeypatch):
     monkeypatch.setattr(limits, "logged_writes_max", 5)
@@ -141,6 +152,47 @@ def test_a_round_asked_for_with_nothing_else_to_write_is_committed_and_written_b
         commits += 1
     assert commits == 2                          # the round starts, then its one slice
     assert [key for key, _ in store.committed_items(IDS)] == [b"till\0\x01"]
+    store.close()
+
+
+def test_a_round_is_sorted_a_run_a_commit_then_written_back_and_freed_a_slice_at_a_time(
+        tmp_path, small_logs, monkeypatch):
+    """A round of more keys than a commit sorts is put in order over several commits, each
+    committed even with nothing else to write (so a quiet switch gets on with it), and
+    nothing is written back before the last run is sorted. Then each slice, once committed,
+    leaves memory (its writes are read from their database), so the round's end frees only
+    the last slice."""
+    monkeypatch.setattr(limits, "logged_writes_max", 7)
+    monkeypatch.setattr(limits, "key_order_sorted_per_commit_max", 2)
+    store = Store(str(tmp_path))
+    for i in range(4):
+        store.put(IDS, b"till\0%d" % i, b"reply %d" % i)
+        store.put("accounts", b"WH%d" % (9 - i), bytearray(b"record %d" % i))
+    assert _commit(store).starts_round                       # 8 logged: the bound is 7
+    assert writeback.count(store._logged_prev) == 8
+    sorting = []
+    while store.open_writes:
+        batch = store.seal()
+        assert not batch.writes and batch.writes_back
+        store.write_batch(batch)
+        store.committed(batch)
+        sorting.append(batch.sorts_round)
+        if batch.sorts_round:
+            assert batch.previous_done == 0 and not store._prev_order.ready
+            continue
+        held = writeback.flat(store._logged_prev)
+        assert len(held) == 8 - batch.previous_done or batch.ends_round
+        for i in range(4):          # read back from memory or the database, the same
+            assert store.get(IDS, b"till\0%d" % i) == b"reply %d" % i
+            assert store.get("accounts", b"WH%d" % (9 - i)) == b"record %d" % i
+        written = {key for db, key in held}
+        assert all(store.get_committed(db, key) is not None for db, key in held)
+        assert not any(key in written for key, _ in store.committed_items(IDS))
+    # Four runs of 2 (the accounts' keys, then the ids'), three of them a commit before the
+    # write-back: the fourth is sorted by the commit that writes back the first slice.
+    assert sorting[:3] == [True] * 3 and not any(sorting[3:])
+    assert writeback.count(store._logged_prev) == 0 and store._prev_order is None
+    assert [key for key, _ in store.committed_items(IDS)] == [b"till\0%d" % i for i in range(4)]
     store.close()
 
 
@@ -372,7 +424,7 @@ def test_a_failed_commit_in_the_middle_of_a_round_is_believed_whether_or_not_on_
         if on_disk:
             store.write_batch(batch)
         store.discard_uncommitted()
-        assert _logged_in_memory(store) == _logged_on_disk(store)
+        _assert_memory_agrees_with_the_logs(store)
         assert all(store.get(IDS, b"till\0%d" % i) == b"reply %d" % i for i in range(5))
         assert store.get(IDS, b"failed\0") == (b"answered internal" if on_disk else None)
         for n in range(6):                      # the round goes on to its end and the next
@@ -388,7 +440,7 @@ def test_a_failed_commit_in_the_middle_of_a_round_is_believed_whether_or_not_on_
 def _log_state(store: Store) -> tuple:
     order = store._prev_order
     return (writeback.flat(store._logged), writeback.flat(store._logged_prev),
-            order and (order.length, order.slots(0, order.length)),
+            order and (order.length, order.ready, order._released, order._taken_end),
             store._prev_done, store._current_log, store._next_lsn, store._commits_logging)
 
 
@@ -462,15 +514,18 @@ def _check(store: Store, model: dict, where: str, keys) -> None:
         assert store.get(db, key) == model.get((db, key)), f"{db} {key!r} after {where}"
 
 
+@pytest.mark.parametrize("sort_run_keys", [65_536, 2], ids=["sorted_at_once", "runs_of_2"])
 @pytest.mark.parametrize("long_rounds", [False, True], ids=["rounds", "lengthened_rounds"])
 @pytest.mark.parametrize("seed", range(12))
 def test_every_fault_at_every_step_keeps_every_committed_id(tmp_path, monkeypatch, seed,
-                                                            long_rounds):
+                                                            long_rounds, sort_run_keys):
     """A seeded run of writes, deletes and commits over a few write-back rounds, with
     failures before and after the disk and crashes anywhere: after every step the store
     reads exactly what was committed (and what the open batch holds). Lengthened: account
     records too, opened and closed, so the table's size, and with it each round's bounds,
-    moves between rounds."""
+    moves between rounds. A key a commit: each round's keys are put in order over as many
+    commits as it has keys before its write-back starts, faults among them."""
+    monkeypatch.setattr(limits, "key_order_sorted_per_commit_max", sort_run_keys)
     monkeypatch.setattr(limits, "logged_writes_max", 6)
     monkeypatch.setattr(limits, "commits_between_write_backs_max", 3)
     monkeypatch.setattr(limits, "written_back_per_commit_min", 2)
@@ -484,9 +539,13 @@ def test_every_fault_at_every_step_keeps_every_committed_id(tmp_path, monkeypatc
     committed: dict = {}      # what the disk holds, as reads must see it
     pending: dict = {}        # the open batch
     rounds = 0
+    sorting_commits = 0
     bounds_seen = set()
     try:
-        for step in range(1_000 if long_rounds else 400):    # longer rounds, as many
+        # Longer rounds, as many; rounds sorted over commits, as many (a fault starts the
+        # order over, so they need more steps).
+        steps = (1_000 if long_rounds else 400) * (1 if sort_run_keys > 2 else 4)
+        for step in range(steps):
             roll = rng.random()
             if roll < 0.7:
                 db, key = rng.choice(keys)
@@ -504,6 +563,7 @@ def test_every_fault_at_every_step_keeps_every_committed_id(tmp_path, monkeypatc
                 batch = store.seal()
                 store.write_batch(batch)
                 rounds += batch.ends_round
+                sorting_commits += batch.sorts_round
                 # A slice is bounded: no commit writes back a whole round at once.
                 assert batch.previous_done - store._prev_done <= max(2, 2 * writeback.count(batch.logged))
                 if what == "commit_twice":
@@ -526,10 +586,13 @@ def test_every_fault_at_every_step_keeps_every_committed_id(tmp_path, monkeypatc
                 assert _logged_in_memory(store) == {}
             committed = {k: v for k, v in committed.items() if v is not None}
             _check(store, committed, f"step {step}: {what}", keys)
-            assert _logged_in_memory(store) == _logged_on_disk(store)
+            _assert_memory_agrees_with_the_logs(store)
     finally:
         store.close()
-    assert rounds >= 4     # the run wrote several rounds back, a slice at a time
+    # The run wrote several rounds back, a slice at a time (sorted over commits, at least
+    # one: a round needs about eight commits in a row without a fault there).
+    assert rounds >= (4 if sort_run_keys > 2 else 1), rounds
+    assert (sorting_commits > 0) == (sort_run_keys == 2), sorting_commits
     # Lengthened, the bounds moved with the table (and never past the held bound).
     assert (len(bounds_seen) > 1) == long_rounds, bounds_seen
     assert all(writes <= 10 for writes, _ in bounds_seen) and min(bounds_seen) >= (6, 3)
@@ -565,7 +628,9 @@ def test_close_closes_the_environment_even_when_the_log_is_damaged(tmp_path, cap
     assert store.logs_pending == 1
 
 
-def test_a_rounds_order_is_each_databases_keys_sorted_and_a_slice_asked_again_is_the_same():
+@pytest.mark.parametrize("run_keys", [1, 2, 3, 100])
+def test_a_rounds_order_is_each_databases_keys_sorted_and_a_slice_asked_again_is_the_same(
+        run_keys):
     values = {"idempotency": {b"t\0\x02": b"r", b"t\0\x01": None},
               "accounts": {b"WH9": b"a", b"WH1": b"b", b"CUIK1": b"c"}}
     slots = [("idempotency", b"t\0\x01"), ("idempotency", b"t\0\x02"),
@@ -577,12 +642,36 @@ def test_a_rounds_order_is_each_databases_keys_sorted_and_a_slice_asked_again_is
         return [(db, key) for db, keys in runs for key in keys]
     for start in range(6):                   # every slice, across the two databases
         for end in range(start, 6):
-            order = writeback.KeyOrder(values)
+            order = writeback.KeyOrder(values, run_keys)
             assert order.length == 5
+            sorts = 1
+            while not order.sort_some(run_keys):   # a run a call (and more while below it)
+                sorts += 1
+            # Runs of 2 and 3 keys, or 1+1 and 1+1+1, or 2 and 2+1: sorted a run a call, and
+            # on into the next while fewer than `run_keys` keys were sorted.
+            assert sorts == {1: 5, 2: 3, 3: 1, 100: 1}[run_keys]
             assert flat(order.slots(start, end)) == slots[start:end]
-            assert flat(order.slots(0, 5)) == slots          # popped ones are kept, in order
+            assert flat(order.slots(0, 5)) == slots          # taken ones are kept, in order
             assert flat(order.slots(start, end)) == slots[start:end]
+            order.release(end)                               # forgotten, once committed
+            assert flat(order.slots(end, 5)) == slots[end:]
+            if end:
+                with pytest.raises(AssertionError):
+                    order.slots(end - 1, 5)
+
+
+def test_a_round_is_not_written_back_before_its_order_is_sorted():
+    order = writeback.KeyOrder({"accounts": {b"WH2": b"a", b"WH1": b"b"}, "idempotency": {}}, 1)
+    assert not order.ready
+    with pytest.raises(AssertionError):
+        order.slots(0, 1)
+    assert not order.sort_some(1) and order.sort_some(1) and order.ready
+
+
+def test_a_round_of_nothing_has_no_keys_and_a_split_writes_each_databases_keys_in_order():
     assert writeback.KeyOrder(writeback.no_logged()).length == 0
+    values = {"idempotency": {b"t\0\x02": b"r", b"t\0\x01": None},
+              "accounts": {b"WH9": b"a", b"WH1": b"b", b"CUIK1": b"c"}}
     puts, deletes = writeback.split(values)
     assert puts == {"accounts": [(b"CUIK1", b"c"), (b"WH1", b"b"), (b"WH9", b"a")],
                     "idempotency": [(b"t\0\x02", b"r")]}
