@@ -197,8 +197,8 @@ commit_retries_map_full_max = 8    # map growth attempts before a batch is faile
 # (ids) and per account leaf (records) per round, so it saves pages only where a round holds
 # many writes of each: a bound by commits alone made rounds of a few ids a till at light load,
 # and their slices cost more than the pages saved (open loop at 5,000/s: p99 1.5-3.3x). The
-# bigger, the more memory (about 300 B a write, a round and a half at most: about 15 MB here;
-# a large accounts table lengthens the round, below).
+# bigger, the more memory (about 300 B a write, about a round at most: about 10 MB here; a
+# large accounts table lengthens the round, below).
 logged_writes_max = 32_768
 commits_between_write_backs_max = 4_096
 # A large accounts table lengthens the round: to this many writes per record the table holds
@@ -209,19 +209,22 @@ commits_between_write_backs_max = 4_096
 # round as long as the table rewrites each leaf about once instead. Below 32,768 records
 # nothing changes.
 logged_writes_per_account_ratio = 1.0
-# The most writes a round holds, whatever the table's size. The logs and memory hold up to
-# about 1.5 times that (the round being written back, and the next one filling until it is:
-# at a million accounts 1.47 million writes, about 211 B each measured apart, the switch's own
-# memory at its peak 481 MiB against 68 with the short rounds), and an open after a crash
-# replays them (about 5 s there; bench/replay_cost.py, bench/RESULTS.md 2026-12-04 13:29).
+# The most writes a round holds, whatever the table's size. The logs hold up to about 1.5
+# times that (the round being written back, and the next one filling until it is: at a
+# million accounts 1.47 million writes), and an open after a crash replays them (about 5 s
+# there; bench/replay_cost.py, bench/RESULTS.md 2026-12-04 13:29). Memory holds about a round
+# at most: a slice written back leaves it once committed (at a million accounts the switch's
+# own memory at its peak 386 MiB, 481 when a round left memory only at its end, 68 with the
+# short rounds; bench/RESULTS.md 2026-12-04 17:00).
 logged_writes_held_max = 1_048_576
 # A commit writes back at least this many of the previous round's writes (and at least twice
 # what it logs itself, so a round is written back before the next one fills).
 written_back_per_commit_min = 256
 # A round's keys are put in key order (for the write-back) this many at a time, a run a
-# commit, then merged: a million keys sorted at once held the event loop 0.4 s in Python
-# (switch/persistence/_key_order.pyx). A run of this size takes a few ms; the write-back of a
-# round waits for its last run, a few commits at most below a million keys.
+# commit, then merged (switch/persistence/_key_order.pyx): a million keys sorted at once held
+# the event loop 0.4 s in Python, and popped from a heap cost it 1.4 µs a key. A run of this
+# size takes about 9 ms; a round's write-back starts once its last run is sorted, 16 commits
+# in at most for a round of a million keys.
 key_order_sorted_per_commit_max = 65_536
 # A retention sweep that reached the last id asks for a write-back at most this often, so the
 # ids of a quiet switch reach the database it walks (a busy one writes back by the bounds).

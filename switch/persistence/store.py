@@ -464,6 +464,12 @@ class Store:
                                        or (self._write_back_asked
                                            and writeback.count(self._logged)))
 
+    @property
+    def uncommitted_writes(self) -> int:
+        """Writes of the open batch: what a stop must commit (the logs' write-back it may
+        leave to `close`)."""
+        return writeback.count(self._dirty)
+
     def write_back_soon(self) -> None:
         """End the current round at the next commit, so the commits after it write its ids
         back, even with nothing else to write: the retention sweep asks, so a quiet

@@ -127,7 +127,7 @@ class Metrics:
         self.map_used = Gauge("switch_lmdb_map_used_bytes", "LMDB pages in use", registry=registry)
         self.map_size = Gauge("switch_lmdb_map_size_bytes", "LMDB map size", registry=registry)
         # What the write-back rounds hold in memory (persistence/writeback.py): at a million
-        # accounts up to about 1.5 million writes, hundreds of MB, so an operator sees it.
+        # accounts up to about a million writes, hundreds of MB, so an operator sees it.
         self.write_back_held = Gauge("switch_write_back_held_writes",
                                      "Account records and remembered ids committed to a log "
                                      "and held in memory until written back",

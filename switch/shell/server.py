@@ -742,7 +742,7 @@ class Server:
                     connection.release()
             self.committer.kick()  # e.g. a forwarder's position waiting for the next commit
             with trio.move_on_after(limits.drain_timeout_s):
-                await self.committer.wait_idle()
+                await self.committer.wait_idle(draining=True)
             nursery.cancel_scope.cancel()
 
     async def _housekeeping(self) -> None:
