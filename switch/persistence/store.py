@@ -466,9 +466,13 @@ class Store:
 
     @property
     def uncommitted_writes(self) -> int:
-        """Writes of the open batch: what a stop must commit (the logs' write-back it may
-        leave to `close`)."""
+        """Writes of the open batch, not yet committed."""
         return writeback.count(self._dirty)
+
+    @property
+    def round_written_back(self) -> bool:
+        """Whether no round is being written back (its log is gone)."""
+        return self._prev_order is None
 
     def write_back_soon(self) -> None:
         """End the current round at the next commit, so the commits after it write its ids
@@ -493,15 +497,16 @@ class Store:
         value = self.get(db, key)
         return None if value is None else bytearray(value)
 
-    def seal(self, write_back: bool = False) -> Batch:
+    def seal(self, write_back: bool = False, finish_round: bool = False) -> Batch:
         """Freeze the open batch's writes: O(1), the writer thread takes the dict as is.
 
         Nothing mutates a sealed value afterwards: mutable values are only ever changed
         through `get_mutable`, which copies anything not owned by the open batch.
 
         The batch logs its writes to logged databases and writes back the next slice of the
-        previous round; with `write_back`, it writes back every logged value and its own
-        instead, and empties the logs.
+        previous round (with `finish_round`, all that is left of it: a draining switch); with
+        `write_back`, it writes back every logged value and its own instead, and empties the
+        logs.
         """
         # One batch commits at a time (the committer is sequential).
         assert not writeback.count(self._sealed), "sealed a batch while another was committing"
@@ -510,7 +515,7 @@ class Store:
         # between Python steps (which made a commit's wall time several times its CPU).
         puts, deletes, logged = _by_database(self._dirty)
         batch = Batch(self._batch_number, self._dirty, self.last_txn, (puts, deletes), logged)
-        self._plan_logs(batch, write_back)
+        self._plan_logs(batch, write_back, finish_round)
         self._sealed = self._dirty
         self._dirty = _no_writes()
         self._sealed_ranged = self._dirty_ranged
@@ -518,7 +523,7 @@ class Store:
         self._batch_number += 1
         return batch
 
-    def _plan_logs(self, batch: Batch, full: bool) -> None:
+    def _plan_logs(self, batch: Batch, full: bool, finish_round: bool) -> None:
         logged = batch.logged
         puts, deletes = batch.prepared
         batch.next_lsn = self._next_lsn
@@ -542,11 +547,13 @@ class Store:
             order = self._prev_order
             start = self._prev_done
             batch.previous_done = start
-            if order.ready or order.sort_some(limits.key_order_sorted_per_commit_max):
+            sort_max = order.length if finish_round else limits.key_order_sorted_per_commit_max
+            if order.ready or order.sort_some(sort_max):
                 # At least twice what this batch logs, so the previous round is written back
                 # before the current one reaches its bound.
-                end = min(order.length, start + max(limits.written_back_per_commit_min,
-                                                    2 * logged_count))
+                end = order.length if finish_round else min(
+                    order.length, start + max(limits.written_back_per_commit_min,
+                                              2 * logged_count))
                 back_puts, back_deletes = writeback.writes_of(previous, order.slots(start, end))
                 puts.update(back_puts)
                 deletes.update(back_deletes)

@@ -37,9 +37,12 @@ class Committer:
         self.journal_advanced = trio.lowlevel.ParkingLot()
         self.committing = False
         self.commits = 0
-        # Once the switch drains, no commit is started for the write-back alone: the store's
-        # close writes back what the logs hold in one transaction. A slice a commit took
-        # 10 s (the whole drain bound) at a million accounts, at 256 writes an fsync.
+        # Once the switch drains, a commit writes back all that is left of the round being
+        # written back, and no more commits are made for the write-back: the store's close
+        # writes back the last round's log in one transaction. A slice a commit (256 writes
+        # an fsync when idle) took the whole 10 s of the drain's bound at a million accounts;
+        # leaving the whole to the close rewrote the part already written back (its log is
+        # dropped only when the round ends).
         self.draining = False
 
     # ------------------------------------------------------------- event loop side
@@ -61,14 +64,17 @@ class Committer:
         return len(self._open) >= self.batch_requests_max
 
     def _work_waiting(self) -> bool:
-        """Whether something waits for a commit: requests, writes made outside any, or
-        (unless draining) the write-back of logged writes."""
-        return bool(self._open or (self.store.uncommitted_writes if self.draining
-                                   else self.store.open_writes))
+        """Whether something waits for a commit: requests, writes made outside any, or the
+        write-back of logged writes (draining: of the round being written back only)."""
+        if self.draining:
+            return bool(self._open or self.store.uncommitted_writes
+                        or not self.store.round_written_back)
+        return bool(self._open or self.store.open_writes)
 
     async def wait_idle(self, draining: bool = False) -> None:
         """Until nothing is waiting for a commit. `draining` (the shutdown): from now on
-        the write-back is left to the store's close."""
+        the round being written back is finished by one commit, and the last round left to
+        the store's close."""
         if draining:
             self.draining = True
         while self.committing or self._work_waiting():
@@ -100,7 +106,7 @@ class Committer:
         self.metrics.commit_queue.set(len(self._open))
         replies, self._open = self._open, []
         effects = self.ledger.take_effects()
-        batch = self.store.seal()
+        batch = self.store.seal(finish_round=self.draining)
         self._held, self._held_durable = (batch, effects, replies), False
         if batch.writes or batch.writes_back:
             self.committing = True

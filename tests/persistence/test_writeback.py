@@ -196,6 +196,29 @@ def test_a_round_is_sorted_a_run_a_commit_then_written_back_and_freed_a_slice_at
     store.close()
 
 
+def test_a_round_finished_at_once_is_sorted_written_back_and_its_log_dropped_in_one_commit(
+        tmp_path, small_logs, monkeypatch):
+    """A draining switch's commit (`finish_round`): all that is left of the round being
+    written back, whatever the bounds on a slice and on sorting, in one commit."""
+    monkeypatch.setattr(limits, "logged_writes_max", 7)
+    monkeypatch.setattr(limits, "key_order_sorted_per_commit_max", 2)
+    store = Store(str(tmp_path))
+    for i in range(6):
+        store.put(IDS, b"till\0%d" % i, b"reply %d" % i)
+        store.put("accounts", b"WH%d" % i, bytearray(b"record %d" % i))
+    assert _commit(store).starts_round and not store.round_written_back
+    store.put(IDS, b"later\0", b"in the next round")
+    batch = store.seal(finish_round=True)
+    assert batch.previous_done == 12 and batch.ends_round and not batch.sorts_round
+    store.write_batch(batch)
+    store.committed(batch)
+    assert store.round_written_back and writeback.count(store._logged_prev) == 0
+    assert writeback.flat(store._logged) == {(IDS, b"later\0"): b"in the next round"}
+    store.close(write_back=False)
+    assert sorted(_raw(tmp_path, IDS)) == [b"till\0%d" % i for i in range(6)]
+    assert _raw(tmp_path, LOG_A) == {} and _raw(tmp_path, ACCOUNTS_LOG_A) == {}
+
+
 def test_the_bound_on_commits_ends_a_round(tmp_path, small_logs):
     store = Store(str(tmp_path))
     outcomes = []
