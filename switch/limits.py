@@ -215,7 +215,7 @@ logged_writes_per_account_ratio = 1.0
 # there; bench/replay_cost.py, bench/RESULTS.md 2026-12-04 13:29). Memory holds about a round
 # at most: a slice written back leaves it once committed (at a million accounts the switch's
 # own memory at its peak 386 MiB, 481 when a round left memory only at its end, 68 with the
-# short rounds; bench/RESULTS.md 2026-12-04 17:00).
+# short rounds; bench/RESULTS.md 2026-12-04 16:24).
 logged_writes_held_max = 1_048_576
 # A commit writes back at least this many of the previous round's writes (and at least twice
 # what it logs itself, so a round is written back before the next one fills).
