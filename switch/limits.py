@@ -213,9 +213,10 @@ logged_writes_per_account_ratio = 1.0
 # times that (the round being written back, and the next one filling until it is: at a
 # million accounts 1.47 million writes), and an open after a crash replays them (about 5 s
 # there; bench/replay_cost.py, bench/RESULTS.md 2026-12-04 13:29). Memory holds about a round
-# at most: a slice written back leaves it once committed (at a million accounts the switch's
-# own memory at its peak 386 MiB, 481 when a round left memory only at its end, 68 with the
-# short rounds; bench/RESULTS.md 2026-12-04 16:24).
+# at most: a slice's keys and values leave it once committed (the round's dict tables and its
+# sort's entries, about 64 B a write, stay until the round ends; at a million accounts the
+# switch's own memory at its peak 386 MiB, 481 when a round left memory only at its end, 68
+# with the short rounds; bench/RESULTS.md 2026-12-04 16:24).
 logged_writes_held_max = 1_048_576
 # A commit writes back at least this many of the previous round's writes (and at least twice
 # what it logs itself, so a round is written back before the next one fills).
@@ -223,8 +224,9 @@ written_back_per_commit_min = 256
 # A round's keys are put in key order (for the write-back) this many at a time, a run a
 # commit, then merged (switch/persistence/_key_order.pyx): a million keys sorted at once held
 # the event loop 0.4 s in Python, and popped from a heap cost it 1.4 µs a key. A run of this
-# size takes about 9 ms; a round's write-back starts once its last run is sorted, 16 commits
-# in at most for a round of a million keys.
+# size takes about 9 ms (an introsort: an order a till makes against it costs no more); a
+# round's write-back starts once its last run is sorted, 16 commits in at most for a round of
+# a million keys.
 key_order_sorted_per_commit_max = 65_536
 # A retention sweep that reached the last id asks for a write-back at most this often, so the
 # ids of a quiet switch reach the database it walks (a busy one writes back by the bounds).

@@ -30,6 +30,11 @@ cdef extern from "Python.h":
     void _hand_to_list "PyList_SET_ITEM"(object, Py_ssize_t, PyObject*)
 
 
+# The most keys a run may hold: far above any round (limits.py), far below what would
+# overflow the run arithmetic.
+RUN_KEYS_MAX = 1 << 40
+
+
 cdef struct Entry:
     uint64_t head0      # bytes 0-7 of the key, big-endian, zero past its end
     uint64_t head1      # bytes 8-15
@@ -45,9 +50,20 @@ cdef inline uint64_t _word(const unsigned char* data, Py_ssize_t size,
     return word
 
 
+# Comparisons made by every sort of this process (read by tests through `comparisons()`:
+# an order made against quicksort must cost O(n log n) of them, not n²).
+cdef unsigned long long _comparisons = 0
+
+
+def comparisons() -> int:
+    return _comparisons
+
+
 cdef inline int _compare(const Entry* x, const Entry* y) noexcept nogil:
     """<0, 0, >0 as bytes compare: zero padding orders a key before any longer key it
     begins, as in byte order, so unequal heads decide alone."""
+    global _comparisons
+    _comparisons += 1
     if x.head0 != y.head0:
         return -1 if x.head0 < y.head0 else 1
     if x.head1 != y.head1:
@@ -62,12 +78,46 @@ cdef inline int _compare(const Entry* x, const Entry* y) noexcept nogil:
     return (x_size > y_size) - (x_size < y_size)
 
 
-cdef void _sort(Entry* entries, Py_ssize_t count) noexcept nogil:
-    """Quicksort (median of three; the smaller side recursed, so the depth is at most
-    log2 of the count), insertion sort below 16 entries."""
+cdef void _sift_down(Entry* entries, Py_ssize_t root, Py_ssize_t end) noexcept nogil:
+    cdef Py_ssize_t child
+    cdef Entry swap
+    while True:
+        child = 2 * root + 1
+        if child >= end:
+            return
+        if child + 1 < end and _compare(&entries[child], &entries[child + 1]) < 0:
+            child += 1
+        if _compare(&entries[root], &entries[child]) >= 0:
+            return
+        swap = entries[root]; entries[root] = entries[child]; entries[child] = swap
+        root = child
+
+
+cdef void _heapsort(Entry* entries, Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t start = count // 2, end = count
+    cdef Entry swap
+    while start > 0:
+        start -= 1
+        _sift_down(entries, start, count)
+    while end > 1:
+        end -= 1
+        swap = entries[0]; entries[0] = entries[end]; entries[end] = swap
+        _sift_down(entries, 0, end)
+
+
+cdef void _sort(Entry* entries, Py_ssize_t count, int depth) noexcept nogil:
+    """Introsort: quicksort (median of three; the smaller side recursed, so the stack is at
+    most log2 of the count deep), heapsort for a part still unsorted after `depth`
+    partitions (the keys' order is partly a client's: remembered ids are its own, and an
+    order made against the median of three costs quicksort n² comparisons), insertion sort
+    below 16 entries."""
     cdef Py_ssize_t i, j, middle
     cdef Entry pivot, swap
     while count > 16:
+        if depth == 0:
+            _heapsort(entries, count)
+            return
+        depth -= 1
         middle = count // 2
         if _compare(&entries[middle], &entries[0]) < 0:
             swap = entries[middle]; entries[middle] = entries[0]; entries[0] = swap
@@ -91,11 +141,11 @@ cdef void _sort(Entry* entries, Py_ssize_t count) noexcept nogil:
             j -= 1
         # [0, j] <= pivot <= [j + 1, count)
         if j + 1 < count - j - 1:
-            _sort(entries, j + 1)
+            _sort(entries, j + 1, depth)
             entries += j + 1
             count -= j + 1
         else:
-            _sort(entries + j + 1, count - j - 1)
+            _sort(entries + j + 1, count - j - 1, depth)
             count = j + 1
     for i in range(1, count):
         swap = entries[i]
@@ -104,6 +154,15 @@ cdef void _sort(Entry* entries, Py_ssize_t count) noexcept nogil:
             entries[j + 1] = entries[j]
             j -= 1
         entries[j + 1] = swap
+
+
+cdef int _depth_for(Py_ssize_t count) noexcept nogil:
+    """Twice log2 of the count: quicksort's partitions before heapsort takes over."""
+    cdef int depth = 0
+    while count > 1:
+        count >>= 1
+        depth += 2
+    return depth
 
 
 cdef class KeyRuns:
@@ -117,8 +176,8 @@ cdef class KeyRuns:
     cdef Py_ssize_t* _next      # per run: the index of its next entry not yet taken
 
     def __cinit__(self, list keys, Py_ssize_t run_keys):
-        if run_keys < 1:
-            raise ValueError("run_keys must be at least 1")
+        if not 1 <= run_keys <= RUN_KEYS_MAX:
+            raise ValueError(f"run_keys must be 1 to {RUN_KEYS_MAX}")
         self._keys = keys
         self._count = len(keys)
         self._run_keys = run_keys
@@ -154,6 +213,8 @@ cdef class KeyRuns:
         """Sort the next run; how many keys it held (0: every run was sorted already)."""
         if self._runs_sorted == self._runs:
             return 0
+        if len(self._keys) != self._count:
+            raise RuntimeError("the keys' list changed after it was handed over")
         cdef Py_ssize_t start = self._runs_sorted * self._run_keys
         cdef Py_ssize_t end = min(self._count, start + self._run_keys)
         cdef Py_ssize_t i
@@ -174,7 +235,7 @@ cdef class KeyRuns:
             self._entries[i].key = <PyObject*>key
             self._keys[i] = None    # the entry owns it now: taken keys are freed as they go
         with nogil:
-            _sort(self._entries + start, end - start)
+            _sort(self._entries + start, end - start, _depth_for(end - start))
         self._runs_sorted += 1
         if self._runs_sorted == self._runs:
             self._keys = None

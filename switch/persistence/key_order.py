@@ -8,6 +8,8 @@ were not built and as the reference the compiled one is checked against.
 
 import heapq
 
+RUN_KEYS_MAX = 1 << 40   # as the compiled one's: far above any round, far below an overflow
+
 
 class ReferenceKeyRuns:
     """The keys of `keys` (distinct bytes; the list is taken over), in key order: `sort_next`
@@ -15,8 +17,8 @@ class ReferenceKeyRuns:
     `take` gives the next keys in order."""
 
     def __init__(self, keys: list, run_keys: int):
-        if run_keys < 1:
-            raise ValueError("run_keys must be at least 1")
+        if not 1 <= run_keys <= RUN_KEYS_MAX:
+            raise ValueError(f"run_keys must be 1 to {RUN_KEYS_MAX}")
         self._keys = keys
         self._run_keys = run_keys
         self.length = len(keys)
@@ -33,6 +35,8 @@ class ReferenceKeyRuns:
         """Sort the next run; how many keys it held (0: every run was sorted already)."""
         if self.ready:
             return 0
+        if len(self._keys) != self.length:
+            raise RuntimeError("the keys' list changed after it was handed over")
         start = self._runs_sorted * self._run_keys
         end = min(self.length, start + self._run_keys)
         run = self._keys[start:end]

@@ -570,7 +570,10 @@ class Store:
                 batch.sorts_round = True
         current_size = writeback.count(self._logged) + logged_count
         writes_max, commits_max = self.round_bounds()
-        if not round_open and current_size and (
+        # A draining switch's last round is left to the close (`finish_round`), whose one
+        # transaction writes it back: not started as a round here, to be finished by one
+        # more commit.
+        if not round_open and current_size and not finish_round and (
                 self._write_back_asked or current_size >= writes_max
                 or batch.commits_logging >= commits_max):
             batch.starts_round = True
