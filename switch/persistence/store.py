@@ -201,6 +201,7 @@ class Batch:
     next_lsn: int = 0
     commits_logging: int = 0
     sorts_round: bool = False   # it put a run of the previous round's keys in order, no more
+    written_back: list = field(default_factory=list)   # its slice's (db, [key, ...]) runs
 
     @property
     def writes_back(self) -> bool:
@@ -554,7 +555,8 @@ class Store:
                 end = order.length if finish_round else min(
                     order.length, start + max(limits.written_back_per_commit_min,
                                               2 * logged_count))
-                back_puts, back_deletes = writeback.writes_of(previous, order.slots(start, end))
+                batch.written_back = order.slots(start, end)
+                back_puts, back_deletes = writeback.writes_of(previous, batch.written_back)
                 puts.update(back_puts)
                 deletes.update(back_deletes)
                 batch.previous_done = end
@@ -656,8 +658,8 @@ class Store:
             return
         if batch.ends_round:
             self._logged_prev, self._prev_order = writeback.no_logged(), None
-        elif batch.previous_done > self._prev_done:
-            self._forget_written_back(batch.previous_done)
+        elif batch.written_back:
+            self._forget_written_back(batch)
         self._prev_done = 0 if batch.ends_round else batch.previous_done
         for db, writes in batch.logged.items():
             self._logged[db].update(writes)
@@ -667,14 +669,13 @@ class Store:
             self._current_log = 1 - self._current_log
             self._commits_logging = 0
 
-    def _forget_written_back(self, done: int) -> None:
-        # The previous round's writes up to `done` are in their databases now, where reads
-        # find them: dropped a slice at a time, so the round's end frees the last slice only
+    def _forget_written_back(self, batch: Batch) -> None:
+        # The batch's slice of the previous round is in its databases now, where reads find
+        # it: dropped a slice at a time, so the round's end frees the last slice only
         # (freeing a million writes at once held the event loop about 50 ms).
-        order = self._prev_order
-        for db, keys in order.slots(self._prev_done, done):
+        for db, keys in batch.written_back:
             collections.deque(map(self._logged_prev[db].pop, keys), maxlen=0)
-        order.release(done)
+        self._prev_order.release(batch.previous_done)
 
     def _start_round(self, previous: dict) -> None:
         # Put in key order a run a commit (writeback.KeyOrder), so each slice writes back

@@ -39,10 +39,10 @@ class Committer:
         self.commits = 0
         # Once the switch drains, a commit writes back all that is left of the round being
         # written back and starts no other, and no more commits are made for the write-back:
-        # the store's close writes back the last round's log in one transaction. A slice a commit (256 writes
-        # an fsync when idle) took the whole 10 s of the drain's bound at a million accounts;
-        # leaving the whole to the close rewrote the part already written back (its log is
-        # dropped only when the round ends).
+        # the store's close writes back the last round's log in one transaction. A slice a
+        # commit (256 writes an fsync when idle) took the whole 10 s of the drain's bound at
+        # a million accounts; leaving the whole to the close rewrote the part already written
+        # back (its log is dropped only when the round ends).
         self.draining = False
 
     # ------------------------------------------------------------- event loop side
