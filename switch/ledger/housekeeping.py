@@ -1,5 +1,6 @@
 """Housekeeping: the work the switch starts itself on a timer, as one synchronous `tick`."""
 
+import math
 from dataclasses import dataclass
 
 from switch import limits
@@ -22,7 +23,7 @@ def tick(ledger) -> Tick:
     ledger.begin_request()
     try:
         payments.prune_used_qr(ledger)
-        ledger.forget_old_ids(limits.idempotency_sweep_ids_per_pass_max)
+        ledger.forget_old_ids(sweep_ids_per_pass(ledger.store.committed_entries("idempotency")))
         subsidies.expire_due_subsidies(ledger)
         subsidies.forget_past_grants(ledger)
         payments.forget_old_meals(ledger)
@@ -33,3 +34,11 @@ def tick(ledger) -> Tick:
         return Tick(holds_expired=0, failed=True)
     finally:
         ledger.end_request()
+
+
+def sweep_ids_per_pass(ids_held: int) -> int:
+    """How many remembered ids a pass visits, of `ids_held` in the database the sweep walks:
+    a cycle through them all in `idempotency_sweep_cycle_s`, at least one id a pass, at most
+    `idempotency_sweep_ids_per_pass_max`."""
+    paced = math.ceil(ids_held * limits.housekeeping_interval_s / limits.idempotency_sweep_cycle_s)
+    return min(limits.idempotency_sweep_ids_per_pass_max, max(1, paced))

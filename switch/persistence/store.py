@@ -350,6 +350,11 @@ class Store:
         # (0.59 against 0.35 µs a read, several a debit).
         return self._read.get(key, None, self.dbs[db])
 
+    def committed_entries(self, db: str) -> int:
+        """How many keys `db` holds as the database has them (`committed_items`' count),
+        read in C from its B-tree's header."""
+        return self._read.stat(self.dbs[db])["entries"]
+
     def committed_items(self, db: str, prefix: bytes = b"", start: bytes | None = None):
         """Iterate committed (key, value) pairs with `prefix`, from `start` (inclusive) when
         given, as the database holds them: neither the overlay nor, for a logged database,
@@ -594,7 +599,7 @@ class Store:
 
     def _count_accounts(self) -> None:
         # Once a round (a B-tree's count, read in C): the table grows by openings, slowly.
-        self._accounts_in_table = self._read.stat(self.dbs["accounts"])["entries"]
+        self._accounts_in_table = self.committed_entries("accounts")
 
     def write_batch(self, batch: Batch) -> None:
         """One write transaction and one fsync. Runs on a worker thread.

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from switch.ledger import housekeeping
 from tests.ledger.conftest import (BALANCE, CARD, CUIK_STUDENT, ID_LAST6, PIN, REQUEST_TYPES, ROOM,
                                    LOGGED_IDS_PER_ROUND, remembered_at_ms_read_fast,
                                    none_remembered_before,
@@ -333,6 +334,37 @@ def test_a_retention_pass_visits_at_most_its_bound_and_the_next_goes_on_from_the
     assert world.forget_old_ids() == beyond_the_bound
     world.commit()
     assert _remembered(world) == []
+
+
+@pytest.mark.parametrize("ids_held, per_pass", [
+    (0, 1), (1, 1), (2_999, 1), (3_001, 2), (1_500_000, 500), (12_000_000, 4_000),
+    (10**9, limits.idempotency_sweep_ids_per_pass_max)])
+def test_the_sweep_is_paced_for_a_cycle_in_its_time_within_its_bounds(ids_held, per_pass):
+    assert housekeeping.sweep_ids_per_pass(ids_held) == per_pass
+    passes_a_cycle = -(-ids_held // per_pass)
+    cycle_s = passes_a_cycle * limits.housekeeping_interval_s
+    assert cycle_s <= max(limits.idempotency_sweep_cycle_s,
+                          ids_held / limits.idempotency_sweep_ids_per_pass_max
+                          * limits.housekeeping_interval_s + limits.housekeeping_interval_s)
+
+
+def test_a_housekeeping_pass_visits_the_ids_its_pace_allows(world, monkeypatch):
+    """Reading 20,000 ids a second whatever the database held was most of housekeeping's cost
+    at saturation: a pass visits what a cycle in `idempotency_sweep_cycle_s` needs."""
+    monkeypatch.setattr(limits, "idempotency_sweep_cycle_s", 1)   # five passes a cycle
+    _remember_ids(world, range(100 - len(_remembered(world))))
+    assert len(_remembered(world)) == 100
+    world.clock.advance(world.config.idempotency_retention_s + 1)
+    visits = []
+    forget = world.ledger.forget_old_ids
+    monkeypatch.setattr(world.ledger, "forget_old_ids",
+                        lambda keys_max: visits.append(keys_max) or forget(keys_max))
+    world.housekeep()
+    world.write_back_ids()
+    assert (visits, len(_remembered(world))) == ([20], 80)
+    world.housekeep()                    # paced by what the database holds now
+    world.write_back_ids()
+    assert (visits, len(_remembered(world))) == ([20, 16], 64)
 
 
 def test_a_pass_with_no_id_due_reads_none_of_them_one_by_one(world, monkeypatch):
