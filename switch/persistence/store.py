@@ -12,7 +12,6 @@ keeps them too.
 """
 
 import bisect
-import collections
 import itertools
 import logging
 import os
@@ -242,6 +241,10 @@ class Store:
         # how many of them are written back.
         self._logged = writeback.no_logged()
         self._logged_prev = writeback.no_logged()
+        # The slice of the previous round the batch being committed writes back, taken out of
+        # `_logged_prev` at its seal (one lookup a key, not one there and one when it is
+        # committed) and read here until it is on disk.
+        self._writing_back = writeback.no_logged()
         self._prev_order: writeback.KeyOrder | None = None   # the previous round's
         self._prev_done = 0
         self._current_log = 0         # which of each database's two logs takes records
@@ -344,6 +347,8 @@ class Store:
             value = logged.get(key, _MISSING)
             if value is _MISSING:
                 value = self._logged_prev[db].get(key, _MISSING)
+                if value is _MISSING:
+                    value = self._writing_back[db].get(key, _MISSING)
             if value is not _MISSING:
                 return value
         # The database by position: py-lmdb parses a keyword argument by name on every call
@@ -466,9 +471,9 @@ class Store:
     @property
     def open_writes(self) -> int:
         """Writes waiting for a commit (a round to write back, or asked for, counts as one)."""
-        return writeback.count(self._dirty) + bool(writeback.count(self._logged_prev)
-                                       or (self._write_back_asked
-                                           and writeback.count(self._logged)))
+        return writeback.count(self._dirty) + bool(self._prev_order is not None
+                                                   or (self._write_back_asked
+                                                       and writeback.count(self._logged)))
 
     @property
     def uncommitted_writes(self) -> int:
@@ -561,7 +566,9 @@ class Store:
                     order.length, start + max(limits.written_back_per_commit_min,
                                               2 * logged_count))
                 batch.written_back = order.slots(start, end)
-                back_puts, back_deletes = writeback.writes_of(previous, batch.written_back)
+                assert not writeback.count(self._writing_back), "a slice still being committed"
+                back_puts, back_deletes, self._writing_back = writeback.take_writes(
+                    previous, batch.written_back)
                 puts.update(back_puts)
                 deletes.update(back_deletes)
                 batch.previous_done = end
@@ -656,6 +663,7 @@ class Store:
         """What the logs hold now that `batch` is on disk."""
         self._next_lsn = batch.next_lsn
         self._commits_logging = batch.commits_logging
+        self._writing_back = writeback.no_logged()   # on disk: read from its databases
         if batch.full:
             self._logged, self._prev_order = writeback.no_logged(), None
             self._logged_prev = writeback.no_logged()
@@ -664,7 +672,7 @@ class Store:
         if batch.ends_round:
             self._logged_prev, self._prev_order = writeback.no_logged(), None
         elif batch.written_back:
-            self._forget_written_back(batch)
+            self._prev_order.release(batch.previous_done)
         self._prev_done = 0 if batch.ends_round else batch.previous_done
         for db, writes in batch.logged.items():
             self._logged[db].update(writes)
@@ -673,14 +681,6 @@ class Store:
             self._logged = writeback.no_logged()
             self._current_log = 1 - self._current_log
             self._commits_logging = 0
-
-    def _forget_written_back(self, batch: Batch) -> None:
-        # The batch's slice of the previous round is in its databases now, where reads find
-        # it: dropped a slice at a time, so the round's end frees the last slice only
-        # (freeing a million writes at once held the event loop about 50 ms).
-        for db, keys in batch.written_back:
-            collections.deque(map(self._logged_prev[db].pop, keys), maxlen=0)
-        self._prev_order.release(batch.previous_done)
 
     def _start_round(self, previous: dict) -> None:
         # Put in key order a run a commit (writeback.KeyOrder), so each slice writes back
@@ -696,6 +696,7 @@ class Store:
         self._dirty = _no_writes()
         self._sealed_ranged = _no_ranged_keys()
         self._dirty_ranged = _no_ranged_keys()
+        self._writing_back = writeback.no_logged()
         self._batch_number += 1
         self._end_read()
         self.last_txn = self._read_last_txn()
@@ -767,7 +768,8 @@ class Store:
     def logs_pending(self) -> int:
         """Logged writes not yet written back (none in a store just opened, or after
         `commit_now`): what `committed_items` of a logged database does not show."""
-        return writeback.count(self._logged) + writeback.count(self._logged_prev)
+        return (writeback.count(self._logged) + writeback.count(self._logged_prev)
+                + writeback.count(self._writing_back))
 
     def _write_back_logs(self) -> None:
         with self.env.begin(write=True) as txn:

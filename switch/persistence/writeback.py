@@ -284,17 +284,33 @@ def writes_of(values: dict, runs) -> tuple[dict, dict]:
     puts: dict = {}
     deletes: dict = {}
     for db, keys in runs:
-        written = list(map(values[db].__getitem__, keys))
-        if None not in written:      # no delete among them (the usual slice): pairs in C
-            if written:
-                puts.setdefault(db, []).extend(zip(keys, written))
-            continue
-        for key, value in zip(keys, written):
-            if value is None:
-                deletes.setdefault(db, []).append(key)
-            else:
-                puts.setdefault(db, []).append((key, value))
+        _add_writes(puts, deletes, db, keys, list(map(values[db].__getitem__, keys)))
     return puts, deletes
+
+
+def take_writes(values: dict, runs) -> tuple[dict, dict, dict]:
+    """`writes_of`, each write taken out of `values` as it is read (one lookup a key), and
+    what was taken, in `no_logged`'s shape."""
+    puts: dict = {}
+    deletes: dict = {}
+    taken = no_logged()
+    for db, keys in runs:
+        written = list(map(values[db].pop, keys))
+        taken[db].update(zip(keys, written))
+        _add_writes(puts, deletes, db, keys, written)
+    return puts, deletes, taken
+
+
+def _add_writes(puts: dict, deletes: dict, db: str, keys: list, written: list) -> None:
+    if None not in written:      # no delete among them (the usual slice): pairs in C
+        if written:
+            puts.setdefault(db, []).extend(zip(keys, written))
+        return
+    for key, value in zip(keys, written):
+        if value is None:
+            deletes.setdefault(db, []).append(key)
+        else:
+            puts.setdefault(db, []).append((key, value))
 
 
 def split(values: dict) -> tuple[dict, dict]:

@@ -171,10 +171,18 @@ def test_a_round_is_sorted_a_run_a_commit_then_written_back_and_freed_a_slice_at
     assert _commit(store).starts_round                       # 8 logged: the bound is 7
     assert writeback.count(store._logged_prev) == 8
     sorting = []
+    def assert_reads_see_every_write():
+        for i in range(4):
+            assert store.get(IDS, b"till\0%d" % i) == b"reply %d" % i
+            assert store.get("accounts", b"WH%d" % (9 - i)) == b"record %d" % i
     while store.open_writes:
         batch = store.seal()
         assert not batch.writes and batch.writes_back
+        # While the slice is being committed it is in neither the round's memory nor its
+        # databases yet: reads find it where the seal put it.
+        assert_reads_see_every_write()
         store.write_batch(batch)
+        assert_reads_see_every_write()
         store.committed(batch)
         sorting.append(batch.sorts_round)
         if batch.sorts_round:
@@ -182,9 +190,7 @@ def test_a_round_is_sorted_a_run_a_commit_then_written_back_and_freed_a_slice_at
             continue
         held = writeback.flat(store._logged_prev)
         assert len(held) == 8 - batch.previous_done or batch.ends_round
-        for i in range(4):          # read back from memory or the database, the same
-            assert store.get(IDS, b"till\0%d" % i) == b"reply %d" % i
-            assert store.get("accounts", b"WH%d" % (9 - i)) == b"record %d" % i
+        assert_reads_see_every_write()     # from memory or the database, the same
         # What memory no longer holds is in its database; the ids it holds are not yet.
         for i in range(4):
             for db, key, value in ((IDS, b"till\0%d" % i, b"reply %d" % i),
