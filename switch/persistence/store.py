@@ -236,14 +236,15 @@ class Store:
         self._sealed_ranged = _no_ranged_keys()   # the same for _sealed
         # Under those, the writes of logged databases that are committed, in a log, and not
         # yet written back: exactly what the logs on disk hold, newest per key, the current
-        # log's and the previous log's (only `committed` and the rebuild in
-        # `discard_uncommitted` change them). The previous round's keys in key order, and
-        # how many of them are written back.
+        # log's and the previous log's, with `_writing_back` below (only `committed`, the
+        # rebuild in `discard_uncommitted`, and a seal taking a slice out to `_writing_back`
+        # change them). The previous round's keys in key order, and how many of them are
+        # written back.
         self._logged = writeback.no_logged()
         self._logged_prev = writeback.no_logged()
         # The slice of the previous round the batch being committed writes back, taken out of
         # `_logged_prev` at its seal (one lookup a key, not one there and one when it is
-        # committed) and read here until it is on disk.
+        # committed) and read here until it is on disk; put back if the commit fails.
         self._writing_back = writeback.no_logged()
         self._prev_order: writeback.KeyOrder | None = None   # the previous round's
         self._prev_done = 0
@@ -521,6 +522,9 @@ class Store:
         """
         # One batch commits at a time (the committer is sequential).
         assert not writeback.count(self._sealed), "sealed a batch while another was committing"
+        # Nor while a batch that only writes back is: planned without its slice, a full
+        # write-back would drop the logs that hold it.
+        assert not writeback.count(self._writing_back), "a slice still being committed"
         # Sorted bytes per database now, on the caller's thread: the writer thread then only
         # runs C (putmulti, commit, fsync), and never waits on the event loop for the GIL
         # between Python steps (which made a commit's wall time several times its CPU).
@@ -566,7 +570,6 @@ class Store:
                     order.length, start + max(limits.written_back_per_commit_min,
                                               2 * logged_count))
                 batch.written_back = order.slots(start, end)
-                assert not writeback.count(self._writing_back), "a slice still being committed"
                 back_puts, back_deletes, self._writing_back = writeback.take_writes(
                     previous, batch.written_back)
                 puts.update(back_puts)
@@ -692,11 +695,15 @@ class Store:
 
     def discard_uncommitted(self) -> None:
         """A commit failed: forget every write not on disk, committed or open."""
+        # The slice the failed batch took goes back where it was first, so that if the
+        # rebuild below fails too, memory is as it was before that batch's seal.
+        for db, writes in self._writing_back.items():
+            self._logged_prev[db].update(writes)
+        self._writing_back = writeback.no_logged()
         self._sealed = _no_writes()
         self._dirty = _no_writes()
         self._sealed_ranged = _no_ranged_keys()
         self._dirty_ranged = _no_ranged_keys()
-        self._writing_back = writeback.no_logged()
         self._batch_number += 1
         self._end_read()
         self.last_txn = self._read_last_txn()

@@ -20,7 +20,7 @@ log is older than every record of the current one.
 Durability does not change: a commit holds its ids in the log, in the same LMDB
 transaction and fsync as the rest of the batch. The newest committed value of every logged
 key not yet written back is kept in memory (the Store's `_logged` and `_logged_prev`
-generations) so reads see it; opening a data dir replays its logs first, so a crash loses
+generations, and the slice being written back by the commit under way) so reads see it; opening a data dir replays its logs first, so a crash loses
 nothing the fsync covered.
 
 Pure functions over LMDB transactions: the Store decides when, these say how.
@@ -218,8 +218,9 @@ class KeyOrder:
     so each slice writes back neighbouring keys. Put in order a run at a time
     (`sort_some`, switch/persistence/key_order.py): a heap of them cost about 1.4 µs a key
     popped at a million keys, and sorting them at once stalled the event loop. What was
-    taken is kept until `release`, so a slice asked for again gets the same keys; released
-    keys are dropped, so a round's keys are freed a slice at a time, not all at its end."""
+    taken is kept until `release`, so a slice asked for again (after a failed commit) gets
+    the same keys; released keys are dropped, so a round's keys are freed a slice at a
+    time, not all at its end."""
 
     def __init__(self, values: dict, run_keys: int | None = None):
         run_keys = run_keys or limits.key_order_sorted_per_commit_max
