@@ -78,10 +78,11 @@ credit_ids_retention_s = 400 * 24 * 3600
 # still runs. About 60 bytes a grant: 30,000 students' monthly batches keep some 30 MB.
 subsidy_grants_kept_s = 400 * 24 * 3600
 # The retention sweep goes through every remembered id once in this long: a pass (five a
-# second) visits the ids the database holds times housekeeping_interval_s over this, at least
-# one. An id is kept at most the retention, two cycles and a minute; reading 20,000 ids a second
-# whatever the campus held cost a saturated switch 1-2 µs a debit (bench/RESULTS.md,
-# 2026-12-04 18:55), where 1.5 million ids need 2,500 a second for a cycle of 10 minutes.
+# second) visits the ids the database held at the cycle's start (or holds, if more) times
+# housekeeping_interval_s over this, at least one. An id is kept at most the retention, two
+# cycles and a minute; reading 20,000 ids a second whatever the campus held cost a
+# saturated switch 1-2 µs a debit (bench/RESULTS.md, 2026-12-04 18:55), where 1.5 million
+# ids need 2,500 a second for a cycle of 10 minutes.
 idempotency_sweep_cycle_s = 600
 # At most this many a pass, whatever the database holds: past 12 million ids the cycle grows
 # as N / (5 x this) seconds, and the sweep keeps up while fewer than 20,000 ids are remembered

@@ -23,7 +23,7 @@ def tick(ledger) -> Tick:
     ledger.begin_request()
     try:
         payments.prune_used_qr(ledger)
-        ledger.forget_old_ids(sweep_ids_per_pass(ledger.store.committed_entries("idempotency")))
+        ledger.forget_old_ids(sweep_ids_per_pass(ledger.ids_to_sweep()))
         subsidies.expire_due_subsidies(ledger)
         subsidies.forget_past_grants(ledger)
         payments.forget_old_meals(ledger)

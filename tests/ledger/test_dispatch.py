@@ -362,9 +362,30 @@ def test_a_housekeeping_pass_visits_the_ids_its_pace_allows(world, monkeypatch):
     world.housekeep()
     world.write_back_ids()
     assert (visits, len(_remembered(world))) == ([20], 80)
-    world.housekeep()                    # paced by what the database holds now
+    for _ in range(4):                   # paced by what the cycle started with
+        world.housekeep()
+        world.write_back_ids()
+    assert (visits, len(_remembered(world))) == ([20] * 5, 0)
+
+
+def test_a_cycle_of_ids_all_due_takes_its_time_however_many_it_forgets(world, monkeypatch):
+    """After a switch stood still past the retention every id is due: a pass paced by the
+    ids left would visit fewer and fewer (six cycles' time for the last id). A cycle is
+    paced by what it started with, or what the database holds if more."""
+    monkeypatch.setattr(limits, "idempotency_sweep_cycle_s", 2)   # ten passes a cycle
+    _remember_ids(world, range(300 - len(_remembered(world))))
+    world.clock.advance(world.config.idempotency_retention_s + 1)
+    passes = 0
+    while _remembered(world):
+        world.housekeep()
+        world.write_back_ids()
+        passes += 1
+    assert passes == 10
+    _remember_ids(world, range(1000, 1050))     # the next cycle: paced by the 50 held now
+    world.clock.advance(world.config.idempotency_retention_s + 1)
+    world.housekeep()
     world.write_back_ids()
-    assert (visits, len(_remembered(world))) == ([20, 16], 64)
+    assert len(_remembered(world)) == 45
 
 
 def test_a_pass_with_no_id_due_reads_none_of_them_one_by_one(world, monkeypatch):
