@@ -20,8 +20,8 @@ log is older than every record of the current one.
 Durability does not change: a commit holds its ids in the log, in the same LMDB
 transaction and fsync as the rest of the batch. The newest committed value of every logged
 key not yet written back is kept in memory (the Store's `_logged` and `_logged_prev`
-generations, and the slice being written back by the commit under way) so reads see it; opening a data dir replays its logs first, so a crash loses
-nothing the fsync covered.
+generations, and the slice being written back by the commit under way) so reads see it;
+opening a data dir replays its logs first, so a crash loses nothing the fsync covered.
 
 Pure functions over LMDB transactions: the Store decides when, these say how.
 """
