@@ -238,6 +238,9 @@ key_order_sorted_per_commit_max = 65_536
 # A retention sweep that reached the last id asks for a write-back at most this often, so the
 # ids of a quiet switch reach the database it walks (a busy one writes back by the bounds).
 ids_write_back_asked_every_s = 60
+# The sweep's position is saved with any batch that commits anyway, and on an idle switch at
+# most this often (a commit each time): a restart goes on from it, at most this far behind.
+ids_sweep_position_saved_every_s = 10
 
 # --- Storage ---
 lmdb_map_initial_size_bytes = 256 * 1024 * 1024

@@ -29,7 +29,8 @@ STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
 
 # name -> what it holds (key -> value)
 DATABASES = {
-    "meta": "settings of the data dir (schema_version, secrets, positions)",
+    "meta": "settings of the data dir (schema_version, secrets, forwarding positions, the "
+            "retention sweep's position)",
     "accounts": "account id -> fixed-layout account record (core/layout.py)",
     "account_info": "account id -> msgpack {holder, opened_at, freeze_reason}",
     "cards": "card id -> msgpack [account, state, changed_at_ms] (a replaced card that was "

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from switch.ledger import housekeeping
+from switch.ledger import housekeeping, state
 from tests.ledger.conftest import (BALANCE, CARD, CUIK_STUDENT, ID_LAST6, PIN, REQUEST_TYPES, ROOM,
                                    LOGGED_IDS_PER_ROUND, remembered_at_ms_read_fast,
                                    none_remembered_before,
@@ -386,6 +386,59 @@ def test_a_cycle_of_ids_all_due_takes_its_time_however_many_it_forgets(world, mo
     world.housekeep()
     world.write_back_ids()
     assert len(_remembered(world)) == 45
+
+
+def _remember_ids_of(world, who: str, numbers) -> None:
+    for number in numbers:
+        world.ledger.remember(who, number, "debit", bytes(16), {"t": "debit", "code": "ok"})
+    world.write_back_ids()
+
+
+def test_a_switch_restarted_more_often_than_a_cycle_still_reaches_the_last_id(world):
+    """A cycle takes 10 minutes: a switch restarted more often (a crash loop, a watchdog)
+    that started each cycle over at the first id never visited the last ones, and ids due
+    there were kept for ever. The sweep's position is saved and read back at the open."""
+    world.clock.advance(world.config.idempotency_retention_s)
+    _remember_ids_of(world, "zz-till", range(5))     # last in key order, soon due
+    world.clock.advance(world.config.idempotency_retention_s - 1)
+    _remember_ids_of(world, "aa-till", range(40))    # first in key order, not due
+    world.clock.advance(2)
+    passes = -(-len(_remembered(world)) // 10) + 1
+    for _ in range(passes):
+        world.ledger.forget_old_ids(10)              # not a whole cycle before each restart
+        world.restart()
+    held = [key for key, _ in world.store.committed_items("idempotency")]
+    assert not [key for key in held if key.startswith(b"zz-till\0")]
+    assert len([key for key in held if key.startswith(b"aa-till\0")]) == 40
+
+
+def test_the_sweeps_position_is_saved_with_a_commit_due_anyway_else_every_so_often(world):
+    """An idle switch commits the position at most every `ids_sweep_position_saved_every_s`,
+    not every pass; a pass whose batch commits anyway (requests wrote) carries it."""
+    _remember_ids_of(world, "till", range(60))
+    world.ledger.forget_old_ids(10)                  # the first since the open: saved
+    saved = world.store.get("meta", state.IDS_SWEPT_TO)
+    assert saved is not None and world.store.uncommitted_writes == 1
+    world.commit()
+    world.ledger.forget_old_ids(10)                  # idle, nothing due: not yet
+    assert world.store.uncommitted_writes == 0
+    assert world.store.get("meta", state.IDS_SWEPT_TO) == saved
+    world.ledger.remember("till", 1000, "debit", bytes(16), {"t": "debit", "code": "ok"})
+    world.ledger.forget_old_ids(10)                  # a batch that commits anyway: carried
+    moved = world.store.get("meta", state.IDS_SWEPT_TO)
+    assert moved is not None and moved > saved
+    world.commit()
+    world.ledger.forget_old_ids(10)
+    assert world.store.uncommitted_writes == 0
+    world.clock.advance(limits.ids_sweep_position_saved_every_s)
+    world.ledger.forget_old_ids(10)                  # its time came: saved on its own
+    assert world.store.uncommitted_writes == 1
+    world.commit()
+    while world.ledger._ids_swept_to is not None:    # to the last id: the first next time
+        world.clock.advance(limits.ids_sweep_position_saved_every_s)
+        world.ledger.forget_old_ids(10)
+        world.commit()
+    assert world.store.get("meta", state.IDS_SWEPT_TO) is None
 
 
 def test_a_pass_with_no_id_due_reads_none_of_them_one_by_one(world, monkeypatch):

@@ -26,6 +26,8 @@ log = logging.getLogger("switch.ledger")
 _pack = msgpack.Packer(use_bin_type=True).pack
 _SETTLEMENT = struct.Struct("<qq")  # count, total fen
 _SCHOOL_SLICE = slice(layout.SCHOOL[0], layout.SCHOOL[0] + 8)
+# Where the retention sweep stands, in `meta`: the last remembered id it visited.
+IDS_SWEPT_TO = b"ids_swept_to"
 
 
 def unpack(data: bytes):
@@ -149,8 +151,13 @@ class Ledger:
         self.holds = Holds(self)
         self.subsidy_batches = SubsidyBatches(store)
         # The last id the retention sweep visited (`forget_old_ids`); None: start at the first.
-        # Kept in memory: a restart only starts a cycle over, which never forgets early.
-        self._ids_swept_to: bytes | None = None
+        # Also saved in `meta` (`_save_sweep_position`): a cycle takes 10 minutes, and a
+        # switch that started a cycle over at each restart never reached the end of the key
+        # range if restarted more often (a crash loop, a restart by a watchdog), so the ids
+        # there were never forgotten.
+        self._ids_swept_to: bytes | None = store.get("meta", IDS_SWEPT_TO) or None
+        self._ids_position_saved = self._ids_swept_to
+        self._ids_position_saved_ms: int | None = None
         # The ids the database held when the sweep's cycle under way started (`ids_to_sweep`).
         self._ids_held_at_cycle_start = 0
         # When a sweep that reached the last id last asked for the logged ids to be written
@@ -479,12 +486,33 @@ class Ledger:
                                                             credit_cutoff_ms, _remembered_at_ms):
                         self.store.delete("idempotency", key)
                         forgotten += 1
+        self._save_sweep_position(now_ms, forgotten)
         asked = self._write_back_asked_ms
         if self._ids_swept_to is None and (
                 asked is None or not 0 <= now_ms - asked < limits.ids_write_back_asked_every_s * 1000):
             self.store.write_back_soon()
             self._write_back_asked_ms = now_ms
         return forgotten
+
+    def _save_sweep_position(self, now_ms: int, forgotten: int) -> None:
+        """Where the sweep stands, into the open batch when it commits anyway (the pass
+        forgot ids, or requests wrote), else at most every `ids_sweep_position_saved_every_s`,
+        so an idle switch does not commit every pass. A restart goes on from the position
+        saved, at most that long behind, and visits those ids again: it only keeps them
+        longer, never forgets one early."""
+        position = self._ids_swept_to
+        if position == self._ids_position_saved:
+            return
+        saved_ms = self._ids_position_saved_ms
+        if not forgotten and not self.store.uncommitted_writes and saved_ms is not None \
+                and 0 <= now_ms - saved_ms < limits.ids_sweep_position_saved_every_s * 1000:
+            return
+        if position is None:
+            self.store.delete("meta", IDS_SWEPT_TO)   # the next pass starts at the first id
+        else:
+            self.store.put("meta", IDS_SWEPT_TO, position)
+        self._ids_position_saved = position
+        self._ids_position_saved_ms = now_ms
 
     # ----------------------------------------------------------- history of one account
     def account_txns_before(self, account_id: str, before_txn: int | None):
