@@ -441,6 +441,43 @@ def test_the_sweeps_position_is_saved_with_a_commit_due_anyway_else_every_so_oft
     assert world.store.get("meta", state.IDS_SWEPT_TO) is None
 
 
+@pytest.mark.parametrize("undone_by", ["rolled_back_pass", "failed_commit"])
+def test_a_save_of_the_sweeps_position_that_was_undone_is_made_again_at_the_next_pass(
+        world, monkeypatch, undone_by):
+    """A pass that raised is rolled back whole, and a failed commit loses its batch: the
+    position it put is not on disk, and the next pass puts it at once rather than 10 s on,
+    nor leaves a position the sweep has passed (the end of a cycle) for ever."""
+    _remember_ids_of(world, "till", range(60))
+    world.ledger.forget_old_ids(10)
+    world.commit()
+    saved = world.store.get("meta", state.IDS_SWEPT_TO)
+    world.clock.advance(limits.ids_sweep_position_saved_every_s)
+    if undone_by == "rolled_back_pass":
+        monkeypatch.setattr(housekeeping.subsidies, "expire_due_subsidies",
+                            lambda ledger: 1 / 0)        # a later step of the pass raises
+        assert housekeeping.tick(world.ledger).failed
+        monkeypatch.undo()
+    else:
+        world.ledger.forget_old_ids(10)                  # its time: put in the open batch
+        assert world.store.uncommitted_writes == 1
+        world.store.seal()
+        world.store.discard_uncommitted()                # the commit failed
+    assert world.store.get("meta", state.IDS_SWEPT_TO) == saved
+    world.ledger.forget_old_ids(10)                      # within 10 s of that save: put
+    assert world.store.get("meta", state.IDS_SWEPT_TO) == world.ledger._ids_swept_to != saved
+    world.commit()
+    world.clock.advance(limits.ids_sweep_position_saved_every_s)
+    world.ledger.forget_old_ids(100)                     # to the last id: its save fails
+    assert world.ledger._ids_swept_to is None
+    assert world.store.get("meta", state.IDS_SWEPT_TO) is None
+    world.store.seal()
+    world.store.discard_uncommitted()
+    assert world.store.get("meta", state.IDS_SWEPT_TO) is not None
+    world.ledger.forget_old_ids(100)                     # the first id again, to the last
+    assert world.ledger._ids_swept_to is None
+    assert world.store.get("meta", state.IDS_SWEPT_TO) is None     # no stale position kept
+
+
 def test_a_pass_with_no_id_due_reads_none_of_them_one_by_one(world, monkeypatch):
     """The usual pass (no id eight days old yet) is judged whole; reading each id is for a
     pass where one may be due."""

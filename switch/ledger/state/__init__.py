@@ -156,7 +156,7 @@ class Ledger:
         # range if restarted more often (a crash loop, a restart by a watchdog), so the ids
         # there were never forgotten.
         self._ids_swept_to: bytes | None = store.get("meta", IDS_SWEPT_TO) or None
-        self._ids_position_saved = self._ids_swept_to
+        self._ids_position_saved = self._ids_swept_to   # what the last save put
         self._ids_position_saved_ms: int | None = None
         # The ids the database held when the sweep's cycle under way started (`ids_to_sweep`).
         self._ids_held_at_cycle_start = 0
@@ -495,15 +495,19 @@ class Ledger:
         return forgotten
 
     def _save_sweep_position(self, now_ms: int, forgotten: int) -> None:
-        """Where the sweep stands, into the open batch when it commits anyway (the pass
-        forgot ids, or requests wrote), else at most every `ids_sweep_position_saved_every_s`,
-        so an idle switch does not commit every pass. A restart goes on from the position
-        saved, at most that long behind, and visits those ids again: it only keeps them
-        longer, never forgets one early."""
+        """Where the sweep stands, into the open batch when it already holds writes (the
+        pass forgot ids, or requests wrote), else at most every
+        `ids_sweep_position_saved_every_s`, so an idle switch does not commit every pass;
+        at once when the last save was undone. A restart goes on from the position saved,
+        at most that long behind, and visits those ids again: it only keeps them longer,
+        never forgets one early."""
         position = self._ids_swept_to
-        if position == self._ids_position_saved:
+        stored = self.store.get("meta", IDS_SWEPT_TO)
+        if position == stored:
             return
         saved_ms = self._ids_position_saved_ms
+        if stored != self._ids_position_saved:
+            saved_ms = None   # the last save was undone (its pass rolled back, its commit failed)
         if not forgotten and not self.store.uncommitted_writes and saved_ms is not None \
                 and 0 <= now_ms - saved_ms < limits.ids_sweep_position_saved_every_s * 1000:
             return
