@@ -3,9 +3,10 @@ the open after a crash that replays them, and the clean stop that writes them ba
 
     .venv/bin/python bench/replay_cost.py --json-out bench/results/replay_cost.json
 
-At a large accounts table a round lasts a write per account record (switch/limits.py
-`logged_writes_per_account_ratio`, at most `logged_writes_held_max`): at a million accounts
-about 500,000 debits, each logging its account record and its remembered id. This builds
+At a large accounts table a round of account records lasts 0.6 writes per record
+(switch/limits.py `logged_writes_per_account_ratio`, at most `logged_writes_held_max`): at a
+million accounts about 600,000 debits, each logging its account record (and its remembered
+id, whose rounds of 32,768 are their own). This builds
 --accounts account records (176 bytes, keys shaped like the benchmark's) in a Store of its
 own, then commits debits' writes, --batch a commit (an account at random and a new id from
 one of 2,000 tills), until the logs hold the most a round can leave behind: a whole round
@@ -81,7 +82,7 @@ def measure(accounts: int, batch: int, seed: int, workdir: str) -> dict:
                 batch_committed = store.seal()
                 store.write_batch(batch_committed)
                 store.committed(batch_committed)
-                started = started or batch_committed.starts_round
+                started = started or batch_committed.rounds["accounts"].starts_round
                 peak["anon_kib"] = max(peak["anon_kib"], _anon_kib())
                 peak["held"] = max(peak["held"], store.logs_pending)
             return started
@@ -97,8 +98,9 @@ def measure(accounts: int, batch: int, seed: int, workdir: str) -> dict:
             return first_round
 
         def last_slice_next() -> bool:
-            order = store._prev_order     # the round being written back, and how far
-            return order is None or order.length - store._prev_done <= 4 * batch
+            accounts_round = store._rounds["accounts"]   # the long one, and how far it is
+            order = accounts_round.order
+            return order is None or order.length - accounts_round.done <= 4 * batch
 
         def on_disk() -> int:
             return len(writeback.newest_logged(store._read, store.dbs))

@@ -198,32 +198,37 @@ batch_wait_s = 0.0005              # how long the committer lets a batch fill at
 request_wait_max_s = 0.5
 commit_retries_map_full_max = 8    # map growth attempts before a batch is failed
 # Account records and remembered ids are logged by each commit and written back to their
-# databases a round later, a slice per commit (persistence/writeback.py). A round ends once
-# this many logged writes wait (a debit logs two: its account and its id), or this many
-# commits logged some, or the retention sweep asks. A write-back dirties about a page per till
-# (ids) and per account leaf (records) per round, so it saves pages only where a round holds
-# many writes of each: a bound by commits alone made rounds of a few ids a till at light load,
+# databases a round later, a slice per commit (persistence/writeback.py), each database in
+# rounds of its own. A round ends once this many writes were logged to it (a debit logs one
+# to each: its account and its id; a key written again counts again), or this many commits
+# logged some, or the retention sweep asks. A write-back dirties about a page per till (ids)
+# and per account leaf (records) per round, so it saves pages only where a round holds many
+# writes of each: a bound by commits alone made rounds of a few ids a till at light load,
 # and their slices cost more than the pages saved (open loop at 5,000/s: p99 1.5-3.3x). The
 # bigger, the more memory (about 300 B a write, about a round at most: about 10 MB here; a
-# large accounts table lengthens the round, below).
+# large accounts table lengthens the accounts' round, below, never the ids').
 logged_writes_max = 32_768
 commits_between_write_backs_max = 4_096
-# A large accounts table lengthens the round: to this many writes per record the table holds
-# (both bounds above grow alike), at most `logged_writes_held_max`. At a million accounts a
-# round of 32,768 writes rewrote about 14,000 of the table's 52,632 leaves, nearly a leaf a
-# debit, each copied, written and fsync'd: 8 µs a debit more than at 10,000 accounts, where
-# every round rewrites the same few hundred leaves (bench/RESULTS.md, 2026-12-03 19:13). A
-# round as long as the table rewrites each leaf about once instead. Below 32,768 records
-# nothing changes.
-logged_writes_per_account_ratio = 1.0
+# A large accounts table lengthens the accounts' round: to this many writes per record the
+# table holds (both bounds above grow alike), at most `logged_writes_held_max`. At a million
+# accounts a round of 32,768 writes rewrote about 14,000 of the table's 52,632 leaves, nearly
+# a leaf a debit, each copied, written and fsync'd: 8 µs a debit more than at 10,000
+# accounts, where every round rewrites the same few hundred leaves (bench/RESULTS.md,
+# 2026-12-03 19:13). A round as long as the table rewrites each leaf about once instead: 0.6
+# a record is the accounts' part of the round ids and accounts shared at one write a record
+# (about 600,000 debits, 450,000 accounts, at a million). Below 54,614 records nothing
+# changes.
+logged_writes_per_account_ratio = 0.6
 # The most writes a round holds, whatever the table's size. The logs hold up to about 1.5
-# times that (the round being written back, and the next one filling until it is: at a
-# million accounts 1.47 million writes), and an open after a crash replays them (about 5 s
-# there; bench/replay_cost.py, bench/RESULTS.md 2026-12-04 13:29). Memory holds about a round
+# times a round of each database (the round being written back, and the next one filling
+# until it is: at a million accounts about 900,000 account writes and 50,000 ids; 1.47
+# million writes when ids shared the accounts' round), and an open after a crash replays
+# them (about 5 s for 1.47 million; bench/replay_cost.py, bench/RESULTS.md 2026-12-04 13:29). Memory holds about a round
 # at most: a slice's keys and values leave it once committed (the round's dict tables and its
 # sort's entries, about 64 B a write, stay until the round ends; at a million accounts the
-# switch's own memory at its peak 386 MiB, 481 when a round left memory only at its end, 68
-# with the short rounds; bench/RESULTS.md 2026-12-04 16:24).
+# switch's own memory at its peak 229 MiB with the ids in rounds of their own, 386 when they
+# shared the accounts' round, 481 when a round left memory only at its end, 68 with the
+# short rounds; bench/RESULTS.md 2026-12-04 16:24 and 20:47).
 logged_writes_held_max = 1_048_576
 # A commit writes back at least this many of the previous round's writes (and at least twice
 # what it logs itself, so a round is written back before the next one fills).

@@ -183,6 +183,20 @@ def _log_records(logged: dict, lsn: int, current: int) -> dict[str, list]:
 
 
 @dataclass
+class RoundPlan:
+    """What a batch does to one logged database's rounds, decided at `seal`: how far the
+    previous round is written back after it, and whether it ends that round or starts the
+    next; the round's counters once it is on disk."""
+    previous_done: int = 0
+    ends_round: bool = False
+    starts_round: bool = False
+    sorts_round: bool = False   # it put a run of the previous round's keys in order, no more
+    commits_logging: int = 0
+    writes_logged: int = 0
+    written_back: list = field(default_factory=list)   # its slice's (db, [key, ...]) runs
+
+
+@dataclass
 class Batch:
     number: int
     writes: dict = field(default_factory=dict)  # db name -> {key: bytes-like or DELETED}
@@ -190,26 +204,82 @@ class Batch:
     prepared: tuple = field(default_factory=lambda: ({}, {}))  # (puts, deletes) per db, by `seal`
     # Decided at `seal`, taken by `committed` (once: a second call changes nothing): the
     # writes of logged databases; whether this batch writes back everything logged (`full`);
-    # how far the previous round is written back after it, and whether it ends that round or
-    # starts the next; the logs it empties; the log's counters once it is on disk.
+    # what it does to each logged database's rounds; the logs it empties; the next LSN.
     logged: dict = field(default_factory=dict)   # writeback.no_logged()'s shape
     full: bool = False
-    previous_done: int = 0
-    ends_round: bool = False
-    starts_round: bool = False
+    rounds: dict = field(default_factory=dict)   # logged database -> RoundPlan
     logs_emptied: tuple = ()
     next_lsn: int = 0
-    commits_logging: int = 0
-    sorts_round: bool = False   # it put a run of the previous round's keys in order, no more
-    written_back: list = field(default_factory=list)   # its slice's (db, [key, ...]) runs
+
+    @property
+    def starts_round(self) -> bool:
+        return any(plan.starts_round for plan in self.rounds.values())
+
+    @property
+    def ends_round(self) -> bool:
+        return any(plan.ends_round for plan in self.rounds.values())
+
+    @property
+    def sorts_round(self) -> bool:
+        return any(plan.sorts_round for plan in self.rounds.values())
+
+    @property
+    def written_back(self) -> list:
+        return [run for plan in self.rounds.values() for run in plan.written_back]
 
     @property
     def writes_back(self) -> bool:
         """Whether it must be committed for the logs' sake, even with no writes of its own:
         it writes back, empties a log, starts a round (which `committed` then takes), or
         sorted a run of the previous round's keys (so the next commit sorts the next)."""
-        return (self.full or self.previous_done > 0 or bool(self.logs_emptied)
-                or self.starts_round or self.sorts_round)
+        return self.full or bool(self.logs_emptied) or any(
+            plan.previous_done > 0 or plan.starts_round or plan.sorts_round
+            for plan in self.rounds.values())
+
+
+class LogRound:
+    """One logged database's write-back (persistence/writeback.py): its committed writes not
+    yet written back, the current round's (`logged`) and the previous round's (`previous`,
+    and the slice of it the commit under way writes back, `writing_back`), the previous
+    round's keys in key order and how many of them are written back, and which of its two
+    logs takes records.
+
+    Each logged database has its own rounds. A round of account records is as long as the
+    accounts table is large, so a round rewrites each of the table's leaves about once; a
+    round of remembered ids gains nothing from that (each id is written once, and a till's
+    ids are neighbours whatever the round's length), and when both shared one round a
+    million accounts kept about a million ids in memory, whose dictionaries every debit
+    looked in (bench/RESULTS.md, 2026-12-04 21:40)."""
+
+    __slots__ = ("db", "logged", "previous", "writing_back", "order", "done", "current_log",
+                 "commits_logging", "writes_logged")
+
+    def __init__(self, db: str):
+        self.db = db
+        self.logged: dict = {}          # key -> value or None (deleted): the current round's
+        self.previous: dict = {}        # the previous round's, not yet written back
+        # The slice of the previous round the batch being committed writes back, taken out of
+        # `previous` at its seal (one lookup a key, not one there and one when it is
+        # committed) and read here until it is on disk, then dropped whole, so a round's end
+        # frees its last slice only (freeing a million writes at once held the event loop
+        # about 50 ms); put back if the commit fails.
+        self.writing_back: dict = {}
+        self.order: writeback.KeyOrder | None = None   # the previous round's keys
+        self.done = 0                   # how many of them are written back
+        self.current_log = 0            # which of the database's two logs takes records
+        self.commits_logging = 0        # commits that logged something this round
+        self.writes_logged = 0          # writes logged this round, a key again each time
+
+    def open_previous(self, previous: dict) -> None:
+        """`previous` becomes the round being written back, its keys only listed (put in key
+        order a run a commit, writeback.KeyOrder, so each slice writes back neighbours)."""
+        self.previous = previous
+        self.order = writeback.KeyOrder({self.db: previous}) if previous else None
+        self.done = 0
+
+    @property
+    def held(self) -> int:
+        return len(self.logged) + len(self.previous) + len(self.writing_back)
 
 
 class Store:
@@ -236,25 +306,14 @@ class Store:
         self._dirty_ranged = _no_ranged_keys()    # db -> keys of RANGE_READ_DBS in _dirty
         self._sealed_ranged = _no_ranged_keys()   # the same for _sealed
         # Under those, the writes of logged databases that are committed, in a log, and not
-        # yet written back: exactly what the logs on disk hold, newest per key, the current
-        # log's and the previous log's, with `_writing_back` below (only `committed`, the
-        # rebuild in `discard_uncommitted`, and a seal taking a slice out to `_writing_back`
-        # change them). The previous round's keys in key order, and how many of them are
-        # written back.
-        self._logged = writeback.no_logged()
-        self._logged_prev = writeback.no_logged()
-        # The slice of the previous round the batch being committed writes back, taken out of
-        # `_logged_prev` at its seal (one lookup a key, not one there and one when it is
-        # committed) and read here until it is on disk, then dropped whole, so a round's end
-        # frees its last slice only (freeing a million writes at once held the event loop
-        # about 50 ms); put back if the commit fails.
-        self._writing_back = writeback.no_logged()
-        self._prev_order: writeback.KeyOrder | None = None   # the previous round's
-        self._prev_done = 0
-        self._current_log = 0         # which of each database's two logs takes records
-        self._next_lsn = 0            # the next log record's LSN
-        self._commits_logging = 0     # commits that logged something this round
-        self._write_back_asked = False   # by `write_back_soon`: end the round now
+        # yet written back, a LogRound each: exactly what the logs on disk hold, newest per
+        # key (only `committed`, the rebuild in `discard_uncommitted`, and a seal taking a
+        # slice out to its `writing_back` change them).
+        self._rounds = {db: LogRound(db) for db in writeback.LOGS}
+        self._next_lsn = 0            # the next log record's LSN, of every log
+        # The databases whose current round `write_back_soon` asked to end, until it does
+        # (each its own: a round still being written back cannot start the next yet).
+        self._write_back_asked: set = set()
         self._committed_number = 0    # the last batch `committed` took
         # When a commit writes everything back (limits.py); the simulation makes them small.
         self.logged_writes_max = limits.logged_writes_max
@@ -346,13 +405,13 @@ class Store:
 
     def get_committed(self, db: str, key: bytes):
         """The committed value of `key`; batches not yet committed not included."""
-        logged = self._logged.get(db)
-        if logged is not None:
-            value = logged.get(key, _MISSING)
+        round_ = self._rounds.get(db)
+        if round_ is not None:
+            value = round_.logged.get(key, _MISSING)
             if value is _MISSING:
-                value = self._logged_prev[db].get(key, _MISSING)
+                value = round_.previous.get(key, _MISSING)
                 if value is _MISSING:
-                    value = self._writing_back[db].get(key, _MISSING)
+                    value = round_.writing_back.get(key, _MISSING)
             if value is not _MISSING:
                 return value
         # The database by position: py-lmdb parses a keyword argument by name on every call
@@ -475,9 +534,10 @@ class Store:
     @property
     def open_writes(self) -> int:
         """Writes waiting for a commit (a round to write back, or asked for, counts as one)."""
-        return writeback.count(self._dirty) + bool(self._prev_order is not None
-                                                   or (self._write_back_asked
-                                                       and writeback.count(self._logged)))
+        rounds = self._rounds.values()
+        return writeback.count(self._dirty) + bool(
+            any(round_.order is not None for round_ in rounds)
+            or any(self._rounds[db].logged for db in self._write_back_asked))
 
     @property
     def uncommitted_writes(self) -> int:
@@ -486,14 +546,15 @@ class Store:
 
     @property
     def round_written_back(self) -> bool:
-        """Whether no round is being written back (its log is gone)."""
-        return self._prev_order is None
+        """Whether no round is being written back (their logs are gone)."""
+        return all(round_.order is None for round_ in self._rounds.values())
 
     def write_back_soon(self) -> None:
-        """End the current round at the next commit, so the commits after it write its ids
-        back, even with nothing else to write: the retention sweep asks, so a quiet
+        """End the current rounds at the next commit that can (a database's round still
+        being written back ends once it is), so the commits after write their writes back,
+        even with nothing else to write: the retention sweep asks, so a quiet
         switch's ids reach the database it walks (persistence/writeback.py)."""
-        self._write_back_asked = True
+        self._write_back_asked = set(writeback.LOGS)
 
     def get_mutable(self, db: str, key: bytes) -> bytearray | None:
         """A value the caller may change in place and then `put`.
@@ -527,7 +588,8 @@ class Store:
         assert not writeback.count(self._sealed), "sealed a batch while another was committing"
         # Nor while a batch that only writes back is: planned without its slice, a full
         # write-back would drop the logs that hold it.
-        assert not writeback.count(self._writing_back), "a slice still being committed"
+        assert not any(round_.writing_back for round_ in self._rounds.values()), \
+            "a slice still being committed"
         # Sorted bytes per database now, on the caller's thread: the writer thread then only
         # runs C (putmulti, commit, fsync), and never waits on the event loop for the GIL
         # between Python steps (which made a commit's wall time several times its CPU).
@@ -546,7 +608,8 @@ class Store:
         puts, deletes = batch.prepared
         batch.next_lsn = self._next_lsn
         if full:
-            merged = writeback.merged(self._logged_prev, self._logged, logged)
+            merged = {db: {**round_.previous, **round_.logged, **logged[db]}
+                      for db, round_ in self._rounds.items()}
             if writeback.count(merged):
                 back_puts, back_deletes = writeback.split(merged)
                 puts.update(back_puts)
@@ -554,17 +617,31 @@ class Store:
             batch.full = True
             batch.logs_emptied = writeback.LOG_NAMES
             return
-        records = _log_records(logged, self._next_lsn, self._current_log)
-        puts.update(records)
-        batch.next_lsn = self._next_lsn + len(records)
-        logged_count = writeback.count(logged)
-        batch.commits_logging = self._commits_logging + (1 if logged_count else 0)
-        previous = self._logged_prev
-        round_open = self._prev_order is not None
-        if round_open:
-            order = self._prev_order
-            start = self._prev_done
-            batch.previous_done = start
+        logs_emptied = []
+        for db, round_ in self._rounds.items():
+            writes = logged[db]
+            if writes:
+                puts[writeback.LOGS[db][round_.current_log]] = [
+                    (writeback.lsn_key(batch.next_lsn), writeback.encode_record(writes))]
+                batch.next_lsn += 1
+            plan = batch.rounds[db] = RoundPlan()
+            if self._plan_round(round_, plan, len(writes), finish_round, puts, deletes):
+                logs_emptied.append(writeback.LOGS[db][1 - round_.current_log])
+        batch.logs_emptied = tuple(logs_emptied)
+
+    def _plan_round(self, round_: LogRound, plan: RoundPlan, logged_count: int,
+                    finish_round: bool, puts: dict, deletes: dict) -> bool:
+        """One logged database's part of a batch: the next slice of its previous round (with
+        `finish_round`, all that is left of it: a draining switch) into `puts` and `deletes`,
+        and whether the batch starts its next round. Whether the batch ends the previous
+        round (its log is then emptied)."""
+        plan.commits_logging = round_.commits_logging + (1 if logged_count else 0)
+        plan.writes_logged = round_.writes_logged + logged_count
+        ends = False
+        order = round_.order
+        if order is not None:
+            start = round_.done
+            plan.previous_done = start
             sort_max = order.length if finish_round else limits.key_order_sorted_per_commit_max
             if order.ready or order.sort_some(sort_max):
                 # At least twice what this batch logs, so the previous round is written back
@@ -572,38 +649,39 @@ class Store:
                 end = order.length if finish_round else min(
                     order.length, start + max(limits.written_back_per_commit_min,
                                               2 * logged_count))
-                batch.written_back = order.slots(start, end)
-                back_puts, back_deletes, self._writing_back = writeback.take_writes(
-                    previous, batch.written_back)
+                plan.written_back = order.slots(start, end)
+                back_puts, back_deletes, taken = writeback.take_writes(
+                    {round_.db: round_.previous}, plan.written_back)
+                round_.writing_back = taken[round_.db]
                 puts.update(back_puts)
                 deletes.update(back_deletes)
-                batch.previous_done = end
-                if end == order.length:
-                    batch.ends_round = True
-                    batch.logs_emptied = tuple(pair[1 - self._current_log]
-                                               for pair in writeback.LOGS.values())
-                    round_open = False
+                plan.previous_done = end
+                ends = plan.ends_round = end == order.length
             else:
                 # The round's keys are put in order a run a commit (limits.py): this commit
                 # writes back nothing, and is committed all the same, so the next one sorts
                 # the next run even on a switch with nothing else to write.
-                batch.sorts_round = True
-        current_size = writeback.count(self._logged) + logged_count
-        writes_max, commits_max = self.round_bounds()
+                plan.sorts_round = True
+        writes_max, commits_max = self.round_bounds(round_.db)
         # A draining switch's last round is left to the close (`finish_round`), whose one
         # transaction writes it back: not started as a round here, to be finished by one
         # more commit.
-        if not round_open and current_size and not finish_round and (
-                self._write_back_asked or current_size >= writes_max
-                or batch.commits_logging >= commits_max):
-            batch.starts_round = True
-            self._write_back_asked = False
+        if (order is None or ends) and plan.writes_logged and not finish_round and (
+                round_.db in self._write_back_asked or plan.writes_logged >= writes_max
+                or plan.commits_logging >= commits_max):
+            plan.starts_round = True
+        return ends
 
-    def round_bounds(self) -> tuple[int, int]:
-        """(logged writes, logging commits) that end a round: the bounds of limits.py, both
-        lengthened alike for an accounts table of more records than a round holds writes, so
-        a round rewrites each of its leaves about once (limits.logged_writes_per_account_ratio)."""
+    def round_bounds(self, db: str = "accounts") -> tuple[int, int]:
+        """(writes logged, logging commits) that end a round of `db`: the bounds of limits.py;
+        for `accounts`, both lengthened alike for a table of more records than a round holds
+        writes, so a round rewrites each of its leaves about once
+        (limits.logged_writes_per_account_ratio). Writes are counted as logged, a key again
+        each time: the log's size, which a round of a few accounts written often would
+        otherwise let grow without bound."""
         writes_max = self.logged_writes_max
+        if db != "accounts":
+            return writes_max, self.commits_between_write_backs_max
         scaled = min(limits.logged_writes_held_max,
                      int(self._accounts_in_table * self.logged_writes_per_account_ratio))
         if scaled <= writes_max:
@@ -668,41 +746,38 @@ class Store:
     def _take_logs(self, batch: Batch) -> None:
         """What the logs hold now that `batch` is on disk."""
         self._next_lsn = batch.next_lsn
-        self._commits_logging = batch.commits_logging
-        self._writing_back = writeback.no_logged()   # on disk: read from its databases
+        for round_ in self._rounds.values():
+            round_.writing_back = {}   # on disk: read from its database
         if batch.full:
-            self._logged, self._prev_order = writeback.no_logged(), None
-            self._logged_prev = writeback.no_logged()
-            self._prev_done = 0
+            for db in writeback.LOGS:
+                self._rounds[db] = LogRound(db)
             return
-        if batch.ends_round:
-            self._logged_prev, self._prev_order = writeback.no_logged(), None
-        elif batch.written_back:
-            self._prev_order.release(batch.previous_done)
-        self._prev_done = 0 if batch.ends_round else batch.previous_done
-        for db, writes in batch.logged.items():
-            self._logged[db].update(writes)
-        if batch.starts_round:
-            self._start_round(self._logged)
-            self._logged = writeback.no_logged()
-            self._current_log = 1 - self._current_log
-            self._commits_logging = 0
-
-    def _start_round(self, previous: dict) -> None:
-        # Put in key order a run a commit (writeback.KeyOrder), so each slice writes back
-        # neighbouring keys; here only listed.
-        self._logged_prev = previous
-        self._prev_order = writeback.KeyOrder(previous) if writeback.count(previous) else None
-        self._prev_done = 0
-        self._count_accounts()
+        for db, round_ in self._rounds.items():
+            plan = batch.rounds[db]
+            round_.commits_logging = plan.commits_logging
+            round_.writes_logged = plan.writes_logged
+            if plan.ends_round:
+                round_.previous, round_.order = {}, None
+            elif plan.written_back:
+                round_.order.release(plan.previous_done)
+            round_.done = 0 if plan.ends_round else plan.previous_done
+            round_.logged.update(batch.logged[db])
+            if plan.starts_round:
+                round_.open_previous(round_.logged)
+                round_.logged = {}
+                round_.current_log = 1 - round_.current_log
+                round_.commits_logging = round_.writes_logged = 0
+                self._write_back_asked.discard(db)
+                if db == "accounts":
+                    self._count_accounts()   # its bounds follow the table (`round_bounds`)
 
     def discard_uncommitted(self) -> None:
         """A commit failed: forget every write not on disk, committed or open."""
         # The slice the failed batch took goes back where it was first, so that if the
         # rebuild below fails too, memory is as it was before that batch's seal.
-        for db, writes in self._writing_back.items():
-            self._logged_prev[db].update(writes)
-        self._writing_back = writeback.no_logged()
+        for round_ in self._rounds.values():
+            round_.previous.update(round_.writing_back)
+            round_.writing_back = {}
         self._sealed = _no_writes()
         self._dirty = _no_writes()
         self._sealed_ranged = _no_ranged_keys()
@@ -714,9 +789,14 @@ class Store:
         self._begin_read()
         # The failed write may still have reached the disk, logs and write-back included:
         # the logged values are what the disk holds, not what this process last knew.
-        self._logged, previous, self._current_log, self._next_lsn = writeback.read_logs(
+        current, previous, current_logs, self._next_lsn, counts = writeback.read_logs(
             self._read, self.dbs)
-        self._start_round(previous)
+        for db, round_ in self._rounds.items():
+            round_.logged, round_.current_log = current[db], current_logs[db]
+            # As logged, a key again each time: what the round's bounds count.
+            round_.writes_logged, round_.commits_logging = counts[db]
+            round_.open_previous(previous[db])
+        self._count_accounts()
 
     # ------------------------------------------------------------------ map size
     def map_usage(self) -> tuple[int, int]:
@@ -778,8 +858,7 @@ class Store:
     def logs_pending(self) -> int:
         """Logged writes not yet written back (none in a store just opened, or after
         `commit_now`): what `committed_items` of a logged database does not show."""
-        return (writeback.count(self._logged) + writeback.count(self._logged_prev)
-                + writeback.count(self._writing_back))
+        return sum(round_.held for round_ in self._rounds.values())
 
     def _write_back_logs(self) -> None:
         with self.env.begin(write=True) as txn:

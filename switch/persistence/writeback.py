@@ -15,12 +15,14 @@ its batch with the whole round.
 Two logs per database: a round's records go to one (the current log); when the round ends
 its log becomes the previous one, whose ids the next commits write back, a slice each, and
 the commit that writes the last slice drops that log whole. Every record of the previous
-log is older than every record of the current one.
+log is older than every record of the current one. Each database has its own rounds
+(store.LogRound): account records' as long as the accounts table is large, remembered ids'
+at the bound of limits.py whatever the table.
 
 Durability does not change: a commit holds its ids in the log, in the same LMDB
 transaction and fsync as the rest of the batch. The newest committed value of every logged
-key not yet written back is kept in memory (the Store's `_logged` and `_logged_prev`
-generations, and the slice being written back by the commit under way) so reads see it;
+key not yet written back is kept in memory (each store.LogRound's current and previous
+round, and the slice being written back by the commit under way) so reads see it;
 opening a data dir replays its logs first, so a crash loses nothing the fsync covered.
 
 Pure functions over LMDB transactions: the Store decides when, these say how.
@@ -107,13 +109,16 @@ def flat(logged: dict) -> dict:
     return {(db, key): value for db, writes in logged.items() for key, value in writes.items()}
 
 
-def read_logs(txn, dbs) -> tuple[dict, dict, int, int]:
-    """What the logs hold, as the Store keeps it between write-backs: the current log's and
-    the previous log's writes (`no_logged`'s shape) with the newest value per key, each read
-    in LSN order so a later record wins; the current log's index (the log holding the newest
-    record, the first when both are empty); and the next free LSN."""
+def read_logs(txn, dbs) -> tuple[dict, dict, dict, int, dict]:
+    """What the logs hold, as the Store keeps it between write-backs: the current logs' and
+    the previous logs' writes (`no_logged`'s shape) with the newest value per key, each read
+    in LSN order so a later record wins; each database's current log's index (the log of
+    its pair holding its newest record, the first when both are empty: each database has
+    its own rounds); the next free LSN; and per database, the writes its current log's
+    records hold (a key again each time) and how many records (commits) they are."""
     by_log: tuple[dict, dict] = (no_logged(), no_logged())
-    newest = [-1, -1]
+    newest = {db: [-1, -1] for db in LOGS}
+    counts = {db: [[0, 0], [0, 0]] for db in LOGS}   # per log: writes, records
     for lsn, index, db, log, _, data in _records_in_lsn_order(txn, dbs, LOGS):
         try:
             writes = decode_record(data)
@@ -121,9 +126,14 @@ def read_logs(txn, dbs) -> tuple[dict, dict, int, int]:
             raise DamagedLog(f"{log} record {lsn}: {error}; the data dir cannot be trusted: "
                              f"restore the latest backup") from None
         by_log[index][db].update(writes)
-        newest[index] = lsn
-    current = 0 if newest[0] >= newest[1] else 1
-    return by_log[current], by_log[1 - current], current, max(newest) + 1
+        newest[db][index] = lsn
+        counts[db][index][0] += len(writes)
+        counts[db][index][1] += 1
+    current = {db: 0 if lsns[0] >= lsns[1] else 1 for db, lsns in newest.items()}
+    return ({db: by_log[index][db] for db, index in current.items()},
+            {db: by_log[1 - index][db] for db, index in current.items()},
+            current, max(max(lsns) for lsns in newest.values()) + 1,
+            {db: tuple(counts[db][index]) for db, index in current.items()})
 
 
 def log_problems(txn, dbs) -> list[str]:
@@ -189,7 +199,7 @@ def newest_logged(txn, dbs) -> dict:
 
 def _newest(txn, dbs) -> dict:
     """The newest value per key of both logs, in `no_logged`'s shape."""
-    current, previous, _, _ = read_logs(txn, dbs)
+    current, previous, _, _, _ = read_logs(txn, dbs)
     return merged(previous, current)
 
 

@@ -133,8 +133,9 @@ class Metrics:
                                      "and held in memory until written back",
                                      registry=registry)
         self.write_back_round = Gauge("switch_write_back_round_writes",
-                                      "Logged writes that end a round (lengthened by a large "
-                                      "accounts table)", registry=registry)
+                                      "Logged writes that end a round of account records "
+                                      "(lengthened by a large accounts table)",
+                                      registry=registry)
         self.refused_connections = Counter("switch_refused_connections",
                                            "Connections closed at accept (limit reached)",
                                            registry=registry)

@@ -462,7 +462,7 @@ def test_the_demo_refuses_a_data_dir_that_holds_anything(tmp_path, capsys):
 def test_a_school_the_books_hold_but_the_configuration_leaves_out_stops_the_start(tmp_path):
     from tests.ledger.conftest import World, populate
     world = populate(World(tmp_path / "data"))
-    world.commit()
+    world.restart()      # as `serve` reads it: opened, every logged write in its place
     check_schools_declared(world.store, {"WH": None, "CUIK": None})
     with pytest.raises(DataDirError, match=r"the data dir holds school CUIK \(account "
                                            r"CUIK[-\w]+, \.\.\.\), which the configuration "

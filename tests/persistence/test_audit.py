@@ -386,16 +386,22 @@ def test_history_marks_and_record_counts_that_disagree_with_the_journal_are_foun
 
 def _books_with_ids_in_the_logs(tmp_path, monkeypatch, last_balance=None):
     """Sound books of a switch that stopped (as a crash does) with account records and
-    remembered ids in both logs: a round of six writes being written back four a commit,
-    and the current one. Each commit writes WH1's record again, the last one with
+    remembered ids in both logs of each: a round of each being written back two a commit,
+    and the current one. The first commit writes four ids and four accounts (WH2-WH4 empty,
+    with no records), each later one an id and WH1's record again, the last with
     `last_balance` when given (books no longer sound)."""
     _books(tmp_path)
     monkeypatch.setattr(limits, "written_back_per_commit_min", 1)
     store = Store(os.path.join(str(tmp_path), STORE_DIR))
-    store.logged_writes_max = 7
+    store.logged_writes_max = 5
     store.logged_writes_per_account_ratio = 0
+    for number in (2, 3, 4):
+        store.put("accounts", f"WH{number}".encode(),
+                  layout.new_account_record("WH", 0, 0, bytes(16), bytes(32), bytes(32)))
     for n in range(6):
         store.put("idempotency", b"till\0" + bytes([n]), b"reply")
+        if n < 3:
+            continue     # the first commit's ids
         record = store.get_mutable("accounts", b"WH1")
         if n == 5 and last_balance is not None:
             layout.put(record, layout.BALANCE, last_balance)
@@ -403,6 +409,8 @@ def _books_with_ids_in_the_logs(tmp_path, monkeypatch, last_balance=None):
         batch = store.seal()
         store.write_batch(batch)
         store.committed(batch)
+    assert not store.round_written_back and all(
+        round_.done and round_.logged for round_ in store._rounds.values())
     store.close(write_back=False)
     return _raw_logs(tmp_path)
 

@@ -29,11 +29,12 @@ async def test_a_drain_leaves_the_write_back_to_the_close(tmp_path, nursery, mon
     till = await switch.terminal("WH-POS-1")
     store, committer = switch.store, switch.server.committer
     debits = 0
-    while store._prev_order is None:          # until a round is being written back
+    ids = store._rounds["idempotency"]
+    while ids.order is None:                  # until a round of ids is being written back
         await switch.ok(till, {"t": "debit", "card": "AAAA", "amount": 100, "id": debits})
         debits += 1
         assert debits <= DEBITS
-    pending = writeback.count(store._logged_prev)
+    pending = len(ids.previous)
     assert pending >= 4, pending
     commits = committer.commits
     for client in switch.clients:
@@ -44,8 +45,8 @@ async def test_a_drain_leaves_the_write_back_to_the_close(tmp_path, nursery, mon
     # slice. The round's log is dropped; the close writes back the last round's.
     assert committer.commits - commits <= 2, committer.commits - commits
     assert store.round_written_back and store.uncommitted_writes == 0
-    previous_log = [log for pair in writeback.LOGS.values() for log in pair
-                    if log != pair[store._current_log]]
+    previous_log = [writeback.LOGS[db][1 - round_.current_log]
+                    for db, round_ in store._rounds.items()]
     assert all(store._read.stat(store.dbs[log])["entries"] == 0 for log in previous_log)
     store.close()
     # The close wrote every logged write back: its logs are empty, its books sound.
