@@ -173,15 +173,6 @@ def _no_writes() -> dict:
     return {}
 
 
-def _log_records(logged: dict, lsn: int, current: int) -> dict[str, list]:
-    """The log puts of a batch's logged writes: one record per logged database, into its
-    current log, from `lsn`."""
-    written = [(db, writes) for db, writes in logged.items() if writes]
-    return {writeback.LOGS[db][current]: [(writeback.lsn_key(lsn + n),
-                                            writeback.encode_record(writes))]
-            for n, (db, writes) in enumerate(written)}
-
-
 @dataclass
 class RoundPlan:
     """What a batch does to one logged database's rounds, decided at `seal`: how far the
