@@ -223,9 +223,10 @@ logged_writes_per_account_ratio = 0.6
 # times a round of each database (the round being written back, and the next one filling
 # until it is: at a million accounts about 900,000 account writes and 50,000 ids; 1.47
 # million writes when ids shared the accounts' round), and an open after a crash replays
-# them (about 5 s for 1.47 million; bench/replay_cost.py, bench/RESULTS.md 2026-12-04 13:29). Memory holds about a round
-# at most: a slice's keys and values leave it once committed (the round's dict tables and its
-# sort's entries, about 64 B a write, stay until the round ends; at a million accounts the
+# them (about 5 s for 1.47 million; bench/replay_cost.py, bench/RESULTS.md 2026-12-04
+# 13:29). Memory holds about a round at most: a slice's keys and values leave it once
+# committed (the round's dict tables and its sort's entries, about 64 B a write, stay until
+# the round ends; at a million accounts the
 # switch's own memory at its peak 229 MiB with the ids in rounds of their own, 386 when they
 # shared the accounts' round, 481 when a round left memory only at its end, 68 with the
 # short rounds; bench/RESULTS.md 2026-12-04 16:24 and 20:47).
@@ -243,8 +244,9 @@ key_order_sorted_per_commit_max = 65_536
 # A retention sweep that reached the last id asks for a write-back at most this often, so the
 # ids of a quiet switch reach the database it walks (a busy one writes back by the bounds).
 ids_write_back_asked_every_s = 60
-# The sweep's position is saved with any batch that commits anyway, and on an idle switch at
-# most this often (a commit each time): a restart goes on from it, at most this far behind.
+# The sweep's position is saved with a batch that already holds writes, and otherwise at most
+# this often (a commit each time on an idle switch): a restart goes on from it, at most this
+# far behind.
 ids_sweep_position_saved_every_s = 10
 
 # --- Storage ---

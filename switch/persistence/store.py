@@ -240,7 +240,7 @@ class LogRound:
     round of remembered ids gains nothing from that (each id is written once, and a till's
     ids are neighbours whatever the round's length), and when both shared one round a
     million accounts kept about a million ids in memory, whose dictionaries every debit
-    looked in (bench/RESULTS.md, 2026-12-04 21:40)."""
+    looked in, for no throughput (bench/RESULTS.md, 2026-12-04 20:47)."""
 
     __slots__ = ("db", "logged", "previous", "writing_back", "order", "done", "current_log",
                  "commits_logging", "writes_logged")
@@ -525,9 +525,8 @@ class Store:
     @property
     def open_writes(self) -> int:
         """Writes waiting for a commit (a round to write back, or asked for, counts as one)."""
-        rounds = self._rounds.values()
         return writeback.count(self._dirty) + bool(
-            any(round_.order is not None for round_ in rounds)
+            not self.round_written_back
             or any(self._rounds[db].logged for db in self._write_back_asked))
 
     @property
