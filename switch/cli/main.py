@@ -108,6 +108,7 @@ async def _serve(args) -> int:
     from switch.shell.server import Server
 
     config = load_config(args.config)
+    _log_questionable_settings(config)
     master_key_file = args.master_key or config.master_key_file
     check_data_dir(args.data, args.init, master_key_file)
     listeners, metrics_listeners = await _bind(args)
@@ -155,6 +156,15 @@ async def _serve(args) -> int:
         claim.release()
     logging.getLogger("switch").info("event=stopped last_txn=%d", store.last_txn)
     return 0
+
+
+def _log_questionable_settings(config) -> None:
+    from switch.config import questionable_settings
+
+    for fields in questionable_settings(config):
+        logging.getLogger("switch").warning(
+            "event=config_questionable " + " ".join(f"{key}=%s" for key in fields),
+            *fields.values())
 
 
 def _quiet_collector() -> None:

@@ -3,7 +3,7 @@ from built-in defaults and one TOML file, every value range-checked at load."""
 
 from switch.config.errors import ConfigError
 from switch.config.settings import (SETTING_RANGES, Config, School, building_of, default_config,
-                                    load_config, validate)
+                                    load_config, questionable_settings, validate)
 
 __all__ = ["SETTING_RANGES", "Config", "ConfigError", "School", "building_of", "default_config",
-           "load_config", "validate"]
+           "load_config", "questionable_settings", "validate"]

@@ -252,6 +252,24 @@ def validate(config: Config) -> None:
                               f"raise the retention or shorten the window")
 
 
+def questionable_settings(config: Config) -> list[dict]:
+    """Settings that load (each is valid alone) but together likely say something the
+    operator did not mean, as log fields: `switch serve` logs each at start. Not refused: a
+    deployment may mean it (a switch capping every amount below what schools allow)."""
+    found = []
+    for code, school in config.schools.items():
+        # A payment above max_amount_fen is refused `bad_amount` before any limit is read:
+        # a school's per-transaction limits above it never apply (a digit dropped from
+        # max_amount_fen refuses every recharge and payment above it, all day).
+        if config.max_amount_fen < school.per_tx_max_fen:
+            found.append({"setting": "max_amount_fen", "value": config.max_amount_fen,
+                          "school": code, "school_per_tx_max_fen": school.per_tx_max_fen,
+                          "hint": f"every amount above {config.max_amount_fen} fen is refused "
+                                  f"bad_amount, whatever per-transaction limit {code}'s "
+                                  f"students set (up to {school.per_tx_max_fen})"})
+    return found
+
+
 def _validate_school(code: str, school: School) -> None:
     where = f"schools.{code}"
     if (not code.isascii() or not code.isalnum() or not code.isupper()

@@ -283,6 +283,29 @@ def test_metrics_are_on_by_default_on_a_port_no_common_exporter_uses():
         assert ":9100" not in text, example
 
 
+def test_a_questionable_setting_is_logged_at_start_and_the_switch_serves(tmp_path):
+    """A cap on every amount below what a school allows (switch/config/settings.py
+    `questionable_settings`): one key=value warning per school, and the switch starts."""
+    from switch import logline
+
+    config = tmp_path / "switch.toml"
+    config.write_text("max_amount_fen = 5000\n")
+    process = _start(tmp_path / "d", "--config", str(config))
+    try:
+        assert _ready_lines(process, 1)[0].startswith("listening on")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    events = [logline.split(line) for line in process.stderr.read().splitlines()]
+    questioned = [fields for fields in events if fields and fields.get("event")
+                  == "config_questionable"]
+    assert sorted(fields["school"] for fields in questioned) == ["CUIK", "WH"]
+    for fields in questioned:
+        assert fields["level"] == "WARNING" and fields["setting"] == "max_amount_fen"
+        assert fields["value"] == "5000" and fields["school_per_tx_max_fen"] == "200000"
+        assert "refused bad_amount" in fields["hint"]
+
+
 def test_metrics_off_serves_no_metrics(tmp_path):
     process = _start(tmp_path / "d", "--metrics", "off")
     try:

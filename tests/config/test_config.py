@@ -4,7 +4,7 @@ import pytest
 
 from switch import limits
 from switch.config import (SETTING_RANGES, ConfigError, building_of, default_config, load_config,
-                           validate)
+                           questionable_settings, validate)
 from tests.paths import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "examples" / "switch.toml"
@@ -288,3 +288,22 @@ def test_a_master_key_file_is_read_relative_to_the_configuration(tmp_path):
     path.write_text('master_key_file = "keys/data.key"\n')
     assert load_config(str(path)).master_key_file == str(tmp_path / "etc" / "keys" / "data.key")
     assert load_config(None).master_key_file is None     # default: beside the data dir
+
+
+def test_a_cap_on_every_amount_below_a_schools_limits_loads_and_is_questioned(tmp_path):
+    """max_amount_fen refuses an amount before any school limit is read: below a school's
+    per_tx_max_fen (a digit dropped, say), part of what students may set never applies.
+    Each setting is valid alone, so it loads; `serve` logs what this names."""
+    assert questionable_settings(default_config()) == []
+    assert questionable_settings(load_config(str(EXAMPLE))) == []
+    per_tx_max = {code: school.per_tx_max_fen
+                  for code, school in default_config().schools.items()}
+    at_the_limit = load_config(_settings_file(tmp_path, "max_amount_fen", min(per_tx_max.values())))
+    assert questionable_settings(at_the_limit) == []
+    config = load_config(_settings_file(tmp_path, "max_amount_fen", 5_000))
+    found = questionable_settings(config)
+    assert sorted(entry["school"] for entry in found) == sorted(per_tx_max)
+    for entry in found:
+        assert entry["setting"] == "max_amount_fen" and entry["value"] == 5_000
+        assert entry["school_per_tx_max_fen"] == per_tx_max[entry["school"]]
+        assert "5000 fen is refused bad_amount" in entry["hint"]
