@@ -332,6 +332,9 @@ meal_counts_forgotten_per_pass_max = 2_000            # past periods' counts a p
 meal_name_chars_range = (1, 32)
 meal_taps_max_range = (1, 1_000)                       # payments in one meal period
 meal_fen_max_range = (1, 100_000_000_000)
+# A meal's cap below this is logged at start (config questionable_settings): under a yuan a
+# meal is no canteen's price; a cap written in yuan (30 for 30 yuan) refuses nearly every tap.
+meal_cap_questioned_below_fen = 100
 repeat_tap_window_s_range = (0, 300)                   # 0: the double-tap guard is off
 building_digits_range = (1, 8)                         # split_buildings: "9", "12"
 terminal_requests_per_s_range = (0.1, 1_000_000.0)

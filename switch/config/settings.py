@@ -253,20 +253,44 @@ def validate(config: Config) -> None:
 
 
 def questionable_settings(config: Config) -> list[dict]:
-    """Settings that load (each is valid alone) but together likely say something the
-    operator did not mean, as log fields: `switch serve` logs each at start. Not refused: a
-    deployment may mean it (a switch capping every amount below what schools allow)."""
+    """Settings that load (each is valid alone) but together, or by their size, likely say
+    what the operator did not mean, as log fields (`setting`, `value`, `school`, `hint`):
+    `switch serve` logs each at start. Not refused: a deployment may mean it (a switch
+    capping every amount below what schools allow)."""
     found = []
+
+    def question(setting: str, value: int, school: str, hint: str) -> None:
+        found.append({"setting": setting, "value": value, "school": school, "hint": hint})
+
+    cap = config.max_amount_fen
+    # Every amount above max_amount_fen is refused `bad_amount` before any limit is read,
+    # whatever the request: a debit, a hold, a recharge or credit, a subsidy, a meter's top-up.
+    refused = (f"every amount above {cap} fen is refused bad_amount (debits, holds, recharges "
+               f"and credits, subsidies, meter top-ups)")
     for code, school in config.schools.items():
-        # A payment above max_amount_fen is refused `bad_amount` before any limit is read:
-        # a school's per-transaction limits above it never apply (a digit dropped from
-        # max_amount_fen refuses every recharge and payment above it, all day).
-        if config.max_amount_fen < school.per_tx_max_fen:
-            found.append({"setting": "max_amount_fen", "value": config.max_amount_fen,
-                          "school": code, "school_per_tx_max_fen": school.per_tx_max_fen,
-                          "hint": f"every amount above {config.max_amount_fen} fen is refused "
-                                  f"bad_amount, whatever per-transaction limit {code}'s "
-                                  f"students set (up to {school.per_tx_max_fen})"})
+        where = f"schools.{code}"
+        if cap < school.per_tx_fen:
+            question("max_amount_fen", cap, code,
+                     f"{refused}: below {where}.per_tx_fen ({school.per_tx_fen}), the limit "
+                     f"every account of {code} has until its student sets one")
+        elif cap < school.per_tx_max_fen:
+            question("max_amount_fen", cap, code,
+                     f"{refused}: below {where}.per_tx_max_fen ({school.per_tx_max_fen}), so "
+                     f"a per-transaction limit a student of {code} sets above it never applies")
+        # An account's own limits keep no_pin <= per_tx <= daily (docs/PROTOCOL.md §4.7):
+        # a maximum above the next one's can never be reached.
+        for lower, higher in (("no_pin_max_fen", "per_tx_max_fen"),
+                              ("per_tx_max_fen", "daily_max_fen")):
+            if getattr(school, lower) > getattr(school, higher):
+                question(f"{where}.{lower}", getattr(school, lower), code,
+                         f"above {where}.{higher} ({getattr(school, higher)}): an account's "
+                         f"limits keep no_pin <= per_tx <= daily, so no student can set "
+                         f"one above {getattr(school, higher)}")
+        for number, meal in enumerate(school.meals, start=1):
+            if meal.fen_max < limits.meal_cap_questioned_below_fen:
+                question(f"{where}.meals[{number}].fen_max", meal.fen_max, code,
+                         f"{meal.name} allows {meal.fen_max} fen a student, less than one yuan: "
+                         f"nearly every payment in it is refused meal_limit (written in yuan?)")
     return found
 
 

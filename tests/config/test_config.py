@@ -291,19 +291,55 @@ def test_a_master_key_file_is_read_relative_to_the_configuration(tmp_path):
 
 
 def test_a_cap_on_every_amount_below_a_schools_limits_loads_and_is_questioned(tmp_path):
-    """max_amount_fen refuses an amount before any school limit is read: below a school's
-    per_tx_max_fen (a digit dropped, say), part of what students may set never applies.
-    Each setting is valid alone, so it loads; `serve` logs what this names."""
+    """max_amount_fen refuses any amount above it before a limit is read: below a school's
+    per_tx_max_fen part of what students may set never applies; below its per_tx_fen even
+    the limit every account starts with does not. Each setting is valid alone, so it loads;
+    `serve` logs what this names."""
     assert questionable_settings(default_config()) == []
     assert questionable_settings(load_config(str(EXAMPLE))) == []
-    per_tx_max = {code: school.per_tx_max_fen
-                  for code, school in default_config().schools.items()}
-    at_the_limit = load_config(_settings_file(tmp_path, "max_amount_fen", min(per_tx_max.values())))
+    schools = default_config().schools
+    per_tx = {code: school.per_tx_fen for code, school in schools.items()}
+    per_tx_max = {code: school.per_tx_max_fen for code, school in schools.items()}
+    at_the_limit = load_config(_settings_file(tmp_path, "max_amount_fen", max(per_tx_max.values())))
     assert questionable_settings(at_the_limit) == []
-    config = load_config(_settings_file(tmp_path, "max_amount_fen", 5_000))
-    found = questionable_settings(config)
-    assert sorted(entry["school"] for entry in found) == sorted(per_tx_max)
-    for entry in found:
-        assert entry["setting"] == "max_amount_fen" and entry["value"] == 5_000
-        assert entry["school_per_tx_max_fen"] == per_tx_max[entry["school"]]
-        assert "5000 fen is refused bad_amount" in entry["hint"]
+    for cap, named, said in ((min(per_tx_max.values()) - 1, per_tx_max, "per_tx_max_fen"),
+                             (min(per_tx.values()) - 1, per_tx, "per_tx_fen")):
+        found = questionable_settings(load_config(_settings_file(tmp_path, "max_amount_fen",
+                                                                 cap)))
+        assert sorted(entry["school"] for entry in found) == sorted(schools)
+        for entry in found:
+            assert set(entry) == {"setting", "value", "school", "hint"}
+            assert entry["setting"] == "max_amount_fen" and entry["value"] == cap
+            assert f"every amount above {cap} fen is refused bad_amount" in entry["hint"]
+            assert "recharges" in entry["hint"] and "subsidies" in entry["hint"]
+            assert (f"below schools.{entry['school']}.{said} ({named[entry['school']]})"
+                    in entry["hint"])
+
+
+@pytest.mark.parametrize("values, setting, above", [
+    ({"no_pin_max_fen": 30_000, "per_tx_fen": 20_000, "per_tx_max_fen": 20_000},
+     "schools.WH.no_pin_max_fen", "per_tx_max_fen (20000)"),
+    ({"per_tx_max_fen": 600_000, "daily_max_fen": 500_000},
+     "schools.WH.per_tx_max_fen", "daily_max_fen (500000)"),
+])
+def test_a_schools_maximum_above_the_next_ones_loads_and_is_questioned(tmp_path, values,
+                                                                       setting, above):
+    """An account's limits keep no_pin <= per_tx <= daily (set_limits refuses otherwise), so
+    a maximum above the next one's can never be reached by any student."""
+    found = questionable_settings(load_config(_school_file(tmp_path, **values)))
+    assert [(entry["setting"], entry["school"]) for entry in found] == [(setting, "WH")]
+    assert f"above schools.WH.{above}" in found[0]["hint"]
+    assert found[0]["value"] == values[setting.rpartition(".")[2]]
+
+
+def test_a_meal_cap_under_a_yuan_loads_and_is_questioned(tmp_path):
+    """A cap written in yuan (30 for 30 yuan) refuses nearly every canteen tap in the meal."""
+    in_yuan = {**LUNCH, "fen_max": 30}
+    supper = {**LUNCH, "name": '"supper"', "start": '"17:00"', "end": '"19:00"'}
+    found = questionable_settings(load_config(_meal_file(tmp_path, supper, in_yuan | {
+        "start": '"11:00"', "end": '"13:00"'})))
+    assert [(entry["setting"], entry["value"]) for entry in found] == [
+        ("schools.WH.meals[2].fen_max", 30)]
+    assert "lunch allows 30 fen" in found[0]["hint"] and "meal_limit" in found[0]["hint"]
+    fine = {**LUNCH, "fen_max": limits.meal_cap_questioned_below_fen}
+    assert questionable_settings(load_config(_meal_file(tmp_path, fine))) == []
