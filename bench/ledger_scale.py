@@ -12,9 +12,10 @@ of --batch, each batch committed as the committer commits it (seal, write_batch 
 fsync, committed), but on the same thread and with no network. After --warm batches, each
 of --windows windows of --batches batches is timed in CPU (`time.process_time()`): execute
 (`dispatch.execute`) and commit (seal to committed) per debit. A last window of the same
-size times each read that reaches LMDB, per database, and counts the reads a round's
-memory answered (switch/persistence/store.py `get_committed`); its clock calls cost CPU, so
-it is kept out of the windows above.
+size times each read that reaches LMDB (the read transaction's `get`, wall time around the
+C call), per database, and counts the committed reads (switch/persistence/store.py
+`get_committed`) answered from memory instead; its clock calls cost CPU, so it is kept out
+of the windows above, and its times, wall times, bound the reads' CPU from above.
 
 The end-to-end pairs (bench/abba.py) measure the whole switch, network included; this takes
 the network away, so what differs between sizes here is the ledger's part of that gap, and
@@ -170,36 +171,59 @@ class _Debits:
 
 
 def _timed_reads(store, run_window, debits: int) -> dict:
-    """Per database: reads per debit that reached LMDB, their ns each, and reads per debit a
-    round's memory answered, over one window run with the store's LMDB reads timed."""
-    clock = time.perf_counter_ns
-    lmdb_ns: dict[str, int] = {}
-    lmdb_reads: dict[str, int] = {}
-    from_memory: dict[str, int] = {}
-    plain = store.get_committed
+    """Per database, over one window run with the store's LMDB reads timed: the committed
+    reads a debit made (`Store.get_committed`, what neither the open nor the sealed batch
+    held), how many of them reached LMDB and their wall time each (`perf_counter_ns` around
+    the C call), and how many were answered from memory instead (a round's, or whatever
+    else the tree measured keeps)."""
+    committed: dict[str, int] = {}
+    tally: dict[str, list[int]] = {}      # db -> [reads, ns]
+    names = {id(handle): name for name, handle in store.dbs.items()}
+    plain_get_committed, plain_begin_read = store.get_committed, store._begin_read
 
     def get_committed(db, key):
-        round_ = store._rounds.get(db)
-        if round_ is not None and (key in round_.logged or key in round_.previous
-                                   or key in round_.writing_back):
-            from_memory[db] = from_memory.get(db, 0) + 1
-            return plain(db, key)
-        began = clock()
-        value = store._read.get(key, None, store.dbs[db])
-        lmdb_ns[db] = lmdb_ns.get(db, 0) + clock() - began
-        lmdb_reads[db] = lmdb_reads.get(db, 0) + 1
-        return value
+        committed[db] = committed.get(db, 0) + 1
+        return plain_get_committed(db, key)
 
-    store.get_committed = get_committed   # this instance only, for this window
+    def begin_read():
+        plain_begin_read()
+        store._read = _TimedReads(store._read, names, tally)
+
+    # On this instance only, for this window: a new read transaction after each commit.
+    store.get_committed, store._begin_read = get_committed, begin_read
+    store._read = _TimedReads(store._read, names, tally)
     try:
         run_window()
     finally:
-        del store.get_committed
-    return {db: {"lmdb_reads_per_debit": round(lmdb_reads.get(db, 0) / debits, 3),
-                 "lmdb_ns_per_read": round(lmdb_ns[db] / lmdb_reads[db]) if db in lmdb_reads
-                 else None,
-                 "from_memory_per_debit": round(from_memory.get(db, 0) / debits, 3)}
-            for db in sorted(set(lmdb_reads) | set(from_memory))}
+        del store.get_committed, store._begin_read
+        store._end_read()
+        store._begin_read()
+    result = {}
+    for db in sorted(committed):
+        reads, ns = tally.get(db, (0, 0))
+        result[db] = {"lmdb_reads_per_debit": round(reads / debits, 3),
+                      "lmdb_ns_per_read": round(ns / reads) if reads else None,
+                      "from_memory_per_debit": round((committed[db] - reads) / debits, 3)}
+    return result
+
+
+class _TimedReads:
+    """A read transaction whose `get` is timed per database; the rest passes through."""
+
+    def __init__(self, txn, names: dict, tally: dict):
+        self._txn, self._names, self._tally = txn, names, tally
+
+    def get(self, key, default=None, db=None):
+        began = time.perf_counter_ns()
+        value = self._txn.get(key, default, db)
+        elapsed = time.perf_counter_ns() - began
+        counts = self._tally.setdefault(self._names[id(db)], [0, 0])
+        counts[0] += 1
+        counts[1] += elapsed
+        return value
+
+    def __getattr__(self, name):
+        return getattr(self._txn, name)
 
 
 def _figures(runs_us: list[float]) -> dict:
@@ -236,6 +260,23 @@ def _shown(args) -> dict:
     return shown
 
 
+_PATH_OPTIONS = ("--config", "--prebuilt-cache", "--dir", "--json-out")
+
+
+def _shown_argv(argv: list[str]) -> list[str]:
+    """The arguments as the command a result records: each path as `_shown` shows it."""
+    shown, after_path_option = [], False
+    for word in argv:
+        option, equals, value = word.partition("=")
+        if after_path_option:
+            word = e2e_load.shown_path(word)
+        elif equals and option in _PATH_OPTIONS:
+            word = f"{option}={e2e_load.shown_path(value)}"
+        after_path_option = word in _PATH_OPTIONS
+        shown.append(word)
+    return shown
+
+
 def main(argv=None) -> int:
     parser = _parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -256,7 +297,8 @@ def main(argv=None) -> int:
               + "  ".join(f"{stage} {ratio:.2f}×" for stage, ratio in by_stage.items()))
     if args.json_out:
         pathlib.Path(args.json_out).write_text(json.dumps(
-            {"command": e2e_load._command_line(argv, __file__), "args": _shown(args),
+            {"command": e2e_load._command_line(_shown_argv(argv), __file__),
+             "args": _shown(args),
              "rows": rows, "ratios_over_first": ratios}, indent=2) + "\n")
     return 0
 

@@ -30,6 +30,9 @@ def test_a_small_run_measures_each_size_and_the_reads_a_debit_makes(tmp_path):
         assert reads["cards"]["lmdb_reads_per_debit"] == 1.0
         assert reads["idempotency"]["lmdb_reads_per_debit"] == 1.0
         assert reads["idempotency"]["from_memory_per_debit"] == 0.0
+        for db in ("cards", "idempotency"):
+            assert type(reads[db]["lmdb_ns_per_read"]) is int
+            assert reads[db]["lmdb_ns_per_read"] > 0
         # Its account from a round's memory or LMDB, or from its own batch (one the batch
         # already wrote: no committed read), so at most once a debit.
         account = reads["accounts"]
@@ -39,6 +42,8 @@ def test_a_small_run_measures_each_size_and_the_reads_a_debit_makes(tmp_path):
     # Paths among the arguments as e2e_load shows them (no machine's own), and the data
     # dirs removed with the temp dir they were made in.
     assert result["args"]["dir"] == tmp_path.name
+    assert str(tmp_path) not in result["command"]
+    assert f"--dir {tmp_path.name} --json-out ledger_scale.json" in result["command"]
     assert result["args"]["config"] == "bench/switch-load.toml"
     assert [p.name for p in tmp_path.iterdir()] == ["ledger_scale.json"]
 
