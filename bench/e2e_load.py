@@ -1077,6 +1077,18 @@ def latency_summary(latencies_s, unanswered_s=()) -> dict:
     return summary
 
 
+def account_counts(parser, text: str) -> list[int]:
+    """`--accounts` of the scripts that compare sizes of books: comma-separated counts, each
+    at least 1, else the parser's usage error naming the option."""
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        parser.error(f"--accounts: comma-separated counts, not {text!r}")
+    if any(n < 1 for n in counts):
+        parser.error("--accounts: every count at least 1")
+    return counts
+
+
 def shown_path(path) -> str:
     """A path as committed results show it: relative to the repository's root, or, outside
     the repository, its name alone (a machine's own paths mean nothing to a reader)."""

@@ -69,16 +69,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _account_counts(parser, text: str) -> list[int]:
-    try:
-        counts = [int(n) for n in text.split(",")]
-    except ValueError:
-        parser.error(f"--accounts: comma-separated counts, not {text!r}")
-    if any(n < 1 for n in counts):
-        parser.error("--accounts: every count at least 1")
-    return counts
-
-
 # ------------------------------------------------------------------ one size (the child)
 def measure(accounts: int, args) -> dict:
     from switch.clock import FakeClock
@@ -284,7 +274,7 @@ def main(argv=None) -> int:
     if args.child is not None:
         print(json.dumps(measure(args.child, args)))
         return 0
-    counts = _account_counts(parser, args.accounts)
+    counts = e2e_load.account_counts(parser, args.accounts)
     rows = [_child(accounts, argv) for accounts in counts]
     _print(rows)
     first = rows[0]

@@ -35,7 +35,7 @@ BENCH = pathlib.Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-import e2e_load  # noqa: E402  (the command line a result records, as every bench script's)
+import e2e_load  # noqa: E402  (the command line a result records, and --accounts)
 
 RECORD_SIZES = (176, 96)      # today's record; the part a debit touches (SCALING §1.1)
 
@@ -120,12 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json-out")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    try:
-        account_counts = [int(n) for n in args.accounts.split(",")]
-    except ValueError:
-        parser.error(f"--accounts: comma-separated counts, not {args.accounts!r}")
-    if any(n < 1 for n in account_counts):
-        parser.error("--accounts: every count at least 1")
+    account_counts = e2e_load.account_counts(parser, args.accounts)
     root = pathlib.Path(tempfile.mkdtemp(prefix="record-size-", dir=args.dir))
     try:
         rows = [measure(root, accounts, size, args)
