@@ -289,6 +289,9 @@ receiver_time_ms_max = 32_503_680_000_000         # 3000-01-01 UTC
 
 # --- Logs ---
 log_peer_value_chars_max = 80           # a value a peer chose (a refused hello's `who`), cut
+# An option given twice is refused with its second value shown (config/command_line.py): a
+# path in full, a pasted blob cut.
+command_line_value_shown_chars_max = 200
 
 # --- Metrics endpoint (--metrics) ---
 metrics_exposition_age_s_max = 1.0      # a scrape gets an exposition at most this old

@@ -39,6 +39,7 @@ from switch.codec.framing import encode_body
 from switch.cli import refusals
 from switch.cli.datadir import is_data_dir, read_admin_key
 from switch.cli.refusals import fen_to_yuan
+from switch.config.command_line import CommandLineParser
 from switch.config.endpoints import explain, host_port_argument
 from switch.config.keyfile import KeyFileError, claim_key_file, read_key_file, write_key
 
@@ -909,7 +910,7 @@ def _print_reply(args, reply: dict, key_fd, request: dict | None = None,
 
 def main(argv=None) -> int:
     """`python -m switch admin ARGS...` as a function: `argv` is what follows `admin`."""
-    parser = argparse.ArgumentParser(prog="python -m switch")
+    parser = CommandLineParser(prog="python -m switch")
     add_parser(parser.add_subparsers(dest="command", required=True))
     return run(parser.parse_args(["admin", *(sys.argv[1:] if argv is None else argv)]))
 

@@ -11,6 +11,7 @@ import time
 import trio
 
 from switch import limits, logline
+from switch.config.command_line import CommandLineParser
 from switch.config.endpoints import (METRICS_DEFAULT, METRICS_OFF, explain, host_port_argument,
                                      metrics_argument)
 
@@ -23,8 +24,8 @@ class StartError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m switch",
-                                     description="Campus one-card transaction switch")
+    parser = CommandLineParser(prog="python -m switch",
+                               description="Campus one-card transaction switch")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the switch")
     serve.add_argument("--data", required=True,

@@ -24,6 +24,7 @@ from switch.logline import bounded
 from switch.ledger import schema
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
 from switch.persistence.dirlock import DirInUse, DirLock
+from switch.config.command_line import CommandLineParser
 from switch.config.endpoints import explain, host_port_argument
 from switch.config.keyfile import KeyFileError, read_key_file
 
@@ -488,7 +489,7 @@ class StartError(Exception):
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    arguments = argparse.ArgumentParser(prog=prog, description=description)
+    arguments = CommandLineParser(prog=prog, description=description)
     arguments.add_argument("--listen", required=True, type=host_port_argument(),
                            help="HOST:PORT to listen on (port 0: any free port)")
     arguments.add_argument("--state", required=True,
