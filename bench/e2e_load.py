@@ -59,6 +59,7 @@ if str(REPO) not in sys.path:
 from switch import limits  # noqa: E402
 from switch.codec import ClientSession, FrameDecoder, ProtocolError  # noqa: E402
 from switch.config.endpoints import host_port_argument, parse_host_port  # noqa: E402
+from switch.persistence.store import STORE_DIR  # noqa: E402
 from switch.shell.metrics import COMMIT_PHASES  # noqa: E402
 
 SCHOOL = "WH"
@@ -141,6 +142,11 @@ def _parser() -> argparse.ArgumentParser:
                           "it on later runs with the same seed, sizes, configuration and switch "
                           "code, so runs compared in pairs start from the same books (a million "
                           "accounts take minutes to prebuild)")
+    own.add_argument("--pregrow-mb", type=int, default=0, metavar="MB",
+                     help="with --prebuild: write this many MB of zeros past the end of the "
+                          "books' data file before the server starts, so the file's growth in "
+                          "the run lands in pages the page cache holds already (see "
+                          "pregrow_data_file; default 0: none)")
     own.add_argument("--workdir", help="parent of the temporary data dir (default: $TMPDIR)")
     own.add_argument("--server-cpu", type=int, default=0, help="CPU for the server")
     own.add_argument("--load-cpu", type=int, default=1, help="CPU for this load client")
@@ -605,6 +611,38 @@ def _copy_books(source: pathlib.Path, target: pathlib.Path) -> None:
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+
+
+PREGROW_CHUNK_BYTES = 1 << 20
+
+
+def pregrow_data_file(data_dir: pathlib.Path, megabytes: int) -> float:
+    """Write `megabytes` of zeros past the end of the data dir's LMDB file and fsync them;
+    the seconds it took.
+
+    The switch's data file grows as it serves (about 0.7 KB a debit in a run's first
+    minutes: the journal, the remembered ids, the accounts' log until a round ends), and
+    each new page of it is a page the page cache takes. On the benchmark machine, a virtual
+    machine that hands memory its guest freed back to the host, such a page costs from 0.3
+    to 13 µs a KB depending on the guest's memory at the time (bench/RESULTS.md,
+    2026-12-05 02:00), and a run that first copies 1.6 GB of books (a million accounts)
+    meets the dear end of it more than one that copies 14 MB. Written here, before the
+    server starts and outside the measured window, those pages are in the page cache when
+    LMDB writes its next pages over them: both arms of a comparison then grow into the
+    same kind of memory.
+
+    LMDB knows its end by its meta pages, not by the file's size: bytes past its last page
+    are not read by it, by `audit`, or by `backup` (a compacting copy)."""
+    path = pathlib.Path(data_dir) / STORE_DIR / "data.mdb"
+    began = time.perf_counter()
+    zeros = bytes(PREGROW_CHUNK_BYTES)
+    with open(path, "r+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        for _ in range(megabytes * (1 << 20) // PREGROW_CHUNK_BYTES):
+            handle.write(zeros)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return time.perf_counter() - began
 
 
 def _master_key_path(data_dir: pathlib.Path) -> pathlib.Path:
@@ -1283,6 +1321,8 @@ def _check(args) -> str | None:
         return "--prebuild and --server start a server: not with --host"
     if args.prebuilt_cache and not (args.prebuild and args.seed is not None):
         return "--prebuilt-cache needs --prebuild and --seed (the cache is per seed)"
+    if args.pregrow_mb < 0 or (args.pregrow_mb and not args.prebuild):
+        return "--pregrow-mb: a count of MB, with --prebuild (it grows the books' data file)"
     if args.requests < 0 or (args.requests and args.client != "c"):
         return "--requests: a positive count, with the C client"
     return None
@@ -1352,6 +1392,9 @@ def main(argv=None) -> int:
                 if args.prebuild:
                     began = time.perf_counter()
                     cards, terminals = prebuild_or_copy(data_dir, tag, args)
+                    if args.pregrow_mb:
+                        result["pregrow_mb"] = args.pregrow_mb
+                        result["pregrow_s"] = pregrow_data_file(data_dir, args.pregrow_mb)
                     result["provision_s"] = time.perf_counter() - began
                     print(f"prebuilt {args.accounts} accounts and cards, {args.terminals} "
                           f"terminals in {result['provision_s']:.1f} s (offline, switch code)",

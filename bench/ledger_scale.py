@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=str(e2e_load.LOAD_CONFIG))
     parser.add_argument("--prebuilt-cache", metavar="DIR",
                         help="e2e_load's cache of prebuilt books (else each run prebuilds)")
+    parser.add_argument("--pregrow-mb", type=int, default=0, metavar="MB",
+                        help="MB of zeros written past the end of each copy's data file "
+                             "before it opens (e2e_load.pregrow_data_file; default 0: none)")
     parser.add_argument("--dir", help="where the data dirs are copied (default: a temp dir)")
     parser.add_argument("--json-out")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -83,6 +86,8 @@ def measure(accounts: int, args) -> dict:
                                    config=args.config, prebuilt_cache=args.prebuilt_cache,
                                    prebuild=True, seed=args.seed)
         cards, terminals = e2e_load.prebuild_or_copy(root / "data", tag, books)
+        if args.pregrow_mb:
+            e2e_load.pregrow_data_file(root / "data", args.pregrow_mb)
         store = open_data_dir(str(root / "data"))
         try:
             ledger = Ledger(store, load_config(args.config), FakeClock(int(time.time() * 1000)))
@@ -274,6 +279,8 @@ def main(argv=None) -> int:
     if args.child is not None:
         print(json.dumps(measure(args.child, args)))
         return 0
+    if args.pregrow_mb < 0:
+        parser.error("--pregrow-mb: a count of MB, 0 for none")
     counts = e2e_load.account_counts(parser, args.accounts)
     rows = [_child(accounts, argv) for accounts in counts]
     _print(rows)
