@@ -59,11 +59,12 @@ SYSTEMS_WE_LOAD = ("switch", "bare", "uvloop", "responder")
 FULL = {"connections": 2000, "depth": 1, "seconds": 30.0, "warmup": 5.0, "accounts": 10_000,
         "rates": "5000,10000", "idle_connections": 10_000, "hold": 10.0,
         "pg_clients": "16,64,256", "scale_accounts": "10000,1000000",
-        "scale_warmup": 40.0, "scale_seconds": 60.0}
+        "scale_warmup": 40.0, "scale_seconds": 60.0, "scale_pregrow_mb": 2048}
 QUICK = {"connections": 100, "depth": 1, "seconds": 3.0, "warmup": 1.0, "accounts": 1000,
          "rates": "1000,2000", "idle_connections": 1000, "hold": 2.0,
          "pg_clients": "16", "scale_accounts": "1000,20000",
-         "scale_warmup": 1.0, "scale_seconds": 3.0}
+         "scale_warmup": 1.0, "scale_seconds": 3.0, "scale_pregrow_mb": 4}
+PREGROW_MB_PER_S_MIN = 20.0       # a scale run's time limit allows its zeros written this slowly
 STOP_GRACE_S = 45.0               # a stopped step gets this long to stop its servers itself
 MB = 1_000_000
 MIB = 1024 * 1024
@@ -125,6 +126,14 @@ def _parser() -> argparse.ArgumentParser:
                              f"(full: {FULL['scale_warmup']:g})")
     parser.add_argument("--scale-seconds", type=float,
                         help=f"scale step: measured window (full: {FULL['scale_seconds']:g})")
+    # On this machine a page the page cache takes for the first time can cost 0.3-13 µs a KB,
+    # dearer after a million accounts' 1.6 GB of books were copied than after ten thousand's
+    # 14 MB (e2e_load.pregrow_data_file; bench/RESULTS.md, 2026-12-05 02:00): both sizes'
+    # data files are grown before their servers start, so their growth in the run costs alike.
+    parser.add_argument("--scale-pregrow-mb", type=int,
+                        help=f"scale step: MB of zeros written past the end of each size's "
+                             f"data file before its server starts, 0 for none "
+                             f"(full: {FULL['scale_pregrow_mb']})")
     parser.add_argument("--steps", default=",".join(STEPS),
                         help=f"comma-separated subset of {','.join(STEPS)}")
     parser.add_argument("--seed", type=int, help="seed for every run (default: random)")
@@ -257,6 +266,8 @@ def plan(args, results_dir: pathlib.Path) -> list[tuple[str, list[str], float]]:
     unknown = set(steps) - set(STEPS)
     if unknown:
         raise SystemExit(f"unknown steps: {', '.join(sorted(unknown))}")
+    if args.scale_pregrow_mb < 0:
+        raise SystemExit("--scale-pregrow-mb: a count of MB, 0 for none")
     window_s = args.warmup + args.seconds + e2e_load.DRAIN_TIMEOUT_S
     setup_s = args.accounts / 1000 + args.connections / 200 + 120
     planned = []
@@ -298,12 +309,16 @@ def plan(args, results_dir: pathlib.Path) -> list[tuple[str, list[str], float]]:
     if "scale" in steps:
         for accounts in sorted({int(a) for a in args.scale_accounts.split(",") if a}):
             name = f"switch_scale_{accounts}"
-            command = _load_command(args, name, results_dir, ["--prebuild"])
+            pregrow = (["--pregrow-mb", str(args.scale_pregrow_mb)]
+                       if args.scale_pregrow_mb else [])
+            command = _load_command(args, name, results_dir, ["--prebuild", *pregrow])
             command = _replace(command, "--accounts", str(accounts))
             command = _replace(command, "--warmup", f"{args.scale_warmup:g}")
             command = _replace(command, "--seconds", f"{args.scale_seconds:g}")
             scale_window_s = args.scale_warmup + args.scale_seconds + e2e_load.DRAIN_TIMEOUT_S
-            planned.append((name, command, scale_window_s + setup_s + accounts / 1000))
+            # Writing the zeros took up to 28 s for 2,048 MB after a million accounts' copy.
+            planned.append((name, command, scale_window_s + setup_s + accounts / 1000
+                            + args.scale_pregrow_mb / PREGROW_MB_PER_S_MIN))
     if "bare" in steps and len(planned) > 1:
         planned.append(("bare_closed_again",
                         _load_command(args, "bare_closed_again", results_dir,
@@ -312,6 +327,18 @@ def plan(args, results_dir: pathlib.Path) -> list[tuple[str, list[str], float]]:
 
 
 # ------------------------------------------------------------------ summary
+def _pregrown(scale: list) -> str:
+    """How the scale runs' data files were grown before their servers started, as the
+    target's line shows it: the ratio is not comparable with one made without."""
+    grown = {run.get("pregrow_mb", 0) for run in scale}
+    if grown == {0}:
+        return ""
+    if len(grown) == 1:
+        return f"; each data file pregrown {grown.pop():,} MB"
+    return "; data files pregrown unequally: " + ", ".join(
+        f"{run['accounts']:,} accounts {run.get('pregrow_mb', 0):,} MB" for run in scale)
+
+
 def _others_percent(run: dict) -> float | None:
     """Other programs' share of a core over the run's window: the kernel's own threads are
     not counted where the run measured them (they write back the switch's own fsyncs)."""
@@ -461,7 +488,7 @@ def summarize(args, runs: dict) -> dict:
                           value is not None and value >= TARGET_SCALE_RATIO,
                           tuple(run["accounts"] for run in scale) == TARGET_SCALE_ACCOUNTS,
                           (f"{value:.3f}× ({scale[-1]['accounts']:,} vs {scale[0]['accounts']:,}"
-                           f" accounts)" if value is not None else "–")))
+                           f" accounts{_pregrown(scale)})" if value is not None else "–")))
     idle = runs.get("switch_idle")
     value = idle["rss_held_mib"] * MIB / MB if idle and idle.get("rss_held_mib") else None
     held = idle["connected"] if idle else 0

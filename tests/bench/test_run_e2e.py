@@ -44,6 +44,27 @@ def test_the_scale_runs_are_long_enough_for_rounds_written_back_and_alike_at_eac
     assert all(limit > 90 + 120 for _, _, limit in asked)
 
 
+def test_both_sizes_of_the_scale_step_grow_their_data_files_alike_before_they_start():
+    """A million accounts' copy leaves the page cache's next pages dearer on this machine
+    than ten thousand's: each size grows its data file by the same amount before its server
+    starts, and a line made with zeros written says so."""
+    def pregrowth(*argv):
+        return {name: command[command.index("--pregrow-mb") + 1]
+                if "--pregrow-mb" in command else None
+                for name, command, _ in run_e2e.plan(_args("--steps", "switch,scale", *argv),
+                                                     pathlib.Path("results"))}
+    assert pregrowth() == {"switch_closed": None, "switch_scale_10000": "2048",
+                           "switch_scale_1000000": "2048"}
+    assert set(pregrowth("--scale-pregrow-mb", "0").values()) == {None}
+    with pytest.raises(SystemExit, match="--scale-pregrow-mb"):
+        pregrowth("--scale-pregrow-mb", "-1")
+    scale = [{"accounts": 10_000, "pregrow_mb": 2048}, {"accounts": 1_000_000, "pregrow_mb": 2048}]
+    assert run_e2e._pregrown(scale) == "; each data file pregrown 2,048 MB"
+    assert run_e2e._pregrown([{"accounts": 10_000}, {"accounts": 1_000_000}]) == ""
+    assert "unequally" in run_e2e._pregrown([{"accounts": 10_000, "pregrow_mb": 2048},
+                                             {"accounts": 1_000_000}])
+
+
 def _bare_run(name: str, tx_per_s: float) -> dict:
     return {"system": "bare", "tx_per_s": tx_per_s, "codes": {"ok": 1}, "command": name}
 
