@@ -3,14 +3,21 @@ given twice in one command is refused, where argparse would keep the last withou
 
 `serve --data /srv/wh ... --data /srv/test` (a unit's options and an operator's addition)
 would otherwise serve the second data dir; `admin credit ... --id a --id b` would retry
-under an id the operator did not mean. Options that are meant to repeat say so with their
-own action (`append`, `count`) and are left alone, as are flags (a flag twice is the flag).
+under an id the operator did not mean, and so would `admin --id a credit ... --id b`, where
+the option is given once to `admin` and once to its subcommand. Options that are meant to
+repeat say so with their own action (`append`, `count`) and are left alone, as are flags (a
+flag twice is the flag).
 """
 
 import argparse
-import weakref
+import threading
 
 from switch import limits
+
+# The options stored so far in the command line being parsed, by destination: one parse
+# of the outermost parser, its subcommands' parsers included (each parses into a namespace
+# of its own, which argparse then copies over the outer one's, so a namespace cannot say it).
+_parsing = threading.local()
 
 
 class _StoreOnce(argparse.Action):
@@ -20,16 +27,14 @@ class _StoreOnce(argparse.Action):
         if kwargs.get("nargs") == 0:
             raise ValueError("nargs=0: a flag takes store_true or store_const")
         super().__init__(option_strings, dest, **kwargs)
-        # The namespace this action last stored into: a parse makes its own (each
-        # subcommand's too), so a second store into the same one is the option repeated.
-        self._stored_into = None
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if (option_string is not None and self._stored_into is not None
-                and self._stored_into() is namespace):
-            raise argparse.ArgumentError(
-                self, f"given twice (the second time {_shown(values)}); give it once")
-        self._stored_into = weakref.ref(namespace)
+        stored = getattr(_parsing, "stored", None)
+        if option_string is not None and stored is not None:
+            if self.dest in stored:
+                raise argparse.ArgumentError(
+                    self, f"given twice (the second time {_shown(values)}); give it once")
+            stored.add(self.dest)
         setattr(namespace, self.dest, values)
 
 
@@ -47,3 +52,13 @@ class CommandLineParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.register("action", None, _StoreOnce)
         self.register("action", "store", _StoreOnce)
+
+    def parse_known_args(self, args=None, namespace=None):
+        outermost = getattr(_parsing, "stored", None) is None
+        if outermost:
+            _parsing.stored = set()
+        try:
+            return super().parse_known_args(args, namespace)
+        finally:
+            if outermost:
+                _parsing.stored = None

@@ -39,6 +39,10 @@ def test_serve_given_two_data_dirs_starts_neither_and_names_the_option(tmp_path)
     ["audit", "--data", "a", "--data", "a"],                           # even the same value
     ["admin", "--connect", "127.0.0.1:1", "credit", "WH1", "1.00", "--id", "a", "--id", "b"],
     ["admin", "--connect", "127.0.0.1:1", "--connect", "127.0.0.1:2", "account", "WH1"],
+    # Once to `admin` and once to its subcommand: two parsers, one command line.
+    ["admin", "--connect", "127.0.0.1:1", "--id", "a", "credit", "WH1", "1.00", "--id", "b"],
+    ["admin", "--connect", "127.0.0.1:1", "account", "WH1", "--connect", "127.0.0.1:2"],
+    ["admin", "--who", "office", "--connect", "127.0.0.1:1", "account", "WH1", "--who", "x"],
 ])
 def test_every_command_refuses_an_option_given_twice(argv, capsys):
     option = next(word for word in reversed(argv) if word.startswith("--"))
@@ -54,6 +58,18 @@ def test_once_each_parses_and_a_flag_twice_is_the_flag(capsys):
     args = _parser().parse_args(["admin", "--json", "--json", "--connect", "127.0.0.1:1",
                                  "account", "WH1"])
     assert args.json is True and args.connect == ("127.0.0.1", 1)
+
+
+def test_an_admin_option_given_once_before_or_after_the_subcommand_is_taken(capsys):
+    before = _parser().parse_args(["admin", "--id", "a", "--connect", "127.0.0.1:1",
+                                   "credit", "WH1", "1.00"])
+    after = _parser().parse_args(["admin", "--connect", "127.0.0.1:1", "credit", "WH1",
+                                  "1.00", "--id", "b"])
+    assert (before.id, after.id) == ("a", "b")
+    assert before.connect == after.connect == ("127.0.0.1", 1)
+    # A refused command line leaves nothing behind for the next parse.
+    _refused(_parser(), ["admin", "--id", "a", "credit", "WH1", "1.00", "--id", "a"], capsys)
+    assert _parser().parse_args(["admin", "--id", "c", "credit", "WH1", "1.00"]).id == "c"
 
 
 def test_one_parser_parses_again_without_remembering_the_last_command_line():
