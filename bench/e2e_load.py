@@ -622,10 +622,10 @@ def pregrow_data_file(data_dir: pathlib.Path, megabytes: int) -> float:
 
     The switch's data file grows as it serves (about 0.7 KB a debit in a run's first
     minutes: the journal, the remembered ids, the accounts' log until a round ends), and
-    each new page of it is a page the page cache takes. On the benchmark machine, a virtual
-    machine that hands memory its guest freed back to the host, such a page costs from 0.3
-    to 13 µs a KB depending on the guest's memory at the time (bench/RESULTS.md,
-    2026-12-05 02:00), and a run that first copies 1.6 GB of books (a million accounts)
+    each new page of it is a page the page cache takes. On the benchmark machine (a virtual
+    machine that hands memory its guest frees back to the host: a likely cause, not a
+    proven one) such a page costs from 0.3 to 13 µs a KB depending on the guest's memory at
+    the time (bench/RESULTS.md, 2026-12-05 01:10), and a run that first copies 1.6 GB of books (a million accounts)
     meets the dear end of it more than one that copies 14 MB. Written here, before the
     server starts and outside the measured window, those pages are in the page cache when
     LMDB writes its next pages over them: both arms of a comparison then grow into the

@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"scale step: measured window (full: {FULL['scale_seconds']:g})")
     # On this machine a page the page cache takes for the first time can cost 0.3-13 µs a KB,
     # dearer after a million accounts' 1.6 GB of books were copied than after ten thousand's
-    # 14 MB (e2e_load.pregrow_data_file; bench/RESULTS.md, 2026-12-05 02:00): both sizes'
+    # 14 MB (e2e_load.pregrow_data_file; bench/RESULTS.md, 2026-12-05 01:10): both sizes'
     # data files are grown before their servers start, so their growth in the run costs alike.
     parser.add_argument("--scale-pregrow-mb", type=int,
                         help=f"scale step: MB of zeros written past the end of each size's "
