@@ -6,11 +6,13 @@ would otherwise serve the second data dir; `admin credit ... --id a --id b` woul
 under an id the operator did not mean, and so would `admin --id a credit ... --id b`, where
 the option is given once to `admin` and once to its subcommand. Options that are meant to
 repeat say so with their own action (`append`, `count`) and are left alone, as are flags (a
-flag twice is the flag).
+flag twice is the flag). What counts is where an option stores its value: two options that
+store into one place are one option given twice.
 """
 
 import argparse
 import threading
+import weakref
 
 from switch import limits
 
@@ -27,14 +29,23 @@ class _StoreOnce(argparse.Action):
         if kwargs.get("nargs") == 0:
             raise ValueError("nargs=0: a flag takes store_true or store_const")
         super().__init__(option_strings, dest, **kwargs)
+        # Outside a CommandLineParser's own parse (this action inherited by a plain parser
+        # through `parents=`): the namespace it last stored into, a parse making its own.
+        self._stored_into = None
 
     def __call__(self, parser, namespace, values, option_string=None):
-        stored = getattr(_parsing, "stored", None)
-        if option_string is not None and stored is not None:
-            if self.dest in stored:
+        if option_string is not None:
+            stored = getattr(_parsing, "stored", None)
+            if stored is not None:
+                repeated = self.dest in stored
+                stored.add(self.dest)
+            else:
+                repeated = (self._stored_into is not None
+                            and self._stored_into() is namespace)
+                self._stored_into = weakref.ref(namespace)
+            if repeated:
                 raise argparse.ArgumentError(
                     self, f"given twice (the second time {_shown(values)}); give it once")
-            stored.add(self.dest)
         setattr(namespace, self.dest, values)
 
 

@@ -2,6 +2,7 @@
 would keep the last without a word (switch/config/command_line.py): every command of the
 switch and of its receivers."""
 
+import argparse
 import subprocess
 import sys
 
@@ -77,6 +78,16 @@ def test_one_parser_parses_again_without_remembering_the_last_command_line():
     parser.add_argument("--data")
     assert parser.parse_args(["--data", "a"]).data == "a"
     assert parser.parse_args(["--data", "b"]).data == "b"
+
+
+def test_a_plain_parser_built_on_ours_still_refuses_an_option_given_twice(capsys):
+    """`parents=`: the options are ours, the parse argparse's own."""
+    ours = CommandLineParser(prog="p", add_help=False)
+    ours.add_argument("--data")
+    plain = argparse.ArgumentParser(prog="q", parents=[ours])
+    assert plain.parse_args(["--data", "a"]).data == "a"
+    assert "argument --data: given twice" in _refused(plain, ["--data", "a", "--data", "b"],
+                                                       capsys)
 
 
 def test_an_option_meant_to_repeat_still_repeats():
