@@ -165,7 +165,13 @@ def _describe(reply: dict, request: dict | None = None, looked_up: dict | None =
     sentence (`looked_up`: the account's reply read after a refusal that names its money)."""
     code = reply.get("code")
     if code != "ok":
-        return refusals.sentence(code, request, signon=signon, account_reply=looked_up)
+        sentence = refusals.sentence(code, request, signon=signon, account_reply=looked_up)
+        if reply.get("replay"):
+            # Else an account opened since would be "unknown" with nothing to say why.
+            sentence += (f" (replayed: the answer given when id {(request or {}).get('id')!r}"
+                         " was first sent; a request id is answered once, so a new attempt"
+                         " takes a new id)")
+        return sentence
     kind = reply.get("t")
     if kind == "account":
         cards = ", ".join(f"{c['card']} ({c['state']})" for c in reply["cards"]) or "none"

@@ -145,6 +145,19 @@ def test_options_after_the_command_against_a_switch(running_switch):
     assert json.loads(shown.stdout)["balance"] == 100
 
 
+def test_a_replayed_refusal_says_it_is_the_first_answer_and_a_new_attempt_takes_a_new_id():
+    """A credit sent before its account was opened, retried under the same id once it is:
+    the switch answers what it answered then, and the operator is told so."""
+    request = {"t": "credit", "account": "WH1", "amount": 2000, "id": "c2"}
+    first = admin_cli._describe({"t": "credit", "code": "unknown_account"}, request)
+    replayed = admin_cli._describe({"t": "credit", "code": "unknown_account", "replay": True},
+                                   request)
+    assert "replayed" not in first
+    assert replayed.startswith(first)
+    assert "replayed: the answer given when id 'c2' was first sent" in replayed
+    assert "a new attempt takes a new id" in replayed
+
+
 # ---------------------------------------------------------------- history and found
 def test_history_shows_the_school_local_time():
     at_ms = 1_767_225_600_000          # 2026-01-01 00:00:00 UTC
