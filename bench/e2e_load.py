@@ -142,11 +142,12 @@ def _parser() -> argparse.ArgumentParser:
                           "it on later runs with the same seed, sizes, configuration and switch "
                           "code, so runs compared in pairs start from the same books (a million "
                           "accounts take minutes to prebuild)")
-    own.add_argument("--pregrow-mb", type=int, default=0, metavar="MB",
-                     help="with --prebuild: write this many MB of zeros past the end of the "
+    own.add_argument("--pregrow-mb", type=int, default=0, metavar="MIB",
+                     help="with --prebuild: write this many MiB of zeros past the end of the "
                           "books' data file before the server starts, so the file's growth in "
-                          "the run lands in pages the page cache holds already (see "
-                          "pregrow_data_file; default 0: none)")
+                          "the run lands in pages the page cache holds already: a diagnostic "
+                          "of the machine's cost of new page-cache pages, which the switch "
+                          "pays in service (see pregrow_data_file; default 0: none)")
     own.add_argument("--workdir", help="parent of the temporary data dir (default: $TMPDIR)")
     own.add_argument("--server-cpu", type=int, default=0, help="CPU for the server")
     own.add_argument("--load-cpu", type=int, default=1, help="CPU for this load client")
@@ -617,8 +618,9 @@ PREGROW_CHUNK_BYTES = 1 << 20
 
 
 def pregrow_data_file(data_dir: pathlib.Path, megabytes: int) -> float:
-    """Write `megabytes` of zeros past the end of the data dir's LMDB file and fsync them;
-    the seconds it took.
+    """Write `megabytes` MiB of zeros past the end of the data dir's LMDB file and fsync
+    them; the seconds it took. Only on a data dir no switch has open: LMDB's own writes past
+    its last page would race these.
 
     The switch's data file grows as it serves (about 0.7 KB a debit in a run's first
     minutes: the journal, the remembered ids, the accounts' log until a round ends), and
@@ -628,8 +630,10 @@ def pregrow_data_file(data_dir: pathlib.Path, megabytes: int) -> float:
     the time (bench/RESULTS.md, 2026-12-05 01:10), and a run that first copies 1.6 GB of books (a million accounts)
     meets the dear end of it more than one that copies 14 MB. Written here, before the
     server starts and outside the measured window, those pages are in the page cache when
-    LMDB writes its next pages over them: both arms of a comparison then grow into the
-    same kind of memory.
+    LMDB writes its next pages over them. That measures what the growth costs a run, as a
+    diagnostic: the switch grows its file in service as well (after `--init` or a restore,
+    and more at a million accounts, whose write-back rounds and so their logs are longer),
+    so a figure made with grown files is not the switch's own.
 
     LMDB knows its end by its meta pages, not by the file's size: bytes past its last page
     are not read by it, by `audit`, or by `backup` (a compacting copy)."""
@@ -1392,10 +1396,10 @@ def main(argv=None) -> int:
                 if args.prebuild:
                     began = time.perf_counter()
                     cards, terminals = prebuild_or_copy(data_dir, tag, args)
+                    result["provision_s"] = time.perf_counter() - began
                     if args.pregrow_mb:
                         result["pregrow_mb"] = args.pregrow_mb
                         result["pregrow_s"] = pregrow_data_file(data_dir, args.pregrow_mb)
-                    result["provision_s"] = time.perf_counter() - began
                     print(f"prebuilt {args.accounts} accounts and cards, {args.terminals} "
                           f"terminals in {result['provision_s']:.1f} s (offline, switch code)",
                           flush=True)

@@ -63,9 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=str(e2e_load.LOAD_CONFIG))
     parser.add_argument("--prebuilt-cache", metavar="DIR",
                         help="e2e_load's cache of prebuilt books (else each run prebuilds)")
-    parser.add_argument("--pregrow-mb", type=int, default=0, metavar="MB",
-                        help="MB of zeros written past the end of each copy's data file "
-                             "before it opens (e2e_load.pregrow_data_file; default 0: none)")
+    parser.add_argument("--pregrow-mb", type=int, default=0, metavar="MIB",
+                        help="MiB of zeros written past the end of each copy's data file "
+                             "before it opens, a diagnostic (e2e_load.pregrow_data_file; "
+                             "default 0: none)")
     parser.add_argument("--dir", help="where the data dirs are copied (default: a temp dir)")
     parser.add_argument("--json-out")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -272,6 +273,19 @@ def _shown_argv(argv: list[str]) -> list[str]:
     return shown
 
 
+def _revision() -> str | None:
+    """The commit measured, marked `+changes` when the tree differs from it; None outside a
+    git checkout."""
+    def git(*words):
+        return subprocess.run(["git", "-C", str(e2e_load.REPO), *words], capture_output=True,
+                              text=True, timeout=30)
+    head = git("rev-parse", "--short", "HEAD")
+    if head.returncode != 0:
+        return None
+    changed = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("+changes" if changed else "")
+
+
 def main(argv=None) -> int:
     parser = _parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -282,6 +296,7 @@ def main(argv=None) -> int:
     if args.pregrow_mb < 0:
         parser.error("--pregrow-mb: a count of MB, 0 for none")
     counts = e2e_load.account_counts(parser, args.accounts)
+    started_at = time.time()
     rows = [_child(accounts, argv) for accounts in counts]
     _print(rows)
     first = rows[0]
@@ -295,6 +310,7 @@ def main(argv=None) -> int:
     if args.json_out:
         pathlib.Path(args.json_out).write_text(json.dumps(
             {"command": e2e_load._command_line(_shown_argv(argv), __file__),
+             "started_at": started_at, "revision": _revision(),
              "args": _shown(args),
              "rows": rows, "ratios_over_first": ratios}, indent=2) + "\n")
     return 0

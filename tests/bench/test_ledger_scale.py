@@ -3,6 +3,7 @@ executes and commits real debits (all `ok`), times LMDB's reads per database and
 sizes."""
 
 import json
+import time
 
 import pytest
 
@@ -20,6 +21,9 @@ def test_a_small_run_measures_each_size_and_the_reads_a_debit_makes(tmp_path):
     # The command that reproduces it, from the repository's root, with its arguments.
     assert "bench/ledger_scale.py --accounts 300,3000 --batch 40" in result["command"]
     assert [row["accounts"] for row in result["rows"]] == [300, 3000]
+    # When and what it measured: a commit, marked when the tree differs from it.
+    assert abs(result["started_at"] - time.time()) < 600
+    assert result["revision"] is None or result["revision"].split("+")[0].isalnum()
     for row in result["rows"]:
         # Every debit of the windows executed and paid: 2 windows of 3 batches of 40.
         assert row["codes"] == {"ok": 2 * 3 * 40}
