@@ -614,11 +614,11 @@ def _copy_books(source: pathlib.Path, target: pathlib.Path) -> None:
                 os.fsync(handle.fileno())
 
 
-PREGROW_CHUNK_BYTES = 1 << 20
+MIB = 1 << 20
 
 
-def pregrow_data_file(data_dir: pathlib.Path, megabytes: int) -> float:
-    """Write `megabytes` MiB of zeros past the end of the data dir's LMDB file and fsync
+def pregrow_data_file(data_dir: pathlib.Path, mebibytes: int) -> float:
+    """Write `mebibytes` MiB of zeros past the end of the data dir's LMDB file and fsync
     them; the seconds it took. Only on a data dir no switch has open: LMDB's own writes past
     its last page would race these.
 
@@ -627,22 +627,22 @@ def pregrow_data_file(data_dir: pathlib.Path, megabytes: int) -> float:
     each new page of it is a page the page cache takes. On the benchmark machine (a virtual
     machine that hands memory its guest frees back to the host: a likely cause, not a
     proven one) such a page costs from 0.3 to 13 µs a KB depending on the guest's memory at
-    the time (bench/RESULTS.md, 2026-12-05 01:10), and a run that first copies 1.6 GB of books (a million accounts)
-    meets the dear end of it more than one that copies 14 MB. Written here, before the
-    server starts and outside the measured window, those pages are in the page cache when
-    LMDB writes its next pages over them. That measures what the growth costs a run, as a
-    diagnostic: the switch grows its file in service as well (after `--init` or a restore,
-    and more at a million accounts, whose write-back rounds and so their logs are longer),
-    so a figure made with grown files is not the switch's own.
+    the time (bench/RESULTS.md, 2026-12-05 01:10), and a run that first copies 1.6 GB of
+    books (a million accounts) meets the dear end of it more than one that copies 14 MB.
+    Written here, before the server starts and outside the measured window, those pages are
+    in the page cache when LMDB writes its next pages over them. That measures what the
+    growth costs a run, as a diagnostic: the switch grows its file in service as well (after
+    `--init` or a restore, and more at a million accounts, whose write-back rounds and so
+    their logs are longer), so a figure made with grown files is not the switch's own.
 
     LMDB knows its end by its meta pages, not by the file's size: bytes past its last page
     are not read by it, by `audit`, or by `backup` (a compacting copy)."""
     path = pathlib.Path(data_dir) / STORE_DIR / "data.mdb"
     began = time.perf_counter()
-    zeros = bytes(PREGROW_CHUNK_BYTES)
+    zeros = bytes(MIB)
     with open(path, "r+b") as handle:
         handle.seek(0, os.SEEK_END)
-        for _ in range(megabytes * (1 << 20) // PREGROW_CHUNK_BYTES):
+        for _ in range(mebibytes):
             handle.write(zeros)
         handle.flush()
         os.fsync(handle.fileno())
@@ -1326,7 +1326,7 @@ def _check(args) -> str | None:
     if args.prebuilt_cache and not (args.prebuild and args.seed is not None):
         return "--prebuilt-cache needs --prebuild and --seed (the cache is per seed)"
     if args.pregrow_mb < 0 or (args.pregrow_mb and not args.prebuild):
-        return "--pregrow-mb: a count of MB, with --prebuild (it grows the books' data file)"
+        return "--pregrow-mb: a count of MiB, with --prebuild (it grows the books' data file)"
     if args.requests < 0 or (args.requests and args.client != "c"):
         return "--requests: a positive count, with the C client"
     return None

@@ -294,7 +294,7 @@ def main(argv=None) -> int:
         print(json.dumps(measure(args.child, args)))
         return 0
     if args.pregrow_mb < 0:
-        parser.error("--pregrow-mb: a count of MB, 0 for none")
+        parser.error("--pregrow-mb: a count of MiB, 0 for none")
     counts = e2e_load.account_counts(parser, args.accounts)
     started_at = time.time()
     rows = [_child(accounts, argv) for accounts in counts]

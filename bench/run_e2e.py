@@ -269,7 +269,7 @@ def plan(args, results_dir: pathlib.Path) -> list[tuple[str, list[str], float]]:
     if unknown:
         raise SystemExit(f"unknown steps: {', '.join(sorted(unknown))}")
     if args.scale_pregrow_mb < 0:
-        raise SystemExit("--scale-pregrow-mb: a count of MB, 0 for none")
+        raise SystemExit("--scale-pregrow-mb: a count of MiB, 0 for none")
     window_s = args.warmup + args.seconds + e2e_load.DRAIN_TIMEOUT_S
     setup_s = args.accounts / 1000 + args.connections / 200 + 120
     planned = []
@@ -318,7 +318,7 @@ def plan(args, results_dir: pathlib.Path) -> list[tuple[str, list[str], float]]:
             command = _replace(command, "--warmup", f"{args.scale_warmup:g}")
             command = _replace(command, "--seconds", f"{args.scale_seconds:g}")
             scale_window_s = args.scale_warmup + args.scale_seconds + e2e_load.DRAIN_TIMEOUT_S
-            # Writing the zeros took up to 28 s for 2,048 MB after a million accounts' copy.
+            # Writing the zeros took up to 28 s for 2,048 MiB after a million accounts' copy.
             planned.append((name, command, scale_window_s + setup_s + accounts / 1000
                             + args.scale_pregrow_mb / PREGROW_MB_PER_S_MIN))
     if "bare" in steps and len(planned) > 1:
@@ -486,15 +486,15 @@ def summarize(args, runs: dict) -> dict:
                               value is not None and value <= p99_ms, run_rate == rate,
                               f"{_fmt(value, '.2f')} ms at {_fmt(run_rate)} tx/s offered"))
     value = ratios.get("largest_over_smallest_books")
+    grown = _pregrown(scale)
     targets.append(target(f"{TARGET_SCALE_ACCOUNTS[1]:,} accounts ≥ {TARGET_SCALE_RATIO}× the "
                           f"throughput at {TARGET_SCALE_ACCOUNTS[0]:,}", value,
                           value is not None and value >= TARGET_SCALE_RATIO,
                           tuple(run["accounts"] for run in scale) == TARGET_SCALE_ACCOUNTS
-                          and not _pregrown(scale),
+                          and not grown,
                           (f"{value:.3f}× ({scale[-1]['accounts']:,} vs {scale[0]['accounts']:,}"
-                           f" accounts{_pregrown(scale)})" if value is not None else "–"),
-                          "data files grown first: a diagnostic" if _pregrown(scale)
-                          else "scaled-down run"))
+                           f" accounts{grown})" if value is not None else "–"),
+                          "data files grown first: a diagnostic" if grown else "scaled-down run"))
     idle = runs.get("switch_idle")
     value = idle["rss_held_mib"] * MIB / MB if idle and idle.get("rss_held_mib") else None
     held = idle["connected"] if idle else 0
