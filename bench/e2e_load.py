@@ -1143,8 +1143,18 @@ def shown_path(path) -> str:
 
 
 def _command_line(argv, script: str = __file__) -> str:
-    """The command that reproduces this run, from the repository's root."""
-    return shlex.join([shown_path(sys.executable), shown_path(script), *argv])
+    """The command that reproduces this run, from the repository's root, with every
+    absolute path among its arguments (alone or as `--option=PATH`) as `shown_path` shows
+    it: the JSON a run writes is committed, and a machine's own paths mean nothing there."""
+    return shlex.join([shown_path(sys.executable), shown_path(script),
+                       *map(_shown_word, argv)])
+
+
+def _shown_word(word: str) -> str:
+    option, equals, value = word.partition("=")
+    if equals and option.startswith("--") and value.startswith("/"):
+        return f"{option}={shown_path(value)}"
+    return shown_path(word) if word.startswith("/") else word
 
 
 def _report(args, result: dict) -> None:

@@ -256,23 +256,6 @@ def _shown(args) -> dict:
     return shown
 
 
-_PATH_OPTIONS = ("--config", "--prebuilt-cache", "--dir", "--json-out")
-
-
-def _shown_argv(argv: list[str]) -> list[str]:
-    """The arguments as the command a result records: each path as `_shown` shows it."""
-    shown, after_path_option = [], False
-    for word in argv:
-        option, equals, value = word.partition("=")
-        if after_path_option:
-            word = e2e_load.shown_path(word)
-        elif equals and option in _PATH_OPTIONS:
-            word = f"{option}={e2e_load.shown_path(value)}"
-        after_path_option = word in _PATH_OPTIONS
-        shown.append(word)
-    return shown
-
-
 def _revision() -> str | None:
     """The commit measured, marked `+changes` when the tree differs from it; None outside a
     git checkout."""
@@ -309,7 +292,7 @@ def main(argv=None) -> int:
               + "  ".join(f"{stage} {ratio:.2f}×" for stage, ratio in by_stage.items()))
     if args.json_out:
         pathlib.Path(args.json_out).write_text(json.dumps(
-            {"command": e2e_load._command_line(_shown_argv(argv), __file__),
+            {"command": e2e_load._command_line(argv, __file__),
              "started_at": started_at, "revision": _revision(),
              "args": _shown(args),
              "rows": rows, "ratios_over_first": ratios}, indent=2) + "\n")
