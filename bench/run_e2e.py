@@ -64,7 +64,7 @@ QUICK = {"connections": 100, "depth": 1, "seconds": 3.0, "warmup": 1.0, "account
          "rates": "1000,2000", "idle_connections": 1000, "hold": 2.0,
          "pg_clients": "16", "scale_accounts": "1000,20000",
          "scale_warmup": 1.0, "scale_seconds": 3.0, "scale_pregrow_mb": 0}
-PREGROW_MB_PER_S_MIN = 20.0       # a scale run's time limit allows its zeros written this slowly
+PREGROW_MIB_PER_S_MIN = 20.0       # a scale run's time limit allows its zeros written this slowly
 STOP_GRACE_S = 45.0               # a stopped step gets this long to stop its servers itself
 MB = 1_000_000
 MIB = 1024 * 1024
@@ -320,7 +320,7 @@ def plan(args, results_dir: pathlib.Path) -> list[tuple[str, list[str], float]]:
             scale_window_s = args.scale_warmup + args.scale_seconds + e2e_load.DRAIN_TIMEOUT_S
             # Writing the zeros took up to 28 s for 2,048 MiB after a million accounts' copy.
             planned.append((name, command, scale_window_s + setup_s + accounts / 1000
-                            + args.scale_pregrow_mb / PREGROW_MB_PER_S_MIN))
+                            + args.scale_pregrow_mb / PREGROW_MIB_PER_S_MIN))
     if "bare" in steps and len(planned) > 1:
         planned.append(("bare_closed_again",
                         _load_command(args, "bare_closed_again", results_dir,
