@@ -95,6 +95,12 @@ class Config:
         """(requests a second, burst) for one credential of `role`."""
         return getattr(self, f"{role}_requests_per_s"), getattr(self, f"{role}_requests_burst")
 
+    def school_named_by(self, account_id: str) -> str | None:
+        """The code of the configured school `account_id` begins with, or None. The longest
+        such code: beside a school `C`, `CUIK20230001` names CUIK, not C."""
+        named = [code for code in self.schools if account_id.startswith(code)]
+        return max(named, key=len, default=None)
+
 
 DEFAULT_SCHOOLS = {
     "WH": School("WH", "云南艺术学院文华学院"),

@@ -220,6 +220,12 @@ def open_account(ledger, credential, values):
         utility = layout.UTILITY_NAMES.index(utility_name)
     if ledger.account(account_id) is not None:
         return _decline("open_account", codes.EXISTS)
+    # An id that begins with another school's code is a mistyped id or school (docs/PROTOCOL.md
+    # §4.15): opened, the id would name one school and the account, its money and its cards
+    # belong to another. Checked after `exists`, which version 1 answers for any existing id.
+    named = ledger.config.school_named_by(account_id)
+    if named is not None and named != school.code:
+        return _decline("open_account", codes.BAD_REQUEST)
     salt = os.urandom(16)
     pin_hash = core.pin_digest(salt, initial_pin) if initial_pin else os.urandom(32)
     id_hash = core.id_digest(salt, id_last6) if id_last6 else os.urandom(32)

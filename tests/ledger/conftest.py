@@ -21,7 +21,7 @@ import pytest
 
 from switch import limits
 from switch.clock import FakeClock, TrustedClock
-from switch.config import default_config
+from switch.config import School, default_config
 from switch.core.codes import CODE_NAMES
 from switch.cli.datadir import open_data_dir
 from switch.config.masterkey import default_path
@@ -296,11 +296,13 @@ def committed_contents(store) -> dict[str, dict]:
 
 
 def _config(changes: dict):
-    """The default configuration; `schools={"WH": {...}}` changes fields of a school."""
+    """The default configuration; `schools={"WH": {...}}` changes fields of a school, and
+    adds it (named by its code unless a `name` is given) when it is not a built-in one."""
     config = default_config()
     for code, school_changes in changes.pop("schools", {}).items():
+        school = config.schools.get(code) or School(code, code)
         # replace() runs __post_init__ again: a new time zone gets its own day map.
-        config.schools[code] = dataclasses.replace(config.schools[code], **school_changes)
+        config.schools[code] = dataclasses.replace(school, **school_changes)
     for name, value in changes.items():
         assert hasattr(config, name), name
         setattr(config, name, value)

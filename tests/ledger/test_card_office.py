@@ -74,6 +74,50 @@ def test_an_existing_account_is_exists(campus, school):
     assert campus.account(STUDENT)["balance"] == BALANCE
 
 
+@pytest.mark.parametrize("account, school, kind, school_meant", [
+    ("CUIK20239999", "WH", "person", "CUIK"),
+    ("WH20239998", "CUIK", "person", "WH"),
+    ("WH-8D-2001", "CUIK", "utility", "WH"),
+])
+def test_an_account_id_that_begins_with_another_schools_code_is_bad_request(
+        campus, account, school, kind, school_meant):
+    """A typo of the id or of --school (docs/PROTOCOL.md §4.15): the id would name one school
+    and the account belong to another."""
+    fields = {"kind": kind, **({"id_last6": ID_LAST6} if kind == "person" else {})}
+    before = campus.last_txn
+    assert open_account(campus, "typo", account=account, school=school, **fields) == {
+        "t": "open_account", "code": "bad_request"}
+    assert campus.last_txn == before
+    assert campus.code(campus.service, "account", account=account) == "unknown_account"
+    # Not remembered under its id (§4.3): the corrected request may go under the same one.
+    assert open_account(campus, "typo", account=account, school=school_meant,
+                        **fields)["code"] == "ok"
+    assert campus.account(account)["school"] == school_meant
+
+
+@pytest.mark.parametrize("account, school", [
+    ("BENCH-000001", "WH"), ("BENCH-000002", "CUIK"),   # no school's code: as before
+    ("W20230001", "CUIK"), ("CUI20230001", "WH"),      # a part of a code is not the code
+    ("WH-8D-2002", "WH"), ("CUIK20239997", "CUIK"),    # its own school's code
+])
+def test_an_account_id_that_begins_with_no_other_schools_code_opens(campus, account, school):
+    assert open_account(campus, account=account, school=school, kind="person",
+                        id_last6=ID_LAST6)["code"] == "ok"
+    assert campus.account(account)["school"] == school
+
+
+@pytest.mark.parametrize("account, school, code", [
+    ("CUIK20230002", "CUIK", "ok"), ("C20230002", "C", "ok"), ("CX20230002", "C", "ok"),
+    ("CUIK20230003", "C", "bad_request"),     # CUIK's, though it begins with C too
+    ("C20230003", "CUIK", "bad_request"), ("CX20230003", "CUIK", "bad_request"),
+])
+def test_the_longest_school_code_an_account_id_begins_with_is_its_school(make_world, account,
+                                                                         school, code):
+    world = make_world(schools={"C": {"name": "某学院"}})
+    assert world.code(world.admin, "open_account", account=account, school=school,
+                      kind="person", id_last6=ID_LAST6, id="open") == code
+
+
 # ---------------------------------------------------------------- issue_card
 def test_issuing_a_card(campus):
     campus.open_person(NEW)
