@@ -73,7 +73,8 @@ SENTENCES = {
     ("exists", "replace_card"): "card {new} is issued already (`account` shows whose)",
     ("exists", "add_credential"): "credential {who} exists already (revoked ones too); "
                                   "choose another name",
-    ("bad_request", "open_account"): "school {school} is not configured, or the ID digits, "
+    ("bad_request", "open_account"): "school {school} is not configured, account {account} "
+                                     "begins with another school's code, or the ID digits, "
                                      "kind or utility do not fit the account (a room takes "
                                      "the utility its building has)",
     ("bad_request", "issue_card"): "account {account} takes no card: a utility account, or "

@@ -425,6 +425,22 @@ def test_operator_mistakes_get_one_line_exit_2_and_change_nothing(running_switch
     assert not (tmp_path / "nodata").exists()
 
 
+def test_open_account_of_an_id_that_names_another_school_is_refused(running_switch):
+    """A typo of the id or of --school (docs/PROTOCOL.md §4.15): nothing is opened."""
+    connect, data = running_switch
+    for typed in (("CUIK20239999", "--school", "WH", "--id-last6", "123456"),
+                  ("WH20239998", "--school", "CUIK", "--id-last6", "123456"),
+                  ("WH-8D-2001", "--school", "CUIK", "--kind", "utility")):
+        refused = admin(connect, data, "open-account", *typed)
+        assert refused.returncode == 3, (refused.stdout, refused.stderr)
+        assert (f"bad_request: school {typed[2]} is not configured, account {typed[0]} begins "
+                f"with another school's code") in refused.stdout, refused.stdout
+        unknown = admin(connect, data, "account", typed[0])
+        assert unknown.returncode == 3 and "unknown_account" in unknown.stdout
+    assert admin(connect, data, "open-account", "CUIK20239999", "--school", "CUIK",
+                 "--id-last6", "123456").returncode == 0
+
+
 def test_a_gb18030_csv_imports_with_its_chinese_names(running_switch, tmp_path):
     connect, data = running_switch
     path = tmp_path / "term.csv"
