@@ -384,6 +384,38 @@ def import_requests(rows) -> list:
     return planned
 
 
+def _unlike_the_row(message: dict, shown: dict) -> list[str]:
+    """What an existing account (its `account` reply) shows otherwise than the row's
+    `open_account` asks, in words: school, kind, a room's utility, the holder's name."""
+    unlike = []
+    for name in ("school", "kind", "utility", "holder"):
+        asked, found = message.get(name), shown.get(name)
+        if asked != found:
+            unlike.append(f"{name} {_shown(found) if found is not None else 'none'}, not "
+                          f"{_shown(asked) if asked is not None else 'none'}")
+    return unlike
+
+
+async def _existing_account_state(client: Client, message: dict, what: str,
+                                  signon: str) -> tuple:
+    """(present | refused, words) for a row whose account the switch has already (`exists`):
+    opened under another request id (another operator, `open-account`, or an import whose id
+    the switch has since forgotten). It is the row's only if it shows what the row asks; the
+    ID digits cannot be compared without side effects (`reset_pin` would set the PIN back, a
+    wrong one counts toward its lock), so a namesake at the same school and kind passes."""
+    lookup = {"t": "account", "account": message["account"]}
+    shown = await client.request(lookup)
+    if shown.get("code") != "ok":
+        return "refused", (f"{what} exists already and could not be compared with the row "
+                           f"({refusals.sentence(shown.get('code'), lookup, signon)}); "
+                           f"nothing done for this row: rerun the import")
+    unlike = _unlike_the_row(message, shown)
+    if unlike:
+        return "refused", (f"{what} refused (it exists already, with {'; '.join(unlike)}: "
+                           f"another account than the row's; nothing more done for this row)")
+    return "present", f"{what} already present"
+
+
 async def _step_state(client: Client, message: dict, reply: dict, signon: str) -> tuple:
     """(made | present | refused, words) for one request of a row."""
     what = (f"account {message['account']}" if message["t"] == "open_account"
@@ -391,10 +423,10 @@ async def _step_state(client: Client, message: dict, reply: dict, signon: str) -
     code = reply.get("code")
     if code == "ok":
         if reply.get("replay"):
-            return "present", f"{what} already present"
+            return "present", f"{what} already present"   # the same request: the same row
         return "made", f"{what} {'opened' if message['t'] == 'open_account' else 'issued'}"
     if code == "exists" and message["t"] == "open_account":
-        return "present", f"{what} already present"   # opened earlier by other means
+        return await _existing_account_state(client, message, what, signon)
     if code == "exists":
         # Issued before under another request id: this account's, or someone else's.
         shown = await client.request({"t": "account", "account": message["account"]})

@@ -74,6 +74,42 @@ def test_semester_import_is_idempotent_and_reports_rejects(running_switch, tmp_p
     assert "holder 学生7" in shown.stdout and "A0007 (active)" in shown.stdout
 
 
+def test_an_import_row_whose_account_exists_as_another_is_rejected_and_issues_no_card(
+        running_switch, tmp_path):
+    """An account opened before by other means (`open-account`, another operator, an id the
+    switch has since forgotten) is the row's only if it shows the row's school, kind, utility
+    and holder; else the row's card would go to another student's account."""
+    connect, data = running_switch
+    for account, holder in (("WH20230001", "h"), ("WH20230002", "张三"), ("WH-8D-3001", "h")):
+        assert admin(connect, data, "open-account", account, "--school", "WH", "--kind",
+                     "person", "--holder", holder, "--id-last6", "111111").returncode == 0
+    path = tmp_path / "term.csv"
+    path.write_text(
+        "type,account,school,holder,id_last6,card,utility\n"
+        "student,WH20230001,WH,王五,654321,04CCCC0001,\n"      # h's account: rejected
+        "student,WH20240001,WH,赵六,65432X,04CCCC0002,\n"      # new: created
+        "student,WH20230002,WH,张三,111111,04CCCC0003,\n"      # the same: its card issued
+        "room,WH-8D-3001,WH,,,,both\n", encoding="utf-8")      # a person's: rejected
+    first = admin(connect, data, "import", str(path))
+    assert first.returncode == 3, first.stderr
+    assert ("4 rows: 2 created, 0 already present, 0 half applied, 2 rejected"
+            in first.stdout), first.stdout
+    assert ("line 2: rejected: account WH20230001 refused (it exists already, with holder "
+            "'h', not '王五': another account than the row's") in first.stdout, first.stdout
+    assert ("line 5: rejected: account WH-8D-3001 refused (it exists already, with kind "
+            "'person', not 'utility'; utility none, not 'both'; holder 'h', not none"
+            in first.stdout), first.stdout
+    shown = admin(connect, data, "account", "WH20230001")
+    assert "holder h" in shown.stdout and "cards: none" in shown.stdout, shown.stdout
+    assert "04CCCC0003 (active)" in admin(connect, data, "account", "WH20230002").stdout
+    # The card the rejected row named was issued to no one: it is free for its student.
+    assert admin(connect, data, "issue-card", "WH20240001", "04CCCC0001").returncode == 0
+    again = admin(connect, data, "import", str(path))
+    assert ("4 rows: 0 created, 2 already present, 0 half applied, 2 rejected"
+            in again.stdout), again.stdout
+    assert "line 2: rejected: account WH20230001 refused" in again.stdout
+
+
 def test_a_subsidy_batch_imports_by_row_once(running_switch, tmp_path):
     connect, data = running_switch
     for account in ("WH20270001", "WH20270002"):

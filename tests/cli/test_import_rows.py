@@ -1,11 +1,13 @@
 """The start-of-term import with any cell: each row is created, already present, half applied
 or rejected in words; no cell gets past the checks or ends the run with a traceback."""
 
+import io
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from switch import identifiers, limits
-from switch.cli.admin import import_requests, read_import_rows, unsendable
+from switch.cli.admin import import_requests, read_import_rows, run_import, unsendable
 from tests.cli.helpers import admin
 
 HEADER = "type,account,school,holder,id_last6,card,utility\r\n"
@@ -120,3 +122,57 @@ def test_a_hostile_csv_against_a_switch_reports_each_row(running_switch, tmp_pat
     shown = admin(connect, data, "account", f"WH{'7' * 30}")
     assert f"{long_card} (active)" in shown.stdout and "holder 李四" in shown.stdout
     assert admin(connect, data, "account", "WH20260003").returncode == 3   # nothing made
+
+
+class OpenedBefore:
+    """A switch that holds every row's account already, opened under other request ids: it
+    answers `exists` to each open, `ok` to each card, and `account` as `shown` says (`busy`
+    for an account it leaves out); it keeps what it was sent."""
+
+    def __init__(self, shown):
+        self.shown = shown
+        self.sent = []
+
+    async def pipeline(self, messages):
+        self.sent += messages
+        return [{"t": m["t"], "code": "exists" if m["t"] == "open_account" else "ok"}
+                for m in messages]
+
+    async def request(self, message):
+        self.sent.append(message)
+        fields = self.shown.get(message["account"])
+        if fields is None:
+            return {"t": "account", "code": "busy"}
+        return {"t": "account", "code": "ok", "account": message["account"], **fields}
+
+
+async def test_an_existing_account_is_the_rows_only_when_it_shows_what_the_row_asks():
+    person = {"school": "WH", "kind": "person", "holder": "张三"}
+    switch = OpenedBefore({
+        "WH20260001": person,                                   # the row's: its card goes
+        "WH20260002": {**person, "holder": "h"},                # another student's
+        "WH20260003": {**person, "school": "CUIK"},             # another school's
+        "WH20260004": {**person, "holder": None},               # opened with no name
+        "WH-8D-1006": {"school": "WH", "kind": "utility", "utility": "electric",
+                       "holder": None},                         # another utility
+    })
+    rows = [(2 + n, _student(account=f"WH2026000{n + 1}", card=f"AB0{n + 1}"))
+            for n in range(5)]
+    rows.append((7, _student(type="room", account="WH-8D-1006", id_last6="", card="",
+                             holder="", utility="both")))
+    out = io.StringIO()
+    counts = await run_import(switch, "term.csv", rows, out=out)
+    assert (counts["created"], counts["already"], counts["rejected"]) == (1, 0, 5), counts
+    assert [m["account"] for m in switch.sent if m["t"] == "issue_card"] == ["WH20260001"]
+    said = out.getvalue()
+    assert ("line 3: rejected: account WH20260002 refused (it exists already, with holder "
+            "'h', not '张三': another account than the row's; nothing more done for this row)"
+            in said), said
+    assert "line 4: rejected: account WH20260003 refused (it exists already, with school " \
+           "'CUIK', not 'WH':" in said
+    assert "line 5: rejected: account WH20260004 refused (it exists already, with holder " \
+           "none, not '张三':" in said
+    assert ("line 6: rejected: account WH20260005 exists already and could not be compared "
+            "with the row (busy: ") in said
+    assert "line 7: rejected: account WH-8D-1006 refused (it exists already, with utility " \
+           "'electric', not 'both':" in said
