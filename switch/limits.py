@@ -186,6 +186,12 @@ records_between_history_marks = 64
 
 # --- Containment ---
 failure_tracebacks_per_minute_max = 20  # more failures than this a minute are counted, not logged
+# Lines a peer that has not signed on can cause (a refused hello, a socket refused or evicted
+# before its hello), over all peers: more than this a minute are counted and said in one line
+# a minute (`event=hello_refused_suppressed count=N`); the metrics count every one. A
+# till with a wrong key retrying every few seconds stays well inside; a flood is one line a
+# second at most, so journald's rate limit never drops the switch's other lines for it.
+peer_events_logged_per_minute_max = 60
 task_restart_delay_s = 0.1              # a supervised task that raised starts again after this
 
 # --- Group commit ---

@@ -40,6 +40,10 @@ RESULT_CODES = frozenset(codes.CODE_NAMES) | {
     codes.FRAME_INVALID, codes.FRAME_TOO_LARGE}
 
 
+# Why a first frame was refused (switch_hellos_refused_total), docs/PROTOCOL.md §2.1.
+HELLO_CODES = (codes.UNAUTHENTICATED, codes.VERSION_UNSUPPORTED, codes.FRAME_INVALID,
+               codes.FRAME_TOO_LARGE)
+
 # Why a request was answered `busy` without running (switch_shed_requests_total).
 SHED_REASONS = ("queue", "waited", "budget")
 
@@ -139,6 +143,10 @@ class Metrics:
         self.refused_connections = Counter("switch_refused_connections",
                                            "Connections closed at accept (limit reached)",
                                            registry=registry)
+        self.hellos_refused = Counter("switch_hellos_refused",
+                                      "First frames refused with an error frame, by code "
+                                      "(every one, however few are logged)", ["code"],
+                                      registry=registry)
         self.terminal_connections = Gauge("switch_terminal_connections",
                                           "Signed-on terminal sessions by school and kind",
                                           ["school", "kind"], registry=registry)
@@ -191,9 +199,16 @@ class Metrics:
             self.failures.labels(where)
         for direction in ("forward", "back"):
             self.clock_jumps.labels(direction)
+        self._hellos_refused = {code: self.hellos_refused.labels(code) for code in HELLO_CODES}
         self._exposition = b""
         self._exposition_built_s = -math.inf
         self._exposition_lock = trio.Lock()
+
+    def hello_refused(self, code: str) -> None:
+        counter = self._hellos_refused.get(code)
+        if counter is None:   # a code this table does not know yet: its own series
+            counter = self._hellos_refused[code] = self.hellos_refused.labels(code)
+        counter.inc()
 
     def observe_reply(self, request_type: str, code: str, seconds: float) -> None:
         # Label values come only from known sets (a peer's made-up `t` is "unknown").

@@ -14,7 +14,7 @@ from switch.codec import FrameDecoder, ProtocolError, ServerSession
 from switch.codec.framing import FrameTooLarge
 from switch.codec.session import OPEN
 from switch.ledger import dispatch, housekeeping
-from switch.ledger.dispatch import failures
+from switch.ledger.dispatch import FailureLog, failures
 from switch.ledger.effects import (BlacklistPush, ClosedAccountTap, JournalAdvanced, PowerCutoff,
                                    Revocation)
 from switch.logline import bounded
@@ -418,6 +418,7 @@ class Connection:
                 try:
                     payloads = self.decoder.feed(data)
                 except ProtocolError as error:
+                    server.metrics.hello_refused(error.code)
                     await self._send_error_and_close(error)
                     return None
         if not payloads:
@@ -425,8 +426,10 @@ class Connection:
         try:
             hello = self.session.receive_hello(payloads[0], server.ledger.live_key)
         except ProtocolError as error:
-            log.info("event=hello_refused code=%s who=%s peer=%s", error.code,
-                     bounded(error.who, limits.log_peer_value_chars_max), self.peer)
+            server.metrics.hello_refused(error.code)
+            server.peer_events.failed("hello_refused", code=error.code,
+                                      who=bounded(error.who, limits.log_peer_value_chars_max),
+                                      peer=self.peer)
             await self._send_error_and_close(error)
             return None
         credential = server.ledger.credential(hello.who)
@@ -560,6 +563,10 @@ class Server:
         self.unsent_bytes = 0                 # encoded replies the kernel has not taken yet
         self.poller = ReadinessPoller(self.metrics)
         self._failures_counted = ledger.failures
+        # What peers that have not signed on cause, logged at a bounded rate (counted exactly
+        # in the metrics): one line per bad hello would let anyone flood the log.
+        self.peer_events = FailureLog(log, limits.peer_events_logged_per_minute_max,
+                                      logging.INFO, traceback=False)
         self._connections_nursery = None
         self._accepting_scope = None
         if hasattr(clock, "jump_observers"):   # a TrustedClock (tests may drive a fake one)
@@ -616,7 +623,7 @@ class Server:
                 oldest = next(iter(waiting))
                 if connection.accepted_at - oldest.accepted_at < limits.connection_pending_evict_age_s:
                     return False
-                log.info("event=pending_evicted peer=%s", oldest.peer)
+                self.peer_events.failed("pending_evicted", peer=oldest.peer)
                 self.forget_pending(oldest)
                 oldest.stop()
         self._pending_by_address.setdefault(connection.address, {})[connection] = None
@@ -774,6 +781,9 @@ class Server:
         if ledger.failures > self._failures_counted:
             self.metrics.failures.labels("request").inc(ledger.failures - self._failures_counted)
             self._failures_counted = ledger.failures
+        # A flood that stopped is summed up once its minute is over, not at the next line.
+        self.peer_events.summarize()
+        failures.summarize()
         self.committer.kick()
 
     def drain(self) -> None:
@@ -805,8 +815,9 @@ class Server:
                 continue
             if self.signed_on >= self.config.connections_max or not self._admit_pending(connection):
                 self.metrics.refused_connections.inc()
-                log.warning("event=connection_refused peer=%s signed_on=%d pending=%d",
-                            connection.peer, self.signed_on, len(self._pending))
+                self.peer_events.failed("connection_refused", logging.WARNING,
+                                        peer=connection.peer, signed_on=self.signed_on,
+                                        pending=len(self._pending))
                 transport.close()
                 continue
             connections.start_soon(self._connection_task, connection.open)
