@@ -116,6 +116,19 @@ blacklist_delta_versions_max = 1_000  # a `since` further behind gets the full l
 
 # --- Server (implementation choices) ---
 connections_max = 12_000           # signed-on sessions; default, configurable
+# Places past connections_max that only an admin credential's hello may take: whoever holds
+# the others, an operator can still sign on to revoke them. The switch knows who connects
+# only at hello, so sockets are accepted up to connections_max + this, and a hello that is
+# not an admin's is refused there (closed without a frame, as past connections_max).
+connections_admin_reserved_max = 4
+# Sessions one credential may hold at once (defaults per role, configurable); its next hello
+# is refused `busy`, so one key, stolen or misbehaving, cannot take every session. A till,
+# a hot-water controller or a meter holds one, two while a connection it gave up on waits
+# for its idle timeout; 16 leaves room for a canteen's readers sharing one key. A service
+# keeps a pool of connections; the operators' command line opens one per command.
+terminal_sessions_per_credential_max = 16
+service_sessions_per_credential_max = 64
+admin_sessions_per_credential_max = 16
 # Sockets that have not said hello yet are bounded apart from sessions, so a flood of silent
 # sockets cannot keep a till from signing on: past a bound the oldest of them is closed (if it
 # has waited at least the eviction age; a till says hello within milliseconds), else the new one.
@@ -333,6 +346,9 @@ batch_requests_max_range = (1, 65_536)
 batch_wait_s_range = (0.0, 0.1)
 request_wait_max_s_range = (0.01, 60.0)
 connections_max_range = (1, 1_000_000)
+terminal_sessions_per_credential_max_range = (1, 1_000_000)
+service_sessions_per_credential_max_range = (1, 1_000_000)
+admin_sessions_per_credential_max_range = (1, 1_000_000)
 school_limit_fen_range = (1, 100_000_000_000)          # per_tx, daily and their maxima
 school_no_pin_fen_range = (0, 100_000_000_000)         # 0: every card payment needs the PIN
 school_name_chars_range = (1, 64)

@@ -899,6 +899,11 @@ async def _sign_on(args, key: bytes) -> Client:
             raise SignOnRefused(f"the switch at {host}:{port} refused the sign-on of "
                                 f"{args.signon_who!r} (unauthenticated): the key is wrong or "
                                 f"revoked; check --data, --key-file and --who") from None
+        if error.code == "busy":
+            raise SignOnRefused(f"the switch at {host}:{port} refused the sign-on of "
+                                f"{args.signon_who!r} (busy): that credential holds as many "
+                                f"sessions as it may (docs/PROTOCOL.md §2.1); try again once "
+                                f"one of them has closed") from None
         raise SignOnRefused(f"{host}:{port} did not take our sign-on "
                             f"({refusals.sentence(error.code, signon=args.signon_who)}): is it "
                             f"the switch's port?") from None

@@ -81,6 +81,9 @@ class Config:
     batch_wait_s: float = limits.batch_wait_s
     request_wait_max_s: float = limits.request_wait_max_s
     connections_max: int = limits.connections_max
+    terminal_sessions_per_credential_max: int = limits.terminal_sessions_per_credential_max
+    service_sessions_per_credential_max: int = limits.service_sessions_per_credential_max
+    admin_sessions_per_credential_max: int = limits.admin_sessions_per_credential_max
     terminal_requests_per_s: float = float(limits.terminal_requests_per_s)
     terminal_requests_burst: int = limits.terminal_requests_burst
     service_requests_per_s: float = float(limits.service_requests_per_s)
@@ -100,6 +103,10 @@ class Config:
         such code: beside a school `C`, `CUIK20230001` names CUIK, not C."""
         named = [code for code in self.schools if account_id.startswith(code)]
         return max(named, key=len, default=None)
+
+    def sessions_per_credential_max(self, role: str) -> int:
+        """The sessions one credential of `role` may hold at once."""
+        return getattr(self, f"{role}_sessions_per_credential_max")
 
 
 DEFAULT_SCHOOLS = {

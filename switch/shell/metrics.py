@@ -42,7 +42,7 @@ RESULT_CODES = frozenset(codes.CODE_NAMES) | {
 
 # Why a first frame was refused (switch_hellos_refused_total), docs/PROTOCOL.md §2.1.
 HELLO_CODES = (codes.UNAUTHENTICATED, codes.VERSION_UNSUPPORTED, codes.FRAME_INVALID,
-               codes.FRAME_TOO_LARGE)
+               codes.FRAME_TOO_LARGE, codes.CODE_NAMES[codes.BUSY])
 
 # Why a request was answered `busy` without running (switch_shed_requests_total).
 SHED_REASONS = ("queue", "waited", "budget")
@@ -141,7 +141,8 @@ class Metrics:
                                       "(lengthened by a large accounts table)",
                                       registry=registry)
         self.refused_connections = Counter("switch_refused_connections",
-                                           "Connections closed at accept (limit reached)",
+                                           "Connections closed for want of a session's place "
+                                           "(at accept, or after their hello)",
                                            registry=registry)
         self.hellos_refused = Counter("switch_hellos_refused",
                                       "First frames refused with an error frame, by code "

@@ -13,6 +13,7 @@ from switch import limits
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
 from switch.codec.framing import FrameTooLarge
 from switch.codec.session import OPEN
+from switch.core import codes
 from switch.ledger import dispatch, housekeeping
 from switch.ledger.dispatch import FailureLog, failures
 from switch.ledger.effects import (BlacklistPush, ClosedAccountTap, JournalAdvanced, PowerCutoff,
@@ -28,6 +29,8 @@ from switch.shell.transport import PeerGone, Transport, accept
 log = logging.getLogger("switch.server")
 
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+# A hello of a credential that holds its most sessions: try again later (docs/PROTOCOL.md §1.4).
+_BUSY = codes.CODE_NAMES[codes.BUSY]
 
 
 # Replies whose size grows with what they list are measured; the rest are small.
@@ -433,18 +436,33 @@ class Connection:
             await self._send_error_and_close(error)
             return None
         credential = server.ledger.credential(hello.who)
-        if server.signed_on >= server.config.connections_max:
-            server.metrics.refused_connections.inc()
-            log.warning("event=connection_refused who=%s signed_on=%d", credential.who,
-                        server.signed_on)
+        refused = server.take_place(credential)
+        if refused is not None:
+            # Logged at a bounded rate: a key's holder can sign on in a loop.
+            if refused == "credential":
+                server.metrics.hello_refused(_BUSY)
+                server.peer_events.failed(
+                    "sessions_refused", logging.WARNING, who=credential.who,
+                    sessions_max=server.config.sessions_per_credential_max(credential.role),
+                    peer=self.peer)
+                await self._send_error_and_close(ProtocolError(_BUSY))
+            else:
+                server.metrics.refused_connections.inc()
+                server.peer_events.failed("connection_refused", logging.WARNING,
+                                          who=credential.who, signed_on=server.signed_on)
             return None
         reply = {"role": credential.role, "time": server.clock.now_ms()}
         if credential.role == "terminal":
             reply["blacklist"] = server.blacklist_version(credential.school)
+        signed_on = False
         try:
             await self.transport.send_all(self.session.accept_hello(hello, reply))
+            signed_on = True
         except PeerGone:
             return None
+        finally:
+            if not signed_on:   # gone or cancelled: the place goes back
+                server.give_back_place(credential.who)
         self.credential = credential
         self.budget = server.budget_of(credential)
         server.forget_pending(self)
@@ -555,7 +573,10 @@ class Server:
                                    config.batch_wait_s, self._batch_done)
         self.sessions: dict[str, set] = {}
         self.live: set = set()                # every connection not released yet
+        # Places taken by sessions and by hellos whose reply is being written, in all and
+        # per credential id (`take_place`).
         self.signed_on = 0
+        self._places: dict[str, int] = {}
         self._pending: dict = {}              # connections before hello, oldest first
         self._pending_by_address: dict = {}   # address -> its pending connections, oldest first
         self._budgets: dict = {}              # credential id -> RequestBudget
@@ -585,14 +606,41 @@ class Server:
         return len(self.live)
 
     # ------------------------------------------------------------ registry
-    def register(self, connection: Connection) -> None:
-        self.sessions.setdefault(connection.credential.who, set()).add(connection)
+    def take_place(self, credential) -> str | None:
+        """Take a session's place for `credential`, whose hello verified, before the hello's
+        reply is written: that is an await, and the hellos signing on meanwhile must find
+        the place taken. None when taken; else why not: "credential" (it holds its most
+        sessions) or "connections" (no place left for its role: past `connections_max` only
+        an admin's hello takes one of the places kept for admins)."""
+        who = credential.who
+        held = self._places.get(who, 0)
+        if held >= self.config.sessions_per_credential_max(credential.role):
+            return "credential"
+        places = self.config.connections_max
+        if credential.role == "admin":
+            places += limits.connections_admin_reserved_max
+        if self.signed_on >= places:
+            return "connections"
+        self._places[who] = held + 1
         self.signed_on += 1
+        return None
+
+    def give_back_place(self, who: str) -> None:
+        self.signed_on -= 1
+        held = self._places[who] - 1
+        if held:
+            self._places[who] = held
+        else:
+            del self._places[who]
+
+    def register(self, connection: Connection) -> None:
+        """A session whose place was taken (`take_place`) is open."""
+        self.sessions.setdefault(connection.credential.who, set()).add(connection)
 
     def unregister(self, connection: Connection) -> None:
         live = self.sessions.get(connection.credential.who)
         if live is not None and connection in live:
-            self.signed_on -= 1
+            self.give_back_place(connection.credential.who)
             live.discard(connection)
             if not live:
                 del self.sessions[connection.credential.who]
@@ -813,7 +861,10 @@ class Server:
                 self.metrics.failures.labels("connection").inc()
                 sock.close()
                 continue
-            if self.signed_on >= self.config.connections_max or not self._admit_pending(connection):
+            # Past connections_max a socket may still be an admin's: its hello tells.
+            if (self.signed_on >= self.config.connections_max
+                    + limits.connections_admin_reserved_max
+                    or not self._admit_pending(connection)):
                 self.metrics.refused_connections.inc()
                 self.peer_events.failed("connection_refused", logging.WARNING,
                                         peer=connection.peer, signed_on=self.signed_on,

@@ -1,0 +1,114 @@
+"""Session places: one credential holds at most its role's sessions (its next hello is
+refused `busy`), and past `connections_max` a few places are kept for admins, so an operator
+can always sign on to revoke whoever holds the rest."""
+
+import pytest
+import trio
+
+from switch import limits
+from switch.cli.datadir import read_admin_key
+from switch.codec import ClientSession, FrameDecoder
+from switch.config import default_config
+from tests.shell.harness import Switch, next_payloads, unverified_body
+
+
+async def _hello(port: int, who: str, key: bytes):
+    """(stream, the hello's answer: the reply, an error frame's body, or None when the switch
+    closed without a frame)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    session = ClientSession(who, key)
+    await stream.send_all(session.hello_frame(0))
+    payloads = await next_payloads(stream, FrameDecoder())
+    return stream, (unverified_body(payloads[0]) if payloads else None)
+
+
+async def _add_terminal(switch, who: str) -> bytes:
+    return (await switch.ok(switch.admin, {"t": "add_credential", "who": who, "role": "terminal",
+                                           "school": "WH", "kind": "pos",
+                                           "id": f"add-{who}"}))["key"]
+
+
+async def _places_settle(switch, signed_on: int) -> None:
+    with trio.fail_after(5):
+        while switch.server.signed_on != signed_on:
+            await trio.sleep(0.01)
+
+
+async def test_a_credential_holds_at_most_its_sessions_and_the_next_hello_is_busy(
+        tmp_path, nursery):
+    config = default_config()
+    config.terminal_sessions_per_credential_max = 3
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
+    key = await _add_terminal(switch, "WH-POS-1")
+    held = [await switch.connect("WH-POS-1", key) for _ in range(3)]      # N: signed on
+    stream, answer = await _hello(switch.port, "WH-POS-1", key)           # N+1: busy
+    assert answer == {"t": "error", "code": "busy"}
+    assert await stream.receive_some(100) == b""                          # then closed
+    await stream.aclose()
+    assert len(switch.server.sessions["WH-POS-1"]) == 3
+    assert switch.server.metrics.hellos_refused.labels("busy")._value.get() == 1
+    # Another credential is not held back by it; a place given back is taken again.
+    other = await switch.connect("WH-POS-2", await _add_terminal(switch, "WH-POS-2"))
+    assert (await other.request({"t": "ping"}))["code"] == "ok"
+    await held[0].aclose()
+    await _places_settle(switch, 4)   # the admin, two of WH-POS-1, WH-POS-2
+    again = await switch.connect("WH-POS-1", key)
+    assert (await again.request({"t": "ping"}))["code"] == "ok"
+    await switch.stop()
+
+
+async def test_hellos_at_once_take_no_more_places_than_the_credential_has(tmp_path, nursery):
+    """The place is taken before the hello's reply is written (an await): hellos that all
+    arrive together cannot all see the same free place."""
+    config = default_config()
+    config.terminal_sessions_per_credential_max = 2
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
+    key = await _add_terminal(switch, "WH-POS-1")
+    streams = [await trio.open_tcp_stream("127.0.0.1", switch.port) for _ in range(8)]
+    sessions = [ClientSession("WH-POS-1", key) for _ in streams]
+    for stream, session in zip(streams, sessions):
+        await stream.send_all(session.hello_frame(0))
+    answers = [await next_payloads(stream, FrameDecoder()) for stream in streams]
+    codes = sorted(unverified_body(payloads[0])["code"] for payloads in answers)
+    assert codes == ["busy"] * 6 + ["ok"] * 2
+    assert switch.server.signed_on == 3
+    for stream in streams:
+        await stream.aclose()
+    await _places_settle(switch, 1)
+    assert "WH-POS-1" not in switch.server._places
+    await switch.stop()
+
+
+async def test_past_connections_max_only_an_admin_signs_on_and_revokes_the_hog(
+        tmp_path, nursery, monkeypatch):
+    monkeypatch.setattr(limits, "connections_admin_reserved_max", 2)
+    config = default_config()
+    config.connections_max = 4
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)   # the admin is one
+    hog_key = await _add_terminal(switch, "WH-POS-HOG")
+    other_key = await _add_terminal(switch, "WH-POS-2")
+    admin_key = read_admin_key(switch.path)
+    await switch.admin.aclose()
+    await _places_settle(switch, 0)
+    hog = [await switch.connect("WH-POS-HOG", hog_key) for _ in range(4)]   # every place
+    # Another till: its socket is taken (it may be an admin's), its hello refused.
+    stream, answer = await _hello(switch.port, "WH-POS-2", other_key)
+    assert answer is None                         # closed without a frame, as before
+    await stream.aclose()
+    assert switch.server.metrics.refused_connections._value.get() == 1
+    # An admin signs on in a kept place, N of them; N+1 is refused.
+    admins = [await switch.connect("admin", admin_key) for _ in range(2)]
+    stream, answer = await _hello(switch.port, "admin", admin_key)
+    assert answer is None
+    await stream.aclose()
+    reply = await switch.ok(admins[0], {"t": "revoke_credential", "who": "WH-POS-HOG",
+                                        "id": "revoke-hog"})
+    assert reply["code"] == "ok"
+    for till in hog:
+        with pytest.raises(Exception):
+            with trio.fail_after(10):
+                await till.request({"t": "ping"})
+    await _places_settle(switch, 2)
+    till = await switch.connect("WH-POS-2", other_key)
+    assert (await till.request({"t": "ping"}))["code"] == "ok"
+    await switch.stop()
