@@ -31,11 +31,13 @@ Interface (see `reference.py` for the normative docstrings):
     freeze_overdrawn(account) -> bool      (True when a balance below zero froze it now)
     unfreeze(account) -> code              (the operator's freeze, else the overdrawn one)
     unlock(account) -> code
-    close(account) -> code                 (NOT_EMPTY while balance or held is not 0)
+    close(account) -> code                 (NOT_EMPTY while balance or held is not 0; the
+                                           power goes off: a closed room's stays off)
     set_limits(account, per_tx, daily, no_pin, school_per_tx, school_daily,
                school_no_pin, per_tx_max, daily_max, no_pin_max) -> code
     enable_virtual_card(account) -> code   (closed: ACCOUNT_CLOSED)
-    refund(account) -> code                (balance to 0 and closed; NOT_EMPTY while held)
+    refund(account) -> code                (balance to 0, closed, power off; NOT_EMPTY while
+                                           held)
 
   The subsidy purse (SUBSIDY: spent first by authorize, complete_hold and apply_offline):
     grant_subsidy(account, amount) -> code (utility BAD_REQUEST, closed ACCOUNT_CLOSED)

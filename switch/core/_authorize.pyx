@@ -657,13 +657,16 @@ def unlock(account):
 
 
 def close(account):
-    """Close for good; NOT_EMPTY while the balance is not 0 (below zero too) or money is held."""
+    """Close for good, the power off; NOT_EMPTY while the balance is not 0 (below zero too)
+    or money is held."""
     cdef AccountRecord* record = _record(account)
     if record.status == STATUS_CLOSED:
         return OK
     if record.balance != 0 or record.held != 0:
         return NOT_EMPTY
     record.status = STATUS_CLOSED
+    # A closed room holds no money and nothing restores it: its power goes off for good.
+    record.power_on = 0
     return OK
 
 
@@ -733,8 +736,9 @@ def key_verifiers(account):
 
 
 def refund(account):
-    """Pay the whole balance out and close (离校退款): ACCOUNT_CLOSED when closed, NOT_EMPTY
-    while money is held, INSUFFICIENT_FUNDS below zero (the debt is paid back first)."""
+    """Pay the whole balance out and close, the power off (离校退款): ACCOUNT_CLOSED when
+    closed, NOT_EMPTY while money is held, INSUFFICIENT_FUNDS below zero (the debt is paid
+    back first)."""
     cdef AccountRecord* record = _record(account)
     if record.status == STATUS_CLOSED:
         return ACCOUNT_CLOSED
@@ -744,6 +748,7 @@ def refund(account):
         return INSUFFICIENT_FUNDS
     record.balance = 0
     record.status = STATUS_CLOSED
+    record.power_on = 0   # as close: a closed room's power stays off
     return OK
 
 

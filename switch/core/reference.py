@@ -395,13 +395,16 @@ def unlock(account):
 
 
 def close(account):
-    """Close for good; NOT_EMPTY while the balance is not 0 (below zero too) or money is held."""
+    """Close for good, the power off; NOT_EMPTY while the balance is not 0 (below zero too)
+    or money is held."""
     _check_record(account)
     if layout.get(account, layout.STATUS) == layout.STATUS_CLOSED:
         return codes.OK
     if layout.get(account, layout.BALANCE) != 0 or layout.get(account, layout.HELD) != 0:
         return codes.NOT_EMPTY
     layout.put(account, layout.STATUS, layout.STATUS_CLOSED)
+    # A closed room holds no money and nothing restores it: its power goes off for good.
+    layout.put(account, layout.POWER_ON, 0)
     return codes.OK
 
 
@@ -455,8 +458,9 @@ def key_verifiers(account):
 
 
 def refund(account):
-    """Pay the whole balance out and close (离校退款): ACCOUNT_CLOSED when closed, NOT_EMPTY
-    while money is held, INSUFFICIENT_FUNDS below zero (the debt is paid back first)."""
+    """Pay the whole balance out and close, the power off (离校退款): ACCOUNT_CLOSED when
+    closed, NOT_EMPTY while money is held, INSUFFICIENT_FUNDS below zero (the debt is paid
+    back first)."""
     _check_record(account)
     if _closed(account):
         return codes.ACCOUNT_CLOSED
@@ -466,6 +470,7 @@ def refund(account):
         return codes.INSUFFICIENT_FUNDS
     _put_balance(account, 0)
     layout.put(account, layout.STATUS, layout.STATUS_CLOSED)
+    layout.put(account, layout.POWER_ON, 0)   # as close: a closed room's power stays off
     return codes.OK
 
 

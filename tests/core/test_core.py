@@ -910,6 +910,18 @@ def test_refund_pays_everything_out_and_closes(core, balance):
     assert_unchanged(core.refund, account, codes.ACCOUNT_CLOSED)
 
 
+@pytest.mark.parametrize("request_type, balance", [("refund", 5_000), ("refund", 0),
+                                                   ("close", 0)])
+def test_closing_a_room_turns_its_power_off_for_good(core, request_type, balance):
+    """A closed room holds no money (docs/PROTOCOL.md §4.12): refunded or closed with its
+    power on, the relay must not stay on unbilled."""
+    room = make_account(balance, kind=layout.KIND_UTILITY, power_on=1)
+    assert getattr(core, request_type)(room) == codes.OK
+    assert (get(room, layout.STATUS), get(room, layout.POWER_ON)) == (layout.STATUS_CLOSED, 0)
+    assert core.credit(room, 100) == codes.ACCOUNT_CLOSED
+    assert core.apply_restore(room) is False
+
+
 @pytest.mark.parametrize("balance, held, expected", [
     (500, 1, codes.NOT_EMPTY), (500, 500, codes.NOT_EMPTY), (-1, 0, codes.INSUFFICIENT_FUNDS)])
 def test_refund_refuses_holds_and_debts(core, balance, held, expected):

@@ -102,6 +102,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.status, self.freeze_reason = layout.STATUS_ACTIVE, layout.FREEZE_NONE
         self.refunded = 0
         self.closed_balance = None  # the balance the account was closed with
+        self.closed_power = None    # and its power then
 
     def closed(self):
         return self.status == layout.STATUS_CLOSED
@@ -334,6 +335,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.put_both("STATUS", status)
         self.status = status
         self.closed_balance = self.field("BALANCE") if self.closed() else None
+        self.closed_power = self.field("POWER_ON")   # forced closed: as it was
 
     def force_limits(self, per_tx, daily, no_pin):
         """Write limits directly, out of order too (the school's defaults may change)."""
@@ -416,6 +418,8 @@ class CoreMachine(RuleBasedStateMachine):
             assert result == ("returned", int, codes.OK)
             self.status = layout.STATUS_CLOSED
             self.closed_balance = 0
+            self.closed_power = 0   # a closed room holds no money: its power goes off
+            assert self.field("POWER_ON") == 0
 
     def refund(self):
         balance, held = self.field("BALANCE"), self.field("HELD")
@@ -436,6 +440,8 @@ class CoreMachine(RuleBasedStateMachine):
         self.refunded += balance
         self.status = layout.STATUS_CLOSED
         self.closed_balance = 0
+        self.closed_power = 0   # a refunded room's power went off with the closing
+        assert self.field("POWER_ON") == 0
 
     def edge_close(self):
         """Empty the account (holds released, balance brought to 0), then close it."""
@@ -509,6 +515,7 @@ class CoreMachine(RuleBasedStateMachine):
         if self.closed_balance is not None:
             assert self.field("STATUS") == layout.STATUS_CLOSED
             assert self.field("BALANCE") == self.closed_balance
+            assert self.field("POWER_ON") == self.closed_power   # nothing turns it on again
 
     @invariant()
     def counters_in_range(self):
