@@ -8,6 +8,7 @@ as overdrawn.
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _crosses_school, _decline, _money, account_of
+from switch.ledger.dorm import write_cutoff
 from switch.ledger.standing import overdrawn, record_standing, should_be_listed
 from switch.ledger.standing import standing_record as _standing_record
 from switch.ledger.subsidies import clear_on_close
@@ -133,9 +134,20 @@ def _lapse_subsidy_before(ledger, credential, values, request_type: str, decide)
         clear_on_close(ledger, credential, values["account"], values["id"])
 
 
+def _powered(ledger, account_id: str) -> bool:
+    record = ledger.account(account_id)
+    return record is not None and layout.get(record, layout.POWER_ON) == 1
+
+
 def close_account(ledger, credential, values):
+    account_id = values["account"]
     _lapse_subsidy_before(ledger, credential, values, "close_account", core.close)
-    return _change_standing(ledger, credential, values, "close_account", core.close)
+    powered = _powered(ledger, account_id)
+    reply = _change_standing(ledger, credential, values, "close_account", core.close)
+    if powered and "txn" in reply:
+        # The core turned the power off with the closing; downstream must hear of it.
+        write_cutoff(ledger, credential, account_id, ledger.account(account_id), values["id"])
+    return reply
 
 
 def refund(ledger, credential, values):
@@ -146,6 +158,7 @@ def refund(ledger, credential, values):
     if refusal:
         return refusal
     amount = layout.get(record, layout.BALANCE)   # the student's own money: never the subsidy
+    powered = layout.get(record, layout.POWER_ON) == 1
     code = core.refund(record)
     if code:
         return _decline("refund", code)
@@ -153,6 +166,10 @@ def refund(ledger, credential, values):
     balance, _ = _money(record)
     txn = ledger.append_journal("refund", account_id, layout.school_of(record), -amount,
                                 balance, credential, values["id"])
+    if powered:
+        # The core turned a room's power off with the closing: without the `cutoff` record
+        # downstream utility control would leave the relay on, unbilled, for good.
+        write_cutoff(ledger, credential, account_id, record, values["id"])
     return {"t": "refund", "code": "ok", "txn": txn, "amount": amount, "balance": balance}
 
 

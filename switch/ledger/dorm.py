@@ -171,9 +171,20 @@ def meter(ledger, credential, values):
     txn = ledger.append_journal("meter", account_id, school, -amount, balance, credential,
                                 values["id"], what=values["what"])
     if cutoff:
-        ledger.append_journal("cutoff", account_id, school, 0, balance, credential, values["id"])
-        ledger.emit(PowerCutoff(school, account_id, balance))
+        write_cutoff(ledger, credential, account_id, record, values["id"])
     return {"t": "meter", "code": "ok", "txn": txn, "balance": balance, "cutoff": cutoff}
+
+
+def write_cutoff(ledger, credential, account_id: str, record, ref) -> int:
+    """The `cutoff` record of a room whose power the core has just turned off, right after
+    the record of the request that did it (`ref`, its id): downstream utility control throws
+    the relay on it, and the shell counts it once it is durable."""
+    assert layout.get(record, layout.POWER_ON) == 0, account_id
+    school = layout.school_of(record)
+    balance = layout.get(record, layout.BALANCE)
+    txn = ledger.append_journal("cutoff", account_id, school, 0, balance, credential, ref)
+    ledger.emit(PowerCutoff(school, account_id, balance))
+    return txn
 
 
 # ---------------------------------------------------------------- the room picker

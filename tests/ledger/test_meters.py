@@ -3,6 +3,8 @@ the `restore` a recharge writes."""
 
 import pytest
 
+from switch.core import layout
+from switch.persistence.audit import audit_environment
 from tests.ledger.conftest import BALANCE, CUIK_ROOM, CUIK_STUDENT, ROOM, STUDENT
 
 
@@ -74,6 +76,56 @@ def test_a_closed_room_is_never_metered_below_zero(campus):
     assert reply == {"t": "meter", "code": "account_closed"}
     assert campus.balance(ROOM) == 0
     assert campus.last_txn == last  # no meter, no cutoff record
+
+
+def test_a_refunded_room_has_its_power_cut_with_a_cutoff_in_the_same_commit(campus):
+    """A closed room holds no money, its power stays off (§4.12): the refund that closes a
+    room with its power on writes the `cutoff` downstream throws the relay on, right after
+    the refund record, in the same batch."""
+    campus.send(campus.meter, "meter", account=ROOM, amount=100, what="electric", id="m")
+    assert campus.account(ROOM)["power"] is True
+    reply = campus.ok(campus.admin, "refund", account=ROOM, id="leaving")
+    assert reply == {"t": "refund", "code": "ok", "txn": reply["txn"], "amount": BALANCE - 100,
+                     "balance": 0}
+    cutoff = campus.journal(reply["txn"] + 1)
+    assert (cutoff["kind"], cutoff["account"], cutoff["amount"], cutoff["balance"],
+            cutoff["ref"], cutoff["who"]) == ("cutoff", ROOM, 0, 0, "leaving", "admin")
+    assert campus.last_txn == reply["txn"] + 1
+    room = campus.account(ROOM)
+    assert (room["status"], room["power"], room["balance"]) == ("closed", False, 0)
+    assert campus.cutoffs == []          # told downstream once it is durable
+    campus.commit()
+    assert campus.cutoffs == [("WH", ROOM, 0)]
+    # The replay answers as first, and cuts nothing twice.
+    assert campus.send(campus.admin, "refund", account=ROOM, id="leaving") == {
+        **reply, "replay": True}
+    assert campus.last_txn == reply["txn"] + 1
+    assert campus.code(campus.meter, "meter", account=ROOM, amount=100, what="electric",
+                       id="m2") == "account_closed"
+    report = audit_environment(campus.store.env, campus.store.dbs)
+    assert report.sound and not report.notices, (report.problems, report.notices)
+
+
+def test_a_room_refunded_with_its_power_off_writes_no_second_cutoff(campus):
+    campus.send(campus.meter, "meter", account=ROOM, amount=BALANCE, what="water", id="m")
+    assert campus.journal(campus.last_txn)["kind"] == "cutoff"
+    reply = campus.ok(campus.admin, "refund", account=ROOM)
+    assert (reply["amount"], campus.last_txn) == (0, reply["txn"])
+    assert campus.account(ROOM)["power"] is False
+
+
+def test_a_room_closed_with_its_power_on_is_cut_off_too(campus):
+    """No request leaves a room at 0 with its power on; should books hold one, closing it
+    still turns the power off and says so downstream."""
+    record = campus.ledger.account(ROOM)
+    layout.put(record, layout.BALANCE, 0)   # with the journal's sum: audit is not asked here
+    campus.ledger.save_account(ROOM, record)
+    reply = campus.ok(campus.admin, "close_account", account=ROOM, id="shut")
+    cutoff = campus.journal(reply["txn"] + 1)
+    assert (cutoff["kind"], cutoff["ref"], cutoff["balance"]) == ("cutoff", "shut", 0)
+    assert campus.account(ROOM)["power"] is False
+    campus.commit()
+    assert campus.cutoffs == [("WH", ROOM, 0)]
 
 
 def test_meter_checks_come_in_their_order(campus):

@@ -18,18 +18,20 @@ from tests.ledger.conftest import BALANCE, CARD, STUDENT, World, limits, populat
 
 
 def _books(tmp_path, balance=500, amounts=(1000, -500), gap=False, kinds=None,
-           status=layout.STATUS_ACTIVE):
+           status=layout.STATUS_ACTIVE, refs=None, power_on=0):
     store = open_data_dir(str(tmp_path))
     record = layout.new_account_record("WH", 0, 0, bytes(16), bytes(32), bytes(32))
     layout.put(record, layout.BALANCE, balance)
     layout.put(record, layout.STATUS, status)
+    layout.put(record, layout.POWER_ON, power_on)
     running = previous = 0
     for n, amount in enumerate(amounts, start=1):
         running += amount
         number = n + 1 if gap and n > 1 else n
         store.put("journal", txn_key(number), msgpack.packb(
             {"txn": number, "at": 0, "kind": kinds[n - 1] if kinds else "x", "account": "WH1",
-             "school": "WH", "amount": amount, "balance": running, "prev": previous}))
+             "school": "WH", "amount": amount, "balance": running, "prev": previous,
+             "ref": refs[n - 1] if refs else None}))
         previous = number
     layout.set_history_head(record, previous, len(amounts))
     store.put("accounts", b"WH1", record)
@@ -295,6 +297,38 @@ def test_a_record_after_closing_and_a_closed_account_come_back_are_found(tmp_pat
     assert "txn 2: offline on account WH1 after it was closed at txn 1" in report.problems
     assert "txn 3: freeze on account WH1 after it was closed at txn 1" in report.problems
     assert "account WH1: status frozen after it was closed at txn 1" in report.problems
+
+
+def test_the_cutoff_a_rooms_closing_wrote_right_after_it_passes(tmp_path):
+    _books(tmp_path, balance=0, amounts=(1000, -1000, 0), kinds=("credit", "refund", "cutoff"),
+           refs=("c", "leaving", "leaving"), status=layout.STATUS_CLOSED)
+    report = audit(str(tmp_path))
+    assert report.sound and not report.notices, (report.problems, report.notices)
+
+
+@pytest.mark.parametrize("kinds, refs, txn", [
+    (("credit", "refund", "cutoff", "cutoff"), ("c", "r", "r", "r"), 4),   # a second one
+    (("credit", "refund", "lost", "cutoff"), ("c", "r", "l", "r"), 4),     # not right after
+    (("credit", "close_account", "cutoff", "x"), ("c", "r", "other", "y"), 3),  # another's
+])
+def test_a_cutoff_after_closing_that_the_closing_did_not_write_is_found(tmp_path, kinds, refs,
+                                                                        txn):
+    _books(tmp_path, balance=0, amounts=(0, 0, 0, 0), kinds=kinds, refs=refs,
+           status=layout.STATUS_CLOSED)
+    assert (f"txn {txn}: cutoff on account WH1 after it was closed at txn 2"
+            in _problems(str(tmp_path)))
+
+
+def test_a_closed_room_with_its_power_on_is_a_notice(tmp_path):
+    # What a switch that refunded rooms without cutting their power left: the books are
+    # right, the relay is not.
+    _books(tmp_path, balance=0, amounts=(1000, -1000), kinds=("credit", "refund"),
+           status=layout.STATUS_CLOSED, power_on=1)
+    report = audit(str(tmp_path))
+    assert report.sound, report.problems
+    assert report.notices == ["account WH1: a closed room with its power on (closed by a "
+                              "switch that left it on, and no `cutoff` sent downstream): "
+                              "switch its relay off by hand"]
 
 
 def _subsidy_books(tmp_path, purse: int, batch_remaining: int, record_subsidy: int):
