@@ -76,6 +76,10 @@ INVARIANTS = {
     "offline_once": "an offline record is applied at most once, whenever it is re-uploaded",
     "closed_accounts_empty": "a closed account holds no money, none held and no subsidy",
     "closed_stays_closed": "a closed account stays closed",
+    "closed_rooms_powered_off": "a closed room's power is off (it holds no money)",
+    "power_changes_journaled": "every change of a room's power is journaled in the request "
+                               "that made it (`cutoff`, `restore`): downstream utility "
+                               "control throws the relay on these records alone",
     "lost_time_kept": "an offline tap after the card was reported lost is flagged after_lost",
     "operator_freeze_kept": "an operator's freeze keeps its reason until an unfreeze",
     "identity_guesses_bounded": "reset_pin answers identity_mismatch at most 4 times in a row",
@@ -522,6 +526,9 @@ class Simulation:
             if account in self.pending.closed:
                 self.expect("closed_stays_closed", status == layout.STATUS_CLOSED,
                             f"closed {account} is {layout.STATUS_NAMES[status]} again")
+            if status == layout.STATUS_CLOSED:
+                self.expect("closed_rooms_powered_off", not layout.get(record, layout.POWER_ON),
+                            f"closed {account} has its power on")
             if account in self.pending.operator_frozen:
                 reason = layout.get(record, layout.FREEZE_REASON)
                 self.expect("operator_freeze_kept", reason & layout.FREEZE_OPERATOR,
@@ -534,6 +541,7 @@ class Simulation:
         after = self._accounts()
         moved: dict[str, int] = {}
         moved_subsidy: dict[str, int] = {}
+        power_records: dict[str, list] = {}   # account -> its `cutoff`/`restore` kinds, in order
         running = {account: layout.get(record, layout.BALANCE)
                    for account, record in before.items()}
         running_subsidy = {account: layout.get(record, layout.SUBSIDY)
@@ -562,6 +570,8 @@ class Simulation:
                         == running_subsidy[account],
                         f"txn {txn}: records subsidy {record.get('subsidy')}, running sum "
                         f"{running_subsidy[account]}")
+            if kind in ("cutoff", "restore"):
+                power_records.setdefault(account, []).append(kind)
             if kind == "subsidy_expire":
                 # A lapse answers no request (housekeeping, or before a close or refund): the
                 # model learns it from the journal, and it leaves both purses' sum.
@@ -576,6 +586,12 @@ class Simulation:
             self.expect("journal_equals_balances", now - was == moved_subsidy.get(account, 0),
                         f"{account}: subsidy moved {now - was}, journal "
                         f"{moved_subsidy.get(account, 0)}")
+            was = layout.get(before[account], layout.POWER_ON) if account in before else 0
+            now = layout.get(after[account], layout.POWER_ON) if account in after else 0
+            expected = [] if was == now else ["cutoff"] if was else ["restore"]
+            self.expect("power_changes_journaled", power_records.get(account, []) == expected,
+                        f"{account}: power {was} -> {now}, journal "
+                        f"{power_records.get(account, [])}")
         self._check_accounts(after)
 
     # ------------------------------------------------------------------ requests

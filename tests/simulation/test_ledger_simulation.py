@@ -203,6 +203,25 @@ def _keep_a_failed_requests_settlement_count(monkeypatch):
     monkeypatch.setattr(store_module.Store, "rollback", rollback)
 
 
+def _refund_writes_no_cutoff(monkeypatch):
+    from switch.ledger import card_office
+    monkeypatch.setattr(card_office, "write_cutoff", lambda *args: None)
+
+
+def _refund_leaves_the_power_on(monkeypatch):
+    """The refund of old: the room closed with its power on, and no `cutoff` (the ledger's
+    own check that the core turned the power off, put back too)."""
+    _refund_writes_no_cutoff(monkeypatch)
+    real = core.refund
+
+    def refund(record):
+        powered = layout.get(record, layout.POWER_ON)
+        code = real(record)
+        layout.put(record, layout.POWER_ON, powered)
+        return code
+    monkeypatch.setattr(core, "refund", refund)
+
+
 @pytest.mark.parametrize("break_it, invariants", [
     (_forget_every_id, {"replay_same", "offline_once", "replay_same_through_clock_steps",
                         "offline_once_through_clock_steps"}),
@@ -212,9 +231,12 @@ def _keep_a_failed_requests_settlement_count(monkeypatch):
     (_keep_what_a_failed_request_wrote, {"fault_undone"}),
     (_keep_a_failed_requests_settlement_count, {"fault_undone"}),
     (_subsidy_granted_a_fen_more, {"money_conserved", "journal_equals_balances"}),
+    (_refund_leaves_the_power_on, {"closed_rooms_powered_off", "power_changes_journaled"}),
+    (_refund_writes_no_cutoff, {"power_changes_journaled"}),
 ], ids=["ids forgotten", "failed batch kept", "a fen from nowhere", "failed request kept",
         "failed request's settlement count kept",
-        "a subsidy fen from nowhere"])
+        "a subsidy fen from nowhere", "a refunded room's power left on",
+        "a refunded room's power cut without a cutoff"])
 def test_the_checks_find_a_broken_ledger(tmp_path, template, monkeypatch, break_it, invariants):
     break_it(monkeypatch)
     finding = first_finding(tmp_path, template, checked_invariants(), seeds=20)
