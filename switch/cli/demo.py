@@ -252,7 +252,7 @@ name = "utility"
 address = "127.0.0.1:{utility_port}"
 credential = "switch-utility"
 key_hex = "{keys['utility'].hex()}"
-kinds = ["credit", "meter", "cutoff", "restore"]
+kinds = ["credit", "meter", "cutoff", "restore", "refund"]
 """)
 
 

@@ -1,5 +1,6 @@
 """Reference utility-control receiver: each dorm room's power state from `cutoff`/`restore`,
-its recharges (`credit`) and its meter deductions, written as `rooms.csv` after every frame.
+its recharges (`credit`), its meter deductions and what a `refund` paid out when it was
+closed, written as `rooms.csv` after every frame.
 
 A real power controller would switch the room's relay where `apply` sets `power`.
 
@@ -13,14 +14,15 @@ from collections import OrderedDict
 from switch import limits
 from switch.receivers.base import Receiver, csv_bytes, parser, run_main
 
-WANTED_KINDS = frozenset({"credit", "meter", "cutoff", "restore"})
+WANTED_KINDS = frozenset({"credit", "meter", "cutoff", "restore", "refund"})
 ROOMS_FILE = "rooms.csv"
 
 
 def _new_room(school) -> dict:
     # A new room has no money and so no power (docs/PROTOCOL.md §4.12).
     return {"school": school, "power": "off", "power_txn": 0, "balance_fen": 0,
-            "recharged_fen": 0, "recharges": 0, "metered_fen": 0, "meters": 0}
+            "recharged_fen": 0, "recharges": 0, "metered_fen": 0, "meters": 0,
+            "refunded_fen": 0}
 
 
 class UtilityReceiver(Receiver):
@@ -42,6 +44,8 @@ class UtilityReceiver(Receiver):
             return "a credit adds money"
         if record["kind"] == "meter" and record["amount"] > 0:
             return "a meter takes money"
+        if record["kind"] == "refund" and (record["amount"] > 0 or record["balance"] != 0):
+            return "a refund pays the whole balance out"
         return None
 
     def apply(self, record: dict) -> None:
@@ -53,6 +57,11 @@ class UtilityReceiver(Receiver):
         if room is None:
             if kind == "credit":
                 self._remember_credit(account, record)
+                return
+            if kind == "refund":
+                # A person's, or a room never metered nor powered: closed for good, so no
+                # `restore` will ever claim its waiting credit.
+                self.pending_credits.pop(account, None)
                 return
             room = self.rooms[account] = _new_room(record.get("school"))
             pending = self.pending_credits.pop(account, None)
@@ -70,6 +79,10 @@ class UtilityReceiver(Receiver):
             room["power"], room["power_txn"] = "off", record["txn"]
         elif kind == "restore":
             room["power"], room["power_txn"] = "on", record["txn"]
+        elif kind == "refund":
+            # Its balance went to 0 above: without this the room kept the money it had
+            # before it was paid out. Its power goes off on the `cutoff` that follows.
+            room["refunded_fen"] -= record["amount"]   # paid out: negative on the journal
 
     def _remember_credit(self, account: str, record: dict) -> None:
         self.pending_credits.pop(account, None)
@@ -82,15 +95,17 @@ class UtilityReceiver(Receiver):
 
     def restore(self, data: dict) -> None:
         self.rooms = data["rooms"]
+        for room in self.rooms.values():
+            room.setdefault("refunded_fen", 0)   # a state saved before refunds were taken
         self.pending_credits = OrderedDict((account, credit)
                                            for account, credit in data["pending_credits"])
 
     def outputs(self) -> list[tuple[str, bytes]]:
         header = ["account", "school", "power", "balance_fen", "recharged_fen", "recharges",
-                  "metered_fen", "meters", "power_changed_txn"]
+                  "metered_fen", "meters", "power_changed_txn", "refunded_fen"]
         rows = [[account, room["school"], room["power"], room["balance_fen"],
                  room["recharged_fen"], room["recharges"], room["metered_fen"], room["meters"],
-                 room["power_txn"]]
+                 room["power_txn"], room["refunded_fen"]]
                 for account, room in sorted(self.rooms.items())]
         return [(ROOMS_FILE, csv_bytes(header, rows))]
 

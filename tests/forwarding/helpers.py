@@ -26,7 +26,7 @@ CATCH_UP_TIMEOUT_S = 30.0
 ZONE = ZoneInfo("Asia/Shanghai")
 
 BILLING_KINDS = frozenset({"debit", "qr_debit", "complete", "offline", "reverse"})
-UTILITY_KINDS = frozenset({"credit", "meter", "cutoff", "restore"})
+UTILITY_KINDS = frozenset({"credit", "meter", "cutoff", "restore", "refund"})
 
 
 def free_port() -> int:

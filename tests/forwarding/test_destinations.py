@@ -7,6 +7,7 @@ import pytest
 
 from switch.config import ConfigError
 from switch.config.destinations import JOURNAL_KINDS, parse_destinations
+from switch.receivers.utility import WANTED_KINDS as UTILITY_WANTED_KINDS
 from tests.paths import REPO_ROOT
 
 KEY_HEX = "ab" * 32
@@ -97,4 +98,6 @@ def test_the_example_file_parses(tmp_path):
     billing, utility = parse_destinations(data["destinations"], base_dir=str(tmp_path))
     assert (billing.name, billing.port, utility.name, utility.port) == \
         ("billing", 7101, "utility", 7102)
-    assert utility.kinds == frozenset({"credit", "meter", "cutoff", "restore"})
+    # What the reference utility receiver takes, a room's refund included.
+    assert utility.kinds == frozenset({"credit", "meter", "cutoff", "restore", "refund"})
+    assert utility.kinds == UTILITY_WANTED_KINDS

@@ -138,6 +138,10 @@ UTILITY_CASES = [
     ("a credit that takes money", [room(1, "credit", amount=-500)], False),
     ("a cutoff that moves money", [room(1, "cutoff", amount=-1)], False),
     ("a restore", [room(1, "restore")], True),
+    ("a refund of a room", [room(1), room(2, "refund", amount=-470, balance=0)], True),
+    ("a refund that gives money", [room(1), room(2, "refund", amount=1, balance=0)], False),
+    ("a refund that leaves money", [room(1), room(2, "refund", amount=-400, balance=70)],
+     False),
     ("at past its maximum", [room(1, at=TIME_MAX + 1)], False),
     ("balance past its bound", [room(1, balance=FEN_MAX + 1)], False),
     ("account a list", [room(1, account=["WH-D1-101"])], False),
@@ -151,9 +155,46 @@ async def test_utility_checks_every_field_before_applying(tmp_path, what, record
     receiver = UtilityReceiver(str(tmp_path / "u"), {WHO: KEY})
     reply = await receiver.handle_records(frame(records))
     if applied:
-        assert reply["code"] == "ok" and receiver.position == 1 and receiver.rooms
+        assert reply["code"] == "ok" and receiver.position == records[-1]["txn"]
+        assert receiver.rooms
     else:
         assert refused(reply) and receiver.position == 0 and receiver.rooms == {}
+
+
+async def test_utility_takes_a_rooms_refund_to_zero_and_its_power_off_on_the_cutoff(tmp_path):
+    """A room refunded (closed) with power on: its `refund` then the `cutoff` the same request
+    wrote (docs/PROTOCOL.md §4.12). The room kept its old balance before refunds were taken."""
+    receiver = UtilityReceiver(str(tmp_path / "u"), {WHO: KEY})
+    records = [room(1, "credit", balance=500), room(2, "restore", balance=500, ref="r-1"),
+               room(3, balance=470),
+               room(4, "refund", amount=-470, balance=0, who="admin", ref="leaving"),
+               room(5, "cutoff", balance=0, who="admin", ref="leaving")]
+    assert (await receiver.handle_records(frame(records)))["upto"] == 5
+    with open(tmp_path / "u" / "rooms.csv", newline="") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert {name: row[name] for name in ("power", "balance_fen", "recharged_fen", "metered_fen",
+                                         "refunded_fen", "power_changed_txn")} == {
+        "power": "off", "balance_fen": "0", "recharged_fen": "500", "metered_fen": "30",
+        "refunded_fen": "470", "power_changed_txn": "5"}
+
+
+async def test_utility_leaves_a_persons_refund_out_and_forgets_its_waiting_credit(tmp_path):
+    receiver = UtilityReceiver(str(tmp_path / "u"), {WHO: KEY})
+    person = {"account": "WH20230001", "who": "admin"}
+    records = [room(1, "credit", balance=500, **person),
+               room(2, "refund", amount=-500, balance=0, **person)]
+    assert (await receiver.handle_records(frame(records)))["upto"] == 2
+    assert receiver.rooms == {} and not receiver.pending_credits
+
+
+async def test_utility_state_saved_before_refunds_were_taken_still_loads(tmp_path):
+    receiver = UtilityReceiver(str(tmp_path / "u"), {WHO: KEY})
+    assert (await receiver.handle_records(frame([room(1)])))["upto"] == 1
+    saved = receiver.snapshot()
+    del saved["rooms"]["WH-D1-101"]["refunded_fen"]
+    receiver.restore(json.loads(json.dumps(saved)))
+    assert receiver.rooms["WH-D1-101"]["refunded_fen"] == 0
+    assert dict(receiver.outputs())["rooms.csv"].splitlines()[0].endswith(b",refunded_fen")
 
 
 async def test_a_to_beyond_what_the_switch_sends_does_not_swallow_later_records(tmp_path):
