@@ -1,10 +1,11 @@
 """Hot water holds (水控) and dorm utility meters (电控/水控).
 
 A hold reserves money on a card or QR code for one shower; `complete` takes
-what the controller metered and releases the rest; the switch expires holds
-nobody completes. Meters deduct from a room's utility account unconditionally
-and cut the power when it runs dry; a recharge that brings it back above zero
-restores it (see handlers.credit).
+what the controller metered and releases the rest (an account it leaves below
+zero is frozen as overdrawn); the switch expires holds nobody completes. Meters
+deduct from a room's utility account unconditionally and cut the power when it
+runs dry; a recharge that brings it back above zero restores it (see
+handlers.credit).
 """
 
 import msgpack
@@ -16,6 +17,7 @@ from switch.ledger.effects import PowerCutoff
 from switch.ledger.payment_path import pay
 from switch.ledger.payments import check_qr
 from switch.ledger.purses import purse, spent, with_subsidy
+from switch.ledger.standing import freeze_if_overdrawn
 
 
 _pack = msgpack.Packer(use_bin_type=True).pack
@@ -106,6 +108,10 @@ def complete(ledger, credential, values):
                                 values["id"], hold=values["hold"],
                                 **spent(ledger, account_id, subsidy_before, record))
     ledger.count_for_settlement(credential.who, school, now_ms, amount)
+    # Offline taps may have taken the held money meanwhile (they pass the available
+    # balance, docs/PROTOCOL.md §4.10): the metered amount is taken all the same, and an
+    # account it leaves below zero is frozen as overdrawn, as after an offline record.
+    freeze_if_overdrawn(ledger, credential, account_id, record, values["id"])
     return with_subsidy({"t": "complete", "code": "ok", "txn": txn, "balance": balance,
                          "available": available}, record)
 

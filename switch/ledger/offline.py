@@ -13,7 +13,7 @@ import msgpack
 from switch import core, limits
 from switch.ledger import idempotency, schema
 from switch.ledger.effects import ClosedAccountTap
-from switch.ledger.standing import record_standing
+from switch.ledger.standing import freeze_if_overdrawn
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
 from switch.ledger.payment_path import count_offline_meal
@@ -116,9 +116,7 @@ def _decide(ledger, credential, record_id, item) -> dict:
     txn = ledger.append_journal("offline", account_id, school.code, -amount, balance, credential,
                                 record_id, **extra)
     ledger.count_for_settlement(credential.who, school, at_ms, amount)
-    if core.freeze_overdrawn(record):
-        record_standing(ledger, credential, "freeze", account_id, record, was_overdrawn=False,
-                        ref=record_id, reason="overdrawn")
+    freeze_if_overdrawn(ledger, credential, account_id, record, record_id)
     result = _result(record_id, codes.OK, txn=txn, balance=balance)
     if flag:
         result["flag"] = flag

@@ -2,6 +2,7 @@
 and the journal record of a change of standing the core made (card office, offline
 uploads and recharges all write theirs through here)."""
 
+from switch import core
 from switch.core import layout
 
 
@@ -42,3 +43,12 @@ def record_standing(ledger, credential, kind, account_id, record, *, was_overdra
     if was_overdrawn != overdrawn(record):
         _set_listing_for_account(ledger, account_id, record)
     return txn
+
+
+def freeze_if_overdrawn(ledger, credential, account_id, record, ref) -> None:
+    """After a payment that may pass the available balance (an offline record, a `complete`
+    of a hold offline taps took from): an account now below zero is frozen as overdrawn, a
+    `freeze` record written and its cards listed (docs/PROTOCOL.md §4.10)."""
+    if core.freeze_overdrawn(record):
+        record_standing(ledger, credential, "freeze", account_id, record, was_overdrawn=False,
+                        ref=ref, reason="overdrawn")

@@ -184,6 +184,28 @@ class World:
     def blacklisted(self, school: str, card: str) -> bool:
         return self.ledger.blacklist.contains(school, card)
 
+    def expect_overdrawn_freeze(self, txn: int, ref, who: str, account: str = STUDENT,
+                                card: str = CARD, school: str = "WH") -> None:
+        """Record `txn` froze `account` as overdrawn (docs/PROTOCOL.md §4.10): the account is
+        frozen, its card listed while its own state stays active."""
+        freeze = self.journal(txn)
+        assert (freeze["kind"], freeze["reason"], freeze["ref"], freeze["who"],
+                freeze["amount"]) == ("freeze", "overdrawn", ref, who, 0)
+        state = self.account(account)
+        assert state["status"] == "frozen"
+        assert state["cards"] == [{"card": card, "state": "active"}]
+        assert self.blacklisted(school, card)
+
+    def expect_repaid(self, credit: dict, account: str = STUDENT, card: str = CARD,
+                      school: str = "WH") -> None:
+        """`credit` paid an overdraw back: an `unfreeze` record (reason "repaid") right after
+        it, the account active again and its card off the list."""
+        unfreeze = self.journal(credit["txn"] + 1)
+        assert (unfreeze["kind"], unfreeze["reason"], unfreeze["amount"]) == (
+            "unfreeze", "repaid", 0)
+        assert self.account(account)["status"] == "active"
+        assert not self.blacklisted(school, card)
+
     # ------------------------------------------------------------------ the shell's part
     def commit(self) -> None:
         """What the committer does for the open batch: one LMDB transaction, then the

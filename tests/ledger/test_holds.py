@@ -146,3 +146,68 @@ def test_completes_checks_come_in_their_order(campus, held):
     campus.clock.ms = held["expires"]
     assert campus.send(campus.water, "complete", hold=held["hold"], amount=9_999, id=4) == {
         "t": "complete", "code": "hold_expired"}
+
+
+# ------------------------------------------------------------------ a complete that overdraws
+def _overdraw_by_complete(campus, taken_offline: int) -> dict:
+    """Hold the whole balance, let an offline tap take `taken_offline` of it past the hold
+    (docs/PROTOCOL.md §4.10), then complete the hold in full: the balance ends below zero."""
+    held = campus.ok(campus.water, "hold", card=CARD, amount=BALANCE, pin=PIN)
+    [tapped] = campus.send(campus.pos, "offline", records=[
+        {"id": "tap", "card": CARD, "amount": taken_offline,
+         "at": campus.clock.now_ms()}])["results"]
+    assert (tapped["code"], tapped["balance"]) == ("ok", BALANCE - taken_offline)
+    assert campus.account(STUDENT)["status"] == "active"   # the balance is not below zero
+    return held, campus.send(campus.water, "complete", hold=held["hold"], amount=BALANCE,
+                             id="overdraw")
+
+
+def test_a_complete_that_leaves_the_balance_below_zero_freezes_it_as_overdrawn(campus):
+    pushes = len(campus.pushes)
+    held, reply = _overdraw_by_complete(campus, 900)
+    assert (reply["code"], reply["balance"], reply["available"]) == ("ok", -900, -900)
+    campus.expect_overdrawn_freeze(reply["txn"] + 1, "overdraw", "WH-WATER-1")
+    assert campus.journal(reply["txn"] + 1)["balance"] == -900
+    campus.commit()
+    assert campus.pushes[pushes:] == [("WH", {"t": "blacklist", "version": 1, "add": [CARD],
+                                              "remove": []})]
+    assert campus.code(campus.pos, "debit", card=CARD, amount=1, id="after") == (
+        "account_frozen")
+    # A resent complete replays its reply and freezes nothing twice.
+    last = campus.last_txn
+    assert campus.send(campus.water, "complete", hold=held["hold"], amount=BALANCE,
+                       id="overdraw") == {**reply, "replay": True}
+    assert campus.last_txn == last
+
+
+def test_a_complete_overdraw_is_lifted_by_the_credit_that_repays_it(campus):
+    _overdraw_by_complete(campus, 900)
+    campus.credit(STUDENT, 899)   # still below zero: still frozen and listed
+    assert campus.account(STUDENT)["status"] == "frozen"
+    assert campus.blacklisted("WH", CARD)
+    campus.expect_repaid(campus.credit(STUDENT, 1))
+    assert campus.code(campus.pos, "debit", card=CARD, amount=1, id="after") == (
+        "insufficient_funds")   # active again, with nothing to spend
+
+
+def test_a_complete_overdraw_stands_beside_an_operators_freeze(campus):
+    held = campus.ok(campus.water, "hold", card=CARD, amount=BALANCE, pin=PIN)
+    campus.ok(campus.admin, "freeze", account=STUDENT, reason="investigation")
+    campus.send(campus.pos, "offline", records=[
+        {"id": "tap", "card": CARD, "amount": 300, "at": campus.clock.now_ms()}])
+    campus.ok(campus.water, "complete", hold=held["hold"], amount=BALANCE)
+    assert campus.blacklisted("WH", CARD)
+    campus.credit(STUDENT, 300)   # the overdraw is paid back: the operator's freeze stays
+    assert campus.account(STUDENT)["status"] == "frozen"
+    assert not campus.blacklisted("WH", CARD)
+
+
+def test_a_complete_that_ends_at_zero_or_above_freezes_nothing(campus):
+    held = campus.ok(campus.water, "hold", card=CARD, amount=BALANCE, pin=PIN)
+    campus.send(campus.pos, "offline", records=[
+        {"id": "tap", "card": CARD, "amount": 900, "at": campus.clock.now_ms()}])
+    reply = campus.ok(campus.water, "complete", hold=held["hold"], amount=BALANCE - 900)
+    assert reply["balance"] == 0
+    assert campus.last_txn == reply["txn"]
+    assert campus.account(STUDENT)["status"] == "active"
+    assert not campus.blacklisted("WH", CARD)

@@ -44,13 +44,7 @@ def test_an_account_driven_below_zero_is_frozen_as_overdrawn_and_its_cards_liste
     pushes = len(campus.pushes)
     [first, second] = upload(campus, tap(campus, "a", BALANCE), tap(campus, "b", 1))
     assert (first["balance"], second["balance"]) == (0, -1)
-    freeze = campus.journal(second["txn"] + 1)
-    assert (freeze["kind"], freeze["reason"], freeze["ref"], freeze["who"]) == (
-        "freeze", "overdrawn", "b", "WH-POS-1")
-    state = campus.account(STUDENT)
-    assert state["status"] == "frozen"
-    assert state["cards"] == [{"card": CARD, "state": "active"}]
-    assert campus.blacklisted("WH", CARD)
+    campus.expect_overdrawn_freeze(second["txn"] + 1, "b", "WH-POS-1")
     campus.commit()
     assert campus.pushes[pushes:] == [("WH", {"t": "blacklist", "version": 1, "add": [CARD],
                                               "remove": []})]
