@@ -28,7 +28,8 @@ Interface (see `reference.py` for the normative docstrings):
   Standing (an OK that was already so leaves the record's bytes unchanged; closed is for
   good: every change on a closed account is ACCOUNT_CLOSED or changes nothing):
     freeze(account) -> code                (the card office's; closed: ACCOUNT_CLOSED)
-    freeze_overdrawn(account) -> bool      (True when a balance below zero froze it now)
+    freeze_overdrawn(account) -> bool      (True when a balance below zero froze it now:
+                                             after an offline record or a complete)
     unfreeze(account) -> code              (the operator's freeze, else the overdrawn one)
     unlock(account) -> code
     close(account) -> code                 (NOT_EMPTY while balance or held is not 0; the

@@ -619,9 +619,10 @@ def freeze(account):
 
 
 def freeze_overdrawn(account):
-    """After an offline tap: freeze a balance below zero as overdrawn, beside an operator's
-    freeze if there is one; never a closed account. True when this froze it."""
+    """After an offline tap or a `complete`: freeze a balance below zero as overdrawn, beside
+    an operator's freeze if there is one; never a closed account. True when this froze it."""
     cdef AccountRecord* record = _record(account)
+    # The balance alone, not balance + subsidy - held: why in reference.py.
     if (record.status != STATUS_CLOSED and record.balance < 0
             and not record.freeze_reason & FREEZE_OVERDRAWN):
         _set_freeze_reason(record, record.freeze_reason | FREEZE_OVERDRAWN)

@@ -354,9 +354,18 @@ def freeze(account):
 
 
 def freeze_overdrawn(account):
-    """After an offline tap: freeze a balance below zero as overdrawn, beside an operator's
-    freeze if there is one; never a closed account. True when this froze it."""
+    """After an offline tap or a `complete`: freeze a balance below zero as overdrawn, beside
+    an operator's freeze if there is one; never a closed account. True when this froze it."""
     _check_record(account)
+    # The balance, not what the account can spend (balance + subsidy - held): the spec says
+    # "an account below zero" and ends the freeze with "a credit that brings the balance back
+    # to 0 or above" (docs/PROTOCOL.md §4.10, §4.15), naming `available` where it means it. A
+    # hold is money reserved, not owed: voided or expired, nothing is owed, yet a freeze on
+    # what it reserved would stand until a recharge, and the first fen of one would end it
+    # while the hold still stood. The subsidy purse pays no debt back (no cash, §4.17). So a
+    # tap that takes held money freezes nothing yet; the `complete` that then takes the
+    # balance below zero does, and until it the debt is bounded by the hold (online payments
+    # are refused for want of funds, and the next offline tap past the balance freezes).
     reason = layout.get(account, layout.FREEZE_REASON)
     if (not _closed(account) and layout.get(account, layout.BALANCE) < 0
             and not reason & layout.FREEZE_OVERDRAWN):

@@ -795,6 +795,20 @@ def test_freeze_overdrawn_below_zero(core, status):
     assert bytes(account) == before
 
 
+def test_freeze_overdrawn_looks_at_the_balance_not_what_can_be_spent(core):
+    """A hold is reserved money, not a debt, and the subsidy pays no debt back: only the
+    balance below zero freezes (docs/PROTOCOL.md §4.10)."""
+    held_past_the_balance = make_account(100, held=1_000)   # an offline tap took held money
+    assert_unchanged(lambda record: core.freeze_overdrawn(record), held_past_the_balance, False)
+    core.complete_hold(held_past_the_balance, 1_000, 1_000, DAY)
+    assert get(held_past_the_balance, layout.BALANCE) == -900
+    assert core.freeze_overdrawn(held_past_the_balance) is True
+    assert get(held_past_the_balance, layout.STATUS) == layout.STATUS_FROZEN
+    with_subsidy = make_account(-1)
+    layout.put(with_subsidy, layout.SUBSIDY, 500)
+    assert core.freeze_overdrawn(with_subsidy) is True
+
+
 def test_freeze_overdrawn_never_reopens_a_closed_account(core):
     account = make_account(-1, status=layout.STATUS_CLOSED)
     assert_unchanged(lambda record: core.freeze_overdrawn(record), account, False)
