@@ -326,14 +326,21 @@ def _active_card(sim, rng, school: str):
     return card, sim.pending.cards[card][0]
 
 
+def _scene(sim, rng, *kinds):
+    """(card, account, credential ids of `kinds`) in a school chosen by `rng`: an active
+    card, and that school's terminals or service of each kind; None when it has no card."""
+    school = rng.choice(SCHOOLS)
+    credentials = [CREDENTIALS[f"{kind}-{school}"][0] for kind in kinds]
+    chosen = _active_card(sim, rng, school)
+    return None if chosen is None else (*chosen, *credentials)
+
+
 def _empty_then_close(sim, rng):
     """A till takes everything an account has, the office closes it, the till reverses."""
-    school = rng.choice(SCHOOLS)
-    till = CREDENTIALS[f"pos-{school}"][0]
-    chosen = _active_card(sim, rng, school)
-    if chosen is None:
+    scene = _scene(sim, rng, "pos")
+    if scene is None:
         return
-    card, account = chosen
+    card, account, till = scene
     amount = available(sim, account)
     debit_id = sim.fresh_id(till)
     sim.request(till, {"t": "debit", "card": card, "amount": max(amount, 1), "id": debit_id,
@@ -345,12 +352,10 @@ def _empty_then_close(sim, rng):
 def _night_upload(sim, rng):
     """Late in the evening an account pays near its daily limit, a till uploads a tap stamped
     a few minutes after midnight (its clock runs ahead), and the account pays again today."""
-    school = rng.choice(SCHOOLS)
-    till, service = CREDENTIALS[f"pos-{school}"][0], CREDENTIALS[f"service-{school}"][0]
-    chosen = _active_card(sim, rng, school)
-    if chosen is None:
+    scene = _scene(sim, rng, "pos", "service")
+    if scene is None:
         return
-    card, account = chosen
+    card, account, till, service = scene
     pin = sim.pending.pins.get(account, ID_LAST6)
     daily = rng.randint(1_000, 6_000)
     sim.advance_to(sim.before_midnight_ms())
@@ -363,6 +368,29 @@ def _night_upload(sim, rng):
                                                     "amount": rng.randint(1, 200), "at": at}]})
     sim.request(till, {"t": "debit", "card": card, "amount": rng.randint(daily // 2, daily),
                        "pin": pin, "id": sim.fresh_id(till)})
+
+
+def _shower_past_an_offline_tap(sim, rng):
+    """A shower holds what an account has, a till that was offline uploads a tap that took
+    some of the held money meanwhile (docs/PROTOCOL.md §4.10), and the shower completes in
+    full: the balance may end below zero."""
+    scene = _scene(sim, rng, "water", "pos")
+    if scene is None:
+        return
+    card, account, water, till = scene
+    amount = available(sim, account)
+    if amount < 1:
+        return
+    hold = sim.request(water, {"t": "hold", "card": card, "amount": amount,
+                               "pin": sim.pending.pins.get(account, ID_LAST6),
+                               "id": sim.fresh_id(water)})
+    if hold.get("code") != "ok":
+        return
+    sim.request(till, {"t": "offline", "records": [{
+        "id": sim.fresh_id(till), "card": card, "amount": rng.randint(1, amount),
+        "at": sim.true_ms - rng.randint(0, 600_000)}]})
+    sim.request(water, {"t": "complete", "hold": hold["hold"], "amount": amount,
+                        "id": sim.fresh_id(water)})
 
 
 def _late_reupload(sim, rng):
@@ -436,4 +464,11 @@ GENERATORS = {
     "empty then close": Generator(0.3, _empty_then_close),
     "night upload": Generator(0.3, _night_upload),
     "late re-upload": Generator(1, _late_reupload),
+}
+
+# Scenarios the CI seeds leave out, run by tests of their own: a new entry in GENERATORS
+# changes what every seed draws, and some defects put back are found at one seed in hundreds
+# (b at seed 297 of 300 when this was written).
+EXTRA_SCENARIOS = {
+    "shower past an offline tap": Generator(3, _shower_past_an_offline_tap),
 }

@@ -82,6 +82,9 @@ INVARIANTS = {
                                "control throws the relay on these records alone",
     "lost_time_kept": "an offline tap after the card was reported lost is flagged after_lost",
     "operator_freeze_kept": "an operator's freeze keeps its reason until an unfreeze",
+    "overdraw_frozen": "no person account is below zero without being frozen as overdrawn, "
+                       "but one an `unfreeze` lifted that freeze of (v1), until an offline "
+                       "record or a `complete` leaves it below zero again",
     "identity_guesses_bounded": "reset_pin answers identity_mismatch at most 4 times in a row",
     "secrets_not_at_rest": "no credential key or QR secret is stored in the clear",
     "daily_limit_holds": "online payments (debit, qr_debit) of a local day, less their "
@@ -166,6 +169,7 @@ class Model:
     pins: dict = field(default_factory=dict)               # account -> PIN
     closed: set = field(default_factory=set)
     operator_frozen: set = field(default_factory=set)
+    unfrozen_in_debt: set = field(default_factory=set)     # see `overdraw_frozen`
     guesses: dict = field(default_factory=dict)            # account -> wrong IDs in a row
     qr_secrets: dict = field(default_factory=dict)         # account -> secret
     secrets: list = field(default_factory=list)            # keys and QR secrets handed out
@@ -529,6 +533,14 @@ class Simulation:
             if status == layout.STATUS_CLOSED:
                 self.expect("closed_rooms_powered_off", not layout.get(record, layout.POWER_ON),
                             f"closed {account} has its power on")
+            if (balance < 0 and status != layout.STATUS_CLOSED
+                    and layout.get(record, layout.KIND) == layout.KIND_PERSON):
+                # A room's meter takes it below zero by design (its power is cut instead).
+                self.expect("overdraw_frozen",
+                            layout.get(record, layout.FREEZE_REASON) & layout.FREEZE_OVERDRAWN
+                            or account in self.pending.unfrozen_in_debt,
+                            f"{account} has balance {balance} and is "
+                            f"{layout.STATUS_NAMES[status]}, not frozen as overdrawn")
             if account in self.pending.operator_frozen:
                 reason = layout.get(record, layout.FREEZE_REASON)
                 self.expect("operator_freeze_kept", reason & layout.FREEZE_OPERATOR,
@@ -785,6 +797,8 @@ class Simulation:
             account, amount, at_ms = model.cards[item["card"]][0], item["amount"], item["at"]
             model.money -= amount
             model.txns[result["txn"]] = ("offline", account, -amount)
+            if result["balance"] < 0:     # frozen as overdrawn now, an unfreeze or not
+                model.unfrozen_in_debt.discard(account)
             state, lost_at = model.cards[item["card"]][1:]
             if lost_at is not None and at_ms > lost_at:
                 self.expect("lost_time_kept", result.get("flag") == "after_lost",
@@ -802,6 +816,8 @@ def _learn_payment(sim, model, who, message, reply, pre) -> None:
         account = message["account"] if t == "meter" else reply["account"]
     model.money -= amount
     model.txns[reply["txn"]] = (t, account, -amount)
+    if t == "complete" and reply["balance"] < 0:   # frozen as overdrawn now
+        model.unfrozen_in_debt.discard(account)
     school = sim.ledger.school(sim.ledger.account(account))
     day = school.days.day_of(sim.clock.now_ms())
     model.payments[(who, _hashable(message["id"]))] = (t, account, amount, day)
@@ -872,6 +888,11 @@ def _learn_standing(sim, model, who, message, reply, pre) -> None:
         model.operator_frozen.add(account)
     elif t == "unfreeze":
         model.operator_frozen.discard(account)
+        record = sim.ledger.account(account)
+        # v1 lets the card office lift an overdrawn freeze below zero (docs/PROTOCOL.md §4.15).
+        if (layout.get(record, layout.BALANCE) < 0
+                and not layout.get(record, layout.FREEZE_REASON) & layout.FREEZE_OVERDRAWN):
+            model.unfrozen_in_debt.add(account)
     elif t == "unlock":
         model.guesses[account] = 0
     elif t == "open_account":

@@ -8,15 +8,17 @@ import pytest
 
 from switch import core, limits
 from switch.core import layout
-from switch.ledger import dispatch, idempotency, offline
+from switch.ledger import dispatch, dorm, idempotency, offline
 from switch.ledger.state import Ledger
 from tests.simulation import ledger_sim
 from tests.simulation.campus import make_template
+from tests.simulation.generators import EXTRA_SCENARIOS
 from tests.simulation.ledger_sim import DEFECTS, KNOWN_OPEN, checked_invariants, run_seed
 
 CI_SEEDS = 200          # 250 steps each
 SEARCH_SEEDS = 300      # how far a test looks for the first seed that finds a defect
 PLAIN_PASS_FAULT_SEEDS = 60   # enough for faults at several writes of the plain-debit pass
+EXTRA_SCENARIO_SEEDS = 60
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,14 @@ def test_no_invariant_breaks_over_the_ci_seeds(tmp_path, template):
         if finding is not None:
             findings.append(finding)
     assert not findings, "\n".join(finding.summary() for finding in findings[:3])
+
+
+def test_the_extra_scenarios_keep_every_invariant(tmp_path, template, monkeypatch):
+    with_extra_scenarios(monkeypatch)
+    checked = checked_invariants()
+    for seed in range(EXTRA_SCENARIO_SEEDS):
+        finding = run_seed(seed, str(tmp_path), template, checked)
+        assert finding is None, finding.summary()
 
 
 # Seeds past the CI range that once broke an invariant through a fault of the simulation's
@@ -138,7 +148,23 @@ def _no_identity_lock(monkeypatch):
     return {}
 
 
-# Defects fixed on main, put back the way they were, and the invariant that must find each.
+def with_extra_scenarios(monkeypatch) -> None:
+    """Draw the scenarios of generators.EXTRA_SCENARIOS too, beside every other request."""
+    for name, generator in EXTRA_SCENARIOS.items():
+        monkeypatch.setattr(ledger_sim, "GENERATOR_NAMES", [*ledger_sim.GENERATOR_NAMES, name])
+        monkeypatch.setattr(ledger_sim, "GENERATOR_WEIGHTS",
+                            [*ledger_sim.GENERATOR_WEIGHTS, generator.weight])
+        monkeypatch.setitem(ledger_sim.GENERATORS, name, generator)
+
+
+def _complete_freezes_no_overdraw(monkeypatch):
+    with_extra_scenarios(monkeypatch)    # a shower whose held money an offline tap took
+    monkeypatch.setattr(dorm, "freeze_if_overdrawn", lambda *args: None)
+    return {}
+
+
+# Defects fixed on main, put back the way they were, and the invariant that must find each
+# (by the reliability issue's letter, or by what the defect did).
 REINTRODUCED = {
     "a": (_reversal_refills_a_closed_account, {"closed_accounts_empty"}),
     "b": (_retention_no_longer_than_the_window, {"offline_once"}),
@@ -148,6 +174,7 @@ REINTRODUCED = {
     "g": (_tomorrows_tap_moves_the_spending_day, {"daily_limit_holds"}),
     "h": (_the_plain_wall_clock, {f"{name}_through_clock_steps"
                                   for name in ledger_sim.CLOCK_STEP_VARIANTS}),
+    "complete overdraws unfrozen": (_complete_freezes_no_overdraw, {"overdraw_frozen"}),
 }
 
 
