@@ -1,6 +1,6 @@
 """An account's standing as the blacklist and the journal see it: which cards are listed,
 and the journal record of a change of standing the core made (card office, offline
-uploads and recharges all write theirs through here)."""
+uploads, holds' `complete` and recharges all write theirs through here)."""
 
 from switch import core
 from switch.core import layout

@@ -149,9 +149,10 @@ def test_completes_checks_come_in_their_order(campus, held):
 
 
 # ------------------------------------------------------------------ a complete that overdraws
-def _overdraw_by_complete(campus, taken_offline: int) -> dict:
+def _overdraw_by_complete(campus, taken_offline: int) -> tuple[dict, dict]:
     """Hold the whole balance, let an offline tap take `taken_offline` of it past the hold
-    (docs/PROTOCOL.md §4.10), then complete the hold in full: the balance ends below zero."""
+    (docs/PROTOCOL.md §4.10), then complete the hold in full: the balance ends below zero.
+    Returns the hold's reply and the complete's."""
     held = campus.ok(campus.water, "hold", card=CARD, amount=BALANCE, pin=PIN)
     [tapped] = campus.send(campus.pos, "offline", records=[
         {"id": "tap", "card": CARD, "amount": taken_offline,
