@@ -13,28 +13,49 @@ from switch.ledger.purses import purse
 from switch.persistence.keys import subsidy_grant_key, term_day, term_day_name
 
 
-def _lapse(ledger, account_id: str, record, batch: str, state: dict, credential, ref) -> int:
-    """Clear what is left of one batch with a `subsidy_expire` record; its txn."""
-    remaining = state["remaining"]
-    core.expire_subsidy(record, remaining)
+def _lapse(ledger, account_id: str, record, batch: str, state: dict, credential, ref,
+           amount: int | None = None) -> int:
+    """Clear `amount` (default: all that is left) of one batch with a `subsidy_expire`
+    record; its txn."""
+    if amount is None:
+        amount = state["remaining"]
+    core.expire_subsidy(record, amount)
     ledger.save_account(account_id, record)
-    state["remaining"] = 0
+    state["remaining"] -= amount
     ledger.subsidy_batches.save(account_id, batch, state)
     balance, _ = _money(record)
     return ledger.append_journal("subsidy_expire", account_id, layout.school_of(record),
-                                 -remaining, balance, credential, ref, from_subsidy=remaining,
+                                 -amount, balance, credential, ref, from_subsidy=amount,
                                  subsidy=purse(record), batch=batch)
 
 
+def held_beyond_balance(record) -> int:
+    """The part of the purse open holds stand on: what they reserve beyond the balance.
+    A hold is accepted against balance + subsidy; if that subsidy lapsed under it, its
+    `complete` would take the student's balance below zero (a shower reserved at 23:58 on
+    the term's last day, completed after midnight)."""
+    return max(0, layout.get(record, layout.HELD) - max(0, layout.get(record, layout.BALANCE)))
+
+
 def expire_due_subsidies(ledger) -> int:
-    """Clear every batch whose term has ended (housekeeping). Returns how many."""
+    """Clear every batch whose term has ended (housekeeping). Returns how many records.
+
+    What open holds stand on is kept (`held_beyond_balance`) and lapses at a later pass,
+    once they are completed (which spends it first: its batch lapses first), voided or
+    expired (`hold_timeout_s`); the rest lapses now. Kept, it is not spendable: the holds
+    reserve it. A batch kept whole is visited again each pass meanwhile, among the first
+    `subsidies_expired_per_pass_max` due."""
     expired = 0
     for account_id, batch in ledger.subsidy_batches.due(ledger.now_ms(),
                                                         limits.subsidies_expired_per_pass_max):
         state = ledger.subsidy_batches.get(account_id, batch)
         if state is None or state["remaining"] == 0:   # spent or cleared in the overlay
             continue
-        _lapse(ledger, account_id, ledger.account(account_id), batch, state, None, None)
+        record = ledger.account(account_id)
+        lapsing = min(state["remaining"], purse(record) - held_beyond_balance(record))
+        if lapsing <= 0:
+            continue
+        _lapse(ledger, account_id, record, batch, state, None, None, lapsing)
         expired += 1
     return expired
 

@@ -212,6 +212,55 @@ def test_audit_is_sound_after_subsidies_are_issued_spent_and_reversed(term):
     assert _sound(term)
 
 
+def _shower_over_the_terms_end(world, hold_fen):
+    """Balance 100 fen (an offline tap took the rest, before the subsidy), a batch of 500
+    whose term ends on the 20th, and a shower held at 23:58 that day for `hold_fen`."""
+    world.send(world.pos, "offline", records=[
+        {"id": "o1", "card": CARD, "amount": BALANCE - 100, "at": world.clock.now_ms()}])
+    _issue(world, 500, batch="early", expires="2026-11-20")
+    world.set_local_time("2026-11-20T23:58:00")
+    hold = world.ok(world.water, "hold", card=CARD, amount=hold_fen)
+    world.commit()
+    world.set_local_time("2026-11-21T00:00:01")
+    return hold
+
+
+def test_a_batch_open_holds_stand_on_lapses_after_them_not_under_them(term):
+    # The hold reserved 100 of the balance and all 500 of the subsidy. Had the batch lapsed
+    # at midnight, its complete would have taken the balance to -500.
+    hold = _shower_over_the_terms_end(term, 600)
+    before = term.last_txn
+    tick(term.ledger)
+    assert term.last_txn == before                      # all of it kept for the hold
+    account = term.account(STUDENT)
+    assert (account["balance"], account["subsidy"], account["available"]) == (100, 500, 0)
+    assert term.code(term.pos, "debit", card=CARD, amount=1, id="d") == "insufficient_funds"
+    done = term.ok(term.water, "complete", hold=hold["hold"], amount=600)
+    assert (done["balance"], term.journal(done["txn"])["from_subsidy"]) == (0, 500)
+    term.commit()
+    tick(term.ledger)
+    assert term.last_txn == before + 1                  # the complete; nothing left to lapse
+    assert term.ledger.subsidy_batches.get(STUDENT, "early") is None
+    assert _sound(term)
+
+
+def test_what_a_hold_does_not_stand_on_lapses_at_once_the_rest_once_it_is_voided(term):
+    hold = _shower_over_the_terms_end(term, 300)        # 100 of the balance, 200 of the subsidy
+    tick(term.ledger)
+    record = term.journal(term.last_txn)
+    assert (record["kind"], record["amount"], record["from_subsidy"], record["subsidy"]) == (
+        "subsidy_expire", -300, 300, 200)
+    term.commit()
+    term.ok(term.water, "void", hold=hold["hold"], id="v")
+    term.commit()
+    tick(term.ledger)
+    record = term.journal(term.last_txn)
+    assert (record["kind"], record["amount"], record["subsidy"]) == ("subsidy_expire", -200, 0)
+    account = term.account(STUDENT)
+    assert (account["balance"], account["subsidy"], account["available"]) == (100, 0, 100)
+    assert _sound(term)
+
+
 def test_a_housekeeping_pass_clears_at_most_its_bound_of_batches(term, monkeypatch):
     monkeypatch.setattr(limits, "subsidies_expired_per_pass_max", 2)
     for batch in ("a", "b", "c"):
