@@ -18,6 +18,7 @@ from switch.clock import FakeClock
 from switch.config import default_config
 from switch.ledger import Ledger
 from switch.ledger.state import Credential
+from tests.cli.conftest import serving
 from tests.cli.helpers import admin, one_line_error
 
 
@@ -553,3 +554,29 @@ def test_a_mistyped_id_is_said_naming_it_before_anything_is_sent(tmp_path, words
                              "127.0.0.9:1", "--key-file", str(key), *words],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and said in one_line_error(result), result.stderr
+
+
+def test_a_sign_on_refused_busy_says_the_credential_holds_all_its_sessions(tmp_path):
+    """One admin session held, with admin_sessions_per_credential_max = 1: the command line's
+    own sign-on is refused `busy`, and it says why and what to do, in one line."""
+    import trio
+
+    from switch.cli.datadir import read_admin_key
+    from tests.shell.harness import signed_on
+
+    config = tmp_path / "switch.toml"
+    config.write_text("admin_sessions_per_credential_max = 1\n")
+    data = tmp_path / "data"
+    with serving(data, "--config", str(config)) as connect:
+        async def refused_while_one_is_held():
+            stream, _, _ = await signed_on(int(connect.rpartition(":")[2]), "admin",
+                                           read_admin_key(str(data)))
+            try:
+                return await trio.to_thread.run_sync(admin, connect, data, "account", "WH1")
+            finally:
+                await stream.aclose()
+
+        refused = trio.run(refused_while_one_is_held)
+        one_line_error(refused, "refused the sign-on of 'admin' (busy)",
+                       "holds as many sessions as it may")
+        assert admin(connect, data, "account", "WH1").returncode == 3   # held no more: signs on
