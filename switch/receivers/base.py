@@ -228,6 +228,7 @@ class Receiver:
         # Connections before `hello`, oldest first (a dict as an ordered set).
         self._pending: dict[trio.CancelScope, None] = {}
         self.pending_evicted = 0
+        self.hellos_refused = 0
         self.connection_failures = 0
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         self.load()
@@ -439,8 +440,13 @@ class Receiver:
                 return None  # no hello in time: closed without a frame (docs/PROTOCOL.md §2.1)
             hello = session.receive_hello(payloads.pop(0), self.credentials.get)
         except ProtocolError as error:
-            log.info("event=hello_refused receiver=%s code=%s who=%s", self.name, error.code,
-                     bounded(error.who, limits.log_peer_value_chars_max))
+            self.hellos_refused += 1
+            # Anyone can send bad hellos in a loop: the 1st, 2nd, 4th, 8th ... are logged
+            # with the count, so a flood is a few lines, not one line each.
+            if self.hellos_refused & (self.hellos_refused - 1) == 0:
+                log.info("event=hello_refused receiver=%s code=%s who=%s refused_total=%d",
+                         self.name, error.code,
+                         bounded(error.who, limits.log_peer_value_chars_max), self.hellos_refused)
             await stream.send_all(session.encode_error(error))
             return
         self._pending.pop(scope, None)

@@ -282,6 +282,25 @@ async def billing(tmp_path, nursery):
     return receiver
 
 
+async def test_a_flood_of_bad_hellos_is_a_few_log_lines_not_one_each(billing, caplog):
+    caplog.set_level("INFO", logger=base.log.name)
+    for _ in range(100):
+        stream = await trio.open_tcp_stream("127.0.0.1", billing.port)
+        await stream.send_all(ClientSession(WHO, b"x" * 32).hello_frame(0))   # a wrong key
+        with trio.fail_after(30):
+            while await stream.receive_some(65536):    # the error frame, then closed
+                pass
+        await stream.aclose()
+    assert billing.hellos_refused == 100
+    logged = [record.getMessage() for record in caplog.records
+              if "event=hello_refused" in record.getMessage()]
+    # The 1st, 2nd, 4th ... 64th, each with the count so far.
+    assert [line.rpartition("refused_total=")[2] for line in logged] == [
+        "1", "2", "4", "8", "16", "32", "64"]
+    sender = await Sender.sign_on(billing.port)        # the right key is still let in
+    assert (await sender.records(frame([money(1)])))["code"] == "ok"
+
+
 async def test_a_flood_of_silent_sockets_does_not_keep_the_switch_out(billing):
     bound = limits.receiver_pending_connections_max
     silent = [await trio.open_tcp_stream("127.0.0.1", billing.port) for _ in range(bound)]
