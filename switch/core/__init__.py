@@ -30,6 +30,8 @@ Interface (see `reference.py` for the normative docstrings):
     freeze(account) -> code                (the card office's; closed: ACCOUNT_CLOSED)
     freeze_overdrawn(account) -> bool      (True when a balance below zero froze it now:
                                              after an offline record or a complete)
+    end_overdraw(account) -> bool          (True when a balance back at 0 or above ended an
+                                             overdrawn freeze: after a reversal)
     unfreeze(account) -> code              (the operator's freeze, else the overdrawn one)
     unlock(account) -> code
     close(account) -> code                 (NOT_EMPTY while balance or held is not 0; the
@@ -83,6 +85,7 @@ apply_meter = implementation.apply_meter
 apply_restore = implementation.apply_restore
 freeze = implementation.freeze
 freeze_overdrawn = implementation.freeze_overdrawn
+end_overdraw = implementation.end_overdraw
 unfreeze = implementation.unfreeze
 unlock = implementation.unlock
 close = implementation.close

@@ -630,6 +630,16 @@ def freeze_overdrawn(account):
     return False
 
 
+def end_overdraw(account):
+    """A balance back at 0 or above (a reversal gave money back) ends an overdrawn freeze, as
+    a credit's does; an operator's stays. True when this ended it."""
+    cdef AccountRecord* record = _record(account)
+    if record.balance >= 0 and record.freeze_reason & FREEZE_OVERDRAWN:
+        _set_freeze_reason(record, record.freeze_reason & ~FREEZE_OVERDRAWN)
+        return True
+    return False
+
+
 def unfreeze(account):
     """ACCOUNT_CLOSED when closed. A frozen account loses the operator's freeze if it has
     one, else its overdrawn freeze (below zero or not); it is active once neither is left."""

@@ -374,6 +374,17 @@ def freeze_overdrawn(account):
     return False
 
 
+def end_overdraw(account):
+    """A balance back at 0 or above (a reversal gave money back) ends an overdrawn freeze, as
+    a credit's does; an operator's stays. True when this ended it."""
+    _check_record(account)
+    reason = layout.get(account, layout.FREEZE_REASON)
+    if layout.get(account, layout.BALANCE) >= 0 and reason & layout.FREEZE_OVERDRAWN:
+        _set_freeze_reason(account, reason & ~layout.FREEZE_OVERDRAWN)
+        return True
+    return False
+
+
 def unfreeze(account):
     """ACCOUNT_CLOSED when closed. A frozen account loses the operator's freeze if it has
     one, else its overdrawn freeze (below zero or not); it is active once neither is left."""

@@ -17,6 +17,7 @@ from switch.ledger.payment_path import (count_meal, forget_reversed_tap, guard_c
                                        note_approved_tap, pay, uncount_meal)
 from switch.ledger.purses import give_back, purse, spent, with_subsidy
 from switch.ledger.qr import parse_qr, qr_tag
+from switch.ledger.standing import record_standing
 
 REVERSIBLE = frozenset({"debit", "qr_debit", "complete"})
 TOMBSTONE = "reverse_tombstone"   # idempotency type of an id reversed before it was seen
@@ -142,6 +143,11 @@ def reverse(ledger, credential, values):
             ledger.count_for_settlement(credential.who, school, record["at"], -amount, count=-1)
             forget_reversed_tap(ledger, record)
             uncount_meal(ledger, record)
+            if core.end_overdraw(account):
+                # The reversed `complete` was what took it below zero (§4.10): given back,
+                # nothing is owed, so the freeze ends as a credit's repayment ends it.
+                record_standing(ledger, credential, "unfreeze", account_id, account,
+                                was_overdrawn=True, ref=values["id"], reason="repaid")
             reply = with_subsidy({"t": "reverse", "code": "ok", "txn": txn, "balance": balance},
                                  account)
     ledger.save_first_reversal(credential.who, target, reply)

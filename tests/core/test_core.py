@@ -73,7 +73,7 @@ def test_compiled_core_is_loaded():
     for name in ["check_amount", "verify_pin", "pin_digest", "id_digest", "set_pin",
                  "reset_pin", "credit", "unspend", "complete_hold", "release_hold",
                  "apply_offline", "apply_meter", "apply_restore", "freeze",
-                 "freeze_overdrawn", "unfreeze", "unlock", "close", "set_limits",
+                 "freeze_overdrawn", "end_overdraw", "unfreeze", "unlock", "close", "set_limits",
                  "enable_virtual_card", "refund"]:
         assert getattr(switch.core, name) is getattr(switch.core._authorize, name)
     assert pathlib.Path(switch.core._authorize.__file__).suffix == ".so"
@@ -793,6 +793,22 @@ def test_freeze_overdrawn_below_zero(core, status):
     before = bytes(account)
     assert core.freeze_overdrawn(account) is False  # once: its cards are listed once
     assert bytes(account) == before
+
+
+@pytest.mark.parametrize("operator", [False, True])
+def test_end_overdraw_once_the_balance_is_back_at_zero_keeps_an_operators_freeze(core, operator):
+    account = make_account(-1)
+    if operator:
+        core.freeze(account)
+    assert core.freeze_overdrawn(account) is True
+    assert_unchanged(core.end_overdraw, account, False)          # still below zero
+    layout.put(account, layout.BALANCE, 0)
+    assert core.end_overdraw(account) is True
+    assert not get(account, layout.FREEZE_REASON) & layout.FREEZE_OVERDRAWN
+    assert get(account, layout.STATUS) == (layout.STATUS_FROZEN if operator
+                                           else layout.STATUS_ACTIVE)
+    assert_unchanged(core.end_overdraw, account, False)          # once
+    assert_unchanged(core.end_overdraw, make_account(5), False)  # never frozen so
 
 
 def test_freeze_overdrawn_looks_at_the_balance_not_what_can_be_spent(core):

@@ -191,6 +191,37 @@ def test_a_complete_overdraw_is_lifted_by_the_credit_that_repays_it(campus):
         "insufficient_funds")   # active again, with nothing to spend
 
 
+def test_reversing_the_complete_that_overdrew_ends_the_freeze_it_caused(campus):
+    # A terminal reverses a complete whose reply it lost (§4.9): the money comes back, and
+    # with nothing owed the account is not left frozen and its card listed.
+    _overdraw_by_complete(campus, 900)
+    reversed_ = campus.ok(campus.water, "reverse", target="overdraw", id="undo")
+    assert reversed_["balance"] == BALANCE - 900
+    campus.expect_repaid(reversed_)
+    assert campus.journal(reversed_["txn"] + 1)["ref"] == "undo"
+    assert campus.ok(campus.pos, "debit", card=CARD, amount=1, id="after")["balance"] == (
+        BALANCE - 901)
+    # Resent, the reverse replays and writes no second unfreeze.
+    last = campus.last_txn
+    assert campus.send(campus.water, "reverse", target="overdraw", id="undo")["replay"] is True
+    assert campus.last_txn == last
+
+
+def test_a_reversal_that_leaves_the_balance_below_zero_keeps_the_freeze(campus):
+    campus.ok(campus.pos, "debit", card=CARD, amount=100, pin=PIN, id="small")
+    held = campus.ok(campus.water, "hold", card=CARD, amount=BALANCE - 100, pin=PIN)
+    campus.send(campus.pos, "offline", records=[
+        {"id": "tap", "card": CARD, "amount": 900, "at": campus.clock.now_ms()}])
+    campus.ok(campus.water, "complete", hold=held["hold"], amount=BALANCE - 100, id="overdraw")
+    assert campus.account(STUDENT)["status"] == "frozen"
+    small_back = campus.ok(campus.pos, "reverse", target="small", id="undo-small")
+    assert small_back["balance"] == -800
+    assert campus.journal(campus.last_txn)["kind"] == "reverse"          # no unfreeze
+    assert campus.account(STUDENT)["status"] == "frozen"
+    assert campus.blacklisted("WH", CARD)
+    campus.expect_repaid(campus.ok(campus.water, "reverse", target="overdraw", id="undo"))
+
+
 def test_a_complete_overdraw_stands_beside_an_operators_freeze(campus):
     held = campus.ok(campus.water, "hold", card=CARD, amount=BALANCE, pin=PIN)
     campus.ok(campus.admin, "freeze", account=STUDENT, reason="investigation")
