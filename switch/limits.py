@@ -102,6 +102,10 @@ history_limit_default = 50
 history_limit_max = 200
 subsidy_batches_per_account_max = 64   # batches with money left on one account
 subsidies_expired_per_pass_max = 1_000 # batches a housekeeping pass clears at most
+# Due batches a pass may pass over because open holds stand on them (they lapse once the
+# holds end, hold_timeout_s at most): up to this many at the head of the expiry index keep no
+# other batch from lapsing in the same pass.
+subsidies_kept_passed_per_pass_max = 4_000
 subsidy_grants_forgotten_per_pass_max = 2_000   # past terms' grants a pass visits at most
 rooms_limit_default = 50           # dorm rooms in one `rooms` page
 rooms_limit_max = 200

@@ -42,12 +42,18 @@ def expire_due_subsidies(ledger) -> int:
 
     What open holds stand on is kept (`held_beyond_balance`) and lapses at a later pass,
     once they are completed (which spends it first: its batch lapses first), voided or
-    expired (`hold_timeout_s`); the rest lapses now. Kept, it is not spendable: the holds
-    reserve it. A batch kept whole is visited again each pass meanwhile, among the first
-    `subsidies_expired_per_pass_max` due."""
+    expired (`hold_timeout_s`); the rest lapses now. Kept, it is outside `available` (the
+    holds reserve it), so no online payment takes it while the holds stand and no money
+    comes in; an offline tap uploaded meanwhile, which passes `available` by design
+    (docs/PROTOCOL.md §4.10), may spend it as it would spend anything, at most that part. A
+    batch kept whole is passed over each pass meanwhile, up to
+    `subsidies_kept_passed_per_pass_max` of them, so the batches behind it still lapse."""
     expired = 0
-    for account_id, batch in ledger.subsidy_batches.due(ledger.now_ms(),
-                                                        limits.subsidies_expired_per_pass_max):
+    due = ledger.subsidy_batches.due(ledger.now_ms(), limits.subsidies_expired_per_pass_max
+                                     + limits.subsidies_kept_passed_per_pass_max)
+    for account_id, batch in due:
+        if expired >= limits.subsidies_expired_per_pass_max:
+            break
         state = ledger.subsidy_batches.get(account_id, batch)
         if state is None or state["remaining"] == 0:   # spent or cleared in the overlay
             continue

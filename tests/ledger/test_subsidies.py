@@ -8,7 +8,7 @@ from switch.cli.datadir import open_data_dir
 from switch.ledger.housekeeping import tick
 from switch.persistence.audit import audit
 from switch.persistence.keys import SUBSIDY_GRANT
-from tests.ledger.conftest import BALANCE, CARD, ROOM, STUDENT, limits
+from tests.ledger.conftest import BALANCE, CARD, ID_LAST6, ROOM, STUDENT, limits
 
 
 def _sound(world) -> bool:
@@ -259,6 +259,23 @@ def test_what_a_hold_does_not_stand_on_lapses_at_once_the_rest_once_it_is_voided
     account = term.account(STUDENT)
     assert (account["balance"], account["subsidy"], account["available"]) == (100, 0, 100)
     assert _sound(term)
+
+
+def test_a_batch_kept_for_a_hold_holds_back_no_other_batch(term, monkeypatch):
+    monkeypatch.setattr(limits, "subsidies_expired_per_pass_max", 1)
+    other = "WH20230002"
+    term.ok(term.admin, "open_account", account=other, school="WH", kind="person",
+            id_last6=ID_LAST6, id="open-other")
+    _issue(term, 300, batch="early", expires="2026-11-20", account=other)
+    # STUDENT's batch ends with the same day and sorts first: kept whole for its hold.
+    _shower_over_the_terms_end(term, 600)
+    before = term.last_txn
+    tick(term.ledger)
+    record = term.journal(term.last_txn)
+    assert term.last_txn == before + 1
+    assert (record["kind"], record["account"], record["amount"]) == (
+        "subsidy_expire", other, -300)
+    assert term.account(STUDENT)["subsidy"] == 500
 
 
 def test_a_housekeeping_pass_clears_at_most_its_bound_of_batches(term, monkeypatch):
