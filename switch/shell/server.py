@@ -441,15 +441,15 @@ class Connection:
             # Logged at a bounded rate: a key's holder can sign on in a loop.
             if refused == "credential":
                 server.metrics.hello_refused(_BUSY)
-                server.peer_events.failed(
+                server.credential_events.failed(
                     "sessions_refused", logging.WARNING, who=credential.who,
                     sessions_max=server.config.sessions_per_credential_max(credential.role),
                     peer=self.peer)
                 await self._send_error_and_close(ProtocolError(_BUSY))
             else:
                 server.metrics.refused_connections.inc()
-                server.peer_events.failed("connection_refused", logging.WARNING,
-                                          who=credential.who, signed_on=server.signed_on)
+                server.credential_events.failed("connection_refused", logging.WARNING,
+                                                who=credential.who, signed_on=server.signed_on)
             return None
         reply = {"role": credential.role, "time": server.clock.now_ms()}
         if credential.role == "terminal":
@@ -588,6 +588,10 @@ class Server:
         # in the metrics): one line per bad hello would let anyone flood the log.
         self.peer_events = FailureLog(log, limits.peer_events_logged_per_minute_max,
                                       logging.INFO, traceback=False)
+        # A verified key's refusals (a key holding all its sessions, no place left) have a
+        # budget of their own: a flood of bad hellos must not hide which key is the hog.
+        self.credential_events = FailureLog(log, limits.peer_events_logged_per_minute_max,
+                                            logging.WARNING, traceback=False)
         self._connections_nursery = None
         self._accepting_scope = None
         if hasattr(clock, "jump_observers"):   # a TrustedClock (tests may drive a fake one)
@@ -831,6 +835,7 @@ class Server:
             self._failures_counted = ledger.failures
         # A flood that stopped is summed up once its minute is over, not at the next line.
         self.peer_events.summarize()
+        self.credential_events.summarize()
         failures.summarize()
         self.committer.kick()
 

@@ -60,3 +60,26 @@ async def test_a_malformed_first_frame_is_counted(switch):
     assert unverified_body(payloads[0])["code"] == "frame_invalid"
     await stream.aclose()
     assert switch.server.metrics.hellos_refused.labels("frame_invalid")._value.get() == 1
+
+
+async def test_a_flood_of_bad_hellos_does_not_hide_which_key_holds_all_its_sessions(
+        tmp_path, nursery, monkeypatch, caplog):
+    from switch.config import default_config
+    from tests.shell.test_session_places import _add_terminal, _hello
+
+    caplog.set_level(logging.INFO, logger="switch.server")
+    monkeypatch.setattr(limits, "peer_events_logged_per_minute_max", 5)
+    config = default_config()
+    config.terminal_sessions_per_credential_max = 1
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
+    key = await _add_terminal(switch, "WH-POS-1")
+    held = await switch.connect("WH-POS-1", key)
+    for _ in range(10):                        # the unauthenticated budget spent
+        assert await _bad_hello(switch.port) == "unauthenticated"
+    stream, answer = await _hello(switch.port, "WH-POS-1", key)
+    assert answer == {"t": "error", "code": "busy"}
+    await stream.aclose()
+    (refused,) = _events(caplog, "sessions_refused")
+    assert "who=WH-POS-1" in refused.getMessage()
+    await held.aclose()
+    await switch.stop()
