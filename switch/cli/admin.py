@@ -384,13 +384,21 @@ def import_requests(rows) -> list:
     return planned
 
 
+def _as_compared(value):
+    """A name as a person reads it: the import strips its cells, `open-account --holder`
+    sends what was typed ("张三 "), and the same characters may come composed or not."""
+    if type(value) is not str:
+        return value
+    return unicodedata.normalize("NFC", " ".join(value.split()))
+
+
 def _unlike_the_row(message: dict, shown: dict) -> list[str]:
     """What an existing account (its `account` reply) shows otherwise than the row's
     `open_account` asks, in words: school, kind, a room's utility, the holder's name."""
     unlike = []
     for name in ("school", "kind", "utility", "holder"):
         asked, found = message.get(name), shown.get(name)
-        if asked != found:
+        if _as_compared(asked) != _as_compared(found):
             unlike.append(f"{name} {_shown(found) if found is not None else 'none'}, not "
                           f"{_shown(asked) if asked is not None else 'none'}")
     return unlike

@@ -176,3 +176,22 @@ async def test_an_existing_account_is_the_rows_only_when_it_shows_what_the_row_a
             "with the row (busy: ") in said
     assert "line 7: rejected: account WH-8D-1006 refused (it exists already, with utility " \
            "'electric', not 'both':" in said
+
+
+async def test_a_holder_typed_with_spaces_or_decomposed_is_the_same_name():
+    # `open-account --holder "张三 "` sends what was typed; the import strips its cells.
+    decomposed = "Zoe\u0308 Li"          # e and a combining diaeresis: "Zoë Li" when shown
+    switch = OpenedBefore({
+        "WH20260001": {"school": "WH", "kind": "person", "holder": "张三 "},
+        "WH20260002": {"school": "WH", "kind": "person", "holder": decomposed},
+        "WH20260003": {"school": "WH", "kind": "person", "holder": "张  三"},
+    })
+    rows = [(2, _student(account="WH20260001", card="AB01")),
+            (3, _student(account="WH20260002", card="AB02", holder="Zo\u00eb Li")),
+            (4, _student(account="WH20260003", card="AB03", holder="张三"))]
+    out = io.StringIO()
+    counts = await run_import(switch, "term.csv", rows, out=out)
+    # Spaces at the ends and the composed form are the same name; a space inside is not.
+    assert (counts["created"], counts["rejected"]) == (2, 1), out.getvalue()
+    assert [m["account"] for m in switch.sent if m["t"] == "issue_card"] == [
+        "WH20260001", "WH20260002"]
