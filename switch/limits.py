@@ -301,6 +301,9 @@ forward_unsolicited_frames_max = 16     # frames other than the reply (pushes) w
 # switch out. Signed-on sessions need no bound of their own: one per credential, a new
 # sign-on replaces the old one.
 receiver_pending_connections_max = 16
+# A receiver logs its refused hellos the 1st, 2nd, 4th ... time in each such window: a flood is
+# a few lines, and a wrong key that keeps retrying after one is still seen each window.
+receiver_hellos_refused_window_s = 60.0
 receiver_idle_timeout_s = 3600.0
 receiver_day_segments_max = 4096        # billing: txn -> local day map kept for reversals
 receiver_pending_credits_max = 1024     # utility: credits to accounts not yet known as rooms

@@ -229,6 +229,7 @@ class Receiver:
         self._pending: dict[trio.CancelScope, None] = {}
         self.pending_evicted = 0
         self.hellos_refused = 0
+        self._refusals_window = (-float("inf"), 0)   # (its start, monotonic s; refusals in it)
         self.connection_failures = 0
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         self.load()
@@ -441,9 +442,15 @@ class Receiver:
             hello = session.receive_hello(payloads.pop(0), self.credentials.get)
         except ProtocolError as error:
             self.hellos_refused += 1
-            # Anyone can send bad hellos in a loop: the 1st, 2nd, 4th, 8th ... are logged
-            # with the count, so a flood is a few lines, not one line each.
-            if self.hellos_refused & (self.hellos_refused - 1) == 0:
+            # Anyone can send bad hellos in a loop: the 1st, 2nd, 4th, 8th ... of a window
+            # are logged with the count, so a flood is a few lines, not one line each.
+            began, count = self._refusals_window
+            now = time.monotonic()
+            if now - began >= limits.receiver_hellos_refused_window_s:
+                began, count = now, 0
+            count += 1
+            self._refusals_window = (began, count)
+            if count & (count - 1) == 0:
                 log.info("event=hello_refused receiver=%s code=%s who=%s refused_total=%d",
                          self.name, error.code,
                          bounded(error.who, limits.log_peer_value_chars_max), self.hellos_refused)

@@ -282,7 +282,8 @@ async def billing(tmp_path, nursery):
     return receiver
 
 
-async def test_a_flood_of_bad_hellos_is_a_few_log_lines_not_one_each(billing, caplog):
+async def test_a_flood_of_bad_hellos_is_a_few_log_lines_not_one_each(billing, caplog,
+                                                                  monkeypatch):
     caplog.set_level("INFO", logger=base.log.name)
     for _ in range(100):
         stream = await trio.open_tcp_stream("127.0.0.1", billing.port)
@@ -297,6 +298,17 @@ async def test_a_flood_of_bad_hellos_is_a_few_log_lines_not_one_each(billing, ca
     # The 1st, 2nd, 4th ... 64th, each with the count so far.
     assert [line.rpartition("refused_total=")[2] for line in logged] == [
         "1", "2", "4", "8", "16", "32", "64"]
+    # A new window: the next refusal is logged at once (a wrong key retrying after a flood).
+    monkeypatch.setattr(limits, "receiver_hellos_refused_window_s", 0.0)
+    stream = await trio.open_tcp_stream("127.0.0.1", billing.port)
+    await stream.send_all(ClientSession(WHO, b"x" * 32).hello_frame(0))
+    with trio.fail_after(30):
+        while await stream.receive_some(65536):
+            pass
+    await stream.aclose()
+    last = [record.getMessage() for record in caplog.records
+            if "event=hello_refused" in record.getMessage()][-1]
+    assert last.endswith("refused_total=101")
     sender = await Sender.sign_on(billing.port)        # the right key is still let in
     assert (await sender.records(frame([money(1)])))["code"] == "ok"
 
