@@ -8,6 +8,7 @@ or a line of its own.
 """
 
 import logging
+import math
 import re
 import sys
 import time
@@ -119,3 +120,54 @@ def configure(level: str = "INFO") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+class FailureLog:
+    """Logs events a peer can cause over and over, at most `logged_max` a window: a peer that
+    can make one request raise, or send bad hellos in a loop, must not be able to flood the
+    log (and journald's rate limit, which then drops real events). What is left out is
+    counted and said once the window is over, one `event=<event>_suppressed count=N` line
+    an event: at the next such event, or at `summarize`, whichever comes first. Failures
+    are logged with their traceback (`traceback`, at ERROR); other events at `level`."""
+
+    window_s = 60.0
+
+    def __init__(self, logger: logging.Logger, logged_max: int, level: int = logging.ERROR,
+                 traceback: bool = True):
+        self.logger = logger
+        self.logged_max = logged_max
+        self.level = level
+        self.traceback = traceback
+        self._window_start_s = -math.inf
+        self._logged = 0
+        self.suppressed: dict[str, int] = {}    # event -> left out in this window
+
+    def failed(self, event: str, level: int | None = None, **fields) -> None:
+        """`level`: this line's, if not the log's (no traceback)."""
+        now_s = time.monotonic()
+        if now_s - self._window_start_s >= self.window_s:
+            self._start_window(now_s)
+        if self._logged >= self.logged_max:
+            self.suppressed[event] = self.suppressed.get(event, 0) + 1
+            return
+        self._logged += 1
+        # Each value its own argument, so the log's formatter quotes it as one value.
+        template = "event=%s" + "".join(f" {key}=%s" for key in fields)
+        if self.traceback and level is None:
+            self.logger.exception(template, event, *fields.values())
+        else:
+            self.logger.log(level or self.level, template, event, *fields.values())
+
+    def summarize(self) -> None:
+        """Say what the window that is over left out, without waiting for the next event
+        (the shell calls this on its housekeeping timer: a flood that stopped is told too)."""
+        now_s = time.monotonic()
+        if self.suppressed and now_s - self._window_start_s >= self.window_s:
+            self._start_window(now_s)
+
+    def _start_window(self, now_s: float) -> None:
+        for event, count in self.suppressed.items():
+            self.logger.log(max(self.level, logging.WARNING),
+                            "event=%s_suppressed count=%d window_s=%.0f", event, count,
+                            self.window_s)
+        self._window_start_s, self._logged, self.suppressed = now_s, 0, {}

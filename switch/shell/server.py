@@ -15,10 +15,10 @@ from switch.codec.framing import FrameTooLarge
 from switch.codec.session import OPEN
 from switch.core import codes
 from switch.ledger import dispatch, housekeeping
-from switch.ledger.dispatch import FailureLog, failures
+from switch.ledger.dispatch import failures
 from switch.ledger.effects import (BlacklistPush, ClosedAccountTap, JournalAdvanced, PowerCutoff,
                                    Revocation)
-from switch.logline import bounded
+from switch.logline import FailureLog, bounded
 from switch.shell.budget import RequestBudget
 from switch.shell.committer import Committer
 from switch.shell.forwarder import Forwarder
