@@ -8,6 +8,7 @@ import os
 
 from switch import core, limits
 from switch.core import codes, layout
+from switch.identifiers import building_of
 from switch.ledger.effects import Revocation
 from switch.ledger.payment_path import (count_meal, guard_campus_rules, note_approved_tap,
                                        pay)
@@ -225,6 +226,12 @@ def open_account(ledger, credential, values):
     # belong to another. Checked after `exists`, which version 1 answers for any existing id.
     named = ledger.config.school_named_by(account_id)
     if named is not None and named != school.code:
+        return _decline("open_account", codes.BAD_REQUEST)
+    # A building is written one way: `CUIK-09-0101` would be building "09", neither the split
+    # building "9" (opened "both" where it pays apart) nor listed by `rooms` for building 9.
+    building = building_of(account_id)
+    if kind == "utility" and building is not None and len(building) > 1 \
+            and building.startswith("0"):
         return _decline("open_account", codes.BAD_REQUEST)
     salt = os.urandom(16)
     pin_hash = core.pin_digest(salt, initial_pin) if initial_pin else os.urandom(32)

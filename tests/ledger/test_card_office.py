@@ -67,6 +67,21 @@ def test_open_account_refusals_are_bad_request(campus, fields):
     assert campus.last_txn == before
 
 
+@pytest.mark.parametrize("account, school, utility", [
+    ("CUIK-09-0101", "CUIK", "both"),       # building 9 pays apart: "09" would open it both
+    ("CUIK-09-0101", "CUIK", "electric"),
+    ("WH-08D-1006", "WH", "both"),
+])
+def test_a_room_whose_building_is_written_with_a_leading_zero_is_bad_request(
+        campus, account, school, utility):
+    before = campus.last_txn
+    assert open_account(campus, account=account, school=school, kind="utility",
+                        utility=utility) == {"t": "open_account", "code": "bad_request"}
+    assert campus.last_txn == before
+    assert open_account(campus, account="CUIK-9-0101", school="CUIK", kind="utility",
+                        utility="electric")["code"] == "ok"     # written one way, it opens
+
+
 @pytest.mark.parametrize("school", ["WH", "CUIK"])
 def test_an_existing_account_is_exists(campus, school):
     assert open_account(campus, account=STUDENT, school=school, kind="person",
