@@ -148,6 +148,7 @@ def resolve_path(data_dir: str, given: str | None) -> str:
 def read(path: str) -> MasterKey:
     try:
         with open(path, encoding="utf-8") as handle:
+            _check_private(path, os.fstat(handle.fileno()).st_mode)
             text = handle.read(limits.master_key_file_size_bytes_max + 1)
     except FileNotFoundError:
         raise MasterKeyError(
@@ -160,6 +161,16 @@ def read(path: str) -> MasterKey:
     if len(text) > limits.master_key_file_size_bytes_max:
         raise MasterKeyError(f"{path} is larger than a master key file can be")
     return MasterKey.from_json(text, path)
+
+
+def _check_private(path: str, mode: int) -> None:
+    """Refused when others may read or write it, as PostgreSQL refuses such a server key: it
+    opens every secret of the data dir, and a copy put back from other media (a restore at
+    3 a.m.) may come with the media's modes. The switch writes it 0600."""
+    if mode & 0o077:
+        raise MasterKeyError(f"master key file {path} may be read or written by others (mode "
+                             f"{mode & 0o777:04o}); it opens every secret of the data dir: "
+                             f"chmod 600 {path}, and keep it owned by the switch's user")
 
 
 def create(path: str, master: MasterKey) -> None:

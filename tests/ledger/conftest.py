@@ -385,7 +385,7 @@ def make_world(tmp_path, _templates):
         path = tmp_path / f"data{len(worlds)}"
         shutil.copytree(source, path)
         # Its master key file lies beside it (switch/config/masterkey.py), not inside.
-        shutil.copyfile(default_path(str(source)), default_path(str(path)))
+        shutil.copy(default_path(str(source)), default_path(str(path)))   # its mode too
         world = World(path, **config_changes)
         world._ids = ids_used          # fresh ids stay fresh
         worlds.append(world)

@@ -44,7 +44,7 @@ def _twins(make_world, tmp_path, guarded: bool) -> tuple[World, World]:
     world.commit()
     twin_path = tmp_path / "twin"
     shutil.copytree(world.path, twin_path)
-    shutil.copyfile(default_path(str(world.path)), default_path(str(twin_path)))
+    shutil.copy(default_path(str(world.path)), default_path(str(twin_path)))   # its mode too
     twin = World(twin_path, **config)
     for each in (world, twin):
         _attach_campus(each)

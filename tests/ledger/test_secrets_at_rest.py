@@ -125,9 +125,20 @@ def test_a_master_key_file_of_the_largest_size_is_read_and_one_byte_more_refused
     text = masterkey.MasterKey.generate().to_json()
     path = tmp_path / "m.key"
     path.write_text(text + " " * (limits.master_key_file_size_bytes_max - len(text)))
+    path.chmod(0o600)
     assert masterkey.read(str(path)).current == 1
     path.write_text(text + " " * (limits.master_key_file_size_bytes_max + 1 - len(text)))
     with pytest.raises(MasterKeyError, match="larger"):
+        masterkey.read(str(path))
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_master_key_file_others_may_read_or_write_is_refused_in_words(tmp_path, mode):
+    path = tmp_path / "m.key"
+    masterkey.create(str(path), masterkey.MasterKey.generate())
+    assert masterkey.read(str(path)).current == 1                   # 0600, as written
+    path.chmod(mode)
+    with pytest.raises(MasterKeyError, match=f"mode {mode:04o}.*chmod 600"):
         masterkey.read(str(path))
 
 
