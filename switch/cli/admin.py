@@ -780,8 +780,10 @@ def add_parser(commands) -> None:
     p.add_argument("new")
     for name in ("lost", "found"):
         sub.add_parser(name).add_argument("card")
-    for name in ("freeze", "unfreeze"):
-        p = sub.add_parser(name)
+    for name, said in (("freeze", "stop every payment of the account, online and offline "
+                                  "(its cards go on the blacklist)"),
+                       ("unfreeze", "lift the card office's freeze (an overdraw's stays)")):
+        p = sub.add_parser(name, help=said)
         p.add_argument("account")
         p.add_argument("--reason")
     for name in ("unlock", "close-account", "account"):

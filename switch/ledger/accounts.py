@@ -136,8 +136,9 @@ def credit(ledger, credential, values):
     if layout.get(record, layout.KIND) == layout.KIND_UTILITY and core.apply_restore(record):
         ledger.save_account(account_id, record)
         ledger.append_journal("restore", account_id, school, 0, balance, credential, values["id"])
-    if was_overdrawn and not overdrawn(record):  # paid back: its cards leave the blacklist
-        record_standing(ledger, credential, "unfreeze", account_id, record, was_overdrawn=True,
+    if was_overdrawn and not overdrawn(record):
+        # Paid back: its cards leave the blacklist, unless the card office froze it too.
+        record_standing(ledger, credential, "unfreeze", account_id, record, was_frozen=True,
                         ref=values["id"], reason="repaid")
     return with_subsidy({"t": "credit", "code": "ok", "txn": txn, "balance": balance,
                          "available": available}, record)
@@ -266,7 +267,7 @@ def issue_card(ledger, credential, values):
     now_ms = ledger.now_ms()
     ledger.save_card(card_id, account_id, layout.CARD_ACTIVE, now_ms)
     if should_be_listed(layout.CARD_ACTIVE, record):
-        # A new card of an account frozen as overdrawn is refused at the till like the others.
+        # A new card of a frozen account is refused at the till like the others.
         ledger.change_blacklist(layout.school_of(record), add=[card_id])
     balance, _ = _money(record)
     txn = ledger.append_journal("issue_card", account_id, layout.school_of(record), 0, balance,

@@ -2,14 +2,14 @@
 
 Each keeps the blacklist in step with card and account standing: a card is on
 its school's list while it is lost or blocked, or while its account is frozen
-as overdrawn.
+(by the card office or as overdrawn).
 """
 
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _crosses_school, _decline, _money, account_of
 from switch.ledger.dorm import write_cutoff
-from switch.ledger.standing import overdrawn, record_standing, should_be_listed
+from switch.ledger.standing import frozen, record_standing, should_be_listed
 from switch.ledger.standing import standing_record as _standing_record
 from switch.ledger.subsidies import clear_on_close
 
@@ -99,14 +99,14 @@ def _change_standing(ledger, credential, values, request_type, change, **extra):
     if refusal:
         return refusal
     before = bytes(record)
-    was_overdrawn = overdrawn(record)
+    was_frozen = frozen(record)
     code = change(record)
     if code:
         return _decline(request_type, code)
     if record == before:
         return {"t": request_type, "code": "ok"}
     txn = record_standing(ledger, credential, request_type, account_id, record,
-                          was_overdrawn=was_overdrawn, ref=values["id"], **extra)
+                          was_frozen=was_frozen, ref=values["id"], **extra)
     return {"t": request_type, "code": "ok", "txn": txn}
 
 

@@ -11,8 +11,21 @@ def overdrawn(record) -> bool:
     return bool(layout.get(record, layout.FREEZE_REASON) & layout.FREEZE_OVERDRAWN)
 
 
-def should_be_listed(card_state: int, record) -> bool:
-    return card_state in (layout.CARD_LOST, layout.CARD_BLOCKED) or overdrawn(record)
+def frozen(record) -> bool:
+    """Frozen by the card office, as overdrawn or both: every card of it is listed. Closing
+    keeps the reasons (nothing unfreezes a closed account), so its cards stay listed."""
+    return layout.get(record, layout.FREEZE_REASON) != layout.FREEZE_NONE
+
+
+def should_be_listed(card_state: int, record, *, operator_freeze_lists: bool = True) -> bool:
+    """A card is listed while it is lost or replaced, or its account is frozen: a till that
+    is offline cannot ask the switch, and an operator's freeze (a phone stolen with the card,
+    a card office's hold) must stop the card there too. Wire version 1 named only overdrawn
+    accounts' cards; `operator_freeze_lists=False` is that rule, for books an older switch
+    wrote (audit)."""
+    if card_state in (layout.CARD_LOST, layout.CARD_BLOCKED):
+        return True
+    return frozen(record) if operator_freeze_lists else overdrawn(record)
 
 
 def standing_record(ledger, credential, kind, account_id, record, ref, **extra) -> int:
@@ -34,13 +47,13 @@ def _set_listing_for_account(ledger, account_id, record) -> None:
     ledger.change_blacklist(school, add=add, remove=remove)
 
 
-def record_standing(ledger, credential, kind, account_id, record, *, was_overdrawn: bool, ref,
+def record_standing(ledger, credential, kind, account_id, record, *, was_frozen: bool, ref,
                     **extra) -> int:
     """Write a change of standing the core made, its journal record, and the cards' listing
-    when being frozen as overdrawn began or ended."""
+    when being frozen (for any reason) began or ended."""
     ledger.save_account(account_id, record)
     txn = standing_record(ledger, credential, kind, account_id, record, ref, **extra)
-    if was_overdrawn != overdrawn(record):
+    if was_frozen != frozen(record):
         _set_listing_for_account(ledger, account_id, record)
     return txn
 
@@ -49,6 +62,7 @@ def freeze_if_overdrawn(ledger, credential, account_id, record, ref) -> None:
     """After a payment that may pass the available balance (an offline record, a `complete`
     of a hold offline taps took from): an account now below zero is frozen as overdrawn, a
     `freeze` record written and its cards listed (docs/PROTOCOL.md §4.10)."""
+    was_frozen = frozen(record)
     if core.freeze_overdrawn(record):
-        record_standing(ledger, credential, "freeze", account_id, record, was_overdrawn=False,
+        record_standing(ledger, credential, "freeze", account_id, record, was_frozen=was_frozen,
                         ref=ref, reason="overdrawn")

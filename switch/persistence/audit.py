@@ -15,8 +15,8 @@ and checks the sums and what they mean:
   refunded rooms so);
 - cards: each card's account exists; its state is the one its last journal record gave it
   (`issue_card`, `lost`, `found`, `replace_card`); its school's blacklist lists it exactly
-  when the switch's rule says it should be (lost or blocked, or its account frozen as
-  overdrawn);
+  when the switch's rule says it should be (lost or blocked, or its account frozen; for
+  books no switch of schema 12 opened yet, frozen as overdrawn: its upgrade lists the rest);
 - offline flags: an `offline` record names a card of its own account and a `tapped_at`,
   carries no flag but `after_lost` or `meal_limit` (then with `meal_limit: true`), and
   carries `after_lost` exactly when the card was lost or
@@ -55,7 +55,7 @@ import msgpack
 
 from switch import limits
 from switch.core import layout
-from switch.ledger.card_office import should_be_listed
+from switch.ledger.standing import should_be_listed
 from switch.ledger.state.blacklist import member_of_key
 from switch.persistence import writeback
 from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, GRANTS_FORGOTTEN_BELOW,
@@ -77,6 +77,7 @@ _CHAINED_SCHEMA = 5   # the first schema whose journal links each account's reco
 _MARKED_SCHEMA = 6    # the first whose accounts count their records, with history marks
 _GRANTS_SCHEMA = 10   # the first that keeps every subsidy grant until its term ends
 _PAID_ONCE_SCHEMA = 11   # the first that keeps them long past it (limits.subsidy_grants_kept_s)
+_FROZEN_LISTED_SCHEMA = 12   # the first that lists the cards of accounts the card office froze
 
 
 
@@ -242,7 +243,8 @@ def _check(txn, dbs, report: AuditReport) -> None:
         _check_history_heads(report, accounts, newest)
     if schema >= _MARKED_SCHEMA:
         _check_history_marks(txn, dbs, report, accounts, history)
-    cards = _check_cards(txn, dbs, report, accounts, card_history)
+    cards = _check_cards(txn, dbs, report, accounts, card_history,
+                         operator_freeze_lists=schema >= _FROZEN_LISTED_SCHEMA)
     _check_offline(report, offline, cards, card_history)
     if grants_kept_from is not None:
         _check_subsidy_grants(txn, dbs, report, history["grants"])
@@ -565,7 +567,8 @@ def _check_history_heads(report: AuditReport, accounts: dict, newest: dict) -> N
                                    f"record is txn {newest.get(account, 0)}")
 
 
-def _check_cards(txn, dbs, report: AuditReport, accounts: dict, card_history: dict) -> dict:
+def _check_cards(txn, dbs, report: AuditReport, accounts: dict, card_history: dict, *,
+                 operator_freeze_lists: bool) -> dict:
     """card -> [account, state, changed_at_ms], after checking states and the blacklist."""
     cards = {bytes(key).decode(): _unpack(value) for key, value in _items(txn, dbs["cards"])}
     should_list = set()
@@ -579,14 +582,14 @@ def _check_cards(txn, dbs, report: AuditReport, accounts: dict, card_history: di
             recorded = layout.CARD_STATE_NAMES[history[-1][1]] if history else "no record"
             report.problems.append(f"card {card}: state {_state_name(state)} but the journal "
                                    f"says {recorded}")
-        if should_be_listed(state, record):
+        if should_be_listed(state, record, operator_freeze_lists=operator_freeze_lists):
             should_list.add((layout.school_of(record), card))
     for card in card_history.keys() - cards.keys():
         report.problems.append(f"journal names card {card} that does not exist")
     listed = {member_of_key(key) for key, _ in _items(txn, dbs["blacklist_cards"])}
     for school, card in sorted(should_list - listed):
         report.problems.append(f"card {card}: {_state_name(cards[card][1])} (or its account "
-                               f"frozen as overdrawn) but not on {school}'s blacklist")
+                               f"frozen) but not on {school}'s blacklist")
     for school, card in sorted(listed - should_list):
         report.problems.append(f"card {card}: on {school}'s blacklist but should not be")
     return cards

@@ -6,6 +6,8 @@ import msgpack
 from switch import limits
 from switch.core import layout
 from switch.identifiers import building_of
+from switch.ledger.standing import frozen, should_be_listed
+from switch.ledger.state.blacklist import Blacklist
 from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, SUBSIDY_GRANT, kept_subsidy_grants,
                                      subsidy_grant_expiry_key)
 
@@ -155,8 +157,55 @@ def _date_the_paid_once_check(txn, dbs) -> None:
         txn.put(GRANTS_CHECKED_AFTER_TXN, bytes(last.key()), db=dbs["meta"])
 
 
+class _UpgradeTxn:
+    """The store's get/put/delete by database name, on the upgrade's own transaction (what
+    `Blacklist` writes through)."""
+
+    def __init__(self, txn, dbs):
+        self.txn, self.dbs = txn, dbs
+
+    def get(self, db: str, key: bytes):
+        return self.txn.get(key, db=self.dbs[db])
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        self.txn.put(key, value, db=self.dbs[db])
+
+    def delete(self, db: str, key: bytes) -> None:
+        self.txn.delete(key, db=self.dbs[db])
+
+
+def _list_frozen_accounts_cards(txn, dbs) -> None:
+    """Schema 11 -> 12: the cards of an account the card office froze are listed, as an
+    overdrawn one's always were (ledger/standing.py): those of accounts frozen before the
+    upgrade go on their school's list, one new version per school; terminals catch up at
+    their next sign-on, whose hello names it."""
+    books = _UpgradeTxn(txn, dbs)
+    unlisted: dict[str, list[str]] = {}
+    blacklist = Blacklist(books)
+    for account, record in txn.cursor(db=dbs["accounts"]):
+        if not frozen(record):
+            continue
+        school = layout.school_of(record)
+        for key, _ in _keys_with_prefix(txn.cursor(db=dbs["account_cards"]), account + b"\0"):
+            card = key[len(account) + 1:].decode()
+            _, state, _ = msgpack.unpackb(books.get("cards", card.encode()), raw=False)
+            if should_be_listed(state, record) and not blacklist.contains(school, card):
+                unlisted.setdefault(school, []).append(card)
+    for school, cards in sorted(unlisted.items()):
+        blacklist.change(school, add=cards)
+
+
+def _keys_with_prefix(cursor, prefix: bytes):
+    if cursor.set_range(prefix):
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                return
+            yield bytes(key), value
+
+
 # schema version -> the step that brings a data dir of that version to the next one.
 UPGRADES = {1: _index_rooms, 2: _pad_account_records, 3: _drop_id_expiry_index,
             4: _chain_account_histories, 5: _mark_account_histories, 6: _log_remembered_ids,
             7: _log_account_records, 8: _grants_in_their_own_format,
-            9: _rebuild_subsidy_grants, 10: _date_the_paid_once_check}
+            9: _rebuild_subsidy_grants, 10: _date_the_paid_once_check,
+            11: _list_frozen_accounts_cards}

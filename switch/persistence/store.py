@@ -24,7 +24,7 @@ from switch.persistence import writeback
 from switch.persistence.migrations import UPGRADES
 from switch.persistence.keys import decode_position, encode_position, position_key, txn_key
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
 
 # name -> what it holds (key -> value)

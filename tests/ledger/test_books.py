@@ -108,9 +108,10 @@ def test_an_offline_overdraw_does_not_overwrite_an_operators_freeze(campus):
     campus.credit(STUDENT, 300)   # the overdraw is paid back: the operator's freeze stays
     assert campus.account(STUDENT)["status"] == "frozen"
     assert campus.code(campus.pos, "debit", card=CARD, amount=100, id="d") == "account_frozen"
-    assert not campus.blacklisted("WH", CARD)  # listed for the overdraw only
+    assert campus.blacklisted("WH", CARD)  # still listed: the operator's freeze stands
     campus.ok(campus.admin, "unfreeze", account=STUDENT)
     assert campus.account(STUDENT)["status"] == "active"
+    assert not campus.blacklisted("WH", CARD)
 
 
 def test_lifting_the_operators_freeze_does_not_clear_an_overdraw(campus):

@@ -297,7 +297,7 @@ def test_freezing_and_unfreezing(campus):
     assert (campus.journal(reply["txn"])["kind"], campus.journal(reply["txn"])["reason"]) == (
         "freeze", "operator")
     assert campus.account(STUDENT)["status"] == "frozen"
-    assert not campus.blacklisted("WH", CARD)   # an operator's freeze lists no card
+    assert campus.blacklisted("WH", CARD)   # an offline till must refuse it too
     assert campus.code(campus.pos, "debit", card=CARD, amount=1, id=1) == "account_frozen"
     before = campus.last_txn
     assert campus.send(campus.admin, "freeze", account=STUDENT, reason="again", id="f2") == {
@@ -307,9 +307,56 @@ def test_freezing_and_unfreezing(campus):
     assert reply == {"t": "unfreeze", "code": "ok", "txn": campus.last_txn}
     assert (campus.journal(reply["txn"])["kind"], campus.journal(reply["txn"])["reason"]) == (
         "unfreeze", None)
+    assert not campus.blacklisted("WH", CARD)
     assert campus.send(campus.admin, "unfreeze", account=STUDENT, id="u2") == {
         "t": "unfreeze", "code": "ok"}
     assert campus.code(campus.pos, "debit", card=CARD, amount=1, id=2) == "ok"
+
+
+def test_a_freeze_lists_every_card_of_the_account_in_one_version_and_unfreeze_unlists_them(
+        campus):
+    # D7 of the outside test: an operator's freeze stopped online payments only, and a till
+    # working offline took the frozen account's cards until `unfreeze`.
+    campus.ok(campus.admin, "issue_card", account=STUDENT, card="0B0B0001")
+    campus.ok(campus.admin, "issue_card", account=STUDENT, card="0B0B0002")
+    campus.ok(campus.service, "lost", card="0B0B0002")
+    campus.commit()
+    version = campus.ledger.blacklist.version("WH")
+    campus.ok(campus.admin, "freeze", account=STUDENT)
+    campus.commit()
+    assert campus.pushes[-1] == ("WH", {"t": "blacklist", "version": version + 1,
+                                        "add": [CARD, "0B0B0001"], "remove": []})
+    campus.ok(campus.admin, "unfreeze", account=STUDENT)
+    campus.commit()
+    # The lost card stays listed: it is unlisted by `found` alone.
+    assert campus.pushes[-1] == ("WH", {"t": "blacklist", "version": version + 2, "add": [],
+                                        "remove": [CARD, "0B0B0001"]})
+    assert campus.blacklisted("WH", "0B0B0002")
+
+
+def test_a_card_of_a_frozen_account_stays_listed_when_found_and_a_new_one_is_listed(campus):
+    campus.ok(campus.service, "lost", card=CARD)
+    campus.ok(campus.admin, "freeze", account=STUDENT, reason="phone and card stolen")
+    campus.ok(campus.service, "found", card=CARD)
+    assert campus.blacklisted("WH", CARD)   # the account is still frozen
+    campus.ok(campus.admin, "issue_card", account=STUDENT, card="0B0B0001")
+    campus.ok(campus.admin, "replace_card", account=STUDENT, old=CARD, new="0B0B0002")
+    assert campus.blacklisted("WH", "0B0B0001") and campus.blacklisted("WH", "0B0B0002")
+    campus.ok(campus.admin, "unfreeze", account=STUDENT)
+    assert not campus.blacklisted("WH", "0B0B0001")
+    assert not campus.blacklisted("WH", "0B0B0002")
+    assert campus.blacklisted("WH", CARD)   # replaced: blocked for good
+
+
+def test_a_frozen_account_closed_keeps_its_cards_listed(campus):
+    # Nothing unfreezes a closed account (`unfreeze` is account_closed), so the freeze, and
+    # the listing with it, stand: a graduate's card the card office stopped stays stopped.
+    campus.ok(campus.admin, "freeze", account=STUDENT)
+    campus.ok(campus.admin, "refund", account=STUDENT)
+    assert campus.account(STUDENT)["status"] == "closed"
+    assert campus.blacklisted("WH", CARD)
+    assert campus.code(campus.admin, "unfreeze", account=STUDENT, id="u") == "account_closed"
+    assert campus.blacklisted("WH", CARD)
 
 
 def test_freeze_keeps_its_reason(campus):

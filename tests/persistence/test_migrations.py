@@ -324,3 +324,84 @@ def test_the_upgrade_to_schema_11_writes_down_the_journal_it_found(tmp_path):
     campus.restart(while_closed=as_schema_10)
     assert campus.committed("meta")[b"subsidy_grants_checked_after_txn"] == last.to_bytes(
         8, "big")
+
+
+def _as_schema_11_before_the_freezes(frozen_version: dict[str, int]):
+    """What a schema-11 switch left after the card office froze accounts: their cards not
+    listed, each school's list as it stood before the freezes (`frozen_version`: school ->
+    its version then). The newer switch made each freeze one new version; taken out here."""
+    def rewrite(data_dir: str) -> None:
+        env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
+        with env.begin(write=True) as txn:
+            cards, changes, meta = (env.open_db(name, txn=txn) for name in (
+                b"blacklist_cards", b"blacklist_changes", b"meta"))
+            for school, version in frozen_version.items():
+                prefix = school.encode() + b"\0"
+                current = int(txn.get(b"blacklist_version:" + school.encode(), db=meta))
+                for number in range(version + 1, current + 1):
+                    key = prefix + number.to_bytes(8, "big")
+                    add, remove = msgpack.unpackb(txn.get(key, db=changes), raw=False)
+                    assert remove == []
+                    for card in add:
+                        assert txn.delete(prefix + card.encode(), db=cards)
+                    txn.delete(key, db=changes)
+                txn.put(b"blacklist_version:" + school.encode(), str(version).encode(), db=meta)
+            txn.put(b"schema_version", b"11", db=meta)
+        env.close()
+    return rewrite
+
+
+def test_the_upgrade_to_schema_12_lists_the_cards_of_accounts_the_card_office_froze(tmp_path):
+    campus = populate(World(tmp_path / "data"))
+    campus.ok(campus.admin, "issue_card", account=STUDENT, card="0B0B0001")
+    campus.ok(campus.admin, "issue_card", account=STUDENT, card="0B0B0002")
+    campus.ok(campus.service, "lost", card="0B0B0002")       # listed already, as lost
+    campus.ok(campus.admin, "open_account", account="WH20230002", school="WH", kind="person",
+              holder="测试", id_last6="123456")
+    campus.ok(campus.admin, "issue_card", account="WH20230002", card="0B0B0003")
+    campus.ok(campus.admin, "freeze", account="WH20230002")   # frozen, then closed
+    campus.ok(campus.admin, "refund", account="WH20230002")
+    campus.commit()
+    before = {"WH": campus.ledger.blacklist.version("WH"),
+              "CUIK": campus.ledger.blacklist.version("CUIK")}
+    campus.ok(campus.admin, "freeze", account=STUDENT, reason="phone and card stolen")
+    campus.commit()
+    assert campus.ledger.blacklist.version("WH") == before["WH"] + 1
+    # "WH20230002"'s freeze made a version too, before `before`: take both out.
+    before["WH"] -= 1
+
+    def as_schema_11(data_dir: str) -> None:
+        _as_schema_11_before_the_freezes({"WH": before["WH"]})(data_dir)
+        report = audit(data_dir)   # beside the older switch: its rule, sound
+        assert report.sound, report.problems
+    campus.restart(while_closed=as_schema_11)
+    assert campus.committed("meta")[b"schema_version"] == str(SCHEMA_VERSION).encode()
+    # One new version for the school, naming the unlisted cards of its frozen accounts.
+    assert campus.ledger.blacklist.version("WH") == before["WH"] + 1
+    assert campus.ledger.blacklist.version("CUIK") == before["CUIK"]
+    assert campus.send(campus.pos, "blacklist", since=before["WH"]) == {
+        "t": "blacklist", "code": "ok", "version": before["WH"] + 1,
+        "add": [CARD, "0B0B0001", "0B0B0003"], "remove": []}
+    campus.ok(campus.admin, "unfreeze", account=STUDENT)
+    assert not campus.blacklisted("WH", CARD)
+    assert campus.blacklisted("WH", "0B0B0002")
+    campus.commit()
+    campus.close()
+    report = audit(str(campus.path))
+    assert report.sound, report.problems
+
+
+def test_audit_after_the_upgrade_to_schema_12_finds_a_frozen_accounts_card_unlisted(tmp_path):
+    campus = populate(World(tmp_path / "data"))
+    campus.commit()
+    version = campus.ledger.blacklist.version("WH")
+    campus.ok(campus.admin, "freeze", account=STUDENT)
+    campus.commit()
+    campus.close()
+    _as_schema_11_before_the_freezes({"WH": version})(str(campus.path))
+    env = lmdb.open(os.path.join(str(campus.path), STORE_DIR), max_dbs=64, subdir=True)
+    with env.begin(write=True) as txn:   # as if schema 12 had opened it, not listing the card
+        txn.put(b"schema_version", str(SCHEMA_VERSION).encode(), db=env.open_db(b"meta", txn=txn))
+    env.close()
+    assert audit(str(campus.path)).problems == [
+        f"card {CARD}: active (or its account frozen) but not on WH's blacklist"]
