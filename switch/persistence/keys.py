@@ -7,12 +7,24 @@ from datetime import date
 
 import msgpack
 
+from switch.identifiers import building_of
+
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
 
 
 def txn_key(txn: int) -> bytes:
     """A journal txn as a key: 8 bytes big-endian, so keys sort as txns do."""
     return txn.to_bytes(8, "big")
+
+
+def room_index_keys(school: str, account_id: str) -> tuple[bytes, bytes | None]:
+    """The `school_rooms` key of a utility account, and its `building_rooms` key (None for
+    an account whose id names no building)."""
+    by_school = school.encode() + b"\0" + account_id.encode()
+    building = building_of(account_id)
+    if building is None:
+        return by_school, None
+    return by_school, school.encode() + b"\0" + building.encode() + b"\0" + account_id.encode()
 
 
 # A destination's acknowledged position, in the `meta` database.

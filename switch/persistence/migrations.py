@@ -5,21 +5,10 @@ import msgpack
 
 from switch import limits
 from switch.core import layout
-from switch.identifiers import building_of
 from switch.ledger.standing import frozen, should_be_listed
 from switch.ledger.state.blacklist import Blacklist
 from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, SUBSIDY_GRANT, kept_subsidy_grants,
-                                     subsidy_grant_expiry_key)
-
-
-def room_index_keys(school: str, account_id: str) -> tuple[bytes, bytes | None]:
-    """The `school_rooms` key of a utility account, and its `building_rooms` key (None for
-    an account whose id names no building)."""
-    by_school = school.encode() + b"\0" + account_id.encode()
-    building = building_of(account_id)
-    if building is None:
-        return by_school, None
-    return by_school, school.encode() + b"\0" + building.encode() + b"\0" + account_id.encode()
+                                     room_index_keys, subsidy_grant_expiry_key)
 
 
 def _index_rooms(txn, dbs) -> None:

@@ -19,8 +19,7 @@ from switch.ledger.state.holds import Holds
 from switch.ledger.state import sealing
 from switch.ledger.state.subsidies import SubsidyBatches
 from switch.ledger.payment_path import SchoolLimits
-from switch.persistence.keys import txn_key
-from switch.persistence.migrations import room_index_keys
+from switch.persistence.keys import room_index_keys, txn_key
 
 log = logging.getLogger("switch.ledger")
 _pack = msgpack.Packer(use_bin_type=True).pack
