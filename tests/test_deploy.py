@@ -22,6 +22,7 @@ from switch import limits
 from switch.cli.datadir import open_data_dir, read_admin_key
 from switch.shell.client import Client
 from tests.paths import REPO_ROOT
+from tests.key_files import write_private
 
 DEPLOY = REPO_ROOT / "deploy"
 SWITCH_UNIT = "campus-switch.service"
@@ -264,7 +265,7 @@ def _port(lines: list[str], prefix: str) -> int:
 def test_a_receiver_serves_and_stops_with_memory_deny_write_execute(tmp_path, name):
     assert service(RECEIVER_UNITS[name])["MemoryDenyWriteExecute"] == ["yes"]
     key_file = tmp_path / "key"
-    key_file.write_text("ab" * 32)
+    write_private(key_file, "ab" * 32)
     process, lines = _start_under_mdwe(f"switch.receivers.{name}", "--listen", "127.0.0.1:0",
                                        "--state", str(tmp_path / "state"),
                                        "--credential", "switch", "--key-file", str(key_file))

@@ -15,6 +15,7 @@ from switch.cli.datadir import read_admin_key
 from switch.logline import KeyValueFormatter, bounded, quote, split
 from switch.shell.client import Client
 from tests.paths import REPO_ROOT
+from tests.key_files import write_private
 
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 # A credential id no till would send: spaces, a forged key, a newline with a forged line,
@@ -86,7 +87,7 @@ def _stop(process):
 
 def test_every_line_of_a_switch_and_a_receiver_run_is_key_value(tmp_path):
     key_file = tmp_path / "billing.key"
-    key_file.write_text("cd" * 32 + "\n")
+    write_private(key_file, "cd" * 32 + "\n")
     receiver_err, switch_err = tmp_path / "receiver.err", tmp_path / "switch.err"
     receiver, receiver_port = _started(
         [sys.executable, "-m", "switch.receivers.billing", "--listen", "127.0.0.1:0",

@@ -25,6 +25,7 @@ from switch import limits
 from switch.persistence.audit import audit
 from switch.shell.client import Client
 from switch.cli.datadir import read_admin_key
+from switch.config.keyfile import write_key_file_atomically
 
 ready_timeout_s = 15
 
@@ -372,7 +373,7 @@ def run_demo(data: str | None = None, out: pathlib.Path | None = None,
     simulated = 1
     try:
         for name, credential in (("billing", "switch-billing"), ("utility", "switch-utility")):
-            (work / f"{name}.key").write_text(keys[name].hex())
+            write_key_file_atomically(str(work / f"{name}.key"), keys[name])
         billing, (billing_port,) = _start(
             [sys.executable, "-m", "switch.receivers.billing", "--listen", "127.0.0.1:0",
              "--state", str(work / "billing"), "--credential", "switch-billing",

@@ -27,10 +27,19 @@ def parse_key_hex(text, where: str) -> bytes:
 def read_key_file(path: str) -> bytes:
     try:
         with open(path, "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
             # Enough for a key with a newline and stray spaces; more is not a key file.
             raw = handle.read(4 * KEY_HEX_CHARS)
     except OSError as error:
         raise KeyFileError(f"cannot read {path!r}: {error.strerror or error}") from None
+    if mode & 0o077:
+        # As ssh refuses such a private key: whoever reads it signs on as the credential (a
+        # receiver's key forges the records billing settles), and a file others may write
+        # can be swapped for a key of their choosing. Every key this project writes is 0600;
+        # one written by hand with the default umask is the usual cause.
+        raise KeyFileError(f"key file {path!r} may be read or written by others (mode "
+                           f"{mode & 0o777:04o}); whoever reads it signs on as its credential: "
+                           f"chmod 600 {path}")
     try:
         text = raw.decode("ascii").strip()
     except UnicodeDecodeError:

@@ -20,6 +20,7 @@ from switch.ledger import Ledger
 from switch.ledger.state import Credential
 from tests.cli.conftest import serving
 from tests.cli.helpers import admin, one_line_error
+from tests.key_files import write_private
 
 
 def test_amounts_are_exact():
@@ -410,7 +411,7 @@ def _closed_port() -> int:
 
 def test_no_switch_there_is_one_line_not_a_traceback(tmp_path):
     key = tmp_path / "admin.key"
-    key.write_text("ab" * 32)
+    write_private(key, "ab" * 32)
     command = [sys.executable, "-m", "switch", "admin", "--key-file", str(key)]
     refused = subprocess.run(command + ["--connect", f"127.0.0.1:{_closed_port()}", "account",
                                         "WH1"], capture_output=True, text=True, timeout=60)
@@ -421,11 +422,17 @@ def test_no_switch_there_is_one_line_not_a_traceback(tmp_path):
     typo = subprocess.run(command + ["--connect", "lcoalhost:7000", "account", "WH1"],
                           capture_output=True, text=True, timeout=60)
     one_line_error(typo, "unknown host")
-    key.write_text("not a key")
+    write_private(key, "not a key")
     bad_key = subprocess.run(command + ["--connect", "127.0.0.1:7000", "account", "WH1"],
                              capture_output=True, text=True, timeout=60)
     one_line_error(bad_key, str(key), "64 hex characters")
     assert "not a key" not in bad_key.stderr
+    # A key copied off the host with the default umask: refused before anything is sent.
+    key.write_text("ab" * 32)
+    key.chmod(0o644)
+    open_key = subprocess.run(command + ["--connect", f"127.0.0.1:{_closed_port()}", "account",
+                                         "WH1"], capture_output=True, text=True, timeout=60)
+    one_line_error(open_key, str(key), "(mode 0644)", f"chmod 600 {key}")
 
 
 def test_operator_mistakes_get_one_line_exit_2_and_change_nothing(running_switch, tmp_path):
@@ -442,7 +449,7 @@ def test_operator_mistakes_get_one_line_exit_2_and_change_nothing(running_switch
     assert "switch" not in missing.stderr  # a missing file is not blamed on the network
 
     wrong = tmp_path / "wrong.key"
-    wrong.write_text("cd" * 32)
+    write_private(wrong, "cd" * 32)
     signed = subprocess.run([sys.executable, "-m", "switch", "admin", "--connect", connect,
                              "--key-file", str(wrong), "account", "WH20230001"],
                             capture_output=True, text=True, timeout=60)
@@ -549,7 +556,7 @@ def test_an_account_twice_in_a_subsidy_batch_is_a_reject_naming_its_first_line()
 def test_a_mistyped_id_is_said_naming_it_before_anything_is_sent(tmp_path, words, said):
     # Nothing listens on port 1: a request that got as far as sending would say so instead.
     key = tmp_path / "k.key"
-    key.write_text("ab" * 32)
+    write_private(key, "ab" * 32)
     result = subprocess.run([sys.executable, "-m", "switch", "admin", "--connect",
                              "127.0.0.9:1", "--key-file", str(key), *words],
                             capture_output=True, text=True, timeout=120)

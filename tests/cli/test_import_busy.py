@@ -12,6 +12,7 @@ from switch import limits
 from switch.cli import admin as admin_cli
 from tests.cli.conftest import serving
 from tests.cli.helpers import admin
+from tests.key_files import write_private
 
 
 def _term_csv(path, students: int) -> None:
@@ -158,7 +159,7 @@ async def test_subsidies_granted_before_are_counted_as_present_and_refusals_said
      "[Errno 104] Connection reset by peer")])
 def test_a_switch_lost_mid_import_is_said_in_words(monkeypatch, tmp_path, capsys, lost, reason):
     key_file = tmp_path / "admin.key"
-    key_file.write_text("00" * 32 + "\n")
+    write_private(key_file, "00" * 32 + "\n")
     key_file.chmod(0o600)
     subsidies = tmp_path / "subsidy.csv"
     subsidies.write_text("account,amount\nWH20270001,12.50\n", encoding="utf-8")

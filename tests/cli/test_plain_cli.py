@@ -15,6 +15,7 @@ from switch.cli import refusals
 from switch.core.codes import CODE_NAMES
 from switch.shell.client import Client
 from tests.cli.helpers import admin
+from tests.key_files import write_private
 
 # A request naming everything a sentence may name.
 EVERYTHING = {"t": "close_account", "account": "WH20230001", "card": "04A1B2C3D4",
@@ -226,7 +227,7 @@ def test_found_of_a_card_not_lost_says_nothing_changed(running_switch):
 def test_a_typed_holder_name_with_control_characters_is_refused_before_sending(
         tmp_path, capsys, holder, words):
     key = tmp_path / "admin.key"
-    key.write_text("ab" * 32)
+    write_private(key, "ab" * 32)
     # Port 9 has no switch: the refusal must come before any connection is tried.
     assert admin_cli.main(["open-account", "WH1", "--school", "WH", "--id-last6", "12345X",
                            "--holder", holder, "--connect", "127.0.0.1:9",

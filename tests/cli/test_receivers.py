@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.cli.helpers import one_line_error
+from tests.key_files import write_private
 
 RECEIVERS = ["switch.receivers.billing", "switch.receivers.utility"]
 
@@ -21,7 +22,7 @@ def _command(module, state, key_file, listen="127.0.0.1:0"):
 @pytest.fixture
 def key_file(tmp_path):
     path = tmp_path / "receiver.key"
-    path.write_text("ab" * 32 + "\n")
+    write_private(path, "ab" * 32 + "\n")
     return path
 
 
@@ -57,14 +58,20 @@ def test_a_port_in_use_is_one_line_and_leaves_no_state_dir(tmp_path, key_file):
     assert not (tmp_path / "state").exists()
 
 
-@pytest.mark.parametrize("contents,expected", [
-    (None, "No such file"),
-    ("not a key\n", "64 hex characters"),
+@pytest.mark.parametrize("contents,mode,expected", [
+    (None, None, "No such file"),
+    ("not a key\n", 0o600, "64 hex characters"),
+    # Written by hand with the default umask: whoever reads it could forge the records the
+    # receiver settles, or read them. Refused naming its mode and the remedy.
+    ("ab" * 32 + "\n", 0o644, "(mode 0644); whoever reads it signs on as its credential: "
+                              "chmod 600"),
+    ("ab" * 32 + "\n", 0o620, "may be read or written by others (mode 0620)"),
 ])
-def test_a_bad_key_file_is_one_line(tmp_path, contents, expected):
+def test_a_bad_key_file_is_one_line(tmp_path, contents, mode, expected):
     path = tmp_path / "receiver.key"
     if contents is not None:
         path.write_text(contents)
+        path.chmod(mode)
     result = subprocess.run(_command(RECEIVERS[1], tmp_path / "state", path),
                             capture_output=True, text=True, timeout=30)
     one_line_error(result, str(path), expected)

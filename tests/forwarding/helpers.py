@@ -20,6 +20,7 @@ import trio
 from switch.config.destinations import Destination
 
 from tests.paths import REPO_ROOT as REPO
+from tests.key_files import write_private
 START_TIMEOUT_S = 20.0
 EXIT_TIMEOUT_S = 10.0
 CATCH_UP_TIMEOUT_S = 30.0
@@ -36,7 +37,7 @@ def free_port() -> int:
 
 
 def write_key(path: pathlib.Path, key: bytes) -> pathlib.Path:
-    path.write_text(key.hex() + "\n")
+    write_private(path, key.hex() + "\n")
     path.chmod(0o600)
     return path
 

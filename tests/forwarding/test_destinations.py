@@ -9,6 +9,7 @@ from switch.config import ConfigError
 from switch.config.destinations import JOURNAL_KINDS, parse_destinations
 from switch.receivers.utility import WANTED_KINDS as UTILITY_WANTED_KINDS
 from tests.paths import REPO_ROOT
+from tests.key_files import write_private
 
 KEY_HEX = "ab" * 32
 
@@ -37,7 +38,7 @@ def test_kinds_left_out_means_every_kind():
 
 
 def test_key_file_is_read_relative_to_the_configuration(tmp_path):
-    (tmp_path / "billing.key").write_text(KEY_HEX.upper() + "\n")
+    write_private((tmp_path / "billing.key"), KEY_HEX.upper() + "\n")
     [destination] = parse_destinations([table(key_hex=None, key_file="billing.key")],
                                        base_dir=str(tmp_path))
     assert destination.key == bytes.fromhex(KEY_HEX)
@@ -82,11 +83,24 @@ def test_errors_name_the_key(tables, message):
 
 
 def test_a_bad_key_file_is_named_without_showing_it(tmp_path):
-    (tmp_path / "billing.key").write_text("not a key at all\n")
+    write_private((tmp_path / "billing.key"), "not a key at all\n")
     with pytest.raises(ConfigError) as error:
         parse_destinations([table(key_hex=None, key_file="billing.key")], base_dir=str(tmp_path))
     assert str(error.value) == (f"destinations[0].key_file: {str(tmp_path / 'billing.key')!r}: "
                                 "must be 64 hex characters (a 32-byte key)")
+
+
+def test_a_key_file_others_may_read_is_refused_naming_its_mode(tmp_path):
+    (tmp_path / "billing.key").write_text(KEY_HEX + "\n")
+    (tmp_path / "billing.key").chmod(0o644)
+    with pytest.raises(ConfigError) as error:
+        parse_destinations([table(key_hex=None, key_file="billing.key")], base_dir=str(tmp_path))
+    path = str(tmp_path / "billing.key")
+    assert str(error.value) == (
+        f"destinations[0].key_file: key file {path!r} may be read or written by others (mode "
+        f"0644); whoever reads it signs on as its credential: chmod 600 {path}")
+    (tmp_path / "billing.key").chmod(0o400)   # read-only to its owner: taken
+    parse_destinations([table(key_hex=None, key_file="billing.key")], base_dir=str(tmp_path))
 
 
 def test_the_example_file_parses(tmp_path):
@@ -94,7 +108,7 @@ def test_the_example_file_parses(tmp_path):
     with open(path, "rb") as handle:
         data = tomllib.load(handle)
     for name in ("billing.key", "utility.key"):
-        (tmp_path / name).write_text(os.urandom(32).hex())
+        write_private(tmp_path / name, os.urandom(32).hex())
     billing, utility = parse_destinations(data["destinations"], base_dir=str(tmp_path))
     assert (billing.name, billing.port, utility.name, utility.port) == \
         ("billing", 7101, "utility", 7102)

@@ -31,6 +31,7 @@ from tests.forwarding.helpers import (
 from tests.forwarding.spec_receiver import SpecReceiver
 from tests.forwarding.workload import CONNECTION_ERRORS, Workload
 from tests.shell.harness import Switch
+from tests.key_files import write_private
 
 FAST_BACKOFF_MAX_S = 0.3
 
@@ -584,7 +585,7 @@ async def test_switch_killed_mid_stream_receivers_end_with_the_journal_totals(
     await billing.start()
     await utility.start()
     spec_key = os.urandom(32)
-    (tmp_path / "spec.key").write_text(spec_key.hex())
+    write_private((tmp_path / "spec.key"), spec_key.hex())
     spec_state = str(tmp_path / "spec.json")
     spec = SpecReceiver(spec_state, "sw-spec", spec_key)
     await nursery.start(spec.run)
@@ -667,7 +668,7 @@ def test_example_configuration_loads(tmp_path):
     copy = tmp_path / example.name
     shutil.copy(example, copy)
     for name in ("billing.key", "utility.key"):
-        (tmp_path / name).write_text(os.urandom(32).hex() + "\n")
+        write_private(tmp_path / name, os.urandom(32).hex() + "\n")
     config = load_config(str(copy))
     assert [d.name for d in config.destinations] == ["billing", "utility"]
     assert all(isinstance(d, Destination) for d in config.destinations)

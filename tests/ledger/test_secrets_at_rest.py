@@ -17,6 +17,7 @@ from switch.logline import KeyValueFormatter, split
 from switch.core import layout
 from switch.persistence.store import DATABASES, STORE_DIR, Store
 from tests.ledger.conftest import CAMPUS_CREDENTIALS, CARD, ID_LAST6, PIN, STUDENT, World
+from tests.key_files import write_private
 
 
 def lmdb_values(store) -> list[bytes]:
@@ -153,7 +154,7 @@ def write_data_dir_from_before_sealing(path) -> bytes:
     """The layout the switch wrote before secrets were sealed: keys, QR secrets, replies and
     the fingerprint key in the clear, verifiers HMAC(salt, ...) alone, no master key file."""
     os.makedirs(path)
-    (path / ADMIN_KEY_FILE).write_text(OLD_KEYS["admin"].hex() + "\n")
+    write_private((path / ADMIN_KEY_FILE), OLD_KEYS["admin"].hex() + "\n")
     store = Store(os.path.join(str(path), STORE_DIR))
     pack = msgpack.Packer(use_bin_type=True).pack
     store.put("credentials", b"admin", pack({"key": OLD_KEYS["admin"], "role": "admin",
