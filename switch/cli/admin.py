@@ -780,8 +780,9 @@ def add_parser(commands) -> None:
     p.add_argument("new")
     for name in ("lost", "found"):
         sub.add_parser(name).add_argument("card")
-    for name, said in (("freeze", "stop every payment of the account, online and offline "
-                                  "(its cards go on the blacklist)"),
+    for name, said in (("freeze", "stop every payment of the account: refused online at "
+                                  "once, and its cards on every till's blacklist as soon as "
+                                  "the till has it"),
                        ("unfreeze", "lift the card office's freeze (an overdraw's stays)")):
         p = sub.add_parser(name, help=said)
         p.add_argument("account")

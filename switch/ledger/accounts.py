@@ -138,7 +138,7 @@ def credit(ledger, credential, values):
         ledger.append_journal("restore", account_id, school, 0, balance, credential, values["id"])
     if was_overdrawn and not overdrawn(record):
         # Paid back: its cards leave the blacklist, unless the card office froze it too.
-        record_standing(ledger, credential, "unfreeze", account_id, record, was_frozen=True,
+        record_standing(ledger, credential, "unfreeze", account_id, record, was_listing=True,
                         ref=values["id"], reason="repaid")
     return with_subsidy({"t": "credit", "code": "ok", "txn": txn, "balance": balance,
                          "available": available}, record)

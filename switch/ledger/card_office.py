@@ -2,14 +2,15 @@
 
 Each keeps the blacklist in step with card and account standing: a card is on
 its school's list while it is lost or blocked, or while its account is frozen
-(by the card office or as overdrawn).
+(by the card office or as overdrawn) and not closed.
 """
 
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _crosses_school, _decline, _money, account_of
 from switch.ledger.dorm import write_cutoff
-from switch.ledger.standing import frozen, record_standing, should_be_listed
+from switch.ledger.standing import (lists_its_cards, record_standing, relist_if_changed,
+                                     should_be_listed)
 from switch.ledger.standing import standing_record as _standing_record
 from switch.ledger.subsidies import clear_on_close
 
@@ -99,14 +100,14 @@ def _change_standing(ledger, credential, values, request_type, change, **extra):
     if refusal:
         return refusal
     before = bytes(record)
-    was_frozen = frozen(record)
+    was_listing = lists_its_cards(record)
     code = change(record)
     if code:
         return _decline(request_type, code)
     if record == before:
         return {"t": request_type, "code": "ok"}
     txn = record_standing(ledger, credential, request_type, account_id, record,
-                          was_frozen=was_frozen, ref=values["id"], **extra)
+                          was_listing=was_listing, ref=values["id"], **extra)
     return {"t": request_type, "code": "ok", "txn": txn}
 
 
@@ -159,6 +160,7 @@ def refund(ledger, credential, values):
         return refusal
     amount = layout.get(record, layout.BALANCE)   # the student's own money: never the subsidy
     powered = layout.get(record, layout.POWER_ON) == 1
+    was_listing = lists_its_cards(record)
     code = core.refund(record)
     if code:
         return _decline("refund", code)
@@ -166,6 +168,7 @@ def refund(ledger, credential, values):
     balance, _ = _money(record)
     txn = ledger.append_journal("refund", account_id, layout.school_of(record), -amount,
                                 balance, credential, values["id"])
+    relist_if_changed(ledger, account_id, record, was_listing=was_listing)   # a frozen one's
     if powered:
         # The core turned a room's power off with the closing: without the `cutoff` record
         # downstream utility control would leave the relay on, unbilled, for good.

@@ -147,7 +147,7 @@ def reverse(ledger, credential, values):
                 # The reversed `complete` was what took it below zero (§4.10): given back,
                 # nothing is owed, so the freeze ends as a credit's repayment ends it.
                 record_standing(ledger, credential, "unfreeze", account_id, account,
-                                was_frozen=True, ref=values["id"], reason="repaid")
+                                was_listing=True, ref=values["id"], reason="repaid")
             reply = with_subsidy({"t": "reverse", "code": "ok", "txn": txn, "balance": balance},
                                  account)
     ledger.save_first_reversal(credential.who, target, reply)

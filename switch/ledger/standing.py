@@ -11,10 +11,13 @@ def overdrawn(record) -> bool:
     return bool(layout.get(record, layout.FREEZE_REASON) & layout.FREEZE_OVERDRAWN)
 
 
-def frozen(record) -> bool:
-    """Frozen by the card office, as overdrawn or both: every card of it is listed. Closing
-    keeps the reasons (nothing unfreezes a closed account), so its cards stay listed."""
-    return layout.get(record, layout.FREEZE_REASON) != layout.FREEZE_NONE
+def lists_its_cards(record) -> bool:
+    """Frozen by the card office, as overdrawn or both, and not closed: every card of it is
+    listed. A closed account's are not, frozen or not (closing keeps the freeze reasons):
+    each graduating class would grow every till's list for good, and an offline tap of one
+    is kept for the operator at upload (docs/PROTOCOL.md §4.10, §4.13)."""
+    return (layout.get(record, layout.FREEZE_REASON) != layout.FREEZE_NONE
+            and layout.get(record, layout.STATUS) != layout.STATUS_CLOSED)
 
 
 def should_be_listed(card_state: int, record, *, operator_freeze_lists: bool = True) -> bool:
@@ -25,7 +28,7 @@ def should_be_listed(card_state: int, record, *, operator_freeze_lists: bool = T
     wrote (audit)."""
     if card_state in (layout.CARD_LOST, layout.CARD_BLOCKED):
         return True
-    return frozen(record) if operator_freeze_lists else overdrawn(record)
+    return lists_its_cards(record) if operator_freeze_lists else overdrawn(record)
 
 
 def standing_record(ledger, credential, kind, account_id, record, ref, **extra) -> int:
@@ -47,14 +50,20 @@ def _set_listing_for_account(ledger, account_id, record) -> None:
     ledger.change_blacklist(school, add=add, remove=remove)
 
 
-def record_standing(ledger, credential, kind, account_id, record, *, was_frozen: bool, ref,
+def relist_if_changed(ledger, account_id, record, *, was_listing: bool) -> None:
+    """After a change of standing: the account's cards go on or off the list when whether
+    it lists them (`lists_its_cards`) changed."""
+    if was_listing != lists_its_cards(record):
+        _set_listing_for_account(ledger, account_id, record)
+
+
+def record_standing(ledger, credential, kind, account_id, record, *, was_listing: bool, ref,
                     **extra) -> int:
     """Write a change of standing the core made, its journal record, and the cards' listing
-    when being frozen (for any reason) began or ended."""
+    when it changed (a freeze began or ended, a frozen account closed)."""
     ledger.save_account(account_id, record)
     txn = standing_record(ledger, credential, kind, account_id, record, ref, **extra)
-    if was_frozen != frozen(record):
-        _set_listing_for_account(ledger, account_id, record)
+    relist_if_changed(ledger, account_id, record, was_listing=was_listing)
     return txn
 
 
@@ -62,7 +71,7 @@ def freeze_if_overdrawn(ledger, credential, account_id, record, ref) -> None:
     """After a payment that may pass the available balance (an offline record, a `complete`
     of a hold offline taps took from): an account now below zero is frozen as overdrawn, a
     `freeze` record written and its cards listed (docs/PROTOCOL.md §4.10)."""
-    was_frozen = frozen(record)
+    was_listing = lists_its_cards(record)
     if core.freeze_overdrawn(record):
-        record_standing(ledger, credential, "freeze", account_id, record, was_frozen=was_frozen,
-                        ref=ref, reason="overdrawn")
+        record_standing(ledger, credential, "freeze", account_id, record,
+                        was_listing=was_listing, ref=ref, reason="overdrawn")

@@ -15,8 +15,9 @@ and checks the sums and what they mean:
   refunded rooms so);
 - cards: each card's account exists; its state is the one its last journal record gave it
   (`issue_card`, `lost`, `found`, `replace_card`); its school's blacklist lists it exactly
-  when the switch's rule says it should be (lost or blocked, or its account frozen; for
-  books no switch of schema 12 opened yet, frozen as overdrawn: its upgrade lists the rest);
+  when the switch's rule says it should be (lost or blocked, or its account frozen and not
+  closed; for books no switch of schema 12 opened yet, frozen as overdrawn: its upgrade
+  lists the rest);
 - offline flags: an `offline` record names a card of its own account and a `tapped_at`,
   carries no flag but `after_lost` or `meal_limit` (then with `meal_limit: true`), and
   carries `after_lost` exactly when the card was lost or
@@ -588,11 +589,21 @@ def _check_cards(txn, dbs, report: AuditReport, accounts: dict, card_history: di
         report.problems.append(f"journal names card {card} that does not exist")
     listed = {member_of_key(key) for key, _ in _items(txn, dbs["blacklist_cards"])}
     for school, card in sorted(should_list - listed):
-        report.problems.append(f"card {card}: {_state_name(cards[card][1])} (or its account "
-                               f"frozen) but not on {school}'s blacklist")
+        account, state, _ = cards[card]
+        report.problems.append(f"card {card}: {_why_listed(account, state, accounts[account])} "
+                               f"but not on {school}'s blacklist")
     for school, card in sorted(listed - should_list):
         report.problems.append(f"card {card}: on {school}'s blacklist but should not be")
     return cards
+
+
+def _why_listed(account: str, state, record) -> str:
+    if state in (layout.CARD_LOST, layout.CARD_BLOCKED):
+        return _state_name(state)
+    reason = layout.get(record, layout.FREEZE_REASON)
+    names = [name for bit, name in ((layout.FREEZE_OPERATOR, "by the card office"),
+                                    (layout.FREEZE_OVERDRAWN, "as overdrawn")) if reason & bit]
+    return f"{_state_name(state)}, its account {account} frozen {' and '.join(names)},"
 
 
 def _state_name(state) -> str:

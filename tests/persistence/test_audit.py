@@ -148,7 +148,7 @@ def test_a_closed_account_holding_money_is_found(books):
 
 
 @pytest.mark.parametrize("listed, card, message", [
-    (False, LOST_CARD, f"card {LOST_CARD}: lost (or its account frozen) but not on "
+    (False, LOST_CARD, f"card {LOST_CARD}: lost but not on "
                        f"WH's blacklist"),
     (True, CARD, f"card {CARD}: on WH's blacklist but should not be")])
 def test_a_blacklist_that_disagrees_with_card_states_is_found(books, listed, card, message):
