@@ -5,6 +5,9 @@ operator CLI writes for new terminals, the destinations' keys and the receivers'
 """
 
 import os
+import pwd
+import shlex
+import stat
 
 from switch import limits
 
@@ -24,22 +27,59 @@ def parse_key_hex(text, where: str) -> bytes:
     return bytes.fromhex(text)
 
 
+def exposure(path: str, status: os.stat_result,
+             user: int | None = None) -> tuple[str, str] | None:
+    """(why a secret's file is open to others, the command that closes it); None when it is
+    not. PostgreSQL's rule for its server key: owned by this process's user, no access
+    for group or others (0600, 0400); owned by root, no access for others (0640: a root-owned
+    secret a service's group reads, as the deploy units may set it up); anyone else's file is
+    refused, since its owner could put another key there. Every key this project writes is
+    0600; one written by hand with the default umask (0644) is the usual cause."""
+    mode = status.st_mode & 0o777
+    quoted = shlex.quote(path)
+    user = os.geteuid() if user is None else user   # this process's, unless a test says
+    if status.st_uid == user:
+        if mode & 0o077:
+            return f"may be read or written by others (mode {mode:04o})", f"chmod 600 {quoted}"
+    elif status.st_uid == 0:
+        if mode & 0o007:
+            return (f"may be read or written by others (mode {mode:04o}, owned by root)",
+                    f"chmod o-rwx {quoted}")
+    else:
+        return (f"is owned by uid {status.st_uid}, neither this process's user (uid {user}) "
+                f"nor root, and its owner could put another key there",
+                f"chown {_user_name(user)} {quoted} && chmod 600 {quoted}")
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def read_key_file(path: str) -> bytes:
     try:
-        with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
+        # Non-blocking, so a FIFO named by mistake is refused below instead of waiting for
+        # a writer for ever; a regular file reads the same either way.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(descriptor, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise KeyFileError(f"{path!r} is not a regular file; a key file holds "
+                                   f"{KEY_HEX_CHARS} hex characters")
             # Enough for a key with a newline and stray spaces; more is not a key file.
             raw = handle.read(4 * KEY_HEX_CHARS)
     except OSError as error:
         raise KeyFileError(f"cannot read {path!r}: {error.strerror or error}") from None
-    if mode & 0o077:
-        # As ssh refuses such a private key: whoever reads it signs on as the credential (a
-        # receiver's key forges the records billing settles), and a file others may write
-        # can be swapped for a key of their choosing. Every key this project writes is 0600;
-        # one written by hand with the default umask is the usual cause.
-        raise KeyFileError(f"key file {path!r} may be read or written by others (mode "
-                           f"{mode & 0o777:04o}); whoever reads it signs on as its credential: "
-                           f"chmod 600 {path}")
+    problem = exposure(path, status)
+    if problem:
+        # Whoever reads it signs on as the credential (a receiver's key forges the records
+        # billing settles), and a file others may write can be swapped for a key of theirs.
+        what, remedy = problem
+        raise KeyFileError(f"key file {path!r} {what}; whoever reads it signs on as its "
+                           f"credential: {remedy}")
     try:
         text = raw.decode("ascii").strip()
     except UnicodeDecodeError:

@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from switch import limits
+from switch.config.keyfile import exposure
 
 FORMAT = "campus-card-switch master key"
 VERSION = 1
@@ -148,7 +149,7 @@ def resolve_path(data_dir: str, given: str | None) -> str:
 def read(path: str) -> MasterKey:
     try:
         with open(path, encoding="utf-8") as handle:
-            _check_private(path, os.fstat(handle.fileno()).st_mode)
+            _check_private(path, os.fstat(handle.fileno()))
             text = handle.read(limits.master_key_file_size_bytes_max + 1)
     except FileNotFoundError:
         raise MasterKeyError(
@@ -163,14 +164,16 @@ def read(path: str) -> MasterKey:
     return MasterKey.from_json(text, path)
 
 
-def _check_private(path: str, mode: int) -> None:
-    """Refused when others may read or write it, as PostgreSQL refuses such a server key: it
-    opens every secret of the data dir, and a copy put back from other media (a restore at
-    3 a.m.) may come with the media's modes. The switch writes it 0600."""
-    if mode & 0o077:
-        raise MasterKeyError(f"master key file {path} may be read or written by others (mode "
-                             f"{mode & 0o777:04o}); it opens every secret of the data dir: "
-                             f"chmod 600 {path}, and keep it owned by the switch's user")
+def _check_private(path: str, status: os.stat_result) -> None:
+    """Refused when others may read or write it, as PostgreSQL refuses such a server key
+    (keyfile.exposure): it opens every secret of the data dir, and a copy put back from
+    other media (a restore at 3 a.m.) may come with the media's modes. The switch writes it
+    0600."""
+    problem = exposure(path, status)
+    if problem:
+        what, remedy = problem
+        raise MasterKeyError(f"master key file {path} {what}; it opens every secret of the "
+                             f"data dir: {remedy}")
 
 
 def create(path: str, master: MasterKey) -> None:
