@@ -100,12 +100,24 @@ def prune_used_qr(ledger) -> int:
 
 
 # ---------------------------------------------------------------- reversals
+def _payment_txn(seen) -> int | None:
+    """The txn of the payment a remembered id holds, or None (not seen, a tombstone, a
+    decline, no payment)."""
+    if seen is None or seen[0] not in REVERSIBLE or seen[2]["code"] != "ok":
+        return None
+    return seen[2]["txn"]
+
+
 def reverse(ledger, credential, values):
     target = values["target"]
-    first = ledger.first_reversal(credential.who, target)
-    if first is not None:  # a second reverse of the same target, under a new id
-        return {**first, "replay": True}
     seen = ledger.recall(credential.who, target)
+    judged = _payment_txn(seen)
+    first = ledger.first_reversal(credential.who, target)
+    # A second reverse of the same payment, under a new id, replays the first's reply. One
+    # that judged another payment under this id (the till reused an id once it was
+    # forgotten) is not this one's: replaying it would leave the new payment taken.
+    if first is not None and first[1] == judged:
+        return {**first[0], "replay": True}
     if seen is None:
         # Never seen: leave a tombstone so the original, if it comes, moves no money.
         ledger.remember(credential.who, target, TOMBSTONE, b"", {})
@@ -122,7 +134,7 @@ def reverse(ledger, credential, values):
             if now_ms - record["at"] > ledger.config.reversal_window_s * 1000:
                 # Kept as the first reverse's reply: a later one replays it (§4.9).
                 reply = _decline("reverse", codes.REVERSE_WINDOW)
-                ledger.save_first_reversal(credential.who, target, reply)
+                ledger.save_first_reversal(credential.who, target, reply, judged)
                 return reply
             account_id = record["account"]
             account = ledger.account(account_id)
@@ -132,7 +144,7 @@ def reverse(ledger, credential, values):
             if code:
                 # Closed since: it takes no money back, for good, so a retry replays this.
                 reply = _decline("reverse", code)
-                ledger.save_first_reversal(credential.who, target, reply)
+                ledger.save_first_reversal(credential.who, target, reply, judged)
                 return reply
             returned = give_back(ledger, account_id, account, record)
             ledger.save_account(account_id, account)
@@ -150,7 +162,7 @@ def reverse(ledger, credential, values):
                                 was_listing=True, ref=values["id"], reason="repaid")
             reply = with_subsidy({"t": "reverse", "code": "ok", "txn": txn, "balance": balance},
                                  account)
-    ledger.save_first_reversal(credential.who, target, reply)
+    ledger.save_first_reversal(credential.who, target, reply, judged)
     return reply
 
 

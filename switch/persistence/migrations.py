@@ -8,6 +8,7 @@ import msgpack
 from switch import limits
 from switch.core import layout
 from switch.ledger.standing import lists_its_cards, should_be_listed
+from switch.ledger.state import REVERSAL_KEPT, reversal_id
 from switch.ledger.state.blacklist import Blacklist
 from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, SUBSIDY_GRANT, kept_subsidy_grants,
                                      room_index_keys, subsidy_grant_expiry_key)
@@ -191,6 +192,34 @@ def _list_frozen_accounts_cards(txn, dbs) -> None:
                     "blacklist_version=%d", school, len(cards), blacklist.version(school))
 
 
+def _reversals_kept_as_ids(txn, dbs) -> None:
+    """Schema 12 -> 13: the first reverse of each target moves from `reversals`, where it was
+    kept for ever, to `idempotency` under its own id (ledger.state.reversal_id) beside the
+    txn of the payment it judged, so the id sweep forgets it. Its time is its `reverse`
+    record's, or for one that moved no money the journal's last (kept a little longer).
+    The payment judged is the `reverse` record's target; one that moved no money judged
+    none, or judged a payment its decline left standing: a reverse of that payment then
+    judges it again, with the same answer (the window stays passed, closed stays closed)."""
+    if "reversals" not in dbs:
+        return
+    journal = dbs["journal"]
+    last = txn.cursor(db=journal)
+    latest_ms = msgpack.unpackb(last.value(), raw=False)["at"] if last.last() else 0
+    for key, value in txn.cursor(db=dbs["reversals"]):
+        who, _, packed_target = bytes(key).partition(b"\0")
+        reply = msgpack.unpackb(value, raw=False)
+        original, at_ms = None, latest_ms
+        if type(reply.get("txn")) is int:
+            record = msgpack.unpackb(txn.get(reply["txn"].to_bytes(8, "big"), db=journal),
+                                     raw=False)
+            original, at_ms = record.get("target"), record["at"]
+        target = msgpack.unpackb(packed_target, raw=False)
+        txn.put(who + b"\0" + msgpack.packb(reversal_id(target), use_bin_type=True),
+                msgpack.packb([REVERSAL_KEPT, b"", {"reply": reply, "original": original},
+                               at_ms], use_bin_type=True), db=dbs["idempotency"])
+    _drop_retired(txn, dbs, "reversals")
+
+
 def _keys_with_prefix(cursor, prefix: bytes):
     if cursor.set_range(prefix):
         for key, value in cursor:
@@ -204,4 +233,4 @@ UPGRADES = {1: _index_rooms, 2: _pad_account_records, 3: _drop_id_expiry_index,
             4: _chain_account_histories, 5: _mark_account_histories, 6: _log_remembered_ids,
             7: _log_account_records, 8: _grants_in_their_own_format,
             9: _rebuild_subsidy_grants, 10: _date_the_paid_once_check,
-            11: _list_frozen_accounts_cards}
+            11: _list_frozen_accounts_cards, 12: _reversals_kept_as_ids}

@@ -24,7 +24,7 @@ from switch.persistence import writeback
 from switch.persistence.migrations import UPGRADES
 from switch.persistence.keys import decode_position, encode_position, position_key, txn_key
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
 
 # name -> what it holds (key -> value)
@@ -53,7 +53,6 @@ DATABASES = {
     "blacklist_changes": "school + NUL + version (8 bytes BE) -> msgpack [added, removed]",
     "qr_secrets": "account id -> sealed 32-byte QR secret (virtual card)",
     "qr_used": "step (8 bytes BE) + account id + . + nonce -> empty",
-    "reversals": "credential id + NUL + msgpack(target id) -> msgpack first reverse reply",
     "holds": "hold id -> msgpack {account, amount, state, expires, who, txn}",
     "hold_expiry": "expires ms (8 bytes BE) + hold id -> empty, open holds only",
     "settlement": "credential id + NUL + YYYY-MM-DD -> struct <qq (count, total fen)",
@@ -73,7 +72,7 @@ DATABASES = {
 
 # Databases an older schema kept and an upgrade drops (switch/persistence/migrations.py):
 # opened only for that upgrade, and only where they exist.
-RETIRED_DATABASES = ("idempotency_expiry", "account_journal")
+RETIRED_DATABASES = ("idempotency_expiry", "account_journal", "reversals")
 
 DELETED = None  # overlay value meaning "deleted in a batch not yet committed"
 # Databases read a page at a time in key order (`keys_after`). Their keys not yet committed

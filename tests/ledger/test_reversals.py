@@ -147,3 +147,55 @@ def test_a_second_reverse_after_the_window_replays_the_first_refusal(campus):
     first = campus.send(campus.pos, "reverse", target="d", id="r1")
     assert first == {"t": "reverse", "code": "reverse_window"}
     assert campus.send(campus.pos, "reverse", target="d", id="r2") == {**first, "replay": True}
+
+
+# ---------------------------------------------------------------- ids used again
+def _forget_old_ids(world, seconds: int) -> None:
+    world.commit()
+    world.clock.advance(seconds)
+    world.write_back_ids()
+    while world.forget_old_ids():
+        world.commit()
+    world.commit()
+
+
+def test_a_reverse_of_an_id_used_again_after_it_was_forgotten_reverses_the_new_payment(campus):
+    # A till's counter wrapped: an id forgotten after the retention (§4.3) pays again, the
+    # reply is lost, the till reverses it. The first reverse of the old payment under that
+    # id was kept for ever and replayed: the new payment stayed taken, the till told it was
+    # given back (the outside test's second pass).
+    campus.ok(campus.pos, "debit", card=CARD, amount=1_000, id="T-000001")
+    campus.ok(campus.pos, "reverse", target="T-000001", id="R1")
+    _forget_old_ids(campus, campus.config.idempotency_retention_s + 86_400)
+    paid = campus.ok(campus.pos, "debit", card=CARD, amount=2_500, id="T-000001")
+    reply = campus.send(campus.pos, "reverse", target="T-000001", id="R2")
+    assert "replay" not in reply
+    assert campus.journal(reply["txn"])["target"] == paid["txn"]
+    assert campus.balance(STUDENT) == BALANCE
+    # A second reverse of it replays this one.
+    assert campus.send(campus.pos, "reverse", target="T-000001", id="R3") == {
+        **reply, "replay": True}
+    assert campus.balance(STUDENT) == BALANCE
+
+
+def test_a_reverse_before_its_id_was_ever_used_does_not_stand_for_a_payment_days_later(campus):
+    assert campus.send(campus.pos, "reverse", target="T-000002", id="R1") == {
+        "t": "reverse", "code": "ok", "txn": None}
+    _forget_old_ids(campus, campus.config.idempotency_retention_s + 86_400)
+    paid = campus.ok(campus.pos, "debit", card=CARD, amount=3_000, id="T-000002")
+    reply = campus.send(campus.pos, "reverse", target="T-000002", id="R2")
+    assert campus.journal(reply["txn"])["target"] == paid["txn"]
+    assert campus.balance(STUDENT) == BALANCE
+
+
+def test_what_a_reverse_remembers_is_forgotten_with_the_ids(campus):
+    # Kept for ever before: one till key reversing made-up ids grew the books without bound.
+    for number in range(50):
+        campus.send(campus.pos, "reverse", target=f"made-up-{number}", id=f"r{number}")
+    def the_tills() -> list:
+        return [key for key in campus.committed("idempotency")
+                if key.startswith(campus.pos.who.encode() + b"\0")]
+    campus.write_back_ids()
+    assert len(the_tills()) == 150   # each reverse's id, its tombstone, its first reply
+    _forget_old_ids(campus, campus.config.idempotency_retention_s + 86_400)
+    assert the_tills() == []

@@ -8,7 +8,8 @@ import msgpack
 from switch.core import layout
 from switch.persistence.audit import audit
 from switch.persistence.store import SCHEMA_VERSION, STORE_DIR
-from tests.ledger.conftest import CARD, CUIK_STUDENT, ROOM, STUDENT, World, limits, populate
+from tests.ledger.conftest import (BALANCE, CARD, CUIK_STUDENT, ROOM, STUDENT, World, limits,
+                                   populate)
 
 ACCOUNTS = (STUDENT, CUIK_STUDENT, ROOM)
 
@@ -409,3 +410,44 @@ def test_audit_after_the_upgrade_to_schema_12_finds_a_frozen_accounts_card_unlis
     assert audit(str(campus.path)).problems == [
         f"card {CARD}: active, its account {STUDENT} frozen by the card office, but not on WH's "
         f"blacklist"]
+
+
+def test_the_upgrade_to_schema_13_keeps_each_first_reverse_as_an_id_the_sweep_forgets(
+        tmp_path):
+    """Schema 12 kept the first reverse of each target for ever in `reversals`; 13 keeps it as
+    an id beside the payment it judged. A reverse sent again after the upgrade still
+    replays, and never gives money back twice."""
+    campus = populate(World(tmp_path / "data"))
+    campus.ok(campus.pos, "debit", card=CARD, amount=1_000, id="p1")
+    first = campus.ok(campus.pos, "reverse", target="p1", id="r1")
+    never = campus.ok(campus.pos, "reverse", target="not-yet", id="r2")
+    campus.commit()
+    who = campus.pos.who.encode()
+
+    def as_schema_12(data_dir: str) -> None:
+        env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
+        with env.begin(write=True) as txn:
+            ids, meta = (env.open_db(name, txn=txn) for name in (b"idempotency", b"meta"))
+            reversals = env.open_db(b"reversals", txn=txn)
+            for target in ("p1", "not-yet"):
+                key = who + b"\0" + msgpack.packb(["reverse_of", target])
+                kept = msgpack.unpackb(txn.get(key, db=ids), raw=False)
+                txn.delete(key, db=ids)
+                txn.put(who + b"\0" + msgpack.packb(target),
+                        msgpack.packb(kept[2]["reply"], use_bin_type=True), db=reversals)
+            txn.put(b"schema_version", b"12", db=meta)
+        env.close()
+    campus.restart(while_closed=as_schema_12)
+    assert campus.committed("meta")[b"schema_version"] == str(SCHEMA_VERSION).encode()
+    env = campus.store.env
+    with env.begin() as txn:
+        assert not any(bytes(key) == b"reversals" for key, _ in txn.cursor())
+    assert campus.send(campus.pos, "reverse", target="p1", id="r3") == {
+        **first, "replay": True}
+    assert campus.send(campus.pos, "reverse", target="not-yet", id="r4") == {
+        **never, "replay": True}
+    assert campus.balance(STUDENT) == BALANCE
+    campus.commit()
+    campus.close()
+    report = audit(str(campus.path))
+    assert report.sound, report.problems

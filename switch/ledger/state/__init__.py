@@ -587,13 +587,30 @@ class Ledger:
             "merchant": credential.merchant, "id": record_id}))
 
     # ----------------------------------------------------------- reversals
-    def first_reversal(self, who: str, target) -> dict | None:
-        """The reply to the first reverse of `target` by `who`, or None."""
-        data = self.store.get("reversals", who.encode() + b"\0" + _pack(target))
-        return None if data is None else unpack(data)
+    # The first reverse of a target is remembered as a request id of its own, `reversal_id`,
+    # so the id sweep forgets it with the ids (it was kept for ever in a table of its own),
+    # beside the payment it judged: a till reuses its ids once they are forgotten, and the
+    # reversal of an older payment under the same id is not this one's.
+    def first_reversal(self, who: str, target) -> tuple[dict, int | None] | None:
+        """(the reply to the first reverse of `target` by `who`, the txn of the payment it
+        judged, None when none was there to reverse), or None."""
+        seen = self.recall(who, reversal_id(target))
+        if seen is None:
+            return None
+        kept = seen[2]
+        return kept["reply"], kept["original"]
 
-    def save_first_reversal(self, who: str, target, reply: dict) -> None:
-        self.store.put("reversals", who.encode() + b"\0" + _pack(target), _pack(reply))
+    def save_first_reversal(self, who: str, target, reply: dict, original: int | None) -> None:
+        self.remember(who, reversal_id(target), REVERSAL_KEPT, b"",
+                      {"reply": reply, "original": original})
+
+
+# No request's id is an array (switch/identifiers.py): this id cannot be a request's.
+REVERSAL_KEPT = "reverse_first"   # the idempotency type the first reverse is kept under
+
+
+def reversal_id(target) -> list:
+    return ["reverse_of", target]
 
 
 def has_credential(store, who: str) -> bool:
