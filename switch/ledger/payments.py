@@ -15,7 +15,7 @@ from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
 from switch.ledger.payment_path import (count_meal, forget_reversed_tap, guard_campus_rules,
                                        note_approved_tap, pay, uncount_meal)
-from switch.ledger.purses import give_back, purse, spent, with_subsidy
+from switch.ledger.purses import give_back, lapse_returned, purse, spent, with_subsidy
 from switch.ledger.qr import parse_qr, qr_tag
 from switch.ledger.standing import record_standing
 
@@ -146,12 +146,13 @@ def reverse(ledger, credential, values):
                 reply = _decline("reverse", code)
                 ledger.save_first_reversal(credential.who, target, reply, judged)
                 return reply
-            returned = give_back(ledger, account_id, account, record)
+            returned, over = give_back(ledger, account_id, account, record)
             ledger.save_account(account_id, account)
             balance, _ = _money(account)
             txn = ledger.append_journal("reverse", account_id, school.code, amount, balance,
                                         credential, values["id"], target=record["txn"],
                                         **returned)
+            lapse_returned(ledger, credential, account_id, account, over, values["id"])
             ledger.count_for_settlement(credential.who, school, record["at"], -amount, count=-1)
             forget_reversed_tap(ledger, record)
             uncount_meal(ledger, record)

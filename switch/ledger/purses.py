@@ -38,18 +38,37 @@ def spent(ledger, account_id: str, subsidy_before: int, record) -> dict:
     return {"from_subsidy": part, "subsidy": purse(record), "subsidy_parts": parts}
 
 
-def give_back(ledger, account_id: str, record, original: dict) -> dict:
+def give_back(ledger, account_id: str, record, original: dict) -> tuple[dict, list]:
     """After `unspend`: the reversed payment's subsidy part back to its purse and each share
     to its batch (a batch whose term has ended meanwhile lapses at the next housekeeping
-    pass). The reversal record's fields; empty when the subsidy paid nothing."""
+    pass). Returns the reversal record's fields (empty when the subsidy paid nothing) and
+    the shares `lapse_returned` must clear at once: those whose batch's name was granted
+    again for a new term since (a new term of a name is granted only once the last one is
+    over), which would otherwise live on in the new term's batch."""
     part = original.get("from_subsidy", 0)
     if part <= 0:
-        return {}
+        return {}, []
     core.return_to_subsidy(record, part)
+    over = []
     for batch, share, expires, end_ms in original["subsidy_parts"]:
-        state = ledger.subsidy_batches.get(account_id, batch) or {
-            "remaining": 0, "expires": expires, "end_ms": end_ms}
+        state = ledger.subsidy_batches.get(account_id, batch)
+        if state is not None and state["expires"] != expires:
+            over.append((batch, share))
+            continue
+        state = state or {"remaining": 0, "expires": expires, "end_ms": end_ms}
         state["remaining"] += share
         ledger.subsidy_batches.save(account_id, batch, state)
     return {"from_subsidy": -part, "subsidy": purse(record),
-            "subsidy_parts": original["subsidy_parts"]}
+            "subsidy_parts": original["subsidy_parts"]}, over
+
+
+def lapse_returned(ledger, credential, account_id: str, record, over: list, ref) -> None:
+    """Clear the shares `give_back` found over, each with a `subsidy_expire` record right
+    after the reversal's, as housekeeping would have cleared them at their term's end."""
+    for batch, share in over:
+        core.expire_subsidy(record, share)
+        ledger.save_account(account_id, record)
+        balance = layout.get(record, layout.BALANCE)
+        ledger.append_journal("subsidy_expire", account_id, layout.school_of(record), -share,
+                              balance, credential, ref, from_subsidy=share,
+                              subsidy=purse(record), batch=batch)

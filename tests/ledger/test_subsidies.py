@@ -121,6 +121,38 @@ def test_a_reversal_puts_each_part_back_where_it_came_from(term):
     assert term.ledger.subsidy_batches.get(STUDENT, "late")["remaining"] == 300
 
 
+def test_a_share_given_back_after_its_batchs_name_was_granted_for_a_new_term_lapses_at_once(
+        term):
+    # November's `meals` spent, lapsed at midnight, December's `meals` granted under the same
+    # name (README: a batch named the same every month); then November's payment reversed.
+    # Its share went into December's batch and lived a month past its term (the outside
+    # test's second pass); `audit` called the books sound.
+    term.set_local_time("2026-11-30T22:00:00")
+    _issue(term, 3000, batch="meals", expires="2026-11-30")
+    term.ok(term.pos, "debit", card=CARD, amount=2000, id="d1")
+    term.set_local_time("2026-12-01T00:00:05")
+    for _ in range(3):   # housekeeping's passes take their tasks in turn
+        term.housekeep()
+    assert term.account(STUDENT)["subsidy"] == 0           # November's last 1000 lapsed
+    _issue(term, 3000, batch="meals", expires="2026-12-31")
+    term.set_local_time("2026-12-01T10:00:00")
+    back = term.ok(term.pos, "reverse", target="d1")
+    assert (back["balance"], back["subsidy"]) == (BALANCE, 3000)
+    lapse = term.journal(back["txn"] + 1)
+    assert (lapse["kind"], lapse["amount"], lapse["from_subsidy"], lapse["batch"],
+            lapse["ref"]) == ("subsidy_expire", -2000, 2000, "meals", back_id(term, back))
+    assert term.ledger.subsidy_batches.get(STUDENT, "meals")["remaining"] == 3000
+    term.set_local_time("2026-12-20T10:00:00")
+    for _ in range(3):
+        term.housekeep()
+    assert term.account(STUDENT)["subsidy"] == 3000
+    assert _sound(term)
+
+
+def back_id(world, reply) -> str:
+    return world.journal(reply["txn"])["ref"]
+
+
 def test_a_batch_lapses_at_the_end_of_its_day_in_the_schools_time_zone(term):
     _issue(term, 400, batch="early", expires="2026-11-20")
     _issue(term, 100, batch="late", expires="2026-11-30")
