@@ -37,6 +37,8 @@ and checks the sums and what they mean:
   grant of the journal whose term housekeeping has not yet forgotten is kept (schema 10
   on); no grant (account, batch, id, last day) is paid twice (a discrepancy from schema 11
   on; a notice for one an older switch paid before the upgrade);
+- reversals: each `reverse` undoes an earlier `debit`, `qr_debit` or `complete` of its own
+  account by the same terminal, by exactly its amount, and no payment is reversed twice;
 - time (a notice, not a discrepancy: the journal is not rewritten): where a record is dated
   more than a day before an earlier one, the clock ran ahead and what the switch does by
   the clock it did early;
@@ -314,6 +316,7 @@ def _check_journal(txn, dbs, report: AuditReport, chained: bool, history: dict):
     subsidies: dict[str, int] = {}
     newest: dict[str, int] = {}
     records_of: dict[str, int] = history["records"]
+    reversed_txns: set[int] = set()   # the payments reversed so far (a reverse is rare)
     expected_txn = 1
     for key, value in _items(txn, dbs["journal"]):
         number = int.from_bytes(key, "big")
@@ -367,10 +370,42 @@ def _check_journal(txn, dbs, report: AuditReport, chained: bool, history: dict):
             offline.append(record)
         elif record["kind"] == "subsidy":
             _note_journal_grant(report, number, record, history)
+        elif record["kind"] == "reverse":
+            _check_reversal(txn, dbs, report, number, record, reversed_txns)
         _check_time(report, number, record["at"], history)
         expected_txn += 1
         report.records += 1
     return sums, card_history, offline, closed_by, subsidies, newest
+
+
+_REVERSIBLE_KINDS = ("debit", "qr_debit", "complete")
+
+
+def _check_reversal(txn, dbs, report: AuditReport, number: int, record: dict,
+                    reversed_txns: set) -> None:
+    """A `reverse` undoes one earlier payment of its own account by the same terminal, by
+    exactly its amount, once: a reversal replayed wrongly or made twice gives money back
+    that was never paid, and the sums alone agree with it."""
+    target = record.get("target")
+    value = (txn.get(target.to_bytes(8, "big"), db=dbs["journal"])
+             if type(target) is int and 0 < target < number else None)
+    try:
+        paid = None if value is None else _unpack(value)
+    except Exception:   # not msgpack: said where that record is checked
+        paid = None
+    if type(paid) is not dict or paid.get("kind") not in _REVERSIBLE_KINDS:
+        report.problems.append(f"txn {number}: reverse of txn {target!r}, which is no payment "
+                               f"before it")
+        return
+    if (paid.get("account"), paid.get("who")) != (record["account"], record.get("who")) \
+            or paid.get("amount") != -record["amount"]:
+        report.problems.append(
+            f"txn {number}: reverse of {record['amount']} on {record['account']} by "
+            f"{record.get('who')} but txn {target} paid {-paid.get('amount', 0)} on "
+            f"{paid.get('account')} at {paid.get('who')}")
+    if target in reversed_txns:
+        report.problems.append(f"txn {number}: txn {target} reversed a second time")
+    reversed_txns.add(target)
 
 
 # How far a record's time may lie before an earlier record's: a clock put right by NTP moves
