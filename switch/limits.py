@@ -117,6 +117,9 @@ blacklist_changes_kept = 10_000    # per school; an older `since` gets the full 
 # (65,536 - 16 - 256) // 34 = 1,919 cards fit; the rest is margin.
 blacklist_page_cards_max = 1_800   # cards in one reply or push; a bigger delta is paged as the full list
 blacklist_delta_versions_max = 1_000  # a `since` further behind gets the full list (bounded work)
+# After a restore the versions since the backup are given again to other changes: each
+# school's version jumps past any a till can have seen since, and below it only the full list.
+blacklist_restore_jump_version = 1_000_000_000
 
 # --- Server (implementation choices) ---
 connections_max = 12_000           # signed-on sessions; default, configurable

@@ -21,7 +21,7 @@ from switch import limits
 from switch.cli.datadir import DataDirError, empty_dir, is_data_dir, make_dirs
 from switch.persistence.audit import audit
 from switch.persistence.dirlock import LOCK_FILE, DirInUse, DirLock
-from switch.persistence.keys import POSITION_PREFIX, decode_position
+from switch.persistence.keys import BLACKLIST_RESTORES, POSITION_PREFIX, decode_position
 from switch.persistence import writeback
 from switch.persistence.store import STORE_DIR
 
@@ -142,6 +142,7 @@ def restore(source: str, data_dir: str) -> CopySummary:
                 with contextlib.suppress(OSError):   # a backup on read-only media has none
                     os.unlink(source_readers)
             _copy_files_beside(source, data_dir)
+            _count_restore(os.path.join(data_dir, STORE_DIR))
             _fsync_tree(data_dir)
             _require_sound(data_dir, "the restored data dir")
         except BaseException:
@@ -157,6 +158,19 @@ def restore(source: str, data_dir: str) -> CopySummary:
              ",".join(f"{name}:{txn}" for name, txn in sorted(summary.forward_positions.items()))
              or "none")
     return summary
+
+
+def _count_restore(env_path: str) -> None:
+    """Count the restore in the copy's `meta`: the switch's first start on it moves each
+    school's blacklist past the versions tills saw since the backup (ledger.state)."""
+    env = lmdb.open(env_path, max_dbs=limits.lmdb_max_dbs, subdir=True)
+    try:
+        with env.begin(write=True) as txn:
+            meta = env.open_db(b"meta", txn=txn)
+            restores = int(txn.get(BLACKLIST_RESTORES, db=meta) or 0) + 1
+            txn.put(BLACKLIST_RESTORES, str(restores).encode(), db=meta)
+    finally:
+        env.close()
 
 
 def _is_within(path: str, directory: str) -> bool:
@@ -287,9 +301,13 @@ def run(args) -> int:
         else:
             summary = restore(args.source, args.data)
             print(f"restored {args.source} into {args.data}: {summary.describe()}; audit: sound")
-            print(f"receivers get records again from those positions (a rewind, never a gap); "
-                  f"put the master key kept apart at {master_key_path(args.data)} before "
-                  f"starting the switch")
+            print(f"receivers get records again from those positions (a rewind, never a gap; "
+                  f"one already past txn {summary.last_txn} refuses with journal_rewound: "
+                  f"docs/FORWARDING.md, After a restore); put the master key kept apart at "
+                  f"{master_key_path(args.data)} before starting the switch")
+            print("everything after the backup is undone, the card office's work too: redo "
+                  "the revocations and key rotations (event=revoked in the log), lost cards "
+                  "and freezes made since; every till reloads its whole blacklist")
     except (BackupError, DirInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1 if isinstance(error, CopyUnsound) else 2

@@ -27,6 +27,12 @@ def room_index_keys(school: str, account_id: str) -> tuple[bytes, bytes | None]:
     return by_school, school.encode() + b"\0" + building.encode() + b"\0" + account_id.encode()
 
 
+# In `meta`: how many times the data dir was restored from a backup (`restore` counts it up),
+# and up to which of those the blacklists' versions were moved past what tills saw since.
+BLACKLIST_RESTORES = b"blacklist_restores"
+BLACKLIST_RESTORES_HANDLED = b"blacklist_restores_handled"
+
+
 # A destination's acknowledged position, in the `meta` database.
 POSITION_PREFIX = b"forward:"
 

@@ -23,6 +23,7 @@ from switch.persistence.store import STORE_DIR, Store
 from switch.shell.client import Client
 from tests.cli.helpers import one_line_error
 from tests.paths import REPO_ROOT
+from switch.persistence.keys import BLACKLIST_RESTORES
 
 ACCOUNTS = 20
 TERMINALS = 4
@@ -298,6 +299,9 @@ def test_a_restored_switch_forwards_from_the_positions_in_the_copy(tmp_path):
     try:
         assert (store.forward_position("billing"), store.forward_position("utility")) == (4, 2)
         assert store.last_txn == 5
+        # Counted, so its first start moves every blacklist past what tills saw since
+        # (tests/ledger/test_card_office.py::test_after_a_restore_every_till_loads_the_whole_list_again).
+        assert store.get("meta", BLACKLIST_RESTORES) == b"1"
     finally:
         store.close()
 

@@ -484,3 +484,40 @@ def test_blacklist_full_list_delta_and_future_version(campus):
     # Each school has its own list.
     assert campus.send(campus.cuik_pos, "blacklist", since=0) == {
         "t": "blacklist", "code": "ok", "version": 0, "full": [], "more": False}
+
+
+def test_after_a_restore_every_till_loads_the_whole_list_again(campus, caplog):
+    # The outside test's operator pass: a backup at version 0; card A lost (version 1, a
+    # till took it); the books restored from the backup; card B lost gave version 1 again,
+    # and the till, at 1, took the empty delta: B, stolen, stayed off its list for good,
+    # and A on it. Now the restored books start past any version a till saw since.
+    from switch.cli.backup import _count_restore
+    from switch.persistence.store import STORE_DIR
+    campus.commit()
+    campus.ok(campus.service, "lost", card=CARD)
+    till_version = campus.ledger.blacklist.version("WH")
+    caplog.set_level("WARNING", logger="switch.ledger")
+
+    def counted_as_restored(data_dir: str) -> None:   # as `restore` counts its copy
+        _count_restore(f"{data_dir}/{STORE_DIR}")
+    campus.restart(while_closed=counted_as_restored)
+    version = campus.ledger.blacklist.version("WH")
+    assert version == till_version + limits.blacklist_restore_jump_version
+    assert campus.ledger.blacklist.version("CUIK") == limits.blacklist_restore_jump_version
+    assert [r.getMessage() for r in caplog.records if "restarted_after_restore" in
+            r.getMessage()] == [
+        f"event=blacklist_restarted_after_restore school=CUIK "
+        f"version={limits.blacklist_restore_jump_version} "
+        f"action=every_till_loads_the_full_list",
+        f"event=blacklist_restarted_after_restore school=WH version={version} "
+        f"action=every_till_loads_the_full_list"]
+    # A till at the version it had: the whole list, never a delta of other changes.
+    assert campus.send(campus.pos, "blacklist", since=till_version) == {
+        "t": "blacklist", "code": "ok", "version": version, "full": [CARD], "more": False}
+    campus.ok(campus.admin, "issue_card", account=STUDENT, card="0B0B0001")
+    campus.ok(campus.service, "lost", card="0B0B0001")
+    assert campus.send(campus.pos, "blacklist", since=version) == {
+        "t": "blacklist", "code": "ok", "version": version + 1, "add": ["0B0B0001"],
+        "remove": []}
+    campus.restart()   # once per restore
+    assert campus.ledger.blacklist.version("WH") == version + 1

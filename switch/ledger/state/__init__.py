@@ -19,7 +19,8 @@ from switch.ledger.state.holds import Holds
 from switch.ledger.state import sealing
 from switch.ledger.state.subsidies import SubsidyBatches
 from switch.ledger.payment_path import SchoolLimits
-from switch.persistence.keys import room_index_keys, txn_key
+from switch.persistence.keys import (BLACKLIST_RESTORES, BLACKLIST_RESTORES_HANDLED,
+                                     room_index_keys, txn_key)
 
 log = logging.getLogger("switch.ledger")
 _pack = msgpack.Packer(use_bin_type=True).pack
@@ -147,6 +148,7 @@ class Ledger:
         self._effects: list = []           # effects.* for the shell, once the batch is durable
         self._effects_last_txn = store.last_txn
         self.blacklist = Blacklist(store)
+        self._restart_blacklists_after_restore()
         self.holds = Holds(self)
         self.subsidy_batches = SubsidyBatches(store)
         # The last id the retention sweep visited (`forget_old_ids`); None: start at the first.
@@ -585,6 +587,18 @@ class Ledger:
             "account": account_id, "school": credential.school, "card": card_id,
             "amount": amount, "at": at_ms, "received_at": received_ms, "who": credential.who,
             "merchant": credential.merchant, "id": record_id}))
+
+    def _restart_blacklists_after_restore(self) -> None:
+        """The first open after a `restore`: every configured school's blacklist starts past
+        the versions tills saw since the backup (Blacklist.start_after_restore)."""
+        restores = self.store.get("meta", BLACKLIST_RESTORES)
+        if restores is None or restores == self.store.get("meta", BLACKLIST_RESTORES_HANDLED):
+            return
+        for school in sorted(self.config.schools):
+            version = self.blacklist.start_after_restore(school)
+            log.warning("event=blacklist_restarted_after_restore school=%s version=%d "
+                        "action=every_till_loads_the_full_list", school, version)
+        self.store.write_now("meta", BLACKLIST_RESTORES_HANDLED, restores)
 
     # ----------------------------------------------------------- reversals
     # The first reverse of a target is remembered as a request id of its own, `reversal_id`,

@@ -25,6 +25,10 @@ def _change_key(school: str, version: int) -> bytes:
     return _school_prefix(school) + version.to_bytes(8, "big")
 
 
+def _full_below_key(school: str) -> bytes:
+    return b"blacklist_full_below:" + school.encode()
+
+
 def _member_key(school: str, card: str) -> bytes:
     return _school_prefix(school) + card.encode()
 
@@ -42,6 +46,23 @@ class Blacklist:
     def version(self, school: str) -> int:
         data = self.store.get("meta", _version_key(school))
         return 0 if data is None else int(data)
+
+    def full_below(self, school: str) -> int:
+        """A `since` below this gets the full list (0: none; set at a restore)."""
+        data = self.store.get("meta", _full_below_key(school))
+        return 0 if data is None else int(data)
+
+    def start_after_restore(self, school: str) -> int:
+        """After a restore the books are back at the backup's version, and the changes a
+        till saw since are gone: a delta from its version would name other changes under the
+        same numbers, and a `since` above the version is refused, so it would keep a stolen
+        card off its list for good. The version jumps past any a till can have seen
+        (`blacklist_restore_jump_version`) and every `since` below it gets the full list.
+        Written at once (durable before any hello says the new version); returns it."""
+        version = self.version(school) + limits.blacklist_restore_jump_version
+        self.store.write_now("meta", _full_below_key(school), str(version).encode())
+        self.store.write_now("meta", _version_key(school), str(version).encode())
+        return version
 
     def contains(self, school: str, card: str) -> bool:
         return self.store.get("blacklist_cards", _member_key(school, card)) is not None
@@ -78,7 +99,8 @@ class Blacklist:
         current = self.version(school)
         if since > current:
             return None
-        if after is None and 0 < since and current - since <= limits.blacklist_delta_versions_max:
+        if (after is None and 0 < since and since >= self.full_below(school)
+                and current - since <= limits.blacklist_delta_versions_max):
             delta = self._delta(school, since, current)
             if delta is not None:
                 return delta
