@@ -598,6 +598,21 @@ def subsidy_requests(rows, batch: str, expires: str):
     first_line: dict[str, int] = {}
     for line, row in rows:
         account = (row.get("account") or "").strip()
+        if account in first_line:
+            # Its first row counts even when it was refused: fixed and imported again, the
+            # file would otherwise pay this row and then the corrected one too.
+            rejects.append((line, f"account {account} again (line {first_line[account]}): a "
+                                  f"batch grants each account once; put its sum on one row"))
+            continue
+        if account:
+            first_line[account] = line
+        if row.get(None):
+            # `WH20240003,1,000`: the amount's thousands separator split it, and 1 yuan
+            # would be granted where 1,000 was meant, for good (a batch keeps its rows).
+            rejects.append((line, f"more cells than the header has columns ({row[None]!r} "
+                                  f"left over): a thousands separator in the amount? write "
+                                  f"1000.00"))
+            continue
         try:
             amount = yuan_to_fen((row.get("amount") or "").strip())
         except UsageError as error:
@@ -606,11 +621,6 @@ def subsidy_requests(rows, batch: str, expires: str):
         if not account:
             rejects.append((line, "needs an account"))
             continue
-        if account in first_line:
-            rejects.append((line, f"account {account} again (line {first_line[account]}): a "
-                                  f"batch grants each account once; put its sum on one row"))
-            continue
-        first_line[account] = line
         requests.append((line, {"t": "subsidy", "account": account, "amount": amount,
                                 "expires": expires, "batch": batch,
                                 "id": f"subsidy-{batch_tag}-{account}"}))

@@ -125,7 +125,7 @@ def test_a_subsidy_batch_imports_by_row_once(running_switch, tmp_path):
     assert first.returncode == 3, first.stderr
     assert "4 rows, 2 created, 0 already present, 2 rejected" in first.stdout, first.stdout
     assert "line 4: subsidy WH20279999: unknown_account" in first.stdout
-    assert "line 5: not an amount in yuan: 'abc'" in first.stdout
+    assert "line 5: account WH20270001 again (line 2)" in first.stdout
     second = admin(connect, data, "import-subsidies", str(path), *batch)
     assert "0 created, 2 already present, 2 rejected" in second.stdout, second.stdout
     shown = admin(connect, data, "--json", "account", "WH20270001")
@@ -540,6 +540,25 @@ def test_an_account_twice_in_a_subsidy_batch_is_a_reject_naming_its_first_line()
     assert [line for line, _ in requests] == [2, 3]
     assert rejects == [(4, "account WH20270001 again (line 2): a batch grants each account "
                            "once; put its sum on one row")]
+
+
+def test_a_subsidy_row_with_a_cell_too_many_is_refused_and_its_account_counted(tmp_path):
+    # The outside test's operator pass: `WH20240003,1,000` granted 1.00 yuan, said
+    # "created", and the batch then kept that row for good; and an account whose first row
+    # was refused had its second row paid, the corrected first to be paid again later.
+    from switch.cli.admin import read_import_rows, subsidy_requests
+    path = tmp_path / "sub.csv"
+    path.write_text("account,amount\nWH20240003,1,000\nWH20240004,50元\nWH20240004,50\n"
+                    "WH20240005,1000\n", encoding="utf-8")
+    rows = read_import_rows(str(path), required=("account", "amount"),
+                            columns=("account", "amount"))
+    requests, rejects = subsidy_requests(rows, "2027-03 补助", "2099-03-31")
+    assert [(line, message["account"], message["amount"]) for line, message in requests] == [
+        (5, "WH20240005", 100_000)]
+    assert [line for line, _ in rejects] == [2, 3, 4]
+    assert "more cells than the header has columns (['000'] left over): a thousands " \
+           "separator in the amount?" in rejects[0][1]
+    assert rejects[2][1].startswith("account WH20240004 again (line 3)")
 
 
 @pytest.mark.parametrize("words, said", [
