@@ -33,7 +33,8 @@ def exposure(path: str, status: os.stat_result,
     not. PostgreSQL's rule for its server key: owned by this process's user, no access
     for group or others (0600, 0400); owned by root, no access for others (0640: a root-owned
     secret a service's group reads, as the deploy units may set it up); anyone else's file is
-    refused, since its owner could put another key there. Every key this project writes is
+    refused, since its owner could put another key there, but by root (the owner is then
+    the service whose key it is). Every key this project writes is
     0600; one written by hand with the default umask (0644) is the usual cause."""
     mode = status.st_mode & 0o777
     quoted = shlex.quote(path)
@@ -45,9 +46,17 @@ def exposure(path: str, status: os.stat_result,
         if mode & 0o007:
             return (f"may be read or written by others (mode {mode:04o}, owned by root)",
                     f"chmod o-rwx {quoted}")
+    elif user == 0:
+        # Root reading a service's own key (rotate-master-key or admin run as root on the
+        # service's data dir): the file is its owner's; only access past the owner matters.
+        # "chown root" here would leave the service unable to read it.
+        if mode & 0o077:
+            return f"may be read or written by others (mode {mode:04o})", f"chmod 600 {quoted}"
     else:
-        return (f"is owned by uid {status.st_uid}, neither this process's user (uid {user}) "
-                f"nor root, and its owner could put another key there",
+        owner = _user_name(status.st_uid)
+        return (f"is owned by {owner} (uid {status.st_uid}), neither this process's user "
+                f"(uid {user}) nor root, and its owner could put another key there",
+                f"run this as {owner} (sudo -u {owner} ...) if the key is that user's, else "
                 f"chown {_user_name(user)} {quoted} && chmod 600 {quoted}")
     return None
 

@@ -194,7 +194,9 @@ def replace(path: str, master: MasterKey) -> None:
     """Replace the master key file whole or not at all (rotation)."""
     temporary = path + ".tmp"
     try:
-        _write(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), master)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        _keep_owner(fd, path)
+        _write(fd, master)
         os.replace(temporary, path)
     except BaseException:
         # A part of a key file (a full disk) is neither left to be mistaken for one nor
@@ -205,6 +207,17 @@ def replace(path: str, master: MasterKey) -> None:
             pass
         raise
     _sync_directory(path)
+
+
+def _keep_owner(fd: int, path: str) -> None:
+    """Root rotating a service's key: the new file belongs to whom the old one did, or the
+    service could not read it and would not start (an outage after a successful rotation)."""
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        return
+    if os.geteuid() == 0 and (old.st_uid, old.st_gid) != (0, 0):
+        os.fchown(fd, old.st_uid, old.st_gid)
 
 
 def _write(fd: int, master: MasterKey) -> None:

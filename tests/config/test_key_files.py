@@ -39,10 +39,20 @@ def test_a_root_owned_key_a_group_reads_is_taken_and_one_others_read_is_refused(
         "may be read or written by others (mode 0640)", "chmod 600 /etc/k.key")
 
 
-def test_a_key_of_another_user_is_refused_naming_chown():
-    what, remedy = exposure("/k.key", _status(0o600, OTHER))
-    assert what.startswith(f"is owned by uid {OTHER}, neither this process's user (uid {ME})")
-    assert remedy.startswith("chown ") and remedy.endswith(" /k.key && chmod 600 /k.key")
+def test_a_key_of_another_user_is_refused_naming_its_owner():
+    what, remedy = exposure("/k.key", _status(0o600, 991), user=990)
+    assert what.startswith("is owned by ") and "(uid 991), neither this process's user " \
+        "(uid 990) nor root" in what
+    assert remedy.startswith("run this as ") and remedy.endswith(
+        " /k.key && chmod 600 /k.key")
+
+
+def test_root_takes_a_services_own_key_as_it_is_and_never_says_chown_root():
+    # The outside test's operator pass: root running rotate-master-key on the service's data
+    # dir was told "chown root", did it, and the service could no longer read its key.
+    assert exposure("/k.key", _status(0o600, 990), user=0) is None
+    assert exposure("/k.key", _status(0o640, 990), user=0) == (
+        "may be read or written by others (mode 0640)", "chmod 600 /k.key")
 
 
 def test_the_command_quotes_a_path_a_shell_would_split(tmp_path):
@@ -64,3 +74,14 @@ def test_a_fifo_named_as_a_key_file_is_refused_at_once(tmp_path):
 def test_a_private_key_file_is_read(tmp_path):
     write_private(tmp_path / "k.key", "AB" * 32 + "\n")
     assert read_key_file(str(tmp_path / "k.key")) == bytes.fromhex("ab" * 32)
+
+
+@pytest.mark.skipif(ME != 0, reason="only root can give a file to another user")
+def test_a_master_key_root_rotates_stays_its_services(tmp_path):
+    from switch.config import masterkey
+    path = str(tmp_path / "data.key")
+    masterkey.create(path, masterkey.MasterKey.generate())
+    os.chown(path, 990, 991)
+    masterkey.replace(path, masterkey.MasterKey.generate())
+    status = os.stat(path)
+    assert (status.st_uid, status.st_gid, status.st_mode & 0o777) == (990, 991, 0o600)
