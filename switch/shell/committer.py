@@ -9,8 +9,11 @@ import trio
 
 from switch import limits
 from switch.ledger.dispatch import failures
+from switch.logline import FailureLog
 
 log = logging.getLogger("switch.commit")
+# Failed commits on a budget of their own (a full disk fails every one, a few ms apart).
+commit_failures = FailureLog(log, limits.failure_tracebacks_per_minute_max)
 
 # Pre-grow the map when a commit leaves it this full, so a batch rarely meets MapFull.
 
@@ -113,9 +116,13 @@ class Committer:
             started = time.perf_counter()
             try:
                 handed, began, ended, back = await self._write(batch)
-            except Exception:
-                log.exception("event=commit_failed batch=%d requests=%d answered=internal", batch.number,
-                              len(replies) + len(self._open))
+            except Exception as error:
+                # On a budget: a full disk fails every commit, one a few ms apart, and a line
+                # with its traceback each would flood the log (and journald's rate limit
+                # would drop the rest). The cause is on the line itself.
+                commit_failures.failed("commit_failed", batch=batch.number,
+                                requests=len(replies) + len(self._open), answered="internal",
+                                error=f"{type(error).__name__}: {error}")
                 self.metrics.commit_failures.inc()
                 self._held = None
                 self._discard(replies)

@@ -20,7 +20,7 @@ from switch.ledger.effects import (BlacklistPush, ClosedAccountTap, JournalAdvan
                                    Revocation)
 from switch.logline import FailureLog, bounded
 from switch.shell.budget import RequestBudget
-from switch.shell.committer import Committer
+from switch.shell.committer import Committer, commit_failures
 from switch.shell.forwarder import Forwarder
 from switch.shell.metrics import Metrics
 from switch.shell.poller import ReadinessPoller
@@ -837,6 +837,7 @@ class Server:
         self.peer_events.summarize()
         self.credential_events.summarize()
         failures.summarize()
+        commit_failures.summarize()
         self.committer.kick()
 
     def drain(self) -> None:

@@ -176,3 +176,29 @@ async def test_a_supervised_task_that_raises_is_started_again(tmp_path, nursery)
     assert len(runs) == 3
     assert switch.server.metrics.failures.labels("task")._value.get() == 2
     await switch.stop()
+
+
+async def test_commits_failing_one_after_another_are_logged_on_a_budget_with_their_cause(
+        tmp_path, nursery, caplog, monkeypatch):
+    # A full disk fails every commit, one a few ms: a line with a traceback each flooded the
+    # log (the outside test's operator pass: 714 lines in 5 s, 1.1 MB, the cause only at
+    # each traceback's tail), and journald's rate limit then drops the other events.
+    from switch import limits
+    switch = await Switch(tmp_path / "data").start(nursery)
+    await switch.person("WH1", "AAAA", balance=5000)
+    pos = await switch.terminal("WH-POS-1")
+    caplog.set_level("ERROR")
+
+    def full_disk(batch):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(switch.store, "write_batch", full_disk)
+    failing = limits.failure_tracebacks_per_minute_max + 10
+    for n in range(failing):
+        reply = await pos.request({"t": "debit", "card": "AAAA", "amount": 1, "id": f"d{n}"})
+        assert reply["code"] == "internal"
+    lines = [r.getMessage() for r in caplog.records if "event=commit_failed" in r.getMessage()]
+    assert len(lines) == limits.failure_tracebacks_per_minute_max
+    assert "error=OSError: [Errno 28] No space left on device" in lines[0]
+    assert switch.server.metrics.commit_failures._value.get() == failing
+    monkeypatch.undo()
+    await switch.stop()
