@@ -549,6 +549,12 @@ def read_import_rows(path: str, encoding: str | None = None,
     if missing:
         raise UsageError(f"{path}: missing column(s) {sorted(missing)}; expected "
                          f"{', '.join(columns)}")
+    unknown = [name for name in header if name not in columns]
+    if unknown:
+        # `card_no` for `card` imported the students and issued no card, said "created".
+        raise UsageError(f"{path}: unknown column(s) {unknown}; the columns are "
+                         f"{', '.join(columns)} (a column misspelt would be read as empty: "
+                         f"rename it, or delete the columns that are not these)")
     rows = []
     try:
         # The file's own line numbers, as an editor shows them: empty lines are skipped

@@ -195,3 +195,21 @@ async def test_a_holder_typed_with_spaces_or_decomposed_is_the_same_name():
     assert (counts["created"], counts["rejected"]) == (2, 1), out.getvalue()
     assert [m["account"] for m in switch.sent if m["t"] == "issue_card"] == [
         "WH20260001", "WH20260002"]
+
+
+@pytest.mark.parametrize("header, columns, unknown", [
+    ("type,account,school,holder,id_last6,card_no,utility", None, "['card_no']"),
+    ("type,account,school,holder,idlast6,card,utility", None, "['idlast6']"),
+    ("account,amount,备注", ("account", "amount"), "['备注']"),
+])
+def test_a_column_the_import_does_not_know_is_refused_before_anything_is_sent(
+        tmp_path, header, columns, unknown):
+    # The outside test's operator pass: `card_no` for `card` imported the students, issued
+    # no card and said "created"; `idlast6` blamed each row's empty id_last6.
+    from switch.cli.admin import UsageError
+    path = tmp_path / "rows.csv"
+    path.write_text(header + "\n", encoding="utf-8")
+    arguments = {} if columns is None else {"required": columns, "columns": columns}
+    with pytest.raises(UsageError) as error:
+        read_import_rows(str(path), **arguments)
+    assert f"unknown column(s) {unknown}; the columns are " in str(error.value)
