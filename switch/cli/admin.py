@@ -38,6 +38,7 @@ from switch.codec import ProtocolError
 from switch.codec.framing import encode_body
 from switch.cli import refusals
 from switch.cli.datadir import is_data_dir, read_admin_key
+from switch.persistence.access import permission_problem
 from switch.cli.refusals import fen_to_yuan
 from switch.config.command_line import CommandLineParser
 from switch.config.endpoints import explain, host_port_argument
@@ -852,8 +853,9 @@ def _key(args) -> bytes:
     if not args.data:
         raise UsageError("give --data DIR (uses DIR/admin.key) or --key-file FILE")
     if not is_data_dir(args.data):
-        raise UsageError(f"{args.data} is not a switch data dir; give the switch's --data DIR "
-                         f"(its admin.key is used) or --key-file FILE")
+        raise UsageError(permission_problem(args.data) or (
+            f"{args.data} is not a switch data dir; give the switch's --data DIR (its "
+            f"admin.key is used) or --key-file FILE"))
     return read_admin_key(args.data)
 
 

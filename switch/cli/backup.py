@@ -19,6 +19,7 @@ import lmdb
 
 from switch import limits
 from switch.cli.datadir import DataDirError, empty_dir, is_data_dir, make_dirs
+from switch.persistence.access import permission_problem
 from switch.persistence.audit import audit
 from switch.persistence.dirlock import LOCK_FILE, DirInUse, DirLock
 from switch.persistence.keys import BLACKLIST_RESTORES, POSITION_PREFIX, decode_position
@@ -73,8 +74,8 @@ def backup(data_dir: str, to: str) -> CopySummary:
     """Copy `data_dir` to the new directory `to` and audit the copy; on any failure nothing
     is left at `to`."""
     if not is_data_dir(data_dir):
-        raise BackupError(f"{data_dir} is not a switch data dir (no {STORE_DIR}/ inside); "
-                          f"check --data")
+        raise BackupError(permission_problem(data_dir) or (
+            f"{data_dir} is not a switch data dir (no {STORE_DIR}/ inside); check --data"))
     if os.path.lexists(to):
         raise BackupError(f"{to} already exists; give a new directory (a dated one, say) "
                           f"so no earlier backup is overwritten")

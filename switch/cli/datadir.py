@@ -8,6 +8,7 @@ import msgpack
 
 from switch import limits
 from switch.core import layout
+from switch.persistence.access import permission_problem
 from switch.persistence.dirlock import LOCK_FILE, DirLock
 from switch.config import masterkey
 from switch.config.keyfile import read_key_file, write_key_file_atomically
@@ -71,7 +72,8 @@ def rotate_master_key(path: str, master_key_file: str | None = None) -> dict:
     old one, then the secrets are sealed again in one transaction, then the old key is
     dropped. PIN verifiers keep their key (a verifier cannot be re-keyed without its PIN)."""
     if not is_data_dir(path):
-        raise DataDirError(f"{path} is not a switch data dir (no {STORE_DIR}/ inside)")
+        raise DataDirError(permission_problem(path)
+                           or f"{path} is not a switch data dir (no {STORE_DIR}/ inside)")
     key_path = masterkey.resolve_path(path, master_key_file)
     with DirLock(path):
         store = open_data_dir(path, master_key_file)

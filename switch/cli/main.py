@@ -299,9 +299,11 @@ def _print_closed_taps(data_dir: str) -> int:
 
     from switch.cli.admin import fen_to_yuan
     from switch.cli.datadir import is_data_dir
+    from switch.persistence.access import permission_problem
     from switch.persistence.audit import closed_account_taps
     if not is_data_dir(data_dir):
-        print(f"error: {data_dir} is not a switch data dir; check the path", file=sys.stderr)
+        said = permission_problem(data_dir) or f"{data_dir} is not a switch data dir; check the path"
+        print(f"error: {said}", file=sys.stderr)
         return 2
     total_fen = count = 0
     try:

@@ -61,6 +61,7 @@ from switch.core import layout
 from switch.ledger.standing import should_be_listed
 from switch.ledger.state.blacklist import member_of_key
 from switch.persistence import writeback
+from switch.persistence.access import permission_problem
 from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, GRANTS_FORGOTTEN_BELOW,
                                      SUBSIDY_GRANT, kept_subsidy_grants, term_day_name)
 from switch.persistence.store import STORE_DIR
@@ -130,8 +131,9 @@ def audit(data_dir: str) -> AuditReport:
     switch, and a wrong path creates nothing (the report says `unreadable`)."""
     path = os.path.join(data_dir, STORE_DIR)
     if not os.path.exists(os.path.join(path, "data.mdb")):
-        return AuditReport.cannot_read(f"{data_dir} is not a switch data dir (no "
-                                       f"{STORE_DIR}/data.mdb inside); check the path")
+        return AuditReport.cannot_read(permission_problem(data_dir) or (
+            f"{data_dir} is not a switch data dir (no {STORE_DIR}/data.mdb inside); check "
+            f"the path"))
     try:
         # readonly without lock would not be safe beside a live writer; with lock a reader
         # slot gives a consistent snapshot.

@@ -348,3 +348,28 @@ def test_accounts_still_in_the_log_are_copied_counted_and_restored(tmp_path):
         assert store.logs_pending == 0
     finally:
         store.close()
+
+
+def test_a_data_dir_this_user_may_not_read_is_said_so_not_called_a_wrong_path(
+        tmp_path, monkeypatch, capsys):
+    # The outside test's operator pass: `backup`, `audit`, `closed-taps` as the wrong user
+    # said "not a switch data dir; check --data" of the right path.
+    from switch.cli.main import main
+    from switch.persistence import access
+    data = _stopped_data_dir(tmp_path / "data")
+    real_stat = os.stat
+
+    def denied(path, *args, **kwargs):
+        if str(path).startswith(str(data)) and str(path) != str(data):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+    monkeypatch.setattr(access.os, "stat", denied)
+    monkeypatch.setattr("switch.cli.datadir.is_data_dir", lambda path: False)
+    monkeypatch.setattr("switch.cli.backup.is_data_dir", lambda path: False)
+    said = access.permission_problem(str(data))
+    assert said.startswith(f"cannot read {data}: permission denied (it belongs to ")
+    assert "run this as " in said and "sudo -u " in said
+    for words in (["backup", "--data", str(data), "--to", str(tmp_path / "copy")],
+                  ["closed-taps", "--data", str(data)]):
+        assert main(words) == 2
+        assert capsys.readouterr().err.strip() == f"error: {said}"
