@@ -184,6 +184,11 @@ async def test_commits_failing_one_after_another_are_logged_on_a_budget_with_the
     # log (the outside test's operator pass: 714 lines in 5 s, 1.1 MB, the cause only at
     # each traceback's tail), and journald's rate limit then drops the other events.
     from switch import limits
+    from switch.logline import FailureLog
+    from switch.shell import committer
+    # A window of its own: the log is the process's, and earlier tests' failures count in it.
+    monkeypatch.setattr(committer, "commit_failures",
+                        FailureLog(committer.log, limits.failure_tracebacks_per_minute_max))
     switch = await Switch(tmp_path / "data").start(nursery)
     await switch.person("WH1", "AAAA", balance=5000)
     pos = await switch.terminal("WH-POS-1")
