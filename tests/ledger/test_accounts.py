@@ -275,3 +275,16 @@ def test_a_history_page_reads_journal_records_bounded_by_its_limit(campus, monke
         assert [item["txn"] for item in reply["items"]] == \
             [txn for txn in txns if txn < before][:5]
         assert len(reads) <= limits.records_between_history_marks + 5 + 2, len(reads)
+
+
+def test_a_school_served_in_another_time_zone_than_before_is_said_once(campus, caplog):
+    # The outside test's operator pass: `time_zone = "UTC"` on books counted in
+    # Asia/Shanghai started without a word; today's spending, the tills' day totals and
+    # the meal periods then change day at another midnight.
+    caplog.set_level("WARNING", logger="switch.ledger")
+    campus.restart(schools={"WH": {"time_zone": "UTC"}})
+    said = [r.getMessage() for r in caplog.records if "config_questionable" in r.getMessage()]
+    assert said == ["event=config_questionable school=WH time_zone=UTC was=Asia/Shanghai "
+                    "why=days_counted_before_are_the_old_zones_the_day_boundary_moves"]
+    campus.restart(schools={"WH": {"time_zone": "UTC"}})   # kept now: said once
+    assert len([r for r in caplog.records if "config_questionable" in r.getMessage()]) == 1

@@ -20,7 +20,7 @@ from switch.ledger.state import sealing
 from switch.ledger.state.subsidies import SubsidyBatches
 from switch.ledger.payment_path import SchoolLimits
 from switch.persistence.keys import (BLACKLIST_RESTORES, BLACKLIST_RESTORES_HANDLED,
-                                     room_index_keys, txn_key)
+                                     SCHOOL_TIME_ZONE_PREFIX, room_index_keys, txn_key)
 
 log = logging.getLogger("switch.ledger")
 _pack = msgpack.Packer(use_bin_type=True).pack
@@ -149,6 +149,7 @@ class Ledger:
         self._effects_last_txn = store.last_txn
         self.blacklist = Blacklist(store)
         self._restart_blacklists_after_restore()
+        self._note_time_zones()
         self.holds = Holds(self)
         self.subsidy_batches = SubsidyBatches(store)
         # The last id the retention sweep visited (`forget_old_ids`); None: start at the first.
@@ -587,6 +588,23 @@ class Ledger:
             "account": account_id, "school": credential.school, "card": card_id,
             "amount": amount, "at": at_ms, "received_at": received_ms, "who": credential.who,
             "merchant": credential.merchant, "id": record_id}))
+
+    def _note_time_zones(self) -> None:
+        """Each school's time zone is kept in `meta`; a start under another one is said once
+        (it is allowed: a zone set wrong is put right so). What the books count by local
+        day (today's spending, the tills' day totals, meal periods, subsidy terms) was
+        counted in the old zone, and today's day changes at the new zone's midnight."""
+        for code, school in sorted(self.config.schools.items()):
+            key = SCHOOL_TIME_ZONE_PREFIX + code.encode()
+            kept = self.store.get("meta", key)
+            zone = school.time_zone.encode()
+            if kept == zone:
+                continue
+            if kept is not None:
+                log.warning("event=config_questionable school=%s time_zone=%s was=%s "
+                            "why=days_counted_before_are_the_old_zones_the_day_boundary_moves",
+                            code, school.time_zone, kept.decode())
+            self.store.write_now("meta", key, zone)
 
     def _restart_blacklists_after_restore(self) -> None:
         """The first open after a `restore`: every configured school's blacklist starts past
