@@ -231,6 +231,10 @@ class Receiver:
         self.hellos_refused = 0
         self._refusals_window = (-float("inf"), 0)   # (its start, monotonic s; refusals in it)
         self.connection_failures = 0
+        # Set when the state dir is gone (`_persist`): the receiver stops, exit 1, and its
+        # service manager starts it again, which rebuilds from txn 1 into a new state dir.
+        self.lost: StateDirLost | None = None
+        self.on_lost = lambda: None
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         self.load()
 
@@ -326,7 +330,20 @@ class Receiver:
         # The state file goes last: whoever sees a position in it finds the outputs at least
         # that far. A crash in between leaves outputs ahead; `load` redoes them from state.
         files = self.outputs() + [(STATE_FILE, self.state_bytes())]
-        await trio.to_thread.run_sync(write_atomically, self.state_dir, files)
+        try:
+            await trio.to_thread.run_sync(write_atomically, self.state_dir, files)
+        except FileNotFoundError:
+            if os.path.isdir(self.state_dir):
+                raise
+            # Deleted under it (an `rm -rf` of the wrong directory): every frame would fail
+            # from now on, a traceback each, while the switch's lag grew.
+            self.lost = StateDirLost(f"the state dir {self.state_dir} is gone; nothing taken "
+                                     f"can be kept: stopping (started again, the receiver "
+                                     f"rebuilds from txn 1)")
+            log.critical("event=state_dir_lost receiver=%s state=%s action=stopping_exit_1",
+                         self.name, self.state_dir)
+            self.on_lost()
+            raise self.lost from None
         self._dirty = False
 
     # ------------------------------------------------------------ records
@@ -412,8 +429,8 @@ class Receiver:
         try:
             with scope:
                 await self._converse(stream, scope)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, StateDirLost):
+            pass   # a lost state dir stops the receiver (`on_lost`), said once there
         except Exception:
             # Whatever went wrong, it ends this connection only; the switch reconnects and
             # resends from the position on disk.
@@ -497,6 +514,10 @@ class Receiver:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+class StateDirLost(Exception):
+    """The state dir went away under a running receiver: nothing it takes can be kept."""
+
+
 class StartError(Exception):
     """The receiver cannot start; the message is the one line the operator sees."""
 
@@ -525,6 +546,9 @@ def run_main(make_receiver, args) -> int:
     except (KeyFileError, StartError, DirInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if receiver.lost is not None:
+        print(f"error: {receiver.lost}", file=sys.stderr)
+        return 1   # not 2: the unit's Restart= starts it again, and it rebuilds
     log.info("event=stopped receiver=%s position=%d", receiver.name, receiver.position)
     return 0
 
@@ -555,6 +579,7 @@ async def _serve_until_signal(make_receiver, args, key: bytes) -> "Receiver":
             except StateError as error:
                 raise StartError(str(error)) from None
             async with trio.open_nursery() as nursery:
+                receiver.on_lost = nursery.cancel_scope.cancel
                 await nursery.start(receiver.serve, listeners)
                 bound_host, bound_port = listeners[0].socket.getsockname()[:2]
                 print(f"listening on {bound_host}:{bound_port}", flush=True)

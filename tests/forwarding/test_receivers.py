@@ -541,3 +541,21 @@ async def test_the_kinds_remembered_are_bounded(tmp_path, monkeypatch):
     path.write_text(json.dumps(data))
     with pytest.raises(base.StateError, match="damaged rewind_check"):
         BillingReceiver(str(tmp_path / "b"), {WHO: KEY})
+
+
+async def test_a_state_dir_deleted_under_a_running_receiver_stops_it_to_be_started_again(
+        tmp_path, caplog):
+    # The outside test's operator pass: `rm -rf` of a running receiver's state dir left it
+    # up, each frame failing with a traceback, the switch's lag growing until a human came.
+    import shutil
+    receiver = UtilityReceiver(str(tmp_path / "u"), {WHO: KEY})
+    stopped = []
+    receiver.on_lost = lambda: stopped.append(True)
+    assert (await receiver.handle_records(frame([room(1)])))["upto"] == 1
+    shutil.rmtree(tmp_path / "u")
+    with pytest.raises(base.StateDirLost, match="is gone; nothing taken can be kept"):
+        await receiver.handle_records(frame([room(2)], first=2))
+    assert stopped == [True] and receiver.lost is not None
+    assert [r.getMessage() for r in caplog.records if "state_dir_lost" in r.getMessage()] == [
+        f"event=state_dir_lost receiver=utility state={tmp_path / 'u'} "
+        f"action=stopping_exit_1"]
