@@ -13,6 +13,7 @@ nonce_size_bytes = 16
 credential_key_size_bytes = 32
 master_key_size_bytes = 32             # each key of the master key file (AES-256, HMAC-SHA256)
 master_key_file_size_bytes_max = 65536  # a larger file is no master key file
+config_file_bytes_max = 1_048_576   # a larger file is no configuration (a path mistaken for it)
 protocol_version = 1
 hello_timeout_s = 10.0
 frame_complete_timeout_s = 10.0    # a frame begun must be finished within this

@@ -138,9 +138,19 @@ def load_config(path: str | None) -> Config:
         return config
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            raw = handle.read(limits.config_file_bytes_max + 1)
     except OSError as error:
         raise ConfigError(f"{path}: cannot read it: {error.strerror or error}") from None
+    if len(raw) > limits.config_file_bytes_max:
+        raise ConfigError(f"{path}: larger than a configuration file can be "
+                          f"({limits.config_file_bytes_max} bytes)")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        # Notepad's "UTF-8" (and Excel's) puts a BOM first, which TOML does not allow: the
+        # parser's "Invalid statement (line 1, column 1)" names no cause.
+        raise ConfigError(f"{path}: begins with a byte order mark (BOM), which TOML does not "
+                          f"allow: save it as UTF-8 without BOM")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
     for key, value in data.items():

@@ -282,6 +282,24 @@ def test_an_unreadable_file_is_a_configuration_error(tmp_path, contents):
     assert str(caught.value).startswith(f"{path}: not valid TOML")
 
 
+def test_a_file_saved_with_a_bom_is_told_so(tmp_path):
+    # The outside test's operator pass: Notepad's "UTF-8" got "Invalid statement (line 1,
+    # column 1)", no cause named.
+    path = tmp_path / "switch.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + b'[schools.WH]\nname = "x"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert str(caught.value) == (f"{path}: begins with a byte order mark (BOM), which TOML "
+                                 f"does not allow: save it as UTF-8 without BOM")
+
+
+def test_a_file_too_large_for_a_configuration_is_refused_unread(tmp_path):
+    path = tmp_path / "switch.toml"
+    path.write_bytes(b"#" * (limits.config_file_bytes_max + 1))
+    with pytest.raises(ConfigError, match="larger than a configuration file can be"):
+        load_config(str(path))
+
+
 def test_a_master_key_file_is_read_relative_to_the_configuration(tmp_path):
     path = tmp_path / "etc" / "switch.toml"
     path.parent.mkdir()
