@@ -41,6 +41,11 @@ pin_failures_max = 5               # the 5th wrong PIN in a row locks
 
 # --- Money (docs/PROTOCOL.md §4.6-4.7) ---
 max_amount_fen = 10_000_000
+# One offline record's amount, above which it is refused `bad_amount` (and logged): v1 applies
+# offline records past every limit, so a stolen till key could upload any debt. The default
+# is the range's top, no cap past max_amount_fen (v1's rule); a deployment sets it near its
+# largest real tap.
+offline_amount_max_fen = 100_000_000_000
 default_no_pin_fen = 5_000
 default_per_tx_fen = 50_000
 default_daily_fen = 100_000
@@ -353,6 +358,7 @@ reversal_window_s_range = (60, 30 * 24 * 3600)        # and at most idempotency_
 offline_window_s_range = (60, 30 * 24 * 3600)         # and at most idempotency_retention_s
 idempotency_retention_s_range = (3600, 366 * 24 * 3600)
 max_amount_fen_range = (1, 100_000_000_000)
+offline_amount_max_fen_range = (1, 100_000_000_000)
 batch_requests_max_range = (1, 65_536)
 batch_wait_s_range = (0.0, 0.1)
 request_wait_max_s_range = (0.01, 60.0)

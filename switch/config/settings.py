@@ -77,6 +77,7 @@ class Config:
     offline_window_s: int = limits.offline_window_s
     idempotency_retention_s: int = limits.idempotency_retention_s
     max_amount_fen: int = limits.max_amount_fen
+    offline_amount_max_fen: int = limits.offline_amount_max_fen
     batch_requests_max: int = limits.batch_requests_max
     batch_wait_s: float = limits.batch_wait_s
     request_wait_max_s: float = limits.request_wait_max_s

@@ -6,6 +6,7 @@ limits, PIN or standing. An account driven below zero is frozen as overdrawn
 and its cards go on the blacklist.
 """
 
+import logging
 from datetime import date
 
 import msgpack
@@ -18,8 +19,15 @@ from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money
 from switch.ledger.payment_path import count_offline_meal
 from switch.ledger.purses import purse, spent
+from switch.logline import FailureLog
 
 _FIELDS = ("id", "card", "amount", "at")
+
+# Records over the offline cap, said at most `peer_events_logged_per_minute_max` lines a
+# minute (an upload holds 500; a stolen key can send many).
+over_cap = FailureLog(logging.getLogger("switch.ledger"),
+                      limits.peer_events_logged_per_minute_max, level=logging.WARNING,
+                      traceback=False)
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 
@@ -77,6 +85,12 @@ def _decide(ledger, credential, record_id, item) -> dict:
     if schema.card_id(card_id) is schema.INVALID or type(at_ms) is not int:
         return _result(record_id, codes.BAD_REQUEST)
     if type(amount) is not int or core.check_amount(amount, ledger.config.max_amount_fen):
+        return _result(record_id, codes.BAD_AMOUNT)
+    if amount > ledger.config.offline_amount_max_fen:
+        # Nothing checked it at the till; no real tap is this large here. Said, so the
+        # operator looks at the till (its key may be in other hands).
+        over_cap.failed("offline_over_cap", who=credential.who, id=record_id, card=card_id,
+                        amount_fen=amount, cap_fen=ledger.config.offline_amount_max_fen)
         return _result(record_id, codes.BAD_AMOUNT)
     card = ledger.card(card_id)
     if card is None:

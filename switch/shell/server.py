@@ -20,6 +20,7 @@ from switch.ledger.effects import (BlacklistPush, ClosedAccountTap, JournalAdvan
                                    Revocation)
 from switch.logline import FailureLog, bounded
 from switch.shell.budget import RequestBudget
+from switch.ledger.offline import over_cap as offline_over_cap
 from switch.shell.committer import Committer, commit_failures
 from switch.shell.forwarder import Forwarder
 from switch.shell.metrics import Metrics
@@ -838,6 +839,7 @@ class Server:
         self.credential_events.summarize()
         failures.summarize()
         commit_failures.summarize()
+        offline_over_cap.summarize()
         self.committer.kick()
 
     def drain(self) -> None:

@@ -246,3 +246,27 @@ def test_a_record_stamped_ahead_is_never_applied_twice_after_its_id_is_forgotten
     [again] = upload(campus, tap(campus, "ahead", 300, at=ahead_at))
     assert again["code"] == "too_old", again
     assert campus.account(STUDENT)["balance"] == BALANCE - 300
+
+
+def test_a_record_over_the_offline_cap_is_refused_and_said(make_world, caplog):
+    # The outside test's money pass: one upload of 500 records at max_amount took an account
+    # to -49,999,987.75 yuan (v1 applies offline records past every limit). A school that
+    # sets `offline_amount_max_fen` near its largest real tap refuses the rest, and says so.
+    from tests.ledger.conftest import populate
+    world = populate(make_world(offline_amount_max_fen=5_000))
+    caplog.set_level("WARNING", logger="switch.ledger")
+    results = upload(world, tap(world, "ok", amount=5_000), tap(world, "big", amount=5_001))
+    assert [result["code"] for result in results] == ["ok", "bad_amount"]
+    assert world.balance(STUDENT) == BALANCE - 5_000
+    said = [r.getMessage() for r in caplog.records if "offline_over_cap" in r.getMessage()]
+    assert said == [f"event=offline_over_cap who={world.pos.who} id=big card={CARD} "
+                    f"amount_fen=5001 cap_fen=5000"]
+    # Not remembered, as bad input is not (§4.10): resent, it is refused again.
+    [again] = upload(world, tap(world, "big", amount=5_001))
+    assert again["code"] == "bad_amount" and world.balance(STUDENT) == BALANCE - 5_000
+
+
+def test_the_offline_cap_caps_nothing_past_max_amount_unless_set_as_v1_has_it(campus):
+    assert campus.config.offline_amount_max_fen >= campus.config.max_amount_fen
+    [result] = upload(campus, tap(campus, "large", amount=campus.config.max_amount_fen))
+    assert result["code"] == "ok"
