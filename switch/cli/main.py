@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     taps = commands.add_parser("closed-taps", help="list offline taps refused account_closed "
                                "(money to collect by hand)")
     taps.add_argument("--data", required=True)
+    taps.add_argument("--after", type=_received_after, default=0, metavar="RECEIVED_MS",
+                      help="only those received after this (the number the last listing "
+                           "ended with): what was collected is not listed again")
     rotate = commands.add_parser(
         "rotate-master-key", help="give the master key file a new key and seal every secret "
                                   "again under it (no switch running)")
@@ -247,7 +250,7 @@ def main(argv=None) -> int:
     if args.command == "rotate-master-key":
         return _rotate_master_key(args)
     if args.command == "closed-taps":
-        return _print_closed_taps(args.data)
+        return _print_closed_taps(args.data, args.after)
     if args.command == "admin":
         from switch.cli import admin
         return admin.run(args)
@@ -292,7 +295,7 @@ def _rotate_master_key(args) -> int:
     return 0
 
 
-def _print_closed_taps(data_dir: str) -> int:
+def _print_closed_taps(data_dir: str, after_ms: int = 0) -> int:
     import time
 
     import lmdb
@@ -305,9 +308,9 @@ def _print_closed_taps(data_dir: str) -> int:
         said = permission_problem(data_dir) or f"{data_dir} is not a switch data dir; check the path"
         print(f"error: {said}", file=sys.stderr)
         return 2
-    total_fen = count = 0
+    total_fen = count = last_ms = 0
     try:
-        taps = list(closed_account_taps(data_dir))
+        taps = [tap for tap in closed_account_taps(data_dir) if tap["received_at"] > after_ms]
     except lmdb.Error as error:     # as audit says it: one line, nothing printed before it
         print(f"error: cannot read {data_dir}: {error}", file=sys.stderr)
         return 2
@@ -318,8 +321,20 @@ def _print_closed_taps(data_dir: str) -> int:
               f"  {tap['who']}  {tap['id']}")
         total_fen += tap["amount"]
         count += 1
-    print(f"{count} taps, {fen_to_yuan(total_fen)} yuan to collect by hand")
+        last_ms = max(last_ms, tap["received_at"])
+    since = f" received after {after_ms}" if after_ms else ""
+    print(f"{count} taps{since}, {fen_to_yuan(total_fen)} yuan to collect by hand")
+    if count:
+        # Uploaded in received order: the next collection starts past the last listed.
+        print(f"next time: closed-taps --data {data_dir} --after {last_ms}")
     return 0
+
+
+def _received_after(text: str) -> int:
+    if not text.isdigit() or len(text) > 19:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time in ms; give the number the "
+                                         f"last listing ended with")
+    return int(text)
 
 
 def run() -> None:
