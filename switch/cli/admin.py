@@ -883,6 +883,8 @@ _ID_FIELDS = {
                                     "e.g. WH-POS-0001"),
     "id_last6": (identifiers.ID_LAST6, "the last six of an ID number are six digits, the "
                                        "last may be X"),
+    "school": (re.compile(rf"(?=.*[A-Z])[A-Z0-9]{{1,{limits.school_code_chars_max}}}\Z"),
+               "a school code is capitals and digits, e.g. WH"),
 }
 
 
@@ -890,7 +892,8 @@ def _id_problem(name: str, value) -> str | None:
     pattern, rule = _ID_FIELDS[name]
     if not isinstance(value, str) or pattern.match(value):
         return None
-    meant = value.strip().upper()
+    # Full-width letters and digits an IME typed read as their ASCII ones (NFKC).
+    meant = unicodedata.normalize("NFKC", value).strip().upper()
     hint = f"; did you mean {meant}?" if meant != value and pattern.match(meant) else ""
     return f"{value!r}: {rule}{hint}"
 

@@ -581,6 +581,10 @@ def test_a_subsidy_row_with_a_cell_too_many_is_refused_and_its_account_counted(t
      "who 'ＷＨ-T1': a credential id is ASCII letters"),
     (["open-account", "WH20230009", "--school", "WH", "--kind", "person", "--id-last6",
       "12345x"], "id-last6 '12345x': the last six of an ID number are six digits"),
+    (["add-terminal", "WH-T1", "--school", "wh", "--kind", "pos"],
+     "school 'wh': a school code is capitals and digits, e.g. WH; did you mean WH?"),
+    (["lost", "０４Ａ１Ｂ２Ｃ３Ｄ４"], "did you mean 04A1B2C3D4?"),
+    (["account", "ＷＨ20230001"], "did you mean WH20230001?"),
 ])
 def test_a_mistyped_id_is_said_naming_it_before_anything_is_sent(tmp_path, words, said):
     # Nothing listens on port 1: a request that got as far as sending would say so instead.
