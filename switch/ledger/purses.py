@@ -66,9 +66,15 @@ def lapse_returned(ledger, credential, account_id: str, record, over: list, ref)
     """Clear the shares `give_back` found over, each with a `subsidy_expire` record right
     after the reversal's, as housekeeping would have cleared them at their term's end."""
     for batch, share in over:
-        core.expire_subsidy(record, share)
-        ledger.save_account(account_id, record)
-        balance = layout.get(record, layout.BALANCE)
-        ledger.append_journal("subsidy_expire", account_id, layout.school_of(record), -share,
-                              balance, credential, ref, from_subsidy=share,
-                              subsidy=purse(record), batch=batch)
+        expire(ledger, credential, account_id, record, batch, share, ref)
+
+
+def expire(ledger, credential, account_id: str, record, batch: str, amount: int, ref) -> int:
+    """Take `amount` of `batch` out of the purse with its `subsidy_expire` record (the one
+    writer of that record: housekeeping's lapse, a closing's, a share given back too late);
+    its txn. The batch's own state is the caller's."""
+    core.expire_subsidy(record, amount)
+    ledger.save_account(account_id, record)
+    return ledger.append_journal("subsidy_expire", account_id, layout.school_of(record),
+                                 -amount, layout.get(record, layout.BALANCE), credential, ref,
+                                 from_subsidy=amount, subsidy=purse(record), batch=batch)

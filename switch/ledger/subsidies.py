@@ -9,7 +9,7 @@ each part back to its batch and housekeeping clears what is left of a batch when
 from switch import core, limits
 from switch.core import codes, layout
 from switch.ledger.accounts import _decline, _money, account_for_amount
-from switch.ledger.purses import purse
+from switch.ledger.purses import expire, purse
 from switch.persistence.keys import subsidy_grant_key, term_day, term_day_name
 
 
@@ -19,14 +19,9 @@ def _lapse(ledger, account_id: str, record, batch: str, state: dict, credential,
     record; its txn."""
     if amount is None:
         amount = state["remaining"]
-    core.expire_subsidy(record, amount)
-    ledger.save_account(account_id, record)
     state["remaining"] -= amount
     ledger.subsidy_batches.save(account_id, batch, state)
-    balance, _ = _money(record)
-    return ledger.append_journal("subsidy_expire", account_id, layout.school_of(record),
-                                 -amount, balance, credential, ref, from_subsidy=amount,
-                                 subsidy=purse(record), batch=batch)
+    return expire(ledger, credential, account_id, record, batch, amount, ref)
 
 
 def held_beyond_balance(record) -> int:
