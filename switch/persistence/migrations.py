@@ -204,20 +204,36 @@ def _reversals_kept_as_ids(txn, dbs) -> None:
         return
     journal = dbs["journal"]
     last = txn.cursor(db=journal)
-    latest_ms = msgpack.unpackb(last.value(), raw=False)["at"] if last.last() else 0
+    latest = _record(last.value()) if last.last() else None
+    latest_ms = latest.get("at", 0) if latest is not None else 0
     for key, value in txn.cursor(db=dbs["reversals"]):
         who, _, packed_target = bytes(key).partition(b"\0")
-        reply = msgpack.unpackb(value, raw=False)
+        reply, target = _record(value), _unpacked(packed_target)
+        if reply is None or target is None:
+            continue   # nothing a switch wrote: no reverse to keep (audit reads the journal)
         original, at_ms = None, latest_ms
-        if type(reply.get("txn")) is int:
-            record = msgpack.unpackb(txn.get(reply["txn"].to_bytes(8, "big"), db=journal),
-                                     raw=False)
-            original, at_ms = record.get("target"), record["at"]
-        target = msgpack.unpackb(packed_target, raw=False)
+        if type(reply.get("txn")) is int and 0 < reply["txn"] < 2 ** 64:
+            record = _record(txn.get(reply["txn"].to_bytes(8, "big"), db=journal))
+            if record is not None:
+                original, at_ms = record.get("target"), record.get("at", latest_ms)
         txn.put(who + b"\0" + msgpack.packb(reversal_id(target), use_bin_type=True),
                 msgpack.packb([REVERSAL_KEPT, b"", {"reply": reply, "original": original},
                                at_ms], use_bin_type=True), db=dbs["idempotency"])
     _drop_retired(txn, dbs, "reversals")
+
+
+def _unpacked(value):
+    try:
+        return msgpack.unpackb(value, raw=False)
+    except (ValueError, TypeError):   # every unpacking error is a ValueError; None a TypeError
+        return None
+
+
+def _record(value) -> dict | None:
+    """A msgpack map with an int `at`, or None: an upgrade passes over what it cannot read
+    rather than leave a switch that cannot open its data dir."""
+    record = _unpacked(value)
+    return record if type(record) is dict and type(record.get("at", 0)) is int else None
 
 
 def _keys_with_prefix(cursor, prefix: bytes):

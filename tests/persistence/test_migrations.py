@@ -451,3 +451,30 @@ def test_the_upgrade_to_schema_13_keeps_each_first_reverse_as_an_id_the_sweep_fo
     campus.close()
     report = audit(str(campus.path))
     assert report.sound, report.problems
+
+
+def test_the_upgrade_to_schema_13_passes_over_what_no_switch_wrote(tmp_path):
+    """A damaged row of `reversals`, or one whose reverse record is missing, does not stop
+    the upgrade (a switch that cannot open its data dir): the row is passed over, or kept
+    judging no payment."""
+    campus = populate(World(tmp_path / "data"))
+    campus.commit()
+    who = campus.pos.who.encode()
+
+    def as_schema_12_with_damaged_rows(data_dir: str) -> None:
+        env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
+        with env.begin(write=True) as txn:
+            meta = env.open_db(b"meta", txn=txn)
+            reversals = env.open_db(b"reversals", txn=txn)
+            txn.put(who + b"\0" + msgpack.packb("junk"), b"\xc1 not msgpack", db=reversals)
+            txn.put(who + b"\0" + msgpack.packb("gone"), msgpack.packb(
+                {"t": "reverse", "code": "ok", "txn": 10 ** 9}), db=reversals)
+            txn.put(who + b"\0\xc1", msgpack.packb({"t": "reverse", "code": "ok"}),
+                    db=reversals)
+            txn.put(b"schema_version", b"12", db=meta)
+        env.close()
+    campus.restart(while_closed=as_schema_12_with_damaged_rows)
+    assert campus.committed("meta")[b"schema_version"] == str(SCHEMA_VERSION).encode()
+    kept = campus.ledger.first_reversal(campus.pos.who, "gone")
+    assert kept == ({"t": "reverse", "code": "ok", "txn": 10 ** 9}, None)
+    assert campus.ledger.first_reversal(campus.pos.who, "junk") is None
