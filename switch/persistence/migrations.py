@@ -177,13 +177,16 @@ def _list_frozen_accounts_cards(txn, dbs) -> None:
     unlisted: dict[str, list[str]] = {}
     blacklist = Blacklist(books)
     for account, record in txn.cursor(db=dbs["accounts"]):
-        if not lists_its_cards(record):   # a closed account's are not listed, frozen or not
-            continue
+        # A record of another size is no account a switch writes (audit names it).
+        if len(record) != layout.ACCOUNT_RECORD_SIZE or not lists_its_cards(record):
+            continue   # a closed account's cards are not listed, frozen or not
         school = layout.school_of(record)
         for key, _ in _keys_with_prefix(txn.cursor(db=dbs["account_cards"]), account + b"\0"):
-            card = key[len(account) + 1:].decode()
-            _, state, _ = msgpack.unpackb(books.get("cards", card.encode()), raw=False)
-            if should_be_listed(state, record) and not blacklist.contains(school, card):
+            card = key[len(account) + 1:].decode(errors="replace")
+            kept = _unpacked(books.get("cards", card.encode()))
+            if type(kept) is not list or len(kept) != 3:
+                continue   # an index entry without its card: audit names it
+            if should_be_listed(kept[1], record) and not blacklist.contains(school, card):
                 unlisted.setdefault(school, []).append(card)
     for school, cards in sorted(unlisted.items()):
         blacklist.change(school, add=cards)

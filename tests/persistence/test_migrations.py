@@ -478,3 +478,21 @@ def test_the_upgrade_to_schema_13_passes_over_what_no_switch_wrote(tmp_path):
     kept = campus.ledger.first_reversal(campus.pos.who, "gone")
     assert kept == ({"t": "reverse", "code": "ok", "txn": 10 ** 9}, None)
     assert campus.ledger.first_reversal(campus.pos.who, "junk") is None
+
+
+def test_the_upgrade_to_schema_12_passes_over_a_card_index_entry_without_its_card(tmp_path):
+    campus = populate(World(tmp_path / "data"))
+    campus.commit()
+    version = campus.ledger.blacklist.version("WH")
+    campus.ok(campus.admin, "freeze", account=STUDENT)
+
+    def as_schema_11_with_a_dangling_entry(data_dir: str) -> None:
+        _as_schema_11_before_the_freezes({"WH": version})(data_dir)
+        env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
+        with env.begin(write=True) as txn:
+            txn.put(STUDENT.encode() + b"\0DEADBEEF", b"",
+                    db=env.open_db(b"account_cards", txn=txn))
+        env.close()
+    campus.restart(while_closed=as_schema_11_with_a_dangling_entry)
+    assert campus.committed("meta")[b"schema_version"] == str(SCHEMA_VERSION).encode()
+    assert campus.blacklisted("WH", CARD) and not campus.blacklisted("WH", "DEADBEEF")
