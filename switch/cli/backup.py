@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import lmdb
 
 from switch import limits
-from switch.cli.datadir import DataDirError, empty_dir, is_data_dir, make_dirs
+from switch.cli.datadir import (RESTORE_UNFINISHED, DataDirError, empty_dir, enclosing_data_dir,
+                                 is_data_dir, make_dirs, refuse_unfinished_restore)
 from switch.persistence.access import permission_problem
 from switch.persistence.audit import audit
-from switch.persistence.dirlock import LOCK_FILE, DirInUse, DirLock
+from switch.persistence.dirlock import LOCK_FILE, DirInUse, DirLock, holder
 from switch.persistence.keys import BLACKLIST_RESTORES, POSITION_PREFIX, decode_position
 from switch.persistence import writeback
 from switch.persistence.store import STORE_DIR
@@ -30,6 +31,9 @@ log = logging.getLogger("switch.backup")
 
 DATA_FILE = "data.mdb"
 LMDB_LOCK_FILE = "lock.mdb"
+# A backup is made under this name beside its target and renamed to it once whole: a
+# backup killed half-way is never found where a restore would look for a good one.
+INCOMPLETE_SUFFIX = ".incomplete"
 
 
 class BackupError(Exception):
@@ -72,30 +76,43 @@ def master_key_path(data_dir: str) -> str:
 
 def backup(data_dir: str, to: str) -> CopySummary:
     """Copy `data_dir` to the new directory `to` and audit the copy; on any failure nothing
-    is left at `to`."""
+    is left at `to`. The copy is made at `to` + INCOMPLETE_SUFFIX and renamed into place
+    once it has passed its audit, so `to` holds a whole, durable copy or nothing."""
     if not is_data_dir(data_dir):
         raise BackupError(permission_problem(data_dir) or (
             f"{data_dir} is not a switch data dir (no {STORE_DIR}/ inside); check --data"))
+    _refuse_unfinished(data_dir)
+    to = os.path.normpath(to)
     if os.path.lexists(to):
         raise BackupError(f"{to} already exists; give a new directory (a dated one, say) "
                           f"so no earlier backup is overwritten")
     if _is_within(to, data_dir):
         raise BackupError(f"{to} is inside the data dir {data_dir}; give a directory outside "
                           f"it (a backup on the same disk as the books is no backup either)")
+    _refuse_inside_a_data_dir(to)
+    staging = to + INCOMPLETE_SUFFIX
+    if os.path.lexists(staging):
+        raise BackupError(f"{staging} exists: a backup into {to} did not finish (killed?) or "
+                          f"runs now; remove it once no backup runs, then run this again")
     try:
-        created = make_dirs(to)
+        created = make_dirs(staging)
     except DataDirError as error:
         raise BackupError(str(error)) from None
+    copy = staging
     try:
-        summary = _copy_store(os.path.join(data_dir, STORE_DIR), os.path.join(to, STORE_DIR))
-        _copy_files_beside(data_dir, to)
-        _fsync_tree(to)
-        _require_sound(to, "the copy")
+        summary = _copy_store(os.path.join(data_dir, STORE_DIR),
+                              os.path.join(staging, STORE_DIR))
+        _copy_files_beside(data_dir, staging)
+        _require_sound(staging, "the copy")
         # The reader table the audit opened is no data: a restore makes its own.
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(to, STORE_DIR, LMDB_LOCK_FILE))
+            os.unlink(os.path.join(staging, STORE_DIR, LMDB_LOCK_FILE))
+        _fsync_tree(staging)
+        os.rename(staging, to)
+        copy = to
+        _fsync(os.path.dirname(os.path.abspath(to)), os.O_RDONLY | os.O_DIRECTORY)
     except BaseException:
-        shutil.rmtree(created or to, ignore_errors=True)
+        shutil.rmtree(created if created != staging else copy, ignore_errors=True)
         raise
     log.info("event=backup data=%s to=%s last_txn=%d accounts=%d size_bytes=%d",
              data_dir, to, summary.last_txn, summary.accounts, summary.size_bytes)
@@ -107,10 +124,16 @@ def restore(source: str, data_dir: str) -> CopySummary:
     on any failure `data_dir` is left as it was found."""
     if not is_data_dir(source):
         raise BackupError(f"{source} is not a backup (no {STORE_DIR}/ inside); check --from")
+    if os.path.normpath(source).endswith(INCOMPLETE_SUFFIX):
+        raise BackupError(f"{source} is a backup that did not finish (killed?); restore a "
+                          f"whole one, which `backup` names without {INCOMPLETE_SUFFIX}")
+    _refuse_unfinished(source)
+    _refuse_served(source)
     if _is_within(data_dir, source):
         # The copy would be written into the backup, and carried into every later restore.
         raise BackupError(f"{data_dir} is inside the backup {source}; give a directory "
                           f"outside it")
+    _refuse_inside_a_data_dir(data_dir)
     created = None
     if not os.path.lexists(data_dir):
         try:
@@ -132,8 +155,14 @@ def restore(source: str, data_dir: str) -> CopySummary:
     try:
         # Again under the lock: nothing can be added to it now.
         present = sorted(set(os.listdir(data_dir)) - {LOCK_FILE})
+        if RESTORE_UNFINISHED in present:
+            # All of it is what a killed restore copied (a switch refuses to start on it).
+            log.warning("event=unfinished_restore_cleared data=%s", data_dir)
+            empty_dir(data_dir, keep_lock=True)
+            present = []
         if present:
             raise _not_empty(data_dir, present)
+        _mark_unfinished(data_dir)
         source_readers = os.path.join(source, STORE_DIR, LMDB_LOCK_FILE)
         readers_existed = os.path.exists(source_readers)
         try:
@@ -146,6 +175,8 @@ def restore(source: str, data_dir: str) -> CopySummary:
             _count_restore(os.path.join(data_dir, STORE_DIR))
             _fsync_tree(data_dir)
             _require_sound(data_dir, "the restored data dir")
+            os.unlink(os.path.join(data_dir, RESTORE_UNFINISHED))
+            _fsync(data_dir, os.O_RDONLY | os.O_DIRECTORY)
         except BaseException:
             if created is not None:
                 shutil.rmtree(created, ignore_errors=True)
@@ -159,6 +190,45 @@ def restore(source: str, data_dir: str) -> CopySummary:
              ",".join(f"{name}:{txn}" for name, txn in sorted(summary.forward_positions.items()))
              or "none")
     return summary
+
+
+def _mark_unfinished(data_dir: str) -> None:
+    """Durably mark `data_dir` as a restore under way, before anything is copied into it."""
+    fd = os.open(os.path.join(data_dir, RESTORE_UNFINISHED), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"a restore into this directory has not finished; see README.md\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync(data_dir, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _refuse_unfinished(path: str) -> None:
+    try:
+        refuse_unfinished_restore(path)
+    except DataDirError as error:
+        raise BackupError(str(error)) from None
+
+
+def _refuse_served(source: str) -> None:
+    """A data dir a switch serves is no backup: a copy of it, started, would be a second
+    switch taking the same students' money."""
+    try:
+        pid = holder(source)
+    except OSError:
+        return       # cannot even be opened to ask: no switch holds it from here
+    if pid is not None:
+        serving = f"process {pid}" if pid else "another process"
+        raise BackupError(f"{source} is a data dir {serving} serves, not a backup; make a "
+                          f"backup of it (switch backup --data {source} --to NEW_DIR) and "
+                          f"restore that")
+
+
+def _refuse_inside_a_data_dir(path: str) -> None:
+    inside = enclosing_data_dir(path)
+    if inside is not None:
+        raise BackupError(f"{path} is inside the data dir {inside}; give a directory outside "
+                          f"it (that data dir's backups would carry it)")
 
 
 def _count_restore(env_path: str) -> None:

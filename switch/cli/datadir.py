@@ -18,6 +18,9 @@ from switch.persistence.store import STORE_DIR, Store
 
 ADMIN_WHO = "admin"
 ADMIN_KEY_FILE = "admin.key"
+# Written by `restore` before it copies anything and removed once the copy has passed its
+# audit: a restore killed half-way leaves books that may look whole and are not.
+RESTORE_UNFINISHED = "RESTORE_UNFINISHED"
 
 
 class DataDirError(Exception):
@@ -26,6 +29,27 @@ class DataDirError(Exception):
 
 def is_data_dir(path: str) -> bool:
     return os.path.isdir(os.path.join(path, STORE_DIR))
+
+
+def enclosing_data_dir(path: str) -> str | None:
+    """The data dir `path` would lie inside (not `path` itself), or None. A directory made
+    there is copied into every backup of that data dir, and restored with it."""
+    current = os.path.realpath(path)
+    while True:
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+        if is_data_dir(current):
+            return current
+
+
+def refuse_unfinished_restore(path: str) -> None:
+    """DataDirError for a data dir a killed `restore` left: its books may be cut short."""
+    if os.path.lexists(os.path.join(path, RESTORE_UNFINISHED)):
+        raise DataDirError(f"a restore into {path} did not finish (killed?), so its books may "
+                           f"be incomplete; run the restore again: switch restore --from BACKUP "
+                           f"--data {path} (it clears what the unfinished one left)")
 
 
 def open_data_dir(path: str, master_key_file: str | None = None, fsync: bool = True) -> Store:
@@ -74,6 +98,7 @@ def rotate_master_key(path: str, master_key_file: str | None = None) -> dict:
     if not is_data_dir(path):
         raise DataDirError(permission_problem(path)
                            or f"{path} is not a switch data dir (no {STORE_DIR}/ inside)")
+    refuse_unfinished_restore(path)
     key_path = masterkey.resolve_path(path, master_key_file)
     with DirLock(path):
         store = open_data_dir(path, master_key_file)
@@ -117,13 +142,18 @@ def read_admin_key(path: str) -> bytes:
 def check_data_dir(path: str, init: bool, master_key_file: str | None = None) -> None:
     """Refuse, before anything is bound or written, a path `serve` must not use: a missing
     one without `init` (a typo would start an empty switch with a new admin key), a file,
-    a directory holding something else, or a master key file inside the data dir."""
+    a directory holding something else, a master key file inside the data dir, a data dir
+    inside another, or one a killed restore left."""
     if not path:
         raise DataDirError("--data: give the data dir's path")
     try:
         masterkey.resolve_path(path, master_key_file)
     except MasterKeyError as error:
         raise DataDirError(str(error)) from None
+    inside = enclosing_data_dir(path)
+    if inside is not None:
+        raise DataDirError(f"{path} is inside the data dir {inside}; give a directory outside "
+                           f"it (the data dir's backups would carry this one too)")
     if not os.path.lexists(path):
         if not init:
             raise DataDirError(f"{path} does not exist; check the path, or give --init to "
@@ -135,6 +165,7 @@ def check_data_dir(path: str, init: bool, master_key_file: str | None = None) ->
         entries = set(os.listdir(path)) - {LOCK_FILE}
     except OSError as error:
         raise DataDirError(f"cannot read {path}: {error.strerror}") from None
+    refuse_unfinished_restore(path)
     if entries and STORE_DIR not in entries:
         raise DataDirError(f"{path} is not a switch data dir (no {STORE_DIR}/ inside) and not "
                            f"empty; give the data dir, or an empty or new directory")

@@ -364,8 +364,9 @@ def test_a_data_dir_this_user_may_not_read_is_said_so_not_called_a_wrong_path(
             raise PermissionError(13, "Permission denied", str(path))
         return real_stat(path, *args, **kwargs)
     monkeypatch.setattr(access.os, "stat", denied)
-    monkeypatch.setattr("switch.cli.datadir.is_data_dir", lambda path: False)
+    # backup's own name first: imported under datadir's patch, it would keep the fake.
     monkeypatch.setattr("switch.cli.backup.is_data_dir", lambda path: False)
+    monkeypatch.setattr("switch.cli.datadir.is_data_dir", lambda path: False)
     said = access.permission_problem(str(data))
     assert said.startswith(f"cannot read {data}: permission denied (it belongs to ")
     assert "run this as " in said and "sudo -u " in said
@@ -373,3 +374,91 @@ def test_a_data_dir_this_user_may_not_read_is_said_so_not_called_a_wrong_path(
                   ["closed-taps", "--data", str(data)]):
         assert main(words) == 2
         assert capsys.readouterr().err.strip() == f"error: {said}"
+
+
+def test_a_backup_is_made_under_another_name_and_renamed_once_whole(tmp_path, monkeypatch):
+    """A backup killed half-way must not be found where a restore looks for a good one:
+    until its copy has passed its audit and is on disk, `to` does not exist."""
+    from switch.cli import backup as backup_module
+    data = _stopped_data_dir(tmp_path / "data", accounts=2)
+    to = tmp_path / "nightly" / "2026-12-05"
+    staging = tmp_path / "nightly" / "2026-12-05.incomplete"
+    seen = []
+    audit_copy = backup_module._require_sound
+
+    def audited(path, what):
+        seen.append((path, to.exists(), staging.exists()))
+        audit_copy(path, what)
+    monkeypatch.setattr(backup_module, "_require_sound", audited)
+    backup_module.backup(str(data), str(to))
+    assert seen == [(str(staging), False, True)]
+    assert to.is_dir() and not staging.exists()
+    assert sorted(os.listdir(to)) == ["admin.key", STORE_DIR]
+
+
+def test_what_a_killed_backup_left_is_named_and_never_restored(tmp_path):
+    data = _stopped_data_dir(tmp_path / "data", accounts=1)
+    to = tmp_path / "b"
+    assert _run("backup", "--data", str(data), "--to", str(to)).returncode == 0
+    os.rename(to, tmp_path / "b2.incomplete")      # as a backup killed before its rename
+    one_line_error(_run("backup", "--data", str(data), "--to", str(tmp_path / "b2")),
+                   f"{tmp_path / 'b2.incomplete'} exists", "did not finish")
+    assert not (tmp_path / "b2").exists()
+    one_line_error(_run("restore", "--from", str(tmp_path / "b2.incomplete"), "--data",
+                        str(tmp_path / "restored")), "did not finish")
+    assert not (tmp_path / "restored").exists()
+
+
+def test_a_killed_restore_is_refused_by_serve_and_cleared_by_the_next_restore(tmp_path):
+    """`restore` marks its target before it copies and unmarks it once the copy passed its
+    audit: books a killed restore cut short never serve, nor are backed up."""
+    data = _stopped_data_dir(tmp_path / "data", accounts=3)
+    copy = tmp_path / "copy"
+    assert _run("backup", "--data", str(data), "--to", str(copy)).returncode == 0
+    restored = tmp_path / "restored"
+    assert _run("restore", "--from", str(copy), "--data", str(restored)).returncode == 0
+    assert "RESTORE_UNFINISHED" not in os.listdir(restored)
+    # As a restore killed after its copy, before its audit: a whole-looking data dir.
+    (restored / "RESTORE_UNFINISHED").write_text("")
+    for words in (["serve", "--data", str(restored), "--listen", "127.0.0.1:0",
+                   "--metrics", "off"],
+                  ["backup", "--data", str(restored), "--to", str(tmp_path / "copy2")],
+                  ["rotate-master-key", "--data", str(restored)]):
+        one_line_error(_run(*words), "did not finish", "restore --from BACKUP")
+    assert not (tmp_path / "copy2").exists()
+    result = _run("restore", "--from", str(copy), "--data", str(restored))
+    assert result.returncode == 0, result.stderr
+    assert "event=unfinished_restore_cleared" in result.stderr
+    assert sorted(os.listdir(restored)) == ["LOCK", "admin.key", STORE_DIR]
+    assert _last_txn(result.stdout) == 3
+
+
+def test_restore_refuses_a_data_dir_a_switch_serves_as_its_source(serving, tmp_path):
+    """A copy of a live data dir, started, would be a second switch taking the same money."""
+    data, port_of, stop = serving
+    trio.run(port_of)
+    one_line_error(_run("restore", "--from", str(data), "--data", str(tmp_path / "clone")),
+                   str(data), "serves, not a backup", "switch backup --data")
+    assert not (tmp_path / "clone").exists()
+    stop()     # a stopped one may be moved to a new machine this way
+    result = _run("restore", "--from", str(data), "--data", str(tmp_path / "moved"))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("inside", ["extra", "lmdb/sub"])
+def test_nothing_is_restored_or_served_inside_another_data_dir(tmp_path, inside):
+    """A directory inside a data dir is copied into each of its backups (and `lmdb/` is
+    LMDB's own)."""
+    data = _stopped_data_dir(tmp_path / "data")
+    copy = tmp_path / "copy"
+    assert _run("backup", "--data", str(data), "--to", str(copy)).returncode == 0
+    before = sorted(os.listdir(data))
+    one_line_error(_run("restore", "--from", str(copy), "--data", str(data / inside)),
+                   "is inside the data dir", str(data))
+    one_line_error(_run("serve", "--init", "--data", str(data / inside), "--listen",
+                        "127.0.0.1:0", "--metrics", "off"), "is inside the data dir")
+    one_line_error(_run("backup", "--data", str(copy), "--to", str(data / inside)),
+                   "is inside the data dir")
+    assert sorted(os.listdir(data)) == before
+    assert sorted(os.listdir(data / STORE_DIR)) == sorted(
+        name for name in ["data.mdb", "lock.mdb"] if (data / STORE_DIR / name).exists())
