@@ -240,6 +240,9 @@ repeat_tap_window_s = 3
 
 
 def _write_config(path: pathlib.Path, billing_port: int, utility_port: int, keys: dict) -> None:
+    # 0600 before a byte is in it: it holds the receivers' keys inline (key_hex).
+    path.touch(mode=0o600)
+    os.chmod(path, 0o600)
     path.write_text("# written by `make demo`\n" + CAMPUS_RULES_CONFIG + f"""
 [[destinations]]
 name = "billing"

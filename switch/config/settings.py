@@ -14,6 +14,7 @@ from switch import limits
 from switch.identifiers import building_of
 from switch.clock import LocalDays
 from switch.config.destinations import parse_destinations
+from switch.config.keyfile import exposure
 from switch.config.errors import ConfigError
 
 
@@ -140,6 +141,7 @@ def load_config(path: str | None) -> Config:
     try:
         with open(path, "rb") as handle:
             raw = handle.read(limits.config_file_bytes_max + 1)
+            status = os.fstat(handle.fileno())
     except OSError as error:
         raise ConfigError(f"{path}: cannot read it: {error.strerror or error}") from None
     if len(raw) > limits.config_file_bytes_max:
@@ -164,6 +166,7 @@ def load_config(path: str | None) -> Config:
                 raise ConfigError("destinations: use [[destinations]] tables")
             config.destinations = parse_destinations(value, base_dir=os.path.dirname(
                 os.path.abspath(path)))
+            _refuse_exposed_inline_keys(path, status, value)
         elif key == "master_key_file":
             if type(value) is not str or not value:
                 raise ConfigError("master_key_file: must be a non-empty string (a path)")
@@ -180,6 +183,18 @@ def load_config(path: str | None) -> Config:
             raise ConfigError(f"unknown key {key!r}")
     validate(config)
     return config
+
+
+def _refuse_exposed_inline_keys(path: str, status: os.stat_result, tables: list) -> None:
+    """A key written inline (`key_hex`) is as secret as the file holding it: the same rule
+    as a key file's (config.keyfile.exposure), so that whoever may read the configuration
+    cannot sign on as the destination's credential."""
+    inline = [index for index, table in enumerate(tables) if "key_hex" in table]
+    problem = exposure(path, status) if inline else None
+    if problem:
+        what, remedy = problem
+        raise ConfigError(f"{path}: holds destinations[{inline[0]}].key_hex, a credential's "
+                          f"key, and {what}: {remedy} (or move the key into a key_file)")
 
 
 def _school(code: str, table) -> School:

@@ -115,3 +115,36 @@ def test_the_example_file_parses(tmp_path):
     # What the reference utility receiver takes, a room's refund included.
     assert utility.kinds == frozenset({"credit", "meter", "cutoff", "restore", "refund"})
     assert utility.kinds == UTILITY_WANTED_KINDS
+
+
+@pytest.mark.parametrize("mode, refused", [(0o644, True), (0o604, True), (0o640, True),
+                                           (0o600, False), (0o400, False)])
+def test_a_key_written_inline_is_refused_in_a_configuration_others_may_read(
+        tmp_path, mode, refused):
+    """key_hex makes the configuration file as secret as a key file: the same rule."""
+    from switch.config import ConfigError, load_config
+    path = tmp_path / "switch.toml"
+    path.write_text(f'[[destinations]]\nname = "billing"\naddress = "127.0.0.1:7101"\n'
+                    f'credential = "switch-billing"\nkey_hex = "{KEY_HEX}"\n')
+    os.chmod(path, mode)
+    if not refused:
+        assert load_config(str(path)).destinations[0].key == bytes.fromhex(KEY_HEX)
+        return
+    with pytest.raises(ConfigError) as raised:
+        load_config(str(path))
+    said = str(raised.value)
+    assert said.startswith(f"{path}: holds destinations[0].key_hex, a credential's key, and "
+                           f"may be read or written by others (mode {mode:04o})")
+    assert f"chmod 600 {path}" in said and "key_file" in said and KEY_HEX not in said
+
+
+def test_a_configuration_without_an_inline_key_may_be_read_by_others(tmp_path):
+    from switch.config import load_config
+    key = tmp_path / "billing.key"
+    key.write_text(KEY_HEX + "\n")
+    os.chmod(key, 0o600)
+    path = tmp_path / "switch.toml"
+    path.write_text('[[destinations]]\nname = "billing"\naddress = "127.0.0.1:7101"\n'
+                    'credential = "switch-billing"\nkey_file = "billing.key"\n')
+    os.chmod(path, 0o644)
+    assert load_config(str(path)).destinations[0].key == bytes.fromhex(KEY_HEX)
