@@ -106,6 +106,10 @@ reply_envelope_bytes_max = 64      # t, code, re and the results' header around 
 offline_future_s = 5 * 60          # an offline tap this far ahead of our clock is refused
 history_limit_default = 50
 history_limit_max = 200
+# A page's items, packed, stay under this (the frame less its tag, envelope and time zone):
+# 200 items of a till whose merchant and id are 64 emoji would not fit a frame, and the page
+# ends early instead, with `next` to go on from (docs/PROTOCOL.md §4.14).
+history_items_bytes_max = frame_size_bytes_max - 1_024
 subsidy_batches_per_account_max = 64   # batches with money left on one account
 subsidies_expired_per_pass_max = 1_000 # batches a housekeeping pass clears at most
 # Due batches a pass may pass over because open holds stand on them (they lapse once the

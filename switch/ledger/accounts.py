@@ -6,6 +6,8 @@ without `re`. Declines are returned codes; nothing here raises for bad input.
 
 import os
 
+import msgpack
+
 from switch import core, limits
 from switch.core import codes, layout
 from switch.identifiers import building_of
@@ -180,16 +182,22 @@ def history(ledger, credential, values):
         return _decline("history", codes.BAD_REQUEST)
     items = []
     more = False
+    items_bytes = 0
     for txn in ledger.account_txns_before(account_id, values.get("before")):
         if len(items) == limit:
             more = True
             break
         entry = ledger.journal_record(txn)
-        items.append({"txn": entry["txn"], "at": entry["at"], "kind": entry["kind"],
-                      "amount": entry["amount"], "from_subsidy": entry.get("from_subsidy", 0),
-                      "balance": entry["balance"],
-                      "who": entry["who"], "merchant": entry["merchant"],
-                      "card": entry.get("card")})
+        item = {"txn": entry["txn"], "at": entry["at"], "kind": entry["kind"],
+                "amount": entry["amount"], "from_subsidy": entry.get("from_subsidy", 0),
+                "balance": entry["balance"],
+                "who": entry["who"], "merchant": entry["merchant"],
+                "card": entry.get("card")}
+        items_bytes += len(msgpack.packb(item))
+        if items and items_bytes > limits.history_items_bytes_max:
+            more = True     # the page ends where a frame would; `next` goes on from here
+            break
+        items.append(item)
     # The school's zone, so a card office shows times as the school's clocks did.
     return {"t": "history", "code": "ok", "items": items,
             "next": items[-1]["txn"] if more else None,

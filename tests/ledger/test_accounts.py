@@ -104,6 +104,37 @@ def test_history_pages_with_before_and_limit(campus):
         campus.service, "history", account=STUDENT, before=every[0])["items"]] == every[1:]
 
 
+def test_a_history_page_of_long_merchant_names_fits_a_frame_and_pages_on(campus):
+    """A till whose id and merchant are as long as they may be (64 emoji, 4 bytes each in
+    UTF-8): 200 of its records pack past a frame, and a page of them answered `internal`
+    (event=reply_too_large) to every account that paid there. The page ends where a frame
+    would, and `next` goes on from it."""
+    from switch.codec.session import ServerSession
+    till = campus.add_terminal("W" * limits.credential_id_chars_max,
+                               merchant="\U0001F35C" * limits.source_chars_max)
+    for n in range(limits.history_limit_max + 5):
+        campus.ok(till, "debit", card=CARD, amount=1)
+    campus.commit()
+    session = ServerSession.__new__(ServerSession)
+    session._k_s2c = b"k" * 32
+    seen, before, page_sizes = [], None, []
+    while True:
+        fields = {} if before is None else {"before": before}
+        reply = campus.send(campus.service, "history", account=STUDENT,
+                            limit=limits.history_limit_max, **fields)
+        assert reply["code"] == "ok"
+        frame = session.encode_reply({**reply, "re": 2**32})   # FrameTooLarge if it did not fit
+        assert len(frame) <= limits.frame_size_bytes_max
+        seen += [item["txn"] for item in reply["items"]]
+        page_sizes.append(len(reply["items"]))
+        before = reply["next"]
+        if before is None:
+            break
+    assert page_sizes[0] < limits.history_limit_max and len(page_sizes) >= 2, page_sizes
+    assert len(seen) == limits.history_limit_max + 5 + 3    # and credit, issue_card, open
+    assert seen == sorted(seen, reverse=True) and len(set(seen)) == len(seen)
+
+
 def test_history_pages_from_any_before_not_only_the_accounts_own_txns(campus):
     """`before` may name another account's txn or none at all: the walk back from the
     account's newest record still answers exactly its records below it."""
