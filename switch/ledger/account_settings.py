@@ -11,9 +11,20 @@ from switch.ledger.accounts import _decline, _effective_limits, account_of
 
 
 
+def _open_account(ledger, credential, request_type, account_id):
+    """(refusal, record): as `account_of`, and a closed account `account_closed`: closed is
+    for good (docs/PROTOCOL.md §4.15), its limits, PIN and counts included."""
+    refusal, record = account_of(ledger, credential, request_type, account_id)
+    if refusal:
+        return refusal, None
+    if layout.get(record, layout.STATUS) == layout.STATUS_CLOSED:
+        return _decline(request_type, codes.ACCOUNT_CLOSED), None
+    return None, record
+
+
 def set_limits(ledger, credential, values):
     account_id = values["account"]
-    refusal, record = account_of(ledger, credential, "set_limits", account_id)
+    refusal, record = _open_account(ledger, credential, "set_limits", account_id)
     if refusal:
         return refusal
     school = ledger.school(record)
@@ -34,6 +45,8 @@ def _person(ledger, credential, request_type, account_id):
         return refusal, None
     if layout.get(record, layout.KIND) != layout.KIND_PERSON:
         return _decline(request_type, codes.BAD_REQUEST), None
+    if layout.get(record, layout.STATUS) == layout.STATUS_CLOSED:
+        return _decline(request_type, codes.ACCOUNT_CLOSED), None
     return None, record
 
 

@@ -319,3 +319,21 @@ def test_a_school_served_in_another_time_zone_than_before_is_said_once(campus, c
                     "why=days_counted_before_are_the_old_zones_the_day_boundary_moves"]
     campus.restart(schools={"WH": {"time_zone": "UTC"}})   # kept now: said once
     assert len([r for r in caplog.records if "config_questionable" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize("t, fields", [
+    ("set_limits", {"per_tx": 100}),
+    ("set_pin", {"old": PIN, "new": "654321"}),
+    ("set_pin", {"old": WRONG_PIN, "new": "654321"}),
+    ("reset_pin", {"id_last6": ID_LAST6}),
+    ("reset_pin", {"id_last6": "999999"}),
+    ("verify_pin", {"pin": WRONG_PIN}),
+])
+def test_a_closed_accounts_limits_and_pin_are_account_closed_and_unchanged(campus, t, fields):
+    """Closed is for good (§4.15): these answered ok (or counted a wrong PIN) and changed a
+    closed account's record, while virtual_card, unlock and freeze said account_closed."""
+    campus.ok(campus.admin, "refund", account=STUDENT)
+    before = bytes(campus.ledger.account(STUDENT))
+    assert campus.send(campus.service, t, account=STUDENT, id=campus.fresh_id(),
+                       **fields) == {"t": t, "code": "account_closed"}
+    assert bytes(campus.ledger.account(STUDENT)) == before
