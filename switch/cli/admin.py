@@ -130,6 +130,9 @@ def _request_for(args) -> dict:
         return message
     if command in ("unlock", "close-account", "refund"):
         return {"t": command.replace("-", "_"), "account": args.account, "id": rid}
+    if command == "void-qr":
+        # A new secret voids every code made with the old one (docs/PROTOCOL.md §4.15).
+        return {"t": "virtual_card", "account": args.account, "id": rid}
     if command == "credit":
         return {"t": "credit", "account": args.account, "amount": yuan_to_fen(args.yuan),
                 "source": args.source, "id": rid}
@@ -194,6 +197,18 @@ def _describe(reply: dict, request: dict | None = None, looked_up: dict | None =
         return "\n".join(lines)
     if kind == "history":
         return _history_table(reply)
+    if kind == "virtual_card":
+        return (f"ok: every payment code (付款码) of {(request or {}).get('account')} made "
+                f"before now is void; the new secret is not shown: the student opens the "
+                f"virtual card again in the mini-program on the phone they now hold")
+    if kind == "unfreeze" and (looked_up or {}).get("status") == "frozen":
+        overdrawn = looked_up.get("balance", 0) < 0
+        return ("ok" + (f" txn {reply['txn']}" if reply.get("txn") is not None else "")
+                + ": the card office's freeze is lifted, but the account stays frozen"
+                + (f" as overdrawn (balance {fen_to_yuan(looked_up['balance'])} yuan): a "
+                   f"credit that brings it to 0 or above lifts that (a second unfreeze "
+                   f"lifts it with the debt still owed)"
+                   if overdrawn else ": unfreeze again to lift what remains"))
     parts = ["ok"]
     if reply.get("replay"):
         parts.append("(already done earlier: replayed)")
@@ -806,6 +821,9 @@ def add_parser(commands) -> None:
         p.add_argument("--reason")
     for name in ("unlock", "close-account", "account"):
         sub.add_parser(name).add_argument("account")
+    sub.add_parser("void-qr", help="void every payment code (付款码) of the account, for a "
+                   "stolen phone: the phone's secret is replaced (not shown); the student "
+                   "opens the virtual card again from the new phone").add_argument("account")
     sub.add_parser("refund", help="离校退款: pay the whole balance out and close the "
                    "account").add_argument("account")
     p = sub.add_parser("credit")
@@ -954,7 +972,9 @@ async def _run(args, key: bytes, work, looked_up: dict) -> dict | list:
                                             signon=args.signon_who)
         with trio.fail_after(limits.cli_reply_timeout_s):
             reply = await client.request(work)
-            if reply.get("code") in refusals.NEEDS_ACCOUNT and "account" in work:
+            still_frozen_maybe = work.get("t") == "unfreeze" and reply.get("code") == "ok"
+            if (reply.get("code") in refusals.NEEDS_ACCOUNT or still_frozen_maybe) \
+                    and "account" in work:
                 # Only to say the refusal in words: losing the switch now changes nothing.
                 with contextlib.suppress(SwitchError, ProtocolError, trio.EndOfChannel,
                                          OSError):
@@ -970,8 +990,9 @@ def _print_reply(args, reply: dict, key_fd, request: dict | None = None,
     """Print the reply; True when the new key went into the claimed key file."""
     done = "key replaced" if reply.get("t") == "rotate_key" else "created"
     if args.json:
-        print(json.dumps({k: (v.hex() if isinstance(v, bytes) else v) for k, v in reply.items()},
-                         ensure_ascii=False))
+        # A QR secret belongs on the student's phone only, never on a card office's screen.
+        print(json.dumps({k: (v.hex() if isinstance(v, bytes) else v) for k, v in reply.items()
+                          if k != "qr_secret"}, ensure_ascii=False))
     elif reply.get("key") is not None and key_fd is not None:
         write_key(key_fd, reply["key"])
         print(f"ok: credential {args.who} {done}; key written to {args.key_out}")

@@ -620,3 +620,54 @@ def test_a_sign_on_refused_busy_says_the_credential_holds_all_its_sessions(tmp_p
         one_line_error(refused, "refused the sign-on of 'admin' (busy)",
                        "holds as many sessions as it may")
         assert admin(connect, data, "account", "WH1").returncode == 3   # held no more: signs on
+
+
+def test_a_stolen_phones_payment_codes_are_voided_from_the_cli(running_switch):
+    """The phone's codes outlive `lost` and an `unfreeze`: `void-qr` gives the account a new
+    secret (every code made with the old one void) and shows the secret to no one."""
+    connect, data = running_switch
+    assert admin(connect, data, "open-account", "WH20230007", "--school", "WH",
+                 "--id-last6", "123456").returncode == 0
+    voided = admin(connect, data, "void-qr", "WH20230007")
+    assert voided.returncode == 0, voided.stderr
+    assert voided.stdout.startswith("ok: every payment code (付款码) of WH20230007 made before "
+                                    "now is void; the new secret is not shown")
+    as_json = admin(connect, data, "void-qr", "WH20230007", before=("--json",))
+    assert as_json.returncode == 0 and '"code": "ok"' in as_json.stdout
+    assert "qr_secret" not in as_json.stdout
+    assert admin(connect, data, "refund", "WH20230007").returncode == 0
+    refused = admin(connect, data, "void-qr", "WH20230007")
+    assert refused.returncode == 3 and refused.stdout.startswith("account_closed")
+
+
+def test_an_unfreeze_that_leaves_the_overdraw_says_the_account_stays_frozen(running_switch,
+                                                                            tmp_path):
+    import time
+
+    import trio
+
+    from switch.shell.client import Client
+    connect, data = running_switch
+    assert admin(connect, data, "open-account", "WH20230008", "--school", "WH",
+                 "--id-last6", "123456").returncode == 0
+    assert admin(connect, data, "issue-card", "WH20230008", "0C0C0C08").returncode == 0
+    key_file = tmp_path / "pos.key"
+    assert admin(connect, data, "add-terminal", "WH-POS-OFF", "--school", "WH", "--kind",
+                 "pos", "--key-out", str(key_file)).returncode == 0
+
+    async def overdraw():
+        host, _, port = connect.rpartition(":")
+        async with await Client.connect(host, int(port), "WH-POS-OFF",
+                                        bytes.fromhex(key_file.read_text().strip())) as till:
+            return await till.request({"t": "offline", "records": [
+                {"id": "off-1", "card": "0C0C0C08", "amount": 1_234,
+                 "at": int(time.time() * 1000)}]})
+    assert trio.run(overdraw)["results"][0]["code"] == "ok"
+    assert admin(connect, data, "freeze", "WH20230008").returncode == 0
+    unfrozen = admin(connect, data, "unfreeze", "WH20230008")
+    assert unfrozen.returncode == 0
+    assert "the card office's freeze is lifted, but the account stays frozen as overdrawn " \
+           "(balance -12.34 yuan): a credit that brings it to 0 or above lifts that" \
+           in unfrozen.stdout
+    again = admin(connect, data, "unfreeze", "WH20230008")
+    assert again.returncode == 0 and "stays frozen" not in again.stdout
