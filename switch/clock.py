@@ -24,9 +24,18 @@ def suspended_ms() -> int:
     return (time.clock_gettime_ns(_BOOTTIME_ID) - time.monotonic_ns()) // 1_000_000
 
 
+def elapsed_ms() -> int:
+    """Time since boot, suspended time included: what no one can set, for how much time has
+    passed (`TrustedClock.elapsed_ms`)."""
+    return monotonic_ms() + suspended_ms()
+
+
 class SystemClock:
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
+
+    def elapsed_ms(self) -> int:
+        return elapsed_ms()
 
 
 class TrustedClock:
@@ -99,6 +108,12 @@ class TrustedClock:
             return wall_ms
         return self._base_ms + mono_ms
 
+    def elapsed_ms(self) -> int:
+        """Time that has passed, from an origin of its own: the monotonic clock plus the
+        time suspended. Nobody sets it, so what must never happen early by a clock set wrong
+        (forgetting a recharge's order id) is paced by it (ledger.state.retention_now_ms)."""
+        return self.monotonic() + self.suspended()
+
     def _report(self, offset_ms: int, wall_ms: int, expected_ms: int) -> None:
         direction = "forward" if offset_ms > 0 else "back"
         log.warning("event=clock_jump direction=%s jump_s=%.3f wall_ms=%d used_ms=%d "
@@ -109,14 +124,25 @@ class TrustedClock:
 
 
 class FakeClock:
+    """Time that passes when a test moves `ms` (or calls `advance`); `set_wall` moves the
+    wall clock alone, as an operator setting it wrong would."""
+
     def __init__(self, now_ms: int = 1_795_000_000_000):
         self.ms = now_ms
+        self.wall_set_ms = 0     # how far `set_wall` moved `ms` with no time passing
 
     def now_ms(self) -> int:
         return self.ms
 
+    def elapsed_ms(self) -> int:
+        return self.ms - self.wall_set_ms
+
     def advance(self, seconds: float) -> None:
         self.ms += int(seconds * 1000)
+
+    def set_wall(self, seconds: float) -> None:
+        self.ms += int(seconds * 1000)
+        self.wall_set_ms += int(seconds * 1000)
 
 
 _EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()

@@ -78,6 +78,14 @@ idempotency_retention_s = 8 * 24 * 3600   # > offline_window_s + offline_future_
 # reconciliation, or from its outbox restored from a backup, gets a replay, not a second
 # credit. About 150 bytes a recharge: 30,000 students recharging weekly keep some 250 MB.
 credit_ids_retention_s = 400 * 24 * 3600
+# What is forgotten by age (remembered ids, subsidy grants) is aged by a retention clock that
+# follows the wall clock but passes at most this many times as fast as time elapses (a clock
+# no one sets), and starts each run where the last one left it: a wall clock set a year
+# ahead forgets no id, and one believed wrong keeps every id at least 1/this of its
+# retention. After a switch stood still (a summer break) the retention clock catches up at
+# this rate, keeping ids longer meanwhile, never shorter.
+retention_clock_speed_max = 4
+retention_clock_saved_every_s = 60
 # A subsidy grant is kept this many days after its term is over in every time zone: an import
 # run again from a reconciliation within it pays nothing twice, and a switch whose clock runs
 # ahead by less (believed after a start or clock_jump_confirm_s) forgets no grant whose term

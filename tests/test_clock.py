@@ -122,3 +122,28 @@ def test_wall_time_is_read_by_the_clock_and_hello_stamps_only():
                | modules_outside_core_calling("now", on="datetime"))
     assert readers == {"clock.py", "shell/client.py", "shell/forwarder.py",
                        "receivers/base.py"}
+
+
+def test_elapsed_time_is_the_monotonic_clock_and_the_time_suspended_not_the_wall():
+    """What paces the retention clock: nothing an operator sets moves it."""
+    from switch.clock import FakeClock, TrustedClock
+    readings = {"wall": 1_000_000, "mono": 5_000, "suspended": 0}
+
+    class Wall:
+        def now_ms(self):
+            return readings["wall"]
+    clock = TrustedClock(wall=Wall(), monotonic=lambda: readings["mono"],
+                         suspended=lambda: readings["suspended"])
+    start = clock.elapsed_ms()
+    readings["wall"] += 401 * 86_400_000
+    assert clock.elapsed_ms() == start
+    readings["mono"] += 1_500
+    readings["suspended"] += 60_000
+    assert clock.elapsed_ms() == start + 61_500
+    fake = FakeClock(1_000)
+    fake_start = fake.elapsed_ms()
+    fake.advance(2)
+    fake.ms += 3_000            # a test moving `ms` lets time pass
+    fake.set_wall(86_400)       # an operator setting the wall clock does not
+    assert fake.now_ms() == 1_000 + 5_000 + 86_400_000
+    assert fake.elapsed_ms() - fake_start == 5_000

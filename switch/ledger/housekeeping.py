@@ -27,6 +27,7 @@ def tick(ledger) -> Tick:
         subsidies.expire_due_subsidies(ledger)
         subsidies.forget_past_grants(ledger)
         payments.forget_old_meals(ledger)
+        ledger.save_retention_clock()
         return Tick(holds_expired=dorm.expire_due_holds(ledger), failed=False)
     except Exception:
         ledger.rollback_request()

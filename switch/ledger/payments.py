@@ -83,7 +83,7 @@ def qr_debit(ledger, credential, values):
 
 def forget_old_meals(ledger) -> int:
     """Forget meal counts of periods no offline tap can belong to any more."""
-    oldest_ms = ledger.now_ms() - (ledger.config.offline_window_s + 86_400) * 1000
+    oldest_ms = ledger.retention_now_ms() - (ledger.config.offline_window_s + 86_400) * 1000
     # Period numbers are a local day times meals_per_school_max; a day's margin covers zones.
     oldest_day = oldest_ms // 86_400_000
     return ledger.forget_meals_before(oldest_day * limits.meals_per_school_max,

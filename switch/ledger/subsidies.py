@@ -69,7 +69,7 @@ def forget_past_grants(ledger) -> int:
     (sent again with its last day it is refused as over), but a switch that believes a clock
     weeks ahead must not forget grants still running, to pay them again once it is put
     right."""
-    today = ledger.now_ms() // 86_400_000
+    today = ledger.retention_now_ms() // 86_400_000     # a clock set ahead forgets none early
     return ledger.subsidy_batches.forget_grants_before(
         today - 1 - limits.subsidy_grants_kept_s // 86_400,
         limits.subsidy_grants_forgotten_per_pass_max)

@@ -31,6 +31,8 @@ def room_index_keys(school: str, account_id: str) -> tuple[bytes, bytes | None]:
 # and up to which of those the blacklists' versions were moved past what tills saw since.
 BLACKLIST_RESTORES = b"blacklist_restores"
 BLACKLIST_RESTORES_HANDLED = b"blacklist_restores_handled"
+# In `meta`: the retention clock (ledger.state.retention_now_ms), unix ms as ASCII digits.
+RETENTION_CLOCK = b"retention_clock_ms"
 # In `meta`: the time zone each school was last served in, + its code.
 SCHOOL_TIME_ZONE_PREFIX = b"school_time_zone:"
 

@@ -282,6 +282,53 @@ def test_a_recharge_is_remembered_for_its_own_longer_retention(campus):
     assert debit["code"] == "ok"
 
 
+def test_a_wall_clock_set_a_year_ahead_forgets_no_recharge_and_no_id_early(campus):
+    """The outside test's repro: a switch started (or confirmed) on a clock 401 days ahead
+    forgot every order id within minutes, and once put right it credited the same WeChat
+    orders again. Ids are aged by the retention clock: it follows the wall clock at most
+    `retention_clock_speed_max` times as fast as time passes, and a restart starts it where
+    the last run left it."""
+    order = "4200001234202611180007"
+    first = campus.send(campus.service, "credit", account=STUDENT, amount=5_000,
+                        source="wechat", id=order)
+    debit = campus.send(campus.pos, "debit", card=CARD, amount=100, id="tap-1")
+    campus.commit()
+    campus.clock.set_wall(401 * 86_400)        # set wrong, as a start would believe it
+    campus.restart()
+    campus.ok(campus.pos, "debit", card=CARD, amount=1)    # journaled on the wrong clock
+    for _ in range(3):
+        campus.clock.advance(300)
+        campus.housekeep()
+        _forget_all_old_ids(campus)
+    campus.restart()                            # restarted, still wrong: started where it was
+    campus.clock.advance(300)
+    _forget_all_old_ids(campus)
+    campus.clock.set_wall(-401 * 86_400)       # put right
+    campus.restart()
+    assert campus.send(campus.service, "credit", account=STUDENT, amount=5_000,
+                       source="wechat", id=order) == {**first, "replay": True}
+    assert campus.send(campus.pos, "debit", card=CARD, amount=100, id="tap-1") == {
+        **debit, "replay": True}
+    assert campus.balance(STUDENT) == BALANCE + 5_000 - 100 - 1
+
+
+def test_an_id_is_kept_at_least_a_quarter_of_its_retention_on_a_clock_believed_wrong(campus):
+    """Believed wrong (set ahead and left there past the confirmation), the retention clock
+    catches up at most four times as fast as time passes: a till's resent tap is still a
+    replay a quarter of the retention later, and forgotten after it."""
+    retention_s = campus.config.idempotency_retention_s
+    debit = campus.send(campus.pos, "debit", card=CARD, amount=100, id="tap-2")
+    campus.commit()
+    campus.clock.set_wall(retention_s + 86_400)
+    campus.clock.advance(retention_s // limits.retention_clock_speed_max - 60)
+    _forget_all_old_ids(campus)
+    assert campus.send(campus.pos, "debit", card=CARD, amount=100, id="tap-2") == {
+        **debit, "replay": True}
+    campus.clock.advance(120)
+    _forget_all_old_ids(campus)
+    assert campus.ledger.recall(campus.pos.who, "tap-2") is None
+
+
 def test_a_credit_is_kept_by_what_its_value_begins_with_not_by_its_id(world):
     """The sweep reads the type from the value's first bytes: an id that only looks like a
     credit's is forgotten at the common retention, a credit remembered by any id is kept."""

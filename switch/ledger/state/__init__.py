@@ -20,7 +20,8 @@ from switch.ledger.state import sealing
 from switch.ledger.state.subsidies import SubsidyBatches
 from switch.ledger.payment_path import SchoolLimits
 from switch.persistence.keys import (BLACKLIST_RESTORES, BLACKLIST_RESTORES_HANDLED,
-                                     SCHOOL_TIME_ZONE_PREFIX, room_index_keys, txn_key)
+                                     RETENTION_CLOCK, SCHOOL_TIME_ZONE_PREFIX, room_index_keys,
+                                     txn_key)
 
 log = logging.getLogger("switch.ledger")
 _pack = msgpack.Packer(use_bin_type=True).pack
@@ -160,6 +161,12 @@ class Ledger:
         self._ids_swept_to: bytes | None = store.get("meta", IDS_SWEPT_TO) or None
         self._ids_position_saved = self._ids_swept_to   # what the last save put
         self._ids_position_saved_ms: int | None = None
+        # The retention clock (`retention_now_ms`): where the last run left it; for books
+        # from before it, their newest record's time (never the wall clock's word alone).
+        saved = store.get("meta", RETENTION_CLOCK)
+        self._retention_ms = int(saved) if saved else self._books_newest_ms()
+        self._retention_saved_ms = self._retention_ms if saved else None
+        self._retention_elapsed_ms = clock.elapsed_ms()
         # The ids the database held when the sweep's cycle under way started (`ids_to_sweep`).
         self._ids_held_at_cycle_start = 0
         # When a sweep that reached the last id last asked for the logged ids to be written
@@ -443,6 +450,40 @@ class Ledger:
             if sealing.holds_secret(reply) else reply
         self.store.put("idempotency", key, _pack([request_type, fingerprint, remembered, now_ms]))
 
+    # ----------------------------------------------------------- the retention clock
+    def retention_now_ms(self) -> int:
+        """The time by which ids and grants are forgotten: the wall clock's (`now_ms`), but
+        never more than `retention_clock_speed_max` times the time elapsed (the clock's
+        `elapsed_ms`, which no one sets) past where it stood, and where it stood is carried
+        from run to run. A switch started, or confirmed, on a clock a year ahead believes it
+        for payments (docs/PROTOCOL.md §7.7) but forgets no recharge's order id before a
+        quarter of its retention has really passed: put right and sent the same orders
+        again, it answers replays, not second credits."""
+        elapsed_ms = self.clock.elapsed_ms()
+        passed_ms = max(0, elapsed_ms - self._retention_elapsed_ms)
+        self._retention_elapsed_ms = elapsed_ms
+        self._retention_ms = min(self.now_ms(), self._retention_ms
+                                 + passed_ms * limits.retention_clock_speed_max)
+        return self._retention_ms
+
+    def save_retention_clock(self) -> None:
+        """Into the open batch, when it moved `retention_clock_saved_every_s` past the last
+        save (or back): a restart starts it at most that far behind, which only keeps ids
+        longer."""
+        now_ms = self._retention_ms
+        saved_ms = self._retention_saved_ms
+        if saved_ms is not None and 0 <= now_ms - saved_ms < \
+                limits.retention_clock_saved_every_s * 1000:
+            return
+        self.store.put("meta", RETENTION_CLOCK, str(now_ms).encode())
+        self._retention_saved_ms = now_ms
+
+    def _books_newest_ms(self) -> int:
+        """The time of the newest journal record; the wall clock's for empty books."""
+        last = self.store.last_txn
+        record = self.journal_record(last) if last else None
+        return record["at"] if record is not None else self.clock.now_ms()
+
     def ids_to_sweep(self) -> int:
         """The remembered ids the sweep's cycle under way paces itself by: those the database
         held when it started, or holds now if more. Set at its start, so the ids it forgets
@@ -470,14 +511,15 @@ class Ledger:
         if keys_max <= 0:
             return 0     # a pass that may visit nothing stays where the last one stopped
         now_ms = self.now_ms()
-        cutoff_ms = now_ms - self.config.idempotency_retention_s * 1000
+        aged_by_ms = self.retention_now_ms()
+        cutoff_ms = aged_by_ms - self.config.idempotency_retention_s * 1000
         items = self.store.committed_after("idempotency", self._ids_swept_to, keys_max + 1)
         self._ids_swept_to = None   # unless the pass stops short of the last id
         if len(items) > keys_max:
             items = items[:keys_max]
             self._ids_swept_to = items[-1][0]
-        credit_cutoff_ms = now_ms - max(limits.credit_ids_retention_s,
-                                        self.config.idempotency_retention_s) * 1000
+        credit_cutoff_ms = aged_by_ms - max(limits.credit_ids_retention_s,
+                                            self.config.idempotency_retention_s) * 1000
         forgotten = 0
         if not none_remembered_before(items, cutoff_ms):
             for key, data in items:
