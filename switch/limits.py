@@ -86,6 +86,8 @@ credit_ids_retention_s = 400 * 24 * 3600
 # this rate, keeping ids longer meanwhile, never shorter.
 retention_clock_speed_max = 4
 retention_clock_saved_every_s = 60
+# A start this far past the books' newest record (or behind it) is logged for the operator.
+clock_ahead_of_books_noticed_s = 120 * 24 * 3600
 # A subsidy grant is kept this many days after its term is over in every time zone: an import
 # run again from a reconciliation within it pays nothing twice, and a switch whose clock runs
 # ahead by less (believed after a start or clock_jump_confirm_s) forgets no grant whose term

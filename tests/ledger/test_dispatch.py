@@ -1,6 +1,7 @@
 """What every request goes through before its own rules (docs/PROTOCOL.md §3, §4.1-§4.4):
 the type, the sender's role and kind, the id, idempotency, and failures inside the switch."""
 
+import logging
 import msgpack
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -282,7 +283,7 @@ def test_a_recharge_is_remembered_for_its_own_longer_retention(campus):
     assert debit["code"] == "ok"
 
 
-def test_a_wall_clock_set_a_year_ahead_forgets_no_recharge_and_no_id_early(campus):
+def test_a_wall_clock_set_a_year_ahead_forgets_no_recharge_and_no_id_early(campus, caplog):
     """The outside test's repro: a switch started (or confirmed) on a clock 401 days ahead
     forgot every order id within minutes, and once put right it credited the same WeChat
     orders again. Ids are aged by the retention clock: it follows the wall clock at most
@@ -294,7 +295,9 @@ def test_a_wall_clock_set_a_year_ahead_forgets_no_recharge_and_no_id_early(campu
     debit = campus.send(campus.pos, "debit", card=CARD, amount=100, id="tap-1")
     campus.commit()
     campus.clock.set_wall(401 * 86_400)        # set wrong, as a start would believe it
-    campus.restart()
+    with caplog.at_level(logging.WARNING, logger="switch.ledger"):
+        campus.restart()
+    assert "event=clock_far_from_books" in caplog.text and "ahead_s=346464" in caplog.text
     campus.ok(campus.pos, "debit", card=CARD, amount=1)    # journaled on the wrong clock
     for _ in range(3):
         campus.clock.advance(300)

@@ -164,7 +164,9 @@ class Ledger:
         # The retention clock (`retention_now_ms`): where the last run left it; for books
         # from before it, their newest record's time (never the wall clock's word alone).
         saved = store.get("meta", RETENTION_CLOCK)
-        self._retention_ms = int(saved) if saved else self._books_newest_ms()
+        newest_ms = self._books_newest_ms()
+        self._notice_clock_far_from_books(newest_ms)
+        self._retention_ms = int(saved) if saved else newest_ms
         self._retention_saved_ms = self._retention_ms if saved else None
         self._retention_elapsed_ms = clock.elapsed_ms()
         # The ids the database held when the sweep's cycle under way started (`ids_to_sweep`).
@@ -477,6 +479,17 @@ class Ledger:
             return
         self.store.put("meta", RETENTION_CLOCK, str(now_ms).encode())
         self._retention_saved_ms = now_ms
+
+    def _notice_clock_far_from_books(self, newest_ms: int) -> None:
+        """A start whose clock is months past the books' newest record, or behind it, is
+        said once: the switch believes it (docs/PROTOCOL.md §7.7), and if the host's clock
+        is wrong every record it writes will carry the wrong time."""
+        now_ms = self.clock.now_ms()
+        ahead_s = (now_ms - newest_ms) / 1000
+        if ahead_s > limits.clock_ahead_of_books_noticed_s or ahead_s < -limits.clock_jump_s_max:
+            log.warning("event=clock_far_from_books wall_ms=%d books_newest_ms=%d ahead_s=%.0f "
+                        "advice=check_the_host_clock_(a_summer_break_is_fine)",
+                        now_ms, newest_ms, ahead_s)
 
     def _books_newest_ms(self) -> int:
         """The time of the newest journal record; the wall clock's for empty books."""
