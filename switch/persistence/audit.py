@@ -39,6 +39,12 @@ and checks the sums and what they mean:
   on; a notice for one an older switch paid before the upgrade);
 - reversals: each `reverse` undoes an earlier `debit`, `qr_debit` or `complete` of its own
   account by the same terminal, by exactly its amount, and no payment is reversed twice;
+- kinds: every record's kind is one the switch writes, its amount has that kind's sign, it
+  names its account's school, and its `who` a credential the books hold; no sender has two
+  payments or recharges of one kind under one id closer together than any retention keeps
+  an id (a recharge's 400 days: an order credited twice by a switch that forgot it);
+- rooms: an open room's power is on exactly when it holds money, as its last `cutoff` or
+  `restore` record says;
 - time (a notice, not a discrepancy: the journal is not rewritten): where a record is dated
   more than a day before an earlier one, the clock ran ahead and what the switch does by
   the clock it did early;
@@ -49,6 +55,7 @@ and checks the sums and what they mean:
   still runs and the latest backup is recent).
 """
 
+import collections
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -74,7 +81,28 @@ _CARD_CHANGES = {
     "replace_card": [("old", layout.CARD_BLOCKED), ("card", layout.CARD_ACTIVE)],
 }
 OFFLINE_FLAGS = frozenset({"after_lost", "meal_limit"})
+# Every kind of journal record, by the sign of its `amount`: +1 puts money in (or 0), -1
+# takes it out (or 0: a refund of nothing, a reading of nothing), 0 moves none.
+KIND_SIGNS = {
+    "credit": 1, "reverse": 1, "subsidy": 1,
+    "debit": -1, "qr_debit": -1, "complete": -1, "offline": -1, "meter": -1, "refund": -1,
+    "subsidy_expire": -1,
+    "open_account": 0, "close_account": 0, "issue_card": 0, "replace_card": 0, "lost": 0,
+    "found": 0, "freeze": 0, "unfreeze": 0, "unlock": 0, "hold": 0, "void": 0, "expire": 0,
+    "cutoff": 0, "restore": 0,
+}
+# Records a request writes once under its id (its `ref`), by the terminal or service that
+# sent it (`who`), and how long apart two of them are a discrepancy: no configuration keeps
+# an id less than an hour (`idempotency_retention_s_range`), and a recharge's 400 days
+# whatever it says (`credit_ids_retention_s`). The same order credited twice inside that is
+# what a switch that forgot its ids does; the sums agree with it.
+_ONCE_PER_ID_WITHIN_MS = {
+    kind: limits.idempotency_retention_s_range[0] * 1000
+    for kind in ("debit", "qr_debit", "complete", "offline", "meter", "refund", "reverse")}
+_ONCE_PER_ID_WITHIN_MS["credit"] = limits.credit_ids_retention_s * 1000
+_POWER_KINDS = frozenset({"cutoff", "restore"})
 _DATABASES = ("meta", "accounts", "journal", "holds", "hold_expiry", "cards", "blacklist_cards",
+              "credentials",
               "subsidy_batches", "subsidy_grants", "subsidy_grant_expiry", "history_marks",
               *writeback.LOG_NAMES)
 _CHAINED_SCHEMA = 5   # the first schema whose journal links each account's records
@@ -234,7 +262,7 @@ def _check(txn, dbs, report: AuditReport) -> None:
                                 if schema >= _PAID_ONCE_SCHEMA else None)
     history = {"records": {}, "marks": set(), "grants": {}, "grants_from": grants_kept_from,
                "paid": {}, "paid_checked_after": paid_twice_checked_after,
-               "latest": None, "behind": None}
+               "latest": None, "behind": None, "schools": {}, "power": {}, "whos": {}}
     sums, card_history, offline, closed_by, subsidies, newest = _check_journal(
         txn, dbs, report, chained, history)
     accounts: dict = {}
@@ -244,6 +272,8 @@ def _check(txn, dbs, report: AuditReport) -> None:
     held = _check_holds(txn, dbs, report, accounts)
     _check_accounts(report, accounts, sums, held, closed_by, subsidies,
                     _subsidy_batches(txn, dbs))
+    _check_schools_and_power(report, accounts, history["schools"], history["power"])
+    _check_senders(txn, dbs, report, history["whos"])
     if chained:
         _check_history_heads(report, accounts, newest)
     if schema >= _MARKED_SCHEMA:
@@ -319,6 +349,8 @@ def _check_journal(txn, dbs, report: AuditReport, chained: bool, history: dict):
     newest: dict[str, int] = {}
     records_of: dict[str, int] = history["records"]
     reversed_txns: set[int] = set()   # the payments reversed so far (a reverse is rare)
+    once = _OncePerId()
+    schools, power, whos = history["schools"], history["power"], history["whos"]
     expected_txn = 1
     for key, value in _items(txn, dbs["journal"]):
         number = int.from_bytes(key, "big")
@@ -368,6 +400,12 @@ def _check_journal(txn, dbs, report: AuditReport, chained: bool, history: dict):
         for card_field, state in _CARD_CHANGES.get(record["kind"], ()):
             card_history.setdefault(record.get(card_field), []).append(
                 (number, state, record["at"]))
+        _check_kind(report, number, record, schools)
+        once.check(report, number, record)
+        if record.get("who") is not None:
+            whos.setdefault(record["who"], number)
+        if record["kind"] in _POWER_KINDS:
+            power[account] = (number, record["kind"])
         if record["kind"] == "offline":
             offline.append(record)
         elif record["kind"] == "subsidy":
@@ -378,6 +416,64 @@ def _check_journal(txn, dbs, report: AuditReport, chained: bool, history: dict):
         expected_txn += 1
         report.records += 1
     return sums, card_history, offline, closed_by, subsidies, newest
+
+
+def _check_kind(report: AuditReport, number: int, record: dict, schools: dict) -> None:
+    """A record's kind is one the switch writes, its amount has that kind's sign, and it
+    names its account's school (the same in every record of the account; the account's own
+    record is compared once the accounts are read)."""
+    kind, amount = record["kind"], record["amount"]
+    sign = KIND_SIGNS.get(kind)
+    if sign is None:
+        report.problems.append(f"txn {number}: kind {kind!r} is none the switch writes")
+    elif (sign == 0 and amount != 0) or amount * sign < 0:
+        report.problems.append(f"txn {number}: {kind} of {amount}, "
+                               + ("which moves no money" if sign == 0 else
+                                  "which only puts money in" if sign > 0 else
+                                  "which only takes money out"))
+    account = record["account"]
+    first = schools.setdefault(account, (record.get("school"), number))
+    if first[0] != record.get("school"):
+        report.problems.append(f"txn {number}: {kind} of {account} names school "
+                               f"{record.get('school')!r}, its txn {first[1]} {first[0]!r}")
+
+
+class _OncePerId:
+    """Two records of one kind under one (who, id) inside `_ONCE_PER_ID_WITHIN_MS`: a
+    payment or recharge made twice. Ids older than the window are let go as the journal
+    runs on, so the memory is the ids of one window (a hash each), not of every year."""
+
+    def __init__(self):
+        self._seen: dict[int, tuple[int, int]] = {}     # hash -> (at, txn)
+        # (at, hash), oldest first, one queue per window: a day's taps leave after an hour,
+        # a recharge stays its 400 days.
+        self._order = {within_ms: collections.deque()
+                       for within_ms in set(_ONCE_PER_ID_WITHIN_MS.values())}
+
+    def check(self, report: AuditReport, number: int, record: dict) -> None:
+        kind = record["kind"]
+        within_ms = _ONCE_PER_ID_WITHIN_MS.get(kind)
+        if within_ms is None or record.get("who") is None:
+            return
+        at = record["at"]
+        order = self._order[within_ms]
+        while order and order[0][0] < at - within_ms:
+            old_at, old_key = order.popleft()
+            if self._seen.get(old_key, (None,))[0] == old_at:
+                del self._seen[old_key]
+        key = hash((kind, record["who"], _hashable(record.get("ref"))))
+        before = self._seen.get(key)
+        if before is not None and 0 <= at - before[0] < within_ms:
+            report.problems.append(
+                f"txn {number}: {kind} by {record['who']} under id {record.get('ref')!r} "
+                f"again (txn {before[1]} was the first, {(at - before[0]) // 1000} s before): "
+                f"a request the switch should have answered as a replay")
+        self._seen[key] = (at, number)
+        order.append((at, key))
+
+
+def _hashable(value):
+    return tuple(_hashable(each) for each in value) if isinstance(value, list) else value
 
 
 _REVERSIBLE_KINDS = ("debit", "qr_debit", "complete")
@@ -575,6 +671,43 @@ def _check_accounts(report: AuditReport, accounts: dict, sums: dict, held: dict,
                                    f"after it was closed at txn {closed_by[account]}")
     for account in sums:
         report.problems.append(f"journal names account {account} that does not exist")
+
+
+def _check_schools_and_power(report: AuditReport, accounts: dict, schools: dict,
+                             power: dict) -> None:
+    """Each account's records name its own school; an open room's power is on exactly when
+    it holds money (the core cuts it at 0 or below and turns it on above 0), and its last
+    `cutoff` or `restore` record says so (none: off, as a room is opened)."""
+    for account, value in accounts.items():
+        school = layout.school_of(value)
+        named, txn = schools.get(account, (school, 0))
+        if named != school:
+            report.problems.append(f"account {account} is of school {school} but its txn "
+                                   f"{txn} names {named!r}")
+        if layout.get(value, layout.KIND) != layout.KIND_UTILITY \
+                or layout.get(value, layout.STATUS) == layout.STATUS_CLOSED:
+            continue
+        on = layout.get(value, layout.POWER_ON) == 1
+        balance = layout.get(value, layout.BALANCE)
+        if on != (balance > 0):
+            report.problems.append(f"room {account}: power {'on' if on else 'off'} with a "
+                                   f"balance of {balance} fen")
+        last_txn, last_kind = power.get(account, (None, "cutoff"))
+        if on != (last_kind == "restore"):
+            report.problems.append(
+                f"room {account}: power {'on' if on else 'off'} but "
+                + (f"its last power record, txn {last_txn}, is a {last_kind}" if last_txn
+                   else "no restore record turned it on"))
+
+
+def _check_senders(txn, dbs, report: AuditReport, whos: dict) -> None:
+    """Every record's `who` is a credential the books hold (revoked ones are kept)."""
+    if dbs.get("credentials") is None:
+        return
+    for who, number in whos.items():
+        if txn.get(who.encode(), db=dbs["credentials"]) is None:
+            report.problems.append(f"txn {number}: sent by {who!r}, a credential the books "
+                                   f"do not hold")
 
 
 def _check_history_marks(txn, dbs, report: AuditReport, accounts: dict, history: dict) -> None:

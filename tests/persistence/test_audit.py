@@ -29,7 +29,7 @@ def _books(tmp_path, balance=500, amounts=(1000, -500), gap=False, kinds=None,
         running += amount
         number = n + 1 if gap and n > 1 else n
         store.put("journal", txn_key(number), msgpack.packb(
-            {"txn": number, "at": 0, "kind": kinds[n - 1] if kinds else "x", "account": "WH1",
+            {"txn": number, "at": 0, "kind": kinds[n - 1] if kinds else ("credit" if amount >= 0 else "debit"), "account": "WH1",
              "school": "WH", "amount": amount, "balance": running, "prev": previous,
              "ref": refs[n - 1] if refs else None}))
         previous = number
@@ -344,7 +344,7 @@ def _subsidy_books(tmp_path, purse: int, batch_remaining: int, record_subsidy: i
     for number, amount, from_subsidy, balance, subsidy in (
             (1, 1000, 0, 1000, None), (2, 300, -300, 1000, 300),
             (3, -100, 100, 1000, record_subsidy)):
-        entry = {"txn": number, "at": 0, "kind": "x", "account": "WH1", "school": "WH",
+        entry = {"txn": number, "at": 0, "kind": ("credit", "subsidy", "debit")[number - 1], "account": "WH1", "school": "WH",
                  "amount": amount, "balance": balance, "prev": number - 1}
         if from_subsidy:
             entry["from_subsidy"] = from_subsidy
@@ -850,3 +850,98 @@ def test_a_reverse_of_no_payment_or_of_another_amount_is_found(tmp_path):
     _lmdb_write(copy, retarget("debit", 1))
     problems = _problems(copy)
     assert [p for p in problems if "reverse of 1001" in p and "paid 1000" in p], problems
+
+
+# ---------------------------------------------------------------- what the outside test tampered
+def _tamper_journal(data_dir: str, predicate, change) -> int:
+    """Change the first journal record `predicate` picks; its txn."""
+    changed = []
+
+    def edit(txn, db):
+        key, record = _journal_record(txn, db, predicate)
+        change(record)
+        txn.put(key, msgpack.packb(record), db=db("journal"))
+        changed.append(record["txn"])
+    _lmdb_write(data_dir, edit)
+    return changed[0]
+
+
+def _room_record(data_dir: str, account: str, change) -> None:
+    def edit(txn, db):
+        record = bytearray(txn.get(account.encode(), db=db("accounts")))
+        change(record)
+        txn.put(account.encode(), bytes(record), db=db("accounts"))
+    _lmdb_write(data_dir, edit)
+
+
+def test_a_record_naming_another_school_than_its_accounts_is_found(books):
+    txn = _tamper_journal(books, lambda r: r["kind"] == "credit" and r["account"] == STUDENT,
+                          lambda r: r.update(school="CUIK"))
+    assert f"txn {txn}: credit of {STUDENT} names school 'CUIK', its txn 1 'WH'" \
+        in _problems(books)
+    _tamper_journal(books, lambda r: r["account"] == STUDENT, lambda r: r.update(school="CUIK"))
+    assert f"account {STUDENT} is of school WH but its txn 1 names 'CUIK'" in _problems(books)
+
+
+@pytest.mark.parametrize("kind, amount, said", [
+    ("credit", -6_000, "credit of -6000, which only puts money in"),
+    ("meter", 6_000, "meter of 6000, which only takes money out"),
+    ("lost", 5, "lost of 5, which moves no money"),
+    ("gift", 0, "kind 'gift' is none the switch writes"),
+])
+def test_a_records_kind_and_the_sign_of_its_amount_agree(tmp_path, kind, amount, said):
+    _books(tmp_path, balance=1_000 + amount, amounts=(1_000, amount), kinds=("credit", kind))
+    assert f"txn 2: {said}" in _problems(str(tmp_path))
+
+
+def _credit_twice(tmp_path, apart_ms: int) -> str:
+    """Two credits by one service under one order id, `apart_ms` apart."""
+    campus = populate(World(tmp_path / "data"))
+    for _ in range(2):
+        campus.ok(campus.service, "credit", account=STUDENT, amount=100, source="wechat",
+                  id="4200001")
+        campus.commit()
+        campus.store.delete("idempotency", campus.ledger.idempotency_key(
+            campus.service.who, "4200001"))       # what a switch that forgot it does
+        campus.commit()
+        campus.clock.advance(apart_ms / 1000)
+    campus.close()
+    return str(campus.path)
+
+
+def test_a_recharge_credited_twice_under_one_order_id_is_found(tmp_path):
+    """The outside test's 3,000 orders credited twice after a wrong clock: the sums agree,
+    and audit called the books sound."""
+    data = _credit_twice(tmp_path, apart_ms=8 * 60_000)
+    problems = _problems(data)
+    assert len(problems) == 1 and "credit by mini-program under id '4200001' again" \
+        in problems[0] and "(txn" in problems[0], problems
+
+
+def test_an_order_id_used_again_past_its_retention_is_no_discrepancy(tmp_path):
+    data = _credit_twice(tmp_path, apart_ms=limits.credit_ids_retention_s * 1000 + 1)
+    assert audit(data).sound, audit(data).problems
+
+
+def test_a_rooms_power_agrees_with_its_money_and_its_last_power_record(books):
+    """A room dark with money in it (or lit with none) is a relay downstream left wrong; and
+    its last `restore` record relabelled (the outside test's tamper) leaves power on that no
+    record turned on."""
+    from tests.ledger.conftest import ROOM
+    _room_record(books, ROOM, lambda record: layout.put(record, layout.POWER_ON, 0))
+    problems = _problems(books)
+    assert f"room {ROOM}: power off with a balance of {BALANCE} fen" in problems
+    assert any(problem.startswith(f"room {ROOM}: power off but its last power record, txn ")
+               and problem.endswith("is a restore") for problem in problems), problems
+    _room_record(books, ROOM, lambda record: layout.put(record, layout.POWER_ON, 1))
+    assert audit(books).sound
+    _tamper_journal(books, lambda r: r["kind"] == "restore" and r["account"] == ROOM,
+                    lambda r: r.update(kind="unlock"))
+    assert _problems(books) == [f"room {ROOM}: power on but no restore record turned it on"]
+
+
+def test_a_record_sent_by_no_credential_the_books_hold_is_found(books):
+    txn = _tamper_journal(books, lambda r: r["kind"] == "credit" and r["who"] is not None,
+                          lambda r: r.update(who="nobody-at-all"))
+    assert f"txn {txn}: sent by 'nobody-at-all', a credential the books do not hold" \
+        in _problems(books)
