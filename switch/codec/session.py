@@ -108,6 +108,12 @@ class ServerSession:
         self._move("hello_accepted")
         return frame
 
+    @property
+    def proven(self) -> bool:
+        """Whether the peer has sent a request under the session's keys: only the key's
+        holder can (a hello replayed off the wire opens a session that never does)."""
+        return self._next_seq > 1
+
     def receive_request(self, payload: bytes) -> Request:
         return self.accept_request(self.open_request(payload))
 

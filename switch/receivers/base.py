@@ -225,6 +225,8 @@ class Receiver:
         self._dirty = False
         self._lock = trio.Lock()
         self._sessions: dict[str, trio.CancelScope] = {}
+        # Signed on and not yet sent a request, per credential, oldest first (`_converse`).
+        self._silent: dict[str, dict] = {}
         # Connections before `hello`, oldest first (a dict as an ordered set).
         self._pending: dict[trio.CancelScope, None] = {}
         self.pending_evicted = 0
@@ -441,6 +443,10 @@ class Receiver:
             for who, session_scope in list(self._sessions.items()):
                 if session_scope is scope:
                     del self._sessions[who]
+            for who, silent in list(self._silent.items()):
+                silent.pop(scope, None)
+                if not silent:
+                    del self._silent[who]
             await trio.aclose_forcefully(stream)
 
     async def _converse(self, stream, scope) -> None:
@@ -476,17 +482,25 @@ class Receiver:
         self._pending.pop(scope, None)
         await stream.send_all(session.accept_hello(
             hello, {"role": "downstream", "time": time.time_ns() // 1_000_000}))
-        # One live session per credential: a new sign-on means the old socket is dead.
-        older = self._sessions.get(hello.who)
-        if older is not None:
-            older.cancel()
-        self._sessions[hello.who] = scope
+        # One live session per credential: a new sign-on means the old socket is dead, once
+        # the new one has sent a request. A hello copied off the wire verifies too, and a
+        # replay that replaced the switch's session at once cut forwarding at every copy:
+        # until its first request a session replaces nothing, and at most
+        # `receiver_silent_sessions_max` of them wait per credential (the oldest goes).
+        silent = self._silent.setdefault(hello.who, {})
+        if len(silent) >= limits.receiver_silent_sessions_max:
+            oldest = next(iter(silent))
+            del silent[oldest]
+            oldest.cancel()
+        silent[scope] = None
         log.info("event=sign_on receiver=%s who=%s position=%d", self.name, hello.who,
                  self.position)
         try:
             while True:
                 while payloads:
                     request = session.receive_request(payloads.pop(0))
+                    if scope in silent:
+                        self._take_over(hello.who, scope)
                     reply = await self._answer(request.message)
                     reply["re"] = request.seq
                     await stream.send_all(session.encode_reply(reply))
@@ -499,6 +513,17 @@ class Receiver:
             log.warning("event=protocol_error receiver=%s who=%s error=%s", self.name, hello.who,
                         str(error))
             await stream.send_all(session.encode_error(error))
+
+    def _take_over(self, who: str, scope) -> None:
+        """The session `scope` sent its first request: it is the credential's one session."""
+        silent = self._silent.get(who, {})
+        silent.pop(scope, None)
+        if not silent:
+            self._silent.pop(who, None)
+        older = self._sessions.get(who)
+        if older is not None and older is not scope:
+            older.cancel()
+        self._sessions[who] = scope
 
     async def _answer(self, message: dict) -> dict:
         request_type = message.get("t")

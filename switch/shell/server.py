@@ -437,7 +437,7 @@ class Connection:
             await self._send_error_and_close(error)
             return None
         credential = server.ledger.credential(hello.who)
-        refused = server.take_place(credential)
+        refused = server.take_place_or_make_room(credential, self.peer)
         if refused is not None:
             # Logged at a bounded rate: a key's holder can sign on in a loop.
             if refused == "credential":
@@ -629,6 +629,27 @@ class Server:
         self._places[who] = held + 1
         self.signed_on += 1
         return None
+
+    def take_place_or_make_room(self, credential, peer) -> str | None:
+        """`take_place`; when the credential holds its most sessions, its oldest session that
+        never sent a request is closed (`busy`) to make room. A hello copied off the wire
+        verifies, and replayed it opened sessions that held every place of a recharge
+        service or a meter until their idle timeout, renewed for ever: such a session never
+        sends a request (its keys need the credential's key), the holder's first request
+        follows its hello within a round trip, and an idle till pings."""
+        refused = self.take_place(credential)
+        if refused != "credential":
+            return refused
+        silent = [connection for connection in self.sessions.get(credential.who, ())
+                  if not connection.session.proven]
+        if not silent:
+            return refused
+        oldest = min(silent, key=lambda connection: connection.accepted_at)
+        self.unregister(oldest)       # its place, now: its release later finds it given back
+        oldest.abort(_BUSY)
+        self.credential_events.failed("silent_session_closed", logging.WARNING,
+                                      who=credential.who, closed_peer=oldest.peer, peer=peer)
+        return self.take_place(credential)
 
     def give_back_place(self, who: str) -> None:
         self.signed_on -= 1

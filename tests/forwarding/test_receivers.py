@@ -333,6 +333,30 @@ async def test_a_flood_of_silent_sockets_does_not_keep_the_switch_out(billing):
     await sender.stream.aclose()
 
 
+async def test_a_replayed_hello_neither_cuts_the_switchs_session_nor_piles_up(billing):
+    """The outside test's repro: each copy of the switch's hello sent again replaced the
+    switch's live session at once (forwarding cut at every copy). A session replaces the
+    credential's only once it sends a request, and at most a few silent ones wait."""
+    sender = await Sender.sign_on(billing.port)
+    assert (await sender.records(frame([money(1)])))["code"] == "ok"
+    captured = ClientSession(WHO, KEY).hello_frame(0)
+    replays = []
+    for _ in range(3 * limits.receiver_silent_sessions_max):
+        stream = await trio.open_tcp_stream("127.0.0.1", billing.port)
+        await stream.send_all(captured)
+        replays.append(stream)
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    assert len(billing._silent[WHO]) == limits.receiver_silent_sessions_max
+    reply = await sender.records(frame([money(2)], first=2))       # still the session
+    assert reply["code"] == "ok" and reply["upto"] == 2
+    again = await Sender.sign_on(billing.port)                    # the switch reconnecting
+    assert (await again.records(frame([money(3)], first=3)))["upto"] == 3
+    assert await sender.records(frame([money(4)], first=4)) is None   # the old one gave way
+    for stream in replays:
+        await stream.aclose()
+    await again.stream.aclose()
+
+
 async def test_an_exception_in_one_connection_ends_it_alone_and_applies_nothing(
         billing, monkeypatch, caplog):
     apply = billing.apply

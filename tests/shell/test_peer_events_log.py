@@ -74,6 +74,7 @@ async def test_a_flood_of_bad_hellos_does_not_hide_which_key_holds_all_its_sessi
     switch = await Switch(tmp_path / "d", config=config).start(nursery)
     key = await _add_terminal(switch, "WH-POS-1")
     held = await switch.connect("WH-POS-1", key)
+    assert (await held.request({"t": "ping"}))["code"] == "ok"   # a session in use
     for _ in range(10):                        # the unauthenticated budget spent
         assert await _bad_hello(switch.port) == "unauthenticated"
     stream, answer = await _hello(switch.port, "WH-POS-1", key)
