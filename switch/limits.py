@@ -114,6 +114,9 @@ offline_records_max = 500
 offline_result_bytes_max = 96
 reply_envelope_bytes_max = 64      # t, code, re and the results' header around them
 offline_future_s = 5 * 60          # an offline tap this far ahead of our clock is refused
+# A card's lost periods kept (newest first kept): taps inside one are flagged after_lost at
+# any upload (docs/PROTOCOL.md §4.10); a card lost and found more often loses its oldest.
+card_lost_periods_kept_max = 8
 history_limit_default = 50
 history_limit_max = 200
 # A page's items, packed, stay under this (the frame less its tag, envelope and time zone):

@@ -52,6 +52,9 @@ def found(ledger, credential, values):
     school = layout.school_of(record)
     if state != layout.CARD_LOST:  # not lost: ok, nothing changes (docs/PROTOCOL.md §4.15)
         return {"t": "found", "code": "ok", "blacklist": ledger.blacklist.version(school)}
+    # The time it was lost is kept: a thief's offline taps made meanwhile are flagged
+    # after_lost when a till uploads them after this (§4.10).
+    ledger.note_lost_period(card_id, card[2], ledger.now_ms())
     ledger.save_card(card_id, account_id, layout.CARD_ACTIVE, ledger.now_ms())
     txn = _standing_record(ledger, credential, "found", account_id, record, values["id"],
                            card=card_id)

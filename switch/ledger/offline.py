@@ -80,6 +80,11 @@ def _apply_record(ledger, credential, item) -> dict:
     return result
 
 
+def while_lost(periods: list, at_ms: int) -> bool:
+    """Whether a tap at `at_ms` fell inside one of the card's lost periods (lost, found)."""
+    return any(lost_ms < at_ms < found_ms for lost_ms, found_ms in periods)
+
+
 def _decide(ledger, credential, record_id, item) -> dict:
     card_id, amount, at_ms = item["card"], item["amount"], item["at"]
     if schema.card_id(card_id) is schema.INVALID or type(at_ms) is not int:
@@ -118,7 +123,8 @@ def _decide(ledger, credential, record_id, item) -> dict:
     ledger.save_account(account_id, record)
     balance, _ = _money(record)
     flag = None
-    if card_state in (layout.CARD_LOST, layout.CARD_BLOCKED) and at_ms > card_changed_ms:
+    if (card_state in (layout.CARD_LOST, layout.CARD_BLOCKED) and at_ms > card_changed_ms) \
+            or while_lost(ledger.lost_periods(card_id), at_ms):
         flag = "after_lost"
     extra = {"card": card_id, "tapped_at": at_ms,
              **spent(ledger, account_id, subsidy_before, record),

@@ -22,7 +22,9 @@ and checks the sums and what they mean:
   carries no flag but `after_lost` or `meal_limit` (then with `meal_limit: true`), and
   carries `after_lost` exactly when the card was lost or
   blocked (by the journal up to that record) when the record arrived and the tap came
-  after the loss. The loss's exact time is the card's `changed_at` while no later change
+  after the loss, or (schema 14 on) the tap fell in a lost period of the card found before
+  the record arrived (the switch's newest `card_lost_periods_kept_max`, found after the
+  upgrade). The loss's exact time is the card's `changed_at` while no later change
   of the card overwrote it; after one, the loss record's own `at` (a bound: the card was
   stamped no later) decides only that an unflagged tap after it should have been flagged.
 - history: each record's `prev` is the txn of its account's record before it (0 for the
@@ -70,6 +72,7 @@ from switch.ledger.state.blacklist import member_of_key
 from switch.persistence import writeback
 from switch.persistence.access import permission_problem
 from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, GRANTS_FORGOTTEN_BELOW,
+                                     LOST_PERIODS_KEPT_AFTER_TXN,
                                      SUBSIDY_GRANT, kept_subsidy_grants, term_day_name)
 from switch.persistence.store import STORE_DIR
 
@@ -110,6 +113,7 @@ _MARKED_SCHEMA = 6    # the first whose accounts count their records, with histo
 _GRANTS_SCHEMA = 10   # the first that keeps every subsidy grant until its term ends
 _PAID_ONCE_SCHEMA = 11   # the first that keeps them long past it (limits.subsidy_grants_kept_s)
 _FROZEN_LISTED_SCHEMA = 12   # the first that lists the cards of accounts the card office froze
+_LOST_PERIODS_SCHEMA = 14    # the first that keeps a card's lost periods (flags taps in them)
 
 
 
@@ -280,7 +284,9 @@ def _check(txn, dbs, report: AuditReport) -> None:
         _check_history_marks(txn, dbs, report, accounts, history)
     cards = _check_cards(txn, dbs, report, accounts, card_history,
                          operator_freeze_lists=schema >= _FROZEN_LISTED_SCHEMA)
-    _check_offline(report, offline, cards, card_history)
+    _check_offline(report, offline, cards, card_history,
+                   _meta_number(txn, dbs, LOST_PERIODS_KEPT_AFTER_TXN)
+                   if schema >= _LOST_PERIODS_SCHEMA else None)
     if grants_kept_from is not None:
         _check_subsidy_grants(txn, dbs, report, history["grants"])
 
@@ -781,7 +787,26 @@ def _state_name(state) -> str:
     return names[state] if type(state) is int and 0 <= state < len(names) else repr(state)
 
 
-def _check_offline(report: AuditReport, offline: list, cards: dict, card_history: dict) -> None:
+def _lost_periods(history: list, before_txn: int, kept_after: int) -> list:
+    """The card's lost periods (lost `at`, found `at`) the switch kept before `before_txn`:
+    those found after `kept_after`, the newest `card_lost_periods_kept_max`."""
+    periods, lost_at = [], None
+    for number, state, at in history:
+        if number >= before_txn:
+            break
+        if state == layout.CARD_LOST:
+            lost_at = at
+        elif lost_at is not None and state == layout.CARD_ACTIVE and number > kept_after:
+            periods.append((lost_at, at))
+        if state != layout.CARD_LOST:
+            lost_at = None
+    return periods[-limits.card_lost_periods_kept_max:]
+
+
+def _check_offline(report: AuditReport, offline: list, cards: dict, card_history: dict,
+                   lost_periods_after: int | None) -> None:
+    """`lost_periods_after`: the txn after which the switch kept lost periods (schema 14),
+    None for books from before."""
     for record in offline:
         number, card, flag = record["txn"], record.get("card"), record.get("flag")
         tapped_ms = record.get("tapped_at")
@@ -807,7 +832,18 @@ def _check_offline(report: AuditReport, offline: list, cards: dict, card_history
         else:
             should_flag = lost and tapped_ms > change_at_ms
             may_flag = lost
-        if flag != "after_lost" and should_flag:
+        during = None
+        if lost_periods_after is not None and number > lost_periods_after:
+            during = next(((lost_at, found_at) for lost_at, found_at
+                           in _lost_periods(history, number, lost_periods_after)
+                           if lost_at < tapped_ms < found_at), None)
+        if during is not None and flag != "after_lost":
+            report.problems.append(f"txn {number}: card {card} tapped at {tapped_ms}, while it "
+                                   f"was lost (from {during[0]}, found at {during[1]}), but "
+                                   f"not flagged after_lost")
+        elif during is not None:
+            pass                                  # tapped while lost, found before the upload
+        elif flag != "after_lost" and should_flag:
             # after_lost is the flag a tap that also broke a meal cap carries (§4.17).
             report.problems.append(f"txn {number}: card {card} tapped after it was "
                                    f"{_state_name(state)} but not flagged after_lost")

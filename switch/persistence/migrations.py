@@ -10,7 +10,7 @@ from switch.core import layout
 from switch.ledger.standing import lists_its_cards, should_be_listed
 from switch.ledger.state import REVERSAL_KEPT, reversal_id
 from switch.ledger.state.blacklist import Blacklist
-from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, SUBSIDY_GRANT, kept_subsidy_grants,
+from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, LOST_PERIODS_KEPT_AFTER_TXN, SUBSIDY_GRANT, kept_subsidy_grants,
                                      room_index_keys, subsidy_grant_expiry_key)
 
 log = logging.getLogger("switch.store")
@@ -151,6 +151,16 @@ def _date_the_paid_once_check(txn, dbs) -> None:
         txn.put(GRANTS_CHECKED_AFTER_TXN, bytes(last.key()), db=dbs["meta"])
 
 
+def _date_the_lost_periods(txn, dbs) -> None:
+    """Schema 13 -> 14: a card's lost periods are kept (`card_lost_periods`) from now on, so
+    an offline tap made while the card was lost is flagged after_lost though the card was
+    found before the upload. The journal's last txn is written down: audit judges records
+    after it by the periods found after it, and none before (no switch kept them)."""
+    last = txn.cursor(db=dbs["journal"])
+    if last.last():
+        txn.put(LOST_PERIODS_KEPT_AFTER_TXN, bytes(last.key()), db=dbs["meta"])
+
+
 class _UpgradeTxn:
     """The store's get/put/delete by database name, on the upgrade's own transaction (what
     `Blacklist` writes through)."""
@@ -252,4 +262,5 @@ UPGRADES = {1: _index_rooms, 2: _pad_account_records, 3: _drop_id_expiry_index,
             4: _chain_account_histories, 5: _mark_account_histories, 6: _log_remembered_ids,
             7: _log_account_records, 8: _grants_in_their_own_format,
             9: _rebuild_subsidy_grants, 10: _date_the_paid_once_check,
-            11: _list_frozen_accounts_cards, 12: _reversals_kept_as_ids}
+            11: _list_frozen_accounts_cards, 12: _reversals_kept_as_ids,
+            13: _date_the_lost_periods}

@@ -24,7 +24,7 @@ from switch.persistence import writeback
 from switch.persistence.migrations import UPGRADES
 from switch.persistence.keys import decode_position, encode_position, position_key, txn_key
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
 
 # name -> what it holds (key -> value)
@@ -36,6 +36,9 @@ DATABASES = {
     "cards": "card id -> msgpack [account, state, changed_at_ms] (a replaced card that was "
              "lost keeps the time it was lost)",
     "account_cards": "account id + NUL + card id -> empty",
+    "card_lost_periods": "card id -> msgpack [[lost at ms, found at ms], ...]: the card's newest "
+                         "`card_lost_periods_kept_max` times lost and found again, so an offline "
+                         "tap made inside one is flagged after_lost however late it is uploaded",
     "credentials": "credential id -> msgpack {key (sealed), role, school, kind, merchant, revoked}",
     "journal": "txn (8 bytes big-endian) -> msgpack record (`prev`: the account's previous "
                "txn, so an account's history is a chain from its record's LAST_TXN)",

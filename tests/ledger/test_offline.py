@@ -202,6 +202,50 @@ def test_taps_after_a_card_was_lost_or_replaced_are_flagged(campus, how):
     assert "flag" not in campus.journal(before["txn"])
 
 
+def test_taps_made_while_a_card_was_lost_are_flagged_though_it_was_found_before_the_upload(
+        campus):
+    """The outside test's repro: lost, a thief's offline tap, found, then the upload: the tap
+    was applied unflagged (and audit agreed), so the card office could not find it. The
+    card's lost periods are kept; a tap inside one is flagged at any upload."""
+    lost_at = campus.clock.now_ms()
+    campus.ok(campus.service, "lost", card=CARD)
+    campus.clock.advance(3_600)
+    found_at = campus.clock.now_ms()
+    campus.ok(campus.service, "found", card=CARD)
+    campus.clock.advance(3_600)
+    before, thief, after = upload(campus, tap(campus, "before", at=lost_at - 1),
+                                  tap(campus, "thief", at=lost_at + 60_000),
+                                  tap(campus, "after", at=found_at + 1))
+    assert (before.get("flag"), thief.get("flag"), after.get("flag")) == (
+        None, "after_lost", None)
+    assert campus.journal(thief["txn"])["flag"] == "after_lost"
+    campus.commit()
+    campus.close()
+    from switch.persistence.audit import audit
+    report = audit(str(campus.path))
+    assert report.sound, report.problems
+
+
+def test_a_cards_lost_periods_are_bounded_the_oldest_let_go(campus):
+    periods = []
+    for _ in range(limits.card_lost_periods_kept_max + 1):
+        lost_at = campus.clock.now_ms()
+        campus.ok(campus.service, "lost", card=CARD)
+        campus.clock.advance(60)
+        periods.append((lost_at, campus.clock.now_ms()))
+        campus.ok(campus.service, "found", card=CARD)
+        campus.clock.advance(60)
+    assert [tuple(period) for period in campus.ledger.lost_periods(CARD)] == periods[1:]
+    oldest, newest = upload(campus, tap(campus, "oldest", at=periods[0][0] + 1),
+                            tap(campus, "newest", at=periods[-1][0] + 1))
+    assert (oldest.get("flag"), newest.get("flag")) == (None, "after_lost")
+    campus.commit()
+    campus.close()
+    from switch.persistence.audit import audit
+    report = audit(str(campus.path))
+    assert report.sound, report.problems
+
+
 def test_offline_records_count_on_the_day_they_were_tapped(campus):
     campus.ok(campus.service, "set_limits", account=STUDENT, per_tx=1_000, daily=1_000,
               no_pin=1_000)

@@ -945,3 +945,23 @@ def test_a_record_sent_by_no_credential_the_books_hold_is_found(books):
                           lambda r: r.update(who="nobody-at-all"))
     assert f"txn {txn}: sent by 'nobody-at-all', a credential the books do not hold" \
         in _problems(books)
+
+
+def test_a_tap_made_while_the_card_was_lost_and_uploaded_after_found_must_be_flagged(tmp_path):
+    campus = populate(World(tmp_path / "data"))
+    lost_at = campus.clock.now_ms()
+    campus.ok(campus.service, "lost", card=CARD)
+    campus.clock.advance(600)
+    campus.ok(campus.service, "found", card=CARD)
+    campus.clock.advance(600)
+    reply = campus.ok(campus.pos, "offline", records=[
+        {"id": "thief", "card": CARD, "amount": 100, "at": lost_at + 60_000}])
+    assert reply["results"][0]["flag"] == "after_lost"
+    campus.commit()
+    campus.close()
+    data = str(campus.path)
+    assert audit(data).sound
+    txn = _tamper_journal(data, lambda r: r["kind"] == "offline", lambda r: r.pop("flag"))
+    assert _problems(data) == [
+        f"txn {txn}: card {CARD} tapped at {lost_at + 60_000}, while it was lost (from "
+        f"{lost_at}, found at {lost_at + 600_000}), but not flagged after_lost"]

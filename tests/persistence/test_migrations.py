@@ -496,3 +496,35 @@ def test_the_upgrade_to_schema_12_passes_over_a_card_index_entry_without_its_car
     campus.restart(while_closed=as_schema_11_with_a_dangling_entry)
     assert campus.committed("meta")[b"schema_version"] == str(SCHEMA_VERSION).encode()
     assert campus.blacklisted("WH", CARD) and not campus.blacklisted("WH", "DEADBEEF")
+
+
+def test_a_lost_period_from_before_schema_14_is_not_held_against_a_tap_uploaded_after(tmp_path):
+    """Schema 13 kept no lost periods: a card lost and found before the upgrade has none, so
+    a tap made then and uploaded after it is applied unflagged, and audit judges by the
+    periods found after the upgrade only (the txn it wrote down)."""
+    campus = populate(World(tmp_path / "data"))
+    lost_at = campus.clock.now_ms()
+    campus.ok(campus.service, "lost", card=CARD)
+    campus.clock.advance(600)
+    campus.ok(campus.service, "found", card=CARD)
+    campus.commit()
+    last_txn = campus.last_txn
+
+    def as_schema_13(data_dir: str) -> None:
+        env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
+        with env.begin(write=True) as txn:
+            periods = env.open_db(b"card_lost_periods", txn=txn)
+            txn.drop(periods, delete=True)
+            txn.put(b"schema_version", b"13", db=env.open_db(b"meta", txn=txn))
+        env.close()
+    campus.restart(while_closed=as_schema_13)
+    assert campus.committed("meta")[b"schema_version"] == str(SCHEMA_VERSION).encode()
+    assert campus.committed("meta")[b"card_lost_periods_kept_after_txn"] == \
+        last_txn.to_bytes(8, "big")
+    reply = campus.ok(campus.pos, "offline", records=[
+        {"id": "thief", "card": CARD, "amount": 100, "at": lost_at + 60_000}])
+    assert "flag" not in reply["results"][0]
+    campus.commit()
+    campus.close()
+    report = audit(str(campus.path))
+    assert report.sound, report.problems

@@ -365,6 +365,16 @@ class Ledger:
         self.store.put("cards", card_id.encode(), _pack([account_id, state, changed_at_ms]))
         self.store.put("account_cards", account_id.encode() + b"\0" + card_id.encode(), b"")
 
+    def lost_periods(self, card_id: str) -> list:
+        """[[lost at ms, found at ms], ...], oldest first: the card's times lost and found."""
+        data = self.store.get("card_lost_periods", card_id.encode())
+        return [] if data is None else unpack(data)
+
+    def note_lost_period(self, card_id: str, lost_ms: int, found_ms: int) -> None:
+        periods = self.lost_periods(card_id) + [[lost_ms, found_ms]]
+        self.store.put("card_lost_periods", card_id.encode(),
+                       _pack(periods[-limits.card_lost_periods_kept_max:]))
+
     def cards_of(self, account_id: str) -> list[str]:
         """The account's cards in card-id order (at most `cards_per_account_max` + 1, so a
         caller can tell an account that is full)."""
