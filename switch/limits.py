@@ -327,7 +327,9 @@ forward_unsolicited_frames_max = 16     # frames other than the reply (pushes) w
 # switch out. Signed-on sessions need no bound of their own: one per credential, a new
 # sign-on replaces the old one.
 receiver_pending_connections_max = 16
-receiver_silent_sessions_max = 4   # per credential: signed on, no request sent yet
+receiver_silent_sessions_max = 4
+# Room a restore leaves in the copy's map for the one count it writes there.
+restore_map_headroom_bytes = 16 * 1024 * 1024   # per credential: signed on, no request sent yet
 # A receiver logs its refused hellos the 1st, 2nd, 4th ... time in each such window: a flood is
 # a few lines, and a wrong key that keeps retrying after one is still seen each window.
 receiver_hellos_refused_window_s = 60.0

@@ -112,7 +112,10 @@ def backup(data_dir: str, to: str) -> CopySummary:
         copy = to
         _fsync(os.path.dirname(os.path.abspath(to)), os.O_RDONLY | os.O_DIRECTORY)
     except BaseException:
-        shutil.rmtree(created if created != staging else copy, ignore_errors=True)
+        # What this run made: the parents it created with the copy, else the copy wherever
+        # it is now (the staging name, or `to` once renamed).
+        made_parents = created is not None and os.path.abspath(created) != os.path.abspath(staging)
+        shutil.rmtree(created if made_parents else copy, ignore_errors=True)
         raise
     log.info("event=backup data=%s to=%s last_txn=%d accounts=%d size_bytes=%d",
              data_dir, to, summary.last_txn, summary.accounts, summary.size_bytes)
@@ -234,7 +237,11 @@ def _refuse_inside_a_data_dir(path: str) -> None:
 def _count_restore(env_path: str) -> None:
     """Count the restore in the copy's `meta`: the switch's first start on it moves each
     school's blacklist past the versions tills saw since the backup (ledger.state)."""
-    env = lmdb.open(env_path, max_dbs=limits.lmdb_max_dbs, subdir=True)
+    # A compacting copy's file is exactly as full as its pages: LMDB maps it at that size (or
+    # its 10 MiB default), and a put into a copy past 10 MiB found no room (MDB_MAP_FULL).
+    size = os.path.getsize(os.path.join(env_path, DATA_FILE))
+    env = lmdb.open(env_path, max_dbs=limits.lmdb_max_dbs, subdir=True,
+                    map_size=size + limits.restore_map_headroom_bytes)
     try:
         with env.begin(write=True) as txn:
             meta = env.open_db(b"meta", txn=txn)

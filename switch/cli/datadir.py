@@ -40,7 +40,10 @@ def enclosing_data_dir(path: str) -> str | None:
         if parent == current:
             return None
         current = parent
-        if is_data_dir(current):
+        # A switch's own files, not just any `lmdb/` (a home directory may hold one).
+        if os.path.exists(os.path.join(current, STORE_DIR, "data.mdb")) and (
+                os.path.exists(os.path.join(current, ADMIN_KEY_FILE))
+                or os.path.exists(os.path.join(current, LOCK_FILE))):
             return current
 
 

@@ -72,7 +72,7 @@ from switch.ledger.state.blacklist import member_of_key
 from switch.persistence import writeback
 from switch.persistence.access import permission_problem
 from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, GRANTS_FORGOTTEN_BELOW,
-                                     LOST_PERIODS_KEPT_AFTER_TXN,
+                                     UPGRADED_TO_14_AFTER_TXN,
                                      SUBSIDY_GRANT, kept_subsidy_grants, term_day_name)
 from switch.persistence.store import STORE_DIR
 
@@ -114,6 +114,7 @@ _GRANTS_SCHEMA = 10   # the first that keeps every subsidy grant until its term 
 _PAID_ONCE_SCHEMA = 11   # the first that keeps them long past it (limits.subsidy_grants_kept_s)
 _FROZEN_LISTED_SCHEMA = 12   # the first that lists the cards of accounts the card office froze
 _LOST_PERIODS_SCHEMA = 14    # the first that keeps a card's lost periods (flags taps in them)
+_NO_TXN_YET = 2 ** 64        # as `strict_after`: every record is before (books older than 14)
 
 
 
@@ -140,6 +141,16 @@ class AuditReport:
             self.notices.append(text)
         else:
             self.notices_left_off += 1
+
+    def finding(self, number: int, strict_after: int, text: str) -> None:
+        """A discrepancy when record `number` came after `strict_after` (the txn at the
+        upgrade that brought the check, 0 for books it made); a notice before: an older
+        switch wrote it, and the journal is never rewritten, so a discrepancy would fail
+        every backup of those books for good."""
+        if number > strict_after:
+            self.problems.append(text)
+        else:
+            self.notice(f"{text} (written before this check came, by an older switch)")
 
     @property
     def sound(self) -> bool:
@@ -264,9 +275,14 @@ def _check(txn, dbs, report: AuditReport) -> None:
     # older switch's (keys.py), and before the upgrade to schema 11 every one is.
     paid_twice_checked_after = (_meta_number(txn, dbs, GRANTS_CHECKED_AFTER_TXN)
                                 if schema >= _PAID_ONCE_SCHEMA else None)
+    # The checks schema 14 brought (kinds, schools, senders, ids used twice, rooms' power)
+    # hold records after its upgrade; those before it are said as notices.
+    strict_after = (_meta_number(txn, dbs, UPGRADED_TO_14_AFTER_TXN)
+                    if schema >= _LOST_PERIODS_SCHEMA else _NO_TXN_YET)
     history = {"records": {}, "marks": set(), "grants": {}, "grants_from": grants_kept_from,
                "paid": {}, "paid_checked_after": paid_twice_checked_after,
-               "latest": None, "behind": None, "schools": {}, "power": {}, "whos": {}}
+               "latest": None, "behind": None, "schools": {}, "power": {}, "whos": {},
+               "strict_after": strict_after}
     sums, card_history, offline, closed_by, subsidies, newest = _check_journal(
         txn, dbs, report, chained, history)
     accounts: dict = {}
@@ -276,8 +292,9 @@ def _check(txn, dbs, report: AuditReport) -> None:
     held = _check_holds(txn, dbs, report, accounts)
     _check_accounts(report, accounts, sums, held, closed_by, subsidies,
                     _subsidy_batches(txn, dbs))
-    _check_schools_and_power(report, accounts, history["schools"], history["power"])
-    _check_senders(txn, dbs, report, history["whos"])
+    _check_schools_and_power(report, accounts, history["schools"], history["power"], newest,
+                             strict_after)
+    _check_senders(txn, dbs, report, history["whos"], strict_after)
     if chained:
         _check_history_heads(report, accounts, newest)
     if schema >= _MARKED_SCHEMA:
@@ -285,8 +302,7 @@ def _check(txn, dbs, report: AuditReport) -> None:
     cards = _check_cards(txn, dbs, report, accounts, card_history,
                          operator_freeze_lists=schema >= _FROZEN_LISTED_SCHEMA)
     _check_offline(report, offline, cards, card_history,
-                   _meta_number(txn, dbs, LOST_PERIODS_KEPT_AFTER_TXN)
-                   if schema >= _LOST_PERIODS_SCHEMA else None)
+                   strict_after if schema >= _LOST_PERIODS_SCHEMA else None)
     if grants_kept_from is not None:
         _check_subsidy_grants(txn, dbs, report, history["grants"])
 
@@ -355,7 +371,8 @@ def _check_journal(txn, dbs, report: AuditReport, chained: bool, history: dict):
     newest: dict[str, int] = {}
     records_of: dict[str, int] = history["records"]
     reversed_txns: set[int] = set()   # the payments reversed so far (a reverse is rare)
-    once = _OncePerId()
+    strict_after = history["strict_after"]
+    once = _OncePerId(strict_after)
     schools, power, whos = history["schools"], history["power"], history["whos"]
     expected_txn = 1
     for key, value in _items(txn, dbs["journal"]):
@@ -406,7 +423,7 @@ def _check_journal(txn, dbs, report: AuditReport, chained: bool, history: dict):
         for card_field, state in _CARD_CHANGES.get(record["kind"], ()):
             card_history.setdefault(record.get(card_field), []).append(
                 (number, state, record["at"]))
-        _check_kind(report, number, record, schools)
+        _check_kind(report, number, record, schools, strict_after)
         once.check(report, number, record)
         if record.get("who") is not None:
             whos.setdefault(record["who"], number)
@@ -424,24 +441,27 @@ def _check_journal(txn, dbs, report: AuditReport, chained: bool, history: dict):
     return sums, card_history, offline, closed_by, subsidies, newest
 
 
-def _check_kind(report: AuditReport, number: int, record: dict, schools: dict) -> None:
+def _check_kind(report: AuditReport, number: int, record: dict, schools: dict,
+                strict_after: int) -> None:
     """A record's kind is one the switch writes, its amount has that kind's sign, and it
     names its account's school (the same in every record of the account; the account's own
     record is compared once the accounts are read)."""
     kind, amount = record["kind"], record["amount"]
     sign = KIND_SIGNS.get(kind)
     if sign is None:
-        report.problems.append(f"txn {number}: kind {kind!r} is none the switch writes")
+        report.finding(number, strict_after, f"txn {number}: kind {kind!r} is none the switch "
+                                             f"writes")
     elif (sign == 0 and amount != 0) or amount * sign < 0:
-        report.problems.append(f"txn {number}: {kind} of {amount}, "
+        report.finding(number, strict_after, f"txn {number}: {kind} of {amount}, "
                                + ("which moves no money" if sign == 0 else
                                   "which only puts money in" if sign > 0 else
                                   "which only takes money out"))
     account = record["account"]
     first = schools.setdefault(account, (record.get("school"), number))
     if first[0] != record.get("school"):
-        report.problems.append(f"txn {number}: {kind} of {account} names school "
-                               f"{record.get('school')!r}, its txn {first[1]} {first[0]!r}")
+        report.finding(number, strict_after, f"txn {number}: {kind} of {account} names school "
+                                             f"{record.get('school')!r}, its txn {first[1]} "
+                                             f"{first[0]!r}")
 
 
 class _OncePerId:
@@ -449,7 +469,8 @@ class _OncePerId:
     payment or recharge made twice. Ids older than the window are let go as the journal
     runs on, so the memory is the ids of one window (a hash each), not of every year."""
 
-    def __init__(self):
+    def __init__(self, strict_after: int):
+        self._strict_after = strict_after
         self._seen: dict[int, tuple[int, int]] = {}     # hash -> (at, txn)
         # (at, hash), oldest first, one queue per window: a day's taps leave after an hour,
         # a recharge stays its 400 days.
@@ -470,7 +491,8 @@ class _OncePerId:
         key = hash((kind, record["who"], _hashable(record.get("ref"))))
         before = self._seen.get(key)
         if before is not None and 0 <= at - before[0] < within_ms:
-            report.problems.append(
+            report.finding(
+                number, self._strict_after,
                 f"txn {number}: {kind} by {record['who']} under id {record.get('ref')!r} "
                 f"again (txn {before[1]} was the first, {(at - before[0]) // 1000} s before): "
                 f"a request the switch should have answered as a replay")
@@ -680,7 +702,7 @@ def _check_accounts(report: AuditReport, accounts: dict, sums: dict, held: dict,
 
 
 def _check_schools_and_power(report: AuditReport, accounts: dict, schools: dict,
-                             power: dict) -> None:
+                             power: dict, newest: dict, strict_after: int) -> None:
     """Each account's records name its own school; an open room's power is on exactly when
     it holds money (the core cuts it at 0 or below and turns it on above 0), and its last
     `cutoff` or `restore` record says so (none: off, as a room is opened)."""
@@ -688,32 +710,35 @@ def _check_schools_and_power(report: AuditReport, accounts: dict, schools: dict,
         school = layout.school_of(value)
         named, txn = schools.get(account, (school, 0))
         if named != school:
-            report.problems.append(f"account {account} is of school {school} but its txn "
-                                   f"{txn} names {named!r}")
+            report.finding(txn, strict_after, f"account {account} is of school {school} but "
+                                              f"its txn {txn} names {named!r}")
         if layout.get(value, layout.KIND) != layout.KIND_UTILITY \
                 or layout.get(value, layout.STATUS) == layout.STATUS_CLOSED:
             continue
         on = layout.get(value, layout.POWER_ON) == 1
         balance = layout.get(value, layout.BALANCE)
+        latest = newest.get(account, 0)     # the room's state is its newest record's doing
         if on != (balance > 0):
-            report.problems.append(f"room {account}: power {'on' if on else 'off'} with a "
-                                   f"balance of {balance} fen")
+            report.finding(latest, strict_after, f"room {account}: power "
+                                                 f"{'on' if on else 'off'} with a balance of "
+                                                 f"{balance} fen")
         last_txn, last_kind = power.get(account, (None, "cutoff"))
         if on != (last_kind == "restore"):
-            report.problems.append(
+            report.finding(
+                latest, strict_after,
                 f"room {account}: power {'on' if on else 'off'} but "
                 + (f"its last power record, txn {last_txn}, is a {last_kind}" if last_txn
                    else "no restore record turned it on"))
 
 
-def _check_senders(txn, dbs, report: AuditReport, whos: dict) -> None:
+def _check_senders(txn, dbs, report: AuditReport, whos: dict, strict_after: int) -> None:
     """Every record's `who` is a credential the books hold (revoked ones are kept)."""
     if dbs.get("credentials") is None:
         return
     for who, number in whos.items():
         if txn.get(who.encode(), db=dbs["credentials"]) is None:
-            report.problems.append(f"txn {number}: sent by {who!r}, a credential the books "
-                                   f"do not hold")
+            report.finding(number, strict_after, f"txn {number}: sent by {who!r}, a credential "
+                                                 f"the books do not hold")
 
 
 def _check_history_marks(txn, dbs, report: AuditReport, accounts: dict, history: dict) -> None:

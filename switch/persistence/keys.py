@@ -84,8 +84,9 @@ GRANTS_FORGOTTEN_BELOW = b"subsidy_grants_forgotten_below"
 GRANTS_CHECKED_AFTER_TXN = b"subsidy_grants_checked_after_txn"
 # In `meta` (8 bytes BE): the journal's last txn when a data dir came to schema 14, which keeps
 # each card's lost periods (`card_lost_periods`): audit judges an offline record after it by
-# the periods whose `found` came after it too (none before: no switch kept them).
-LOST_PERIODS_KEPT_AFTER_TXN = b"card_lost_periods_kept_after_txn"
+# the periods whose `found` came after it too (none before: no switch kept them), and holds
+# only records after it to the checks 14 brought (before it, their findings are notices).
+UPGRADED_TO_14_AFTER_TXN = b"card_lost_periods_kept_after_txn"
 
 
 def forgotten_below(value: bytes | None) -> int:

@@ -10,7 +10,7 @@ from switch.core import layout
 from switch.ledger.standing import lists_its_cards, should_be_listed
 from switch.ledger.state import REVERSAL_KEPT, reversal_id
 from switch.ledger.state.blacklist import Blacklist
-from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, LOST_PERIODS_KEPT_AFTER_TXN, SUBSIDY_GRANT, kept_subsidy_grants,
+from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, UPGRADED_TO_14_AFTER_TXN, SUBSIDY_GRANT, kept_subsidy_grants,
                                      room_index_keys, subsidy_grant_expiry_key)
 
 log = logging.getLogger("switch.store")
@@ -158,7 +158,7 @@ def _date_the_lost_periods(txn, dbs) -> None:
     after it by the periods found after it, and none before (no switch kept them)."""
     last = txn.cursor(db=dbs["journal"])
     if last.last():
-        txn.put(LOST_PERIODS_KEPT_AFTER_TXN, bytes(last.key()), db=dbs["meta"])
+        txn.put(UPGRADED_TO_14_AFTER_TXN, bytes(last.key()), db=dbs["meta"])
 
 
 class _UpgradeTxn:

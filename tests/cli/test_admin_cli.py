@@ -602,15 +602,18 @@ def test_a_sign_on_refused_busy_says_the_credential_holds_all_its_sessions(tmp_p
     import trio
 
     from switch.cli.datadir import read_admin_key
-    from tests.shell.harness import signed_on
+    from tests.shell.harness import next_payloads, signed_on
 
     config = tmp_path / "switch.toml"
     config.write_text("admin_sessions_per_credential_max = 1\n")
     data = tmp_path / "data"
     with serving(data, "--config", str(config)) as connect:
         async def refused_while_one_is_held():
-            stream, _, _ = await signed_on(int(connect.rpartition(":")[2]), "admin",
-                                           read_admin_key(str(data)))
+            stream, session, decoder = await signed_on(int(connect.rpartition(":")[2]),
+                                                       "admin", read_admin_key(str(data)))
+            # In use (a session that never sent a request gives its place to a new hello).
+            await stream.send_all(session.request_frame({"t": "ping"})[1])
+            assert session.receive((await next_payloads(stream, decoder))[0])["code"] == "ok"
             try:
                 return await trio.to_thread.run_sync(admin, connect, data, "account", "WH1")
             finally:

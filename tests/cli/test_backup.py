@@ -462,3 +462,53 @@ def test_nothing_is_restored_or_served_inside_another_data_dir(tmp_path, inside)
     assert sorted(os.listdir(data)) == before
     assert sorted(os.listdir(data / STORE_DIR)) == sorted(
         name for name in ["data.mdb", "lock.mdb"] if (data / STORE_DIR / name).exists())
+
+
+def test_a_backup_past_lmdbs_default_map_restores(tmp_path):
+    """The outside test's repro: restoring any backup over 10 MiB failed with MDB_MAP_FULL
+    (a traceback, exit 1) as the restore counted itself in the exactly-full copy."""
+    from switch.cli import backup as backup_module
+    data = _stopped_data_dir(tmp_path / "data", accounts=2)
+    store = Store(str(data / STORE_DIR))
+    try:
+        for n in range(1_300):       # 13 MB the audit reads past (what accounts' details take)
+            store.put("account_info", f"WHPAD{n:05d}".encode(), os.urandom(10_000))
+        store.commit_now()
+    finally:
+        store.close()
+    summary = backup_module.backup(str(data), str(tmp_path / "copy"))
+    assert summary.size_bytes > 12 * 2**20
+    restored = backup_module.restore(str(tmp_path / "copy"), str(tmp_path / "restored"))
+    assert restored.last_txn == summary.last_txn
+    store = Store(str(tmp_path / "restored" / STORE_DIR))
+    try:
+        assert store.get("meta", BLACKLIST_RESTORES) == b"1"
+    finally:
+        store.close()
+
+
+def test_a_directory_that_merely_holds_an_lmdb_folder_is_no_data_dir_around_a_new_one(tmp_path):
+    """Only a switch's own files make an enclosing data dir: a home directory with an LMDB
+    folder of its own (or a py-lmdb checkout) is none."""
+    from switch.cli.datadir import check_data_dir
+    (tmp_path / "lmdb").mkdir()
+    (tmp_path / "lmdb" / "data.mdb").write_bytes(b"")
+    check_data_dir(str(tmp_path / "projects" / "campus-data"), init=True)
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_backup_that_fails_after_its_rename_leaves_nothing(tmp_path, monkeypatch, relative):
+    from switch.cli import backup as backup_module
+    data = _stopped_data_dir(tmp_path / "data", accounts=1)
+    monkeypatch.chdir(tmp_path)
+    to = "b1" if relative else str(tmp_path / "b1")
+    real_fsync = backup_module._fsync
+
+    def fsync(path, flags):
+        if os.path.abspath(path) == str(tmp_path):     # the parent's, after the rename
+            raise OSError(5, "Input/output error")
+        real_fsync(path, flags)
+    monkeypatch.setattr(backup_module, "_fsync", fsync)
+    with pytest.raises(OSError):
+        backup_module.backup(str(data), to)
+    assert sorted(os.listdir(tmp_path)) == ["data", "data.key"]

@@ -528,3 +528,40 @@ def test_a_lost_period_from_before_schema_14_is_not_held_against_a_tap_uploaded_
     campus.close()
     report = audit(str(campus.path))
     assert report.sound, report.problems
+
+
+def test_a_recharge_an_older_switch_credited_twice_is_a_notice_not_a_failed_backup(tmp_path):
+    """An older switch forgot order ids (8 days, or at once on a clock believed ahead): its
+    double credits are in the journal for good. Audit says so, and calls the books sound, or
+    every nightly backup of them would fail; the same after the upgrade is a discrepancy."""
+    campus = populate(World(tmp_path / "data"))
+
+    def credit_forgotten(order: str) -> None:
+        campus.ok(campus.service, "credit", account=STUDENT, amount=100, source="wechat",
+                  id=order)
+        campus.commit()
+        campus.store.delete("idempotency", campus.ledger.idempotency_key(campus.service.who,
+                                                                         order))
+        campus.commit()
+    credit_forgotten("4200009")
+    credit_forgotten("4200009")
+
+    def as_schema_13(data_dir: str) -> None:
+        env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
+        with env.begin(write=True) as txn:
+            txn.put(b"schema_version", b"13", db=env.open_db(b"meta", txn=txn))
+        env.close()
+    campus.restart(while_closed=as_schema_13)
+    campus.close()
+    report = audit(str(campus.path))
+    assert report.sound, report.problems
+    assert any("credit by mini-program under id '4200009' again" in notice
+               and "written before this check came" in notice for notice in report.notices)
+    service = campus.service
+    campus = World(tmp_path / "data")
+    campus.service = campus.credential(service.who)
+    credit_forgotten("4200010")
+    credit_forgotten("4200010")
+    campus.close()
+    problems = audit(str(campus.path)).problems
+    assert len(problems) == 1 and "under id '4200010' again" in problems[0], problems

@@ -167,7 +167,9 @@ class Ledger:
         newest_ms = self._books_newest_ms()
         self._notice_clock_far_from_books(newest_ms)
         self._retention_ms = int(saved) if saved else newest_ms
-        self._retention_saved_ms = self._retention_ms if saved else None
+        if not saved:      # at once, as the blacklist's: a first pass then writes nothing
+            store.write_now("meta", RETENTION_CLOCK, str(newest_ms).encode())
+        self._retention_saved_ms = self._retention_ms
         self._retention_elapsed_ms = clock.elapsed_ms()
         # The ids the database held when the sweep's cycle under way started (`ids_to_sweep`).
         self._ids_held_at_cycle_start = 0
@@ -554,6 +556,7 @@ class Ledger:
                         self.store.delete("idempotency", key)
                         forgotten += 1
         self._save_sweep_position(now_ms, forgotten)
+        self.save_retention_clock()     # with what it decided: a restart starts from it
         asked = self._write_back_asked_ms
         if self._ids_swept_to is None and (
                 asked is None or not 0 <= now_ms - asked < limits.ids_write_back_asked_every_s * 1000):
