@@ -328,6 +328,12 @@ forward_unsolicited_frames_max = 16     # frames other than the reply (pushes) w
 # sign-on replaces the old one.
 receiver_pending_connections_max = 16
 receiver_silent_sessions_max = 4
+receiver_hello_nonces_kept_max = 4_096
+# Hellos' nonces remembered (credential, nonce: about 150 bytes each): a copy of a recent one
+# is refused `unauthenticated`.
+hello_nonces_kept_max = 100_000
+# A session this young that has sent no request yet is not closed to make room for a hello.
+silent_session_grace_s = 5.0
 # Room a restore leaves in the copy's map for the one count it writes there.
 restore_map_headroom_bytes = 16 * 1024 * 1024   # per credential: signed on, no request sent yet
 # A receiver logs its refused hellos the 1st, 2nd, 4th ... time in each such window: a flood is

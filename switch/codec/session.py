@@ -51,7 +51,7 @@ def _is_int(value) -> bool:
 class ServerSession:
     """The switch's side of one connection."""
 
-    __slots__ = ("state", "who", "_key", "_k_c2s", "_k_s2c", "_next_seq", "_push")
+    __slots__ = ("state", "who", "_key", "_k_c2s", "_k_s2c", "_next_seq", "_push", "proven")
 
     def __init__(self) -> None:
         self.state = AWAITING_HELLO
@@ -61,6 +61,7 @@ class ServerSession:
         self._k_s2c = None
         self._next_seq = 1
         self._push = 0
+        self.proven = False
 
     def _move(self, event: str) -> None:
         self.state = TRANSITIONS[(self.state, event)]
@@ -108,11 +109,6 @@ class ServerSession:
         self._move("hello_accepted")
         return frame
 
-    @property
-    def proven(self) -> bool:
-        """Whether the peer has sent a request under the session's keys: only the key's
-        holder can (a hello replayed off the wire opens a session that never does)."""
-        return self._next_seq > 1
 
     def receive_request(self, payload: bytes) -> Request:
         return self.accept_request(self.open_request(payload))
@@ -125,6 +121,9 @@ class ServerSession:
         body, received_tag = split_payload(payload)
         if not mac.verify(self._k_c2s, body, received_tag):
             return None, _MAC_INVALID
+        # A frame under the session's keys: only the key's holder can send one (a hello
+        # replayed off the wire opens a session that never does).
+        self.proven = True
         try:
             return decode_body(body), None
         except ProtocolError as error:

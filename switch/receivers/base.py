@@ -227,6 +227,8 @@ class Receiver:
         self._sessions: dict[str, trio.CancelScope] = {}
         # Signed on and not yet sent a request, per credential, oldest first (`_converse`).
         self._silent: dict[str, dict] = {}
+        # (who, nonce) of recent hellos, oldest first: a copy of one is refused.
+        self._hello_nonces: dict = {}
         # Connections before `hello`, oldest first (a dict as an ordered set).
         self._pending: dict[trio.CancelScope, None] = {}
         self.pending_evicted = 0
@@ -480,6 +482,15 @@ class Receiver:
             await stream.send_all(session.encode_error(error))
             return
         self._pending.pop(scope, None)
+        seen = (hello.who, hello.client_nonce)
+        if seen in self._hello_nonces:        # a copy replayed off the wire
+            self.hellos_refused += 1
+            log.info("event=hello_replayed receiver=%s who=%s", self.name, hello.who)
+            await stream.send_all(session.encode_error(ProtocolError("unauthenticated")))
+            return
+        self._hello_nonces[seen] = None
+        if len(self._hello_nonces) > limits.receiver_hello_nonces_kept_max:
+            del self._hello_nonces[next(iter(self._hello_nonces))]
         await stream.send_all(session.accept_hello(
             hello, {"role": "downstream", "time": time.time_ns() // 1_000_000}))
         # One live session per credential: a new sign-on means the old socket is dead, once

@@ -196,6 +196,15 @@ class Forwarder:
                 raise ForwardError("hello", str(error)) from None
             if reply.get("role") != "downstream":
                 raise ForwardError("hello", f"role {reply.get('role')!r}, not 'downstream'")
+            # A ping at once: a session that has sent a request is the credential's own to a
+            # receiver (a replayed hello's never does), while an idle night sends no record.
+            # Any answer will do (a receiver may know only `records`: bad_request).
+            seq, frame = session.request_frame({"t": "ping"})
+            with trio.fail_after(limits.forward_reply_timeout_s):
+                await stream.send_all(frame)
+                pong = await self._reply(connection, session, seq)
+            if pong.get("re") != seq:
+                raise ForwardError("protocol", f"ping answered with re={pong.get('re')!r}")
             self.sessions += 1
             # A receiver that signs us on and then refuses every frame would log a sign-on a
             # retry: as with the failures, not every one.

@@ -436,6 +436,11 @@ class Connection:
                                       peer=self.peer)
             await self._send_error_and_close(error)
             return None
+        if server.hello_seen_before(hello):
+            server.metrics.hello_refused("unauthenticated")
+            server.peer_events.failed("hello_replayed", who=hello.who, peer=self.peer)
+            await self._send_error_and_close(ProtocolError("unauthenticated"))
+            return None
         credential = server.ledger.credential(hello.who)
         refused = server.take_place_or_make_room(credential, self.peer)
         if refused is not None:
@@ -578,6 +583,7 @@ class Server:
         # per credential id (`take_place`).
         self.signed_on = 0
         self._places: dict[str, int] = {}
+        self._hello_nonces: dict = {}          # (who, client nonce) of recent hellos, oldest first
         self._pending: dict = {}              # connections before hello, oldest first
         self._pending_by_address: dict = {}   # address -> its pending connections, oldest first
         self._budgets: dict = {}              # credential id -> RequestBudget
@@ -640,8 +646,10 @@ class Server:
         refused = self.take_place(credential)
         if refused != "credential":
             return refused
+        # Given a moment to send its first request: a hello's reply and that request cross.
+        settled = trio.current_time() - limits.silent_session_grace_s
         silent = [connection for connection in self.sessions.get(credential.who, ())
-                  if not connection.session.proven]
+                  if not connection.session.proven and connection.accepted_at <= settled]
         if not silent:
             return refused
         oldest = min(silent, key=lambda connection: connection.accepted_at)
@@ -650,6 +658,20 @@ class Server:
         self.credential_events.failed("silent_session_closed", logging.WARNING,
                                       who=credential.who, closed_peer=oldest.peer, peer=peer)
         return self.take_place(credential)
+
+    def hello_seen_before(self, hello) -> bool:
+        """Whether this verified hello's nonce was seen already (then it is a copy replayed
+        off the wire: a client draws a new one for every hello), else remember it. The
+        newest `hello_nonces_kept_max` are kept; one older, or from before a restart, can
+        be replayed once, and its session never proves itself (`take_place_or_make_room`)."""
+        key = (hello.who, hello.client_nonce)
+        seen = self._hello_nonces
+        if key in seen:
+            return True
+        seen[key] = None
+        if len(seen) > limits.hello_nonces_kept_max:
+            del seen[next(iter(seen))]
+        return False
 
     def give_back_place(self, who: str) -> None:
         self.signed_on -= 1

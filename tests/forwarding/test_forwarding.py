@@ -352,6 +352,10 @@ class OddReceiver:
             while True:
                 while payloads:
                     request = session.receive_request(payloads.pop(0))
+                    if request.message.get("t") == "ping":     # the forwarder's after hello
+                        await stream.send_all(session.encode_reply(
+                            {"t": "ping", "code": "ok", "re": request.seq}))
+                        continue
                     self.frames.append(request.message)
                     reply = self.answer(request.message)
                     pushes = b"".join(session.encode_push({"t": "news"})

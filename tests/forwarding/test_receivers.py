@@ -340,10 +340,17 @@ async def test_a_replayed_hello_neither_cuts_the_switchs_session_nor_piles_up(bi
     sender = await Sender.sign_on(billing.port)
     assert (await sender.records(frame([money(1)])))["code"] == "ok"
     captured = ClientSession(WHO, KEY).hello_frame(0)
+    refused_before = billing.hellos_refused
     replays = []
-    for _ in range(3 * limits.receiver_silent_sessions_max):
+    for _ in range(3):          # one copy signs on; copies of a hello seen are refused
         stream = await trio.open_tcp_stream("127.0.0.1", billing.port)
         await stream.send_all(captured)
+        replays.append(stream)
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    assert billing.hellos_refused == refused_before + 2
+    for _ in range(3 * limits.receiver_silent_sessions_max):   # hellos it never saw
+        stream = await trio.open_tcp_stream("127.0.0.1", billing.port)
+        await stream.send_all(ClientSession(WHO, KEY).hello_frame(0))
         replays.append(stream)
     await trio.testing.wait_all_tasks_blocked(0.05)
     assert len(billing._silent[WHO]) == limits.receiver_silent_sessions_max

@@ -118,11 +118,14 @@ async def test_past_connections_max_only_an_admin_signs_on_and_revokes_the_hog(
     await switch.stop()
 
 
-async def test_a_replayed_hello_never_locks_the_credential_out(tmp_path, nursery):
+async def test_a_replayed_hello_never_locks_the_credential_out(tmp_path, nursery, monkeypatch):
     """The outside test's repro: one hello of the recharge service copied off the wire and
     sent again 64 times opened 64 sessions (it verifies: v1 checks no time), and the real
-    service's hello was `busy` until they idled out, renewed for ever. A session that never
-    sent a request is closed (`busy`) to make room for the next hello; one in use is not."""
+    service's hello was `busy` until they idled out, renewed for ever. A copy of a hello
+    seen before is refused; one seen before no restart opens a session that never sends a
+    request, and that is closed (`busy`) to make room for a new hello once past its grace.
+    A session in use never is."""
+    monkeypatch.setattr(limits, "silent_session_grace_s", 0.0)
     config = default_config()
     config.terminal_sessions_per_credential_max = 4
     switch = await Switch(tmp_path / "d", config=config).start(nursery)
@@ -130,10 +133,19 @@ async def test_a_replayed_hello_never_locks_the_credential_out(tmp_path, nursery
     in_use = await switch.connect("WH-POS-1", key)
     assert (await in_use.request({"t": "ping"}))["code"] == "ok"
     captured = ClientSession("WH-POS-1", key).hello_frame(0)
+    copies = []
+    for n in range(8):
+        stream = await trio.open_tcp_stream("127.0.0.1", switch.port)
+        await stream.send_all(captured)
+        copies.append(unverified_body((await next_payloads(stream, FrameDecoder()))[0]))
+        await stream.aclose()
+    assert copies[0]["code"] == "ok" and all(
+        answer == {"t": "error", "code": "unauthenticated"} for answer in copies[1:])
+    # Hellos captured before a restart (never seen by this switch), each replayed once.
     replays = []
     for _ in range(16):
         stream = await trio.open_tcp_stream("127.0.0.1", switch.port)
-        await stream.send_all(captured)
+        await stream.send_all(ClientSession("WH-POS-1", key).hello_frame(0))
         assert unverified_body((await next_payloads(stream, FrameDecoder()))[0])["code"] == "ok"
         replays.append(stream)
     real = await switch.connect("WH-POS-1", key)          # not busy
@@ -149,4 +161,20 @@ async def test_a_replayed_hello_never_locks_the_credential_out(tmp_path, nursery
     assert closed == len(replays) - 3
     for stream in replays[-3:]:
         await stream.aclose()
+    await switch.stop()
+
+
+async def test_a_silent_session_within_its_grace_is_not_closed_for_a_new_hello(tmp_path,
+                                                                              nursery):
+    """A till's hello's reply and its first request cross: a silent session younger than
+    `silent_session_grace_s` keeps its place, and the new hello is `busy` as before."""
+    config = default_config()
+    config.terminal_sessions_per_credential_max = 1
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
+    key = await _add_terminal(switch, "WH-POS-1")
+    silent = await switch.connect("WH-POS-1", key)
+    stream, answer = await _hello(switch.port, "WH-POS-1", key)
+    assert answer == {"t": "error", "code": "busy"}
+    await stream.aclose()
+    assert (await silent.request({"t": "ping"}))["code"] == "ok"
     await switch.stop()
