@@ -332,6 +332,29 @@ def test_an_id_is_kept_at_least_a_quarter_of_its_retention_on_a_clock_believed_w
     assert campus.ledger.recall(campus.pos.who, "tap-2") is None
 
 
+def test_an_offline_record_forgotten_under_a_clock_believed_ahead_is_never_applied_again(
+        campus):
+    """The review's repro: a wall clock believed 400 days ahead paces the retention clock to
+    forget an offline record's id after a quarter of the retention; put right, the clock
+    took the same record as new (a second debit). Anything stamped before the highest
+    cutoff a sweep forgot below is `too_old`."""
+    at = campus.clock.now_ms()
+    record = {"id": "off-1", "card": CARD, "amount": 250, "at": at}
+    assert campus.ok(campus.pos, "offline", records=[record])["results"][0]["code"] == "ok"
+    campus.commit()
+    balance = campus.balance(STUDENT)
+    campus.clock.set_wall(400 * 86_400)
+    for _ in range(22):
+        campus.clock.advance(10_000)            # 2.5 days in all, at 4x: the id's retention
+        _forget_all_old_ids(campus)
+    assert campus.ledger.recall(campus.pos.who, "off-1") is None       # forgotten
+    campus.clock.set_wall(-400 * 86_400)       # put right
+    campus.restart()
+    again = campus.send(campus.pos, "offline", records=[record])["results"][0]
+    assert again["code"] == "too_old"
+    assert campus.balance(STUDENT) == balance
+
+
 def test_a_credit_is_kept_by_what_its_value_begins_with_not_by_its_id(world):
     """The sweep reads the type from the value's first bytes: an id that only looks like a
     credit's is forgotten at the common retention, a credit remembered by any id is kept."""

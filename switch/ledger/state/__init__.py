@@ -29,6 +29,10 @@ _SETTLEMENT = struct.Struct("<qq")  # count, total fen
 _SCHOOL_SLICE = slice(layout.SCHOOL[0], layout.SCHOOL[0] + 8)
 # Where the retention sweep stands, in `meta`: the last remembered id it visited.
 IDS_SWEPT_TO = b"ids_swept_to"
+# In `meta` (ASCII digits): the highest cutoff a sweep pass forgot an id below, written in
+# the batch that forgot it. An offline record stamped before it (plus `offline_future_s`)
+# may have been forgotten: it is `too_old`, whatever the clock says now.
+IDS_FORGOTTEN_BELOW = b"ids_forgotten_below_ms"
 
 
 def unpack(data: bytes):
@@ -171,6 +175,7 @@ class Ledger:
             store.write_now("meta", RETENTION_CLOCK, str(newest_ms).encode())
         self._retention_saved_ms = self._retention_ms
         self._retention_elapsed_ms = clock.elapsed_ms()
+        self.ids_forgotten_below_ms = int(store.get("meta", IDS_FORGOTTEN_BELOW) or 0)
         # The ids the database held when the sweep's cycle under way started (`ids_to_sweep`).
         self._ids_held_at_cycle_start = 0
         # When a sweep that reached the last id last asked for the logged ids to be written
@@ -555,6 +560,9 @@ class Ledger:
                                                             credit_cutoff_ms, _remembered_at_ms):
                         self.store.delete("idempotency", key)
                         forgotten += 1
+        if forgotten and cutoff_ms > self.ids_forgotten_below_ms:
+            self.ids_forgotten_below_ms = cutoff_ms
+            self.store.put("meta", IDS_FORGOTTEN_BELOW, str(cutoff_ms).encode())
         self._save_sweep_position(now_ms, forgotten)
         self.save_retention_clock()     # with what it decided: a restart starts from it
         asked = self._write_back_asked_ms
