@@ -328,6 +328,7 @@ forward_unsolicited_frames_max = 16     # frames other than the reply (pushes) w
 # sign-on replaces the old one.
 receiver_pending_connections_max = 16
 receiver_silent_sessions_max = 4
+stale_readers_checked_every_s = 60.0   # LMDB reader slots of dead processes freed this often
 receiver_hello_nonces_kept_max = 4_096
 # Hellos' nonces remembered (credential, nonce: about 150 bytes each): a copy of a recent one
 # is refused `unauthenticated`.

@@ -184,6 +184,10 @@ def audit(data_dir: str) -> AuditReport:
     except lmdb.Error as error:
         return AuditReport.cannot_read(f"cannot read {path}: {error}")
     try:
+        try:
+            env.reader_check()    # a killed audit's or backup's slot keeps pages from reuse
+        except lmdb.Error:
+            pass
         dbs = {}
         for name in _DATABASES:
             try:

@@ -830,6 +830,12 @@ class Store:
                 return
             yield txn, value
 
+    def clear_stale_readers(self) -> int:
+        """Free the reader slots of processes that died holding one (a `backup` or `audit`
+        killed mid-read): each keeps the pages of its snapshot from reuse, and the data
+        file grows by every commit's pages until the slot goes. How many were freed."""
+        return self.env.reader_check()
+
     def close(self, write_back: bool = True) -> None:
         """Close the environment, first writing back what the logs hold (read from the disk,
         the truth whatever this process believes), so a clean stop leaves no log behind

@@ -464,3 +464,28 @@ def test_a_put_refused_leaves_the_open_batch_without_writes(tmp_path):
 def test_every_database_and_every_retired_one_fit_in_one_environment():
     # An upgrade opens the retired databases beside the current ones (Store._retired_databases).
     assert len(DATABASES) + len(RETIRED_DATABASES) <= limits.lmdb_max_dbs
+
+
+def test_the_reader_slot_of_a_process_killed_mid_read_is_freed(tmp_path):
+    """A `backup` or `audit` killed mid-read left its slot, and the live data file grew by
+    every commit's pages until the next backup or restart (an outside test: 20-60 times as
+    fast). The switch frees such slots every `stale_readers_checked_every_s`."""
+    import signal
+    import subprocess
+    import sys
+    store = Store(str(tmp_path / "lmdb"))
+    try:
+        reader = subprocess.Popen(
+            [sys.executable, "-c", "import lmdb, sys, time\n"
+             f"env = lmdb.open({str(tmp_path / 'lmdb')!r}, readonly=True, lock=True, "
+             "max_dbs=64)\ntxn = env.begin()\nprint('reading', flush=True)\ntime.sleep(60)"],
+            stdout=subprocess.PIPE, text=True)
+        assert reader.stdout.readline().strip() == "reading"
+        reader.send_signal(signal.SIGKILL)
+        reader.wait()
+        assert any(line.split()[0] == str(reader.pid)
+                   for line in store.env.readers().splitlines()[1:])
+        assert store.clear_stale_readers() == 1
+        assert store.clear_stale_readers() == 0
+    finally:
+        store.close()

@@ -178,3 +178,25 @@ async def test_a_silent_session_within_its_grace_is_not_closed_for_a_new_hello(t
     await stream.aclose()
     assert (await silent.request({"t": "ping"}))["code"] == "ok"
     await switch.stop()
+
+
+async def test_a_serving_switch_frees_the_reader_slot_of_a_killed_backup(tmp_path, nursery,
+                                                                          monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    monkeypatch.setattr(limits, "stale_readers_checked_every_s", 0.05)
+    switch = await Switch(tmp_path / "d", config=default_config()).start(nursery)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import lmdb, time\n"
+         f"env = lmdb.open({switch.path + '/lmdb'!r}, readonly=True, lock=True, max_dbs=64)\n"
+         "txn = env.begin()\nprint('reading', flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "reading"
+    reader.send_signal(signal.SIGKILL)
+    reader.wait()
+    with trio.fail_after(10):
+        while any(line.split()[0] == str(reader.pid)
+                  for line in switch.store.env.readers().splitlines()[1:]):
+            await trio.sleep(0.05)
+    await switch.stop()
