@@ -470,22 +470,12 @@ def test_the_reader_slot_of_a_process_killed_mid_read_is_freed(tmp_path):
     """A `backup` or `audit` killed mid-read left its slot, and the live data file grew by
     every commit's pages until the next backup or restart (an outside test: 20-60 times as
     fast). The switch frees such slots every `stale_readers_checked_every_s`."""
-    import signal
-    import subprocess
-    import sys
+    from tests.lmdb_readers import holds_a_slot, killed_reader
     store = Store(str(tmp_path / "lmdb"))
     try:
-        reader = subprocess.Popen(
-            [sys.executable, "-c", "import lmdb, sys, time\n"
-             f"env = lmdb.open({str(tmp_path / 'lmdb')!r}, readonly=True, lock=True, "
-             "max_dbs=64)\ntxn = env.begin()\nprint('reading', flush=True)\ntime.sleep(60)"],
-            stdout=subprocess.PIPE, text=True)
-        assert reader.stdout.readline().strip() == "reading"
-        reader.send_signal(signal.SIGKILL)
-        reader.wait()
-        assert any(line.split()[0] == str(reader.pid)
-                   for line in store.env.readers().splitlines()[1:])
+        pid = killed_reader(str(tmp_path / "lmdb"))
+        assert holds_a_slot(store.env, pid)
         assert store.clear_stale_readers() == 1
-        assert store.clear_stale_readers() == 0
+        assert store.clear_stale_readers() == 0 and not holds_a_slot(store.env, pid)
     finally:
         store.close()

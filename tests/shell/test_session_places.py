@@ -182,21 +182,11 @@ async def test_a_silent_session_within_its_grace_is_not_closed_for_a_new_hello(t
 
 async def test_a_serving_switch_frees_the_reader_slot_of_a_killed_backup(tmp_path, nursery,
                                                                           monkeypatch):
-    import signal
-    import subprocess
-    import sys
+    from tests.lmdb_readers import holds_a_slot, killed_reader
     monkeypatch.setattr(limits, "stale_readers_checked_every_s", 0.05)
     switch = await Switch(tmp_path / "d", config=default_config()).start(nursery)
-    reader = subprocess.Popen(
-        [sys.executable, "-c", "import lmdb, time\n"
-         f"env = lmdb.open({switch.path + '/lmdb'!r}, readonly=True, lock=True, max_dbs=64)\n"
-         "txn = env.begin()\nprint('reading', flush=True)\ntime.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
-    assert reader.stdout.readline().strip() == "reading"
-    reader.send_signal(signal.SIGKILL)
-    reader.wait()
+    pid = killed_reader(switch.path + "/lmdb")
     with trio.fail_after(10):
-        while any(line.split()[0] == str(reader.pid)
-                  for line in switch.store.env.readers().splitlines()[1:]):
+        while holds_a_slot(switch.store.env, pid):
             await trio.sleep(0.05)
     await switch.stop()
