@@ -25,7 +25,7 @@ from switch.persistence.audit import audit
 from switch.persistence.dirlock import LOCK_FILE, DirInUse, DirLock, holder
 from switch.persistence.keys import BLACKLIST_RESTORES, POSITION_PREFIX, decode_position
 from switch.persistence import writeback
-from switch.persistence.store import STORE_DIR
+from switch.persistence.store import STORE_DIR, cut_short
 
 log = logging.getLogger("switch.backup")
 
@@ -273,6 +273,9 @@ def _copy_store(source_env: str, target_env: str) -> CopySummary:
     except lmdb.Error as error:
         raise BackupError(f"cannot read {source_env}: {error}") from None
     try:
+        short = cut_short(env, source_env)
+        if short:
+            raise BackupError(short)
         # A copy killed half-way leaves its reader slot behind, holding old pages the
         # switch could reuse: free the slots of dead processes first.
         env.reader_check()

@@ -74,7 +74,7 @@ from switch.persistence.access import permission_problem
 from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, GRANTS_FORGOTTEN_BELOW,
                                      UPGRADED_TO_14_AFTER_TXN,
                                      SUBSIDY_GRANT, kept_subsidy_grants, term_day_name)
-from switch.persistence.store import STORE_DIR
+from switch.persistence.store import STORE_DIR, cut_short
 
 # Journal records that set a card's state: kind -> [(field naming the card, state it gets)].
 _CARD_CHANGES = {
@@ -184,6 +184,9 @@ def audit(data_dir: str) -> AuditReport:
     except lmdb.Error as error:
         return AuditReport.cannot_read(f"cannot read {path}: {error}")
     try:
+        short = cut_short(env, path)
+        if short:
+            return AuditReport.cannot_read(short)
         try:
             env.reader_check()    # a killed audit's or backup's slot keeps pages from reuse
         except lmdb.Error:
@@ -228,9 +231,12 @@ def closed_account_taps(data_dir: str):
 
 
 def _snapshot_values(data_dir: str, db_name: bytes):
-    env = lmdb.open(os.path.join(data_dir, STORE_DIR), readonly=True, lock=True, max_dbs=limits.lmdb_max_dbs,
-                    subdir=True)
+    path = os.path.join(data_dir, STORE_DIR)
+    env = lmdb.open(path, readonly=True, lock=True, max_dbs=limits.lmdb_max_dbs, subdir=True)
     try:
+        short = cut_short(env, path)
+        if short:
+            raise lmdb.CorruptedError(short)
         try:
             db = env.open_db(db_name, create=False)
         except lmdb.NotFoundError:  # a data dir from before this table: nothing kept yet

@@ -73,6 +73,18 @@ DATABASES = {
     "last_taps": "account id + NUL + credential id -> tap record (core/layout.py TAP_*)",
 }
 
+def cut_short(env, env_path: str) -> str | None:
+    """Why `env`'s data file cannot be read, when it is shorter than its own meta page says
+    (a partial copy, a disk that filled while copying a backup): reading a page past the
+    file's end is a bus error that ends the process without a word. None when whole."""
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = os.path.getsize(os.path.join(env_path, "data.mdb"))
+    if size >= needed:
+        return None
+    return (f"{env_path}/data.mdb is cut short: {size} bytes where its pages need {needed} "
+            f"(a partial copy?); it cannot be read, keep it as it is and use another copy")
+
+
 # Databases an older schema kept and an upgrade drops (switch/persistence/migrations.py):
 # opened only for that upgrade, and only where they exist.
 RETIRED_DATABASES = ("idempotency_expiry", "account_journal", "reversals")

@@ -512,3 +512,28 @@ def test_a_backup_that_fails_after_its_rename_leaves_nothing(tmp_path, monkeypat
     with pytest.raises(OSError):
         backup_module.backup(str(data), to)
     assert sorted(os.listdir(tmp_path)) == ["data", "data.key"]
+
+
+def test_a_backup_cut_short_is_said_not_a_bus_error(tmp_path):
+    """A partial copy (scp cut off, a disk that filled): audit, closed-taps and restore
+    ended in `Bus error`, exit 135, without a word."""
+    from switch.cli import backup as backup_module
+    data = _stopped_data_dir(tmp_path / "data", accounts=2)
+    store = Store(str(data / STORE_DIR))
+    try:
+        for n in range(200):
+            store.put("account_info", f"WHPAD{n:05d}".encode(), os.urandom(10_000))
+        store.commit_now()
+    finally:
+        store.close()
+    copy = tmp_path / "copy"
+    backup_module.backup(str(data), str(copy))
+    data_file = copy / STORE_DIR / "data.mdb"
+    os.truncate(data_file, os.path.getsize(data_file) // 2)
+    for words, code in ((["audit", "--data", str(copy)], 2),
+                        (["closed-taps", "--data", str(copy)], 2),
+                        (["restore", "--from", str(copy), "--data", str(tmp_path / "r")], 2)):
+        result = _run(*words)
+        assert result.returncode == code, (words, result.returncode, result.stderr)
+        assert "is cut short" in result.stderr + result.stdout, (words, result.stderr)
+    assert not (tmp_path / "r").exists() or "RESTORE_UNFINISHED" not in os.listdir(tmp_path / "r")
