@@ -177,7 +177,7 @@ def restore(source: str, data_dir: str) -> CopySummary:
             _copy_files_beside(source, data_dir)
             _count_restore(os.path.join(data_dir, STORE_DIR))
             _fsync_tree(data_dir)
-            _require_sound(data_dir, "the restored data dir")
+            _require_sound(data_dir, "the restored data dir", restoring=True)
             os.unlink(os.path.join(data_dir, RESTORE_UNFINISHED))
             _fsync(data_dir, os.O_RDONLY | os.O_DIRECTORY)
         except BaseException:
@@ -364,8 +364,8 @@ def _fsync(path: str, flags: int) -> None:
         os.close(fd)
 
 
-def _require_sound(data_dir: str, what: str) -> None:
-    report = audit(data_dir)
+def _require_sound(data_dir: str, what: str, restoring: bool = False) -> None:
+    report = audit(data_dir, restoring=restoring)
     if not report.sound:
         raise CopyUnsound(f"{what} failed its audit, nothing kept: "
                           f"{'; '.join(report.problems[:limits.audit_discrepancies_shown_max])}")

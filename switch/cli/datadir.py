@@ -14,13 +14,10 @@ from switch.config import masterkey
 from switch.config.keyfile import read_key_file, write_key_file_atomically
 from switch.config.masterkey import MasterKey, MasterKeyError
 from switch.ledger.state import Credential, has_credential, sealing, write_first_credential
-from switch.persistence.store import STORE_DIR, Store
+from switch.persistence.store import RESTORE_UNFINISHED, STORE_DIR, Store
 
 ADMIN_WHO = "admin"
 ADMIN_KEY_FILE = "admin.key"
-# Written by `restore` before it copies anything and removed once the copy has passed its
-# audit: a restore killed half-way leaves books that may look whole and are not.
-RESTORE_UNFINISHED = "RESTORE_UNFINISHED"
 
 
 class DataDirError(Exception):

@@ -74,7 +74,7 @@ from switch.persistence.access import permission_problem
 from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, GRANTS_FORGOTTEN_BELOW,
                                      UPGRADED_TO_14_AFTER_TXN,
                                      SUBSIDY_GRANT, kept_subsidy_grants, term_day_name)
-from switch.persistence.store import STORE_DIR, cut_short
+from switch.persistence.store import RESTORE_UNFINISHED, STORE_DIR, cut_short
 
 # Journal records that set a card's state: kind -> [(field naming the card, state it gets)].
 _CARD_CHANGES = {
@@ -169,9 +169,11 @@ class AuditReport:
                          ([f"... and {more} more"] if more else []) + noticed)
 
 
-def audit(data_dir: str) -> AuditReport:
+def audit(data_dir: str, restoring: bool = False) -> AuditReport:
     """The report on the books. Never writes: no lock is taken, so it runs beside a live
-    switch, and a wrong path creates nothing (the report says `unreadable`)."""
+    switch, and a wrong path creates nothing (the report says `unreadable`). A data dir a
+    restore left unfinished is unreadable too, but to that restore's own audit
+    (`restoring`)."""
     path = os.path.join(data_dir, STORE_DIR)
     if not os.path.exists(os.path.join(path, "data.mdb")):
         return AuditReport.cannot_read(permission_problem(data_dir) or (
@@ -187,6 +189,11 @@ def audit(data_dir: str) -> AuditReport:
         short = cut_short(env, path)
         if short:
             return AuditReport.cannot_read(short)
+        if not restoring and os.path.exists(os.path.join(data_dir, RESTORE_UNFINISHED)):
+            # What serve and backup refuse is no sound books either.
+            return AuditReport.cannot_read(
+                f"a restore into {data_dir} did not finish (it holds {RESTORE_UNFINISHED}): "
+                f"its books may be incomplete; run the restore again")
         try:
             env.reader_check()    # a killed audit's or backup's slot keeps pages from reuse
         except lmdb.Error:

@@ -26,6 +26,9 @@ from switch.persistence.keys import decode_position, encode_position, position_k
 
 SCHEMA_VERSION = 14
 STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
+# Beside it, written by `restore` before it copies anything and removed once the copy passed
+# its audit: a restore killed half-way leaves books that may look whole and are not.
+RESTORE_UNFINISHED = "RESTORE_UNFINISHED"
 
 # name -> what it holds (key -> value)
 DATABASES = {

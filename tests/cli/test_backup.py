@@ -425,6 +425,8 @@ def test_a_killed_restore_is_refused_by_serve_and_cleared_by_the_next_restore(tm
                   ["backup", "--data", str(restored), "--to", str(tmp_path / "copy2")],
                   ["rotate-master-key", "--data", str(restored)]):
         one_line_error(_run(*words), "did not finish", "restore --from BACKUP")
+    audited = _run("audit", "--data", str(restored))
+    assert audited.returncode == 2 and "did not finish" in audited.stderr + audited.stdout
     assert not (tmp_path / "copy2").exists()
     result = _run("restore", "--from", str(copy), "--data", str(restored))
     assert result.returncode == 0, result.stderr
