@@ -76,8 +76,14 @@ def _apply_record(ledger, credential, item) -> dict:
     if seen_kind is not None:
         return _result(record_id, codes.ID_REUSE)
     result = _decide(ledger, credential, record_id, item)
-    idempotency.remember(ledger, credential.who, record_id, "offline", fingerprint, result)
+    if result["code"] != _TOO_OLD:
+        # Not too_old (an extension: v1 remembers it): on a clock that ran ahead, a real tap
+        # refused so could never be charged once the clock was put right.
+        idempotency.remember(ledger, credential.who, record_id, "offline", fingerprint, result)
     return result
+
+
+_TOO_OLD = codes.CODE_NAMES[codes.TOO_OLD]
 
 
 def while_lost(periods: list, at_ms: int) -> bool:
@@ -108,7 +114,7 @@ def _decide(ledger, credential, record_id, item) -> dict:
     now_ms = ledger.now_ms()
     # Also older than any id forgotten may have been (a wall clock believed ahead, then put
     # right, moves `now` back past ids the sweep already forgot): applied again otherwise.
-    if at_ms < now_ms - ledger.config.offline_window_s * 1000 or \
+    if at_ms < ledger.expiry_now_ms() - ledger.config.offline_window_s * 1000 or \
             at_ms < ledger.ids_forgotten_below_ms + limits.offline_future_s * 1000:
         return _result(record_id, codes.TOO_OLD)
     if at_ms > now_ms + limits.offline_future_s * 1000:

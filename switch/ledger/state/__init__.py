@@ -485,6 +485,20 @@ class Ledger:
                                  + passed_ms * limits.retention_clock_speed_max)
         return self._retention_ms
 
+    def expiry_now_ms(self) -> int:
+        """The time by which what lapses for good is lapsed (subsidy terms, holds, the
+        offline window): the wall clock's, unless it is further ahead of the retention clock
+        than `clock_ahead_of_books_noticed_s` (a host that booted a year ahead: it lapsed
+        every subsidy and refused every real offline tap as too old in its first second);
+        then the retention clock's, until the two agree again (it catches up at
+        `retention_clock_speed_max`, so after a stop longer than that, lapses come that
+        much later)."""
+        now_ms = self.now_ms()
+        paced_ms = self.retention_now_ms()
+        if now_ms - paced_ms > limits.clock_ahead_of_books_noticed_s * 1000:
+            return paced_ms
+        return now_ms
+
     def save_retention_clock(self) -> None:
         """Into the open batch, when it moved `retention_clock_saved_every_s` past the last
         save (or back): a restart starts it at most that far behind, which only keeps ids
