@@ -200,4 +200,8 @@ class Committer:
         self.metrics.map_used.set(used)
         self.metrics.map_size.set(size)
         if used > size * limits.lmdb_map_grow_threshold_ratio:
-            self.metrics.map_size.set(self.store.grow_map())
+            new_size = self.store.grow_map()
+            self.metrics.map_size.set(new_size)
+            # Said as the growth on MapFull is: a map growing fast is a disk filling (a
+            # killed backup's reader slot kept pages from reuse, or a real load).
+            log.warning("event=map_grown size_bytes=%d used_bytes=%d", new_size, used)

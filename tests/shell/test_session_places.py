@@ -190,3 +190,15 @@ async def test_a_serving_switch_frees_the_reader_slot_of_a_killed_backup(tmp_pat
         while holds_a_slot(switch.store.env, pid):
             await trio.sleep(0.05)
     await switch.stop()
+
+
+async def test_a_map_grown_ahead_of_need_is_logged(tmp_path, nursery, monkeypatch, caplog):
+    """The map grown at 75 % full was silent (only a commit meeting MapFull logged
+    `map_grown`): a data file growing fast went unseen in the log."""
+    import logging
+    caplog.set_level(logging.WARNING, logger="switch.commit")
+    switch = await Switch(tmp_path / "d", config=default_config()).start(nursery)
+    monkeypatch.setattr(limits, "lmdb_map_grow_threshold_ratio", 0.0)
+    await _add_terminal(switch, "WH-POS-1")          # one commit
+    await switch.stop()
+    assert any("event=map_grown" in record.getMessage() for record in caplog.records)
