@@ -16,9 +16,15 @@ def serving(data, *options):
                                 str(data), "--listen", "127.0.0.1:0", "--metrics", "off",
                                 "--log-level", "WARNING", *options],
                                stdout=subprocess.PIPE, text=True)
-    line = process.stdout.readline()
-    assert line.startswith("listening on"), line
-    yield f"127.0.0.1:{line.strip().rpartition(':')[2]}"
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("listening on"), line
+        yield f"127.0.0.1:{line.strip().rpartition(':')[2]}"
+    except BaseException:
+        # A test that failed inside must not leave its switch running.
+        process.kill()
+        process.wait()
+        raise
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
 
