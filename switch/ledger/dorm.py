@@ -147,7 +147,7 @@ def expire_hold(ledger, hold_id: str, held: dict) -> int:
 def expire_due_holds(ledger) -> int:
     """Release every open hold past its timeout (housekeeping)."""
     expired = 0
-    for hold_id in ledger.holds.due(ledger.expiry_now_ms(), limits.holds_expired_per_pass_max):
+    for hold_id in ledger.holds.due(ledger.now_ms(), limits.holds_expired_per_pass_max):
         held = ledger.holds.get(hold_id)
         if held is not None and held["state"] == "open":  # may have closed in the overlay
             expire_hold(ledger, hold_id, held)

@@ -112,10 +112,7 @@ def _decide(ledger, credential, record_id, item) -> dict:
     if credential.school != school.code:
         return _result(record_id, codes.WRONG_SCHOOL)
     now_ms = ledger.now_ms()
-    # Also older than any id forgotten may have been (a wall clock believed ahead, then put
-    # right, moves `now` back past ids the sweep already forgot): applied again otherwise.
-    if at_ms < ledger.expiry_now_ms() - ledger.config.offline_window_s * 1000 or \
-            at_ms < ledger.ids_forgotten_below_ms + limits.offline_future_s * 1000:
+    if at_ms < now_ms - ledger.config.offline_window_s * 1000:
         return _result(record_id, codes.TOO_OLD)
     if at_ms > now_ms + limits.offline_future_s * 1000:
         return _result(record_id, codes.BAD_REQUEST)

@@ -44,7 +44,7 @@ def expire_due_subsidies(ledger) -> int:
     batch kept whole is passed over each pass meanwhile, up to
     `subsidies_kept_passed_per_pass_max` of them, so the batches behind it still lapse."""
     expired = 0
-    due = ledger.subsidy_batches.due(ledger.expiry_now_ms(), limits.subsidies_expired_per_pass_max
+    due = ledger.subsidy_batches.due(ledger.now_ms(), limits.subsidies_expired_per_pass_max
                                      + limits.subsidies_kept_passed_per_pass_max)
     for account_id, batch in due:
         if expired >= limits.subsidies_expired_per_pass_max:

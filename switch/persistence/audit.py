@@ -443,7 +443,7 @@ def _check_journal(txn, dbs, report: AuditReport, chained: bool, history: dict):
         _check_kind(report, number, record, schools, strict_after)
         once.check(report, number, record)
         if record.get("who") is not None:
-            whos.setdefault(record["who"], number)
+            whos[record["who"]] = number         # its last record: judged by the newest
         if record["kind"] in _POWER_KINDS:
             power[account] = (number, record["kind"])
         if record["kind"] == "offline":
@@ -508,8 +508,10 @@ class _OncePerId:
         key = hash((kind, record["who"], _hashable(record.get("ref"))))
         before = self._seen.get(key)
         if before is not None and 0 <= at - before[0] < within_ms:
+            # Judged by the first: an id an older switch forgot, sent again after the
+            # upgrade, is that switch's doing.
             report.finding(
-                number, self._strict_after,
+                before[1], self._strict_after,
                 f"txn {number}: {kind} by {record['who']} under id {record.get('ref')!r} "
                 f"again (txn {before[1]} was the first, {(at - before[0]) // 1000} s before): "
                 f"a request the switch should have answered as a replay")
@@ -734,7 +736,8 @@ def _check_schools_and_power(report: AuditReport, accounts: dict, schools: dict,
             continue
         on = layout.get(value, layout.POWER_ON) == 1
         balance = layout.get(value, layout.BALANCE)
-        latest = newest.get(account, 0)     # the room's state is its newest record's doing
+        # The room's state is its newest record's doing (one with none: this switch's).
+        latest = newest.get(account, _NO_TXN_YET)
         if on != (balance > 0):
             report.finding(latest, strict_after, f"room {account}: power "
                                                  f"{'on' if on else 'off'} with a balance of "

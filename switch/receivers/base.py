@@ -7,6 +7,7 @@ derives from that (`outputs`); this module does the rest.
 """
 
 import argparse
+import collections
 import csv
 import io
 import json
@@ -228,7 +229,7 @@ class Receiver:
         # Signed on and not yet sent a request, per credential, oldest first (`_converse`).
         self._silent: dict[str, dict] = {}
         # (who, nonce) of recent hellos, oldest first: a copy of one is refused.
-        self._hello_nonces: dict = {}
+        self._hello_nonces = collections.OrderedDict()
         # Connections before `hello`, oldest first (a dict as an ordered set).
         self._pending: dict[trio.CancelScope, None] = {}
         self.pending_evicted = 0
@@ -490,7 +491,7 @@ class Receiver:
             return
         self._hello_nonces[seen] = None
         if len(self._hello_nonces) > limits.receiver_hello_nonces_kept_max:
-            del self._hello_nonces[next(iter(self._hello_nonces))]
+            self._hello_nonces.popitem(last=False)
         await stream.send_all(session.accept_hello(
             hello, {"role": "downstream", "time": time.time_ns() // 1_000_000}))
         # One live session per credential: a new sign-on means the old socket is dead, once

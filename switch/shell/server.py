@@ -1,6 +1,7 @@
 """The trio shell: accepts connections, moves bytes through the codec, executes requests
 and hands their replies to group commit. It decides nothing itself."""
 
+import collections
 import errno
 import logging
 import time
@@ -436,13 +437,17 @@ class Connection:
                                       peer=self.peer)
             await self._send_error_and_close(error)
             return None
-        if server.hello_seen_before(hello):
+        if server.hello_seen(hello):
             server.metrics.hello_refused("unauthenticated")
             server.peer_events.failed("hello_replayed", who=hello.who, peer=self.peer)
             await self._send_error_and_close(ProtocolError("unauthenticated"))
             return None
         credential = server.ledger.credential(hello.who)
         refused = server.take_place_or_make_room(credential, self.peer)
+        if refused is None:
+            # Only a hello that signs on uses its nonce up: one refused `busy` may be sent
+            # again as it was (docs/PROTOCOL.md §2.1).
+            server.note_hello(hello)
         if refused is not None:
             # Logged at a bounded rate: a key's holder can sign on in a loop.
             if refused == "credential":
@@ -583,7 +588,7 @@ class Server:
         # per credential id (`take_place`).
         self.signed_on = 0
         self._places: dict[str, int] = {}
-        self._hello_nonces: dict = {}          # (who, client nonce) of recent hellos, oldest first
+        self._hello_nonces = collections.OrderedDict()   # (who, nonce) signed on, oldest first
         self._pending: dict = {}              # connections before hello, oldest first
         self._pending_by_address: dict = {}   # address -> its pending connections, oldest first
         self._budgets: dict = {}              # credential id -> RequestBudget
@@ -659,19 +664,18 @@ class Server:
                                       who=credential.who, closed_peer=oldest.peer, peer=peer)
         return self.take_place(credential)
 
-    def hello_seen_before(self, hello) -> bool:
-        """Whether this verified hello's nonce was seen already (then it is a copy replayed
-        off the wire: a client draws a new one for every hello), else remember it. The
-        newest `hello_nonces_kept_max` are kept; one older, or from before a restart, can
-        be replayed once, and its session never proves itself (`take_place_or_make_room`)."""
-        key = (hello.who, hello.client_nonce)
+    def hello_seen(self, hello) -> bool:
+        """Whether this verified hello's nonce signed on already (then it is a copy replayed
+        off the wire: a client draws a new one for every hello). The newest
+        `hello_nonces_kept_max` are kept; one older, or from before a restart, can be
+        replayed once, and its session never proves itself (`take_place_or_make_room`)."""
+        return (hello.who, hello.client_nonce) in self._hello_nonces
+
+    def note_hello(self, hello) -> None:
         seen = self._hello_nonces
-        if key in seen:
-            return True
-        seen[key] = None
+        seen[(hello.who, hello.client_nonce)] = None
         if len(seen) > limits.hello_nonces_kept_max:
-            del seen[next(iter(seen))]
-        return False
+            seen.popitem(last=False)        # O(1): a plain dict's first key is a scan
 
     def give_back_place(self, who: str) -> None:
         self.signed_on -= 1

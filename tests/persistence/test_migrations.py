@@ -545,6 +545,7 @@ def test_a_recharge_an_older_switch_credited_twice_is_a_notice_not_a_failed_back
         campus.commit()
     credit_forgotten("4200009")
     credit_forgotten("4200009")
+    credit_forgotten("4200011")      # forgotten by the older switch, sent again after
 
     def as_schema_13(data_dir: str) -> None:
         env = lmdb.open(os.path.join(data_dir, STORE_DIR), max_dbs=64, subdir=True)
@@ -558,6 +559,12 @@ def test_a_recharge_an_older_switch_credited_twice_is_a_notice_not_a_failed_back
     assert any("credit by mini-program under id '4200009' again" in notice
                and "written before this check came" in notice for notice in report.notices)
     service = campus.service
+    campus = World(tmp_path / "data")
+    campus.service = campus.credential(service.who)
+    credit_forgotten("4200011")
+    campus.close()
+    report = audit(str(campus.path))
+    assert report.sound, report.problems       # its first credit was the older switch's
     campus = World(tmp_path / "data")
     campus.service = campus.credential(service.who)
     credit_forgotten("4200010")

@@ -202,3 +202,34 @@ async def test_a_map_grown_ahead_of_need_is_logged(tmp_path, nursery, monkeypatc
     await _add_terminal(switch, "WH-POS-1")          # one commit
     await switch.stop()
     assert any("event=map_grown" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_hello_refused_busy_may_be_sent_again_as_it_was(tmp_path, nursery):
+    """The vendor's finding: a hello refused `busy` used its nonce up, and the till that
+    resent its prepared hello once a place was free got `unauthenticated` (a wrong key, it
+    would think). Only a hello that signs on uses its nonce."""
+    config = default_config()
+    config.terminal_sessions_per_credential_max = 1
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
+    key = await _add_terminal(switch, "WH-POS-1")
+    held = await switch.connect("WH-POS-1", key)
+    assert (await held.request({"t": "ping"}))["code"] == "ok"
+    prepared = ClientSession("WH-POS-1", key).hello_frame(0)
+
+    async def send(frame):
+        stream = await trio.open_tcp_stream("127.0.0.1", switch.port)
+        await stream.send_all(frame)
+        answer = unverified_body((await next_payloads(stream, FrameDecoder()))[0])
+        return stream, answer
+    stream, answer = await send(prepared)
+    assert answer == {"t": "error", "code": "busy"}
+    await stream.aclose()
+    await held.aclose()
+    await _places_settle(switch, 1)
+    stream, answer = await send(prepared)
+    assert answer["code"] == "ok"
+    await stream.aclose()
+    stream, answer = await send(prepared)                 # now it is a copy
+    assert answer == {"t": "error", "code": "unauthenticated"}
+    await stream.aclose()
+    await switch.stop()

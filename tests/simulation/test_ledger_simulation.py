@@ -129,9 +129,6 @@ def _the_plain_wall_clock(monkeypatch):
 
 def _retention_no_longer_than_the_window(monkeypatch):
     monkeypatch.setattr(ledger_sim, "validate", lambda config: None)
-    # And the second guard: a record older than any forgotten id is too_old.
-    monkeypatch.setattr(Ledger, "ids_forgotten_below_ms", property(
-        lambda self: -2 ** 62, lambda self, value: None), raising=False)
     return {"idempotency_retention_s": limits.offline_window_s}
 
 

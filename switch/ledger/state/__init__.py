@@ -29,10 +29,6 @@ _SETTLEMENT = struct.Struct("<qq")  # count, total fen
 _SCHOOL_SLICE = slice(layout.SCHOOL[0], layout.SCHOOL[0] + 8)
 # Where the retention sweep stands, in `meta`: the last remembered id it visited.
 IDS_SWEPT_TO = b"ids_swept_to"
-# In `meta` (ASCII digits): the highest cutoff a sweep pass forgot an id below, written in
-# the batch that forgot it. An offline record stamped before it (plus `offline_future_s`)
-# may have been forgotten: it is `too_old`, whatever the clock says now.
-IDS_FORGOTTEN_BELOW = b"ids_forgotten_below_ms"
 
 
 def unpack(data: bytes):
@@ -175,7 +171,10 @@ class Ledger:
             store.write_now("meta", RETENTION_CLOCK, str(newest_ms).encode())
         self._retention_saved_ms = self._retention_ms
         self._retention_elapsed_ms = clock.elapsed_ms()
-        self.ids_forgotten_below_ms = int(store.get("meta", IDS_FORGOTTEN_BELOW) or 0)
+        # How far behind the wall clock it starts (a stop, or a clock set ahead before the
+        # start): only this much may it make up faster than time passes. A jump while
+        # running, believed or not, is never made up faster.
+        self._retention_catch_up_ms = max(0, clock.now_ms() - self._retention_ms)
         # The ids the database held when the sweep's cycle under way started (`ids_to_sweep`).
         self._ids_held_at_cycle_start = 0
         # When a sweep that reached the last id last asked for the logged ids to be written
@@ -472,32 +471,22 @@ class Ledger:
     # ----------------------------------------------------------- the retention clock
     def retention_now_ms(self) -> int:
         """The time by which ids and grants are forgotten: the wall clock's (`now_ms`), but
-        never more than `retention_clock_speed_max` times the time elapsed (the clock's
-        `elapsed_ms`, which no one sets) past where it stood, and where it stood is carried
-        from run to run. A switch started, or confirmed, on a clock a year ahead believes it
-        for payments (docs/PROTOCOL.md §7.7) but forgets no recharge's order id before a
-        quarter of its retention has really passed: put right and sent the same orders
-        again, it answers replays, not second credits."""
+        never further past where it stood than the time elapsed since (the clock's
+        `elapsed_ms`, which no one sets), and where it stood is carried from run to run. What
+        it was behind the wall clock at the start (a stop, or a clock set ahead before it)
+        it makes up at most `retention_clock_speed_max` times as fast. So a jump ahead while
+        running, believed after `clock_jump_confirm_s` (docs/PROTOCOL.md §7.7), forgets no
+        id before its retention has really passed; a start on a clock a year ahead forgets
+        none before a quarter of it: put right and sent the same orders again, the switch
+        answers replays, not second credits."""
         elapsed_ms = self.clock.elapsed_ms()
         passed_ms = max(0, elapsed_ms - self._retention_elapsed_ms)
         self._retention_elapsed_ms = elapsed_ms
-        self._retention_ms = min(self.now_ms(), self._retention_ms
-                                 + passed_ms * limits.retention_clock_speed_max)
+        made_up_ms = min(self._retention_catch_up_ms,
+                         passed_ms * (limits.retention_clock_speed_max - 1))
+        self._retention_catch_up_ms -= made_up_ms
+        self._retention_ms = min(self.now_ms(), self._retention_ms + passed_ms + made_up_ms)
         return self._retention_ms
-
-    def expiry_now_ms(self) -> int:
-        """The time by which what lapses for good is lapsed (subsidy terms, holds, the
-        offline window): the wall clock's, unless it is further ahead of the retention clock
-        than `clock_ahead_of_books_noticed_s` (a host that booted a year ahead: it lapsed
-        every subsidy and refused every real offline tap as too old in its first second);
-        then the retention clock's, until the two agree again (it catches up at
-        `retention_clock_speed_max`, so after a stop longer than that, lapses come that
-        much later)."""
-        now_ms = self.now_ms()
-        paced_ms = self.retention_now_ms()
-        if now_ms - paced_ms > limits.clock_ahead_of_books_noticed_s * 1000:
-            return paced_ms
-        return now_ms
 
     def save_retention_clock(self) -> None:
         """Into the open batch, when it moved `retention_clock_saved_every_s` past the last
@@ -574,9 +563,6 @@ class Ledger:
                                                             credit_cutoff_ms, _remembered_at_ms):
                         self.store.delete("idempotency", key)
                         forgotten += 1
-        if forgotten and cutoff_ms > self.ids_forgotten_below_ms:
-            self.ids_forgotten_below_ms = cutoff_ms
-            self.store.put("meta", IDS_FORGOTTEN_BELOW, str(cutoff_ms).encode())
         self._save_sweep_position(now_ms, forgotten)
         self.save_retention_clock()     # with what it decided: a restart starts from it
         asked = self._write_back_asked_ms
