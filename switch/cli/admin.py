@@ -253,7 +253,9 @@ IMPORT_COLUMNS = ("type", "account", "school", "holder", "id_last6", "card", "ut
 # so a 10 KB cell is told by its length; the other columns take a few fixed words.
 _IMPORT_CELL_CHARS_MAX = {"account": limits.account_id_chars_max,
                           "school": limits.school_code_chars_max,
-                          "holder": limits.holder_chars_max, "card": limits.card_id_chars_max}
+                          "holder": limits.holder_chars_max, "card": limits.card_id_chars_max,
+                          # Typed, not imported: a till's name on receipts (§4.2, 1..64).
+                          "merchant": limits.source_chars_max}
 # Categories no cell may hold: controls (NUL included), format characters (bidi overrides,
 # zero-width), surrogates, private use, unassigned, line and paragraph separators.
 _UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
@@ -923,7 +925,7 @@ def _checked_request(args) -> dict:
         problem = _id_problem(name, message[name]) if name in message else None
         if problem:
             raise UsageError(f"{name.replace('_', '-')} {problem}")
-    for name in ("holder", "reason"):
+    for name in ("holder", "reason", "merchant"):
         problem = _text_problem(name, message[name]) if name in message else None
         if problem:
             raise UsageError(f"--{name}: {problem}")

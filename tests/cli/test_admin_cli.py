@@ -674,3 +674,15 @@ def test_an_unfreeze_that_leaves_the_overdraw_says_the_account_stays_frozen(runn
            in unfrozen.stdout
     again = admin(connect, data, "unfreeze", "WH20230008")
     assert again.returncode == 0 and "stays frozen" not in again.stdout
+
+
+def test_a_merchant_name_too_long_is_said_before_anything_is_sent(tmp_path):
+    """The vendor's finding: 65 characters came back `bad_request: school WH is not
+    configured, or a terminal lacks --school/--kind`."""
+    key = tmp_path / "admin.key"
+    write_private(key, "ab" * 32 + "\n")
+    result = subprocess.run([sys.executable, "-m", "switch", "admin", "--connect", "127.0.0.1:1",
+                             "--key-file", str(key), "add-terminal", "WH-POS-9", "--school",
+                             "WH", "--kind", "pos", "--merchant", "食" * 65],
+                            capture_output=True, text=True, timeout=60)
+    one_line_error(result, "--merchant: merchant is 65 characters long, at most 64")
