@@ -472,8 +472,9 @@ class Connection:
         except PeerGone:
             return None
         finally:
-            if not signed_on:   # gone or cancelled: the place goes back
+            if not signed_on:   # gone or cancelled: the place goes back, and the nonce
                 server.give_back_place(credential.who)
+                server.forget_hello(hello)
         self.credential = credential
         self.budget = server.budget_of(credential)
         server.forget_pending(self)
@@ -670,6 +671,10 @@ class Server:
         `hello_nonces_kept_max` are kept; one older, or from before a restart, can be
         replayed once, and its session never proves itself (`take_place_or_make_room`)."""
         return (hello.who, hello.client_nonce) in self._hello_nonces
+
+    def forget_hello(self, hello) -> None:
+        """A hello whose reply never reached its client did not sign on: it may be resent."""
+        self._hello_nonces.pop((hello.who, hello.client_nonce), None)
 
     def note_hello(self, hello) -> None:
         seen = self._hello_nonces

@@ -332,6 +332,24 @@ def test_a_jump_ahead_while_running_forgets_no_id_before_its_retention_really_pa
     assert campus.ledger.recall(campus.pos.who, "tap-2") is None
 
 
+@pytest.mark.parametrize("back_s, held_s", [(5 * 86_400, 900), (30 * 86_400, 600)])
+def test_a_clock_stepped_back_then_put_right_leaves_the_retention_clock_no_lag(
+        campus, back_s, held_s):
+    """The last review's repro: a wall clock stepped back (an operator's slip, an RTC at
+    boot), believed, then put right left the retention clock behind for the whole run,
+    and ids were kept past their retention (for years after an RTC reset to 2000)."""
+    retention_s = campus.config.idempotency_retention_s
+    campus.send(campus.pos, "debit", card=CARD, amount=100, id="tap-4")
+    campus.commit()
+    campus.clock.set_wall(-back_s)
+    campus.clock.advance(held_s)
+    _forget_all_old_ids(campus)
+    campus.clock.set_wall(back_s)                   # put right
+    campus.clock.advance(retention_s - held_s + 60)
+    _forget_all_old_ids(campus)
+    assert campus.ledger.recall(campus.pos.who, "tap-4") is None
+
+
 def test_a_start_behind_the_wall_clock_catches_up_four_times_as_fast_no_faster(campus):
     """What the retention clock is behind at a start (a stop, or a clock set ahead before
     it) it makes up at most four times as fast: an id is kept at least a quarter of its

@@ -233,3 +233,32 @@ async def test_a_hello_refused_busy_may_be_sent_again_as_it_was(tmp_path, nurser
     assert answer == {"t": "error", "code": "unauthenticated"}
     await stream.aclose()
     await switch.stop()
+
+
+async def test_a_hello_whose_reply_never_left_may_be_sent_again(tmp_path, nursery,
+                                                               monkeypatch):
+    """A hello whose reply could not be written (the peer reset) did not sign on: its nonce
+    is not used up, or a till resending its prepared hello would be `unauthenticated`."""
+    from switch.shell import transport
+    switch = await Switch(tmp_path / "d", config=default_config()).start(nursery)
+    key = await _add_terminal(switch, "WH-POS-1")
+    prepared = ClientSession("WH-POS-1", key).hello_frame(0)
+    real_send_all = transport.Transport.send_all
+    failed = []
+
+    async def gone_once(self, data):
+        if not failed:
+            failed.append(True)
+            raise transport.PeerGone()
+        await real_send_all(self, data)
+    monkeypatch.setattr(transport.Transport, "send_all", gone_once)
+    stream = await trio.open_tcp_stream("127.0.0.1", switch.port)
+    await stream.send_all(prepared)
+    await next_payloads(stream, FrameDecoder())           # closed without a reply
+    await stream.aclose()
+    assert failed
+    stream = await trio.open_tcp_stream("127.0.0.1", switch.port)
+    await stream.send_all(prepared)
+    assert unverified_body((await next_payloads(stream, FrameDecoder()))[0])["code"] == "ok"
+    await stream.aclose()
+    await switch.stop()

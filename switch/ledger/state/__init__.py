@@ -482,11 +482,18 @@ class Ledger:
         elapsed_ms = self.clock.elapsed_ms()
         passed_ms = max(0, elapsed_ms - self._retention_elapsed_ms)
         self._retention_elapsed_ms = elapsed_ms
-        made_up_ms = min(self._retention_catch_up_ms,
-                         passed_ms * (limits.retention_clock_speed_max - 1))
-        self._retention_catch_up_ms -= made_up_ms
-        self._retention_ms = min(self.now_ms(), self._retention_ms + passed_ms + made_up_ms)
-        return self._retention_ms
+        now_ms = self.now_ms()
+        # It moves on with the time that passed whatever the wall clock does, and only the
+        # reading is capped by the wall clock: a clock stepped back (an RTC reset at boot,
+        # an operator's slip) is followed while it is behind and leaves no lag behind it.
+        paced_ms = self._retention_ms + passed_ms
+        if now_ms > paced_ms:
+            made_up_ms = min(self._retention_catch_up_ms, now_ms - paced_ms,
+                             passed_ms * (limits.retention_clock_speed_max - 1))
+            self._retention_catch_up_ms -= made_up_ms
+            paced_ms += made_up_ms
+        self._retention_ms = paced_ms
+        return min(now_ms, paced_ms)
 
     def save_retention_clock(self) -> None:
         """Into the open batch, when it moved `retention_clock_saved_every_s` past the last
