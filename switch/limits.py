@@ -78,12 +78,12 @@ idempotency_retention_s = 8 * 24 * 3600   # > offline_window_s + offline_future_
 # reconciliation, or from its outbox restored from a backup, gets a replay, not a second
 # credit. About 150 bytes a recharge: 30,000 students recharging weekly keep some 250 MB.
 credit_ids_retention_s = 400 * 24 * 3600
-# What is forgotten by age (remembered ids, subsidy grants) is aged by a retention clock that
-# follows the wall clock but passes at most this many times as fast as time elapses (a clock
-# no one sets), and starts each run where the last one left it: a wall clock set a year
-# ahead forgets no id, and one believed wrong keeps every id at least 1/this of its
-# retention. After a switch stood still (a summer break) the retention clock catches up at
-# this rate, keeping ids longer meanwhile, never shorter.
+# What is forgotten by age (remembered ids, subsidy grants, meal counts) is aged by a retention
+# clock (ledger.state.retention_now_ms): it moves on with the time that really passes (a clock
+# no one sets), is read capped by the wall clock, starts each run where the last one left it,
+# and makes up what it was behind the wall clock at a start (a summer break, or a host booted
+# ahead) at most this many times as fast: a start a year ahead keeps every id at least 1/this
+# of its retention, a jump while running keeps it all of it.
 retention_clock_speed_max = 4
 retention_clock_saved_every_s = 60
 # A start this far past the books' newest record (or behind it) is logged for the operator.
@@ -327,16 +327,16 @@ forward_unsolicited_frames_max = 16     # frames other than the reply (pushes) w
 # switch out. Signed-on sessions need no bound of their own: one per credential, a new
 # sign-on replaces the old one.
 receiver_pending_connections_max = 16
-receiver_silent_sessions_max = 4
+receiver_silent_sessions_max = 4   # per credential: signed on, no request sent yet
 stale_readers_checked_every_s = 60.0   # LMDB reader slots of dead processes freed this often
 receiver_hello_nonces_kept_max = 4_096
-# Hellos' nonces remembered (credential, nonce: about 150 bytes each): a copy of a recent one
-# is refused `unauthenticated`.
+# Hellos' nonces remembered (credential, nonce: about 250 bytes each): a copy of one that
+# signed on is refused `unauthenticated`.
 hello_nonces_kept_max = 100_000
 # A session this young that has sent no request yet is not closed to make room for a hello.
 silent_session_grace_s = 5.0
 # Room a restore leaves in the copy's map for the one count it writes there.
-restore_map_headroom_bytes = 16 * 1024 * 1024   # per credential: signed on, no request sent yet
+restore_map_headroom_bytes = 16 * 1024 * 1024
 # A receiver logs its refused hellos the 1st, 2nd, 4th ... time in each such window: a flood is
 # a few lines, and a wrong key that keeps retrying after one is still seen each window.
 receiver_hellos_refused_window_s = 60.0

@@ -497,8 +497,8 @@ class Ledger:
 
     def save_retention_clock(self) -> None:
         """Into the open batch, when it moved `retention_clock_saved_every_s` past the last
-        save (or back): a restart starts it at most that far behind, which only keeps ids
-        longer."""
+        save (it never moves back): a restart starts it at most that far behind, which only
+        keeps ids longer."""
         now_ms = self._retention_ms
         saved_ms = self._retention_saved_ms
         if saved_ms is not None and 0 <= now_ms - saved_ms < \
