@@ -14,7 +14,7 @@ from switch.config import masterkey
 from switch.config.keyfile import read_key_file, write_key_file_atomically
 from switch.config.masterkey import MasterKey, MasterKeyError
 from switch.ledger.state import Credential, has_credential, sealing, write_first_credential
-from switch.persistence.store import RESTORE_UNFINISHED, STORE_DIR, Store
+from switch.persistence.store import RESTORE_UNFINISHED, STORE_DIR, Store, restore_unfinished
 
 ADMIN_WHO = "admin"
 ADMIN_KEY_FILE = "admin.key"
@@ -46,7 +46,7 @@ def enclosing_data_dir(path: str) -> str | None:
 
 def refuse_unfinished_restore(path: str) -> None:
     """DataDirError for a data dir a killed `restore` left: its books may be cut short."""
-    if os.path.lexists(os.path.join(path, RESTORE_UNFINISHED)):
+    if restore_unfinished(path):
         raise DataDirError(f"a restore into {path} did not finish (killed?), so its books may "
                            f"be incomplete; run the restore again: switch restore --from BACKUP "
                            f"--data {path} (it clears what the unfinished one left)")

@@ -74,7 +74,8 @@ from switch.persistence.access import permission_problem
 from switch.persistence.keys import (GRANTS_CHECKED_AFTER_TXN, GRANTS_FORGOTTEN_BELOW,
                                      UPGRADED_TO_14_AFTER_TXN,
                                      SUBSIDY_GRANT, kept_subsidy_grants, term_day_name)
-from switch.persistence.store import RESTORE_UNFINISHED, STORE_DIR, cut_short
+from switch.persistence.store import (RESTORE_UNFINISHED, STORE_DIR, cut_short,
+                                      restore_unfinished)
 
 # Journal records that set a card's state: kind -> [(field naming the card, state it gets)].
 _CARD_CHANGES = {
@@ -189,7 +190,7 @@ def audit(data_dir: str, restoring: bool = False) -> AuditReport:
         short = cut_short(env, path)
         if short:
             return AuditReport.cannot_read(short)
-        if not restoring and os.path.exists(os.path.join(data_dir, RESTORE_UNFINISHED)):
+        if not restoring and restore_unfinished(data_dir):
             # What serve and backup refuse is no sound books either.
             return AuditReport.cannot_read(
                 f"a restore into {data_dir} did not finish (it holds {RESTORE_UNFINISHED}): "

@@ -30,6 +30,11 @@ STORE_DIR = "lmdb"  # the LMDB environment's folder inside a data dir
 # its audit: a restore killed half-way leaves books that may look whole and are not.
 RESTORE_UNFINISHED = "RESTORE_UNFINISHED"
 
+
+def restore_unfinished(data_dir: str) -> bool:
+    """Whether a restore into `data_dir` was killed before its copy passed its audit."""
+    return os.path.lexists(os.path.join(data_dir, RESTORE_UNFINISHED))
+
 # name -> what it holds (key -> value)
 DATABASES = {
     "meta": "settings of the data dir (schema_version, secrets, forwarding positions, the "
