@@ -644,11 +644,13 @@ class Server:
 
     def take_place_or_make_room(self, credential, peer) -> str | None:
         """`take_place`; when the credential holds its most sessions, its oldest session that
-        never sent a request is closed (`busy`) to make room. A hello copied off the wire
-        verifies, and replayed it opened sessions that held every place of a recharge
-        service or a meter until their idle timeout, renewed for ever: such a session never
-        sends a request (its keys need the credential's key), the holder's first request
-        follows its hello within a round trip, and an idle till pings."""
+        has sent no request frame since it connected `silent_session_grace_s` ago is closed
+        (`busy`) to make room. A hello copied off the wire verifies (a copy of one that
+        signed on is refused before this, `hello_seen`), and replayed it opened sessions
+        that held every place of a recharge service or a meter until their idle timeout,
+        renewed for ever: such a session never sends a request (its keys need the
+        credential's key); the holder's first request follows its hello within a round
+        trip, the forwarder pings at once, and an idle till pings."""
         refused = self.take_place(credential)
         if refused != "credential":
             return refused
