@@ -82,8 +82,9 @@ credit_ids_retention_s = 400 * 24 * 3600
 # clock (ledger.state.retention_now_ms): it moves on with the time that really passes (a clock
 # no one sets), is read capped by the wall clock, starts each run where the last one left it,
 # and makes up what it was behind the wall clock at a start (a summer break, or a host booted
-# ahead) at most this many times as fast: a start a year ahead keeps every id at least 1/this
-# of its retention, a jump while running keeps it all of it.
+# ahead) at most this many times as fast; ids remembered before a start age from where the
+# books stood at it at 1x (ledger.state.Ledger._id_cutoffs), so no wrong clock at a start
+# or jump while running forgets one before its retention has really passed.
 retention_clock_speed_max = 4
 retention_clock_saved_every_s = 60
 # A start this far past the books' newest record (or behind it) is logged for the operator.

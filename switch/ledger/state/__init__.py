@@ -61,10 +61,14 @@ def remembered_at_ms_read_fast(data: bytes) -> int:
 _CREDIT_HEAD = b"\x94" + msgpack.packb("credit")
 
 
-def _forgettable(data: bytes, cutoff_ms: int, credit_cutoff_ms: int, remembered_at_ms) -> bool:
+def _forgettable(data: bytes, cutoffs: tuple, remembered_at_ms) -> bool:
     """Whether an `idempotency` value is past its retention: a credit's is the longer one
-    (`limits.credit_ids_retention_s`), read from the value's first bytes, unpacking nothing."""
+    (`limits.credit_ids_retention_s`), read from the value's first bytes, unpacking nothing.
+    `cutoffs`: (ids remembered up to this time, their cutoff and credits' cutoff; the
+    others' cutoff and credits' cutoff), `Ledger._id_cutoffs`."""
     at_ms = remembered_at_ms(data)
+    started_ms, before_start, since_start = cutoffs
+    cutoff_ms, credit_cutoff_ms = before_start if at_ms <= started_ms else since_start
     return at_ms < cutoff_ms and (at_ms < credit_cutoff_ms
                                   or not data.startswith(_CREDIT_HEAD))
 
@@ -175,6 +179,10 @@ class Ledger:
         # start): only this much may it make up faster than time passes. A jump while
         # running, believed or not, is never made up faster.
         self._retention_catch_up_ms = max(0, clock.now_ms() - self._retention_ms)
+        # Where the books stood at this start (`_id_cutoffs`): ids remembered up to it (plus
+        # the retention clock's save interval, which it may lag by) age from it at 1x.
+        self._started_ms = max(self._retention_ms, newest_ms)
+        self._started_elapsed_ms = self._retention_elapsed_ms
         # The ids the database held when the sweep's cycle under way started (`ids_to_sweep`).
         self._ids_held_at_cycle_start = 0
         # When a sweep that reached the last id last asked for the logged ids to be written
@@ -495,6 +503,23 @@ class Ledger:
         self._retention_ms = paced_ms
         return min(now_ms, paced_ms)
 
+    def _id_cutoffs(self) -> tuple:
+        """(started_ms, (cutoff, credits' cutoff) of ids remembered up to it, the same of
+        the others). The retention clock may make up a start's lag four times as fast, which
+        would forget an id remembered before a start on a clock set ahead after a quarter of
+        its retention (a till's offline record sent again once the clock is put right, taken
+        twice). Ids remembered before this start are aged from where the books stood at it,
+        at the pace time really passes: each is kept at least its retention of running, at
+        most that past the start (the lag of a summer break is bounded by it)."""
+        retention_ms = self.config.idempotency_retention_s * 1000
+        credit_ms = max(limits.credit_ids_retention_s * 1000, retention_ms)
+        since_ms = self.retention_now_ms()
+        before_ms = min(since_ms, self._started_ms
+                        + max(0, self.clock.elapsed_ms() - self._started_elapsed_ms))
+        return (self._started_ms + limits.retention_clock_saved_every_s * 1000,
+                (before_ms - retention_ms, before_ms - credit_ms),
+                (since_ms - retention_ms, since_ms - credit_ms))
+
     def save_retention_clock(self) -> None:
         """Into the open batch, when it moved `retention_clock_saved_every_s` past the last
         save (it never moves back): a restart starts it at most that far behind, which only
@@ -551,23 +576,20 @@ class Ledger:
         if keys_max <= 0:
             return 0     # a pass that may visit nothing stays where the last one stopped
         now_ms = self.now_ms()
-        aged_by_ms = self.retention_now_ms()
-        cutoff_ms = aged_by_ms - self.config.idempotency_retention_s * 1000
+        cutoffs = self._id_cutoffs()
         items = self.store.committed_after("idempotency", self._ids_swept_to, keys_max + 1)
         self._ids_swept_to = None   # unless the pass stops short of the last id
         if len(items) > keys_max:
             items = items[:keys_max]
             self._ids_swept_to = items[-1][0]
-        credit_cutoff_ms = aged_by_ms - max(limits.credit_ids_retention_s,
-                                            self.config.idempotency_retention_s) * 1000
         forgotten = 0
-        if not none_remembered_before(items, cutoff_ms):
+        # The later cutoff of the two (since_start's) bounds them both.
+        if not none_remembered_before(items, cutoffs[2][0]):
             for key, data in items:
-                if _forgettable(data, cutoff_ms, credit_cutoff_ms, remembered_at_ms_read_fast):
+                if _forgettable(data, cutoffs, remembered_at_ms_read_fast):
                     # The open batch may hold it again, newer (a tombstone, then its original).
                     current = self.store.get("idempotency", key)
-                    if current is not None and _forgettable(current, cutoff_ms,
-                                                            credit_cutoff_ms, _remembered_at_ms):
+                    if current is not None and _forgettable(current, cutoffs, _remembered_at_ms):
                         self.store.delete("idempotency", key)
                         forgotten += 1
         self._save_sweep_position(now_ms, forgotten)
