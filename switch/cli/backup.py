@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import lmdb
 
 from switch import limits
-from switch.cli.datadir import (RESTORE_UNFINISHED, DataDirError, empty_dir, enclosing_data_dir,
-                                 is_data_dir, make_dirs, refuse_unfinished_restore)
+from switch.cli.datadir import (RESTORE_UNFINISHED, DataDirError, empty_dir, is_data_dir,
+                                 make_dirs, refuse_inside_a_data_dir, refuse_unfinished_restore)
 from switch.persistence.access import permission_problem
 from switch.persistence.audit import audit
 from switch.persistence.dirlock import LOCK_FILE, DirInUse, DirLock, holder
@@ -81,7 +81,7 @@ def backup(data_dir: str, to: str) -> CopySummary:
     if not is_data_dir(data_dir):
         raise BackupError(permission_problem(data_dir) or (
             f"{data_dir} is not a switch data dir (no {STORE_DIR}/ inside); check --data"))
-    _refuse_unfinished(data_dir)
+    _refuse(refuse_unfinished_restore, data_dir)
     to = os.path.normpath(to)
     if os.path.lexists(to):
         raise BackupError(f"{to} already exists; give a new directory (a dated one, say) "
@@ -89,7 +89,7 @@ def backup(data_dir: str, to: str) -> CopySummary:
     if _is_within(to, data_dir):
         raise BackupError(f"{to} is inside the data dir {data_dir}; give a directory outside "
                           f"it (a backup on the same disk as the books is no backup either)")
-    _refuse_inside_a_data_dir(to)
+    _refuse(refuse_inside_a_data_dir, to)
     staging = to + INCOMPLETE_SUFFIX
     if os.path.lexists(staging):
         raise BackupError(f"{staging} exists: a backup into {to} did not finish (killed?) or "
@@ -130,13 +130,13 @@ def restore(source: str, data_dir: str) -> CopySummary:
     if os.path.normpath(source).endswith(INCOMPLETE_SUFFIX):
         raise BackupError(f"{source} is a backup that did not finish (killed?); restore a "
                           f"whole one, which `backup` names without {INCOMPLETE_SUFFIX}")
-    _refuse_unfinished(source)
+    _refuse(refuse_unfinished_restore, source)
     _refuse_served(source)
     if _is_within(data_dir, source):
         # The copy would be written into the backup, and carried into every later restore.
         raise BackupError(f"{data_dir} is inside the backup {source}; give a directory "
                           f"outside it")
-    _refuse_inside_a_data_dir(data_dir)
+    _refuse(refuse_inside_a_data_dir, data_dir)
     created = None
     if not os.path.lexists(data_dir):
         try:
@@ -206,9 +206,11 @@ def _mark_unfinished(data_dir: str) -> None:
     _fsync(data_dir, os.O_RDONLY | os.O_DIRECTORY)
 
 
-def _refuse_unfinished(path: str) -> None:
+def _refuse(check, path: str) -> None:
+    """A data dir check (`refuse_unfinished_restore`, `refuse_inside_a_data_dir`) said as
+    this command's one line."""
     try:
-        refuse_unfinished_restore(path)
+        check(path)
     except DataDirError as error:
         raise BackupError(str(error)) from None
 
@@ -225,13 +227,6 @@ def _refuse_served(source: str) -> None:
         raise BackupError(f"{source} is a data dir {serving} serves, not a backup; make a "
                           f"backup of it (switch backup --data {source} --to NEW_DIR) and "
                           f"restore that")
-
-
-def _refuse_inside_a_data_dir(path: str) -> None:
-    inside = enclosing_data_dir(path)
-    if inside is not None:
-        raise BackupError(f"{path} is inside the data dir {inside}; give a directory outside "
-                          f"it (that data dir's backups would carry it)")
 
 
 def _count_restore(env_path: str) -> None:

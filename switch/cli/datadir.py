@@ -44,6 +44,15 @@ def enclosing_data_dir(path: str) -> str | None:
             return current
 
 
+def refuse_inside_a_data_dir(path: str) -> None:
+    """DataDirError for a path inside another data dir: it would be copied into every
+    backup of that data dir, and restored with it."""
+    inside = enclosing_data_dir(path)
+    if inside is not None:
+        raise DataDirError(f"{path} is inside the data dir {inside}; give a directory outside "
+                           f"it (that data dir's backups would carry it)")
+
+
 def refuse_unfinished_restore(path: str) -> None:
     """DataDirError for a data dir a killed `restore` left: its books may be cut short."""
     if restore_unfinished(path):
@@ -150,10 +159,7 @@ def check_data_dir(path: str, init: bool, master_key_file: str | None = None) ->
         masterkey.resolve_path(path, master_key_file)
     except MasterKeyError as error:
         raise DataDirError(str(error)) from None
-    inside = enclosing_data_dir(path)
-    if inside is not None:
-        raise DataDirError(f"{path} is inside the data dir {inside}; give a directory outside "
-                           f"it (the data dir's backups would carry this one too)")
+    refuse_inside_a_data_dir(path)
     if not os.path.lexists(path):
         if not init:
             raise DataDirError(f"{path} does not exist; check the path, or give --init to "
