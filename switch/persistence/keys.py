@@ -33,6 +33,8 @@ BLACKLIST_RESTORES = b"blacklist_restores"
 BLACKLIST_RESTORES_HANDLED = b"blacklist_restores_handled"
 # In `meta`: the retention clock (ledger.state.retention_now_ms), unix ms as ASCII digits.
 RETENTION_CLOCK = b"retention_clock_ms"
+# In `meta`: the greatest "received" time of a kept closed-account tap (never goes back).
+CLOSED_TAPS_RECEIVED_LAST = b"closed_taps_received_last_ms"
 # In `meta`: the time zone each school was last served in, + its code.
 SCHOOL_TIME_ZONE_PREFIX = b"school_time_zone:"
 

@@ -297,12 +297,15 @@ def test_refund_at_graduation_from_the_cli(running_switch):
     assert taps.returncode == 0 and "0 taps, 0.00 yuan to collect by hand" in taps.stdout
 
 
+_CANTEEN_TILL = Credential(who="WH-POS-7", key=bytes(32), role="terminal", school="WH",
+                          kind="pos", merchant="canteen-1")
+
+
 def test_closed_taps_lists_what_to_collect_by_hand(tmp_path, capsys):
     store = open_data_dir(str(tmp_path))
     clock = FakeClock()
     ledger = Ledger(store, default_config(), clock)
-    till = Credential(who="WH-POS-7", key=bytes(32), role="terminal", school="WH", kind="pos",
-                      merchant="canteen-1")
+    till = _CANTEEN_TILL
     tapped_at = clock.now_ms() - 60_000
     ledger.keep_closed_account_tap(till, "t-1", "WH20190001", "04A1B2C3D4", 1_250, tapped_at)
     clock.ms += 1_000  # listed in the order they were uploaded
@@ -324,6 +327,32 @@ def test_closed_taps_lists_what_to_collect_by_hand(tmp_path, capsys):
                                              f"0.05 yuan to collect by hand")
     assert main(["closed-taps", "--data", str(tmp_path), "--after", str(clock.ms)]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("0 taps received after ")
+
+
+def test_a_clock_put_back_hides_no_closed_tap_from_the_next_collection(tmp_path, capsys):
+    # A host a day ahead while a tap was kept, listed, then the clock put right: the next
+    # tap was "received" before the number the listing ended with, and `--after` hid it.
+    store, clock = open_data_dir(str(tmp_path)), FakeClock()
+    ledger, till = Ledger(store, default_config(), clock), _CANTEEN_TILL
+    clock.set_wall(86_400)
+    ledger.keep_closed_account_tap(till, "ahead", "WH20190001", "04A1B2C3D4", 700, clock.ms)
+    ledger.keep_closed_account_tap(till, "same-ms", "WH20190001", "04A1B2C3D4", 800, clock.ms)
+    store.commit_now()
+    store.close()
+    assert main(["closed-taps", "--data", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[-2] == "2 taps, 15.00 yuan to collect by hand"
+    after = listed[-1].rsplit(" ", 1)[1]
+    store = open_data_dir(str(tmp_path))
+    ledger = Ledger(store, default_config(), clock)
+    clock.set_wall(-86_400)
+    ledger.keep_closed_account_tap(till, "put-right", "WH20190001", "04A1B2C3D4", 900, clock.ms)
+    store.commit_now()
+    store.close()
+    assert main(["closed-taps", "--data", str(tmp_path), "--after", after]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "put-right" in lines[1]
+    assert lines[-2] == f"1 taps received after {after}, 9.00 yuan to collect by hand"
 
 
 def test_closed_taps_of_no_data_dir_is_an_operator_error(tmp_path, capsys):

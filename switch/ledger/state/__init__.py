@@ -20,7 +20,7 @@ from switch.ledger.state import sealing
 from switch.ledger.state.subsidies import SubsidyBatches
 from switch.ledger.payment_path import SchoolLimits
 from switch.persistence.keys import (BLACKLIST_RESTORES, BLACKLIST_RESTORES_HANDLED,
-                                     RETENTION_CLOCK, SCHOOL_TIME_ZONE_PREFIX, room_index_keys,
+                                     CLOSED_TAPS_RECEIVED_LAST, RETENTION_CLOCK, SCHOOL_TIME_ZONE_PREFIX, room_index_keys,
                                      txn_key)
 
 log = logging.getLogger("switch.ledger")
@@ -685,8 +685,16 @@ class Ledger:
     def keep_closed_account_tap(self, credential: Credential, record_id, account_id: str,
                                 card_id: str, amount: int, at_ms: int) -> None:
         """Keep an offline tap refused `account_closed` for the operator: the meal was eaten,
-        its money is collected by hand (listed by `python -m switch closed-taps`)."""
+        its money is collected by hand (listed by `python -m switch closed-taps`).
+
+        Its "received" time is after every tap kept before it, even on a clock stepped
+        back: a listing's `--after` (the last one it showed) then never hides a later tap,
+        which would be a meal never collected."""
+        kept_last = self.store.get("meta", CLOSED_TAPS_RECEIVED_LAST)
         received_ms = self.now_ms()
+        if kept_last is not None:
+            received_ms = max(received_ms, int(kept_last) + 1)
+        self.store.put("meta", CLOSED_TAPS_RECEIVED_LAST, str(received_ms).encode())
         key = (received_ms.to_bytes(8, "big") + credential.who.encode() + b"\0"
                + _pack(record_id))
         self.store.put("closed_account_taps", key, _pack({
