@@ -24,6 +24,7 @@ import json
 import os
 import re
 import secrets
+import select
 import sys
 import time
 import unicodedata
@@ -987,23 +988,46 @@ async def _run(args, key: bytes, work, looked_up: dict) -> dict | list:
         await client.aclose()
 
 
-def _print_reply(args, reply: dict, key_fd, request: dict | None = None,
-                 looked_up: dict | None = None) -> bool:
-    """Print the reply; True when the new key went into the claimed key file."""
+def _print_reply(args, reply: dict, key_written: bool, request: dict | None = None,
+                 looked_up: dict | None = None) -> None:
     done = "key replaced" if reply.get("t") == "rotate_key" else "created"
     if args.json:
         # A QR secret belongs on the student's phone only, never on a card office's screen.
         print(json.dumps({k: (v.hex() if isinstance(v, bytes) else v) for k, v in reply.items()
                           if k != "qr_secret"}, ensure_ascii=False))
-    elif reply.get("key") is not None and key_fd is not None:
-        write_key(key_fd, reply["key"])
+    elif reply.get("key") is not None and key_written:
         print(f"ok: credential {args.who} {done}; key written to {args.key_out}")
-        return True
     elif reply.get("key") is not None:
         print(f"ok: credential {args.who} {done}; key {reply['key'].hex()}")
     else:
         print(_describe(reply, request, looked_up, args.signon_who))
-    return False
+
+
+def _reader_of_stdout_gone() -> bool:
+    """Standard output is a pipe whose reading end closed (`admin history ... | head`)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _stdout_gone(exit_status: int | None) -> int:
+    # What was left unprinted must not fail again at the interpreter's exit.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    if exit_status is None:     # an import's report: the rows were all sent before it
+        print("error: standard output was closed before the import's report was printed; "
+              "every row was sent (rerun the import to see it: rows done are only counted "
+              "again)", file=sys.stderr)
+        return 1
+    print(f"error: standard output was closed before the reply was printed; the switch "
+          f"answered ({'ok' if exit_status == 0 else 'refused'}, exit {exit_status})",
+          file=sys.stderr)
+    return exit_status
 
 
 def main(argv=None) -> int:
@@ -1015,7 +1039,7 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     """One admin command, parsed by `switch.cli.main`'s parser (or `main` above)."""
-    key_fd = None
+    key_fd = exit_status = None
     work = {}
     looked_up = {}
     try:
@@ -1036,13 +1060,20 @@ def run(args) -> int:
             return 0 if not result["problems"] else 3
         if args.admin_command == "import-subsidies":
             return 0 if not result["rejected"] else 3
-        if _print_reply(args, result, key_fd, work, looked_up):
+        exit_status = 0 if result.get("code") == "ok" else 3
+        key_written = key_fd is not None and not args.json and result.get("key") is not None
+        if key_written:
+            write_key(key_fd, result["key"])    # closes it
             key_fd = None
-        return 0 if result.get("code") == "ok" else 3
+        _print_reply(args, result, key_written, work, looked_up)
+        return exit_status
     except (UsageError, KeyFileError, SignOnRefused) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (OSError, SwitchError, ProtocolError, trio.EndOfChannel, trio.TooSlowError) as error:
+        if isinstance(error, BrokenPipeError) and _reader_of_stdout_gone():
+            # Not a lost switch: it answered, only the reader of what we print went away.
+            return _stdout_gone(exit_status)
         if args.admin_command in ("import", "import-subsidies"):
             retry = "; rerun the import (rows already done are only counted again)"
         else:

@@ -715,3 +715,32 @@ def test_a_merchant_name_too_long_is_said_before_anything_is_sent(tmp_path):
                              "WH", "--kind", "pos", "--merchant", "食" * 65],
                             capture_output=True, text=True, timeout=60)
     one_line_error(result, "--merchant: merchant is 65 characters long, at most 64")
+
+
+def _admin_into_a_closed_pipe(connect, data, *words):
+    """`admin ... | head -c0`: standard output's reader gone before anything is printed."""
+    reading, writing = os.pipe()
+    os.close(reading)
+    try:
+        return subprocess.run([sys.executable, "-m", "switch", "admin", "--connect", connect,
+                               "--data", str(data), *words], stdout=writing,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(writing)
+
+
+def test_a_closed_stdout_is_not_said_as_a_lost_switch_and_keeps_the_new_key(running_switch,
+                                                                             tmp_path):
+    # `admin ... | head` said "lost the switch mid-request; rerun with --id" for a request the
+    # switch had answered, and a new terminal's key, written, then failed to close twice.
+    connect, data = running_switch
+    key_file = tmp_path / "pos.key"
+    made = _admin_into_a_closed_pipe(connect, data, "add-terminal", "WH-POS-0001", "--school",
+                                     "WH", "--kind", "pos", "--key-out", str(key_file))
+    assert made.returncode == 0, made.stderr
+    assert "Traceback" not in made.stderr and "lost the switch" not in made.stderr
+    assert made.stderr == ("error: standard output was closed before the reply was printed; "
+                           "the switch answered (ok, exit 0)\n")
+    assert len(key_file.read_text().strip()) == 64
+    refused = _admin_into_a_closed_pipe(connect, data, "account", "WH20190001")
+    assert refused.returncode == 3 and "(refused, exit 3)" in refused.stderr
