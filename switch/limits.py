@@ -186,6 +186,13 @@ service_requests_per_s = 5000
 service_requests_burst = 20000
 admin_requests_per_s = 5000
 admin_requests_burst = 20000
+# A request whose work grows with what its sender asks for spends more of that budget
+# (shell/budget.request_cost): an offline upload one a record (a record costs about a
+# debit); a history page one more per this many records asked for; a lost or found one more
+# per this many tills its blacklist push goes to (a push is an encode and a tag, a twentieth
+# of a debit's CPU).
+history_records_per_request_cost = 20
+pushes_per_request_cost = 20
 
 # --- The switch's clock (switch/clock.py TrustedClock) ---
 # A wall-clock reading further than this from (last trusted reading + monotonic time since) is

@@ -20,7 +20,7 @@ from switch.ledger.dispatch import failures
 from switch.ledger.effects import (BlacklistPush, ClosedAccountTap, JournalAdvanced, PowerCutoff,
                                    Revocation)
 from switch.logline import FailureLog, bounded
-from switch.shell.budget import RequestBudget
+from switch.shell.budget import COSTLY_KINDS, RequestBudget, request_cost
 from switch.ledger.offline import over_cap as offline_over_cap
 from switch.shell.committer import Committer, commit_failures
 from switch.shell.forwarder import Forwarder
@@ -129,10 +129,10 @@ class Connection:
             self._queue(frame)
         self._room()
 
-    def send_push(self, message: dict) -> None:
+    def queue_push(self, message: dict) -> None:
+        """Queued for the server's next flush of this connection."""
         if not self.closed and self.session.state == OPEN:
             self._queue(self.session.encode_push(message))
-            self.flush()
 
     def fail(self) -> None:
         """Something of ours broke while serving this connection: end it alone."""
@@ -520,7 +520,7 @@ class Connection:
                 reason = "queue"
             elif started - self._heard_by > wait_max_s:
                 reason = "waited"
-            elif not budget.take(started):
+            elif not budget.take(started, self._cost(request.message)):
                 reason = "budget"
             else:
                 reason = None
@@ -537,6 +537,21 @@ class Connection:
             committer.add(self, reply, started, size)
         if shed:
             self.flush()
+
+    def _cost(self, message: dict) -> int:
+        kind = message.get("t")     # any value a peer sent: a list is not hashable
+        if type(kind) is not str or kind not in COSTLY_KINDS:
+            return 1
+        return request_cost(message, self._terminals_pushed_to())
+
+    def _terminals_pushed_to(self) -> int:
+        """The tills a blacklist change of this credential's would be pushed to: its
+        school's (an admin's changes any school's: the most of any)."""
+        terminals = self.server.terminals
+        school = self.credential.school
+        if school is not None:
+            return len(terminals.get(school, ()))
+        return max(map(len, terminals.values()), default=0)
 
     def _shed(self, request, started: float, reason: str) -> None:
         reply = {"t": dispatch.reply_type(request.message.get("t")), "re": request.seq,
@@ -584,6 +599,9 @@ class Server:
         self.committer = Committer(store, ledger, self.metrics, config.batch_requests_max,
                                    config.batch_wait_s, self._batch_done)
         self.sessions: dict[str, set] = {}
+        # Terminals' sessions by school: a blacklist change is pushed to its school's alone,
+        # and what a change may cost its sender is counted by them (`request_cost`).
+        self.terminals: dict[str, set] = {}
         self.live: set = set()                # every connection not released yet
         # Places taken by sessions and by hellos whose reply is being written, in all and
         # per credential id (`take_place`).
@@ -694,15 +712,24 @@ class Server:
 
     def register(self, connection: Connection) -> None:
         """A session whose place was taken (`take_place`) is open."""
-        self.sessions.setdefault(connection.credential.who, set()).add(connection)
+        credential = connection.credential
+        self.sessions.setdefault(credential.who, set()).add(connection)
+        if credential.role == "terminal":
+            self.terminals.setdefault(credential.school, set()).add(connection)
 
     def unregister(self, connection: Connection) -> None:
-        live = self.sessions.get(connection.credential.who)
+        credential = connection.credential
+        live = self.sessions.get(credential.who)
         if live is not None and connection in live:
-            self.give_back_place(connection.credential.who)
+            self.give_back_place(credential.who)
             live.discard(connection)
             if not live:
-                del self.sessions[connection.credential.who]
+                del self.sessions[credential.who]
+            if credential.role == "terminal":
+                of_school = self.terminals[credential.school]
+                of_school.discard(connection)
+                if not of_school:
+                    del self.terminals[credential.school]
 
     def budget_of(self, credential) -> RequestBudget:
         """One budget per credential, shared by its sessions and kept across reconnects."""
@@ -748,16 +775,16 @@ class Server:
     def _batch_done(self, effects: list, replies: list) -> None:
         """A batch is durable (or failed, with no effects): act on what the ledger asked for,
         then answer. A fault in one effect or one connection stays there."""
+        touched = set()     # connections with frames queued: one write each, below
         for effect in effects:
             if type(effect) is Revocation:
                 continue  # after the replies, below
             try:
-                self._act(effect)
+                self._act(effect, touched)
             except Exception:
                 failures.failed("effect_failed", effect=type(effect).__name__)
                 self.metrics.failures.labels("effect").inc()
         now = time.perf_counter()
-        touched = set()
         for connection, reply, started_s, reply_bytes in replies:
             try:
                 connection.send_reply(reply, now - started_s, reply_bytes)
@@ -780,11 +807,11 @@ class Server:
                     failures.failed("effect_failed", effect="Revocation")
                     self.metrics.failures.labels("effect").inc()
 
-    def _act(self, effect) -> None:
+    def _act(self, effect, touched: set) -> None:
         if type(effect) is JournalAdvanced:
             self.committer.journal_advanced.unpark_all()
         elif type(effect) is BlacklistPush:
-            self._push_blacklist(effect.school, effect.message)
+            self._push_blacklist(effect.school, effect.message, touched)
         elif type(effect) is PowerCutoff:
             self._cutoff(effect.school, effect.account, effect.balance)
         elif type(effect) is ClosedAccountTap:
@@ -811,15 +838,19 @@ class Server:
         self.metrics.cutoffs.labels(school).inc()
         log.info("event=cutoff account=%s school=%s balance=%d", account_id, school, balance)
 
-    def _push_blacklist(self, school: str, message: dict) -> None:
+    def _push_blacklist(self, school: str, message: dict, touched: set) -> None:
         # A `fetch` push names no version (docs/PROTOCOL.md §4.13.1): read it from the list.
         self.metrics.blacklist_version.labels(school).set(self.blacklist_version(school))
-        # Sessions of one credential are registered by who; terminals carry their school.
-        for live in self.sessions.values():
-            for connection in live:
-                credential = connection.credential
-                if credential.role == "terminal" and credential.school == school:
-                    connection.send_push(message)
+        # Queued, not written: every change of a commit reaches a till in one write with
+        # its replies (a write per change and till made a stream of lost/found the loop's
+        # whole work).
+        for connection in list(self.terminals.get(school, ())):   # a failure unregisters
+            try:
+                connection.queue_push(message)
+            except Exception:
+                self._delivery_failed(connection)
+                continue
+            touched.add(connection)
 
     # ------------------------------------------------------------ serving
     async def serve(self, listeners, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -265,6 +265,57 @@ async def test_a_credential_past_its_budget_is_answered_busy(tmp_path, nursery):
     await switch.stop()
 
 
+async def test_uploads_and_card_changes_spend_the_budget_by_the_work_they_make(tmp_path,
+                                                                               nursery,
+                                                                               monkeypatch):
+    # One 500-record upload counted as one request: a till's key alone filled the disk with
+    # remembered refusals and took the loop from the other school's tills. So did a
+    # recharge service's lost/found, each pushed to every till of its school.
+    monkeypatch.setattr(limits, "pushes_per_request_cost", 1)
+    config = default_config()
+    config.terminal_requests_per_s = config.service_requests_per_s = 0.1
+    config.terminal_requests_burst = 600
+    config.service_requests_burst = 8
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
+    await switch.person("WH1", "AAAA", balance=10_000)
+    till = await switch.terminal("WH-POS-1")
+    upload = {"t": "offline", "records": [{"id": f"u{n}", "card": "FFFF", "amount": 1,
+                                           "at": switch.clock.now_ms()} for n in range(500)]}
+    first = await till.request(upload)
+    assert first["code"] == "ok" and {r["code"] for r in first["results"]} == {"card_unknown"}
+    assert (await till.request({**upload, "records": upload["records"][:101]}))["code"] == "busy"
+    assert (await till.request({**upload, "records": upload["records"][:99]}))["code"] == "ok"
+    # Two tills of the school to push to: a lost or found costs three, here.
+    await switch.terminal("WH-POS-2")
+    recharge = await switch.service("WH-RECHARGE", school="WH")
+    codes = [(await recharge.request({"t": kind, "card": "AAAA", "id": f"{kind}-{n}"}))["code"]
+             for n, kind in enumerate(["lost", "found", "lost"])]
+    assert codes == ["ok", "ok", "busy"]
+    # The other school's tills are not counted: its service's changes cost one each.
+    await switch.terminal("CUIK-POS-1", school="CUIK")
+    await switch.person("CUIK1", "CCCC", school="CUIK")
+    cuik = await switch.service("CUIK-RECHARGE", school="CUIK")
+    replies = [await cuik.request({"t": kind, "card": "CCCC", "id": f"c{kind}-{n}"})
+               for n, kind in enumerate(["lost", "found", "lost", "found"])]
+    assert [r["code"] for r in replies] == ["ok"] * 4
+    await switch.stop()
+
+
+def test_what_a_request_costs():
+    from switch.shell.budget import RequestBudget, request_cost
+    records = [{}] * 300
+    assert request_cost({"t": "offline", "records": records}, 0) == 300
+    assert request_cost({"t": "offline", "records": "nonsense"}, 0) == 1
+    assert request_cost({"t": "history", "limit": 200}, 0) == 11
+    assert request_cost({"t": "history", "limit": 10**30}, 0) == 11
+    assert request_cost({"t": "history"}, 0) == 1 + limits.history_limit_default // 20
+    assert request_cost({"t": "lost"}, 1000) == 51
+    assert request_cost({"t": "debit"}, 1000) == 1
+    budget = RequestBudget(rate_per_s=1, burst=10, now_s=0.0)
+    assert budget.take(0.0, 500)                # more than a burst costs a burst: it can pass
+    assert not budget.take(0.5, 1)
+
+
 def test_request_budget_refills_at_its_rate_up_to_its_burst():
     from switch.shell.budget import RequestBudget
     budget = RequestBudget(rate_per_s=10, burst=3, now_s=0.0)

@@ -19,6 +19,8 @@ async def test_an_upload_whose_reply_could_not_fit_is_refused_and_moves_nothing(
         tmp_path, nursery):
     switch = await Switch(tmp_path / "d").start(nursery)
     await switch.person("WH1", "AAAA", balance=10_000_000)
+    # Four uploads of 500 records at once: twice a till's burst (a record costs a request).
+    switch.server.config.terminal_requests_burst = 10**9
     till = await switch.terminal("WH-POS-1")
     switch.clock.advance(60)
     await switch.ok(switch.admin, {"t": "lost", "card": "AAAA", "id": "l"})
