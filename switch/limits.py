@@ -7,6 +7,9 @@ choices and may be overridden by configuration where noted.
 # --- Framing and sessions (docs/PROTOCOL.md §1.5; fixed by the protocol) ---
 frame_size_bytes_min = 17          # 1-byte msgpack map + 16-byte tag
 frame_size_bytes_max = 65536
+# A hello's body (t, v, who, nonce, at): decoded before its tag can be checked, so a larger
+# one is refused unread (extension).
+hello_body_bytes_max = 1024
 frame_length_prefix_bytes = 4
 tag_size_bytes = 16
 nonce_size_bytes = 16
@@ -193,6 +196,11 @@ admin_requests_burst = 20000
 # of a debit's CPU).
 history_records_per_request_cost = 20
 pushes_per_request_cost = 20
+# A frame's body is decoded before its request can be judged: a frame over
+# `frame_charged_over_bytes` first pays one request per `request_cost_frame_bytes` of it,
+# or its session ends `busy` with it unread (64 KiB of tiny nested lists decodes in 12 ms).
+frame_charged_over_bytes = 4096
+request_cost_frame_bytes = 512
 
 # --- The switch's clock (switch/clock.py TrustedClock) ---
 # A wall-clock reading further than this from (last trusted reading + monotonic time since) is

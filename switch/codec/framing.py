@@ -17,16 +17,22 @@ class FrameDecoder:
     bytes alone, before any of the payload arrives (docs/PROTOCOL.md §1.1).
     """
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "failure")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        # A bad length found behind whole frames: those are returned first, and this is
+        # what follows them (raised by every later `feed`). A request must not be lost or
+        # kept by how TCP happened to split the bytes after it.
+        self.failure: ProtocolError | None = None
 
     @property
     def buffered_bytes(self) -> int:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
+        if self.failure is not None:
+            raise self.failure
         buffer = self._buffer
         buffer += data
         payloads = []
@@ -35,9 +41,17 @@ class FrameDecoder:
         while end - offset >= _LEN:
             length = int.from_bytes(buffer[offset:offset + _LEN], "big")
             if length > limits.frame_size_bytes_max:
-                raise ProtocolError("frame_too_large", f"LEN {length}")
-            if length < limits.frame_size_bytes_min:
-                raise ProtocolError("frame_invalid", f"LEN {length}")
+                failure = ProtocolError("frame_too_large", f"LEN {length}")
+            elif length < limits.frame_size_bytes_min:
+                failure = ProtocolError("frame_invalid", f"LEN {length}")
+            else:
+                failure = None
+            if failure is not None:
+                if not payloads:
+                    raise failure
+                self.failure = failure
+                buffer.clear()
+                return payloads
             if end - offset - _LEN < length:
                 break
             start = offset + _LEN

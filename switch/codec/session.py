@@ -74,6 +74,10 @@ class ServerSession:
         """Check the first frame. `key_of(who)` gives a live credential's key or None."""
         assert self.state == AWAITING_HELLO, self.state
         body, received_tag = split_payload(payload)
+        if len(body) > limits.hello_body_bytes_max:
+            # Decoded before any key is known: a stranger's 64 KiB of tiny containers took
+            # the loop 12 ms a frame. A hello's fields fit many times over.
+            raise self._fail("frame_too_large", f"hello of {len(body)} bytes")
         try:
             message = decode_body(body)
         except ProtocolError:

@@ -252,7 +252,17 @@ class Connection:
 
     def _open_into_backlog(self, payloads: list) -> None:
         open_request = self.session.open_request
-        self._backlog.extend(open_request(payload) for payload in payloads)
+        backlog = self._backlog
+        for payload in payloads:
+            if len(payload) > limits.frame_charged_over_bytes and not self.budget.take(
+                    time.perf_counter(), len(payload) // limits.request_cost_frame_bytes):
+                # Past its budget, a large frame is not decoded at all: one key's frames of
+                # tiny nested lists would take the loop from every other till.
+                backlog.append((None, ProtocolError("busy", "a large frame past the budget")))
+                return
+            backlog.append(open_request(payload))
+        if self.decoder.failure is not None:     # after the whole frames it came behind
+            backlog.append((None, self.decoder.failure))
 
     def on_room(self) -> None:
         """Replies went out since it paused: run what waits, and read again if all ran."""

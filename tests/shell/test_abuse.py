@@ -2,6 +2,7 @@
 
 import time
 
+import msgpack
 import pytest
 import trio
 
@@ -274,17 +275,22 @@ async def test_uploads_and_card_changes_spend_the_budget_by_the_work_they_make(t
     monkeypatch.setattr(limits, "pushes_per_request_cost", 1)
     config = default_config()
     config.terminal_requests_per_s = config.service_requests_per_s = 0.1
-    config.terminal_requests_burst = 600
     config.service_requests_burst = 8
+    upload = {"t": "offline", "records": [{"id": f"u{n}", "card": "FFFF", "amount": 1,
+                                           "at": 1_795_000_000_000} for n in range(500)]}
+    # Its frame is large, so its bytes are paid for before it is read; the smaller ones
+    # below are not (limits.frame_charged_over_bytes).
+    frame_bytes = len(msgpack.packb({**upload, "seq": 1})) + limits.tag_size_bytes
+    assert len(msgpack.packb({**upload, "records": upload["records"][:91], "seq": 2})) \
+        + limits.tag_size_bytes <= limits.frame_charged_over_bytes < frame_bytes
+    config.terminal_requests_burst = 500 + frame_bytes // limits.request_cost_frame_bytes + 90
     switch = await Switch(tmp_path / "d", config=config).start(nursery)
     await switch.person("WH1", "AAAA", balance=10_000)
     till = await switch.terminal("WH-POS-1")
-    upload = {"t": "offline", "records": [{"id": f"u{n}", "card": "FFFF", "amount": 1,
-                                           "at": switch.clock.now_ms()} for n in range(500)]}
     first = await till.request(upload)
     assert first["code"] == "ok" and {r["code"] for r in first["results"]} == {"card_unknown"}
-    assert (await till.request({**upload, "records": upload["records"][:101]}))["code"] == "busy"
-    assert (await till.request({**upload, "records": upload["records"][:99]}))["code"] == "ok"
+    assert (await till.request({**upload, "records": upload["records"][:91]}))["code"] == "busy"
+    assert (await till.request({**upload, "records": upload["records"][:89]}))["code"] == "ok"
     # Two tills of the school to push to: a lost or found costs three, here.
     await switch.terminal("WH-POS-2")
     recharge = await switch.service("WH-RECHARGE", school="WH")

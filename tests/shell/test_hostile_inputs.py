@@ -83,8 +83,10 @@ async def test_hello_with_deeply_nested_version_is_refused(tmp_path, nursery):
     switch = await Switch(tmp_path / "d").start(nursery)
     bystander = await _bystander(switch)
     stream = await trio.open_tcp_stream("127.0.0.1", switch.port)
-    body = hostile.pack_pairs([("t", "hello"), ("v", hostile.nested_lists(
-        hostile.DEEPEST_FIELD)), ("who", "admin"), ("nonce", bytes(16)), ("at", 0)])
+    # As deep as a hello's bounded body holds (the deepest field is refused for its size).
+    body = hostile.pack_pairs([("t", "hello"), ("v", hostile.nested_lists(900)),
+                               ("who", "admin"), ("nonce", bytes(16)), ("at", 0)])
+    assert len(body) <= limits.hello_body_bytes_max
     await stream.send_all(sign_body(bytes(32), body))
     # Nested past limits.message_nesting_depth_max: not a body the switch reads at all.
     assert (await _first_frame(stream))["code"] == "frame_invalid"
