@@ -14,7 +14,8 @@ from switch.config import masterkey
 from switch.config.keyfile import read_key_file, write_key_file_atomically
 from switch.config.masterkey import MasterKey, MasterKeyError
 from switch.ledger.state import Credential, has_credential, sealing, write_first_credential
-from switch.persistence.store import RESTORE_UNFINISHED, STORE_DIR, Store, restore_unfinished
+from switch.persistence.store import (RESTORE_UNFINISHED, STORE_DIR, BooksCutShort, Store,
+                                      restore_unfinished)
 
 ADMIN_WHO = "admin"
 ADMIN_KEY_FILE = "admin.key"
@@ -72,7 +73,10 @@ def open_data_dir(path: str, master_key_file: str | None = None, fsync: bool = T
         raise MasterKeyError(f"{key_path} exists; a new data dir never reuses a master key "
                              f"file (move it away, or name another with --master-key)")
     os.makedirs(path, mode=0o700, exist_ok=True)
-    store = Store(os.path.join(path, STORE_DIR), fsync=fsync)
+    try:
+        store = Store(os.path.join(path, STORE_DIR), fsync=fsync)
+    except BooksCutShort as error:
+        raise DataDirError(str(error)) from None
     try:
         sealing.prepare(store, _master_key(store, key_path), path)
         if not has_credential(store, ADMIN_WHO):
@@ -175,6 +179,21 @@ def check_data_dir(path: str, init: bool, master_key_file: str | None = None) ->
     if entries and STORE_DIR not in entries:
         raise DataDirError(f"{path} is not a switch data dir (no {STORE_DIR}/ inside) and not "
                            f"empty; give the data dir, or an empty or new directory")
+    if STORE_DIR in entries and not _holds_books(path) and not (
+            init and entries == {STORE_DIR} and not os.listdir(os.path.join(path, STORE_DIR))):
+        # An `lmdb/` whose volume did not mount would otherwise start as a new, empty switch
+        # under a new admin key: every card unknown, and the real books' admin key gone.
+        raise DataDirError(f"{path}/{STORE_DIR} holds no books (its data.mdb is missing or "
+                           f"empty): if it is a mount, is its volume mounted? Nothing was "
+                           f"changed; a new switch is made in an empty or new directory "
+                           f"with --init")
+
+
+def _holds_books(path: str) -> bool:
+    try:
+        return os.path.getsize(os.path.join(path, STORE_DIR, "data.mdb")) > 0
+    except OSError:
+        return False
 
 
 class DataDirClaim:

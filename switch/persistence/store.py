@@ -107,6 +107,10 @@ _MISSING = object()
 log = logging.getLogger("switch.store")
 
 
+class BooksCutShort(Exception):
+    """The data file is shorter than its pages (`cut_short` says how)."""
+
+
 class SchemaMismatch(Exception):
     pass
 
@@ -305,6 +309,10 @@ class Store:
         self.env = lmdb.open(path, map_size=map_size_bytes, max_dbs=limits.lmdb_max_dbs,
                              max_readers=limits.lmdb_max_readers, subdir=True,
                              sync=fsync, metasync=fsync, lock=True, readahead=False, mode=0o600)
+        short = cut_short(self.env, path)
+        if short is not None:       # its first read past the end would be a bus error
+            self.env.close()
+            raise BooksCutShort(short)
         # LMDB reopens a grown data file with the map at exactly its used size, so the first
         # commit after a restart would meet MapFull: leave room from the start.
         used, size = self.map_usage()

@@ -182,6 +182,44 @@ def test_a_missing_data_dir_is_refused_without_init(tmp_path):
     assert not typo.exists()
 
 
+def _made_and_stopped(data):
+    """A data dir as a first start leaves it (with a master key file beside it)."""
+    process = _start(data)
+    try:
+        assert _ready_lines(process, 1)[0].startswith("listening on")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+
+
+@pytest.mark.parametrize("books", ["an empty lmdb dir", "an empty data.mdb", "cut short"])
+@pytest.mark.parametrize("init", [False, True])
+def test_books_that_are_not_there_are_refused_and_the_admin_key_kept(tmp_path, books, init):
+    # An `lmdb/` whose volume did not mount started as a new, empty switch and wrote a new
+    # admin.key over the real books' one (helper-68).
+    data = tmp_path / "d"
+    _made_and_stopped(data)
+    key = (data / "admin.key").read_bytes()
+    mdb = data / "lmdb" / "data.mdb"
+    if books == "an empty lmdb dir":
+        for name in os.listdir(data / "lmdb"):
+            os.unlink(data / "lmdb" / name)
+    elif books == "an empty data.mdb":
+        mdb.write_bytes(b"")
+    else:
+        mdb.write_bytes(mdb.read_bytes()[:4 * 4096])
+    def unchanged():    # but the lock files, which say who looked last
+        return [entry for entry in _tree(data) if not entry[0].endswith(("LOCK", "lock.mdb"))]
+    before = unchanged()
+    words = ["serve", "--data", str(data), "--listen", "127.0.0.1:0", "--metrics", "off"]
+    result = _run(*words, *(["--init"] if init else []), timeout=30)
+    if books == "cut short":
+        one_line_error(result, "data.mdb is cut short")
+    else:
+        one_line_error(result, "holds no books", "volume mounted")
+    assert (data / "admin.key").read_bytes() == key and unchanged() == before
+
+
 def test_init_creates_missing_parents_too(tmp_path):
     data = tmp_path / "srv" / "switch"
     process = _start(data)
