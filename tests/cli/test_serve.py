@@ -403,12 +403,7 @@ def test_a_damaged_id_log_stops_serve_and_rotate_with_one_line_not_a_guess(tmp_p
     from switch.persistence import writeback
 
     data = tmp_path / "d"
-    process = _start(data)
-    try:
-        assert _ready_lines(process, 1)[0].startswith("listening on")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
+    _made_and_stopped(data)
     env = lmdb.open(str(data / "lmdb"), max_dbs=limits.lmdb_max_dbs)
     with env.begin(write=True, db=env.open_db(b"idempotency_log_a")) as txn:
         txn.put(writeback.lsn_key(3), b"\x81\xc4\x04till")   # a map cut short
