@@ -113,6 +113,7 @@ def rotate_master_key(path: str, master_key_file: str | None = None) -> dict:
                            or f"{path} is not a switch data dir (no {STORE_DIR}/ inside)")
     refuse_unfinished_restore(path)
     key_path = masterkey.resolve_path(path, master_key_file)
+    _refuse_another_data_dirs_key(path, key_path)
     with DirLock(path):
         store = open_data_dir(path, master_key_file)
         try:
@@ -125,6 +126,19 @@ def rotate_master_key(path: str, master_key_file: str | None = None) -> dict:
             store.close()
         masterkey.replace(key_path, rotated.only_current())
     return counts
+
+
+def _refuse_another_data_dirs_key(path: str, key_path: str) -> None:
+    """Rotation rewrites the key file: not one that is another data dir's own (a restored
+    copy opens with production's key; rotating the copy under it left production unable
+    to start, and its backups unreadable)."""
+    owner = key_path.removesuffix(masterkey.KEY_SUFFIX)
+    if (key_path.endswith(masterkey.KEY_SUFFIX) and is_data_dir(owner)
+            and os.path.realpath(owner) != os.path.realpath(path)):
+        raise DataDirError(f"{key_path} is the master key file of the data dir {owner}, not "
+                           f"of {path}; nothing was changed. Rotate {owner} with its own key, "
+                           f"or give {path} a copy of the key: cp -p {key_path} "
+                           f"{masterkey.default_path(path)}")
 
 
 def check_schools_declared(store: Store, schools) -> None:

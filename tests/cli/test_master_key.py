@@ -118,6 +118,29 @@ def test_rotate_master_key_is_refused_while_the_switch_runs_and_works_offline(tm
     _serve_once(data)      # starts again under the new key (it checks that the key opens it)
 
 
+def test_rotating_a_copy_under_another_data_dirs_key_is_refused(tmp_path):
+    # A restored copy opens with production's key; `--master-key prod.key` rotated it in
+    # place, and production, still serving on the old key in memory, could not start again.
+    prod, copy = tmp_path / "prod", tmp_path / "copy"
+    _serve_once(prod)
+    backup = _run("backup", "--data", str(prod), "--to", str(tmp_path / "b"), timeout=60)
+    assert backup.returncode == 0, backup.stderr
+    restored = _run("restore", "--from", str(tmp_path / "b"), "--data", str(copy), timeout=60)
+    assert restored.returncode == 0, restored.stderr
+    key_text = (tmp_path / "prod.key").read_text()
+    refused = _run("rotate-master-key", "--data", str(copy), "--master-key",
+                   str(tmp_path / "prod.key"), timeout=60)
+    one_line_error(refused, "master key file of the data dir", "nothing was changed")
+    assert (tmp_path / "prod.key").read_text() == key_text
+    _serve_once(prod)
+    # The way the refusal names: the copy given its own copy of the key, then rotated.
+    assert subprocess.run(["cp", "-p", str(tmp_path / "prod.key"), str(tmp_path / "copy.key")]
+                          ).returncode == 0
+    assert _run("rotate-master-key", "--data", str(copy), timeout=60).returncode == 0
+    assert (tmp_path / "prod.key").read_text() == key_text
+    _serve_once(prod)
+
+
 def test_a_rotation_stopped_by_a_full_disk_says_what_to_do_and_a_second_run_finishes_it(
         tmp_path, monkeypatch, capsys):
     """A full disk fails the re-sealing's write (LMDB says ENOSPC only in its message): one
