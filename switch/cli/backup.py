@@ -25,7 +25,7 @@ from switch.persistence.audit import audit
 from switch.persistence.dirlock import LOCK_FILE, DirInUse, DirLock, holder
 from switch.persistence.keys import BLACKLIST_RESTORES, POSITION_PREFIX, decode_position
 from switch.persistence import writeback
-from switch.persistence.store import STORE_DIR, cut_short
+from switch.persistence.store import BACKUP_MARK, STORE_DIR, cut_short
 
 log = logging.getLogger("switch.backup")
 
@@ -103,6 +103,10 @@ def backup(data_dir: str, to: str) -> CopySummary:
         summary = _copy_store(os.path.join(data_dir, STORE_DIR),
                               os.path.join(staging, STORE_DIR))
         _copy_files_beside(data_dir, staging)
+        with os.fdopen(os.open(os.path.join(staging, BACKUP_MARK),
+                               os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as mark:
+            mark.write(f"a backup of {os.path.abspath(data_dir)}: restore it, never serve it "
+                       f"(switch restore --from THIS --data NEW)\n")
         _require_sound(staging, "the copy")
         # The reader table the audit opened is no data: a restore makes its own.
         with contextlib.suppress(FileNotFoundError):
@@ -332,7 +336,7 @@ def _copy_files_beside(source: str, target: str) -> None:
     """The data dir's own files besides LMDB (the admin key), modes kept. The lock is the
     holder's, not data."""
     for name in sorted(os.listdir(source)):
-        if name in (STORE_DIR, LOCK_FILE):
+        if name in (STORE_DIR, LOCK_FILE, BACKUP_MARK):
             continue
         path = os.path.join(source, name)
         if os.path.isdir(path) and not os.path.islink(path):

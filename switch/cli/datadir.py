@@ -15,7 +15,7 @@ from switch.config.keyfile import read_key_file, write_key_file_atomically
 from switch.config.masterkey import MasterKey, MasterKeyError
 from switch.ledger.state import Credential, has_credential, sealing, write_first_credential
 from switch.persistence.store import (RESTORE_UNFINISHED, STORE_DIR, BooksCutShort, Store,
-                                      restore_unfinished)
+                                      is_backup, restore_unfinished)
 
 ADMIN_WHO = "admin"
 ADMIN_KEY_FILE = "admin.key"
@@ -52,6 +52,15 @@ def refuse_inside_a_data_dir(path: str) -> None:
     if inside is not None:
         raise DataDirError(f"{path} is inside the data dir {inside}; give a directory outside "
                            f"it (that data dir's backups would carry it)")
+
+
+def refuse_a_backup(path: str) -> None:
+    """DataDirError for a backup `backup` made: served or changed in place, it would skip what
+    `restore` does (tills that saw the blacklist since the backup would never get a card
+    lost after it) and spoil the one good copy."""
+    if is_backup(path):
+        raise DataDirError(f"{path} is a backup; nothing was changed. Restore it into a new "
+                           f"directory and use that: switch restore --from {path} --data NEW")
 
 
 def refuse_unfinished_restore(path: str) -> None:
@@ -112,6 +121,7 @@ def rotate_master_key(path: str, master_key_file: str | None = None) -> dict:
         raise DataDirError(permission_problem(path)
                            or f"{path} is not a switch data dir (no {STORE_DIR}/ inside)")
     refuse_unfinished_restore(path)
+    refuse_a_backup(path)
     key_path = masterkey.resolve_path(path, master_key_file)
     _refuse_another_data_dirs_key(path, key_path)
     with DirLock(path):
@@ -190,6 +200,7 @@ def check_data_dir(path: str, init: bool, master_key_file: str | None = None) ->
     except OSError as error:
         raise DataDirError(f"cannot read {path}: {error.strerror}") from None
     refuse_unfinished_restore(path)
+    refuse_a_backup(path)
     if entries and STORE_DIR not in entries:
         raise DataDirError(f"{path} is not a switch data dir (no {STORE_DIR}/ inside) and not "
                            f"empty; give the data dir, or an empty or new directory")

@@ -35,6 +35,15 @@ def restore_unfinished(data_dir: str) -> bool:
     """Whether a restore into `data_dir` was killed before its copy passed its audit."""
     return os.path.lexists(os.path.join(data_dir, RESTORE_UNFINISHED))
 
+
+# In a backup made by `backup` (and never in what `restore` makes of it): the switch serves
+# a data dir only once it is restored, which moves the blacklists past what tills saw.
+BACKUP_MARK = "BACKUP"
+
+
+def is_backup(data_dir: str) -> bool:
+    return os.path.lexists(os.path.join(data_dir, BACKUP_MARK))
+
 # name -> what it holds (key -> value)
 DATABASES = {
     "meta": "settings of the data dir (schema_version, secrets, forwarding positions, the "

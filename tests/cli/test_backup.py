@@ -203,7 +203,7 @@ def test_backup_leaves_the_master_key_out_and_copies_the_admin_key(tmp_path):
     assert result.returncode == 0, result.stderr
     assert str(master) in result.stdout   # told to keep it apart
     names = sorted(str(p.relative_to(tmp_path / "copy")) for p in (tmp_path / "copy").rglob("*"))
-    assert names == ["admin.key", STORE_DIR, f"{STORE_DIR}/data.mdb"]
+    assert names == ["BACKUP", "admin.key", STORE_DIR, f"{STORE_DIR}/data.mdb"]
     assert (tmp_path / "copy" / "admin.key").read_bytes() == (data / "admin.key").read_bytes()
     assert all(b"ab" * 32 not in p.read_bytes() for p in (tmp_path / "copy").rglob("*")
                if p.is_file())
@@ -393,7 +393,7 @@ def test_a_backup_is_made_under_another_name_and_renamed_once_whole(tmp_path, mo
     backup_module.backup(str(data), str(to))
     assert seen == [(str(staging), False, True)]
     assert to.is_dir() and not staging.exists()
-    assert sorted(os.listdir(to)) == ["admin.key", STORE_DIR]
+    assert sorted(os.listdir(to)) == ["BACKUP", "admin.key", STORE_DIR]
 
 
 def test_what_a_killed_backup_left_is_named_and_never_restored(tmp_path):
@@ -433,6 +433,28 @@ def test_a_killed_restore_is_refused_by_serve_and_cleared_by_the_next_restore(tm
     assert "event=unfinished_restore_cleared" in result.stderr
     assert sorted(os.listdir(restored)) == ["LOCK", "admin.key", STORE_DIR]
     assert _last_txn(result.stdout) == 3
+
+
+def test_a_backup_is_never_served_or_changed_in_place_only_restored(tmp_path):
+    # Served directly (a failover at 3 a.m.), a backup skipped restore's move of the
+    # blacklist past what tills saw: a card lost after it never reached a till that had
+    # synced since (helper-68); and the one good copy was written into.
+    data = _stopped_data_dir(tmp_path / "data", accounts=3)
+    copy = tmp_path / "copy"
+    assert _run("backup", "--data", str(data), "--to", str(copy)).returncode == 0
+    (tmp_path / "copy.key").write_bytes((tmp_path / "data.key").read_bytes())
+    os.chmod(tmp_path / "copy.key", 0o600)
+    before = sorted((str(p), p.read_bytes()) for p in copy.rglob("*") if p.is_file())
+    for words in (["serve", "--data", str(copy), "--listen", "127.0.0.1:0", "--metrics", "off"],
+                  ["rotate-master-key", "--data", str(copy)]):
+        one_line_error(_run(*words), "is a backup", f"restore --from {copy}")
+    assert sorted((str(p), p.read_bytes()) for p in copy.rglob("*") if p.is_file()) == before
+    assert _run("audit", "--data", str(copy)).returncode == 0      # read, as ever
+    restored = tmp_path / "restored"
+    assert _run("restore", "--from", str(copy), "--data", str(restored)).returncode == 0
+    assert "BACKUP" not in os.listdir(restored)
+    again = _run("backup", "--data", str(copy), "--to", str(tmp_path / "copy-of-copy"))
+    assert again.returncode == 0 and (tmp_path / "copy-of-copy" / "BACKUP").exists()
 
 
 def test_restore_refuses_a_data_dir_a_switch_serves_as_its_source(serving, tmp_path):
