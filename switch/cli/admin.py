@@ -1003,6 +1003,13 @@ def _print_reply(args, reply: dict, key_written: bool, request: dict | None = No
         print(_describe(reply, request, looked_up, args.signon_who))
 
 
+def _retry(args, work: dict) -> str:
+    """How to finish a request whose reply never came, safely."""
+    if args.admin_command in ("import", "import-subsidies"):
+        return "; rerun the import (rows already done are only counted again)"
+    return f"; rerun with --id {work['id']} to finish it safely" if "id" in work else ""
+
+
 def _reader_of_stdout_gone() -> bool:
     """Standard output is a pipe whose reading end closed (`admin history ... | head`)."""
     try:
@@ -1070,14 +1077,17 @@ def run(args) -> int:
     except (UsageError, KeyFileError, SignOnRefused) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C while the reply was awaited: the switch may have done it. Without the id
+        # (made here, never printed) the obvious rerun would do it twice.
+        print(f"error: interrupted; the switch may have done it already{_retry(args, work)}",
+              file=sys.stderr)
+        return 4
     except (OSError, SwitchError, ProtocolError, trio.EndOfChannel, trio.TooSlowError) as error:
         if isinstance(error, BrokenPipeError) and _reader_of_stdout_gone():
             # Not a lost switch: it answered, only the reader of what we print went away.
             return _stdout_gone(exit_status)
-        if args.admin_command in ("import", "import-subsidies"):
-            retry = "; rerun the import (rows already done are only counted again)"
-        else:
-            retry = f"; rerun with --id {work['id']} to finish it safely" if "id" in work else ""
+        retry = _retry(args, work)
         code = getattr(error, "code", None)
         if isinstance(code, str):
             why = refusals.sentence(code, signon=args.signon_who)

@@ -338,7 +338,14 @@ def _received_after(text: str) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        # Ctrl-C of a backup, restore or audit: each undoes its own half-made work on the way
+        # out; a traceback would read as a failure of the switch's.
+        print("error: interrupted", file=sys.stderr)
+        status = 130
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import csv
 import datetime
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -744,3 +745,30 @@ def test_a_closed_stdout_is_not_said_as_a_lost_switch_and_keeps_the_new_key(runn
     assert len(key_file.read_text().strip()) == 64
     refused = _admin_into_a_closed_pipe(connect, data, "account", "WH20190001")
     assert refused.returncode == 3 and "(refused, exit 3)" in refused.stderr
+
+
+def test_ctrl_c_while_the_reply_is_awaited_names_the_id_to_finish_it_with(tmp_path):
+    # Ctrl-C of a credit whose reply was slow: a traceback, and the id it was sent under
+    # never shown, so the obvious rerun credited twice (helper-68).
+    data = tmp_path / "d"
+    (data / "lmdb").mkdir(parents=True)
+    (data / "admin.key").write_text("ab" * 32 + "\n")
+    os.chmod(data / "admin.key", 0o600)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "switch", "admin", "--connect",
+             f"127.0.0.1:{silent.getsockname()[1]}", "--data", str(data), "credit",
+             "WH20230001", "7"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        peer, _ = silent.accept()          # it has connected and waits for the switch
+        with peer:
+            peer.recv(4096)
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=30)
+    finally:
+        silent.close()
+    assert process.returncode == 4 and "Traceback" not in stderr
+    assert stderr.startswith("error: interrupted; the switch may have done it already; "
+                             "rerun with --id cli-credit-"), stderr
