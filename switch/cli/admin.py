@@ -992,9 +992,14 @@ def _print_reply(args, reply: dict, key_written: bool, request: dict | None = No
                  looked_up: dict | None = None) -> None:
     done = "key replaced" if reply.get("t") == "rotate_key" else "created"
     if args.json:
-        # A QR secret belongs on the student's phone only, never on a card office's screen.
-        print(json.dumps({k: (v.hex() if isinstance(v, bytes) else v) for k, v in reply.items()
-                          if k != "qr_secret"}, ensure_ascii=False))
+        # A QR secret belongs on the student's phone only, never on a card office's screen;
+        # a key written to --key-out belongs in that file only.
+        hidden = ("qr_secret", "key") if key_written else ("qr_secret",)
+        shown = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in reply.items()
+                 if k not in hidden}
+        if key_written:
+            shown["key_file"] = args.key_out
+        print(json.dumps(shown, ensure_ascii=False))
     elif reply.get("key") is not None and key_written:
         print(f"ok: credential {args.who} {done}; key written to {args.key_out}")
     elif reply.get("key") is not None:
@@ -1068,7 +1073,7 @@ def run(args) -> int:
         if args.admin_command == "import-subsidies":
             return 0 if not result["rejected"] else 3
         exit_status = 0 if result.get("code") == "ok" else 3
-        key_written = key_fd is not None and not args.json and result.get("key") is not None
+        key_written = key_fd is not None and result.get("key") is not None
         if key_written:
             write_key(key_fd, result["key"])    # closes it
             key_fd = None

@@ -2,6 +2,7 @@
 
 import csv
 import datetime
+import json
 import os
 import signal
 import socket
@@ -359,6 +360,23 @@ def test_a_clock_put_back_hides_no_closed_tap_from_the_next_collection(tmp_path,
 def test_closed_taps_of_no_data_dir_is_an_operator_error(tmp_path, capsys):
     assert main(["closed-taps", "--data", str(tmp_path / "none")]) == 2
     assert "not a switch data dir" in capsys.readouterr().err
+
+
+def test_json_with_key_out_writes_the_key_file_and_prints_no_key(running_switch, tmp_path):
+    # `--json add-terminal --key-out F` printed the key on the screen, then deleted F.
+    connect, data = running_switch
+    key_file = tmp_path / "pos.key"
+    made = admin(connect, data, "add-terminal", "WH-POS-0001", "--school", "WH", "--kind",
+                 "pos", "--key-out", str(key_file), before=("--json",))
+    assert made.returncode == 0, made.stderr
+    shown = json.loads(made.stdout)
+    assert "key" not in shown and shown["key_file"] == str(key_file)
+    key = key_file.read_text().strip()
+    assert len(key) == 64 and key not in made.stdout
+    rotated = admin(connect, data, "rotate-key", "WH-POS-0001", "--key-out",
+                    str(tmp_path / "new.key"), before=("--json",))
+    assert rotated.returncode == 0 and "key" not in json.loads(rotated.stdout)
+    assert (tmp_path / "new.key").read_text().strip() not in rotated.stdout
 
 
 def test_terminal_keys_and_revocation(running_switch, tmp_path):
