@@ -1,6 +1,6 @@
 """One log line format for every program of the switch: `key=value` tokens, UTC millisecond
-timestamps, and a value holding a space, a quote, an `=` or a control character quoted, so
-`ts=... level=... logger=... event=...` always splits on spaces into key=value.
+timestamps, and a value holding a space, a quote, an `=` or a character that is not printable
+quoted, so `ts=... level=... logger=... event=...` always splits on spaces into key=value.
 
 Values a peer chooses (a credential id in a refused hello, an error text) go through `%s`
 arguments, which are quoted here before they meet the message: a peer cannot forge a key
@@ -14,20 +14,44 @@ import sys
 import time
 
 KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
-# A value left bare: printable, no space, quote, backslash or `=`.
+# A value left bare: no space, quote, backslash or `=`, and printable (see `is_bare`).
 BARE = re.compile(r"[^\s\"\\=\x00-\x1f\x7f]+\Z")
-# One token of a finished line: key=bare or key="quoted with \" \\ \n \t \xNN escapes".
+# One token of a finished line: key=bare or key="quoted with \" \\ \n \t \xNN \uNNNN
+# \UNNNNNNNN escapes".
 TOKEN = re.compile(r'([A-Za-z_][A-Za-z0-9_.]*)=("(?:[^"\\\x00-\x1f\x7f]|\\.)*"|[^\s"\\=\x00-\x1f\x7f]*)')
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# What a quoted value may need escaped: a quote, a backslash, anything outside printable
+# ASCII (the printable rest of Unicode, a merchant's Chinese name, is kept as it is).
+_MAYBE_ESCAPED = re.compile(r'["\\]|[^ -~]')
+
+
+def is_bare(text: str) -> bool:
+    """Whether `text` can be a value unquoted. Not when it holds a character that is not
+    printable (str.isprintable: a control, C1 included, a format character such as a bidi
+    override, a line or paragraph separator, a space other than ' ', a surrogate, a private
+    or unassigned code point): a terminal acts on those, str.splitlines() breaks a line at
+    U+0085 or U+2028, and a bidi override reorders what a reader sees."""
+    return bool(text) and BARE.match(text) is not None and text.isprintable()
+
+
+def _escaped(match: re.Match) -> str:
+    character = match.group()
+    escape = _ESCAPES.get(character)
+    if escape is not None:
+        return escape
+    if character.isprintable():
+        return character
+    code = ord(character)
+    return (f"\\x{code:02x}" if code <= 0xff else f"\\u{code:04x}" if code <= 0xffff
+            else f"\\U{code:08x}")
 
 
 def quote(value) -> str:
     """`value` as one log token's value: bare when it can be, else quoted and escaped."""
     text = value if isinstance(value, str) else str(value)
-    if text and BARE.match(text):
+    if is_bare(text):
         return text
-    return '"' + "".join(_ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x20 or
-                                             ord(c) == 0x7f else c) for c in text) + '"'
+    return '"' + _MAYBE_ESCAPED.sub(_escaped, text) + '"'
 
 
 def bounded(value, chars_max: int) -> str:
@@ -41,6 +65,8 @@ def bounded(value, chars_max: int) -> str:
 def split(line: str) -> dict | None:
     """The key=value pairs of a line this module wrote (values unquoted), or None if it is
     not one."""
+    if not line.isprintable():
+        return None     # this module escapes every character that is not printable
     pairs = {}
     position = 0
     for match in TOKEN.finditer(line):
@@ -55,15 +81,21 @@ def split(line: str) -> dict | None:
     return pairs if position == len(line) and pairs else None
 
 
-_UNESCAPE = re.compile(r'\\(x[0-9a-f]{2}|.)')
+_UNESCAPE = re.compile(r'\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|.)')
 _UNESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescaped(match: re.Match) -> str:
+    escape = match.group(1)
+    if len(escape) > 1:
+        return chr(int(escape[1:], 16))
+    return _UNESCAPES.get(escape, escape)
 
 
 def _unquote(value: str) -> str:
     if not value.startswith('"'):
         return value
-    return _UNESCAPE.sub(lambda m: chr(int(m.group(1)[1:], 16)) if len(m.group(1)) == 3
-                         else _UNESCAPES.get(m.group(1), m.group(1)), value[1:-1])
+    return _UNESCAPE.sub(_unescaped, value[1:-1])
 
 
 class _Quoted:

@@ -18,9 +18,10 @@ from tests.paths import REPO_ROOT
 from tests.key_files import write_private
 
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
-# A credential id no till would send: spaces, a forged key, a newline with a forged line,
-# and longer than any log value is kept.
-HOSTILE_WHO = 'evil who level=ERROR "x"\nts=2026-01-01T00:00:00.000Z event=forged ' + "w" * 200
+# A credential id no till would send: spaces, a forged key, a newline and a line separator
+# each with a forged line, a terminal's CSI, and longer than any log value is kept.
+HOSTILE_WHO = ('evil who level=ERROR "x"\u2028ts=2026-01-01T00:00:00.000Z event=forged '
+               '\x9b31m\nts=2026-01-01T00:00:00.000Z event=forged ' + "w" * 200)
 
 
 def _record(message, *args, exc_info=None):
@@ -36,6 +37,50 @@ def test_a_value_with_spaces_quotes_or_equals_is_quoted_and_reads_back():
         assert fields["who"] == value and fields["n"] == "7" and fields["event"] == "test"
         assert "\n" not in line
     assert quote("WH-POS-01") == "WH-POS-01"   # ordinary values stay bare
+
+
+# Each splits a line for str.splitlines(), makes a terminal act, or reorders what a reader
+# sees: C1 controls (\x9b is a terminal's CSI), NEL, the line and paragraph separators,
+# bidi overrides and isolates, a zero-width joiner, a BOM, a lone surrogate, a private-use
+# and an unassigned code point, one outside the basic plane.
+UNPRINTABLE = ("\x80", "\x85", "\x9b", "\x9f", "\u2028", "\u2029", "\u202a", "\u202e",
+               "\u2066", "\u2069", "\u200d", "\ufeff", "\ud800", "\ue000", "\U000e0001",
+               "\U0010ffff", "\x0b", "\x0c", "\x1c", "\x7f")
+
+
+def test_a_value_with_a_character_that_is_not_printable_is_escaped_and_reads_back():
+    for character in UNPRINTABLE:
+        for value in (character, f"WH{character}POS", f"收银台{character}一号"):
+            quoted = quote(value)
+            assert quoted.startswith('"') and quoted.isprintable(), ascii(quoted)
+            assert character not in quoted, ascii(quoted)
+            line = KeyValueFormatter().format(_record("event=test who=%s n=%d", value, 7))
+            assert line.isprintable() and len(line.splitlines()) == 1, ascii(line)
+            assert split(line)["who"] == value, ascii(line)
+    assert quote("\x9b") == '"\\x9b"' and quote("\u202e") == '"\\u202e"'
+    assert quote("\U000e0001") == '"\\U000e0001"'
+    # Printable non-ASCII stays as it is, bare when it can be.
+    assert quote("西苑食堂") == "西苑食堂" and quote("西苑 食堂") == '"西苑 食堂"'
+    # A backslash sequence a peer types reads back as typed, not as the character it names.
+    for typed in ("\\u2028", "\\x9b", "\\U0010ffff"):
+        line = KeyValueFormatter().format(_record("event=test who=%s", typed))
+        assert split(line)["who"] == typed, line
+
+
+def test_a_line_with_a_character_that_is_not_printable_is_not_a_line_of_this_format():
+    assert split("ts=1 event=test who=a\x9bb") is None
+    assert split("ts=1 event=test who=\"a\u2028b\"") is None
+    assert split("ts=1 event=test who=\"a\\u2028b\"")["who"] == "a\u2028b"
+
+
+def test_a_peer_value_cannot_forge_a_line_for_splitlines():
+    for separator in ("\u2028", "\u2029", "\x85", "\x1e", "\x0b"):
+        who = f"WH-POS-01{separator}ts=2026-01-01T00:00:00.000Z event=revoked who=WH-POS-02"
+        line = KeyValueFormatter().format(_record("event=hello_refused who=%s", who))
+        lines = line.splitlines()
+        assert len(lines) == 1, ascii(line)
+        assert split(lines[0])["event"] == "hello_refused"
+        assert split(lines[0])["who"] == who
 
 
 def test_the_timestamp_is_utc_with_milliseconds():
