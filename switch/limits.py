@@ -337,6 +337,9 @@ forward_backoff_initial_s = 0.05        # reconnect delay, doubled per failure, 
 forward_backoff_max_s = 5.0
 forward_position_kick_interval_s = 1.0  # at most this long before an idle switch commits a position
 forward_unsolicited_frames_max = 16     # frames other than the reply (pushes) while one is awaited
+# A rewind this long after the one before starts a new run: its count (which rewind lines are
+# logged) and its back-off (the wait before the next frame) start again.
+forward_rewind_run_gap_s = 60.0
 
 # --- Reference receivers (switch/receivers/) ---
 # Sockets before `hello`; past it the oldest is closed, so silent sockets cannot lock the

@@ -7,6 +7,7 @@ along with the next group commit, so a dead or slow receiver never holds up a ti
 
 import functools
 import logging
+import math
 import random
 import re
 import time
@@ -85,6 +86,9 @@ class Forwarder:
         self.backoff_max_s = limits.forward_backoff_max_s
         self.frames_acknowledged = 0
         self.sessions = 0
+        self.sessions_forwarding = 0    # sessions that took a frame or had nothing to send
+        self.rewinds = 0                # in this run (see forward_rewind_run_gap_s)
+        self._last_rewind_s = -math.inf
         self._position_unkicked = False
         self._last_kick_s = 0.0
         self._lag = metrics.forward_lag.labels(self.name)
@@ -106,13 +110,22 @@ class Forwarder:
             counter = self._errors[reason] = self.metrics.forward_errors.labels(self.name, reason)
         counter.inc()
 
-    def _acknowledge(self, upto: int, first_txn: int) -> None:
-        if upto < first_txn - 1:
+    def _acknowledge(self, upto: int, first_txn: int) -> bool:
+        """Keeps `upto` as the position; whether it was a rewind."""
+        rewound = upto < first_txn - 1
+        if rewound:
             # The receiver is missing records it once acknowledged (its state was lost or
             # restored): docs/PROTOCOL.md §6.3 says resend from upto + 1, so the position
-            # moves back.
-            log.warning("event=rewind destination=%s resend_from=%d had=%d",
-                        self.name, upto + 1, first_txn)
+            # moves back. A receiver can ask that after every frame it takes: as with the
+            # failures, the run is counted and logged ever more rarely.
+            now_s = time.monotonic()
+            if now_s - self._last_rewind_s >= limits.forward_rewind_run_gap_s:
+                self.rewinds = 0
+            self._last_rewind_s = now_s
+            self.rewinds += 1
+            log.log(logging.WARNING if _first_or_doubling(self.rewinds) else logging.DEBUG,
+                    "event=rewind destination=%s resend_from=%d had=%d rewinds=%d",
+                    self.name, upto + 1, first_txn, self.rewinds)
             self._count_error("rewind")
         if upto != self.acked:
             self.acked = upto
@@ -120,6 +133,17 @@ class Forwarder:
             self._position_unkicked = True
             self._kick_if_due()
         self._update_lag()
+        return rewound
+
+    def _forwarding(self, failures_before: int) -> None:
+        """This session forwards (took a frame, or has nothing to send): the run of failures
+        before it is over, and said to be, once, however it was logged."""
+        self.sessions_forwarding += 1
+        if failures_before:
+            destination = self.destination
+            log.info("event=forward_resumed destination=%s address=%s:%d after_failures=%d "
+                     "position=%d", self.name, destination.host, destination.port,
+                     failures_before, self.acked)
 
     def _kick_if_due(self) -> None:
         # Busy switch: the position rides along with the tills' commits. Idle switch: at
@@ -152,7 +176,7 @@ class Forwarder:
         backoff_s = self.backoff_initial_s
         failures = 0
         while True:
-            acknowledged_before = self.frames_acknowledged
+            forwarding_before = self.sessions_forwarding
             try:
                 await self._session(failures)
             except ForwardError as error:
@@ -163,7 +187,9 @@ class Forwarder:
                 reason, detail = "timeout", f"no reply within {limits.forward_reply_timeout_s} s"
             except _CONNECTION_ERRORS as error:
                 reason, detail = "closed", str(error) or type(error).__name__
-            if self.frames_acknowledged > acknowledged_before:
+            if self.sessions_forwarding > forwarding_before:
+                # A rewind or a frame taken back is no progress: only a session that forwarded
+                # starts a new run.
                 backoff_s = self.backoff_initial_s
                 failures = 0
             failures += 1
@@ -212,8 +238,12 @@ class Forwarder:
                     "event=forward_signed_on destination=%s address=%s:%d who=%s "
                     "from_txn=%d failures_before=%d", self.name, destination.host,
                     destination.port, destination.who, self.acked + 1, failures_before)
+            forwarding = False
             stalls = 0
             while True:
+                if not forwarding and self.store.last_committed_txn <= self.acked:
+                    forwarding = True
+                    self._forwarding(failures_before)
                 while self.store.last_committed_txn <= self.acked:
                     await self.committer.journal_advanced.park()
                 self._update_lag()
@@ -225,15 +255,21 @@ class Forwarder:
                     await stream.send_all(frame)
                     reply = await self._reply(connection, session, seq)
                 upto = _check_reply(reply, seq, first_txn, to_txn)
-                self._acknowledge(upto, first_txn)
+                rewound = self._acknowledge(upto, first_txn)
                 self.frames_acknowledged += 1
                 if upto < first_txn:
-                    # No progress: do not spin on a receiver that takes nothing.
+                    # No progress: do not spin on a receiver that takes nothing, nor on one
+                    # that takes a frame and asks for earlier records at the next (the wait
+                    # grows with the run of rewinds, which a frame taken does not end).
                     stalls += 1
-                    await trio.sleep(min(self.backoff_initial_s * 2 ** min(stalls, 16),
+                    doublings = max(stalls, self.rewinds) if rewound else stalls
+                    await trio.sleep(min(self.backoff_initial_s * 2 ** min(doublings, 16),
                                          self.backoff_max_s))
                 else:
                     stalls = 0
+                    if not forwarding:
+                        forwarding = True
+                        self._forwarding(failures_before)
         finally:
             await trio.aclose_forcefully(stream)
 

@@ -336,8 +336,8 @@ class OddReceiver:
         self.pushes = pushes      # sent before each reply
         self.frames = []
 
-    async def run(self, task_status=trio.TASK_STATUS_IGNORED):
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async def run(self, port=0, task_status=trio.TASK_STATUS_IGNORED):
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         await trio.serve_listeners(self.connection, listeners, task_status=task_status)
 
@@ -416,6 +416,92 @@ async def test_a_receiver_that_signs_on_and_refuses_logs_a_sign_on_ever_more_rar
     assert 2 <= len(signed_on) <= 1 + sessions.bit_length(), (len(signed_on), sessions)
     assert "failures_before=0" in signed_on[0].getMessage()
     assert forwarder.acked == 0
+    # It never took a frame: forwarding never resumed, and no line says it did.
+    assert not [record for record in caplog.records
+                if "forward_resumed" in record.getMessage()]
+
+
+def forward_lines(caplog, level=logging.INFO):
+    return [record.getMessage() for record in caplog.records
+            if record.name == "switch.forward" and record.levelno >= level]
+
+
+@pytest.mark.parametrize("records", [True, False], ids=["records waiting", "idle"])
+async def test_a_receiver_back_after_any_number_of_failures_is_said_to_be(
+        switch, forwarders, nursery, caplog, records):
+    """A run of 5 failures is logged at the 1st, 2nd and 4th: the last line would be a
+    failure if the sign-on after the 5th were left to the doubling too."""
+    if records:
+        await switch.person("WH20230001")
+    key = os.urandom(32)
+    port = free_port()
+    caplog.set_level(logging.INFO, logger="switch")
+    forwarder = forwarders.start(switch, destination("late", port, "sw-late", key, None))
+    forwarder.backoff_initial_s = forwarder.backoff_max_s = 0.3
+    await wait_until(lambda: errors(switch, "late", "connect") >= 5, 10)
+    odd = OddReceiver(key, lambda m: {"t": "records", "code": "ok", "upto": m["to"]})
+    await nursery.start(odd.run, port)
+    await wait_until(lambda: forwarder.sessions >= 1
+                     and forwarder.acked == (switch.store.last_txn if records else 0), 10)
+    await trio.sleep(0.2)
+    failures = int(errors(switch, "late", "connect"))
+    assert failures not in (1, 2, 4, 8)     # not a sign-on the doubling would log
+    lines = forward_lines(caplog)
+    assert "event=forward_failed" in lines[-2], lines
+    assert lines[-1].startswith("event=forward_resumed destination=late "), lines
+    assert f" after_failures={failures} position={forwarder.acked}" in lines[-1], lines
+    assert forwarder.acked == (switch.store.last_txn if records else 0)
+
+
+def _taking_one_then_rewinding():
+    """Takes the first record of a frame, then asks for everything again at the next."""
+    frames = []
+
+    def answer(message):
+        frames.append(message["from"])
+        upto = message["from"] if len(frames) % 2 else 0
+        return {"t": "records", "code": "ok", "upto": upto}
+    return answer
+
+
+async def test_a_receiver_rewinding_every_other_frame_is_backed_off_and_logged_ever_more_rarely(
+        switch, forwarders, nursery, caplog):
+    for number in range(3):
+        await switch.person(f"WH2023000{number}")   # records to forward, more than one
+    key = os.urandom(32)
+    odd = OddReceiver(key, _taking_one_then_rewinding())
+    await nursery.start(odd.run)
+    caplog.set_level(logging.DEBUG, logger="switch")
+    forwarder = forwarders.start(switch, destination("odd", odd.port, "sw-odd", key, None))
+    forwarder.backoff_max_s = 1.0
+    await trio.sleep(3)
+    rewinds = errors(switch, "odd", "rewind")
+    # Waits of 0.1, 0.2, 0.4, 0.8, 1.0 ... s: not a rewind every 0.1 s.
+    assert 3 <= rewinds <= 8, rewinds
+    assert forwarder.rewinds == rewinds
+    warned = forward_lines(caplog, logging.WARNING)
+    assert all(line.startswith("event=rewind ") for line in warned), warned
+    assert [line.rpartition(" rewinds=")[2] for line in warned] == \
+        [str(2 ** n) for n in range(int(rewinds).bit_length())], warned
+    assert len([line for line in forward_lines(caplog, logging.DEBUG)
+                if line.startswith("event=rewind ")]) == rewinds
+    assert errors(switch, "odd", "closed") == errors(switch, "odd", "protocol") == 0
+
+
+async def test_a_rewind_long_after_the_one_before_starts_a_new_run(
+        switch, forwarders, nursery, caplog, monkeypatch):
+    monkeypatch.setattr(limits, "forward_rewind_run_gap_s", 0.0)
+    for number in range(3):
+        await switch.person(f"WH2023000{number}")
+    key = os.urandom(32)
+    odd = OddReceiver(key, _taking_one_then_rewinding())
+    await nursery.start(odd.run)
+    caplog.set_level(logging.INFO, logger="switch")
+    forwarders.start(switch, destination("odd", odd.port, "sw-odd", key, None))
+    await wait_until(lambda: errors(switch, "odd", "rewind") >= 3, 10)
+    warned = [line for line in forward_lines(caplog, logging.WARNING)
+              if line.startswith("event=rewind ")]
+    assert len(warned) >= 3 and all(line.endswith(" rewinds=1") for line in warned), warned
 
 
 def unsolicited(switch, name):
