@@ -23,7 +23,9 @@ import trio
 from switch import limits, logline
 from switch.logline import bounded
 from switch.ledger import schema
+from switch.ledger.dispatch import reply_type
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
+from switch.codec.framing import FrameTooLarge
 from switch.persistence.dirlock import DirInUse, DirLock
 from switch.config.command_line import CommandLineParser
 from switch.config.endpoints import explain, host_port_argument
@@ -515,7 +517,7 @@ class Receiver:
                         self._take_over(hello.who, scope)
                     reply = await self._answer(request.message)
                     reply["re"] = request.seq
-                    await stream.send_all(session.encode_reply(reply))
+                    await stream.send_all(self._encode_reply(session, reply))
                 with trio.move_on_after(limits.receiver_idle_timeout_s) as idle:
                     data = await stream.receive_some(limits.receive_size_bytes)
                 if idle.cancelled_caught or not data:
@@ -543,8 +545,21 @@ class Receiver:
             return await self.handle_records(message)
         if request_type == "ping":
             return {"t": "ping", "code": "ok"}
-        return {"t": request_type if type(request_type) is str else "error",
-                "code": "bad_request"}
+        # The switch's rule: a `t` too long to be any request's name is echoed as "error",
+        # so a peer's 65,000-character `t` cannot make the reply outgrow a frame.
+        return {"t": reply_type(request_type), "code": "bad_request"}
+
+    def _encode_reply(self, session, reply: dict) -> bytes:
+        try:
+            return session.encode_reply(reply)
+        except FrameTooLarge:
+            # Nothing a receiver answers is that large: a bug, said in one line, and the
+            # switch told `internal` (it resends from the position on disk) rather than
+            # left to time out.
+            log.error("event=reply_too_large receiver=%s t=%s re=%s", self.name,
+                      bounded(reply.get("t"), limits.log_peer_value_chars_max), reply["re"])
+            return session.encode_reply({"t": reply_type(reply.get("t")), "re": reply["re"],
+                                         "code": "internal"})
 
 
 # ---------------------------------------------------------------- command line

@@ -364,6 +364,42 @@ async def test_a_replayed_hello_neither_cuts_the_switchs_session_nor_piles_up(bi
     await again.stream.aclose()
 
 
+async def test_a_requests_t_is_echoed_up_to_the_switchs_bound_and_a_longer_one_as_error(
+        billing, caplog):
+    """A `t` of 65,500 characters made a reply larger than a frame: no reply, the connection
+    closed and a 65 KB traceback logged. The receivers echo `t` the way the switch does."""
+    caplog.set_level("INFO", logger=base.log.name)
+    sender = await Sender.sign_on(billing.port)
+    at_bound = "t" * limits.request_type_chars_max
+    for request_type, echoed in ((at_bound, at_bound), (at_bound + "t", "error"),
+                                 ("t" * 65_500, "error"), (7, "error")):
+        reply = await sender.records({"t": request_type})
+        assert reply == {"t": echoed, "code": "bad_request", "re": reply["re"]}, reply
+    assert (await sender.records(frame([money(1)])))["upto"] == 1   # the same session
+    assert billing.connection_failures == 0
+    assert "Traceback" not in caplog.text and "connection_failed" not in caplog.text
+    await sender.stream.aclose()
+
+
+async def test_a_reply_larger_than_a_frame_is_one_line_and_internal_not_a_traceback(
+        billing, monkeypatch, caplog):
+    caplog.set_level("INFO", logger=base.log.name)
+
+    async def answers_too_much(message):
+        return {"t": "ping", "code": "ok", "padding": "p" * limits.frame_size_bytes_max}
+
+    monkeypatch.setattr(billing, "_answer", answers_too_much)
+    sender = await Sender.sign_on(billing.port)
+    reply = await sender.records({"t": "ping"})
+    assert reply == {"t": "ping", "code": "internal", "re": reply["re"]}, reply
+    logged = [record for record in caplog.records if "reply_too_large" in record.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is None
+    assert billing.connection_failures == 0 and "Traceback" not in caplog.text
+    monkeypatch.undo()
+    assert (await sender.records(frame([money(1)])))["upto"] == 1   # the session goes on
+    await sender.stream.aclose()
+
+
 async def test_an_exception_in_one_connection_ends_it_alone_and_applies_nothing(
         billing, monkeypatch, caplog):
     apply = billing.apply
