@@ -376,8 +376,11 @@ command_line_value_shown_chars_max = 200
 
 # --- Metrics endpoint (--metrics) ---
 metrics_exposition_age_s_max = 1.0      # a scrape gets an exposition at most this old
-metrics_connections_max = 8             # open HTTP connections; more are closed at accept
+# Open HTTP connections; a new one past it closes the oldest still sending its request head,
+# else the oldest of all, so sockets held open cannot lock the scraper out.
+metrics_connections_max = 8
 metrics_request_bytes_max = 8192        # an HTTP request head
+metrics_request_head_timeout_s = 1.0    # request line and headers in by then, or closed
 metrics_connection_timeout_s = 5.0      # a connection's whole life, request to last byte out
 
 # --- Performance target (bench/run_e2e.py reports against it; the demo draws it) ---

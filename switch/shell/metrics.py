@@ -182,8 +182,10 @@ class Metrics:
                                          "exception (logged with its traceback)",
                                          registry=registry)
         self.endpoint_refused = Counter("switch_metrics_endpoint_refused",
-                                        "Metrics HTTP connections closed at accept (limit "
-                                        "reached)", registry=registry)
+                                        "Metrics HTTP connections closed to make room for "
+                                        "a new one (limit reached): the oldest still "
+                                        "sending its request, else the oldest",
+                                        registry=registry)
         self.clock_jumps = Counter("switch_clock_jumps",
                                    "Wall-clock readings that jumped away from the monotonic "
                                    "clock and were not believed, by direction",
@@ -243,20 +245,33 @@ def _member(value, known: frozenset) -> bool:
 
 
 async def serve_metrics(metrics: Metrics, listeners, task_status=trio.TASK_STATUS_IGNORED):
-    """Serve GET (any path) with the cached exposition; at most `metrics_connections_max`
-    connections, each closed after `metrics_connection_timeout_s` whatever it does."""
-    open_connections = 0
+    """Serve GET (any path) with the cached exposition. At most `metrics_connections_max`
+    connections: a new one past it closes the oldest still sending its request head, else the
+    oldest of all. A scraper sends its request at once and is answered from the cache, so
+    what is left waiting is a socket held open, not a scrape: closing it, not the newcomer,
+    means 8 held sockets cannot lock Prometheus out. The head must be in within
+    `metrics_request_head_timeout_s`; a connection lives at most
+    `metrics_connection_timeout_s` whatever it does."""
+    connections: dict = {}   # cancel scope -> its request head is in; oldest first
 
     async def handle(stream):
-        nonlocal open_connections
-        if open_connections >= limits.metrics_connections_max:
+        if len(connections) >= limits.metrics_connections_max:
+            waiting = [scope for scope, head_in in connections.items() if not head_in]
+            oldest = waiting[0] if waiting else next(iter(connections))
+            del connections[oldest]
+            oldest.cancel()
             metrics.endpoint_refused.inc()
-            await trio.aclose_forcefully(stream)
-            return
-        open_connections += 1
+        scope = trio.CancelScope(
+            deadline=trio.current_time() + limits.metrics_connection_timeout_s)
+        connections[scope] = False
+        head = None
         try:
-            with trio.move_on_after(limits.metrics_connection_timeout_s):
-                await _answer(metrics, stream)
+            with scope:
+                with trio.move_on_after(limits.metrics_request_head_timeout_s):
+                    head = await _request_head(stream)
+                if head is not None and scope in connections:
+                    connections[scope] = True
+                    await _answer(metrics, stream, head)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
@@ -264,24 +279,29 @@ async def serve_metrics(metrics: Metrics, listeners, task_status=trio.TASK_STATU
             metrics.endpoint_failures.inc()
             log.exception("event=metrics_connection_failed")
         finally:
-            open_connections -= 1
+            connections.pop(scope, None)
             await trio.aclose_forcefully(stream)
 
     await trio.serve_listeners(handle, listeners, task_status=task_status)
 
 
-async def _answer(metrics: Metrics, stream) -> None:
+async def _request_head(stream) -> bytes | None:
+    """What came up to the end of the head or the size bound; None if the peer closed."""
     received = b""
     while b"\r\n\r\n" not in received and len(received) < limits.metrics_request_bytes_max:
         data = await stream.receive_some(limits.metrics_request_bytes_max - len(received))
         if not data:
-            return
+            return None
         received += data
-    if not received.startswith(b"GET "):
+    return received
+
+
+async def _answer(metrics: Metrics, stream, request_head: bytes) -> None:
+    if not request_head.startswith(b"GET "):
         await stream.send_all(b"HTTP/1.1 405 Method Not Allowed\r\n"
                               b"Content-Length: 0\r\nConnection: close\r\n\r\n")
         return
     body = await metrics.cached_exposition()
-    head = (f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-    await stream.send_all(head + body)
+    response_head = (f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    await stream.send_all(response_head + body)

@@ -161,32 +161,99 @@ async def test_scrapes_arriving_during_a_build_share_it(nursery, monkeypatch):
 
 
 # ------------------------------------------------------------------ connections
-async def test_connections_beyond_the_bound_are_closed_at_accept(nursery):
+async def test_sockets_held_open_cannot_lock_a_scrape_out(nursery):
+    """8 idle sockets, each opened again before its time bound, had every scrape reset: a
+    new connection past the bound now closes the oldest still sending its request."""
+    metrics = Metrics()
+    port = await _serve(nursery, metrics)
+    idle = [await trio.open_tcp_stream("127.0.0.1", port)
+            for _ in range(limits.metrics_connections_max)]
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    assert metrics.registry.get_sample_value("switch_metrics_endpoint_refused_total") == 0
+    for scrape in range(3):
+        with trio.fail_after(1):      # promptly, not after an idle socket's time bound
+            assert (await _get(port)).startswith(b"HTTP/1.1 200 OK")
+        # The idle socket that waited longest made room, and its holder sees it closed...
+        with trio.fail_after(1):
+            assert await idle[scrape].receive_some(100) == b""
+        # ... and opens another.
+        idle.append(await trio.open_tcp_stream("127.0.0.1", port))
+        await trio.testing.wait_all_tasks_blocked(0.05)
+    assert metrics.registry.get_sample_value("switch_metrics_endpoint_refused_total") == 3
+    for stream in idle:
+        await stream.aclose()
+
+
+async def test_the_nth_connection_closes_none_and_the_one_past_it_the_oldest(nursery):
     metrics = Metrics()
     port = await _serve(nursery, metrics)
     idle = [await trio.open_tcp_stream("127.0.0.1", port)
             for _ in range(limits.metrics_connections_max - 1)]
     await trio.testing.wait_all_tasks_blocked(0.05)
-    # The Nth connection is served.
+    # The Nth connection is served and closes none.
     assert (await _get(port)).startswith(b"HTTP/1.1 200 OK")
+    assert metrics.registry.get_sample_value("switch_metrics_endpoint_refused_total") == 0
     idle.append(await trio.open_tcp_stream("127.0.0.1", port))
     await trio.testing.wait_all_tasks_blocked(0.05)
-    # The N+1th is closed without an answer, and counted.
-    assert await _get(port) == b""
-    assert metrics.registry.get_sample_value("switch_metrics_endpoint_refused_total") == 1
-    # Room again once one leaves.
-    await idle.pop().aclose()
-    await trio.testing.wait_all_tasks_blocked(0.05)
+    # The N+1th is served too: the oldest idle one is closed for it, and counted.
     assert (await _get(port)).startswith(b"HTTP/1.1 200 OK")
+    assert metrics.registry.get_sample_value("switch_metrics_endpoint_refused_total") == 1
+    with trio.fail_after(1):
+        assert await idle[0].receive_some(100) == b""
     for stream in idle:
         await stream.aclose()
 
 
-async def test_a_connection_lives_at_most_its_time_bound(autojump_clock, nursery, monkeypatch):
-    monkeypatch.setattr(limits, "metrics_connection_timeout_s", 0.75)
+async def test_with_every_connection_being_answered_the_oldest_makes_room(nursery,
+                                                                          monkeypatch):
+    """A slow reader holds its connection past its request: past the bound the oldest
+    goes all the same."""
+    metrics = Metrics()
+    port = await _serve(nursery, metrics)
+    release = trio.Event()
+
+    async def stuck():
+        await release.wait()
+        return b"exposition"
+
+    monkeypatch.setattr(metrics, "cached_exposition", stuck)
+    held = []
+    for _ in range(limits.metrics_connections_max):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        held.append(stream)
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    newcomer = await trio.open_tcp_stream("127.0.0.1", port)
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    with trio.fail_after(1):
+        assert await held[0].receive_some(100) == b""
+    await newcomer.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    release.set()
+    assert (await _read_to_end(newcomer)).endswith(b"\r\n\r\nexposition")
+    for stream in held[1:]:
+        assert (await _read_to_end(stream)).endswith(b"exposition")
+        await stream.aclose()
+    await newcomer.aclose()
+
+
+async def test_a_request_head_not_in_within_its_bound_is_closed(autojump_clock, nursery):
     port = await _serve(nursery, Metrics())
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     await stream.send_all(b"GET /metrics HTTP/1.1\r\n")   # and never the end of the head
+    started = trio.current_time()
+    assert await _read_to_end(stream) == b""
+    assert trio.current_time() - started == pytest.approx(
+        limits.metrics_request_head_timeout_s, abs=0.01)
+    await stream.aclose()
+
+
+async def test_a_connection_lives_at_most_its_time_bound(autojump_clock, nursery, monkeypatch):
+    monkeypatch.setattr(limits, "metrics_connection_timeout_s", 0.75)
+    metrics = Metrics()
+    monkeypatch.setattr(metrics, "cached_exposition", trio.sleep_forever)   # past its head
+    port = await _serve(nursery, metrics)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     started = trio.current_time()
     assert await _read_to_end(stream) == b""
     # The clock is trio's mock one: this is the endpoint's deadline, not a speed.
