@@ -63,6 +63,10 @@ def test_alert_rules_pass_their_unit_tests(promtool):
     check = subprocess.run([promtool, "check", "rules", str(RULES / "rules.yml")],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+    # The example configuration too: its scrape jobs, its Alertmanager, its rule files.
+    config = subprocess.run([promtool, "check", "config", "prometheus.yml"], cwd=RULES,
+                            capture_output=True, text=True)
+    assert config.returncode == 0, config.stdout + config.stderr
     tests = subprocess.run([promtool, "test", "rules", "rules_test.yml"], cwd=RULES,
                            capture_output=True, text=True)
     assert tests.returncode == 0 and "SUCCESS" in tests.stdout, tests.stdout + tests.stderr
