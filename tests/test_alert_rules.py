@@ -130,3 +130,32 @@ def test_alerts_are_sent_to_an_alertmanager():
     # The README tells the operator that pages need a route of their own.
     readme = (REPO_ROOT / "README.md").read_text()
     assert "severity: page" in readme and "Alertmanager" in readme
+
+
+def test_no_rule_waits_for_a_map_ratio_the_switch_never_lets_it_reach():
+    """The committer doubles the LMDB map once a commit leaves it past
+    `lmdb_map_grow_threshold_ratio`: a rule on a fuller map can never fire."""
+    for name, rule in alert_rules().items():
+        for threshold in re.findall(
+                r"switch_lmdb_map_used_bytes\s*/\s*switch_lmdb_map_size_bytes\s*>\s*([0-9.]+)",
+                rule["expr"]):
+            assert float(threshold) < limits.lmdb_map_grow_threshold_ratio, name
+
+
+def test_the_data_dirs_disk_is_watched_through_a_scraped_node_exporter():
+    """What fills is the disk under the data dir: rules on the node exporter's free space,
+    a job prometheus.yml scrapes, and one that says when those rules watch nothing."""
+    jobs = scrape_jobs()
+    (node_job,) = [job for job, targets in jobs.items() if "127.0.0.1:9100" in targets]
+    rules = alert_rules()
+    disk = {name: rule for name, rule in rules.items()
+            if "node_filesystem_avail_bytes" in rule["expr"]}
+    severities = {rule["labels"] for rule in disk.values()}
+    assert severities == {"{severity: page}", "{severity: ticket}"}, disk
+    for name, rule in disk.items():
+        assert f'job="{node_job}"' in rule["expr"] and 'mountpoint="' in rule["expr"], name
+    assert any(rule["expr"].startswith("absent(node_filesystem_avail_bytes{")
+               for rule in disk.values())
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "prometheus-node-exporter" in readme
+    assert "df --output=target /var/lib/campus-switch/data" in readme

@@ -317,6 +317,10 @@ def test_metrics_are_on_by_default_on_a_port_no_common_exporter_uses():
     for example in ("README.md", "docs/FORWARDING.md", "deploy/campus-switch.service",
                     "prometheus/prometheus.yml"):
         text = (REPO_ROOT / example).read_text()
+        if example == "prometheus/prometheus.yml":
+            # It scrapes the node exporter at 9100 too, as a job of its own after the switch's.
+            text, node_job = text.split("job_name: node")
+            assert '"127.0.0.1:9100"' in node_job
         assert address in text, example
         assert ":9100" not in text, example
 
