@@ -159,3 +159,47 @@ def test_the_data_dirs_disk_is_watched_through_a_scraped_node_exporter():
     readme = (REPO_ROOT / "README.md").read_text()
     assert "prometheus-node-exporter" in readme
     assert "df --output=target /var/lib/campus-switch/data" in readme
+
+
+def comments_above_each_alert() -> dict[str, str]:
+    """The comment lines directly above each `- alert:` line, joined."""
+    above: dict[str, str] = {}
+    comment: list[str] = []
+    for line in (PROMETHEUS / "rules.yml").read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment.append(stripped.lstrip("# "))
+            continue
+        if stripped.startswith("- alert:"):
+            above[stripped.partition(":")[2].strip()] = " ".join(comment)
+        comment = []
+    return above
+
+
+def test_each_comment_sits_above_the_rule_it_explains():
+    above = comments_above_each_alert()
+    # What a comment says -> the one rule it may explain.
+    belongs_to = {"Meal periods": "SwitchNoTrafficInMealPeriod",
+                  "The wall clock left": "SwitchClockJumped",
+                  "Past saturation": "SwitchShedding",
+                  "keeps refusing what it is sent": "SwitchForwardDeclined"}
+    for words, rule in belongs_to.items():
+        assert [name for name, comment in above.items() if words in comment] == [rule], words
+
+
+def test_the_readme_names_every_alert():
+    readme = (REPO_ROOT / "README.md").read_text()
+    missing = [name for name in alert_rules() if f"`{name}`" not in readme]
+    assert not missing
+
+
+def test_a_few_tills_switched_off_do_not_page_as_terminals_dropping_off():
+    """A pilot's 2 tills, one switched off, are 50 % gone: the rule needs a count too."""
+    expr = " ".join(alert_rules()["SwitchTerminalsDroppingOff"]["expr"].split())
+    (minimum,) = re.findall(r'- sum\(switch_connections\{role="terminal"\}\) >= (\d+)', expr)
+    assert int(minimum) >= 5
+
+
+def test_the_readme_says_how_to_silence_the_meal_alert_for_a_vacation():
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "amtool silence add alertname=SwitchNoTrafficInMealPeriod" in readme
