@@ -304,3 +304,35 @@ async def test_the_switch_commits_and_serves_metrics_with_memory_deny_write_exec
     assert credited["code"] == "ok" and credited["balance"] == 1234, credited
     assert b" 200 " in scraped.split(b"\r\n", 1)[0] and b"switch_" in scraped
     assert returncode == 0, stderr
+
+
+README = REPO_ROOT / "README.md"
+
+
+def test_the_readme_gives_the_stop_time_the_unit_gives():
+    """README "Operations" says how long a stop may take and how long the unit waits: the
+    unit's TimeoutStopSec and the bounds of switch/limits.py it was chosen from."""
+    text = " ".join(README.read_text().split())
+    (given, longest), = re.findall(r"given (\d+) s \(`TimeoutStopSec`; a stop of the switch "
+                                   r"takes at most (\d+):", text)
+    (stop,) = service(SWITCH_UNIT)["TimeoutStopSec"]
+    assert f"{given}s" == stop
+    stop_duration_max_s = (limits.drain_timeout_s + limits.error_flush_timeout_s
+                           + limits.close_linger_s + limits.drain_timeout_s
+                           + limits.store_close_s)
+    assert float(longest) == stop_duration_max_s
+    (receiver_stop,) = {service(unit)["TimeoutStopSec"][0] for unit in RECEIVER_UNITS.values()}
+    assert f"a receiver is given {receiver_stop[:-1]})" in text
+
+
+def test_the_readmes_upgrade_installs_every_unit_again_before_the_restart():
+    """Units change between versions (the stop timeout, the metrics port, the backup units):
+    an upgrade that only pulls the code runs it under the old ones."""
+    text = README.read_text()
+    upgrade = text[text.index("An upgrade, as root:"):]
+    copy = upgrade.index("cp deploy/*.service deploy/*.timer /etc/systemd/system/")
+    reload = upgrade.index("systemctl daemon-reload", copy)
+    restart = upgrade.index("systemctl restart campus-switch", reload)
+    assert upgrade.index("git pull") < copy < reload < restart
+    copied = {path.name for pattern in ("*.service", "*.timer") for path in DEPLOY.glob(pattern)}
+    assert copied == {path.name for path in DEPLOY.iterdir()}
