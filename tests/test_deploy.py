@@ -19,7 +19,8 @@ import pytest
 import trio
 
 from switch import limits
-from switch.cli.datadir import open_data_dir, read_admin_key
+from switch.cli.datadir import open_data_dir, read_admin_key, rotate_master_key
+from switch.config import masterkey
 from switch.shell.client import Client
 from tests.paths import REPO_ROOT
 from tests.key_files import write_private
@@ -336,3 +337,36 @@ def test_the_readmes_upgrade_installs_every_unit_again_before_the_restart():
     assert upgrade.index("git pull") < copy < reload < restart
     copied = {path.name for pattern in ("*.service", "*.timer") for path in DEPLOY.glob(pattern)}
     assert copied == {path.name for path in DEPLOY.iterdir()}
+
+
+def test_the_example_master_key_file_is_one_the_switch_unit_can_create_and_rotate(tmp_path):
+    """examples/switch.toml suggests a master_key_file: under the unit's read-only system it
+    must lie in a folder the switch may write, for the switch creates it when it initialises
+    the data dir and rotate-master-key replaces it there (one in /etc stopped the first
+    start: "Read-only file system")."""
+    (suggestion,) = [line for line in (REPO_ROOT / "examples" / "switch.toml").read_text()
+                     .splitlines() if line.startswith("# master_key_file =")]
+    key_path = tomllib.loads(suggestion.lstrip("# "))["master_key_file"]
+    settings = service(SWITCH_UNIT)
+    assert settings["ProtectSystem"] == ["strict"]
+    writable = [f"/var/lib/{directory}" for directory in settings["StateDirectory"]]
+    writable += settings.get("ReadWritePaths", [])
+    folder = pathlib.PurePath(key_path).parent
+    assert any(folder == pathlib.PurePath(path) or pathlib.PurePath(path) in folder.parents
+               for path in writable), (key_path, writable)
+    switch_args = switch_parser().parse_args(exec_start(SWITCH_UNIT)[1])
+    masterkey.resolve_path(switch_args.data, key_path)   # not inside the data dir
+
+    # The same layout in a scratch state directory: the first start makes the key file
+    # there, and a rotation given its path replaces it.
+    (state_directory,) = settings["StateDirectory"]
+    state = tmp_path / state_directory
+    state.mkdir(mode=0o700)
+    moved = key_path.replace(f"/var/lib/{state_directory}", str(state))
+    data = switch_args.data.replace(f"/var/lib/{state_directory}", str(state))
+    open_data_dir(data, moved).close()
+    first_key = pathlib.Path(moved).read_bytes()
+    assert pathlib.Path(moved).stat().st_mode & 0o777 == 0o600
+    rotate_master_key(data, moved)
+    assert pathlib.Path(moved).read_bytes() != first_key
+    open_data_dir(data, moved).close()
