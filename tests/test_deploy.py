@@ -370,3 +370,53 @@ def test_the_example_master_key_file_is_one_the_switch_unit_can_create_and_rotat
     rotate_master_key(data, moved)
     assert pathlib.Path(moved).read_bytes() != first_key
     open_data_dir(data, moved).close()
+
+
+def _readme_commands(start: str, end: str) -> list[str]:
+    """The shell lines of README's code blocks between `start` and `end`, continuation
+    lines joined, comments dropped."""
+    text = README.read_text()
+    section = text[text.index(start):text.index(end)]
+    commands, pending = [], ""
+    for line in section.splitlines():
+        if not line.startswith("    ") or line.strip().startswith("#"):
+            continue
+        line = pending + line.strip()
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        commands.append(line.split("  #", 1)[0].strip())
+    return commands
+
+
+def test_a_restore_is_served_on_loopback_until_the_card_offices_work_is_redone():
+    """The restored books take back revocations, lost cards and freezes made since the
+    backup: README's restore serves them where no till reaches them (the unit's command
+    line but for --listen on 127.0.0.1, as the unit's user), redoes that work with the admin
+    command line there, and only then starts the unit, listening on 0.0.0.0."""
+    commands = _readme_commands("**Restore** onto", "- `restore` refuses")
+    sudo = ["sudo", "-u", service(SWITCH_UNIT)["User"][0], INSTALLED_PYTHON, "-m", "switch"]
+    place = {}
+    for index, command in enumerate(commands):
+        argv = shlex.split(command)
+        if argv[:len(sudo)] == sudo:
+            place.setdefault(argv[len(sudo)], index)
+    loopback = commands[place["serve"]]
+    served = switch_parser().parse_args(shlex.split(loopback)[len(sudo):])
+    unit = switch_parser().parse_args(exec_start(SWITCH_UNIT)[1])
+    assert unit.listen[0] == "0.0.0.0"
+    assert served.listen == ("127.0.0.1", unit.listen[1])
+    for option in ("data", "metrics", "config", "master_key", "init"):
+        assert getattr(served, option) == getattr(unit, option), option
+    (connection,) = [c for c in commands if c.startswith("S=")]
+    options = shlex.split(connection)[0].partition("=")[2]
+    redone = [shlex.split(c.replace("$S", options)) for c in commands if " admin $S " in c]
+    assert {argv[argv.index("admin") + 5] for argv in redone} >= {"revoke", "lost", "freeze",
+                                                                   "rotate-key"}
+    for argv in redone:
+        args = switch_parser().parse_args(argv[argv.index("-m") + 2:])
+        assert args.connect == served.listen and args.data == unit.data, argv
+    start = commands.index("systemctl start campus-switch")
+    assert place["restore"] < place["serve"] < commands.index(connection) < start
+    assert all(commands.index(c) < start for c in commands if " admin $S " in c)
