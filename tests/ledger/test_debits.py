@@ -2,11 +2,13 @@
 rule of §4.6, in its order, each code at its bound, PINs, limits and the school's day."""
 
 import itertools
+import re
 
 import pytest
 
-from tests.ledger.conftest import (BALANCE, CARD, CUIK_CARD, CUIK_STUDENT, PIN, STUDENT,
-                                   limits, populate)
+from tests.ledger.conftest import (BALANCE, CARD, CUIK_CARD, CUIK_ROOM, CUIK_STUDENT, PIN,
+                                   STUDENT, limits, populate)
+from tests.paths import REPO_ROOT
 
 WRONG_PIN = "999999"
 
@@ -313,3 +315,79 @@ def test_balance_checks_card_then_school_then_lost_or_replaced(campus):
     assert campus.send(campus.water, "balance", card=CARD) == {
         "t": "balance", "code": "card_blocked"}
     assert campus.send(campus.water, "balance", card="0A0A0A0A")["balance"] == BALANCE
+
+
+# ---------------------------------------------------------------- another school's cards (§3)
+def _before_wrong_school_in_the_spec() -> dict[str, set[str]]:
+    """docs/PROTOCOL.md §3's table of the codes that come before `wrong_school`: its
+    first column's first request name -> the codes of its second column."""
+    spec = (REPO_ROOT / "docs" / "PROTOCOL.md").read_text()
+    section = spec[spec.index("**What comes before `wrong_school`.**"):spec.index("**Merchants.**")]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `") or line.startswith("| requests naming"):
+            requests, codes = line.strip("|").split("|")
+            key = "account" if requests.strip().startswith("requests naming") else \
+                requests.split("`")[1] + (" qr" if "with `qr`" in requests else "")
+            rows[key] = set(re.findall(r"`([a-z_]+)`", codes.split("(")[0]))
+    return rows
+
+
+def test_a_till_learns_of_another_schools_cards_and_codes_only_what_section_3_lists(campus):
+    """v1's order checks the card or code before the school (§4.6): a WH till gets these
+    codes about CUIK's cards, accounts and payment codes. §3 lists exactly them, and every
+    other refusal about them is `wrong_school`."""
+    seen: dict[str, set[str]] = {"debit": set(), "qr_debit qr": set(), "balance": set(),
+                                 "account": set()}
+
+    def note(key, reply_code):
+        if reply_code != "wrong_school":
+            seen[key].add(reply_code)
+
+    def by_card(card):
+        note("debit", campus.code(campus.pos, "debit", card=card, amount=100,
+                                  id=campus.fresh_id()))
+        note("debit", campus.code(campus.water, "hold", card=card, amount=100,
+                                  id=campus.fresh_id()))
+        note("balance", campus.code(campus.pos, "balance", card=card))
+        upload = campus.send(campus.pos, "offline", records=[
+            {"id": campus.fresh_id(), "card": card, "amount": 100,
+             "at": campus.clock.now_ms()}])
+        note("balance", upload["results"][0]["code"])
+        for t in ("lost", "found"):
+            note("balance", campus.code(campus.wh_service, t, card=card, id=campus.fresh_id()))
+
+    def by_code(code):
+        note("qr_debit qr", campus.code(campus.pos, "qr_debit", qr=code, amount=100,
+                                        id=campus.fresh_id()))
+        note("qr_debit qr", campus.code(campus.water, "hold", qr=code, amount=100,
+                                        id=campus.fresh_id()))
+
+    by_card("0C0CFFFF")                    # no such card
+    by_card(CUIK_CARD)                     # active: wrong_school everywhere
+    campus.ok(campus.admin, "replace_card", account=CUIK_STUDENT, old=CUIK_CARD, new="0C0C0002")
+    by_card(CUIK_CARD)                     # replaced
+    campus.ok(campus.admin, "lost", card="0C0C0002")
+    by_card("0C0C0002")                    # lost
+    campus.ok(campus.admin, "found", card="0C0C0002")
+    secret = campus.ok(campus.service, "virtual_card", account=CUIK_STUDENT)["qr_secret"]
+    by_code("not-a-code")
+    by_code(campus.qr(CUIK_STUDENT, bytes(32)))                    # a forged tag
+    campus.open_person("CUIK20230002", school="CUIK")              # no virtual card
+    by_code(campus.qr("CUIK20230002", secret))
+    by_code(campus.qr(CUIK_STUDENT, secret, step_offset=-5))       # past its window (§5)
+    used = campus.qr(CUIK_STUDENT, secret, nonce="00000009")
+    assert campus.code(campus.cuik_pos, "qr_debit", qr=used, amount=100, id="u") == "ok"
+    by_code(used)
+    by_code(campus.qr(CUIK_STUDENT, secret, nonce="0000000a"))     # good: wrong_school
+    for account in (CUIK_STUDENT, CUIK_ROOM, "CUIK404"):
+        note("account", campus.code(campus.meter, "meter", account=account, amount=1,
+                                    what="electric", id=campus.fresh_id()))
+        note("account", campus.code(campus.wh_service, "account", account=account))
+        note("account", campus.code(campus.wh_service, "credit", account=account, amount=1,
+                                    source="x", id=campus.fresh_id()))
+
+    assert seen == {"debit": {"card_unknown", "card_lost", "card_blocked"},
+                    "qr_debit qr": {"qr_invalid", "virtual_card_off", "qr_expired", "qr_used"},
+                    "balance": {"card_unknown"}, "account": {"unknown_account"}}
+    assert _before_wrong_school_in_the_spec() == seen
