@@ -210,6 +210,14 @@ def _describe(reply: dict, request: dict | None = None, looked_up: dict | None =
                    f"credit that brings it to 0 or above lifts that (a second unfreeze "
                    f"lifts it with the debt still owed)"
                    if overdrawn else ": unfreeze again to lift what remains"))
+    if (kind == "unfreeze" and (looked_up or {}).get("status") == "active"
+            and looked_up.get("balance", 0) < 0):
+        # The core lifts an overdraw's freeze when the card office's is not there: say what
+        # that lets in (tills take its cards offline again) and what is still owed.
+        return ("ok" + (f" txn {reply['txn']}" if reply.get("txn") is not None else "")
+                + f": the overdraw's freeze is lifted with the debt still owed (balance "
+                  f"{fen_to_yuan(looked_up['balance'])} yuan); its cards are off the "
+                  f"blacklist and pay again")
     parts = ["ok"]
     if reply.get("replay"):
         parts.append("(already done earlier: replayed)")
@@ -818,7 +826,8 @@ def add_parser(commands) -> None:
     for name, said in (("freeze", "stop every payment of the account: refused online at "
                                   "once, and its cards on every till's blacklist as soon as "
                                   "the till has it"),
-                       ("unfreeze", "lift the card office's freeze (an overdraw's stays)")):
+                       ("unfreeze", "lift the card office's freeze; with none, an "
+                                    "overdraw's (the debt stays owed)")):
         p = sub.add_parser(name, help=said)
         p.add_argument("account")
         p.add_argument("--reason")

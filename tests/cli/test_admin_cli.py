@@ -722,6 +722,9 @@ def test_an_unfreeze_that_leaves_the_overdraw_says_the_account_stays_frozen(runn
            in unfrozen.stdout
     again = admin(connect, data, "unfreeze", "WH20230008")
     assert again.returncode == 0 and "stays frozen" not in again.stdout
+    # The second lifts the overdraw's freeze: said with the debt, not a bare `ok` (helper-68).
+    assert "the overdraw's freeze is lifted with the debt still owed (balance -12.34 yuan)" \
+        in again.stdout
 
 
 def test_a_merchant_name_too_long_is_said_before_anything_is_sent(tmp_path):
