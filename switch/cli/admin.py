@@ -225,6 +225,9 @@ def _describe(reply: dict, request: dict | None = None, looked_up: dict | None =
         parts.append(f"txn {reply['txn']}")
     if kind == "refund":
         parts.append(f"paid out {fen_to_yuan(reply['amount'])} yuan, account closed;")
+    if kind == "credit" and request and "amount" in request:
+        # Said back: 5000 typed for 50.00 is seen on the screen, not at the month's end.
+        parts.append(f"credited {fen_to_yuan(request['amount'])} yuan to {request['account']},")
     if "balance" in reply:
         parts.append(f"balance {fen_to_yuan(reply['balance'])} yuan")
     if "blacklist" in reply:
@@ -745,6 +748,7 @@ async def run_subsidy_import(client: Client, path: str, rows: list, batch: str, 
                              out=sys.stdout, signon: str = "?") -> dict:
     requests, rejects = subsidy_requests(rows, batch, expires)
     counts = {"rows": len(rows), "created": 0, "already": 0, "rejected": 0}
+    granted_fen = 0
     # A subsidy answered busy did nothing: sent again, as the accounts' import does, rather
     # than listed as a reject the operator must rerun the batch for.
     replies = await _through_busy(client, [message for _, message in requests])
@@ -752,7 +756,9 @@ async def run_subsidy_import(client: Client, path: str, rows: list, batch: str, 
         code = reply.get("code")
         # `exists`: this row's grant was made before, its id since forgotten (§4.17).
         if code == "ok" or code == "exists":
-            counts["already" if reply.get("replay") or code == "exists" else "created"] += 1
+            created = not (reply.get("replay") or code == "exists")
+            counts["created" if created else "already"] += 1
+            granted_fen += message["amount"] if created else 0
         elif code in ("busy", "internal"):
             rejects.append((line, f"subsidy {message['account']}: not done ({code}: "
                                   f"the switch did nothing; rerun the import: subsidies "
@@ -762,7 +768,10 @@ async def run_subsidy_import(client: Client, path: str, rows: list, batch: str, 
                                   f"{refusals.sentence(code, message, signon=signon)}"))
         else:
             rejects.append((line, f"subsidy {message['account']}: a reply without a code"))
-    return _report_import(path, counts, rejects, out)
+    report = _report_import(path, counts, rejects, out)
+    # The sum said: a column typed in fen for yuan shows as a hundredfold total.
+    print(f"  granted now: {fen_to_yuan(granted_fen)} yuan in all", file=out)
+    return report
 
 
 # ------------------------------------------------------------------ command line

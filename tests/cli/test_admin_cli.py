@@ -128,8 +128,10 @@ def test_a_subsidy_batch_imports_by_row_once(running_switch, tmp_path):
     assert "4 rows, 2 created, 0 already present, 2 rejected" in first.stdout, first.stdout
     assert "line 4: subsidy WH20279999: unknown_account" in first.stdout
     assert "line 5: account WH20270001 again (line 2)" in first.stdout
+    assert "  granted now: 230.50 yuan in all" in first.stdout   # a typo's total stands out
     second = admin(connect, data, "import-subsidies", str(path), *batch)
     assert "0 created, 2 already present, 2 rejected" in second.stdout, second.stdout
+    assert "  granted now: 0.00 yuan in all" in second.stdout
     shown = admin(connect, data, "--json", "account", "WH20270001")
     assert '"subsidy": 15050' in shown.stdout
     shown = admin(connect, data, "account", "WH20270001")
@@ -262,6 +264,8 @@ def test_lost_card_from_the_cli(running_switch):
     assert admin(connect, data, "issue-card", "WH20230001", "04A1B2C3D4").returncode == 0
     credit = admin(connect, data, "--id", "counter-0001", "credit", "WH20230001", "100.50")
     assert credit.returncode == 0 and "balance 100.50 yuan" in credit.stdout
+    # The amount and account said back: fen typed for yuan is seen at once (helper-68).
+    assert "credited 100.50 yuan to WH20230001, balance" in credit.stdout
     retried = admin(connect, data, "--id", "counter-0001", "credit", "WH20230001", "100.50")
     assert "replayed" in retried.stdout and "balance 100.50 yuan" in retried.stdout
     lost = admin(connect, data, "lost", "04A1B2C3D4")
