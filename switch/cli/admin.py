@@ -447,6 +447,11 @@ async def _existing_account_state(client: Client, message: dict, what: str,
         return "refused", (f"{what} exists already and could not be compared with the row "
                            f"({refusals.sentence(shown.get('code'), lookup, signon)}); "
                            f"nothing done for this row: rerun the import")
+    if shown.get("status") == "closed":
+        # Closed for good (a refund, a room given up): counted present, a new term's student
+        # or room would never get money in.
+        return "refused", (f"{what} refused (it exists already and is closed for good: no "
+                           f"money goes in; give the row a new account id)")
     unlike = _unlike_the_row(message, shown)
     if unlike:
         return "refused", (f"{what} refused (it exists already, with {'; '.join(unlike)}: "

@@ -209,6 +209,10 @@ def rooms(ledger, credential, values):
     items = []
     for account_id in account_ids:
         record = ledger.account(account_id)
+        if layout.get(record, layout.STATUS) == layout.STATUS_CLOSED:
+            # Closed for good (a refund at the end of its use): offered, a student's
+            # recharge of it would be refused `account_closed` after they paid WeChat.
+            continue
         items.append({"account": account_id,
                       "utility": layout.UTILITY_NAMES[layout.get(record, layout.UTILITY)],
                       "power": "on" if layout.get(record, layout.POWER_ON) else "off",

@@ -114,6 +114,22 @@ def test_an_import_row_whose_account_exists_as_another_is_rejected_and_issues_no
     assert "line 2: rejected: account WH20230001 refused" in again.stdout
 
 
+def test_an_import_row_of_a_closed_account_is_rejected_not_present(running_switch, tmp_path):
+    # A room refunded and closed, then a start-of-term import naming it: "already present",
+    # exit 0, and the room could never be paid into again (helper-68).
+    connect, data = running_switch
+    assert admin(connect, data, "open-account", "WH-8D-4001", "--school", "WH", "--kind",
+                 "utility", "--utility", "both").returncode == 0
+    assert admin(connect, data, "refund", "WH-8D-4001").returncode == 0
+    path = tmp_path / "term.csv"
+    path.write_text("type,account,school,holder,id_last6,card,utility\n"
+                    "room,WH-8D-4001,WH,,,,both\n", encoding="utf-8")
+    imported = admin(connect, data, "import", str(path))
+    assert imported.returncode == 3, imported.stdout
+    assert ("line 2: rejected: account WH-8D-4001 refused (it exists already and is closed "
+            "for good" in imported.stdout), imported.stdout
+
+
 def test_a_subsidy_batch_imports_by_row_once(running_switch, tmp_path):
     connect, data = running_switch
     for account in ("WH20270001", "WH20270002"):

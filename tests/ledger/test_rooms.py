@@ -84,3 +84,17 @@ def test_rooms_shows_power_and_balance_as_they_are_now(campus):
 
 def test_terminals_may_not_ask_for_rooms(campus):
     assert campus.code(campus.pos, "rooms", school="WH") == "not_permitted"
+
+
+def test_a_closed_room_is_not_offered(campus):
+    # Refunded and closed for good, it was still listed: a student picking it paid WeChat
+    # and the recharge was refused `account_closed` (helper-68).
+    for room in ("WH-6A-0001", "WH-6A-0002", "WH-6A-0003"):
+        campus.open_room(room)
+    campus.ok(campus.admin, "refund", account="WH-6A-0002", id="refund-room")
+    listed = _rooms(campus, campus.service, school="WH", building="6")
+    assert [item["account"] for item in listed["items"]] == ["WH-6A-0001", "WH-6A-0003"]
+    # A page of closed rooms alone is empty, and says where to go on from.
+    page = _rooms(campus, campus.service, school="WH", building="6", after="WH-6A-0001",
+                  limit=1)
+    assert page["items"] == [] and page["next"] == "WH-6A-0002"
