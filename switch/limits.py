@@ -426,6 +426,9 @@ meal_fen_max_range = (1, 100_000_000_000)
 # A meal's cap below this is logged at start (config questionable_settings): under a yuan a
 # meal is no canteen's price; a cap written in yuan (30 for 30 yuan) refuses nearly every tap.
 meal_cap_questioned_below_fen = 100
+# A limit on whole payments below this (10 yuan) is logged at start as likely written in
+# yuan where fen is meant: a canteen meal costs more.
+payment_limit_questioned_below_fen = 1000
 repeat_tap_window_s_range = (0, 300)                   # 0: the double-tap guard is off
 building_digits_range = (1, 8)                         # split_buildings: "9", "12"
 terminal_requests_per_s_range = (0.1, 1_000_000.0)

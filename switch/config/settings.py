@@ -325,11 +325,27 @@ def questionable_settings(config: Config) -> list[dict]:
                          f"above {where}.{higher} ({getattr(school, higher)}): an account's "
                          f"limits keep no_pin <= per_tx <= daily, so no student can set "
                          f"one above {getattr(school, higher)}")
+        # Each valid alone, and far below any meal: written in yuan where fen is meant?
+        if school.no_pin_fen < limits.meal_cap_questioned_below_fen:
+            question(f"{where}.no_pin_fen", school.no_pin_fen, code,
+                     f"less than one yuan: nearly every payment of {code} asks for a PIN "
+                     f"(written in yuan?)")
+        for name in ("per_tx_fen", "daily_fen", "per_tx_max_fen", "daily_max_fen"):
+            if getattr(school, name) < limits.payment_limit_questioned_below_fen:
+                question(f"{where}.{name}", getattr(school, name), code,
+                         f"{getattr(school, name)} fen is less than a meal: payments of {code} "
+                         f"above it are refused (written in yuan?)")
         for number, meal in enumerate(school.meals, start=1):
             if meal.fen_max < limits.meal_cap_questioned_below_fen:
                 question(f"{where}.meals[{number}].fen_max", meal.fen_max, code,
                          f"{meal.name} allows {meal.fen_max} fen a student, less than one yuan: "
                          f"nearly every payment in it is refused meal_limit (written in yuan?)")
+    if config.offline_amount_max_fen < limits.payment_limit_questioned_below_fen:
+        question("offline_amount_max_fen", config.offline_amount_max_fen, "-",
+                 f"an offline tap above {config.offline_amount_max_fen} fen is refused "
+                 f"bad_amount, its meal already eaten and never paid for (written in yuan?)")
+    if cap < limits.payment_limit_questioned_below_fen:
+        question("max_amount_fen", cap, "-", f"{refused} (written in yuan?)")
     return found
 
 

@@ -361,3 +361,23 @@ def test_a_meal_cap_under_a_yuan_loads_and_is_questioned(tmp_path):
     assert "lunch allows 30 fen" in found[0]["hint"] and "meal_limit" in found[0]["hint"]
     fine = {**LUNCH, "fen_max": limits.meal_cap_questioned_below_fen}
     assert questionable_settings(load_config(_meal_file(tmp_path, fine))) == []
+
+
+def test_payment_limits_written_in_yuan_load_and_are_questioned(tmp_path):
+    # no_pin 50, per_tx 500, daily 1000 and an offline cap of 500, meant as yuan: every
+    # payment over 5 yuan refused, offline meals over 5 yuan never paid for, and not a word
+    # at start (helper-68).
+    path = tmp_path / "switch.toml"
+    path.write_text("offline_amount_max_fen = 500\n[schools.WH]\nname = \"文华\"\n"
+                    "no_pin_fen = 50\nper_tx_fen = 500\ndaily_fen = 1000\n")
+    found = {entry["setting"]: entry for entry in questionable_settings(load_config(str(path)))}
+    assert set(found) == {"offline_amount_max_fen", "schools.WH.no_pin_fen",
+                          "schools.WH.per_tx_fen"}
+    assert all("written in yuan?" in entry["hint"] for entry in found.values())
+    assert found["schools.WH.per_tx_fen"]["value"] == 500
+    at_the_bound = tmp_path / "fine.toml"
+    at_the_bound.write_text(
+        f"offline_amount_max_fen = {limits.payment_limit_questioned_below_fen}\n"
+        f"[schools.WH]\nname = \"文华\"\nno_pin_fen = {limits.meal_cap_questioned_below_fen}\n"
+        f"per_tx_fen = {limits.payment_limit_questioned_below_fen}\n")
+    assert questionable_settings(load_config(str(at_the_bound))) == []
