@@ -19,6 +19,7 @@ JOURNAL_KINDS = frozenset({
     "debit", "qr_debit", "complete", "credit", "reverse", "offline", "meter", "cutoff",
     "restore", "hold", "void", "expire", "lost", "found", "open_account", "issue_card",
     "replace_card", "freeze", "unfreeze", "unlock", "close_account", "refund",
+    "subsidy", "subsidy_expire",
 })
 
 # Names go into an LMDB key and a metric label: keep them plain.

@@ -148,3 +148,14 @@ def test_a_configuration_without_an_inline_key_may_be_read_by_others(tmp_path):
                     'credential = "switch-billing"\nkey_file = "billing.key"\n')
     os.chmod(path, 0o644)
     assert load_config(str(path)).destinations[0].key == bytes.fromhex(KEY_HEX)
+
+
+def test_a_filter_may_name_every_kind_the_journal_holds():
+    # `kinds = ["subsidy", "subsidy_expire"]` was "unknown kind", though §6.1 lists both and
+    # the switch writes them (helper-68): the filter's list is the audit's, every kind.
+    from switch.persistence.audit import KIND_SIGNS
+    assert JOURNAL_KINDS == set(KIND_SIGNS)
+    [destination] = parse_destinations([{"name": "grants", "address": "127.0.0.1:7103",
+                                         "credential": "switch-grants", "key_hex": "ab" * 32,
+                                         "kinds": ["subsidy", "subsidy_expire"]}])
+    assert destination.wants("subsidy") and not destination.wants("debit")
