@@ -24,7 +24,6 @@ import json
 import os
 import re
 import secrets
-import select
 import sys
 import time
 import unicodedata
@@ -37,7 +36,7 @@ from switch import identifiers, limits
 from switch.shell.client import Client, SwitchError, pipeline_through_busy
 from switch.codec import ProtocolError
 from switch.codec.framing import encode_body
-from switch.cli import refusals
+from switch.cli import output, refusals
 from switch.cli.datadir import is_data_dir, read_admin_key
 from switch.persistence.access import permission_problem
 from switch.cli.refusals import fen_to_yuan
@@ -1038,22 +1037,8 @@ def _retry(args, work: dict) -> str:
     return f"; rerun with --id {work['id']} to finish it safely" if "id" in work else ""
 
 
-def _reader_of_stdout_gone() -> bool:
-    """Standard output is a pipe whose reading end closed (`admin history ... | head`)."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, ValueError, io.UnsupportedOperation):
-        return False
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    return any(events & select.POLLERR for _, events in poller.poll(0))
-
-
 def _stdout_gone(exit_status: int | None) -> int:
-    # What was left unprinted must not fail again at the interpreter's exit.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    output.discard_the_rest()
     if exit_status is None:     # an import's report: the rows were all sent before it
         print("error: standard output was closed before the import's report was printed; "
               "every row was sent (rerun the import to see it: rows done are only counted "
@@ -1112,7 +1097,7 @@ def run(args) -> int:
               file=sys.stderr)
         return 4
     except (OSError, SwitchError, ProtocolError, trio.EndOfChannel, trio.TooSlowError) as error:
-        if isinstance(error, BrokenPipeError) and _reader_of_stdout_gone():
+        if output.reader_gone(error):
             # Not a lost switch: it answered, only the reader of what we print went away.
             return _stdout_gone(exit_status)
         retry = _retry(args, work)

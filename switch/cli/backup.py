@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import lmdb
 
 from switch import limits
+from switch.cli import output
 from switch.cli.datadir import (RESTORE_UNFINISHED, DataDirError, empty_dir, is_data_dir,
                                  make_dirs, refuse_inside_a_data_dir, refuse_unfinished_restore)
 from switch.persistence.access import permission_problem
@@ -392,6 +393,12 @@ def run(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1 if isinstance(error, CopyUnsound) else 2
     except OSError as error:
+        if output.reader_gone(error):
+            # Done, audited and on disk before a word was printed: only the reader left.
+            output.discard_the_rest()
+            print(f"error: standard output was closed before the report was printed; the "
+                  f"{args.command} itself is done", file=sys.stderr)
+            return 0
         print(f"error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return 2
     return 0

@@ -561,3 +561,21 @@ def test_a_backup_cut_short_is_said_not_a_bus_error(tmp_path):
         assert result.returncode == code, (words, result.returncode, result.stderr)
         assert "is cut short" in result.stderr + result.stdout, (words, result.stderr)
     assert not (tmp_path / "r").exists() or "RESTORE_UNFINISHED" not in os.listdir(tmp_path / "r")
+
+
+def test_a_backup_into_a_closed_pipe_is_done_and_says_only_that(tmp_path):
+    # `restore ... | head -c 10` printed "error: : Broken pipe", exit 2, for a restore that
+    # had finished (helper-71).
+    data = _stopped_data_dir(tmp_path / "data", accounts=1)
+    reading, writing = os.pipe()
+    os.close(reading)
+    try:
+        result = subprocess.run([sys.executable, "-m", "switch", "backup", "--data", str(data),
+                                 "--to", str(tmp_path / "copy")], stdout=writing,
+                                stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(writing)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1] == ("error: standard output was closed before the "
+                                              "report was printed; the backup itself is done")
+    assert _run("audit", "--data", str(tmp_path / "copy")).returncode == 0
