@@ -84,6 +84,9 @@ def backup(data_dir: str, to: str) -> CopySummary:
             f"{data_dir} is not a switch data dir (no {STORE_DIR}/ inside); check --data"))
     _refuse(refuse_unfinished_restore, data_dir)
     to = os.path.normpath(to)
+    if to.endswith(INCOMPLETE_SUFFIX):
+        raise BackupError(f"{to}: a name ending {INCOMPLETE_SUFFIX} is what a backup that did "
+                          f"not finish is called, and restore refuses it; give another name")
     if os.path.lexists(to):
         raise BackupError(f"{to} already exists; give a new directory (a dated one, say) "
                           f"so no earlier backup is overwritten")

@@ -579,3 +579,11 @@ def test_a_backup_into_a_closed_pipe_is_done_and_says_only_that(tmp_path):
     assert result.stderr.splitlines()[-1] == ("error: standard output was closed before the "
                                               "report was printed; the backup itself is done")
     assert _run("audit", "--data", str(tmp_path / "copy")).returncode == 0
+
+
+def test_a_backup_named_like_an_unfinished_one_is_refused(tmp_path):
+    # It was made, then `restore` refused it as unfinished (helper-68).
+    data = _stopped_data_dir(tmp_path / "data")
+    one_line_error(_run("backup", "--data", str(data), "--to", str(tmp_path / "b.incomplete")),
+                   "is what a backup that did not finish is called")
+    assert not (tmp_path / "b.incomplete").exists()
