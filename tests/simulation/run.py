@@ -12,12 +12,28 @@ from tests.simulation.ledger_sim import (DEFECTS, INVARIANTS, KNOWN_OPEN, STEPS_
                                          checked_invariants, run_seed)
 
 
+def _at_least(lowest: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"{value}: at least {lowest}")
+        return value
+    return parse
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.simulation.run",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
-    parser.add_argument("--first", type=int, default=0, help="the first seed (default 0)")
-    parser.add_argument("--steps", type=int, default=STEPS_DEFAULT, help="steps per seed")
+    # "0 seeds broke an invariant" of a mistyped SEEDS=0 would read as a clean run.
+    parser.add_argument("--seeds", type=_at_least(1), default=100,
+                        help="how many seeds (default 100)")
+    parser.add_argument("--first", type=_at_least(0), default=0,
+                        help="the first seed (default 0)")
+    parser.add_argument("--steps", type=_at_least(1), default=STEPS_DEFAULT,
+                        help="steps per seed")
     parser.add_argument("--known-open", action="store_true",
                         help="also check the invariants of defects known to be open")
     parser.add_argument("--only", action="append", choices=sorted(INVARIANTS), default=[],

@@ -290,3 +290,12 @@ def test_injected_faults_strike_inside_the_plain_debit_pass(tmp_path, template, 
     # Faults at different writes: before the journal record, between it and the remembered
     # id, and at the last write.
     assert len(set(struck)) >= 2, struck
+
+
+@pytest.mark.parametrize("words", [["--seeds", "0"], ["--seeds", "-1"], ["--first", "-1"],
+                                   ["--steps", "0"]])
+def test_a_run_of_no_seeds_is_a_usage_error_not_a_clean_run(words, capsys):
+    from tests.simulation.run import main
+    with pytest.raises(SystemExit) as stopped:
+        main(words)
+    assert stopped.value.code == 2 and "at least" in capsys.readouterr().err
