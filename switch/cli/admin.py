@@ -112,6 +112,10 @@ def _request_for(args) -> dict:
         if args.holder:
             message["holder"] = args.holder
         if args.kind == "person":
+            if args.id_last6 is None:
+                # The switch's bad_request would be said as a school not configured.
+                raise UsageError("open-account of a person needs --id-last6 (the last six of "
+                                 "the ID card number: the PIN is reset with them)")
             message["id_last6"] = args.id_last6
         elif args.utility:
             message["utility"] = args.utility

@@ -813,3 +813,14 @@ def test_ctrl_c_while_the_reply_is_awaited_names_the_id_to_finish_it_with(tmp_pa
     assert process.returncode == 4 and "Traceback" not in stderr
     assert stderr.startswith("error: interrupted; the switch may have done it already; "
                              "rerun with --id cli-credit-"), stderr
+
+
+def test_open_account_of_a_person_without_id_last6_is_said_before_anything_is_sent(tmp_path):
+    # It came back "bad_request: school WH is not configured, ..." (helper-68).
+    key = tmp_path / "admin.key"
+    key.write_text("ab" * 32 + "\n")
+    os.chmod(key, 0o600)
+    result = subprocess.run([sys.executable, "-m", "switch", "admin", "--connect", "127.0.0.9:1",
+                             "--key-file", str(key), "open-account", "WH20230001", "--school",
+                             "WH"], capture_output=True, text=True, timeout=60)
+    one_line_error(result, "needs --id-last6")
