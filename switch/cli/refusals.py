@@ -108,7 +108,7 @@ NOT_EMPTY_HELD = ("account {account} has {held} yuan reserved by open holds; wai
 
 # An `ok` that changed nothing (no `txn`, docs/PROTOCOL.md §4.15): what was already so.
 NOTHING_CHANGED = {
-    "found": "card {card} was not lost",
+    "found": "card {card} was not lost (active, or replaced: a replaced card stays blocked)",
     "lost": "card {card} was already lost",
     "freeze": "account {account} was already frozen",
     "unfreeze": "account {account} was not frozen",
