@@ -338,6 +338,11 @@ def _received_after(text: str) -> int:
 
 
 def run() -> None:
+    # A terminal that cannot show a holder's or merchant's Chinese name gets escapes, not a
+    # traceback printed after the request was done.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         status = main()
     except KeyboardInterrupt:

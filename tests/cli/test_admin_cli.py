@@ -824,3 +824,17 @@ def test_open_account_of_a_person_without_id_last6_is_said_before_anything_is_se
                              "--key-file", str(key), "open-account", "WH20230001", "--school",
                              "WH"], capture_output=True, text=True, timeout=60)
     one_line_error(result, "needs --id-last6")
+
+
+def test_a_terminal_that_cannot_show_chinese_gets_escapes_not_a_traceback(running_switch):
+    # With PYTHONIOENCODING=latin-1, printing the holder 张三 was a traceback, exit 1,
+    # after the request had been done (helper-68).
+    connect, data = running_switch
+    assert admin(connect, data, "open-account", "WH20230001", "--school", "WH", "--holder",
+                 "张三", "--id-last6", "123456").returncode == 0
+    shown = subprocess.run([sys.executable, "-m", "switch", "admin", "--connect", connect,
+                            "--data", str(data), "account", "WH20230001"],
+                           capture_output=True, timeout=60,
+                           env={**os.environ, "PYTHONIOENCODING": "latin-1"})
+    assert shown.returncode == 0, shown.stderr
+    assert b"\\u5f20\\u4e09" in shown.stdout and b"Traceback" not in shown.stderr
