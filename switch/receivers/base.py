@@ -27,6 +27,7 @@ from switch.ledger.dispatch import reply_type
 from switch.codec import FrameDecoder, ProtocolError, ServerSession
 from switch.codec.framing import FrameTooLarge
 from switch.persistence.dirlock import DirInUse, DirLock
+from switch.persistence.store import STORE_DIR
 from switch.config.command_line import CommandLineParser
 from switch.config.endpoints import explain, host_port_argument
 from switch.config.keyfile import KeyFileError, read_key_file
@@ -608,6 +609,11 @@ def run_main(make_receiver, args) -> int:
 def _claim_state_dir(path: str) -> DirLock:
     """The state dir, created if missing and locked for this process's life: two receivers
     on one directory would overwrite each other's state."""
+    if os.path.isdir(os.path.join(path, STORE_DIR)):
+        # A switch's data dir: its lock would keep the switch from starting, and every
+        # backup of it would carry the receiver's files.
+        raise StartError(f"{path} is a switch's data dir (it holds {STORE_DIR}/); give the "
+                         f"receiver a directory of its own")
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         return DirLock(path)

@@ -102,3 +102,17 @@ def test_an_unknown_time_zone_is_a_usage_error(tmp_path, key_file):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "unknown time zone 'Asia/Shanghia'" in result.stderr
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("module", RECEIVERS)
+def test_a_switchs_data_dir_as_the_state_dir_is_refused_and_left_alone(tmp_path, key_file,
+                                                                        module):
+    # It took the data dir's lock and wrote its csv there: the switch would not start, and
+    # backups carried the receiver's files (helper-68).
+    data = tmp_path / "data"
+    (data / "lmdb").mkdir(parents=True)
+    (data / "lmdb" / "data.mdb").write_bytes(b"books")
+    result = subprocess.run(_command(module, data, key_file), capture_output=True, text=True,
+                            timeout=30)
+    one_line_error(result, "is a switch's data dir")
+    assert sorted(p.name for p in data.iterdir()) == ["lmdb"]
