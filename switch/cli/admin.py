@@ -665,6 +665,10 @@ def subsidy_requests(rows, batch: str, expires: str):
         if not account:
             rejects.append((line, "needs an account"))
             continue
+        problem = _id_problem("account", account)
+        if problem:     # said as `credit` says it, not as the switch's bad_request
+            rejects.append((line, f"account {problem}"))
+            continue
         requests.append((line, {"t": "subsidy", "account": account, "amount": amount,
                                 "expires": expires, "batch": batch,
                                 "id": f"subsidy-{batch_tag}-{account}"}))

@@ -145,6 +145,12 @@ def test_a_subsidy_batch_imports_by_row_once(running_switch, tmp_path):
     assert "line 4: subsidy WH20279999: unknown_account" in first.stdout
     assert "line 5: account WH20270001 again (line 2)" in first.stdout
     assert "  granted now: 230.50 yuan in all" in first.stdout   # a typo's total stands out
+    lowercase = tmp_path / "lower.csv"
+    lowercase.write_text("account,amount\nwh20270001,1\n", encoding="utf-8")
+    said = admin(connect, data, "import-subsidies", str(lowercase), "--batch", "lower",
+                 "--expires", "2099-03-31")
+    assert "line 2: account 'wh20270001'" in said.stdout and "WH20270001?" in said.stdout, \
+        said.stdout
     second = admin(connect, data, "import-subsidies", str(path), *batch)
     assert "0 created, 2 already present, 2 rejected" in second.stdout, second.stdout
     assert "  granted now: 0.00 yuan in all" in second.stdout
