@@ -137,7 +137,7 @@ class ServerSession:
         """The next request of the session, from `open_request`'s result, in order: a frame
         that failed to open, or is out of sequence, ends the session here."""
         assert self.state == OPEN, self.state
-        message, failure = opened
+        message, failure = opened[0], opened[1]     # a server may carry more after them
         if failure is _MAC_INVALID:
             raise self._fail("mac_invalid")
         if failure is not None:

@@ -1,5 +1,7 @@
 """A request budget per credential: a token bucket, so one credential cannot take the
-switch's whole capacity (or fill its disk with remembered declines)."""
+switch's whole capacity (or fill its disk with remembered declines). A request is let in
+while the bucket holds one, and spends what it costs (`request_cost`): what one credential
+gets done in T seconds is at most its burst, T times its rate, and one request's cost."""
 
 from switch import limits
 
@@ -17,19 +19,28 @@ class RequestBudget:
         self._updated_s = now_s
 
     def take(self, now_s: float, cost: int = 1) -> bool:
-        """Spend `cost` requests (at most a whole burst, so any request can pass); False
-        (and nothing spent) when the budget does not hold them."""
-        tokens = self._tokens + (now_s - self._updated_s) * self.rate_per_s
-        if tokens > self.burst:
-            tokens = self.burst
-        self._updated_s = now_s
-        if cost > self.burst:
-            cost = self.burst
-        if tokens < cost:
-            self._tokens = tokens
+        """Let a request in while the budget holds one request, and spend its `cost`, which
+        may take the budget below zero: the next wait until it has refilled. False (and
+        nothing spent) when it holds less than one. A costly request is never refused for
+        good, nor are its refused tries charged: a till retrying an upload gets it in once
+        the budget is back, however dear the upload."""
+        tokens = self._refilled(now_s)
+        if tokens < 1.0:
             return False
         self._tokens = tokens - cost
         return True
+
+    def has_room(self, now_s: float) -> bool:
+        """Whether `take` would let a request in now (nothing spent)."""
+        return self._refilled(now_s) >= 1.0
+
+    def _refilled(self, now_s: float) -> float:
+        tokens = self._tokens + (now_s - self._updated_s) * self.rate_per_s
+        if tokens > self.burst:
+            tokens = self.burst
+        self._tokens = tokens
+        self._updated_s = now_s
+        return tokens
 
 
 # The kinds `request_cost` charges more than one: any other costs one, without a call.

@@ -159,6 +159,7 @@ class Client:
 
 
 _CONNECTION_CODES = frozenset({"unauthenticated", "version_unsupported", "mac_invalid",
-                               "seq_invalid", "frame_invalid", "frame_too_large"})
+                               "seq_invalid", "frame_invalid", "frame_too_large",
+                               "busy"})    # an error frame `busy` ends the session (§1.4)
 
 __all__ = ["Client", "SwitchError", "ProtocolError"]

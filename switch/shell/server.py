@@ -254,12 +254,17 @@ class Connection:
         open_request = self.session.open_request
         backlog = self._backlog
         for payload in payloads:
-            if len(payload) > limits.frame_charged_over_bytes and not self.budget.take(
-                    time.perf_counter(), len(payload) // limits.request_cost_frame_bytes):
-                # Past its budget, a large frame is not decoded at all: one key's frames of
-                # tiny nested lists would take the loop from every other till.
-                backlog.append((None, ProtocolError("busy", "a large frame past the budget")))
-                return
+            if len(payload) > limits.frame_charged_over_bytes:
+                # Decoded before its request can be judged: only while its credential's
+                # budget has room (one key's frames of tiny nested lists took the loop from
+                # every other till), and it costs at least its bytes' worth when it runs.
+                if not self.budget.has_room(time.perf_counter()):
+                    backlog.append((None, ProtocolError("busy", "a large frame past the budget")))
+                    return
+                message, failure = open_request(payload)
+                backlog.append((message, failure,
+                                len(payload) // limits.request_cost_frame_bytes))
+                continue
             backlog.append(open_request(payload))
         if self.decoder.failure is not None:     # after the whole frames it came behind
             backlog.append((None, self.decoder.failure))
@@ -520,7 +525,8 @@ class Connection:
                     or server.reply_bytes >= limits.replies_bytes_total_max):
                 break  # replies first: the rest waits in the backlog, and we stop reading
             started = time.perf_counter()
-            request = self.session.accept_request(backlog.popleft())
+            opened = backlog.popleft()
+            request = self.session.accept_request(opened)
             # Overloaded, or this credential past its budget: say so at once rather than
             # queue without bound (nothing ran, nothing is remembered). A request that may
             # have waited past `request_wait_max_s` to be read is shed rather than served
@@ -530,7 +536,8 @@ class Connection:
                 reason = "queue"
             elif started - self._heard_by > wait_max_s:
                 reason = "waited"
-            elif not budget.take(started, self._cost(request.message)):
+            elif not budget.take(started, self._cost(request.message) if len(opened) == 2
+                                 else max(self._cost(request.message), opened[2])):
                 reason = "budget"
             else:
                 reason = None

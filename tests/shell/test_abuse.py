@@ -275,35 +275,81 @@ async def test_uploads_and_card_changes_spend_the_budget_by_the_work_they_make(t
     monkeypatch.setattr(limits, "pushes_per_request_cost", 1)
     config = default_config()
     config.terminal_requests_per_s = config.service_requests_per_s = 0.1
+    config.terminal_requests_burst = 600
     config.service_requests_burst = 8
-    upload = {"t": "offline", "records": [{"id": f"u{n}", "card": "FFFF", "amount": 1,
-                                           "at": 1_795_000_000_000} for n in range(500)]}
-    # Its frame is large, so its bytes are paid for before it is read; the smaller ones
-    # below are not (limits.frame_charged_over_bytes).
-    frame_bytes = len(msgpack.packb({**upload, "seq": 1})) + limits.tag_size_bytes
-    assert len(msgpack.packb({**upload, "records": upload["records"][:91], "seq": 2})) \
-        + limits.tag_size_bytes <= limits.frame_charged_over_bytes < frame_bytes
-    config.terminal_requests_burst = 500 + frame_bytes // limits.request_cost_frame_bytes + 90
     switch = await Switch(tmp_path / "d", config=config).start(nursery)
     await switch.person("WH1", "AAAA", balance=10_000)
     till = await switch.terminal("WH-POS-1")
-    first = await till.request(upload)
-    assert first["code"] == "ok" and {r["code"] for r in first["results"]} == {"card_unknown"}
-    assert (await till.request({**upload, "records": upload["records"][:91]}))["code"] == "busy"
-    assert (await till.request({**upload, "records": upload["records"][:89]}))["code"] == "ok"
-    # Two tills of the school to push to: a lost or found costs three, here.
+    upload = {"t": "offline", "records": [{"id": f"u{n}", "card": "FFFF", "amount": 1,
+                                           "at": 1_795_000_000_000} for n in range(500)]}
+    small = {**upload, "records": upload["records"][:50]}     # a frame under 4 KiB
+    # Let in while the budget holds a request, each spends its records: 600 -> 100 -> -400.
+    for _ in range(2):
+        reply = await till.request(upload)
+        assert reply["code"] == "ok", reply
+        assert {r["code"] for r in reply["results"]} == {"card_unknown"}
+    assert (await till.request(small))["code"] == "busy"      # until it has refilled
+    # Two tills of the school to push to: a lost or found costs three here: 8 -> 5 -> 2 -> -1.
     await switch.terminal("WH-POS-2")
     recharge = await switch.service("WH-RECHARGE", school="WH")
     codes = [(await recharge.request({"t": kind, "card": "AAAA", "id": f"{kind}-{n}"}))["code"]
-             for n, kind in enumerate(["lost", "found", "lost"])]
-    assert codes == ["ok", "ok", "busy"]
-    # The other school's tills are not counted: its service's changes cost one each.
+             for n, kind in enumerate(["lost", "found", "lost", "found"])]
+    assert codes == ["ok", "ok", "ok", "busy"]
+    # The other school's tills are not counted: its service's changes cost two: 8 -> 0.
     await switch.terminal("CUIK-POS-1", school="CUIK")
     await switch.person("CUIK1", "CCCC", school="CUIK")
     cuik = await switch.service("CUIK-RECHARGE", school="CUIK")
     replies = [await cuik.request({"t": kind, "card": "CCCC", "id": f"c{kind}-{n}"})
-               for n, kind in enumerate(["lost", "found", "lost", "found"])]
-    assert [r["code"] for r in replies] == ["ok"] * 4
+               for n, kind in enumerate(["lost", "found", "lost", "found", "lost"])]
+    assert [r["code"] for r in replies] == ["ok"] * 4 + ["busy"]
+    await switch.stop()
+
+
+async def test_readers_sharing_a_key_all_get_their_uploads_in_by_retrying(tmp_path, nursery):
+    # A refused try of a large upload was charged its bytes: readers sharing one key and
+    # retrying after an outage drained the bucket faster than it refilled and never got in
+    # (the review's finding). Refused tries cost nothing now, and an upload is let in
+    # whenever the bucket holds one: retrying, each gets there.
+    from switch.shell.client import ProtocolError, SwitchError
+    config = default_config()
+    config.terminal_requests_per_s, config.terminal_requests_burst = 2000.0, 1000
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
+    await switch.person("WH1", "AAAA", balance=10_000_000)
+    key = (await switch.terminal("WH-POS-1")).session.key
+    tries = []
+
+    async def connect():
+        while True:     # a place may still be held by a session the switch is closing
+            try:
+                return await switch.connect("WH-POS-1", key)
+            except ProtocolError as refused:
+                assert refused.code == "busy", refused
+                await trio.sleep(0.01)
+
+    async def drain(number):
+        reader = await connect()
+        for batch in range(3):
+            records = [{"id": f"r{number}-{batch}-{n}", "card": "AAAA", "amount": 1,
+                        "at": switch.clock.now_ms()} for n in range(500)]
+            while True:
+                try:
+                    reply = await reader.request({"t": "offline", "records": records})
+                except SwitchError as ended:        # a large frame while the bucket was empty
+                    assert ended.code == "busy", ended.message
+                    reader = await connect()
+                    reply = {"code": "busy"}
+                tries.append(reply["code"])
+                if reply["code"] != "busy":
+                    break
+                await trio.sleep(0.01)
+            assert reply["code"] == "ok" and len(reply["results"]) == 500, reply
+    with trio.fail_after(60):   # 9,000 records at 2,000 a second: 5 s when nothing starves
+        async with trio.open_nursery() as uploads:
+            for number in range(6):
+                uploads.start_soon(drain, number)
+    assert "busy" in tries    # they did meet the budget, and got through all the same
+    account = await switch.admin.request({"t": "account", "account": "WH1"})
+    assert account["balance"] == 10_000_000 - 6 * 3 * 500
     await switch.stop()
 
 
@@ -317,9 +363,11 @@ def test_what_a_request_costs():
     assert request_cost({"t": "history"}, 0) == 1 + limits.history_limit_default // 20
     assert request_cost({"t": "lost"}, 1000) == 51
     assert request_cost({"t": "debit"}, 1000) == 1
-    budget = RequestBudget(rate_per_s=1, burst=10, now_s=0.0)
-    assert budget.take(0.0, 500)                # more than a burst costs a burst: it can pass
-    assert not budget.take(0.5, 1)
+    budget = RequestBudget(rate_per_s=100, burst=10, now_s=0.0)
+    assert budget.take(0.0, 500)                # let in while it holds one: 10 -> -490
+    assert not budget.take(4.0, 1) and not budget.has_room(4.0)    # -90: refused, not charged
+    assert not budget.take(4.9, 500)
+    assert budget.has_room(4.91) and budget.take(4.91, 500)        # back to one: let in again
 
 
 def test_request_budget_refills_at_its_rate_up_to_its_burst():

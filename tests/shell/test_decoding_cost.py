@@ -54,7 +54,7 @@ async def test_a_large_frame_past_the_budget_ends_its_session_unread(tmp_path, n
                                            "id": "add-till"})
     stream, session, decoder = await signed_on(switch.port, "WH-POS-1", added["key"])
     decoded = await _decodes_counted(monkeypatch)
-    sent = 20
+    sent = 30
 
     async def send():
         for seq in range(1, sent + 1):
@@ -72,14 +72,17 @@ async def test_a_large_frame_past_the_budget_ends_its_session_unread(tmp_path, n
                 if not payloads:
                     break
                 codes += [session.receive(payload).get("code") for payload in payloads]
-    # Each paid for its bytes first (and one request for its ping): a burst's worth read,
-    # the first it could not pay for ends the session, the rest never decoded.
-    paid = (len(TINY_LISTS) + limits.tag_size_bytes) // limits.request_cost_frame_bytes + 1
-    affordable = limits.terminal_requests_burst // paid
+    # Each is let in while the budget holds a request, and costs its bytes' worth (more
+    # than its ping): a burst's worth is read, then one that finds the budget spent ends the
+    # session, the rest never decoded. Frames read in the same pass are opened before the
+    # pass runs (and spends for) them: a receive's worth more at most.
+    paid = (len(TINY_LISTS) + limits.tag_size_bytes) // limits.request_cost_frame_bytes
+    affordable = -(-limits.terminal_requests_burst // paid)
+    per_receive = limits.receive_size_bytes // len(TINY_LISTS) + 1
     assert codes[-1] == "busy" and set(codes[:-1]) == {"ok"}, codes
-    assert affordable - 1 <= len(codes) - 1 <= affordable + 1
+    assert affordable <= len(codes) - 1 <= affordable + per_receive
     large = [size for size in decoded if size > limits.frame_charged_over_bytes]
-    assert len(large) == len(codes) - 1 < sent
+    assert len(codes) - 1 <= len(large) <= len(codes) - 1 + per_receive < sent
     await stream.aclose()
     still = await switch.terminal("WH-POS-2")        # everyone else is served
     assert (await still.request({"t": "ping"}))["code"] == "ok"
