@@ -191,10 +191,14 @@ admin_requests_per_s = 5000
 admin_requests_burst = 20000
 # A request whose work grows with what its sender asks for spends more of that budget
 # (shell/budget.request_cost): an offline upload one a record (a record costs about a
-# debit); a history page one more per this many records asked for; a lost or found one more
+# debit); a history or rooms page, or the whole blacklist, one more per this many records it
+# may hold; a lost or found one more
 # per this many tills its blacklist push goes to (a push is an encode and a tag, a twentieth
 # of a debit's CPU).
-history_records_per_request_cost = 20
+page_records_per_request_cost = 20
+# A card in the whole blacklist's page is a few bytes to pack: a full page of 1,800 costs
+# about 20 debits' CPU (0.9 ms), not 1,800/20.
+blacklist_cards_per_request_cost = 100
 pushes_per_request_cost = 20
 # A frame's body is decoded before its request can be judged: a frame over
 # `frame_charged_over_bytes` first pays one request per `request_cost_frame_bytes` of it,

@@ -36,6 +36,6 @@ def test_limits_say_their_unit_last():
 UNITLESS = {"protocol_version", "listen_backlog", "lmdb_max_dbs", "lmdb_max_readers",
             "receives_between_checkpoints", "records_between_history_marks",
             "history_limit_default", "rooms_limit_default",
-            "offline_records_max", "history_records_per_request_cost",
-            "pushes_per_request_cost",
+            "offline_records_max", "page_records_per_request_cost",
+            "pushes_per_request_cost", "blacklist_cards_per_request_cost",
             "school_name_chars", "building_digits"}

@@ -43,24 +43,37 @@ class RequestBudget:
         return tokens
 
 
+def _page_size(message: dict, kind: str) -> int:
+    """The most records a `history` or `rooms` page asked for may hold."""
+    most = limits.history_limit_max if kind == "history" else limits.rooms_limit_max
+    limit = message.get("limit")
+    if type(limit) is int and limit > 0:
+        return min(limit, most)
+    return limits.history_limit_default if kind == "history" else limits.rooms_limit_default
+
+
 # The kinds `request_cost` charges more than one: any other costs one, without a call.
-COSTLY_KINDS = frozenset({"offline", "history", "lost", "found"})
+COSTLY_KINDS = frozenset({"offline", "history", "rooms", "blacklist", "lost", "found"})
 
 
 def request_cost(message: dict, terminals_pushed_to: int) -> int:
     """What a request spends of its sender's budget, in requests: about the work it makes.
     One, but for the few whose work grows with what a peer asks for: an offline upload
-    (its records), a history page (the records asked for) and a card's lost or found (its
-    school's tills, each sent a blacklist push, when it changes the list)."""
+    (its records), a history or rooms page (the records asked for), the whole blacklist
+    (`since` 0) and a card's lost or found (its school's tills, each sent a blacklist push,
+    when it changes the list)."""
     kind = message.get("t")
     if kind == "offline":
         records = message.get("records")
         return len(records) if type(records) is list and records else 1
-    if kind == "history":
-        limit = message.get("limit")
-        if type(limit) is int and limit > 0:
-            return 1 + min(limit, limits.history_limit_max) // limits.history_records_per_request_cost
-        return 1 + limits.history_limit_default // limits.history_records_per_request_cost
+    if kind == "history" or kind == "rooms":
+        return 1 + _page_size(message, kind) // limits.page_records_per_request_cost
+    if kind == "blacklist":
+        # The whole list, a page of up to blacklist_page_cards_max cards: a till's first
+        # fetch at start. A delta (`since` above 0) is a few cards.
+        if message.get("since") == 0:
+            return 1 + limits.blacklist_page_cards_max // limits.blacklist_cards_per_request_cost
+        return 1
     if kind in ("lost", "found"):
         return 1 + terminals_pushed_to // limits.pushes_per_request_cost
     return 1

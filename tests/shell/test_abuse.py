@@ -361,6 +361,10 @@ def test_what_a_request_costs():
     assert request_cost({"t": "history", "limit": 200}, 0) == 11
     assert request_cost({"t": "history", "limit": 10**30}, 0) == 11
     assert request_cost({"t": "history"}, 0) == 1 + limits.history_limit_default // 20
+    assert request_cost({"t": "rooms", "limit": 200}, 0) == 11
+    assert request_cost({"t": "rooms"}, 0) == 1 + limits.rooms_limit_default // 20
+    assert request_cost({"t": "blacklist", "since": 0}, 0) == 19
+    assert request_cost({"t": "blacklist", "since": 7}, 0) == 1
     assert request_cost({"t": "lost"}, 1000) == 51
     assert request_cost({"t": "debit"}, 1000) == 1
     budget = RequestBudget(rate_per_s=100, burst=10, now_s=0.0)
