@@ -1,6 +1,7 @@
 """The data dir: who may use it (one process, locked), what counts as one, and initialising a
 new one with its master key file (beside it), the `admin` credential and `admin.key`."""
 
+import contextlib
 import os
 import shutil
 
@@ -138,10 +139,49 @@ def rotate_master_key(path: str, master_key_file: str | None = None) -> dict:
     return counts
 
 
+# Beside a master key file: the data dir a switch first served with it. A restored copy opens
+# with production's key, wherever that file is; only its owner may rotate it.
+KEY_OWNER_SUFFIX = ".owner"
+
+
+def claim_key_file(path: str, key_path: str) -> None:
+    """Name `path` as the key file's owner, unless one is named already (serve, at start).
+    Where the file cannot be written (a read-only folder) nothing is named: rotation, which
+    rewrites the key there, could not run either."""
+    owner_path = key_path + KEY_OWNER_SUFFIX
+    if os.path.lexists(owner_path):
+        return
+    temporary = owner_path + ".tmp"
+    try:
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                       "w", encoding="utf-8") as owner:
+            owner.write(os.path.realpath(path) + "\n")
+            owner.flush()
+            os.fsync(owner.fileno())
+        os.replace(temporary, owner_path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+
+
+def key_file_owner(key_path: str) -> str | None:
+    try:
+        with open(key_path + KEY_OWNER_SUFFIX, encoding="utf-8") as owner:
+            return owner.read().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _refuse_another_data_dirs_key(path: str, key_path: str) -> None:
     """Rotation rewrites the key file: not one that is another data dir's own (a restored
     copy opens with production's key; rotating the copy under it left production unable
     to start, and its backups unreadable)."""
+    named = key_file_owner(key_path)
+    if named is not None and named != os.path.realpath(path):
+        raise DataDirError(f"{key_path} is the master key file of the data dir {named} (so "
+                           f"says {key_path}{KEY_OWNER_SUFFIX}), not of {path}; nothing was "
+                           f"changed. Rotate {named} with it, or give {path} a copy of the "
+                           f"key: cp -p {key_path} {masterkey.default_path(path)}")
     owner = key_path.removesuffix(masterkey.KEY_SUFFIX)
     if (key_path.endswith(masterkey.KEY_SUFFIX) and is_data_dir(owner)
             and os.path.realpath(owner) != os.path.realpath(path)):
@@ -254,7 +294,9 @@ class DataDirClaim:
         self.new = not is_data_dir(path)
 
     def open_store(self) -> Store:
-        return open_data_dir(self.path, self.master_key_file)
+        store = open_data_dir(self.path, self.master_key_file)
+        claim_key_file(self.path, self._key_path)
+        return store
 
     def abandon(self) -> None:
         """After a failed start: undo what this claim created, then let go."""

@@ -141,6 +141,27 @@ def test_rotating_a_copy_under_another_data_dirs_key_is_refused(tmp_path):
     _serve_once(prod)
 
 
+def test_a_key_file_anywhere_is_rotated_only_for_the_data_dir_that_served_with_it(tmp_path):
+    # With master_key_file in a folder of its own (the example's layout), a restored copy
+    # rotated under production's key file was not refused (helper-73's review).
+    prod, copy, keys = tmp_path / "prod", tmp_path / "copy", tmp_path / "keys"
+    keys.mkdir()
+    key = keys / "master.key"
+    _serve_once(prod, "--master-key", str(key))
+    assert (keys / "master.key.owner").read_text() == f"{os.path.realpath(prod)}\n"
+    assert _run("backup", "--data", str(prod), "--to", str(tmp_path / "b")).returncode == 0
+    assert _run("restore", "--from", str(tmp_path / "b"), "--data", str(copy)).returncode == 0
+    _serve_once(copy, "--master-key", str(key))     # serving a copy with it names no owner
+    key_text = key.read_text()
+    refused = _run("rotate-master-key", "--data", str(copy), "--master-key", str(key))
+    one_line_error(refused, f"master key file of the data dir {os.path.realpath(prod)}",
+                   "nothing was changed")
+    assert key.read_text() == key_text
+    rotated = _run("rotate-master-key", "--data", str(prod), "--master-key", str(key))
+    assert rotated.returncode == 0, rotated.stderr
+    _serve_once(prod, "--master-key", str(key))
+
+
 def test_a_rotation_stopped_by_a_full_disk_says_what_to_do_and_a_second_run_finishes_it(
         tmp_path, monkeypatch, capsys):
     """A full disk fails the re-sealing's write (LMDB says ENOSPC only in its message): one
