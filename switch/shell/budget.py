@@ -24,8 +24,13 @@ class RequestBudget:
         nothing spent) when it holds less than one. A costly request is never refused for
         good, nor are its refused tries charged: a till retrying an upload gets it in once
         the budget is back, however dear the upload."""
-        tokens = self._refilled(now_s)
+        # `_refilled` written out: this runs for every request.
+        tokens = self._tokens + (now_s - self._updated_s) * self.rate_per_s
+        if tokens > self.burst:
+            tokens = self.burst
+        self._updated_s = now_s
         if tokens < 1.0:
+            self._tokens = tokens
             return False
         self._tokens = tokens - cost
         return True
