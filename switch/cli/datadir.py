@@ -125,6 +125,7 @@ def rotate_master_key(path: str, master_key_file: str | None = None) -> dict:
     refuse_a_backup(path)
     key_path = masterkey.resolve_path(path, master_key_file)
     _refuse_another_data_dirs_key(path, key_path)
+    claim_key_file(path, key_path)      # a stale owner (a data dir moved) is this one now
     with DirLock(path):
         store = open_data_dir(path, master_key_file)
         try:
@@ -145,11 +146,13 @@ KEY_OWNER_SUFFIX = ".owner"
 
 
 def claim_key_file(path: str, key_path: str) -> None:
-    """Name `path` as the key file's owner, unless one is named already (serve, at start).
-    Where the file cannot be written (a read-only folder) nothing is named: rotation, which
-    rewrites the key there, could not run either."""
+    """Name `path` as the key file's owner, unless another data dir that is still there is
+    named already (serve, at start; rotation after its checks). Where the file cannot be
+    written (a read-only folder) nothing is named: rotation, which rewrites the key there,
+    could not run either."""
     owner_path = key_path + KEY_OWNER_SUFFIX
-    if os.path.lexists(owner_path):
+    named = key_file_owner(key_path)
+    if named == os.path.realpath(path) or (named is not None and is_data_dir(named)):
         return
     temporary = owner_path + ".tmp"
     try:
@@ -177,11 +180,13 @@ def _refuse_another_data_dirs_key(path: str, key_path: str) -> None:
     copy opens with production's key; rotating the copy under it left production unable
     to start, and its backups unreadable)."""
     named = key_file_owner(key_path)
-    if named is not None and named != os.path.realpath(path):
+    # A data dir named that is no longer there was moved (with its key, most likely): stale.
+    if named is not None and named != os.path.realpath(path) and is_data_dir(named):
         raise DataDirError(f"{key_path} is the master key file of the data dir {named} (so "
                            f"says {key_path}{KEY_OWNER_SUFFIX}), not of {path}; nothing was "
                            f"changed. Rotate {named} with it, or give {path} a copy of the "
-                           f"key: cp -p {key_path} {masterkey.default_path(path)}")
+                           f"key and rotate that: cp -p {key_path} NEW.key, then "
+                           f"--master-key NEW.key")
     owner = key_path.removesuffix(masterkey.KEY_SUFFIX)
     if (key_path.endswith(masterkey.KEY_SUFFIX) and is_data_dir(owner)
             and os.path.realpath(owner) != os.path.realpath(path)):

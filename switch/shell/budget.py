@@ -35,17 +35,9 @@ class RequestBudget:
         self._tokens = tokens - cost
         return True
 
-    def has_room(self, now_s: float) -> bool:
-        """Whether `take` would let a request in now (nothing spent)."""
-        return self._refilled(now_s) >= 1.0
-
-    def _refilled(self, now_s: float) -> float:
-        tokens = self._tokens + (now_s - self._updated_s) * self.rate_per_s
-        if tokens > self.burst:
-            tokens = self.burst
-        self._tokens = tokens
-        self._updated_s = now_s
-        return tokens
+    def spend(self, cost: int) -> None:
+        """Spend for a request `take` let in before (what it costs beyond what it paid)."""
+        self._tokens -= cost
 
 
 def _page_size(message: dict, kind: str) -> int:

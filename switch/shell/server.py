@@ -255,15 +255,17 @@ class Connection:
         backlog = self._backlog
         for payload in payloads:
             if len(payload) > limits.frame_charged_over_bytes:
-                # Decoded before its request can be judged: only while its credential's
-                # budget has room (one key's frames of tiny nested lists took the loop from
-                # every other till), and it costs at least its bytes' worth when it runs.
-                if not self.budget.has_room(time.perf_counter()):
+                # Decoded before its request can be judged: let in only while its credential's
+                # budget has room, and its bytes' worth spent now, whatever then becomes of it
+                # (one key's frames of tiny nested lists, bad at their last byte, took the loop
+                # from every other till). Let in here, it runs: `_execute_backlog` spends what
+                # its request costs beyond that.
+                paid = len(payload) // limits.request_cost_frame_bytes
+                if not self.budget.take(time.perf_counter(), paid):
                     backlog.append((None, ProtocolError("busy", "a large frame past the budget")))
                     return
                 message, failure = open_request(payload)
-                backlog.append((message, failure,
-                                len(payload) // limits.request_cost_frame_bytes))
+                backlog.append((message, failure, paid))
                 continue
             backlog.append(open_request(payload))
         if self.decoder.failure is not None:     # after the whole frames it came behind
@@ -536,8 +538,7 @@ class Connection:
                 reason = "queue"
             elif started - self._heard_by > wait_max_s:
                 reason = "waited"
-            elif not budget.take(started, self._cost(request.message) if len(opened) == 2
-                                 else max(self._cost(request.message), opened[2])):
+            elif len(opened) == 2 and not budget.take(started, self._cost(request.message)):
                 reason = "budget"
             else:
                 reason = None
@@ -545,6 +546,8 @@ class Connection:
                 self._shed(request, started, reason)
                 shed = True
                 continue
+            if len(opened) == 3:    # a large frame, let in and paid for as it was opened
+                budget.spend(max(self._cost(request.message) - opened[2], 0))
             reply = dispatch.execute(server.ledger, self.credential, request.message)
             reply["re"] = request.seq
             size = reply_size(reply)

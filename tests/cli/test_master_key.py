@@ -162,6 +162,18 @@ def test_a_key_file_anywhere_is_rotated_only_for_the_data_dir_that_served_with_i
     _serve_once(prod, "--master-key", str(key))
 
 
+def test_a_data_dir_moved_with_its_key_is_still_the_keys_owner(tmp_path):
+    # Moved (a disk migration), its key's `.owner` named the old path, and rotation was
+    # refused for the data dir's own key, advising a copy onto itself (helper-74).
+    _serve_once(tmp_path / "p1" / "data")
+    (tmp_path / "p1").rename(tmp_path / "p2")
+    moved = tmp_path / "p2" / "data"
+    rotated = _run("rotate-master-key", "--data", str(moved), timeout=60)
+    assert rotated.returncode == 0, rotated.stderr
+    assert (tmp_path / "p2" / "data.key.owner").read_text() == f"{os.path.realpath(moved)}\n"
+    _serve_once(moved)
+
+
 def test_a_rotation_stopped_by_a_full_disk_says_what_to_do_and_a_second_run_finishes_it(
         tmp_path, monkeypatch, capsys):
     """A full disk fails the re-sealing's write (LMDB says ENOSPC only in its message): one

@@ -369,9 +369,10 @@ def test_what_a_request_costs():
     assert request_cost({"t": "debit"}, 1000) == 1
     budget = RequestBudget(rate_per_s=100, burst=10, now_s=0.0)
     assert budget.take(0.0, 500)                # let in while it holds one: 10 -> -490
-    assert not budget.take(4.0, 1) and not budget.has_room(4.0)    # -90: refused, not charged
-    assert not budget.take(4.9, 500)
-    assert budget.has_room(4.91) and budget.take(4.91, 500)        # back to one: let in again
+    assert not budget.take(4.0, 1) and not budget.take(4.9, 500)   # -90, -0: refused, free
+    assert budget.take(4.91, 500)                                  # back to one: let in again
+    budget.spend(7)                     # what a request let in costs beyond what it paid
+    assert not budget.take(4.91 + 5.06, 1) and budget.take(4.91 + 5.08, 1)
 
 
 def test_request_budget_refills_at_its_rate_up_to_its_burst():

@@ -3,6 +3,7 @@ is known, a request before its budget is taken, so their bytes are bounded or pa
 first; and frames whole before a bad length are served as if the bytes came apart."""
 
 import msgpack
+import pytest
 import trio
 
 from switch import limits
@@ -92,6 +93,33 @@ async def test_a_large_frame_past_the_budget_ends_its_session_unread(tmp_path, n
     await stream.aclose()
     still = await switch.terminal("WH-POS-2")        # everyone else is served
     assert (await still.request({"t": "ping"}))["code"] == "ok"
+    await switch.stop()
+
+
+@pytest.mark.parametrize("bad", ["a byte past its map", "a seq out of order"])
+async def test_a_large_frame_that_fails_once_decoded_has_paid_its_bytes(tmp_path, nursery,
+                                                                        bad):
+    # Charged only when it ran, a large frame bad at its last byte (or out of sequence) was
+    # decoded for nothing: one key signing on again and again took the loop (helper-74).
+    config = default_config()
+    config.terminal_requests_per_s = 0.1
+    switch = await Switch(tmp_path / "d", config=config).start(nursery)
+    added = await switch.ok(switch.admin, {"t": "add_credential", "who": "WH-POS-1",
+                                           "role": "terminal", "school": "WH", "kind": "pos",
+                                           "id": "add-till"})
+    stream, session, decoder = await signed_on(switch.port, "WH-POS-1", added["key"])
+    seq = 1 if bad == "a byte past its map" else 2
+    body = b"\x83\xa1t\xa4ping\xa3seq" + msgpack.packb(seq) + TINY_LISTS[1:]
+    if bad == "a byte past its map":
+        body += b"\xc0"
+    await stream.send_all(_framed(body, session._k_c2s))
+    payloads = await next_payloads(stream, decoder)
+    assert session.receive(payloads[0])["code"] in ("frame_invalid", "seq_invalid")
+    await stream.aclose()
+    budget = switch.server.budget_of(switch.ledger.credential("WH-POS-1"))
+    paid = (len(body) + limits.tag_size_bytes) // limits.request_cost_frame_bytes
+    assert limits.terminal_requests_burst - paid - 1 < budget._tokens \
+        <= limits.terminal_requests_burst - paid
     await switch.stop()
 
 
