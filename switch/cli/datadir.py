@@ -125,9 +125,9 @@ def rotate_master_key(path: str, master_key_file: str | None = None) -> dict:
     refuse_a_backup(path)
     key_path = masterkey.resolve_path(path, master_key_file)
     _refuse_another_data_dirs_key(path, key_path)
-    claim_key_file(path, key_path)      # a stale owner (a data dir moved) is this one now
     with DirLock(path):
         store = open_data_dir(path, master_key_file)
+        claim_key_file(path, key_path)      # it opens these books: no claim for a wrong key
         try:
             rotated = store.master.with_new_seal_key()
             masterkey.replace(key_path, rotated)
@@ -146,13 +146,15 @@ KEY_OWNER_SUFFIX = ".owner"
 
 
 def claim_key_file(path: str, key_path: str) -> None:
-    """Name `path` as the key file's owner, unless another data dir that is still there is
-    named already (serve, at start; rotation after its checks). Where the file cannot be
-    written (a read-only folder) nothing is named: rotation, which rewrites the key there,
-    could not run either."""
+    """Name `path` as the key file's owner (serve, at start; rotation, under the lock) when
+    none is named, or when the key is `path`'s own default (`DIR.key` beside `DIR/`: a data
+    dir moved with its key). Never over another data dir named elsewhere, even one not
+    there now (a volume not mounted looks so). Where the file cannot be written (a read-only
+    folder) nothing is named: rotation, which rewrites the key there, could not run either."""
     owner_path = key_path + KEY_OWNER_SUFFIX
     named = key_file_owner(key_path)
-    if named == os.path.realpath(path) or (named is not None and is_data_dir(named)):
+    if named == os.path.realpath(path) or (
+            named is not None and key_path != masterkey.default_path(path)):
         return
     temporary = owner_path + ".tmp"
     try:
@@ -180,13 +182,16 @@ def _refuse_another_data_dirs_key(path: str, key_path: str) -> None:
     copy opens with production's key; rotating the copy under it left production unable
     to start, and its backups unreadable)."""
     named = key_file_owner(key_path)
-    # A data dir named that is no longer there was moved (with its key, most likely): stale.
-    if named is not None and named != os.path.realpath(path) and is_data_dir(named):
+    # Its own default key (`DIR.key` beside `DIR/`) is a data dir's whatever the file says
+    # (moved with it); any other is the named one's, there or not (an unmounted volume).
+    if (named is not None and named != os.path.realpath(path)
+            and key_path != masterkey.default_path(path)):
         raise DataDirError(f"{key_path} is the master key file of the data dir {named} (so "
                            f"says {key_path}{KEY_OWNER_SUFFIX}), not of {path}; nothing was "
-                           f"changed. Rotate {named} with it, or give {path} a copy of the "
-                           f"key and rotate that: cp -p {key_path} NEW.key, then "
-                           f"--master-key NEW.key")
+                           f"changed. Rotate {named} with it; or give {path} a copy of the "
+                           f"key and rotate that (cp -p {key_path} NEW.key, then --master-key "
+                           f"NEW.key); or, if {path} is that data dir moved, write its path "
+                           f"there: echo {os.path.realpath(path)} > {key_path}{KEY_OWNER_SUFFIX}")
     owner = key_path.removesuffix(masterkey.KEY_SUFFIX)
     if (key_path.endswith(masterkey.KEY_SUFFIX) and is_data_dir(owner)
             and os.path.realpath(owner) != os.path.realpath(path)):

@@ -117,17 +117,21 @@ class ServerSession:
     def receive_request(self, payload: bytes) -> Request:
         return self.accept_request(self.open_request(payload))
 
-    def open_request(self, payload: bytes) -> tuple:
+    def open_request(self, payload: bytes, pay=None) -> tuple:
         """The tag checked and the body decoded, changing nothing: (message, None), or
         (None, what was wrong) for `accept_request` to fail with in its turn. Apart from
         `accept_request` so a server can open every frame of a pass before it executes any,
-        and execute them a pass later when its time ran out."""
+        and execute them a pass later when its time ran out. `pay()`, when given, is asked
+        once the tag verifies and before the body is decoded: False leaves it unread, and
+        what was wrong is `busy`."""
         body, received_tag = split_payload(payload)
         if not mac.verify(self._k_c2s, body, received_tag):
             return None, _MAC_INVALID
         # A frame under the session's keys: only the key's holder can send one (a hello
         # replayed off the wire opens a session that never does).
         self.proven = True
+        if pay is not None and not pay():
+            return None, ProtocolError("busy", "a large frame past the budget")
         try:
             return decode_body(body), None
         except ProtocolError as error:

@@ -22,8 +22,9 @@ class RequestBudget:
         """Let a request in while the budget holds one request, and spend its `cost`, which
         may take the budget below zero: the next wait until it has refilled. False (and
         nothing spent) when it holds less than one. A costly request is never refused for
-        good, nor are its refused tries charged: a till retrying an upload gets it in once
-        the budget is back, however dear the upload."""
+        good, nor is a try refused here charged: a till retrying an upload gets it in once
+        the budget is back, however dear the upload. (A large frame's bytes are spent as it
+        is read, whatever becomes of it: `Connection._open_into_backlog`.)"""
         # `_refilled` written out: this runs for every request.
         tokens = self._tokens + (now_s - self._updated_s) * self.rate_per_s
         if tokens > self.burst:

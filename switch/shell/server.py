@@ -260,12 +260,14 @@ class Connection:
                 # (one key's frames of tiny nested lists, bad at their last byte, took the loop
                 # from every other till). Let in here, it runs: `_execute_backlog` spends what
                 # its request costs beyond that.
+                # Paid once its tag verifies: a stranger replaying a hello cannot spend a
+                # till's budget with frames of garbage.
                 paid = len(payload) // limits.request_cost_frame_bytes
-                if not self.budget.take(time.perf_counter(), paid):
-                    backlog.append((None, ProtocolError("busy", "a large frame past the budget")))
-                    return
-                message, failure = open_request(payload)
+                message, failure = open_request(
+                    payload, lambda: self.budget.take(time.perf_counter(), paid))
                 backlog.append((message, failure, paid))
+                if getattr(failure, "code", None) == "busy":
+                    return      # unread; the session ends `busy` after what came before
                 continue
             backlog.append(open_request(payload))
         if self.decoder.failure is not None:     # after the whole frames it came behind

@@ -157,6 +157,15 @@ def test_a_key_file_anywhere_is_rotated_only_for_the_data_dir_that_served_with_i
     one_line_error(refused, f"master key file of the data dir {os.path.realpath(prod)}",
                    "nothing was changed")
     assert key.read_text() == key_text
+    # Production's volume not mounted (its path there, empty): still its key (helper-75).
+    prod.rename(tmp_path / "prod-volume")
+    prod.mkdir()
+    one_line_error(_run("rotate-master-key", "--data", str(copy), "--master-key", str(key)),
+                   f"master key file of the data dir {os.path.realpath(prod)}")
+    _serve_once(copy, "--master-key", str(key))     # nor does serving the copy take it
+    assert (keys / "master.key.owner").read_text() == f"{os.path.realpath(prod)}\n"
+    prod.rmdir()
+    (tmp_path / "prod-volume").rename(prod)
     rotated = _run("rotate-master-key", "--data", str(prod), "--master-key", str(key))
     assert rotated.returncode == 0, rotated.stderr
     _serve_once(prod, "--master-key", str(key))
