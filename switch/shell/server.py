@@ -255,13 +255,12 @@ class Connection:
         backlog = self._backlog
         for payload in payloads:
             if len(payload) > limits.frame_charged_over_bytes:
-                # Decoded before its request can be judged: let in only while its credential's
-                # budget has room, and its bytes' worth spent now, whatever then becomes of it
-                # (one key's frames of tiny nested lists, bad at their last byte, took the loop
-                # from every other till). Let in here, it runs: `_execute_backlog` spends what
-                # its request costs beyond that.
-                # Paid once its tag verifies: a stranger replaying a hello cannot spend a
-                # till's budget with frames of garbage.
+                # Decoded before its request can be judged: once its tag verifies (a stranger
+                # behind a replayed hello spends nothing of a till's), let in only while its
+                # credential's budget has room, its bytes' worth spent now whatever then
+                # becomes of it (one key's frames of tiny nested lists, bad at their last
+                # byte, took the loop from every other till). Let in here, it runs:
+                # `_execute_backlog` spends what its request costs beyond that.
                 paid = len(payload) // limits.request_cost_frame_bytes
                 message, failure = open_request(
                     payload, lambda: self.budget.take(time.perf_counter(), paid))
