@@ -25,7 +25,7 @@ class RequestBudget:
         good, nor is a try refused here charged: a till retrying an upload gets it in once
         the budget is back, however dear the upload. (A large frame's bytes are spent as it
         is read, whatever becomes of it: `Connection._open_into_backlog`.)"""
-        # `_refilled` written out: this runs for every request.
+        # Refilled in place, no call: this runs for every request.
         tokens = self._tokens + (now_s - self._updated_s) * self.rate_per_s
         if tokens > self.burst:
             tokens = self.burst
