@@ -152,9 +152,7 @@ def claim_key_file(path: str, key_path: str) -> None:
     there now (a volume not mounted looks so). Where the file cannot be written (a read-only
     folder) nothing is named: rotation, which rewrites the key there, could not run either."""
     owner_path = key_path + KEY_OWNER_SUFFIX
-    named = key_file_owner(key_path)
-    if named == os.path.realpath(path) or (
-            named is not None and key_path != masterkey.default_path(path)):
+    if key_file_owner(key_path) == os.path.realpath(path) or owner_elsewhere(path, key_path):
         return
     temporary = owner_path + ".tmp"
     try:
@@ -177,15 +175,23 @@ def key_file_owner(key_path: str) -> str | None:
         return None
 
 
+def owner_elsewhere(path: str, key_path: str) -> str | None:
+    """The data dir other than `path` the key file names as its owner, there or not (an
+    unmounted volume looks gone). None for `path`'s own default key (`DIR.key` beside
+    `DIR/`), whatever the file says: a data dir moved with its key."""
+    named = key_file_owner(key_path)
+    if named is None or named == os.path.realpath(path) \
+            or key_path == masterkey.default_path(path):
+        return None
+    return named
+
+
 def _refuse_another_data_dirs_key(path: str, key_path: str) -> None:
     """Rotation rewrites the key file: not one that is another data dir's own (a restored
     copy opens with production's key; rotating the copy under it left production unable
     to start, and its backups unreadable)."""
-    named = key_file_owner(key_path)
-    # Its own default key (`DIR.key` beside `DIR/`) is a data dir's whatever the file says
-    # (moved with it); any other is the named one's, there or not (an unmounted volume).
-    if (named is not None and named != os.path.realpath(path)
-            and key_path != masterkey.default_path(path)):
+    named = owner_elsewhere(path, key_path)
+    if named is not None:
         raise DataDirError(f"{key_path} is the master key file of the data dir {named} (so "
                            f"says {key_path}{KEY_OWNER_SUFFIX}), not of {path}; nothing was "
                            f"changed. Rotate {named} with it; or give {path} a copy of the "
