@@ -1030,7 +1030,7 @@ def _print_reply(args, reply: dict, key_written: bool, request: dict | None = No
         if key_written:
             shown["key_file"] = args.key_out
         print(json.dumps(shown, ensure_ascii=False))
-    elif reply.get("key") is not None and key_written:
+    elif key_written:
         print(f"ok: credential {args.who} {done}; key written to {args.key_out}")
     elif reply.get("key") is not None:
         print(f"ok: credential {args.who} {done}; key {reply['key'].hex()}")

@@ -12,7 +12,8 @@ from switch.core import layout
 from switch.persistence.access import permission_problem
 from switch.persistence.dirlock import LOCK_FILE, DirLock
 from switch.config import masterkey
-from switch.config.keyfile import read_key_file, write_key_file_atomically
+from switch.config.keyfile import (read_key_file, write_key_file_atomically,
+                                   write_private_file_atomically)
 from switch.config.masterkey import MasterKey, MasterKeyError
 from switch.ledger.state import Credential, has_credential, sealing, write_first_credential
 from switch.persistence.store import (RESTORE_UNFINISHED, STORE_DIR, BooksCutShort, Store,
@@ -154,17 +155,8 @@ def claim_key_file(path: str, key_path: str) -> None:
     owner_path = key_path + KEY_OWNER_SUFFIX
     if key_file_owner(key_path) == os.path.realpath(path) or owner_elsewhere(path, key_path):
         return
-    temporary = owner_path + ".tmp"
-    try:
-        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
-                       "w", encoding="utf-8") as owner:
-            owner.write(os.path.realpath(path) + "\n")
-            owner.flush()
-            os.fsync(owner.fileno())
-        os.replace(temporary, owner_path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+    with contextlib.suppress(OSError):
+        write_private_file_atomically(owner_path, os.path.realpath(path) + "\n")
 
 
 def key_file_owner(key_path: str) -> str | None:

@@ -4,6 +4,7 @@ One reader and one writer for every key file: the data dir's `admin.key`, the ke
 operator CLI writes for new terminals, the destinations' keys and the receivers' keys.
 """
 
+import contextlib
 import os
 import pwd
 import shlex
@@ -111,14 +112,29 @@ def claim_key_file(path: str) -> int:
 
 def write_key(fd: int, key: bytes) -> None:
     """Write the key to a claimed fd, fsync and close it."""
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key.hex() + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    _write_and_close(fd, key.hex() + "\n")
 
 
 def write_key_file_atomically(path: str, key: bytes) -> None:
     """Replace `path` with the key whole or not at all (0600)."""
+    write_private_file_atomically(path, key.hex() + "\n")
+
+
+def write_private_file_atomically(path: str, text: str) -> None:
+    """Replace `path` with `text` whole or not at all (0600); nothing is left beside it when
+    the write fails."""
     temporary = path + ".tmp"
-    write_key(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), key)
-    os.replace(temporary, path)
+    try:
+        _write_and_close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _write_and_close(fd: int, text: str) -> None:
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())

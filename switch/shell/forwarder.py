@@ -84,7 +84,6 @@ class Forwarder:
         self.acked = store.forward_position(self.name)
         self.backoff_initial_s = limits.forward_backoff_initial_s
         self.backoff_max_s = limits.forward_backoff_max_s
-        self.frames_acknowledged = 0
         self.sessions = 0
         self.sessions_forwarding = 0    # sessions that took a frame or had nothing to send
         self.rewinds = 0                # in this run (see forward_rewind_run_gap_s)
@@ -256,7 +255,6 @@ class Forwarder:
                     reply = await self._reply(connection, session, seq)
                 upto = _check_reply(reply, seq, first_txn, to_txn)
                 rewound = self._acknowledge(upto, first_txn)
-                self.frames_acknowledged += 1
                 if upto < first_txn:
                     # No progress: do not spin on a receiver that takes nothing, nor on one
                     # that takes a frame and asks for earlier records at the next (the wait

@@ -530,6 +530,7 @@ class Connection:
             started = time.perf_counter()
             opened = backlog.popleft()
             request = self.session.accept_request(opened)
+            large = len(opened) == 3    # let in and paid for its bytes as it was opened
             # Overloaded, or this credential past its budget: say so at once rather than
             # queue without bound (nothing ran, nothing is remembered). A request that may
             # have waited past `request_wait_max_s` to be read is shed rather than served
@@ -539,7 +540,7 @@ class Connection:
                 reason = "queue"
             elif started - self._heard_by > wait_max_s:
                 reason = "waited"
-            elif len(opened) == 2 and not budget.take(started, self._cost(request.message)):
+            elif not large and not budget.take(started, self._cost(request.message)):
                 reason = "budget"
             else:
                 reason = None
@@ -547,7 +548,7 @@ class Connection:
                 self._shed(request, started, reason)
                 shed = True
                 continue
-            if len(opened) == 3:    # a large frame, let in and paid for as it was opened
+            if large:
                 budget.spend(max(self._cost(request.message) - opened[2], 0))
             reply = dispatch.execute(server.ledger, self.credential, request.message)
             reply["re"] = request.seq
